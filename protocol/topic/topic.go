@@ -65,10 +65,16 @@ var (
 // ErrInvalid is wrapped by every error of this package.
 var ErrInvalid = errors.New("invalid topic")
 
+// idError is a bad id; it matches ErrInvalid.
+type idError string
+
+func (e idError) Error() string        { return string(e) }
+func (e idError) Is(target error) bool { return target == ErrInvalid }
+
 // CheckID checks a tenant, gateway or group id: 1-64 of [A-Za-z0-9._-].
 func CheckID(what, id string) error {
 	if !idPattern.MatchString(id) {
-		return fmt.Errorf("%w: %s %q must be 1-64 characters of A-Z a-z 0-9 . _ -", ErrInvalid, what, id)
+		return idError(fmt.Sprintf("%s %q must be 1-64 characters of A-Z a-z 0-9 . _ -", what, id))
 	}
 	return nil
 }
@@ -79,7 +85,7 @@ func CheckGatewayID(id string) error {
 		return err
 	}
 	if id == ReservedGateway {
-		return fmt.Errorf("%w: gateway id %q is reserved for group command topics; choose another id", ErrInvalid, id)
+		return idError(fmt.Sprintf("gateway id %q is reserved for group command topics; choose another id", id))
 	}
 	return nil
 }
@@ -87,7 +93,7 @@ func CheckGatewayID(id string) error {
 // CheckDeploymentName checks a deployment name: 1-63 of [a-z0-9-].
 func CheckDeploymentName(name string) error {
 	if !deploymentPattern.MatchString(name) {
-		return fmt.Errorf("%w: deployment name %q must be 1-63 characters of a-z 0-9 -", ErrInvalid, name)
+		return idError(fmt.Sprintf("deployment name %q must be 1-63 characters of a-z 0-9 -", name))
 	}
 	return nil
 }

@@ -1,0 +1,418 @@
+// Package config loads the agent's configuration from flags, FLEET_*
+// environment variables and a YAML file, in that order of precedence.
+//
+// Every flag has an environment variable (FLEET_ and the flag name in upper
+// case with - as _, e.g. FLEET_STATE_DIR) and a YAML key (the flag name, or
+// its camelCase form, or nested maps whose keys join with -, so
+// `broker: {username: x}` is broker-username). Labels and groups from all
+// sources are merged.
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"time"
+	"unicode"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/fleet-agent/fleet/agent/command"
+	"github.com/fleet-agent/fleet/agent/gateway"
+	"github.com/fleet-agent/fleet/internal/backoff"
+	"github.com/fleet-agent/fleet/protocol/codec"
+	"github.com/fleet-agent/fleet/protocol/topic"
+)
+
+// Config is the agent's configuration as given.
+type Config struct {
+	ConfigFile string
+
+	Broker             string
+	BrokerUsername     string
+	BrokerPassword     string
+	BrokerPasswordFile string
+	BrokerCA           string
+	BrokerCert         string
+	BrokerKey          string
+	ClientID           string
+
+	Tenant      string
+	Gateway     string
+	StateDir    string
+	TopicPrefix string
+	Encoding    string
+	Labels      map[string]string
+	Groups      []string
+
+	KeepAlive       time.Duration
+	SessionExpiry   time.Duration
+	ReconnectMin    time.Duration
+	ReconnectMax    time.Duration
+	MaxPayload      int
+	MetricsInterval time.Duration
+
+	LogFormat string
+	LogLevel  string
+}
+
+func defaults() Config {
+	return Config{
+		StateDir:        "/var/lib/fleet-agent",
+		TopicPrefix:     topic.DefaultPrefix,
+		Encoding:        "protobuf",
+		Labels:          map[string]string{},
+		KeepAlive:       30 * time.Second,
+		SessionExpiry:   7 * 24 * time.Hour,
+		ReconnectMin:    time.Second,
+		ReconnectMax:    2 * time.Minute,
+		MaxPayload:      command.DefaultMaxPayload,
+		MetricsInterval: 30 * time.Second,
+		LogFormat:       "text",
+		LogLevel:        "info",
+	}
+}
+
+func (c *Config) flags(out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("fleet-agent", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&c.ConfigFile, "config", c.ConfigFile, "YAML config file")
+	fs.StringVar(&c.Broker, "broker", c.Broker, "MQTT broker URL: mqtt://host:1883 or tls://host:8883 (required)")
+	fs.StringVar(&c.BrokerUsername, "broker-username", c.BrokerUsername, "MQTT username")
+	fs.StringVar(&c.BrokerPassword, "broker-password", c.BrokerPassword, "MQTT password (prefer --broker-password-file or FLEET_BROKER_PASSWORD: flags show in ps)")
+	fs.StringVar(&c.BrokerPasswordFile, "broker-password-file", c.BrokerPasswordFile, "file holding the MQTT password")
+	fs.StringVar(&c.BrokerCA, "broker-ca", c.BrokerCA, "PEM file of the CA that signs the broker's certificate (tls:// only; default: system roots)")
+	fs.StringVar(&c.BrokerCert, "broker-cert", c.BrokerCert, "PEM client certificate for mutual TLS")
+	fs.StringVar(&c.BrokerKey, "broker-key", c.BrokerKey, "PEM client key for mutual TLS")
+	fs.StringVar(&c.ClientID, "client-id", c.ClientID, "MQTT client id (default {tenant}/{gateway})")
+	fs.StringVar(&c.Tenant, "tenant", c.Tenant, "tenant id, 1-64 of [A-Za-z0-9._-] (required)")
+	fs.StringVar(&c.Gateway, "gateway", c.Gateway, "gateway id, 1-64 of [A-Za-z0-9._-], not \"group\" (required)")
+	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory for the agent's state file")
+	fs.StringVar(&c.TopicPrefix, "topic-prefix", c.TopicPrefix, "topic prefix")
+	fs.StringVar(&c.Encoding, "payload-encoding", c.Encoding, "encoding of the agent's own publications: protobuf or json")
+	fs.Var(labelsValue{&c.Labels}, "label", "label key=value for the birth certificate; repeatable, or comma-separated")
+	fs.Var(groupsValue{&c.Groups}, "group", "group whose commands this gateway takes; repeatable, or comma-separated")
+	fs.DurationVar(&c.KeepAlive, "keep-alive", c.KeepAlive, "MQTT keep-alive")
+	fs.DurationVar(&c.SessionExpiry, "session-expiry", c.SessionExpiry, "how long the broker keeps the session (and queued commands) while the gateway is offline")
+	fs.DurationVar(&c.ReconnectMin, "reconnect-min", c.ReconnectMin, "ceiling of the first reconnect delay (exponential back-off, full jitter)")
+	fs.DurationVar(&c.ReconnectMax, "reconnect-max", c.ReconnectMax, "cap of the reconnect delay")
+	fs.IntVar(&c.MaxPayload, "max-payload", c.MaxPayload, "largest command payload accepted, in bytes")
+	fs.DurationVar(&c.MetricsInterval, "metrics-interval", c.MetricsInterval, "metrics heartbeat interval")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `fleet-agent runs containers on this gateway as the cloud commands over MQTT.
+
+Usage: fleet-agent --broker URL --tenant T --gateway ID [flags]
+
+Every flag can also be set by an environment variable, FLEET_ and the flag
+name in upper case (FLEET_STATE_DIR), and by a key in the YAML file given by
+--config or FLEET_CONFIG (state-dir: /var/lib/fleet-agent). Flags win over
+the environment, which wins over the file.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// Load reads the configuration. It returns flag.ErrHelp after printing the
+// usage when asked for help; every other error names the setting at fault.
+func Load(args []string, lookupEnv func(string) (string, bool), out io.Writer) (*Config, error) {
+	// A first pass finds the config file.
+	probe := defaults()
+	pfs := probe.flags(io.Discard)
+	pfs.Usage = func() {}
+	_ = pfs.Parse(args)
+	file := probe.ConfigFile
+	if file == "" {
+		file, _ = lookupEnv("FLEET_CONFIG")
+	}
+
+	c := defaults()
+	fs := c.flags(out)
+	if file != "" {
+		if err := applyFile(fs, file); err != nil {
+			return nil, err
+		}
+	}
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := EnvName(f.Name)
+		if v, ok := lookupEnv(name); ok && envErr == nil {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("environment %s=%q: %w", name, v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return nil, envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q: every setting is a --flag", fs.Arg(0))
+	}
+	c.ConfigFile = file
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// EnvName is the environment variable of a flag.
+func EnvName(flagName string) string {
+	return "FLEET_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func applyFile(fs *flag.FlagSet, path string) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	return applyMap(fs, path, "", doc)
+}
+
+func applyMap(fs *flag.FlagSet, path, prefix string, m map[string]any) error {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		name := prefix + kebab(k)
+		v := m[k]
+		if fs.Lookup(name) == nil {
+			if sub, ok := v.(map[string]any); ok {
+				if err := applyMap(fs, path, name+"-", sub); err != nil {
+					return err
+				}
+				continue
+			}
+			return fmt.Errorf("config file %s: unknown key %q; keys are the flag names (see fleet-agent --help)", path, name)
+		}
+		if err := fs.Set(name, yamlString(v)); err != nil {
+			return fmt.Errorf("config file %s: %s: %w", path, name, err)
+		}
+	}
+	return nil
+}
+
+func yamlString(v any) string {
+	switch v := v.(type) {
+	case map[string]any:
+		var kv []string
+		for _, k := range slices.Sorted(maps.Keys(v)) {
+			kv = append(kv, fmt.Sprintf("%s=%v", k, v[k]))
+		}
+		return strings.Join(kv, ",")
+	case []any:
+		var s []string
+		for _, e := range v {
+			s = append(s, fmt.Sprint(e))
+		}
+		return strings.Join(s, ",")
+	case nil:
+		return ""
+	}
+	return fmt.Sprint(v)
+}
+
+// kebab turns camelCase and snake_case into kebab-case.
+func kebab(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		switch {
+		case r == '_':
+			b.WriteByte('-')
+		case unicode.IsUpper(r):
+			if i > 0 {
+				b.WriteByte('-')
+			}
+			b.WriteRune(unicode.ToLower(r))
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+type labelsValue struct{ m *map[string]string }
+
+func (v labelsValue) String() string {
+	if v.m == nil || *v.m == nil {
+		return ""
+	}
+	var kv []string
+	for _, k := range slices.Sorted(maps.Keys(*v.m)) {
+		kv = append(kv, k+"="+(*v.m)[k])
+	}
+	return strings.Join(kv, ",")
+}
+
+func (v labelsValue) Set(s string) error {
+	if *v.m == nil {
+		*v.m = map[string]string{}
+	}
+	for _, pair := range strings.Split(s, ",") {
+		if pair = strings.TrimSpace(pair); pair == "" {
+			continue
+		}
+		k, val, ok := strings.Cut(pair, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("label %q: write key=value", pair)
+		}
+		(*v.m)[k] = val
+	}
+	return nil
+}
+
+type groupsValue struct{ s *[]string }
+
+func (v groupsValue) String() string {
+	if v.s == nil {
+		return ""
+	}
+	return strings.Join(*v.s, ",")
+}
+
+func (v groupsValue) Set(s string) error {
+	for _, g := range strings.Split(s, ",") {
+		if g = strings.TrimSpace(g); g != "" && !slices.Contains(*v.s, g) {
+			*v.s = append(*v.s, g)
+		}
+	}
+	return nil
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.Broker == "" {
+		add("--broker is required, e.g. --broker mqtt://broker.example:1883 (or FLEET_BROKER)")
+	} else if u, err := url.Parse(c.Broker); err != nil || u.Host == "" {
+		add("--broker %q: not a URL of the form mqtt://host:port or tls://host:port", c.Broker)
+	} else if !slices.Contains([]string{"mqtt", "tcp", "tls", "ssl", "mqtts"}, u.Scheme) {
+		add("--broker %q: scheme %q unsupported; use mqtt:// or tls://", c.Broker, u.Scheme)
+	}
+	if c.Tenant == "" {
+		add("--tenant is required (or FLEET_TENANT)")
+	} else if err := topic.CheckID("tenant", c.Tenant); err != nil {
+		add("--tenant: %v", err)
+	}
+	if c.Gateway == "" {
+		add("--gateway is required (or FLEET_GATEWAY)")
+	} else if err := topic.CheckGatewayID(c.Gateway); err != nil {
+		add("--gateway: %v", err)
+	}
+	for _, g := range c.Groups {
+		if err := topic.CheckID("group", g); err != nil {
+			add("--group: %v", err)
+		}
+	}
+	if c.StateDir == "" {
+		add("--state-dir must not be empty")
+	}
+	if _, err := topic.NewScheme(c.TopicPrefix); err != nil {
+		add("--topic-prefix: %v", err)
+	}
+	if _, err := codec.ParseEncoding(c.Encoding); err != nil {
+		add("--payload-encoding: %v", err)
+	}
+	if c.BrokerPassword != "" && c.BrokerPasswordFile != "" {
+		add("--broker-password and --broker-password-file are both set; keep one")
+	}
+	if (c.BrokerCert == "") != (c.BrokerKey == "") {
+		add("--broker-cert and --broker-key go together for mutual TLS; set both or neither")
+	}
+	if c.KeepAlive < time.Second || c.KeepAlive > 65535*time.Second {
+		add("--keep-alive %v: must be between 1s and 18h12m15s", c.KeepAlive)
+	}
+	if c.SessionExpiry < 0 || c.SessionExpiry/time.Second > 1<<32-1 {
+		add("--session-expiry %v: must be between 0 and about 136 years", c.SessionExpiry)
+	}
+	if c.ReconnectMin <= 0 || c.ReconnectMax < c.ReconnectMin {
+		add("--reconnect-min %v / --reconnect-max %v: need 0 < min <= max", c.ReconnectMin, c.ReconnectMax)
+	}
+	if c.MaxPayload < 1024 {
+		add("--max-payload %d: must be at least 1024 bytes", c.MaxPayload)
+	}
+	if c.MetricsInterval < time.Second {
+		add("--metrics-interval %v: must be at least 1s", c.MetricsInterval)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		add("--log-format %q: use text or json", c.LogFormat)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		add("--log-level %q: use debug, info, warn or error", c.LogLevel)
+	}
+	return errors.Join(errs...)
+}
+
+// Logger builds the logger the configuration asks for.
+func (c *Config) Logger(w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.LogLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// GatewayConfig turns the configuration into the gateway's, reading the files it
+// names (password, certificates).
+func (c *Config) GatewayConfig(version string, logger *slog.Logger) (gateway.Config, error) {
+	u, _ := url.Parse(c.Broker)
+	scheme, _ := topic.NewScheme(c.TopicPrefix)
+	enc, _ := codec.ParseEncoding(c.Encoding)
+	g := gateway.Config{
+		Tenant: c.Tenant, ID: c.Gateway, Scheme: scheme, Encoding: enc, StateDir: c.StateDir,
+		Labels: c.Labels, Groups: c.Groups,
+		BrokerURL: u, ClientID: c.ClientID, Username: c.BrokerUsername, Password: []byte(c.BrokerPassword),
+		KeepAlive: c.KeepAlive, SessionExpiry: c.SessionExpiry,
+		Backoff:    backoff.Policy{Base: c.ReconnectMin, Max: c.ReconnectMax},
+		MaxPayload: c.MaxPayload, MetricsInterval: c.MetricsInterval,
+		Version: version, Logger: logger,
+	}
+	if c.BrokerPasswordFile != "" {
+		b, err := os.ReadFile(c.BrokerPasswordFile)
+		if err != nil {
+			return g, fmt.Errorf("--broker-password-file: %w", err)
+		}
+		g.Password = []byte(strings.TrimRight(string(b), "\r\n"))
+	}
+	if c.BrokerCA != "" || c.BrokerCert != "" {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if c.BrokerCA != "" {
+			pem, err := os.ReadFile(c.BrokerCA)
+			if err != nil {
+				return g, fmt.Errorf("--broker-ca: %w", err)
+			}
+			tc.RootCAs = x509.NewCertPool()
+			if !tc.RootCAs.AppendCertsFromPEM(pem) {
+				return g, fmt.Errorf("--broker-ca %s: no PEM certificate in the file", c.BrokerCA)
+			}
+		}
+		if c.BrokerCert != "" {
+			cert, err := tls.LoadX509KeyPair(c.BrokerCert, c.BrokerKey)
+			if err != nil {
+				return g, fmt.Errorf("--broker-cert/--broker-key: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		g.TLS = tc
+	}
+	return g, nil
+}

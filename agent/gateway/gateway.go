@@ -1,0 +1,290 @@
+// Package gateway is the agent: it owns the state store, the MQTT link and
+// the command processor, publishes the birth on every connect and the death
+// on shutdown, and sends the metrics heartbeat.
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fleet-agent/fleet/agent/command"
+	"github.com/fleet-agent/fleet/agent/hostinfo"
+	"github.com/fleet-agent/fleet/agent/mqttlink"
+	"github.com/fleet-agent/fleet/agent/store"
+	"github.com/fleet-agent/fleet/internal/backoff"
+	"github.com/fleet-agent/fleet/protocol/codec"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
+)
+
+// ProtocolVersion is the wire protocol version this agent speaks.
+const ProtocolVersion = 1
+
+// Config configures a Gateway.
+type Config struct {
+	Tenant   string
+	ID       string
+	Scheme   topic.Scheme
+	Encoding codec.Encoding // of the agent's own publications
+	StateDir string
+	Labels   map[string]string
+	Groups   []string
+
+	BrokerURL     *url.URL
+	ClientID      string // "{tenant}/{id}" when empty
+	Username      string
+	Password      []byte
+	TLS           *tls.Config
+	KeepAlive     time.Duration
+	SessionExpiry time.Duration
+	Backoff       backoff.Policy
+
+	MaxPayload      int
+	MetricsInterval time.Duration
+	// ShutdownTimeout bounds the wait for work in progress on shutdown.
+	ShutdownTimeout time.Duration
+
+	Version   string
+	Simulated bool
+	Logger    *slog.Logger
+	Now       func() time.Time
+}
+
+// Gateway is a running agent.
+type Gateway struct {
+	cfg       Config
+	log       *slog.Logger
+	store     *store.Store
+	proc      *command.Processor
+	link      *mqttlink.Link
+	startedAt time.Time
+	session   atomic.Uint64
+}
+
+// New checks cfg and opens the state store.
+func New(cfg Config) (*Gateway, error) {
+	if err := topic.CheckID("tenant", cfg.Tenant); err != nil {
+		return nil, err
+	}
+	if err := topic.CheckGatewayID(cfg.ID); err != nil {
+		return nil, err
+	}
+	for _, g := range cfg.Groups {
+		if err := topic.CheckID("group", g); err != nil {
+			return nil, err
+		}
+	}
+	switch {
+	case cfg.BrokerURL == nil:
+		return nil, errors.New("gateway: BrokerURL is required")
+	case cfg.StateDir == "":
+		return nil, errors.New("gateway: StateDir is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.ClientID == "" {
+		cfg.ClientID = cfg.Tenant + "/" + cfg.ID
+	}
+	if cfg.MetricsInterval <= 0 {
+		cfg.MetricsInterval = 30 * time.Second
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	if cfg.Version == "" {
+		cfg.Version = "dev"
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	st, err := store.Open(store.Config{Path: filepath.Join(cfg.StateDir, "state.db"), Now: cfg.Now})
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, store: st, startedAt: cfg.Now()}
+	g.proc, err = command.New(command.Config{
+		Scheme: cfg.Scheme, Tenant: cfg.Tenant, Gateway: cfg.ID,
+		Journal: st, Publisher: publisher{g}, MaxPayload: cfg.MaxPayload,
+		Encoding: cfg.Encoding, Now: cfg.Now, Logger: cfg.Logger.With("component", "command"),
+		Handlers: map[topic.Verb]command.Handler{
+			topic.Rebirth: g.rebirth,
+		},
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return g, nil
+}
+
+// publisher lets the processor publish before the link exists.
+type publisher struct{ g *Gateway }
+
+func (p publisher) Publish(ctx context.Context, m mqttlink.Message) error {
+	return p.g.link.Publish(ctx, m)
+}
+
+// Run connects and serves until ctx ends, then publishes a SHUTDOWN death,
+// disconnects cleanly and closes the store. It returns nil on a clean stop.
+func (g *Gateway) Run(ctx context.Context) error {
+	defer g.store.Close()
+	linkCtx, cancelLink := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelLink()
+
+	subs := []string{g.cfg.Scheme.CommandFilter(g.cfg.Tenant, g.cfg.ID)}
+	for _, grp := range g.cfg.Groups {
+		subs = append(subs, g.cfg.Scheme.GroupCommandFilter(g.cfg.Tenant, grp))
+	}
+	link, err := mqttlink.New(mqttlink.Config{
+		BrokerURL: g.cfg.BrokerURL, ClientID: g.cfg.ClientID, Username: g.cfg.Username, Password: g.cfg.Password,
+		TLS: g.cfg.TLS, KeepAlive: g.cfg.KeepAlive, SessionExpiry: g.cfg.SessionExpiry, Backoff: g.cfg.Backoff,
+		Subscriptions: subs,
+		Will:          g.will,
+		Birth:         g.birthMessage,
+		OnReady:       g.proc.Redeliver,
+		OnMessage:     g.proc.Receive,
+		Logger:        g.log.With("component", "mqtt"),
+	})
+	if err != nil {
+		return err
+	}
+	g.link = link
+	if err := link.Connect(linkCtx); err != nil {
+		return err
+	}
+	g.log.Info("fleet-agent started", "tenant", g.cfg.Tenant, "gateway", g.cfg.ID, "broker", g.cfg.BrokerURL.Redacted(), "version", g.cfg.Version)
+
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = g.proc.Run(workCtx) })
+	wg.Go(func() { g.heartbeat(workCtx) })
+
+	<-ctx.Done()
+	g.log.Info("shutting down")
+	stopWork()
+	waitTimeout(&wg, g.cfg.ShutdownTimeout)
+
+	closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	death, err := g.deathMessage(fleetv1.Death_SHUTDOWN)
+	if err != nil {
+		return err
+	}
+	if err := link.Close(closeCtx, &death); err != nil {
+		g.log.Warn("disconnect", "err", err)
+	}
+	g.log.Info("stopped")
+	return nil
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
+}
+
+// will is called before every connection attempt: it takes the next session
+// number and returns the death that the broker publishes if this connection
+// is lost.
+func (g *Gateway) will() (mqttlink.Message, error) {
+	n, err := g.store.NextSession()
+	if err != nil {
+		// Keep connecting: a gateway with a full disk still needs to be
+		// reachable. The counter stays monotonic within this process.
+		n = g.session.Load() + 1
+		g.log.Error("persist session counter; continuing with an in-memory counter", "session", n, "err", err)
+	}
+	g.session.Store(n)
+	return g.deathMessage(fleetv1.Death_CONNECTION_LOST)
+}
+
+func (g *Gateway) deathMessage(reason fleetv1.Death_Reason) (mqttlink.Message, error) {
+	d := &fleetv1.Death{GatewayId: g.cfg.ID, Tenant: g.cfg.Tenant, Session: g.session.Load(), Reason: reason, Timestamp: timestamppb.New(g.cfg.Now())}
+	return g.message(g.cfg.Scheme.Death(g.cfg.Tenant, g.cfg.ID), d, true)
+}
+
+func (g *Gateway) birthMessage() (mqttlink.Message, error) {
+	return g.message(g.cfg.Scheme.Birth(g.cfg.Tenant, g.cfg.ID), g.Birth(), true)
+}
+
+func (g *Gateway) message(t string, m proto.Message, retain bool) (mqttlink.Message, error) {
+	b, err := codec.Marshal(g.cfg.Encoding, m)
+	if err != nil {
+		return mqttlink.Message{}, err
+	}
+	return mqttlink.Message{Topic: t, Payload: b, QoS: 1, Retain: retain, ContentType: g.cfg.Encoding.ContentType()}, nil
+}
+
+// Birth returns the birth certificate of the current session.
+func (g *Gateway) Birth() *fleetv1.Birth {
+	caps := []string{"protobuf", "json"}
+	for _, v := range g.proc.Verbs() {
+		caps = append(caps, string(v))
+	}
+	return &fleetv1.Birth{
+		GatewayId: g.cfg.ID, Tenant: g.cfg.Tenant, Session: g.session.Load(),
+		AgentVersion: g.cfg.Version, ProtocolVersion: ProtocolVersion,
+		StartedAt: timestamppb.New(g.startedAt), Timestamp: timestamppb.New(g.cfg.Now()),
+		Host: hostinfo.Facts(), Labels: maps.Clone(g.cfg.Labels), Groups: slices.Clone(g.cfg.Groups),
+		Capabilities: caps, Simulated: g.cfg.Simulated,
+	}
+}
+
+// rebirth republishes the birth (and, once deployments exist, every status).
+func (g *Gateway) rebirth(ctx context.Context, _ *command.Exec) error {
+	m, err := g.birthMessage()
+	if err != nil {
+		return err
+	}
+	if err := g.link.Publish(ctx, m); err != nil {
+		return fmt.Errorf("publish birth: %w", err)
+	}
+	return nil
+}
+
+func (g *Gateway) heartbeat(ctx context.Context) {
+	t := time.NewTicker(g.cfg.MetricsInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := g.cfg.Now()
+		m := &fleetv1.Metrics{GatewayId: g.cfg.ID, Session: g.session.Load(), Timestamp: timestamppb.New(now),
+			UptimeSeconds: uint64(now.Sub(g.startedAt) / time.Second)}
+		hostinfo.Sample(m, g.cfg.StateDir)
+		msg, err := g.message(g.cfg.Scheme.Metrics(g.cfg.Tenant, g.cfg.ID), m, false)
+		if err != nil {
+			continue
+		}
+		msg.QoS = 0
+		pctx, cancel := context.WithTimeout(ctx, g.cfg.MetricsInterval)
+		if err := g.link.TryPublish(pctx, msg); err != nil {
+			g.log.Debug("heartbeat skipped", "err", err)
+		}
+		cancel()
+	}
+}

@@ -1,0 +1,335 @@
+// Package mqttlink holds the agent's MQTT v5 session with the cloud.
+//
+// It connects with clean start false and a session expiry, so that QoS 1
+// commands sent while the gateway is offline wait in the broker; it
+// reconnects with exponential back-off and full jitter; on every connect it
+// subscribes, then publishes the birth before anything else, and only then
+// lets other publications through.
+package mqttlink
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/fleet-agent/fleet/internal/backoff"
+)
+
+// Message is an MQTT publication.
+type Message struct {
+	Topic           string
+	Payload         []byte
+	QoS             byte
+	Retain          bool
+	ContentType     string
+	CorrelationData []byte
+}
+
+// Inbound is a received publication.
+type Inbound struct {
+	Topic           string
+	Payload         []byte
+	ContentType     string
+	ResponseTopic   string
+	CorrelationData []byte
+}
+
+// Config configures a Link.
+type Config struct {
+	BrokerURL     *url.URL // mqtt://, tcp://, tls://, ssl:// or mqtts://
+	ClientID      string
+	Username      string
+	Password      []byte
+	TLS           *tls.Config // for tls:// URLs; nil means system roots
+	KeepAlive     time.Duration
+	SessionExpiry time.Duration
+	Backoff       backoff.Policy
+
+	// Subscriptions are subscribed at QoS 1 on every connect.
+	Subscriptions []string
+	// Will is called before every connection attempt and returns the
+	// death certificate to register as the MQTT Will for that connection.
+	Will func() (Message, error)
+	// Birth is called on every connect, after subscribing; its message is
+	// published before any other.
+	Birth func() (Message, error)
+	// OnReady is called, in a goroutine of its own, once the birth of a
+	// connection has been published.
+	OnReady func(ctx context.Context)
+	// OnMessage is called for each received publication, one at a time. The
+	// broker is sent the acknowledgement when it returns, so what it must not
+	// lose it should have stored durably by then. It must not publish and
+	// wait: do that in another goroutine.
+	OnMessage func(Inbound)
+
+	Logger *slog.Logger
+}
+
+// Link is a connection to the broker that outlives network failures.
+type Link struct {
+	cfg Config
+	log *slog.Logger
+	pc  autopaho.ClientConfig
+
+	mu    sync.Mutex
+	cm    *autopaho.ConnectionManager // set by Connect
+	gen   uint64                      // incremented on every connection up
+	ready chan struct{}               // closed while the current connection's birth is out
+}
+
+// ErrRefused is wrapped when the broker refuses a publication (for example
+// an ACL denial), as opposed to a connection failure.
+var ErrRefused = errors.New("broker refused the publication")
+
+// New checks cfg and returns an unconnected link.
+func New(cfg Config) (*Link, error) {
+	switch {
+	case cfg.BrokerURL == nil:
+		return nil, errors.New("mqttlink: BrokerURL is required")
+	case cfg.ClientID == "":
+		return nil, errors.New("mqttlink: ClientID is required")
+	case cfg.Will == nil || cfg.Birth == nil || cfg.OnMessage == nil:
+		return nil, errors.New("mqttlink: Will, Birth and OnMessage are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Backoff.Base == 0 {
+		cfg.Backoff = backoff.Policy{Base: time.Second, Max: 2 * time.Minute}
+	}
+	l := &Link{cfg: cfg, log: cfg.Logger, ready: make(chan struct{})}
+
+	u := *cfg.BrokerURL
+	switch u.Scheme {
+	case "mqtts", "ssl":
+		u.Scheme = "tls"
+	case "tcp":
+		u.Scheme = "mqtt"
+	}
+	pc := autopaho.ClientConfig{
+		ServerUrls:                    []*url.URL{&u},
+		TlsCfg:                        cfg.TLS,
+		KeepAlive:                     uint16(cfg.KeepAlive / time.Second),
+		CleanStartOnInitialConnection: false,
+		SessionExpiryInterval:         uint32(cfg.SessionExpiry / time.Second),
+		ReconnectBackoff:              cfg.Backoff.Delay,
+		ConnectTimeout:                10 * time.Second,
+		ConnectUsername:               cfg.Username,
+		ConnectPassword:               cfg.Password,
+		ConnectPacketBuilder:          l.buildConnect,
+		OnConnectionUp:                l.onUp,
+		OnConnectionDown:              l.onDown,
+		OnConnectError: func(err error) {
+			l.log.Warn("connection attempt failed", "broker", cfg.BrokerURL.Redacted(), "err", err)
+		},
+		ClientConfig: paho.ClientConfig{
+			ClientID: cfg.ClientID,
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+				func(pr paho.PublishReceived) (bool, error) {
+					l.cfg.OnMessage(inbound(pr.Packet))
+					return true, nil
+				},
+			},
+			OnClientError: func(err error) { l.log.Warn("connection error", "err", err) },
+			OnServerDisconnect: func(d *paho.Disconnect) {
+				l.log.Warn("broker closed the connection", "reason", d.ReasonCode)
+			},
+		},
+	}
+	l.pc = pc
+	return l, nil
+}
+
+// Connect starts connecting in the background and returns at once. The link
+// lives until ctx is done or Close is called.
+func (l *Link) Connect(ctx context.Context) error {
+	cm, err := autopaho.NewConnection(ctx, l.pc)
+	if err != nil {
+		return fmt.Errorf("mqttlink: %w", err)
+	}
+	l.mu.Lock()
+	l.cm = cm
+	l.mu.Unlock()
+	return nil
+}
+
+func inbound(p *paho.Publish) Inbound {
+	in := Inbound{Topic: p.Topic, Payload: p.Payload}
+	if p.Properties != nil {
+		in.ContentType = p.Properties.ContentType
+		in.ResponseTopic = p.Properties.ResponseTopic
+		in.CorrelationData = p.Properties.CorrelationData
+	}
+	return in
+}
+
+// buildConnect registers the Will of the connection about to be attempted.
+func (l *Link) buildConnect(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
+	will, err := l.cfg.Will()
+	if err != nil {
+		return nil, fmt.Errorf("will: %w", err)
+	}
+	cp.WillMessage = &paho.WillMessage{Topic: will.Topic, Payload: will.Payload, QoS: will.QoS, Retain: will.Retain}
+	cp.WillProperties = &paho.WillProperties{ContentType: will.ContentType}
+	return cp, nil
+}
+
+// onUp must not block: it starts the connection's set-up in a goroutine.
+func (l *Link) onUp(cm *autopaho.ConnectionManager, ca *paho.Connack) {
+	l.mu.Lock()
+	l.cm = cm
+	l.gen++
+	gen := l.gen
+	l.mu.Unlock()
+	l.log.Info("connected", "broker", l.cfg.BrokerURL.Redacted(), "session_present", ca.SessionPresent)
+	go l.establish(gen)
+}
+
+func (l *Link) onDown() bool {
+	l.mu.Lock()
+	l.gen++
+	select {
+	case <-l.ready:
+		l.ready = make(chan struct{})
+	default:
+	}
+	l.mu.Unlock()
+	l.log.Warn("disconnected; reconnecting")
+	return true
+}
+
+// establish subscribes, publishes the birth and opens the gate for the
+// connection numbered gen. If that connection drops meanwhile, the next
+// connection's establish takes over.
+func (l *Link) establish(gen uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if len(l.cfg.Subscriptions) > 0 {
+		sub := &paho.Subscribe{}
+		for _, f := range l.cfg.Subscriptions {
+			sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: f, QoS: 1})
+		}
+		sa, err := l.conn().Subscribe(ctx, sub)
+		if err != nil {
+			l.log.Error("subscribe failed", "err", err)
+			return
+		}
+		for i, rc := range sa.Reasons {
+			if rc >= 0x80 && i < len(sub.Subscriptions) {
+				l.log.Error("broker refused subscription; commands on it will not arrive", "filter", sub.Subscriptions[i].Topic, "reason", rc)
+			}
+		}
+	}
+	birth, err := l.cfg.Birth()
+	if err != nil {
+		l.log.Error("build birth", "err", err)
+		return
+	}
+	if err := l.publishNow(ctx, birth); err != nil {
+		l.log.Error("publish birth failed", "err", err)
+		return
+	}
+	l.mu.Lock()
+	if l.gen != gen {
+		l.mu.Unlock()
+		return
+	}
+	close(l.ready)
+	l.mu.Unlock()
+	if l.cfg.OnReady != nil {
+		go l.cfg.OnReady(context.Background())
+	}
+}
+
+func (l *Link) conn() *autopaho.ConnectionManager {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cm
+}
+
+func (l *Link) readyChan() chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ready
+}
+
+// Ready reports whether the link is connected and the birth is out.
+func (l *Link) Ready() bool {
+	select {
+	case <-l.readyChan():
+		return true
+	default:
+		return false
+	}
+}
+
+// Publish sends m once the link is ready, retrying across reconnects until
+// the broker acknowledges it (QoS 1) or it is written (QoS 0), or ctx ends.
+// A publication the broker refuses is not retried: the error wraps ErrRefused.
+func (l *Link) Publish(ctx context.Context, m Message) error {
+	retry := backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second}
+	for attempt := 0; ; attempt++ {
+		select {
+		case <-time.After(retry.Delay(attempt)):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		select {
+		case <-l.readyChan():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		err := l.publishNow(ctx, m)
+		if err == nil || errors.Is(err, ErrRefused) || ctx.Err() != nil {
+			return err
+		}
+		l.log.Debug("publish failed; will retry", "topic", m.Topic, "err", err)
+	}
+}
+
+// TryPublish sends m only if the link is ready now; it does not retry. It
+// suits QoS 0 heartbeats that are worthless later.
+func (l *Link) TryPublish(ctx context.Context, m Message) error {
+	if !l.Ready() {
+		return autopaho.ConnectionDownError
+	}
+	return l.publishNow(ctx, m)
+}
+
+func (l *Link) publishNow(ctx context.Context, m Message) error {
+	p := &paho.Publish{Topic: m.Topic, Payload: m.Payload, QoS: m.QoS, Retain: m.Retain}
+	if m.ContentType != "" || m.CorrelationData != nil {
+		p.Properties = &paho.PublishProperties{ContentType: m.ContentType, CorrelationData: m.CorrelationData}
+	}
+	cm := l.conn()
+	if cm == nil {
+		return autopaho.ConnectionDownError
+	}
+	pr, err := cm.Publish(ctx, p)
+	if pr != nil && pr.ReasonCode >= 0x80 {
+		return fmt.Errorf("%w: %s: reason code %#x", ErrRefused, m.Topic, pr.ReasonCode)
+	}
+	return err
+}
+
+// Close publishes last (if set and the link is ready), then disconnects
+// cleanly, so that the broker does not publish the Will.
+func (l *Link) Close(ctx context.Context, last *Message) error {
+	if last != nil && l.Ready() {
+		if err := l.publishNow(ctx, *last); err != nil {
+			l.log.Warn("publish on close failed", "topic", last.Topic, "err", err)
+		}
+	}
+	if cm := l.conn(); cm != nil {
+		return cm.Disconnect(ctx)
+	}
+	return nil
+}

@@ -1,0 +1,34 @@
+package errdefs_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/fleet-agent/fleet/internal/errdefs"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+func TestCode(t *testing.T) {
+	tests := []struct {
+		err  error
+		want fleetv1.Reply_Code
+	}{
+		{nil, fleetv1.Reply_OK},
+		{errors.New("boom"), fleetv1.Reply_INTERNAL},
+		{fmt.Errorf("pull: %w", errdefs.ErrUnauthenticated), fleetv1.Reply_UNAUTHENTICATED},
+		{errdefs.Invalid("deploy.spec.name", "must be set"), fleetv1.Reply_INVALID_ARGUMENT},
+		{&errdefs.FieldError{Field: "x", Msg: "m", Kind: errdefs.ErrPolicyDenied}, fleetv1.Reply_POLICY_DENIED},
+		{fmt.Errorf("wait: %w", context.DeadlineExceeded), fleetv1.Reply_DEADLINE_EXCEEDED},
+	}
+	for _, tt := range tests {
+		if got := errdefs.Code(tt.err); got != tt.want {
+			t.Errorf("Code(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+	err := fmt.Errorf("validate: %w", errdefs.Invalid("deploy.spec.image", "must be set"))
+	if got := errdefs.Field(err); got != "deploy.spec.image" {
+		t.Errorf("Field = %q, want deploy.spec.image", got)
+	}
+}
