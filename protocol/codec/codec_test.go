@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/codec"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"

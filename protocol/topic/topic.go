@@ -133,11 +133,13 @@ func (s Scheme) join(levels ...string) string {
 	return s.pfx() + "/" + strings.Join(levels, "/")
 }
 
-func (s Scheme) Birth(tenant, gateway string) string   { return s.join(tenant, gateway, string(Birth)) }
-func (s Scheme) Death(tenant, gateway string) string   { return s.join(tenant, gateway, string(Death)) }
-func (s Scheme) Reply(tenant, gateway string) string   { return s.join(tenant, gateway, string(Reply)) }
-func (s Scheme) Events(tenant, gateway string) string  { return s.join(tenant, gateway, string(Events)) }
-func (s Scheme) Metrics(tenant, gateway string) string { return s.join(tenant, gateway, string(Metrics)) }
+func (s Scheme) Birth(tenant, gateway string) string  { return s.join(tenant, gateway, string(Birth)) }
+func (s Scheme) Death(tenant, gateway string) string  { return s.join(tenant, gateway, string(Death)) }
+func (s Scheme) Reply(tenant, gateway string) string  { return s.join(tenant, gateway, string(Reply)) }
+func (s Scheme) Events(tenant, gateway string) string { return s.join(tenant, gateway, string(Events)) }
+func (s Scheme) Metrics(tenant, gateway string) string {
+	return s.join(tenant, gateway, string(Metrics))
+}
 
 func (s Scheme) Command(tenant, gateway string, v Verb) string {
 	return s.join(tenant, gateway, string(Command), string(v))
