@@ -216,13 +216,13 @@ func (p *Processor) check(in mqttlink.Inbound, enc codec.Encoding) (*fleetv1.Com
 	if err := checkID(cmd.GetId()); err != nil {
 		return cmd, t.Verb, err
 	}
-	body := bodyVerb(cmd)
+	body := topic.VerbOf(cmd)
 	switch {
 	case body == "":
-		return cmd, t.Verb, errdefs.Invalid("body", "the command has no body; for verb %s put it under %q", t.Verb, jsonName(t.Verb))
+		return cmd, t.Verb, errdefs.Invalid("body", "the command has no body; for verb %s put it under %q", t.Verb, t.Verb.BodyField())
 	case body != t.Verb:
 		return cmd, t.Verb, errdefs.Invalid("body", "the topic's verb is %s but the body is %q; send it to .../cmd/%s or put the body under %q",
-			t.Verb, jsonName(body), body, jsonName(t.Verb))
+			t.Verb, body.BodyField(), body, t.Verb.BodyField())
 	}
 	if exp := cmd.GetExpiresAt(); exp != nil && !p.cfg.Now().Before(exp.AsTime()) {
 		return cmd, t.Verb, &errdefs.FieldError{Field: "expiresAt", Kind: errdefs.ErrExpired,
@@ -441,46 +441,4 @@ func result(err error) fleetv1.Reply_Result {
 		return fleetv1.Reply_REJECTED
 	}
 	return fleetv1.Reply_FAILED
-}
-
-// bodyVerb is the verb a command's body belongs to.
-func bodyVerb(c *fleetv1.Command) topic.Verb {
-	switch c.GetBody().(type) {
-	case *fleetv1.Command_Deploy:
-		return topic.Deploy
-	case *fleetv1.Command_Remove:
-		return topic.Remove
-	case *fleetv1.Command_Start:
-		return topic.Start
-	case *fleetv1.Command_Stop:
-		return topic.Stop
-	case *fleetv1.Command_Restart:
-		return topic.Restart
-	case *fleetv1.Command_SetCredentials:
-		return topic.SetCredentials
-	case *fleetv1.Command_DeleteCredentials:
-		return topic.DeleteCredentials
-	case *fleetv1.Command_CheckRegistry:
-		return topic.CheckRegistry
-	case *fleetv1.Command_Rebirth:
-		return topic.Rebirth
-	}
-	return ""
-}
-
-// jsonName is the JSON name of a verb's body field, e.g. "setCredentials".
-func jsonName(v topic.Verb) string {
-	out := []rune{}
-	up := false
-	for _, r := range string(v) {
-		if r == '-' {
-			up = true
-			continue
-		}
-		if up {
-			r, up = unicode.ToUpper(r), false
-		}
-		out = append(out, r)
-	}
-	return string(out)
 }

@@ -83,7 +83,14 @@ type Link struct {
 	cm    *autopaho.ConnectionManager // set by Connect
 	gen   uint64                      // incremented on every connection up
 	ready chan struct{}               // closed while the current connection's birth is out
+	upAt  time.Time                   // when the current connection came up
+	flaps int                         // connections in a row that dropped soon after coming up
 }
+
+// stableAfter is how long a connection must last for the reconnect back-off
+// to start over. A broker that accepts and then drops the connection at once
+// would otherwise be hammered with reconnects.
+const stableAfter = 30 * time.Second
 
 // ErrRefused is wrapped when the broker refuses a publication (for example
 // an ACL denial), as opposed to a connection failure.
@@ -120,7 +127,7 @@ func New(cfg Config) (*Link, error) {
 		KeepAlive:                     uint16(cfg.KeepAlive / time.Second),
 		CleanStartOnInitialConnection: false,
 		SessionExpiryInterval:         uint32(cfg.SessionExpiry / time.Second),
-		ReconnectBackoff:              cfg.Backoff.Delay,
+		ReconnectBackoff:              l.reconnectDelay,
 		ConnectTimeout:                10 * time.Second,
 		ConnectUsername:               cfg.Username,
 		ConnectPassword:               cfg.Password,
@@ -188,6 +195,7 @@ func (l *Link) onUp(cm *autopaho.ConnectionManager, ca *paho.Connack) {
 	l.cm = cm
 	l.gen++
 	gen := l.gen
+	l.upAt = time.Now()
 	l.mu.Unlock()
 	l.log.Info("connected", "broker", l.cfg.BrokerURL.Redacted(), "session_present", ca.SessionPresent)
 	go l.establish(gen)
@@ -196,6 +204,11 @@ func (l *Link) onUp(cm *autopaho.ConnectionManager, ca *paho.Connack) {
 func (l *Link) onDown() bool {
 	l.mu.Lock()
 	l.gen++
+	if time.Since(l.upAt) < stableAfter {
+		l.flaps++
+	} else {
+		l.flaps = 0
+	}
 	select {
 	case <-l.ready:
 		l.ready = make(chan struct{})
@@ -204,6 +217,15 @@ func (l *Link) onDown() bool {
 	l.mu.Unlock()
 	l.log.Warn("disconnected; reconnecting")
 	return true
+}
+
+// reconnectDelay is the back-off before connection attempt n after a loss
+// (n = 0 is the first attempt); connections that flapped count as attempts.
+func (l *Link) reconnectDelay(n int) time.Duration {
+	l.mu.Lock()
+	flaps := l.flaps
+	l.mu.Unlock()
+	return l.cfg.Backoff.Delay(n + flaps)
 }
 
 // establish subscribes, publishes the birth and opens the gate for the
@@ -218,13 +240,17 @@ func (l *Link) establish(gen uint64) {
 			sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: f, QoS: 1})
 		}
 		sa, err := l.conn().Subscribe(ctx, sub)
-		if err != nil {
+		if sa == nil {
+			// No SUBACK: the connection is failing; the next one retries.
 			l.log.Error("subscribe failed", "err", err)
 			return
 		}
+		// A refusal is logged, not fatal: with a present session the broker
+		// keeps the subscriptions it already has, and the gateway must stay
+		// reachable (its birth out) either way.
 		for i, rc := range sa.Reasons {
 			if rc >= 0x80 && i < len(sub.Subscriptions) {
-				l.log.Error("broker refused subscription; commands on it will not arrive", "filter", sub.Subscriptions[i].Topic, "reason", rc)
+				l.log.Error("broker refused subscription", "filter", sub.Subscriptions[i].Topic, "reason", fmt.Sprintf("%#x", rc))
 			}
 		}
 	}

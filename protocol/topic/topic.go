@@ -14,6 +14,9 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"unicode"
+
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
 // DefaultPrefix is the topic prefix used when none is configured.
@@ -263,4 +266,46 @@ func (s Scheme) Parse(name string) (Topic, error) {
 		return Topic{}, fmt.Errorf("%w: %q: unknown kind %q", ErrInvalid, name, lv[2])
 	}
 	return t, nil
+}
+
+// VerbOf is the verb a command's body belongs to; "" when it has none.
+func VerbOf(c *fleetv1.Command) Verb {
+	switch c.GetBody().(type) {
+	case *fleetv1.Command_Deploy:
+		return Deploy
+	case *fleetv1.Command_Remove:
+		return Remove
+	case *fleetv1.Command_Start:
+		return Start
+	case *fleetv1.Command_Stop:
+		return Stop
+	case *fleetv1.Command_Restart:
+		return Restart
+	case *fleetv1.Command_SetCredentials:
+		return SetCredentials
+	case *fleetv1.Command_DeleteCredentials:
+		return DeleteCredentials
+	case *fleetv1.Command_CheckRegistry:
+		return CheckRegistry
+	case *fleetv1.Command_Rebirth:
+		return Rebirth
+	}
+	return ""
+}
+
+// BodyField is the JSON name of a verb's body field, e.g. "setCredentials".
+func (v Verb) BodyField() string {
+	var b strings.Builder
+	up := false
+	for _, r := range string(v) {
+		if r == '-' {
+			up = true
+			continue
+		}
+		if up {
+			r, up = unicode.ToUpper(r), false
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

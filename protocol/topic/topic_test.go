@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 	"github.com/google/go-cmp/cmp"
 )
@@ -106,4 +107,24 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse(%q) = %+v, rebuilt as %q", in, tp, out)
 		}
 	})
+}
+
+func TestVerbOf(t *testing.T) {
+	tests := []struct {
+		cmd  *fleetv1.Command
+		want topic.Verb
+	}{
+		{&fleetv1.Command{}, ""},
+		{&fleetv1.Command{Body: &fleetv1.Command_Rebirth{}}, topic.Rebirth},
+		{&fleetv1.Command{Body: &fleetv1.Command_SetCredentials{}}, topic.SetCredentials},
+		{&fleetv1.Command{Body: &fleetv1.Command_Restart{}}, topic.Restart},
+	}
+	for _, tt := range tests {
+		if got := topic.VerbOf(tt.cmd); got != tt.want {
+			t.Errorf("VerbOf(%v) = %q, want %q", tt.cmd, got, tt.want)
+		}
+	}
+	if got := topic.DeleteCredentials.BodyField(); got != "deleteCredentials" {
+		t.Errorf("BodyField = %q, want deleteCredentials", got)
+	}
 }

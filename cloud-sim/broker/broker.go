@@ -1,0 +1,147 @@
+// Package broker runs the embedded MQTT v5 broker (mochi-mqtt) that
+// cloud-sim serves, the demo uses and most tests run against.
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	bbolt "go.etcd.io/bbolt"
+)
+
+// Config configures a Broker.
+type Config struct {
+	// Addr is the TCP address to listen on; "127.0.0.1:0" when empty.
+	Addr string
+	// StorePath, when set, persists sessions, subscriptions, queued and
+	// retained messages in a bbolt file, so that a restarted broker still
+	// holds the commands queued for offline gateways.
+	StorePath string
+	Logger    *slog.Logger
+}
+
+// Broker is a running embedded broker.
+type Broker struct {
+	srv  *mqtt.Server
+	addr string
+}
+
+// Start listens and serves in the background.
+func Start(cfg Config) (*Broker, error) {
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("broker: listen: %w", err)
+	}
+	srv := mqtt.New(&mqtt.Options{Logger: cfg.Logger})
+	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if cfg.StorePath != "" {
+		err := srv.AddHook(boltStore{new(bolt.Hook)}, &bolt.Options{Path: cfg.StorePath, Options: &bbolt.Options{Timeout: 5 * time.Second}})
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("broker: store %s: %w", cfg.StorePath, err)
+		}
+	}
+	if err := srv.AddListener(&boundListener{id: "tcp", ln: ln}); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if err := srv.Serve(); err != nil {
+		srv.Close()
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	return &Broker{srv: srv, addr: ln.Addr().String()}, nil
+}
+
+// Addr is the address the broker listens on.
+func (b *Broker) Addr() string { return b.addr }
+
+// URL is the broker's mqtt:// URL.
+func (b *Broker) URL() string { return "mqtt://" + b.addr }
+
+// Close disconnects every client and stops the broker. Clients' Wills are
+// published as for any lost connection.
+func (b *Broker) Close() error { return b.srv.Close() }
+
+// boundListener serves an already-bound net.Listener, so that a broker on
+// port 0 knows its address before serving. It tracks the connections it
+// accepted, so that Close also ends one accepted while closing; the server's
+// Close waits for every connection to end.
+type boundListener struct {
+	id  string
+	ln  net.Listener
+	log *slog.Logger
+
+	mu     sync.Mutex
+	closed bool
+	conns  map[net.Conn]struct{}
+}
+
+func (l *boundListener) Init(log *slog.Logger) error { l.log = log; return nil }
+func (l *boundListener) ID() string                  { return l.id }
+func (l *boundListener) Address() string             { return l.ln.Addr().String() }
+func (l *boundListener) Protocol() string            { return "tcp" }
+
+func (l *boundListener) Serve(establish listeners.EstablishFn) {
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				l.log.Warn("accept", "err", err)
+			}
+			return
+		}
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			conn.Close()
+			return
+		}
+		if l.conns == nil {
+			l.conns = map[net.Conn]struct{}{}
+		}
+		l.conns[conn] = struct{}{}
+		l.mu.Unlock()
+		go func() {
+			if err := establish(l.id, conn); err != nil {
+				l.log.Debug("connection ended", "err", err)
+			}
+			l.mu.Lock()
+			delete(l.conns, conn)
+			l.mu.Unlock()
+		}()
+	}
+}
+
+func (l *boundListener) Close(closeClients listeners.CloseFn) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	l.ln.Close()
+	l.mu.Unlock()
+	closeClients(l.id)
+	l.mu.Lock()
+	for c := range l.conns {
+		c.Close()
+	}
+	l.mu.Unlock()
+}

@@ -1,0 +1,395 @@
+// Package testenv starts the real parts that end-to-end tests need: the
+// project's binaries, an embedded or Mosquitto broker that can be
+// restarted, agent processes, and a recording console. Everything it starts
+// is stopped in t.Cleanup; waits poll with deadlines.
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fleet-agent/fleet/cloud-sim/broker"
+	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/protocol/codec"
+	"github.com/fleet-agent/fleet/protocol/topic"
+)
+
+// Timeout bounds every wait of this package.
+const Timeout = 20 * time.Second
+
+var (
+	buildMu sync.Mutex
+	built   = map[string]string{}
+	binDir  string
+)
+
+// Binary builds the main package pkg ("agent", "cloud-sim") of this module
+// once per test process and returns the binary's path.
+func Binary(t testing.TB, pkg string) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if p, ok := built[pkg]; ok {
+		return p
+	}
+	root, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	if binDir == "" {
+		if binDir, err = os.MkdirTemp("", "fleet-bin-"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(binDir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, "./"+pkg)
+	cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	built[pkg] = out
+	return out
+}
+
+// Broker is a broker a test can restart.
+type Broker interface {
+	Name() string
+	URL() string
+	// Restart stops the broker and starts it again on the same address with
+	// the same persistent state.
+	Restart(t testing.TB)
+}
+
+// Brokers returns the embedded broker and a Mosquitto broker, both
+// persistent, for tests that must pass against both.
+func Brokers(t testing.TB) []func(testing.TB) Broker {
+	return []func(testing.TB) Broker{
+		func(t testing.TB) Broker { return Embedded(t) },
+		func(t testing.TB) Broker { return Mosquitto(t) },
+	}
+}
+
+type embedded struct {
+	mu    sync.Mutex
+	b     *broker.Broker
+	addr  string
+	store string
+	log   *slog.Logger
+}
+
+// Embedded starts the embedded broker with persistence.
+func Embedded(t testing.TB) Broker {
+	t.Helper()
+	logs := &syncBuffer{}
+	e := &embedded{store: filepath.Join(t.TempDir(), "broker.db"),
+		log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	b, err := broker.Start(broker.Config{StorePath: e.store, Logger: e.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.b, e.addr = b, b.Addr()
+	t.Cleanup(func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		e.b.Close()
+		if t.Failed() {
+			t.Logf("embedded broker log:\n%s", logs.String())
+		}
+	})
+	return e
+}
+
+func (e *embedded) Name() string { return "embedded" }
+func (e *embedded) URL() string  { return "mqtt://" + e.addr }
+
+func (e *embedded) Restart(t testing.TB) {
+	t.Helper()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.b.Close(); err != nil {
+		t.Fatalf("close broker: %v", err)
+	}
+	var err error
+	deadline := time.Now().Add(Timeout)
+	for {
+		// The port may linger for a moment after close.
+		e.b, err = broker.Start(broker.Config{Addr: e.addr, StorePath: e.store, Logger: e.log})
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("restart broker: %v", err)
+	}
+}
+
+type mosquitto struct {
+	mu   sync.Mutex
+	t    testing.TB
+	conf string
+	addr string
+	cmd  *exec.Cmd
+	logs *syncBuffer
+}
+
+// Mosquitto starts a real Mosquitto with persistence on a free loopback
+// port. Without a mosquitto binary the test is skipped, except under CI
+// (CI set), where .ci/run installs it and its absence is a failure.
+func Mosquitto(t testing.TB) Broker {
+	t.Helper()
+	bin, err := exec.LookPath("mosquitto")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("mosquitto not installed; .ci/run installs it: %v", err)
+		}
+		t.Skip("mosquitto not installed (apt-get install -y mosquitto)")
+	}
+	dir := t.TempDir()
+	m := &mosquitto{t: t, addr: FreeAddr(t), logs: &syncBuffer{}, conf: filepath.Join(dir, "mosquitto.conf")}
+	_, port, _ := net.SplitHostPort(m.addr)
+	conf := fmt.Sprintf(`listener %s 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location %s/
+autosave_interval 0
+max_queued_messages 10000
+user root
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+`, port, dir)
+	if err := os.WriteFile(m.conf, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m.start(t, bin)
+	t.Cleanup(func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.stop()
+		if t.Failed() {
+			t.Logf("mosquitto log:\n%s", m.logs.String())
+		}
+	})
+	return m
+}
+
+func (m *mosquitto) Name() string { return "mosquitto" }
+func (m *mosquitto) URL() string  { return "mqtt://" + m.addr }
+
+func (m *mosquitto) start(t testing.TB, bin string) {
+	t.Helper()
+	m.cmd = exec.Command(bin, "-c", m.conf)
+	m.cmd.Stdout, m.cmd.Stderr = m.logs, m.logs
+	if err := m.cmd.Start(); err != nil {
+		t.Fatalf("start mosquitto: %v", err)
+	}
+	Eventually(t, "mosquitto accepts connections on "+m.addr, func() bool {
+		c, err := net.DialTimeout("tcp", m.addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+func (m *mosquitto) stop() {
+	if m.cmd == nil {
+		return
+	}
+	// SIGTERM makes mosquitto write its persistence file.
+	_ = m.cmd.Process.Signal(syscall.SIGTERM)
+	_ = m.cmd.Wait()
+	m.cmd = nil
+}
+
+func (m *mosquitto) Restart(t testing.TB) {
+	t.Helper()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	bin := m.cmd.Path
+	m.stop()
+	m.start(t, bin)
+}
+
+// FreeAddr returns a loopback address with a port that was free a moment ago.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Eventually polls cond until it holds or Timeout passes.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(Timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for: %s", Timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Agent is a fleet-agent process.
+type Agent struct {
+	Tenant, Gateway, StateDir string
+	args                      []string
+	bin                       string
+	cmd                       *exec.Cmd
+	logs                      *syncBuffer
+	done                      chan struct{}
+	exitCode                  int
+}
+
+// StartAgent runs bin/fleet-agent against brokerURL with its own state
+// directory. Extra flags are appended.
+func StartAgent(t testing.TB, brokerURL, tenant, gateway string, extra ...string) *Agent {
+	t.Helper()
+	a := &Agent{Tenant: tenant, Gateway: gateway, StateDir: t.TempDir(), bin: Binary(t, "agent"), logs: &syncBuffer{}}
+	a.args = append([]string{"--broker", brokerURL, "--tenant", tenant, "--gateway", gateway, "--state-dir", a.StateDir,
+		"--reconnect-min", "100ms", "--reconnect-max", "1s", "--log-level", "debug"}, extra...)
+	a.Start(t)
+	t.Cleanup(func() {
+		a.Kill()
+		if t.Failed() {
+			t.Logf("agent %s log:\n%s", gateway, a.logs.String())
+		}
+	})
+	return a
+}
+
+// Start starts the agent process again (after Kill or Term) with the same
+// state directory.
+func (a *Agent) Start(t testing.TB) {
+	t.Helper()
+	a.cmd = exec.Command(a.bin, a.args...)
+	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
+	a.done = make(chan struct{})
+	if err := a.cmd.Start(); err != nil {
+		t.Fatalf("start agent: %v", err)
+	}
+	go func(cmd *exec.Cmd, done chan struct{}) {
+		_ = cmd.Wait()
+		a.exitCode = cmd.ProcessState.ExitCode()
+		close(done)
+	}(a.cmd, a.done)
+}
+
+// Kill sends SIGKILL and waits for the process to end.
+func (a *Agent) Kill() {
+	if a.cmd == nil || a.cmd.Process == nil {
+		return
+	}
+	_ = a.cmd.Process.Kill()
+	<-a.done
+}
+
+// Term sends SIGTERM and returns the exit code.
+func (a *Agent) Term(t testing.TB) int {
+	t.Helper()
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+	case <-time.After(Timeout):
+		t.Fatalf("agent did not exit within %v of SIGTERM", Timeout)
+	}
+	return a.exitCode
+}
+
+// Logs returns what the agent has logged so far.
+func (a *Agent) Logs() string { return a.logs.String() }
+
+// Recorder is a console that keeps everything it receives.
+type Recorder struct {
+	*console.Console
+	mu   sync.Mutex
+	msgs []console.Received
+}
+
+// NewRecorder connects a console to brokerURL that records every
+// publication, and closes it at cleanup.
+func NewRecorder(t testing.TB, brokerURL string, enc codec.Encoding) *Recorder {
+	t.Helper()
+	u, err := url.Parse(brokerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	r := &Recorder{}
+	c, err := console.Dial(ctx, console.Config{BrokerURL: u, Scheme: topic.Default(), Encoding: enc, Watch: func(m console.Received) {
+		r.mu.Lock()
+		r.msgs = append(r.msgs, m)
+		r.mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Console = c
+	t.Cleanup(func() { c.Close() })
+	return r
+}
+
+// All returns the recorded publications that match pred.
+func (r *Recorder) All(pred func(console.Received) bool) []console.Received {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []console.Received
+	for _, m := range r.msgs {
+		if pred(m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Await waits for the n-th publication matching pred and returns it.
+func (r *Recorder) Await(t testing.TB, what string, n int, pred func(console.Received) bool) console.Received {
+	t.Helper()
+	var got []console.Received
+	Eventually(t, fmt.Sprintf("%d× %s", n, what), func() bool {
+		got = r.All(pred)
+		return len(got) >= n
+	})
+	return got[n-1]
+}
+
+// Kind matches publications of one kind from one gateway.
+func Kind(k topic.Kind, gateway string) func(console.Received) bool {
+	return func(m console.Received) bool { return m.Topic.Kind == k && m.Topic.Gateway == gateway }
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
