@@ -4,8 +4,9 @@
 // Every flag has an environment variable (FLEET_ and the flag name in upper
 // case with - as _, e.g. FLEET_STATE_DIR) and a YAML key (the flag name, or
 // its camelCase form, or nested maps whose keys join with -, so
-// `broker: {username: x}` is broker-username). Labels and groups from all
-// sources are merged.
+// `broker: {username: x}` is broker-username; labels and groups may be
+// written as a map and a list). Labels and groups from all sources are
+// merged.
 package config
 
 import (
@@ -188,9 +189,15 @@ func applyFile(fs *flag.FlagSet, path string) error {
 	return applyMap(fs, path, "", doc)
 }
 
+// fileAliases are the plural file keys of repeatable flags.
+var fileAliases = map[string]string{"labels": "label", "groups": "group"}
+
 func applyMap(fs *flag.FlagSet, path, prefix string, m map[string]any) error {
 	for _, k := range slices.Sorted(maps.Keys(m)) {
 		name := prefix + kebab(k)
+		if alias, ok := fileAliases[name]; ok {
+			name = alias
+		}
 		v := m[k]
 		if fs.Lookup(name) == nil {
 			if sub, ok := v.(map[string]any); ok {

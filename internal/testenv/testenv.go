@@ -87,6 +87,7 @@ type embedded struct {
 	addr  string
 	store string
 	log   *slog.Logger
+	name  string
 }
 
 // Embedded starts the embedded broker with persistence.
@@ -111,7 +112,24 @@ func Embedded(t testing.TB) Broker {
 	return e
 }
 
-func (e *embedded) Name() string { return "embedded" }
+// EmbeddedInMemory starts the embedded broker without persistence: a
+// restart loses sessions. It is for measuring what persistence costs.
+func EmbeddedInMemory(t testing.TB) Broker {
+	t.Helper()
+	b, err := broker.Start(broker.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return &embedded{b: b, addr: b.Addr(), name: "embedded-in-memory"}
+}
+
+func (e *embedded) Name() string {
+	if e.name != "" {
+		return e.name
+	}
+	return "embedded"
+}
 func (e *embedded) URL() string  { return "mqtt://" + e.addr }
 
 func (e *embedded) Restart(t testing.TB) {
@@ -166,6 +184,7 @@ persistence true
 persistence_location %s/
 autosave_interval 0
 max_queued_messages 10000
+set_tcp_nodelay true
 user root
 log_dest stderr
 log_type error
@@ -313,6 +332,9 @@ func (a *Agent) Term(t testing.TB) int {
 	}
 	return a.exitCode
 }
+
+// PID is the process id of the running agent.
+func (a *Agent) PID() int { return a.cmd.Process.Pid }
 
 // Logs returns what the agent has logged so far.
 func (a *Agent) Logs() string { return a.logs.String() }

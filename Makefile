@@ -1,0 +1,52 @@
+# Fleet Agent. `make demo` runs the end-to-end demo; `make test` runs the tests.
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -s -w -X main.version=$(VERSION)
+PROTOC_GEN_GO_VERSION := v1.36.12
+STATICCHECK_VERSION   := 2025.1.1
+
+.PHONY: all build test demo bench proto check-proto lint dist clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/fleet-agent ./agent
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/cloud-sim ./cloud-sim
+
+test:
+	$(GO) test -race -timeout 8m ./...
+
+demo: build
+	./bin/cloud-sim demo
+
+# Benchmarks: figures go to docs/benchmarks.md with this command.
+bench:
+	$(GO) test ./scenarios/ -run '^$$' -bench . -benchtime 500x -count 1
+
+# Regenerates protocol/fleet/v1/fleet.pb.go (committed, so a build needs no protoc).
+proto:
+	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y protobuf-compiler"; exit 1; }
+	GOBIN=$(CURDIR)/bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	PATH=$(CURDIR)/bin:$$PATH protoc --go_out=. --go_opt=paths=source_relative protocol/fleet/v1/fleet.proto
+
+# Fails when the committed generated code differs from what `make proto` writes.
+check-proto: proto
+	git diff --exit-code -- protocol/
+
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "not gofmt-formatted:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+# Static binaries for the gateway architectures.
+dist:
+	@for p in linux/amd64 linux/arm64 linux/arm/7; do \
+		os=$${p%%/*}; rest=$${p#*/}; arch=$${rest%%/*}; arm=$${rest#*/}; [ "$$arm" = "$$rest" ] && arm=; \
+		suffix=$$os-$$arch$${arm:+v$$arm}; \
+		echo "dist/fleet-agent-$$suffix"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$arm $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/fleet-agent-$$suffix ./agent || exit 1; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$arm $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/cloud-sim-$$suffix ./cloud-sim || exit 1; \
+	done
+
+clean:
+	rm -rf bin dist

@@ -1,0 +1,101 @@
+package config_test
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleet-agent/fleet/agent/config"
+	"github.com/google/go-cmp/cmp"
+)
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+var required = []string{"--broker", "mqtt://b:1883", "--tenant", "t", "--gateway", "g"}
+
+func TestPrecedence(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "agent.yaml")
+	os.WriteFile(file, []byte(`
+broker: mqtt://file:1883
+tenant: t
+gateway: g
+stateDir: /from/file
+keepAlive: 10s
+labels: {site: berlin, tier: edge}
+groups: [a, b]
+broker-username: fileuser
+`), 0o600)
+	cfg, err := config.Load([]string{"--config", file, "--keep-alive", "20s", "--label", "tier=canary"},
+		env(map[string]string{"FLEET_STATE_DIR": "/from/env", "FLEET_KEEP_ALIVE": "15s", "FLEET_GROUP": "c"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Broker != "mqtt://file:1883" || cfg.BrokerUsername != "fileuser" {
+		t.Errorf("file values: broker %q username %q", cfg.Broker, cfg.BrokerUsername)
+	}
+	if cfg.StateDir != "/from/env" {
+		t.Errorf("state dir = %q, want the environment's over the file's", cfg.StateDir)
+	}
+	if cfg.KeepAlive != 20*time.Second {
+		t.Errorf("keep-alive = %v, want the flag's over env and file", cfg.KeepAlive)
+	}
+	if d := cmp.Diff(map[string]string{"site": "berlin", "tier": "canary"}, cfg.Labels); d != "" {
+		t.Errorf("labels (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff([]string{"a", "b", "c"}, cfg.Groups); d != "" {
+		t.Errorf("groups (-want +got):\n%s", d)
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		file string
+		want string
+	}{
+		{"missing required", nil, nil, "", "--broker is required"},
+		{"bad scheme", []string{"--broker", "http://x:1", "--tenant", "t", "--gateway", "g"}, nil, "", `scheme "http" unsupported`},
+		{"reserved gateway", []string{"--broker", "mqtt://b:1", "--tenant", "t", "--gateway", "group"}, nil, "", "reserved"},
+		{"bad encoding", append([]string{"--payload-encoding", "xml"}, required...), nil, "", "--payload-encoding"},
+		{"cert without key", append([]string{"--broker-cert", "c.pem"}, required...), nil, "", "set both or neither"},
+		{"bad env", required, map[string]string{"FLEET_KEEP_ALIVE": "soon"}, "", "FLEET_KEEP_ALIVE"},
+		{"unknown file key", required, nil, "brokr: x\n", `unknown key "brokr"`},
+		{"stray argument", append([]string{"extra"}, required...), nil, "", "unexpected argument"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := tt.args
+			if tt.file != "" {
+				f := filepath.Join(t.TempDir(), "c.yaml")
+				os.WriteFile(f, []byte(tt.file), 0o600)
+				args = append([]string{"--config", f}, args...)
+			}
+			_, err := config.Load(args, env(tt.env), io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Load error = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	var out strings.Builder
+	_, err := config.Load([]string{"--help"}, env(nil), &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("err = %v, want flag.ErrHelp", err)
+	}
+	for _, want := range []string{"--broker", "FLEET_STATE_DIR", "-payload-encoding", "-session-expiry"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("help lacks %q", want)
+		}
+	}
+}

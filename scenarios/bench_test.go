@@ -1,0 +1,83 @@
+package scenarios
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleet-agent/fleet/internal/testenv"
+	"github.com/fleet-agent/fleet/protocol/codec"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
+)
+
+// BenchmarkCommandRoundTrip measures publish → final reply received for a
+// rebirth command (which itself publishes a birth) through each broker,
+// with a real agent process. It reports p50 and p99 latency.
+func BenchmarkCommandRoundTrip(b *testing.B) {
+	starts := append(testenv.Brokers(b), func(tb testing.TB) testenv.Broker { return testenv.EmbeddedInMemory(tb) })
+	for _, start := range starts {
+		br := start(b)
+		b.Run(br.Name(), func(b *testing.B) {
+			gw := "gw-bench-" + br.Name()
+			rec := testenv.NewRecorder(b, br.URL(), codec.Protobuf)
+			testenv.StartAgent(b, br.URL(), tenant, gw, "--log-level", "warn")
+			rec.Await(b, "birth", 1, testenv.Kind(topic.Birth, gw))
+			var lat []time.Duration
+			i := 0
+			for b.Loop() {
+				i++
+				ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
+				t0 := time.Now()
+				req, err := rec.Send(ctx, tenant, gw, rebirth(fmt.Sprintf("bench-%d-%d", time.Now().UnixNano(), i)))
+				if err != nil {
+					b.Fatal(err)
+				}
+				r, err := req.Final(ctx)
+				cancel()
+				if err != nil || r.GetResult() != fleetv1.Reply_SUCCEEDED {
+					b.Fatalf("reply %v, %v", r, err)
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+		})
+	}
+}
+
+// BenchmarkAgentIdleMemory reports the resident memory of a connected, idle
+// agent process (VmRSS), after its first heartbeat.
+func BenchmarkAgentIdleMemory(b *testing.B) {
+	br := testenv.Embedded(b)
+	gw := "gw-mem"
+	rec := testenv.NewRecorder(b, br.URL(), codec.Protobuf)
+	agent := testenv.StartAgent(b, br.URL(), tenant, gw, "--log-level", "warn", "--metrics-interval", "1s")
+	rec.Await(b, "heartbeat", 1, testenv.Kind(topic.Metrics, gw))
+	var rss float64
+	for b.Loop() {
+		rss = vmRSS(b, agent.PID())
+	}
+	b.ReportMetric(rss/1e6, "rss-MB")
+}
+
+func vmRSS(b *testing.B, pid int) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb * 1024
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0
+}
