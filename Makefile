@@ -3,7 +3,7 @@ GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 PROTOC_GEN_GO_VERSION := v1.36.12
-STATICCHECK_VERSION   := 2025.1.1
+STATICCHECK_VERSION   := v0.6.1
 
 .PHONY: all build test demo bench proto check-proto lint dist clean
 

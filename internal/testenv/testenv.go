@@ -130,7 +130,7 @@ func (e *embedded) Name() string {
 	}
 	return "embedded"
 }
-func (e *embedded) URL() string  { return "mqtt://" + e.addr }
+func (e *embedded) URL() string { return "mqtt://" + e.addr }
 
 func (e *embedded) Restart(t testing.TB) {
 	t.Helper()
