@@ -1,0 +1,298 @@
+// Package engine runs deployments' containers on the Docker Engine. The
+// reconciler declares the small interfaces it needs; Docker implements them
+// for the real engine and a fake implements them for simulated gateways.
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
+
+	"github.com/fleet-agent/fleet/internal/errdefs"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+// Container is a managed container as listed by the engine.
+type Container struct {
+	ID         string
+	Name       string
+	Deployment string
+	Revision   int64
+	SpecHash   string
+	Running    bool
+}
+
+// State is what the engine reports of one container.
+type State struct {
+	ID           string
+	Running      bool
+	Status       string // created, running, exited, …
+	ExitCode     int
+	OOMKilled    bool
+	RestartCount int
+	Health       fleetv1.HealthCheck_Status
+	Error        string
+	ImageID      string
+	StartedAt    time.Time
+}
+
+// Docker is the Docker Engine.
+type Docker struct {
+	cli   *client.Client
+	owner string
+	log   *slog.Logger
+}
+
+// NewDocker connects to the engine given by host (empty: DOCKER_HOST or the
+// default socket), negotiating the API version. owner ("{tenant}/{gateway}")
+// labels every container it creates, and List returns only those.
+func NewDocker(host, owner string, log *slog.Logger) (*Docker, error) {
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if host != "" {
+		opts = append(opts, client.WithHost(host))
+	}
+	cli, err := client.NewClientWithOpts(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Docker{cli: cli, owner: owner, log: log}, nil
+}
+
+// Close releases the client.
+func (d *Docker) Close() error { return d.cli.Close() }
+
+// Info describes the engine for the birth certificate.
+func (d *Docker) Info(ctx context.Context) *fleetv1.Engine {
+	e := &fleetv1.Engine{Name: "docker"}
+	v, err := d.cli.ServerVersion(ctx)
+	if err != nil {
+		e.Error = err.Error()
+		return e
+	}
+	e.Version, e.ApiVersion, e.Reachable = v.Version, d.cli.ClientVersion(), true
+	return e
+}
+
+// DataRoot is the engine's data directory (for free-space checks).
+func (d *Docker) DataRoot(ctx context.Context) (string, error) {
+	info, err := d.cli.Info(ctx)
+	if err != nil {
+		return "", mapErr(err)
+	}
+	return info.DockerRootDir, nil
+}
+
+// Pull pulls ref, passing registryAuth (base64 JSON, as the Docker API takes
+// it; empty for none) for this pull only. progress, if set, is called with
+// bytes done and total across layers as they change.
+func (d *Docker) Pull(ctx context.Context, ref, registryAuth string, progress func(done, total int64)) error {
+	rc, err := d.cli.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: registryAuth})
+	if err != nil {
+		return pullErr(ref, err)
+	}
+	defer rc.Close()
+	type layer struct{ cur, total int64 }
+	layers := map[string]*layer{}
+	dec := json.NewDecoder(rc)
+	for {
+		var m struct {
+			ID             string `json:"id"`
+			Status         string `json:"status"`
+			ProgressDetail struct {
+				Current int64 `json:"current"`
+				Total   int64 `json:"total"`
+			} `json:"progressDetail"`
+			Error string `json:"error"`
+		}
+		if err := dec.Decode(&m); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return pullErr(ref, err)
+		}
+		if m.Error != "" {
+			return pullErr(ref, errors.New(m.Error))
+		}
+		if progress == nil || m.ID == "" {
+			continue
+		}
+		l := layers[m.ID]
+		if l == nil {
+			l = &layer{}
+			layers[m.ID] = l
+		}
+		switch {
+		case m.Status == "Downloading" && m.ProgressDetail.Total > 0:
+			l.cur, l.total = m.ProgressDetail.Current, m.ProgressDetail.Total
+		case m.Status == "Download complete" || m.Status == "Pull complete" || m.Status == "Already exists":
+			l.cur = l.total
+		default:
+			continue
+		}
+		var done, total int64
+		for _, l := range layers {
+			done, total = done+l.cur, total+l.total
+		}
+		progress(done, total)
+	}
+}
+
+// Image reports the local image id and repository digests of ref.
+func (d *Docker) Image(ctx context.Context, ref string) (id string, repoDigests []string, found bool, err error) {
+	ii, err := d.cli.ImageInspect(ctx, ref)
+	if err != nil {
+		if cerrdefs.IsNotFound(err) {
+			return "", nil, false, nil
+		}
+		return "", nil, false, mapErr(err)
+	}
+	return ii.ID, ii.RepoDigests, true, nil
+}
+
+// RemoveImage removes an image; one still in use is left and reported.
+func (d *Docker) RemoveImage(ctx context.Context, ref string) error {
+	_, err := d.cli.ImageRemove(ctx, ref, image.RemoveOptions{PruneChildren: true})
+	return mapErr(err)
+}
+
+// Create creates the container of spec, named name.
+func (d *Docker) Create(ctx context.Context, name string, spec *fleetv1.DeploymentSpec) (string, error) {
+	cfg, host, err := containerConfig(d.owner, spec)
+	if err != nil {
+		return "", errdefs.Invalid("deploy.spec", "%v", err)
+	}
+	resp, err := d.cli.ContainerCreate(ctx, cfg, host, nil, nil, name)
+	if err != nil {
+		return "", fmt.Errorf("create container %s: %w", name, mapErr(err))
+	}
+	for _, w := range resp.Warnings {
+		d.log.Warn("engine warning on create", "container", name, "warning", w)
+	}
+	return resp.ID, nil
+}
+
+// Start starts a container.
+func (d *Docker) Start(ctx context.Context, id string) error {
+	if err := d.cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		return fmt.Errorf("start container: %w", mapErr(err))
+	}
+	return nil
+}
+
+// Stop stops a container, waiting up to timeout (nil: its own stop timeout).
+func (d *Docker) Stop(ctx context.Context, id string, timeout *time.Duration) error {
+	var secs *int
+	if timeout != nil {
+		s := int(*timeout / time.Second)
+		secs = &s
+	}
+	if err := d.cli.ContainerStop(ctx, id, container.StopOptions{Timeout: secs}); err != nil {
+		return fmt.Errorf("stop container: %w", mapErr(err))
+	}
+	return nil
+}
+
+// Remove removes a container, stopping it if it runs. A missing container
+// is not an error.
+func (d *Docker) Remove(ctx context.Context, id string) error {
+	err := d.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true})
+	if err != nil && !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("remove container: %w", mapErr(err))
+	}
+	return nil
+}
+
+// Inspect reports a container's state.
+func (d *Docker) Inspect(ctx context.Context, id string) (State, error) {
+	ci, err := d.cli.ContainerInspect(ctx, id)
+	if err != nil {
+		return State{}, mapErr(err)
+	}
+	s := State{ID: ci.ID, ImageID: ci.Image, RestartCount: ci.RestartCount}
+	if st := ci.State; st != nil {
+		s.Running, s.Status, s.ExitCode, s.OOMKilled, s.Error = st.Running, string(st.Status), st.ExitCode, st.OOMKilled, st.Error
+		s.StartedAt, _ = time.Parse(time.RFC3339Nano, st.StartedAt)
+		if st.Health != nil {
+			s.Health = map[string]fleetv1.HealthCheck_Status{
+				"starting": fleetv1.HealthCheck_STARTING, "healthy": fleetv1.HealthCheck_HEALTHY, "unhealthy": fleetv1.HealthCheck_UNHEALTHY,
+			}[st.Health.Status]
+		}
+	}
+	return s, nil
+}
+
+// List returns the containers this owner created, running or not.
+func (d *Docker) List(ctx context.Context) ([]Container, error) {
+	cs, err := d.cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", LabelOwner+"="+d.owner))})
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	out := make([]Container, 0, len(cs))
+	for _, c := range cs {
+		rev, _ := strconv.ParseInt(c.Labels[LabelRevision], 10, 64)
+		name := ""
+		if len(c.Names) > 0 {
+			name = strings.TrimPrefix(c.Names[0], "/")
+		}
+		out = append(out, Container{ID: c.ID, Name: name, Deployment: c.Labels[LabelDeployment], Revision: rev,
+			SpecHash: c.Labels[LabelSpecHash], Running: c.State == "running"})
+	}
+	return out, nil
+}
+
+// mapErr maps engine errors onto the protocol's error kinds.
+func mapErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case client.IsErrConnectionFailed(err):
+		return fmt.Errorf("%w: %v", errdefs.ErrRuntimeUnavailable, err)
+	case cerrdefs.IsNotFound(err):
+		return fmt.Errorf("%w: %v", errdefs.ErrNotFound, err)
+	case strings.Contains(err.Error(), "no space left on device"):
+		return fmt.Errorf("%w: %v", errdefs.ErrNoSpace, err)
+	}
+	return err
+}
+
+// pullErr maps a pull failure onto a precise kind, never an opaque I/O error.
+func pullErr(ref string, err error) error {
+	msg := err.Error()
+	low := strings.ToLower(msg)
+	var kind error
+	switch {
+	case client.IsErrConnectionFailed(err):
+		kind = errdefs.ErrRuntimeUnavailable
+	case strings.Contains(low, "unauthorized") || strings.Contains(low, "authentication required") || strings.Contains(low, "no basic auth credentials"):
+		kind = errdefs.ErrUnauthenticated
+	case strings.Contains(low, "denied"):
+		kind = errdefs.ErrPermissionDenied
+	case strings.Contains(low, "manifest unknown") || strings.Contains(low, "not found") || strings.Contains(low, "does not exist"):
+		kind = errdefs.ErrNotFound
+	case strings.Contains(low, "x509") || strings.Contains(low, "certificate") || strings.Contains(low, "tls"):
+		kind = errdefs.ErrTLS
+	case strings.Contains(low, "no space left"):
+		kind = errdefs.ErrNoSpace
+	case strings.Contains(low, "connection refused") || strings.Contains(low, "no such host") || strings.Contains(low, "i/o timeout") ||
+		strings.Contains(low, "timeout") || strings.Contains(low, "network is unreachable") || strings.Contains(low, "connection reset"):
+		kind = errdefs.ErrRegistryUnreachable
+	default:
+		return fmt.Errorf("pull %s: %w", ref, err)
+	}
+	return fmt.Errorf("pull %s: %w: %s", ref, kind, msg)
+}

@@ -1,0 +1,184 @@
+package engine_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/fleet-agent/fleet/agent/engine"
+	"github.com/fleet-agent/fleet/internal/errdefs"
+	"github.com/fleet-agent/fleet/internal/testenv"
+	"github.com/fleet-agent/fleet/internal/testimage"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+// newDocker returns the engine for a unique owner, and removes every
+// container of that owner, and the network, at cleanup.
+func newDocker(t *testing.T) (*engine.Docker, *client.Client, string) {
+	t.Helper()
+	raw, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err == nil {
+		_, err = raw.Ping(context.Background())
+	}
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("Docker Engine unavailable: %v", err)
+		}
+		t.Skipf("Docker Engine unavailable: %v", err)
+	}
+	owner := fmt.Sprintf("test/%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), time.Now().UnixNano())
+	d, err := engine.NewDocker("", owner, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cs, _ := d.List(context.Background())
+		for _, c := range cs {
+			d.Remove(context.Background(), c.ID)
+		}
+		d.Close()
+		raw.Close()
+	})
+	return d, raw, owner
+}
+
+func TestDockerLifecycle(t *testing.T) {
+	d, raw, owner := newDocker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	reg := testimage.NewRegistry(t)
+	ref, _ := reg.Push(t, testimage.Spec{Repo: "team/web", Tag: "1", Env: map[string]string{"MESSAGE": "hi"}})
+	t.Cleanup(func() { d.RemoveImage(context.Background(), ref) })
+
+	netName := "fleet-test-" + fmt.Sprint(time.Now().UnixNano())
+	if _, err := raw.NetworkCreate(ctx, netName, network.CreateOptions{Driver: "bridge"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.NetworkRemove(context.Background(), netName) })
+
+	var progress []int64
+	if err := d.Pull(ctx, ref, "", func(done, total int64) { progress = append(progress, done) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, found, err := d.Image(ctx, ref); err != nil || !found {
+		t.Fatalf("Image(%s) found=%v err=%v after pull", ref, found, err)
+	}
+
+	spec := &fleetv1.DeploymentSpec{
+		Name: "web", Revision: 2, Image: ref, NetworkMode: netName,
+		Env:           map[string]string{"MODE": "serve", "PORT": "8080"},
+		Ports:         []*fleetv1.Port{{ContainerPort: 8080, HostPort: 0, HostIp: "127.0.0.1"}},
+		Mounts:        []*fleetv1.Mount{{Type: fleetv1.Mount_TMPFS, Target: "/scratch"}},
+		Resources:     &fleetv1.Resources{MemoryBytes: 64 << 20, Cpus: 0.5},
+		RestartPolicy: &fleetv1.RestartPolicy{Mode: fleetv1.RestartPolicy_ON_FAILURE, MaxRetries: 3},
+		Labels:        map[string]string{"app": "web"},
+		StopTimeout:   durationpb.New(3 * time.Second),
+		CapDrop:       []string{"NET_RAW"},
+	}
+	id, err := d.Create(ctx, engine.ContainerName("web", 2), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "container running", func() bool {
+		s, err := d.Inspect(ctx, id)
+		return err == nil && s.Running
+	})
+
+	ci, err := raw.ContainerInspect(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		what      string
+		got, want any
+	}{
+		{"name", ci.Name, "/fleet-web-r2"},
+		{"owner label", ci.Config.Labels[engine.LabelOwner], owner},
+		{"deployment label", ci.Config.Labels[engine.LabelDeployment], "web"},
+		{"revision label", ci.Config.Labels[engine.LabelRevision], "2"},
+		{"spec hash label", ci.Config.Labels[engine.LabelSpecHash], engine.SpecHash(spec)},
+		{"user label", ci.Config.Labels["app"], "web"},
+		{"memory", ci.HostConfig.Memory, int64(64 << 20)},
+		{"nano cpus", ci.HostConfig.NanoCPUs, int64(5e8)},
+		{"restart policy", string(ci.HostConfig.RestartPolicy.Name), "on-failure"},
+		{"restart retries", ci.HostConfig.RestartPolicy.MaximumRetryCount, 3},
+		{"log driver", ci.HostConfig.LogConfig.Type, "json-file"},
+		{"log max-size", ci.HostConfig.LogConfig.Config["max-size"], "10m"},
+		{"log max-file", ci.HostConfig.LogConfig.Config["max-file"], "3"},
+		{"network", string(ci.HostConfig.NetworkMode), netName},
+		{"port binding ip", ci.HostConfig.PortBindings["8080/tcp"][0].HostIP, "127.0.0.1"},
+		{"tmpfs mount", ci.HostConfig.Mounts[0].Target, "/scratch"},
+		{"stop timeout", *ci.Config.StopTimeout, 3},
+		{"cap drop", strings.TrimPrefix(fmt.Sprint(ci.HostConfig.CapDrop), "[CAP_"), "NET_RAW]"},
+		{"env MODE", hasEnv(ci.Config.Env, "MODE=serve"), true},
+		{"image env kept", hasEnv(ci.Config.Env, "MESSAGE=hi"), true},
+	}
+	for _, c := range checks {
+		if fmt.Sprint(c.got) != fmt.Sprint(c.want) {
+			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
+		}
+	}
+
+	cs, err := d.List(ctx)
+	if err != nil || len(cs) != 1 || cs[0].Deployment != "web" || cs[0].Revision != 2 || !cs[0].Running {
+		t.Errorf("List = %+v, %v; want the one running container of this owner", cs, err)
+	}
+	timeout := time.Second
+	if err := d.Stop(ctx, id, &timeout); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := d.Inspect(ctx, id); s.Running {
+		t.Error("still running after Stop")
+	}
+	if err := d.Remove(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Remove(ctx, id); err != nil {
+		t.Errorf("second Remove = %v, want nil for a missing container", err)
+	}
+	if cs, _ := d.List(ctx); len(cs) != 0 {
+		t.Errorf("List after Remove = %+v", cs)
+	}
+}
+
+func TestDockerPullErrors(t *testing.T) {
+	d, _, _ := newDocker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	reg := testimage.NewRegistry(t)
+	tests := []struct {
+		name string
+		ref  string
+		want error
+	}{
+		{"missing tag", reg.Host() + "/team/none:1", errdefs.ErrNotFound},
+		{"unreachable registry", testenv.FreeAddr(t) + "/team/web:1", errdefs.ErrRegistryUnreachable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := d.Pull(ctx, tt.ref, "", nil)
+			if got := errdefs.Code(err); got != errdefs.Code(tt.want) {
+				t.Errorf("Pull(%s) = %v (code %v), want code %v", tt.ref, err, got, errdefs.Code(tt.want))
+			}
+		})
+	}
+}
+
+func hasEnv(env []string, kv string) bool {
+	for _, e := range env {
+		if e == kv {
+			return true
+		}
+	}
+	return false
+}
