@@ -54,13 +54,26 @@ type Exec struct {
 	// Reply is the final reply under construction: a handler may set its
 	// details (status, registry check). Result, code and message are set
 	// from the handler's error.
-	Reply  *fleetv1.Reply
-	accept func()
+	Reply    *fleetv1.Reply
+	accept   func()
+	detach   func() func(error)
+	detached bool
 }
 
 // Accept publishes an ACCEPTED reply at once; a final reply follows when
 // the handler returns. Calls after the first do nothing.
 func (x *Exec) Accept() { x.accept() }
+
+// Detach publishes ACCEPTED and lets the handler return while the work goes
+// on elsewhere, so that the executor takes the next command. The command
+// stays unfinished in the journal (and is resumed after a restart, so the
+// handler must be idempotent) until the returned function is called with the
+// outcome; the handler must not touch Reply after calling it.
+func (x *Exec) Detach() (finish func(error)) {
+	x.Accept()
+	x.detached = true
+	return x.detach()
+}
 
 // Handler executes one verb. A nil error is SUCCEEDED; an error of kind
 // invalid argument, policy denied, stale revision, unsupported or expired
@@ -277,13 +290,36 @@ func (p *Processor) execute(ctx context.Context, j job) {
 	id := j.cmd.GetId()
 	to := replyTo{topic: j.rec.ResponseTopic, correlation: j.rec.CorrelationData, enc: j.enc}
 	var once sync.Once
+	start := time.Now()
 	x := &Exec{Command: j.cmd, Reply: &fleetv1.Reply{}, accept: func() {
 		once.Do(func() { p.send(to, &fleetv1.Reply{CommandId: id, Result: fleetv1.Reply_ACCEPTED}) })
 	}}
-	start := time.Now()
+	x.detach = func() func(error) {
+		var done sync.Once
+		p.sends.Add(1) // the executor's shutdown waits for detached work too
+		return func(err error) {
+			done.Do(func() {
+				defer p.sends.Done()
+				p.complete(ctx, j, x, err, start)
+			})
+		}
+	}
 	err := p.run(ctx, p.cfg.Handlers[topic.Verb(j.rec.Verb)], x)
+	if x.detached {
+		return
+	}
 	if ctx.Err() != nil && err != nil {
 		// Interrupted by shutdown: left unfinished, resumed on next start.
+		p.log.Info("command interrupted by shutdown; it resumes on next start", "command_id", id)
+		return
+	}
+	p.complete(ctx, j, x, err, start)
+}
+
+// complete records and sends the final reply of an execution.
+func (p *Processor) complete(ctx context.Context, j job, x *Exec, err error, start time.Time) {
+	id := j.cmd.GetId()
+	if ctx.Err() != nil && err != nil && errors.Is(err, context.Canceled) {
 		p.log.Info("command interrupted by shutdown; it resumes on next start", "command_id", id)
 		return
 	}

@@ -254,3 +254,38 @@ func TestResumeAndRedeliver(t *testing.T) {
 		t.Errorf("undelivered after Redeliver: %v", un)
 	}
 }
+
+func TestDetachedCommandDoesNotBlockTheNext(t *testing.T) {
+	release := make(chan struct{})
+	handlers := map[topic.Verb]command.Handler{
+		topic.Deploy: func(ctx context.Context, x *command.Exec) error {
+			finish := x.Detach()
+			go func() {
+				<-release
+				x.Reply.Status = &fleetv1.DeploymentStatus{Name: "web", Phase: fleetv1.DeploymentStatus_RUNNING}
+				finish(nil)
+			}()
+			return nil
+		},
+		topic.Rebirth: func(ctx context.Context, x *command.Exec) error { return nil },
+	}
+	e := newEnv(t, "", handlers)
+	e.receive(t, topic.Deploy, &fleetv1.Command{Id: "slow", Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{}}}, codec.Protobuf)
+	e.receive(t, topic.Rebirth, rebirth("quick"), codec.Protobuf)
+	rs := e.awaitReplies(t, 2)
+	got := map[string]fleetv1.Reply_Result{}
+	for _, r := range rs {
+		got[r.GetCommandId()] = r.GetResult()
+	}
+	if got["slow"] != fleetv1.Reply_ACCEPTED || got["quick"] != fleetv1.Reply_SUCCEEDED {
+		t.Fatalf("before release: %v, want slow ACCEPTED and quick SUCCEEDED", got)
+	}
+	if un, _ := e.st.Unfinished(); len(un) != 1 || un[0].ID != "slow" {
+		t.Errorf("unfinished = %v, want the detached command", un)
+	}
+	close(release)
+	final := e.awaitReplies(t, 3)[2]
+	if final.GetCommandId() != "slow" || final.GetResult() != fleetv1.Reply_SUCCEEDED || final.GetStatus().GetPhase() != fleetv1.DeploymentStatus_RUNNING {
+		t.Errorf("final reply = %v, want slow SUCCEEDED with status", final)
+	}
+}
