@@ -196,7 +196,7 @@ func TestDuplicateExpiredMalformed(t *testing.T) {
 			{"no body", topic.Rebirth, `{"id":"m-3"}`, codec.ContentTypeJSON, "m-3", fleetv1.Reply_INVALID_ARGUMENT, "no body"},
 			{"id too long", topic.Rebirth, `{"id":"` + strings.Repeat("x", 65) + `","rebirth":{}}`, codec.ContentTypeJSON, "", fleetv1.Reply_INVALID_ARGUMENT, "1-64"},
 			{"too large", topic.Rebirth, `{"id":"m-4","rebirth":{},"pad":"` + strings.Repeat("x", 5000) + `"}`, codec.ContentTypeJSON, "m-4", fleetv1.Reply_PAYLOAD_TOO_LARGE, "4096"},
-			{"unsupported verb", topic.Deploy, `{"id":"m-5","deploy":{"spec":{"name":"web"}}}`, codec.ContentTypeJSON, "m-5", fleetv1.Reply_UNSUPPORTED, "capabilities"},
+			{"unsupported verb", topic.CheckRegistry, `{"id":"m-5","checkRegistry":{"image":"web:1"}}`, codec.ContentTypeJSON, "m-5", fleetv1.Reply_UNSUPPORTED, "capabilities"},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {

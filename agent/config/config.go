@@ -28,7 +28,9 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/fleet-agent/fleet/agent/command"
+	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/gateway"
+	"github.com/fleet-agent/fleet/agent/reconcile"
 	"github.com/fleet-agent/fleet/internal/backoff"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -61,6 +63,12 @@ type Config struct {
 	ReconnectMax    time.Duration
 	MaxPayload      int
 	MetricsInterval time.Duration
+
+	DockerHost       string
+	AllowPrivileged  bool
+	AllowHostNetwork bool
+	AllowCapAdd      bool
+	AllowHostPaths   []string
 
 	LogFormat string
 	LogLevel  string
@@ -108,6 +116,11 @@ func (c *Config) flags(out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.ReconnectMax, "reconnect-max", c.ReconnectMax, "cap of the reconnect delay")
 	fs.IntVar(&c.MaxPayload, "max-payload", c.MaxPayload, "largest command payload accepted, in bytes")
 	fs.DurationVar(&c.MetricsInterval, "metrics-interval", c.MetricsInterval, "metrics heartbeat interval")
+	fs.StringVar(&c.DockerHost, "docker-host", c.DockerHost, "Docker Engine address (default: DOCKER_HOST or the local socket)")
+	fs.BoolVar(&c.AllowPrivileged, "allow-privileged", c.AllowPrivileged, "policy: allow privileged containers")
+	fs.BoolVar(&c.AllowHostNetwork, "allow-host-network", c.AllowHostNetwork, "policy: allow networkMode host")
+	fs.BoolVar(&c.AllowCapAdd, "allow-cap-add", c.AllowCapAdd, "policy: allow added capabilities")
+	fs.Var(groupsValue{&c.AllowHostPaths}, "allow-host-path", "policy: host directory under which bind mounts and devices may lie; repeatable (default: none)")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
 	fs.Usage = func() {
@@ -190,7 +203,7 @@ func applyFile(fs *flag.FlagSet, path string) error {
 }
 
 // fileAliases are the plural file keys of repeatable flags.
-var fileAliases = map[string]string{"labels": "label", "groups": "group"}
+var fileAliases = map[string]string{"labels": "label", "groups": "group", "allow-host-paths": "allow-host-path"}
 
 func applyMap(fs *flag.FlagSet, path, prefix string, m map[string]any) error {
 	for _, k := range slices.Sorted(maps.Keys(m)) {
@@ -392,7 +405,18 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger) (gateway.Con
 		Backoff:    backoff.Policy{Base: c.ReconnectMin, Max: c.ReconnectMax},
 		MaxPayload: c.MaxPayload, MetricsInterval: c.MetricsInterval,
 		Version: version, Logger: logger,
+		Policy: reconcile.Policy{AllowPrivileged: c.AllowPrivileged, AllowHostNetwork: c.AllowHostNetwork,
+			AllowCapAdd: c.AllowCapAdd, AllowedHostPaths: c.AllowHostPaths},
 	}
+	owner := c.ClientID
+	if owner == "" {
+		owner = c.Tenant + "/" + c.Gateway
+	}
+	docker, err := engine.NewDocker(c.DockerHost, owner, logger.With("component", "engine"))
+	if err != nil {
+		return g, fmt.Errorf("--docker-host: %w", err)
+	}
+	g.Engine, g.EngineInfo = docker, docker.Info
 	if c.BrokerPasswordFile != "" {
 		b, err := os.ReadFile(c.BrokerPasswordFile)
 		if err != nil {

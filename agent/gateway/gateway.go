@@ -24,6 +24,7 @@ import (
 	"github.com/fleet-agent/fleet/agent/command"
 	"github.com/fleet-agent/fleet/agent/hostinfo"
 	"github.com/fleet-agent/fleet/agent/mqttlink"
+	"github.com/fleet-agent/fleet/agent/reconcile"
 	"github.com/fleet-agent/fleet/agent/store"
 	"github.com/fleet-agent/fleet/internal/backoff"
 	"github.com/fleet-agent/fleet/protocol/codec"
@@ -53,6 +54,11 @@ type Config struct {
 	SessionExpiry time.Duration
 	Backoff       backoff.Policy
 
+	// Engine runs the containers; EngineInfo describes it for the birth.
+	Engine     reconcile.Engine
+	EngineInfo func(context.Context) *fleetv1.Engine
+	Policy     reconcile.Policy
+
 	MaxPayload      int
 	MetricsInterval time.Duration
 	// ShutdownTimeout bounds the wait for work in progress on shutdown.
@@ -70,6 +76,8 @@ type Gateway struct {
 	log       *slog.Logger
 	store     *store.Store
 	proc      *command.Processor
+	rec       *reconcile.Reconciler
+	statuses  *outbox
 	link      *mqttlink.Link
 	startedAt time.Time
 	session   atomic.Uint64
@@ -119,13 +127,33 @@ func New(cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Logger, store: st, startedAt: cfg.Now()}
+	if cfg.Engine == nil {
+		st.Close()
+		return nil, errors.New("gateway: Engine is required")
+	}
+	if cfg.EngineInfo == nil {
+		cfg.EngineInfo = func(context.Context) *fleetv1.Engine { return &fleetv1.Engine{Name: "unknown", Reachable: true} }
+	}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, store: st, startedAt: cfg.Now(), statuses: newOutbox()}
+	g.rec, err = reconcile.New(reconcile.Config{
+		Engine: cfg.Engine, Store: st, Policy: cfg.Policy, Publish: g.publishStatus, Event: g.event,
+		Logger: cfg.Logger.With("component", "reconcile"), Now: cfg.Now,
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	g.proc, err = command.New(command.Config{
 		Scheme: cfg.Scheme, Tenant: cfg.Tenant, Gateway: cfg.ID,
 		Journal: st, Publisher: publisher{g}, MaxPayload: cfg.MaxPayload,
 		Encoding: cfg.Encoding, Now: cfg.Now, Logger: cfg.Logger.With("component", "command"),
 		Handlers: map[topic.Verb]command.Handler{
 			topic.Rebirth: g.rebirth,
+			topic.Deploy:  g.rec.Deploy,
+			topic.Remove:  g.rec.Remove,
+			topic.Start:   g.rec.Start,
+			topic.Stop:    g.rec.Stop,
+			topic.Restart: g.rec.Restart,
 		},
 	})
 	if err != nil {
@@ -176,10 +204,17 @@ func (g *Gateway) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = g.proc.Run(workCtx) })
 	wg.Go(func() { g.heartbeat(workCtx) })
+	wg.Go(func() { g.statuses.run(workCtx, g.log, g.sendStatus) })
+	wg.Go(func() {
+		if err := g.rec.ReconcileAll(workCtx); err != nil {
+			g.log.Error("reconcile on start", "err", err)
+		}
+	})
 
 	<-ctx.Done()
 	g.log.Info("shutting down")
 	stopWork()
+	g.rec.Shutdown()
 	waitTimeout(&wg, g.cfg.ShutdownTimeout)
 
 	closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -242,7 +277,14 @@ func (g *Gateway) Birth() *fleetv1.Birth {
 	for _, v := range g.proc.Verbs() {
 		caps = append(caps, string(v))
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var deps []*fleetv1.DeploymentSummary
+	for _, st := range g.rec.Statuses() {
+		deps = append(deps, &fleetv1.DeploymentSummary{Name: st.GetName(), Revision: st.GetRevision(), Phase: st.GetPhase(), Image: st.GetImage(), Digest: st.GetImageDigest()})
+	}
 	return &fleetv1.Birth{
+		Engine: g.cfg.EngineInfo(ctx), Deployments: deps,
 		GatewayId: g.cfg.ID, Tenant: g.cfg.Tenant, Session: g.session.Load(),
 		AgentVersion: g.cfg.Version, ProtocolVersion: ProtocolVersion,
 		StartedAt: timestamppb.New(g.startedAt), Timestamp: timestamppb.New(g.cfg.Now()),
@@ -260,8 +302,29 @@ func (g *Gateway) rebirth(ctx context.Context, _ *command.Exec) error {
 	if err := g.link.Publish(ctx, m); err != nil {
 		return fmt.Errorf("publish birth: %w", err)
 	}
+	g.rec.Republish(ctx)
 	return nil
 }
+
+// publishStatus queues a deployment's status (nil clears it); the newest
+// status of each deployment is published once the link is ready.
+func (g *Gateway) publishStatus(_ context.Context, name string, st *fleetv1.DeploymentStatus) {
+	g.statuses.put(name, st)
+}
+
+func (g *Gateway) sendStatus(ctx context.Context, name string, st *fleetv1.DeploymentStatus) error {
+	t := g.cfg.Scheme.Status(g.cfg.Tenant, g.cfg.ID, name)
+	if st == nil {
+		return g.link.Publish(ctx, mqttlink.Message{Topic: t, QoS: 1, Retain: true})
+	}
+	m, err := g.message(t, st, true)
+	if err != nil {
+		return err
+	}
+	return g.link.Publish(ctx, m)
+}
+
+func (g *Gateway) event(e *fleetv1.Event) { g.proc.Event(e) }
 
 func (g *Gateway) heartbeat(ctx context.Context) {
 	t := time.NewTicker(g.cfg.MetricsInterval)
@@ -276,6 +339,12 @@ func (g *Gateway) heartbeat(ctx context.Context) {
 		m := &fleetv1.Metrics{GatewayId: g.cfg.ID, Session: g.session.Load(), Timestamp: timestamppb.New(now),
 			UptimeSeconds: uint64(now.Sub(g.startedAt) / time.Second)}
 		hostinfo.Sample(m, g.cfg.StateDir)
+		for _, st := range g.rec.Statuses() {
+			m.DeploymentCount++
+			if st.GetPhase() == fleetv1.DeploymentStatus_RUNNING {
+				m.RunningCount++
+			}
+		}
 		msg, err := g.message(g.cfg.Scheme.Metrics(g.cfg.Tenant, g.cfg.ID), m, false)
 		if err != nil {
 			continue

@@ -128,3 +128,27 @@ func TestJournalBounds(t *testing.T) {
 		}
 	}
 }
+
+func TestDeployments(t *testing.T) {
+	s := open(t, store.Config{})
+	if _, ok, err := s.GetDeployment("web"); ok || err != nil {
+		t.Fatalf("GetDeployment on empty store = %v, %v", ok, err)
+	}
+	if err := s.PutDeployment("web", store.Deployment{Spec: []byte{1}, Stopped: true}); err != nil {
+		t.Fatal(err)
+	}
+	d, ok, err := s.GetDeployment("web")
+	if !ok || err != nil || !d.Stopped || len(d.Spec) != 1 {
+		t.Fatalf("GetDeployment = %+v, %v, %v", d, ok, err)
+	}
+	all, _ := s.Deployments()
+	if len(all) != 1 {
+		t.Errorf("Deployments = %v", all)
+	}
+	if err := s.DeleteDeployment("web"); err != nil {
+		t.Fatal(err)
+	}
+	if all, _ := s.Deployments(); len(all) != 0 {
+		t.Errorf("Deployments after delete = %v", all)
+	}
+}

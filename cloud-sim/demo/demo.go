@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/gateway"
 	"github.com/fleet-agent/fleet/cloud-sim/broker"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
@@ -61,7 +62,13 @@ func Run(ctx context.Context, out io.Writer, log *slog.Logger) error {
 	}
 	defer os.RemoveAll(stateDir)
 	const tenant, gw = "demo", "gateway-1"
+	docker, err := engine.NewDocker("", tenant+"/"+gw, log)
+	if err != nil {
+		return err
+	}
+	defer docker.Close()
 	agent, err := gateway.New(gateway.Config{
+		Engine: docker, EngineInfo: docker.Info,
 		Tenant: tenant, ID: gw, Scheme: topic.Default(), Encoding: codec.JSON, StateDir: stateDir,
 		Labels: map[string]string{"site": "demo"}, BrokerURL: u, KeepAlive: 30 * time.Second,
 		SessionExpiry: time.Hour, Backoff: backoff.Policy{Base: 100 * time.Millisecond, Max: time.Second},

@@ -1,0 +1,549 @@
+// Package reconcile keeps the container engine at the desired state of the
+// gateway's deployments: it handles the deployment verbs, rolls out new
+// revisions (pull first, then replace, health-gated, rolled back on
+// failure), and on start adopts, recreates or removes the containers it
+// labelled. It never touches a container it did not create.
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fleet-agent/fleet/agent/command"
+	"github.com/fleet-agent/fleet/agent/engine"
+	"github.com/fleet-agent/fleet/agent/store"
+	"github.com/fleet-agent/fleet/internal/errdefs"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+func sprintf(format string, args ...any) string { return fmt.Sprintf(format, args...) }
+
+// Engine is what the reconciler needs of a container engine.
+type Engine interface {
+	Pull(ctx context.Context, ref, registryAuth string, progress func(done, total int64)) error
+	Image(ctx context.Context, ref string) (id string, repoDigests []string, found bool, err error)
+	Create(ctx context.Context, name string, spec *fleetv1.DeploymentSpec) (string, error)
+	Start(ctx context.Context, id string) error
+	Stop(ctx context.Context, id string, timeout *time.Duration) error
+	Remove(ctx context.Context, id string) error
+	Inspect(ctx context.Context, id string) (engine.State, error)
+	List(ctx context.Context) ([]engine.Container, error)
+	RemoveImage(ctx context.Context, ref string) error
+}
+
+// Store holds the desired deployments.
+type Store interface {
+	PutDeployment(name string, d store.Deployment) error
+	GetDeployment(name string) (store.Deployment, bool, error)
+	Deployments() (map[string]store.Deployment, error)
+	DeleteDeployment(name string) error
+}
+
+// Config configures a Reconciler.
+type Config struct {
+	Engine Engine
+	Store  Store
+	Policy Policy
+	// Publish sends a deployment's status, retained; a nil status clears it.
+	Publish func(ctx context.Context, name string, st *fleetv1.DeploymentStatus)
+	// Event publishes an event.
+	Event func(*fleetv1.Event)
+	// PollInterval is how often a starting container is inspected.
+	PollInterval time.Duration
+	Logger       *slog.Logger
+	Now          func() time.Time
+}
+
+// Reconciler runs deployments.
+type Reconciler struct {
+	cfg Config
+	log *slog.Logger
+
+	mu     sync.Mutex
+	status map[string]*fleetv1.DeploymentStatus
+	ops    map[string]*op
+}
+
+// op is a rollout in progress for one deployment.
+type op struct {
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+}
+
+// New returns a reconciler.
+func New(cfg Config) (*Reconciler, error) {
+	if cfg.Engine == nil || cfg.Store == nil || cfg.Publish == nil {
+		return nil, errors.New("reconcile: Engine, Store and Publish are required")
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = 250 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Event == nil {
+		cfg.Event = func(*fleetv1.Event) {}
+	}
+	return &Reconciler{cfg: cfg, log: cfg.Logger, status: map[string]*fleetv1.DeploymentStatus{}, ops: map[string]*op{}}, nil
+}
+
+// Statuses returns the last status of every deployment, by name.
+func (r *Reconciler) Statuses() []*fleetv1.DeploymentStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*fleetv1.DeploymentStatus, 0, len(r.status))
+	for _, st := range r.status {
+		out = append(out, proto.Clone(st).(*fleetv1.DeploymentStatus))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
+	return out
+}
+
+// Republish sends every status again (for rebirth).
+func (r *Reconciler) Republish(ctx context.Context) {
+	for _, st := range r.Statuses() {
+		r.cfg.Publish(ctx, st.GetName(), st)
+	}
+}
+
+func (r *Reconciler) publish(ctx context.Context, st *fleetv1.DeploymentStatus) {
+	st.UpdatedAt = timestamppb.New(r.cfg.Now())
+	c := proto.Clone(st).(*fleetv1.DeploymentStatus)
+	r.mu.Lock()
+	r.status[st.GetName()] = c
+	r.mu.Unlock()
+	r.cfg.Publish(ctx, st.GetName(), c)
+}
+
+func (r *Reconciler) clear(ctx context.Context, name string) {
+	r.mu.Lock()
+	delete(r.status, name)
+	r.mu.Unlock()
+	r.cfg.Publish(ctx, name, nil)
+}
+
+// errSuperseded is the cause of a rollout canceled by a newer command.
+var errSuperseded = fmt.Errorf("%w: a newer command for this deployment replaced this one", errdefs.ErrSuperseded)
+
+// startOp cancels the deployment's operation in progress, waits for it, and
+// runs f as the new one in the background; done receives f's outcome.
+func (r *Reconciler) startOp(name string, f func(ctx context.Context) error, done func(error)) {
+	r.stopOp(name)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	o := &op{cancel: cancel, done: make(chan struct{})}
+	r.mu.Lock()
+	r.ops[name] = o
+	r.mu.Unlock()
+	go func() {
+		defer close(o.done)
+		err := f(ctx)
+		if cause := context.Cause(ctx); err != nil && cause != nil {
+			// Superseded, or canceled by shutdown (the command then resumes
+			// on the next start): say so rather than how the engine failed.
+			err = cause
+		}
+		r.mu.Lock()
+		if r.ops[name] == o {
+			delete(r.ops, name)
+		}
+		r.mu.Unlock()
+		if done != nil {
+			done(err)
+		}
+	}()
+}
+
+func (r *Reconciler) stopOp(name string) {
+	r.mu.Lock()
+	o := r.ops[name]
+	r.mu.Unlock()
+	if o != nil {
+		o.cancel(errSuperseded)
+		<-o.done
+	}
+}
+
+// Shutdown cancels every operation in progress and waits for them; their
+// commands stay unfinished and resume on the next start.
+func (r *Reconciler) Shutdown() {
+	r.mu.Lock()
+	ops := make([]*op, 0, len(r.ops))
+	for _, o := range r.ops {
+		ops = append(ops, o)
+	}
+	r.mu.Unlock()
+	for _, o := range ops {
+		o.cancel(context.Canceled)
+		<-o.done
+	}
+}
+
+// Deploy handles the deploy verb.
+func (r *Reconciler) Deploy(ctx context.Context, x *command.Exec) error {
+	spec := x.Command.GetDeploy().GetSpec()
+	if err := validate(spec); err != nil {
+		return err
+	}
+	if err := r.cfg.Policy.check(spec); err != nil {
+		return err
+	}
+	name := spec.GetName()
+	cur, exists, err := r.cfg.Store.GetDeployment(name)
+	if err != nil {
+		return err
+	}
+	var prevImage string
+	if exists {
+		old := new(fleetv1.DeploymentSpec)
+		if err := proto.Unmarshal(cur.Spec, old); err != nil {
+			return fmt.Errorf("stored spec of %s: %w", name, err)
+		}
+		switch {
+		case spec.GetRevision() < old.GetRevision():
+			return &errdefs.FieldError{Field: specField + ".revision", Kind: errdefs.ErrStaleRevision,
+				Msg: sprintf("revision %d is lower than revision %d deployed; send a revision above %d", spec.GetRevision(), old.GetRevision(), old.GetRevision())}
+		case spec.GetRevision() == old.GetRevision() && engine.SpecHash(spec) != engine.SpecHash(old):
+			return errdefs.Invalid(specField+".revision", "revision %d is already deployed with a different spec; increase the revision", spec.GetRevision())
+		case spec.GetRevision() == old.GetRevision():
+			if st := r.current(name); st != nil && st.GetPhase() == fleetv1.DeploymentStatus_RUNNING && r.opIdle(name) {
+				x.Reply.Status = st
+				return nil // the same revision again: nothing to do
+			}
+			prevImage = cur.PreviousImage
+		default:
+			prevImage = old.GetImage()
+		}
+	}
+	raw, err := proto.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	if err := r.cfg.Store.PutDeployment(name, store.Deployment{Spec: raw, PreviousImage: prevImage}); err != nil {
+		return fmt.Errorf("store desired state: %w", err)
+	}
+	finish := x.Detach()
+	r.startOp(name, func(ctx context.Context) error {
+		st, err := r.rollout(ctx, spec)
+		x.Reply.Status = st
+		return err
+	}, finish)
+	return nil
+}
+
+func (r *Reconciler) current(name string) *fleetv1.DeploymentStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st := r.status[name]; st != nil {
+		return proto.Clone(st).(*fleetv1.DeploymentStatus)
+	}
+	return nil
+}
+
+func (r *Reconciler) opIdle(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ops[name] == nil
+}
+
+// containersOf lists the engine's containers of one deployment.
+func (r *Reconciler) containersOf(ctx context.Context, name string) ([]engine.Container, error) {
+	all, err := r.cfg.Engine.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []engine.Container
+	for _, c := range all {
+		if c.Deployment == name {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// rollout brings the deployment to spec. The new image is fully pulled
+// before the old container is touched; the new container must be ready
+// (running, and healthy if it has a health check, for minReadySeconds)
+// within progressDeadlineSeconds, or it is removed and the old one started
+// again (ROLLED_BACK).
+func (r *Reconciler) rollout(ctx context.Context, spec *fleetv1.DeploymentSpec) (*fleetv1.DeploymentStatus, error) {
+	name, hash := spec.GetName(), engine.SpecHash(spec)
+	st := &fleetv1.DeploymentStatus{Name: name, Revision: spec.GetRevision(), Image: spec.GetImage(), Phase: fleetv1.DeploymentStatus_PENDING}
+	r.publish(ctx, st)
+	fail := func(phase fleetv1.DeploymentStatus_Phase, err error) (*fleetv1.DeploymentStatus, error) {
+		if ctx.Err() != nil && !errors.Is(context.Cause(ctx), errSuperseded) {
+			return st, err // shutdown: the command resumes on the next start
+		}
+		st.Phase, st.Code, st.Message = phase, errdefs.Code(err), err.Error()
+		r.publish(context.WithoutCancel(ctx), st)
+		return st, err
+	}
+
+	existing, err := r.containersOf(ctx, name)
+	if err != nil {
+		return fail(fleetv1.DeploymentStatus_FAILED, err)
+	}
+	var old *engine.Container
+	for i := range existing {
+		c := &existing[i]
+		if c.SpecHash == hash && c.Running {
+			// Already there (a resumed command, or the same revision again).
+			return r.adopt(ctx, spec, *c, existing)
+		}
+		if c.SpecHash != hash && (old == nil || c.Running && !old.Running || c.Running == old.Running && c.Revision > old.Revision) {
+			old = c
+		}
+	}
+
+	st.Phase = fleetv1.DeploymentStatus_PULLING
+	r.publish(ctx, st)
+	digest, err := r.ensureImage(ctx, spec, st)
+	if err != nil {
+		return fail(fleetv1.DeploymentStatus_FAILED, err)
+	}
+	st.ImageDigest, st.PullProgress = digest, nil
+
+	st.Phase = fleetv1.DeploymentStatus_CREATING
+	r.publish(ctx, st)
+	newName := engine.ContainerName(name, spec.GetRevision())
+	for _, c := range existing {
+		if c.Name == newName { // left over from an interrupted attempt
+			if err := r.cfg.Engine.Remove(ctx, c.ID); err != nil {
+				return fail(fleetv1.DeploymentStatus_FAILED, err)
+			}
+		}
+	}
+	id, err := r.cfg.Engine.Create(ctx, newName, spec)
+	if err != nil {
+		return fail(fleetv1.DeploymentStatus_FAILED, err)
+	}
+	st.ContainerId = id
+
+	startFirst := spec.GetUpdate().GetStrategy() == fleetv1.Update_START_FIRST
+	oldWasRunning := old != nil && old.Running && old.Name != newName
+	if oldWasRunning && !startFirst {
+		if err := r.cfg.Engine.Stop(ctx, old.ID, nil); err != nil {
+			r.cfg.Engine.Remove(context.WithoutCancel(ctx), id)
+			return fail(fleetv1.DeploymentStatus_FAILED, err)
+		}
+	}
+	st.Phase = fleetv1.DeploymentStatus_STARTING
+	r.publish(ctx, st)
+	err = r.cfg.Engine.Start(ctx, id)
+	if err == nil {
+		err = r.waitReady(ctx, spec, id, st)
+	}
+	if err != nil {
+		bg := context.WithoutCancel(ctx)
+		if rmErr := r.cfg.Engine.Remove(bg, id); rmErr != nil {
+			r.log.Error("remove failed container", "deployment", name, "err", rmErr)
+		}
+		st.ContainerId = ""
+		if oldWasRunning {
+			if startErr := r.cfg.Engine.Start(bg, old.ID); startErr != nil {
+				r.log.Error("restart previous container", "deployment", name, "err", startErr)
+			} else {
+				st.ContainerId = old.ID
+				r.cfg.Event(&fleetv1.Event{Severity: fleetv1.Event_WARNING, Kind: "deployment.rolled-back", Deployment: name,
+					Code: errdefs.Code(err), Message: sprintf("revision %d did not become ready (%v); revision %d runs again", spec.GetRevision(), err, old.Revision)})
+				return fail(fleetv1.DeploymentStatus_ROLLED_BACK, fmt.Errorf("rolled back to revision %d: %w", old.Revision, err))
+			}
+		}
+		return fail(fleetv1.DeploymentStatus_FAILED, err)
+	}
+	for _, c := range existing {
+		if c.ID != id {
+			if err := r.cfg.Engine.Remove(ctx, c.ID); err != nil {
+				r.log.Warn("remove previous container", "deployment", name, "container", c.Name, "err", err)
+			}
+		}
+	}
+	st.Phase, st.Code, st.Message = fleetv1.DeploymentStatus_RUNNING, fleetv1.Reply_OK, ""
+	r.publish(ctx, st)
+	return st, nil
+}
+
+// adopt takes over a running container that already matches spec.
+func (r *Reconciler) adopt(ctx context.Context, spec *fleetv1.DeploymentSpec, c engine.Container, all []engine.Container) (*fleetv1.DeploymentStatus, error) {
+	for _, o := range all {
+		if o.ID != c.ID {
+			if err := r.cfg.Engine.Remove(ctx, o.ID); err != nil {
+				r.log.Warn("remove stale container", "deployment", spec.GetName(), "container", o.Name, "err", err)
+			}
+		}
+	}
+	st := &fleetv1.DeploymentStatus{Name: spec.GetName(), Revision: spec.GetRevision(), Image: spec.GetImage(), ContainerId: c.ID}
+	r.fillFromEngine(ctx, st, c.ID, false)
+	r.publish(ctx, st)
+	return st, nil
+}
+
+// fillFromEngine sets the phase and runtime facts of st from the engine.
+func (r *Reconciler) fillFromEngine(ctx context.Context, st *fleetv1.DeploymentStatus, id string, stopped bool) {
+	s, err := r.cfg.Engine.Inspect(ctx, id)
+	if err != nil {
+		st.Phase, st.Code, st.Message = fleetv1.DeploymentStatus_FAILED, errdefs.Code(err), err.Error()
+		return
+	}
+	st.Health, st.RestartCount, st.ExitCode, st.OomKilled = s.Health, uint32(s.RestartCount), int32(s.ExitCode), s.OOMKilled
+	switch {
+	case s.Running:
+		st.Phase = fleetv1.DeploymentStatus_RUNNING
+	case stopped:
+		st.Phase = fleetv1.DeploymentStatus_STOPPED
+	default:
+		st.Phase = fleetv1.DeploymentStatus_EXITED
+	}
+}
+
+// ensureImage makes the image present according to the pull policy and
+// returns its repository digest when known.
+func (r *Reconciler) ensureImage(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus) (string, error) {
+	ref := spec.GetImage()
+	_, digests, found, err := r.cfg.Engine.Image(ctx, ref)
+	if err != nil {
+		return "", err
+	}
+	policy := spec.GetPullPolicy()
+	switch {
+	case policy == fleetv1.Pull_NEVER && !found:
+		return "", &errdefs.FieldError{Field: specField + ".pullPolicy", Kind: errdefs.ErrNotFound,
+			Msg: sprintf("image %s is not on the gateway and pullPolicy is NEVER; load it or use IF_NOT_PRESENT", ref)}
+	case policy == fleetv1.Pull_NEVER, policy != fleetv1.Pull_ALWAYS && found:
+		return firstDigest(digests), nil
+	}
+	if err := r.pull(ctx, spec, st); err != nil {
+		if found && policy != fleetv1.Pull_ALWAYS {
+			return firstDigest(digests), nil
+		}
+		if found && errors.Is(err, errdefs.ErrRegistryUnreachable) {
+			r.cfg.Event(&fleetv1.Event{Severity: fleetv1.Event_WARNING, Kind: "pull.offline-fallback", Deployment: spec.GetName(),
+				Code: errdefs.Code(err), Message: sprintf("registry unreachable; using the local copy of %s: %v", ref, err)})
+			return firstDigest(digests), nil
+		}
+		return "", err
+	}
+	_, digests, _, err = r.cfg.Engine.Image(ctx, ref)
+	return firstDigest(digests), err
+}
+
+// pull pulls with the spec's retries, retrying only transient failures, and
+// publishes progress at most once a second.
+func (r *Reconciler) pull(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus) error {
+	p := spec.GetPull()
+	retries, interval, timeout := int(p.GetRetries()), p.GetRetryInterval().AsDuration(), p.GetTimeout().AsDuration()
+	if p == nil || p.Retries == 0 {
+		retries = 3
+	}
+	if interval <= 0 {
+		interval = 5 * time.Second
+	}
+	if timeout <= 0 {
+		timeout = 10 * time.Minute
+	}
+	var last time.Time
+	progress := func(done, total int64) {
+		if now := time.Now(); now.Sub(last) >= time.Second {
+			last = now
+			st.PullProgress = &fleetv1.PullProgress{BytesDone: uint64(done), BytesTotal: uint64(total)}
+			r.publish(ctx, st)
+		}
+	}
+	var err error
+	for attempt := 0; attempt <= retries; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-time.After(interval):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		err = r.cfg.Engine.Pull(pctx, spec.GetImage(), "", progress)
+		cancel()
+		if err == nil || !transient(err) || ctx.Err() != nil {
+			return err
+		}
+		r.log.Warn("pull failed; retrying", "deployment", spec.GetName(), "attempt", attempt+1, "err", err)
+	}
+	return err
+}
+
+func transient(err error) bool {
+	switch errdefs.Code(err) {
+	case fleetv1.Reply_REGISTRY_UNREACHABLE, fleetv1.Reply_INTERNAL, fleetv1.Reply_DEADLINE_EXCEEDED:
+		return true
+	}
+	return false
+}
+
+func firstDigest(repoDigests []string) string {
+	for _, d := range repoDigests {
+		if i := strings.LastIndex(d, "@"); i >= 0 {
+			return d[i+1:]
+		}
+	}
+	return ""
+}
+
+// waitReady waits until the container has been running (and healthy, if it
+// has a health check) without a restart for minReadySeconds.
+func (r *Reconciler) waitReady(ctx context.Context, spec *fleetv1.DeploymentSpec, id string, st *fleetv1.DeploymentStatus) error {
+	minReady := time.Duration(spec.GetUpdate().GetMinReadySeconds()) * time.Second
+	deadline := time.Duration(spec.GetUpdate().GetProgressDeadlineSeconds()) * time.Second
+	if deadline == 0 {
+		deadline = 5*time.Minute + minReady
+	}
+	ctx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	var readySince time.Time
+	restarts := -1
+	tick := time.NewTicker(r.cfg.PollInterval)
+	defer tick.Stop()
+	for {
+		s, err := r.cfg.Engine.Inspect(ctx, id)
+		if err != nil {
+			return err
+		}
+		st.Health, st.RestartCount = s.Health, uint32(s.RestartCount)
+		switch {
+		case !s.Running && (s.Status == "exited" || s.Status == "dead"):
+			st.ExitCode, st.OomKilled = int32(s.ExitCode), s.OOMKilled
+			why := sprintf("the container exited with code %d", s.ExitCode)
+			if s.OOMKilled {
+				why = "the container was killed for exceeding its memory limit (OOM)"
+			}
+			return fmt.Errorf("%w: %s before it was ready", errdefs.ErrUnhealthy, why)
+		case s.Health == fleetv1.HealthCheck_UNHEALTHY:
+			return fmt.Errorf("%w: the container's health check failed", errdefs.ErrUnhealthy)
+		case s.Running && (s.Health == fleetv1.HealthCheck_NONE || s.Health == fleetv1.HealthCheck_HEALTHY):
+			if readySince.IsZero() || s.RestartCount != restarts {
+				readySince, restarts = time.Now(), s.RestartCount
+			}
+			if time.Since(readySince) >= minReady {
+				return nil
+			}
+		default:
+			readySince = time.Time{}
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) && context.Cause(ctx) == context.DeadlineExceeded {
+				return fmt.Errorf("%w: not ready within progressDeadlineSeconds (%v)", errdefs.ErrUnhealthy, deadline)
+			}
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,78 @@
+package store
+
+import (
+	"encoding/json"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var bucketDeployments = []byte("deployments")
+
+// Deployment is a desired deployment.
+type Deployment struct {
+	Spec    []byte `json:"spec"`              // protobuf DeploymentSpec
+	Stopped bool   `json:"stopped,omitempty"` // stopped by command; stays stopped across restarts
+	// PreviousImage is the image of the revision before, kept for rollback.
+	PreviousImage string `json:"previousImage,omitempty"`
+}
+
+// PutDeployment stores the desired state of a deployment.
+func (s *Store) PutDeployment(name string, d Deployment) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketDeployments)
+		if err != nil {
+			return err
+		}
+		return putJSON(b, name, d)
+	})
+}
+
+// GetDeployment returns the desired state of a deployment.
+func (s *Store) GetDeployment(name string) (Deployment, bool, error) {
+	var d Deployment
+	var ok bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDeployments)
+		if b == nil {
+			return nil
+		}
+		raw := b.Get([]byte(name))
+		if raw == nil {
+			return nil
+		}
+		ok = true
+		return json.Unmarshal(raw, &d)
+	})
+	return d, ok, err
+}
+
+// Deployments returns every desired deployment by name.
+func (s *Store) Deployments() (map[string]Deployment, error) {
+	out := map[string]Deployment{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDeployments)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var d Deployment
+			if err := json.Unmarshal(v, &d); err != nil {
+				return err
+			}
+			out[string(k)] = d
+			return nil
+		})
+	})
+	return out, err
+}
+
+// DeleteDeployment removes a desired deployment.
+func (s *Store) DeleteDeployment(name string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDeployments)
+		if b == nil {
+			return nil
+		}
+		return b.Delete([]byte(name))
+	})
+}
