@@ -20,6 +20,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	dockerclient "github.com/docker/docker/client"
+
 	"github.com/fleet-agent/fleet/cloud-sim/broker"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
 	"github.com/fleet-agent/fleet/protocol/codec"
@@ -414,4 +419,42 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// DockerClient returns a client of the local Docker Engine. Without an
+// engine the test is skipped, except under CI, where it fails.
+func DockerClient(t testing.TB) *dockerclient.Client {
+	t.Helper()
+	cli, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	if err == nil {
+		_, err = cli.Ping(context.Background())
+	}
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("Docker Engine unavailable: %v", err)
+		}
+		t.Skipf("Docker Engine unavailable: %v", err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// RemoveOwned removes, at cleanup, every container labelled with owner and
+// the images whose references start with imagePrefix.
+func RemoveOwned(t testing.TB, cli *dockerclient.Client, owner, imagePrefix string) {
+	t.Cleanup(func() {
+		ctx := context.Background()
+		cs, _ := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "io.fleet-agent.owner="+owner))})
+		for _, c := range cs {
+			cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+		}
+		imgs, _ := cli.ImageList(ctx, image.ListOptions{})
+		for _, im := range imgs {
+			for _, tag := range im.RepoTags {
+				if strings.HasPrefix(tag, imagePrefix) {
+					cli.ImageRemove(ctx, tag, image.RemoveOptions{Force: true})
+				}
+			}
+		}
+	})
 }

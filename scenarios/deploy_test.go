@@ -1,0 +1,215 @@
+package scenarios
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/internal/testenv"
+	"github.com/fleet-agent/fleet/internal/testimage"
+	"github.com/fleet-agent/fleet/protocol/codec"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
+)
+
+func deploy(spec *fleetv1.DeploymentSpec) *fleetv1.Command {
+	return &fleetv1.Command{Id: fmt.Sprintf("deploy-%s-%d-%d", spec.GetName(), spec.GetRevision(), time.Now().UnixNano()),
+		IssuedAt: timestamppb.Now(), Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: spec}}}
+}
+
+func ref(verb topic.Verb, name string) *fleetv1.Command {
+	id := fmt.Sprintf("%s-%s-%d", verb, name, time.Now().UnixNano())
+	r := &fleetv1.DeploymentRef{Name: name}
+	c := &fleetv1.Command{Id: id}
+	switch verb {
+	case topic.Stop:
+		c.Body = &fleetv1.Command_Stop{Stop: r}
+	case topic.Start:
+		c.Body = &fleetv1.Command_Start{Start: r}
+	case topic.Restart:
+		c.Body = &fleetv1.Command_Restart{Restart: r}
+	case topic.Remove:
+		c.Body = &fleetv1.Command_Remove{Remove: r}
+	}
+	return c
+}
+
+// sendLong sends a command and waits up to two minutes for its final reply.
+func sendLong(t *testing.T, c *testenv.Recorder, gw string, cmd *fleetv1.Command) *fleetv1.Reply {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	req, err := c.Send(ctx, tenant, gw, cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := req.Final(ctx)
+	if err != nil {
+		t.Fatalf("command %s: %v", cmd.GetId(), err)
+	}
+	return r
+}
+
+func TestDeploymentLifecycle(t *testing.T) {
+	cli := testenv.DockerClient(t)
+	reg := testimage.NewRegistry(t)
+	gw := fmt.Sprintf("gw-dep-%d", time.Now().UnixNano()%1e9)
+	owner := tenant + "/" + gw
+	testenv.RemoveOwned(t, cli, owner, reg.Host()+"/")
+	b := testenv.Embedded(t)
+	rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
+	agent := testenv.StartAgent(t, b.URL(), tenant, gw)
+	birth := birthOf(rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw)))
+	if e := birth.GetEngine(); !e.GetReachable() || e.GetName() != "docker" || e.GetVersion() == "" {
+		t.Errorf("birth engine = %v, want a reachable docker with its version", e)
+	}
+
+	v1ref, v1digest := reg.Push(t, testimage.Spec{Repo: "team/web", Tag: "1", Env: map[string]string{"MESSAGE": "one"}})
+	v2ref, _ := reg.Push(t, testimage.Spec{Repo: "team/web", Tag: "2", Env: map[string]string{"MESSAGE": "two"}})
+	crashRef, _ := reg.Push(t, testimage.Spec{Repo: "team/web", Tag: "crash", Env: map[string]string{"MODE": "exit", "EXIT_CODE": "3", "DELAY": "500ms"}})
+	spec := func(rev int64, image string) *fleetv1.DeploymentSpec {
+		return &fleetv1.DeploymentSpec{Name: "web", Revision: rev, Image: image, NetworkMode: "none",
+			Env:           map[string]string{"MODE": "serve"},
+			RestartPolicy: &fleetv1.RestartPolicy{Mode: fleetv1.RestartPolicy_UNLESS_STOPPED}}
+	}
+	managed := func() []container.Summary {
+		t.Helper()
+		cs, err := cli.ContainerList(context.Background(), container.ListOptions{All: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []container.Summary
+		for _, c := range cs {
+			if c.Labels["io.fleet-agent.owner"] == owner {
+				out = append(out, c)
+			}
+		}
+		return out
+	}
+	lastStatus := func() *fleetv1.DeploymentStatus {
+		all := rec.All(testenv.Kind(topic.Status, gw))
+		if len(all) == 0 || all[len(all)-1].Message == nil {
+			return nil
+		}
+		return all[len(all)-1].Message.(*fleetv1.DeploymentStatus)
+	}
+
+	// Deploy revision 1: ACCEPTED, then SUCCEEDED with the container running.
+	r := sendLong(t, rec, gw, deploy(spec(1, v1ref)))
+	if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetPhase() != fleetv1.DeploymentStatus_RUNNING || r.GetStatus().GetImageDigest() != v1digest {
+		t.Fatalf("deploy r1 reply = %v, want SUCCEEDED RUNNING with digest %s", r, v1digest)
+	}
+	if cs := managed(); len(cs) != 1 || cs[0].State != "running" || cs[0].Labels["io.fleet-agent.revision"] != "1" {
+		t.Fatalf("containers after r1 = %+v, want one running at revision 1", cs)
+	}
+	testenv.Eventually(t, "retained RUNNING status", func() bool {
+		st := lastStatus()
+		return st != nil && st.GetPhase() == fleetv1.DeploymentStatus_RUNNING && st.GetRevision() == 1
+	})
+
+	// The same revision again: a no-op. A lower one: STALE_REVISION.
+	if r := sendLong(t, rec, gw, deploy(spec(1, v1ref))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
+		t.Errorf("same revision again = %v, want SUCCEEDED", r)
+	}
+	// Policy: privileged is denied by default.
+	priv := spec(5, v1ref)
+	priv.Privileged = true
+	if r := sendLong(t, rec, gw, deploy(priv)); r.GetCode() != fleetv1.Reply_POLICY_DENIED || r.GetField() != "deploy.spec.privileged" {
+		t.Errorf("privileged deploy = %v, want REJECTED POLICY_DENIED on deploy.spec.privileged", r)
+	}
+
+	// Update to revision 2, start-first.
+	s2 := spec(2, v2ref)
+	s2.Update = &fleetv1.Update{Strategy: fleetv1.Update_START_FIRST}
+	if r := sendLong(t, rec, gw, deploy(s2)); r.GetResult() != fleetv1.Reply_SUCCEEDED {
+		t.Fatalf("deploy r2 = %v", r)
+	}
+	if cs := managed(); len(cs) != 1 || cs[0].Labels["io.fleet-agent.revision"] != "2" || cs[0].State != "running" {
+		t.Fatalf("containers after r2 = %+v, want only revision 2 running", cs)
+	}
+	if r := sendLong(t, rec, gw, deploy(spec(1, v1ref))); r.GetCode() != fleetv1.Reply_STALE_REVISION {
+		t.Errorf("lower revision = %v, want STALE_REVISION", r)
+	}
+
+	// Revision 3 crashes within minReadySeconds: rolled back to revision 2.
+	s3 := spec(3, crashRef)
+	s3.Env = map[string]string{}
+	s3.Update = &fleetv1.Update{MinReadySeconds: 2, ProgressDeadlineSeconds: 30}
+	s3.RestartPolicy = &fleetv1.RestartPolicy{Mode: fleetv1.RestartPolicy_NO}
+	r = sendLong(t, rec, gw, deploy(s3))
+	if r.GetResult() != fleetv1.Reply_FAILED || r.GetCode() != fleetv1.Reply_UNHEALTHY || r.GetStatus().GetPhase() != fleetv1.DeploymentStatus_ROLLED_BACK {
+		t.Fatalf("deploy crashing r3 = %v, want FAILED UNHEALTHY ROLLED_BACK", r)
+	}
+	if cs := managed(); len(cs) != 1 || cs[0].Labels["io.fleet-agent.revision"] != "2" || cs[0].State != "running" {
+		t.Fatalf("containers after rollback = %+v, want revision 2 running again", cs)
+	}
+	rec.Await(t, "rollback event", 1, func(m console.Received) bool {
+		e, ok := m.Message.(*fleetv1.Event)
+		return ok && m.Topic.Gateway == gw && e.GetKind() == "deployment.rolled-back"
+	})
+
+	// Revision 4 (the good image again) so that the desired state is sane.
+	if r := sendLong(t, rec, gw, deploy(spec(4, v2ref))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
+		t.Fatalf("deploy r4 = %v", r)
+	}
+
+	// Stop: stays stopped across an agent restart; start brings it back.
+	if r := sendLong(t, rec, gw, ref(topic.Stop, "web")); r.GetStatus().GetPhase() != fleetv1.DeploymentStatus_STOPPED {
+		t.Fatalf("stop = %v", r)
+	}
+	unmanaged, err := cli.ContainerCreate(context.Background(), &container.Config{Image: v1ref, Labels: map[string]string{"purpose": "unmanaged-" + gw}},
+		&container.HostConfig{NetworkMode: "none"}, nil, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.ContainerRemove(context.Background(), unmanaged.ID, container.RemoveOptions{Force: true}) })
+	if code := agent.Term(t); code != 0 {
+		t.Fatalf("agent exit %d", code)
+	}
+	agent.Start(t)
+	rec.Await(t, "birth after restart", 2, testenv.Kind(topic.Birth, gw))
+	testenv.Eventually(t, "status STOPPED after restart", func() bool {
+		st := lastStatus()
+		return st != nil && st.GetPhase() == fleetv1.DeploymentStatus_STOPPED && st.GetRevision() == 4
+	})
+	if cs := managed(); len(cs) != 1 || cs[0].State == "running" {
+		t.Fatalf("containers after restart = %+v, want the stopped one", cs)
+	}
+	if _, err := cli.ContainerInspect(context.Background(), unmanaged.ID); err != nil {
+		t.Errorf("unmanaged container touched: %v", err)
+	}
+	if r := sendLong(t, rec, gw, ref(topic.Start, "web")); r.GetStatus().GetPhase() != fleetv1.DeploymentStatus_RUNNING {
+		t.Fatalf("start = %v", r)
+	}
+
+	// Deleted behind the agent's back: recreated on the agent's next start.
+	agent.Kill()
+	for _, c := range managed() {
+		cli.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})
+	}
+	agent.Start(t)
+	testenv.Eventually(t, "container recreated", func() bool {
+		cs := managed()
+		return len(cs) == 1 && cs[0].State == "running" && cs[0].Labels["io.fleet-agent.revision"] == "4"
+	})
+
+	// Remove: container gone, retained status cleared.
+	if r := sendLong(t, rec, gw, ref(topic.Remove, "web")); r.GetResult() != fleetv1.Reply_SUCCEEDED {
+		t.Fatalf("remove = %v", r)
+	}
+	if cs := managed(); len(cs) != 0 {
+		t.Errorf("containers after remove = %+v", cs)
+	}
+	testenv.Eventually(t, "status cleared", func() bool {
+		all := rec.All(testenv.Kind(topic.Status, gw))
+		return len(all) > 0 && len(all[len(all)-1].Payload) == 0
+	})
+	if r := sendLong(t, rec, gw, ref(topic.Stop, "web")); r.GetCode() != fleetv1.Reply_NOT_FOUND {
+		t.Errorf("stop after remove = %v, want NOT_FOUND", r)
+	}
+}
