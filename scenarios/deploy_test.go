@@ -213,3 +213,47 @@ func TestDeploymentLifecycle(t *testing.T) {
 		t.Errorf("stop after remove = %v, want NOT_FOUND", r)
 	}
 }
+
+func TestLiveStatusFromEngineEvents(t *testing.T) {
+	cli := testenv.DockerClient(t)
+	reg := testimage.NewRegistry(t)
+	gw := fmt.Sprintf("gw-live-%d", time.Now().UnixNano()%1e9)
+	testenv.RemoveOwned(t, cli, tenant+"/"+gw, reg.Host()+"/")
+	b := testenv.Embedded(t)
+	rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
+	testenv.StartAgent(t, b.URL(), tenant, gw)
+	rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw))
+	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
+
+	tests := []struct {
+		name  string
+		env   map[string]string
+		res   *fleetv1.Resources
+		check func(st *fleetv1.DeploymentStatus) bool
+		want  string
+	}{
+		{"crash", map[string]string{"MODE": "exit", "EXIT_CODE": "7", "DELAY": "2s"}, nil,
+			func(st *fleetv1.DeploymentStatus) bool {
+				return st.GetPhase() == fleetv1.DeploymentStatus_EXITED && st.GetExitCode() == 7 && st.GetCode() == fleetv1.Reply_UNHEALTHY
+			}, "EXITED with code 7"},
+		{"oom", map[string]string{"MODE": "oom", "DELAY": "1s"}, &fleetv1.Resources{MemoryBytes: 32 << 20},
+			func(st *fleetv1.DeploymentStatus) bool {
+				return st.GetPhase() == fleetv1.DeploymentStatus_EXITED && st.GetOomKilled()
+			}, "EXITED with oomKilled"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec := &fleetv1.DeploymentSpec{Name: tt.name, Revision: 1, Image: img, NetworkMode: "none", Env: tt.env, Resources: tt.res,
+				RestartPolicy: &fleetv1.RestartPolicy{Mode: fleetv1.RestartPolicy_NO}}
+			r := sendLong(t, rec, gw, deploy(spec))
+			if r.GetResult() != fleetv1.Reply_SUCCEEDED {
+				t.Fatalf("deploy = %v", r)
+			}
+			st := rec.Await(t, "status "+tt.want, 1, func(m console.Received) bool {
+				st, ok := m.Message.(*fleetv1.DeploymentStatus)
+				return ok && m.Topic.Gateway == gw && m.Topic.Deployment == tt.name && tt.check(st)
+			})
+			t.Logf("status: %v", st.Message)
+		})
+	}
+}

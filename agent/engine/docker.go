@@ -16,6 +16,7 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
@@ -295,4 +296,42 @@ func pullErr(ref string, err error) error {
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
 	return fmt.Errorf("pull %s: %w: %s", ref, kind, msg)
+}
+
+// Event is a change of one of the owner's containers.
+type Event struct {
+	ContainerID string
+	Deployment  string
+	Action      string // die, oom, start, health_status: healthy, …
+}
+
+// Events streams changes of the owner's containers until ctx ends or the
+// engine connection fails; the error channel then receives the reason.
+func (d *Docker) Events(ctx context.Context) (<-chan Event, <-chan error) {
+	msgs, errs := d.cli.Events(ctx, events.ListOptions{Filters: filters.NewArgs(
+		filters.Arg("type", string(events.ContainerEventType)),
+		filters.Arg("label", LabelOwner+"="+d.owner),
+	)})
+	out := make(chan Event)
+	outErr := make(chan error, 1)
+	go func() {
+		defer close(out)
+		for {
+			select {
+			case m := <-msgs:
+				ev := Event{ContainerID: m.Actor.ID, Deployment: m.Actor.Attributes[LabelDeployment], Action: string(m.Action)}
+				select {
+				case out <- ev:
+				case <-ctx.Done():
+					return
+				}
+			case err := <-errs:
+				outErr <- mapErr(err)
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, outErr
 }

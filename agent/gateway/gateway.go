@@ -205,11 +205,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	wg.Go(func() { _ = g.proc.Run(workCtx) })
 	wg.Go(func() { g.heartbeat(workCtx) })
 	wg.Go(func() { g.statuses.run(workCtx, g.log, g.sendStatus) })
-	wg.Go(func() {
-		if err := g.rec.ReconcileAll(workCtx); err != nil {
-			g.log.Error("reconcile on start", "err", err)
-		}
-	})
+	wg.Go(func() { g.rec.Watch(workCtx) })
 
 	<-ctx.Done()
 	g.log.Info("shutting down")

@@ -38,6 +38,7 @@ type Engine interface {
 	Inspect(ctx context.Context, id string) (engine.State, error)
 	List(ctx context.Context) ([]engine.Container, error)
 	RemoveImage(ctx context.Context, ref string) error
+	Events(ctx context.Context) (<-chan engine.Event, <-chan error)
 }
 
 // Store holds the desired deployments.

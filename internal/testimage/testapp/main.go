@@ -43,6 +43,8 @@ func main() {
 		code, _ := strconv.Atoi(env("EXIT_CODE", "0"))
 		os.Exit(code)
 	case "oom":
+		d, _ := time.ParseDuration(env("DELAY", "0s"))
+		time.Sleep(d)
 		var hog [][]byte
 		for {
 			b := make([]byte, 1<<20)
