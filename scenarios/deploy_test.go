@@ -257,3 +257,37 @@ func TestLiveStatusFromEngineEvents(t *testing.T) {
 		})
 	}
 }
+
+func TestMovedTagIsPulledAgain(t *testing.T) {
+	cli := testenv.DockerClient(t)
+	reg := testimage.NewRegistry(t)
+	gw := fmt.Sprintf("gw-tag-%d", time.Now().UnixNano()%1e9)
+	testenv.RemoveOwned(t, cli, tenant+"/"+gw, reg.Host()+"/")
+	b := testenv.Embedded(t)
+	rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
+	testenv.StartAgent(t, b.URL(), tenant, gw)
+	rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw))
+
+	ref, first := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "latest", Env: map[string]string{"MESSAGE": "first"}})
+	spec := &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: ref, NetworkMode: "none", PullPolicy: fleetv1.Pull_IF_NOT_PRESENT}
+	if r := sendLong(t, rec, gw, deploy(spec)); r.GetStatus().GetImageDigest() != first {
+		t.Fatalf("r1 = %v, want digest %s", r, first)
+	}
+	_, second := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "latest", Env: map[string]string{"MESSAGE": "second"}})
+	spec.Revision = 2
+	r := sendLong(t, rec, gw, deploy(spec))
+	if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != second {
+		t.Fatalf("r2 after the tag moved = %v, want digest %s", r, second)
+	}
+	ci, err := cli.ContainerInspect(context.Background(), r.GetStatus().GetContainerId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range ci.Config.Env {
+		found = found || e == "MESSAGE=second"
+	}
+	if !found {
+		t.Errorf("container env %v: runs the old image", ci.Config.Env)
+	}
+}

@@ -335,3 +335,13 @@ func (d *Docker) Events(ctx context.Context) (<-chan Event, <-chan error) {
 	}()
 	return out, outErr
 }
+
+// RemoteDigest asks the registry, through the engine (so with the engine's
+// registry settings), which manifest digest ref resolves to now.
+func (d *Docker) RemoteDigest(ctx context.Context, ref, registryAuth string) (string, error) {
+	di, err := d.cli.DistributionInspect(ctx, ref, registryAuth)
+	if err != nil {
+		return "", pullErr(ref, err)
+	}
+	return di.Descriptor.Digest.String(), nil
+}

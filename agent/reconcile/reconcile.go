@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -39,6 +40,7 @@ type Engine interface {
 	List(ctx context.Context) ([]engine.Container, error)
 	RemoveImage(ctx context.Context, ref string) error
 	Events(ctx context.Context) (<-chan engine.Event, <-chan error)
+	RemoteDigest(ctx context.Context, ref, registryAuth string) (string, error)
 }
 
 // Store holds the desired deployments.
@@ -421,8 +423,24 @@ func (r *Reconciler) ensureImage(ctx context.Context, spec *fleetv1.DeploymentSp
 	case policy == fleetv1.Pull_NEVER && !found:
 		return "", &errdefs.FieldError{Field: specField + ".pullPolicy", Kind: errdefs.ErrNotFound,
 			Msg: sprintf("image %s is not on the gateway and pullPolicy is NEVER; load it or use IF_NOT_PRESENT", ref)}
-	case policy == fleetv1.Pull_NEVER, policy != fleetv1.Pull_ALWAYS && found:
+	case policy == fleetv1.Pull_NEVER:
 		return firstDigest(digests), nil
+	case policy != fleetv1.Pull_ALWAYS && found:
+		if strings.Contains(ref, "@sha256:") {
+			return firstDigest(digests), nil
+		}
+		// A tag may have moved: pull again when the registry now resolves
+		// it to another digest. Unreachable registry: the local copy.
+		remote, err := r.cfg.Engine.RemoteDigest(ctx, ref, "")
+		switch {
+		case err != nil:
+			r.cfg.Event(&fleetv1.Event{Severity: fleetv1.Event_WARNING, Kind: "pull.offline-fallback", Deployment: spec.GetName(),
+				Code: errdefs.Code(err), Message: sprintf("could not check %s with its registry; using the local copy: %v", ref, err)})
+			return firstDigest(digests), nil
+		case slices.ContainsFunc(digests, func(d string) bool { return strings.HasSuffix(d, "@"+remote) }):
+			return remote, nil
+		}
+		r.log.Info("tag moved; pulling", "image", ref, "digest", remote)
 	}
 	if err := r.pull(ctx, spec, st); err != nil {
 		if found && policy != fleetv1.Pull_ALWAYS {
