@@ -291,3 +291,55 @@ func TestMovedTagIsPulledAgain(t *testing.T) {
 		t.Errorf("container env %v: runs the old image", ci.Config.Env)
 	}
 }
+
+func TestAgentKilledMidDeploy(t *testing.T) {
+	cli := testenv.DockerClient(t)
+	reg := testimage.NewRegistry(t)
+	gw := fmt.Sprintf("gw-kill-%d", time.Now().UnixNano()%1e9)
+	owner := tenant + "/" + gw
+	testenv.RemoveOwned(t, cli, owner, reg.Host()+"/")
+	b := testenv.Embedded(t)
+	rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
+	agent := testenv.StartAgent(t, b.URL(), tenant, gw)
+	rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw))
+	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
+
+	spec := &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: img, NetworkMode: "none",
+		Update: &fleetv1.Update{MinReadySeconds: 4, ProgressDeadlineSeconds: 60}}
+	cmd := deploy(spec)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	req, err := rec.Send(ctx, tenant, gw, cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Kill the agent while the new container is in its minReadySeconds.
+	rec.Await(t, "STARTING status", 1, func(m console.Received) bool {
+		st, ok := m.Message.(*fleetv1.DeploymentStatus)
+		return ok && m.Topic.Gateway == gw && st.GetPhase() == fleetv1.DeploymentStatus_STARTING
+	})
+	agent.Kill()
+	agent.Start(t)
+
+	// The journaled command resumes and its final reply reaches the console.
+	r, err := req.Final(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetPhase() != fleetv1.DeploymentStatus_RUNNING {
+		t.Fatalf("final reply after the kill = %v, want SUCCEEDED RUNNING", r)
+	}
+	cs, err := cli.ContainerList(ctx, container.ListOptions{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mine []string
+	for _, c := range cs {
+		if c.Labels["io.fleet-agent.owner"] == owner {
+			mine = append(mine, c.Names[0]+" "+c.State+" r"+c.Labels["io.fleet-agent.revision"])
+		}
+	}
+	if len(mine) != 1 || mine[0] != "/fleet-app-r1 running r1" {
+		t.Errorf("containers = %v, want exactly one, running, at revision 1", mine)
+	}
+}
