@@ -21,7 +21,8 @@ demo: build
 
 # Benchmarks: figures go to docs/benchmarks.md with this command.
 bench:
-	$(GO) test ./scenarios/ -run '^$$' -bench . -benchtime 500x -count 1
+	$(GO) test ./scenarios/ -run '^$$' -bench 'RoundTrip|IdleMemory' -benchtime 500x -count 1
+	$(GO) test ./scenarios/ -run '^$$' -bench 'DeployCachedImage|UpdateDowntime' -benchtime 20x -count 1
 
 # Regenerates protocol/fleet/v1/fleet.pb.go (committed, so a build needs no protoc).
 proto:

@@ -1,0 +1,166 @@
+package scenarios
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+
+	"github.com/fleet-agent/fleet/internal/testenv"
+	"github.com/fleet-agent/fleet/internal/testimage"
+	"github.com/fleet-agent/fleet/protocol/codec"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
+)
+
+// BenchmarkDeployCachedImage compares, in one run, a deploy command of an
+// image already on the gateway (command sent → final reply RUNNING) with a
+// raw Docker create+start of the same image through the same client library
+// (until the engine reports it running). Each iteration deploys a fresh
+// deployment; removal is outside the timing.
+func BenchmarkDeployCachedImage(b *testing.B) {
+	cli := testenv.DockerClient(b)
+	reg := testimage.NewRegistry(b)
+	gw := fmt.Sprintf("gw-bench-%d", time.Now().UnixNano()%1e9)
+	owner := tenant + "/" + gw
+	testenv.RemoveOwned(b, cli, owner, reg.Host()+"/")
+	img, _ := reg.Push(b, testimage.Spec{Repo: "team/app", Tag: "1"})
+	ctx := context.Background()
+	rc, err := cli.ImagePull(ctx, img, image.PullOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for buf := make([]byte, 32<<10); ; {
+		if _, err := rc.Read(buf); err != nil {
+			break
+		}
+	}
+	rc.Close()
+
+	b.Run("raw-docker", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			i++
+			c, err := cli.ContainerCreate(ctx, &container.Config{Image: img, Labels: map[string]string{"io.fleet-agent.owner": owner}},
+				&container.HostConfig{NetworkMode: "none"}, nil, nil, fmt.Sprintf("raw-%s-%d", gw, i))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := cli.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
+				b.Fatal(err)
+			}
+			for {
+				ci, err := cli.ContainerInspect(ctx, c.ID)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if ci.State.Running {
+					break
+				}
+			}
+			b.StopTimer()
+			cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+			b.StartTimer()
+		}
+	})
+
+	br := testenv.EmbeddedInMemory(b)
+	rec := testenv.NewRecorder(b, br.URL(), codec.Protobuf)
+	testenv.StartAgent(b, br.URL(), tenant, gw, "--log-level", "warn")
+	rec.Await(b, "birth", 1, testenv.Kind(topic.Birth, gw))
+	b.Run("agent-deploy", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			i++
+			name := fmt.Sprintf("d%d", i)
+			r := sendLongB(b, rec, gw, deploy(&fleetv1.DeploymentSpec{Name: name, Revision: 1, Image: img, NetworkMode: "none"}))
+			if r.GetStatus().GetPhase() != fleetv1.DeploymentStatus_RUNNING {
+				b.Fatalf("deploy = %v", r)
+			}
+			b.StopTimer()
+			sendLongB(b, rec, gw, refB(topic.Remove, name))
+			b.StartTimer()
+		}
+	})
+}
+
+// BenchmarkUpdateDowntime measures, from the engine's event timestamps, the
+// time between the old container stopping and the new one starting during
+// an update, for both strategies (0 when the new one started first).
+func BenchmarkUpdateDowntime(b *testing.B) {
+	cli := testenv.DockerClient(b)
+	reg := testimage.NewRegistry(b)
+	gw := fmt.Sprintf("gw-down-%d", time.Now().UnixNano()%1e9)
+	owner := tenant + "/" + gw
+	testenv.RemoveOwned(b, cli, owner, reg.Host()+"/")
+	img, _ := reg.Push(b, testimage.Spec{Repo: "team/app", Tag: "1"})
+	br := testenv.EmbeddedInMemory(b)
+	rec := testenv.NewRecorder(b, br.URL(), codec.Protobuf)
+	testenv.StartAgent(b, br.URL(), tenant, gw, "--log-level", "warn")
+	rec.Await(b, "birth", 1, testenv.Kind(topic.Birth, gw))
+
+	for _, strategy := range []fleetv1.Update_Strategy{fleetv1.Update_STOP_FIRST, fleetv1.Update_START_FIRST} {
+		b.Run(strategy.String(), func(b *testing.B) {
+			name := "u" + fmt.Sprint(int(strategy))
+			rev := int64(1)
+			spec := func() *fleetv1.DeploymentSpec {
+				return &fleetv1.DeploymentSpec{Name: name, Revision: rev, Image: img, NetworkMode: "none",
+					StopTimeout: nil, Update: &fleetv1.Update{Strategy: strategy}}
+			}
+			prevID := sendLongB(b, rec, gw, deploy(spec())).GetStatus().GetContainerId()
+			var downs []time.Duration
+			for b.Loop() {
+				rev++
+				ctx, cancel := context.WithCancel(context.Background())
+				since := time.Now()
+				msgs, _ := cli.Events(ctx, events.ListOptions{Since: since.Format(time.RFC3339Nano), Filters: filters.NewArgs(
+					filters.Arg("type", "container"), filters.Arg("label", "io.fleet-agent.owner="+owner), filters.Arg("label", "io.fleet-agent.deployment="+name))})
+				r := sendLongB(b, rec, gw, deploy(spec()))
+				if r.GetResult() != fleetv1.Reply_SUCCEEDED {
+					b.Fatalf("update = %v", r)
+				}
+				var died, started time.Time
+				newID := r.GetStatus().GetContainerId()
+				for died.IsZero() || started.IsZero() {
+					m := <-msgs
+					at := time.Unix(0, m.TimeNano)
+					switch {
+					case m.Action == events.ActionDie && m.Actor.ID == prevID:
+						died = at
+					case m.Action == events.ActionStart && m.Actor.ID == newID:
+						started = at
+					}
+				}
+				cancel()
+				prevID = newID
+				downs = append(downs, max(0, started.Sub(died)))
+			}
+			sort.Slice(downs, func(i, j int) bool { return downs[i] < downs[j] })
+			b.ReportMetric(float64(downs[len(downs)/2].Microseconds())/1000, "downtime-p50-ms")
+			b.ReportMetric(float64(downs[len(downs)-1].Microseconds())/1000, "downtime-max-ms")
+		})
+	}
+}
+
+func sendLongB(b *testing.B, c *testenv.Recorder, gw string, cmd *fleetv1.Command) *fleetv1.Reply {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	req, err := c.Send(ctx, tenant, gw, cmd)
+	if err != nil {
+		b.Fatal(err)
+	}
+	r, err := req.Final(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return r
+}
+
+func refB(verb topic.Verb, name string) *fleetv1.Command { return ref(verb, name) }
