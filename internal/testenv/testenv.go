@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -450,10 +451,9 @@ func RemoveOwned(t testing.TB, cli *dockerclient.Client, owner, imagePrefix stri
 		}
 		imgs, _ := cli.ImageList(ctx, image.ListOptions{})
 		for _, im := range imgs {
-			for _, tag := range im.RepoTags {
-				if strings.HasPrefix(tag, imagePrefix) {
-					cli.ImageRemove(ctx, tag, image.RemoveOptions{Force: true})
-				}
+			// Untagged images (a tag that moved) keep only their digests.
+			if slices.ContainsFunc(append(im.RepoTags, im.RepoDigests...), func(r string) bool { return strings.HasPrefix(r, imagePrefix) }) {
+				cli.ImageRemove(ctx, im.ID, image.RemoveOptions{Force: true, PruneChildren: true})
 			}
 		}
 	})
