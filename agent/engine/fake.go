@@ -1,0 +1,256 @@
+package engine
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/fleet-agent/fleet/internal/errdefs"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+// Fake is an in-memory container engine for simulated gateways and tests.
+// It keeps the same contract as Docker (the enginetest suite runs against
+// both): images come from a fake registry, containers run until stopped or
+// until their spec's MODE=exit makes them exit.
+type Fake struct {
+	owner string
+	// PullDelay is how long a pull takes.
+	PullDelay time.Duration
+	// FailPull, if set, decides the error of a pull.
+	FailPull func(ref string) error
+
+	mu         sync.Mutex
+	registry   map[string]string // ref -> digest
+	images     map[string]string // ref -> digest
+	containers map[string]*fakeContainer
+	names      map[string]string
+	subs       map[int]chan Event
+	nextSub    int
+	nextID     int
+}
+
+type fakeContainer struct {
+	Container
+	spec  *fleetv1.DeploymentSpec
+	state State
+}
+
+// NewFake returns a fake engine for owner.
+func NewFake(owner string) *Fake {
+	return &Fake{owner: owner, registry: map[string]string{}, images: map[string]string{},
+		containers: map[string]*fakeContainer{}, names: map[string]string{}, subs: map[int]chan Event{}}
+}
+
+// Publish makes ref pullable from the fake registry (again, with a new
+// digest if content differs) and returns its digest.
+func (f *Fake) Publish(ref, content string) string {
+	sum := sha256.Sum256([]byte(ref + "\x00" + content))
+	d := "sha256:" + hex.EncodeToString(sum[:])
+	f.mu.Lock()
+	f.registry[ref] = d
+	f.mu.Unlock()
+	return d
+}
+
+// Info describes the fake engine.
+func (f *Fake) Info(context.Context) *fleetv1.Engine {
+	return &fleetv1.Engine{Name: "fake", Version: "1", ApiVersion: "1", Reachable: true}
+}
+
+func (f *Fake) Pull(ctx context.Context, ref, _ string, progress func(done, total int64)) error {
+	if f.FailPull != nil {
+		if err := f.FailPull(ref); err != nil {
+			return err
+		}
+	}
+	f.mu.Lock()
+	d, ok := f.registry[ref]
+	f.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("pull %s: %w: manifest unknown", ref, errdefs.ErrNotFound)
+	}
+	select {
+	case <-time.After(f.PullDelay):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if progress != nil {
+		progress(1<<20, 1<<20)
+	}
+	f.mu.Lock()
+	f.images[ref] = d
+	f.mu.Unlock()
+	return nil
+}
+
+func (f *Fake) Image(_ context.Context, ref string) (string, []string, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.images[ref]
+	if !ok {
+		return "", nil, false, nil
+	}
+	return d, []string{repoOf(ref) + "@" + d}, true, nil
+}
+
+func (f *Fake) RemoteDigest(_ context.Context, ref, _ string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.registry[ref]
+	if !ok {
+		return "", fmt.Errorf("%w: %s", errdefs.ErrNotFound, ref)
+	}
+	return d, nil
+}
+
+func (f *Fake) RemoveImage(_ context.Context, ref string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.images, ref)
+	return nil
+}
+
+func (f *Fake) Create(_ context.Context, name string, spec *fleetv1.DeploymentSpec) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.images[spec.GetImage()]; !ok {
+		return "", fmt.Errorf("create container %s: %w: no such image %s", name, errdefs.ErrNotFound, spec.GetImage())
+	}
+	if _, taken := f.names[name]; taken {
+		return "", fmt.Errorf("create container %s: the name is in use", name)
+	}
+	f.nextID++
+	id := fmt.Sprintf("fake%060d", f.nextID)
+	f.containers[id] = &fakeContainer{
+		Container: Container{ID: id, Name: name, Deployment: spec.GetName(), Revision: spec.GetRevision(), SpecHash: SpecHash(spec)},
+		spec:      spec, state: State{ID: id, Status: "created", ImageID: f.images[spec.GetImage()]},
+	}
+	f.names[name] = id
+	return id, nil
+}
+
+func (f *Fake) Start(_ context.Context, id string) error {
+	f.mu.Lock()
+	c, ok := f.containers[id]
+	if !ok {
+		f.mu.Unlock()
+		return fmt.Errorf("start container: %w: %s", errdefs.ErrNotFound, id)
+	}
+	exitCode, exits := 0, false
+	if c.spec.GetEnv()["MODE"] == "exit" {
+		exitCode, _ = strconv.Atoi(c.spec.GetEnv()["EXIT_CODE"])
+		exits = true
+	}
+	c.Running, c.state.Running, c.state.Status, c.state.StartedAt = true, true, "running", time.Now()
+	f.mu.Unlock()
+	f.emit(c.Container, "start")
+	if exits {
+		f.exit(id, exitCode)
+	}
+	return nil
+}
+
+// exit makes a running container exit with code.
+func (f *Fake) exit(id string, code int) {
+	f.mu.Lock()
+	c, ok := f.containers[id]
+	if !ok || !c.Running {
+		f.mu.Unlock()
+		return
+	}
+	c.Running, c.state.Running, c.state.Status, c.state.ExitCode = false, false, "exited", code
+	f.mu.Unlock()
+	f.emit(c.Container, "die")
+}
+
+func (f *Fake) Stop(_ context.Context, id string, _ *time.Duration) error {
+	f.mu.Lock()
+	_, ok := f.containers[id]
+	f.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("stop container: %w: %s", errdefs.ErrNotFound, id)
+	}
+	f.exit(id, 0)
+	return nil
+}
+
+func (f *Fake) Remove(_ context.Context, id string) error {
+	f.mu.Lock()
+	c, ok := f.containers[id]
+	if ok {
+		delete(f.containers, id)
+		delete(f.names, c.Name)
+	}
+	f.mu.Unlock()
+	if ok {
+		f.emit(c.Container, "destroy")
+	}
+	return nil
+}
+
+func (f *Fake) Inspect(_ context.Context, id string) (State, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.containers[id]
+	if !ok {
+		return State{}, fmt.Errorf("%w: no such container %s", errdefs.ErrNotFound, id)
+	}
+	return c.state, nil
+}
+
+func (f *Fake) List(context.Context) ([]Container, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]Container, 0, len(f.containers))
+	for _, c := range f.containers {
+		out = append(out, c.Container)
+	}
+	return out, nil
+}
+
+func (f *Fake) Events(ctx context.Context) (<-chan Event, <-chan error) {
+	ch := make(chan Event, 64)
+	f.mu.Lock()
+	id := f.nextSub
+	f.nextSub++
+	f.subs[id] = ch
+	f.mu.Unlock()
+	go func() {
+		<-ctx.Done()
+		f.mu.Lock()
+		delete(f.subs, id)
+		f.mu.Unlock()
+	}()
+	return ch, make(chan error)
+}
+
+func (f *Fake) emit(c Container, action string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, ch := range f.subs {
+		select {
+		case ch <- Event{ContainerID: c.ID, Deployment: c.Deployment, Action: action}:
+		default:
+		}
+	}
+}
+
+// repoOf strips the tag or digest of a reference.
+func repoOf(ref string) string {
+	for i := len(ref) - 1; i >= 0; i-- {
+		switch ref[i] {
+		case '@':
+			return ref[:i]
+		case ':':
+			return ref[:i]
+		case '/':
+			return ref
+		}
+	}
+	return ref
+}
