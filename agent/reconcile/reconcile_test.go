@@ -1,0 +1,138 @@
+package reconcile_test
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fleet-agent/fleet/agent/command"
+	"github.com/fleet-agent/fleet/agent/engine"
+	"github.com/fleet-agent/fleet/agent/reconcile"
+	"github.com/fleet-agent/fleet/agent/store"
+	"github.com/fleet-agent/fleet/internal/errdefs"
+	"github.com/fleet-agent/fleet/internal/testenv"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+type harness struct {
+	rec  *reconcile.Reconciler
+	fake *engine.Fake
+	mu   sync.Mutex
+	pub  map[string][]*fleetv1.DeploymentStatus
+}
+
+func newHarness(t *testing.T, policy reconcile.Policy) *harness {
+	t.Helper()
+	st, err := store.Open(store.Config{Path: filepath.Join(t.TempDir(), "state.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	h := &harness{fake: engine.NewFake("t/g"), pub: map[string][]*fleetv1.DeploymentStatus{}}
+	h.rec, err = reconcile.New(reconcile.Config{Engine: h.fake, Store: st, Policy: policy, PollInterval: 5 * time.Millisecond,
+		Publish: func(_ context.Context, name string, s *fleetv1.DeploymentStatus) {
+			h.mu.Lock()
+			h.pub[name] = append(h.pub[name], s)
+			h.mu.Unlock()
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.rec.Shutdown)
+	return h
+}
+
+// deploy runs the deploy handler and waits for its outcome.
+func (h *harness) deploy(t *testing.T, spec *fleetv1.DeploymentSpec) (*fleetv1.Reply, error) {
+	t.Helper()
+	x := command.NewExec(&fleetv1.Command{Id: "c", Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: spec}}})
+	err := h.rec.Deploy(context.Background(), x)
+	if !x.Detached() {
+		return x.Reply, err
+	}
+	var out error
+	testenv.Eventually(t, "deploy outcome", func() bool {
+		done, e := x.Outcome()
+		out = e
+		return done
+	})
+	return x.Reply, out
+}
+
+func TestDeployRejects(t *testing.T) {
+	good := func() *fleetv1.DeploymentSpec {
+		return &fleetv1.DeploymentSpec{Name: "web", Revision: 1, Image: "registry.test/web:1"}
+	}
+	tests := []struct {
+		name      string
+		mutate    func(*fleetv1.DeploymentSpec)
+		wantCode  fleetv1.Reply_Code
+		wantField string
+	}{
+		{"bad name", func(s *fleetv1.DeploymentSpec) { s.Name = "Web_1" }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.name"},
+		{"no revision", func(s *fleetv1.DeploymentSpec) { s.Revision = 0 }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.revision"},
+		{"no image", func(s *fleetv1.DeploymentSpec) { s.Image = "" }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.image"},
+		{"bad image", func(s *fleetv1.DeploymentSpec) { s.Image = "web::1" }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.image"},
+		{"bad port", func(s *fleetv1.DeploymentSpec) { s.Ports = []*fleetv1.Port{{ContainerPort: 0}} }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.ports"},
+		{"relative mount", func(s *fleetv1.DeploymentSpec) {
+			s.Mounts = []*fleetv1.Mount{{Type: fleetv1.Mount_BIND, Source: "data", Target: "/data"}}
+		}, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.mounts"},
+		{"both cpu forms", func(s *fleetv1.DeploymentSpec) { s.Resources = &fleetv1.Resources{Cpus: 1, NanoCpus: 1} }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.resources"},
+		{"retries without on-failure", func(s *fleetv1.DeploymentSpec) {
+			s.RestartPolicy = &fleetv1.RestartPolicy{Mode: fleetv1.RestartPolicy_ALWAYS, MaxRetries: 3}
+		}, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.restartPolicy.maxRetries"},
+		{"privileged", func(s *fleetv1.DeploymentSpec) { s.Privileged = true }, fleetv1.Reply_POLICY_DENIED, "deploy.spec.privileged"},
+		{"host network", func(s *fleetv1.DeploymentSpec) { s.NetworkMode = "host" }, fleetv1.Reply_POLICY_DENIED, "deploy.spec.networkMode"},
+		{"cap add", func(s *fleetv1.DeploymentSpec) { s.CapAdd = []string{"NET_ADMIN"} }, fleetv1.Reply_POLICY_DENIED, "deploy.spec.capAdd"},
+		{"bind outside allowed paths", func(s *fleetv1.DeploymentSpec) {
+			s.Mounts = []*fleetv1.Mount{{Type: fleetv1.Mount_BIND, Source: "/etc", Target: "/host-etc"}}
+		}, fleetv1.Reply_POLICY_DENIED, "deploy.spec.mounts"},
+		{"device outside allowed paths", func(s *fleetv1.DeploymentSpec) {
+			s.Devices = []*fleetv1.Device{{HostPath: "/dev/mem"}}
+		}, fleetv1.Reply_POLICY_DENIED, "deploy.spec.devices"},
+	}
+	h := newHarness(t, reconcile.Policy{AllowedHostPaths: []string{"/srv/data", "/dev/ttyUSB0"}})
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec := good()
+			tt.mutate(spec)
+			_, err := h.deploy(t, spec)
+			if errdefs.Code(err) != tt.wantCode || errdefs.Field(err) != tt.wantField {
+				t.Errorf("Deploy = %v (code %v, field %q), want %v on %q", err, errdefs.Code(err), errdefs.Field(err), tt.wantCode, tt.wantField)
+			}
+		})
+	}
+	t.Run("allowed bind mount and device", func(t *testing.T) {
+		spec := good()
+		spec.Name = "data"
+		h.fake.Publish(spec.Image, "v1")
+		spec.Mounts = []*fleetv1.Mount{{Type: fleetv1.Mount_BIND, Source: "/srv/data/app", Target: "/data"}}
+		spec.Devices = []*fleetv1.Device{{HostPath: "/dev/ttyUSB0"}}
+		if _, err := h.deploy(t, spec); err != nil {
+			t.Errorf("Deploy = %v, want success", err)
+		}
+	})
+}
+
+func TestRollbackOnFake(t *testing.T) {
+	h := newHarness(t, reconcile.Policy{})
+	h.fake.Publish("registry.test/web:1", "good")
+	h.fake.Publish("registry.test/web:2", "bad")
+	if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "web", Revision: 1, Image: "registry.test/web:1"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "web", Revision: 2, Image: "registry.test/web:2",
+		Env: map[string]string{"MODE": "exit", "EXIT_CODE": "1"}})
+	if errdefs.Code(err) != fleetv1.Reply_UNHEALTHY || r.GetStatus().GetPhase() != fleetv1.DeploymentStatus_ROLLED_BACK {
+		t.Fatalf("deploy r2 = %v, %v; want UNHEALTHY and ROLLED_BACK", r, err)
+	}
+	cs, _ := h.fake.List(context.Background())
+	if len(cs) != 1 || cs[0].Revision != 1 || !cs[0].Running {
+		t.Errorf("containers after rollback = %+v, want revision 1 running", cs)
+	}
+	if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "web", Revision: 1, Image: "registry.test/web:1"}); errdefs.Code(err) != fleetv1.Reply_STALE_REVISION {
+		t.Errorf("deploy of revision 1 after 2 = %v, want STALE_REVISION", err)
+	}
+}
