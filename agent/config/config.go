@@ -65,6 +65,7 @@ type Config struct {
 	MetricsInterval time.Duration
 
 	DockerHost       string
+	ImageGC          bool
 	AllowPrivileged  bool
 	AllowHostNetwork bool
 	AllowCapAdd      bool
@@ -86,6 +87,7 @@ func defaults() Config {
 		ReconnectMax:    2 * time.Minute,
 		MaxPayload:      command.DefaultMaxPayload,
 		MetricsInterval: 30 * time.Second,
+		ImageGC:         true,
 		LogFormat:       "text",
 		LogLevel:        "info",
 	}
@@ -117,6 +119,7 @@ func (c *Config) flags(out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxPayload, "max-payload", c.MaxPayload, "largest command payload accepted, in bytes")
 	fs.DurationVar(&c.MetricsInterval, "metrics-interval", c.MetricsInterval, "metrics heartbeat interval")
 	fs.StringVar(&c.DockerHost, "docker-host", c.DockerHost, "Docker Engine address (default: DOCKER_HOST or the local socket)")
+	fs.BoolVar(&c.ImageGC, "image-gc", c.ImageGC, "remove images no deployment uses (each keeps its current and previous revision's image)")
 	fs.BoolVar(&c.AllowPrivileged, "allow-privileged", c.AllowPrivileged, "policy: allow privileged containers")
 	fs.BoolVar(&c.AllowHostNetwork, "allow-host-network", c.AllowHostNetwork, "policy: allow networkMode host")
 	fs.BoolVar(&c.AllowCapAdd, "allow-cap-add", c.AllowCapAdd, "policy: allow added capabilities")
@@ -405,6 +408,7 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger) (gateway.Con
 		Backoff:    backoff.Policy{Base: c.ReconnectMin, Max: c.ReconnectMax},
 		MaxPayload: c.MaxPayload, MetricsInterval: c.MetricsInterval,
 		Version: version, Logger: logger,
+		ImageGC: c.ImageGC,
 		Policy: reconcile.Policy{AllowPrivileged: c.AllowPrivileged, AllowHostNetwork: c.AllowHostNetwork,
 			AllowCapAdd: c.AllowCapAdd, AllowedHostPaths: c.AllowHostPaths},
 	}

@@ -108,10 +108,15 @@ func (f *Fake) RemoteDigest(_ context.Context, ref, _ string) (string, error) {
 	return d, nil
 }
 
+// RemoveImage removes an image by reference or id (its digest here).
 func (f *Fake) RemoveImage(_ context.Context, ref string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	delete(f.images, ref)
+	for r, d := range f.images {
+		if r == ref || d == ref {
+			delete(f.images, r)
+		}
+	}
 	return nil
 }
 

@@ -58,6 +58,7 @@ type Config struct {
 	Engine     reconcile.Engine
 	EngineInfo func(context.Context) *fleetv1.Engine
 	Policy     reconcile.Policy
+	ImageGC    bool
 
 	MaxPayload      int
 	MetricsInterval time.Duration
@@ -136,7 +137,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, store: st, startedAt: cfg.Now(), statuses: newOutbox()}
 	g.rec, err = reconcile.New(reconcile.Config{
-		Engine: cfg.Engine, Store: st, Policy: cfg.Policy, Publish: g.publishStatus, Event: g.event,
+		Engine: cfg.Engine, Store: st, Policy: cfg.Policy, ImageGC: cfg.ImageGC, Publish: g.publishStatus, Event: g.event,
 		Logger: cfg.Logger.With("component", "reconcile"), Now: cfg.Now,
 	})
 	if err != nil {

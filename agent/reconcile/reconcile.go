@@ -49,6 +49,9 @@ type Store interface {
 	GetDeployment(name string) (store.Deployment, bool, error)
 	Deployments() (map[string]store.Deployment, error)
 	DeleteDeployment(name string) error
+	TrackImage(id, ref string) error
+	TrackedImages() (map[string]string, error)
+	UntrackImage(id string) error
 }
 
 // Config configures a Reconciler.
@@ -56,6 +59,9 @@ type Config struct {
 	Engine Engine
 	Store  Store
 	Policy Policy
+	// ImageGC removes images no deployment keeps (each keeps the image of
+	// its current and of its previous revision).
+	ImageGC bool
 	// Publish sends a deployment's status, retained; a nil status clears it.
 	Publish func(ctx context.Context, name string, st *fleetv1.DeploymentStatus)
 	// Event publishes an event.
@@ -207,7 +213,6 @@ func (r *Reconciler) Deploy(ctx context.Context, x *command.Exec) error {
 	if err != nil {
 		return err
 	}
-	var prevImage string
 	if exists {
 		old := new(fleetv1.DeploymentSpec)
 		if err := proto.Unmarshal(cur.Spec, old); err != nil {
@@ -224,16 +229,13 @@ func (r *Reconciler) Deploy(ctx context.Context, x *command.Exec) error {
 				x.Reply.Status = st
 				return nil // the same revision again: nothing to do
 			}
-			prevImage = cur.PreviousImage
-		default:
-			prevImage = old.GetImage()
 		}
 	}
 	raw, err := proto.Marshal(spec)
 	if err != nil {
 		return err
 	}
-	if err := r.cfg.Store.PutDeployment(name, store.Deployment{Spec: raw, PreviousImage: prevImage}); err != nil {
+	if err := r.cfg.Store.PutDeployment(name, store.Deployment{Spec: raw, ImageID: cur.ImageID, PreviousImageID: cur.PreviousImageID}); err != nil {
 		return fmt.Errorf("store desired state: %w", err)
 	}
 	finish := x.Detach()
@@ -315,6 +317,10 @@ func (r *Reconciler) rollout(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 	if err != nil {
 		return fail(fleetv1.DeploymentStatus_FAILED, err)
 	}
+	imageID, _, _, err := r.cfg.Engine.Image(ctx, spec.GetImage())
+	if err != nil {
+		return fail(fleetv1.DeploymentStatus_FAILED, err)
+	}
 	st.ImageDigest, st.PullProgress = digest, nil
 
 	st.Phase = fleetv1.DeploymentStatus_CREATING
@@ -374,7 +380,74 @@ func (r *Reconciler) rollout(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 	}
 	st.Phase, st.Code, st.Message = fleetv1.DeploymentStatus_RUNNING, fleetv1.Reply_OK, ""
 	r.publish(ctx, st)
+	r.recordImage(name, imageID, spec.GetImage())
+	r.gc(ctx)
 	return st, nil
+}
+
+// recordImage notes the image a deployment now runs, keeping the one
+// before for rollback.
+func (r *Reconciler) recordImage(name, id, ref string) {
+	if id == "" {
+		return
+	}
+	if err := r.cfg.Store.TrackImage(id, ref); err != nil {
+		r.log.Warn("track image", "image", ref, "err", err)
+	}
+	d, ok, err := r.cfg.Store.GetDeployment(name)
+	if err != nil || !ok || d.ImageID == id {
+		return
+	}
+	d.PreviousImageID, d.ImageID = d.ImageID, id
+	if err := r.cfg.Store.PutDeployment(name, d); err != nil {
+		r.log.Warn("record image", "deployment", name, "err", err)
+	}
+}
+
+// kept returns the image ids some deployment keeps.
+func (r *Reconciler) kept() (map[string]bool, error) {
+	all, err := r.cfg.Store.Deployments()
+	if err != nil {
+		return nil, err
+	}
+	keep := map[string]bool{}
+	for _, d := range all {
+		keep[d.ImageID], keep[d.PreviousImageID] = true, true
+	}
+	return keep, nil
+}
+
+// gc removes the tracked images no deployment keeps, when enabled.
+func (r *Reconciler) gc(ctx context.Context) {
+	if r.cfg.ImageGC {
+		r.removeImages(ctx, nil)
+	}
+}
+
+// removeImages removes tracked images that no deployment keeps: only
+// those in ids, or all when ids is nil. An image still in use is left.
+func (r *Reconciler) removeImages(ctx context.Context, ids []string) {
+	keep, err := r.kept()
+	if err != nil {
+		return
+	}
+	tracked, err := r.cfg.Store.TrackedImages()
+	if err != nil {
+		return
+	}
+	for id, ref := range tracked {
+		if keep[id] || ids != nil && !slices.Contains(ids, id) {
+			continue
+		}
+		if err := r.cfg.Engine.RemoveImage(ctx, id); err != nil && errdefs.Code(err) != fleetv1.Reply_NOT_FOUND {
+			r.log.Info("image kept: removal failed", "image", ref, "id", id, "err", err)
+			continue
+		}
+		r.log.Info("removed unused image", "image", ref, "id", id)
+		if err := r.cfg.Store.UntrackImage(id); err != nil {
+			r.log.Warn("untrack image", "id", id, "err", err)
+		}
+	}
 }
 
 // adopt takes over a running container that already matches spec.

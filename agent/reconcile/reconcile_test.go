@@ -2,6 +2,7 @@ package reconcile_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -23,7 +24,7 @@ type harness struct {
 	pub  map[string][]*fleetv1.DeploymentStatus
 }
 
-func newHarness(t *testing.T, policy reconcile.Policy) *harness {
+func newHarness(t *testing.T, policy reconcile.Policy, imageGC bool) *harness {
 	t.Helper()
 	st, err := store.Open(store.Config{Path: filepath.Join(t.TempDir(), "state.db")})
 	if err != nil {
@@ -31,7 +32,7 @@ func newHarness(t *testing.T, policy reconcile.Policy) *harness {
 	}
 	t.Cleanup(func() { st.Close() })
 	h := &harness{fake: engine.NewFake("t/g"), pub: map[string][]*fleetv1.DeploymentStatus{}}
-	h.rec, err = reconcile.New(reconcile.Config{Engine: h.fake, Store: st, Policy: policy, PollInterval: 5 * time.Millisecond,
+	h.rec, err = reconcile.New(reconcile.Config{Engine: h.fake, Store: st, Policy: policy, ImageGC: imageGC, PollInterval: 5 * time.Millisecond,
 		Publish: func(_ context.Context, name string, s *fleetv1.DeploymentStatus) {
 			h.mu.Lock()
 			h.pub[name] = append(h.pub[name], s)
@@ -93,7 +94,7 @@ func TestDeployRejects(t *testing.T) {
 			s.Devices = []*fleetv1.Device{{HostPath: "/dev/mem"}}
 		}, fleetv1.Reply_POLICY_DENIED, "deploy.spec.devices"},
 	}
-	h := newHarness(t, reconcile.Policy{AllowedHostPaths: []string{"/srv/data", "/dev/ttyUSB0"}})
+	h := newHarness(t, reconcile.Policy{AllowedHostPaths: []string{"/srv/data", "/dev/ttyUSB0"}}, false)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			spec := good()
@@ -117,7 +118,7 @@ func TestDeployRejects(t *testing.T) {
 }
 
 func TestRollbackOnFake(t *testing.T) {
-	h := newHarness(t, reconcile.Policy{})
+	h := newHarness(t, reconcile.Policy{}, false)
 	h.fake.Publish("registry.test/web:1", "good")
 	h.fake.Publish("registry.test/web:2", "bad")
 	if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "web", Revision: 1, Image: "registry.test/web:1"}); err != nil {
@@ -134,5 +135,29 @@ func TestRollbackOnFake(t *testing.T) {
 	}
 	if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "web", Revision: 1, Image: "registry.test/web:1"}); errdefs.Code(err) != fleetv1.Reply_STALE_REVISION {
 		t.Errorf("deploy of revision 1 after 2 = %v, want STALE_REVISION", err)
+	}
+}
+
+func TestImageGC(t *testing.T) {
+	h := newHarness(t, reconcile.Policy{}, true)
+	for rev := int64(1); rev <= 3; rev++ {
+		img := fmt.Sprintf("registry.test/web:%d", rev)
+		h.fake.Publish(img, img)
+		if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "web", Revision: rev, Image: img}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	present := func(ref string) bool { _, _, ok, _ := h.fake.Image(context.Background(), ref); return ok }
+	for ref, want := range map[string]bool{"registry.test/web:1": false, "registry.test/web:2": true, "registry.test/web:3": true} {
+		if got := present(ref); got != want {
+			t.Errorf("after three revisions, %s present = %v, want %v (current and previous kept)", ref, got, want)
+		}
+	}
+	x := command.NewExec(&fleetv1.Command{Id: "rm", Body: &fleetv1.Command_Remove{Remove: &fleetv1.DeploymentRef{Name: "web"}}})
+	if err := h.rec.Remove(context.Background(), x); err != nil {
+		t.Fatal(err)
+	}
+	if present("registry.test/web:2") || present("registry.test/web:3") {
+		t.Error("images of a removed deployment kept with GC on")
 	}
 }

@@ -165,30 +165,19 @@ func (r *Reconciler) Remove(ctx context.Context, x *command.Exec) error {
 			return err
 		}
 	}
+	d, _, err := r.cfg.Store.GetDeployment(name)
+	if err != nil {
+		return err
+	}
 	if err := r.cfg.Store.DeleteDeployment(name); err != nil {
 		return err
 	}
-	if x.Command.GetRemove().GetRemoveImage() && !r.imageInUse(spec.GetImage()) {
-		if err := r.cfg.Engine.RemoveImage(ctx, spec.GetImage()); err != nil {
-			r.log.Warn("remove image", "image", spec.GetImage(), "err", err)
-		}
+	if x.Command.GetRemove().GetRemoveImage() {
+		r.removeImages(ctx, []string{d.ImageID, d.PreviousImageID})
 	}
+	r.gc(ctx)
 	r.clear(ctx, name)
 	return nil
-}
-
-func (r *Reconciler) imageInUse(image string) bool {
-	all, err := r.cfg.Store.Deployments()
-	if err != nil {
-		return true
-	}
-	for _, d := range all {
-		s := new(fleetv1.DeploymentSpec)
-		if proto.Unmarshal(d.Spec, s) == nil && (s.GetImage() == image || d.PreviousImage == image) {
-			return true
-		}
-	}
-	return false
 }
 
 // ReconcileAll brings the engine to the desired state: containers of

@@ -12,8 +12,48 @@ var bucketDeployments = []byte("deployments")
 type Deployment struct {
 	Spec    []byte `json:"spec"`              // protobuf DeploymentSpec
 	Stopped bool   `json:"stopped,omitempty"` // stopped by command; stays stopped across restarts
-	// PreviousImage is the image of the revision before, kept for rollback.
-	PreviousImage string `json:"previousImage,omitempty"`
+	// ImageID and PreviousImageID are the engine's ids of the images the
+	// current and the previous revision ran; image GC keeps both.
+	ImageID         string `json:"imageId,omitempty"`
+	PreviousImageID string `json:"previousImageId,omitempty"`
+}
+
+var bucketImages = []byte("images")
+
+// TrackImage records that a deployment used the image with this engine id
+// (ref for humans); image GC removes only tracked images.
+func (s *Store) TrackImage(id, ref string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketImages)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(id), []byte(ref))
+	})
+}
+
+// TrackedImages returns the tracked images, id to reference.
+func (s *Store) TrackedImages() (map[string]string, error) {
+	out := map[string]string{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketImages)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error { out[string(k)] = string(v); return nil })
+	})
+	return out, err
+}
+
+// UntrackImage forgets an image.
+func (s *Store) UntrackImage(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketImages)
+		if b == nil {
+			return nil
+		}
+		return b.Delete([]byte(id))
+	})
 }
 
 // PutDeployment stores the desired state of a deployment.
