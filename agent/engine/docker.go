@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +21,10 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"golang.org/x/sys/unix"
 
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -344,4 +349,42 @@ func (d *Docker) RemoteDigest(ctx context.Context, ref, registryAuth string) (st
 		return "", pullErr(ref, err)
 	}
 	return di.Descriptor.Digest.String(), nil
+}
+
+// ImageSize asks the registry for the compressed size of ref for this
+// machine's platform (config and layers). Authentication arrives with
+// registry credentials; until then a registry that requires it yields an
+// error, and the caller skips the check.
+func (d *Docker) ImageSize(ctx context.Context, ref string) (int64, error) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return 0, err
+	}
+	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: runtime.GOARCH}))
+	if err != nil {
+		return 0, err
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return 0, err
+	}
+	total := m.Config.Size
+	for _, l := range m.Layers {
+		total += l.Size
+	}
+	return total, nil
+}
+
+// FreeSpace reports the free bytes on the engine's data root, when this
+// process can see it (not, for example, from inside a container).
+func (d *Docker) FreeSpace(ctx context.Context) (uint64, error) {
+	root, err := d.DataRoot(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(root, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", root, err)
+	}
+	return st.Bavail * uint64(st.Bsize), nil
 }

@@ -70,6 +70,12 @@ func TestDockerLifecycle(t *testing.T) {
 	if _, _, found, err := d.Image(ctx, ref); err != nil || !found {
 		t.Fatalf("Image(%s) found=%v err=%v after pull", ref, found, err)
 	}
+	if size, err := d.ImageSize(ctx, ref); err != nil || size < 1<<20 {
+		t.Errorf("ImageSize = %d, %v; want the size of the testapp layer (over 1 MiB)", size, err)
+	}
+	if free, err := d.FreeSpace(ctx); err != nil || free == 0 {
+		t.Errorf("FreeSpace = %d, %v", free, err)
+	}
 
 	spec := &fleetv1.DeploymentSpec{
 		Name: "web", Revision: 2, Image: ref, NetworkMode: netName,

@@ -23,6 +23,9 @@ type Fake struct {
 	PullDelay time.Duration
 	// FailPull, if set, decides the error of a pull.
 	FailPull func(ref string) error
+	// Free is the free space FreeSpace reports; Size the size of every image.
+	Free uint64
+	Size int64
 
 	mu         sync.Mutex
 	registry   map[string]string // ref -> digest
@@ -40,9 +43,10 @@ type fakeContainer struct {
 	state State
 }
 
-// NewFake returns a fake engine for owner.
+// NewFake returns a fake engine for owner, with 1 TiB free and 10 MiB
+// images.
 func NewFake(owner string) *Fake {
-	return &Fake{owner: owner, registry: map[string]string{}, images: map[string]string{},
+	return &Fake{owner: owner, Free: 1 << 40, Size: 10 << 20, registry: map[string]string{}, images: map[string]string{},
 		containers: map[string]*fakeContainer{}, names: map[string]string{}, subs: map[int]chan Event{}}
 }
 
@@ -56,6 +60,19 @@ func (f *Fake) Publish(ref, content string) string {
 	f.mu.Unlock()
 	return d
 }
+
+// ImageSize reports Size for an image in the fake registry.
+func (f *Fake) ImageSize(_ context.Context, ref string) (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.registry[ref]; !ok {
+		return 0, fmt.Errorf("%w: %s", errdefs.ErrNotFound, ref)
+	}
+	return f.Size, nil
+}
+
+// FreeSpace reports Free.
+func (f *Fake) FreeSpace(context.Context) (uint64, error) { return f.Free, nil }
 
 // Info describes the fake engine.
 func (f *Fake) Info(context.Context) *fleetv1.Engine {

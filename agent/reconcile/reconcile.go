@@ -41,6 +41,8 @@ type Engine interface {
 	RemoveImage(ctx context.Context, ref string) error
 	Events(ctx context.Context) (<-chan engine.Event, <-chan error)
 	RemoteDigest(ctx context.Context, ref, registryAuth string) (string, error)
+	ImageSize(ctx context.Context, ref string) (int64, error)
+	FreeSpace(ctx context.Context) (uint64, error)
 }
 
 // Store holds the desired deployments.
@@ -515,6 +517,9 @@ func (r *Reconciler) ensureImage(ctx context.Context, spec *fleetv1.DeploymentSp
 		}
 		r.log.Info("tag moved; pulling", "image", ref, "digest", remote)
 	}
+	if err := r.checkSpace(ctx, spec.GetImage()); err != nil {
+		return "", err
+	}
 	if err := r.pull(ctx, spec, st); err != nil {
 		if found && policy != fleetv1.Pull_ALWAYS {
 			return firstDigest(digests), nil
@@ -528,6 +533,31 @@ func (r *Reconciler) ensureImage(ctx context.Context, spec *fleetv1.DeploymentSp
 	}
 	_, digests, _, err = r.cfg.Engine.Image(ctx, ref)
 	return firstDigest(digests), err
+}
+
+// spaceFactor is the free space a pull needs, as a multiple of the image's
+// compressed size: the download plus the extracted layers.
+const spaceFactor = 3
+
+// checkSpace refuses a pull that cannot fit on the engine's data root.
+// When the registry does not report the size or the data root is not
+// visible, the check is skipped.
+func (r *Reconciler) checkSpace(ctx context.Context, ref string) error {
+	size, err := r.cfg.Engine.ImageSize(ctx, ref)
+	if err != nil {
+		r.log.Debug("image size unknown; free-space check skipped", "image", ref, "err", err)
+		return nil
+	}
+	free, err := r.cfg.Engine.FreeSpace(ctx)
+	if err != nil {
+		r.log.Debug("free space unknown; free-space check skipped", "err", err)
+		return nil
+	}
+	if need := uint64(size) * spaceFactor; free < need {
+		return fmt.Errorf("%w: %s is %d MB compressed and needs about %d MB; the engine's data root has %d MB free: remove unused images or deployments",
+			errdefs.ErrNoSpace, ref, size>>20, need>>20, free>>20)
+	}
+	return nil
 }
 
 // pull pulls with the spec's retries, retrying only transient failures, and

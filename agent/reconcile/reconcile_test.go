@@ -161,3 +161,15 @@ func TestImageGC(t *testing.T) {
 		t.Error("images of a removed deployment kept with GC on")
 	}
 }
+
+func TestNoSpaceFailsBeforePulling(t *testing.T) {
+	h := newHarness(t, reconcile.Policy{}, false)
+	h.fake.Publish("registry.test/big:1", "big")
+	h.fake.Size, h.fake.Free = 100<<20, 200<<20
+	pulled := false
+	h.fake.FailPull = func(string) error { pulled = true; return nil }
+	_, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "big", Revision: 1, Image: "registry.test/big:1"})
+	if errdefs.Code(err) != fleetv1.Reply_NO_SPACE || pulled {
+		t.Errorf("deploy = %v (pulled %v), want NO_SPACE without a pull", err, pulled)
+	}
+}
