@@ -3,6 +3,7 @@ package scenarios
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -342,4 +343,50 @@ func TestAgentKilledMidDeploy(t *testing.T) {
 	if len(mine) != 1 || mine[0] != "/fleet-app-r1 running r1" {
 		t.Errorf("containers = %v, want exactly one, running, at revision 1", mine)
 	}
+}
+
+func TestEngineUnreachableReportedAndRecovered(t *testing.T) {
+	cli := testenv.DockerClient(t)
+	reg := testimage.NewRegistry(t)
+	gw := fmt.Sprintf("gw-engine-%d", time.Now().UnixNano()%1e9)
+	testenv.RemoveOwned(t, cli, tenant+"/"+gw, reg.Host()+"/")
+	proxy := testenv.NewSocketProxy(t)
+	b := testenv.Embedded(t)
+	rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
+	testenv.StartAgent(t, b.URL(), tenant, gw, "--docker-host", "unix://"+proxy.Path)
+	rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw))
+	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
+	if r := sendLong(t, rec, gw, deploy(&fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: img, NetworkMode: "none"})); r.GetResult() != fleetv1.Reply_SUCCEEDED {
+		t.Fatalf("deploy = %v", r)
+	}
+
+	proxy.Stop()
+	rec.Await(t, "status saying the engine is unreachable", 1, func(m console.Received) bool {
+		st, ok := m.Message.(*fleetv1.DeploymentStatus)
+		return ok && m.Topic.Gateway == gw && st.GetCode() == fleetv1.Reply_RUNTIME_UNAVAILABLE
+	})
+	// Still connected: it answers, and its birth says the engine is away.
+	if r := send(t, rec, gw, rebirth(fmt.Sprint("rb-", time.Now().UnixNano()))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
+		t.Fatalf("rebirth while the engine is away = %v", r)
+	}
+	births := rec.All(testenv.Kind(topic.Birth, gw))
+	if e := birthOf(births[len(births)-1]).GetEngine(); e.GetReachable() || e.GetError() == "" {
+		t.Errorf("birth engine while away = %v, want unreachable with the error", e)
+	}
+	r := send(t, rec, gw, ref(topic.Stop, "app"))
+	if r.GetCode() != fleetv1.Reply_RUNTIME_UNAVAILABLE || !strings.Contains(r.GetMessage(), "recorded as stopped") {
+		t.Errorf("stop while the engine is away = %v, want RUNTIME_UNAVAILABLE", r)
+	}
+
+	proxy.Start(t)
+	rec.Await(t, "engine.available event", 1, func(m console.Received) bool {
+		e, ok := m.Message.(*fleetv1.Event)
+		return ok && m.Topic.Gateway == gw && e.GetKind() == "engine.available"
+	})
+	// The stop recorded while the engine was away is applied now.
+	testenv.Eventually(t, "status STOPPED once the engine is back", func() bool {
+		all := rec.All(func(m console.Received) bool { return testenv.Kind(topic.Status, gw)(m) && m.Message != nil })
+		st := all[len(all)-1].Message.(*fleetv1.DeploymentStatus)
+		return st.GetCode() == fleetv1.Reply_OK && st.GetPhase() == fleetv1.DeploymentStatus_STOPPED
+	})
 }

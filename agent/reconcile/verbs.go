@@ -85,12 +85,12 @@ func (r *Reconciler) Stop(ctx context.Context, x *command.Exec) error {
 	st := &fleetv1.DeploymentStatus{Name: name, Revision: spec.GetRevision(), Image: spec.GetImage(), Phase: fleetv1.DeploymentStatus_STOPPED}
 	c, err := r.matching(ctx, spec)
 	if err != nil {
-		return err
+		return recorded("stopped", err)
 	}
 	if c != nil {
 		st.ContainerId = c.ID
 		if err := r.cfg.Engine.Stop(ctx, c.ID, nil); err != nil {
-			return err
+			return recorded("stopped", err)
 		}
 		r.fillFromEngine(ctx, st, c.ID, true)
 	}
@@ -120,7 +120,7 @@ func (r *Reconciler) startOrRestart(ctx context.Context, x *command.Exec, restar
 	}
 	c, err := r.matching(ctx, spec)
 	if err != nil {
-		return err
+		return recorded("running", err)
 	}
 	if c == nil {
 		// The container is gone: roll it out again.
@@ -145,6 +145,15 @@ func (r *Reconciler) startOrRestart(ctx context.Context, x *command.Exec, restar
 	r.publish(ctx, st)
 	x.Reply.Status = st
 	return nil
+}
+
+// recorded explains an engine failure after the desired state was stored:
+// the agent applies it when the engine is back.
+func recorded(state string, err error) error {
+	if errdefs.Code(err) == fleetv1.Reply_RUNTIME_UNAVAILABLE {
+		return fmt.Errorf("%w; the deployment is recorded as %s and will be %s when the engine is back", err, state, state)
+	}
+	return err
 }
 
 // Remove handles the remove verb: the containers go, the retained status is

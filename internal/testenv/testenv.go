@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -457,4 +458,84 @@ func RemoveOwned(t testing.TB, cli *dockerclient.Client, owner, imagePrefix stri
 			}
 		}
 	})
+}
+
+// SocketProxy forwards a unix socket to the Docker Engine's, so that a test
+// can cut an agent off from the engine (Stop) and give it back (Start).
+type SocketProxy struct {
+	Path   string // the proxy's socket; the agent's --docker-host is unix://Path
+	target string
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  map[net.Conn]struct{}
+}
+
+// NewSocketProxy starts a proxy to the engine's socket /var/run/docker.sock.
+func NewSocketProxy(t testing.TB) *SocketProxy {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "dockerproxy-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	p := &SocketProxy{Path: filepath.Join(dir, "docker.sock"), target: "/var/run/docker.sock", conns: map[net.Conn]struct{}{}}
+	p.Start(t)
+	t.Cleanup(p.Stop)
+	return p
+}
+
+// Start listens again.
+func (p *SocketProxy) Start(t testing.TB) {
+	t.Helper()
+	os.Remove(p.Path)
+	ln, err := net.Listen("unix", p.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	p.ln = ln
+	p.mu.Unlock()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c)
+		}
+	}()
+}
+
+func (p *SocketProxy) serve(c net.Conn) {
+	up, err := net.Dial("unix", p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns[c], p.conns[up] = struct{}{}, struct{}{}
+	p.mu.Unlock()
+	done := make(chan struct{}, 2)
+	go func() { io.Copy(up, c); done <- struct{}{} }()
+	go func() { io.Copy(c, up); done <- struct{}{} }()
+	<-done
+	c.Close()
+	up.Close()
+	p.mu.Lock()
+	delete(p.conns, c)
+	delete(p.conns, up)
+	p.mu.Unlock()
+}
+
+// Stop closes the socket and every connection through it.
+func (p *SocketProxy) Stop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		p.ln.Close()
+		p.ln = nil
+	}
+	for c := range p.conns {
+		c.Close()
+	}
 }
