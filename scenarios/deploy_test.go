@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleet-agent/fleet/cloud-sim/console"
@@ -389,4 +390,31 @@ func TestEngineUnreachableReportedAndRecovered(t *testing.T) {
 		st := all[len(all)-1].Message.(*fleetv1.DeploymentStatus)
 		return st.GetCode() == fleetv1.Reply_OK && st.GetPhase() == fleetv1.DeploymentStatus_STOPPED
 	})
+}
+
+func TestHealthGatedDeploy(t *testing.T) {
+	cli := testenv.DockerClient(t)
+	reg := testimage.NewRegistry(t)
+	gw := fmt.Sprintf("gw-health-%d", time.Now().UnixNano()%1e9)
+	testenv.RemoveOwned(t, cli, tenant+"/"+gw, reg.Host()+"/")
+	b := testenv.Embedded(t)
+	rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
+	testenv.StartAgent(t, b.URL(), tenant, gw)
+	rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw))
+	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
+	health := &fleetv1.HealthCheck{Test: []string{"CMD", "/app", "probe"}, Interval: durationpb.New(300 * time.Millisecond),
+		Timeout: durationpb.New(time.Second), Retries: 1}
+	spec := func(rev int64, mode string) *fleetv1.DeploymentSpec {
+		return &fleetv1.DeploymentSpec{Name: "app", Revision: rev, Image: img, NetworkMode: "none", HealthCheck: health,
+			Env: map[string]string{"MODE": mode}, Update: &fleetv1.Update{ProgressDeadlineSeconds: 30}}
+	}
+	r := sendLong(t, rec, gw, deploy(spec(1, "serve")))
+	if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetHealth() != fleetv1.HealthCheck_HEALTHY {
+		t.Fatalf("healthy deploy = %v, want SUCCEEDED with health HEALTHY", r)
+	}
+	r = sendLong(t, rec, gw, deploy(spec(2, "unhealthy")))
+	if r.GetResult() != fleetv1.Reply_FAILED || r.GetStatus().GetPhase() != fleetv1.DeploymentStatus_ROLLED_BACK ||
+		!strings.Contains(r.GetMessage(), "health check") {
+		t.Fatalf("unhealthy deploy = %v, want FAILED, ROLLED_BACK, naming the health check", r)
+	}
 }

@@ -97,7 +97,9 @@ func (f *Fake) Pull(ctx context.Context, ref, _ string, progress func(done, tota
 		return ctx.Err()
 	}
 	if progress != nil {
-		progress(1<<20, 1<<20)
+		for done := int64(0); done <= f.Size; done += f.Size / 100 {
+			progress(done, f.Size)
+		}
 	}
 	f.mu.Lock()
 	f.images[ref] = d

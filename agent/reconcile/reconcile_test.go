@@ -173,3 +173,23 @@ func TestNoSpaceFailsBeforePulling(t *testing.T) {
 		t.Errorf("deploy = %v (pulled %v), want NO_SPACE without a pull", err, pulled)
 	}
 }
+
+func TestPullProgressIsRateLimited(t *testing.T) {
+	h := newHarness(t, reconcile.Policy{}, false)
+	h.fake.Publish("registry.test/app:1", "x")
+	if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: "registry.test/app:1"}); err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	withProgress := 0
+	for _, st := range h.pub["app"] {
+		if st.GetPullProgress() != nil {
+			withProgress++
+		}
+	}
+	// The fake reports progress 101 times within far less than a second.
+	if withProgress != 1 {
+		t.Errorf("statuses with pull progress = %d, want 1 (at most one a second)", withProgress)
+	}
+}
