@@ -188,6 +188,21 @@ func TestDeploymentLifecycle(t *testing.T) {
 	if r := sendLong(t, rec, gw, ref(topic.Start, "web")); r.GetStatus().GetPhase() != fleetv1.DeploymentStatus_RUNNING {
 		t.Fatalf("start = %v", r)
 	}
+	startedAt := func(id string) string {
+		ci, err := cli.ContainerInspect(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ci.State.StartedAt
+	}
+	c := managed()[0]
+	before := startedAt(c.ID)
+	if r := sendLong(t, rec, gw, ref(topic.Restart, "web")); r.GetStatus().GetPhase() != fleetv1.DeploymentStatus_RUNNING {
+		t.Fatalf("restart = %v", r)
+	}
+	if after := startedAt(c.ID); after <= before {
+		t.Errorf("restart: container started at %s, before at %s; want a later start of the same container", after, before)
+	}
 
 	// Deleted behind the agent's back: recreated on the agent's next start.
 	agent.Kill()

@@ -21,8 +21,8 @@ type Fake struct {
 	owner string
 	// PullDelay is how long a pull takes.
 	PullDelay time.Duration
-	// FailPull, if set, decides the error of a pull.
-	FailPull func(ref string) error
+	// FailPull, if set, decides the error of a pull (it may block until ctx ends).
+	FailPull func(ctx context.Context, ref string) error
 	// Free is the free space FreeSpace reports; Size the size of every image.
 	Free uint64
 	Size int64
@@ -61,6 +61,13 @@ func (f *Fake) Publish(ref, content string) string {
 	return d
 }
 
+// Unpublish removes ref from the fake registry.
+func (f *Fake) Unpublish(ref string) {
+	f.mu.Lock()
+	delete(f.registry, ref)
+	f.mu.Unlock()
+}
+
 // ImageSize reports Size for an image in the fake registry.
 func (f *Fake) ImageSize(_ context.Context, ref string) (int64, error) {
 	f.mu.Lock()
@@ -81,7 +88,7 @@ func (f *Fake) Info(context.Context) *fleetv1.Engine {
 
 func (f *Fake) Pull(ctx context.Context, ref, _ string, progress func(done, total int64)) error {
 	if f.FailPull != nil {
-		if err := f.FailPull(ref); err != nil {
+		if err := f.FailPull(ctx, ref); err != nil {
 			return err
 		}
 	}

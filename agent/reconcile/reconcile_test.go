@@ -167,7 +167,7 @@ func TestNoSpaceFailsBeforePulling(t *testing.T) {
 	h.fake.Publish("registry.test/big:1", "big")
 	h.fake.Size, h.fake.Free = 100<<20, 200<<20
 	pulled := false
-	h.fake.FailPull = func(string) error { pulled = true; return nil }
+	h.fake.FailPull = func(context.Context, string) error { pulled = true; return nil }
 	_, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "big", Revision: 1, Image: "registry.test/big:1"})
 	if errdefs.Code(err) != fleetv1.Reply_NO_SPACE || pulled {
 		t.Errorf("deploy = %v (pulled %v), want NO_SPACE without a pull", err, pulled)
@@ -191,5 +191,94 @@ func TestPullProgressIsRateLimited(t *testing.T) {
 	// The fake reports progress 101 times within far less than a second.
 	if withProgress != 1 {
 		t.Errorf("statuses with pull progress = %d, want 1 (at most one a second)", withProgress)
+	}
+}
+
+func TestHigherRevisionSupersedesAStuckOne(t *testing.T) {
+	h := newHarness(t, reconcile.Policy{}, false)
+	h.fake.Publish("registry.test/app:1", "1")
+	h.fake.Publish("registry.test/app:2", "2")
+	release := make(chan struct{})
+	h.fake.FailPull = func(ctx context.Context, ref string) error {
+		if ref == "registry.test/app:1" {
+			select { // revision 1's pull hangs until canceled
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}
+	defer close(release)
+	x1 := command.NewExec(&fleetv1.Command{Id: "r1", Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: "registry.test/app:1"}}}})
+	if err := h.rec.Deploy(context.Background(), x1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "app", Revision: 2, Image: "registry.test/app:2"}); err != nil {
+		t.Fatalf("revision 2 = %v, want success despite the stuck revision 1", err)
+	}
+	var err1 error
+	testenv.Eventually(t, "revision 1 finished", func() bool { done, e := x1.Outcome(); err1 = e; return done })
+	if errdefs.Code(err1) != fleetv1.Reply_SUPERSEDED {
+		t.Errorf("revision 1 outcome = %v, want SUPERSEDED", err1)
+	}
+}
+
+func TestReconcileAllOnFake(t *testing.T) {
+	h := newHarness(t, reconcile.Policy{}, false)
+	h.fake.Publish("registry.test/app:1", "1")
+	ctx := context.Background()
+	if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: "registry.test/app:1"}); err != nil {
+		t.Fatal(err)
+	}
+	// A managed container of a deployment that is no longer desired.
+	orphan, err := h.fake.Create(ctx, "fleet-gone-r1", &fleetv1.DeploymentSpec{Name: "gone", Revision: 1, Image: "registry.test/app:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// And the desired one deleted behind the agent's back.
+	cs, _ := h.fake.List(ctx)
+	for _, c := range cs {
+		if c.Deployment == "app" {
+			h.fake.Remove(ctx, c.ID)
+		}
+	}
+	if err := h.rec.ReconcileAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "app recreated, orphan removed", func() bool {
+		cs, _ := h.fake.List(ctx)
+		return len(cs) == 1 && cs[0].Deployment == "app" && cs[0].Running && cs[0].ID != orphan
+	})
+}
+
+func TestOfflineFallbackToLocalImage(t *testing.T) {
+	h := newHarness(t, reconcile.Policy{}, false)
+	var events []*fleetv1.Event
+	var mu sync.Mutex
+	st, _ := store.Open(store.Config{Path: filepath.Join(t.TempDir(), "s.db")})
+	t.Cleanup(func() { st.Close() })
+	rec, err := reconcile.New(reconcile.Config{Engine: h.fake, Store: st, PollInterval: 5 * time.Millisecond,
+		Publish: func(context.Context, string, *fleetv1.DeploymentStatus) {},
+		Event:   func(e *fleetv1.Event) { mu.Lock(); events = append(events, e); mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rec.Shutdown)
+	h.rec = rec
+	h.fake.Publish("registry.test/app:1", "1")
+	if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: "registry.test/app:1"}); err != nil {
+		t.Fatal(err)
+	}
+	// The registry goes away: forget the image there, fail pulls as unreachable.
+	h.fake.Unpublish("registry.test/app:1")
+	h.fake.FailPull = func(context.Context, string) error { return fmt.Errorf("dial: %w", errdefs.ErrRegistryUnreachable) }
+	if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "app", Revision: 2, Image: "registry.test/app:1", Env: map[string]string{"A": "b"}}); err != nil {
+		t.Fatalf("deploy with the registry away = %v, want the local image used", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(events) != 1 || events[0].GetKind() != "pull.offline-fallback" || events[0].GetSeverity() != fleetv1.Event_WARNING {
+		t.Errorf("events = %v, want one pull.offline-fallback warning", events)
 	}
 }
