@@ -14,7 +14,6 @@ import (
 
 	"github.com/fleet-agent/fleet/internal/testenv"
 	"github.com/fleet-agent/fleet/internal/testimage"
-	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -25,11 +24,8 @@ import (
 // (until the engine reports it running). Each iteration deploys a fresh
 // deployment; removal is outside the timing.
 func BenchmarkDeployCachedImage(b *testing.B) {
-	cli := testenv.DockerClient(b)
-	reg := testimage.NewRegistry(b)
-	gw := fmt.Sprintf("gw-bench-%d", time.Now().UnixNano()%1e9)
-	owner := tenant + "/" + gw
-	testenv.RemoveOwned(b, cli, owner, reg.Host()+"/")
+	e := newDeployEnv(b, "gw-bench", testenv.EmbeddedInMemory, "--log-level", "warn")
+	cli, reg, gw, owner, rec := e.cli, e.reg, e.gw, e.owner, e.rec
 	img, _ := reg.Push(b, testimage.Spec{Repo: "team/app", Tag: "1"})
 	ctx := context.Background()
 	rc, err := cli.ImagePull(ctx, img, image.PullOptions{})
@@ -70,21 +66,17 @@ func BenchmarkDeployCachedImage(b *testing.B) {
 		}
 	})
 
-	br := testenv.EmbeddedInMemory(b)
-	rec := testenv.NewRecorder(b, br.URL(), codec.Protobuf)
-	testenv.StartAgent(b, br.URL(), tenant, gw, "--log-level", "warn")
-	rec.Await(b, "birth", 1, testenv.Kind(topic.Birth, gw))
 	b.Run("agent-deploy", func(b *testing.B) {
 		i := 0
 		for b.Loop() {
 			i++
 			name := fmt.Sprintf("d%d", i)
-			r := sendLongB(b, rec, gw, deploy(&fleetv1.DeploymentSpec{Name: name, Revision: 1, Image: img, NetworkMode: "none"}))
+			r := sendLong(b, rec, gw, deploy(&fleetv1.DeploymentSpec{Name: name, Revision: 1, Image: img, NetworkMode: "none"}))
 			if r.GetStatus().GetPhase() != fleetv1.DeploymentStatus_RUNNING {
 				b.Fatalf("deploy = %v", r)
 			}
 			b.StopTimer()
-			sendLongB(b, rec, gw, refB(topic.Remove, name))
+			sendLong(b, rec, gw, ref(topic.Remove, name))
 			b.StartTimer()
 		}
 	})
@@ -94,17 +86,9 @@ func BenchmarkDeployCachedImage(b *testing.B) {
 // time between the old container stopping and the new one starting during
 // an update, for both strategies (0 when the new one started first).
 func BenchmarkUpdateDowntime(b *testing.B) {
-	cli := testenv.DockerClient(b)
-	reg := testimage.NewRegistry(b)
-	gw := fmt.Sprintf("gw-down-%d", time.Now().UnixNano()%1e9)
-	owner := tenant + "/" + gw
-	testenv.RemoveOwned(b, cli, owner, reg.Host()+"/")
+	e := newDeployEnv(b, "gw-down", testenv.EmbeddedInMemory, "--log-level", "warn")
+	cli, reg, gw, owner, rec := e.cli, e.reg, e.gw, e.owner, e.rec
 	img, _ := reg.Push(b, testimage.Spec{Repo: "team/app", Tag: "1"})
-	br := testenv.EmbeddedInMemory(b)
-	rec := testenv.NewRecorder(b, br.URL(), codec.Protobuf)
-	testenv.StartAgent(b, br.URL(), tenant, gw, "--log-level", "warn")
-	rec.Await(b, "birth", 1, testenv.Kind(topic.Birth, gw))
-
 	for _, strategy := range []fleetv1.Update_Strategy{fleetv1.Update_STOP_FIRST, fleetv1.Update_START_FIRST} {
 		b.Run(strategy.String(), func(b *testing.B) {
 			name := "u" + fmt.Sprint(int(strategy))
@@ -113,7 +97,7 @@ func BenchmarkUpdateDowntime(b *testing.B) {
 				return &fleetv1.DeploymentSpec{Name: name, Revision: rev, Image: img, NetworkMode: "none",
 					StopTimeout: nil, Update: &fleetv1.Update{Strategy: strategy}}
 			}
-			prevID := sendLongB(b, rec, gw, deploy(spec())).GetStatus().GetContainerId()
+			prevID := sendLong(b, rec, gw, deploy(spec())).GetStatus().GetContainerId()
 			var downs []time.Duration
 			for b.Loop() {
 				rev++
@@ -121,7 +105,7 @@ func BenchmarkUpdateDowntime(b *testing.B) {
 				since := time.Now()
 				msgs, _ := cli.Events(ctx, events.ListOptions{Since: since.Format(time.RFC3339Nano), Filters: filters.NewArgs(
 					filters.Arg("type", "container"), filters.Arg("label", "io.fleet-agent.owner="+owner), filters.Arg("label", "io.fleet-agent.deployment="+name))})
-				r := sendLongB(b, rec, gw, deploy(spec()))
+				r := sendLong(b, rec, gw, deploy(spec()))
 				if r.GetResult() != fleetv1.Reply_SUCCEEDED {
 					b.Fatalf("update = %v", r)
 				}
@@ -147,20 +131,3 @@ func BenchmarkUpdateDowntime(b *testing.B) {
 		})
 	}
 }
-
-func sendLongB(b *testing.B, c *testenv.Recorder, gw string, cmd *fleetv1.Command) *fleetv1.Reply {
-	b.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	req, err := c.Send(ctx, tenant, gw, cmd)
-	if err != nil {
-		b.Fatal(err)
-	}
-	r, err := req.Final(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return r
-}
-
-func refB(verb topic.Verb, name string) *fleetv1.Command { return ref(verb, name) }

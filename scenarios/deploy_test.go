@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	dockerclient "github.com/docker/docker/client"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -42,31 +43,39 @@ func ref(verb topic.Verb, name string) *fleetv1.Command {
 }
 
 // sendLong sends a command and waits up to two minutes for its final reply.
-func sendLong(t *testing.T, c *testenv.Recorder, gw string, cmd *fleetv1.Command) *fleetv1.Reply {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	req, err := c.Send(ctx, tenant, gw, cmd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := req.Final(ctx)
-	if err != nil {
-		t.Fatalf("command %s: %v", cmd.GetId(), err)
-	}
-	return r
+func sendLong(tb testing.TB, c *testenv.Recorder, gw string, cmd *fleetv1.Command) *fleetv1.Reply {
+	tb.Helper()
+	return sendWithin(tb, c, gw, cmd, 2*time.Minute)
+}
+
+// deployEnv is a real agent on the local Docker Engine, a registry for its
+// images and a recording console; containers and images are removed at
+// cleanup.
+type deployEnv struct {
+	cli   *dockerclient.Client
+	reg   *testimage.Registry
+	gw    string
+	owner string
+	rec   *testenv.Recorder
+	agent *testenv.Agent
+	birth *fleetv1.Birth
+}
+
+func newDeployEnv(tb testing.TB, prefix string, broker func(testing.TB) testenv.Broker, agentArgs ...string) deployEnv {
+	tb.Helper()
+	e := deployEnv{cli: testenv.DockerClient(tb), reg: testimage.NewRegistry(tb), gw: fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9)}
+	e.owner = tenant + "/" + e.gw
+	testenv.RemoveOwned(tb, e.cli, e.owner, e.reg.Host()+"/")
+	b := broker(tb)
+	e.rec = testenv.NewRecorder(tb, b.URL(), codec.Protobuf)
+	e.agent = testenv.StartAgent(tb, b.URL(), tenant, e.gw, agentArgs...)
+	e.birth = birthOf(e.rec.Await(tb, "birth", 1, testenv.Kind(topic.Birth, e.gw)))
+	return e
 }
 
 func TestDeploymentLifecycle(t *testing.T) {
-	cli := testenv.DockerClient(t)
-	reg := testimage.NewRegistry(t)
-	gw := fmt.Sprintf("gw-dep-%d", time.Now().UnixNano()%1e9)
-	owner := tenant + "/" + gw
-	testenv.RemoveOwned(t, cli, owner, reg.Host()+"/")
-	b := testenv.Embedded(t)
-	rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
-	agent := testenv.StartAgent(t, b.URL(), tenant, gw)
-	birth := birthOf(rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw)))
+	e := newDeployEnv(t, "gw-dep", testenv.Embedded)
+	cli, reg, gw, owner, rec, agent, birth := e.cli, e.reg, e.gw, e.owner, e.rec, e.agent, e.birth
 	if e := birth.GetEngine(); !e.GetReachable() || e.GetName() != "docker" || e.GetVersion() == "" {
 		t.Errorf("birth engine = %v, want a reachable docker with its version", e)
 	}
@@ -232,14 +241,8 @@ func TestDeploymentLifecycle(t *testing.T) {
 }
 
 func TestLiveStatusFromEngineEvents(t *testing.T) {
-	cli := testenv.DockerClient(t)
-	reg := testimage.NewRegistry(t)
-	gw := fmt.Sprintf("gw-live-%d", time.Now().UnixNano()%1e9)
-	testenv.RemoveOwned(t, cli, tenant+"/"+gw, reg.Host()+"/")
-	b := testenv.Embedded(t)
-	rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
-	testenv.StartAgent(t, b.URL(), tenant, gw)
-	rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw))
+	e := newDeployEnv(t, "gw-live", testenv.Embedded)
+	reg, gw, rec := e.reg, e.gw, e.rec
 	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
 
 	tests := []struct {
@@ -276,14 +279,8 @@ func TestLiveStatusFromEngineEvents(t *testing.T) {
 }
 
 func TestMovedTagIsPulledAgain(t *testing.T) {
-	cli := testenv.DockerClient(t)
-	reg := testimage.NewRegistry(t)
-	gw := fmt.Sprintf("gw-tag-%d", time.Now().UnixNano()%1e9)
-	testenv.RemoveOwned(t, cli, tenant+"/"+gw, reg.Host()+"/")
-	b := testenv.Embedded(t)
-	rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
-	testenv.StartAgent(t, b.URL(), tenant, gw)
-	rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw))
+	e := newDeployEnv(t, "gw-tag", testenv.Embedded)
+	cli, reg, gw, rec := e.cli, e.reg, e.gw, e.rec
 
 	ref, first := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "latest", Env: map[string]string{"MESSAGE": "first"}})
 	spec := &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: ref, NetworkMode: "none", PullPolicy: fleetv1.Pull_IF_NOT_PRESENT}
@@ -310,15 +307,8 @@ func TestMovedTagIsPulledAgain(t *testing.T) {
 }
 
 func TestAgentKilledMidDeploy(t *testing.T) {
-	cli := testenv.DockerClient(t)
-	reg := testimage.NewRegistry(t)
-	gw := fmt.Sprintf("gw-kill-%d", time.Now().UnixNano()%1e9)
-	owner := tenant + "/" + gw
-	testenv.RemoveOwned(t, cli, owner, reg.Host()+"/")
-	b := testenv.Embedded(t)
-	rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
-	agent := testenv.StartAgent(t, b.URL(), tenant, gw)
-	rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw))
+	e := newDeployEnv(t, "gw-kill", testenv.Embedded)
+	cli, reg, gw, owner, rec, agent := e.cli, e.reg, e.gw, e.owner, e.rec, e.agent
 	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
 
 	spec := &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: img, NetworkMode: "none",
@@ -362,15 +352,9 @@ func TestAgentKilledMidDeploy(t *testing.T) {
 }
 
 func TestEngineUnreachableReportedAndRecovered(t *testing.T) {
-	cli := testenv.DockerClient(t)
-	reg := testimage.NewRegistry(t)
-	gw := fmt.Sprintf("gw-engine-%d", time.Now().UnixNano()%1e9)
-	testenv.RemoveOwned(t, cli, tenant+"/"+gw, reg.Host()+"/")
 	proxy := testenv.NewSocketProxy(t)
-	b := testenv.Embedded(t)
-	rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
-	testenv.StartAgent(t, b.URL(), tenant, gw, "--docker-host", "unix://"+proxy.Path)
-	rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw))
+	e := newDeployEnv(t, "gw-engine", testenv.Embedded, "--docker-host", "unix://"+proxy.Path)
+	reg, gw, rec := e.reg, e.gw, e.rec
 	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
 	if r := sendLong(t, rec, gw, deploy(&fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: img, NetworkMode: "none"})); r.GetResult() != fleetv1.Reply_SUCCEEDED {
 		t.Fatalf("deploy = %v", r)
@@ -408,14 +392,8 @@ func TestEngineUnreachableReportedAndRecovered(t *testing.T) {
 }
 
 func TestHealthGatedDeploy(t *testing.T) {
-	cli := testenv.DockerClient(t)
-	reg := testimage.NewRegistry(t)
-	gw := fmt.Sprintf("gw-health-%d", time.Now().UnixNano()%1e9)
-	testenv.RemoveOwned(t, cli, tenant+"/"+gw, reg.Host()+"/")
-	b := testenv.Embedded(t)
-	rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
-	testenv.StartAgent(t, b.URL(), tenant, gw)
-	rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw))
+	e := newDeployEnv(t, "gw-health", testenv.Embedded)
+	reg, gw, rec := e.reg, e.gw, e.rec
 	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
 	health := &fleetv1.HealthCheck{Test: []string{"CMD", "/app", "probe"}, Interval: durationpb.New(300 * time.Millisecond),
 		Timeout: durationpb.New(time.Second), Retries: 1}

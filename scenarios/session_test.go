@@ -33,17 +33,23 @@ func rebirth(id string) *fleetv1.Command {
 	return &fleetv1.Command{Id: id, IssuedAt: timestamppb.Now(), Body: &fleetv1.Command_Rebirth{Rebirth: &fleetv1.Rebirth{}}}
 }
 
-func send(t *testing.T, c *testenv.Recorder, gateway string, cmd *fleetv1.Command) *fleetv1.Reply {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
+func send(tb testing.TB, c *testenv.Recorder, gateway string, cmd *fleetv1.Command) *fleetv1.Reply {
+	tb.Helper()
+	return sendWithin(tb, c, gateway, cmd, testenv.Timeout)
+}
+
+// sendWithin sends a command to one gateway and waits for its final reply.
+func sendWithin(tb testing.TB, c *testenv.Recorder, gateway string, cmd *fleetv1.Command, d time.Duration) *fleetv1.Reply {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	req, err := c.Send(ctx, tenant, gateway, cmd)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	r, err := req.Final(ctx)
 	if err != nil {
-		t.Fatalf("command %s: %v", cmd.GetId(), err)
+		tb.Fatalf("command %s: %v", cmd.GetId(), err)
 	}
 	return r
 }

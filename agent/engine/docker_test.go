@@ -3,7 +3,6 @@ package engine_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -23,16 +22,7 @@ import (
 // container of that owner, and the network, at cleanup.
 func newDocker(t *testing.T) (*engine.Docker, *client.Client, string) {
 	t.Helper()
-	raw, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err == nil {
-		_, err = raw.Ping(context.Background())
-	}
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("Docker Engine unavailable: %v", err)
-		}
-		t.Skipf("Docker Engine unavailable: %v", err)
-	}
+	raw := testenv.DockerClient(t)
 	owner := fmt.Sprintf("test/%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), time.Now().UnixNano())
 	d, err := engine.NewDocker("", owner, nil)
 	if err != nil {
@@ -44,7 +34,6 @@ func newDocker(t *testing.T) (*engine.Docker, *client.Client, string) {
 			d.Remove(context.Background(), c.ID)
 		}
 		d.Close()
-		raw.Close()
 	})
 	return d, raw, owner
 }

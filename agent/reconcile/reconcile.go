@@ -240,13 +240,19 @@ func (r *Reconciler) Deploy(ctx context.Context, x *command.Exec) error {
 	if err := r.cfg.Store.PutDeployment(name, store.Deployment{Spec: raw, ImageID: cur.ImageID, PreviousImageID: cur.PreviousImageID}); err != nil {
 		return fmt.Errorf("store desired state: %w", err)
 	}
+	r.rolloutFor(x, spec)
+	return nil
+}
+
+// rolloutFor detaches x and rolls spec out; x's final reply carries the
+// resulting status.
+func (r *Reconciler) rolloutFor(x *command.Exec, spec *fleetv1.DeploymentSpec) {
 	finish := x.Detach()
-	r.startOp(name, func(ctx context.Context) error {
+	r.startOp(spec.GetName(), func(ctx context.Context) error {
 		st, err := r.rollout(ctx, spec)
 		x.Reply.Status = st
 		return err
 	}, finish)
-	return nil
 }
 
 func (r *Reconciler) current(name string) *fleetv1.DeploymentStatus {

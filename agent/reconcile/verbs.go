@@ -124,12 +124,7 @@ func (r *Reconciler) startOrRestart(ctx context.Context, x *command.Exec, restar
 	}
 	if c == nil {
 		// The container is gone: roll it out again.
-		finish := x.Detach()
-		r.startOp(name, func(ctx context.Context) error {
-			st, err := r.rollout(ctx, spec)
-			x.Reply.Status = st
-			return err
-		}, finish)
+		r.rolloutFor(x, spec)
 		return nil
 	}
 	if restart && c.Running {

@@ -9,24 +9,14 @@ import (
 	"time"
 
 	"github.com/fleet-agent/fleet/agent/engine"
+	"github.com/fleet-agent/fleet/agent/reconcile"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
-// Engine is the engine under test.
-type Engine interface {
-	Pull(ctx context.Context, ref, registryAuth string, progress func(done, total int64)) error
-	Image(ctx context.Context, ref string) (id string, repoDigests []string, found bool, err error)
-	RemoteDigest(ctx context.Context, ref, registryAuth string) (string, error)
-	Create(ctx context.Context, name string, spec *fleetv1.DeploymentSpec) (string, error)
-	Start(ctx context.Context, id string) error
-	Stop(ctx context.Context, id string, timeout *time.Duration) error
-	Remove(ctx context.Context, id string) error
-	Inspect(ctx context.Context, id string) (engine.State, error)
-	List(ctx context.Context) ([]engine.Container, error)
-	Events(ctx context.Context) (<-chan engine.Event, <-chan error)
-}
+// Engine is the engine under test: what the reconciler needs.
+type Engine = reconcile.Engine
 
 // Setup gives the suite a fresh engine (whose containers are removed at
 // cleanup), a pullable image that serves (MODE=serve) and a reference that
