@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
 	dockerclient "github.com/docker/docker/client"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -134,11 +135,32 @@ func TestDeploymentLifecycle(t *testing.T) {
 		t.Errorf("privileged deploy = %v, want REJECTED POLICY_DENIED on deploy.spec.privileged", r)
 	}
 
-	// Update to revision 2, start-first.
-	s2 := spec(2, v2ref)
-	s2.Update = &fleetv1.Update{Strategy: fleetv1.Update_START_FIRST}
-	if r := sendLong(t, rec, gw, deploy(s2)); r.GetResult() != fleetv1.Reply_SUCCEEDED {
+	// Update to revision 2, stop-first: the new image is pulled while the
+	// old container still runs (the engine's events show the order).
+	r1ID := managed()[0].ID
+	evCtx, stopEvents := context.WithCancel(context.Background())
+	defer stopEvents()
+	evs, _ := cli.Events(evCtx, events.ListOptions{Since: time.Now().Format(time.RFC3339Nano)})
+	if r := sendLong(t, rec, gw, deploy(spec(2, v2ref))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
 		t.Fatalf("deploy r2 = %v", r)
+	}
+	var order []string
+	for len(order) < 2 {
+		select {
+		case m := <-evs:
+			switch {
+			case m.Type == events.ImageEventType && m.Action == events.ActionPull && m.Actor.ID == v2ref:
+				order = append(order, "pull r2 image")
+			case m.Type == events.ContainerEventType && m.Action == events.ActionDie && m.Actor.ID == r1ID:
+				order = append(order, "r1 container died")
+			}
+		case <-time.After(testenv.Timeout):
+			t.Fatalf("engine events seen: %v; want the r2 pull and the r1 stop", order)
+		}
+	}
+	stopEvents()
+	if order[0] != "pull r2 image" {
+		t.Errorf("engine events in order %v: the old container stopped before the new image was pulled", order)
 	}
 	if cs := managed(); len(cs) != 1 || cs[0].Labels["io.fleet-agent.revision"] != "2" || cs[0].State != "running" {
 		t.Fatalf("containers after r2 = %+v, want only revision 2 running", cs)
@@ -164,9 +186,15 @@ func TestDeploymentLifecycle(t *testing.T) {
 		return ok && m.Topic.Gateway == gw && e.GetKind() == "deployment.rolled-back"
 	})
 
-	// Revision 4 (the good image again) so that the desired state is sane.
-	if r := sendLong(t, rec, gw, deploy(spec(4, v2ref))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
+	// Revision 4 (the good image again), start-first: the old container
+	// runs until the new one is ready, then only the new one remains.
+	s4 := spec(4, v2ref)
+	s4.Update = &fleetv1.Update{Strategy: fleetv1.Update_START_FIRST}
+	if r := sendLong(t, rec, gw, deploy(s4)); r.GetResult() != fleetv1.Reply_SUCCEEDED {
 		t.Fatalf("deploy r4 = %v", r)
+	}
+	if cs := managed(); len(cs) != 1 || cs[0].Labels["io.fleet-agent.revision"] != "4" || cs[0].State != "running" {
+		t.Fatalf("containers after r4 = %+v, want only revision 4 running", cs)
 	}
 
 	// Stop: stays stopped across an agent restart; start brings it back.
