@@ -52,6 +52,7 @@ func main() {
 				b[i] = 1
 			}
 			hog = append(hog, b)
+			fmt.Fprintf(os.Stderr, "%d MiB allocated\n", len(hog))
 		}
 	}
 	healthy := env("MODE", "serve") != "unhealthy"
