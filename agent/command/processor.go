@@ -120,8 +120,14 @@ type Config struct {
 	MaxPayload int // DefaultMaxPayload when 0
 	// Encoding of the processor's own events.
 	Encoding codec.Encoding
-	Now      func() time.Time
-	Logger   *slog.Logger
+	// Cipher, if set, encrypts command payloads in the journal (they may
+	// carry credentials).
+	Cipher interface {
+		Encrypt([]byte) []byte
+		Decrypt([]byte) ([]byte, error)
+	}
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // Processor is the command intake and executor.
@@ -168,7 +174,11 @@ func New(cfg Config) (*Processor, error) {
 	for _, rec := range unfinished {
 		enc := codec.FromContentType(rec.ContentType)
 		cmd := new(fleetv1.Command)
-		if err := codec.Unmarshal(enc, rec.Payload, cmd); err != nil {
+		payload, err := p.openPayload(rec.Payload)
+		if err == nil {
+			err = codec.Unmarshal(enc, payload, cmd)
+		}
+		if err != nil {
 			// It decoded when it was taken; only a damaged file gets here.
 			p.log.Error("cannot resume command; answering it as failed", "command_id", rec.ID, "err", err)
 			p.finish(context.Background(), job{cmd: &fleetv1.Command{Id: rec.ID}, rec: rec, enc: enc},
@@ -216,7 +226,7 @@ func (p *Processor) Receive(in mqttlink.Inbound) {
 		return
 	}
 
-	rec := store.Command{ID: cmd.GetId(), Verb: string(verb), ReceivedAt: p.cfg.Now(), Payload: in.Payload,
+	rec := store.Command{ID: cmd.GetId(), Verb: string(verb), ReceivedAt: p.cfg.Now(), Payload: p.sealPayload(in.Payload),
 		ContentType: enc.ContentType(), ResponseTopic: in.ResponseTopic, CorrelationData: in.CorrelationData}
 	prev, dup, err := p.cfg.Journal.Begin(rec)
 	if err != nil {
@@ -238,6 +248,20 @@ func (p *Processor) Receive(in mqttlink.Inbound) {
 	case p.wake <- struct{}{}:
 	default:
 	}
+}
+
+func (p *Processor) sealPayload(b []byte) []byte {
+	if p.cfg.Cipher == nil {
+		return b
+	}
+	return p.cfg.Cipher.Encrypt(b)
+}
+
+func (p *Processor) openPayload(b []byte) ([]byte, error) {
+	if p.cfg.Cipher == nil {
+		return b, nil
+	}
+	return p.cfg.Cipher.Decrypt(b)
 }
 
 // check decodes and validates a command. On error, the returned command is

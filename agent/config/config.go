@@ -66,6 +66,8 @@ type Config struct {
 
 	DockerHost       string
 	ImageGC          bool
+	RequireSealed    bool
+	AtRestKey        string
 	AllowPrivileged  bool
 	AllowHostNetwork bool
 	AllowCapAdd      bool
@@ -88,6 +90,7 @@ func defaults() Config {
 		MaxPayload:      command.DefaultMaxPayload,
 		MetricsInterval: 30 * time.Second,
 		ImageGC:         true,
+		RequireSealed:   true,
 		LogFormat:       "text",
 		LogLevel:        "info",
 	}
@@ -120,6 +123,8 @@ func (c *Config) flags(out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.MetricsInterval, "metrics-interval", c.MetricsInterval, "metrics heartbeat interval")
 	fs.StringVar(&c.DockerHost, "docker-host", c.DockerHost, "Docker Engine address (default: DOCKER_HOST or the local socket)")
 	fs.BoolVar(&c.ImageGC, "image-gc", c.ImageGC, "remove images no deployment uses (each keeps its current and previous revision's image)")
+	fs.BoolVar(&c.RequireSealed, "credentials-require-sealed", c.RequireSealed, "accept registry credentials only sealed to this gateway's public key")
+	fs.StringVar(&c.AtRestKey, "at-rest-key", c.AtRestKey, "file with the 32-byte key that encrypts secrets in the state file (default: at-rest.key in --state-dir, created on first start)")
 	fs.BoolVar(&c.AllowPrivileged, "allow-privileged", c.AllowPrivileged, "policy: allow privileged containers")
 	fs.BoolVar(&c.AllowHostNetwork, "allow-host-network", c.AllowHostNetwork, "policy: allow networkMode host")
 	fs.BoolVar(&c.AllowCapAdd, "allow-cap-add", c.AllowCapAdd, "policy: allow added capabilities")
@@ -408,7 +413,7 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger) (gateway.Con
 		Backoff:    backoff.Policy{Base: c.ReconnectMin, Max: c.ReconnectMax},
 		MaxPayload: c.MaxPayload, MetricsInterval: c.MetricsInterval,
 		Version: version, Logger: logger,
-		ImageGC: c.ImageGC,
+		ImageGC: c.ImageGC, RequireSealed: c.RequireSealed, AtRestKey: c.AtRestKey,
 		Policy: reconcile.Policy{AllowPrivileged: c.AllowPrivileged, AllowHostNetwork: c.AllowHostNetwork,
 			AllowCapAdd: c.AllowCapAdd, AllowedHostPaths: c.AllowHostPaths},
 	}

@@ -25,6 +25,8 @@ import (
 	"github.com/fleet-agent/fleet/agent/hostinfo"
 	"github.com/fleet-agent/fleet/agent/mqttlink"
 	"github.com/fleet-agent/fleet/agent/reconcile"
+	"github.com/fleet-agent/fleet/agent/regauth"
+	"github.com/fleet-agent/fleet/agent/secrets"
 	"github.com/fleet-agent/fleet/agent/store"
 	"github.com/fleet-agent/fleet/internal/backoff"
 	"github.com/fleet-agent/fleet/protocol/codec"
@@ -59,6 +61,11 @@ type Config struct {
 	EngineInfo func(context.Context) *fleetv1.Engine
 	Policy     reconcile.Policy
 	ImageGC    bool
+	// RequireSealed refuses registry credentials sent in plaintext.
+	RequireSealed bool
+	// AtRestKey is the path of the key that encrypts secrets in the state
+	// file; "" means at-rest.key in the state directory, created if missing.
+	AtRestKey string
 
 	MaxPayload      int
 	MetricsInterval time.Duration
@@ -78,6 +85,8 @@ type Gateway struct {
 	store     *store.Store
 	proc      *command.Processor
 	rec       *reconcile.Reconciler
+	keys      *secrets.Keys
+	keychain  *regauth.Keychain
 	statuses  *outbox
 	link      *mqttlink.Link
 	startedAt time.Time
@@ -136,8 +145,22 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.EngineInfo = func(context.Context) *fleetv1.Engine { return &fleetv1.Engine{Name: "unknown", Reachable: true} }
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, store: st, startedAt: cfg.Now(), statuses: newOutbox()}
+	if cfg.AtRestKey == "" {
+		cfg.AtRestKey = filepath.Join(cfg.StateDir, "at-rest.key")
+	}
+	if g.keys, err = secrets.Load(cfg.AtRestKey, filepath.Join(cfg.StateDir, "seal.key")); err != nil {
+		st.Close()
+		return nil, err
+	}
+	g.keychain, err = regauth.NewKeychain(regauth.KeychainConfig{Store: st, Cipher: g.keys, RequireSealed: cfg.RequireSealed,
+		Logger: cfg.Logger.With("component", "regauth")})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	g.rec, err = reconcile.New(reconcile.Config{
-		Engine: cfg.Engine, Store: st, Policy: cfg.Policy, ImageGC: cfg.ImageGC, Publish: g.publishStatus, Event: g.event,
+		Engine: cfg.Engine, Store: st, Policy: cfg.Policy, ImageGC: cfg.ImageGC, Auth: g.keychain.Auth,
+		Publish: g.publishStatus, Event: g.event,
 		Logger: cfg.Logger.With("component", "reconcile"), Now: cfg.Now,
 	})
 	if err != nil {
@@ -146,7 +169,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g.proc, err = command.New(command.Config{
 		Scheme: cfg.Scheme, Tenant: cfg.Tenant, Gateway: cfg.ID,
-		Journal: st, Publisher: publisher{g}, MaxPayload: cfg.MaxPayload,
+		Journal: st, Publisher: publisher{g}, MaxPayload: cfg.MaxPayload, Cipher: g.keys,
 		Encoding: cfg.Encoding, Now: cfg.Now, Logger: cfg.Logger.With("component", "command"),
 		Handlers: map[topic.Verb]command.Handler{
 			topic.Rebirth: g.rebirth,
@@ -155,6 +178,9 @@ func New(cfg Config) (*Gateway, error) {
 			topic.Start:   g.rec.Start,
 			topic.Stop:    g.rec.Stop,
 			topic.Restart: g.rec.Restart,
+
+			topic.SetCredentials:    g.keychain.Set,
+			topic.DeleteCredentials: g.keychain.Delete,
 		},
 	})
 	if err != nil {
@@ -270,7 +296,7 @@ func (g *Gateway) message(t string, m proto.Message, retain bool) (mqttlink.Mess
 
 // Birth returns the birth certificate of the current session.
 func (g *Gateway) Birth() *fleetv1.Birth {
-	caps := []string{"protobuf", "json"}
+	caps := []string{"protobuf", "json", "sealed-credentials"}
 	for _, v := range g.proc.Verbs() {
 		caps = append(caps, string(v))
 	}
@@ -287,6 +313,7 @@ func (g *Gateway) Birth() *fleetv1.Birth {
 		StartedAt: timestamppb.New(g.startedAt), Timestamp: timestamppb.New(g.cfg.Now()),
 		Host: hostinfo.Facts(), Labels: maps.Clone(g.cfg.Labels), Groups: slices.Clone(g.cfg.Groups),
 		Capabilities: caps, Simulated: g.cfg.Simulated,
+		PublicKey: g.keys.PublicKey(), Registries: g.keychain.Summaries(),
 	}
 }
 

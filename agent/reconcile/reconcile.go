@@ -61,6 +61,9 @@ type Config struct {
 	Engine Engine
 	Store  Store
 	Policy Policy
+	// Auth returns the engine's registry auth for pulling an image ("" for
+	// none); nil means no credentials.
+	Auth func(ctx context.Context, image string) (string, error)
 	// ImageGC removes images no deployment keeps (each keeps the image of
 	// its current and of its previous revision).
 	ImageGC bool
@@ -106,6 +109,9 @@ func New(cfg Config) (*Reconciler, error) {
 	}
 	if cfg.Event == nil {
 		cfg.Event = func(*fleetv1.Event) {}
+	}
+	if cfg.Auth == nil {
+		cfg.Auth = func(context.Context, string) (string, error) { return "", nil }
 	}
 	return &Reconciler{cfg: cfg, log: cfg.Logger, status: map[string]*fleetv1.DeploymentStatus{}, ops: map[string]*op{}}, nil
 }
@@ -512,7 +518,11 @@ func (r *Reconciler) ensureImage(ctx context.Context, spec *fleetv1.DeploymentSp
 		}
 		// A tag may have moved: pull again when the registry now resolves
 		// it to another digest. Unreachable registry: the local copy.
-		remote, err := r.cfg.Engine.RemoteDigest(ctx, ref, "")
+		auth, err := r.cfg.Auth(ctx, ref)
+		if err != nil {
+			return "", err
+		}
+		remote, err := r.cfg.Engine.RemoteDigest(ctx, ref, auth)
 		switch {
 		case err != nil:
 			r.cfg.Event(&fleetv1.Event{Severity: fleetv1.Event_WARNING, Kind: "pull.offline-fallback", Deployment: spec.GetName(),
@@ -597,8 +607,12 @@ func (r *Reconciler) pull(ctx context.Context, spec *fleetv1.DeploymentSpec, st 
 				return ctx.Err()
 			}
 		}
+		auth, aerr := r.cfg.Auth(ctx, spec.GetImage())
+		if aerr != nil {
+			return aerr
+		}
 		pctx, cancel := context.WithTimeout(ctx, timeout)
-		err = r.cfg.Engine.Pull(pctx, spec.GetImage(), "", progress)
+		err = r.cfg.Engine.Pull(pctx, spec.GetImage(), auth, progress)
 		cancel()
 		if err == nil || !transient(err) || ctx.Err() != nil {
 			return err

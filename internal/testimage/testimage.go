@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -71,15 +72,44 @@ func (e *buildError) Error() string { return e.err.Error() + "\n" + e.out }
 // loopback port; the Docker Engine treats 127.0.0.0/8 registries as
 // insecure, so it pulls from it over plain HTTP.
 type Registry struct {
-	srv *httptest.Server
+	srv  *httptest.Server // what pulls use
+	push *httptest.Server // what Push uses: the same storage, never authenticated
+}
+
+// Option configures a Registry.
+type Option func(h http.Handler) http.Handler
+
+// WithBasicAuth makes pulls require HTTP Basic credentials, as Quay, Harbor,
+// Nexus, Artifactory and ACR do (tests push without them).
+func WithBasicAuth(user, password string) Option {
+	return func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			u, p, ok := r.BasicAuth()
+			if !ok || u != user || p != password {
+				w.Header().Set("WWW-Authenticate", `Basic realm="testimage"`)
+				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
 }
 
 // NewRegistry starts a registry, closed at cleanup.
-func NewRegistry(t testing.TB) *Registry {
+func NewRegistry(t testing.TB, opts ...Option) *Registry {
 	t.Helper()
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
-	return &Registry{srv: srv}
+	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	r := &Registry{push: httptest.NewServer(h)}
+	t.Cleanup(r.push.Close)
+	r.srv = r.push
+	if len(opts) > 0 {
+		for _, o := range opts {
+			h = o(h)
+		}
+		r.srv = httptest.NewServer(h)
+		t.Cleanup(r.srv.Close)
+	}
+	return r
 }
 
 // Host is the registry's host:port, as used in image references.
@@ -101,7 +131,7 @@ func (r *Registry) Push(t testing.TB, s Spec) (ref, digest string) {
 	t.Helper()
 	img := Build(t, s)
 	ref = r.Host() + "/" + s.Repo + ":" + s.Tag
-	tag, err := name.ParseReference(ref, name.Insecure)
+	tag, err := name.ParseReference(strings.TrimPrefix(r.push.URL, "http://")+"/"+s.Repo+":"+s.Tag, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
