@@ -44,7 +44,7 @@ func TestBasicAuthRegistryWithSealedCredentials(t *testing.T) {
 	const user, wrong, right = "robot$ci", "wrong-pass-4711-secret", "right-pass-0815-secret"
 	e := newDeployEnv(t, "gw-cred", testenv.Embedded)
 	areg := testimage.NewRegistry(t, testimage.WithBasicAuth(user, right))
-	testenv.RemoveOwned(t, e.cli, e.owner, areg.Host()+"/")
+	testenv.RemoveOwned(t, e.cli, e.owner, areg.Host+"/")
 	img, _ := areg.Push(t, testimage.Spec{Repo: "team/private", Tag: "1"})
 	spec := func(rev int64) *fleetv1.DeploymentSpec {
 		return &fleetv1.DeploymentSpec{Name: "private", Revision: rev, Image: img, NetworkMode: "none", PullPolicy: fleetv1.Pull_ALWAYS}
@@ -57,10 +57,10 @@ func TestBasicAuthRegistryWithSealedCredentials(t *testing.T) {
 	if r := sendLong(t, e.rec, e.gw, deploy(spec(1))); r.GetCode() != fleetv1.Reply_UNAUTHENTICATED {
 		t.Errorf("deploy without credentials = %v, want UNAUTHENTICATED", r)
 	}
-	if r := send(t, e.rec, e.gw, setCredentials(t, key, false, basic(areg.Host(), user, right))); r.GetCode() != fleetv1.Reply_POLICY_DENIED {
+	if r := send(t, e.rec, e.gw, setCredentials(t, key, false, basic(areg.Host, user, right))); r.GetCode() != fleetv1.Reply_POLICY_DENIED {
 		t.Errorf("plaintext credentials = %v, want POLICY_DENIED (sealed required by default)", r)
 	}
-	if r := send(t, e.rec, e.gw, setCredentials(t, key, true, basic(areg.Host()+"/team/", user, wrong))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
+	if r := send(t, e.rec, e.gw, setCredentials(t, key, true, basic(areg.Host+"/team/", user, wrong))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
 		t.Fatalf("sealed credentials = %v", r)
 	}
 	if r := sendLong(t, e.rec, e.gw, deploy(spec(2))); r.GetCode() != fleetv1.Reply_UNAUTHENTICATED {
@@ -68,7 +68,7 @@ func TestBasicAuthRegistryWithSealedCredentials(t *testing.T) {
 	}
 	// Rotated over MQTT, no restart: the next pull uses the new password. A
 	// credential for the whole host loses to the longer team/ prefix.
-	if r := send(t, e.rec, e.gw, setCredentials(t, key, true, basic(areg.Host(), user, wrong), basic(areg.Host()+"/team/", user, right))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
+	if r := send(t, e.rec, e.gw, setCredentials(t, key, true, basic(areg.Host, user, wrong), basic(areg.Host+"/team/", user, right))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
 		t.Fatalf("rotated credentials = %v", r)
 	}
 	if r := sendLong(t, e.rec, e.gw, deploy(spec(3))); r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetPhase() != fleetv1.DeploymentStatus_RUNNING {
@@ -78,12 +78,12 @@ func TestBasicAuthRegistryWithSealedCredentials(t *testing.T) {
 	send(t, e.rec, e.gw, rebirth(fmt.Sprint("rb-", time.Now().UnixNano())))
 	births := e.rec.All(testenv.Kind(topic.Birth, e.gw))
 	regs := birthOf(births[len(births)-1]).GetRegistries()
-	if len(regs) != 2 || regs[1].GetRegistry() != areg.Host()+"/team" || regs[1].GetUsername() != user || len(regs[1].GetFingerprint()) != 12 {
+	if len(regs) != 2 || regs[1].GetRegistry() != areg.Host+"/team" || regs[1].GetUsername() != user || len(regs[1].GetFingerprint()) != 12 {
 		t.Errorf("birth registries = %v, want both scopes with username and fingerprint", regs)
 	}
 
 	del := &fleetv1.Command{Id: fmt.Sprint("del-", time.Now().UnixNano()), Body: &fleetv1.Command_DeleteCredentials{
-		DeleteCredentials: &fleetv1.DeleteCredentials{Registries: []string{areg.Host() + "/team/", areg.Host()}}}}
+		DeleteCredentials: &fleetv1.DeleteCredentials{Registries: []string{areg.Host + "/team/", areg.Host}}}}
 	if r := send(t, e.rec, e.gw, del); r.GetResult() != fleetv1.Reply_SUCCEEDED {
 		t.Fatalf("delete credentials = %v", r)
 	}

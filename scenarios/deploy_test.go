@@ -66,7 +66,7 @@ func newDeployEnv(tb testing.TB, prefix string, broker func(testing.TB) testenv.
 	tb.Helper()
 	e := deployEnv{cli: testenv.DockerClient(tb), reg: testimage.NewRegistry(tb), gw: fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9)}
 	e.owner = tenant + "/" + e.gw
-	testenv.RemoveOwned(tb, e.cli, e.owner, e.reg.Host()+"/")
+	testenv.RemoveOwned(tb, e.cli, e.owner, e.reg.Host+"/")
 	b := broker(tb)
 	e.rec = testenv.NewRecorder(tb, b.URL(), codec.Protobuf)
 	e.agent = testenv.StartAgent(tb, b.URL(), tenant, e.gw, agentArgs...)

@@ -59,7 +59,7 @@ func TestDockerLifecycle(t *testing.T) {
 	if _, _, found, err := d.Image(ctx, ref); err != nil || !found {
 		t.Fatalf("Image(%s) found=%v err=%v after pull", ref, found, err)
 	}
-	if size, err := d.ImageSize(ctx, ref); err != nil || size < 1<<20 {
+	if size, err := d.ImageSize(ctx, ref, ""); err != nil || size < 1<<20 {
 		t.Errorf("ImageSize = %d, %v; want the size of the testapp layer (over 1 MiB)", size, err)
 	}
 	if free, err := d.FreeSpace(ctx); err != nil || free == 0 {
@@ -156,7 +156,7 @@ func TestDockerPullErrors(t *testing.T) {
 		ref  string
 		want error
 	}{
-		{"missing tag", reg.Host() + "/team/none:1", errdefs.ErrNotFound},
+		{"missing tag", reg.Host + "/team/none:1", errdefs.ErrNotFound},
 		{"unreachable registry", testenv.FreeAddr(t) + "/team/web:1", errdefs.ErrRegistryUnreachable},
 	}
 	for _, tt := range tests {

@@ -17,7 +17,7 @@ func TestSuiteDocker(t *testing.T) {
 		// Registered first, so it runs after newDocker's container cleanup.
 		t.Cleanup(func() { d.RemoveImage(context.Background(), img) })
 		d, _, _ = newDocker(t)
-		return d, img, reg.Host() + "/suite/missing:1"
+		return d, img, reg.Host + "/suite/missing:1"
 	})
 }
 

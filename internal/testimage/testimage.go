@@ -6,24 +6,19 @@ package testimage
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"io"
-	"log"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
@@ -68,52 +63,43 @@ type buildError struct {
 
 func (e *buildError) Error() string { return e.err.Error() + "\n" + e.out }
 
-// Registry is an in-process registry (go-containerregistry's) on a
-// loopback port; the Docker Engine treats 127.0.0.0/8 registries as
-// insecure, so it pulls from it over plain HTTP.
+// Registry is one of cloud-sim's emulated registries, on a loopback port
+// unless WithConfig says otherwise; the Docker Engine treats 127.0.0.0/8
+// registries as insecure, so it pulls from those over plain HTTP.
 type Registry struct {
-	srv  *httptest.Server // what pulls use
-	push *httptest.Server // what Push uses: the same storage, never authenticated
+	*registry.Server
 }
 
 // Option configures a Registry.
-type Option func(h http.Handler) http.Handler
+type Option func(*registry.Config)
+
+// WithAuth guards pulls with an authentication scheme (tests push in
+// process, without it).
+func WithAuth(a registry.Auth) Option { return func(c *registry.Config) { c.Auth = a } }
 
 // WithBasicAuth makes pulls require HTTP Basic credentials, as Quay, Harbor,
-// Nexus, Artifactory and ACR do (tests push without them).
+// Nexus, Artifactory and ACR do.
 func WithBasicAuth(user, password string) Option {
-	return func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			u, p, ok := r.BasicAuth()
-			if !ok || u != user || p != password {
-				w.Header().Set("WWW-Authenticate", `Basic realm="testimage"`)
-				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
-				return
-			}
-			h.ServeHTTP(w, r)
-		})
-	}
+	return WithAuth(registry.Basic{Users: map[string]string{user: password}})
 }
+
+// WithConfig changes anything else (address, TLS certificate).
+func WithConfig(f func(*registry.Config)) Option { return Option(f) }
 
 // NewRegistry starts a registry, closed at cleanup.
 func NewRegistry(t testing.TB, opts ...Option) *Registry {
 	t.Helper()
-	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	r := &Registry{push: httptest.NewServer(h)}
-	t.Cleanup(r.push.Close)
-	r.srv = r.push
-	if len(opts) > 0 {
-		for _, o := range opts {
-			h = o(h)
-		}
-		r.srv = httptest.NewServer(h)
-		t.Cleanup(r.srv.Close)
+	var cfg registry.Config
+	for _, o := range opts {
+		o(&cfg)
 	}
-	return r
+	s, err := registry.Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return &Registry{Server: s}
 }
-
-// Host is the registry's host:port, as used in image references.
-func (r *Registry) Host() string { return strings.TrimPrefix(r.srv.URL, "http://") }
 
 // Spec describes an image to build.
 type Spec struct {
@@ -129,20 +115,11 @@ type Spec struct {
 // (host/repo:tag) and the manifest digest.
 func (r *Registry) Push(t testing.TB, s Spec) (ref, digest string) {
 	t.Helper()
-	img := Build(t, s)
-	ref = r.Host() + "/" + s.Repo + ":" + s.Tag
-	tag, err := name.ParseReference(strings.TrimPrefix(r.push.URL, "http://")+"/"+s.Repo+":"+s.Tag, name.Insecure)
+	digest, err := r.Server.Push(context.Background(), s.Repo, s.Tag, Build(t, s))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(tag, img); err != nil {
-		t.Fatalf("push %s: %v", ref, err)
-	}
-	d, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ref, d.String()
+	return r.Host + "/" + s.Repo + ":" + s.Tag, digest
 }
 
 // Build builds the image of s.
