@@ -68,6 +68,8 @@ type Config struct {
 	ImageGC          bool
 	RequireSealed    bool
 	AtRestKey        string
+	RegistryCertsDir string
+	ExpiryWarning    time.Duration
 	AllowPrivileged  bool
 	AllowHostNetwork bool
 	AllowCapAdd      bool
@@ -91,6 +93,8 @@ func defaults() Config {
 		MetricsInterval: 30 * time.Second,
 		ImageGC:         true,
 		RequireSealed:   true,
+		RegistryCertsDir: "/etc/docker/certs.d",
+		ExpiryWarning:    time.Hour,
 		LogFormat:       "text",
 		LogLevel:        "info",
 	}
@@ -124,6 +128,8 @@ func (c *Config) flags(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.DockerHost, "docker-host", c.DockerHost, "Docker Engine address (default: DOCKER_HOST or the local socket)")
 	fs.BoolVar(&c.ImageGC, "image-gc", c.ImageGC, "remove images no deployment uses (each keeps its current and previous revision's image)")
 	fs.BoolVar(&c.RequireSealed, "credentials-require-sealed", c.RequireSealed, "accept registry credentials only sealed to this gateway's public key")
+	fs.StringVar(&c.RegistryCertsDir, "registry-certs-dir", c.RegistryCertsDir, "the Docker Engine's per-registry certificate directory, where credentials' caCertificate and client certificates are installed (<dir>/<host:port>/ca.crt, client.cert, client.key)")
+	fs.DurationVar(&c.ExpiryWarning, "credentials-expiry-warning", c.ExpiryWarning, "warn (event and birth) this long before an ecr-token credential expires")
 	fs.StringVar(&c.AtRestKey, "at-rest-key", c.AtRestKey, "file with the 32-byte key that encrypts secrets in the state file (default: at-rest.key in --state-dir, created on first start)")
 	fs.BoolVar(&c.AllowPrivileged, "allow-privileged", c.AllowPrivileged, "policy: allow privileged containers")
 	fs.BoolVar(&c.AllowHostNetwork, "allow-host-network", c.AllowHostNetwork, "policy: allow networkMode host")
@@ -414,6 +420,7 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger) (gateway.Con
 		MaxPayload: c.MaxPayload, MetricsInterval: c.MetricsInterval,
 		Version: version, Logger: logger,
 		ImageGC: c.ImageGC, RequireSealed: c.RequireSealed, AtRestKey: c.AtRestKey,
+		RegistryCertsDir: c.RegistryCertsDir, ExpiryWarning: c.ExpiryWarning,
 		Policy: reconcile.Policy{AllowPrivileged: c.AllowPrivileged, AllowHostNetwork: c.AllowHostNetwork,
 			AllowCapAdd: c.AllowCapAdd, AllowedHostPaths: c.AllowHostPaths},
 	}
@@ -425,7 +432,7 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger) (gateway.Con
 	if err != nil {
 		return g, fmt.Errorf("--docker-host: %w", err)
 	}
-	g.Engine, g.EngineInfo = docker, docker.Info
+	g.Engine, g.EngineInfo, g.InsecureRegistry = docker, docker.Info, docker.InsecureRegistry
 	if c.BrokerPasswordFile != "" {
 		b, err := os.ReadFile(c.BrokerPasswordFile)
 		if err != nil {

@@ -5,11 +5,13 @@ package engine
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"runtime"
 	"strconv"
 	"strings"
@@ -20,7 +22,9 @@ import (
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/client"
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -282,6 +286,15 @@ func pullErr(ref string, err error) error {
 	low := strings.ToLower(msg)
 	var kind error
 	switch {
+	case strings.Contains(low, "server gave http response to https client"):
+		host := ref
+		if n, perr := name.ParseReference(ref); perr == nil {
+			host = n.Context().RegistryStr()
+		}
+		return fmt.Errorf("pull %s: %w: registry %s serves plain HTTP; the Docker Engine pulls over plain HTTP only from registries in its insecure-registries setting (daemon.json), which the agent does not change: serve the registry over TLS (with caCertificate for a private CA), or add it to insecure-registries and restart the engine (%s)",
+			ref, errdefs.ErrTLS, host, msg)
+	case strings.Contains(low, "x509") || strings.Contains(low, "certificate signed by unknown authority"):
+		return fmt.Errorf("pull %s: %w: the registry's TLS certificate did not verify; for a private CA send its certificate as caCertificate with set-credentials (%s)", ref, errdefs.ErrTLS, msg)
 	case client.IsErrConnectionFailed(err):
 		kind = errdefs.ErrRuntimeUnavailable
 	case strings.Contains(low, "unauthorized") || strings.Contains(low, "authentication required") || strings.Contains(low, "no basic auth credentials"):
@@ -352,15 +365,28 @@ func (d *Docker) RemoteDigest(ctx context.Context, ref, registryAuth string) (st
 }
 
 // ImageSize asks the registry for the compressed size of ref for this
-// machine's platform (config and layers). Authentication arrives with
-// registry credentials; until then a registry that requires it yields an
-// error, and the caller skips the check.
-func (d *Docker) ImageSize(ctx context.Context, ref string) (int64, error) {
+// machine's platform (config and layers), with the pull's registryAuth.
+// A registry this process cannot reach as the engine does (a private CA
+// installed for the engine only) yields an error, and the caller skips the
+// check.
+func (d *Docker) ImageSize(ctx context.Context, ref, registryAuth string) (int64, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		return 0, err
 	}
-	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: runtime.GOARCH}))
+	var auth authn.Authenticator = authn.Anonymous
+	if registryAuth != "" {
+		raw, err := base64.URLEncoding.DecodeString(registryAuth)
+		if err != nil {
+			return 0, err
+		}
+		var a registry.AuthConfig
+		if err := json.Unmarshal(raw, &a); err != nil {
+			return 0, err
+		}
+		auth = &authn.Basic{Username: a.Username, Password: a.Password}
+	}
+	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithAuth(auth), remote.WithPlatform(v1.Platform{OS: "linux", Architecture: runtime.GOARCH}))
 	if err != nil {
 		return 0, err
 	}
@@ -387,4 +413,42 @@ func (d *Docker) FreeSpace(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("statfs %s: %w", root, err)
 	}
 	return st.Bavail * uint64(st.Bsize), nil
+}
+
+// InsecureRegistry reports whether the engine pulls from host (host:port)
+// without verified TLS: it is in the engine's insecure-registries, by name
+// or by CIDR (127.0.0.0/8 by default).
+func (d *Docker) InsecureRegistry(ctx context.Context, host string) bool {
+	info, err := d.cli.Info(ctx)
+	if err != nil || info.RegistryConfig == nil {
+		return loopbackHost(host)
+	}
+	if ic, ok := info.RegistryConfig.IndexConfigs[host]; ok {
+		return !ic.Secure
+	}
+	h, _, err := net.SplitHostPort(host)
+	if err != nil {
+		h = host
+	}
+	ips, err := net.DefaultResolver.LookupIP(ctx, "ip", h)
+	if err != nil {
+		return loopbackHost(host)
+	}
+	for _, ip := range ips {
+		for _, cidr := range info.RegistryConfig.InsecureRegistryCIDRs {
+			if (*net.IPNet)(cidr).Contains(ip) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func loopbackHost(host string) bool {
+	h, _, err := net.SplitHostPort(host)
+	if err != nil {
+		h = host
+	}
+	ip := net.ParseIP(h)
+	return h == "localhost" || (ip != nil && ip.IsLoopback())
 }

@@ -69,7 +69,7 @@ func (f *Fake) Unpublish(ref string) {
 }
 
 // ImageSize reports Size for an image in the fake registry.
-func (f *Fake) ImageSize(_ context.Context, ref string) (int64, error) {
+func (f *Fake) ImageSize(_ context.Context, ref, _ string) (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, ok := f.registry[ref]; !ok {

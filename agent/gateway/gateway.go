@@ -66,6 +66,14 @@ type Config struct {
 	// AtRestKey is the path of the key that encrypts secrets in the state
 	// file; "" means at-rest.key in the state directory, created if missing.
 	AtRestKey string
+	// RegistryCertsDir is the engine's per-registry certificate directory
+	// (regauth.DefaultCertsDir when empty); ExpiryWarning is how long
+	// before an ecr-token expires the agent warns.
+	RegistryCertsDir string
+	ExpiryWarning    time.Duration
+	// InsecureRegistry reports whether the engine pulls from a host
+	// without verified TLS (nil: loopback only).
+	InsecureRegistry func(ctx context.Context, host string) bool
 
 	MaxPayload      int
 	MetricsInterval time.Duration
@@ -153,13 +161,14 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, err
 	}
 	g.keychain, err = regauth.NewKeychain(regauth.KeychainConfig{Store: st, Cipher: g.keys, RequireSealed: cfg.RequireSealed,
-		Logger: cfg.Logger.With("component", "regauth")})
+		CertsDir: cfg.RegistryCertsDir, ExpiryWarning: cfg.ExpiryWarning, Event: g.event, Insecure: cfg.InsecureRegistry,
+		Logger: cfg.Logger.With("component", "regauth"), Now: cfg.Now})
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
 	g.rec, err = reconcile.New(reconcile.Config{
-		Engine: cfg.Engine, Store: st, Policy: cfg.Policy, ImageGC: cfg.ImageGC, Auth: g.keychain.Auth,
+		Engine: cfg.Engine, Store: st, Policy: cfg.Policy, ImageGC: cfg.ImageGC, Auth: g.keychain.Auth, Refresh: g.keychain.Refresh,
 		Publish: g.publishStatus, Event: g.event,
 		Logger: cfg.Logger.With("component", "reconcile"), Now: cfg.Now,
 	})
@@ -181,6 +190,7 @@ func New(cfg Config) (*Gateway, error) {
 
 			topic.SetCredentials:    g.keychain.Set,
 			topic.DeleteCredentials: g.keychain.Delete,
+			topic.CheckRegistry:     g.keychain.Check,
 		},
 	})
 	if err != nil {
@@ -233,6 +243,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	wg.Go(func() { g.heartbeat(workCtx) })
 	wg.Go(func() { g.statuses.run(workCtx, g.log, g.sendStatus) })
 	wg.Go(func() { g.rec.Watch(workCtx) })
+	wg.Go(func() { g.keychain.Run(workCtx) })
 
 	<-ctx.Done()
 	g.log.Info("shutting down")

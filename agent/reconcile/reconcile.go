@@ -41,7 +41,7 @@ type Engine interface {
 	RemoveImage(ctx context.Context, ref string) error
 	Events(ctx context.Context) (<-chan engine.Event, <-chan error)
 	RemoteDigest(ctx context.Context, ref, registryAuth string) (string, error)
-	ImageSize(ctx context.Context, ref string) (int64, error)
+	ImageSize(ctx context.Context, ref, registryAuth string) (int64, error)
 	FreeSpace(ctx context.Context) (uint64, error)
 }
 
@@ -64,6 +64,10 @@ type Config struct {
 	// Auth returns the engine's registry auth for pulling an image ("" for
 	// none); nil means no credentials.
 	Auth func(ctx context.Context, image string) (string, error)
+	// Refresh is asked after the registry refused a pull's credential: it
+	// returns a fresh one (ok) when there is such a thing (an ECR token),
+	// and the pull is tried once more. Nil: never.
+	Refresh func(ctx context.Context, image string) (auth string, ok bool, err error)
 	// ImageGC removes images no deployment keeps (each keeps the image of
 	// its current and of its previous revision).
 	ImageGC bool
@@ -559,7 +563,11 @@ const spaceFactor = 3
 // When the registry does not report the size or the data root is not
 // visible, the check is skipped.
 func (r *Reconciler) checkSpace(ctx context.Context, ref string) error {
-	size, err := r.cfg.Engine.ImageSize(ctx, ref)
+	auth, err := r.cfg.Auth(ctx, ref)
+	if err != nil {
+		return err
+	}
+	size, err := r.cfg.Engine.ImageSize(ctx, ref, auth)
 	if err != nil {
 		r.log.Debug("image size unknown; free-space check skipped", "image", ref, "err", err)
 		return nil
@@ -613,6 +621,14 @@ func (r *Reconciler) pull(ctx context.Context, spec *fleetv1.DeploymentSpec, st 
 		}
 		pctx, cancel := context.WithTimeout(ctx, timeout)
 		err = r.cfg.Engine.Pull(pctx, spec.GetImage(), auth, progress)
+		if errdefs.Code(err) == fleetv1.Reply_UNAUTHENTICATED && r.cfg.Refresh != nil {
+			if fresh, ok, rerr := r.cfg.Refresh(ctx, spec.GetImage()); rerr != nil {
+				err = rerr
+			} else if ok {
+				r.log.Info("registry refused the credential; pulling once more with a fresh token", "deployment", spec.GetName())
+				err = r.cfg.Engine.Pull(pctx, spec.GetImage(), fresh, progress)
+			}
+		}
 		cancel()
 		if err == nil || !transient(err) || ctx.Err() != nil {
 			return err

@@ -1508,8 +1508,11 @@ type RegistrySummary struct {
 	HasCaCertificate     bool                   `protobuf:"varint,6,opt,name=has_ca_certificate,json=hasCaCertificate,proto3" json:"has_ca_certificate,omitempty"`
 	HasClientCertificate bool                   `protobuf:"varint,7,opt,name=has_client_certificate,json=hasClientCertificate,proto3" json:"has_client_certificate,omitempty"`
 	RequireTls           bool                   `protobuf:"varint,8,opt,name=require_tls,json=requireTls,proto3" json:"require_tls,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Set when the credential has expired or expires within the agent's
+	// warning window (ecr-token), or when an ECR token refresh is failing.
+	Warning       string `protobuf:"bytes,9,opt,name=warning,proto3" json:"warning,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegistrySummary) Reset() {
@@ -1596,6 +1599,13 @@ func (x *RegistrySummary) GetRequireTls() bool {
 		return x.RequireTls
 	}
 	return false
+}
+
+func (x *RegistrySummary) GetWarning() string {
+	if x != nil {
+		return x.Warning
+	}
+	return ""
 }
 
 // Death is published retained on .../{gateway}/death: by the agent on a
@@ -3638,7 +3648,7 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x126\n" +
 	"\x05phase\x18\x03 \x01(\x0e2 .fleet.v1.DeploymentStatus.PhaseR\x05phase\x12\x14\n" +
 	"\x05image\x18\x04 \x01(\tR\x05image\x12\x16\n" +
-	"\x06digest\x18\x05 \x01(\tR\x06digest\"\xbf\x02\n" +
+	"\x06digest\x18\x05 \x01(\tR\x06digest\"\xd9\x02\n" +
 	"\x0fRegistrySummary\x12\x1a\n" +
 	"\bregistry\x18\x01 \x01(\tR\bregistry\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x1a\n" +
@@ -3649,7 +3659,8 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x12has_ca_certificate\x18\x06 \x01(\bR\x10hasCaCertificate\x124\n" +
 	"\x16has_client_certificate\x18\a \x01(\bR\x14hasClientCertificate\x12\x1f\n" +
 	"\vrequire_tls\x18\b \x01(\bR\n" +
-	"requireTls\"\x87\x02\n" +
+	"requireTls\x12\x18\n" +
+	"\awarning\x18\t \x01(\tR\awarning\"\x87\x02\n" +
 	"\x05Death\x12\x1d\n" +
 	"\n" +
 	"gateway_id\x18\x01 \x01(\tR\tgatewayId\x12\x16\n" +

@@ -1,0 +1,120 @@
+package regauth
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/credentials/stscreds"
+	"github.com/aws/aws-sdk-go-v2/service/ecr"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
+	"github.com/aws/smithy-go"
+
+	"github.com/fleet-agent/fleet/internal/errdefs"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+// TokenGetter is the one ECR API call the agent makes.
+type TokenGetter interface {
+	GetAuthorizationToken(ctx context.Context, in *ecr.GetAuthorizationTokenInput, opts ...func(*ecr.Options)) (*ecr.GetAuthorizationTokenOutput, error)
+}
+
+// NewECRClient builds the ECR client of an ecr credential with the AWS SDK:
+// static keys when given, else the SDK's default credential chain; a role
+// to assume when given. Endpoint overrides come from the SDK's own settings
+// (AWS_ENDPOINT_URL_ECR, the shared config file).
+func NewECRClient(ctx context.Context, c *fleetv1.EcrAuth, region string) (TokenGetter, error) {
+	opts := []func(*awsconfig.LoadOptions) error{awsconfig.WithRegion(region)}
+	if c.GetAccessKeyId() != "" {
+		opts = append(opts, awsconfig.WithCredentialsProvider(
+			credentials.NewStaticCredentialsProvider(c.GetAccessKeyId(), c.GetSecretAccessKey(), c.GetSessionToken())))
+	}
+	cfg, err := awsconfig.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("aws config: %w", err)
+	}
+	if arn := c.GetRoleArn(); arn != "" {
+		cfg.Credentials = aws.NewCredentialsCache(stscreds.NewAssumeRoleProvider(sts.NewFromConfig(cfg), arn))
+	}
+	return ecr.NewFromConfig(cfg), nil
+}
+
+// ecrHost matches an ECR registry host and captures its region.
+var ecrHost = regexp.MustCompile(`^[0-9]{12}\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$`)
+
+// ecrRegion is the credential's region, or the one in the host.
+func ecrRegion(c *fleetv1.EcrAuth, host string) (string, bool) {
+	if c.GetRegion() != "" {
+		return c.GetRegion(), true
+	}
+	if m := ecrHost.FindStringSubmatch(host); m != nil {
+		return m[1], true
+	}
+	return "", false
+}
+
+// token is a registry password with its expiry.
+type token struct {
+	user, password string
+	expires        time.Time
+	refreshAt      time.Time
+}
+
+// refreshMargin is how long before its expiry a token is replaced: a
+// quarter of its lifetime, at most 30 minutes (11.5 h into a 12 h token).
+func refreshMargin(lifetime time.Duration) time.Duration {
+	return min(lifetime/4, 30*time.Minute)
+}
+
+// fetchECR calls GetAuthorizationToken once.
+func fetchECR(ctx context.Context, client TokenGetter, now time.Time) (*token, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	out, err := client.GetAuthorizationToken(ctx, &ecr.GetAuthorizationTokenInput{})
+	if err != nil {
+		return nil, ecrErr(err)
+	}
+	if len(out.AuthorizationData) == 0 {
+		return nil, fmt.Errorf("%w: ECR GetAuthorizationToken returned no authorization data", errdefs.ErrUnauthenticated)
+	}
+	d := out.AuthorizationData[0]
+	raw, err := base64.StdEncoding.DecodeString(aws.ToString(d.AuthorizationToken))
+	user, password, ok := strings.Cut(string(raw), ":")
+	if err != nil || !ok {
+		return nil, fmt.Errorf("%w: ECR returned an authorization token that is not base64 of user:password", errdefs.ErrUnauthenticated)
+	}
+	expires := aws.ToTime(d.ExpiresAt)
+	if expires.IsZero() {
+		expires = now.Add(12 * time.Hour)
+	}
+	return &token{user: user, password: password, expires: expires, refreshAt: expires.Add(-refreshMargin(expires.Sub(now)))}, nil
+}
+
+// ecrErr maps an AWS error onto an error kind, keeping AWS's code and
+// message (which never contain the secret key).
+func ecrErr(err error) error {
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) {
+		kind := errdefs.ErrUnauthenticated
+		switch apiErr.ErrorCode() {
+		case "AccessDeniedException", "AccessDenied":
+			kind = errdefs.ErrPermissionDenied
+		case "ServerException", "ThrottlingException", "ServiceUnavailable":
+			kind = errdefs.ErrRegistryUnreachable
+		}
+		return fmt.Errorf("%w: ECR GetAuthorizationToken: %s: %s", kind, apiErr.ErrorCode(), apiErr.ErrorMessage())
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: ECR GetAuthorizationToken: %v", errdefs.ErrRegistryUnreachable, err)
+	}
+	return fmt.Errorf("%w: ECR GetAuthorizationToken: %v", errdefs.ErrUnauthenticated, err)
+}
