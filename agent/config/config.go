@@ -81,22 +81,22 @@ type Config struct {
 
 func defaults() Config {
 	return Config{
-		StateDir:        "/var/lib/fleet-agent",
-		TopicPrefix:     topic.DefaultPrefix,
-		Encoding:        "protobuf",
-		Labels:          map[string]string{},
-		KeepAlive:       30 * time.Second,
-		SessionExpiry:   7 * 24 * time.Hour,
-		ReconnectMin:    time.Second,
-		ReconnectMax:    2 * time.Minute,
-		MaxPayload:      command.DefaultMaxPayload,
-		MetricsInterval: 30 * time.Second,
-		ImageGC:         true,
-		RequireSealed:   true,
+		StateDir:         "/var/lib/fleet-agent",
+		TopicPrefix:      topic.DefaultPrefix,
+		Encoding:         "protobuf",
+		Labels:           map[string]string{},
+		KeepAlive:        30 * time.Second,
+		SessionExpiry:    7 * 24 * time.Hour,
+		ReconnectMin:     time.Second,
+		ReconnectMax:     2 * time.Minute,
+		MaxPayload:       command.DefaultMaxPayload,
+		MetricsInterval:  30 * time.Second,
+		ImageGC:          true,
+		RequireSealed:    true,
 		RegistryCertsDir: "/etc/docker/certs.d",
 		ExpiryWarning:    time.Hour,
-		LogFormat:       "text",
-		LogLevel:        "info",
+		LogFormat:        "text",
+		LogLevel:         "info",
 	}
 }
 

@@ -9,9 +9,9 @@ package registry
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
