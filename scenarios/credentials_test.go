@@ -91,21 +91,27 @@ func TestBasicAuthRegistryWithSealedCredentials(t *testing.T) {
 		t.Errorf("deploy after the credentials were deleted = %v, want UNAUTHENTICATED", r)
 	}
 
-	// No password in any MQTT message, the agent's log or its state files.
-	for _, secret := range []string{wrong, right} {
+	assertNoSecret(t, e, wrong, right)
+}
+
+// assertNoSecret looks for each secret in every MQTT message recorded, the
+// agent's log and its state files.
+func assertNoSecret(t *testing.T, e deployEnv, secrets ...string) {
+	t.Helper()
+	for _, secret := range secrets {
 		for _, m := range e.rec.All(func(console.Received) bool { return true }) {
 			if bytes.Contains(m.Payload, []byte(secret)) {
-				t.Errorf("password in an MQTT message on %s", m.Name)
+				t.Errorf("secret %.4s… in an MQTT message on %s", secret, m.Name)
 			}
 		}
 		if strings.Contains(e.agent.Logs(), secret) {
-			t.Error("password in the agent's log")
+			t.Errorf("secret %.4s… in the agent's log", secret)
 		}
 		files, _ := filepath.Glob(filepath.Join(e.agent.StateDir, "*"))
 		for _, f := range files {
 			b, _ := os.ReadFile(f)
 			if bytes.Contains(b, []byte(secret)) {
-				t.Errorf("password in the state file %s", filepath.Base(f))
+				t.Errorf("secret %.4s… in the state file %s", secret, filepath.Base(f))
 			}
 		}
 	}

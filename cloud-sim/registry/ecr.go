@@ -47,6 +47,14 @@ type apiServer struct {
 	srv *http.Server
 }
 
+// RevokeTokens forgets every issued token, as when an IAM policy change
+// invalidates them: the registry answers 401 until a new one is fetched.
+func (e *ECR) RevokeTokens() {
+	e.mu.Lock()
+	clear(e.tokens)
+	e.mu.Unlock()
+}
+
 // TokenCalls counts successful GetAuthorizationToken calls.
 func (e *ECR) TokenCalls() int64 { return e.calls.Load() }
 
