@@ -23,6 +23,8 @@ demo: build
 bench:
 	$(GO) test ./scenarios/ -run '^$$' -bench 'RoundTrip|IdleMemory' -benchtime 500x -count 1
 	$(GO) test ./scenarios/ -run '^$$' -bench 'DeployCachedImage|UpdateDowntime' -benchtime 20x -count 1
+	$(GO) test ./scenarios/ -run '^$$' -bench 'AuthenticatedPull' -benchtime 10x -count 3
+	$(GO) test ./scenarios/ -run '^$$' -bench 'ECRTokenCalls' -benchtime 1000x -count 1
 
 # Regenerates protocol/fleet/v1/fleet.pb.go (committed, so a build needs no protoc).
 proto:

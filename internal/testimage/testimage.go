@@ -7,6 +7,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -109,6 +110,8 @@ type Spec struct {
 	// Padding adds a layer of this many random-ish bytes, to make a bigger
 	// or multi-layer image.
 	Padding int
+	// PadLayers splits the padding into this many layers (1 when zero).
+	PadLayers int
 }
 
 // Push builds the image and pushes it; it returns the full reference
@@ -126,12 +129,13 @@ func (r *Registry) Push(t testing.TB, s Spec) (ref, digest string) {
 func Build(t testing.TB, s Spec) v1.Image {
 	t.Helper()
 	layers := []v1.Layer{tarLayer(t, "app", testappBinary(t), 0o755)}
-	if s.Padding > 0 {
-		pad := make([]byte, s.Padding)
+	n := max(s.PadLayers, 1)
+	for l := 0; l < n && s.Padding > 0; l++ {
+		pad := make([]byte, s.Padding/n)
 		for i := range pad {
-			pad[i] = byte(i*7 + i/251)
+			pad[i] = byte(i*7 + i/251 + l)
 		}
-		layers = append(layers, tarLayer(t, "padding", pad, 0o644))
+		layers = append(layers, tarLayer(t, fmt.Sprint("padding", l), pad, 0o644))
 	}
 	img, err := mutate.AppendLayers(empty.Image, layers...)
 	if err != nil {
