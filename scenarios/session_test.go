@@ -202,7 +202,7 @@ func TestDuplicateExpiredMalformed(t *testing.T) {
 			{"no body", topic.Rebirth, `{"id":"m-3"}`, codec.ContentTypeJSON, "m-3", fleetv1.Reply_INVALID_ARGUMENT, "no body"},
 			{"id too long", topic.Rebirth, `{"id":"` + strings.Repeat("x", 65) + `","rebirth":{}}`, codec.ContentTypeJSON, "", fleetv1.Reply_INVALID_ARGUMENT, "1-64"},
 			{"too large", topic.Rebirth, `{"id":"m-4","rebirth":{},"pad":"` + strings.Repeat("x", 5000) + `"}`, codec.ContentTypeJSON, "m-4", fleetv1.Reply_PAYLOAD_TOO_LARGE, "4096"},
-			{"unsupported verb", topic.CheckRegistry, `{"id":"m-5","checkRegistry":{"image":"web:1"}}`, codec.ContentTypeJSON, "m-5", fleetv1.Reply_UNSUPPORTED, "capabilities"},
+			{"check-registry of an invalid reference", topic.CheckRegistry, `{"id":"m-5","checkRegistry":{"image":"Team/Web:1"}}`, codec.ContentTypeJSON, "m-5", fleetv1.Reply_INVALID_ARGUMENT, "checkRegistry.image"},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
