@@ -473,6 +473,12 @@ func (k *Keychain) tick(ctx context.Context) time.Time {
 	now := k.cfg.Now()
 	next := now.Add(time.Hour)
 	var due []*entry
+	var events []*fleetv1.Event // published after unlocking
+	defer func() {
+		for _, ev := range events {
+			k.publish(ev)
+		}
+	}()
 	k.mu.Lock()
 	for _, e := range k.entries {
 		switch kc := e.cred.GetKind().(type) {
@@ -496,12 +502,12 @@ func (k *Keychain) tick(ctx context.Context) time.Time {
 			case !now.Before(exp):
 				if e.announced != "expired" {
 					e.announced = "expired"
-					k.event(fleetv1.Event_ERROR, "credential.expired", fmt.Sprintf("the ecr-token for %s expired at %s; pulls from it fail until a fresh token is pushed with set-credentials", e.key, exp.UTC().Format(time.RFC3339)))
+					events = append(events, k.event(fleetv1.Event_ERROR, "credential.expired", fmt.Sprintf("the ecr-token for %s expired at %s; pulls from it fail until a fresh token is pushed with set-credentials", e.key, exp.UTC().Format(time.RFC3339))))
 				}
 			case !now.Before(warnAt):
 				if e.announced == "" {
 					e.announced = "expiring"
-					k.event(fleetv1.Event_WARNING, "credential.expiring", fmt.Sprintf("the ecr-token for %s expires at %s (in %s); push a fresh one with set-credentials", e.key, exp.UTC().Format(time.RFC3339), exp.Sub(now).Round(time.Second)))
+					events = append(events, k.event(fleetv1.Event_WARNING, "credential.expiring", fmt.Sprintf("the ecr-token for %s expires at %s (in %s); push a fresh one with set-credentials", e.key, exp.UTC().Format(time.RFC3339), exp.Sub(now).Round(time.Second))))
 				}
 				if exp.Before(next) {
 					next = exp
@@ -523,7 +529,7 @@ func (k *Keychain) tick(ctx context.Context) time.Time {
 				remaining = e.tok.expires.Sub(now)
 			}
 			e.retryAt = now.Add(min(max(remaining/4, time.Second), 30*time.Second))
-			k.event(fleetv1.Event_WARNING, "credential.refresh-failed", fmt.Sprintf("could not refresh the ECR token for %s (retrying): %v", e.key, err))
+			events = append(events, k.event(fleetv1.Event_WARNING, "credential.refresh-failed", fmt.Sprintf("could not refresh the ECR token for %s (retrying): %v", e.key, err)))
 		}
 		at := e.retryAt
 		if e.tok != nil && at.IsZero() {
@@ -537,13 +543,15 @@ func (k *Keychain) tick(ctx context.Context) time.Time {
 	return next
 }
 
-func (k *Keychain) event(sev fleetv1.Event_Severity, kind, msg string) {
-	if sev == fleetv1.Event_INFO {
-		k.log.Info(msg, "kind", kind)
-	} else {
-		k.log.Warn(msg, "kind", kind)
-	}
-	k.cfg.Event(&fleetv1.Event{Severity: sev, Kind: kind, Message: msg, Code: fleetv1.Reply_UNAUTHENTICATED})
+// event builds a credential event; publish logs and publishes it (never
+// under k.mu).
+func (k *Keychain) event(sev fleetv1.Event_Severity, kind, msg string) *fleetv1.Event {
+	return &fleetv1.Event{Severity: sev, Kind: kind, Message: msg, Code: fleetv1.Reply_UNAUTHENTICATED}
+}
+
+func (k *Keychain) publish(ev *fleetv1.Event) {
+	k.log.Warn(ev.GetMessage(), "kind", ev.GetKind())
+	k.cfg.Event(ev)
 }
 
 // requireTLS refuses a registry that does not speak verified TLS.
