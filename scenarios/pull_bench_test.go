@@ -37,39 +37,25 @@ func BenchmarkAuthenticatedPull(b *testing.B) {
 	owner := "bench/pull"
 	testenv.RemoveOwned(b, cli, owner, reg.Host+"/")
 
-	dir := b.TempDir()
-	st, err := store.Open(store.Config{Path: filepath.Join(dir, "state.db")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	keys, err := secrets.Load(filepath.Join(dir, "at-rest.key"), filepath.Join(dir, "seal.key"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	kc, err := regauth.NewKeychain(regauth.KeychainConfig{Store: st, Cipher: keys, CertsDir: filepath.Join(dir, "certs.d")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	set := command.NewExec(&fleetv1.Command{Id: "bench", Body: &fleetv1.Command_SetCredentials{SetCredentials: &fleetv1.SetCredentials{
-		Credentials: []*fleetv1.Credential{basic(reg.Host, user, password)}}}})
-	if err := kc.Set(ctx, set); err != nil {
-		b.Fatal(err)
-	}
+	kc := benchKeychain(b, basic(reg.Host, user, password))
 	d, err := engine.NewDocker("", owner, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
 	}
-	remove := func() {
+	// remove deletes the image with sub-benchmark b's timer stopped.
+	remove := func(b *testing.B) {
 		b.StopTimer()
 		cli.ImageRemove(ctx, img, image.RemoveOptions{Force: true, PruneChildren: true})
 		b.StartTimer()
 	}
+	b.Cleanup(func() {
+		cli.ImageRemove(context.Background(), img, image.RemoveOptions{Force: true, PruneChildren: true})
+	})
 
 	b.Run("raw-docker", func(b *testing.B) {
 		auth := regauth.EncodeAuth(user, password, reg.Host)
 		for b.Loop() {
-			remove()
+			remove(b)
 			rc, err := cli.ImagePull(ctx, img, image.PullOptions{RegistryAuth: auth})
 			if err != nil {
 				b.Fatal(err)
@@ -80,7 +66,7 @@ func BenchmarkAuthenticatedPull(b *testing.B) {
 	})
 	b.Run("agent", func(b *testing.B) {
 		for b.Loop() {
-			remove()
+			remove(b)
 			auth, err := kc.Auth(ctx, img)
 			if err != nil {
 				b.Fatal(err)
@@ -90,7 +76,6 @@ func BenchmarkAuthenticatedPull(b *testing.B) {
 			}
 		}
 	})
-	remove()
 }
 
 // BenchmarkECRTokenCalls counts the ECR GetAuthorizationToken calls the
@@ -101,22 +86,8 @@ func BenchmarkECRTokenCalls(b *testing.B) {
 	reg := testimage.NewRegistry(b, testimage.WithAuth(e))
 	b.Setenv("AWS_ENDPOINT_URL_ECR", reg.APIEndpoint())
 	b.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	dir := b.TempDir()
-	st, err := store.Open(store.Config{Path: filepath.Join(dir, "state.db")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	keys, _ := secrets.Load(filepath.Join(dir, "at-rest.key"), filepath.Join(dir, "seal.key"))
-	kc, err := regauth.NewKeychain(regauth.KeychainConfig{Store: st, Cipher: keys, CertsDir: filepath.Join(dir, "certs.d")})
-	if err != nil {
-		b.Fatal(err)
-	}
+	kc := benchKeychain(b, ecrKeys(reg.Host, "AKIDBENCH", "bench-secret"))
 	ctx := context.Background()
-	if err := kc.Set(ctx, command.NewExec(&fleetv1.Command{Id: "bench", Body: &fleetv1.Command_SetCredentials{SetCredentials: &fleetv1.SetCredentials{
-		Credentials: []*fleetv1.Credential{ecrKeys(reg.Host, "AKIDBENCH", "bench-secret")}}}})); err != nil {
-		b.Fatal(err)
-	}
 	image := reg.Host + "/team/app:1"
 	for b.Loop() {
 		if _, err := kc.Auth(ctx, image); err != nil {
@@ -124,4 +95,30 @@ func BenchmarkECRTokenCalls(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(e.TokenCalls())*1000/float64(b.N), "token-calls/1000-pulls")
+}
+
+// benchKeychain is the agent's keychain on a state store of its own,
+// holding creds.
+func benchKeychain(b *testing.B, creds ...*fleetv1.Credential) *regauth.Keychain {
+	b.Helper()
+	dir := b.TempDir()
+	st, err := store.Open(store.Config{Path: filepath.Join(dir, "state.db")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { st.Close() })
+	keys, err := secrets.Load(filepath.Join(dir, "at-rest.key"), filepath.Join(dir, "seal.key"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	kc, err := regauth.NewKeychain(regauth.KeychainConfig{Store: st, Cipher: keys, CertsDir: filepath.Join(dir, "certs.d")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	set := command.NewExec(&fleetv1.Command{Id: "bench", Body: &fleetv1.Command_SetCredentials{
+		SetCredentials: &fleetv1.SetCredentials{Credentials: creds}}})
+	if err := kc.Set(context.Background(), set); err != nil {
+		b.Fatal(err)
+	}
+	return kc
 }

@@ -291,8 +291,7 @@ func pullErr(ref string, err error) error {
 		if n, perr := name.ParseReference(ref); perr == nil {
 			host = n.Context().RegistryStr()
 		}
-		return fmt.Errorf("pull %s: %w: registry %s serves plain HTTP; the Docker Engine pulls over plain HTTP only from registries in its insecure-registries setting (daemon.json), which the agent does not change: serve the registry over TLS (with caCertificate for a private CA), or add it to insecure-registries and restart the engine (%s)",
-			ref, errdefs.ErrTLS, host, msg)
+		return fmt.Errorf("pull %s: %w (%s)", ref, errdefs.PlainHTTPRegistry(host), msg)
 	case strings.Contains(low, "x509") || strings.Contains(low, "certificate signed by unknown authority"):
 		return fmt.Errorf("pull %s: %w: the registry's TLS certificate did not verify; for a private CA send its certificate as caCertificate with set-credentials (%s)", ref, errdefs.ErrTLS, msg)
 	case client.IsErrConnectionFailed(err):
@@ -417,14 +416,18 @@ func (d *Docker) FreeSpace(ctx context.Context) (uint64, error) {
 
 // InsecureRegistry reports whether the engine pulls from host (host:port)
 // without verified TLS: it is in the engine's insecure-registries, by name
-// or by CIDR (127.0.0.0/8 by default).
-func (d *Docker) InsecureRegistry(ctx context.Context, host string) bool {
+// or by CIDR (127.0.0.0/8 by default). An error means the engine or the
+// host's address could not be asked.
+func (d *Docker) InsecureRegistry(ctx context.Context, host string) (bool, error) {
 	info, err := d.cli.Info(ctx)
-	if err != nil || info.RegistryConfig == nil {
-		return loopbackHost(host)
+	if err != nil {
+		return false, mapErr(err)
+	}
+	if info.RegistryConfig == nil {
+		return false, errors.New("the engine reports no registry configuration")
 	}
 	if ic, ok := info.RegistryConfig.IndexConfigs[host]; ok {
-		return !ic.Secure
+		return !ic.Secure, nil
 	}
 	h, _, err := net.SplitHostPort(host)
 	if err != nil {
@@ -432,23 +435,14 @@ func (d *Docker) InsecureRegistry(ctx context.Context, host string) bool {
 	}
 	ips, err := net.DefaultResolver.LookupIP(ctx, "ip", h)
 	if err != nil {
-		return loopbackHost(host)
+		return false, err
 	}
 	for _, ip := range ips {
 		for _, cidr := range info.RegistryConfig.InsecureRegistryCIDRs {
 			if (*net.IPNet)(cidr).Contains(ip) {
-				return true
+				return true, nil
 			}
 		}
 	}
-	return false
-}
-
-func loopbackHost(host string) bool {
-	h, _, err := net.SplitHostPort(host)
-	if err != nil {
-		h = host
-	}
-	ip := net.ParseIP(h)
-	return h == "localhost" || (ip != nil && ip.IsLoopback())
+	return false, nil
 }

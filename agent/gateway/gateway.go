@@ -72,8 +72,8 @@ type Config struct {
 	RegistryCertsDir string
 	ExpiryWarning    time.Duration
 	// InsecureRegistry reports whether the engine pulls from a host
-	// without verified TLS (nil: loopback only).
-	InsecureRegistry func(ctx context.Context, host string) bool
+	// without verified TLS (nil, or an error: loopback hosts only).
+	InsecureRegistry func(ctx context.Context, host string) (bool, error)
 
 	MaxPayload      int
 	MetricsInterval time.Duration

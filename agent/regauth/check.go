@@ -43,7 +43,7 @@ func (k *Keychain) Check(ctx context.Context, x *command.Exec) error {
 	if host == DockerHub {
 		host = "registry-1.docker.io"
 	}
-	insecure := k.cfg.Insecure(ctx, host) && !cred.GetRequireTls()
+	insecure := k.insecure(ctx, host) && !cred.GetRequireTls()
 	res, perr := probe(ctx, host, cred)
 	switch {
 	case res == probeTLSOK:
@@ -55,7 +55,7 @@ func (k *Keychain) Check(ctx context.Context, x *command.Exec) error {
 		return fmt.Errorf("%w: registry %s serves plain HTTP and its credential sets requireTls", errdefs.ErrTLS, host)
 	case res == probePlainHTTP:
 		rc.Reachable = true
-		return fmt.Errorf("%w: %s", errdefs.ErrTLS, insecureHint(host))
+		return errdefs.PlainHTTPRegistry(host)
 	case res == probeTLSFailed && insecure:
 		rc.Reachable = true // the engine will not verify it either
 	case res == probeTLSFailed:
@@ -78,22 +78,19 @@ func (k *Keychain) Check(ctx context.Context, x *command.Exec) error {
 	if err != nil {
 		return errdefs.Invalid("checkRegistry.image", "%v", err)
 	}
-	head := func(force bool) (*v1.Descriptor, error) {
-		var auth authn.Authenticator = authn.Anonymous
-		if e != nil {
-			user, password, err := k.secret(ctx, e, force)
-			if err != nil {
-				return nil, err
-			}
-			if user != "" {
-				auth = &authn.Basic{Username: user, Password: password}
-			}
+	// One manifest request: the descriptor carries the digest, and the
+	// image for this platform its size.
+	get := func(force bool) (*remote.Descriptor, error) {
+		auth, err := k.authenticator(ctx, e, force)
+		if err != nil {
+			return nil, err
 		}
-		return remote.Head(ref, remote.WithContext(ctx), remote.WithTransport(tr), remote.WithAuth(auth))
+		return remote.Get(ref, remote.WithContext(ctx), remote.WithTransport(tr), remote.WithAuth(auth),
+			remote.WithPlatform(v1.Platform{OS: "linux", Architecture: runtime.GOARCH}))
 	}
-	desc, err := head(false)
+	desc, err := get(false)
 	if status(err) == http.StatusUnauthorized && cred.GetEcr() != nil {
-		desc, err = head(true) // a revoked or expired ECR token: once more with a new one
+		desc, err = get(true) // a revoked or expired ECR token: once more with a new one
 	}
 	switch status(err) {
 	case 0:
@@ -112,9 +109,7 @@ func (k *Keychain) Check(ctx context.Context, x *command.Exec) error {
 		return fmt.Errorf("%w: registry %s: %v", errdefs.ErrRegistryUnreachable, host, err)
 	}
 	rc.Authenticated, rc.ImageFound, rc.Digest = true, true, desc.Digest.String()
-	// The compressed size for this platform: manifests only.
-	img, err := remote.Image(ref, remote.WithContext(ctx), remote.WithTransport(tr), remote.WithAuth(authFor(ctx, k, e)),
-		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: runtime.GOARCH}))
+	img, err := desc.Image() // for an index, this platform's image: manifests only
 	if err != nil {
 		if status(err) == 0 {
 			return fmt.Errorf("%w: image %s has no manifest for linux/%s: %v", errdefs.ErrNotFound, image, runtime.GOARCH, err)
@@ -132,15 +127,17 @@ func (k *Keychain) Check(ctx context.Context, x *command.Exec) error {
 	return nil
 }
 
-func authFor(ctx context.Context, k *Keychain, e *entry) authn.Authenticator {
+// authenticator is what a registry client presents for e: its username
+// and password (an ECR token, fetched anew when force is set), or nothing.
+func (k *Keychain) authenticator(ctx context.Context, e *entry, force bool) (authn.Authenticator, error) {
 	if e == nil {
-		return authn.Anonymous
+		return authn.Anonymous, nil
 	}
-	user, password, err := k.secret(ctx, e, false)
+	user, password, err := k.secret(ctx, e, force)
 	if err != nil || user == "" {
-		return authn.Anonymous
+		return authn.Anonymous, err
 	}
-	return &authn.Basic{Username: user, Password: password}
+	return &authn.Basic{Username: user, Password: password}, nil
 }
 
 // which names the credential in messages (scope and kind, never secrets).

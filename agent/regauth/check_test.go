@@ -75,7 +75,7 @@ func TestCheckRegistry(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			k := newKeychain(t, func(c *regauth.KeychainConfig) {
-				c.Insecure = func(context.Context, string) bool { return !tt.secure }
+				c.Insecure = func(context.Context, string) (bool, error) { return !tt.secure, nil }
 			})
 			if len(tt.creds) > 0 {
 				if err := set(t, k, tt.creds...); err != nil {

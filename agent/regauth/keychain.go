@@ -56,8 +56,9 @@ type KeychainConfig struct {
 	NewECRClient func(ctx context.Context, c *fleetv1.EcrAuth, region string) (TokenGetter, error)
 	// Insecure reports whether the engine pulls from host over plain HTTP
 	// or without verifying TLS (its insecure-registries, 127.0.0.0/8 by
-	// default); nil means loopback hosts only.
-	Insecure func(ctx context.Context, host string) bool
+	// default); when it is nil or fails, loopback hosts only, the engine's
+	// default.
+	Insecure func(ctx context.Context, host string) (bool, error)
 	// MaxSleep bounds the background loop's sleep (1 minute when zero), so
 	// that a clock that jumps (a gateway whose clock is set by NTP after
 	// boot) does not delay a refresh or a warning by more than that.
@@ -112,9 +113,6 @@ func NewKeychain(cfg KeychainConfig) (*Keychain, error) {
 	if cfg.NewECRClient == nil {
 		cfg.NewECRClient = NewECRClient
 	}
-	if cfg.Insecure == nil {
-		cfg.Insecure = func(_ context.Context, host string) bool { return loopback(host) }
-	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -142,6 +140,19 @@ func NewKeychain(cfg KeychainConfig) (*Keychain, error) {
 		k.entries[scope] = &entry{key: key, cred: c}
 	}
 	return k, nil
+}
+
+// insecure reports whether the engine pulls from host without verified
+// TLS, as far as it can tell.
+func (k *Keychain) insecure(ctx context.Context, host string) bool {
+	if k.cfg.Insecure != nil {
+		ok, err := k.cfg.Insecure(ctx, host)
+		if err == nil {
+			return ok
+		}
+		k.log.Debug("engine's insecure registries unknown; assuming its default (loopback)", "registry", host, "err", err)
+	}
+	return loopback(host)
 }
 
 // loopback reports whether host (host or host:port) is on 127.0.0.0/8,
@@ -502,12 +513,12 @@ func (k *Keychain) tick(ctx context.Context) time.Time {
 			case !now.Before(exp):
 				if e.announced != "expired" {
 					e.announced = "expired"
-					events = append(events, k.event(fleetv1.Event_ERROR, "credential.expired", fmt.Sprintf("the ecr-token for %s expired at %s; pulls from it fail until a fresh token is pushed with set-credentials", e.key, exp.UTC().Format(time.RFC3339))))
+					events = append(events, credentialEvent(fleetv1.Event_ERROR, "credential.expired", fmt.Sprintf("the ecr-token for %s expired at %s; pulls from it fail until a fresh token is pushed with set-credentials", e.key, exp.UTC().Format(time.RFC3339))))
 				}
 			case !now.Before(warnAt):
 				if e.announced == "" {
 					e.announced = "expiring"
-					events = append(events, k.event(fleetv1.Event_WARNING, "credential.expiring", fmt.Sprintf("the ecr-token for %s expires at %s (in %s); push a fresh one with set-credentials", e.key, exp.UTC().Format(time.RFC3339), exp.Sub(now).Round(time.Second))))
+					events = append(events, credentialEvent(fleetv1.Event_WARNING, "credential.expiring", fmt.Sprintf("the ecr-token for %s expires at %s (in %s); push a fresh one with set-credentials", e.key, exp.UTC().Format(time.RFC3339), exp.Sub(now).Round(time.Second))))
 				}
 				if exp.Before(next) {
 					next = exp
@@ -529,7 +540,7 @@ func (k *Keychain) tick(ctx context.Context) time.Time {
 				remaining = e.tok.expires.Sub(now)
 			}
 			e.retryAt = now.Add(min(max(remaining/4, time.Second), 30*time.Second))
-			events = append(events, k.event(fleetv1.Event_WARNING, "credential.refresh-failed", fmt.Sprintf("could not refresh the ECR token for %s (retrying): %v", e.key, err)))
+			events = append(events, credentialEvent(fleetv1.Event_WARNING, "credential.refresh-failed", fmt.Sprintf("could not refresh the ECR token for %s (retrying): %v", e.key, err)))
 		}
 		at := e.retryAt
 		if e.tok != nil && at.IsZero() {
@@ -543,9 +554,9 @@ func (k *Keychain) tick(ctx context.Context) time.Time {
 	return next
 }
 
-// event builds a credential event; publish logs and publishes it (never
-// under k.mu).
-func (k *Keychain) event(sev fleetv1.Event_Severity, kind, msg string) *fleetv1.Event {
+// credentialEvent builds a credential event; publish logs and publishes it
+// (never under k.mu).
+func credentialEvent(sev fleetv1.Event_Severity, kind, msg string) *fleetv1.Event {
 	return &fleetv1.Event{Severity: sev, Kind: kind, Message: msg, Code: fleetv1.Reply_UNAUTHENTICATED}
 }
 

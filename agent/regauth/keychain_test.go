@@ -183,7 +183,7 @@ func TestEcrTokenExpiry(t *testing.T) {
 
 func TestCredentialValidation(t *testing.T) {
 	ca, _ := registry.NewCA("ca")
-	cert, key, _ := ca.IssueClient("gw")
+	cert, _, _ := ca.IssueClient("gw")
 	_, otherKey, _ := ca.IssueClient("other")
 	tests := []struct {
 		name  string
@@ -198,7 +198,6 @@ func TestCredentialValidation(t *testing.T) {
 		{"client key of another cert", &fleetv1.Credential{Registry: "r.example.com", ClientCertificate: cert, ClientKey: otherKey, Kind: &fleetv1.Credential_Anonymous{Anonymous: &fleetv1.Anonymous{}}}, "clientKey"},
 		{"no kind", &fleetv1.Credential{Registry: "r.example.com"}, "credentials[0]"},
 	}
-	_ = key
 	k := newKeychain(t, nil)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -206,8 +206,3 @@ func probe(ctx context.Context, host string, c *fleetv1.Credential) (probeResult
 	}
 	return probeUnreachable, err
 }
-
-// insecureHint explains why the engine will not pull over plain HTTP.
-func insecureHint(host string) string {
-	return fmt.Sprintf("registry %s serves plain HTTP; the Docker Engine pulls over plain HTTP only from registries in its insecure-registries setting (daemon.json), which the agent does not change: serve the registry over TLS (with caCertificate for a private CA), or add %s to insecure-registries and restart the engine", host, host)
-}

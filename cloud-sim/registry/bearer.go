@@ -47,8 +47,7 @@ func (b *Bearer) handler(s *Server, next http.Handler) http.Handler {
 		repo := repository(r)
 		tok, ok := bearerToken(r)
 		if !ok {
-			w.Header().Set("WWW-Authenticate", bearerChallenge(realm, b.Service, repo, ""))
-			writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
+			unauthorized(w, bearerChallenge(realm, b.Service, repo, ""), "authentication required")
 			return
 		}
 		b.mu.Lock()
@@ -56,13 +55,11 @@ func (b *Bearer) handler(s *Server, next http.Handler) http.Handler {
 		b.mu.Unlock()
 		switch {
 		case !known || time.Now().After(g.expires):
-			w.Header().Set("WWW-Authenticate", bearerChallenge(realm, b.Service, repo, `,error="invalid_token"`))
-			writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
+			unauthorized(w, bearerChallenge(realm, b.Service, repo, `,error="invalid_token"`), "authentication required")
 		case !readOnly(r):
 			writeError(w, http.StatusForbidden, "DENIED", "pushes go through cloud-sim")
 		case repo != "" && !slices.Contains(g.repos, repo):
-			w.Header().Set("WWW-Authenticate", bearerChallenge(realm, b.Service, repo, `,error="insufficient_scope"`))
-			writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
+			unauthorized(w, bearerChallenge(realm, b.Service, repo, `,error="insufficient_scope"`), "authentication required")
 		default:
 			next.ServeHTTP(w, r)
 		}

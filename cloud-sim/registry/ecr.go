@@ -170,12 +170,13 @@ func (e *ECR) verify(r *http.Request, body []byte) (string, string) {
 	return "", ""
 }
 
+const ecrChallenge = `Basic realm="cloud-sim ECR"`
+
 func (e *ECR) handler(_ *Server, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u, p, ok := r.BasicAuth()
 		if !ok || u != "AWS" {
-			w.Header().Set("WWW-Authenticate", `Basic realm="cloud-sim ECR"`)
-			writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
+			unauthorized(w, ecrChallenge, "authentication required")
 			return
 		}
 		e.mu.Lock()
@@ -183,11 +184,9 @@ func (e *ECR) handler(_ *Server, next http.Handler) http.Handler {
 		e.mu.Unlock()
 		switch {
 		case !known:
-			w.Header().Set("WWW-Authenticate", `Basic realm="cloud-sim ECR"`)
-			writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
+			unauthorized(w, ecrChallenge, "authentication required")
 		case time.Now().After(exp):
-			w.Header().Set("WWW-Authenticate", `Basic realm="cloud-sim ECR"`)
-			writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", "Your authorization token has expired. Reauthenticate and try again.")
+			unauthorized(w, ecrChallenge, "Your authorization token has expired. Reauthenticate and try again.")
 		case !readOnly(r):
 			writeError(w, http.StatusForbidden, "DENIED", "pushes go through cloud-sim")
 		default:

@@ -162,6 +162,12 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	fmt.Fprintf(w, `{"errors":[{"code":%q,"message":%q}]}`, code, msg)
 }
 
+// unauthorized answers 401 with the challenge a client authenticates to.
+func unauthorized(w http.ResponseWriter, challenge, msg string) {
+	w.Header().Set("WWW-Authenticate", challenge)
+	writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", msg)
+}
+
 // readOnly reports whether r only reads (pulls).
 func readOnly(r *http.Request) bool { return r.Method == http.MethodGet || r.Method == http.MethodHead }
 
@@ -191,8 +197,7 @@ func (b Basic) handler(_ *Server, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u, p, ok := r.BasicAuth()
 		if !ok || !b.valid(u, p) {
-			w.Header().Set("WWW-Authenticate", `Basic realm="cloud-sim registry"`)
-			writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
+			unauthorized(w, `Basic realm="cloud-sim registry"`, "authentication required")
 			return
 		}
 		if !readOnly(r) {

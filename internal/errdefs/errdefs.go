@@ -94,3 +94,11 @@ func Field(err error) string {
 	}
 	return ""
 }
+
+// PlainHTTPRegistry is the TLS failure of a registry that serves plain HTTP
+// to an engine that requires TLS for it. Only the engine's
+// insecure-registries setting allows that, and the agent does not change it.
+func PlainHTTPRegistry(host string) error {
+	return fmt.Errorf("%w: registry %s serves plain HTTP; the Docker Engine pulls over plain HTTP only from registries in its insecure-registries setting (daemon.json), which the agent does not change: serve the registry over TLS (with caCertificate for a private CA), or add %s to insecure-registries and restart the engine",
+		ErrTLS, host, host)
+}
