@@ -26,6 +26,12 @@ type Fake struct {
 	// Free is the free space FreeSpace reports; Size the size of every image.
 	Free uint64
 	Size int64
+	// AnyImage makes every reference pullable, with a digest derived from
+	// it, as simulated gateways want.
+	AnyImage bool
+	// Crash, if set, decides whether a started container crashes, when,
+	// and with which exit code: simulated gateways' crash rate.
+	Crash func(spec *fleetv1.DeploymentSpec) (after time.Duration, code int, crash bool)
 
 	mu         sync.Mutex
 	registry   map[string]string // ref -> digest
@@ -61,6 +67,18 @@ func (f *Fake) Publish(ref, content string) string {
 	return d
 }
 
+// remote is ref's digest in the fake registry; f.mu is held.
+func (f *Fake) remote(ref string) (string, bool) {
+	if d, ok := f.registry[ref]; ok {
+		return d, true
+	}
+	if f.AnyImage {
+		sum := sha256.Sum256([]byte(ref))
+		return "sha256:" + hex.EncodeToString(sum[:]), true
+	}
+	return "", false
+}
+
 // Unpublish removes ref from the fake registry.
 func (f *Fake) Unpublish(ref string) {
 	f.mu.Lock()
@@ -72,7 +90,7 @@ func (f *Fake) Unpublish(ref string) {
 func (f *Fake) ImageSize(_ context.Context, ref, _ string) (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, ok := f.registry[ref]; !ok {
+	if _, ok := f.remote(ref); !ok {
 		return 0, fmt.Errorf("%w: %s", errdefs.ErrNotFound, ref)
 	}
 	return f.Size, nil
@@ -93,7 +111,7 @@ func (f *Fake) Pull(ctx context.Context, ref, _ string, progress func(done, tota
 		}
 	}
 	f.mu.Lock()
-	d, ok := f.registry[ref]
+	d, ok := f.remote(ref)
 	f.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("pull %s: %w: manifest unknown", ref, errdefs.ErrNotFound)
@@ -127,7 +145,7 @@ func (f *Fake) Image(_ context.Context, ref string) (string, []string, bool, err
 func (f *Fake) RemoteDigest(_ context.Context, ref, _ string) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	d, ok := f.registry[ref]
+	d, ok := f.remote(ref)
 	if !ok {
 		return "", fmt.Errorf("%w: %s", errdefs.ErrNotFound, ref)
 	}
@@ -178,8 +196,14 @@ func (f *Fake) Start(_ context.Context, id string) error {
 		exits = true
 	}
 	c.Running, c.state.Running, c.state.Status, c.state.StartedAt = true, true, "running", time.Now()
+	crash := f.Crash
 	f.mu.Unlock()
 	f.emit(c.Container, "start")
+	if crash != nil && !exits {
+		if after, code, ok := crash(c.spec); ok {
+			time.AfterFunc(after, func() { f.exit(id, code) })
+		}
+	}
 	if exits {
 		f.exit(id, exitCode)
 	}

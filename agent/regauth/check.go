@@ -145,7 +145,7 @@ func which(e *entry) string {
 	if e == nil {
 		return " (none stored: the pull is anonymous)"
 	}
-	return fmt.Sprintf(" (%s credential for %s)", kind(e.cred), e.key)
+	return fmt.Sprintf(" (%s credential for %s)", KindOf(e.cred), e.key)
 }
 
 // status is the HTTP status of a registry error, 0 for none.

@@ -17,6 +17,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ecr"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/smithy-go"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -117,4 +119,34 @@ func ecrErr(err error) error {
 		return fmt.Errorf("%w: ECR GetAuthorizationToken: %v", errdefs.ErrRegistryUnreachable, err)
 	}
 	return fmt.Errorf("%w: ECR GetAuthorizationToken: %v", errdefs.ErrUnauthenticated, err)
+}
+
+// TokenCredential exchanges an ecr credential for an ecrToken credential
+// of the same registry and TLS settings, with the time to replace it: what
+// a controller sends to gateways that hold no AWS keys of their own.
+func TokenCredential(ctx context.Context, c *fleetv1.Credential, now time.Time) (tok *fleetv1.Credential, refreshAt time.Time, err error) {
+	key, err := Validate("credential", proto.Clone(c).(*fleetv1.Credential))
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	if c.GetEcr() == nil {
+		return nil, time.Time{}, errdefs.Invalid("credential.ecr", "is required to issue ECR tokens")
+	}
+	region, _ := ecrRegion(c.GetEcr(), key.Host)
+	client, err := NewECRClient(ctx, c.GetEcr(), region)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	t, err := fetchECR(ctx, client, now)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	return &fleetv1.Credential{
+		Registry:          c.GetRegistry(),
+		Kind:              &fleetv1.Credential_EcrToken{EcrToken: &fleetv1.EcrToken{Password: t.password, ExpiresAt: timestamppb.New(t.expires)}},
+		CaCertificate:     c.GetCaCertificate(),
+		ClientCertificate: c.GetClientCertificate(),
+		ClientKey:         c.GetClientKey(),
+		RequireTls:        c.GetRequireTls(),
+	}, t.refreshAt, nil
 }

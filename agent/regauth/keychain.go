@@ -195,7 +195,7 @@ func (k *Keychain) Set(_ context.Context, x *command.Exec) error {
 	}
 	scopes := make([]Key, len(list))
 	for i, c := range list {
-		key, err := checkCredential(fmt.Sprintf("setCredentials.credentials[%d]", i), c)
+		key, err := Validate(fmt.Sprintf("setCredentials.credentials[%d]", i), c)
 		if err != nil {
 			return err
 		}
@@ -225,14 +225,15 @@ func (k *Keychain) Set(_ context.Context, x *command.Exec) error {
 		k.mu.Lock()
 		k.entries[scopes[i].String()] = &entry{key: scopes[i], cred: c}
 		k.mu.Unlock()
-		k.log.Info("registry credential set", "registry", scopes[i].String(), "kind", kind(c), "fingerprint", fingerprint(c))
+		k.log.Info("registry credential set", "registry", scopes[i].String(), "kind", KindOf(c), "fingerprint", Fingerprint(c))
 	}
 	k.poke()
 	return nil
 }
 
-// checkCredential validates one credential and normalises it in place.
-func checkCredential(field string, c *fleetv1.Credential) (Key, error) {
+// Validate checks one credential, naming field in its errors, and
+// normalises it in place (a _json_key password is compacted).
+func Validate(field string, c *fleetv1.Credential) (Key, error) {
 	key, err := ParseRegistry(c.GetRegistry())
 	if err != nil {
 		return Key{}, errdefs.Invalid(field+".registry", "%v", err)
@@ -587,7 +588,7 @@ func (k *Keychain) Summaries() []*fleetv1.RegistrySummary {
 	out := make([]*fleetv1.RegistrySummary, 0, len(k.entries))
 	for scope, e := range k.entries {
 		c := e.cred
-		s := &fleetv1.RegistrySummary{Registry: scope, Kind: kind(c), Username: c.GetBasic().GetUsername(), Fingerprint: fingerprint(c),
+		s := &fleetv1.RegistrySummary{Registry: scope, Kind: KindOf(c), Username: c.GetBasic().GetUsername(), Fingerprint: Fingerprint(c),
 			HasCaCertificate: c.GetCaCertificate() != "", HasClientCertificate: c.GetClientCertificate() != "", RequireTls: c.GetRequireTls()}
 		switch {
 		case c.GetEcrToken() != nil:
@@ -613,7 +614,8 @@ func (k *Keychain) Summaries() []*fleetv1.RegistrySummary {
 	return out
 }
 
-func kind(c *fleetv1.Credential) string {
+// KindOf names a credential's kind as births and summaries do.
+func KindOf(c *fleetv1.Credential) string {
 	switch c.GetKind().(type) {
 	case *fleetv1.Credential_Basic:
 		return "basic"
@@ -625,9 +627,9 @@ func kind(c *fleetv1.Credential) string {
 	return "anonymous"
 }
 
-// fingerprint identifies a secret without revealing it: 12 hex digits of
+// Fingerprint identifies a secret without revealing it: 12 hex digits of
 // SHA-256 over the secret material.
-func fingerprint(c *fleetv1.Credential) string {
+func Fingerprint(c *fleetv1.Credential) string {
 	var secret string
 	switch kc := c.GetKind().(type) {
 	case *fleetv1.Credential_Basic:

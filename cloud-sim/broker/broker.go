@@ -15,6 +15,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	bbolt "go.etcd.io/bbolt"
+
+	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
 // Config configures a Broker.
@@ -25,7 +27,12 @@ type Config struct {
 	// retained messages in a bbolt file, so that a restarted broker still
 	// holds the commands queued for offline gateways.
 	StorePath string
-	Logger    *slog.Logger
+	// Auth, when set, authenticates every client and confines gateways to
+	// their own topics under Scheme (see Identity.Allowed); without it
+	// every client may do anything, as tests of the agent alone want.
+	Auth   Authenticator
+	Scheme topic.Scheme
+	Logger *slog.Logger
 }
 
 // Broker is a running embedded broker.
@@ -47,7 +54,11 @@ func Start(cfg Config) (*Broker, error) {
 		return nil, fmt.Errorf("broker: listen: %w", err)
 	}
 	srv := mqtt.New(&mqtt.Options{Logger: cfg.Logger})
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+	var access mqtt.Hook = new(auth.AllowHook)
+	if cfg.Auth != nil {
+		access = &aclHook{auth: cfg.Auth, scheme: cfg.Scheme, ids: map[*mqtt.Client]Identity{}}
+	}
+	if err := srv.AddHook(access, nil); err != nil {
 		ln.Close()
 		return nil, err
 	}

@@ -37,8 +37,12 @@ type Config struct {
 	Encoding codec.Encoding
 	// Watch, if set, is a watcher installed before subscribing, so that it
 	// also sees the retained messages the broker sends on subscribe.
-	Watch  func(Received)
-	Logger *slog.Logger
+	Watch func(Received)
+	// SessionExpiry, when set, makes the session persistent (no clean
+	// start): replies and births published while the console is down are
+	// delivered when it reconnects. The ID must then be stable.
+	SessionExpiry time.Duration
+	Logger        *slog.Logger
 }
 
 // Received is one publication from a gateway.
@@ -103,7 +107,8 @@ func Dial(ctx context.Context, cfg Config) (*Console, error) {
 	cm, err := autopaho.NewConnection(context.WithoutCancel(ctx), autopaho.ClientConfig{
 		ServerUrls:                    []*url.URL{&u},
 		KeepAlive:                     30,
-		CleanStartOnInitialConnection: true,
+		CleanStartOnInitialConnection: cfg.SessionExpiry == 0,
+		SessionExpiryInterval:         uint32(cfg.SessionExpiry / time.Second),
 		ReconnectBackoff:              backoff.Policy{Base: 200 * time.Millisecond, Max: 5 * time.Second}.Delay,
 		ConnectUsername:               cfg.Username,
 		ConnectPassword:               cfg.Password,
@@ -245,6 +250,30 @@ func (c *Console) Send(ctx context.Context, tenant, gateway string, cmd *fleetv1
 	}
 	return c.SendRaw(ctx, c.cfg.Scheme.Command(tenant, gateway, verb), payload, c.cfg.Encoding.ContentType(),
 		c.cfg.Scheme.ConsoleReply(tenant, gateway, c.cfg.ID))
+}
+
+// Publish publishes cmd to one gateway with this console's reply topic and
+// the command id as correlation data, without awaiting replies: a caller
+// that records commands durably matches replies by command id (Watch), also
+// those that arrive after a restart. It returns once the broker has it.
+func (c *Console) Publish(ctx context.Context, tenant, gateway string, cmd *fleetv1.Command) error {
+	verb := topic.VerbOf(cmd)
+	if verb == "" {
+		return errors.New("console: command has no body")
+	}
+	payload, err := codec.Marshal(c.cfg.Encoding, cmd)
+	if err != nil {
+		return err
+	}
+	name := c.cfg.Scheme.Command(tenant, gateway, verb)
+	_, err = c.cm.Publish(ctx, &paho.Publish{Topic: name, QoS: 1, Payload: payload, Properties: &paho.PublishProperties{
+		ContentType: c.cfg.Encoding.ContentType(), ResponseTopic: c.cfg.Scheme.ConsoleReply(tenant, gateway, c.cfg.ID),
+		CorrelationData: []byte(cmd.GetId()),
+	}})
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", name, err)
+	}
+	return nil
 }
 
 // SendRaw publishes payload on a command topic as is (it may be malformed)

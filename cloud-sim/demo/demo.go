@@ -1,131 +1,289 @@
-// Package demo runs the end-to-end demonstration that `make demo` shows a
-// newcomer: an embedded broker, a real agent, a console that reads the
-// agent's birth, sends it a command and prints the reply.
+// Package demo runs what `make demo` shows a newcomer: cloud-sim serve
+// with its embedded broker, NATS and a private registry holding a sample
+// web image; one real fleet-agent on the local Docker Engine and a few
+// dozen simulated gateways; sealed registry credentials; a deploy to every
+// gateway with progress; the inventory; an HTTP request to the real
+// container; and a clean-up. Without Docker it runs the simulated part.
 package demo
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
+	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	dockerclient "github.com/docker/docker/client"
 
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/gateway"
-	"github.com/fleet-agent/fleet/cloud-sim/broker"
-	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/cli"
+	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/serve"
+	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/internal/backoff"
 	"github.com/fleet-agent/fleet/protocol/codec"
-	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
+// Options adjusts the demo.
+type Options struct {
+	SimCount int
+}
+
+const (
+	tenant     = "demo"
+	realID     = "gateway-1"
+	regUser    = "demo"
+	deployment = "web"
+)
+
 // Run runs the demo, printing to out. It returns an error if any step fails.
-func Run(ctx context.Context, out io.Writer, log *slog.Logger) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+func Run(ctx context.Context, out io.Writer, log *slog.Logger, opts Options) error {
+	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer cancel()
 	step := func(format string, args ...any) { fmt.Fprintf(out, "\n==> "+format+"\n", args...) }
+	runID := randomHex(4)
 
-	b, err := broker.Start(broker.Config{})
-	if err != nil {
-		return err
+	docker, dockerErr := dockerAvailable(ctx)
+	if dockerErr != nil {
+		step("Docker Engine not available (%v): running the simulated part only", dockerErr)
+	} else {
+		defer docker.Close()
 	}
-	defer b.Close()
-	step("embedded MQTT v5 broker listening on %s", b.URL())
 
-	u, _ := url.Parse(b.URL())
-	births := make(chan *fleetv1.Birth, 4)
-	deaths := make(chan *fleetv1.Death, 4)
-	con, err := console.Dial(ctx, console.Config{BrokerURL: u, Scheme: topic.Default(), Encoding: codec.JSON, Watch: func(m console.Received) {
-		switch msg := m.Message.(type) {
-		case *fleetv1.Birth:
-			births <- msg
-		case *fleetv1.Death:
-			deaths <- msg
-		}
-	}})
+	dataDir, err := os.MkdirTemp("", "cloud-sim-demo-")
 	if err != nil {
 		return err
 	}
-	defer con.Close()
-
-	stateDir, err := os.MkdirTemp("", "fleet-demo-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(stateDir)
-	const tenant, gw = "demo", "gateway-1"
-	docker, err := engine.NewDocker("", tenant+"/"+gw, log)
-	if err != nil {
-		return err
-	}
-	defer docker.Close()
-	agent, err := gateway.New(gateway.Config{
-		Engine: docker, EngineInfo: docker.Info,
-		Tenant: tenant, ID: gw, Scheme: topic.Default(), Encoding: codec.JSON, StateDir: stateDir,
-		Labels: map[string]string{"site": "demo"}, BrokerURL: u, KeepAlive: 30 * time.Second,
-		SessionExpiry: time.Hour, Backoff: backoff.Policy{Base: 100 * time.Millisecond, Max: time.Second},
-		Version: "demo", Logger: log,
+	defer os.RemoveAll(dataDir)
+	regPass := randomHex(12)
+	s, err := serve.Start(ctx, serve.Config{
+		DataDir: dataDir, MQTTListen: "127.0.0.1:0", NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
+		Scheme: topic.Default(), Logger: log,
+		Sim: simfleet.Config{Count: opts.SimCount, Tenant: tenant, Prefix: "sim-", PullTime: 300 * time.Millisecond},
 	})
 	if err != nil {
 		return err
 	}
-	agentCtx, stopAgent := context.WithCancel(context.WithoutCancel(ctx))
-	agentDone := make(chan error, 1)
-	go func() { agentDone <- agent.Run(agentCtx) }()
-	defer func() { stopAgent(); <-agentDone }()
-	step("fleet-agent %s/%s started (state in %s)", tenant, gw, stateDir)
+	defer s.Close()
+	step("cloud-sim serving: MQTT %s (per-gateway passwords and ACL), NATS JetStream %s, HTTP API %s", s.BrokerURL, s.Store.URL(), s.APIURL)
 
-	var birth *fleetv1.Birth
-	select {
-	case birth = <-births:
-	case <-ctx.Done():
-		return errors.New("no birth certificate from the agent")
+	regs, err := serve.StartRegistries(ctx, []serve.RegistrySpec{{
+		Name: "private", Auth: "basic", Users: map[string]string{regUser: regPass},
+		Images: []serve.ImageSpec{{Repo: "demo/web", Tag: "1.0", Sample: "web", Message: "hello from the fleet (" + runID + ")"}},
+	}}, log)
+	for _, r := range regs {
+		defer r.Server.Close()
 	}
-	step("birth certificate on %s", topic.Default().Birth(tenant, gw))
-	printJSON(out, birth)
-
-	cmd := &fleetv1.Command{Id: "demo-rebirth-1", IssuedAt: timestamppb.Now(), Body: &fleetv1.Command_Rebirth{Rebirth: &fleetv1.Rebirth{}}}
-	step("sending a command on %s", topic.Default().Command(tenant, gw, topic.Rebirth))
-	printJSON(out, cmd)
-	req, err := con.Send(ctx, tenant, gw, cmd)
 	if err != nil {
-		return err
+		return fmt.Errorf("sample image: %w", err)
 	}
-	reply, err := req.Final(ctx)
-	if err != nil {
-		return err
-	}
-	step("reply")
-	printJSON(out, reply)
-	if reply.GetResult() != fleetv1.Reply_SUCCEEDED {
-		return fmt.Errorf("command %s: %s", reply.GetResult(), reply.GetMessage())
+	reg := regs["private"]
+	image := reg.Images[0]
+	step("private registry at %s (Basic auth) holds the sample web image %s", reg.Server.URL, image)
+
+	clientEnv := cli.Env{Stdout: out, Stderr: out, Getenv: func(string) string { return "" }}
+	cliRun := func(stdin string, args ...string) int {
+		env := clientEnv
+		env.Stdin = strings.NewReader(stdin)
+		fmt.Fprintf(out, "$ cloud-sim %s\n", strings.Join(args, " "))
+		return cli.Run(ctx, env, append(args, "--api", s.APIURL))
 	}
 
-	step("stopping the agent: it publishes its death certificate")
-	stopAgent()
-	if err := <-agentDone; err != nil {
+	want := opts.SimCount
+	if dockerErr == nil {
+		stop, err := startAgent(ctx, s, docker, dataDir, runID, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		defer removeDemoContainers(docker, runID)
+		want++
+		step("fleet-agent %s/%s started on the local Docker Engine, and %d simulated gateways", tenant, realID, opts.SimCount)
+	} else {
+		step("%d simulated gateways started", opts.SimCount)
+	}
+	if err := waitOnline(ctx, s.Controller, want); err != nil {
 		return err
 	}
-	agentDone <- nil
-	select {
-	case d := <-deaths:
-		printJSON(out, d)
-	case <-ctx.Done():
-		return errors.New("no death certificate after shutdown")
+	if cliRun("", "gateways", "--tenant", tenant) != 0 {
+		return errors.New("gateways: listing failed")
+	}
+
+	step("storing the registry credential for the tenant, checked against the registry first")
+	if cliRun(regPass+"\n", "credentials", "set", "--tenant", tenant, "--registry", reg.Server.Host,
+		"--username", regUser, "--password-stdin", "--check-image", image) != 0 {
+		return errors.New("credentials set failed")
+	}
+
+	specFile := filepath.Join(dataDir, "web.yaml")
+	spec := fmt.Sprintf(`name: %s
+revision: 1
+image: %s
+env: {PORT: "8080"}
+ports:
+  - {containerPort: 8080, hostIp: 127.0.0.1}
+labels: {io.fleet-agent.demo: %q}
+`, deployment, image, runID)
+	if err := os.WriteFile(specFile, []byte(spec), 0o600); err != nil {
+		return err
+	}
+	step("deploying %s to every gateway of tenant %s; the credential goes first, sealed to each gateway's key\n%s", image, tenant, spec)
+	if code := cliRun("", "deploy", "--tenant", tenant, "--all", "-f", specFile, "--wait", "3m"); code != 0 {
+		return fmt.Errorf("deploy failed on some gateway (exit %d)", code)
+	}
+
+	step("inventory and deployments")
+	cliRun("", "gateways", "--tenant", tenant)
+
+	if dockerErr == nil {
+		port, err := hostPort(ctx, docker, runID)
+		if err != nil {
+			return err
+		}
+		body, err := httpGet(ctx, fmt.Sprintf("http://127.0.0.1:%s/", port))
+		if err != nil {
+			return fmt.Errorf("the real container does not answer HTTP: %w", err)
+		}
+		step("the real container on %s answers GET http://127.0.0.1:%s/ with: %s", realID, port, strings.TrimSpace(body))
+		if !strings.Contains(body, runID) {
+			return fmt.Errorf("unexpected answer %q", body)
+		}
+	}
+
+	step("cleaning up: removing the deployment everywhere")
+	if code := cliRun("", "remove", "--tenant", tenant, "--all", deployment, "--remove-image", "--wait", "2m"); code != 0 {
+		return fmt.Errorf("remove failed on some gateway (exit %d)", code)
 	}
 	step("demo finished")
 	return nil
 }
 
-func printJSON(out io.Writer, m proto.Message) {
-	b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
-	fmt.Fprintln(out, string(b))
+func dockerAvailable(ctx context.Context) (*dockerclient.Client, error) {
+	c, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := c.Ping(pctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// startAgent provisions and runs the real agent; stop ends it.
+func startAgent(ctx context.Context, s *serve.Server, docker *dockerclient.Client, dataDir, runID string, log *slog.Logger) (stop func(), err error) {
+	pw, err := s.Controller.Provision(ctx, tenant, realID, nil)
+	if err != nil {
+		return nil, err
+	}
+	eng, err := engine.NewDocker("", tenant+"/"+realID+"-"+runID, log)
+	if err != nil {
+		return nil, err
+	}
+	stateDir := filepath.Join(dataDir, "agent")
+	agent, err := gateway.New(gateway.Config{
+		Engine: eng, EngineInfo: eng.Info, InsecureRegistry: eng.InsecureRegistry,
+		Tenant: tenant, ID: realID, Scheme: topic.Default(), Encoding: codec.Protobuf, StateDir: stateDir,
+		Labels: map[string]string{"site": "lab", "kind": "real"}, BrokerURL: s.BrokerURL,
+		Username: tenant + "/" + realID, Password: []byte(pw), KeepAlive: 30 * time.Second,
+		SessionExpiry: time.Hour, Backoff: backoff.Policy{Base: 100 * time.Millisecond, Max: time.Second},
+		RequireSealed: true, RegistryCertsDir: filepath.Join(stateDir, "certs.d"), ImageGC: true,
+		Version: "demo", Logger: log,
+	})
+	if err != nil {
+		eng.Close()
+		return nil, err
+	}
+	agentCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := agent.Run(agentCtx); err != nil {
+			log.Error("agent", "err", err)
+		}
+	}()
+	return func() { cancel(); <-done; eng.Close() }, nil
+}
+
+func waitOnline(ctx context.Context, c *controller.Controller, want int) error {
+	online := true
+	for {
+		n := len(c.Gateways(controller.Filter{Tenant: tenant, Online: &online}))
+		if n >= want {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("only %d of %d gateways came online", n, want)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func hostPort(ctx context.Context, docker *dockerclient.Client, runID string) (string, error) {
+	cs, err := docker.ContainerList(ctx, container.ListOptions{Filters: filters.NewArgs(filters.Arg("label", "io.fleet-agent.demo="+runID))})
+	if err != nil {
+		return "", err
+	}
+	for _, c := range cs {
+		for _, p := range c.Ports {
+			if p.PrivatePort == 8080 && p.PublicPort != 0 {
+				return fmt.Sprint(p.PublicPort), nil
+			}
+		}
+	}
+	return "", errors.New("the demo container has no published port")
+}
+
+func httpGet(ctx context.Context, url string) (string, error) {
+	var last error
+	for range 50 {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			var buf bytes.Buffer
+			_, err = buf.ReadFrom(resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode == http.StatusOK {
+				return buf.String(), nil
+			}
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return "", last
+}
+
+// removeDemoContainers removes what a failed demo left behind.
+func removeDemoContainers(docker *dockerclient.Client, runID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cs, _ := docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "io.fleet-agent.demo="+runID))})
+	for _, c := range cs {
+		_ = docker.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+	}
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }

@@ -4,11 +4,8 @@
 package testimage
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,9 +15,6 @@ import (
 
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
 var (
@@ -128,52 +122,26 @@ func (r *Registry) Push(t testing.TB, s Spec) (ref, digest string) {
 // Build builds the image of s.
 func Build(t testing.TB, s Spec) v1.Image {
 	t.Helper()
-	layers := []v1.Layer{tarLayer(t, "app", testappBinary(t), 0o755)}
+	var extra []v1.Layer
 	n := max(s.PadLayers, 1)
 	for l := 0; l < n && s.Padding > 0; l++ {
 		pad := make([]byte, s.Padding/n)
 		for i := range pad {
 			pad[i] = byte(i*7 + i/251 + l)
 		}
-		layers = append(layers, tarLayer(t, fmt.Sprint("padding", l), pad, 0o644))
+		layer, err := registry.Layer(fmt.Sprint("padding", l), pad, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		extra = append(extra, layer)
 	}
-	img, err := mutate.AppendLayers(empty.Image, layers...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Config.Entrypoint = []string{"/app"}
+	var env []string
 	for k, v := range s.Env {
-		cf.Config.Env = append(cf.Config.Env, k+"="+v)
+		env = append(env, k+"="+v)
 	}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
+	img, err := registry.BinaryImage("app", testappBinary(t), []string{"/app"}, env, extra...)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return img
-}
-
-func tarLayer(t testing.TB, name string, data []byte, mode int64) v1.Layer {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: mode, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tw.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	raw := buf.Bytes()
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
 }

@@ -1,0 +1,461 @@
+// Package api is the fleet controller's HTTP API (JSON) for a management
+// console and the cloud-sim CLI: gateways, commands and their outcomes,
+// credentials (never their secrets), and a server-sent events stream of
+// fleet changes. cloud-sim/README.md documents it with curl examples.
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/internal/errdefs"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+// Config configures the handler.
+type Config struct {
+	Controller *controller.Controller
+	// Token, when set, is required as "Authorization: Bearer <token>".
+	Token  string
+	Logger *slog.Logger
+}
+
+// MaxWait bounds how long a request may wait for command outcomes.
+const MaxWait = 10 * time.Minute
+
+// New returns the API handler.
+func New(cfg Config) http.Handler {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	a := &api{c: cfg.Controller, log: cfg.Logger}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /v1/gateways", a.listGateways)
+	mux.HandleFunc("GET /v1/gateways/{tenant}/{id}", a.getGateway)
+	mux.HandleFunc("GET /v1/gateways/{tenant}/{id}/deployments", a.getDeployments)
+	mux.HandleFunc("POST /v1/gateways/{tenant}/{id}/provision", a.provision)
+	mux.HandleFunc("POST /v1/simulated", a.provisionSimulated)
+	mux.HandleFunc("POST /v1/commands", a.sendCommand)
+	mux.HandleFunc("GET /v1/commands/{id}", a.getCommand)
+	mux.HandleFunc("GET /v1/batches", a.listBatches)
+	mux.HandleFunc("GET /v1/batches/{id}", a.getBatch)
+	mux.HandleFunc("GET /v1/tenants/{tenant}/credentials", a.listCredentials)
+	mux.HandleFunc("PUT /v1/tenants/{tenant}/credentials", a.setCredential)
+	mux.HandleFunc("DELETE /v1/tenants/{tenant}/credentials/{registry...}", a.deleteCredential)
+	mux.HandleFunc("POST /v1/tenants/{tenant}/credentials/push", a.pushCredential)
+	mux.HandleFunc("POST /v1/tenants/{tenant}/check-registry", a.checkRegistry)
+	mux.HandleFunc("GET /v1/events", a.events)
+	if cfg.Token == "" {
+		return mux
+	}
+	want := []byte("Bearer " + cfg.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 && r.URL.Path != "/healthz" {
+			writeJSON(w, http.StatusUnauthorized, Error{Error: "send the API token as Authorization: Bearer <token> (cloud-sim serve --api-token, CLOUD_SIM_TOKEN for the CLI)", Code: "UNAUTHENTICATED"})
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+type api struct {
+	c   *controller.Controller
+	log *slog.Logger
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Error string `json:"error"`
+	Field string `json:"field,omitempty"`
+	Code  string `json:"code"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func (a *api) fail(w http.ResponseWriter, err error) {
+	code := errdefs.Code(err)
+	status := http.StatusInternalServerError
+	switch code {
+	case fleetv1.Reply_INVALID_ARGUMENT:
+		status = http.StatusBadRequest
+	case fleetv1.Reply_NOT_FOUND:
+		status = http.StatusNotFound
+	case fleetv1.Reply_UNAUTHENTICATED, fleetv1.Reply_PERMISSION_DENIED, fleetv1.Reply_TLS_FAILURE, fleetv1.Reply_POLICY_DENIED:
+		status = http.StatusUnprocessableEntity
+	case fleetv1.Reply_REGISTRY_UNREACHABLE:
+		status = http.StatusBadGateway
+	}
+	if status == http.StatusInternalServerError {
+		a.log.Error("api", "err", err)
+	}
+	writeJSON(w, status, Error{Error: err.Error(), Field: errdefs.Field(err), Code: code.String()})
+}
+
+// decode reads a JSON body into v, refusing unknown fields.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 4<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return errdefs.Invalid("body", "is not the JSON this endpoint takes: %v", err)
+	}
+	return nil
+}
+
+func duration(field, s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, errdefs.Invalid(field, "%q is not a duration such as 30s or 5m", s)
+	}
+	return min(d, MaxWait), nil
+}
+
+// GatewayList is the body of GET /v1/gateways.
+type GatewayList struct {
+	Count    int                   `json:"count"`
+	Online   int                   `json:"online"`
+	Stale    int                   `json:"stale"`
+	Gateways []*controller.Gateway `json:"gateways"`
+}
+
+func (a *api) listGateways(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	sel, err := controller.ParseSelector(q.Get("selector"))
+	if err != nil {
+		a.fail(w, errdefs.Invalid("selector", "%v", err))
+		return
+	}
+	f := controller.Filter{Tenant: q.Get("tenant"), Selector: sel, Group: q.Get("group")}
+	if o := q.Get("online"); o != "" {
+		b, err := strconv.ParseBool(o)
+		if err != nil {
+			a.fail(w, errdefs.Invalid("online", "must be true or false"))
+			return
+		}
+		f.Online = &b
+	}
+	gws := a.c.Gateways(f)
+	out := GatewayList{Count: len(gws), Gateways: gws}
+	for _, g := range gws {
+		if g.Online {
+			out.Online++
+		}
+		if g.Stale {
+			out.Stale++
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *api) gateway(w http.ResponseWriter, r *http.Request) (*controller.Gateway, bool) {
+	g, ok := a.c.Gateway(r.PathValue("tenant"), r.PathValue("id"))
+	if !ok {
+		a.fail(w, &errdefs.FieldError{Field: "id", Kind: errdefs.ErrNotFound, Msg: fmt.Sprintf("no gateway %s/%s in the inventory", r.PathValue("tenant"), r.PathValue("id"))})
+	}
+	return g, ok
+}
+
+func (a *api) getGateway(w http.ResponseWriter, r *http.Request) {
+	if g, ok := a.gateway(w, r); ok {
+		writeJSON(w, http.StatusOK, g)
+	}
+}
+
+func (a *api) getDeployments(w http.ResponseWriter, r *http.Request) {
+	if g, ok := a.gateway(w, r); ok {
+		writeJSON(w, http.StatusOK, map[string]any{"deployments": g.Deployments})
+	}
+}
+
+// ProvisionRequest is the body of POST /v1/gateways/{tenant}/{id}/provision.
+type ProvisionRequest struct {
+	Groups []string `json:"groups,omitempty"`
+}
+
+// Provisioned is a gateway's new MQTT identity; the password is shown once.
+type Provisioned struct {
+	Username string `json:"username"`
+	ClientID string `json:"clientId"`
+	Password string `json:"password"`
+}
+
+func (a *api) provision(w http.ResponseWriter, r *http.Request) {
+	var req ProvisionRequest
+	if r.ContentLength != 0 {
+		if err := decode(r, &req); err != nil {
+			a.fail(w, err)
+			return
+		}
+	}
+	tenant, id := r.PathValue("tenant"), r.PathValue("id")
+	pw, err := a.c.Provision(r.Context(), tenant, id, req.Groups)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, Provisioned{Username: tenant + "/" + id, ClientID: tenant + "/" + id, Password: pw})
+}
+
+// SimulatedRequest is the body of POST /v1/simulated: provision Count
+// simulated gateways {Prefix}1…{Prefix}{Count} of Tenant sharing one
+// password, for `cloud-sim fleet`.
+type SimulatedRequest struct {
+	Tenant string   `json:"tenant"`
+	Prefix string   `json:"prefix"`
+	Count  int      `json:"count"`
+	Groups []string `json:"groups,omitempty"`
+}
+
+func (a *api) provisionSimulated(w http.ResponseWriter, r *http.Request) {
+	var req SimulatedRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
+		return
+	}
+	if req.Count <= 0 || req.Count > 100000 {
+		a.fail(w, errdefs.Invalid("count", "must be 1-100000"))
+		return
+	}
+	ids := make([]string, req.Count)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%s%d", req.Prefix, i+1)
+	}
+	pw := a.c.NewPassword()
+	if err := a.c.ProvisionMany(r.Context(), req.Tenant, ids, req.Groups, pw); err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, Provisioned{Password: pw})
+}
+
+// CommandRequest is the body of POST /v1/commands. Command is a protocol
+// Command in protojson (its id and times are assigned per gateway).
+type CommandRequest struct {
+	Target            controller.Target `json:"target"`
+	Command           json.RawMessage   `json:"command"`
+	Wait              string            `json:"wait,omitempty"`
+	ExpiresIn         string            `json:"expiresIn,omitempty"`
+	SkipRegistryCheck bool              `json:"skipRegistryCheck,omitempty"`
+}
+
+func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
+	var req CommandRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
+		return
+	}
+	cmd := new(fleetv1.Command)
+	if err := protojson.Unmarshal(req.Command, cmd); err != nil {
+		a.fail(w, errdefs.Invalid("command", "is not a protocol Command in JSON: %v", err))
+		return
+	}
+	wait, err := duration("wait", req.Wait)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	exp, err := duration("expiresIn", req.ExpiresIn)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	b, err := a.c.Send(r.Context(), req.Target, cmd, controller.SendOptions{ExpiresIn: exp, SkipRegistryCheck: req.SkipRegistryCheck})
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if wait > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), wait)
+		defer cancel()
+		if v, err := a.c.Wait(ctx, b.ID, nil); err == nil {
+			b = v
+		}
+	}
+	writeJSON(w, http.StatusCreated, b)
+}
+
+func (a *api) getCommand(w http.ResponseWriter, r *http.Request) {
+	cmd, ok := a.c.Command(r.PathValue("id"))
+	if !ok {
+		a.fail(w, &errdefs.FieldError{Field: "id", Kind: errdefs.ErrNotFound, Msg: "no command " + r.PathValue("id")})
+		return
+	}
+	writeJSON(w, http.StatusOK, cmd)
+}
+
+func (a *api) listBatches(w http.ResponseWriter, r *http.Request) {
+	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+	if limit <= 0 {
+		limit = 50
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"batches": a.c.Batches(limit)})
+}
+
+func (a *api) getBatch(w http.ResponseWriter, r *http.Request) {
+	wait, err := duration("wait", r.URL.Query().Get("wait"))
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	b, err := a.c.Wait(ctx, r.PathValue("id"), nil)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, b)
+}
+
+func (a *api) listCredentials(w http.ResponseWriter, r *http.Request) {
+	list := a.c.Credentials(r.PathValue("tenant"))
+	if list == nil {
+		list = []controller.CredentialView{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"credentials": list})
+}
+
+// CredentialRequest is the body of PUT /v1/tenants/{tenant}/credentials.
+// Credential is a protocol Credential in protojson.
+type CredentialRequest struct {
+	Credential  json.RawMessage `json:"credential"`
+	IssueTokens bool            `json:"issueTokens,omitempty"`
+	CheckImage  string          `json:"checkImage,omitempty"`
+}
+
+func (a *api) setCredential(w http.ResponseWriter, r *http.Request) {
+	var req CredentialRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
+		return
+	}
+	cr := new(fleetv1.Credential)
+	if err := protojson.Unmarshal(req.Credential, cr); err != nil {
+		a.fail(w, errdefs.Invalid("credential", "is not a protocol Credential in JSON: %v", err))
+		return
+	}
+	v, err := a.c.SetCredential(r.Context(), r.PathValue("tenant"), cr, controller.CredentialOptions{IssueTokens: req.IssueTokens, CheckImage: req.CheckImage})
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (a *api) deleteCredential(w http.ResponseWriter, r *http.Request) {
+	if err := a.c.DeleteCredential(r.Context(), r.PathValue("tenant"), r.PathValue("registry")); err != nil {
+		a.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// PushRequest is the body of POST /v1/tenants/{tenant}/credentials/push:
+// send the stored credential for Registry, sealed, to the target gateways.
+type PushRequest struct {
+	Target   controller.Target `json:"target"`
+	Registry string            `json:"registry"`
+}
+
+func (a *api) pushCredential(w http.ResponseWriter, r *http.Request) {
+	var req PushRequest
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
+		return
+	}
+	if req.Target.Tenant == "" {
+		req.Target.Tenant = r.PathValue("tenant")
+	}
+	if req.Target.Tenant != r.PathValue("tenant") {
+		a.fail(w, errdefs.Invalid("target.tenant", "must be the tenant of the path"))
+		return
+	}
+	b, err := a.c.PushCredential(r.Context(), req.Target, req.Registry)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, b)
+}
+
+func (a *api) checkRegistry(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Image string `json:"image"`
+	}
+	if err := decode(r, &req); err != nil {
+		a.fail(w, err)
+		return
+	}
+	if req.Image == "" {
+		a.fail(w, errdefs.Invalid("image", "is required, e.g. registry.example.com/team/app:1.2"))
+		return
+	}
+	res, err := a.c.CheckRegistry(r.Context(), r.PathValue("tenant"), req.Image)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// events streams fleet changes as server-sent events ("event: <kind>",
+// "data: <Change JSON>"), filtered by ?tenant=; a comment line every 15 s
+// keeps proxies from closing the stream, and an "event: lagged" says that
+// changes were dropped because the client read too slowly.
+func (a *api) events(w http.ResponseWriter, r *http.Request) {
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		a.fail(w, errors.New("streaming unsupported"))
+		return
+	}
+	tenant := r.URL.Query().Get("tenant")
+	sub := a.c.Subscribe(4096)
+	defer sub.Close()
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprint(w, ": fleet changes\n\n")
+	fl.Flush()
+	keep := time.NewTicker(15 * time.Second)
+	defer keep.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-keep.C:
+			fmt.Fprint(w, ": keep-alive\n\n")
+		case ch := <-sub.C:
+			if sub.Lagged() {
+				fmt.Fprint(w, "event: lagged\ndata: {}\n\n")
+			}
+			if tenant != "" && ch.Tenant != tenant {
+				continue
+			}
+			data, _ := json.Marshal(ch)
+			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ch.Kind, data)
+		}
+		fl.Flush()
+	}
+}

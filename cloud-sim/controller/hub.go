@@ -1,0 +1,81 @@
+package controller
+
+import (
+	"sync"
+	"time"
+)
+
+// Change is one fleet change, as the API's event stream sends it.
+type Change struct {
+	Kind       string    `json:"kind"` // gateway.online|offline, deployment.status|removed, command.*, credential.*, event
+	At         time.Time `json:"at"`
+	Tenant     string    `json:"tenant,omitempty"`
+	Gateway    string    `json:"gateway,omitempty"`
+	Deployment string    `json:"deployment,omitempty"`
+	Revision   int64     `json:"revision,omitempty"`
+	Phase      string    `json:"phase,omitempty"`
+	Command    string    `json:"command,omitempty"`
+	Batch      string    `json:"batch,omitempty"`
+	State      string    `json:"state,omitempty"`
+	Message    string    `json:"message,omitempty"`
+}
+
+// hub fans changes out to subscribers. A subscriber that does not keep up
+// loses changes rather than slowing ingest; it is told so by Lagged.
+type hub struct {
+	mu   sync.Mutex
+	subs map[*Subscription]struct{}
+}
+
+// Subscription receives changes until Close.
+type Subscription struct {
+	C      chan Change
+	h      *hub
+	mu     sync.Mutex
+	lagged bool
+}
+
+// Lagged reports, and clears, whether changes were dropped because C was full.
+func (s *Subscription) Lagged() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.lagged
+	s.lagged = false
+	return l
+}
+
+// Close ends the subscription.
+func (s *Subscription) Close() {
+	s.h.mu.Lock()
+	delete(s.h.subs, s)
+	s.h.mu.Unlock()
+}
+
+func (h *hub) subscribe(buffer int) *Subscription {
+	s := &Subscription{C: make(chan Change, buffer), h: h}
+	h.mu.Lock()
+	if h.subs == nil {
+		h.subs = map[*Subscription]struct{}{}
+	}
+	h.subs[s] = struct{}{}
+	h.mu.Unlock()
+	return s
+}
+
+func (h *hub) publish(c Change) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.subs {
+		select {
+		case s.C <- c:
+		default:
+			s.mu.Lock()
+			s.lagged = true
+			s.mu.Unlock()
+		}
+	}
+}
+
+// Subscribe returns a subscription to fleet changes with room for buffer
+// changes.
+func (c *Controller) Subscribe(buffer int) *Subscription { return c.hub.subscribe(buffer) }

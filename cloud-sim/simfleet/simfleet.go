@@ -1,0 +1,186 @@
+// Package simfleet runs simulated gateways: the real agent code (package
+// gateway) on the fake container engine, each with its own MQTT
+// connection and state directory, many in one process. Their births say
+// simulated: true.
+package simfleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fleet-agent/fleet/agent/engine"
+	"github.com/fleet-agent/fleet/agent/gateway"
+	"github.com/fleet-agent/fleet/internal/backoff"
+	"github.com/fleet-agent/fleet/internal/errdefs"
+	"github.com/fleet-agent/fleet/protocol/codec"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
+)
+
+// Config configures a Fleet.
+type Config struct {
+	BrokerURL *url.URL
+	Tenant    string
+	// Prefix of the gateway ids: {Prefix}{n}, n from 1 ("sim-" when empty).
+	Prefix string
+	Count  int
+	// Password of every simulated gateway (username and client id are
+	// "{tenant}/{id}"); empty for a broker without authentication.
+	Password []byte
+	// Labels of gateway n (1-based); by default site=site-{n%10},
+	// tier=canary for every 20th, else tier=main.
+	Labels func(n int) map[string]string
+	Groups []string
+	// StateDir holds one directory per gateway.
+	StateDir string
+	Scheme   topic.Scheme
+	Encoding codec.Encoding
+
+	// PullTime is how long a pull takes; FailureRate the share of pulls
+	// that fail (REGISTRY_UNREACHABLE); CrashRate the share of started
+	// containers that crash (exit 1) within CrashAfter (10 s when zero).
+	PullTime    time.Duration
+	FailureRate float64
+	CrashRate   float64
+	CrashAfter  time.Duration
+	// MetricsInterval of each gateway (1 minute when zero).
+	MetricsInterval time.Duration
+	Logger          *slog.Logger
+}
+
+// Fleet is a running simulated fleet.
+type Fleet struct {
+	cfg    Config
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	ids    []string
+	errs   []error
+}
+
+// DefaultLabels are the labels of simulated gateway n.
+func DefaultLabels(n int) map[string]string {
+	tier := "main"
+	if n%20 == 0 {
+		tier = "canary"
+	}
+	return map[string]string{"site": fmt.Sprintf("site-%d", n%10), "tier": tier, "simulated": "true"}
+}
+
+// Start starts cfg.Count gateways and returns once each has begun
+// connecting; their births follow as the broker takes them.
+func Start(ctx context.Context, cfg Config) (*Fleet, error) {
+	if cfg.BrokerURL == nil || cfg.StateDir == "" || cfg.Count <= 0 {
+		return nil, errors.New("simfleet: BrokerURL, StateDir and a positive Count are required")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "sim-"
+	}
+	if cfg.Labels == nil {
+		cfg.Labels = DefaultLabels
+	}
+	if cfg.CrashAfter <= 0 {
+		cfg.CrashAfter = 10 * time.Second
+	}
+	if cfg.MetricsInterval <= 0 {
+		cfg.MetricsInterval = time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	f := &Fleet{cfg: cfg, cancel: cancel}
+	for n := 1; n <= cfg.Count; n++ {
+		id := fmt.Sprintf("%s%d", cfg.Prefix, n)
+		g, err := f.newGateway(n, id)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("simulated gateway %s: %w", id, err)
+		}
+		f.ids = append(f.ids, id)
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			if err := g.Run(runCtx); err != nil {
+				f.mu.Lock()
+				f.errs = append(f.errs, fmt.Errorf("%s: %w", id, err))
+				f.mu.Unlock()
+			}
+		}()
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		default:
+		}
+	}
+	return f, nil
+}
+
+func (f *Fleet) newGateway(n int, id string) (*gateway.Gateway, error) {
+	cfg := f.cfg
+	eng := engine.NewFake(cfg.Tenant + "/" + id)
+	eng.AnyImage, eng.PullDelay = true, cfg.PullTime
+	rng := rand.New(rand.NewPCG(uint64(n), 0x5eed))
+	var mu sync.Mutex
+	roll := func(p float64) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return p > 0 && rng.Float64() < p
+	}
+	if cfg.FailureRate > 0 {
+		eng.FailPull = func(_ context.Context, ref string) error {
+			if roll(cfg.FailureRate) {
+				return fmt.Errorf("%w: simulated failure pulling %s", errdefs.ErrRegistryUnreachable, ref)
+			}
+			return nil
+		}
+	}
+	if cfg.CrashRate > 0 {
+		eng.Crash = func(*fleetv1.DeploymentSpec) (time.Duration, int, bool) {
+			if !roll(cfg.CrashRate) {
+				return 0, 0, false
+			}
+			mu.Lock()
+			after := time.Duration(rng.Int64N(int64(cfg.CrashAfter)))
+			mu.Unlock()
+			return after, 1, true
+		}
+	}
+	dir := filepath.Join(cfg.StateDir, id)
+	var user string
+	if len(cfg.Password) > 0 {
+		user = cfg.Tenant + "/" + id
+	}
+	return gateway.New(gateway.Config{
+		Tenant: cfg.Tenant, ID: id, Scheme: cfg.Scheme, Encoding: cfg.Encoding, StateDir: dir,
+		Labels: cfg.Labels(n), Groups: cfg.Groups,
+		BrokerURL: cfg.BrokerURL, Username: user, Password: cfg.Password,
+		KeepAlive: time.Minute, SessionExpiry: 24 * time.Hour,
+		Backoff: backoff.Policy{Base: 500 * time.Millisecond, Max: 30 * time.Second},
+		Engine:  eng, EngineInfo: eng.Info, ImageGC: true, RequireSealed: true,
+		RegistryCertsDir: filepath.Join(dir, "certs.d"),
+		MetricsInterval:  cfg.MetricsInterval, ShutdownTimeout: 5 * time.Second,
+		Version: "simulated", Simulated: true, Logger: cfg.Logger.With("gateway", id),
+	})
+}
+
+// IDs are the gateways' ids.
+func (f *Fleet) IDs() []string { return f.ids }
+
+// Close stops every gateway (each publishes its death) and returns the
+// errors they stopped with.
+func (f *Fleet) Close() error {
+	f.cancel()
+	f.wg.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return errors.Join(f.errs...)
+}

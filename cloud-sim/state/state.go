@@ -1,0 +1,251 @@
+// Package state keeps the fleet controller's durable state in NATS
+// JetStream key-value buckets: on an embedded NATS server with a store
+// directory by default, or on an external NATS cluster.
+package state
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Bucket names one key-value bucket.
+type Bucket string
+
+// The buckets the controller uses.
+const (
+	Gateways    Bucket = "fleet_gateways"    // inventory, one record a gateway
+	Devices     Bucket = "fleet_devices"     // provisioned MQTT identities (password hashes)
+	Commands    Bucket = "fleet_commands"    // commands and their outcomes
+	Credentials Bucket = "fleet_credentials" // registry credentials, encrypted
+	Rollouts    Bucket = "fleet_rollouts"
+	Meta        Bucket = "fleet_meta"
+)
+
+var buckets = []Bucket{Gateways, Devices, Commands, Credentials, Rollouts, Meta}
+
+// ErrNotFound is returned by Get for a missing key.
+var ErrNotFound = errors.New("not found")
+
+// Config configures Open.
+type Config struct {
+	// URL is an external NATS server or cluster (nats://…); when empty an
+	// embedded server is started with its JetStream store in Dir.
+	URL string
+	Dir string
+	// Listen is the embedded server's client address ("127.0.0.1:0" when
+	// empty), so that other cloud-sim replicas can share it.
+	Listen string
+	// Replicas of each bucket on an external cluster (1 when 0).
+	Replicas int
+	Logger   *slog.Logger
+}
+
+// Store is an open connection to the buckets.
+type Store struct {
+	ns  *server.Server
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	kvs map[Bucket]jetstream.KeyValue
+	url string
+}
+
+// Open connects (starting the embedded server first when cfg.URL is
+// empty) and creates the buckets if missing.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{kvs: map[Bucket]jetstream.KeyValue{}, url: cfg.URL}
+	if cfg.URL == "" {
+		if cfg.Dir == "" {
+			return nil, errors.New("state: Dir is required for the embedded NATS server (or give an external URL)")
+		}
+		ns, err := startEmbedded(cfg)
+		if err != nil {
+			return nil, err
+		}
+		s.ns, s.url = ns, ns.ClientURL()
+	}
+	nc, err := nats.Connect(s.url, nats.Name("cloud-sim"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("state: connect to NATS %s: %w", s.url, err)
+	}
+	s.nc = nc
+	if s.js, err = jetstream.New(nc); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	replicas := max(cfg.Replicas, 1)
+	for _, b := range buckets {
+		kv, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: string(b), History: 1, Storage: jetstream.FileStorage, Replicas: replicas,
+		})
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("state: bucket %s: %w", b, err)
+		}
+		s.kvs[b] = kv
+	}
+	return s, nil
+}
+
+func startEmbedded(cfg Config) (*server.Server, error) {
+	listen := cfg.Listen
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	host, portStr, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, fmt.Errorf("state: --nats-listen %q: %w", listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("state: --nats-listen %q: port: %w", listen, err)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "cloud-sim", Host: host, Port: port,
+		JetStream: true, StoreDir: cfg.Dir, NoSigs: true, NoLog: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("state: embedded NATS: %w", err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("state: embedded NATS did not start within 30s")
+	}
+	return ns, nil
+}
+
+// URL is the NATS URL in use (the embedded server's when embedded).
+func (s *Store) URL() string { return s.url }
+
+// JetStream is the JetStream context, for streams beyond the buckets.
+func (s *Store) JetStream() jetstream.JetStream { return s.js }
+
+// Close disconnects and stops the embedded server, if any, after its
+// writes are flushed.
+func (s *Store) Close() {
+	if s.nc != nil {
+		_ = s.nc.Drain()
+		s.nc.Close()
+	}
+	if s.ns != nil {
+		s.ns.Shutdown()
+		s.ns.WaitForShutdown()
+	}
+}
+
+// Key encodes parts (tenant, gateway id, …) as one bucket key; ids may hold
+// characters, such as "..", that a NATS key may not.
+func Key(parts ...string) string {
+	var b []byte
+	for i, p := range parts {
+		if i > 0 {
+			b = append(b, 0)
+		}
+		b = append(b, p...)
+	}
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// Put stores v as JSON under key.
+func (s *Store) Put(ctx context.Context, b Bucket, key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("state: encode %s: %w", b, err)
+	}
+	if _, err := s.kvs[b].Put(ctx, key, data); err != nil {
+		return fmt.Errorf("state: put %s: %w", b, err)
+	}
+	return nil
+}
+
+// Get decodes the value under key into v.
+func (s *Store) Get(ctx context.Context, b Bucket, key string, v any) error {
+	e, err := s.kvs[b].Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("state: get %s: %w", b, err)
+	}
+	return json.Unmarshal(e.Value(), v)
+}
+
+// Delete removes key.
+func (s *Store) Delete(ctx context.Context, b Bucket, key string) error {
+	if err := s.kvs[b].Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("state: delete %s: %w", b, err)
+	}
+	return nil
+}
+
+// Each calls fn with the raw JSON of every value in the bucket.
+func (s *Store) Each(ctx context.Context, b Bucket, fn func(key string, value []byte) error) error {
+	w, err := s.kvs[b].WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return fmt.Errorf("state: list %s: %w", b, err)
+	}
+	defer w.Stop()
+	for {
+		select {
+		case e := <-w.Updates():
+			if e == nil { // the initial values are done
+				return nil
+			}
+			if err := fn(e.Key(), e.Value()); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// PutMany stores every value of batch as JSON, publishing them to the
+// bucket at once and then awaiting every acknowledgement: thousands of
+// inventory records cost one round trip, not one each.
+func (s *Store) PutMany(ctx context.Context, b Bucket, batch map[string]any) error {
+	futures := make([]jetstream.PubAckFuture, 0, len(batch))
+	for key, v := range batch {
+		data, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("state: encode %s: %w", b, err)
+		}
+		f, err := s.js.PublishAsync("$KV."+string(b)+"."+key, data)
+		if err != nil {
+			return fmt.Errorf("state: put %s: %w", b, err)
+		}
+		futures = append(futures, f)
+	}
+	var errs []error
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			errs = append(errs, err)
+		case <-ctx.Done():
+			return fmt.Errorf("state: put %s: %w", b, ctx.Err())
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("state: put %s: %d of %d failed: %w", b, len(errs), len(batch), errs[0])
+	}
+	return nil
+}
