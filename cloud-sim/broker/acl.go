@@ -23,9 +23,12 @@ type Identity struct {
 	Controller bool
 }
 
-// Authenticator checks a client's CONNECT credentials.
+// Authenticator checks a client's CONNECT credentials, and tells the
+// identity behind a client id whose session the broker restored from its
+// store (messages are queued for it before it reconnects).
 type Authenticator interface {
 	Authenticate(clientID, username string, password []byte) (Identity, error)
+	Identify(clientID string) (Identity, bool)
 }
 
 // Allowed reports whether id may publish on (write) or subscribe to or
@@ -75,14 +78,17 @@ type aclHook struct {
 	auth   Authenticator
 	scheme topic.Scheme
 
+	// ids holds the identity of every client id that authenticated. It is
+	// kept after a disconnect: the ACL is also checked when a message is
+	// queued for an offline session.
 	mu  sync.Mutex
-	ids map[*mqtt.Client]Identity
+	ids map[string]Identity
 }
 
 func (h *aclHook) ID() string { return "fleet-acl" }
 
 func (h *aclHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnDisconnect}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
 }
 
 func (h *aclHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
@@ -98,23 +104,19 @@ func (h *aclHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool
 		return false
 	}
 	h.mu.Lock()
-	h.ids[cl] = id
+	h.ids[cl.ID] = id
 	h.mu.Unlock()
 	return true
 }
 
-func (h *aclHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
-	h.mu.Lock()
-	delete(h.ids, cl)
-	h.mu.Unlock()
-}
-
 func (h *aclHook) OnACLCheck(cl *mqtt.Client, name string, write bool) bool {
 	h.mu.Lock()
-	id, ok := h.ids[cl]
+	id, ok := h.ids[cl.ID]
 	h.mu.Unlock()
 	if !ok {
-		return false
+		if id, ok = h.auth.Identify(cl.ID); !ok {
+			return false
+		}
 	}
 	if !id.Allowed(h.scheme, name, write) {
 		h.Log.Info("denied by ACL", "client", cl.ID, "topic", name, "write", write)

@@ -56,7 +56,7 @@ func Start(cfg Config) (*Broker, error) {
 	srv := mqtt.New(&mqtt.Options{Logger: cfg.Logger})
 	var access mqtt.Hook = new(auth.AllowHook)
 	if cfg.Auth != nil {
-		access = &aclHook{auth: cfg.Auth, scheme: cfg.Scheme, ids: map[*mqtt.Client]Identity{}}
+		access = &aclHook{auth: cfg.Auth, scheme: cfg.Scheme, ids: map[string]Identity{}}
 	}
 	if err := srv.AddHook(access, nil); err != nil {
 		ln.Close()

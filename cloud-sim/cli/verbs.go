@@ -418,7 +418,7 @@ func (v *verb) provision(ctx context.Context) error {
 		v.printJSON(raw)
 		return nil
 	}
-	fmt.Fprintf(v.env.Stdout, "username:  %s\nclient id: %s\npassword:  %s\n(shown once; give it to fleet-agent with --username and --password-file)\n", p.Username, p.ClientID, p.Password)
+	fmt.Fprintf(v.env.Stdout, "username:  %s\nclient id: %s\npassword:  %s\n(shown once; give it to fleet-agent with --broker-username and --broker-password-file)\n", p.Username, p.ClientID, p.Password)
 	return nil
 }
 

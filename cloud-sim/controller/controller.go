@@ -151,7 +151,7 @@ func (c *Controller) SetBroker(u *url.URL) { c.cfg.BrokerURL = u }
 func (c *Controller) Start(ctx context.Context) error {
 	con, err := console.Dial(ctx, console.Config{
 		BrokerURL: c.cfg.BrokerURL, ID: c.cfg.ID, Username: c.cfg.Username, Password: c.cfg.Password,
-		Scheme: c.cfg.Scheme, Encoding: c.cfg.Encoding, Watch: c.ingest, SessionExpiry: 7 * 24 * time.Hour, Logger: c.log,
+		Scheme: c.cfg.Scheme, Encoding: c.cfg.Encoding, Watch: c.Ingest, SessionExpiry: 7 * 24 * time.Hour, Logger: c.log,
 	})
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)

@@ -120,3 +120,18 @@ func (c *Controller) Authenticate(clientID, username string, password []byte) (b
 	}
 	return broker.Identity{Tenant: d.Tenant, Gateway: d.ID, Groups: slices.Clone(d.Groups)}, nil
 }
+
+// Identify implements broker.Authenticator for sessions the broker
+// restored: a gateway's client id is its username.
+func (c *Controller) Identify(clientID string) (broker.Identity, bool) {
+	if clientID == c.cfg.ID {
+		return broker.Identity{Controller: true}, true
+	}
+	c.mu.Lock()
+	d := c.devices[clientID]
+	c.mu.Unlock()
+	if d == nil {
+		return broker.Identity{}, false
+	}
+	return broker.Identity{Tenant: d.Tenant, Gateway: d.ID, Groups: slices.Clone(d.Groups)}, true
+}

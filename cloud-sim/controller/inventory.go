@@ -188,9 +188,10 @@ func (g *Gateway) applyStatus(name string, s *fleetv1.DeploymentStatus, at time.
 
 func phaseName(p fleetv1.DeploymentStatus_Phase) string { return p.String() }
 
-// ingest applies one publication to the inventory and reports what
-// changed (nil when nothing did).
-func (c *Controller) ingest(r console.Received) {
+// Ingest applies one publication from a gateway to the inventory (or, for
+// a reply, to its command). The controller calls it for everything it
+// receives; benchmarks and tests call it directly.
+func (c *Controller) Ingest(r console.Received) {
 	t := r.Topic
 	if t.Kind == topic.Reply {
 		if rep, ok := r.Message.(*fleetv1.Reply); ok {
