@@ -72,6 +72,9 @@ type Server struct {
 	Fleet      *simfleet.Fleet
 	// APIURL is the API's base URL, http://host:port.
 	APIURL string
+	// ControllerPassword logs in to the embedded broker as user
+	// "controller" with access to every topic; made anew on every start.
+	ControllerPassword string
 
 	http    *http.Server
 	closers []func() error
@@ -133,6 +136,7 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	ctrlCfg := controller.Config{Store: s.Store, Keys: keys, Scheme: cfg.Scheme, Encoding: codec.Protobuf,
 		StaleAfter: cfg.StaleAfter, CertsDir: cfg.DataDir, Logger: log.With("component", "controller")}
 	if cfg.BrokerURL == "" {
+		s.ControllerPassword = ctrlPass
 		ctrlCfg.ControllerPassword = []byte(ctrlPass)
 		ctrlCfg.Username, ctrlCfg.Password = controller.ControllerUser, []byte(ctrlPass)
 	} else {
