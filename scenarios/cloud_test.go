@@ -35,7 +35,7 @@ type cloud struct {
 	api           *cli.Client
 }
 
-func startCloud(t *testing.T, sims int) *cloud {
+func startCloud(t testing.TB, sims int) *cloud {
 	t.Helper()
 	c := &cloud{dataDir: t.TempDir(), mqtt: testenv.FreeAddr(t)}
 	c.cfg = serve.Config{DataDir: c.dataDir, MQTTListen: c.mqtt, NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
@@ -50,7 +50,7 @@ func startCloud(t *testing.T, sims int) *cloud {
 	return c
 }
 
-func (c *cloud) start(t *testing.T) {
+func (c *cloud) start(t testing.TB) {
 	t.Helper()
 	s, err := serve.Start(context.Background(), c.cfg)
 	if err != nil {

@@ -63,9 +63,19 @@ func Start(cfg Config) (*Broker, error) {
 		return nil, err
 	}
 	if cfg.StorePath != "" {
-		err := srv.AddHook(boltStore{new(bolt.Hook)}, &bolt.Options{Path: cfg.StorePath, Options: &bbolt.Options{Timeout: 5 * time.Second}})
+		// NoSync: writes reach the OS at once, so a crashed broker loses
+		// nothing; a power cut may lose the last seconds, as with
+		// Mosquitto's periodic autosave. An fsync per message would bound
+		// the broker to a few hundred messages a second.
+		rdb, err := bbolt.Open(cfg.StorePath+".retained", 0o600, &bbolt.Options{Timeout: 5 * time.Second, NoSync: true})
 		if err != nil {
 			ln.Close()
+			return nil, fmt.Errorf("broker: store %s.retained: %w", cfg.StorePath, err)
+		}
+		err = srv.AddHook(&boltStore{Hook: new(bolt.Hook), rdb: rdb}, &bolt.Options{Path: cfg.StorePath, Options: &bbolt.Options{Timeout: 5 * time.Second, NoSync: true}})
+		if err != nil {
+			ln.Close()
+			rdb.Close()
 			return nil, fmt.Errorf("broker: store %s: %w", cfg.StorePath, err)
 		}
 	}

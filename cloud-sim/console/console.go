@@ -42,7 +42,12 @@ type Config struct {
 	// start): replies and births published while the console is down are
 	// delivered when it reconnects. The ID must then be stable.
 	SessionExpiry time.Duration
-	Logger        *slog.Logger
+	// LatestOnly subscribes to births, deaths, statuses and metrics at QoS 0:
+	// the broker retains the latest certificate and status and sends them
+	// again on every (re)subscribe, so a persistent session need not queue
+	// and persist each one. Replies and events stay QoS 1.
+	LatestOnly bool
+	Logger     *slog.Logger
 }
 
 // Received is one publication from a gateway.
@@ -116,7 +121,11 @@ func Dial(ctx context.Context, cfg Config) (*Console, error) {
 			go func() {
 				sub := &paho.Subscribe{}
 				for _, f := range filters {
-					sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: f, QoS: 1})
+					qos := byte(1)
+					if cfg.LatestOnly && f != cfg.Scheme.Filter(topic.Reply) && f != cfg.Scheme.Filter(topic.Events) {
+						qos = 0
+					}
+					sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: f, QoS: qos})
 				}
 				sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()

@@ -43,7 +43,8 @@ type Config struct {
 	// is shown as stale (2 minutes, four metrics intervals, when zero).
 	StaleAfter time.Duration
 	// FlushInterval is how often inventory changes are written to the
-	// store (250 ms when zero); commands and credentials are written at once.
+	// store (2 s when zero: the broker retains what they come from);
+	// command outcomes are written every 250 ms, credentials at once.
 	FlushInterval time.Duration
 	// ControllerPassword, when set, lets a client log in to an embedded
 	// broker as the controller with username ControllerUser.
@@ -94,7 +95,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		cfg.StaleAfter = 2 * time.Minute
 	}
 	if cfg.FlushInterval <= 0 {
-		cfg.FlushInterval = 250 * time.Millisecond
+		cfg.FlushInterval = 2 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -151,7 +152,7 @@ func (c *Controller) SetBroker(u *url.URL) { c.cfg.BrokerURL = u }
 func (c *Controller) Start(ctx context.Context) error {
 	con, err := console.Dial(ctx, console.Config{
 		BrokerURL: c.cfg.BrokerURL, ID: c.cfg.ID, Username: c.cfg.Username, Password: c.cfg.Password,
-		Scheme: c.cfg.Scheme, Encoding: c.cfg.Encoding, Watch: c.Ingest, SessionExpiry: 7 * 24 * time.Hour, Logger: c.log,
+		Scheme: c.cfg.Scheme, Encoding: c.cfg.Encoding, Watch: c.Ingest, SessionExpiry: 7 * 24 * time.Hour, LatestOnly: true, Logger: c.log,
 	})
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
@@ -187,19 +188,24 @@ func (c *Controller) Ingested() uint64 {
 
 func (c *Controller) flushLoop() {
 	defer c.done.Done()
-	t := time.NewTicker(c.cfg.FlushInterval)
-	defer t.Stop()
+	cmds := time.NewTicker(250 * time.Millisecond)
+	defer cmds.Stop()
+	inv := time.NewTicker(c.cfg.FlushInterval)
+	defer inv.Stop()
 	for {
+		withInventory := false
 		select {
 		case <-c.stop:
 			return
-		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			if err := c.flush(ctx); err != nil {
-				c.log.Error("inventory not saved; will retry", "err", err)
-			}
-			cancel()
+		case <-cmds.C:
+		case <-inv.C:
+			withInventory = true
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := c.flushSome(ctx, withInventory); err != nil {
+			c.log.Error("state not saved; will retry", "err", err)
+		}
+		cancel()
 	}
 }
 
@@ -208,17 +214,22 @@ func (c *Controller) flushLoop() {
 // loses of them between two flushes comes back when the controller
 // resubscribes; a reply lost that way comes back when the controller sends
 // the unfinished command again on start (resendUnfinished).
-func (c *Controller) flush(ctx context.Context) error {
+func (c *Controller) flush(ctx context.Context) error { return c.flushSome(ctx, true) }
+
+func (c *Controller) flushSome(ctx context.Context, withInventory bool) error {
 	c.mu.Lock()
-	if len(c.dirty) == 0 && len(c.dirtyCmds) == 0 {
+	if (len(c.dirty) == 0 || !withInventory) && len(c.dirtyCmds) == 0 {
 		c.mu.Unlock()
 		return nil
 	}
 	gws := make(map[string]any, len(c.dirty))
-	for k := range c.dirty {
-		if g := c.gateways[k]; g != nil {
-			gws[k] = g.clone()
+	if withInventory {
+		for k := range c.dirty {
+			if g := c.gateways[k]; g != nil {
+				gws[k] = g.clone()
+			}
 		}
+		c.dirty = map[string]struct{}{}
 	}
 	cmds := make(map[string]any, len(c.dirtyCmds))
 	ids := make([]string, 0, len(c.dirtyCmds))
@@ -233,7 +244,7 @@ func (c *Controller) flush(ctx context.Context) error {
 	for k := range gws {
 		gwKeys = append(gwKeys, k)
 	}
-	c.dirty, c.dirtyCmds = map[string]struct{}{}, map[string]struct{}{}
+	c.dirtyCmds = map[string]struct{}{}
 	c.mu.Unlock()
 	err := errors.Join(c.store.PutMany(ctx, state.Gateways, gws), c.store.PutMany(ctx, state.Commands, cmds))
 	if err != nil {
