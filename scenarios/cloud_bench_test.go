@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,9 +21,8 @@ import (
 	"github.com/fleet-agent/fleet/agent/secrets"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
-	"github.com/fleet-agent/fleet/cloud-sim/serve"
-	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -173,32 +176,50 @@ func BenchmarkControllerIngest(b *testing.B) {
 
 // BenchmarkFleetBirths measures the time from starting 10,000 simulated
 // gateways (the real agent code on the fake engine, each with its own MQTT
-// connection and state directory) to all 10,000 births in the inventory.
+// connection and state directory) to all 10,000 births in the inventory of
+// a cloud-sim serve running in this process. The gateways run in two
+// `cloud-sim fleet` processes of 5,000: each holds two files open per
+// gateway (its state file and its connection), and a process here may open
+// 20,000.
 func BenchmarkFleetBirths(b *testing.B) {
+	bin := testenv.Binary(b, "cloud-sim")
 	for b.Loop() {
 		c := startCloud(b, 0)
 		t0 := time.Now()
-		f, err := startFleet(b, c, benchFleet)
-		if err != nil {
-			b.Fatal(err)
+		var procs []*exec.Cmd
+		for i, prefix := range []string{"sim-a-", "sim-b-"} {
+			cmd := exec.Command(bin, "fleet", "--api", c.APIURL, "--broker", "mqtt://"+c.mqtt, "--tenant", "sim",
+				"--prefix", prefix, "--count", fmt.Sprint(benchFleet/2), "--state", filepath.Join(b.TempDir(), fmt.Sprint(i)))
+			cmd.Stderr = os.Stderr
+			if err := cmd.Start(); err != nil {
+				b.Fatal(err)
+			}
+			procs = append(procs, cmd)
 		}
 		online := true
+		count := func() int { return len(c.Controller.Gateways(controller.Filter{Tenant: "sim", Online: &online})) }
 		deadline := time.Now().Add(5 * time.Minute)
-		for len(c.Controller.Gateways(controller.Filter{Tenant: "sim", Online: &online})) < benchFleet {
+		for count() < benchFleet {
 			if time.Now().After(deadline) {
-				b.Fatalf("only %d births after 5 minutes", len(c.Controller.Gateways(controller.Filter{Tenant: "sim", Online: &online})))
+				b.Fatalf("only %d births after 5 minutes", count())
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 		b.ReportMetric(time.Since(t0).Seconds(), "s/10k-births")
+		runtime.GC()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		b.ReportMetric(float64(ms.Sys)/(1<<20), "MiB-sys-process")
-		f.Close()
+		b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "MiB-heap-serve")
+		var rss float64
+		for _, p := range procs {
+			rss += vmRSS(b, p.Process.Pid)
+		}
+		b.ReportMetric(rss/benchFleet/1024, "KiB-rss/sim-gateway")
+		for _, p := range procs {
+			p.Process.Signal(syscall.SIGTERM)
+		}
+		for _, p := range procs {
+			p.Wait()
+		}
 	}
-}
-
-func startFleet(b *testing.B, c *cloud, n int) (*simfleet.Fleet, error) {
-	return serve.StartFleet(context.Background(), c.Controller, c.BrokerURL, b.TempDir(), topic.Default(),
-		simfleet.Config{Count: n, Tenant: "sim", MetricsInterval: 10 * time.Minute})
 }

@@ -250,18 +250,32 @@ func (c *Controller) Send(ctx context.Context, t Target, cmd *fleetv1.Command, o
 	}
 	c.hub.publish(Change{Kind: "batch.created", At: b.CreatedAt, Tenant: b.Tenant, Batch: b.ID, Message: fmt.Sprintf("%s to %d gateways", verb, len(gws))})
 
-	// Publish with bounded concurrency; each waits for the broker's PUBACK.
+	// Publish with bounded concurrency across gateways, and in order for
+	// each gateway (its credentials before the deploy that needs them):
+	// each publish waits for the broker's PUBACK, and the agent executes
+	// its commands in the order they arrive.
+	var order []string
+	perGateway := map[string][]job{}
+	for _, j := range jobs {
+		k := j.rec.Tenant + "/" + j.rec.Gateway
+		if _, ok := perGateway[k]; !ok {
+			order = append(order, k)
+		}
+		perGateway[k] = append(perGateway[k], j)
+	}
 	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
-	for _, j := range jobs {
+	for _, k := range order {
 		sem <- struct{}{}
 		wg.Add(1)
-		go func() {
+		go func(list []job) {
 			defer func() { <-sem; wg.Done() }()
-			if err := c.con.Publish(ctx, j.rec.Tenant, j.rec.Gateway, j.cmd); err != nil {
-				c.finish(j.rec.ID, StateUndelivered, "", err.Error(), "", nil)
+			for _, j := range list {
+				if err := c.con.Publish(ctx, j.rec.Tenant, j.rec.Gateway, j.cmd); err != nil {
+					c.finish(j.rec.ID, StateUndelivered, "", err.Error(), "", nil)
+				}
 			}
-		}()
+		}(perGateway[k])
 	}
 	wg.Wait()
 	v, _ := c.Batch(b.ID)
@@ -426,11 +440,20 @@ func (c *Controller) Wait(ctx context.Context, id string, progress func(*BatchVi
 // have no final outcome: the agent answers one it already executed with
 // its recorded reply, so an outcome lost in a controller crash comes back.
 func (c *Controller) resendUnfinished(ctx context.Context) {
+	// In the order they were first sent: batch by batch, and within a
+	// batch as listed (a gateway's credentials before its deploy).
 	var recs []commandRecord
 	c.mu.Lock()
-	for _, rec := range c.commands {
-		if !rec.Final() {
-			recs = append(recs, *rec)
+	batches := make([]*Batch, 0, len(c.batches))
+	for _, b := range c.batches {
+		batches = append(batches, b)
+	}
+	sort.Slice(batches, func(i, j int) bool { return batches[i].CreatedAt.Before(batches[j].CreatedAt) })
+	for _, b := range batches {
+		for _, id := range b.Commands {
+			if rec := c.commands[id]; rec != nil && !rec.Final() {
+				recs = append(recs, *rec)
+			}
 		}
 	}
 	c.mu.Unlock()
