@@ -26,6 +26,8 @@ bench:
 	$(GO) test ./scenarios/ -run '^$$' -bench 'DeployCachedImage|UpdateDowntime' -benchtime 20x -count 1
 	$(GO) test ./scenarios/ -run '^$$' -bench 'AuthenticatedPull' -benchtime 10x -count 3
 	$(GO) test ./scenarios/ -run '^$$' -bench 'ECRTokenCalls' -benchtime 1000x -count 1
+	$(GO) test ./scenarios/ -run '^$$' -bench 'ControllerMemory|FleetBirths' -benchtime 1x -count 1 -timeout 20m
+	$(GO) test ./scenarios/ -run '^$$' -bench 'ControllerIngest' -benchtime 40000x -count 3
 
 # Regenerates protocol/fleet/v1/fleet.pb.go (committed, so a build needs no protoc).
 proto:

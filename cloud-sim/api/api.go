@@ -58,6 +58,10 @@ func New(cfg Config) http.Handler {
 	mux.HandleFunc("DELETE /v1/tenants/{tenant}/credentials/{registry...}", a.deleteCredential)
 	mux.HandleFunc("POST /v1/tenants/{tenant}/credentials/push", a.pushCredential)
 	mux.HandleFunc("POST /v1/tenants/{tenant}/check-registry", a.checkRegistry)
+	mux.HandleFunc("POST /v1/rollouts", a.createRollout)
+	mux.HandleFunc("GET /v1/rollouts", a.listRollouts)
+	mux.HandleFunc("GET /v1/rollouts/{id}", a.getRollout)
+	mux.HandleFunc("POST /v1/rollouts/{id}/{action}", a.rolloutAction)
 	mux.HandleFunc("GET /v1/events", a.events)
 	if cfg.Token == "" {
 		return mux
@@ -418,6 +422,58 @@ func (a *api) checkRegistry(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
+	var spec controller.RolloutSpec
+	if err := decode(r, &spec); err != nil {
+		a.fail(w, err)
+		return
+	}
+	v, err := a.c.CreateRollout(r.Context(), spec)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, v)
+}
+
+func (a *api) listRollouts(w http.ResponseWriter, _ *http.Request) {
+	list := a.c.Rollouts()
+	if list == nil {
+		list = []*controller.RolloutView{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"rollouts": list})
+}
+
+func (a *api) getRollout(w http.ResponseWriter, r *http.Request) {
+	v, ok := a.c.RolloutStatus(r.PathValue("id"), r.URL.Query().Get("gateways") == "true")
+	if !ok {
+		a.fail(w, &errdefs.FieldError{Field: "id", Kind: errdefs.ErrNotFound, Msg: "no rollout " + r.PathValue("id")})
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (a *api) rolloutAction(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	var err error
+	switch r.PathValue("action") {
+	case "pause":
+		err = a.c.PauseRollout(id)
+	case "resume":
+		err = a.c.ResumeRollout(id)
+	case "cancel":
+		err = a.c.CancelRollout(id)
+	default:
+		err = errdefs.Invalid("action", "%q: use pause, resume or cancel", r.PathValue("action"))
+	}
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	v, _ := a.c.RolloutStatus(id, false)
+	writeJSON(w, http.StatusOK, v)
 }
 
 // events streams fleet changes as server-sent events ("event: <kind>",

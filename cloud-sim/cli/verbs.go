@@ -55,6 +55,7 @@ token in CLOUD_SIM_TOKEN; -o json prints the API's JSON):
   credentials delete --tenant T --registry R
   check-registry --tenant T IMAGE                     checked from the cloud with the tenant's credential
   batch ID [--wait 5m]                                a sent batch and its outcomes
+  rollout create -f rollout.yaml [--watch] | list | status ID [--watch] | pause ID | resume ID | cancel ID
 TARGET: --gateway TENANT/ID (repeatable) | --tenant T with --selector k=v, --group G or --all.
 Verbs that send wait for every final reply (--wait, default 5m) and exit 1 if any gateway failed.
 `
@@ -104,6 +105,8 @@ func Run(ctx context.Context, env Env, args []string) int {
 		run = v.checkRegistry
 	case "batch":
 		run = v.batch
+	case "rollout":
+		run = v.rollout
 	default:
 		return -1
 	}
@@ -154,6 +157,7 @@ type verb struct {
 	online   string
 	groups   multi
 	rmImage  bool
+	watch    bool
 	// credentials
 	registry, username, ecrRegion, ecrKeyID, caFile, checkImage string
 	passwordStdin, ecrSecretStdin, issueTokens, requireTLS      bool
@@ -221,6 +225,9 @@ func (v *verb) setup(name string) {
 		fs.StringVar(&v.tenant, "tenant", "", "tenant whose credential to use")
 	case "batch":
 		fs.DurationVar(&v.wait, "wait", 0, "wait up to this long for every final reply")
+	case "rollout":
+		fs.StringVar(&v.file, "f", "", "create: rollout spec, YAML or JSON")
+		fs.BoolVar(&v.watch, "watch", false, "status (and create): follow until the rollout ends")
 	}
 }
 

@@ -273,6 +273,8 @@ func (c *Controller) Send(ctx context.Context, t Target, cmd *fleetv1.Command, o
 			for _, j := range list {
 				if err := c.con.Publish(ctx, j.rec.Tenant, j.rec.Gateway, j.cmd); err != nil {
 					c.finish(j.rec.ID, StateUndelivered, "", err.Error(), "", nil)
+				} else if spec := j.cmd.GetDeploy().GetSpec(); spec != nil {
+					c.rememberSpec(j.rec.Tenant, j.rec.Gateway, spec)
 				}
 			}
 		}(perGateway[k])
@@ -503,4 +505,18 @@ func newID(prefix string) string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// rememberSpec records the last spec sent to a gateway's deployment, what
+// a rollout's rollback deploys again.
+func (c *Controller) rememberSpec(tenant, gw string, spec *fleetv1.DeploymentSpec) {
+	raw, err := protojson.Marshal(spec)
+	if err != nil {
+		return
+	}
+	k := specKey(tenant, gw, spec.GetName())
+	c.mu.Lock()
+	c.lastSpecs[k] = raw
+	c.dirtySpecs[k] = struct{}{}
+	c.mu.Unlock()
 }

@@ -78,6 +78,12 @@ type Controller struct {
 	dirtyCmds map[string]struct{}
 	batches   map[string]*Batch
 	creds     map[string]*Credential // by state.Key(tenant, scope)
+	rollouts  map[string]*rolloutRun
+	// lastSpecs is the last spec deployed to each gateway's deployment
+	// (by specKey), what a rollback deploys again.
+	lastSpecs  map[string]json.RawMessage
+	dirtySpecs map[string]struct{}
+	stopWork   func()
 
 	stop chan struct{}
 	done sync.WaitGroup
@@ -105,7 +111,8 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	c := &Controller{cfg: cfg, log: cfg.Logger, store: cfg.Store,
 		gateways: map[string]*Gateway{}, dirty: map[string]struct{}{}, devices: map[string]*Device{},
-		commands: map[string]*commandRecord{}, dirtyCmds: map[string]struct{}{}, batches: map[string]*Batch{}, creds: map[string]*Credential{},
+		commands: map[string]*commandRecord{}, dirtyCmds: map[string]struct{}{},
+		rollouts: map[string]*rolloutRun{}, lastSpecs: map[string]json.RawMessage{}, dirtySpecs: map[string]struct{}{}, batches: map[string]*Batch{}, creds: map[string]*Credential{},
 		stop: make(chan struct{})}
 	load := func(b state.Bucket, fn func(key string, raw []byte) error) error {
 		if err := cfg.Store.Each(ctx, b, fn); err != nil {
@@ -125,6 +132,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		}),
 		load(state.Commands, func(_ string, raw []byte) error { return c.loadCommand(raw) }),
 		load(state.Credentials, func(k string, raw []byte) error { return decodeInto(raw, k, c.creds) }),
+		c.loadRollouts(ctx),
 	)
 	if err != nil {
 		return nil, err
@@ -159,9 +167,14 @@ func (c *Controller) Start(ctx context.Context) error {
 	}
 	c.con = con
 	go c.resendUnfinished(context.WithoutCancel(ctx))
-	c.done.Add(2)
+	if c.stopWork, err = c.store.Consume(ctx, 64, c.work); err != nil {
+		con.Close()
+		return fmt.Errorf("controller: %w", err)
+	}
+	c.done.Add(3)
 	go c.flushLoop()
 	go c.tokenLoop()
+	go c.rolloutLoop()
 	return nil
 }
 
@@ -170,6 +183,9 @@ func (c *Controller) Start(ctx context.Context) error {
 func (c *Controller) Close() error {
 	close(c.stop)
 	c.done.Wait()
+	if c.stopWork != nil {
+		c.stopWork()
+	}
 	var err error
 	if c.con != nil {
 		err = c.con.Close()
@@ -246,7 +262,7 @@ func (c *Controller) flushSome(ctx context.Context, withInventory bool) error {
 	}
 	c.dirtyCmds = map[string]struct{}{}
 	c.mu.Unlock()
-	err := errors.Join(c.store.PutMany(ctx, state.Gateways, gws), c.store.PutMany(ctx, state.Commands, cmds))
+	err := errors.Join(c.store.PutMany(ctx, state.Gateways, gws), c.store.PutMany(ctx, state.Commands, cmds), c.flushRollouts(ctx))
 	if err != nil {
 		c.mu.Lock()
 		for _, k := range gwKeys {

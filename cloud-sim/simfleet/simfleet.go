@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -50,6 +51,11 @@ type Config struct {
 	FailureRate float64
 	CrashRate   float64
 	CrashAfter  time.Duration
+	// BadImage: pulls of images whose reference contains it fail with
+	// probability BadRate (1 when 0), for releases that are bad on some
+	// gateways only.
+	BadImage string
+	BadRate  float64
 	// MetricsInterval of each gateway (1 minute when zero).
 	MetricsInterval time.Duration
 	Logger          *slog.Logger
@@ -135,8 +141,11 @@ func (f *Fleet) newGateway(n int, id string) (*gateway.Gateway, error) {
 		defer mu.Unlock()
 		return p > 0 && rng.Float64() < p
 	}
-	if cfg.FailureRate > 0 {
+	if cfg.FailureRate > 0 || cfg.BadImage != "" {
 		eng.FailPull = func(_ context.Context, ref string) error {
+			if cfg.BadImage != "" && strings.Contains(ref, cfg.BadImage) && (cfg.BadRate == 0 || roll(cfg.BadRate)) {
+				return fmt.Errorf("%w: simulated bad release %s", errdefs.ErrNotFound, ref)
+			}
 			if roll(cfg.FailureRate) {
 				return fmt.Errorf("%w: simulated failure pulling %s", errdefs.ErrRegistryUnreachable, ref)
 			}

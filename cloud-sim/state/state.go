@@ -28,11 +28,12 @@ const (
 	Devices     Bucket = "fleet_devices"     // provisioned MQTT identities (password hashes)
 	Commands    Bucket = "fleet_commands"    // commands and their outcomes
 	Credentials Bucket = "fleet_credentials" // registry credentials, encrypted
-	Rollouts    Bucket = "fleet_rollouts"
+	Rollouts    Bucket = "fleet_rollouts"    // rollouts and their gateways
+	Specs       Bucket = "fleet_specs"       // the last spec deployed to each gateway, for rollbacks
 	Meta        Bucket = "fleet_meta"
 )
 
-var buckets = []Bucket{Gateways, Devices, Commands, Credentials, Rollouts, Meta}
+var buckets = []Bucket{Gateways, Devices, Commands, Credentials, Rollouts, Specs, Meta}
 
 // ErrNotFound is returned by Get for a missing key.
 var ErrNotFound = errors.New("not found")
@@ -97,6 +98,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("state: bucket %s: %w", b, err)
 		}
 		s.kvs[b] = kv
+	}
+	if err := s.ensureWork(ctx, replicas); err != nil {
+		s.Close()
+		return nil, err
 	}
 	return s, nil
 }
@@ -248,4 +253,58 @@ func (s *Store) PutMany(ctx context.Context, b Bucket, batch map[string]any) err
 		return fmt.Errorf("state: put %s: %d of %d failed: %w", b, len(errs), len(batch), errs[0])
 	}
 	return nil
+}
+
+// The work queue: items published once (deduplicated by id for ten
+// minutes) and taken by exactly one worker of any replica sharing the
+// NATS server.
+const (
+	workStream   = "FLEET_WORK"
+	workConsumer = "workers"
+	// WorkSubjects is the subject space of the work queue.
+	WorkSubjects = "fleet.rollout.work"
+)
+
+func (s *Store) ensureWork(ctx context.Context, replicas int) error {
+	_, err := s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: workStream, Subjects: []string{WorkSubjects},
+		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute, Replicas: replicas})
+	if err != nil {
+		return fmt.Errorf("state: work queue: %w", err)
+	}
+	return nil
+}
+
+// Enqueue adds an item; an item with an id already queued in the last ten
+// minutes is dropped by the server.
+func (s *Store) Enqueue(ctx context.Context, subject, id string, data []byte) error {
+	if _, err := s.js.Publish(ctx, subject, data, jetstream.WithMsgID(id)); err != nil {
+		return fmt.Errorf("state: enqueue: %w", err)
+	}
+	return nil
+}
+
+// Consume hands queued items to fn, up to parallel at a time, and
+// acknowledges each when fn returns; an item whose worker died is handed
+// out again after a minute. stop ends the consumption.
+func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.Context, data []byte)) (stop func(), err error) {
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, workStream, jetstream.ConsumerConfig{Durable: workConsumer,
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxAckPending: 10 * parallel})
+	if err != nil {
+		return nil, fmt.Errorf("state: work consumer: %w", err)
+	}
+	sem := make(chan struct{}, parallel)
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			fn(runCtx, m.Data())
+			_ = m.Ack()
+		}()
+	})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("state: work consumer: %w", err)
+	}
+	return func() { cc.Stop(); cancel() }, nil
 }
