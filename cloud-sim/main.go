@@ -135,6 +135,8 @@ func cmdServe(ctx context.Context, args []string) int {
 	fs.StringVar(&cfg.Registries, "registries", "", "registries file: emulated registries, their users and images")
 	fs.StringVar(&cfg.SecretsKey, "secrets-key", "", "key encrypting credentials at rest (default: controller.key in --data)")
 	prefix := fs.String("topic-prefix", topic.DefaultPrefix, "MQTT topic prefix")
+	fs.StringVar(&cfg.ControllerID, "controller-id", "controller", "this replica's MQTT client id; replicas sharing a broker and NATS need different ones")
+	ctrlPass := fs.String("controller-password-file", "", "embedded broker: file holding the password of user controller, for other replicas (random when empty)")
 	fs.DurationVar(&cfg.StaleAfter, "stale-after", 2*time.Minute, "an online gateway silent this long is shown as stale")
 	fs.IntVar(&cfg.Sim.Count, "sim-count", 0, "run this many simulated gateways in the process")
 	fs.StringVar(&cfg.Sim.Tenant, "sim-tenant", "sim", "tenant of the simulated gateways")
@@ -152,6 +154,9 @@ func cmdServe(ctx context.Context, args []string) int {
 	}
 	if cfg.BrokerPassword, err = readSecretFile("broker-password-file", *brokerPass); err == nil {
 		cfg.APIToken, err = readSecretFile("api-token-file", *tokenFile)
+	}
+	if err == nil {
+		cfg.ControllerPassword, err = readSecretFile("controller-password-file", *ctrlPass)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cloud-sim serve:", err)

@@ -21,6 +21,8 @@ import (
 	"github.com/fleet-agent/fleet/agent/secrets"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/serve"
+	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -222,4 +224,10 @@ func BenchmarkFleetBirths(b *testing.B) {
 			p.Wait()
 		}
 	}
+}
+
+// startFleet starts n simulated gateways of tenant "sim" in this process.
+func startFleet(b testing.TB, c *cloud, n int) (*simfleet.Fleet, error) {
+	return serve.StartFleet(context.Background(), c.Controller, c.BrokerURL, b.TempDir(), topic.Default(),
+		simfleet.Config{Count: n, Tenant: "sim", PullTime: 10 * time.Millisecond, MetricsInterval: 10 * time.Minute})
 }

@@ -69,7 +69,7 @@ func (c *cloud) restart(t *testing.T) {
 	c.start(t)
 }
 
-func (c *cloud) get(t *testing.T, path string, out any) []byte {
+func (c *cloud) get(t testing.TB, path string, out any) []byte {
 	t.Helper()
 	var raw []byte
 	if err := c.api.Do(context.Background(), "GET", path, nil, out, &raw); err != nil {

@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/cli"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
@@ -51,7 +54,7 @@ func deploymentJSON(rev int, image string) json.RawMessage {
 	return json.RawMessage(fmt.Sprintf(`{"name": "web", "revision": %d, "image": %q}`, rev, image))
 }
 
-func createRollout(t *testing.T, c *cloud, spec controller.RolloutSpec) *controller.RolloutView {
+func createRollout(t testing.TB, c *cloud, spec controller.RolloutSpec) *controller.RolloutView {
 	t.Helper()
 	var v controller.RolloutView
 	if err := c.api.Do(context.Background(), "POST", "/v1/rollouts", spec, &v, nil); err != nil {
@@ -60,7 +63,7 @@ func createRollout(t *testing.T, c *cloud, spec controller.RolloutSpec) *control
 	return &v
 }
 
-func rolloutStatus(t *testing.T, c *cloud, id string) *controller.RolloutView {
+func rolloutStatus(t testing.TB, c *cloud, id string) *controller.RolloutView {
 	t.Helper()
 	var v controller.RolloutView
 	c.get(t, "/v1/rollouts/"+id+"?gateways=true", &v)
@@ -68,7 +71,7 @@ func rolloutStatus(t *testing.T, c *cloud, id string) *controller.RolloutView {
 }
 
 // waitRollout polls until the rollout is no longer active.
-func waitRollout(t *testing.T, c *cloud, id string, within time.Duration) *controller.RolloutView {
+func waitRollout(t testing.TB, c *cloud, id string, within time.Duration) *controller.RolloutView {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -302,5 +305,63 @@ func TestRolloutTimeoutAndSupersede(t *testing.T) {
 	}
 	if v := waitRollout(t, c, second.ID, time.Minute); v.State != controller.RolloutSucceeded {
 		t.Fatalf("second rollout: %s %v", v.State, v.Counts)
+	}
+}
+
+// TestRolloutTwoReplicas: a second controller replica on the first one's
+// broker and NATS takes dispatches from the shared work queue, refuses
+// rollout changes while it follows, and finishes the rollout when the
+// scheduling replica stops.
+func TestRolloutTwoReplicas(t *testing.T) {
+	a := &cloud{dataDir: t.TempDir(), mqtt: testenv.FreeAddr(t)}
+	a.cfg = serve.Config{DataDir: a.dataDir, MQTTListen: a.mqtt, NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
+		Scheme: topic.Default(), ControllerID: "replica-a", ControllerPassword: "replica-password",
+		Sim: simfleet.Config{Count: 40, Tenant: "sim", PullTime: 10 * time.Millisecond}}
+	a.start(t)
+	t.Cleanup(func() { a.Close() })
+	waitOnline(t, a, "sim", 40)
+	bs, err := serve.Start(context.Background(), serve.Config{DataDir: t.TempDir(), BrokerURL: a.BrokerURL.String(),
+		BrokerUsername: "controller", BrokerPassword: "replica-password", NATSURL: a.Store.URL(), HTTPListen: "127.0.0.1:0",
+		Scheme: topic.Default(), ControllerID: "replica-b", SecretsKey: filepath.Join(a.dataDir, "controller.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bs.Close() })
+	b := &cloud{Server: bs, api: &cli.Client{Base: bs.APIURL}}
+	waitOnline(t, b, "sim", 40)
+	if !a.Controller.Leader() || b.Controller.Leader() {
+		t.Fatalf("leaders: a %v, b %v", a.Controller.Leader(), b.Controller.Leader())
+	}
+	spec := controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{All: true},
+		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
+		Strategy: controller.Strategy{RatePerMinute: 600}}
+	err = b.api.Do(context.Background(), "POST", "/v1/rollouts", spec, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "replica-a") {
+		t.Fatalf("creating on the follower: %v", err)
+	}
+	v := createRollout(t, a, spec)
+	testenv.Eventually(t, "half dispatched", func() bool { return rolloutStatus(t, a, v.ID).Notified >= 20 })
+	if err := a.Controller.Close(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "replica b takes over", b.Controller.Leader)
+	v = waitRollout(t, b, v.ID, time.Minute)
+	if v.State != controller.RolloutSucceeded || v.Counts[controller.GwSucceeded] != 40 {
+		t.Fatalf("rollout on replica b: %s %v", v.State, v.Counts)
+	}
+	byA, byB := 0, 0
+	for _, g := range v.Gateways {
+		if g.Attempt != 1 {
+			t.Errorf("%s dispatched %d times", g.Gateway, g.Attempt)
+		}
+		if _, ok := a.Controller.Command(g.CommandID); ok {
+			byA++
+		}
+		if _, ok := b.Controller.Command(g.CommandID); ok {
+			byB++
+		}
+	}
+	if byA == 0 || byB == 0 {
+		t.Errorf("commands sent by replica a: %d, by replica b: %d; both should have taken work", byA, byB)
 	}
 }

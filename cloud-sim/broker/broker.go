@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -99,6 +100,12 @@ func Start(cfg Config) (*Broker, error) {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	return &Broker{srv: srv, addr: ln.Addr().String()}, nil
+}
+
+// Messages reports how many PUBLISH packets the broker has received and
+// sent since it started.
+func (b *Broker) Messages() (received, sent int64) {
+	return atomic.LoadInt64(&b.srv.Info.MessagesReceived), atomic.LoadInt64(&b.srv.Info.MessagesSent)
 }
 
 // Addr is the address the broker listens on.

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fleet-agent/fleet/agent/secrets"
@@ -49,6 +50,9 @@ type Config struct {
 	// ControllerPassword, when set, lets a client log in to an embedded
 	// broker as the controller with username ControllerUser.
 	ControllerPassword []byte
+	// APIURL is this replica's API, named in the scheduler lease so that
+	// followers can point at the leader.
+	APIURL string
 	// CertsDir holds the registry certificates of cloud-side checks (a
 	// temporary directory when empty).
 	CertsDir string
@@ -84,9 +88,11 @@ type Controller struct {
 	lastSpecs  map[string]json.RawMessage
 	dirtySpecs map[string]struct{}
 	stopWork   func()
+	leader     atomic.Bool // holds the rollout scheduler lease
 
-	stop chan struct{}
-	done sync.WaitGroup
+	stop      chan struct{}
+	done      sync.WaitGroup
+	closeOnce sync.Once
 }
 
 // New loads the controller's state from the store. Call Start to connect.
@@ -132,8 +138,10 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		}),
 		load(state.Commands, func(_ string, raw []byte) error { return c.loadCommand(raw) }),
 		load(state.Credentials, func(k string, raw []byte) error { return decodeInto(raw, k, c.creds) }),
-		c.loadRollouts(ctx),
 	)
+	if err == nil {
+		c.rollouts, c.lastSpecs, err = c.readRollouts(ctx)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +162,9 @@ func decodeInto[T any](raw []byte, key string, m map[string]*T) error {
 // broker authenticates clients with the controller, so it starts after it.
 func (c *Controller) SetBroker(u *url.URL) { c.cfg.BrokerURL = u }
 
+// SetAPIURL names this replica's API in the scheduler lease, before Start.
+func (c *Controller) SetAPIURL(u string) { c.cfg.APIURL = u }
+
 // Start connects to the broker with a persistent session, so that replies
 // and births published while the controller was down reach it, and starts
 // the background work. ctx bounds the connection attempt.
@@ -167,6 +178,9 @@ func (c *Controller) Start(ctx context.Context) error {
 	}
 	c.con = con
 	go c.resendUnfinished(context.WithoutCancel(ctx))
+	if held, err := c.store.Acquire(ctx, "rollout-scheduler", c.cfg.ID, c.cfg.APIURL, c.cfg.Now(), leaseTTL); err == nil && held {
+		c.leader.Store(true) // the rollouts New loaded are current
+	}
 	if c.stopWork, err = c.store.Consume(ctx, 64, c.work); err != nil {
 		con.Close()
 		return fmt.Errorf("controller: %w", err)
@@ -181,6 +195,11 @@ func (c *Controller) Start(ctx context.Context) error {
 // Close stops the background work, writes pending inventory changes and
 // disconnects.
 func (c *Controller) Close() error {
+	first := false
+	c.closeOnce.Do(func() { first = true })
+	if !first {
+		return nil
+	}
 	close(c.stop)
 	c.done.Wait()
 	if c.stopWork != nil {

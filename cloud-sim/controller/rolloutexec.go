@@ -9,6 +9,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/fleet-agent/fleet/internal/errdefs"
+
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/fleet-agent/fleet/cloud-sim/state"
@@ -28,11 +30,19 @@ type workItem struct {
 	Spec      json.RawMessage `json:"spec"`
 }
 
-// rolloutLoop steps every active rollout ten times a second.
+// leaseTTL is how long a scheduler lease lasts without renewal: a
+// replica that dies hands the rollouts to another within this.
+const leaseTTL = 3 * time.Second
+
+// rolloutLoop steps every active rollout ten times a second while this
+// replica holds the scheduler lease; the others keep a read-only view,
+// refreshed from the store, and their workers still take dispatches from
+// the shared work queue.
 func (c *Controller) rolloutLoop() {
 	defer c.done.Done()
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
+	var lastLease, lastRefresh time.Time
 	for {
 		select {
 		case <-c.stop:
@@ -40,9 +50,60 @@ func (c *Controller) rolloutLoop() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		c.stepRollouts(ctx)
+		now := c.cfg.Now()
+		if now.Sub(lastLease) >= leaseTTL/6 {
+			lastLease = now
+			held, err := c.store.Acquire(ctx, "rollout-scheduler", c.cfg.ID, c.cfg.APIURL, now, leaseTTL)
+			if err != nil {
+				c.log.Warn("scheduler lease", "err", err)
+			}
+			if held && !c.leader.Load() {
+				// Taking over: start from what the last leader wrote.
+				if err := c.reloadRollouts(ctx); err != nil {
+					c.log.Error("rollouts not reloaded; not scheduling", "err", err)
+					held = false
+				} else {
+					c.log.Info("scheduling rollouts (lease taken)", "replica", c.cfg.ID)
+				}
+			}
+			c.leader.Store(held)
+		}
+		if c.leader.Load() {
+			c.stepRollouts(ctx)
+		} else if now.Sub(lastRefresh) >= 2*time.Second {
+			lastRefresh = now
+			if err := c.reloadRollouts(ctx); err != nil {
+				c.log.Warn("rollout view not refreshed", "err", err)
+			}
+		}
 		cancel()
 	}
+}
+
+// reloadRollouts replaces the rollouts in memory with the stored ones.
+func (c *Controller) reloadRollouts(ctx context.Context) error {
+	runs, specs, err := c.readRollouts(ctx)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.rollouts, c.lastSpecs, c.dirtySpecs = runs, specs, map[string]struct{}{}
+	c.mu.Unlock()
+	return nil
+}
+
+// Leader reports whether this replica schedules rollouts.
+func (c *Controller) Leader() bool { return c.leader.Load() }
+
+// notLeader refuses a rollout change on a replica that does not schedule.
+func (c *Controller) notLeader() error {
+	if c.leader.Load() {
+		return nil
+	}
+	var l state.Lease
+	_ = c.store.Get(context.Background(), state.Meta, state.Key("lease", "rollout-scheduler"), &l)
+	return &errdefs.FieldError{Field: "replica", Kind: errdefs.ErrUnsupported,
+		Msg: fmt.Sprintf("this replica (%s) follows; rollouts are created and changed on the scheduling replica %s (%s)", c.cfg.ID, l.Owner, l.API)}
 }
 
 func (c *Controller) stepRollouts(ctx context.Context) {
@@ -408,13 +469,13 @@ func (c *Controller) flushRollouts(ctx context.Context) error {
 	return errors.Join(c.store.PutMany(ctx, state.Rollouts, batch), c.store.PutMany(ctx, state.Specs, specs))
 }
 
-// loadRollouts rebuilds the rollouts from the store.
-func (c *Controller) loadRollouts(ctx context.Context) error {
+// readRollouts reads the rollouts and the last specs from the store.
+func (c *Controller) readRollouts(ctx context.Context) (map[string]*rolloutRun, map[string]json.RawMessage, error) {
+	runs := map[string]*rolloutRun{}
 	gws := map[string][]*RolloutGateway{}
 	err := c.store.Each(ctx, state.Rollouts, func(_ string, raw []byte) error {
 		var probe struct {
-			Spec    json.RawMessage `json:"spec"`
-			Gateway string          `json:"gateway"`
+			Gateway string `json:"gateway"`
 		}
 		if err := json.Unmarshal(raw, &probe); err != nil {
 			return err
@@ -435,14 +496,14 @@ func (c *Controller) loadRollouts(ctx context.Context) error {
 		if err := protojson.Unmarshal(r.Spec.Deployment, spec); err != nil {
 			return err
 		}
-		c.rollouts[r.ID] = &rolloutRun{r: &r, spec: spec, gws: map[string]*RolloutGateway{}, dirty: map[string]struct{}{}}
+		runs[r.ID] = &rolloutRun{r: &r, spec: spec, gws: map[string]*RolloutGateway{}, dirty: map[string]struct{}{}}
 		return nil
 	})
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	for id, list := range gws {
-		run := c.rollouts[id]
+		run := runs[id]
 		if run == nil {
 			continue
 		}
@@ -457,12 +518,14 @@ func (c *Controller) loadRollouts(ctx context.Context) error {
 			run.order = append(run.order, g.Gateway)
 		}
 	}
-	return c.store.Each(ctx, state.Specs, func(k string, raw []byte) error {
+	specs := map[string]json.RawMessage{}
+	err = c.store.Each(ctx, state.Specs, func(k string, raw []byte) error {
 		var spec json.RawMessage
 		if err := json.Unmarshal(raw, &spec); err != nil {
 			return err
 		}
-		c.lastSpecs[k] = spec
+		specs[k] = spec
 		return nil
 	})
+	return runs, specs, err
 }

@@ -127,6 +127,9 @@ func specKey(tenant, gw, name string) string { return state.Key("spec", tenant, 
 // against the registry (refusing to start when that fails), supersedes an
 // active rollout of the same deployment, and starts.
 func (c *Controller) CreateRollout(ctx context.Context, spec RolloutSpec) (*RolloutView, error) {
+	if err := c.notLeader(); err != nil {
+		return nil, err
+	}
 	dep, err := spec.validate()
 	if err != nil {
 		return nil, err
@@ -258,6 +261,9 @@ func (c *Controller) ResumeRollout(id string) error { return c.setRolloutState(i
 func (c *Controller) CancelRollout(id string) error { return c.setRolloutState(id, RolloutCanceled) }
 
 func (c *Controller) setRolloutState(id, st string) error {
+	if err := c.notLeader(); err != nil {
+		return err
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	run := c.rollouts[id]

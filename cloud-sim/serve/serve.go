@@ -56,6 +56,14 @@ type Config struct {
 	SecretsKey string
 	Scheme     topic.Scheme
 	StaleAfter time.Duration
+	// ControllerID names this replica: its MQTT client id and reply
+	// topics ("controller" when empty). Replicas sharing a broker and NATS
+	// need different ids, the same SecretsKey, and, on an embedded broker,
+	// its ControllerPassword.
+	ControllerID string
+	// ControllerPassword is the embedded broker's password for user
+	// "controller" (random on every start when empty).
+	ControllerPassword string
 	// Sim, when Sim.Count > 0, runs a simulated fleet in the process,
 	// provisioned on the embedded broker.
 	Sim    simfleet.Config
@@ -127,13 +135,15 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	// The controller's password on the embedded broker is made anew on
 	// every start: only this process uses it.
 	ctrlPass := cfg.BrokerPassword
-	if cfg.BrokerURL == "" {
+	if cfg.BrokerURL == "" && cfg.ControllerPassword != "" {
+		ctrlPass = cfg.ControllerPassword
+	} else if cfg.BrokerURL == "" {
 		b := make([]byte, 24)
 		_, _ = rand.Read(b)
 		ctrlPass = base64.RawURLEncoding.EncodeToString(b)
 	}
 	var ctrl *controller.Controller
-	ctrlCfg := controller.Config{Store: s.Store, Keys: keys, Scheme: cfg.Scheme, Encoding: codec.Protobuf,
+	ctrlCfg := controller.Config{Store: s.Store, Keys: keys, Scheme: cfg.Scheme, Encoding: codec.Protobuf, ID: cfg.ControllerID,
 		StaleAfter: cfg.StaleAfter, CertsDir: cfg.DataDir, Logger: log.With("component", "controller")}
 	if cfg.BrokerURL == "" {
 		s.ControllerPassword = ctrlPass
@@ -166,13 +176,6 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 		}
 	}
 	ctrl.SetBroker(s.BrokerURL)
-	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := ctrl.Start(dialCtx); err != nil {
-		return s, err
-	}
-	s.closers = append(s.closers, ctrl.Close)
-
 	listen := cfg.HTTPListen
 	if listen == "" {
 		listen = "127.0.0.1:8080"
@@ -184,6 +187,14 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	s.APIURL = "http://" + ln.Addr().String()
 	s.http = &http.Server{Handler: api.New(api.Config{Controller: ctrl, Token: cfg.APIToken, Logger: log.With("component", "api")}),
 		ReadHeaderTimeout: 10 * time.Second}
+	ctrl.SetAPIURL(s.APIURL)
+	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := ctrl.Start(dialCtx); err != nil {
+		return s, err
+	}
+	s.closers = append(s.closers, ctrl.Close)
+
 	go func() {
 		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("API stopped", "err", err)

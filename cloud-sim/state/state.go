@@ -227,7 +227,24 @@ func (s *Store) Each(ctx context.Context, b Bucket, fn func(key string, value []
 // bucket at once and then awaiting every acknowledgement: thousands of
 // inventory records cost one round trip, not one each.
 func (s *Store) PutMany(ctx context.Context, b Bucket, batch map[string]any) error {
-	futures := make([]jetstream.PubAckFuture, 0, len(batch))
+	// In chunks: the client stalls with more than 4,000 unacknowledged
+	// asynchronous publishes.
+	const chunk = 1000
+	futures := make([]jetstream.PubAckFuture, 0, chunk)
+	var errs []error
+	await := func() error {
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				errs = append(errs, err)
+			case <-ctx.Done():
+				return fmt.Errorf("state: put %s: %w", b, ctx.Err())
+			}
+		}
+		futures = futures[:0]
+		return nil
+	}
 	for key, v := range batch {
 		data, err := json.Marshal(v)
 		if err != nil {
@@ -237,17 +254,14 @@ func (s *Store) PutMany(ctx context.Context, b Bucket, batch map[string]any) err
 		if err != nil {
 			return fmt.Errorf("state: put %s: %w", b, err)
 		}
-		futures = append(futures, f)
-	}
-	var errs []error
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			errs = append(errs, err)
-		case <-ctx.Done():
-			return fmt.Errorf("state: put %s: %w", b, ctx.Err())
+		if futures = append(futures, f); len(futures) == chunk {
+			if err := await(); err != nil {
+				return err
+			}
 		}
+	}
+	if err := await(); err != nil {
+		return err
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("state: put %s: %d of %d failed: %w", b, len(errs), len(batch), errs[0])
@@ -307,4 +321,43 @@ func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.C
 		return nil, fmt.Errorf("state: work consumer: %w", err)
 	}
 	return func() { cc.Stop(); cancel() }, nil
+}
+
+// Lease is a time-limited claim on a name in the Meta bucket, for leader
+// election among replicas: whoever holds it is the leader until it stops
+// renewing.
+type Lease struct {
+	Owner string    `json:"owner"`
+	API   string    `json:"api,omitempty"`
+	Until time.Time `json:"until"`
+}
+
+// Acquire takes or renews the lease on name for owner until now+ttl, with
+// compare-and-set on the bucket revision; it reports whether owner holds it.
+func (s *Store) Acquire(ctx context.Context, name, owner, api string, now time.Time, ttl time.Duration) (bool, error) {
+	kv := s.kvs[Meta]
+	key := Key("lease", name)
+	next, _ := json.Marshal(Lease{Owner: owner, API: api, Until: now.Add(ttl)})
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		if _, err := kv.Create(ctx, key, next); err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				return false, nil
+			}
+			return false, err
+		}
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var cur Lease
+	_ = json.Unmarshal(e.Value(), &cur)
+	if cur.Owner != owner && now.Before(cur.Until) {
+		return false, nil
+	}
+	if _, err := kv.Update(ctx, key, next, e.Revision()); err != nil {
+		return false, nil // another replica renewed or took it first
+	}
+	return true, nil
 }
