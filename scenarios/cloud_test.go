@@ -37,10 +37,16 @@ type cloud struct {
 
 func startCloud(t testing.TB, sims int) *cloud {
 	t.Helper()
+	return newCloud(t, simfleet.Config{Count: sims, Tenant: "sim", PullTime: 10 * time.Millisecond})
+}
+
+// newCloud starts serve on a fresh data directory with the simulated
+// fleet sim (none when sim.Count is 0), closed at cleanup.
+func newCloud(t testing.TB, sim simfleet.Config) *cloud {
+	t.Helper()
 	c := &cloud{dataDir: t.TempDir(), mqtt: testenv.FreeAddr(t)}
 	c.cfg = serve.Config{DataDir: c.dataDir, MQTTListen: c.mqtt, NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
-		Scheme: topic.Default(), StaleAfter: time.Minute,
-		Sim: simfleet.Config{Count: sims, Tenant: "sim", PullTime: 10 * time.Millisecond}}
+		Scheme: topic.Default(), StaleAfter: time.Minute, Sim: sim}
 	c.start(t)
 	t.Cleanup(func() {
 		if c.Server != nil {

@@ -24,19 +24,11 @@ import (
 // waits until they are online.
 func simCloud(t *testing.T, n int, sim simfleet.Config) *cloud {
 	t.Helper()
-	c := &cloud{dataDir: t.TempDir(), mqtt: testenv.FreeAddr(t)}
 	sim.Count, sim.Tenant = n, "sim"
 	if sim.PullTime == 0 {
 		sim.PullTime = 10 * time.Millisecond
 	}
-	c.cfg = serve.Config{DataDir: c.dataDir, MQTTListen: c.mqtt, NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
-		Scheme: topic.Default(), Sim: sim}
-	c.start(t)
-	t.Cleanup(func() {
-		if c.Server != nil {
-			c.Close()
-		}
-	})
+	c := newCloud(t, sim)
 	waitOnline(t, c, "sim", n)
 	return c
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"gopkg.in/yaml.v3"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
@@ -476,18 +477,26 @@ func (v *verb) readDoc(path string) ([]byte, error) {
 	return json.Marshal(doc)
 }
 
+// readProto reads -f (YAML or JSON) into m, a protocol message.
+func (v *verb) readProto(what string, m proto.Message) error {
+	raw, err := v.readDoc(v.file)
+	if err != nil {
+		return err
+	}
+	if err := protojson.Unmarshal(raw, m); err != nil {
+		return fmt.Errorf("%s is not %s: %w", v.file, what, err)
+	}
+	return nil
+}
+
 func (v *verb) deploy(ctx context.Context) error {
 	t, err := v.target()
 	if err != nil {
 		return err
 	}
-	raw, err := v.readDoc(v.file)
-	if err != nil {
-		return err
-	}
 	spec := new(fleetv1.DeploymentSpec)
-	if err := protojson.Unmarshal(raw, spec); err != nil {
-		return fmt.Errorf("%s is not a deployment spec: %w", v.file, err)
+	if err := v.readProto("a deployment spec", spec); err != nil {
+		return err
 	}
 	return v.sendAndWait(ctx, t, &fleetv1.Command{Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: spec}}})
 }
@@ -522,13 +531,9 @@ func (v *verb) send(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	raw, err := v.readDoc(v.file)
-	if err != nil {
-		return err
-	}
 	cmd := new(fleetv1.Command)
-	if err := protojson.Unmarshal(raw, cmd); err != nil {
-		return fmt.Errorf("%s is not a protocol Command: %w", v.file, err)
+	if err := v.readProto("a protocol Command", cmd); err != nil {
+		return err
 	}
 	return v.sendAndWait(ctx, t, cmd)
 }

@@ -87,8 +87,6 @@ type Registry struct {
 	Warning     string    `json:"warning,omitempty"`
 }
 
-func (g *Gateway) key() string { return state.Key(g.Tenant, g.ID) }
-
 func (g *Gateway) clone() *Gateway {
 	c := *g
 	c.Labels = maps.Clone(g.Labels)
