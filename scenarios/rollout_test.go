@@ -357,3 +357,56 @@ func TestRolloutTwoReplicas(t *testing.T) {
 		t.Errorf("commands sent by replica a: %d, by replica b: %d; both should have taken work", byA, byB)
 	}
 }
+
+// TestRolloutExponential: the rate holds the base rate until stepEvery
+// gateways are notified, then speeds up.
+func TestRolloutExponential(t *testing.T) {
+	c := simCloud(t, 10, simfleet.Config{})
+	v := createRollout(t, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{All: true},
+		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
+		Strategy: controller.Strategy{Exponential: &controller.Exponential{BaseRate: 60, IncrementFactor: 100, StepEvery: 2, StepOn: "notified"}}})
+	v = waitRollout(t, c, v.ID, time.Minute)
+	if v.State != controller.RolloutSucceeded || v.Counts[controller.GwSucceeded] != 10 {
+		t.Fatalf("rollout %s: %v", v.State, v.Counts)
+	}
+	var at []time.Time
+	for _, g := range v.Gateways {
+		at = append(at, g.DispatchedAt)
+	}
+	sort.Slice(at, func(i, j int) bool { return at[i].Before(at[j]) })
+	// 60/min until 2 are notified: the second waits about a second.
+	if gap := at[1].Sub(at[0]); gap < 800*time.Millisecond {
+		t.Errorf("second dispatch %s after the first; the base rate is 1/s", gap)
+	}
+	// Then 6,000/min: the other eight go out far faster than the 7 s the
+	// base rate would take.
+	if rest := at[9].Sub(at[2]); rest > 4*time.Second {
+		t.Errorf("dispatches 3-10 took %s; at the stepped-up rate they take well under a second", rest)
+	}
+}
+
+// TestRolloutIncludeNew: a gateway that comes to match the targets while
+// the rollout runs joins it.
+func TestRolloutIncludeNew(t *testing.T) {
+	c := simCloud(t, 10, simfleet.Config{})
+	v := createRollout(t, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{Selector: "simulated=true", IncludeNew: true},
+		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
+		Strategy: controller.Strategy{RatePerMinute: 300}})
+	if err := c.api.Do(context.Background(), "POST", "/v1/rollouts/"+v.ID+"/pause", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	newcomer, err := serve.StartFleet(context.Background(), c.Controller, c.BrokerURL, t.TempDir(), topic.Default(),
+		simfleet.Config{Count: 1, Tenant: "sim", Prefix: "new-", PullTime: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer newcomer.Close()
+	waitOnline(t, c, "sim", 11)
+	if err := c.api.Do(context.Background(), "POST", "/v1/rollouts/"+v.ID+"/resume", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	v = waitRollout(t, c, v.ID, time.Minute)
+	if v.State != controller.RolloutSucceeded || v.Total != 11 || v.Counts[controller.GwSucceeded] != 11 {
+		t.Fatalf("rollout %s: %d gateways %v", v.State, v.Total, v.Counts)
+	}
+}
