@@ -19,9 +19,11 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/cli"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/internal/testenv"
+	"github.com/fleet-agent/fleet/internal/testimage"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -359,4 +361,63 @@ func (s *sseStream) expect(t *testing.T, kind string) {
 		}
 		return false
 	})
+}
+
+// TestCloudECRIssuedTokens: an ECR credential with issueTokens keeps the
+// AWS keys in the cloud; gateways get ECR tokens, and a new one before
+// the current one expires.
+func TestCloudECRIssuedTokens(t *testing.T) {
+	ecrAPI := &registry.ECR{Keys: map[string]string{"AKIDCLOUD": "cloud-secret-access-key"}, Region: "eu-west-1", TokenTTL: 8 * time.Second}
+	reg := testimage.NewRegistry(t, testimage.WithAuth(ecrAPI))
+	t.Setenv("AWS_ENDPOINT_URL_ECR", reg.APIEndpoint())
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	c := startCloud(t, 3)
+	testenv.Eventually(t, "3 simulated gateways online", func() bool {
+		var l api.GatewayList
+		c.get(t, "/v1/gateways?online=true&tenant=sim", &l)
+		return l.Count == 3
+	})
+	cred, _ := protojson.Marshal(&fleetv1.Credential{Registry: reg.Host, Kind: &fleetv1.Credential_Ecr{Ecr: &fleetv1.EcrAuth{
+		Region: "eu-west-1", AccessKeyId: "AKIDCLOUD", SecretAccessKey: "cloud-secret-access-key"}}})
+	var view controller.CredentialView
+	if err := c.api.Do(context.Background(), "PUT", "/v1/tenants/sim/credentials", api.CredentialRequest{Credential: cred, IssueTokens: true}, &view, nil); err != nil {
+		t.Fatal(err)
+	}
+	if view.TokenFingerprint == "" || view.TokenExpiresAt.IsZero() {
+		t.Fatalf("no token issued: %+v", view)
+	}
+	var b controller.BatchView
+	if err := c.api.Do(context.Background(), "POST", "/v1/tenants/sim/credentials/push",
+		api.PushRequest{Target: controller.Target{Tenant: "sim", All: true}, Registry: reg.Host}, &b, nil); err != nil {
+		t.Fatal(err)
+	}
+	holds := func(fp string) bool {
+		for _, id := range []string{"sim-1", "sim-2", "sim-3"} {
+			g := c.gateway(t, "sim", id)
+			if g == nil || len(g.Registries) != 1 || g.Registries[0].Kind != "ecr-token" || g.Registries[0].Fingerprint != fp {
+				return false
+			}
+		}
+		return true
+	}
+	testenv.Eventually(t, "every gateway holds the issued token", func() bool { return holds(view.TokenFingerprint) })
+	first := view.TokenFingerprint
+	testenv.Eventually(t, "a new token issued before the first expires, and sent", func() bool {
+		var list struct {
+			Credentials []controller.CredentialView `json:"credentials"`
+		}
+		c.get(t, "/v1/tenants/sim/credentials", &list)
+		fp := list.Credentials[0].TokenFingerprint
+		return fp != first && holds(fp)
+	})
+	if ecrAPI.TokenCalls() < 2 {
+		t.Errorf("GetAuthorizationToken called %d times", ecrAPI.TokenCalls())
+	}
+	for _, p := range []string{"/v1/gateways/sim/sim-1", "/v1/tenants/sim/credentials", "/v1/batches"} {
+		if raw := c.get(t, p, nil); bytes.Contains(raw, []byte("cloud-secret-access-key")) {
+			t.Errorf("GET %s returned the AWS secret", p)
+		}
+	}
 }
