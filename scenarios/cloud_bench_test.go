@@ -140,28 +140,27 @@ func BenchmarkControllerIngest(b *testing.B) {
 		start := c.Controller.Ingested()
 		b.ResetTimer()
 		var wg sync.WaitGroup
+		// Each connection keeps 64 QoS 1 messages in flight from 64
+		// publishing goroutines (a goroutine per message would cost the
+		// generator more than the broker).
+		const perConn = 64
 		for p := range conns {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var inner sync.WaitGroup
-				sem := make(chan struct{}, 256) // QoS 1 messages in flight per connection
-				for i := p; i < b.N; i += conns {
-					g := i % benchFleet
-					sem <- struct{}{}
-					inner.Add(1)
-					go func() {
-						defer func() { <-sem; inner.Done() }()
+			for w := range perConn {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := p + w*conns; i < b.N; i += conns * perConn {
+						g := i % benchFleet
 						_, err := pubs[p].Publish(context.Background(), &paho.Publish{QoS: 1, Retain: true,
 							Topic: topic.Default().Status("bench", fmt.Sprintf("gw-%d", g), "web"), Payload: payloads[g],
 							Properties: &paho.PublishProperties{ContentType: "application/x-protobuf"}})
 						if err != nil {
 							b.Error(err)
+							return
 						}
-					}()
-				}
-				inner.Wait()
-			}()
+					}
+				}()
+			}
 		}
 		wg.Wait()
 		deadline := time.Now().Add(time.Minute)

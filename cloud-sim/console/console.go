@@ -4,7 +4,9 @@
 package console
 
 import (
+	"bufio"
 	"context"
+	"net"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -115,6 +117,7 @@ func Dial(ctx context.Context, cfg Config) (*Console, error) {
 		CleanStartOnInitialConnection: cfg.SessionExpiry == 0,
 		SessionExpiryInterval:         uint32(cfg.SessionExpiry / time.Second),
 		ReconnectBackoff:              backoff.Policy{Base: 200 * time.Millisecond, Max: 5 * time.Second}.Delay,
+		AttemptConnection:             dialer(u.Scheme),
 		ConnectUsername:               cfg.Username,
 		ConnectPassword:               cfg.Password,
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
@@ -160,6 +163,32 @@ func Dial(ctx context.Context, cfg Config) (*Console, error) {
 	}
 	return c, nil
 }
+
+// dialer connects to a plain-TCP broker (mqtt://) with a read buffer:
+// paho reads each packet's header a byte at a time, a system call each
+// without one, which weighed on a controller receiving tens of thousands
+// of statuses a second. Other schemes (TLS, websockets) are dialed by
+// autopaho itself (nil).
+func dialer(scheme string) func(context.Context, autopaho.ClientConfig, *url.URL) (net.Conn, error) {
+	if scheme != "mqtt" {
+		return nil
+	}
+	return func(ctx context.Context, _ autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", u.Host)
+		if err != nil {
+			return nil, err
+		}
+		return readBuffered{Conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}, nil
+	}
+}
+
+type readBuffered struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c readBuffered) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // ID is the console's id.
 func (c *Console) ID() string { return c.cfg.ID }
