@@ -6,12 +6,12 @@ package console
 import (
 	"bufio"
 	"context"
-	"net"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"sync"
 	"time"
