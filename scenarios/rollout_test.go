@@ -137,6 +137,12 @@ func TestRolloutAbortAndRollback(t *testing.T) {
 	b := c.send(t, controller.Target{Tenant: "sim", All: true}, &fleetv1.Command{Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{
 		Spec: &fleetv1.DeploymentSpec{Name: "web", Revision: 1, Image: "registry.example.com/web:1"}}}}, "30s")
 	if b.Counts[controller.StateSucceeded] != 60 {
+		for _, cmd := range b.Commands {
+			if !cmd.Final() {
+				g := c.gateway(t, "sim", cmd.Gateway)
+				t.Logf("unanswered: %+v\ngateway: online=%v session=%d lastSeen=%s deployments=%+v", cmd, g.Online, g.Session, g.LastSeen, g.Deployments["web"])
+			}
+		}
 		t.Fatalf("revision 1: %v", b.Counts)
 	}
 	v := createRollout(t, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{All: true},

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"google.golang.org/protobuf/proto"
 
@@ -179,7 +180,9 @@ func dialer(scheme string) func(context.Context, autopaho.ClientConfig, *url.URL
 		if err != nil {
 			return nil, err
 		}
-		return readBuffered{Conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}, nil
+		// Writes come from many goroutines: serialise them, as autopaho's
+		// own dialer does.
+		return packets.NewThreadSafeConn(readBuffered{Conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}), nil
 	}
 }
 
