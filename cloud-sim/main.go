@@ -138,6 +138,7 @@ func cmdServe(ctx context.Context, args []string) int {
 	fs.StringVar(&cfg.ControllerID, "controller-id", "controller", "this replica's MQTT client id; replicas sharing a broker and NATS need different ones")
 	ctrlPass := fs.String("controller-password-file", "", "embedded broker: file holding the password of user controller, for other replicas (random when empty)")
 	fs.DurationVar(&cfg.StaleAfter, "stale-after", 2*time.Minute, "an online gateway silent this long is shown as stale")
+	fs.DurationVar(&cfg.Retention, "retention", 30*24*time.Hour, "finished commands and rollouts older than this are forgotten (checked hourly)")
 	fs.IntVar(&cfg.Sim.Count, "sim-count", 0, "run this many simulated gateways in the process")
 	fs.StringVar(&cfg.Sim.Tenant, "sim-tenant", "sim", "tenant of the simulated gateways")
 	fs.DurationVar(&cfg.Sim.PullTime, "sim-pull-time", time.Second, "simulated pull duration")

@@ -53,6 +53,9 @@ type Config struct {
 	// APIURL is this replica's API, named in the scheduler lease so that
 	// followers can point at the leader.
 	APIURL string
+	// Retention is how long finished commands and rollouts are kept
+	// (DefaultRetention when zero); older ones are forgotten hourly.
+	Retention time.Duration
 	// CertsDir holds the registry certificates of cloud-side checks (a
 	// temporary directory when empty).
 	CertsDir string
@@ -105,6 +108,9 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	if cfg.StaleAfter <= 0 {
 		cfg.StaleAfter = 2 * time.Minute
+	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = DefaultRetention
 	}
 	if cfg.FlushInterval <= 0 {
 		cfg.FlushInterval = 2 * time.Second
@@ -227,6 +233,8 @@ func (c *Controller) flushLoop() {
 	defer cmds.Stop()
 	inv := time.NewTicker(c.cfg.FlushInterval)
 	defer inv.Stop()
+	prune := time.NewTicker(time.Hour)
+	defer prune.Stop()
 	for {
 		withInventory := false
 		select {
@@ -235,6 +243,13 @@ func (c *Controller) flushLoop() {
 		case <-cmds.C:
 		case <-inv.C:
 			withInventory = true
+		case <-prune.C:
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			if _, err := c.prune(ctx, c.cfg.Now()); err != nil {
+				c.log.Warn("old records not pruned; will retry", "err", err)
+			}
+			cancel()
+			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		if err := c.flushSome(ctx, withInventory); err != nil {

@@ -56,6 +56,8 @@ type Config struct {
 	SecretsKey string
 	Scheme     topic.Scheme
 	StaleAfter time.Duration
+	// Retention of finished commands and rollouts (30 days when zero).
+	Retention time.Duration
 	// ControllerID names this replica: its MQTT client id and reply
 	// topics ("controller" when empty). Replicas sharing a broker and NATS
 	// need different ids, the same SecretsKey, and, on an embedded broker,
@@ -144,7 +146,7 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	}
 	var ctrl *controller.Controller
 	ctrlCfg := controller.Config{Store: s.Store, Keys: keys, Scheme: cfg.Scheme, Encoding: codec.Protobuf, ID: cfg.ControllerID,
-		StaleAfter: cfg.StaleAfter, CertsDir: cfg.DataDir, Logger: log.With("component", "controller")}
+		StaleAfter: cfg.StaleAfter, Retention: cfg.Retention, CertsDir: cfg.DataDir, Logger: log.With("component", "controller")}
 	if cfg.BrokerURL == "" {
 		s.ControllerPassword = ctrlPass
 		ctrlCfg.ControllerPassword = []byte(ctrlPass)
