@@ -51,13 +51,8 @@ func (v *verb) rollout(ctx context.Context) error {
 		var out struct {
 			Rollouts []controller.RolloutView `json:"rollouts"`
 		}
-		var body []byte
-		if err := v.client.Do(ctx, "GET", "/v1/rollouts", nil, &out, &body); err != nil {
+		if printed, err := v.fetch(ctx, "/v1/rollouts", &out); printed || err != nil {
 			return err
-		}
-		if v.output == "json" {
-			v.printJSON(body)
-			return nil
 		}
 		tw := v.table()
 		fmt.Fprintln(tw, "ROLLOUT\tTENANT\tDEPLOYMENT\tSTATE\tPHASE\tGATEWAYS\tSUCCEEDED\tFAILED\tCREATED")
@@ -150,21 +145,8 @@ func (v *verb) rolloutStatus(ctx context.Context, id string) error {
 }
 
 func (p *progress) drawRollout(r *controller.RolloutView) {
-	if r.Total == 0 {
-		return
-	}
 	done := r.Total - r.Counts[controller.GwQueued] - r.Counts[controller.GwInProgress]
-	const width = 30
-	bar := strings.Repeat("#", done*width/r.Total) + strings.Repeat("-", width-done*width/r.Total)
-	line := fmt.Sprintf("[%s] %d/%d %s %s: %d succeeded, %d failed, %d in progress", bar, done, r.Total, r.State, r.Phase,
+	p.show(done, r.Total, fmt.Sprintf("%s %s: %d succeeded, %d failed, %d in progress", r.State, r.Phase,
 		r.Counts[controller.GwSucceeded], r.Counts[controller.GwFailed]+r.Counts[controller.GwRejected]+r.Counts[controller.GwTimedOut],
-		r.Counts[controller.GwInProgress])
-	switch {
-	case p.interactive:
-		fmt.Fprintf(p.w, "\r%s", line)
-		p.drawn = true
-	case time.Since(p.last) >= 5*time.Second:
-		fmt.Fprintln(p.w, line)
-		p.last = time.Now()
-	}
+		r.Counts[controller.GwInProgress]), false)
 }

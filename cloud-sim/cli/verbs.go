@@ -278,6 +278,20 @@ func (v *verb) printJSON(raw []byte) {
 	}
 }
 
+// fetch GETs path into out; with -o json it prints the response as it
+// came and reports that nothing is left to print.
+func (v *verb) fetch(ctx context.Context, path string, out any) (printed bool, err error) {
+	var raw []byte
+	if err := v.client.Do(ctx, "GET", path, nil, out, &raw); err != nil {
+		return false, err
+	}
+	if v.output == "json" {
+		v.printJSON(raw)
+		return true, nil
+	}
+	return false, nil
+}
+
 func (v *verb) table() *tabwriter.Writer { return tabwriter.NewWriter(v.env.Stdout, 2, 4, 2, ' ', 0) }
 
 func (v *verb) listGateways(ctx context.Context) error {
@@ -288,13 +302,8 @@ func (v *verb) listGateways(ctx context.Context) error {
 		}
 	}
 	var list api.GatewayList
-	var raw []byte
-	if err := v.client.Do(ctx, "GET", "/v1/gateways?"+q.Encode(), nil, &list, &raw); err != nil {
+	if printed, err := v.fetch(ctx, "/v1/gateways?"+q.Encode(), &list); printed || err != nil {
 		return err
-	}
-	if v.output == "json" {
-		v.printJSON(raw)
-		return nil
 	}
 	tw := v.table()
 	fmt.Fprintln(tw, "TENANT\tGATEWAY\tSTATE\tSESSION\tAGENT\tENGINE\tDEPLOYMENTS\tLAST SEEN\tLABELS")
@@ -377,13 +386,8 @@ func (v *verb) gateway(ctx context.Context) error {
 		return err
 	}
 	var g controller.Gateway
-	var raw []byte
-	if err := v.client.Do(ctx, "GET", "/v1/gateways/"+escape(t, id), nil, &g, &raw); err != nil {
+	if printed, err := v.fetch(ctx, "/v1/gateways/"+escape(t, id), &g); printed || err != nil {
 		return err
-	}
-	if v.output == "json" {
-		v.printJSON(raw)
-		return nil
 	}
 	tw := v.table()
 	fmt.Fprintf(tw, "gateway\t%s/%s\n", g.Tenant, g.ID)
@@ -641,18 +645,24 @@ type progress struct {
 
 func (p *progress) draw(b *controller.BatchView) {
 	total := len(b.Commands)
+	done := total - b.Counts[controller.StatePending] - b.Counts[controller.StateAccepted]
+	p.show(done, total, fmt.Sprintf("answered, %d failed, %d pending", b.Failed, b.Counts[controller.StatePending]), b.Done)
+}
+
+// show draws "[####------] done/total detail": in place on a terminal,
+// else a line every 5 s and the final one.
+func (p *progress) show(done, total int, detail string, final bool) {
 	if total == 0 {
 		return
 	}
-	done := total - b.Counts[controller.StatePending] - b.Counts[controller.StateAccepted]
 	const width = 30
 	bar := strings.Repeat("#", done*width/total) + strings.Repeat("-", width-done*width/total)
-	line := fmt.Sprintf("[%s] %d/%d answered, %d failed, %d pending", bar, done, total, b.Failed, b.Counts[controller.StatePending])
+	line := fmt.Sprintf("[%s] %d/%d %s", bar, done, total, detail)
 	switch {
 	case p.interactive:
 		fmt.Fprintf(p.w, "\r%s", line)
 		p.drawn = true
-	case time.Since(p.last) >= 5*time.Second || b.Done:
+	case time.Since(p.last) >= 5*time.Second || final:
 		fmt.Fprintln(p.w, line)
 		p.last = time.Now()
 	}
@@ -740,20 +750,14 @@ func (v *verb) credSet(ctx context.Context) error {
 }
 
 func (v *verb) credList(ctx context.Context) error {
-	path := "/v1/tenants/" + escape(or(v.tenant, "-")) + "/credentials"
 	if v.tenant == "" {
 		return usageError("--tenant is required")
 	}
 	var out struct {
 		Credentials []controller.CredentialView `json:"credentials"`
 	}
-	var raw []byte
-	if err := v.client.Do(ctx, "GET", path, nil, &out, &raw); err != nil {
+	if printed, err := v.fetch(ctx, "/v1/tenants/"+escape(v.tenant)+"/credentials", &out); printed || err != nil {
 		return err
-	}
-	if v.output == "json" {
-		v.printJSON(raw)
-		return nil
 	}
 	tw := v.table()
 	fmt.Fprintln(tw, "REGISTRY\tKIND\tUSERNAME\tFINGERPRINT\tTOKEN EXPIRES\tLAST CHECK")

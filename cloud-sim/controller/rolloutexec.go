@@ -146,7 +146,7 @@ func (c *Controller) stepRollout(run *rolloutRun, now time.Time) []workItem {
 			g.FinishedAt = now
 		}
 		run.dirty[g.Gateway] = struct{}{}
-		go c.hub.publish(Change{Kind: "rollout.gateway", At: now, Tenant: sp.Tenant, Gateway: g.Gateway, Batch: r.ID, State: st, Message: msg})
+		c.hub.publish(Change{Kind: "rollout.gateway", At: now, Tenant: sp.Tenant, Gateway: g.Gateway, Batch: r.ID, State: st, Message: msg})
 	}
 	if r.State == RolloutRunning && sp.Targets.IncludeNew {
 		c.includeNew(run)
@@ -159,7 +159,7 @@ func (c *Controller) stepRollout(run *rolloutRun, now time.Time) []workItem {
 	wantHealthy := len(run.spec.GetHealthCheck().GetTest()) > 0 && run.spec.GetHealthCheck().GetTest()[0] != "NONE"
 	for _, id := range run.order {
 		g := run.gws[id]
-		inv := c.gateways[state.Key(sp.Tenant, id)]
+		inv := c.gateways[g.invKey(sp.Tenant)]
 		var dep *Deployment
 		if inv != nil {
 			dep = inv.Deployments[name]
@@ -246,9 +246,9 @@ func (c *Controller) stepRollout(run *rolloutRun, now time.Time) []workItem {
 	}
 
 	// Phases.
-	online := func(id string) bool {
-		g := c.gateways[state.Key(sp.Tenant, id)]
-		return g != nil && g.Online
+	online := func(g *RolloutGateway) bool {
+		inv := c.gateways[g.invKey(sp.Tenant)]
+		return inv != nil && inv.Online
 	}
 	maxBatch := 0
 	for _, g := range run.gws {
@@ -277,7 +277,7 @@ func (c *Controller) stepRollout(run *rolloutRun, now time.Time) []workItem {
 		for r.Batch <= maxBatch {
 			done := true
 			for _, g := range run.gws {
-				if g.Batch == r.Batch && (g.State == GwInProgress || (g.State == GwQueued && online(g.Gateway))) {
+				if g.Batch == r.Batch && (g.State == GwInProgress || (g.State == GwQueued && online(g))) {
 					done = false
 				}
 			}
@@ -330,7 +330,7 @@ func (c *Controller) stepRollout(run *rolloutRun, now time.Time) []workItem {
 			break
 		}
 		g := run.gws[id]
-		eligible := g.State == GwQueued && online(id) && ((r.Phase == PhaseCanary && g.Batch == 0) || (r.Phase == PhaseBatches && g.Batch <= r.Batch))
+		eligible := g.State == GwQueued && online(g) && ((r.Phase == PhaseCanary && g.Batch == 0) || (r.Phase == PhaseBatches && g.Batch <= r.Batch))
 		if !eligible {
 			continue
 		}
@@ -441,8 +441,6 @@ func (c *Controller) work(ctx context.Context, data []byte) {
 		c.mu.Unlock()
 	}
 }
-
-func verbOf(cmd *fleetv1.Command) topic.Verb { return topic.VerbOf(cmd) }
 
 // flushRollouts writes changed rollouts, their gateways and the last specs.
 func (c *Controller) flushRollouts(ctx context.Context) error {

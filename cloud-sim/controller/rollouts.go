@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -16,6 +17,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
 // Per-gateway rollout states.
@@ -85,6 +87,17 @@ type RolloutGateway struct {
 	// deploy to it), what a rollback deploys again.
 	PrevSpec         json.RawMessage `json:"prevSpec,omitempty"`
 	RollbackRevision int64           `json:"rollbackRevision,omitempty"`
+
+	key string // of the gateway in the inventory, computed once
+}
+
+// invKey is the gateway's inventory key: the scheduler looks every
+// gateway up ten times a second.
+func (g *RolloutGateway) invKey(tenant string) string {
+	if g.key == "" {
+		g.key = state.Key(tenant, g.Gateway)
+	}
+	return g.key
 }
 
 func (g *RolloutGateway) final() bool {
@@ -241,18 +254,7 @@ func (c *Controller) endRollout(run *rolloutRun, st, reason string, now time.Tim
 			run.dirty[id] = struct{}{}
 		}
 	}
-	ch := Change{Kind: "rollout." + lower(st), At: now, Tenant: run.r.Spec.Tenant, Batch: run.r.ID, State: st, Message: reason}
-	go c.hub.publish(ch)
-}
-
-func lower(s string) string {
-	b := []byte(s)
-	for i, ch := range b {
-		if ch >= 'A' && ch <= 'Z' {
-			b[i] = ch + 'a' - 'A'
-		}
-	}
-	return string(b)
+	c.hub.publish(Change{Kind: "rollout." + strings.ToLower(st), At: now, Tenant: run.r.Spec.Tenant, Batch: run.r.ID, State: st, Message: reason})
 }
 
 // PauseRollout, ResumeRollout and CancelRollout are the operator's controls.
@@ -280,7 +282,7 @@ func (c *Controller) setRolloutState(id, st string) error {
 	default:
 		run.r.State, run.dirtyRun = st, true
 		run.r.lastTick = now
-		go c.hub.publish(Change{Kind: "rollout." + lower(st), At: now, Tenant: run.r.Spec.Tenant, Batch: id, State: st})
+		c.hub.publish(Change{Kind: "rollout." + strings.ToLower(st), At: now, Tenant: run.r.Spec.Tenant, Batch: id, State: st})
 	}
 	return nil
 }
@@ -380,7 +382,7 @@ func (c *Controller) dispatchDeploy(ctx context.Context, tenant, gw, rolloutID s
 		payload, _ := proto.Marshal(cmd)
 		c.mu.Lock()
 		if _, known := c.commands[cmd.Id]; !known {
-			rec := &commandRecord{Command: Command{ID: cmd.Id, Batch: rolloutID, Tenant: tenant, Gateway: gw, Verb: string(verbOf(cmd)),
+			rec := &commandRecord{Command: Command{ID: cmd.Id, Batch: rolloutID, Tenant: tenant, Gateway: gw, Verb: string(topic.VerbOf(cmd)),
 				State: StatePending, OfflineWhenSent: !g.Online, SentAt: now}, Payload: c.cfg.Keys.Encrypt(payload)}
 			c.commands[cmd.Id] = rec
 			c.dirtyCmd(cmd.Id)

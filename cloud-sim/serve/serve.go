@@ -193,6 +193,7 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := ctrl.Start(dialCtx); err != nil {
+		ln.Close() // not served yet
 		return s, err
 	}
 	s.closers = append(s.closers, ctrl.Close)

@@ -140,9 +140,6 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 // URL is the NATS URL in use (the embedded server's when embedded).
 func (s *Store) URL() string { return s.url }
 
-// JetStream is the JetStream context, for streams beyond the buckets.
-func (s *Store) JetStream() jetstream.JetStream { return s.js }
-
 // Close disconnects and stops the embedded server, if any, after its
 // writes are flushed.
 func (s *Store) Close() {
