@@ -7,6 +7,16 @@
 // `broker: {username: x}` is broker-username; labels and groups may be
 // written as a map and a list). Labels and groups from all sources are
 // merged.
+//
+// The layering is written here rather than on github.com/peterbourgon/ff
+// (v3.4.0, or v4, still alpha) because ff cannot keep three documented
+// behaviours: it sets a flag from the environment or the file only when no
+// earlier source set it, so labels and groups would no longer merge across
+// sources (TestPrecedence); it reads the environment through os.Getenv and
+// takes an empty variable for an absent one (TestConfigFromEnv); and its
+// YAML parser knows neither camelCase nor snake_case keys, nor the plural
+// keys labels/groups/allow-host-paths, nor a map of labels (TestFileKeys),
+// so what is left to ff is the 20 lines of precedence below.
 package config
 
 import (
@@ -226,13 +236,15 @@ func applyMap(fs *flag.FlagSet, path, prefix string, m map[string]any) error {
 			name = alias
 		}
 		v := m[k]
-		if fs.Lookup(name) == nil {
-			if sub, ok := v.(map[string]any); ok {
-				if err := applyMap(fs, path, name+"-", sub); err != nil {
-					return err
-				}
-				continue
+		// A map is a group of settings (broker: {username: x}), except
+		// for the one map-valued flag.
+		if sub, ok := v.(map[string]any); ok && name != "label" {
+			if err := applyMap(fs, path, name+"-", sub); err != nil {
+				return err
 			}
+			continue
+		}
+		if fs.Lookup(name) == nil {
 			return fmt.Errorf("config file %s: unknown key %q; keys are the flag names (see fleet-agent --help)", path, name)
 		}
 		if err := fs.Set(name, yamlString(v)); err != nil {

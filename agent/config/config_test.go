@@ -99,3 +99,72 @@ func TestHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestFileKeys pins the file's key forms that a generic config-file
+// library does not read (see the package comment).
+func TestFileKeys(t *testing.T) {
+	tests := []struct {
+		name string
+		file string
+		want func(*config.Config) any
+		val  any
+	}{
+		{"flag name", "state-dir: /a\n", func(c *config.Config) any { return c.StateDir }, "/a"},
+		{"camelCase", "stateDir: /a\n", func(c *config.Config) any { return c.StateDir }, "/a"},
+		{"snake_case", "state_dir: /a\n", func(c *config.Config) any { return c.StateDir }, "/a"},
+		{"nested map joined with -", "broker:\n  password:\n    file: /p\n", func(c *config.Config) any { return c.BrokerPasswordFile }, "/p"},
+		{"labels as a map", "labels: {site: berlin}\n", func(c *config.Config) any { return c.Labels }, map[string]string{"site": "berlin"}},
+		{"groups as a list", "groups: [a, b]\n", func(c *config.Config) any { return c.Groups }, []string{"a", "b"}},
+		{"allowHostPaths as a list", "allowHostPaths: [/srv, /data]\n", func(c *config.Config) any { return c.AllowHostPaths }, []string{"/srv", "/data"}},
+		{"duration", "keepAlive: 45s\n", func(c *config.Config) any { return c.KeepAlive }, 45 * time.Second},
+		{"bool", "image-gc: false\n", func(c *config.Config) any { return c.ImageGC }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := filepath.Join(t.TempDir(), "c.yaml")
+			os.WriteFile(f, []byte(tt.file), 0o600)
+			cfg, err := config.Load(append([]string{"--config", f}, required...), env(nil), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(tt.val, tt.want(cfg)); d != "" {
+				t.Errorf("from %q (-want +got):\n%s", tt.file, d)
+			}
+		})
+	}
+}
+
+// TestConfigFromEnv: FLEET_CONFIG names the file; a variable set to the
+// empty string still overrides the file.
+func TestConfigFromEnv(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(f, []byte("broker-username: fileuser\nstate-dir: /from/file\n"), 0o600)
+	cfg, err := config.Load(required, env(map[string]string{"FLEET_CONFIG": f, "FLEET_BROKER_USERNAME": ""}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.StateDir != "/from/file" || cfg.ConfigFile != f {
+		t.Errorf("state dir %q, config file %q: want the file FLEET_CONFIG names", cfg.StateDir, cfg.ConfigFile)
+	}
+	if cfg.BrokerUsername != "" {
+		t.Errorf("broker username = %q, want the empty FLEET_BROKER_USERNAME over the file", cfg.BrokerUsername)
+	}
+}
+
+// TestEveryInvalidSetting: invalid settings are reported together, one
+// line each.
+func TestEveryInvalidSetting(t *testing.T) {
+	_, err := config.Load([]string{"--broker", "http://x:1", "--tenant", "t", "--gateway", "g",
+		"--payload-encoding", "xml", "--keep-alive", "0s", "--log-format", "yaml"}, env(nil), io.Discard)
+	if err == nil {
+		t.Fatal("Load accepted invalid settings")
+	}
+	for _, want := range []string{"--broker", "--payload-encoding", "--keep-alive", "--log-format"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %s:\n%v", want, err)
+		}
+	}
+	if n := strings.Count(err.Error(), "\n") + 1; n != 4 {
+		t.Errorf("error has %d lines, want 4 (one per setting):\n%v", n, err)
+	}
+}
