@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"github.com/fleet-agent/fleet/agent/config"
@@ -30,7 +31,12 @@ func run() int {
 		return 2
 	}
 	logger := cfg.Logger(os.Stderr)
-	gcfg, err := cfg.GatewayConfig(version, logger)
+	docker, err := cfg.Docker(logger)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "fleet-agent: invalid configuration:\n%v\n", err)
+		return 2
+	}
+	gcfg, err := cfg.GatewayConfig(version, logger, docker)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fleet-agent: invalid configuration:\n%v\n", err)
 		return 2
@@ -42,7 +48,16 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := gw.Run(ctx); err != nil {
+	// The first birth already carries the engine's facts; births read them
+	// from this cache, which follows the engine's event stream and reconnects.
+	facts := docker.Facts()
+	facts.Update(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { facts.Run(ctx) })
+	err = gw.Run(ctx)
+	stop()
+	wg.Wait()
+	if err != nil {
 		logger.Error("stopped with error", "err", err)
 		return 1
 	}

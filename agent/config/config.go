@@ -417,9 +417,24 @@ func (c *Config) Logger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// GatewayConfig turns the configuration into the gateway's, reading the files it
-// names (password, certificates).
-func (c *Config) GatewayConfig(version string, logger *slog.Logger) (gateway.Config, error) {
+// Docker returns the client of the engine --docker-host names, labelling
+// containers with the gateway's owner id (--client-id, or tenant/gateway).
+func (c *Config) Docker(logger *slog.Logger) (*engine.Docker, error) {
+	owner := c.ClientID
+	if owner == "" {
+		owner = c.Tenant + "/" + c.Gateway
+	}
+	d, err := engine.NewDocker(c.DockerHost, owner, logger.With("component", "engine"))
+	if err != nil {
+		return nil, fmt.Errorf("--docker-host: %w", err)
+	}
+	return d, nil
+}
+
+// GatewayConfig turns the configuration into the gateway's, on docker,
+// reading the files it names (password, certificates). Births read the
+// engine's facts from docker.Facts(), which the caller keeps running.
+func (c *Config) GatewayConfig(version string, logger *slog.Logger, docker *engine.Docker) (gateway.Config, error) {
 	u, _ := url.Parse(c.Broker)
 	scheme, _ := topic.NewScheme(c.TopicPrefix)
 	enc, _ := codec.ParseEncoding(c.Encoding)
@@ -436,15 +451,8 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger) (gateway.Con
 		Policy: reconcile.Policy{AllowPrivileged: c.AllowPrivileged, AllowHostNetwork: c.AllowHostNetwork,
 			AllowCapAdd: c.AllowCapAdd, AllowedHostPaths: c.AllowHostPaths},
 	}
-	owner := c.ClientID
-	if owner == "" {
-		owner = c.Tenant + "/" + c.Gateway
-	}
-	docker, err := engine.NewDocker(c.DockerHost, owner, logger.With("component", "engine"))
-	if err != nil {
-		return g, fmt.Errorf("--docker-host: %w", err)
-	}
-	g.Engine, g.EngineInfo, g.InsecureRegistry = docker, docker.Info, docker.InsecureRegistry
+	g.Engine, g.InsecureRegistry = docker, docker.InsecureRegistry
+	g.EngineInfo, g.OnConnect = docker.Facts().Get, docker.Facts().Refresh
 	if c.BrokerPasswordFile != "" {
 		b, err := os.ReadFile(c.BrokerPasswordFile)
 		if err != nil {

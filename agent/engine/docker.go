@@ -63,6 +63,7 @@ type Docker struct {
 	cli   *client.Client
 	owner string
 	log   *slog.Logger
+	facts *Facts
 }
 
 // NewDocker connects to the engine given by host (empty: DOCKER_HOST or the
@@ -80,13 +81,21 @@ func NewDocker(host, owner string, log *slog.Logger) (*Docker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Docker{cli: cli, owner: owner, log: log}, nil
+	d := &Docker{cli: cli, owner: owner, log: log}
+	d.facts = NewFacts(d.Info)
+	return d, nil
 }
+
+// Facts is the engine's description for the birth certificate, kept in
+// step with the event stream: each Events subscription refreshes it and a
+// failed stream marks it unreachable before the failure is passed on.
+func (d *Docker) Facts() *Facts { return d.facts }
 
 // Close releases the client.
 func (d *Docker) Close() error { return d.cli.Close() }
 
-// Info describes the engine for the birth certificate.
+// Info asks the engine to describe itself for the birth certificate; a
+// birth reads Facts instead.
 func (d *Docker) Info(ctx context.Context) *fleetv1.Engine {
 	e := &fleetv1.Engine{Name: "docker"}
 	v, err := d.cli.ServerVersion(ctx)
@@ -324,11 +333,14 @@ type Event struct {
 
 // Events streams changes of the owner's containers until ctx ends or the
 // engine connection fails; the error channel then receives the reason.
+// Subscribing refreshes Facts (the engine may be back, restarted or
+// upgraded); a failure marks them unreachable before it is passed on.
 func (d *Docker) Events(ctx context.Context) (<-chan Event, <-chan error) {
 	msgs, errs := d.cli.Events(ctx, events.ListOptions{Filters: filters.NewArgs(
 		filters.Arg("type", string(events.ContainerEventType)),
 		filters.Arg("label", LabelOwner+"="+d.owner),
 	)})
+	d.facts.Refresh()
 	out := make(chan Event)
 	outErr := make(chan error, 1)
 	go func() {
@@ -343,7 +355,11 @@ func (d *Docker) Events(ctx context.Context) (<-chan Event, <-chan error) {
 					return
 				}
 			case err := <-errs:
-				outErr <- mapErr(err)
+				err = mapErr(err)
+				if ctx.Err() == nil {
+					d.facts.Lost(err)
+				}
+				outErr <- err
 				return
 			case <-ctx.Done():
 				return

@@ -177,3 +177,21 @@ func hasEnv(env []string, kv string) bool {
 	}
 	return false
 }
+
+// Subscribing to the event stream refreshes the engine's facts.
+func TestDockerFacts(t *testing.T) {
+	d, _, _ := newDocker(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { d.Facts().Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	if e := d.Facts().Get(ctx); e.GetReachable() {
+		t.Errorf("facts before any query = %v, want not reachable", e)
+	}
+	d.Events(ctx)
+	testenv.Eventually(t, "facts reachable after subscribing to events", func() bool { return d.Facts().Get(ctx).GetReachable() })
+	if e := d.Facts().Get(ctx); e.GetName() != "docker" || e.GetVersion() == "" || e.GetApiVersion() == "" {
+		t.Errorf("facts = %v, want docker with its version and API version", e)
+	}
+}

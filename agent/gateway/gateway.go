@@ -56,9 +56,12 @@ type Config struct {
 	SessionExpiry time.Duration
 	Backoff       backoff.Policy
 
-	// Engine runs the containers; EngineInfo describes it for the birth.
+	// Engine runs the containers; EngineInfo describes it for the birth
+	// and must not wait for the engine (engine.Facts.Get); OnConnect, if
+	// set, is called after every (re)connect (engine.Facts.Refresh).
 	Engine     reconcile.Engine
 	EngineInfo func(context.Context) *fleetv1.Engine
+	OnConnect  func()
 	Policy     reconcile.Policy
 	ImageGC    bool
 	// RequireSealed refuses registry credentials sent in plaintext.
@@ -154,6 +157,9 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.EngineInfo == nil {
 		cfg.EngineInfo = func(context.Context) *fleetv1.Engine { return &fleetv1.Engine{Name: "unknown", Reachable: true} }
 	}
+	if cfg.OnConnect == nil {
+		cfg.OnConnect = func() {}
+	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, store: st, startedAt: cfg.Now(), statuses: newOutbox()}
 	if cfg.AtRestKey == "" {
 		cfg.AtRestKey = filepath.Join(cfg.StateDir, "at-rest.key")
@@ -226,7 +232,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		Subscriptions: subs,
 		Will:          g.will,
 		Birth:         g.birthMessage,
-		OnReady:       g.proc.Redeliver,
+		OnReady:       func(ctx context.Context) { g.cfg.OnConnect(); g.proc.Redeliver(ctx) },
 		OnMessage:     g.proc.Receive,
 		Logger:        g.log.With("component", "mqtt"),
 	})
