@@ -53,31 +53,49 @@ func BenchmarkCommandRoundTrip(b *testing.B) {
 }
 
 // BenchmarkAgentIdleMemory reports the resident memory of a connected, idle
-// agent process (VmRSS), after its first heartbeat.
+// agent process (VmRSS), after its first heartbeat, and its two parts: the
+// pages mapped from files (mostly the agent's binary) and anonymous memory
+// (heap, stacks).
 func BenchmarkAgentIdleMemory(b *testing.B) {
 	br := testenv.Embedded(b)
 	gw := "gw-mem"
 	rec := testenv.NewRecorder(b, br.URL(), codec.Protobuf)
 	agent := testenv.StartAgent(b, br.URL(), tenant, gw, "--log-level", "warn", "--metrics-interval", "1s")
 	rec.Await(b, "heartbeat", 1, testenv.Kind(topic.Metrics, gw))
-	var rss float64
+	var rss map[string]float64
 	for b.Loop() {
-		rss = vmRSS(b, agent.PID())
+		rss = procStatus(b, agent.PID(), "VmRSS", "RssFile", "RssAnon")
 	}
-	b.ReportMetric(rss/1e6, "rss-MB")
+	b.ReportMetric(rss["VmRSS"]/1e6, "rss-MB")
+	b.ReportMetric(rss["RssFile"]/1e6, "file-MB")
+	b.ReportMetric(rss["RssAnon"]/1e6, "anon-MB")
 }
 
-func vmRSS(b *testing.B, pid int) float64 {
+// procStatus returns the named fields of /proc/PID/status, in bytes.
+func procStatus(b *testing.B, pid int, fields ...string) map[string]float64 {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		b.Fatal(err)
 	}
+	out := map[string]float64{}
 	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb * 1024
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || !slices.Contains(fields, k) {
+			continue
+		}
+		kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+		if err != nil {
+			b.Fatalf("/proc/%d/status %s: %v", pid, k, err)
+		}
+		out[k] = kb * 1024
+	}
+	for _, f := range fields {
+		if _, ok := out[f]; !ok {
+			b.Fatalf("/proc/%d/status has no %s", pid, f)
 		}
 	}
-	b.Fatal("no VmRSS")
-	return 0
+	return out
 }
+
+// vmRSS is the resident memory of process pid, in bytes.
+func vmRSS(b *testing.B, pid int) float64 { return procStatus(b, pid, "VmRSS")["VmRSS"] }
