@@ -88,15 +88,18 @@ type Config struct {
 
 // Gateway is a running agent.
 type Gateway struct {
-	cfg       Config
-	log       *slog.Logger
-	store     *store.Store
-	proc      *command.Processor
-	rec       *reconcile.Reconciler
-	keys      *secrets.Keys
-	keychain  *regauth.Keychain
-	statuses  *outbox
+	cfg      Config
+	log      *slog.Logger
+	store    *store.Store
+	proc     *command.Processor
+	rec      *reconcile.Reconciler
+	keys     *secrets.Keys
+	keychain *regauth.Keychain
+	statuses *outbox
+	// link is set once, by Run, before linkSet is closed; read it only
+	// after linkSet is closed (or from what Run starts after setting it).
 	link      *mqttlink.Link
+	linkSet   chan struct{}
 	startedAt time.Time
 	session   atomic.Uint64
 }
@@ -154,7 +157,7 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.EngineInfo == nil {
 		cfg.EngineInfo = func(context.Context) *fleetv1.Engine { return &fleetv1.Engine{Name: "unknown", Reachable: true} }
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Logger, store: st, startedAt: cfg.Now(), statuses: newOutbox()}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, store: st, startedAt: cfg.Now(), statuses: newOutbox(), linkSet: make(chan struct{})}
 	if cfg.AtRestKey == "" {
 		cfg.AtRestKey = filepath.Join(cfg.StateDir, "at-rest.key")
 	}
@@ -202,10 +205,17 @@ func New(cfg Config) (*Gateway, error) {
 	return g, nil
 }
 
-// publisher lets the processor publish before the link exists.
+// publisher lets the processor publish before the link exists: the
+// processor answers commands it cannot resume already in New, before Run
+// has made the link; such a publication waits for the link, bounded by ctx.
 type publisher struct{ g *Gateway }
 
 func (p publisher) Publish(ctx context.Context, m mqttlink.Message) error {
+	select {
+	case <-p.g.linkSet:
+	case <-ctx.Done():
+		return fmt.Errorf("not connected yet: %w", ctx.Err())
+	}
 	return p.g.link.Publish(ctx, m)
 }
 
@@ -234,6 +244,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return err
 	}
 	g.link = link
+	close(g.linkSet)
 	if err := link.Connect(linkCtx); err != nil {
 		return err
 	}
