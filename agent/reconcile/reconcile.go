@@ -86,15 +86,12 @@ type Reconciler struct {
 	cfg Config
 	log *slog.Logger
 
-	mu     sync.Mutex
-	status map[string]*fleetv1.DeploymentStatus
-	ops    map[string]*op
-}
+	running sync.WaitGroup // every begun operation, until it ends
 
-// op is a rollout in progress for one deployment.
-type op struct {
-	cancel context.CancelCauseFunc
-	done   chan struct{}
+	mu     sync.Mutex
+	status map[string]*fleetv1.DeploymentStatus // guarded by mu
+	ops    map[string]*op                       // the current operation of each deployment; guarded by mu
+	closed bool                                 // Shutdown has begun; guarded by mu
 }
 
 // New returns a reconciler.
@@ -155,62 +152,6 @@ func (r *Reconciler) clear(ctx context.Context, name string) {
 	r.cfg.Publish(ctx, name, nil)
 }
 
-// errSuperseded is the cause of a rollout canceled by a newer command.
-var errSuperseded = fmt.Errorf("%w: a newer command for this deployment replaced this one", errdefs.ErrSuperseded)
-
-// startOp cancels the deployment's operation in progress, waits for it, and
-// runs f as the new one in the background; done receives f's outcome.
-func (r *Reconciler) startOp(name string, f func(ctx context.Context) error, done func(error)) {
-	r.stopOp(name)
-	ctx, cancel := context.WithCancelCause(context.Background())
-	o := &op{cancel: cancel, done: make(chan struct{})}
-	r.mu.Lock()
-	r.ops[name] = o
-	r.mu.Unlock()
-	go func() {
-		defer close(o.done)
-		err := f(ctx)
-		if cause := context.Cause(ctx); err != nil && cause != nil {
-			// Superseded, or canceled by shutdown (the command then resumes
-			// on the next start): say so rather than how the engine failed.
-			err = cause
-		}
-		r.mu.Lock()
-		if r.ops[name] == o {
-			delete(r.ops, name)
-		}
-		r.mu.Unlock()
-		if done != nil {
-			done(err)
-		}
-	}()
-}
-
-func (r *Reconciler) stopOp(name string) {
-	r.mu.Lock()
-	o := r.ops[name]
-	r.mu.Unlock()
-	if o != nil {
-		o.cancel(errSuperseded)
-		<-o.done
-	}
-}
-
-// Shutdown cancels every operation in progress and waits for them; their
-// commands stay unfinished and resume on the next start.
-func (r *Reconciler) Shutdown() {
-	r.mu.Lock()
-	ops := make([]*op, 0, len(r.ops))
-	for _, o := range r.ops {
-		ops = append(ops, o)
-	}
-	r.mu.Unlock()
-	for _, o := range ops {
-		o.cancel(context.Canceled)
-		<-o.done
-	}
-}
-
 // Deploy handles the deploy verb.
 func (r *Reconciler) Deploy(ctx context.Context, x *command.Exec) error {
 	spec := x.Command.GetDeploy().GetSpec()
@@ -258,7 +199,7 @@ func (r *Reconciler) Deploy(ctx context.Context, x *command.Exec) error {
 // resulting status.
 func (r *Reconciler) rolloutFor(x *command.Exec, spec *fleetv1.DeploymentSpec) {
 	finish := x.Detach()
-	r.startOp(spec.GetName(), func(ctx context.Context) error {
+	r.goRun(spec.GetName(), false, func(ctx context.Context) error {
 		st, err := r.rollout(ctx, spec)
 		x.Reply.Status = st
 		return err
@@ -272,12 +213,6 @@ func (r *Reconciler) current(name string) *fleetv1.DeploymentStatus {
 		return proto.Clone(st).(*fleetv1.DeploymentStatus)
 	}
 	return nil
-}
-
-func (r *Reconciler) opIdle(name string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.ops[name] == nil
 }
 
 // containersOf lists the engine's containers of one deployment.

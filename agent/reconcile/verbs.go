@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"google.golang.org/protobuf/proto"
@@ -78,7 +79,10 @@ func (r *Reconciler) Stop(ctx context.Context, x *command.Exec) error {
 	if err != nil {
 		return err
 	}
-	r.stopOp(name)
+	return r.run(ctx, name, func(ctx context.Context) error { return r.stop(ctx, x, name, spec) })
+}
+
+func (r *Reconciler) stop(ctx context.Context, x *command.Exec, name string, spec *fleetv1.DeploymentSpec) error {
 	if err := r.setStopped(name, true); err != nil {
 		return err
 	}
@@ -114,7 +118,18 @@ func (r *Reconciler) startOrRestart(ctx context.Context, x *command.Exec, restar
 	if err != nil {
 		return err
 	}
-	r.stopOp(name)
+	err = r.run(ctx, name, func(ctx context.Context) error { return r.startExisting(ctx, x, name, spec, restart) })
+	if errors.Is(err, errGone) {
+		// The container is gone: roll it out again.
+		r.rolloutFor(x, spec)
+		return nil
+	}
+	return err
+}
+
+var errGone = errors.New("container gone")
+
+func (r *Reconciler) startExisting(ctx context.Context, x *command.Exec, name string, spec *fleetv1.DeploymentSpec, restart bool) error {
 	if err := r.setStopped(name, false); err != nil {
 		return err
 	}
@@ -123,9 +138,7 @@ func (r *Reconciler) startOrRestart(ctx context.Context, x *command.Exec, restar
 		return recorded("running", err)
 	}
 	if c == nil {
-		// The container is gone: roll it out again.
-		r.rolloutFor(x, spec)
-		return nil
+		return errGone
 	}
 	if restart && c.Running {
 		if err := r.cfg.Engine.Stop(ctx, c.ID, nil); err != nil {
@@ -158,7 +171,10 @@ func (r *Reconciler) Remove(ctx context.Context, x *command.Exec) error {
 	if err != nil {
 		return err
 	}
-	r.stopOp(name)
+	return r.run(ctx, name, func(ctx context.Context) error { return r.remove(ctx, x, name, spec) })
+}
+
+func (r *Reconciler) remove(ctx context.Context, x *command.Exec, name string, spec *fleetv1.DeploymentSpec) error {
 	r.publish(ctx, &fleetv1.DeploymentStatus{Name: name, Revision: spec.GetRevision(), Image: spec.GetImage(), Phase: fleetv1.DeploymentStatus_REMOVING})
 	cs, err := r.containersOf(ctx, name)
 	if err != nil {
@@ -187,73 +203,87 @@ func (r *Reconciler) Remove(ctx context.Context, x *command.Exec) error {
 // ReconcileAll brings the engine to the desired state: containers of
 // deployments no longer desired are removed, matching ones adopted (and
 // started, or kept stopped), missing or outdated ones rolled out. It is run
-// on every agent start and whenever the engine comes back.
+// on every agent start and whenever the engine comes back. The work on each
+// deployment is an operation of its own, begun only if none is in progress,
+// that reads the deployment's desired state when it runs: a pass never rolls
+// out a spec older than the one stored.
 func (r *Reconciler) ReconcileAll(ctx context.Context) error {
-	desired, err := r.cfg.Store.Deployments()
-	if err != nil {
-		return err
-	}
+	// The engine first, then the store: a deploy stores its spec before it
+	// creates a container, so a listed container whose deployment is not
+	// desired below is one no deployment owns.
 	cs, err := r.cfg.Engine.List(ctx)
 	if err != nil {
 		return err
 	}
-	byDep := map[string][]engine.Container{}
+	desired, err := r.cfg.Store.Deployments()
+	if err != nil {
+		return err
+	}
 	for _, c := range cs {
 		if _, ok := desired[c.Deployment]; !ok {
 			r.log.Info("removing a managed container no deployment owns", "container", c.Name, "deployment", c.Deployment)
 			if err := r.cfg.Engine.Remove(ctx, c.ID); err != nil {
 				r.log.Warn("remove orphan", "container", c.Name, "err", err)
 			}
-			continue
 		}
-		byDep[c.Deployment] = append(byDep[c.Deployment], c)
 	}
-	for name, d := range desired {
-		spec := new(fleetv1.DeploymentSpec)
-		if err := proto.Unmarshal(d.Spec, spec); err != nil {
-			r.log.Error("stored spec unreadable", "deployment", name, "err", err)
-			continue
-		}
-		if !r.opIdle(name) {
-			continue
-		}
-		hash := engine.SpecHash(spec)
-		var match *engine.Container
-		for i := range byDep[name] {
-			if byDep[name][i].SpecHash == hash {
-				match = &byDep[name][i]
+	for name := range desired {
+		r.goRun(name, true, func(ctx context.Context) error { return r.reconcileOne(ctx, name) }, func(err error) {
+			if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, errdefs.ErrSuperseded) {
+				r.log.Warn("reconcile deployment", "deployment", name, "err", err)
 			}
-		}
-		if match == nil {
-			r.log.Info("deployment's container missing or outdated; rolling it out", "deployment", name)
-			r.startOp(name, func(ctx context.Context) error {
-				_, err := r.rollout(ctx, spec)
-				if err == nil && d.Stopped {
-					return r.stopAfterRollout(ctx, spec)
-				}
-				return err
-			}, nil)
-			continue
-		}
-		for _, c := range byDep[name] {
-			if c.ID != match.ID {
-				r.cfg.Engine.Remove(ctx, c.ID)
-			}
-		}
-		switch {
-		case d.Stopped && match.Running:
-			if err := r.cfg.Engine.Stop(ctx, match.ID, nil); err != nil {
-				r.log.Warn("keep deployment stopped", "deployment", name, "err", err)
-			}
-		case !d.Stopped && !match.Running:
-			if err := r.cfg.Engine.Start(ctx, match.ID); err != nil {
-				r.log.Warn("start deployment", "deployment", name, "err", err)
-			}
-		}
-		st := &fleetv1.DeploymentStatus{Name: name, Revision: spec.GetRevision(), Image: spec.GetImage(), ContainerId: match.ID}
-		r.fillFromEngine(ctx, st, match.ID, d.Stopped)
-		r.publish(ctx, st)
+		})
 	}
+	return nil
+}
+
+// reconcileOne brings one deployment to its stored desired state.
+func (r *Reconciler) reconcileOne(ctx context.Context, name string) error {
+	d, ok, err := r.cfg.Store.GetDeployment(name)
+	if err != nil || !ok {
+		return err
+	}
+	spec := new(fleetv1.DeploymentSpec)
+	if err := proto.Unmarshal(d.Spec, spec); err != nil {
+		r.log.Error("stored spec unreadable", "deployment", name, "err", err)
+		return nil
+	}
+	cs, err := r.containersOf(ctx, name)
+	if err != nil {
+		return err
+	}
+	hash := engine.SpecHash(spec)
+	var match *engine.Container
+	for i := range cs {
+		if cs[i].SpecHash == hash {
+			match = &cs[i]
+		}
+	}
+	if match == nil {
+		r.log.Info("deployment's container missing or outdated; rolling it out", "deployment", name)
+		if _, err := r.rollout(ctx, spec); err != nil || !d.Stopped {
+			return err
+		}
+		return r.stopAfterRollout(ctx, spec)
+	}
+	for _, c := range cs {
+		if c.ID != match.ID {
+			r.cfg.Engine.Remove(ctx, c.ID)
+		}
+	}
+	switch {
+	case d.Stopped && match.Running:
+		if err := r.cfg.Engine.Stop(ctx, match.ID, nil); err != nil {
+			r.log.Warn("keep deployment stopped", "deployment", name, "err", err)
+		}
+	case !d.Stopped && !match.Running:
+		if err := r.cfg.Engine.Start(ctx, match.ID); err != nil {
+			r.log.Warn("start deployment", "deployment", name, "err", err)
+		}
+	}
+	st := &fleetv1.DeploymentStatus{Name: name, Revision: spec.GetRevision(), Image: spec.GetImage(), ContainerId: match.ID}
+	r.fillFromEngine(ctx, st, match.ID, d.Stopped)
+	r.publish(ctx, st)
 	return nil
 }
 
