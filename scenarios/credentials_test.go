@@ -11,8 +11,8 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/fleet-agent/fleet/agent/secrets"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	"github.com/fleet-agent/fleet/internal/testimage"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -27,7 +27,7 @@ func setCredentials(t *testing.T, publicKey string, sealed bool, creds ...*fleet
 		if err != nil {
 			t.Fatal(err)
 		}
-		box, err := secrets.Seal(publicKey, raw)
+		box, err := credential.Seal(publicKey, raw)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -22,13 +22,14 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleet-agent/fleet/agent/command"
+	"github.com/fleet-agent/fleet/agent/handlers"
 	"github.com/fleet-agent/fleet/agent/hostinfo"
 	"github.com/fleet-agent/fleet/agent/mqttlink"
 	"github.com/fleet-agent/fleet/agent/reconcile"
 	"github.com/fleet-agent/fleet/agent/regauth"
-	"github.com/fleet-agent/fleet/agent/secrets"
 	"github.com/fleet-agent/fleet/agent/store"
 	"github.com/fleet-agent/fleet/internal/backoff"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -93,7 +94,7 @@ type Gateway struct {
 	store    *store.Store
 	proc     *command.Processor
 	rec      *reconcile.Reconciler
-	keys     *secrets.Keys
+	keys     *credential.Keys
 	keychain *regauth.Keychain
 	statuses *outbox
 	// link is set once, by Run, before linkSet is closed; read it only
@@ -157,52 +158,52 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.EngineInfo == nil {
 		cfg.EngineInfo = func(context.Context) *fleetv1.Engine { return &fleetv1.Engine{Name: "unknown", Reachable: true} }
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Logger, store: st, startedAt: cfg.Now(), statuses: newOutbox(), linkSet: make(chan struct{})}
 	if cfg.AtRestKey == "" {
 		cfg.AtRestKey = filepath.Join(cfg.StateDir, "at-rest.key")
 	}
-	if g.keys, err = secrets.Load(cfg.AtRestKey, filepath.Join(cfg.StateDir, "seal.key")); err != nil {
-		st.Close()
-		return nil, err
-	}
-	g.keychain, err = regauth.NewKeychain(regauth.KeychainConfig{Store: st, Cipher: g.keys, RequireSealed: cfg.RequireSealed,
-		CertsDir: cfg.RegistryCertsDir, ExpiryWarning: cfg.ExpiryWarning, Event: g.event, Insecure: cfg.InsecureRegistry,
-		Logger: cfg.Logger.With("component", "regauth"), Now: cfg.Now})
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	g.rec, err = reconcile.New(reconcile.Config{
-		Engine: cfg.Engine, Store: st, Policy: cfg.Policy, ImageGC: cfg.ImageGC, Auth: g.keychain.Auth, Refresh: g.keychain.Refresh,
-		Publish: g.publishStatus, Event: g.event,
-		Logger: cfg.Logger.With("component", "reconcile"), Now: cfg.Now,
-	})
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	g.proc, err = command.New(command.Config{
-		Scheme: cfg.Scheme, Tenant: cfg.Tenant, Gateway: cfg.ID,
-		Journal: st, Publisher: publisher{g}, MaxPayload: cfg.MaxPayload, Cipher: g.keys,
-		Encoding: cfg.Encoding, Now: cfg.Now, Logger: cfg.Logger.With("component", "command"),
-		Handlers: map[topic.Verb]command.Handler{
-			topic.Rebirth: g.rebirth,
-			topic.Deploy:  g.rec.Deploy,
-			topic.Remove:  g.rec.Remove,
-			topic.Start:   g.rec.Start,
-			topic.Stop:    g.rec.Stop,
-			topic.Restart: g.rec.Restart,
-
-			topic.SetCredentials:    g.keychain.Set,
-			topic.DeleteCredentials: g.keychain.Delete,
-			topic.CheckRegistry:     g.keychain.Check,
-		},
-	})
-	if err != nil {
+	g := &Gateway{cfg: cfg, log: cfg.Logger, store: st, startedAt: cfg.Now(), statuses: newOutbox(), linkSet: make(chan struct{})}
+	if err := g.build(); err != nil {
 		st.Close()
 		return nil, err
 	}
 	return g, nil
+}
+
+// build makes the gateway's parts: keys, keychain, reconciler, and the
+// command processor with its handlers.
+func (g *Gateway) build() error {
+	cfg := g.cfg
+	var err error
+	if g.keys, err = credential.LoadKeys(cfg.AtRestKey, filepath.Join(cfg.StateDir, "seal.key")); err != nil {
+		return err
+	}
+	g.keychain, err = regauth.NewKeychain(regauth.KeychainConfig{Store: g.store, Cipher: g.keys,
+		CertsDir: cfg.RegistryCertsDir, ExpiryWarning: cfg.ExpiryWarning, Event: g.event, Insecure: cfg.InsecureRegistry,
+		Logger: cfg.Logger.With("component", "regauth"), Now: cfg.Now})
+	if err != nil {
+		return err
+	}
+	g.rec, err = reconcile.New(reconcile.Config{
+		Engine: cfg.Engine, Store: g.store, Policy: cfg.Policy, ImageGC: cfg.ImageGC, Auth: g.keychain.Auth, Refresh: g.keychain.Refresh,
+		Publish: g.publishStatus, Event: g.event,
+		Logger: cfg.Logger.With("component", "reconcile"), Now: cfg.Now,
+	})
+	if err != nil {
+		return err
+	}
+	verbs, err := handlers.New(handlers.Config{Deployments: g.rec, Credentials: g.keychain,
+		OpenSealed: g.keys.OpenSealed, RequireSealed: cfg.RequireSealed})
+	if err != nil {
+		return err
+	}
+	verbs[topic.Rebirth] = g.rebirth
+	g.proc, err = command.New(command.Config{
+		Scheme: cfg.Scheme, Tenant: cfg.Tenant, Gateway: cfg.ID,
+		Journal: g.store, Publisher: publisher{g}, MaxPayload: cfg.MaxPayload, Cipher: g.keys,
+		Encoding: cfg.Encoding, Now: cfg.Now, Logger: cfg.Logger.With("component", "command"),
+		Handlers: verbs,
+	})
+	return err
 }
 
 // publisher lets the processor publish before the link exists: the

@@ -2,13 +2,13 @@ package reconcile_test
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
-	"github.com/fleet-agent/fleet/agent/command"
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/reconcile"
 	"github.com/fleet-agent/fleet/agent/store"
@@ -68,7 +68,7 @@ func deployRacingReconcile(t *testing.T, order int) {
 	fake.Publish("registry.test/web:2", "2")
 	v1 := &fleetv1.DeploymentSpec{Name: "web", Revision: 1, Image: "registry.test/web:1"}
 	v2 := &fleetv1.DeploymentSpec{Name: "web", Revision: 2, Image: "registry.test/web:2"}
-	if err := deployWait(t, rec, v1); err != nil {
+	if _, err := rec.Apply(ctx, v1, nil); err != nil {
 		t.Fatalf("deploy r1 = %v", err)
 	}
 	cs, _ := fake.List(ctx)
@@ -77,25 +77,20 @@ func deployRacingReconcile(t *testing.T, order int) {
 	}
 	fake.PullDelay = time.Second
 
-	passed, deployed := make(chan error, 1), make(chan *command.Exec, 1)
+	passed, deployed := make(chan error, 1), make(chan error, 1)
 	pass := func() { passed <- rec.ReconcileAll(ctx) }
 	deploy := func() {
-		x := deployExec(v2)
-		if err := rec.Deploy(ctx, x); err != nil {
-			t.Errorf("deploy r2 = %v", err)
-		}
-		deployed <- x
+		_, err := rec.Apply(ctx, v2, nil)
+		deployed <- err
 	}
-	var x *command.Exec
+	var err2 error
 	switch order {
 	case 0:
 		go pass()
 		go deploy()
-		x = <-deployed
 	case 1:
 		go deploy()
 		go pass()
-		x = <-deployed
 	case 2:
 		listing, release := make(chan struct{}), make(chan struct{})
 		eng.mu.Lock()
@@ -104,19 +99,17 @@ func deployRacingReconcile(t *testing.T, order int) {
 		go pass()
 		<-listing
 		go deploy()
-		x = <-deployed
-		for done, _ := x.Outcome(); !done; done, _ = x.Outcome() {
-			time.Sleep(time.Millisecond)
-		}
+		err2 = <-deployed
+		deployed <- err2
 		close(release)
 	}
 	if err := <-passed; err != nil {
 		t.Fatalf("ReconcileAll = %v", err)
 	}
-	time.Sleep(time.Hour) // fake time: every rollout is over
-	if done, err := x.Outcome(); !done || err != nil {
-		t.Errorf("deploy r2 outcome = %v, %v; want done without error", done, err)
+	if err2 = <-deployed; err2 != nil {
+		t.Errorf("deploy r2 = %v, want success", err2)
 	}
+	time.Sleep(time.Hour) // fake time: every rollout is over
 	cs, _ = fake.List(ctx)
 	if len(cs) != 1 || cs[0].Revision != 2 || !cs[0].Running {
 		t.Errorf("containers = %+v, want one running at revision 2", cs)
@@ -124,36 +117,24 @@ func deployRacingReconcile(t *testing.T, order int) {
 
 	// Once more with a rollout in progress at Shutdown.
 	fake.Publish("registry.test/web:3", "3")
-	if err := rec.Deploy(ctx, deployExec(&fleetv1.DeploymentSpec{Name: "web", Revision: 3, Image: "registry.test/web:3"})); err != nil {
-		t.Fatal(err)
-	}
+	accepted := make(chan struct{})
+	go func() {
+		_, err := rec.Apply(ctx, &fleetv1.DeploymentSpec{Name: "web", Revision: 3, Image: "registry.test/web:3"}, func() { close(accepted) })
+		deployed <- err
+	}()
+	<-accepted
 	go pass()
 	<-passed
 	rec.Shutdown()
+	if err := <-deployed; !errors.Is(err, context.Canceled) {
+		t.Errorf("deploy r3 at shutdown = %v, want canceled", err)
+	}
 	synctest.Wait()
 	before, _ := fake.List(ctx)
 	time.Sleep(time.Hour)
 	after, _ := fake.List(ctx)
 	if !sameContainers(before, after) {
 		t.Errorf("containers changed after Shutdown returned: %+v, then %+v", before, after)
-	}
-}
-
-func deployExec(spec *fleetv1.DeploymentSpec) *command.Exec {
-	return command.NewExec(&fleetv1.Command{Id: "c", Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: spec}}})
-}
-
-// deployWait deploys and waits for the outcome, in a synctest bubble.
-func deployWait(t *testing.T, rec *reconcile.Reconciler, spec *fleetv1.DeploymentSpec) error {
-	x := deployExec(spec)
-	if err := rec.Deploy(context.Background(), x); err != nil {
-		return err
-	}
-	for {
-		if done, err := x.Outcome(); done {
-			return err
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -6,9 +6,9 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
-	"github.com/fleet-agent/fleet/agent/command"
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/reconcile"
 	"github.com/fleet-agent/fleet/agent/store"
@@ -45,21 +45,10 @@ func newHarness(t *testing.T, policy reconcile.Policy, imageGC bool) *harness {
 	return h
 }
 
-// deploy runs the deploy handler and waits for its outcome.
-func (h *harness) deploy(t *testing.T, spec *fleetv1.DeploymentSpec) (*fleetv1.Reply, error) {
+// deploy applies spec and returns the outcome of its rollout.
+func (h *harness) deploy(t *testing.T, spec *fleetv1.DeploymentSpec) (*fleetv1.DeploymentStatus, error) {
 	t.Helper()
-	x := command.NewExec(&fleetv1.Command{Id: "c", Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: spec}}})
-	err := h.rec.Deploy(context.Background(), x)
-	if !x.Detached() {
-		return x.Reply, err
-	}
-	var out error
-	testenv.Eventually(t, "deploy outcome", func() bool {
-		done, e := x.Outcome()
-		out = e
-		return done
-	})
-	return x.Reply, out
+	return h.rec.Apply(context.Background(), spec, nil)
 }
 
 func TestDeployRejects(t *testing.T) {
@@ -72,27 +61,27 @@ func TestDeployRejects(t *testing.T) {
 		wantCode  fleetv1.Reply_Code
 		wantField string
 	}{
-		{"bad name", func(s *fleetv1.DeploymentSpec) { s.Name = "Web_1" }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.name"},
-		{"no revision", func(s *fleetv1.DeploymentSpec) { s.Revision = 0 }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.revision"},
-		{"no image", func(s *fleetv1.DeploymentSpec) { s.Image = "" }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.image"},
-		{"bad image", func(s *fleetv1.DeploymentSpec) { s.Image = "web::1" }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.image"},
-		{"bad port", func(s *fleetv1.DeploymentSpec) { s.Ports = []*fleetv1.Port{{ContainerPort: 0}} }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.ports"},
+		{"bad name", func(s *fleetv1.DeploymentSpec) { s.Name = "Web_1" }, fleetv1.Reply_INVALID_ARGUMENT, "spec.name"},
+		{"no revision", func(s *fleetv1.DeploymentSpec) { s.Revision = 0 }, fleetv1.Reply_INVALID_ARGUMENT, "spec.revision"},
+		{"no image", func(s *fleetv1.DeploymentSpec) { s.Image = "" }, fleetv1.Reply_INVALID_ARGUMENT, "spec.image"},
+		{"bad image", func(s *fleetv1.DeploymentSpec) { s.Image = "web::1" }, fleetv1.Reply_INVALID_ARGUMENT, "spec.image"},
+		{"bad port", func(s *fleetv1.DeploymentSpec) { s.Ports = []*fleetv1.Port{{ContainerPort: 0}} }, fleetv1.Reply_INVALID_ARGUMENT, "spec.ports"},
 		{"relative mount", func(s *fleetv1.DeploymentSpec) {
 			s.Mounts = []*fleetv1.Mount{{Type: fleetv1.Mount_BIND, Source: "data", Target: "/data"}}
-		}, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.mounts"},
-		{"both cpu forms", func(s *fleetv1.DeploymentSpec) { s.Resources = &fleetv1.Resources{Cpus: 1, NanoCpus: 1} }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.resources"},
+		}, fleetv1.Reply_INVALID_ARGUMENT, "spec.mounts"},
+		{"both cpu forms", func(s *fleetv1.DeploymentSpec) { s.Resources = &fleetv1.Resources{Cpus: 1, NanoCpus: 1} }, fleetv1.Reply_INVALID_ARGUMENT, "spec.resources"},
 		{"retries without on-failure", func(s *fleetv1.DeploymentSpec) {
 			s.RestartPolicy = &fleetv1.RestartPolicy{Mode: fleetv1.RestartPolicy_ALWAYS, MaxRetries: 3}
-		}, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.restartPolicy.maxRetries"},
-		{"privileged", func(s *fleetv1.DeploymentSpec) { s.Privileged = true }, fleetv1.Reply_POLICY_DENIED, "deploy.spec.privileged"},
-		{"host network", func(s *fleetv1.DeploymentSpec) { s.NetworkMode = "host" }, fleetv1.Reply_POLICY_DENIED, "deploy.spec.networkMode"},
-		{"cap add", func(s *fleetv1.DeploymentSpec) { s.CapAdd = []string{"NET_ADMIN"} }, fleetv1.Reply_POLICY_DENIED, "deploy.spec.capAdd"},
+		}, fleetv1.Reply_INVALID_ARGUMENT, "spec.restartPolicy.maxRetries"},
+		{"privileged", func(s *fleetv1.DeploymentSpec) { s.Privileged = true }, fleetv1.Reply_POLICY_DENIED, "spec.privileged"},
+		{"host network", func(s *fleetv1.DeploymentSpec) { s.NetworkMode = "host" }, fleetv1.Reply_POLICY_DENIED, "spec.networkMode"},
+		{"cap add", func(s *fleetv1.DeploymentSpec) { s.CapAdd = []string{"NET_ADMIN"} }, fleetv1.Reply_POLICY_DENIED, "spec.capAdd"},
 		{"bind outside allowed paths", func(s *fleetv1.DeploymentSpec) {
 			s.Mounts = []*fleetv1.Mount{{Type: fleetv1.Mount_BIND, Source: "/etc", Target: "/host-etc"}}
-		}, fleetv1.Reply_POLICY_DENIED, "deploy.spec.mounts"},
+		}, fleetv1.Reply_POLICY_DENIED, "spec.mounts"},
 		{"device outside allowed paths", func(s *fleetv1.DeploymentSpec) {
 			s.Devices = []*fleetv1.Device{{HostPath: "/dev/mem"}}
-		}, fleetv1.Reply_POLICY_DENIED, "deploy.spec.devices"},
+		}, fleetv1.Reply_POLICY_DENIED, "spec.devices"},
 	}
 	h := newHarness(t, reconcile.Policy{AllowedHostPaths: []string{"/srv/data", "/dev/ttyUSB0"}}, false)
 	for _, tt := range tests {
@@ -126,7 +115,7 @@ func TestRollbackOnFake(t *testing.T) {
 	}
 	r, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "web", Revision: 2, Image: "registry.test/web:2",
 		Env: map[string]string{"MODE": "exit", "EXIT_CODE": "1"}})
-	if errdefs.Code(err) != fleetv1.Reply_UNHEALTHY || r.GetStatus().GetPhase() != fleetv1.DeploymentStatus_ROLLED_BACK {
+	if errdefs.Code(err) != fleetv1.Reply_UNHEALTHY || r.GetPhase() != fleetv1.DeploymentStatus_ROLLED_BACK {
 		t.Fatalf("deploy r2 = %v, %v; want UNHEALTHY and ROLLED_BACK", r, err)
 	}
 	cs, _ := h.fake.List(context.Background())
@@ -153,8 +142,7 @@ func TestImageGC(t *testing.T) {
 			t.Errorf("after three revisions, %s present = %v, want %v (current and previous kept)", ref, got, want)
 		}
 	}
-	x := command.NewExec(&fleetv1.Command{Id: "rm", Body: &fleetv1.Command_Remove{Remove: &fleetv1.DeploymentRef{Name: "web"}}})
-	if err := h.rec.Remove(context.Background(), x); err != nil {
+	if err := h.rec.Remove(context.Background(), "web", false); err != nil {
 		t.Fatal(err)
 	}
 	if present("registry.test/web:2") || present("registry.test/web:3") {
@@ -175,6 +163,10 @@ func TestNoSpaceFailsBeforePulling(t *testing.T) {
 }
 
 func TestPullProgressIsRateLimited(t *testing.T) {
+	synctest.Test(t, testPullProgressIsRateLimited)
+}
+
+func testPullProgressIsRateLimited(t *testing.T) {
 	h := newHarness(t, reconcile.Policy{}, false)
 	h.fake.Publish("registry.test/app:1", "x")
 	if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: "registry.test/app:1"}); err != nil {
@@ -188,7 +180,8 @@ func TestPullProgressIsRateLimited(t *testing.T) {
 			withProgress++
 		}
 	}
-	// The fake reports progress 101 times within far less than a second.
+	// The fake reports progress 101 times at once (no time passes in the
+	// bubble but for waits).
 	if withProgress != 1 {
 		t.Errorf("statuses with pull progress = %d, want 1 (at most one a second)", withProgress)
 	}
@@ -210,16 +203,16 @@ func TestHigherRevisionSupersedesAStuckOne(t *testing.T) {
 		return nil
 	}
 	defer close(release)
-	x1 := command.NewExec(&fleetv1.Command{Id: "r1", Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: "registry.test/app:1"}}}})
-	if err := h.rec.Deploy(context.Background(), x1); err != nil {
-		t.Fatal(err)
-	}
+	accepted, done1 := make(chan struct{}), make(chan error, 1)
+	go func() {
+		_, err := h.rec.Apply(context.Background(), &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: "registry.test/app:1"}, func() { close(accepted) })
+		done1 <- err
+	}()
+	<-accepted
 	if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "app", Revision: 2, Image: "registry.test/app:2"}); err != nil {
 		t.Fatalf("revision 2 = %v, want success despite the stuck revision 1", err)
 	}
-	var err1 error
-	testenv.Eventually(t, "revision 1 finished", func() bool { done, e := x1.Outcome(); err1 = e; return done })
-	if errdefs.Code(err1) != fleetv1.Reply_SUPERSEDED {
+	if err1 := <-done1; errdefs.Code(err1) != fleetv1.Reply_SUPERSEDED {
 		t.Errorf("revision 1 outcome = %v, want SUPERSEDED", err1)
 	}
 }

@@ -15,8 +15,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/fleet-agent/fleet/agent/regauth"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -188,7 +188,7 @@ func (c *Controller) Send(ctx context.Context, t Target, cmd *fleetv1.Command, o
 		var out []Registry
 		for _, cr := range list {
 			scope, _ := credentialScope(cr)
-			r := Registry{Registry: scope, Kind: regauth.KindOf(cr), Username: cr.GetBasic().GetUsername(), Fingerprint: fingerprint(cr)}
+			r := Registry{Registry: scope, Kind: credential.KindOf(cr), Username: cr.GetBasic().GetUsername(), Fingerprint: fingerprint(cr)}
 			if t := cr.GetEcrToken().GetExpiresAt(); t != nil {
 				r.ExpiresAt = t.AsTime()
 			}

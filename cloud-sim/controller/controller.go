@@ -17,9 +17,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/fleet-agent/fleet/agent/secrets"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -29,7 +29,7 @@ type Config struct {
 	Store *state.Store
 	// Keys encrypts credentials at rest (its AES key; replicas sharing a
 	// NATS cluster must share it).
-	Keys *secrets.Keys
+	Keys *credential.Keys
 
 	BrokerURL *url.URL
 	// ID is the controller's MQTT client id and reply-topic level; stable,

@@ -5,16 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/fleet-agent/fleet/agent/command"
-	"github.com/fleet-agent/fleet/agent/regauth"
-	"github.com/fleet-agent/fleet/agent/secrets"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
@@ -72,7 +69,7 @@ type CredentialOptions struct {
 }
 
 func validateCredential(field string, cr *fleetv1.Credential) (string, error) {
-	k, err := regauth.Validate(field, cr)
+	k, err := credential.Validate(field, cr)
 	if err != nil {
 		return "", err
 	}
@@ -80,14 +77,14 @@ func validateCredential(field string, cr *fleetv1.Credential) (string, error) {
 }
 
 func credentialScope(cr *fleetv1.Credential) (string, error) {
-	k, err := regauth.ParseRegistry(cr.GetRegistry())
+	k, err := credential.ParseRegistry(cr.GetRegistry())
 	if err != nil {
 		return "", err
 	}
 	return k.String(), nil
 }
 
-func fingerprint(cr *fleetv1.Credential) string { return regauth.Fingerprint(cr) }
+func fingerprint(cr *fleetv1.Credential) string { return credential.Fingerprint(cr) }
 
 // SetCredential validates and stores a tenant's credential (replacing one
 // of the same registry scope). Gateways get it sealed with their next
@@ -105,7 +102,7 @@ func (c *Controller) SetCredential(ctx context.Context, tenant string, cr *fleet
 		return nil, err
 	}
 	rec := &Credential{CredentialView: CredentialView{
-		Tenant: tenant, Registry: scope, Kind: regauth.KindOf(cr), Username: cr.GetBasic().GetUsername(), Fingerprint: fingerprint(cr),
+		Tenant: tenant, Registry: scope, Kind: credential.KindOf(cr), Username: cr.GetBasic().GetUsername(), Fingerprint: fingerprint(cr),
 		IssueTokens: opts.IssueTokens, HasCACertificate: cr.GetCaCertificate() != "", HasClientCert: cr.GetClientCertificate() != "",
 		RequireTLS: cr.GetRequireTls(), UpdatedAt: c.cfg.Now(),
 	}, Secret: c.cfg.Keys.Encrypt(raw)}
@@ -152,7 +149,7 @@ func (c *Controller) Credentials(tenant string) []CredentialView {
 // DeleteCredential forgets a tenant's credential; gateways keep their copy
 // until sent a delete-credentials.
 func (c *Controller) DeleteCredential(ctx context.Context, tenant, registry string) error {
-	k, err := regauth.ParseRegistry(registry)
+	k, err := credential.ParseRegistry(registry)
 	if err != nil {
 		return errdefs.Invalid("registry", "%v", err)
 	}
@@ -176,7 +173,7 @@ func (c *Controller) DeleteCredential(ctx context.Context, tenant, registry stri
 // PushCredential sends the tenant's stored credential for registry (or
 // the ECR token issued from it) to the target gateways, sealed to each.
 func (c *Controller) PushCredential(ctx context.Context, t Target, registry string) (*BatchView, error) {
-	k, err := regauth.ParseRegistry(registry)
+	k, err := credential.ParseRegistry(registry)
 	if err != nil {
 		return nil, errdefs.Invalid("registry", "%v", err)
 	}
@@ -198,23 +195,23 @@ func (c *Controller) PushCredential(ctx context.Context, t Target, registry stri
 // credentialFor finds the tenant's credential for image (longest prefix
 // wins, as on the gateway) and opens its secret; nil when there is none.
 func (c *Controller) credentialFor(tenant, image string) (*Credential, *fleetv1.Credential, error) {
-	ik, err := regauth.ImageKey(image)
+	ik, err := credential.ImageKey(image)
 	if err != nil {
 		return nil, nil, errdefs.Invalid("image", "%v", err)
 	}
 	c.mu.Lock()
 	var recs []*Credential
-	var scopes []regauth.Key
+	var scopes []credential.Key
 	for _, cr := range c.creds {
 		if cr.Tenant != tenant {
 			continue
 		}
-		if k, err := regauth.ParseRegistry(cr.Registry); err == nil {
+		if k, err := credential.ParseRegistry(cr.Registry); err == nil {
 			recs, scopes = append(recs, cr), append(scopes, k)
 		}
 	}
 	c.mu.Unlock()
-	i := regauth.Select(scopes, ik)
+	i := credential.Select(scopes, ik)
 	if i < 0 {
 		return nil, nil, nil
 	}
@@ -297,31 +294,13 @@ func (c *Controller) CheckRegistry(ctx context.Context, tenant, image string) (*
 	return res, nil
 }
 
-// checkWith runs the agent's own check-registry code, in the cloud, with
-// cred (nil: anonymous).
+// checkWith checks image against its registry from the cloud, with cred
+// (nil: anonymous), as check-registry does on a gateway.
 func (c *Controller) checkWith(ctx context.Context, cred *fleetv1.Credential, image string) *CheckResult {
-	res := &CheckResult{Image: image, CheckedAt: c.cfg.Now()}
-	dir, err := os.MkdirTemp(c.cfg.CertsDir, "check-")
-	if err != nil {
-		res.Code, res.Message = fleetv1.Reply_INTERNAL.String(), err.Error()
-		return res
-	}
-	defer os.RemoveAll(dir)
-	kc, err := regauth.NewKeychain(regauth.KeychainConfig{Store: memCreds{}, Cipher: plain{}, CertsDir: dir, Logger: c.log})
-	if err == nil && cred != nil {
-		res.Registry = cred.GetRegistry()
-		set := &fleetv1.Command{Body: &fleetv1.Command_SetCredentials{SetCredentials: &fleetv1.SetCredentials{Credentials: []*fleetv1.Credential{proto.Clone(cred).(*fleetv1.Credential)}}}}
-		err = kc.Set(ctx, command.NewExec(set))
-	}
-	var x *command.Exec
-	if err == nil {
-		x = command.NewExec(&fleetv1.Command{Body: &fleetv1.Command_CheckRegistry{CheckRegistry: &fleetv1.CheckRegistry{Image: image}}})
-		err = kc.Check(ctx, x)
-		if rc := x.Reply.GetRegistryCheck(); rc != nil {
-			if raw, jerr := protojson.Marshal(rc); jerr == nil {
-				_ = json.Unmarshal(raw, &res.Check)
-			}
-		}
+	res := &CheckResult{Image: image, CheckedAt: c.cfg.Now(), Registry: cred.GetRegistry()}
+	rc, err := credential.CheckImage(ctx, cred, image)
+	if raw, jerr := protojson.Marshal(rc); jerr == nil {
+		_ = json.Unmarshal(raw, &res.Check)
 	}
 	res.OK = err == nil
 	if err != nil {
@@ -341,19 +320,6 @@ func codeErr(code string) error {
 	return errors.New(code)
 }
 
-// memCreds and plain let the cloud run a throwaway keychain in memory.
-type memCreds struct{}
-
-func (memCreds) PutCredential(string, []byte) error      { return nil }
-func (memCreds) DeleteCredential(string) error           { return nil }
-func (memCreds) Credentials() (map[string][]byte, error) { return nil, nil }
-
-type plain struct{}
-
-func (plain) Encrypt(p []byte) []byte             { return p }
-func (plain) Decrypt(p []byte) ([]byte, error)    { return p, nil }
-func (plain) OpenSealed(p []byte) ([]byte, error) { return p, nil }
-
 // sealFor builds a set-credentials for g with creds sealed to its public key.
 func (c *Controller) sealFor(g *Gateway, creds []*fleetv1.Credential) (*fleetv1.Command, error) {
 	if g.PublicKey == "" {
@@ -363,7 +329,7 @@ func (c *Controller) sealFor(g *Gateway, creds []*fleetv1.Credential) (*fleetv1.
 	if err != nil {
 		return nil, err
 	}
-	sealed, err := secrets.Seal(g.PublicKey, raw)
+	sealed, err := credential.Seal(g.PublicKey, raw)
 	if err != nil {
 		return nil, err
 	}

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleet-agent/fleet/agent/secrets"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/credential"
 )
 
 func newTestController(t *testing.T, now func() time.Time) *Controller {
@@ -19,7 +19,7 @@ func newTestController(t *testing.T, now func() time.Time) *Controller {
 	}
 	t.Cleanup(st.Close)
 	dir := t.TempDir()
-	keys, err := secrets.Load(filepath.Join(dir, "k"), filepath.Join(dir, "s"))
+	keys, err := credential.LoadKeys(filepath.Join(dir, "k"), filepath.Join(dir, "s"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,14 +7,14 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/fleet-agent/fleet/agent/regauth"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/credential"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
 // issueToken exchanges rec's ecr credential for an ECR token. c.mu is not held.
 func (c *Controller) issueToken(ctx context.Context, rec *Credential, cr *fleetv1.Credential) error {
-	tok, refreshAt, err := regauth.TokenCredential(ctx, cr, c.cfg.Now())
+	tok, refreshAt, err := credential.TokenCredential(ctx, cr, c.cfg.Now())
 	if err != nil {
 		return err
 	}

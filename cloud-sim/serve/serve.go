@@ -19,13 +19,13 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/fleet-agent/fleet/agent/secrets"
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/broker"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -129,7 +129,7 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	if keyPath == "" {
 		keyPath = filepath.Join(cfg.DataDir, "controller.key")
 	}
-	keys, err := secrets.Load(keyPath, filepath.Join(cfg.DataDir, "controller-seal.key"))
+	keys, err := credential.LoadKeys(keyPath, filepath.Join(cfg.DataDir, "controller-seal.key"))
 	if err != nil {
 		return s, fmt.Errorf("serve: %w", err)
 	}

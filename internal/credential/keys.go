@@ -1,9 +1,10 @@
-// Package secrets keeps the agent's keys: an AES-256-GCM key that encrypts
-// secrets at rest in the state file, and an X25519 key pair whose public
-// half is published in the birth so that the cloud can seal credentials to
-// this gateway (NaCl anonymous sealed box). Both live in files of mode 0600,
-// created on first start.
-package secrets
+package credential
+
+// Keys are the keys of a gateway (or a controller): an AES-256-GCM key that
+// encrypts secrets at rest in the state file, and an X25519 key pair whose
+// public half a gateway publishes in its birth so that the cloud can seal
+// credentials to it (NaCl anonymous sealed box). Both live in files of mode
+// 0600, created on first start.
 
 import (
 	"crypto/aes"
@@ -17,15 +18,14 @@ import (
 	"golang.org/x/crypto/nacl/box"
 )
 
-// Keys are the agent's keys.
 type Keys struct {
 	aead      cipher.AEAD
 	pub, priv *[32]byte
 }
 
-// Load reads the keys from their files, creating any that is missing.
+// LoadKeys reads the keys from their files, creating any that is missing.
 // atRestPath may name a key supplied by the operator (32 raw bytes).
-func Load(atRestPath, boxPath string) (*Keys, error) {
+func LoadKeys(atRestPath, boxPath string) (*Keys, error) {
 	k, err := loadOrCreate(atRestPath, 32, func() ([]byte, error) {
 		b := make([]byte, 32)
 		_, err := rand.Read(b)

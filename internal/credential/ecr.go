@@ -1,4 +1,4 @@
-package regauth
+package credential
 
 import (
 	"context"
@@ -24,7 +24,7 @@ import (
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
-// TokenGetter is the one ECR API call the agent makes.
+// TokenGetter is the one ECR API call made for a credential.
 type TokenGetter interface {
 	GetAuthorizationToken(ctx context.Context, in *ecr.GetAuthorizationTokenInput, opts ...func(*ecr.Options)) (*ecr.GetAuthorizationTokenOutput, error)
 }
@@ -52,8 +52,8 @@ func NewECRClient(ctx context.Context, c *fleetv1.EcrAuth, region string) (Token
 // ecrHost matches an ECR registry host and captures its region.
 var ecrHost = regexp.MustCompile(`^[0-9]{12}\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$`)
 
-// ecrRegion is the credential's region, or the one in the host.
-func ecrRegion(c *fleetv1.EcrAuth, host string) (string, bool) {
+// ECRRegion is the credential's region, or the one in the host.
+func ECRRegion(c *fleetv1.EcrAuth, host string) (string, bool) {
 	if c.GetRegion() != "" {
 		return c.GetRegion(), true
 	}
@@ -63,11 +63,11 @@ func ecrRegion(c *fleetv1.EcrAuth, host string) (string, bool) {
 	return "", false
 }
 
-// token is a registry password with its expiry.
-type token struct {
-	user, password string
-	expires        time.Time
-	refreshAt      time.Time
+// Token is a registry login with its expiry and the time to replace it.
+type Token struct {
+	User, Password string
+	Expires        time.Time
+	RefreshAt      time.Time
 }
 
 // refreshMargin is how long before its expiry a token is replaced: a
@@ -76,8 +76,8 @@ func refreshMargin(lifetime time.Duration) time.Duration {
 	return min(lifetime/4, 30*time.Minute)
 }
 
-// fetchECR calls GetAuthorizationToken once.
-func fetchECR(ctx context.Context, client TokenGetter, now time.Time) (*token, error) {
+// FetchECRToken calls GetAuthorizationToken once.
+func FetchECRToken(ctx context.Context, client TokenGetter, now time.Time) (*Token, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	out, err := client.GetAuthorizationToken(ctx, &ecr.GetAuthorizationTokenInput{})
@@ -97,7 +97,7 @@ func fetchECR(ctx context.Context, client TokenGetter, now time.Time) (*token, e
 	if expires.IsZero() {
 		expires = now.Add(12 * time.Hour)
 	}
-	return &token{user: user, password: password, expires: expires, refreshAt: expires.Add(-refreshMargin(expires.Sub(now)))}, nil
+	return &Token{User: user, Password: password, Expires: expires, RefreshAt: expires.Add(-refreshMargin(expires.Sub(now)))}, nil
 }
 
 // ecrErr maps an AWS error onto an error kind, keeping AWS's code and
@@ -132,21 +132,21 @@ func TokenCredential(ctx context.Context, c *fleetv1.Credential, now time.Time) 
 	if c.GetEcr() == nil {
 		return nil, time.Time{}, errdefs.Invalid("credential.ecr", "is required to issue ECR tokens")
 	}
-	region, _ := ecrRegion(c.GetEcr(), key.Host)
+	region, _ := ECRRegion(c.GetEcr(), key.Host)
 	client, err := NewECRClient(ctx, c.GetEcr(), region)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	t, err := fetchECR(ctx, client, now)
+	t, err := FetchECRToken(ctx, client, now)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
 	return &fleetv1.Credential{
 		Registry:          c.GetRegistry(),
-		Kind:              &fleetv1.Credential_EcrToken{EcrToken: &fleetv1.EcrToken{Password: t.password, ExpiresAt: timestamppb.New(t.expires)}},
+		Kind:              &fleetv1.Credential_EcrToken{EcrToken: &fleetv1.EcrToken{Password: t.Password, ExpiresAt: timestamppb.New(t.Expires)}},
 		CaCertificate:     c.GetCaCertificate(),
 		ClientCertificate: c.GetClientCertificate(),
 		ClientKey:         c.GetClientKey(),
 		RequireTls:        c.GetRequireTls(),
-	}, t.refreshAt, nil
+	}, t.RefreshAt, nil
 }

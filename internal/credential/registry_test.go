@@ -1,26 +1,26 @@
-package regauth_test
+package credential_test
 
 import (
 	"testing"
 
-	"github.com/fleet-agent/fleet/agent/regauth"
+	"github.com/fleet-agent/fleet/internal/credential"
 )
 
 func TestParseRegistry(t *testing.T) {
 	tests := []struct {
 		in   string
-		want regauth.Key
+		want credential.Key
 	}{
-		{"", regauth.Key{Host: "docker.io"}},
-		{"docker.io", regauth.Key{Host: "docker.io"}},
-		{"index.docker.io", regauth.Key{Host: "docker.io"}},
-		{"https://index.docker.io/v1/", regauth.Key{Host: "docker.io"}},
-		{"registry-1.docker.io/myorg/", regauth.Key{Host: "docker.io", Prefix: "myorg"}},
-		{"123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/", regauth.Key{Host: "123456789012.dkr.ecr.eu-west-1.amazonaws.com", Prefix: "team"}},
-		{"Registry.Example.com:5000/a/b", regauth.Key{Host: "registry.example.com:5000", Prefix: "a/b"}},
+		{"", credential.Key{Host: "docker.io"}},
+		{"docker.io", credential.Key{Host: "docker.io"}},
+		{"index.docker.io", credential.Key{Host: "docker.io"}},
+		{"https://index.docker.io/v1/", credential.Key{Host: "docker.io"}},
+		{"registry-1.docker.io/myorg/", credential.Key{Host: "docker.io", Prefix: "myorg"}},
+		{"123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/", credential.Key{Host: "123456789012.dkr.ecr.eu-west-1.amazonaws.com", Prefix: "team"}},
+		{"Registry.Example.com:5000/a/b", credential.Key{Host: "registry.example.com:5000", Prefix: "a/b"}},
 	}
 	for _, tt := range tests {
-		got, err := regauth.ParseRegistry(tt.in)
+		got, err := credential.ParseRegistry(tt.in)
 		if err != nil || got != tt.want {
 			t.Errorf("ParseRegistry(%q) = %+v, %v; want %+v", tt.in, got, err, tt.want)
 		}
@@ -28,7 +28,7 @@ func TestParseRegistry(t *testing.T) {
 }
 
 func TestSelectLongestPrefix(t *testing.T) {
-	scopes := []regauth.Key{
+	scopes := []credential.Key{
 		{Host: "docker.io"},
 		{Host: "registry.example.com"},
 		{Host: "registry.example.com", Prefix: "team"},
@@ -48,11 +48,11 @@ func TestSelectLongestPrefix(t *testing.T) {
 		{"quay.io/x/y:1", -1},
 	}
 	for _, tt := range tests {
-		k, err := regauth.ImageKey(tt.image)
+		k, err := credential.ImageKey(tt.image)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := regauth.Select(scopes, k); got != tt.want {
+		if got := credential.Select(scopes, k); got != tt.want {
 			t.Errorf("Select(%s) = %d, want %d", tt.image, got, tt.want)
 		}
 	}

@@ -1,4 +1,4 @@
-package secrets_test
+package credential_test
 
 import (
 	"bytes"
@@ -6,13 +6,13 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/fleet-agent/fleet/agent/secrets"
+	"github.com/fleet-agent/fleet/internal/credential"
 )
 
 func TestKeys(t *testing.T) {
 	dir := t.TempDir()
 	rest, pair := filepath.Join(dir, "at-rest.key"), filepath.Join(dir, "seal.key")
-	k, err := secrets.Load(rest, pair)
+	k, err := credential.LoadKeys(rest, pair)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +27,7 @@ func TestKeys(t *testing.T) {
 		t.Fatal("ciphertext contains the plaintext")
 	}
 	// The same keys after a restart.
-	k2, err := secrets.Load(rest, pair)
+	k2, err := credential.LoadKeys(rest, pair)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,14 +37,14 @@ func TestKeys(t *testing.T) {
 	if k2.PublicKey() != k.PublicKey() {
 		t.Error("public key changed across a reload")
 	}
-	sealed, err := secrets.Seal(k.PublicKey(), secret)
+	sealed, err := credential.Seal(k.PublicKey(), secret)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got, err := k2.OpenSealed(sealed); err != nil || !bytes.Equal(got, secret) {
 		t.Errorf("OpenSealed = %q, %v", got, err)
 	}
-	other, _ := secrets.Load(filepath.Join(dir, "o1"), filepath.Join(dir, "o2"))
+	other, _ := credential.LoadKeys(filepath.Join(dir, "o1"), filepath.Join(dir, "o2"))
 	if _, err := other.OpenSealed(sealed); err == nil {
 		t.Error("a box sealed to one gateway opened with another's key")
 	}
