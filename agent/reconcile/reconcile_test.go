@@ -13,7 +13,6 @@ import (
 	"github.com/fleet-agent/fleet/agent/reconcile"
 	"github.com/fleet-agent/fleet/agent/store"
 	"github.com/fleet-agent/fleet/internal/errdefs"
-	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
@@ -106,7 +105,9 @@ func TestDeployRejects(t *testing.T) {
 	})
 }
 
-func TestRollbackOnFake(t *testing.T) {
+func TestRollbackOnFake(t *testing.T) { synctest.Test(t, testRollbackOnFake) }
+
+func testRollbackOnFake(t *testing.T) {
 	h := newHarness(t, reconcile.Policy{}, false)
 	h.fake.Publish("registry.test/web:1", "good")
 	h.fake.Publish("registry.test/web:2", "bad")
@@ -127,7 +128,9 @@ func TestRollbackOnFake(t *testing.T) {
 	}
 }
 
-func TestImageGC(t *testing.T) {
+func TestImageGC(t *testing.T) { synctest.Test(t, testImageGC) }
+
+func testImageGC(t *testing.T) {
 	h := newHarness(t, reconcile.Policy{}, true)
 	for rev := int64(1); rev <= 3; rev++ {
 		img := fmt.Sprintf("registry.test/web:%d", rev)
@@ -150,7 +153,9 @@ func TestImageGC(t *testing.T) {
 	}
 }
 
-func TestNoSpaceFailsBeforePulling(t *testing.T) {
+func TestNoSpaceFailsBeforePulling(t *testing.T) { synctest.Test(t, testNoSpaceFailsBeforePulling) }
+
+func testNoSpaceFailsBeforePulling(t *testing.T) {
 	h := newHarness(t, reconcile.Policy{}, false)
 	h.fake.Publish("registry.test/big:1", "big")
 	h.fake.Size, h.fake.Free = 100<<20, 200<<20
@@ -188,6 +193,10 @@ func testPullProgressIsRateLimited(t *testing.T) {
 }
 
 func TestHigherRevisionSupersedesAStuckOne(t *testing.T) {
+	synctest.Test(t, testHigherRevisionSupersedesAStuckOne)
+}
+
+func testHigherRevisionSupersedesAStuckOne(t *testing.T) {
 	h := newHarness(t, reconcile.Policy{}, false)
 	h.fake.Publish("registry.test/app:1", "1")
 	h.fake.Publish("registry.test/app:2", "2")
@@ -217,7 +226,9 @@ func TestHigherRevisionSupersedesAStuckOne(t *testing.T) {
 	}
 }
 
-func TestReconcileAllOnFake(t *testing.T) {
+func TestReconcileAllOnFake(t *testing.T) { synctest.Test(t, testReconcileAllOnFake) }
+
+func testReconcileAllOnFake(t *testing.T) {
 	h := newHarness(t, reconcile.Policy{}, false)
 	h.fake.Publish("registry.test/app:1", "1")
 	ctx := context.Background()
@@ -239,13 +250,15 @@ func TestReconcileAllOnFake(t *testing.T) {
 	if err := h.rec.ReconcileAll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, "app recreated, orphan removed", func() bool {
-		cs, _ := h.fake.List(ctx)
-		return len(cs) == 1 && cs[0].Deployment == "app" && cs[0].Running && cs[0].ID != orphan
-	})
+	time.Sleep(time.Minute) // the pass's rollout, in fake time
+	if cs, _ := h.fake.List(ctx); len(cs) != 1 || cs[0].Deployment != "app" || !cs[0].Running || cs[0].ID == orphan {
+		t.Errorf("containers after the pass = %+v, want app recreated and the orphan removed", cs)
+	}
 }
 
-func TestOfflineFallbackToLocalImage(t *testing.T) {
+func TestOfflineFallbackToLocalImage(t *testing.T) { synctest.Test(t, testOfflineFallbackToLocalImage) }
+
+func testOfflineFallbackToLocalImage(t *testing.T) {
 	h := newHarness(t, reconcile.Policy{}, false)
 	var events []*fleetv1.Event
 	var mu sync.Mutex
@@ -274,4 +287,47 @@ func TestOfflineFallbackToLocalImage(t *testing.T) {
 	if len(events) != 1 || events[0].GetKind() != "pull.offline-fallback" || events[0].GetSeverity() != fleetv1.Event_WARNING {
 		t.Errorf("events = %v, want one pull.offline-fallback warning", events)
 	}
+}
+
+// TestMinReadySeconds: a rollout is RUNNING only once the container has
+// been ready for minReadySeconds, by the reconciler's clock.
+func TestMinReadySeconds(t *testing.T) { synctest.Test(t, testMinReadySeconds) }
+
+func testMinReadySeconds(t *testing.T) {
+	h := newHarness(t, reconcile.Policy{}, false)
+	h.fake.Publish("registry.test/app:1", "1")
+	done := make(chan error, 1)
+	go func() {
+		_, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: "registry.test/app:1",
+			Update: &fleetv1.Update{MinReadySeconds: 30}})
+		done <- err
+	}()
+	time.Sleep(29 * time.Second)
+	select {
+	case err := <-done:
+		t.Fatalf("deploy finished after 29 s (%v), want it to wait for minReadySeconds 30", err)
+	default:
+	}
+	if st := h.last("app"); st.GetPhase() != fleetv1.DeploymentStatus_STARTING {
+		t.Errorf("phase after 29 s = %v, want STARTING", st.GetPhase())
+	}
+	time.Sleep(2 * time.Second)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("deploy = %v, want success", err)
+		}
+	default:
+		t.Fatal("deploy still running 31 s in, want RUNNING after minReadySeconds 30")
+	}
+}
+
+// last is the last status published for name.
+func (h *harness) last(name string) *fleetv1.DeploymentStatus {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ps := h.pub[name]; len(ps) > 0 {
+		return ps[len(ps)-1]
+	}
+	return nil
 }
