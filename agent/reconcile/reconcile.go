@@ -1,8 +1,10 @@
 // Package reconcile keeps the container engine at the desired state of the
-// gateway's deployments: it handles the deployment verbs, rolls out new
-// revisions (pull first, then replace, health-gated, rolled back on
-// failure), and on start adopts, recreates or removes the containers it
-// labelled. It never touches a container it did not create.
+// gateway's deployments: it applies specs and stops, starts, restarts and
+// removes deployments, rolls out new revisions (pull first, then replace,
+// health-gated, rolled back on failure), and on start adopts, recreates or
+// removes the containers it labelled. It never touches a container it did
+// not create. Each deployment has at most one operation at a time: a new
+// one supersedes the one in progress and waits for it to stop.
 package reconcile
 
 import (

@@ -1,3 +1,8 @@
+// Package regauth is the gateway's registry keychain: it keeps credentials
+// encrypted in the state file, installs their TLS material where the engine
+// reads it, chooses the credential a pull uses (the longest matching
+// scope, see internal/credential), caches and refreshes ECR tokens, and
+// warns before ecr-tokens expire.
 package regauth
 
 import (
