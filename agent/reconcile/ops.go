@@ -82,24 +82,14 @@ func (r *Reconciler) run(ctx context.Context, name string, f func(ctx context.Co
 	return r.exec(octx, name, o, f)
 }
 
-// goRun runs f as the deployment's operation in the background (only if
-// idle, with ifIdle); done, if set, receives the outcome. It reports
-// whether f was started.
-func (r *Reconciler) goRun(name string, ifIdle bool, f func(ctx context.Context) error, done func(error)) bool {
-	o, octx, ok := r.begin(context.Background(), name, ifIdle)
+// goIfIdle runs f in the background as the deployment's operation, unless
+// one is in progress (or Shutdown has begun); done receives f's outcome.
+func (r *Reconciler) goIfIdle(name string, f func(ctx context.Context) error, done func(error)) {
+	o, octx, ok := r.begin(context.Background(), name, true)
 	if !ok {
-		if done != nil && !ifIdle {
-			done(errShutdown)
-		}
-		return false
+		return
 	}
-	go func() {
-		err := r.exec(octx, name, o, f)
-		if done != nil {
-			done(err)
-		}
-	}()
-	return true
+	go func() { done(r.exec(octx, name, o, f)) }()
 }
 
 func (r *Reconciler) opIdle(name string) bool {

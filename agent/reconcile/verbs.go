@@ -281,7 +281,7 @@ func (r *Reconciler) ReconcileAll(ctx context.Context) error {
 		}
 	}
 	for name := range desired {
-		r.goRun(name, true, func(ctx context.Context) error { return r.reconcileOne(ctx, name) }, func(err error) {
+		r.goIfIdle(name, func(ctx context.Context) error { return r.reconcileOne(ctx, name) }, func(err error) {
 			if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, errdefs.ErrSuperseded) {
 				r.log.Warn("reconcile deployment", "deployment", name, "err", err)
 			}
