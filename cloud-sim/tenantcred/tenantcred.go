@@ -1,11 +1,18 @@
-package controller
+// Package tenantcred keeps each tenant's registry credentials (encrypted
+// at rest, never shown), checks an image and credential against the
+// registry from the cloud, seals credentials to a gateway's key, and
+// issues short-lived ECR tokens from a tenant's AWS keys.
+package tenantcred
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"slices"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -14,10 +21,71 @@ import (
 	"github.com/fleet-agent/fleet/agent/command"
 	"github.com/fleet-agent/fleet/agent/regauth"
 	"github.com/fleet-agent/fleet/agent/secrets"
+	"github.com/fleet-agent/fleet/cloud-sim/changes"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
+
+// Config configures Credentials.
+type Config struct {
+	Store *state.Store
+	// Keys encrypts credentials at rest.
+	Keys *secrets.Keys
+	// CertsDir holds the registry certificates of cloud-side checks (a
+	// temporary directory when empty).
+	CertsDir string
+	Changes  *changes.Hub
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// Credentials are the tenants' registry credentials.
+type Credentials struct {
+	cfg Config
+	log *slog.Logger
+	hub *changes.Hub
+
+	mu    sync.Mutex
+	creds map[string]*Credential // by state.Key(tenant, scope); guarded by mu, as are the records' LastCheck and token fields
+}
+
+// New loads the credentials from the store.
+func New(ctx context.Context, cfg Config) (*Credentials, error) {
+	if cfg.Store == nil || cfg.Keys == nil {
+		return nil, errors.New("tenantcred: Store and Keys are required")
+	}
+	if cfg.Changes == nil {
+		cfg.Changes = new(changes.Hub)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	c := &Credentials{cfg: cfg, log: cfg.Logger, hub: cfg.Changes, creds: map[string]*Credential{}}
+	err := cfg.Store.Each(ctx, state.Credentials, func(k string, raw []byte) error {
+		rec := new(Credential)
+		if err := json.Unmarshal(raw, rec); err != nil {
+			return err
+		}
+		c.creds[k] = rec
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tenantcred: load: %w", err)
+	}
+	return c, nil
+}
+
+// Len is how many credentials are stored.
+func (c *Credentials) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.creds)
+}
 
 // Credential is a tenant's registry credential as the controller keeps it.
 // Its secret is encrypted at rest and never leaves through the API: only
@@ -63,15 +131,17 @@ type CheckResult struct {
 	CheckedAt time.Time      `json:"checkedAt"`
 }
 
-// CredentialOptions adjusts SetCredential.
-type CredentialOptions struct {
+// Options adjusts Set.
+type Options struct {
 	IssueTokens bool
 	// CheckImage, when set, is checked against the registry with the new
 	// credential; a failure refuses the credential.
 	CheckImage string
 }
 
-func validateCredential(field string, cr *fleetv1.Credential) (string, error) {
+// Validate checks a credential and returns its registry scope; field
+// names it in errors.
+func Validate(field string, cr *fleetv1.Credential) (string, error) {
 	k, err := regauth.Validate(field, cr)
 	if err != nil {
 		return "", err
@@ -79,7 +149,8 @@ func validateCredential(field string, cr *fleetv1.Credential) (string, error) {
 	return k.String(), nil
 }
 
-func credentialScope(cr *fleetv1.Credential) (string, error) {
+// Scope is a credential's registry scope.
+func Scope(cr *fleetv1.Credential) (string, error) {
 	k, err := regauth.ParseRegistry(cr.GetRegistry())
 	if err != nil {
 		return "", err
@@ -87,13 +158,14 @@ func credentialScope(cr *fleetv1.Credential) (string, error) {
 	return k.String(), nil
 }
 
-func fingerprint(cr *fleetv1.Credential) string { return regauth.Fingerprint(cr) }
+// Fingerprint identifies a credential's secret without revealing it.
+func Fingerprint(cr *fleetv1.Credential) string { return regauth.Fingerprint(cr) }
 
-// SetCredential validates and stores a tenant's credential (replacing one
+// Set validates and stores a tenant's credential (replacing one
 // of the same registry scope). Gateways get it sealed with their next
 // deploy of an image it covers, or at once through a set-credentials Send.
-func (c *Controller) SetCredential(ctx context.Context, tenant string, cr *fleetv1.Credential, opts CredentialOptions) (*CredentialView, error) {
-	scope, err := validateCredential("credential", cr)
+func (c *Credentials) Set(ctx context.Context, tenant string, cr *fleetv1.Credential, opts Options) (*CredentialView, error) {
+	scope, err := Validate("credential", cr)
 	if err != nil {
 		return nil, err
 	}
@@ -105,7 +177,7 @@ func (c *Controller) SetCredential(ctx context.Context, tenant string, cr *fleet
 		return nil, err
 	}
 	rec := &Credential{CredentialView: CredentialView{
-		Tenant: tenant, Registry: scope, Kind: regauth.KindOf(cr), Username: cr.GetBasic().GetUsername(), Fingerprint: fingerprint(cr),
+		Tenant: tenant, Registry: scope, Kind: regauth.KindOf(cr), Username: cr.GetBasic().GetUsername(), Fingerprint: Fingerprint(cr),
 		IssueTokens: opts.IssueTokens, HasCACertificate: cr.GetCaCertificate() != "", HasClientCert: cr.GetClientCertificate() != "",
 		RequireTLS: cr.GetRequireTls(), UpdatedAt: c.cfg.Now(),
 	}, Secret: c.cfg.Keys.Encrypt(raw)}
@@ -121,23 +193,23 @@ func (c *Controller) SetCredential(ctx context.Context, tenant string, cr *fleet
 		res := c.checkWith(ctx, c.deliverable(rec, cr), opts.CheckImage)
 		rec.LastCheck = res
 		if !res.OK {
-			return nil, &errdefs.FieldError{Field: "checkImage", Kind: codeErr(res.Code),
-				Msg: fmt.Sprintf("the registry refused the credential for %s: %s; nothing was stored", opts.CheckImage, res.Message)}
+			return nil, &RegistryError{Err: &errdefs.FieldError{Field: "checkImage", Kind: codeErr(res.Code),
+				Msg: fmt.Sprintf("the registry refused the credential for %s: %s; nothing was stored", opts.CheckImage, res.Message)}}
 		}
 	}
-	if err := c.store.Put(ctx, state.Credentials, state.Key(tenant, scope), rec); err != nil {
+	if err := c.cfg.Store.Put(ctx, state.Credentials, state.Key(tenant, scope), rec); err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
 	c.creds[state.Key(tenant, scope)] = rec
 	c.mu.Unlock()
-	c.hub.publish(Change{Kind: "credential.set", At: rec.UpdatedAt, Tenant: tenant, Message: scope})
+	c.hub.Publish(changes.Change{Kind: "credential.set", At: rec.UpdatedAt, Tenant: tenant, Message: scope})
 	v := rec.CredentialView
 	return &v, nil
 }
 
-// Credentials lists a tenant's credentials ("" lists all), without secrets.
-func (c *Controller) Credentials(tenant string) []CredentialView {
+// List lists a tenant's credentials ("" lists all), without secrets.
+func (c *Credentials) List(tenant string) []CredentialView {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []CredentialView
@@ -149,9 +221,9 @@ func (c *Controller) Credentials(tenant string) []CredentialView {
 	return out
 }
 
-// DeleteCredential forgets a tenant's credential; gateways keep their copy
+// Delete forgets a tenant's credential; gateways keep their copy
 // until sent a delete-credentials.
-func (c *Controller) DeleteCredential(ctx context.Context, tenant, registry string) error {
+func (c *Credentials) Delete(ctx context.Context, tenant, registry string) error {
 	k, err := regauth.ParseRegistry(registry)
 	if err != nil {
 		return errdefs.Invalid("registry", "%v", err)
@@ -163,41 +235,39 @@ func (c *Controller) DeleteCredential(ctx context.Context, tenant, registry stri
 	if !ok {
 		return &errdefs.FieldError{Field: "registry", Kind: errdefs.ErrNotFound, Msg: fmt.Sprintf("tenant %s has no credential for %s", tenant, k)}
 	}
-	if err := c.store.Delete(ctx, state.Credentials, key); err != nil {
+	if err := c.cfg.Store.Delete(ctx, state.Credentials, key); err != nil {
 		return err
 	}
 	c.mu.Lock()
 	delete(c.creds, key)
 	c.mu.Unlock()
-	c.hub.publish(Change{Kind: "credential.deleted", At: c.cfg.Now(), Tenant: tenant, Message: k.String()})
+	c.hub.Publish(changes.Change{Kind: "credential.deleted", At: c.cfg.Now(), Tenant: tenant, Message: k.String()})
 	return nil
 }
 
-// PushCredential sends the tenant's stored credential for registry (or
-// the ECR token issued from it) to the target gateways, sealed to each.
-func (c *Controller) PushCredential(ctx context.Context, t Target, registry string) (*BatchView, error) {
+// Push is the set-credentials that sends the tenant's stored credential
+// for registry (or the ECR token issued from it) to gateways.
+func (c *Credentials) Push(tenant, registry string) (*fleetv1.Credential, error) {
 	k, err := regauth.ParseRegistry(registry)
 	if err != nil {
 		return nil, errdefs.Invalid("registry", "%v", err)
 	}
 	c.mu.Lock()
-	rec := c.creds[state.Key(t.Tenant, k.String())]
+	rec := c.creds[state.Key(tenant, k.String())]
 	c.mu.Unlock()
 	if rec == nil {
-		return nil, &errdefs.FieldError{Field: "registry", Kind: errdefs.ErrNotFound, Msg: fmt.Sprintf("tenant %s has no credential for %s; set it first", t.Tenant, k)}
+		return nil, &errdefs.FieldError{Field: "registry", Kind: errdefs.ErrNotFound, Msg: fmt.Sprintf("tenant %s has no credential for %s; set it first", tenant, k)}
 	}
 	cr, err := c.open(rec.Secret)
 	if err != nil {
 		return nil, err
 	}
-	set := &fleetv1.Command{Body: &fleetv1.Command_SetCredentials{SetCredentials: &fleetv1.SetCredentials{
-		Credentials: []*fleetv1.Credential{c.deliverable(rec, cr)}}}}
-	return c.Send(ctx, t, set, SendOptions{})
+	return c.deliverable(rec, cr), nil
 }
 
 // credentialFor finds the tenant's credential for image (longest prefix
 // wins, as on the gateway) and opens its secret; nil when there is none.
-func (c *Controller) credentialFor(tenant, image string) (*Credential, *fleetv1.Credential, error) {
+func (c *Credentials) credentialFor(tenant, image string) (*Credential, *fleetv1.Credential, error) {
 	ik, err := regauth.ImageKey(image)
 	if err != nil {
 		return nil, nil, errdefs.Invalid("image", "%v", err)
@@ -225,7 +295,7 @@ func (c *Controller) credentialFor(tenant, image string) (*Credential, *fleetv1.
 	return recs[i], cr, nil
 }
 
-func (c *Controller) open(enc []byte) (*fleetv1.Credential, error) {
+func (c *Credentials) open(enc []byte) (*fleetv1.Credential, error) {
 	raw, err := c.cfg.Keys.Decrypt(enc)
 	if err != nil {
 		return nil, fmt.Errorf("credential does not decrypt with the controller's key (--secrets-key): %w", err)
@@ -236,7 +306,7 @@ func (c *Controller) open(enc []byte) (*fleetv1.Credential, error) {
 
 // deliverable is what gateways get for rec: the credential itself, or the
 // ECR token issued from it.
-func (c *Controller) deliverable(rec *Credential, cr *fleetv1.Credential) *fleetv1.Credential {
+func (c *Credentials) deliverable(rec *Credential, cr *fleetv1.Credential) *fleetv1.Credential {
 	if rec.IssueTokens && rec.Token != nil {
 		if tok, err := c.open(rec.Token); err == nil {
 			return tok
@@ -245,11 +315,11 @@ func (c *Controller) deliverable(rec *Credential, cr *fleetv1.Credential) *fleet
 	return cr
 }
 
-// prepareImage finds the credential a deploy of image needs and, unless
-// skip, checks image and credential against the registry from the cloud.
-// A registry the cloud cannot reach (one inside a site's network) gives a
-// warning, not a refusal.
-func (c *Controller) prepareImage(ctx context.Context, tenant, image string, skip bool) (*fleetv1.Credential, string, error) {
+// Prepare finds the credential a deploy of image needs and, unless skip,
+// checks image and credential against the registry from the cloud. A
+// registry the cloud cannot reach (one inside a site's network) gives a
+// warning, not a refusal; a refusal is a *RegistryError.
+func (c *Credentials) Prepare(ctx context.Context, tenant, image, field string, skip bool) (*fleetv1.Credential, string, error) {
 	rec, cr, err := c.credentialFor(tenant, image)
 	if err != nil {
 		return nil, "", err
@@ -273,13 +343,13 @@ func (c *Controller) prepareImage(ctx context.Context, tenant, image string, ski
 	case res.Code == fleetv1.Reply_REGISTRY_UNREACHABLE.String():
 		return send, fmt.Sprintf("registry check skipped: the cloud cannot reach the registry of %s (%s); gateways may", image, res.Message), nil
 	}
-	return nil, "", &errdefs.FieldError{Field: "command.deploy.spec.image", Kind: codeErr(res.Code),
-		Msg: fmt.Sprintf("checked from the cloud before sending: %s; no gateway was touched (fix the image or the tenant's credential, or skip the check)", res.Message)}
+	return nil, "", &RegistryError{Err: &errdefs.FieldError{Field: field, Kind: codeErr(res.Code),
+		Msg: fmt.Sprintf("checked from the cloud before sending: %s; no gateway was touched (fix the image or the tenant's credential, or skip the check)", res.Message)}}
 }
 
-// CheckRegistry checks image against its registry from the cloud with the
+// Check checks image against its registry from the cloud with the
 // tenant's credential for it, as check-registry does on a gateway.
-func (c *Controller) CheckRegistry(ctx context.Context, tenant, image string) (*CheckResult, error) {
+func (c *Credentials) Check(ctx context.Context, tenant, image string) (*CheckResult, error) {
 	rec, cr, err := c.credentialFor(tenant, image)
 	if err != nil {
 		return nil, err
@@ -297,30 +367,17 @@ func (c *Controller) CheckRegistry(ctx context.Context, tenant, image string) (*
 	return res, nil
 }
 
-// checkWith runs the agent's own check-registry code, in the cloud, with
-// cred (nil: anonymous).
-func (c *Controller) checkWith(ctx context.Context, cred *fleetv1.Credential, image string) *CheckResult {
+// checkWith checks image with cred (nil: anonymous) and describes the
+// outcome.
+func (c *Credentials) checkWith(ctx context.Context, cred *fleetv1.Credential, image string) *CheckResult {
 	res := &CheckResult{Image: image, CheckedAt: c.cfg.Now()}
-	dir, err := os.MkdirTemp(c.cfg.CertsDir, "check-")
-	if err != nil {
-		res.Code, res.Message = fleetv1.Reply_INTERNAL.String(), err.Error()
-		return res
-	}
-	defer os.RemoveAll(dir)
-	kc, err := regauth.NewKeychain(regauth.KeychainConfig{Store: memCreds{}, Cipher: plain{}, CertsDir: dir, Logger: c.log})
-	if err == nil && cred != nil {
+	if cred != nil {
 		res.Registry = cred.GetRegistry()
-		set := &fleetv1.Command{Body: &fleetv1.Command_SetCredentials{SetCredentials: &fleetv1.SetCredentials{Credentials: []*fleetv1.Credential{proto.Clone(cred).(*fleetv1.Credential)}}}}
-		err = kc.Set(ctx, command.NewExec(set))
 	}
-	var x *command.Exec
-	if err == nil {
-		x = command.NewExec(&fleetv1.Command{Body: &fleetv1.Command_CheckRegistry{CheckRegistry: &fleetv1.CheckRegistry{Image: image}}})
-		err = kc.Check(ctx, x)
-		if rc := x.Reply.GetRegistryCheck(); rc != nil {
-			if raw, jerr := protojson.Marshal(rc); jerr == nil {
-				_ = json.Unmarshal(raw, &res.Check)
-			}
+	check, err := checkImage(ctx, cred, image, c.cfg.CertsDir, c.log)
+	if check != nil {
+		if raw, jerr := protojson.Marshal(check); jerr == nil {
+			_ = json.Unmarshal(raw, &res.Check)
 		}
 	}
 	res.OK = err == nil
@@ -329,6 +386,37 @@ func (c *Controller) checkWith(ctx context.Context, cred *fleetv1.Credential, im
 	}
 	return res
 }
+
+// checkImage runs the agent's own check-registry code, in the cloud, with
+// cred (nil: anonymous): the one place the cloud reaches a registry.
+func checkImage(ctx context.Context, cred *fleetv1.Credential, image, certsDir string, log *slog.Logger) (*fleetv1.RegistryCheck, error) {
+	dir, err := os.MkdirTemp(certsDir, "check-")
+	if err != nil {
+		return nil, fmt.Errorf("check %s: %w", image, err)
+	}
+	defer os.RemoveAll(dir)
+	kc, err := regauth.NewKeychain(regauth.KeychainConfig{Store: memCreds{}, Cipher: plain{}, CertsDir: dir, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	if cred != nil {
+		set := &fleetv1.Command{Body: &fleetv1.Command_SetCredentials{SetCredentials: &fleetv1.SetCredentials{Credentials: []*fleetv1.Credential{proto.Clone(cred).(*fleetv1.Credential)}}}}
+		if err := kc.Set(ctx, command.NewExec(set)); err != nil {
+			return nil, err
+		}
+	}
+	x := command.NewExec(&fleetv1.Command{Body: &fleetv1.Command_CheckRegistry{CheckRegistry: &fleetv1.CheckRegistry{Image: image}}})
+	err = kc.Check(ctx, x)
+	return x.Reply.GetRegistryCheck(), err
+}
+
+// RegistryError is a refusal by the registry, checked from the cloud: no
+// such image, or a credential it rejects. It wraps the error with the
+// reply code; the API answers it with 422, not as a missing resource.
+type RegistryError struct{ Err error }
+
+func (e *RegistryError) Error() string { return e.Err.Error() }
+func (e *RegistryError) Unwrap() error { return e.Err }
 
 // codeErr is the error kind of a reply code's name.
 func codeErr(code string) error {
@@ -354,42 +442,43 @@ func (plain) Encrypt(p []byte) []byte             { return p }
 func (plain) Decrypt(p []byte) ([]byte, error)    { return p, nil }
 func (plain) OpenSealed(p []byte) ([]byte, error) { return p, nil }
 
-// sealFor builds a set-credentials for g with creds sealed to its public key.
-func (c *Controller) sealFor(g *Gateway, creds []*fleetv1.Credential) (*fleetv1.Command, error) {
-	if g.PublicKey == "" {
+// Seal builds a set-credentials of creds sealed to a gateway's public key.
+func Seal(publicKey string, creds []*fleetv1.Credential) (*fleetv1.Command, error) {
+	if publicKey == "" {
 		return nil, errors.New("its birth has no publicKey to seal credentials to (agent too old?); credentials not sent")
 	}
 	raw, err := protojson.Marshal(&fleetv1.SetCredentials{Credentials: creds})
 	if err != nil {
 		return nil, err
 	}
-	sealed, err := secrets.Seal(g.PublicKey, raw)
+	sealed, err := secrets.Seal(publicKey, raw)
 	if err != nil {
 		return nil, err
 	}
 	return &fleetv1.Command{Body: &fleetv1.Command_SetCredentials{SetCredentials: &fleetv1.SetCredentials{Sealed: sealed}}}, nil
 }
 
-// noteCredentialsHeld updates the inventory after a gateway accepted a
-// set-credentials, so that the next deploy does not send them again.
-// c.mu is held.
-func (c *Controller) noteCredentialsHeld(cmd *commandRecord) {
-	g := c.gateways[state.Key(cmd.Tenant, cmd.Gateway)]
-	if g == nil {
-		return
-	}
-	for _, r := range cmd.Credentials {
-		i := -1
-		for j := range g.Registries {
-			if g.Registries[j].Registry == r.Registry {
-				i = j
-			}
+// Describe describes credentials as a gateway's birth does (no secret).
+func Describe(list []*fleetv1.Credential) []inventory.Registry {
+	var out []inventory.Registry
+	for _, cr := range list {
+		scope, _ := Scope(cr)
+		r := inventory.Registry{Registry: scope, Kind: regauth.KindOf(cr), Username: cr.GetBasic().GetUsername(), Fingerprint: Fingerprint(cr)}
+		if t := cr.GetEcrToken().GetExpiresAt(); t != nil {
+			r.ExpiresAt = t.AsTime()
 		}
-		if i < 0 {
-			g.Registries = append(g.Registries, r)
-		} else {
-			g.Registries[i] = r
-		}
+		out = append(out, r)
 	}
-	c.dirty[state.Key(g.Tenant, g.ID)] = struct{}{}
+	return out
+}
+
+// Holds reports whether a gateway holding held (its birth's registries,
+// or a set-credentials it answered since) has cred with the same secret.
+func Holds(held []inventory.Registry, cred *fleetv1.Credential) bool {
+	scope, err := Scope(cred)
+	if err != nil {
+		return false
+	}
+	fp := Fingerprint(cred)
+	return slices.ContainsFunc(held, func(r inventory.Registry) bool { return r.Registry == scope && r.Fingerprint == fp })
 }

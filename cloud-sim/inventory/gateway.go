@@ -1,17 +1,13 @@
-package controller
+package inventory
 
 import (
 	"fmt"
 	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
-	"github.com/fleet-agent/fleet/cloud-sim/console"
-	"github.com/fleet-agent/fleet/cloud-sim/state"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
-	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
 // Gateway is one gateway in the inventory, as its births, deaths,
@@ -66,8 +62,8 @@ type Engine struct {
 type Deployment struct {
 	Name         string    `json:"name"`
 	Revision     int64     `json:"revision"`
-	Phase        string    `json:"phase"`
-	Health       string    `json:"health,omitempty"`
+	Phase        Phase     `json:"phase"`
+	Health       Health    `json:"health,omitempty"`
 	Image        string    `json:"image,omitempty"`
 	Digest       string    `json:"digest,omitempty"`
 	Code         string    `json:"code,omitempty"`
@@ -130,7 +126,7 @@ func (g *Gateway) applyBirth(b *fleetv1.Birth, at time.Time) bool {
 	g.PublicKey = b.GetPublicKey()
 	deps := make(map[string]*Deployment, len(b.GetDeployments()))
 	for _, d := range b.GetDeployments() {
-		dep := &Deployment{Name: d.GetName(), Revision: d.GetRevision(), Phase: phaseName(d.GetPhase()), Image: d.GetImage(), Digest: d.GetDigest(), UpdatedAt: at}
+		dep := &Deployment{Name: d.GetName(), Revision: d.GetRevision(), Phase: Phase(d.GetPhase()), Image: d.GetImage(), Digest: d.GetDigest(), UpdatedAt: at}
 		// A birth summarises; keep the richer status of the same revision.
 		if old := g.Deployments[d.GetName()]; old != nil && old.Revision == dep.Revision && old.Phase == dep.Phase {
 			dep = old
@@ -173,204 +169,71 @@ func (g *Gateway) applyStatus(name string, s *fleetv1.DeploymentStatus, at time.
 	if old := g.Deployments[name]; old != nil && old.Revision > s.GetRevision() {
 		return
 	}
-	d := &Deployment{Name: name, Revision: s.GetRevision(), Phase: phaseName(s.GetPhase()), Image: s.GetImage(), Digest: s.GetImageDigest(),
+	d := &Deployment{Name: name, Revision: s.GetRevision(), Phase: Phase(s.GetPhase()), Image: s.GetImage(), Digest: s.GetImageDigest(),
 		Message: s.GetMessage(), RestartCount: s.GetRestartCount(), UpdatedAt: at}
-	if s.GetHealth() != fleetv1.HealthCheck_NONE {
-		d.Health = strings.ToLower(s.GetHealth().String())
-	}
+	d.Health = Health(s.GetHealth())
 	if s.GetCode() != fleetv1.Reply_OK {
 		d.Code = s.GetCode().String()
 	}
 	g.Deployments[name] = d
 }
 
-func phaseName(p fleetv1.DeploymentStatus_Phase) string { return p.String() }
+// Phase is a deployment's phase: the protocol's enum, stored by name.
+type Phase fleetv1.DeploymentStatus_Phase
 
-// Ingest applies one publication from a gateway to the inventory (or, for
-// a reply, to its command). The controller calls it for everything it
-// receives; benchmarks and tests call it directly.
-func (c *Controller) Ingest(r console.Received) {
-	t := r.Topic
-	if t.Kind == topic.Reply {
-		if rep, ok := r.Message.(*fleetv1.Reply); ok {
-			c.reply(t.Tenant, t.Gateway, rep, r.At)
-		}
-		return
+// The phases the controller acts on.
+const (
+	Running    = Phase(fleetv1.DeploymentStatus_RUNNING)
+	Failed     = Phase(fleetv1.DeploymentStatus_FAILED)
+	RolledBack = Phase(fleetv1.DeploymentStatus_ROLLED_BACK)
+)
+
+func (p Phase) String() string { return fleetv1.DeploymentStatus_Phase(p).String() }
+
+// MarshalText writes the phase by name, "RUNNING".
+func (p Phase) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// UnmarshalText reads a phase's name.
+func (p *Phase) UnmarshalText(b []byte) error {
+	v, ok := fleetv1.DeploymentStatus_Phase_value[string(b)]
+	if !ok {
+		return fmt.Errorf("inventory: unknown deployment phase %q", b)
 	}
-	if r.Err != nil {
-		c.log.Debug("undecodable publication", "topic", r.Name, "err", r.Err)
-		return
-	}
-	c.mu.Lock()
-	k := state.Key(t.Tenant, t.Gateway)
-	g := c.gateways[k]
-	if g == nil {
-		if t.Kind != topic.Birth {
-			// Only a birth creates a gateway: statuses and metrics of one
-			// that never announced itself are kept out of the inventory.
-			c.mu.Unlock()
-			return
-		}
-		g = &Gateway{Tenant: t.Tenant, ID: t.Gateway}
-		c.gateways[k] = g
-	}
-	var ev *Change
-	switch m := r.Message.(type) {
-	case *fleetv1.Birth:
-		if g.applyBirth(m, r.At) {
-			ev = &Change{Kind: "gateway.online", Tenant: g.Tenant, Gateway: g.ID}
-		}
-	case *fleetv1.Death:
-		if g.applyDeath(m, r.At) {
-			ev = &Change{Kind: "gateway.offline", Tenant: g.Tenant, Gateway: g.ID, Message: g.DeathReason}
-		}
-	case *fleetv1.DeploymentStatus:
-		g.applyStatus(t.Deployment, m, r.At)
-		g.LastSeen = r.At
-		if d := g.Deployments[t.Deployment]; d != nil {
-			ev = &Change{Kind: "deployment.status", Tenant: g.Tenant, Gateway: g.ID, Deployment: t.Deployment, Revision: d.Revision, Phase: d.Phase, Message: d.Message}
-		}
-	case nil:
-		if t.Kind == topic.Status {
-			g.applyStatus(t.Deployment, nil, r.At)
-			ev = &Change{Kind: "deployment.removed", Tenant: g.Tenant, Gateway: g.ID, Deployment: t.Deployment}
-		}
-	case *fleetv1.Metrics:
-		g.LastSeen = r.At
-		g.Running = m.GetRunningCount()
-	case *fleetv1.Event:
-		g.LastSeen = r.At
-		ev = &Change{Kind: "event", Tenant: g.Tenant, Gateway: g.ID, Deployment: m.GetDeployment(), Message: m.GetKind() + ": " + m.GetMessage()}
-	}
-	c.dirty[k] = struct{}{}
-	c.ingested++
-	c.mu.Unlock()
-	if ev != nil {
-		ev.At = r.At
-		c.hub.publish(*ev)
-	}
+	*p = Phase(v)
+	return nil
 }
 
-// Filter selects gateways.
-type Filter struct {
-	Tenant   string
-	Selector Selector
-	Group    string
-	// Online, when set, keeps only gateways that are (or are not) online.
-	Online *bool
-}
+// Health is a deployment's health check status: the protocol's enum,
+// stored in lower case ("healthy"), and omitted when there is no check.
+type Health fleetv1.HealthCheck_Status
 
-func (f Filter) match(g *Gateway) bool {
-	switch {
-	case f.Tenant != "" && g.Tenant != f.Tenant:
-		return false
-	case f.Group != "" && !slices.Contains(g.Groups, f.Group):
-		return false
-	case f.Online != nil && g.Online != *f.Online:
-		return false
+// The health statuses the controller acts on.
+const (
+	NoHealthCheck = Health(fleetv1.HealthCheck_NONE)
+	Healthy       = Health(fleetv1.HealthCheck_HEALTHY)
+	Unhealthy     = Health(fleetv1.HealthCheck_UNHEALTHY)
+)
+
+func (h Health) String() string {
+	if h == NoHealthCheck {
+		return ""
 	}
-	return f.Selector.Matches(g.Labels)
+	return strings.ToLower(fleetv1.HealthCheck_Status(h).String())
 }
 
-// Gateways lists the gateways f selects, ordered by tenant and id.
-func (c *Controller) Gateways(f Filter) []*Gateway {
-	now := c.cfg.Now()
-	c.mu.Lock()
-	out := make([]*Gateway, 0, len(c.gateways))
-	for _, g := range c.gateways {
-		if f.match(g) {
-			out = append(out, c.view(g, now))
-		}
+// MarshalText writes the status in lower case, "healthy".
+func (h Health) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
+
+// UnmarshalText reads a status written by MarshalText.
+func (h *Health) UnmarshalText(b []byte) error {
+	if len(b) == 0 {
+		*h = NoHealthCheck
+		return nil
 	}
-	c.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Tenant != out[j].Tenant {
-			return out[i].Tenant < out[j].Tenant
-		}
-		return out[i].ID < out[j].ID
-	})
-	return out
-}
-
-// Gateway returns one gateway.
-func (c *Controller) Gateway(tenant, id string) (*Gateway, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	g := c.gateways[state.Key(tenant, id)]
-	if g == nil {
-		return nil, false
+	v, ok := fleetv1.HealthCheck_Status_value[strings.ToUpper(string(b))]
+	if !ok {
+		return fmt.Errorf("inventory: unknown health %q", b)
 	}
-	return c.view(g, c.cfg.Now()), true
-}
-
-// view is a copy of g for a reader, with Stale computed. c.mu is held.
-func (c *Controller) view(g *Gateway, now time.Time) *Gateway {
-	v := g.clone()
-	v.Stale = g.Online && now.Sub(g.LastSeen) > c.cfg.StaleAfter
-	return v
-}
-
-// Selector is a label selector: comma-separated requirements "k=v",
-// "k==v", "k!=v", "k" (has the label) and "!k" (has not).
-type Selector []requirement
-
-type requirement struct {
-	key, value string
-	op         string // "=", "!=", "exists", "!exists"
-}
-
-// ParseSelector parses s; "" selects everything.
-func ParseSelector(s string) (Selector, error) {
-	var sel Selector
-	for part := range strings.SplitSeq(s, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		var r requirement
-		switch {
-		case strings.Contains(part, "!="):
-			k, v, _ := strings.Cut(part, "!=")
-			r = requirement{key: strings.TrimSpace(k), value: strings.TrimSpace(v), op: "!="}
-		case strings.Contains(part, "="):
-			k, v, _ := strings.Cut(part, "=")
-			r = requirement{key: strings.TrimSpace(k), value: strings.TrimPrefix(strings.TrimSpace(v), "="), op: "="}
-			r.value = strings.TrimSpace(r.value)
-		case strings.HasPrefix(part, "!"):
-			r = requirement{key: strings.TrimSpace(part[1:]), op: "!exists"}
-		default:
-			r = requirement{key: part, op: "exists"}
-		}
-		if r.key == "" || strings.ContainsAny(r.key, "=! ") {
-			return nil, fmt.Errorf("selector %q: requirement %q has no label key; write k=v, k!=v, k or !k separated by commas", s, part)
-		}
-		sel = append(sel, r)
-	}
-	return sel, nil
-}
-
-// Matches reports whether labels satisfy every requirement.
-func (s Selector) Matches(labels map[string]string) bool {
-	for _, r := range s {
-		v, ok := labels[r.key]
-		switch r.op {
-		case "=":
-			if !ok || v != r.value {
-				return false
-			}
-		case "!=":
-			if ok && v == r.value {
-				return false
-			}
-		case "exists":
-			if !ok {
-				return false
-			}
-		case "!exists":
-			if ok {
-				return false
-			}
-		}
-	}
-	return true
+	*h = Health(v)
+	return nil
 }

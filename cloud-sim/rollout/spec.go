@@ -1,4 +1,9 @@
-package controller
+// Package rollout rolls a deployment revision out to many gateways: the
+// operator's Spec (targets, a canary, batches, rates, abort criteria); a
+// pure Step that observes a rollout's gateways and decides what to
+// dispatch; and the Scheduler that steps every active rollout while its
+// replica holds the scheduler lease, queuing dispatches for the workers.
+package rollout
 
 import (
 	"encoding/json"
@@ -9,6 +14,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -32,12 +38,12 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// RolloutSpec is what an operator asks for: a deployment revision to a set
+// Spec is what an operator asks for: a deployment revision to a set
 // of gateways, with a strategy and abort criteria.
-type RolloutSpec struct {
-	Name    string         `json:"name,omitempty"`
-	Tenant  string         `json:"tenant"`
-	Targets RolloutTargets `json:"targets"`
+type Spec struct {
+	Name    string  `json:"name,omitempty"`
+	Tenant  string  `json:"tenant"`
+	Targets Targets `json:"targets"`
 	// Deployment is a protocol DeploymentSpec (protojson).
 	Deployment        json.RawMessage `json:"deployment"`
 	SkipRegistryCheck bool            `json:"skipRegistryCheck,omitempty"`
@@ -45,10 +51,10 @@ type RolloutSpec struct {
 	Abort             AbortCriteria   `json:"abort"`
 }
 
-// RolloutTargets selects the gateways: explicit ids, a label selector,
+// Targets selects the gateways: explicit ids, a label selector,
 // groups, or the whole tenant; IncludeNew adds gateways that come to match
 // while the rollout runs.
-type RolloutTargets struct {
+type Targets struct {
 	Gateways   []string `json:"gateways,omitempty"`
 	Selector   string   `json:"selector,omitempty"`
 	Groups     []string `json:"groups,omitempty"`
@@ -109,9 +115,9 @@ type AbortCriteria struct {
 	Rollback bool `json:"rollback,omitempty"`
 }
 
-// validate checks the spec and returns the parsed deployment, naming the
+// Validate checks the spec and returns the parsed deployment, naming the
 // field of every error.
-func (s *RolloutSpec) validate() (*fleetv1.DeploymentSpec, error) {
+func (s *Spec) Validate() (*fleetv1.DeploymentSpec, error) {
 	if err := topic.CheckID("tenant", s.Tenant); err != nil {
 		return nil, errdefs.Invalid("tenant", "%v", err)
 	}
@@ -119,7 +125,7 @@ func (s *RolloutSpec) validate() (*fleetv1.DeploymentSpec, error) {
 	if len(t.Gateways) == 0 && t.Selector == "" && len(t.Groups) == 0 && !t.All {
 		return nil, errdefs.Invalid("targets", "names no gateway: give gateways, a selector, groups, or all: true")
 	}
-	if _, err := ParseSelector(t.Selector); err != nil {
+	if _, err := inventory.ParseSelector(t.Selector); err != nil {
 		return nil, errdefs.Invalid("targets.selector", "%v", err)
 	}
 	if len(s.Deployment) == 0 {
@@ -168,7 +174,7 @@ func (s *RolloutSpec) validate() (*fleetv1.DeploymentSpec, error) {
 	}
 	a := s.Abort
 	for i, k := range a.FailureKinds {
-		if !slices.Contains([]string{GwFailed, GwRejected, GwTimedOut, "ALL"}, strings.ToUpper(k)) {
+		if !slices.Contains([]string{string(GatewayFailed), string(GatewayRejected), string(GatewayTimedOut), "ALL"}, strings.ToUpper(k)) {
 			return nil, errdefs.Invalid(fmt.Sprintf("abort.failureKinds[%d]", i), "%q: use FAILED, REJECTED, TIMED_OUT or ALL", k)
 		}
 	}
@@ -180,15 +186,15 @@ func (s *RolloutSpec) validate() (*fleetv1.DeploymentSpec, error) {
 
 // countsAsFailure reports whether a gateway state counts toward the abort
 // threshold.
-func (a AbortCriteria) countsAsFailure(state string) bool {
-	if state != GwFailed && state != GwRejected && state != GwTimedOut {
+func (a AbortCriteria) countsAsFailure(state GatewayState) bool {
+	if !state.failed() {
 		return false
 	}
 	if len(a.FailureKinds) == 0 {
 		return true
 	}
 	for _, k := range a.FailureKinds {
-		if k = strings.ToUpper(k); k == "ALL" || k == state {
+		if k = strings.ToUpper(k); k == "ALL" || GatewayState(k) == state {
 			return true
 		}
 	}
