@@ -112,6 +112,11 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 	case fleetv1.Reply_REGISTRY_UNREACHABLE:
 		status = http.StatusBadGateway
 	}
+	// The registry refused (no such image, a rejected credential): 422,
+	// so that a client tells it from a missing gateway or rollout (404).
+	if _, ok := errors.AsType[*tenantcred.RegistryError](err); ok && code != fleetv1.Reply_REGISTRY_UNREACHABLE {
+		status = http.StatusUnprocessableEntity
+	}
 	if status == http.StatusInternalServerError {
 		a.log.Error("api", "err", err)
 	}
