@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -44,28 +45,9 @@ func New(cfg Config) http.Handler {
 	}
 	a := &api{c: cfg.Controller, log: cfg.Logger}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	mux.HandleFunc("GET /v1/gateways", a.listGateways)
-	mux.HandleFunc("GET /v1/gateways/{tenant}/{id}", a.getGateway)
-	mux.HandleFunc("GET /v1/gateways/{tenant}/{id}/deployments", a.getDeployments)
-	mux.HandleFunc("POST /v1/gateways/{tenant}/{id}/provision", a.provision)
-	mux.HandleFunc("POST /v1/simulated", a.provisionSimulated)
-	mux.HandleFunc("POST /v1/commands", a.sendCommand)
-	mux.HandleFunc("GET /v1/commands/{id}", a.getCommand)
-	mux.HandleFunc("GET /v1/batches", a.listBatches)
-	mux.HandleFunc("GET /v1/batches/{id}", a.getBatch)
-	mux.HandleFunc("GET /v1/tenants/{tenant}/credentials", a.listCredentials)
-	mux.HandleFunc("PUT /v1/tenants/{tenant}/credentials", a.setCredential)
-	mux.HandleFunc("DELETE /v1/tenants/{tenant}/credentials/{registry...}", a.deleteCredential)
-	mux.HandleFunc("POST /v1/tenants/{tenant}/credentials/push", a.pushCredential)
-	mux.HandleFunc("POST /v1/tenants/{tenant}/check-registry", a.checkRegistry)
-	mux.HandleFunc("POST /v1/rollouts", a.createRollout)
-	mux.HandleFunc("GET /v1/rollouts", a.listRollouts)
-	mux.HandleFunc("GET /v1/rollouts/{id}", a.getRollout)
-	mux.HandleFunc("POST /v1/rollouts/{id}/{action}", a.rolloutAction)
-	mux.HandleFunc("GET /v1/events", a.events)
+	for _, rt := range routes() {
+		mux.HandleFunc(rt.method+" "+rt.path, func(w http.ResponseWriter, r *http.Request) { rt.handle(a, w, r) })
+	}
 	if cfg.Token == "" {
 		return mux
 	}
@@ -111,6 +93,8 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 		status = http.StatusUnprocessableEntity
 	case fleetv1.Reply_REGISTRY_UNREACHABLE:
 		status = http.StatusBadGateway
+	case fleetv1.Reply_UNSUPPORTED: // a follower replica asked to change a rollout
+		status = http.StatusConflict
 	}
 	// The registry refused (no such image, a rejected credential): 422,
 	// so that a client tells it from a missing gateway or rollout (404).
@@ -467,7 +451,8 @@ func (a *api) getRollout(w http.ResponseWriter, r *http.Request) {
 func (a *api) rolloutAction(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	var err error
-	switch r.PathValue("action") {
+	action := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
+	switch action {
 	case "pause":
 		err = a.c.PauseRollout(r.Context(), id)
 	case "resume":
@@ -475,7 +460,7 @@ func (a *api) rolloutAction(w http.ResponseWriter, r *http.Request) {
 	case "cancel":
 		err = a.c.CancelRollout(r.Context(), id)
 	default:
-		err = errdefs.Invalid("action", "%q: use pause, resume or cancel", r.PathValue("action"))
+		err = errdefs.Invalid("action", "%q: use pause, resume or cancel", action)
 	}
 	if err != nil {
 		a.fail(w, err)
