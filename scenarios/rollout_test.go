@@ -221,7 +221,8 @@ func TestRolloutPauseResumeAndOffline(t *testing.T) {
 		return rolloutStatus(t, c, v.ID).Counts[api.GwInProgress] == 0
 	})
 	settled := rolloutStatus(t, c, v.ID)
-	time.Sleep(300 * time.Millisecond) // three scheduler ticks: nothing may be dispatched
+	ticks := c.Controller.RolloutTicks()
+	testenv.Eventually(t, "three scheduler ticks", func() bool { return c.Controller.RolloutTicks() >= ticks+3 }) // nothing may be dispatched
 	if now := rolloutStatus(t, c, v.ID); now.Notified != settled.Notified || now.State != api.RolloutPaused {
 		t.Fatalf("paused at %d dispatched, then %d (%s)", paused.Notified, now.Notified, now.State)
 	}
