@@ -149,8 +149,8 @@ type Job struct {
 	Body    *fleetv1.Command
 }
 
-// NewJob prepares body for gw: assigns its id and times, and describes it.
-// creds describes the credentials a set-credentials carries.
+// NewJob prepares body for gw and adds it to b: assigns its id and times,
+// and describes it as a PENDING command.
 func NewJob(b *Batch, tenant, gw string, online bool, body *fleetv1.Command, expiresIn time.Duration) Job {
 	body.Id, body.IssuedAt = NewID("c"), timestampOf(b.CreatedAt)
 	if expiresIn > 0 {
