@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
+	"github.com/fleet-agent/fleet/cloud-sim/state"
 )
 
 // State is a command's state. PENDING: published, no reply yet (an offline
@@ -36,25 +37,25 @@ func (s State) Final() bool { return s != Pending && s != Accepted }
 
 // Command is one command to one gateway and its outcome.
 type Command struct {
-	ID      string `json:"id"`
-	Batch   string `json:"batch"`
-	Tenant  string `json:"tenant"`
-	Gateway string `json:"gateway"`
-	Verb    string `json:"verb"`
-	State   State  `json:"state"`
+	ID      string
+	Batch   string
+	Tenant  string
+	Gateway string
+	Verb    string
+	State   State
 	// OfflineWhenSent: the gateway was offline; the broker holds the
 	// command in its session until it reconnects.
-	OfflineWhenSent bool   `json:"offlineWhenSent,omitempty"`
-	Code            string `json:"code,omitempty"`
-	Message         string `json:"message,omitempty"`
-	Field           string `json:"field,omitempty"`
+	OfflineWhenSent bool
+	Code            string
+	Message         string
+	Field           string
 	// Reply is the final reply (status, registry check) as protojson.
-	Reply      json.RawMessage `json:"reply,omitempty"`
-	SentAt     time.Time       `json:"sentAt"`
-	AcceptedAt time.Time       `json:"acceptedAt,omitzero"`
-	FinishedAt time.Time       `json:"finishedAt,omitzero"`
+	Reply      json.RawMessage
+	SentAt     time.Time
+	AcceptedAt time.Time
+	FinishedAt time.Time
 	// Credentials a set-credentials carries (sealed), described.
-	Credentials []inventory.Registry `json:"credentials,omitempty"`
+	Credentials []inventory.Registry
 }
 
 // Final reports whether the command has its final outcome.
@@ -68,26 +69,26 @@ func (c *Command) Failed() bool { return c.Final() && c.State != Succeeded }
 // duplicate with its recorded reply) after a controller restart.
 type record struct {
 	Command
-	Payload []byte `json:"payload,omitempty"`
+	Payload []byte
 }
 
 // Batch is one request that sent commands to one or more gateways.
 type Batch struct {
-	ID        string    `json:"id"`
-	Verb      string    `json:"verb"`
-	Tenant    string    `json:"tenant"`
-	CreatedAt time.Time `json:"createdAt"`
-	Commands  []string  `json:"commands"`
-	Warnings  []string  `json:"warnings,omitempty"`
+	ID        string
+	Verb      string
+	Tenant    string
+	CreatedAt time.Time
+	Commands  []string
+	Warnings  []string
 }
 
 // BatchView is a batch with its commands and counts per state.
 type BatchView struct {
 	Batch
-	Commands []*Command    `json:"commands"`
-	Counts   map[State]int `json:"counts"`
-	Done     bool          `json:"done"`
-	Failed   int           `json:"failed"`
+	Commands []*Command
+	Counts   map[State]int
+	Done     bool
+	Failed   int
 }
 
 // NewID returns a random id with prefix ("b-…", "c-…").
@@ -95,4 +96,19 @@ func NewID(prefix string) string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// stored is rec as the store keeps it.
+func (rec *record) stored() *state.Command {
+	c := &rec.Command
+	return &state.Command{ID: c.ID, Batch: c.Batch, Tenant: c.Tenant, Gateway: c.Gateway, Verb: c.Verb, State: string(c.State),
+		OfflineWhenSent: c.OfflineWhenSent, Code: c.Code, Message: c.Message, Field: c.Field, Reply: c.Reply, SentAt: c.SentAt,
+		AcceptedAt: c.AcceptedAt, FinishedAt: c.FinishedAt, Credentials: inventory.StoredRegistries(c.Credentials), Payload: rec.Payload}
+}
+
+// restoreCommand is the record s stores.
+func restoreCommand(s *state.Command) *record {
+	return &record{Command: Command{ID: s.ID, Batch: s.Batch, Tenant: s.Tenant, Gateway: s.Gateway, Verb: s.Verb, State: State(s.State),
+		OfflineWhenSent: s.OfflineWhenSent, Code: s.Code, Message: s.Message, Field: s.Field, Reply: s.Reply, SentAt: s.SentAt,
+		AcceptedAt: s.AcceptedAt, FinishedAt: s.FinishedAt, Credentials: inventory.RestoredRegistries(s.Credentials)}, Payload: s.Payload}
 }

@@ -89,18 +89,19 @@ func (d *Dispatcher) Load(ctx context.Context) error {
 			return err
 		}
 		if probe.Commands != nil || probe.Batch == "" {
-			b := new(Batch)
-			if err := json.Unmarshal(raw, b); err != nil {
+			var b state.Batch
+			if err := json.Unmarshal(raw, &b); err != nil {
 				return err
 			}
-			d.batches[b.ID] = b
+			batch := Batch(b)
+			d.batches[b.ID] = &batch
 			return nil
 		}
-		rec := new(record)
-		if err := json.Unmarshal(raw, rec); err != nil {
+		var c state.Command
+		if err := json.Unmarshal(raw, &c); err != nil {
 			return err
 		}
-		d.commands[rec.ID] = rec
+		d.commands[c.ID] = restoreCommand(&c)
 		return nil
 	})
 	if err != nil {
@@ -174,9 +175,10 @@ func (d *Dispatcher) Record(ctx context.Context, b *Batch, jobs []Job) error {
 		}
 		rec := &record{Command: *j.Command, Payload: d.cfg.Cipher.Encrypt(payload)}
 		recs = append(recs, rec)
-		records[state.Key("cmd", rec.ID)] = rec
+		records[state.Key("cmd", rec.ID)] = rec.stored()
 	}
-	records[state.Key("batch", b.ID)] = b
+	sb := state.Batch(*b)
+	records[state.Key("batch", b.ID)] = &sb
 	d.mu.Lock()
 	d.batches[b.ID] = b
 	for _, rec := range recs {

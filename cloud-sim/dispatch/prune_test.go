@@ -52,7 +52,7 @@ func TestPrune(t *testing.T) {
 		kept bool
 	}{{"old-done", false}, {"old-pending", true}, {"recent-done", true}} {
 		_, inMemory := d.batches[tt.id]
-		var b Batch
+		var b state.Batch
 		err := d.cfg.Store.Get(context.Background(), state.Commands, state.Key("batch", tt.id), &b)
 		if inMemory != tt.kept || errors.Is(err, state.ErrNotFound) == tt.kept {
 			t.Errorf("batch %s: in memory %v, store error %v; want kept %v", tt.id, inMemory, err, tt.kept)
@@ -62,7 +62,7 @@ func TestPrune(t *testing.T) {
 		if _, ok := d.Command(id); ok {
 			t.Errorf("command %s is still in memory", id)
 		}
-		var rec record
+		var rec state.Command
 		if err := d.cfg.Store.Get(context.Background(), state.Commands, state.Key("cmd", id), &rec); !errors.Is(err, state.ErrNotFound) {
 			t.Errorf("command %s is still stored: %v", id, err)
 		}

@@ -84,8 +84,7 @@ func (d *Dispatcher) Flush(ctx context.Context) error {
 	ids := make([]string, 0, len(d.dirty))
 	for id := range d.dirty {
 		if rec := d.commands[id]; rec != nil {
-			cp := *rec
-			cmds[state.Key("cmd", id)] = &cp
+			cmds[state.Key("cmd", id)] = rec.stored()
 			ids = append(ids, id)
 		}
 	}

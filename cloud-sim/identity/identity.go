@@ -28,14 +28,8 @@ import (
 // Device is a gateway's MQTT identity on the embedded broker: username
 // and client id "{tenant}/{id}", a random password of which only the
 // SHA-256 is kept (256 random bits need no slow hash), and the groups
-// whose command topics it may read.
-type Device struct {
-	Tenant    string    `json:"tenant"`
-	ID        string    `json:"id"`
-	Groups    []string  `json:"groups,omitempty"`
-	Hash      string    `json:"hash"`
-	CreatedAt time.Time `json:"createdAt"`
-}
+// whose command topics it may read. It is stored as it is.
+type Device = state.Device
 
 // ControllerUser is the MQTT username of the controller on the embedded broker.
 const ControllerUser = "controller"

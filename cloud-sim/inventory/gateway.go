@@ -1,7 +1,6 @@
 package inventory
 
 import (
-	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -13,74 +12,74 @@ import (
 // Gateway is one gateway in the inventory, as its births, deaths,
 // statuses and metrics describe it.
 type Gateway struct {
-	Tenant string `json:"tenant"`
-	ID     string `json:"id"`
+	Tenant string
+	ID     string
 	// Online is true from a birth until a death of the same or a newer
 	// session. Stale is set on reads when an online gateway has sent
 	// nothing for longer than the controller's stale threshold.
-	Online       bool      `json:"online"`
-	Stale        bool      `json:"stale,omitempty"`
-	Session      uint64    `json:"session"`
-	DeathSession uint64    `json:"deathSession,omitempty"`
-	DeathReason  string    `json:"deathReason,omitempty"`
-	ConnectedAt  time.Time `json:"connectedAt,omitzero"`
-	LastSeen     time.Time `json:"lastSeen,omitzero"`
+	Online       bool
+	Stale        bool
+	Session      uint64
+	DeathSession uint64
+	DeathReason  string
+	ConnectedAt  time.Time
+	LastSeen     time.Time
 
-	AgentVersion    string            `json:"agentVersion,omitempty"`
-	ProtocolVersion uint32            `json:"protocolVersion,omitempty"`
-	Simulated       bool              `json:"simulated,omitempty"`
-	Host            *Host             `json:"host,omitempty"`
-	Engine          *Engine           `json:"engine,omitempty"`
-	Labels          map[string]string `json:"labels,omitempty"`
-	Groups          []string          `json:"groups,omitempty"`
-	Capabilities    []string          `json:"capabilities,omitempty"`
+	AgentVersion    string
+	ProtocolVersion uint32
+	Simulated       bool
+	Host            *Host
+	Engine          *Engine
+	Labels          map[string]string
+	Groups          []string
+	Capabilities    []string
 	// PublicKey is the key credentials are sealed to.
-	PublicKey   string                 `json:"publicKey,omitempty"`
-	Deployments map[string]*Deployment `json:"deployments,omitempty"`
-	Registries  []Registry             `json:"registries,omitempty"`
-	Running     uint32                 `json:"running"`
+	PublicKey   string
+	Deployments map[string]*Deployment
+	Registries  []Registry
+	Running     uint32
 }
 
 // Host is the gateway's machine.
 type Host struct {
-	Hostname    string `json:"hostname,omitempty"`
-	OS          string `json:"os,omitempty"`
-	Arch        string `json:"arch,omitempty"`
-	CPUs        uint32 `json:"cpus,omitempty"`
-	MemoryBytes uint64 `json:"memoryBytes,omitempty"`
+	Hostname    string
+	OS          string
+	Arch        string
+	CPUs        uint32
+	MemoryBytes uint64
 }
 
 // Engine is the gateway's container engine.
 type Engine struct {
-	Name      string `json:"name,omitempty"`
-	Version   string `json:"version,omitempty"`
-	Reachable bool   `json:"reachable"`
-	Error     string `json:"error,omitempty"`
+	Name      string
+	Version   string
+	Reachable bool
+	Error     string
 }
 
 // Deployment is the last known status of one deployment on a gateway.
 type Deployment struct {
-	Name         string    `json:"name"`
-	Revision     int64     `json:"revision"`
-	Phase        Phase     `json:"phase"`
-	Health       Health    `json:"health,omitempty"`
-	Image        string    `json:"image,omitempty"`
-	Digest       string    `json:"digest,omitempty"`
-	Code         string    `json:"code,omitempty"`
-	Message      string    `json:"message,omitempty"`
-	RestartCount uint32    `json:"restartCount,omitempty"`
-	UpdatedAt    time.Time `json:"updatedAt,omitzero"`
+	Name         string
+	Revision     int64
+	Phase        Phase
+	Health       Health
+	Image        string
+	Digest       string
+	Code         string
+	Message      string
+	RestartCount uint32
+	UpdatedAt    time.Time
 }
 
 // Registry is a credential a gateway holds, as its birth summarises it
 // (never the secret).
 type Registry struct {
-	Registry    string    `json:"registry"`
-	Kind        string    `json:"kind"`
-	Username    string    `json:"username,omitempty"`
-	Fingerprint string    `json:"fingerprint,omitempty"`
-	ExpiresAt   time.Time `json:"expiresAt,omitzero"`
-	Warning     string    `json:"warning,omitempty"`
+	Registry    string
+	Kind        string
+	Username    string
+	Fingerprint string
+	ExpiresAt   time.Time
+	Warning     string
 }
 
 func (g *Gateway) clone() *Gateway {
@@ -178,7 +177,7 @@ func (g *Gateway) applyStatus(name string, s *fleetv1.DeploymentStatus, at time.
 	g.Deployments[name] = d
 }
 
-// Phase is a deployment's phase: the protocol's enum, stored by name.
+// Phase is a deployment's phase: the protocol's enum.
 type Phase fleetv1.DeploymentStatus_Phase
 
 // The phases the controller acts on.
@@ -190,21 +189,8 @@ const (
 
 func (p Phase) String() string { return fleetv1.DeploymentStatus_Phase(p).String() }
 
-// MarshalText writes the phase by name, "RUNNING".
-func (p Phase) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
-
-// UnmarshalText reads a phase's name.
-func (p *Phase) UnmarshalText(b []byte) error {
-	v, ok := fleetv1.DeploymentStatus_Phase_value[string(b)]
-	if !ok {
-		return fmt.Errorf("inventory: unknown deployment phase %q", b)
-	}
-	*p = Phase(v)
-	return nil
-}
-
-// Health is a deployment's health check status: the protocol's enum,
-// stored in lower case ("healthy"), and omitted when there is no check.
+// Health is a deployment's health check status: the protocol's enum;
+// its String is lower case ("healthy"), "" when there is no check.
 type Health fleetv1.HealthCheck_Status
 
 // The health statuses the controller acts on.
@@ -219,21 +205,4 @@ func (h Health) String() string {
 		return ""
 	}
 	return strings.ToLower(fleetv1.HealthCheck_Status(h).String())
-}
-
-// MarshalText writes the status in lower case, "healthy".
-func (h Health) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
-
-// UnmarshalText reads a status written by MarshalText.
-func (h *Health) UnmarshalText(b []byte) error {
-	if len(b) == 0 {
-		*h = NoHealthCheck
-		return nil
-	}
-	v, ok := fleetv1.HealthCheck_Status_value[strings.ToUpper(string(b))]
-	if !ok {
-		return fmt.Errorf("inventory: unknown health %q", b)
-	}
-	*h = Health(v)
-	return nil
 }

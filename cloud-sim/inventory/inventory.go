@@ -65,11 +65,11 @@ func (inv *Inventory) Load(ctx context.Context, st *state.Store) error {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	err := st.Each(ctx, state.Gateways, func(k string, raw []byte) error {
-		g := new(Gateway)
+		g := new(state.Gateway)
 		if err := json.Unmarshal(raw, g); err != nil {
 			return err
 		}
-		inv.gateways[k] = g
+		inv.gateways[k] = restore(g)
 		return nil
 	})
 	if err != nil {
@@ -96,7 +96,7 @@ func (inv *Inventory) Flush(ctx context.Context, st *state.Store) error {
 	gws := make(map[string]any, len(inv.dirty))
 	for k := range inv.dirty {
 		if g := inv.gateways[k]; g != nil {
-			gws[k] = g.clone()
+			gws[k] = g.stored()
 		}
 	}
 	inv.dirty = map[string]struct{}{}

@@ -65,24 +65,30 @@ func TestApply(t *testing.T) {
 	}
 }
 
-// TestDeploymentJSON: phases and health are stored by name, as before
-// they were typed.
-func TestDeploymentJSON(t *testing.T) {
-	d := Deployment{Name: "web", Revision: 2, Phase: Running, Health: Healthy}
-	raw, err := json.Marshal(d)
+// TestStored: the record is stored as before the phase and health were
+// typed ("RUNNING", "healthy"), and restored as it was.
+func TestStored(t *testing.T) {
+	g := &Gateway{Tenant: "acme", ID: "gw-1", Online: true, Session: 3, Host: &Host{Hostname: "h"},
+		Deployments: map[string]*Deployment{"web": {Name: "web", Revision: 2, Phase: Running, Health: Healthy},
+			"db": {Name: "db", Phase: Phase(fleetv1.DeploymentStatus_PULLING)}},
+		Registries: []Registry{{Registry: "quay.io/acme", Kind: "basic"}}}
+	raw, err := json.Marshal(g.stored())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := `{"name":"web","revision":2,"phase":"RUNNING","health":"healthy"}`; string(raw) != want {
-		t.Errorf("got %s, want %s", raw, want)
+	want := `{"tenant":"acme","id":"gw-1","online":true,"session":3,"host":{"hostname":"h"},` +
+		`"deployments":{"db":{"name":"db","revision":0,"phase":"PULLING"},"web":{"name":"web","revision":2,"phase":"RUNNING","health":"healthy"}},` +
+		`"registries":[{"registry":"quay.io/acme","kind":"basic"}],"running":0}`
+	if string(raw) != want {
+		t.Errorf("stored\n got %s\nwant %s", raw, want)
 	}
-	raw, _ = json.Marshal(Deployment{Name: "web", Phase: Phase(fleetv1.DeploymentStatus_PULLING)})
-	if want := `{"name":"web","revision":0,"phase":"PULLING"}`; string(raw) != want {
-		t.Errorf("got %s, want %s", raw, want)
+	var s state.Gateway
+	if err := json.Unmarshal(raw, &s); err != nil {
+		t.Fatal(err)
 	}
-	var back Deployment
-	if err := json.Unmarshal([]byte(`{"name":"web","phase":"FAILED","health":"unhealthy"}`), &back); err != nil || back.Phase != Failed || back.Health != Unhealthy {
-		t.Errorf("got %+v, %v; want FAILED, unhealthy", back, err)
+	back := restore(&s)
+	if d := back.Deployments["web"]; d.Phase != Running || d.Health != Healthy || back.Host.Hostname != "h" || back.Registries[0].Kind != "basic" {
+		t.Errorf("restored %+v, web %+v; want what was stored", back, d)
 	}
 }
 
