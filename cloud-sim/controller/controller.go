@@ -158,13 +158,13 @@ func (c *Controller) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
-	c.con = con
 	c.disp.Start(con)
 	if c.stopWork, err = c.store.Consume(ctx, 64, c.work); err != nil {
 		c.disp.Close()
 		con.Close()
 		return fmt.Errorf("controller: %w", err)
 	}
+	c.con = con // started: Close stops the parts
 	c.sched.Start(ctx)
 	c.done.Add(2)
 	go c.flushLoop()

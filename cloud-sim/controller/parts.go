@@ -4,13 +4,9 @@ import (
 	"context"
 
 	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
-	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/tenantcred"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
-
-// Identities are the gateways' MQTT identities.
-func (c *Controller) Identities() *identity.Identities { return c.ids }
 
 // Provision creates or replaces a gateway's identity and returns its new
 // password; the old password stops working at once.
