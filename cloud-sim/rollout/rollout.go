@@ -68,18 +68,18 @@ const (
 
 // Rollout is one rollout's state.
 type Rollout struct {
-	ID         string    `json:"id"`
-	Spec       Spec      `json:"spec"`
-	State      State     `json:"state"`
-	Phase      Phase     `json:"phase"`
-	Reason     string    `json:"reason,omitempty"`
-	CreatedAt  time.Time `json:"createdAt"`
-	FinishedAt time.Time `json:"finishedAt,omitzero"`
-	SoakUntil  time.Time `json:"soakUntil,omitzero"`
-	Batch      int       `json:"batch"`     // current batch, from 1
-	BatchSize  int       `json:"batchSize"` // gateways per batch after the canary
-	Notified   int       `json:"notified"`  // gateways dispatched
-	Warnings   []string  `json:"warnings,omitempty"`
+	ID         string
+	Spec       Spec
+	State      State
+	Phase      Phase
+	Reason     string
+	CreatedAt  time.Time
+	FinishedAt time.Time
+	SoakUntil  time.Time
+	Batch      int // current batch, from 1
+	BatchSize  int // gateways per batch after the canary
+	Notified   int // gateways dispatched
+	Warnings   []string
 	// tokens is the rate limiter's allowance; not persisted.
 	tokens   float64
 	lastTick time.Time
@@ -87,20 +87,20 @@ type Rollout struct {
 
 // Gateway is one gateway's progress in a rollout.
 type Gateway struct {
-	Rollout      string       `json:"rollout"`
-	Gateway      string       `json:"gateway"`
-	State        GatewayState `json:"state"`
-	Batch        int          `json:"batch"` // 0: canary
-	Attempt      int          `json:"attempt"`
-	CommandID    string       `json:"commandId,omitempty"`
-	DispatchedAt time.Time    `json:"dispatchedAt,omitzero"`
-	FinishedAt   time.Time    `json:"finishedAt,omitzero"`
-	Code         string       `json:"code,omitempty"`
-	Message      string       `json:"message,omitempty"`
+	Rollout      string
+	Gateway      string
+	State        GatewayState
+	Batch        int // 0: canary
+	Attempt      int
+	CommandID    string
+	DispatchedAt time.Time
+	FinishedAt   time.Time
+	Code         string
+	Message      string
 	// PrevSpec is the spec the gateway ran before (the controller's last
 	// deploy to it), what a rollback deploys again.
-	PrevSpec         json.RawMessage `json:"prevSpec,omitempty"`
-	RollbackRevision int64           `json:"rollbackRevision,omitempty"`
+	PrevSpec         json.RawMessage
+	RollbackRevision int64
 
 	key string // of the gateway in the inventory, computed once
 }

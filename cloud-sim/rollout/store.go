@@ -40,17 +40,18 @@ func readRuns(ctx context.Context, st *state.Store) (map[string]*Run, error) {
 			return err
 		}
 		if probe.Gateway != "" {
-			g := new(Gateway)
-			if err := json.Unmarshal(raw, g); err != nil {
+			var g state.RolloutGateway
+			if err := json.Unmarshal(raw, &g); err != nil {
 				return err
 			}
-			gws[g.Rollout] = append(gws[g.Rollout], g)
+			gws[g.Rollout] = append(gws[g.Rollout], restoreGateway(&g))
 			return nil
 		}
-		r := new(Rollout)
-		if err := json.Unmarshal(raw, r); err != nil {
+		var sr state.Rollout
+		if err := json.Unmarshal(raw, &sr); err != nil {
 			return err
 		}
+		r := restoreRollout(&sr)
 		spec := new(fleetv1.DeploymentSpec)
 		if err := protojson.Unmarshal(r.Spec.Deployment, spec); err != nil {
 			return err
@@ -91,13 +92,11 @@ func (s *Scheduler) Flush(ctx context.Context) error {
 	batch := map[string]any{}
 	for id, run := range s.runs {
 		if run.dirtyRun {
-			r := *run.R
-			batch[state.Key("r", id)] = &r
+			batch[state.Key("r", id)] = run.R.stored()
 			run.dirtyRun = false
 		}
 		for gw := range run.dirty {
-			g := *run.gws[gw]
-			batch[state.Key("g", id, gw)] = &g
+			batch[state.Key("g", id, gw)] = run.gws[gw].stored()
 		}
 		run.dirty = map[string]struct{}{}
 	}

@@ -67,11 +67,11 @@ func New(ctx context.Context, cfg Config) (*Credentials, error) {
 	}
 	c := &Credentials{cfg: cfg, log: cfg.Logger, hub: cfg.Changes, creds: map[string]*Credential{}}
 	err := cfg.Store.Each(ctx, state.Credentials, func(k string, raw []byte) error {
-		rec := new(Credential)
-		if err := json.Unmarshal(raw, rec); err != nil {
+		var s state.Credential
+		if err := json.Unmarshal(raw, &s); err != nil {
 			return err
 		}
-		c.creds[k] = rec
+		c.creds[k] = restore(&s)
 		return nil
 	})
 	if err != nil {
@@ -92,43 +92,43 @@ func (c *Credentials) Len() int {
 // CredentialView does.
 type Credential struct {
 	CredentialView
-	Secret []byte `json:"secret"`
+	Secret []byte
 	// Token is the ECR token last issued from an ecr credential with
 	// IssueTokens (an ecrToken credential, encrypted).
-	Token []byte `json:"token,omitempty"`
+	Token []byte
 }
 
 // CredentialView describes a credential without its secret.
 type CredentialView struct {
-	Tenant      string `json:"tenant"`
-	Registry    string `json:"registry"`
-	Kind        string `json:"kind"`
-	Username    string `json:"username,omitempty"`
-	Fingerprint string `json:"fingerprint,omitempty"`
+	Tenant      string
+	Registry    string
+	Kind        string
+	Username    string
+	Fingerprint string
 	// IssueTokens (ecr): gateways get short-lived ecrToken credentials
 	// issued by the controller, not the AWS keys; re-issued before expiry.
-	IssueTokens      bool         `json:"issueTokens,omitempty"`
-	TokenFingerprint string       `json:"tokenFingerprint,omitempty"`
-	TokenExpiresAt   time.Time    `json:"tokenExpiresAt,omitzero"`
-	TokenRefreshAt   time.Time    `json:"tokenRefreshAt,omitzero"`
-	ExpiresAt        time.Time    `json:"expiresAt,omitzero"`
-	HasCACertificate bool         `json:"hasCaCertificate,omitempty"`
-	HasClientCert    bool         `json:"hasClientCertificate,omitempty"`
-	RequireTLS       bool         `json:"requireTls,omitempty"`
-	UpdatedAt        time.Time    `json:"updatedAt"`
-	LastCheck        *CheckResult `json:"lastCheck,omitempty"`
+	IssueTokens      bool
+	TokenFingerprint string
+	TokenExpiresAt   time.Time
+	TokenRefreshAt   time.Time
+	ExpiresAt        time.Time
+	HasCACertificate bool
+	HasClientCert    bool
+	RequireTLS       bool
+	UpdatedAt        time.Time
+	LastCheck        *CheckResult
 }
 
 // CheckResult is a check-registry made from the cloud.
 type CheckResult struct {
-	Image   string `json:"image"`
-	OK      bool   `json:"ok"`
-	Code    string `json:"code,omitempty"`
-	Message string `json:"message,omitempty"`
+	Image   string
+	OK      bool
+	Code    string
+	Message string
 	// Check is the RegistryCheck as protojson.
-	Check     map[string]any `json:"check,omitempty"`
-	Registry  string         `json:"registry,omitempty"` // the credential used, if any
-	CheckedAt time.Time      `json:"checkedAt"`
+	Check     map[string]any
+	Registry  string // the credential used, if any
+	CheckedAt time.Time
 }
 
 // Options adjusts Set.
@@ -197,7 +197,7 @@ func (c *Credentials) Set(ctx context.Context, tenant string, cr *fleetv1.Creden
 				Msg: fmt.Sprintf("the registry refused the credential for %s: %s; nothing was stored", opts.CheckImage, res.Message)}}
 		}
 	}
-	if err := c.cfg.Store.Put(ctx, state.Credentials, state.Key(tenant, scope), rec); err != nil {
+	if err := c.cfg.Store.Put(ctx, state.Credentials, state.Key(tenant, scope), rec.stored()); err != nil {
 		return nil, err
 	}
 	c.mu.Lock()

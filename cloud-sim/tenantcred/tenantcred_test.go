@@ -1,9 +1,13 @@
 package tenantcred
 
 import (
+	"encoding/json"
+	"reflect"
 	"testing"
+	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
+	"github.com/fleet-agent/fleet/cloud-sim/state"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
@@ -42,5 +46,29 @@ func TestHolds(t *testing.T) {
 func TestSealNeedsAKey(t *testing.T) {
 	if _, err := Seal("", []*fleetv1.Credential{basic("quay.io/acme", "x")}); err == nil {
 		t.Error("Seal without a public key: no error")
+	}
+}
+
+// TestStored: a credential is stored as before its record moved to
+// package state, and restored as it was.
+func TestStored(t *testing.T) {
+	at := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	rec := &Credential{CredentialView: CredentialView{Tenant: "acme", Registry: "quay.io/acme", Kind: "basic", UpdatedAt: at,
+		LastCheck: &CheckResult{Image: "quay.io/acme/web:1", OK: true, CheckedAt: at}}, Secret: []byte{1, 2}}
+	raw, err := json.Marshal(rec.stored())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"tenant":"acme","registry":"quay.io/acme","kind":"basic","updatedAt":"2026-11-30T12:00:00Z",` +
+		`"lastCheck":{"image":"quay.io/acme/web:1","ok":true,"checkedAt":"2026-11-30T12:00:00Z"},"secret":"AQI="}`
+	if string(raw) != want {
+		t.Errorf("stored\n got %s\nwant %s", raw, want)
+	}
+	var s state.Credential
+	if err := json.Unmarshal(raw, &s); err != nil {
+		t.Fatal(err)
+	}
+	if back := restore(&s); !reflect.DeepEqual(back, rec) {
+		t.Errorf("restored %+v, want %+v", back, rec)
 	}
 }

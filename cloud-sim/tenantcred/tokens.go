@@ -79,9 +79,9 @@ func (c *Credentials) reissue(ctx context.Context, rec *Credential) bool {
 		return false
 	}
 	c.mu.Lock()
-	cp := *rec
+	cp := rec.stored()
 	c.mu.Unlock()
-	if err := c.cfg.Store.Put(ctx, state.Credentials, state.Key(rec.Tenant, rec.Registry), &cp); err != nil {
+	if err := c.cfg.Store.Put(ctx, state.Credentials, state.Key(rec.Tenant, rec.Registry), cp); err != nil {
 		c.log.Warn("re-issued ECR token not saved", "err", err)
 	}
 	c.log.Info("ECR token re-issued", "tenant", rec.Tenant, "registry", rec.Registry, "expires_at", cp.TokenExpiresAt)
