@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/api"
 )
 
 // rollout runs `cloud-sim rollout create|list|status|pause|resume|cancel`.
@@ -24,13 +24,13 @@ func (v *verb) rollout(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		var spec controller.RolloutSpec
+		var spec api.RolloutSpec
 		dec := json.NewDecoder(strings.NewReader(string(raw)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&spec); err != nil {
 			return fmt.Errorf("%s is not a rollout spec: %w", v.file, err)
 		}
-		var rv controller.RolloutView
+		var rv api.RolloutView
 		var body []byte
 		if err := v.client.Do(ctx, "POST", "/v1/rollouts", spec, &rv, &body); err != nil {
 			return err
@@ -49,7 +49,7 @@ func (v *verb) rollout(ctx context.Context) error {
 		return v.rolloutStatus(ctx, rv.ID)
 	case "list":
 		var out struct {
-			Rollouts []controller.RolloutView `json:"rollouts"`
+			Rollouts []api.RolloutView `json:"rollouts"`
 		}
 		if printed, err := v.fetch(ctx, "/v1/rollouts", &out); printed || err != nil {
 			return err
@@ -71,7 +71,7 @@ func (v *verb) rollout(ctx context.Context) error {
 		if len(args) != 2 {
 			return usageError("give the rollout id")
 		}
-		var rv controller.RolloutView
+		var rv api.RolloutView
 		if err := v.client.Do(ctx, "POST", "/v1/rollouts/"+escape(args[1])+"/"+args[0], nil, &rv, nil); err != nil {
 			return err
 		}
@@ -94,10 +94,10 @@ func deploymentName(raw json.RawMessage) string {
 // exit code: 1 when it failed, aborted or was canceled.
 func (v *verb) rolloutStatus(ctx context.Context, id string) error {
 	p := progress{w: v.env.Stderr, interactive: v.env.Interactive}
-	var rv controller.RolloutView
+	var rv api.RolloutView
 	var body []byte
 	for {
-		rv = controller.RolloutView{}
+		rv = api.RolloutView{}
 		if err := v.client.Do(ctx, "GET", "/v1/rollouts/"+escape(id), nil, &rv, &body); err != nil {
 			return err
 		}
@@ -138,15 +138,15 @@ func (v *verb) rolloutStatus(ctx context.Context, id string) error {
 		}
 	}
 	switch rv.State {
-	case controller.RolloutFailed, controller.RolloutAborted, controller.RolloutCanceled:
+	case api.RolloutFailed, api.RolloutAborted, api.RolloutCanceled:
 		v.exit = ExitFailed
 	}
 	return nil
 }
 
-func (p *progress) drawRollout(r *controller.RolloutView) {
-	done := r.Total - r.Counts[controller.GwQueued] - r.Counts[controller.GwInProgress]
+func (p *progress) drawRollout(r *api.RolloutView) {
+	done := r.Total - r.Counts[api.GwQueued] - r.Counts[api.GwInProgress]
 	p.show(done, r.Total, fmt.Sprintf("%s %s: %d succeeded, %d failed, %d in progress", r.State, r.Phase,
-		r.Counts[controller.GwSucceeded], r.Counts[controller.GwFailed]+r.Counts[controller.GwRejected]+r.Counts[controller.GwTimedOut],
-		r.Counts[controller.GwInProgress]), false)
+		r.Counts[api.GwSucceeded], r.Counts[api.GwFailed]+r.Counts[api.GwRejected]+r.Counts[api.GwTimedOut],
+		r.Counts[api.GwInProgress]), false)
 }

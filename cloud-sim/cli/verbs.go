@@ -20,7 +20,6 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
-	"github.com/fleet-agent/fleet/cloud-sim/controller"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
@@ -316,7 +315,7 @@ func (v *verb) listGateways(ctx context.Context) error {
 	return nil
 }
 
-func gatewayState(g *controller.Gateway) string {
+func gatewayState(g *api.Gateway) string {
 	switch {
 	case g.Online && g.Stale:
 		return "stale"
@@ -328,7 +327,7 @@ func gatewayState(g *controller.Gateway) string {
 	return "offline"
 }
 
-func engineName(g *controller.Gateway) string {
+func engineName(g *api.Gateway) string {
 	if g.Engine == nil {
 		return "-"
 	}
@@ -342,7 +341,7 @@ func engineName(g *controller.Gateway) string {
 	return s
 }
 
-func deploymentsSummary(g *controller.Gateway) string {
+func deploymentsSummary(g *api.Gateway) string {
 	if len(g.Deployments) == 0 {
 		return "-"
 	}
@@ -385,7 +384,7 @@ func (v *verb) gateway(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var g controller.Gateway
+	var g api.Gateway
 	if printed, err := v.fetch(ctx, "/v1/gateways/"+escape(t, id), &g); printed || err != nil {
 		return err
 	}
@@ -435,8 +434,8 @@ func (v *verb) provision(ctx context.Context) error {
 }
 
 // target builds the request target from the flags.
-func (v *verb) target() (controller.Target, error) {
-	var t controller.Target
+func (v *verb) target() (api.Target, error) {
+	var t api.Target
 	for _, g := range v.gateways {
 		tenant, id, err := splitGateway(g)
 		if err != nil {
@@ -544,7 +543,7 @@ func (v *verb) send(ctx context.Context) error {
 
 // sendAndWait posts the command, then follows the batch until every
 // gateway has answered or --wait passes, drawing progress on stderr.
-func (v *verb) sendAndWait(ctx context.Context, t controller.Target, cmd *fleetv1.Command) error {
+func (v *verb) sendAndWait(ctx context.Context, t api.Target, cmd *fleetv1.Command) error {
 	body, err := protojson.Marshal(cmd)
 	if err != nil {
 		return err
@@ -553,7 +552,7 @@ func (v *verb) sendAndWait(ctx context.Context, t controller.Target, cmd *fleetv
 	if v.expires > 0 {
 		req.ExpiresIn = v.expires.String()
 	}
-	var b controller.BatchView
+	var b api.BatchView
 	if err := v.client.Do(ctx, "POST", "/v1/commands", req, &b, nil); err != nil {
 		return err
 	}
@@ -565,11 +564,11 @@ func (v *verb) sendAndWait(ctx context.Context, t controller.Target, cmd *fleetv
 
 func (v *verb) follow(ctx context.Context, id string, wait time.Duration) error {
 	deadline := time.Now().Add(wait)
-	var b controller.BatchView
+	var b api.BatchView
 	var raw []byte
 	p := progress{w: v.env.Stderr, interactive: v.env.Interactive}
 	for {
-		b = controller.BatchView{} // decoding into a used map would keep old counts
+		b = api.BatchView{} // decoding into a used map would keep old counts
 		step := min(time.Until(deadline), 500*time.Millisecond).Truncate(time.Millisecond)
 		path := "/v1/batches/" + escape(id)
 		if step > 0 {
@@ -601,7 +600,7 @@ func (v *verb) follow(ctx context.Context, id string, wait time.Duration) error 
 	return nil
 }
 
-func (v *verb) batchTable(b *controller.BatchView) {
+func (v *verb) batchTable(b *api.BatchView) {
 	tw := v.table()
 	fmt.Fprintln(tw, "GATEWAY\tVERB\tSTATE\tCODE\tMESSAGE")
 	for _, c := range b.Commands {
@@ -643,10 +642,10 @@ type progress struct {
 	drawn       bool
 }
 
-func (p *progress) draw(b *controller.BatchView) {
+func (p *progress) draw(b *api.BatchView) {
 	total := len(b.Commands)
-	done := total - b.Counts[controller.StatePending] - b.Counts[controller.StateAccepted]
-	p.show(done, total, fmt.Sprintf("answered, %d failed, %d pending", b.Failed, b.Counts[controller.StatePending]), b.Done)
+	done := total - b.Counts[api.StatePending] - b.Counts[api.StateAccepted]
+	p.show(done, total, fmt.Sprintf("answered, %d failed, %d pending", b.Failed, b.Counts[api.StatePending]), b.Done)
 }
 
 // show draws "[####------] done/total detail": in place on a terminal,
@@ -717,7 +716,7 @@ func (v *verb) credSet(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var view controller.CredentialView
+	var view api.CredentialView
 	var raw []byte
 	err = v.client.Do(ctx, "PUT", "/v1/tenants/"+escape(v.tenant)+"/credentials",
 		api.CredentialRequest{Credential: body, IssueTokens: v.issueTokens, CheckImage: v.checkImage}, &view, &raw)
@@ -738,7 +737,7 @@ func (v *verb) credSet(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var b controller.BatchView
+	var b api.BatchView
 	if err := v.client.Do(ctx, "POST", "/v1/tenants/"+escape(v.tenant)+"/credentials/push",
 		api.PushRequest{Target: t, Registry: view.Registry}, &b, nil); err != nil {
 		return err
@@ -754,7 +753,7 @@ func (v *verb) credList(ctx context.Context) error {
 		return usageError("--tenant is required")
 	}
 	var out struct {
-		Credentials []controller.CredentialView `json:"credentials"`
+		Credentials []api.CredentialView `json:"credentials"`
 	}
 	if printed, err := v.fetch(ctx, "/v1/tenants/"+escape(v.tenant)+"/credentials", &out); printed || err != nil {
 		return err
@@ -791,7 +790,7 @@ func (v *verb) checkRegistry(ctx context.Context) error {
 	if v.tenant == "" || v.fs.NArg() != 1 {
 		return usageError("give --tenant T and one IMAGE")
 	}
-	var res controller.CheckResult
+	var res api.CheckResult
 	var raw []byte
 	if err := v.client.Do(ctx, "POST", "/v1/tenants/"+escape(v.tenant)+"/check-registry", map[string]string{"image": v.fs.Arg(0)}, &res, &raw); err != nil {
 		return err

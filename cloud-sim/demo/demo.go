@@ -29,6 +29,7 @@ import (
 	"github.com/fleet-agent/fleet/agent/gateway"
 	"github.com/fleet-agent/fleet/cloud-sim/cli"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/internal/backoff"
@@ -222,7 +223,7 @@ func startAgent(ctx context.Context, s *serve.Server, docker *dockerclient.Clien
 func waitOnline(ctx context.Context, c *controller.Controller, want int) error {
 	online := true
 	for {
-		n := len(c.Gateways(controller.Filter{Tenant: tenant, Online: &online}))
+		n := len(c.Gateways(inventory.Filter{Tenant: tenant, Online: &online}))
 		if n >= want {
 			return nil
 		}

@@ -1,4 +1,6 @@
-package controller
+// Package changes fans fleet changes (a gateway came online, a command
+// finished, a rollout advanced …) out to the API's event stream.
+package changes
 
 import (
 	"sync"
@@ -20,19 +22,20 @@ type Change struct {
 	Message    string    `json:"message,omitempty"`
 }
 
-// hub fans changes out to subscribers. A subscriber that does not keep up
-// loses changes rather than slowing ingest; it is told so by Lagged.
-type hub struct {
+// Hub fans changes out to subscribers. A subscriber that does not keep up
+// loses changes rather than slowing ingest; it is told so by Lagged. The
+// zero Hub is ready to use.
+type Hub struct {
 	mu   sync.Mutex
-	subs map[*Subscription]struct{}
+	subs map[*Subscription]struct{} // guarded by mu
 }
 
 // Subscription receives changes until Close.
 type Subscription struct {
 	C      chan Change
-	h      *hub
+	h      *Hub
 	mu     sync.Mutex
-	lagged bool
+	lagged bool // guarded by mu
 }
 
 // Lagged reports, and clears, whether changes were dropped because C was full.
@@ -51,7 +54,8 @@ func (s *Subscription) Close() {
 	s.h.mu.Unlock()
 }
 
-func (h *hub) subscribe(buffer int) *Subscription {
+// Subscribe returns a subscription to changes with room for buffer of them.
+func (h *Hub) Subscribe(buffer int) *Subscription {
 	s := &Subscription{C: make(chan Change, buffer), h: h}
 	h.mu.Lock()
 	if h.subs == nil {
@@ -62,7 +66,8 @@ func (h *hub) subscribe(buffer int) *Subscription {
 	return s
 }
 
-func (h *hub) publish(c Change) {
+// Publish sends c to every subscriber that has room for it.
+func (h *Hub) Publish(c Change) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for s := range h.subs {
@@ -75,7 +80,3 @@ func (h *hub) publish(c Change) {
 		}
 	}
 }
-
-// Subscribe returns a subscription to fleet changes with room for buffer
-// changes.
-func (c *Controller) Subscribe(buffer int) *Subscription { return c.hub.subscribe(buffer) }

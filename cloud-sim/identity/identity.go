@@ -1,4 +1,9 @@
-package controller
+// Package identity keeps the MQTT identities gateways connect to the
+// embedded broker with (passwords, of which only a hash is kept, and
+// groups) and is the broker's Authenticator: it confines each gateway to
+// its own topics (broker.Identity.Allowed). It is built before the broker,
+// which asks it about every client.
+package identity
 
 import (
 	"context"
@@ -7,8 +12,11 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/broker"
@@ -20,23 +28,73 @@ import (
 // Device is a gateway's MQTT identity on the embedded broker: username
 // and client id "{tenant}/{id}", a random password of which only the
 // SHA-256 is kept (256 random bits need no slow hash), and the groups
-// whose command topics it may read.
-type Device struct {
-	Tenant    string    `json:"tenant"`
-	ID        string    `json:"id"`
-	Groups    []string  `json:"groups,omitempty"`
-	Hash      string    `json:"hash"`
-	CreatedAt time.Time `json:"createdAt"`
+// whose command topics it may read. It is stored as it is.
+type Device = state.Device
+
+// ControllerUser is the MQTT username of the controller on the embedded broker.
+const ControllerUser = "controller"
+
+// Config configures the identities.
+type Config struct {
+	Store *state.Store
+	// ControllerID is the controller's MQTT client id: its session, which
+	// the broker may restore, is the controller's.
+	ControllerID string
+	// ControllerPassword, when set, lets a client log in as the controller
+	// with username ControllerUser.
+	ControllerPassword []byte
+	Now                func() time.Time
+}
+
+// Identities are the provisioned gateways' identities.
+type Identities struct {
+	cfg Config
+
+	mu      sync.RWMutex
+	devices map[string]*Device // by username "tenant/id"; guarded by mu
+}
+
+// New loads the identities from the store.
+func New(ctx context.Context, cfg Config) (*Identities, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("identity: Store is required")
+	}
+	if cfg.ControllerID == "" {
+		cfg.ControllerID = "controller"
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	ids := &Identities{cfg: cfg, devices: map[string]*Device{}}
+	err := cfg.Store.Each(ctx, state.Devices, func(_ string, raw []byte) error {
+		var d Device
+		if err := json.Unmarshal(raw, &d); err != nil {
+			return err
+		}
+		ids.devices[d.Tenant+"/"+d.ID] = &d
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("identity: load: %w", err)
+	}
+	return ids, nil
+}
+
+// Len is how many gateways are provisioned.
+func (c *Identities) Len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.devices)
 }
 
 // Provision creates or replaces a gateway's identity and returns its new
 // password; the old password stops working at once.
-func (c *Controller) Provision(ctx context.Context, tenant, id string, groups []string) (string, error) {
+func (c *Identities) Provision(ctx context.Context, tenant, id string, groups []string) (string, error) {
 	return c.ProvisionWith(ctx, tenant, id, groups, "")
 }
 
 // ProvisionWith is Provision with a chosen password ("" for a random one).
-func (c *Controller) ProvisionWith(ctx context.Context, tenant, id string, groups []string, password string) (string, error) {
+func (c *Identities) ProvisionWith(ctx context.Context, tenant, id string, groups []string, password string) (string, error) {
 	if err := topic.CheckID("tenant", tenant); err != nil {
 		return "", errdefs.Invalid("tenant", "%v", err)
 	}
@@ -49,10 +107,10 @@ func (c *Controller) ProvisionWith(ctx context.Context, tenant, id string, group
 		}
 	}
 	if password == "" {
-		password = c.NewPassword()
+		password = NewPassword()
 	}
 	d := &Device{Tenant: tenant, ID: id, Groups: slices.Clone(groups), Hash: hashPassword(password), CreatedAt: c.cfg.Now()}
-	if err := c.store.Put(ctx, state.Devices, state.Key(tenant, id), d); err != nil {
+	if err := c.cfg.Store.Put(ctx, state.Devices, state.Key(tenant, id), d); err != nil {
 		return "", err
 	}
 	c.mu.Lock()
@@ -62,7 +120,7 @@ func (c *Controller) ProvisionWith(ctx context.Context, tenant, id string, group
 }
 
 // ProvisionMany provisions gateways in one write, for simulated fleets.
-func (c *Controller) ProvisionMany(ctx context.Context, tenant string, ids []string, groups []string, password string) error {
+func (c *Identities) ProvisionMany(ctx context.Context, tenant string, ids []string, groups []string, password string) error {
 	if err := topic.CheckID("tenant", tenant); err != nil {
 		return errdefs.Invalid("tenant", "%v", err)
 	}
@@ -76,7 +134,7 @@ func (c *Controller) ProvisionMany(ctx context.Context, tenant string, ids []str
 		batch[state.Key(tenant, id)] = d
 		devs = append(devs, d)
 	}
-	if err := c.store.PutMany(ctx, state.Devices, batch); err != nil {
+	if err := c.cfg.Store.PutMany(ctx, state.Devices, batch); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -88,7 +146,7 @@ func (c *Controller) ProvisionMany(ctx context.Context, tenant string, ids []str
 }
 
 // NewPassword returns a random password of 256 bits.
-func (c *Controller) NewPassword() string {
+func NewPassword() string {
 	b := make([]byte, 32)
 	_, _ = rand.Read(b)
 	return base64.RawURLEncoding.EncodeToString(b)
@@ -102,16 +160,16 @@ func hashPassword(p string) string {
 // Authenticate implements broker.Authenticator: the controller with its
 // password, or a provisioned gateway whose client id is its username (so
 // that no client can take over another gateway's session).
-func (c *Controller) Authenticate(clientID, username string, password []byte) (broker.Identity, error) {
+func (c *Identities) Authenticate(clientID, username string, password []byte) (broker.Identity, error) {
 	if username == ControllerUser {
 		if len(c.cfg.ControllerPassword) > 0 && subtle.ConstantTimeCompare(password, c.cfg.ControllerPassword) == 1 {
 			return broker.Identity{Controller: true}, nil
 		}
 		return broker.Identity{}, broker.ErrDenied
 	}
-	c.mu.Lock()
+	c.mu.RLock()
 	d := c.devices[username]
-	c.mu.Unlock()
+	c.mu.RUnlock()
 	if d == nil || subtle.ConstantTimeCompare([]byte(hashPassword(string(password))), []byte(d.Hash)) != 1 {
 		return broker.Identity{}, broker.ErrDenied
 	}
@@ -123,13 +181,13 @@ func (c *Controller) Authenticate(clientID, username string, password []byte) (b
 
 // Identify implements broker.Authenticator for sessions the broker
 // restored: a gateway's client id is its username.
-func (c *Controller) Identify(clientID string) (broker.Identity, bool) {
-	if clientID == c.cfg.ID {
+func (c *Identities) Identify(clientID string) (broker.Identity, bool) {
+	if clientID == c.cfg.ControllerID {
 		return broker.Identity{Controller: true}, true
 	}
-	c.mu.Lock()
+	c.mu.RLock()
 	d := c.devices[clientID]
-	c.mu.Unlock()
+	c.mu.RUnlock()
 	if d == nil {
 		return broker.Identity{}, false
 	}

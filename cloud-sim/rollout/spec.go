@@ -1,4 +1,9 @@
-package controller
+// Package rollout rolls a deployment revision out to many gateways: the
+// operator's Spec (targets, a canary, batches, rates, abort criteria); a
+// pure Step that observes a rollout's gateways and decides what to
+// dispatch; and the Scheduler that steps every active rollout while its
+// replica holds the scheduler lease, queuing dispatches for the workers.
+package rollout
 
 import (
 	"encoding/json"
@@ -9,109 +14,95 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
-// Duration is a time.Duration written as "90s" or "5m" in JSON and YAML.
+// Duration is a time.Duration of the spec.
 type Duration time.Duration
 
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
-
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("a duration is a string such as \"90s\" or \"5m\"")
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("%q is not a duration such as 90s or 5m", s)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// RolloutSpec is what an operator asks for: a deployment revision to a set
+// Spec is what an operator asks for: a deployment revision to a set
 // of gateways, with a strategy and abort criteria.
-type RolloutSpec struct {
-	Name    string         `json:"name,omitempty"`
-	Tenant  string         `json:"tenant"`
-	Targets RolloutTargets `json:"targets"`
+type Spec struct {
+	Name    string
+	Tenant  string
+	Targets Targets
 	// Deployment is a protocol DeploymentSpec (protojson).
-	Deployment        json.RawMessage `json:"deployment"`
-	SkipRegistryCheck bool            `json:"skipRegistryCheck,omitempty"`
-	Strategy          Strategy        `json:"strategy"`
-	Abort             AbortCriteria   `json:"abort"`
+	Deployment        json.RawMessage
+	SkipRegistryCheck bool
+	Strategy          Strategy
+	Abort             AbortCriteria
 }
 
-// RolloutTargets selects the gateways: explicit ids, a label selector,
+// Targets selects the gateways: explicit ids, a label selector,
 // groups, or the whole tenant; IncludeNew adds gateways that come to match
 // while the rollout runs.
-type RolloutTargets struct {
-	Gateways   []string `json:"gateways,omitempty"`
-	Selector   string   `json:"selector,omitempty"`
-	Groups     []string `json:"groups,omitempty"`
-	All        bool     `json:"all,omitempty"`
-	IncludeNew bool     `json:"includeNew,omitempty"`
+type Targets struct {
+	Gateways   []string
+	Selector   string
+	Groups     []string
+	All        bool
+	IncludeNew bool
 }
 
 // Strategy says how fast the rollout goes.
 type Strategy struct {
 	// Canary: Count gateways first; then, once all succeeded, Soak during
 	// which they must stay RUNNING (and healthy).
-	Canary *Canary `json:"canary,omitempty"`
+	Canary *Canary
 	// Batches of BatchSize gateways or BatchPercent of the targets; the
 	// next batch starts when the current one is done. Without either, one
 	// batch of everything.
-	BatchSize    int     `json:"batchSize,omitempty"`
-	BatchPercent float64 `json:"batchPercent,omitempty"`
+	BatchSize    int
+	BatchPercent float64
 	// MaxInFlight bounds gateways IN_PROGRESS at once (no bound when 0).
-	MaxInFlight int `json:"maxInFlight,omitempty"`
+	MaxInFlight int
 	// RatePerMinute bounds dispatches per minute (no bound when 0).
-	RatePerMinute float64 `json:"ratePerMinute,omitempty"`
+	RatePerMinute float64
 	// Exponential rate: BaseRate per minute, multiplied by IncrementFactor
 	// each time StepEvery more gateways were notified (dispatched) or
 	// succeeded (StepOn).
-	Exponential *Exponential `json:"exponential,omitempty"`
+	Exponential *Exponential
 	// GatewayTimeout: a gateway not RUNNING the new revision this long
 	// after dispatch is TIMED_OUT (10 minutes when zero).
-	GatewayTimeout Duration `json:"gatewayTimeout,omitempty"`
+	GatewayTimeout Duration
 	// Deadline: gateways still QUEUED (offline) this long after the start
 	// are TIMED_OUT (7 days when zero).
-	Deadline Duration `json:"deadline,omitempty"`
+	Deadline Duration
 }
 
 // Canary is the first phase.
 type Canary struct {
-	Count int      `json:"count"`
-	Soak  Duration `json:"soak,omitempty"`
+	Count int
+	Soak  Duration
 }
 
 // Exponential is an accelerating rate.
 type Exponential struct {
-	BaseRate        float64 `json:"baseRate"`
-	IncrementFactor float64 `json:"incrementFactor"`
-	StepEvery       int     `json:"stepEvery"`
-	StepOn          string  `json:"stepOn,omitempty"` // "succeeded" (default) or "notified"
+	BaseRate        float64
+	IncrementFactor float64
+	StepEvery       int
+	StepOn          string // "succeeded" (default) or "notified"
 }
 
 // AbortCriteria stop a bad release.
 type AbortCriteria struct {
 	// FailureKinds counted: FAILED, REJECTED, TIMED_OUT, or ALL (default).
-	FailureKinds []string `json:"failureKinds,omitempty"`
+	FailureKinds []string
 	// ThresholdPercent of executed gateways failing aborts (no abort when 0).
-	ThresholdPercent float64 `json:"thresholdPercent,omitempty"`
+	ThresholdPercent float64
 	// MinExecuted gateways must be done before the threshold applies.
-	MinExecuted int `json:"minExecuted,omitempty"`
+	MinExecuted int
 	// Rollback: on abort, gateways that updated go back to the revision
 	// they ran before (deployed again under a higher revision).
-	Rollback bool `json:"rollback,omitempty"`
+	Rollback bool
 }
 
-// validate checks the spec and returns the parsed deployment, naming the
+// Validate checks the spec and returns the parsed deployment, naming the
 // field of every error.
-func (s *RolloutSpec) validate() (*fleetv1.DeploymentSpec, error) {
+func (s *Spec) Validate() (*fleetv1.DeploymentSpec, error) {
 	if err := topic.CheckID("tenant", s.Tenant); err != nil {
 		return nil, errdefs.Invalid("tenant", "%v", err)
 	}
@@ -119,7 +110,7 @@ func (s *RolloutSpec) validate() (*fleetv1.DeploymentSpec, error) {
 	if len(t.Gateways) == 0 && t.Selector == "" && len(t.Groups) == 0 && !t.All {
 		return nil, errdefs.Invalid("targets", "names no gateway: give gateways, a selector, groups, or all: true")
 	}
-	if _, err := ParseSelector(t.Selector); err != nil {
+	if _, err := inventory.ParseSelector(t.Selector); err != nil {
 		return nil, errdefs.Invalid("targets.selector", "%v", err)
 	}
 	if len(s.Deployment) == 0 {
@@ -168,7 +159,7 @@ func (s *RolloutSpec) validate() (*fleetv1.DeploymentSpec, error) {
 	}
 	a := s.Abort
 	for i, k := range a.FailureKinds {
-		if !slices.Contains([]string{GwFailed, GwRejected, GwTimedOut, "ALL"}, strings.ToUpper(k)) {
+		if !slices.Contains([]string{string(GatewayFailed), string(GatewayRejected), string(GatewayTimedOut), "ALL"}, strings.ToUpper(k)) {
 			return nil, errdefs.Invalid(fmt.Sprintf("abort.failureKinds[%d]", i), "%q: use FAILED, REJECTED, TIMED_OUT or ALL", k)
 		}
 	}
@@ -180,15 +171,15 @@ func (s *RolloutSpec) validate() (*fleetv1.DeploymentSpec, error) {
 
 // countsAsFailure reports whether a gateway state counts toward the abort
 // threshold.
-func (a AbortCriteria) countsAsFailure(state string) bool {
-	if state != GwFailed && state != GwRejected && state != GwTimedOut {
+func (a AbortCriteria) countsAsFailure(state GatewayState) bool {
+	if !state.failed() {
 		return false
 	}
 	if len(a.FailureKinds) == 0 {
 		return true
 	}
 	for _, k := range a.FailureKinds {
-		if k = strings.ToUpper(k); k == "ALL" || k == state {
+		if k = strings.ToUpper(k); k == "ALL" || GatewayState(k) == state {
 			return true
 		}
 	}
