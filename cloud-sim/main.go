@@ -80,7 +80,7 @@ func serveCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Broker, registries, NATS, controller, HTTP API (and a simulated fleet)",
-		Args:  cobra.NoArgs,
+		Args:  cli.NoArgs,
 	}
 	config := serveConfig(cmd.Flags())
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -164,7 +164,7 @@ func fleetCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "fleet --count N",
 		Short: "Simulated gateways against a running serve",
-		Args:  cobra.NoArgs,
+		Args:  cli.NoArgs,
 	}
 	fs := cmd.Flags()
 	var sim simfleet.Config
@@ -217,13 +217,13 @@ func demoCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "The end-to-end demo (make demo)",
-		Args:  cobra.NoArgs,
+		Args:  cli.NoArgs,
 	}
 	sims := cmd.Flags().Int("sim-count", 30, "simulated gateways beside the real agent")
 	verbose := cmd.Flags().BoolP("verbose", "v", false, "log at info level")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if err := demo.Run(cmd.Context(), cmd.OutOrStdout(), logger(*verbose, "info"), demo.Options{SimCount: *sims}); err != nil {
-			return fmt.Errorf("demo failed: %w", err)
+			return fmt.Errorf("failed: %w", err)
 		}
 		return nil
 	}
@@ -234,7 +234,7 @@ func brokerCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "broker",
 		Short: "Only the embedded MQTT v5 broker, without authentication",
-		Args:  cobra.NoArgs,
+		Args:  cli.NoArgs,
 	}
 	listen := cmd.Flags().String("listen", "127.0.0.1:1883", "address to listen on")
 	store := cmd.Flags().String("store", "", "bbolt file persisting sessions and queued messages (none: in memory)")
@@ -255,7 +255,7 @@ func sampleWebCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "sample-web",
 		Short: "The sample web server inside the images cloud-sim pushes ($MESSAGE on $PORT)",
-		Args:  cobra.NoArgs,
+		Args:  cli.NoArgs,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return sampleWeb(cmd.Context()) },
 	}
 }
@@ -264,7 +264,7 @@ func versionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
-		Args:  cobra.NoArgs,
+		Args:  cli.NoArgs,
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version) },
 	}
 }

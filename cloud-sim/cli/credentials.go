@@ -51,7 +51,7 @@ a password or token read from stdin), ECR (AWS keys; with --issue-tokens the
 gateways get 12-hour tokens, never the keys) or, with neither, anonymous.
 With --push it is also sent, sealed, to the target gateways now.`,
 		Example: "  echo \"$TOKEN\" | cloud-sim credentials set --tenant acme --registry ghcr.io/acme --username bot --password-stdin",
-		Args:    noArgs,
+		Args:    NoArgs,
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&v.tenant, "tenant", "", "tenant the credential belongs to")
@@ -77,7 +77,7 @@ With --push it is also sent, sealed, to the target gateways now.`,
 
 func credListCmd(env Env) *cobra.Command {
 	v := &verb{env: env}
-	cmd := &cobra.Command{Use: "list --tenant T", Short: "List a tenant's registry credentials (never their secrets)", Args: noArgs}
+	cmd := &cobra.Command{Use: "list --tenant T", Short: "List a tenant's registry credentials (never their secrets)", Args: NoArgs}
 	cmd.Flags().StringVar(&v.tenant, "tenant", "", "tenant")
 	v.completeGatewayFlags(cmd)
 	return v.command(cmd, v.credList)
@@ -85,7 +85,7 @@ func credListCmd(env Env) *cobra.Command {
 
 func credDeleteCmd(env Env) *cobra.Command {
 	v := &verb{env: env}
-	cmd := &cobra.Command{Use: "delete --tenant T --registry R", Short: "Delete a tenant's registry credential", Args: noArgs}
+	cmd := &cobra.Command{Use: "delete --tenant T --registry R", Short: "Delete a tenant's registry credential", Args: NoArgs}
 	cmd.Flags().StringVar(&v.tenant, "tenant", "", "tenant")
 	cmd.Flags().StringVar(&v.registry, "registry", "", "registry scope to delete")
 	v.completeGatewayFlags(cmd)

@@ -34,7 +34,7 @@ func rolloutCreateCmd(env Env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create -f rollout.yaml [--watch]",
 		Short: "Start a rollout",
-		Args:  noArgs,
+		Args:  NoArgs,
 	}
 	cmd.Flags().StringVarP(&v.file, "file", "f", "", "rollout spec, YAML or JSON (- for stdin)")
 	cmd.Flags().BoolVar(&v.watch, "watch", false, "follow until the rollout ends")
@@ -43,7 +43,7 @@ func rolloutCreateCmd(env Env) *cobra.Command {
 
 func rolloutListCmd(env Env) *cobra.Command {
 	v := &verb{env: env}
-	return v.command(&cobra.Command{Use: "list", Short: "List rollouts", Args: noArgs}, v.rolloutList)
+	return v.command(&cobra.Command{Use: "list", Short: "List rollouts", Args: NoArgs}, v.rolloutList)
 }
 
 func rolloutStatusCmd(env Env) *cobra.Command {

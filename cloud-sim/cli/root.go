@@ -41,7 +41,8 @@ exits 2.`
 const serverGroup, clientGroup = "server", "client"
 
 // New returns the cloud-sim command with the client verbs, and server
-// (serve, fleet, demo, …) listed in a group of their own.
+// (serve, fleet, demo, …) listed in a group of their own. Run it with
+// Execute.
 func New(env Env, server ...*cobra.Command) *cobra.Command {
 	if env.Getenv == nil {
 		env.Getenv = os.Getenv
@@ -77,6 +78,7 @@ func New(env Env, server ...*cobra.Command) *cobra.Command {
 		c.GroupID = clientGroup
 		root.AddCommand(c)
 	}
+	markFailures(root)
 	return root
 }
 
@@ -91,7 +93,6 @@ func Run(ctx context.Context, env Env, args []string) int {
 // a usage error, whether cobra (unknown verb or flag, bad flag value) or
 // a verb (missing argument) found it.
 func Execute(ctx context.Context, root *cobra.Command, args []string) int {
-	markFailures(root)
 	root.SetArgs(args)
 	cmd, err := root.ExecuteContextC(ctx)
 	var code exitCode

@@ -61,9 +61,6 @@ func (v *verb) command(cmd *cobra.Command, run func(context.Context) error) *cob
 	fs.StringVar(&v.apiURL, "api", or(v.env.Getenv("CLOUD_SIM_API"), defaultAPI), "cloud-sim serve API URL (or CLOUD_SIM_API)")
 	fs.StringVarP(&v.output, "output", "o", "table", "output: table or json (the API's JSON)")
 	cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
-	if cmd.Args == nil {
-		cmd.Args = cobra.ArbitraryArgs // each verb checks its own, with a message saying what to give
-	}
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if v.output != "table" && v.output != "json" {
 			return Usagef("-o %q: use table or json", v.output)
@@ -85,8 +82,9 @@ func (v *verb) newClient() *Client {
 	return &Client{Base: v.apiURL, Token: v.env.Getenv("CLOUD_SIM_TOKEN")}
 }
 
-// noArgs refuses positional arguments, for verbs that take none.
-func noArgs(_ *cobra.Command, args []string) error {
+// NoArgs refuses positional arguments (a usage error), for commands that
+// take none.
+func NoArgs(_ *cobra.Command, args []string) error {
 	if len(args) > 0 {
 		return Usagef("unexpected argument %q", args[0])
 	}
@@ -115,7 +113,7 @@ func gatewaysCmd(env Env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "gateways [--tenant T] [--selector k=v,k!=v] [--group G] [--online true|false]",
 		Short: "List gateways",
-		Args:  noArgs,
+		Args:  NoArgs,
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&v.tenant, "tenant", "", "only this tenant")
@@ -154,7 +152,7 @@ func deployCmd(env Env) *cobra.Command {
 		Short:   "Deploy a deployment spec to gateways",
 		Long:    "Deploy a deployment spec (a protocol DeploymentSpec, YAML or JSON) to gateways.\n\n" + targetHelp,
 		Example: "  cloud-sim deploy --tenant acme --selector site=berlin -f web.yaml",
-		Args:    noArgs,
+		Args:    NoArgs,
 	}
 	v.targetFlags(cmd)
 	cmd.Flags().StringVarP(&v.file, "file", "f", "", "deployment spec, YAML or JSON (a protocol DeploymentSpec; - for stdin)")
@@ -182,7 +180,7 @@ func sendCmd(env Env) *cobra.Command {
 		Use:   "send TARGET -f command.json",
 		Short: "Send any protocol Command (protojson) to gateways",
 		Long:  "Send any protocol Command, JSON (protojson) or YAML, to gateways.\n\n" + targetHelp,
-		Args:  noArgs,
+		Args:  NoArgs,
 	}
 	v.targetFlags(cmd)
 	cmd.Flags().StringVarP(&v.file, "file", "f", "", "protocol Command, JSON or YAML (- for stdin)")
