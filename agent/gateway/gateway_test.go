@@ -11,8 +11,9 @@ import (
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/gateway"
 	"github.com/fleet-agent/fleet/agent/store"
+	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
-	"github.com/fleet-agent/fleet/internal/testenv"
+	"github.com/fleet-agent/fleet/cloud-sim/console/consoletest"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -36,8 +37,8 @@ func TestUnopenableJournalEntryAnsweredAfterConnect(t *testing.T) {
 	}
 	st.Close()
 
-	b := testenv.EmbeddedInMemory(t)
-	rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
+	b := brokertest.EmbeddedInMemory(t)
+	rec := consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
 	u, err := url.Parse(b.URL())
 	if err != nil {
 		t.Fatal(err)
@@ -64,5 +65,5 @@ func TestUnopenableJournalEntryAnsweredAfterConnect(t *testing.T) {
 	if got.GetResult() != fleetv1.Reply_FAILED || got.GetCode() != fleetv1.Reply_INTERNAL {
 		t.Errorf("reply = %v/%v (%s), want FAILED/INTERNAL", got.GetResult(), got.GetCode(), got.GetMessage())
 	}
-	rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, "g"))
+	rec.Await(t, "birth", 1, consoletest.Kind(topic.Birth, "g"))
 }
