@@ -7,10 +7,10 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -19,6 +19,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/broker"
@@ -32,63 +35,16 @@ import (
 
 var version = "dev"
 
-const usage = `cloud-sim is the cloud side of Fleet Agent.
-
-Usage:
-  cloud-sim serve [flags]        broker, registries, NATS, controller, HTTP API (and a simulated fleet)
-  cloud-sim fleet --count N      simulated gateways against a running serve
-  cloud-sim demo                 the end-to-end demo (make demo)
-  cloud-sim broker               only the embedded MQTT v5 broker, without authentication
-  cloud-sim sample-web           the sample web server inside the images cloud-sim pushes
-
-` + cli.Verbs + `
-Run "cloud-sim serve -h" (or any verb with -h) for its flags.
-`
-
-func main() { os.Exit(run(os.Args[1:])) }
-
-func run(args []string) int {
-	if len(args) == 0 {
-		fmt.Fprint(os.Stderr, usage)
-		return 2
-	}
+func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	switch args[0] {
-	case "serve":
-		return cmdServe(ctx, args[1:])
-	case "fleet":
-		return cmdFleet(ctx, args[1:])
-	case "broker":
-		return cmdBroker(ctx, args[1:])
-	case "demo":
-		fs := flag.NewFlagSet("cloud-sim demo", flag.ContinueOnError)
-		sims := fs.Int("sim-count", 30, "simulated gateways beside the real agent")
-		verbose := fs.Bool("v", false, "log at info level")
-		if err := fs.Parse(args[1:]); err != nil {
-			return 2
-		}
-		if err := demo.Run(ctx, os.Stdout, logger(*verbose, "info"), demo.Options{SimCount: *sims}); err != nil {
-			fmt.Fprintln(os.Stderr, "demo failed:", err)
-			return 1
-		}
-		return 0
-	case "sample-web":
-		return sampleWeb(ctx)
-	case "version", "--version":
-		fmt.Println(version)
-		return 0
-	case "-h", "--help", "help":
-		fmt.Print(usage)
-		return 0
-	}
 	st, _ := os.Stderr.Stat()
 	env := cli.Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Interactive: st != nil && st.Mode()&os.ModeCharDevice != 0}
-	if code := cli.Run(ctx, env, args); code >= 0 {
-		return code
-	}
-	fmt.Fprintf(os.Stderr, "cloud-sim: unknown command %q\n\n%s", args[0], usage)
-	return 2
+	root := cli.New(env, serveCmd(), fleetCmd(), demoCmd(), brokerCmd(), sampleWebCmd(), versionCmd())
+	root.Version = version
+	root.SetVersionTemplate("{{.Version}}\n")
+	code := cli.Execute(ctx, root, os.Args[1:])
+	stop()
+	os.Exit(code)
 }
 
 func logger(verbose bool, level string) *slog.Logger {
@@ -120,8 +76,27 @@ func readSecretFile(flagName, path string) (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
-func cmdServe(ctx context.Context, args []string) int {
-	fs := flag.NewFlagSet("cloud-sim serve", flag.ContinueOnError)
+func serveCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Broker, registries, NATS, controller, HTTP API (and a simulated fleet)",
+		Args:  cli.NoArgs,
+	}
+	config := serveConfig(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, err := config()
+		if err != nil {
+			return cli.Usagef("%v", err)
+		}
+		return runServe(cmd.Context(), cmd.OutOrStdout(), cfg)
+	}
+	return cmd
+}
+
+// serveConfig defines serve's flags on fs and returns what makes the
+// serve.Config of their values once they are parsed: the one place that
+// maps flags onto the config.
+func serveConfig(fs *pflag.FlagSet) func() (serve.Config, error) {
 	var cfg serve.Config
 	fs.StringVar(&cfg.DataDir, "data", "cloud-sim-data", "data directory: broker sessions, NATS store, keys, simulated gateways")
 	fs.StringVar(&cfg.MQTTListen, "mqtt-listen", "127.0.0.1:1883", "embedded MQTT broker address")
@@ -145,55 +120,53 @@ func cmdServe(ctx context.Context, args []string) int {
 	fs.Float64Var(&cfg.Sim.FailureRate, "sim-failure-rate", 0, "share of simulated pulls that fail (0-1)")
 	fs.Float64Var(&cfg.Sim.CrashRate, "sim-crash-rate", 0, "share of simulated containers that crash (0-1)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	var err error
-	if cfg.Scheme, err = topic.NewScheme(*prefix); err != nil {
-		fmt.Fprintln(os.Stderr, "cloud-sim serve: --topic-prefix:", err)
-		return 2
-	}
-	if cfg.BrokerPassword, err = readSecretFile("broker-password-file", *brokerPass); err == nil {
-		cfg.APIToken, err = readSecretFile("api-token-file", *tokenFile)
-	}
-	if err == nil {
-		cfg.ControllerPassword, err = readSecretFile("controller-password-file", *ctrlPass)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cloud-sim serve:", err)
-		return 2
-	}
-	cfg.Logger = logger(true, *level)
-	s, err := serve.Start(ctx, cfg)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cloud-sim serve:", err)
-		return 1
-	}
-	fmt.Printf("cloud-sim %s serving\n  MQTT broker  %s\n  NATS         %s\n  HTTP API     %s\n", version, s.BrokerURL.Redacted(), s.Store.URL(), s.APIURL)
-	for _, name := range slices.Sorted(func(yield func(string) bool) {
-		for n := range s.Registries {
-			if !yield(n) {
-				return
-			}
+	return func() (serve.Config, error) {
+		var err error
+		if cfg.Scheme, err = topic.NewScheme(*prefix); err != nil {
+			return cfg, fmt.Errorf("--topic-prefix: %w", err)
 		}
-	}) {
-		r := s.Registries[name]
-		fmt.Printf("  registry     %s at %s %v\n", name, r.Server.URL, r.Images)
+		if cfg.BrokerPassword, err = readSecretFile("broker-password-file", *brokerPass); err != nil {
+			return cfg, err
+		}
+		if cfg.APIToken, err = readSecretFile("api-token-file", *tokenFile); err != nil {
+			return cfg, err
+		}
+		if cfg.ControllerPassword, err = readSecretFile("controller-password-file", *ctrlPass); err != nil {
+			return cfg, err
+		}
+		cfg.Logger = logger(true, *level)
+		return cfg, nil
 	}
-	if s.Fleet != nil {
-		fmt.Printf("  simulated    %d gateways of tenant %s\n", len(s.Fleet.IDs()), cfg.Sim.Tenant)
-	}
-	<-ctx.Done()
-	fmt.Println("stopping")
-	if err := s.Close(); err != nil {
-		fmt.Fprintln(os.Stderr, "cloud-sim serve: stop:", err)
-		return 1
-	}
-	return 0
 }
 
-func cmdFleet(ctx context.Context, args []string) int {
-	fs := flag.NewFlagSet("cloud-sim fleet", flag.ContinueOnError)
+func runServe(ctx context.Context, out io.Writer, cfg serve.Config) error {
+	s, err := serve.Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "cloud-sim %s serving\n  MQTT broker  %s\n  NATS         %s\n  HTTP API     %s\n", version, s.BrokerURL.Redacted(), s.Store.URL(), s.APIURL)
+	for _, name := range slices.Sorted(maps.Keys(s.Registries)) {
+		r := s.Registries[name]
+		fmt.Fprintf(out, "  registry     %s at %s %v\n", name, r.Server.URL, r.Images)
+	}
+	if s.Fleet != nil {
+		fmt.Fprintf(out, "  simulated    %d gateways of tenant %s\n", len(s.Fleet.IDs()), cfg.Sim.Tenant)
+	}
+	<-ctx.Done()
+	fmt.Fprintln(out, "stopping")
+	if err := s.Close(); err != nil {
+		return fmt.Errorf("stop: %w", err)
+	}
+	return nil
+}
+
+func fleetCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "fleet --count N",
+		Short: "Simulated gateways against a running serve",
+		Args:  cli.NoArgs,
+	}
+	fs := cmd.Flags()
 	var sim simfleet.Config
 	apiURL := fs.String("api", or(os.Getenv("CLOUD_SIM_API"), "http://127.0.0.1:8080"), "cloud-sim serve API, to provision the gateways")
 	brokerURL := fs.String("broker", "mqtt://127.0.0.1:1883", "MQTT broker the gateways connect to")
@@ -204,66 +177,101 @@ func cmdFleet(ctx context.Context, args []string) int {
 	fs.DurationVar(&sim.PullTime, "pull-time", time.Second, "simulated pull duration")
 	fs.Float64Var(&sim.FailureRate, "failure-rate", 0, "share of pulls that fail (0-1)")
 	fs.Float64Var(&sim.CrashRate, "crash-rate", 0, "share of started containers that crash (0-1)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		u, err := url.Parse(*brokerURL)
+		if err != nil {
+			return cli.Usagef("--broker: %v", err)
+		}
+		sim.BrokerURL = u
+		return runFleet(cmd.Context(), cmd.OutOrStdout(), *apiURL, sim)
 	}
-	u, err := url.Parse(*brokerURL)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cloud-sim fleet: --broker:", err)
-		return 2
-	}
-	c := &cli.Client{Base: *apiURL, Token: os.Getenv("CLOUD_SIM_TOKEN")}
+	return cmd
+}
+
+func runFleet(ctx context.Context, out io.Writer, apiURL string, sim simfleet.Config) error {
+	c := &cli.Client{Base: apiURL, Token: os.Getenv("CLOUD_SIM_TOKEN")}
 	var p api.Provisioned
 	if err := c.Do(ctx, "POST", "/v1/simulated", api.SimulatedRequest{Tenant: sim.Tenant, Prefix: sim.Prefix, Count: sim.Count}, &p, nil); err != nil {
-		fmt.Fprintln(os.Stderr, "cloud-sim fleet: provision:", err)
-		return 1
+		return fmt.Errorf("provision: %w", err)
 	}
 	if sim.StateDir == "" {
 		dir, err := os.MkdirTemp("", "cloud-sim-fleet-")
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "cloud-sim fleet:", err)
-			return 1
+			return err
 		}
 		defer os.RemoveAll(dir)
 		sim.StateDir = dir
 	}
-	sim.BrokerURL, sim.Password, sim.Scheme, sim.Encoding = u, []byte(p.Password), topic.Default(), codec.Protobuf
+	sim.Password, sim.Scheme, sim.Encoding = []byte(p.Password), topic.Default(), codec.Protobuf
 	sim.Logger = logger(false, "warn")
 	f, err := simfleet.Start(ctx, sim)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "cloud-sim fleet:", err)
-		return 1
+		return err
 	}
-	fmt.Printf("%d simulated gateways of tenant %s running; Ctrl-C stops them (each publishes its death)\n", sim.Count, sim.Tenant)
+	fmt.Fprintf(out, "%d simulated gateways of tenant %s running; Ctrl-C stops them (each publishes its death)\n", sim.Count, sim.Tenant)
 	<-ctx.Done()
-	if err := f.Close(); err != nil {
-		fmt.Fprintln(os.Stderr, "cloud-sim fleet:", err)
-		return 1
-	}
-	return 0
+	return f.Close()
 }
 
-func cmdBroker(ctx context.Context, args []string) int {
-	fs := flag.NewFlagSet("cloud-sim broker", flag.ContinueOnError)
-	listen := fs.String("listen", "127.0.0.1:1883", "address to listen on")
-	store := fs.String("store", "", "bbolt file persisting sessions and queued messages (none: in memory)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+func demoCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "The end-to-end demo (make demo)",
+		Args:  cli.NoArgs,
 	}
-	b, err := broker.Start(broker.Config{Addr: *listen, StorePath: *store, Logger: logger(false, "warn")})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cloud-sim:", err)
-		return 1
+	sims := cmd.Flags().Int("sim-count", 30, "simulated gateways beside the real agent")
+	verbose := cmd.Flags().BoolP("verbose", "v", false, "log at info level")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := demo.Run(cmd.Context(), cmd.OutOrStdout(), logger(*verbose, "info"), demo.Options{SimCount: *sims}); err != nil {
+			return fmt.Errorf("failed: %w", err)
+		}
+		return nil
 	}
-	fmt.Printf("broker listening on %s (no authentication: use serve for that)\n", b.URL())
-	<-ctx.Done()
-	b.Close()
-	return 0
+	return cmd
+}
+
+func brokerCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "broker",
+		Short: "Only the embedded MQTT v5 broker, without authentication",
+		Args:  cli.NoArgs,
+	}
+	listen := cmd.Flags().String("listen", "127.0.0.1:1883", "address to listen on")
+	store := cmd.Flags().String("store", "", "bbolt file persisting sessions and queued messages (none: in memory)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		b, err := broker.Start(broker.Config{Addr: *listen, StorePath: *store, Logger: logger(false, "warn")})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "broker listening on %s (no authentication: use serve for that)\n", b.URL())
+		<-cmd.Context().Done()
+		b.Close()
+		return nil
+	}
+	return cmd
+}
+
+func sampleWebCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "sample-web",
+		Short: "The sample web server inside the images cloud-sim pushes ($MESSAGE on $PORT)",
+		Args:  cli.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return sampleWeb(cmd.Context()) },
+	}
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cli.NoArgs,
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version) },
+	}
 }
 
 // sampleWeb is the program of the sample images: GET / answers $MESSAGE,
 // GET /healthz 200, on $PORT.
-func sampleWeb(ctx context.Context) int {
+func sampleWeb(ctx context.Context) error {
 	msg, port := or(os.Getenv("MESSAGE"), "hello from cloud-sim"), or(os.Getenv("PORT"), "8080")
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
@@ -274,10 +282,9 @@ func sampleWeb(ctx context.Context) int {
 		srv.Close()
 	}()
 	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		fmt.Fprintln(os.Stderr, "sample-web:", err)
-		return 1
+		return err
 	}
-	return 0
+	return nil
 }
 
 func or(a, b string) string {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
+	"github.com/fleet-agent/fleet/cloud-sim/console/consoletest"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -20,14 +22,14 @@ import (
 // rebirth command (which itself publishes a birth) through each broker,
 // with a real agent process. It reports p50 and p99 latency.
 func BenchmarkCommandRoundTrip(b *testing.B) {
-	starts := append(testenv.Brokers(b), func(tb testing.TB) testenv.Broker { return testenv.EmbeddedInMemory(tb) })
+	starts := append(brokertest.Brokers(b), func(tb testing.TB) testenv.Broker { return brokertest.EmbeddedInMemory(tb) })
 	for _, start := range starts {
 		br := start(b)
 		b.Run(br.Name(), func(b *testing.B) {
 			gw := "gw-bench-" + br.Name()
-			rec := testenv.NewRecorder(b, br.URL(), codec.Protobuf)
+			rec := consoletest.NewRecorder(b, br.URL(), codec.Protobuf)
 			testenv.StartAgent(b, br.URL(), tenant, gw, "--log-level", "warn")
-			rec.Await(b, "birth", 1, testenv.Kind(topic.Birth, gw))
+			rec.Await(b, "birth", 1, consoletest.Kind(topic.Birth, gw))
 			var lat []time.Duration
 			i := 0
 			for b.Loop() {
@@ -57,11 +59,11 @@ func BenchmarkCommandRoundTrip(b *testing.B) {
 // pages mapped from files (mostly the agent's binary) and anonymous memory
 // (heap, stacks).
 func BenchmarkAgentIdleMemory(b *testing.B) {
-	br := testenv.Embedded(b)
+	br := brokertest.Embedded(b)
 	gw := "gw-mem"
-	rec := testenv.NewRecorder(b, br.URL(), codec.Protobuf)
+	rec := consoletest.NewRecorder(b, br.URL(), codec.Protobuf)
 	agent := testenv.StartAgent(b, br.URL(), tenant, gw, "--log-level", "warn", "--metrics-interval", "1s")
-	rec.Await(b, "heartbeat", 1, testenv.Kind(topic.Metrics, gw))
+	rec.Await(b, "heartbeat", 1, consoletest.Kind(topic.Metrics, gw))
 	var rss map[string]float64
 	for b.Loop() {
 		rss = procStatus(b, agent.PID(), "VmRSS", "RssFile", "RssAnon")

@@ -18,12 +18,14 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/fleet-agent/fleet/agent/secrets"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/identity"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -54,7 +56,7 @@ func benchController(b *testing.B) *controller.Controller {
 	}
 	b.Cleanup(st.Close)
 	dir := b.TempDir()
-	keys, err := secrets.Load(dir+"/k", dir+"/s")
+	keys, err := credential.LoadKeys(dir+"/k", dir+"/s")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -126,7 +128,7 @@ func BenchmarkControllerIngest(b *testing.B) {
 			ready := make(chan struct{})
 			cm, err := autopaho.NewConnection(context.Background(), autopaho.ClientConfig{
 				ServerUrls: []*url.URL{u}, KeepAlive: 30, CleanStartOnInitialConnection: true,
-				ConnectUsername: controller.ControllerUser, ConnectPassword: []byte(c.ControllerPassword),
+				ConnectUsername: identity.ControllerUser, ConnectPassword: []byte(c.ControllerPassword),
 				OnConnectionUp: func(*autopaho.ConnectionManager, *paho.Connack) { close(ready) },
 				ClientConfig:   paho.ClientConfig{ClientID: fmt.Sprintf("load-%d", i)},
 			})
@@ -198,7 +200,7 @@ func BenchmarkFleetBirths(b *testing.B) {
 			procs = append(procs, cmd)
 		}
 		online := true
-		count := func() int { return len(c.Controller.Gateways(controller.Filter{Tenant: "sim", Online: &online})) }
+		count := func() int { return len(c.Controller.Gateways(inventory.Filter{Tenant: "sim", Online: &online})) }
 		deadline := time.Now().Add(5 * time.Minute)
 		for count() < benchFleet {
 			if time.Now().After(deadline) {

@@ -18,12 +18,11 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/cli"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
-	"github.com/fleet-agent/fleet/cloud-sim/controller"
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
+	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/internal/testenv"
-	"github.com/fleet-agent/fleet/internal/testimage"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -86,9 +85,9 @@ func (c *cloud) get(t testing.TB, path string, out any) []byte {
 	return raw
 }
 
-func (c *cloud) gateway(t *testing.T, tenant, id string) *controller.Gateway {
+func (c *cloud) gateway(t *testing.T, tenant, id string) *api.Gateway {
 	t.Helper()
-	var g controller.Gateway
+	var g api.Gateway
 	var raw []byte
 	if err := c.api.Do(context.Background(), "GET", "/v1/gateways/"+tenant+"/"+id, nil, &g, &raw); err != nil {
 		return nil
@@ -112,10 +111,10 @@ func (c *cloud) provisionAgent(t *testing.T, tenant, id string, extra ...string)
 	return testenv.StartAgent(t, "mqtt://"+c.mqtt, tenant, id, args...)
 }
 
-func (c *cloud) send(t *testing.T, target controller.Target, cmd *fleetv1.Command, wait string) *controller.BatchView {
+func (c *cloud) send(t *testing.T, target api.Target, cmd *fleetv1.Command, wait string) *api.BatchView {
 	t.Helper()
 	body, _ := protojson.Marshal(cmd)
-	var b controller.BatchView
+	var b api.BatchView
 	if err := c.api.Do(context.Background(), "POST", "/v1/commands", api.CommandRequest{Target: target, Command: body, Wait: wait}, &b, nil); err != nil {
 		t.Fatalf("send: %v", err)
 	}
@@ -153,8 +152,8 @@ func TestCloudInventoryAndCommands(t *testing.T) {
 	if l.Count != 1 || l.Gateways[0].ID != "sim-1" {
 		t.Fatalf("selector site=site-1: %d gateways", l.Count)
 	}
-	b := c.send(t, controller.Target{Tenant: "sim", Selector: "tier=main"}, rebirthCmd(), "20s")
-	if !b.Done || b.Counts[controller.StateSucceeded] != 5 {
+	b := c.send(t, api.Target{Tenant: "sim", Selector: "tier=main"}, rebirthCmd(), "20s")
+	if !b.Done || b.Counts[api.StateSucceeded] != 5 {
 		t.Fatalf("rebirth to tier=main: %+v", b.Counts)
 	}
 
@@ -166,17 +165,17 @@ func TestCloudInventoryAndCommands(t *testing.T) {
 	})
 
 	// A command to an offline gateway waits in its session, shown pending.
-	b = c.send(t, controller.Target{Tenant: "acme", Gateways: []string{"gw-1"}}, rebirthCmd(), "")
+	b = c.send(t, api.Target{Tenant: "acme", Gateways: []string{"gw-1"}}, rebirthCmd(), "")
 	cmdID := b.Commands[0].ID
-	var cmd controller.Command
+	var cmd api.Command
 	c.get(t, "/v1/commands/"+cmdID, &cmd)
-	if cmd.State != controller.StatePending || !cmd.OfflineWhenSent {
+	if cmd.State != api.StatePending || !cmd.OfflineWhenSent {
 		t.Fatalf("command to an offline gateway: %+v", cmd)
 	}
 	agent.Start(t)
 	testenv.Eventually(t, "the queued command answered after reconnect", func() bool {
 		c.get(t, "/v1/commands/"+cmdID, &cmd)
-		return cmd.State == controller.StateSucceeded
+		return cmd.State == api.StateSucceeded
 	})
 
 	// A credential, to check that a restart keeps it (and never shows it).
@@ -193,17 +192,17 @@ func TestCloudInventoryAndCommands(t *testing.T) {
 		g := c.gateway(t, "acme", "gw-1")
 		return !g.Online && g.DeathReason == "shutdown"
 	})
-	pending := c.send(t, controller.Target{Tenant: "acme", Gateways: []string{"gw-1"}}, rebirthCmd(), "").Commands[0].ID
+	pending := c.send(t, api.Target{Tenant: "acme", Gateways: []string{"gw-1"}}, rebirthCmd(), "").Commands[0].ID
 	c.restart(t)
 	var creds struct {
-		Credentials []controller.CredentialView `json:"credentials"`
+		Credentials []api.CredentialView `json:"credentials"`
 	}
 	c.get(t, "/v1/tenants/acme/credentials", &creds)
 	if len(creds.Credentials) != 1 || creds.Credentials[0].Username != "robot" {
 		t.Fatalf("credentials after restart: %+v", creds)
 	}
 	c.get(t, "/v1/commands/"+cmdID, &cmd)
-	if cmd.State != controller.StateSucceeded {
+	if cmd.State != api.StateSucceeded {
 		t.Fatalf("command outcome after restart: %+v", cmd)
 	}
 	if g := c.gateway(t, "acme", "gw-1"); g == nil || g.Online || g.PublicKey == "" {
@@ -212,7 +211,7 @@ func TestCloudInventoryAndCommands(t *testing.T) {
 	agent.Start(t)
 	testenv.Eventually(t, "the command sent before the restart answered after it", func() bool {
 		c.get(t, "/v1/commands/"+pending, &cmd)
-		return cmd.State == controller.StateSucceeded
+		return cmd.State == api.StateSucceeded
 	})
 	testenv.Eventually(t, "simulated gateways back online after the restart", func() bool {
 		var l api.GatewayList
@@ -292,8 +291,8 @@ func TestCloudCLI(t *testing.T) {
 		t.Fatalf("failing deploy: exit %d, want %d\n%s", code, cli.ExitFailed, out)
 	}
 	code, out = run("", "stop", "--gateway", "sim/sim-1", "web", "-o", "json")
-	var b controller.BatchView
-	if code != 0 || json.Unmarshal([]byte(out), &b) != nil || b.Counts[controller.StateSucceeded] != 1 {
+	var b api.BatchView
+	if code != 0 || json.Unmarshal([]byte(out), &b) != nil || b.Counts[api.StateSucceeded] != 1 {
 		t.Fatalf("stop -o json: exit %d\n%s", code, out)
 	}
 	code, out = run("", "deploy", "-f", spec)
@@ -381,16 +380,16 @@ func TestCloudECRIssuedTokens(t *testing.T) {
 	})
 	cred, _ := protojson.Marshal(&fleetv1.Credential{Registry: reg.Host, Kind: &fleetv1.Credential_Ecr{Ecr: &fleetv1.EcrAuth{
 		Region: "eu-west-1", AccessKeyId: "AKIDCLOUD", SecretAccessKey: "cloud-secret-access-key"}}})
-	var view controller.CredentialView
+	var view api.CredentialView
 	if err := c.api.Do(context.Background(), "PUT", "/v1/tenants/sim/credentials", api.CredentialRequest{Credential: cred, IssueTokens: true}, &view, nil); err != nil {
 		t.Fatal(err)
 	}
 	if view.TokenFingerprint == "" || view.TokenExpiresAt.IsZero() {
 		t.Fatalf("no token issued: %+v", view)
 	}
-	var b controller.BatchView
+	var b api.BatchView
 	if err := c.api.Do(context.Background(), "POST", "/v1/tenants/sim/credentials/push",
-		api.PushRequest{Target: controller.Target{Tenant: "sim", All: true}, Registry: reg.Host}, &b, nil); err != nil {
+		api.PushRequest{Target: api.Target{Tenant: "sim", All: true}, Registry: reg.Host}, &b, nil); err != nil {
 		t.Fatal(err)
 	}
 	holds := func(fp string) bool {
@@ -406,7 +405,7 @@ func TestCloudECRIssuedTokens(t *testing.T) {
 	first := view.TokenFingerprint
 	testenv.Eventually(t, "a new token issued before the first expires, and sent", func() bool {
 		var list struct {
-			Credentials []controller.CredentialView `json:"credentials"`
+			Credentials []api.CredentialView `json:"credentials"`
 		}
 		c.get(t, "/v1/tenants/sim/credentials", &list)
 		fp := list.Credentials[0].TokenFingerprint

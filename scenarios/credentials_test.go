@@ -11,10 +11,12 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/fleet-agent/fleet/agent/secrets"
+	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/console/consoletest"
+	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/internal/testenv"
-	"github.com/fleet-agent/fleet/internal/testimage"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -27,7 +29,7 @@ func setCredentials(t *testing.T, publicKey string, sealed bool, creds ...*fleet
 		if err != nil {
 			t.Fatal(err)
 		}
-		box, err := secrets.Seal(publicKey, raw)
+		box, err := credential.Seal(publicKey, raw)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -42,7 +44,7 @@ func basic(registry, user, password string) *fleetv1.Credential {
 
 func TestBasicAuthRegistryWithSealedCredentials(t *testing.T) {
 	const user, wrong, right = "robot$ci", "wrong-pass-4711-secret", "right-pass-0815-secret"
-	e := newDeployEnv(t, "gw-cred", testenv.Embedded)
+	e := newDeployEnv(t, "gw-cred", brokertest.Embedded)
 	areg := testimage.NewRegistry(t, testimage.WithBasicAuth(user, right))
 	testenv.RemoveOwned(t, e.cli, e.owner, areg.Host+"/")
 	img, _ := areg.Push(t, testimage.Spec{Repo: "team/private", Tag: "1"})
@@ -76,7 +78,7 @@ func TestBasicAuthRegistryWithSealedCredentials(t *testing.T) {
 	}
 
 	send(t, e.rec, e.gw, rebirth(fmt.Sprint("rb-", time.Now().UnixNano())))
-	births := e.rec.All(testenv.Kind(topic.Birth, e.gw))
+	births := e.rec.All(consoletest.Kind(topic.Birth, e.gw))
 	regs := birthOf(births[len(births)-1]).GetRegistries()
 	if len(regs) != 2 || regs[1].GetRegistry() != areg.Host+"/team" || regs[1].GetUsername() != user || len(regs[1].GetFingerprint()) != 12 {
 		t.Errorf("birth registries = %v, want both scopes with username and fingerprint", regs)

@@ -12,8 +12,8 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 
-	"github.com/fleet-agent/fleet/internal/testenv"
-	"github.com/fleet-agent/fleet/internal/testimage"
+	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
+	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -24,7 +24,7 @@ import (
 // (until the engine reports it running). Each iteration deploys a fresh
 // deployment; removal is outside the timing.
 func BenchmarkDeployCachedImage(b *testing.B) {
-	e := newDeployEnv(b, "gw-bench", testenv.EmbeddedInMemory, "--log-level", "warn")
+	e := newDeployEnv(b, "gw-bench", brokertest.EmbeddedInMemory, "--log-level", "warn")
 	cli, reg, gw, owner, rec := e.cli, e.reg, e.gw, e.owner, e.rec
 	img, _ := reg.Push(b, testimage.Spec{Repo: "team/app", Tag: "1"})
 	ctx := context.Background()
@@ -86,7 +86,7 @@ func BenchmarkDeployCachedImage(b *testing.B) {
 // time between the old container stopping and the new one starting during
 // an update, for both strategies (0 when the new one started first).
 func BenchmarkUpdateDowntime(b *testing.B) {
-	e := newDeployEnv(b, "gw-down", testenv.EmbeddedInMemory, "--log-level", "warn")
+	e := newDeployEnv(b, "gw-down", brokertest.EmbeddedInMemory, "--log-level", "warn")
 	cli, reg, gw, owner, rec := e.cli, e.reg, e.gw, e.owner, e.rec
 	img, _ := reg.Push(b, testimage.Spec{Repo: "team/app", Tag: "1"})
 	for _, strategy := range []fleetv1.Update_Strategy{fleetv1.Update_STOP_FIRST, fleetv1.Update_START_FIRST} {

@@ -13,9 +13,11 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/console/consoletest"
+	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/internal/testenv"
-	"github.com/fleet-agent/fleet/internal/testimage"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -44,7 +46,7 @@ func ref(verb topic.Verb, name string) *fleetv1.Command {
 }
 
 // sendLong sends a command and waits up to two minutes for its final reply.
-func sendLong(tb testing.TB, c *testenv.Recorder, gw string, cmd *fleetv1.Command) *fleetv1.Reply {
+func sendLong(tb testing.TB, c *consoletest.Recorder, gw string, cmd *fleetv1.Command) *fleetv1.Reply {
 	tb.Helper()
 	return sendWithin(tb, c, gw, cmd, 2*time.Minute)
 }
@@ -57,7 +59,7 @@ type deployEnv struct {
 	reg   *testimage.Registry
 	gw    string
 	owner string
-	rec   *testenv.Recorder
+	rec   *consoletest.Recorder
 	agent *testenv.Agent
 	birth *fleetv1.Birth
 }
@@ -68,14 +70,14 @@ func newDeployEnv(tb testing.TB, prefix string, broker func(testing.TB) testenv.
 	e.owner = tenant + "/" + e.gw
 	testenv.RemoveOwned(tb, e.cli, e.owner, e.reg.Host+"/")
 	b := broker(tb)
-	e.rec = testenv.NewRecorder(tb, b.URL(), codec.Protobuf)
+	e.rec = consoletest.NewRecorder(tb, b.URL(), codec.Protobuf)
 	e.agent = testenv.StartAgent(tb, b.URL(), tenant, e.gw, agentArgs...)
-	e.birth = birthOf(e.rec.Await(tb, "birth", 1, testenv.Kind(topic.Birth, e.gw)))
+	e.birth = birthOf(e.rec.Await(tb, "birth", 1, consoletest.Kind(topic.Birth, e.gw)))
 	return e
 }
 
 func TestDeploymentLifecycle(t *testing.T) {
-	e := newDeployEnv(t, "gw-dep", testenv.Embedded)
+	e := newDeployEnv(t, "gw-dep", brokertest.Embedded)
 	cli, reg, gw, owner, rec, agent, birth := e.cli, e.reg, e.gw, e.owner, e.rec, e.agent, e.birth
 	if e := birth.GetEngine(); !e.GetReachable() || e.GetName() != "docker" || e.GetVersion() == "" {
 		t.Errorf("birth engine = %v, want a reachable docker with its version", e)
@@ -104,7 +106,7 @@ func TestDeploymentLifecycle(t *testing.T) {
 		return out
 	}
 	lastStatus := func() *fleetv1.DeploymentStatus {
-		all := rec.All(testenv.Kind(topic.Status, gw))
+		all := rec.All(consoletest.Kind(topic.Status, gw))
 		if len(all) == 0 || all[len(all)-1].Message == nil {
 			return nil
 		}
@@ -211,7 +213,7 @@ func TestDeploymentLifecycle(t *testing.T) {
 		t.Fatalf("agent exit %d", code)
 	}
 	agent.Start(t)
-	rec.Await(t, "birth after restart", 2, testenv.Kind(topic.Birth, gw))
+	rec.Await(t, "birth after restart", 2, consoletest.Kind(topic.Birth, gw))
 	testenv.Eventually(t, "status STOPPED after restart", func() bool {
 		st := lastStatus()
 		return st != nil && st.GetPhase() == fleetv1.DeploymentStatus_STOPPED && st.GetRevision() == 4
@@ -260,7 +262,7 @@ func TestDeploymentLifecycle(t *testing.T) {
 		t.Errorf("containers after remove = %+v", cs)
 	}
 	testenv.Eventually(t, "status cleared", func() bool {
-		all := rec.All(testenv.Kind(topic.Status, gw))
+		all := rec.All(consoletest.Kind(topic.Status, gw))
 		return len(all) > 0 && len(all[len(all)-1].Payload) == 0
 	})
 	if r := sendLong(t, rec, gw, ref(topic.Stop, "web")); r.GetCode() != fleetv1.Reply_NOT_FOUND {
@@ -269,7 +271,7 @@ func TestDeploymentLifecycle(t *testing.T) {
 }
 
 func TestLiveStatusFromEngineEvents(t *testing.T) {
-	e := newDeployEnv(t, "gw-live", testenv.Embedded)
+	e := newDeployEnv(t, "gw-live", brokertest.Embedded)
 	reg, gw, rec := e.reg, e.gw, e.rec
 	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
 
@@ -307,7 +309,7 @@ func TestLiveStatusFromEngineEvents(t *testing.T) {
 }
 
 func TestMovedTagIsPulledAgain(t *testing.T) {
-	e := newDeployEnv(t, "gw-tag", testenv.Embedded)
+	e := newDeployEnv(t, "gw-tag", brokertest.Embedded)
 	cli, reg, gw, rec := e.cli, e.reg, e.gw, e.rec
 
 	ref, first := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "latest", Env: map[string]string{"MESSAGE": "first"}})
@@ -335,7 +337,7 @@ func TestMovedTagIsPulledAgain(t *testing.T) {
 }
 
 func TestAgentKilledMidDeploy(t *testing.T) {
-	e := newDeployEnv(t, "gw-kill", testenv.Embedded)
+	e := newDeployEnv(t, "gw-kill", brokertest.Embedded)
 	cli, reg, gw, owner, rec, agent := e.cli, e.reg, e.gw, e.owner, e.rec, e.agent
 	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
 
@@ -381,7 +383,7 @@ func TestAgentKilledMidDeploy(t *testing.T) {
 
 func TestEngineUnreachableReportedAndRecovered(t *testing.T) {
 	proxy := testenv.NewSocketProxy(t)
-	e := newDeployEnv(t, "gw-engine", testenv.Embedded, "--docker-host", "unix://"+proxy.Path)
+	e := newDeployEnv(t, "gw-engine", brokertest.Embedded, "--docker-host", "unix://"+proxy.Path)
 	reg, gw, rec := e.reg, e.gw, e.rec
 	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
 	if r := sendLong(t, rec, gw, deploy(&fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: img, NetworkMode: "none"})); r.GetResult() != fleetv1.Reply_SUCCEEDED {
@@ -397,7 +399,7 @@ func TestEngineUnreachableReportedAndRecovered(t *testing.T) {
 	if r := send(t, rec, gw, rebirth(fmt.Sprint("rb-", time.Now().UnixNano()))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
 		t.Fatalf("rebirth while the engine is away = %v", r)
 	}
-	births := rec.All(testenv.Kind(topic.Birth, gw))
+	births := rec.All(consoletest.Kind(topic.Birth, gw))
 	if e := birthOf(births[len(births)-1]).GetEngine(); e.GetReachable() || e.GetError() == "" {
 		t.Errorf("birth engine while away = %v, want unreachable with the error", e)
 	}
@@ -413,14 +415,14 @@ func TestEngineUnreachableReportedAndRecovered(t *testing.T) {
 	})
 	// The stop recorded while the engine was away is applied now.
 	testenv.Eventually(t, "status STOPPED once the engine is back", func() bool {
-		all := rec.All(func(m console.Received) bool { return testenv.Kind(topic.Status, gw)(m) && m.Message != nil })
+		all := rec.All(func(m console.Received) bool { return consoletest.Kind(topic.Status, gw)(m) && m.Message != nil })
 		st := all[len(all)-1].Message.(*fleetv1.DeploymentStatus)
 		return st.GetCode() == fleetv1.Reply_OK && st.GetPhase() == fleetv1.DeploymentStatus_STOPPED
 	})
 }
 
 func TestHealthGatedDeploy(t *testing.T) {
-	e := newDeployEnv(t, "gw-health", testenv.Embedded)
+	e := newDeployEnv(t, "gw-health", brokertest.Embedded)
 	reg, gw, rec := e.reg, e.gw, e.rec
 	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
 	health := &fleetv1.HealthCheck{Test: []string{"CMD", "/app", "probe"}, Interval: durationpb.New(300 * time.Millisecond),

@@ -10,14 +10,13 @@ import (
 
 	"github.com/docker/docker/api/types/image"
 
-	"github.com/fleet-agent/fleet/agent/command"
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/regauth"
-	"github.com/fleet-agent/fleet/agent/secrets"
 	"github.com/fleet-agent/fleet/agent/store"
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
+	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/internal/testenv"
-	"github.com/fleet-agent/fleet/internal/testimage"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
@@ -53,7 +52,7 @@ func BenchmarkAuthenticatedPull(b *testing.B) {
 	})
 
 	b.Run("raw-docker", func(b *testing.B) {
-		auth := regauth.EncodeAuth(user, password, reg.Host)
+		auth := credential.EncodeAuth(user, password, reg.Host)
 		for b.Loop() {
 			remove(b)
 			rc, err := cli.ImagePull(ctx, img, image.PullOptions{RegistryAuth: auth})
@@ -107,7 +106,7 @@ func benchKeychain(b *testing.B, creds ...*fleetv1.Credential) *regauth.Keychain
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { st.Close() })
-	keys, err := secrets.Load(filepath.Join(dir, "at-rest.key"), filepath.Join(dir, "seal.key"))
+	keys, err := credential.LoadKeys(filepath.Join(dir, "at-rest.key"), filepath.Join(dir, "seal.key"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -115,9 +114,7 @@ func benchKeychain(b *testing.B, creds ...*fleetv1.Credential) *regauth.Keychain
 	if err != nil {
 		b.Fatal(err)
 	}
-	set := command.NewExec(&fleetv1.Command{Id: "bench", Body: &fleetv1.Command_SetCredentials{
-		SetCredentials: &fleetv1.SetCredentials{Credentials: creds}}})
-	if err := kc.Set(context.Background(), set); err != nil {
+	if err := kc.Set(context.Background(), creds); err != nil {
 		b.Fatal(err)
 	}
 	return kc

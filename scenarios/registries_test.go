@@ -16,9 +16,11 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
+	"github.com/fleet-agent/fleet/cloud-sim/console/consoletest"
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
+	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/internal/testenv"
-	"github.com/fleet-agent/fleet/internal/testimage"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -37,7 +39,7 @@ func ecrKeys(registry, akid, secret string) *fleetv1.Credential {
 
 func eventsOf(e deployEnv, kind string) []*fleetv1.Event {
 	var out []*fleetv1.Event
-	for _, m := range e.rec.All(testenv.Kind(topic.Events, e.gw)) {
+	for _, m := range e.rec.All(consoletest.Kind(topic.Events, e.gw)) {
 		if ev, ok := m.Message.(*fleetv1.Event); ok && ev.GetKind() == kind {
 			out = append(out, ev)
 		}
@@ -65,7 +67,7 @@ func TestRegistryFamilies(t *testing.T) {
 	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
 	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
 
-	e := newDeployEnv(t, "gw-regs", testenv.Embedded, "--registry-certs-dir", t.TempDir())
+	e := newDeployEnv(t, "gw-regs", brokertest.Embedded, "--registry-certs-dir", t.TempDir())
 	key := e.birth.GetPublicKey()
 	tests := []struct {
 		name         string
@@ -140,7 +142,7 @@ func TestRegistryFamilies(t *testing.T) {
 	})
 
 	send(t, e.rec, e.gw, rebirth(fmt.Sprint("rb-", time.Now().UnixNano())))
-	births := e.rec.All(testenv.Kind(topic.Birth, e.gw))
+	births := e.rec.All(consoletest.Kind(topic.Birth, e.gw))
 	regs := birthOf(births[len(births)-1]).GetRegistries()
 	if len(regs) != len(tests) {
 		t.Errorf("birth lists %d registries, want %d", len(regs), len(tests))
@@ -169,7 +171,7 @@ func TestEcrTokenExpiry(t *testing.T) {
 	password := strings.TrimPrefix(string(raw), "AWS:")
 	expires := aws.ToTime(out.AuthorizationData[0].ExpiresAt)
 
-	e := newDeployEnv(t, "gw-ecrtok", testenv.Embedded, "--registry-certs-dir", t.TempDir(), "--credentials-expiry-warning", "1h")
+	e := newDeployEnv(t, "gw-ecrtok", brokertest.Embedded, "--registry-certs-dir", t.TempDir(), "--credentials-expiry-warning", "1h")
 	testenv.RemoveOwned(t, e.cli, e.owner, reg.Host+"/")
 	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1", Env: map[string]string{"MODE": "serve"}})
 	spec := func(rev int64) *fleetv1.DeploymentSpec {
@@ -184,7 +186,7 @@ func TestEcrTokenExpiry(t *testing.T) {
 	}
 	testenv.Eventually(t, "credential.expiring event", func() bool { return len(eventsOf(e, "credential.expiring")) > 0 })
 	send(t, e.rec, e.gw, rebirth(fmt.Sprint("rb-", time.Now().UnixNano())))
-	births := e.rec.All(testenv.Kind(topic.Birth, e.gw))
+	births := e.rec.All(consoletest.Kind(topic.Birth, e.gw))
 	if regs := birthOf(births[len(births)-1]).GetRegistries(); len(regs) != 1 || regs[0].GetWarning() == "" || !regs[0].GetExpiresAt().AsTime().Equal(expires) {
 		t.Errorf("birth registries = %v, want the ecr-token with its expiry and a warning", regs)
 	}
@@ -229,7 +231,7 @@ func TestPrivateCARegistry(t *testing.T) {
 	reg := testimage.NewRegistry(t, testimage.WithConfig(func(c *registry.Config) { c.Addr, c.Certificate = gwIP+":0", &cert }))
 	t.Cleanup(func() { os.RemoveAll(filepath.Join(certsDir, reg.Host)) })
 
-	e := newDeployEnv(t, "gw-tls", testenv.Embedded, "--registry-certs-dir", certsDir)
+	e := newDeployEnv(t, "gw-tls", brokertest.Embedded, "--registry-certs-dir", certsDir)
 	testenv.RemoveOwned(t, e.cli, e.owner, reg.Host+"/")
 	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1", Env: map[string]string{"MODE": "serve"}})
 	spec := func(rev int64) *fleetv1.DeploymentSpec {

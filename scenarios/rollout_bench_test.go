@@ -12,7 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/internal/testenv"
 )
 
@@ -31,16 +32,16 @@ func BenchmarkRollout(b *testing.B) {
 				rev++
 				recvBefore, sentBefore := c.Broker.Messages()
 				t0 := time.Now()
-				v := createRollout(b, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{All: true},
+				v := createRollout(b, c, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
 					Deployment: deploymentJSON(rev, fmt.Sprintf("registry.example.com/web:%d", rev)), SkipRegistryCheck: true,
-					Strategy: controller.Strategy{MaxInFlight: 2000}})
+					Strategy: api.Strategy{MaxInFlight: 2000}})
 				var samples []stateSample
 				for {
-					var st controller.RolloutView
+					var st api.RolloutView
 					c.get(b, "/v1/rollouts/"+v.ID, &st)
 					samples = append(samples, stateSample{time.Since(t0), st.Counts})
 					if !st.Active {
-						if st.State != controller.RolloutSucceeded {
+						if st.State != api.RolloutSucceeded {
 							b.Fatalf("rollout %s: %v", st.State, st.Counts)
 						}
 						break
@@ -72,9 +73,9 @@ func BenchmarkRolloutRate(b *testing.B) {
 	rev := 0
 	for b.Loop() {
 		rev++
-		v := createRollout(b, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{All: true},
+		v := createRollout(b, c, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
 			Deployment: deploymentJSON(rev, fmt.Sprintf("registry.example.com/web:%d", rev)), SkipRegistryCheck: true,
-			Strategy: controller.Strategy{RatePerMinute: perMinute}})
+			Strategy: api.Strategy{RatePerMinute: perMinute}})
 		v = waitRollout(b, c, v.ID, 5*time.Minute)
 		var first, last time.Time
 		for i, g := range v.Gateways {
@@ -123,7 +124,7 @@ func fleetForBench(b *testing.B, n int) *cloud {
 func waitOnlineTB(b *testing.B, c *cloud, n int) {
 	online := true
 	deadline := time.Now().Add(5 * time.Minute)
-	for len(c.Controller.Gateways(controller.Filter{Tenant: "sim", Online: &online})) < n {
+	for len(c.Controller.Gateways(inventory.Filter{Tenant: "sim", Online: &online})) < n {
 		if time.Now().After(deadline) {
 			b.Fatalf("fewer than %d gateways online after 5 minutes", n)
 		}
@@ -174,10 +175,10 @@ func plotStates(path string, samples []stateSample) error {
 		states []string
 		c      color.RGBA
 	}{
-		{[]string{controller.GwQueued}, color.RGBA{128, 128, 128, 255}},
-		{[]string{controller.GwInProgress}, color.RGBA{30, 100, 220, 255}},
-		{[]string{controller.GwSucceeded}, color.RGBA{20, 160, 60, 255}},
-		{[]string{controller.GwFailed, controller.GwTimedOut, controller.GwRejected}, color.RGBA{220, 40, 40, 255}},
+		{[]string{api.GwQueued}, color.RGBA{128, 128, 128, 255}},
+		{[]string{api.GwInProgress}, color.RGBA{30, 100, 220, 255}},
+		{[]string{api.GwSucceeded}, color.RGBA{20, 160, 60, 255}},
+		{[]string{api.GwFailed, api.GwTimedOut, api.GwRejected}, color.RGBA{220, 40, 40, 255}},
 	}
 	for _, s := range series {
 		var prevX, prevY int

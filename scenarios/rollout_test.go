@@ -12,7 +12,6 @@ import (
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/cli"
-	"github.com/fleet-agent/fleet/cloud-sim/controller"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/internal/testenv"
@@ -46,29 +45,29 @@ func deploymentJSON(rev int, image string) json.RawMessage {
 	return json.RawMessage(fmt.Sprintf(`{"name": "web", "revision": %d, "image": %q}`, rev, image))
 }
 
-func createRollout(t testing.TB, c *cloud, spec controller.RolloutSpec) *controller.RolloutView {
+func createRollout(t testing.TB, c *cloud, spec api.RolloutSpec) *api.RolloutView {
 	t.Helper()
-	var v controller.RolloutView
+	var v api.RolloutView
 	if err := c.api.Do(context.Background(), "POST", "/v1/rollouts", spec, &v, nil); err != nil {
 		t.Fatalf("create rollout: %v", err)
 	}
 	return &v
 }
 
-func rolloutStatus(t testing.TB, c *cloud, id string) *controller.RolloutView {
+func rolloutStatus(t testing.TB, c *cloud, id string) *api.RolloutView {
 	t.Helper()
-	var v controller.RolloutView
+	var v api.RolloutView
 	c.get(t, "/v1/rollouts/"+id+"?gateways=true", &v)
 	return &v
 }
 
 // waitRollout polls until the rollout is no longer active.
-func waitRollout(t testing.TB, c *cloud, id string, within time.Duration) *controller.RolloutView {
+func waitRollout(t testing.TB, c *cloud, id string, within time.Duration) *api.RolloutView {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
 		v := rolloutStatus(t, c, id)
-		if !v.Active && v.Counts[controller.GwRollingBack] == 0 {
+		if !v.Active && v.Counts[api.GwRollingBack] == 0 {
 			return v
 		}
 		if time.Now().After(deadline) {
@@ -83,14 +82,14 @@ func waitRollout(t testing.TB, c *cloud, id string, within time.Duration) *contr
 func TestRolloutCanaryThenBatches(t *testing.T) {
 	c := simCloud(t, 100, simfleet.Config{})
 	soak := 500 * time.Millisecond
-	v := createRollout(t, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{All: true},
+	v := createRollout(t, c, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
 		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
-		Strategy: controller.Strategy{Canary: &controller.Canary{Count: 5, Soak: controller.Duration(soak)}, BatchSize: 20, MaxInFlight: 15}})
+		Strategy: api.Strategy{Canary: &api.Canary{Count: 5, Soak: api.Duration(soak)}, BatchSize: 20, MaxInFlight: 15}})
 	v = waitRollout(t, c, v.ID, time.Minute)
-	if v.State != controller.RolloutSucceeded || v.Counts[controller.GwSucceeded] != 100 {
+	if v.State != api.RolloutSucceeded || v.Counts[api.GwSucceeded] != 100 {
 		t.Fatalf("rollout %s: %v (%s)", v.State, v.Counts, v.Reason)
 	}
-	batches := map[int][]controller.RolloutGateway{}
+	batches := map[int][]api.RolloutGateway{}
 	for _, g := range v.Gateways {
 		batches[g.Batch] = append(batches[g.Batch], g)
 		if g.Attempt != 1 {
@@ -100,7 +99,7 @@ func TestRolloutCanaryThenBatches(t *testing.T) {
 	if len(batches[0]) != 5 || len(batches) != 6 {
 		t.Fatalf("batches: canary %d, %d batches", len(batches[0]), len(batches))
 	}
-	span := func(gs []controller.RolloutGateway) (firstDispatch, lastFinish time.Time) {
+	span := func(gs []api.RolloutGateway) (firstDispatch, lastFinish time.Time) {
 		for i, g := range gs {
 			if i == 0 || g.DispatchedAt.Before(firstDispatch) {
 				firstDispatch = g.DispatchedAt
@@ -122,7 +121,7 @@ func TestRolloutCanaryThenBatches(t *testing.T) {
 			t.Errorf("batch 1 dispatched %s after the canary finished; the soak is %s", first.Sub(canaryDone), soak)
 		}
 	}
-	var g controller.Gateway
+	var g api.Gateway
 	c.get(t, "/v1/gateways/sim/sim-77", &g)
 	if d := g.Deployments["web"]; d == nil || d.Revision != 1 || d.Phase != "RUNNING" {
 		t.Fatalf("sim-77 after the rollout: %+v", d)
@@ -134,9 +133,9 @@ func TestRolloutCanaryThenBatches(t *testing.T) {
 // updated ones back to the revision they ran.
 func TestRolloutAbortAndRollback(t *testing.T) {
 	c := simCloud(t, 60, simfleet.Config{BadImage: "flaky", BadRate: 0.5})
-	b := c.send(t, controller.Target{Tenant: "sim", All: true}, &fleetv1.Command{Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{
+	b := c.send(t, api.Target{Tenant: "sim", All: true}, &fleetv1.Command{Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{
 		Spec: &fleetv1.DeploymentSpec{Name: "web", Revision: 1, Image: "registry.example.com/web:1"}}}}, "30s")
-	if b.Counts[controller.StateSucceeded] != 60 {
+	if b.Counts[api.StateSucceeded] != 60 {
 		for _, cmd := range b.Commands {
 			if !cmd.Final() {
 				g := c.gateway(t, "sim", cmd.Gateway)
@@ -145,22 +144,22 @@ func TestRolloutAbortAndRollback(t *testing.T) {
 		}
 		t.Fatalf("revision 1: %v", b.Counts)
 	}
-	v := createRollout(t, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{All: true},
+	v := createRollout(t, c, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
 		Deployment: deploymentJSON(2, "registry.example.com/web:2-flaky"), SkipRegistryCheck: true,
-		Strategy: controller.Strategy{MaxInFlight: 5},
-		Abort:    controller.AbortCriteria{FailureKinds: []string{"FAILED"}, ThresholdPercent: 30, MinExecuted: 10, Rollback: true}})
+		Strategy: api.Strategy{MaxInFlight: 5},
+		Abort:    api.AbortCriteria{FailureKinds: []string{"FAILED"}, ThresholdPercent: 30, MinExecuted: 10, Rollback: true}})
 	v = waitRollout(t, c, v.ID, time.Minute)
-	if v.State != controller.RolloutAborted {
+	if v.State != api.RolloutAborted {
 		t.Fatalf("rollout %s, want ABORTED: %v", v.State, v.Counts)
 	}
-	if v.Counts[controller.GwCanceled] == 0 || v.Counts[controller.GwRolledBack] == 0 || v.Counts[controller.GwSucceeded] != 0 {
+	if v.Counts[api.GwCanceled] == 0 || v.Counts[api.GwRolledBack] == 0 || v.Counts[api.GwSucceeded] != 0 {
 		t.Fatalf("after the abort: %v", v.Counts)
 	}
 	for _, g := range v.Gateways {
-		if g.State != controller.GwRolledBack {
+		if g.State != api.GwRolledBack {
 			continue
 		}
-		var inv controller.Gateway
+		var inv api.Gateway
 		c.get(t, "/v1/gateways/sim/"+g.Gateway, &inv)
 		if d := inv.Deployments["web"]; d == nil || d.Image != "registry.example.com/web:1" || d.Revision != 3 || d.Phase != "RUNNING" {
 			t.Errorf("%s rolled back but runs %+v", g.Gateway, d)
@@ -173,11 +172,11 @@ func TestRolloutAbortAndRollback(t *testing.T) {
 func TestRolloutRateLimit(t *testing.T) {
 	c := simCloud(t, 30, simfleet.Config{})
 	const perMinute = 600.0
-	v := createRollout(t, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{All: true},
+	v := createRollout(t, c, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
 		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
-		Strategy: controller.Strategy{RatePerMinute: perMinute}})
+		Strategy: api.Strategy{RatePerMinute: perMinute}})
 	v = waitRollout(t, c, v.ID, time.Minute)
-	if v.State != controller.RolloutSucceeded {
+	if v.State != api.RolloutSucceeded {
 		t.Fatalf("rollout %s: %v", v.State, v.Counts)
 	}
 	var at []time.Time
@@ -209,9 +208,9 @@ func TestRolloutPauseResumeAndOffline(t *testing.T) {
 	late.Close()
 	testenv.Eventually(t, "late-1 offline", func() bool { g := c.gateway(t, "sim", "late-1"); return g != nil && !g.Online })
 
-	v := createRollout(t, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{All: true},
+	v := createRollout(t, c, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
 		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
-		Strategy: controller.Strategy{RatePerMinute: 300}})
+		Strategy: api.Strategy{RatePerMinute: 300}})
 	testenv.Eventually(t, "a few dispatched", func() bool { return rolloutStatus(t, c, v.ID).Notified >= 3 })
 	if err := c.api.Do(context.Background(), "POST", "/v1/rollouts/"+v.ID+"/pause", nil, nil, nil); err != nil {
 		t.Fatal(err)
@@ -219,18 +218,19 @@ func TestRolloutPauseResumeAndOffline(t *testing.T) {
 	paused := rolloutStatus(t, c, v.ID)
 	// Wait until what was in flight is done, then check nothing new goes out.
 	testenv.Eventually(t, "in-flight gateways done while paused", func() bool {
-		return rolloutStatus(t, c, v.ID).Counts[controller.GwInProgress] == 0
+		return rolloutStatus(t, c, v.ID).Counts[api.GwInProgress] == 0
 	})
 	settled := rolloutStatus(t, c, v.ID)
-	time.Sleep(300 * time.Millisecond) // three scheduler ticks: nothing may be dispatched
-	if now := rolloutStatus(t, c, v.ID); now.Notified != settled.Notified || now.State != controller.RolloutPaused {
+	ticks := c.Controller.RolloutTicks()
+	testenv.Eventually(t, "three scheduler ticks", func() bool { return c.Controller.RolloutTicks() >= ticks+3 }) // nothing may be dispatched
+	if now := rolloutStatus(t, c, v.ID); now.Notified != settled.Notified || now.State != api.RolloutPaused {
 		t.Fatalf("paused at %d dispatched, then %d (%s)", paused.Notified, now.Notified, now.State)
 	}
 	if err := c.api.Do(context.Background(), "POST", "/v1/rollouts/"+v.ID+"/resume", nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, "every online gateway updated", func() bool { return rolloutStatus(t, c, v.ID).Counts[controller.GwSucceeded] == 20 })
-	if st := rolloutStatus(t, c, v.ID); st.State != controller.RolloutRunning || st.Counts[controller.GwQueued] != 1 {
+	testenv.Eventually(t, "every online gateway updated", func() bool { return rolloutStatus(t, c, v.ID).Counts[api.GwSucceeded] == 20 })
+	if st := rolloutStatus(t, c, v.ID); st.State != api.RolloutRunning || st.Counts[api.GwQueued] != 1 {
 		t.Fatalf("with late-1 offline: %s %v", st.State, st.Counts)
 	}
 	back, err := serve.StartFleet(context.Background(), c.Controller, c.BrokerURL, lateDir, topic.Default(),
@@ -240,7 +240,7 @@ func TestRolloutPauseResumeAndOffline(t *testing.T) {
 	}
 	defer back.Close()
 	v = waitRollout(t, c, v.ID, time.Minute)
-	if v.State != controller.RolloutSucceeded || v.Counts[controller.GwSucceeded] != 21 {
+	if v.State != api.RolloutSucceeded || v.Counts[api.GwSucceeded] != 21 {
 		t.Fatalf("after late-1 came back: %s %v", v.State, v.Counts)
 	}
 }
@@ -250,14 +250,14 @@ func TestRolloutPauseResumeAndOffline(t *testing.T) {
 // gateway twice.
 func TestRolloutSurvivesRestart(t *testing.T) {
 	c := simCloud(t, 30, simfleet.Config{})
-	v := createRollout(t, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{All: true},
+	v := createRollout(t, c, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
 		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
-		Strategy: controller.Strategy{RatePerMinute: 600}})
+		Strategy: api.Strategy{RatePerMinute: 600}})
 	testenv.Eventually(t, "a third dispatched", func() bool { return rolloutStatus(t, c, v.ID).Notified >= 10 })
 	c.restart(t)
 	waitOnline(t, c, "sim", 30)
 	v = waitRollout(t, c, v.ID, time.Minute)
-	if v.State != controller.RolloutSucceeded || v.Counts[controller.GwSucceeded] != 30 {
+	if v.State != api.RolloutSucceeded || v.Counts[api.GwSucceeded] != 30 {
 		t.Fatalf("after restart: %s %v (%s)", v.State, v.Counts, v.Reason)
 	}
 	for _, g := range v.Gateways {
@@ -281,27 +281,27 @@ func TestRolloutTimeoutAndSupersede(t *testing.T) {
 	}
 	defer slow.Close()
 	waitOnline(t, c, "sim", 12)
-	v := createRollout(t, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{Selector: "tier=main"},
+	v := createRollout(t, c, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{Selector: "tier=main"},
 		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
-		Strategy: controller.Strategy{GatewayTimeout: controller.Duration(time.Second)}})
+		Strategy: api.Strategy{GatewayTimeout: api.Duration(time.Second)}})
 	v = waitRollout(t, c, v.ID, time.Minute)
-	if v.State != controller.RolloutFailed || v.Counts[controller.GwTimedOut] != 2 || v.Counts[controller.GwSucceeded] != 10 {
+	if v.State != api.RolloutFailed || v.Counts[api.GwTimedOut] != 2 || v.Counts[api.GwSucceeded] != 10 {
 		t.Fatalf("rollout %s: %v", v.State, v.Counts)
 	}
 
-	first := createRollout(t, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{All: true},
+	first := createRollout(t, c, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
 		Deployment: deploymentJSON(2, "registry.example.com/web:2"), SkipRegistryCheck: true,
-		Strategy: controller.Strategy{RatePerMinute: 6}})
+		Strategy: api.Strategy{RatePerMinute: 6}})
 	var fast []string
 	for i := 1; i <= 10; i++ {
 		fast = append(fast, fmt.Sprintf("sim-%d", i))
 	}
-	second := createRollout(t, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{Gateways: fast},
+	second := createRollout(t, c, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{Gateways: fast},
 		Deployment: deploymentJSON(3, "registry.example.com/web:3"), SkipRegistryCheck: true})
-	if st := rolloutStatus(t, c, first.ID); st.State != controller.RolloutSuperseded || st.Counts[controller.GwQueued] != 0 {
+	if st := rolloutStatus(t, c, first.ID); st.State != api.RolloutSuperseded || st.Counts[api.GwQueued] != 0 {
 		t.Fatalf("first rollout after the second: %s %v", st.State, st.Counts)
 	}
-	if v := waitRollout(t, c, second.ID, time.Minute); v.State != controller.RolloutSucceeded {
+	if v := waitRollout(t, c, second.ID, time.Minute); v.State != api.RolloutSucceeded {
 		t.Fatalf("second rollout: %s %v", v.State, v.Counts)
 	}
 }
@@ -330,9 +330,9 @@ func TestRolloutTwoReplicas(t *testing.T) {
 	if !a.Controller.Leader() || b.Controller.Leader() {
 		t.Fatalf("leaders: a %v, b %v", a.Controller.Leader(), b.Controller.Leader())
 	}
-	spec := controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{All: true},
+	spec := api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
 		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
-		Strategy: controller.Strategy{RatePerMinute: 600}}
+		Strategy: api.Strategy{RatePerMinute: 600}}
 	err = b.api.Do(context.Background(), "POST", "/v1/rollouts", spec, nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "replica-a") {
 		t.Fatalf("creating on the follower: %v", err)
@@ -344,7 +344,7 @@ func TestRolloutTwoReplicas(t *testing.T) {
 	}
 	testenv.Eventually(t, "replica b takes over", b.Controller.Leader)
 	v = waitRollout(t, b, v.ID, time.Minute)
-	if v.State != controller.RolloutSucceeded || v.Counts[controller.GwSucceeded] != 40 {
+	if v.State != api.RolloutSucceeded || v.Counts[api.GwSucceeded] != 40 {
 		t.Fatalf("rollout on replica b: %s %v", v.State, v.Counts)
 	}
 	byA, byB := 0, 0
@@ -368,11 +368,11 @@ func TestRolloutTwoReplicas(t *testing.T) {
 // gateways are notified, then speeds up.
 func TestRolloutExponential(t *testing.T) {
 	c := simCloud(t, 10, simfleet.Config{})
-	v := createRollout(t, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{All: true},
+	v := createRollout(t, c, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
 		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
-		Strategy: controller.Strategy{Exponential: &controller.Exponential{BaseRate: 60, IncrementFactor: 100, StepEvery: 2, StepOn: "notified"}}})
+		Strategy: api.Strategy{Exponential: &api.Exponential{BaseRate: 60, IncrementFactor: 100, StepEvery: 2, StepOn: "notified"}}})
 	v = waitRollout(t, c, v.ID, time.Minute)
-	if v.State != controller.RolloutSucceeded || v.Counts[controller.GwSucceeded] != 10 {
+	if v.State != api.RolloutSucceeded || v.Counts[api.GwSucceeded] != 10 {
 		t.Fatalf("rollout %s: %v", v.State, v.Counts)
 	}
 	var at []time.Time
@@ -395,9 +395,9 @@ func TestRolloutExponential(t *testing.T) {
 // the rollout runs joins it.
 func TestRolloutIncludeNew(t *testing.T) {
 	c := simCloud(t, 10, simfleet.Config{})
-	v := createRollout(t, c, controller.RolloutSpec{Tenant: "sim", Targets: controller.RolloutTargets{Selector: "simulated=true", IncludeNew: true},
+	v := createRollout(t, c, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{Selector: "simulated=true", IncludeNew: true},
 		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
-		Strategy: controller.Strategy{RatePerMinute: 300}})
+		Strategy: api.Strategy{RatePerMinute: 300}})
 	if err := c.api.Do(context.Background(), "POST", "/v1/rollouts/"+v.ID+"/pause", nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -412,7 +412,7 @@ func TestRolloutIncludeNew(t *testing.T) {
 		t.Fatal(err)
 	}
 	v = waitRollout(t, c, v.ID, time.Minute)
-	if v.State != controller.RolloutSucceeded || v.Total != 11 || v.Counts[controller.GwSucceeded] != 11 {
+	if v.State != api.RolloutSucceeded || v.Total != 11 || v.Counts[api.GwSucceeded] != 11 {
 		t.Fatalf("rollout %s: %d gateways %v", v.State, v.Total, v.Counts)
 	}
 }

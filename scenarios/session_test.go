@@ -9,7 +9,9 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/console/consoletest"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -20,7 +22,7 @@ const tenant = "acme"
 
 // eachBroker runs f against the embedded broker and against Mosquitto.
 func eachBroker(t *testing.T, f func(t *testing.T, b testenv.Broker)) {
-	for _, start := range testenv.Brokers(t) {
+	for _, start := range brokertest.Brokers(t) {
 		b := start(t)
 		t.Run(b.Name(), func(t *testing.T) { f(t, b) })
 	}
@@ -33,13 +35,13 @@ func rebirth(id string) *fleetv1.Command {
 	return &fleetv1.Command{Id: id, IssuedAt: timestamppb.Now(), Body: &fleetv1.Command_Rebirth{Rebirth: &fleetv1.Rebirth{}}}
 }
 
-func send(tb testing.TB, c *testenv.Recorder, gateway string, cmd *fleetv1.Command) *fleetv1.Reply {
+func send(tb testing.TB, c *consoletest.Recorder, gateway string, cmd *fleetv1.Command) *fleetv1.Reply {
 	tb.Helper()
 	return sendWithin(tb, c, gateway, cmd, testenv.Timeout)
 }
 
 // sendWithin sends a command to one gateway and waits for its final reply.
-func sendWithin(tb testing.TB, c *testenv.Recorder, gateway string, cmd *fleetv1.Command, d time.Duration) *fleetv1.Reply {
+func sendWithin(tb testing.TB, c *consoletest.Recorder, gateway string, cmd *fleetv1.Command, d time.Duration) *fleetv1.Reply {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
@@ -57,10 +59,10 @@ func sendWithin(tb testing.TB, c *testenv.Recorder, gateway string, cmd *fleetv1
 func TestBirthAndDeath(t *testing.T) {
 	eachBroker(t, func(t *testing.T, b testenv.Broker) {
 		gw := "gw-life-" + b.Name()
-		rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
+		rec := consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
 		agent := testenv.StartAgent(t, b.URL(), tenant, gw, "--label", "site=berlin", "--group", "g1", "--metrics-interval", "1s")
-		first := birthOf(rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw)))
-		hb := rec.Await(t, "metrics heartbeat", 1, testenv.Kind(topic.Metrics, gw))
+		first := birthOf(rec.Await(t, "birth", 1, consoletest.Kind(topic.Birth, gw)))
+		hb := rec.Await(t, "metrics heartbeat", 1, consoletest.Kind(topic.Metrics, gw))
 		if m := hb.Message.(*fleetv1.Metrics); m.GetSession() != first.GetSession() || m.GetMemoryTotalBytes() == 0 || m.GetDiskFreeBytes() == 0 {
 			t.Errorf("heartbeat = %v, want session %d with memory and disk figures", m, first.GetSession())
 		}
@@ -70,34 +72,34 @@ func TestBirthAndDeath(t *testing.T) {
 		}
 
 		// The birth is retained: a console that connects later gets it.
-		late := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
-		got := late.Await(t, "retained birth", 1, testenv.Kind(topic.Birth, gw))
+		late := consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
+		got := late.Await(t, "retained birth", 1, consoletest.Kind(topic.Birth, gw))
 		if !got.Retained || birthOf(got).GetSession() != first.GetSession() {
 			t.Errorf("late console got birth retained=%v session %d, want retained session %d", got.Retained, birthOf(got).GetSession(), first.GetSession())
 		}
 
 		// SIGKILL: the broker publishes the Will, the death of the same session.
 		agent.Kill()
-		d := deathOf(rec.Await(t, "death (Will)", 1, testenv.Kind(topic.Death, gw)))
+		d := deathOf(rec.Await(t, "death (Will)", 1, consoletest.Kind(topic.Death, gw)))
 		if d.GetReason() != fleetv1.Death_CONNECTION_LOST || d.GetSession() != first.GetSession() {
 			t.Errorf("death after SIGKILL = %v, want CONNECTION_LOST session %d", d, first.GetSession())
 		}
 
 		// Restarted: a higher session. SIGTERM: a SHUTDOWN death of it, exit 0.
 		agent.Start(t)
-		second := birthOf(rec.Await(t, "birth after restart", 2, testenv.Kind(topic.Birth, gw)))
+		second := birthOf(rec.Await(t, "birth after restart", 2, consoletest.Kind(topic.Birth, gw)))
 		if second.GetSession() <= first.GetSession() {
 			t.Errorf("session after restart = %d, want > %d", second.GetSession(), first.GetSession())
 		}
 		if code := agent.Term(t); code != 0 {
 			t.Errorf("exit code after SIGTERM = %d, want 0", code)
 		}
-		d = deathOf(rec.Await(t, "death on SIGTERM", 2, testenv.Kind(topic.Death, gw)))
+		d = deathOf(rec.Await(t, "death on SIGTERM", 2, consoletest.Kind(topic.Death, gw)))
 		if d.GetReason() != fleetv1.Death_SHUTDOWN || d.GetSession() != second.GetSession() {
 			t.Errorf("death after SIGTERM = %v, want SHUTDOWN session %d", d, second.GetSession())
 		}
 		// A clean disconnect must not also fire the Will.
-		if deaths := rec.All(testenv.Kind(topic.Death, gw)); len(deaths) != 2 {
+		if deaths := rec.All(consoletest.Kind(topic.Death, gw)); len(deaths) != 2 {
 			t.Errorf("got %d deaths, want 2 (the Will must not follow a clean shutdown)", len(deaths))
 		}
 	})
@@ -106,13 +108,13 @@ func TestBirthAndDeath(t *testing.T) {
 func TestCommandReplies(t *testing.T) {
 	eachBroker(t, func(t *testing.T, b testenv.Broker) {
 		gw := "gw-cmd-" + b.Name()
-		rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
+		rec := consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
 		testenv.StartAgent(t, b.URL(), tenant, gw, "--group", "g1")
-		rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw))
+		rec.Await(t, "birth", 1, consoletest.Kind(topic.Birth, gw))
 
 		for _, enc := range []codec.Encoding{codec.Protobuf, codec.JSON} {
 			t.Run(enc.String(), func(t *testing.T) {
-				c := testenv.NewRecorder(t, b.URL(), enc)
+				c := consoletest.NewRecorder(t, b.URL(), enc)
 				id := "rebirth-" + enc.String()
 				r := send(t, c, gw, rebirth(id))
 				if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetCommandId() != id || r.GetGatewayId() != gw {
@@ -149,7 +151,7 @@ func TestCommandReplies(t *testing.T) {
 
 // barrier sends one more rebirth and waits for its reply: commands run in
 // order, so everything sent before has been executed when it returns.
-func barrier(t *testing.T, c *testenv.Recorder, gw string) {
+func barrier(t *testing.T, c *consoletest.Recorder, gw string) {
 	t.Helper()
 	if r := send(t, c, gw, rebirth(fmt.Sprintf("barrier-%d", time.Now().UnixNano()))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
 		t.Fatalf("barrier reply = %v", r)
@@ -159,12 +161,12 @@ func barrier(t *testing.T, c *testenv.Recorder, gw string) {
 func TestDuplicateExpiredMalformed(t *testing.T) {
 	eachBroker(t, func(t *testing.T, b testenv.Broker) {
 		gw := "gw-checks-" + b.Name()
-		rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
+		rec := consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
 		testenv.StartAgent(t, b.URL(), tenant, gw, "--max-payload", "4096")
-		rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw))
+		rec.Await(t, "birth", 1, consoletest.Kind(topic.Birth, gw))
 
 		t.Run("duplicate id executed once", func(t *testing.T) {
-			before := len(rec.All(testenv.Kind(topic.Birth, gw)))
+			before := len(rec.All(consoletest.Kind(topic.Birth, gw)))
 			first := send(t, rec, gw, rebirth("dup-1"))
 			again := send(t, rec, gw, rebirth("dup-1"))
 			barrier(t, rec, gw)
@@ -172,7 +174,7 @@ func TestDuplicateExpiredMalformed(t *testing.T) {
 				t.Errorf("duplicate reply = %v, want the recorded %v", again, first)
 			}
 			// dup-1 once and the barrier once: two births, not three.
-			if n := len(rec.All(testenv.Kind(topic.Birth, gw))) - before; n != 2 {
+			if n := len(rec.All(consoletest.Kind(topic.Birth, gw))) - before; n != 2 {
 				t.Errorf("births after duplicate = %d, want 2", n)
 			}
 		})
@@ -229,7 +231,7 @@ func TestDuplicateExpiredMalformed(t *testing.T) {
 			if _, err := rec.SendRaw(ctx, s.Command(tenant, gw, topic.Rebirth), []byte("not json"), codec.ContentTypeJSON, ""); err != nil {
 				t.Fatal(err)
 			}
-			e := rec.Await(t, "rejection event", 1, testenv.Kind(topic.Events, gw)).Message.(*fleetv1.Event)
+			e := rec.Await(t, "rejection event", 1, consoletest.Kind(topic.Events, gw)).Message.(*fleetv1.Event)
 			if e.GetKind() != "command.rejected" || e.GetCode() != fleetv1.Reply_INVALID_ARGUMENT {
 				t.Errorf("event = %v", e)
 			}
@@ -243,15 +245,15 @@ func TestDuplicateExpiredMalformed(t *testing.T) {
 func TestQueuedCommandsAcrossBrokerRestart(t *testing.T) {
 	eachBroker(t, func(t *testing.T, b testenv.Broker) {
 		gw := "gw-queue-" + b.Name()
-		rec := testenv.NewRecorder(t, b.URL(), codec.Protobuf)
+		rec := consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
 		agent := testenv.StartAgent(t, b.URL(), tenant, gw)
-		s1 := birthOf(rec.Await(t, "birth", 1, testenv.Kind(topic.Birth, gw))).GetSession()
+		s1 := birthOf(rec.Await(t, "birth", 1, consoletest.Kind(topic.Birth, gw))).GetSession()
 
 		// The broker restarts under a running agent: it reconnects by itself.
 		b.Restart(t)
-		rec = testenv.NewRecorder(t, b.URL(), codec.Protobuf)
+		rec = consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
 		sBefore := birthOf(rec.Await(t, "birth after broker restart", 1, func(m console.Received) bool {
-			return testenv.Kind(topic.Birth, gw)(m) && birthOf(m).GetSession() > s1
+			return consoletest.Kind(topic.Birth, gw)(m) && birthOf(m).GetSession() > s1
 		})).GetSession()
 
 		// Commands sent while the agent is offline wait in its session, and
@@ -267,7 +269,7 @@ func TestQueuedCommandsAcrossBrokerRestart(t *testing.T) {
 			}
 		}
 		b.Restart(t)
-		rec = testenv.NewRecorder(t, b.URL(), codec.Protobuf)
+		rec = consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
 		agent.Start(t)
 
 		reply := func(id string, result fleetv1.Reply_Result) func(console.Received) bool {
@@ -282,7 +284,7 @@ func TestQueuedCommandsAcrossBrokerRestart(t *testing.T) {
 		barrier(t, rec, gw)
 
 		var live []console.Received
-		for _, m := range rec.All(testenv.Kind(topic.Birth, gw)) {
+		for _, m := range rec.All(consoletest.Kind(topic.Birth, gw)) {
 			if !m.Retained {
 				live = append(live, m)
 			}

@@ -58,40 +58,11 @@ type Exec struct {
 	accept   func()
 	detach   func() func(error)
 	detached bool
-
-	mu   sync.Mutex // NewExec's outcome
-	done bool
-	err  error
 }
 
 // Accept publishes an ACCEPTED reply at once; a final reply follows when
 // the handler returns. Calls after the first do nothing.
 func (x *Exec) Accept() { x.accept() }
-
-// NewExec returns an execution of cmd outside a processor, for testing
-// handlers: Accept does nothing, and a detached outcome is kept for Outcome.
-func NewExec(cmd *fleetv1.Command) *Exec {
-	x := &Exec{Command: cmd, Reply: &fleetv1.Reply{}, accept: func() {}}
-	x.detach = func() func(error) {
-		return func(err error) {
-			x.mu.Lock()
-			x.done, x.err = true, err
-			x.mu.Unlock()
-		}
-	}
-	return x
-}
-
-// Detached reports whether the handler detached.
-func (x *Exec) Detached() bool { return x.detached }
-
-// Outcome reports whether a detached execution finished, and how; it is
-// for executions made with NewExec.
-func (x *Exec) Outcome() (done bool, err error) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	return x.done, x.err
-}
 
 // Detach publishes ACCEPTED and lets the handler return while the work goes
 // on elsewhere, so that the executor takes the next command. The command

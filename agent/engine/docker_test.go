@@ -12,9 +12,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/fleet-agent/fleet/agent/engine"
+	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	"github.com/fleet-agent/fleet/internal/testenv"
-	"github.com/fleet-agent/fleet/internal/testimage"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 

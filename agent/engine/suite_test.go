@@ -6,7 +6,7 @@ import (
 
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/engine/enginetest"
-	"github.com/fleet-agent/fleet/internal/testimage"
+	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 )
 
 func TestSuiteDocker(t *testing.T) {

@@ -22,13 +22,14 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleet-agent/fleet/agent/command"
+	"github.com/fleet-agent/fleet/agent/handlers"
 	"github.com/fleet-agent/fleet/agent/hostinfo"
 	"github.com/fleet-agent/fleet/agent/mqttlink"
 	"github.com/fleet-agent/fleet/agent/reconcile"
 	"github.com/fleet-agent/fleet/agent/regauth"
-	"github.com/fleet-agent/fleet/agent/secrets"
 	"github.com/fleet-agent/fleet/agent/store"
 	"github.com/fleet-agent/fleet/internal/backoff"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -91,15 +92,18 @@ type Config struct {
 
 // Gateway is a running agent.
 type Gateway struct {
-	cfg       Config
-	log       *slog.Logger
-	store     *store.Store
-	proc      *command.Processor
-	rec       *reconcile.Reconciler
-	keys      *secrets.Keys
-	keychain  *regauth.Keychain
-	statuses  *outbox
+	cfg      Config
+	log      *slog.Logger
+	store    *store.Store
+	proc     *command.Processor
+	rec      *reconcile.Reconciler
+	keys     *credential.Keys
+	keychain *regauth.Keychain
+	statuses *outbox
+	// link is set once, by Run, before linkSet is closed; read it only
+	// after linkSet is closed (or from what Run starts after setting it).
 	link      *mqttlink.Link
+	linkSet   chan struct{}
 	startedAt time.Time
 	session   atomic.Uint64
 }
@@ -160,58 +164,65 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.OnConnect == nil {
 		cfg.OnConnect = func() {}
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Logger, store: st, startedAt: cfg.Now(), statuses: newOutbox()}
 	if cfg.AtRestKey == "" {
 		cfg.AtRestKey = filepath.Join(cfg.StateDir, "at-rest.key")
 	}
-	if g.keys, err = secrets.Load(cfg.AtRestKey, filepath.Join(cfg.StateDir, "seal.key")); err != nil {
-		st.Close()
-		return nil, err
-	}
-	g.keychain, err = regauth.NewKeychain(regauth.KeychainConfig{Store: st, Cipher: g.keys, RequireSealed: cfg.RequireSealed,
-		CertsDir: cfg.RegistryCertsDir, ExpiryWarning: cfg.ExpiryWarning, Event: g.event, Insecure: cfg.InsecureRegistry,
-		Logger: cfg.Logger.With("component", "regauth"), Now: cfg.Now})
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	g.rec, err = reconcile.New(reconcile.Config{
-		Engine: cfg.Engine, Store: st, Policy: cfg.Policy, ImageGC: cfg.ImageGC, Auth: g.keychain.Auth, Refresh: g.keychain.Refresh,
-		Publish: g.publishStatus, Event: g.event,
-		Logger: cfg.Logger.With("component", "reconcile"), Now: cfg.Now,
-	})
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	g.proc, err = command.New(command.Config{
-		Scheme: cfg.Scheme, Tenant: cfg.Tenant, Gateway: cfg.ID,
-		Journal: st, Publisher: publisher{g}, MaxPayload: cfg.MaxPayload, Cipher: g.keys,
-		Encoding: cfg.Encoding, Now: cfg.Now, Logger: cfg.Logger.With("component", "command"),
-		Handlers: map[topic.Verb]command.Handler{
-			topic.Rebirth: g.rebirth,
-			topic.Deploy:  g.rec.Deploy,
-			topic.Remove:  g.rec.Remove,
-			topic.Start:   g.rec.Start,
-			topic.Stop:    g.rec.Stop,
-			topic.Restart: g.rec.Restart,
-
-			topic.SetCredentials:    g.keychain.Set,
-			topic.DeleteCredentials: g.keychain.Delete,
-			topic.CheckRegistry:     g.keychain.Check,
-		},
-	})
-	if err != nil {
+	g := &Gateway{cfg: cfg, log: cfg.Logger, store: st, startedAt: cfg.Now(), statuses: newOutbox(), linkSet: make(chan struct{})}
+	if err := g.build(); err != nil {
 		st.Close()
 		return nil, err
 	}
 	return g, nil
 }
 
-// publisher lets the processor publish before the link exists.
+// build makes the gateway's parts: keys, keychain, reconciler, and the
+// command processor with its handlers.
+func (g *Gateway) build() error {
+	cfg := g.cfg
+	var err error
+	if g.keys, err = credential.LoadKeys(cfg.AtRestKey, filepath.Join(cfg.StateDir, "seal.key")); err != nil {
+		return err
+	}
+	g.keychain, err = regauth.NewKeychain(regauth.KeychainConfig{Store: g.store, Cipher: g.keys,
+		CertsDir: cfg.RegistryCertsDir, ExpiryWarning: cfg.ExpiryWarning, Event: g.event, Insecure: cfg.InsecureRegistry,
+		Logger: cfg.Logger.With("component", "regauth"), Now: cfg.Now})
+	if err != nil {
+		return err
+	}
+	g.rec, err = reconcile.New(reconcile.Config{
+		Engine: cfg.Engine, Store: g.store, Policy: cfg.Policy, ImageGC: cfg.ImageGC, Auth: g.keychain.Auth, Refresh: g.keychain.Refresh,
+		Publish: g.publishStatus, Event: g.event,
+		Logger: cfg.Logger.With("component", "reconcile"), Now: cfg.Now,
+	})
+	if err != nil {
+		return err
+	}
+	verbs, err := handlers.New(handlers.Config{Deployments: g.rec, Credentials: g.keychain,
+		OpenSealed: g.keys.OpenSealed, RequireSealed: cfg.RequireSealed})
+	if err != nil {
+		return err
+	}
+	verbs[topic.Rebirth] = g.rebirth
+	g.proc, err = command.New(command.Config{
+		Scheme: cfg.Scheme, Tenant: cfg.Tenant, Gateway: cfg.ID,
+		Journal: g.store, Publisher: publisher{g}, MaxPayload: cfg.MaxPayload, Cipher: g.keys,
+		Encoding: cfg.Encoding, Now: cfg.Now, Logger: cfg.Logger.With("component", "command"),
+		Handlers: verbs,
+	})
+	return err
+}
+
+// publisher lets the processor publish before the link exists: the
+// processor answers commands it cannot resume already in New, before Run
+// has made the link; such a publication waits for the link, bounded by ctx.
 type publisher struct{ g *Gateway }
 
 func (p publisher) Publish(ctx context.Context, m mqttlink.Message) error {
+	select {
+	case <-p.g.linkSet:
+	case <-ctx.Done():
+		return fmt.Errorf("not connected yet: %w", ctx.Err())
+	}
 	return p.g.link.Publish(ctx, m)
 }
 
@@ -240,6 +251,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return err
 	}
 	g.link = link
+	close(g.linkSet)
 	if err := link.Connect(linkCtx); err != nil {
 		return err
 	}

@@ -1,8 +1,10 @@
 // Package reconcile keeps the container engine at the desired state of the
-// gateway's deployments: it handles the deployment verbs, rolls out new
-// revisions (pull first, then replace, health-gated, rolled back on
-// failure), and on start adopts, recreates or removes the containers it
-// labelled. It never touches a container it did not create.
+// gateway's deployments: it applies specs and stops, starts, restarts and
+// removes deployments, rolls out new revisions (pull first, then replace,
+// health-gated, rolled back on failure), and on start adopts, recreates or
+// removes the containers it labelled. It never touches a container it did
+// not create. Each deployment has at most one operation at a time: a new
+// one supersedes the one in progress and waits for it to stop.
 package reconcile
 
 import (
@@ -19,7 +21,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/fleet-agent/fleet/agent/command"
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/store"
 	"github.com/fleet-agent/fleet/internal/errdefs"
@@ -86,15 +87,12 @@ type Reconciler struct {
 	cfg Config
 	log *slog.Logger
 
-	mu     sync.Mutex
-	status map[string]*fleetv1.DeploymentStatus
-	ops    map[string]*op
-}
+	running sync.WaitGroup // every begun operation, until it ends
 
-// op is a rollout in progress for one deployment.
-type op struct {
-	cancel context.CancelCauseFunc
-	done   chan struct{}
+	mu     sync.Mutex
+	status map[string]*fleetv1.DeploymentStatus // guarded by mu
+	ops    map[string]*op                       // the current operation of each deployment; guarded by mu
+	closed bool                                 // Shutdown has begun; guarded by mu
 }
 
 // New returns a reconciler.
@@ -155,116 +153,6 @@ func (r *Reconciler) clear(ctx context.Context, name string) {
 	r.cfg.Publish(ctx, name, nil)
 }
 
-// errSuperseded is the cause of a rollout canceled by a newer command.
-var errSuperseded = fmt.Errorf("%w: a newer command for this deployment replaced this one", errdefs.ErrSuperseded)
-
-// startOp cancels the deployment's operation in progress, waits for it, and
-// runs f as the new one in the background; done receives f's outcome.
-func (r *Reconciler) startOp(name string, f func(ctx context.Context) error, done func(error)) {
-	r.stopOp(name)
-	ctx, cancel := context.WithCancelCause(context.Background())
-	o := &op{cancel: cancel, done: make(chan struct{})}
-	r.mu.Lock()
-	r.ops[name] = o
-	r.mu.Unlock()
-	go func() {
-		defer close(o.done)
-		err := f(ctx)
-		if cause := context.Cause(ctx); err != nil && cause != nil {
-			// Superseded, or canceled by shutdown (the command then resumes
-			// on the next start): say so rather than how the engine failed.
-			err = cause
-		}
-		r.mu.Lock()
-		if r.ops[name] == o {
-			delete(r.ops, name)
-		}
-		r.mu.Unlock()
-		if done != nil {
-			done(err)
-		}
-	}()
-}
-
-func (r *Reconciler) stopOp(name string) {
-	r.mu.Lock()
-	o := r.ops[name]
-	r.mu.Unlock()
-	if o != nil {
-		o.cancel(errSuperseded)
-		<-o.done
-	}
-}
-
-// Shutdown cancels every operation in progress and waits for them; their
-// commands stay unfinished and resume on the next start.
-func (r *Reconciler) Shutdown() {
-	r.mu.Lock()
-	ops := make([]*op, 0, len(r.ops))
-	for _, o := range r.ops {
-		ops = append(ops, o)
-	}
-	r.mu.Unlock()
-	for _, o := range ops {
-		o.cancel(context.Canceled)
-		<-o.done
-	}
-}
-
-// Deploy handles the deploy verb.
-func (r *Reconciler) Deploy(ctx context.Context, x *command.Exec) error {
-	spec := x.Command.GetDeploy().GetSpec()
-	if err := validate(spec); err != nil {
-		return err
-	}
-	if err := r.cfg.Policy.check(spec); err != nil {
-		return err
-	}
-	name := spec.GetName()
-	cur, exists, err := r.cfg.Store.GetDeployment(name)
-	if err != nil {
-		return err
-	}
-	if exists {
-		old := new(fleetv1.DeploymentSpec)
-		if err := proto.Unmarshal(cur.Spec, old); err != nil {
-			return fmt.Errorf("stored spec of %s: %w", name, err)
-		}
-		switch {
-		case spec.GetRevision() < old.GetRevision():
-			return &errdefs.FieldError{Field: specField + ".revision", Kind: errdefs.ErrStaleRevision,
-				Msg: sprintf("revision %d is lower than revision %d deployed; send a revision above %d", spec.GetRevision(), old.GetRevision(), old.GetRevision())}
-		case spec.GetRevision() == old.GetRevision() && engine.SpecHash(spec) != engine.SpecHash(old):
-			return errdefs.Invalid(specField+".revision", "revision %d is already deployed with a different spec; increase the revision", spec.GetRevision())
-		case spec.GetRevision() == old.GetRevision():
-			if st := r.current(name); st != nil && st.GetPhase() == fleetv1.DeploymentStatus_RUNNING && r.opIdle(name) {
-				x.Reply.Status = st
-				return nil // the same revision again: nothing to do
-			}
-		}
-	}
-	raw, err := proto.Marshal(spec)
-	if err != nil {
-		return err
-	}
-	if err := r.cfg.Store.PutDeployment(name, store.Deployment{Spec: raw, ImageID: cur.ImageID, PreviousImageID: cur.PreviousImageID}); err != nil {
-		return fmt.Errorf("store desired state: %w", err)
-	}
-	r.rolloutFor(x, spec)
-	return nil
-}
-
-// rolloutFor detaches x and rolls spec out; x's final reply carries the
-// resulting status.
-func (r *Reconciler) rolloutFor(x *command.Exec, spec *fleetv1.DeploymentSpec) {
-	finish := x.Detach()
-	r.startOp(spec.GetName(), func(ctx context.Context) error {
-		st, err := r.rollout(ctx, spec)
-		x.Reply.Status = st
-		return err
-	}, finish)
-}
-
 func (r *Reconciler) current(name string) *fleetv1.DeploymentStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -272,12 +160,6 @@ func (r *Reconciler) current(name string) *fleetv1.DeploymentStatus {
 		return proto.Clone(st).(*fleetv1.DeploymentStatus)
 	}
 	return nil
-}
-
-func (r *Reconciler) opIdle(name string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.ops[name] == nil
 }
 
 // containersOf lists the engine's containers of one deployment.
@@ -302,7 +184,7 @@ func (r *Reconciler) containersOf(ctx context.Context, name string) ([]engine.Co
 // again (ROLLED_BACK).
 func (r *Reconciler) rollout(ctx context.Context, spec *fleetv1.DeploymentSpec) (*fleetv1.DeploymentStatus, error) {
 	name, hash := spec.GetName(), engine.SpecHash(spec)
-	st := &fleetv1.DeploymentStatus{Name: name, Revision: spec.GetRevision(), Image: spec.GetImage(), Phase: fleetv1.DeploymentStatus_PENDING}
+	st := newStatus(spec, fleetv1.DeploymentStatus_PENDING, "")
 	r.publish(ctx, st)
 	fail := func(phase fleetv1.DeploymentStatus_Phase, err error) (*fleetv1.DeploymentStatus, error) {
 		if ctx.Err() != nil && !errors.Is(context.Cause(ctx), errSuperseded) {
@@ -341,53 +223,12 @@ func (r *Reconciler) rollout(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 	}
 	st.ImageDigest, st.PullProgress = digest, nil
 
-	st.Phase = fleetv1.DeploymentStatus_CREATING
-	r.publish(ctx, st)
-	newName := engine.ContainerName(name, spec.GetRevision())
-	for _, c := range existing {
-		if c.Name == newName { // left over from an interrupted attempt
-			if err := r.cfg.Engine.Remove(ctx, c.ID); err != nil {
-				return fail(fleetv1.DeploymentStatus_FAILED, err)
-			}
-		}
-	}
-	id, err := r.cfg.Engine.Create(ctx, newName, spec)
+	id, err := r.create(ctx, spec, st, existing)
 	if err != nil {
 		return fail(fleetv1.DeploymentStatus_FAILED, err)
 	}
-	st.ContainerId = id
-
-	startFirst := spec.GetUpdate().GetStrategy() == fleetv1.Update_START_FIRST
-	oldWasRunning := old != nil && old.Running && old.Name != newName
-	if oldWasRunning && !startFirst {
-		if err := r.cfg.Engine.Stop(ctx, old.ID, nil); err != nil {
-			r.cfg.Engine.Remove(context.WithoutCancel(ctx), id)
-			return fail(fleetv1.DeploymentStatus_FAILED, err)
-		}
-	}
-	st.Phase = fleetv1.DeploymentStatus_STARTING
-	r.publish(ctx, st)
-	err = r.cfg.Engine.Start(ctx, id)
-	if err == nil {
-		err = r.waitReady(ctx, spec, id, st)
-	}
-	if err != nil {
-		bg := context.WithoutCancel(ctx)
-		if rmErr := r.cfg.Engine.Remove(bg, id); rmErr != nil {
-			r.log.Error("remove failed container", "deployment", name, "err", rmErr)
-		}
-		st.ContainerId = ""
-		if oldWasRunning {
-			if startErr := r.cfg.Engine.Start(bg, old.ID); startErr != nil {
-				r.log.Error("restart previous container", "deployment", name, "err", startErr)
-			} else {
-				st.ContainerId = old.ID
-				r.cfg.Event(&fleetv1.Event{Severity: fleetv1.Event_WARNING, Kind: "deployment.rolled-back", Deployment: name,
-					Code: errdefs.Code(err), Message: sprintf("revision %d did not become ready (%v); revision %d runs again", spec.GetRevision(), err, old.Revision)})
-				return fail(fleetv1.DeploymentStatus_ROLLED_BACK, fmt.Errorf("rolled back to revision %d: %w", old.Revision, err))
-			}
-		}
-		return fail(fleetv1.DeploymentStatus_FAILED, err)
+	if phase, err := r.replace(ctx, spec, st, id, old); err != nil {
+		return fail(phase, err)
 	}
 	for _, c := range existing {
 		if c.ID != id {
@@ -401,6 +242,68 @@ func (r *Reconciler) rollout(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 	r.recordImage(name, imageID, spec.GetImage())
 	r.gc(ctx)
 	return st, nil
+}
+
+// create creates the new revision's container (CREATING), replacing one
+// left over from an interrupted attempt.
+func (r *Reconciler) create(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus, existing []engine.Container) (string, error) {
+	st.Phase = fleetv1.DeploymentStatus_CREATING
+	r.publish(ctx, st)
+	newName := engine.ContainerName(spec.GetName(), spec.GetRevision())
+	for _, c := range existing {
+		if c.Name == newName {
+			if err := r.cfg.Engine.Remove(ctx, c.ID); err != nil {
+				return "", err
+			}
+		}
+	}
+	id, err := r.cfg.Engine.Create(ctx, newName, spec)
+	if err != nil {
+		return "", err
+	}
+	st.ContainerId = id
+	return id, nil
+}
+
+// replace starts the new container id in place of old (stopped first
+// unless the strategy is START_FIRST) and waits until it is ready. If it
+// does not become ready, it is removed and old started again: the phase
+// returned with the error is then ROLLED_BACK, else FAILED.
+func (r *Reconciler) replace(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus, id string, old *engine.Container) (fleetv1.DeploymentStatus_Phase, error) {
+	name := spec.GetName()
+	startFirst := spec.GetUpdate().GetStrategy() == fleetv1.Update_START_FIRST
+	oldWasRunning := old != nil && old.Running && old.Name != engine.ContainerName(name, spec.GetRevision())
+	if oldWasRunning && !startFirst {
+		if err := r.cfg.Engine.Stop(ctx, old.ID, nil); err != nil {
+			r.cfg.Engine.Remove(context.WithoutCancel(ctx), id)
+			return fleetv1.DeploymentStatus_FAILED, err
+		}
+	}
+	st.Phase = fleetv1.DeploymentStatus_STARTING
+	r.publish(ctx, st)
+	err := r.cfg.Engine.Start(ctx, id)
+	if err == nil {
+		err = r.waitReady(ctx, spec, id, st)
+	}
+	if err == nil {
+		return fleetv1.DeploymentStatus_RUNNING, nil
+	}
+	bg := context.WithoutCancel(ctx)
+	if rmErr := r.cfg.Engine.Remove(bg, id); rmErr != nil {
+		r.log.Error("remove failed container", "deployment", name, "err", rmErr)
+	}
+	st.ContainerId = ""
+	if !oldWasRunning {
+		return fleetv1.DeploymentStatus_FAILED, err
+	}
+	if startErr := r.cfg.Engine.Start(bg, old.ID); startErr != nil {
+		r.log.Error("restart previous container", "deployment", name, "err", startErr)
+		return fleetv1.DeploymentStatus_FAILED, err
+	}
+	st.ContainerId = old.ID
+	r.cfg.Event(&fleetv1.Event{Severity: fleetv1.Event_WARNING, Kind: "deployment.rolled-back", Deployment: name,
+		Code: errdefs.Code(err), Message: sprintf("revision %d did not become ready (%v); revision %d runs again", spec.GetRevision(), err, old.Revision)})
+	return fleetv1.DeploymentStatus_ROLLED_BACK, fmt.Errorf("rolled back to revision %d: %w", old.Revision, err)
 }
 
 // recordImage notes the image a deployment now runs, keeping the one
@@ -477,10 +380,22 @@ func (r *Reconciler) adopt(ctx context.Context, spec *fleetv1.DeploymentSpec, c 
 			}
 		}
 	}
-	st := &fleetv1.DeploymentStatus{Name: spec.GetName(), Revision: spec.GetRevision(), Image: spec.GetImage(), ContainerId: c.ID}
-	r.fillFromEngine(ctx, st, c.ID, false)
+	return r.observe(ctx, spec, c.ID, false), nil
+}
+
+// newStatus is the status of spec's deployment in phase, with its
+// container (if known).
+func newStatus(spec *fleetv1.DeploymentSpec, phase fleetv1.DeploymentStatus_Phase, containerID string) *fleetv1.DeploymentStatus {
+	return &fleetv1.DeploymentStatus{Name: spec.GetName(), Revision: spec.GetRevision(), Image: spec.GetImage(), Phase: phase, ContainerId: containerID}
+}
+
+// observe publishes and returns the status of spec's deployment as the
+// engine shows its container id.
+func (r *Reconciler) observe(ctx context.Context, spec *fleetv1.DeploymentSpec, id string, stopped bool) *fleetv1.DeploymentStatus {
+	st := newStatus(spec, fleetv1.DeploymentStatus_PENDING, id)
+	r.fillFromEngine(ctx, st, id, stopped)
 	r.publish(ctx, st)
-	return st, nil
+	return st
 }
 
 // fillFromEngine sets the phase and runtime facts of st from the engine.
@@ -600,7 +515,7 @@ func (r *Reconciler) pull(ctx context.Context, spec *fleetv1.DeploymentSpec, st 
 	}
 	var last time.Time
 	progress := func(done, total int64) {
-		if now := time.Now(); now.Sub(last) >= time.Second {
+		if now := r.cfg.Now(); now.Sub(last) >= time.Second {
 			last = now
 			st.PullProgress = &fleetv1.PullProgress{BytesDone: uint64(done), BytesTotal: uint64(total)}
 			r.publish(ctx, st)
@@ -687,9 +602,9 @@ func (r *Reconciler) waitReady(ctx context.Context, spec *fleetv1.DeploymentSpec
 			return fmt.Errorf("%w: the container's health check failed", errdefs.ErrUnhealthy)
 		case s.Running && (s.Health == fleetv1.HealthCheck_NONE || s.Health == fleetv1.HealthCheck_HEALTHY):
 			if readySince.IsZero() || s.RestartCount != restarts {
-				readySince, restarts = time.Now(), s.RestartCount
+				readySince, restarts = r.cfg.Now(), s.RestartCount
 			}
-			if time.Since(readySince) >= minReady {
+			if r.cfg.Now().Sub(readySince) >= minReady {
 				return nil
 			}
 		default:

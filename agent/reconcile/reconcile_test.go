@@ -6,14 +6,13 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
-	"github.com/fleet-agent/fleet/agent/command"
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/reconcile"
 	"github.com/fleet-agent/fleet/agent/store"
 	"github.com/fleet-agent/fleet/internal/errdefs"
-	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
@@ -45,21 +44,10 @@ func newHarness(t *testing.T, policy reconcile.Policy, imageGC bool) *harness {
 	return h
 }
 
-// deploy runs the deploy handler and waits for its outcome.
-func (h *harness) deploy(t *testing.T, spec *fleetv1.DeploymentSpec) (*fleetv1.Reply, error) {
+// deploy applies spec and returns the outcome of its rollout.
+func (h *harness) deploy(t *testing.T, spec *fleetv1.DeploymentSpec) (*fleetv1.DeploymentStatus, error) {
 	t.Helper()
-	x := command.NewExec(&fleetv1.Command{Id: "c", Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: spec}}})
-	err := h.rec.Deploy(context.Background(), x)
-	if !x.Detached() {
-		return x.Reply, err
-	}
-	var out error
-	testenv.Eventually(t, "deploy outcome", func() bool {
-		done, e := x.Outcome()
-		out = e
-		return done
-	})
-	return x.Reply, out
+	return h.rec.Apply(context.Background(), spec, nil)
 }
 
 func TestDeployRejects(t *testing.T) {
@@ -72,27 +60,27 @@ func TestDeployRejects(t *testing.T) {
 		wantCode  fleetv1.Reply_Code
 		wantField string
 	}{
-		{"bad name", func(s *fleetv1.DeploymentSpec) { s.Name = "Web_1" }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.name"},
-		{"no revision", func(s *fleetv1.DeploymentSpec) { s.Revision = 0 }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.revision"},
-		{"no image", func(s *fleetv1.DeploymentSpec) { s.Image = "" }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.image"},
-		{"bad image", func(s *fleetv1.DeploymentSpec) { s.Image = "web::1" }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.image"},
-		{"bad port", func(s *fleetv1.DeploymentSpec) { s.Ports = []*fleetv1.Port{{ContainerPort: 0}} }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.ports"},
+		{"bad name", func(s *fleetv1.DeploymentSpec) { s.Name = "Web_1" }, fleetv1.Reply_INVALID_ARGUMENT, "spec.name"},
+		{"no revision", func(s *fleetv1.DeploymentSpec) { s.Revision = 0 }, fleetv1.Reply_INVALID_ARGUMENT, "spec.revision"},
+		{"no image", func(s *fleetv1.DeploymentSpec) { s.Image = "" }, fleetv1.Reply_INVALID_ARGUMENT, "spec.image"},
+		{"bad image", func(s *fleetv1.DeploymentSpec) { s.Image = "web::1" }, fleetv1.Reply_INVALID_ARGUMENT, "spec.image"},
+		{"bad port", func(s *fleetv1.DeploymentSpec) { s.Ports = []*fleetv1.Port{{ContainerPort: 0}} }, fleetv1.Reply_INVALID_ARGUMENT, "spec.ports"},
 		{"relative mount", func(s *fleetv1.DeploymentSpec) {
 			s.Mounts = []*fleetv1.Mount{{Type: fleetv1.Mount_BIND, Source: "data", Target: "/data"}}
-		}, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.mounts"},
-		{"both cpu forms", func(s *fleetv1.DeploymentSpec) { s.Resources = &fleetv1.Resources{Cpus: 1, NanoCpus: 1} }, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.resources"},
+		}, fleetv1.Reply_INVALID_ARGUMENT, "spec.mounts"},
+		{"both cpu forms", func(s *fleetv1.DeploymentSpec) { s.Resources = &fleetv1.Resources{Cpus: 1, NanoCpus: 1} }, fleetv1.Reply_INVALID_ARGUMENT, "spec.resources"},
 		{"retries without on-failure", func(s *fleetv1.DeploymentSpec) {
 			s.RestartPolicy = &fleetv1.RestartPolicy{Mode: fleetv1.RestartPolicy_ALWAYS, MaxRetries: 3}
-		}, fleetv1.Reply_INVALID_ARGUMENT, "deploy.spec.restartPolicy.maxRetries"},
-		{"privileged", func(s *fleetv1.DeploymentSpec) { s.Privileged = true }, fleetv1.Reply_POLICY_DENIED, "deploy.spec.privileged"},
-		{"host network", func(s *fleetv1.DeploymentSpec) { s.NetworkMode = "host" }, fleetv1.Reply_POLICY_DENIED, "deploy.spec.networkMode"},
-		{"cap add", func(s *fleetv1.DeploymentSpec) { s.CapAdd = []string{"NET_ADMIN"} }, fleetv1.Reply_POLICY_DENIED, "deploy.spec.capAdd"},
+		}, fleetv1.Reply_INVALID_ARGUMENT, "spec.restartPolicy.maxRetries"},
+		{"privileged", func(s *fleetv1.DeploymentSpec) { s.Privileged = true }, fleetv1.Reply_POLICY_DENIED, "spec.privileged"},
+		{"host network", func(s *fleetv1.DeploymentSpec) { s.NetworkMode = "host" }, fleetv1.Reply_POLICY_DENIED, "spec.networkMode"},
+		{"cap add", func(s *fleetv1.DeploymentSpec) { s.CapAdd = []string{"NET_ADMIN"} }, fleetv1.Reply_POLICY_DENIED, "spec.capAdd"},
 		{"bind outside allowed paths", func(s *fleetv1.DeploymentSpec) {
 			s.Mounts = []*fleetv1.Mount{{Type: fleetv1.Mount_BIND, Source: "/etc", Target: "/host-etc"}}
-		}, fleetv1.Reply_POLICY_DENIED, "deploy.spec.mounts"},
+		}, fleetv1.Reply_POLICY_DENIED, "spec.mounts"},
 		{"device outside allowed paths", func(s *fleetv1.DeploymentSpec) {
 			s.Devices = []*fleetv1.Device{{HostPath: "/dev/mem"}}
-		}, fleetv1.Reply_POLICY_DENIED, "deploy.spec.devices"},
+		}, fleetv1.Reply_POLICY_DENIED, "spec.devices"},
 	}
 	h := newHarness(t, reconcile.Policy{AllowedHostPaths: []string{"/srv/data", "/dev/ttyUSB0"}}, false)
 	for _, tt := range tests {
@@ -117,7 +105,9 @@ func TestDeployRejects(t *testing.T) {
 	})
 }
 
-func TestRollbackOnFake(t *testing.T) {
+func TestRollbackOnFake(t *testing.T) { synctest.Test(t, testRollbackOnFake) }
+
+func testRollbackOnFake(t *testing.T) {
 	h := newHarness(t, reconcile.Policy{}, false)
 	h.fake.Publish("registry.test/web:1", "good")
 	h.fake.Publish("registry.test/web:2", "bad")
@@ -126,7 +116,7 @@ func TestRollbackOnFake(t *testing.T) {
 	}
 	r, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "web", Revision: 2, Image: "registry.test/web:2",
 		Env: map[string]string{"MODE": "exit", "EXIT_CODE": "1"}})
-	if errdefs.Code(err) != fleetv1.Reply_UNHEALTHY || r.GetStatus().GetPhase() != fleetv1.DeploymentStatus_ROLLED_BACK {
+	if errdefs.Code(err) != fleetv1.Reply_UNHEALTHY || r.GetPhase() != fleetv1.DeploymentStatus_ROLLED_BACK {
 		t.Fatalf("deploy r2 = %v, %v; want UNHEALTHY and ROLLED_BACK", r, err)
 	}
 	cs, _ := h.fake.List(context.Background())
@@ -138,7 +128,9 @@ func TestRollbackOnFake(t *testing.T) {
 	}
 }
 
-func TestImageGC(t *testing.T) {
+func TestImageGC(t *testing.T) { synctest.Test(t, testImageGC) }
+
+func testImageGC(t *testing.T) {
 	h := newHarness(t, reconcile.Policy{}, true)
 	for rev := int64(1); rev <= 3; rev++ {
 		img := fmt.Sprintf("registry.test/web:%d", rev)
@@ -153,8 +145,7 @@ func TestImageGC(t *testing.T) {
 			t.Errorf("after three revisions, %s present = %v, want %v (current and previous kept)", ref, got, want)
 		}
 	}
-	x := command.NewExec(&fleetv1.Command{Id: "rm", Body: &fleetv1.Command_Remove{Remove: &fleetv1.DeploymentRef{Name: "web"}}})
-	if err := h.rec.Remove(context.Background(), x); err != nil {
+	if err := h.rec.Remove(context.Background(), "web", false); err != nil {
 		t.Fatal(err)
 	}
 	if present("registry.test/web:2") || present("registry.test/web:3") {
@@ -162,7 +153,9 @@ func TestImageGC(t *testing.T) {
 	}
 }
 
-func TestNoSpaceFailsBeforePulling(t *testing.T) {
+func TestNoSpaceFailsBeforePulling(t *testing.T) { synctest.Test(t, testNoSpaceFailsBeforePulling) }
+
+func testNoSpaceFailsBeforePulling(t *testing.T) {
 	h := newHarness(t, reconcile.Policy{}, false)
 	h.fake.Publish("registry.test/big:1", "big")
 	h.fake.Size, h.fake.Free = 100<<20, 200<<20
@@ -175,6 +168,10 @@ func TestNoSpaceFailsBeforePulling(t *testing.T) {
 }
 
 func TestPullProgressIsRateLimited(t *testing.T) {
+	synctest.Test(t, testPullProgressIsRateLimited)
+}
+
+func testPullProgressIsRateLimited(t *testing.T) {
 	h := newHarness(t, reconcile.Policy{}, false)
 	h.fake.Publish("registry.test/app:1", "x")
 	if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: "registry.test/app:1"}); err != nil {
@@ -188,13 +185,18 @@ func TestPullProgressIsRateLimited(t *testing.T) {
 			withProgress++
 		}
 	}
-	// The fake reports progress 101 times within far less than a second.
+	// The fake reports progress 101 times at once (no time passes in the
+	// bubble but for waits).
 	if withProgress != 1 {
 		t.Errorf("statuses with pull progress = %d, want 1 (at most one a second)", withProgress)
 	}
 }
 
 func TestHigherRevisionSupersedesAStuckOne(t *testing.T) {
+	synctest.Test(t, testHigherRevisionSupersedesAStuckOne)
+}
+
+func testHigherRevisionSupersedesAStuckOne(t *testing.T) {
 	h := newHarness(t, reconcile.Policy{}, false)
 	h.fake.Publish("registry.test/app:1", "1")
 	h.fake.Publish("registry.test/app:2", "2")
@@ -210,21 +212,23 @@ func TestHigherRevisionSupersedesAStuckOne(t *testing.T) {
 		return nil
 	}
 	defer close(release)
-	x1 := command.NewExec(&fleetv1.Command{Id: "r1", Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: "registry.test/app:1"}}}})
-	if err := h.rec.Deploy(context.Background(), x1); err != nil {
-		t.Fatal(err)
-	}
+	accepted, done1 := make(chan struct{}), make(chan error, 1)
+	go func() {
+		_, err := h.rec.Apply(context.Background(), &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: "registry.test/app:1"}, func() { close(accepted) })
+		done1 <- err
+	}()
+	<-accepted
 	if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "app", Revision: 2, Image: "registry.test/app:2"}); err != nil {
 		t.Fatalf("revision 2 = %v, want success despite the stuck revision 1", err)
 	}
-	var err1 error
-	testenv.Eventually(t, "revision 1 finished", func() bool { done, e := x1.Outcome(); err1 = e; return done })
-	if errdefs.Code(err1) != fleetv1.Reply_SUPERSEDED {
+	if err1 := <-done1; errdefs.Code(err1) != fleetv1.Reply_SUPERSEDED {
 		t.Errorf("revision 1 outcome = %v, want SUPERSEDED", err1)
 	}
 }
 
-func TestReconcileAllOnFake(t *testing.T) {
+func TestReconcileAllOnFake(t *testing.T) { synctest.Test(t, testReconcileAllOnFake) }
+
+func testReconcileAllOnFake(t *testing.T) {
 	h := newHarness(t, reconcile.Policy{}, false)
 	h.fake.Publish("registry.test/app:1", "1")
 	ctx := context.Background()
@@ -246,13 +250,15 @@ func TestReconcileAllOnFake(t *testing.T) {
 	if err := h.rec.ReconcileAll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, "app recreated, orphan removed", func() bool {
-		cs, _ := h.fake.List(ctx)
-		return len(cs) == 1 && cs[0].Deployment == "app" && cs[0].Running && cs[0].ID != orphan
-	})
+	time.Sleep(time.Minute) // the pass's rollout, in fake time
+	if cs, _ := h.fake.List(ctx); len(cs) != 1 || cs[0].Deployment != "app" || !cs[0].Running || cs[0].ID == orphan {
+		t.Errorf("containers after the pass = %+v, want app recreated and the orphan removed", cs)
+	}
 }
 
-func TestOfflineFallbackToLocalImage(t *testing.T) {
+func TestOfflineFallbackToLocalImage(t *testing.T) { synctest.Test(t, testOfflineFallbackToLocalImage) }
+
+func testOfflineFallbackToLocalImage(t *testing.T) {
 	h := newHarness(t, reconcile.Policy{}, false)
 	var events []*fleetv1.Event
 	var mu sync.Mutex
@@ -281,4 +287,47 @@ func TestOfflineFallbackToLocalImage(t *testing.T) {
 	if len(events) != 1 || events[0].GetKind() != "pull.offline-fallback" || events[0].GetSeverity() != fleetv1.Event_WARNING {
 		t.Errorf("events = %v, want one pull.offline-fallback warning", events)
 	}
+}
+
+// TestMinReadySeconds: a rollout is RUNNING only once the container has
+// been ready for minReadySeconds, by the reconciler's clock.
+func TestMinReadySeconds(t *testing.T) { synctest.Test(t, testMinReadySeconds) }
+
+func testMinReadySeconds(t *testing.T) {
+	h := newHarness(t, reconcile.Policy{}, false)
+	h.fake.Publish("registry.test/app:1", "1")
+	done := make(chan error, 1)
+	go func() {
+		_, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "app", Revision: 1, Image: "registry.test/app:1",
+			Update: &fleetv1.Update{MinReadySeconds: 30}})
+		done <- err
+	}()
+	time.Sleep(29 * time.Second)
+	select {
+	case err := <-done:
+		t.Fatalf("deploy finished after 29 s (%v), want it to wait for minReadySeconds 30", err)
+	default:
+	}
+	if st := h.last("app"); st.GetPhase() != fleetv1.DeploymentStatus_STARTING {
+		t.Errorf("phase after 29 s = %v, want STARTING", st.GetPhase())
+	}
+	time.Sleep(2 * time.Second)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("deploy = %v, want success", err)
+		}
+	default:
+		t.Fatal("deploy still running 31 s in, want RUNNING after minReadySeconds 30")
+	}
+}
+
+// last is the last status published for name.
+func (h *harness) last(name string) *fleetv1.DeploymentStatus {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ps := h.pub[name]; len(ps) > 0 {
+		return ps[len(ps)-1]
+	}
+	return nil
 }

@@ -24,13 +24,13 @@ type Policy struct {
 	AllowedHostPaths []string
 }
 
-const specField = "deploy.spec"
+const specField = "spec"
 
 // validate checks a spec; errors name the field and the fix.
 func validate(spec *fleetv1.DeploymentSpec) error {
 	f := func(name string) string { return specField + "." + name }
 	if spec == nil {
-		return errdefs.Invalid(specField, "is missing; a deploy command carries the deployment spec under deploy.spec")
+		return errdefs.Invalid(specField, "is missing")
 	}
 	if err := topic.CheckDeploymentName(spec.GetName()); err != nil {
 		return errdefs.Invalid(f("name"), "%v", err)

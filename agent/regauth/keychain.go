@@ -1,24 +1,23 @@
+// Package regauth is the gateway's registry keychain: it keeps credentials
+// encrypted in the state file, installs their TLS material where the engine
+// reads it, chooses the credential a pull uses (the longest matching
+// scope, see internal/credential), caches and refreshes ECR tokens, and
+// warns before ecr-tokens expire.
 package regauth
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sort"
 	"sync"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/fleet-agent/fleet/agent/command"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
@@ -30,19 +29,16 @@ type Store interface {
 	Credentials() (map[string][]byte, error)
 }
 
-// Cipher encrypts at rest and opens sealed boxes.
+// Cipher encrypts at rest.
 type Cipher interface {
 	Encrypt(plaintext []byte) []byte
 	Decrypt(sealed []byte) ([]byte, error)
-	OpenSealed(sealed []byte) ([]byte, error)
 }
 
 // KeychainConfig configures a Keychain.
 type KeychainConfig struct {
 	Store  Store
 	Cipher Cipher
-	// RequireSealed refuses credentials sent in plaintext.
-	RequireSealed bool
 	// CertsDir is the engine's per-registry certificate directory
 	// (DefaultCertsDir when empty).
 	CertsDir string
@@ -52,8 +48,8 @@ type KeychainConfig struct {
 	// Event publishes an event (credential.expiring, …); nil drops them.
 	Event func(*fleetv1.Event)
 	// NewECRClient builds the ECR client of an ecr credential
-	// (NewECRClient when nil).
-	NewECRClient func(ctx context.Context, c *fleetv1.EcrAuth, region string) (TokenGetter, error)
+	// (credential.NewECRClient when nil).
+	NewECRClient func(ctx context.Context, c *fleetv1.EcrAuth, region string) (credential.TokenGetter, error)
 	// Insecure reports whether the engine pulls from host over plain HTTP
 	// or without verifying TLS (its insecure-registries, 127.0.0.0/8 by
 	// default); when it is nil or fails, loopback hosts only, the engine's
@@ -80,14 +76,14 @@ type Keychain struct {
 
 // entry is one stored credential and, for ECR, its current token.
 type entry struct {
-	key  Key
+	key  credential.Key
 	cred *fleetv1.Credential
 
 	fetch  sync.Mutex // one GetAuthorizationToken at a time
-	client TokenGetter
+	client credential.TokenGetter
 
 	// Guarded by Keychain.mu.
-	tok        *token
+	tok        *credential.Token
 	refreshErr error
 	retryAt    time.Time
 	announced  string // expiry state last announced: "", "expiring", "expired"
@@ -111,7 +107,7 @@ func NewKeychain(cfg KeychainConfig) (*Keychain, error) {
 		cfg.Event = func(*fleetv1.Event) {}
 	}
 	if cfg.NewECRClient == nil {
-		cfg.NewECRClient = NewECRClient
+		cfg.NewECRClient = credential.NewECRClient
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -133,7 +129,7 @@ func NewKeychain(cfg KeychainConfig) (*Keychain, error) {
 		if err := proto.Unmarshal(raw, c); err != nil {
 			return nil, fmt.Errorf("credential for %s: %w", scope, err)
 		}
-		key, err := ParseRegistry(scope)
+		key, err := credential.ParseRegistry(scope)
 		if err != nil {
 			return nil, fmt.Errorf("credential for %s: %w", scope, err)
 		}
@@ -152,50 +148,19 @@ func (k *Keychain) insecure(ctx context.Context, host string) bool {
 		}
 		k.log.Debug("engine's insecure registries unknown; assuming its default (loopback)", "registry", host, "err", err)
 	}
-	return loopback(host)
+	return credential.Loopback(host)
 }
 
-// loopback reports whether host (host or host:port) is on 127.0.0.0/8,
-// ::1 or is localhost: registries the engine treats as insecure by default.
-func loopback(host string) bool {
-	h, _, err := net.SplitHostPort(host)
-	if err != nil {
-		h = host
-	}
-	if h == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
-}
-
-// Set handles set-credentials: add or replace, applied at once.
-func (k *Keychain) Set(_ context.Context, x *command.Exec) error {
-	body := x.Command.GetSetCredentials()
-	list := body.GetCredentials()
-	switch {
-	case len(body.GetSealed()) > 0 && len(list) > 0:
-		return errdefs.Invalid("setCredentials", "send either credentials or sealed, not both")
-	case len(body.GetSealed()) > 0:
-		raw, err := k.cfg.Cipher.OpenSealed(body.GetSealed())
-		if err != nil {
-			return errdefs.Invalid("setCredentials.sealed", "%v", err)
-		}
-		inner := new(fleetv1.SetCredentials)
-		if err := protojson.Unmarshal(raw, inner); err != nil {
-			return errdefs.Invalid("setCredentials.sealed", "the sealed content is not the JSON of {\"credentials\": [...]}: %v", err)
-		}
-		list = inner.GetCredentials()
-	case k.cfg.RequireSealed:
-		return &errdefs.FieldError{Field: "setCredentials.credentials", Kind: errdefs.ErrPolicyDenied,
-			Msg: "this gateway accepts only sealed credentials: seal the list to the publicKey in its birth and send it as setCredentials.sealed (agent setting --credentials-require-sealed)"}
-	}
+// Set adds or replaces credentials, applied at once. Each is validated
+// (errors name the field "credentials[i]…") and its TLS material installed
+// for the engine before any is stored.
+func (k *Keychain) Set(_ context.Context, list []*fleetv1.Credential) error {
 	if len(list) == 0 {
-		return errdefs.Invalid("setCredentials.credentials", "is empty; send at least one credential")
+		return errdefs.Invalid("credentials", "is empty; send at least one credential")
 	}
-	scopes := make([]Key, len(list))
+	scopes := make([]credential.Key, len(list))
 	for i, c := range list {
-		key, err := Validate(fmt.Sprintf("setCredentials.credentials[%d]", i), c)
+		key, err := credential.Validate(fmt.Sprintf("credentials[%d]", i), c)
 		if err != nil {
 			return err
 		}
@@ -225,76 +190,29 @@ func (k *Keychain) Set(_ context.Context, x *command.Exec) error {
 		k.mu.Lock()
 		k.entries[scopes[i].String()] = &entry{key: scopes[i], cred: c}
 		k.mu.Unlock()
-		k.log.Info("registry credential set", "registry", scopes[i].String(), "kind", KindOf(c), "fingerprint", Fingerprint(c))
+		k.log.Info("registry credential set", "registry", scopes[i].String(), "kind", credential.KindOf(c), "fingerprint", credential.Fingerprint(c))
 	}
 	k.poke()
 	return nil
 }
 
-// Validate checks one credential, naming field in its errors, and
-// normalises it in place (a _json_key password is compacted).
-func Validate(field string, c *fleetv1.Credential) (Key, error) {
-	key, err := ParseRegistry(c.GetRegistry())
-	if err != nil {
-		return Key{}, errdefs.Invalid(field+".registry", "%v", err)
-	}
-	if err := checkTLS(field, c); err != nil {
-		return Key{}, err
-	}
-	switch kc := c.GetKind().(type) {
-	case *fleetv1.Credential_Basic:
-		if kc.Basic.GetUsername() == "" || kc.Basic.GetPassword() == "" {
-			return Key{}, errdefs.Invalid(field+".basic", "username and password are both required")
-		}
-		if kc.Basic.GetUsername() == "_json_key" {
-			var buf bytes.Buffer
-			if err := json.Compact(&buf, []byte(kc.Basic.GetPassword())); err != nil {
-				return Key{}, errdefs.Invalid(field+".basic.password", "with username _json_key the password is a service-account JSON key; it is not valid JSON: %v", err)
-			}
-			kc.Basic.Password = buf.String()
-		}
-	case *fleetv1.Credential_Ecr:
-		e := kc.Ecr
-		if _, ok := ecrRegion(e, key.Host); !ok {
-			return Key{}, errdefs.Invalid(field+".ecr.region", "is required: %s is not an ECR host (<account>.dkr.ecr.<region>.amazonaws.com) to read the region from", key.Host)
-		}
-		if (e.GetAccessKeyId() == "") != (e.GetSecretAccessKey() == "") {
-			return Key{}, errdefs.Invalid(field+".ecr.secretAccessKey", "accessKeyId and secretAccessKey go together; send both, or neither to use the AWS SDK's default credential chain on the gateway")
-		}
-		if e.GetSessionToken() != "" && e.GetAccessKeyId() == "" {
-			return Key{}, errdefs.Invalid(field+".ecr.sessionToken", "a session token needs accessKeyId and secretAccessKey")
-		}
-	case *fleetv1.Credential_EcrToken:
-		if kc.EcrToken.GetPassword() == "" {
-			return Key{}, errdefs.Invalid(field+".ecrToken.password", "is required: the output of aws ecr get-login-password")
-		}
-		if kc.EcrToken.GetExpiresAt() == nil {
-			return Key{}, errdefs.Invalid(field+".ecrToken.expiresAt", "is required: when the token expires (12 hours after aws ecr get-login-password issued it)")
-		}
-	case *fleetv1.Credential_Anonymous:
-	default:
-		return Key{}, errdefs.Invalid(field, "needs one of basic, ecr, ecrToken or anonymous")
-	}
-	return key, nil
-}
-
-// Delete handles delete-credentials.
-func (k *Keychain) Delete(_ context.Context, x *command.Exec) error {
-	regs := x.Command.GetDeleteCredentials().GetRegistries()
+// Delete deletes the credentials of the given registry scopes (errors
+// name the field "registries[i]"); none is deleted unless all exist.
+func (k *Keychain) Delete(_ context.Context, regs []string) error {
 	if len(regs) == 0 {
-		return errdefs.Invalid("deleteCredentials.registries", "is empty; name at least one registry")
+		return errdefs.Invalid("registries", "is empty; name at least one registry")
 	}
-	keys := make([]Key, len(regs))
+	keys := make([]credential.Key, len(regs))
 	for i, r := range regs {
-		key, err := ParseRegistry(r)
+		key, err := credential.ParseRegistry(r)
 		if err != nil {
-			return errdefs.Invalid(fmt.Sprintf("deleteCredentials.registries[%d]", i), "%v", err)
+			return errdefs.Invalid(fmt.Sprintf("registries[%d]", i), "%v", err)
 		}
 		k.mu.Lock()
 		_, ok := k.entries[key.String()]
 		k.mu.Unlock()
 		if !ok {
-			return &errdefs.FieldError{Field: fmt.Sprintf("deleteCredentials.registries[%d]", i), Kind: errdefs.ErrNotFound,
+			return &errdefs.FieldError{Field: fmt.Sprintf("registries[%d]", i), Kind: errdefs.ErrNotFound,
 				Msg: fmt.Sprintf("no credential for %s on this gateway", key)}
 		}
 		keys[i] = key
@@ -330,19 +248,19 @@ func hasTLS(c *fleetv1.Credential) bool {
 }
 
 // lookup returns the entry with the longest prefix covering image.
-func (k *Keychain) lookup(image string) (*entry, Key, error) {
-	ik, err := ImageKey(image)
+func (k *Keychain) lookup(image string) (*entry, credential.Key, error) {
+	ik, err := credential.ImageKey(image)
 	if err != nil {
-		return nil, Key{}, err
+		return nil, credential.Key{}, err
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	var scopes []Key
+	var scopes []credential.Key
 	var entries []*entry
 	for _, e := range k.entries {
 		scopes, entries = append(scopes, e.key), append(entries, e)
 	}
-	if i := Select(scopes, ik); i >= 0 {
+	if i := credential.Select(scopes, ik); i >= 0 {
 		return entries[i], ik, nil
 	}
 	return nil, ik, nil
@@ -358,7 +276,7 @@ func (k *Keychain) Auth(ctx context.Context, image string) (string, error) {
 		return "", err
 	}
 	if e.cred.GetRequireTls() {
-		if err := k.requireTLS(ctx, ik.Host, e.cred); err != nil {
+		if err := credential.RequireTLS(ctx, ik.Host, e.cred); err != nil {
 			return "", err
 		}
 	}
@@ -366,7 +284,7 @@ func (k *Keychain) Auth(ctx context.Context, image string) (string, error) {
 	if err != nil || user == "" {
 		return "", err
 	}
-	return EncodeAuth(user, password, ik.Host), nil
+	return credential.EncodeAuth(user, password, ik.Host), nil
 }
 
 // Refresh is called after the registry refused a pull: for an ECR
@@ -381,39 +299,30 @@ func (k *Keychain) Refresh(ctx context.Context, image string) (auth string, ok b
 	if err != nil {
 		return "", false, err
 	}
-	return EncodeAuth(t.user, t.password, ik.Host), true, nil
+	return credential.EncodeAuth(t.User, t.Password, ik.Host), true, nil
 }
 
 // secret returns the username and password a pull presents ("" for
-// anonymous).
+// anonymous): an ecr credential's cached token (a new one with force).
 func (k *Keychain) secret(ctx context.Context, e *entry, force bool) (string, string, error) {
-	switch kc := e.cred.GetKind().(type) {
-	case *fleetv1.Credential_Basic:
-		return kc.Basic.GetUsername(), kc.Basic.GetPassword(), nil
-	case *fleetv1.Credential_EcrToken:
-		if exp := kc.EcrToken.GetExpiresAt().AsTime(); !k.cfg.Now().Before(exp) {
-			return "", "", fmt.Errorf("%w: the ecr-token for %s expired at %s; push a fresh one (aws ecr get-login-password) with set-credentials, or use an ecr credential so the gateway refreshes tokens itself",
-				errdefs.ErrUnauthenticated, e.key, exp.UTC().Format(time.RFC3339))
-		}
-		return "AWS", kc.EcrToken.GetPassword(), nil
-	case *fleetv1.Credential_Ecr:
-		t, err := k.ecrToken(ctx, e, force)
-		if err != nil {
-			return "", "", err
-		}
-		return t.user, t.password, nil
+	if e.cred.GetEcr() == nil {
+		return credential.Login(ctx, e.cred, k.cfg.Now())
 	}
-	return "", "", nil
+	t, err := k.ecrToken(ctx, e, force)
+	if err != nil {
+		return "", "", err
+	}
+	return t.User, t.Password, nil
 }
 
 // ecrToken returns e's cached token, or fetches one when there is none, it
 // is due for refresh, or force is set. A failed refresh keeps a token that
 // has not expired yet.
-func (k *Keychain) ecrToken(ctx context.Context, e *entry, force bool) (*token, error) {
+func (k *Keychain) ecrToken(ctx context.Context, e *entry, force bool) (*credential.Token, error) {
 	k.mu.Lock()
 	seen := e.tok
 	k.mu.Unlock()
-	if !force && seen != nil && k.cfg.Now().Before(seen.refreshAt) {
+	if !force && seen != nil && k.cfg.Now().Before(seen.RefreshAt) {
 		return seen, nil
 	}
 	e.fetch.Lock()
@@ -421,11 +330,11 @@ func (k *Keychain) ecrToken(ctx context.Context, e *entry, force bool) (*token, 
 	k.mu.Lock()
 	cur := e.tok
 	k.mu.Unlock()
-	if cur != seen && cur != nil && k.cfg.Now().Before(cur.refreshAt) {
+	if cur != seen && cur != nil && k.cfg.Now().Before(cur.RefreshAt) {
 		return cur, nil // fetched meanwhile
 	}
 	if e.client == nil {
-		region, _ := ecrRegion(e.cred.GetEcr(), e.key.Host)
+		region, _ := credential.ECRRegion(e.cred.GetEcr(), e.key.Host)
 		c, err := k.cfg.NewECRClient(ctx, e.cred.GetEcr(), region)
 		if err != nil {
 			return nil, err
@@ -433,19 +342,19 @@ func (k *Keychain) ecrToken(ctx context.Context, e *entry, force bool) (*token, 
 		e.client = c
 	}
 	now := k.cfg.Now()
-	t, err := fetchECR(ctx, e.client, now)
+	t, err := credential.FetchECRToken(ctx, e.client, now)
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if err != nil {
 		e.refreshErr = err
-		if !force && cur != nil && now.Before(cur.expires) {
-			k.log.Warn("ECR token refresh failed; the current token is still valid", "registry", e.key.String(), "expires", cur.expires, "err", err)
+		if !force && cur != nil && now.Before(cur.Expires) {
+			k.log.Warn("ECR token refresh failed; the current token is still valid", "registry", e.key.String(), "expires", cur.Expires, "err", err)
 			return cur, nil
 		}
 		return nil, err
 	}
 	e.tok, e.refreshErr, e.retryAt = t, nil, time.Time{}
-	k.log.Info("ECR token fetched", "registry", e.key.String(), "expires", t.expires)
+	k.log.Info("ECR token fetched", "registry", e.key.String(), "expires", t.Expires)
 	k.poke()
 	return t, nil
 }
@@ -497,7 +406,7 @@ func (k *Keychain) tick(ctx context.Context) time.Time {
 		case *fleetv1.Credential_Ecr:
 			at := time.Time{} // no token yet: now
 			if e.tok != nil {
-				at = e.tok.refreshAt
+				at = e.tok.RefreshAt
 			}
 			if !e.retryAt.IsZero() {
 				at = e.retryAt
@@ -538,14 +447,14 @@ func (k *Keychain) tick(ctx context.Context) time.Time {
 		if err != nil {
 			remaining := time.Minute
 			if e.tok != nil {
-				remaining = e.tok.expires.Sub(now)
+				remaining = e.tok.Expires.Sub(now)
 			}
 			e.retryAt = now.Add(min(max(remaining/4, time.Second), 30*time.Second))
 			events = append(events, credentialEvent(fleetv1.Event_WARNING, "credential.refresh-failed", fmt.Sprintf("could not refresh the ECR token for %s (retrying): %v", e.key, err)))
 		}
 		at := e.retryAt
 		if e.tok != nil && at.IsZero() {
-			at = e.tok.refreshAt
+			at = e.tok.RefreshAt
 		}
 		if !at.IsZero() && at.Before(next) {
 			next = at
@@ -566,20 +475,6 @@ func (k *Keychain) publish(ev *fleetv1.Event) {
 	k.cfg.Event(ev)
 }
 
-// requireTLS refuses a registry that does not speak verified TLS.
-func (k *Keychain) requireTLS(ctx context.Context, host string, c *fleetv1.Credential) error {
-	switch res, err := probe(ctx, host, c); res {
-	case probeTLSOK:
-		return nil
-	case probePlainHTTP:
-		return fmt.Errorf("%w: registry %s serves plain HTTP and its credential sets requireTls", errdefs.ErrTLS, host)
-	case probeTLSFailed:
-		return fmt.Errorf("%w: registry %s: TLS verification failed and its credential sets requireTls: %v", errdefs.ErrTLS, host, err)
-	default:
-		return fmt.Errorf("%w: registry %s: %v", errdefs.ErrRegistryUnreachable, host, err)
-	}
-}
-
 // Summaries describes the stored credentials without any secret.
 func (k *Keychain) Summaries() []*fleetv1.RegistrySummary {
 	now := k.cfg.Now()
@@ -588,7 +483,7 @@ func (k *Keychain) Summaries() []*fleetv1.RegistrySummary {
 	out := make([]*fleetv1.RegistrySummary, 0, len(k.entries))
 	for scope, e := range k.entries {
 		c := e.cred
-		s := &fleetv1.RegistrySummary{Registry: scope, Kind: KindOf(c), Username: c.GetBasic().GetUsername(), Fingerprint: Fingerprint(c),
+		s := &fleetv1.RegistrySummary{Registry: scope, Kind: credential.KindOf(c), Username: c.GetBasic().GetUsername(), Fingerprint: credential.Fingerprint(c),
 			HasCaCertificate: c.GetCaCertificate() != "", HasClientCertificate: c.GetClientCertificate() != "", RequireTls: c.GetRequireTls()}
 		switch {
 		case c.GetEcrToken() != nil:
@@ -602,7 +497,7 @@ func (k *Keychain) Summaries() []*fleetv1.RegistrySummary {
 		case c.GetEcr() != nil:
 			s.Username = "AWS"
 			if e.tok != nil {
-				s.ExpiresAt = timestamppb.New(e.tok.expires)
+				s.ExpiresAt = timestamppb.New(e.tok.Expires)
 			}
 			if e.refreshErr != nil {
 				s.Warning = "token refresh failing: " + e.refreshErr.Error()
@@ -612,35 +507,4 @@ func (k *Keychain) Summaries() []*fleetv1.RegistrySummary {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].GetRegistry() < out[j].GetRegistry() })
 	return out
-}
-
-// KindOf names a credential's kind as births and summaries do.
-func KindOf(c *fleetv1.Credential) string {
-	switch c.GetKind().(type) {
-	case *fleetv1.Credential_Basic:
-		return "basic"
-	case *fleetv1.Credential_Ecr:
-		return "ecr"
-	case *fleetv1.Credential_EcrToken:
-		return "ecr-token"
-	}
-	return "anonymous"
-}
-
-// Fingerprint identifies a secret without revealing it: 12 hex digits of
-// SHA-256 over the secret material.
-func Fingerprint(c *fleetv1.Credential) string {
-	var secret string
-	switch kc := c.GetKind().(type) {
-	case *fleetv1.Credential_Basic:
-		secret = kc.Basic.GetUsername() + "\x00" + kc.Basic.GetPassword()
-	case *fleetv1.Credential_Ecr:
-		secret = kc.Ecr.GetAccessKeyId() + "\x00" + kc.Ecr.GetSecretAccessKey() + "\x00" + kc.Ecr.GetRoleArn()
-	case *fleetv1.Credential_EcrToken:
-		secret = kc.EcrToken.GetPassword()
-	default:
-		return ""
-	}
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:])[:12]
 }

@@ -11,14 +11,13 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/fleet-agent/fleet/agent/command"
 	"github.com/fleet-agent/fleet/agent/regauth"
-	"github.com/fleet-agent/fleet/agent/secrets"
 	"github.com/fleet-agent/fleet/agent/store"
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
+	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	"github.com/fleet-agent/fleet/internal/testenv"
-	"github.com/fleet-agent/fleet/internal/testimage"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
@@ -60,7 +59,7 @@ func newKeychain(t *testing.T, mod func(*regauth.KeychainConfig)) *regauth.Keych
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	keys, err := secrets.Load(filepath.Join(dir, "at-rest.key"), filepath.Join(dir, "seal.key"))
+	keys, err := credential.LoadKeys(filepath.Join(dir, "at-rest.key"), filepath.Join(dir, "seal.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,8 +76,7 @@ func newKeychain(t *testing.T, mod func(*regauth.KeychainConfig)) *regauth.Keych
 
 func set(t *testing.T, k *regauth.Keychain, creds ...*fleetv1.Credential) error {
 	t.Helper()
-	return k.Set(context.Background(), command.NewExec(&fleetv1.Command{Id: "set", Body: &fleetv1.Command_SetCredentials{
-		SetCredentials: &fleetv1.SetCredentials{Credentials: creds}}}))
+	return k.Set(context.Background(), creds)
 }
 
 func ecrCred(registry, akid, secret string) *fleetv1.Credential {
@@ -244,8 +242,7 @@ func TestTLSFilesInstalled(t *testing.T) {
 	// An operator's own file in the same directory survives.
 	own := filepath.Join(dir, host, "operator.crt")
 	os.WriteFile(own, []byte("mine"), 0o644)
-	err := k.Delete(context.Background(), command.NewExec(&fleetv1.Command{Id: "del", Body: &fleetv1.Command_DeleteCredentials{
-		DeleteCredentials: &fleetv1.DeleteCredentials{Registries: []string{host + "/team"}}}}))
+	err := k.Delete(context.Background(), []string{host + "/team"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,5 +253,28 @@ func TestTLSFilesInstalled(t *testing.T) {
 	}
 	if _, err := os.Stat(own); err != nil {
 		t.Errorf("the operator's file was removed: %v", err)
+	}
+}
+
+// TestCheckUsesStoredCredential: the keychain checks with the credential a
+// pull would use, and none when no scope covers the image.
+func TestCheckUsesStoredCredential(t *testing.T) {
+	reg := testimage.NewRegistry(t, testimage.WithBasicAuth("robot", "pw"))
+	reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
+	k := newKeychain(t, nil)
+	ctx := context.Background()
+	if _, err := k.Check(ctx, reg.Host+"/team/app:1"); errdefs.Code(err) != fleetv1.Reply_UNAUTHENTICATED {
+		t.Fatalf("Check without a credential = %v, want UNAUTHENTICATED", err)
+	}
+	cred := &fleetv1.Credential{Registry: reg.Host + "/team", Kind: &fleetv1.Credential_Basic{Basic: &fleetv1.BasicAuth{Username: "robot", Password: "pw"}}}
+	if err := set(t, k, cred); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := k.Check(ctx, reg.Host+"/team/app:1")
+	if err != nil || !rc.GetImageFound() {
+		t.Errorf("Check = %v, %v; want the image found with the stored credential", rc, err)
+	}
+	if _, err := k.Check(ctx, ""); errdefs.Field(err) != "image" {
+		t.Errorf("Check of no image = %v, want an error naming image", err)
 	}
 }

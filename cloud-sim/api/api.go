@@ -14,11 +14,15 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/identity"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
+	"github.com/fleet-agent/fleet/cloud-sim/tenantcred"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
@@ -41,28 +45,9 @@ func New(cfg Config) http.Handler {
 	}
 	a := &api{c: cfg.Controller, log: cfg.Logger}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	mux.HandleFunc("GET /v1/gateways", a.listGateways)
-	mux.HandleFunc("GET /v1/gateways/{tenant}/{id}", a.getGateway)
-	mux.HandleFunc("GET /v1/gateways/{tenant}/{id}/deployments", a.getDeployments)
-	mux.HandleFunc("POST /v1/gateways/{tenant}/{id}/provision", a.provision)
-	mux.HandleFunc("POST /v1/simulated", a.provisionSimulated)
-	mux.HandleFunc("POST /v1/commands", a.sendCommand)
-	mux.HandleFunc("GET /v1/commands/{id}", a.getCommand)
-	mux.HandleFunc("GET /v1/batches", a.listBatches)
-	mux.HandleFunc("GET /v1/batches/{id}", a.getBatch)
-	mux.HandleFunc("GET /v1/tenants/{tenant}/credentials", a.listCredentials)
-	mux.HandleFunc("PUT /v1/tenants/{tenant}/credentials", a.setCredential)
-	mux.HandleFunc("DELETE /v1/tenants/{tenant}/credentials/{registry...}", a.deleteCredential)
-	mux.HandleFunc("POST /v1/tenants/{tenant}/credentials/push", a.pushCredential)
-	mux.HandleFunc("POST /v1/tenants/{tenant}/check-registry", a.checkRegistry)
-	mux.HandleFunc("POST /v1/rollouts", a.createRollout)
-	mux.HandleFunc("GET /v1/rollouts", a.listRollouts)
-	mux.HandleFunc("GET /v1/rollouts/{id}", a.getRollout)
-	mux.HandleFunc("POST /v1/rollouts/{id}/{action}", a.rolloutAction)
-	mux.HandleFunc("GET /v1/events", a.events)
+	for _, rt := range routes() {
+		mux.HandleFunc(rt.method+" "+rt.path, func(w http.ResponseWriter, r *http.Request) { rt.handle(a, w, r) })
+	}
 	if cfg.Token == "" {
 		return mux
 	}
@@ -108,6 +93,13 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 		status = http.StatusUnprocessableEntity
 	case fleetv1.Reply_REGISTRY_UNREACHABLE:
 		status = http.StatusBadGateway
+	case fleetv1.Reply_UNSUPPORTED: // a follower replica asked to change a rollout
+		status = http.StatusConflict
+	}
+	// The registry refused (no such image, a rejected credential): 422,
+	// so that a client tells it from a missing gateway or rollout (404).
+	if _, ok := errors.AsType[*tenantcred.RegistryError](err); ok && code != fleetv1.Reply_REGISTRY_UNREACHABLE {
+		status = http.StatusUnprocessableEntity
 	}
 	if status == http.StatusInternalServerError {
 		a.log.Error("api", "err", err)
@@ -138,20 +130,20 @@ func duration(field, s string) (time.Duration, error) {
 
 // GatewayList is the body of GET /v1/gateways.
 type GatewayList struct {
-	Count    int                   `json:"count"`
-	Online   int                   `json:"online"`
-	Stale    int                   `json:"stale"`
-	Gateways []*controller.Gateway `json:"gateways"`
+	Count    int        `json:"count"`
+	Online   int        `json:"online"`
+	Stale    int        `json:"stale"`
+	Gateways []*Gateway `json:"gateways"`
 }
 
 func (a *api) listGateways(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	sel, err := controller.ParseSelector(q.Get("selector"))
+	sel, err := inventory.ParseSelector(q.Get("selector"))
 	if err != nil {
 		a.fail(w, errdefs.Invalid("selector", "%v", err))
 		return
 	}
-	f := controller.Filter{Tenant: q.Get("tenant"), Selector: sel, Group: q.Get("group")}
+	f := inventory.Filter{Tenant: q.Get("tenant"), Selector: sel, Group: q.Get("group")}
 	if o := q.Get("online"); o != "" {
 		b, err := strconv.ParseBool(o)
 		if err != nil {
@@ -160,7 +152,7 @@ func (a *api) listGateways(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Online = &b
 	}
-	gws := a.c.Gateways(f)
+	gws := gatewaysOf(a.c.Gateways(f))
 	out := GatewayList{Count: len(gws), Gateways: gws}
 	for _, g := range gws {
 		if g.Online {
@@ -173,12 +165,13 @@ func (a *api) listGateways(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (a *api) gateway(w http.ResponseWriter, r *http.Request) (*controller.Gateway, bool) {
+func (a *api) gateway(w http.ResponseWriter, r *http.Request) (*Gateway, bool) {
 	g, ok := a.c.Gateway(r.PathValue("tenant"), r.PathValue("id"))
 	if !ok {
 		a.fail(w, &errdefs.FieldError{Field: "id", Kind: errdefs.ErrNotFound, Msg: fmt.Sprintf("no gateway %s/%s in the inventory", r.PathValue("tenant"), r.PathValue("id"))})
+		return nil, false
 	}
-	return g, ok
+	return gatewayOf(g), true
 }
 
 func (a *api) getGateway(w http.ResponseWriter, r *http.Request) {
@@ -246,7 +239,7 @@ func (a *api) provisionSimulated(w http.ResponseWriter, r *http.Request) {
 	for i := range ids {
 		ids[i] = fmt.Sprintf("%s%d", req.Prefix, i+1)
 	}
-	pw := a.c.NewPassword()
+	pw := identity.NewPassword()
 	if err := a.c.ProvisionMany(r.Context(), req.Tenant, ids, req.Groups, pw); err != nil {
 		a.fail(w, err)
 		return
@@ -257,11 +250,11 @@ func (a *api) provisionSimulated(w http.ResponseWriter, r *http.Request) {
 // CommandRequest is the body of POST /v1/commands. Command is a protocol
 // Command in protojson (its id and times are assigned per gateway).
 type CommandRequest struct {
-	Target            controller.Target `json:"target"`
-	Command           json.RawMessage   `json:"command"`
-	Wait              string            `json:"wait,omitempty"`
-	ExpiresIn         string            `json:"expiresIn,omitempty"`
-	SkipRegistryCheck bool              `json:"skipRegistryCheck,omitempty"`
+	Target            Target          `json:"target"`
+	Command           json.RawMessage `json:"command"`
+	Wait              string          `json:"wait,omitempty"`
+	ExpiresIn         string          `json:"expiresIn,omitempty"`
+	SkipRegistryCheck bool            `json:"skipRegistryCheck,omitempty"`
 }
 
 func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
@@ -285,7 +278,7 @@ func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	b, err := a.c.Send(r.Context(), req.Target, cmd, controller.SendOptions{ExpiresIn: exp, SkipRegistryCheck: req.SkipRegistryCheck})
+	b, err := a.c.Send(r.Context(), req.Target.domain(), cmd, controller.SendOptions{ExpiresIn: exp, SkipRegistryCheck: req.SkipRegistryCheck})
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -297,7 +290,7 @@ func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
 			b = v
 		}
 	}
-	writeJSON(w, http.StatusCreated, b)
+	writeJSON(w, http.StatusCreated, batchViewOf(b))
 }
 
 func (a *api) getCommand(w http.ResponseWriter, r *http.Request) {
@@ -306,7 +299,7 @@ func (a *api) getCommand(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, &errdefs.FieldError{Field: "id", Kind: errdefs.ErrNotFound, Msg: "no command " + r.PathValue("id")})
 		return
 	}
-	writeJSON(w, http.StatusOK, cmd)
+	writeJSON(w, http.StatusOK, commandOf(cmd))
 }
 
 func (a *api) listBatches(w http.ResponseWriter, r *http.Request) {
@@ -314,7 +307,7 @@ func (a *api) listBatches(w http.ResponseWriter, r *http.Request) {
 	if limit <= 0 {
 		limit = 50
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"batches": a.c.Batches(limit)})
+	writeJSON(w, http.StatusOK, map[string]any{"batches": batchesOf(a.c.Batches(limit))})
 }
 
 func (a *api) getBatch(w http.ResponseWriter, r *http.Request) {
@@ -330,13 +323,13 @@ func (a *api) getBatch(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, b)
+	writeJSON(w, http.StatusOK, batchViewOf(b))
 }
 
 func (a *api) listCredentials(w http.ResponseWriter, r *http.Request) {
-	list := a.c.Credentials(r.PathValue("tenant"))
-	if list == nil {
-		list = []controller.CredentialView{}
+	list := []CredentialView{}
+	for _, v := range a.c.Credentials(r.PathValue("tenant")) {
+		list = append(list, credentialOf(v))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"credentials": list})
 }
@@ -360,12 +353,12 @@ func (a *api) setCredential(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errdefs.Invalid("credential", "is not a protocol Credential in JSON: %v", err))
 		return
 	}
-	v, err := a.c.SetCredential(r.Context(), r.PathValue("tenant"), cr, controller.CredentialOptions{IssueTokens: req.IssueTokens, CheckImage: req.CheckImage})
+	v, err := a.c.SetCredential(r.Context(), r.PathValue("tenant"), cr, tenantcred.Options{IssueTokens: req.IssueTokens, CheckImage: req.CheckImage})
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, v)
+	writeJSON(w, http.StatusOK, credentialOf(*v))
 }
 
 func (a *api) deleteCredential(w http.ResponseWriter, r *http.Request) {
@@ -379,8 +372,8 @@ func (a *api) deleteCredential(w http.ResponseWriter, r *http.Request) {
 // PushRequest is the body of POST /v1/tenants/{tenant}/credentials/push:
 // send the stored credential for Registry, sealed, to the target gateways.
 type PushRequest struct {
-	Target   controller.Target `json:"target"`
-	Registry string            `json:"registry"`
+	Target   Target `json:"target"`
+	Registry string `json:"registry"`
 }
 
 func (a *api) pushCredential(w http.ResponseWriter, r *http.Request) {
@@ -396,12 +389,12 @@ func (a *api) pushCredential(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errdefs.Invalid("target.tenant", "must be the tenant of the path"))
 		return
 	}
-	b, err := a.c.PushCredential(r.Context(), req.Target, req.Registry)
+	b, err := a.c.PushCredential(r.Context(), req.Target.domain(), req.Registry)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, b)
+	writeJSON(w, http.StatusCreated, batchViewOf(b))
 }
 
 func (a *api) checkRegistry(w http.ResponseWriter, r *http.Request) {
@@ -421,27 +414,27 @@ func (a *api) checkRegistry(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, res)
+	writeJSON(w, http.StatusOK, CheckResult(*res))
 }
 
 func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
-	var spec controller.RolloutSpec
+	var spec RolloutSpec
 	if err := decode(r, &spec); err != nil {
 		a.fail(w, err)
 		return
 	}
-	v, err := a.c.CreateRollout(r.Context(), spec)
+	v, err := a.c.CreateRollout(r.Context(), spec.domain())
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, v)
+	writeJSON(w, http.StatusCreated, rolloutViewOf(v))
 }
 
 func (a *api) listRollouts(w http.ResponseWriter, _ *http.Request) {
-	list := a.c.Rollouts()
-	if list == nil {
-		list = []*controller.RolloutView{}
+	list := []*RolloutView{}
+	for _, s := range a.c.Rollouts() {
+		list = append(list, rolloutViewOf(s))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"rollouts": list})
 }
@@ -452,28 +445,29 @@ func (a *api) getRollout(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, &errdefs.FieldError{Field: "id", Kind: errdefs.ErrNotFound, Msg: "no rollout " + r.PathValue("id")})
 		return
 	}
-	writeJSON(w, http.StatusOK, v)
+	writeJSON(w, http.StatusOK, rolloutViewOf(v))
 }
 
 func (a *api) rolloutAction(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	var err error
-	switch r.PathValue("action") {
+	action := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
+	switch action {
 	case "pause":
-		err = a.c.PauseRollout(id)
+		err = a.c.PauseRollout(r.Context(), id)
 	case "resume":
-		err = a.c.ResumeRollout(id)
+		err = a.c.ResumeRollout(r.Context(), id)
 	case "cancel":
-		err = a.c.CancelRollout(id)
+		err = a.c.CancelRollout(r.Context(), id)
 	default:
-		err = errdefs.Invalid("action", "%q: use pause, resume or cancel", r.PathValue("action"))
+		err = errdefs.Invalid("action", "%q: use pause, resume or cancel", action)
 	}
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
 	v, _ := a.c.RolloutStatus(id, false)
-	writeJSON(w, http.StatusOK, v)
+	writeJSON(w, http.StatusOK, rolloutViewOf(v))
 }
 
 // events streams fleet changes as server-sent events ("event: <kind>",

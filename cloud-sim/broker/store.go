@@ -2,6 +2,8 @@ package broker
 
 import (
 	"errors"
+	"io/fs"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +37,10 @@ type boltStore struct {
 	*bolt.Hook
 	held sync.Map // ids of stored in-flight messages
 	rdb  *bbolt.DB
+	// hasSysInfo: the store held the broker's $SYS counters when it was
+	// opened. mochi's hook logs an ERROR reading a key that is missing, as
+	// it is in every new store.
+	hasSysInfo bool
 
 	mu      sync.Mutex
 	pending map[string]retainOp
@@ -51,6 +57,13 @@ type retainOp struct {
 const retainDelay = 500 * time.Millisecond
 
 func (h *boltStore) Init(config any) error {
+	if opts, ok := config.(*bolt.Options); ok && opts != nil {
+		has, err := hasSysInfo(opts)
+		if err != nil {
+			return err
+		}
+		h.hasSysInfo = has
+	}
 	if err := h.Hook.Init(config); err != nil {
 		return err
 	}
@@ -119,6 +132,40 @@ func (h *boltStore) writeRetained() {
 	if err != nil {
 		h.Log.Error("retained messages not saved", "count", len(ops), "err", err)
 	}
+}
+
+// hasSysInfo reports whether the store at opts.Path holds the $SYS
+// counters; it is read before mochi's hook opens the file (bbolt locks it).
+func hasSysInfo(opts *bolt.Options) (bool, error) {
+	if _, err := os.Stat(opts.Path); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	bucket := opts.Bucket
+	if bucket == "" {
+		bucket = "mochi" // the hook's default
+	}
+	db, err := bbolt.Open(opts.Path, 0o600, &bbolt.Options{Timeout: 5 * time.Second, ReadOnly: true})
+	if err != nil {
+		return false, err
+	}
+	defer db.Close()
+	has := false
+	err = db.View(func(tx *bbolt.Tx) error {
+		if b := tx.Bucket([]byte(bucket)); b != nil {
+			has = b.Get([]byte(storage.SysInfoKey)) != nil
+		}
+		return nil
+	})
+	return has, err
+}
+
+// StoredSysInfo reads the $SYS counters a previous broker saved; a new
+// store has none, which is no error.
+func (h *boltStore) StoredSysInfo() (storage.SystemInfo, error) {
+	if !h.hasSysInfo {
+		return storage.SystemInfo{}, nil
+	}
+	return h.Hook.StoredSysInfo()
 }
 
 // StoredRetainedMessages reads the retained file.

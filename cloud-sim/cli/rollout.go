@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,76 +10,134 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/spf13/cobra"
 )
 
-// rollout runs `cloud-sim rollout create|list|status|pause|resume|cancel`.
-func (v *verb) rollout(ctx context.Context) error {
-	args := v.fs.Args()
-	if len(args) == 0 {
-		return usageError("say create -f FILE, list, status ID [--watch], pause ID, resume ID or cancel ID")
+// rolloutCmd is `cloud-sim rollout create|list|status|pause|resume|cancel`.
+func rolloutCmd(env Env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:                   "rollout create|list|status|pause|resume|cancel",
+		Short:                 "Roll a deployment out to many gateways in batches",
+		Args:                  cobra.ArbitraryArgs,
+		DisableFlagsInUseLine: true,
+		RunE:                  subverb("create -f FILE, list, status ID [--watch], pause ID, resume ID or cancel ID"),
 	}
-	switch args[0] {
-	case "create":
-		raw, err := v.readDoc(v.file)
-		if err != nil {
+	cmd.AddCommand(rolloutCreateCmd(env), rolloutListCmd(env), rolloutStatusCmd(env))
+	for _, action := range []string{"pause", "resume", "cancel"} {
+		cmd.AddCommand(rolloutActionCmd(env, action))
+	}
+	return cmd
+}
+
+func rolloutCreateCmd(env Env) *cobra.Command {
+	v := &verb{env: env}
+	cmd := &cobra.Command{
+		Use:   "create -f rollout.yaml [--watch]",
+		Short: "Start a rollout",
+		Args:  NoArgs,
+	}
+	cmd.Flags().StringVarP(&v.file, "file", "f", "", "rollout spec, YAML or JSON (- for stdin)")
+	cmd.Flags().BoolVar(&v.watch, "watch", false, "follow until the rollout ends")
+	return v.command(cmd, v.rolloutCreate)
+}
+
+func rolloutListCmd(env Env) *cobra.Command {
+	v := &verb{env: env}
+	return v.command(&cobra.Command{Use: "list", Short: "List rollouts", Args: NoArgs}, v.rolloutList)
+}
+
+func rolloutStatusCmd(env Env) *cobra.Command {
+	v := &verb{env: env}
+	cmd := &cobra.Command{
+		Use:               "status ID [--watch]",
+		Short:             "Show a rollout; exit 1 when it failed, aborted or was canceled",
+		ValidArgsFunction: v.completeRolloutArg,
+	}
+	cmd.Flags().BoolVar(&v.watch, "watch", false, "follow until the rollout ends")
+	return v.command(cmd, func(ctx context.Context) error {
+		if len(v.args) != 1 {
+			return Usagef("give the rollout id")
+		}
+		return v.rolloutStatus(ctx, v.args[0])
+	})
+}
+
+func rolloutActionCmd(env Env, action string) *cobra.Command {
+	v := &verb{env: env}
+	cmd := &cobra.Command{
+		Use:               action + " ID",
+		Short:             map[string]string{"pause": "Pause", "resume": "Resume", "cancel": "Cancel"}[action] + " a rollout",
+		ValidArgsFunction: v.completeRolloutArg,
+	}
+	return v.command(cmd, func(ctx context.Context) error {
+		if len(v.args) != 1 {
+			return Usagef("give the rollout id")
+		}
+		var rv rolloutView
+		var raw []byte
+		if err := v.client.Do(ctx, "POST", "/v1/rollouts/"+escape(v.args[0])+"/"+action, nil, &rv, &raw); err != nil {
 			return err
 		}
-		var spec controller.RolloutSpec
-		dec := json.NewDecoder(strings.NewReader(string(raw)))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&spec); err != nil {
-			return fmt.Errorf("%s is not a rollout spec: %w", v.file, err)
-		}
-		var rv controller.RolloutView
-		var body []byte
-		if err := v.client.Do(ctx, "POST", "/v1/rollouts", spec, &rv, &body); err != nil {
-			return err
-		}
-		for _, w := range rv.Warnings {
-			fmt.Fprintln(v.env.Stderr, "warning:", w)
-		}
-		if !v.watch {
-			if v.output == "json" {
-				v.printJSON(body)
-			} else {
-				fmt.Fprintf(v.env.Stdout, "rollout %s started: %d gateways\n", rv.ID, rv.Total)
-			}
+		if v.output == "json" {
+			v.printJSON(raw)
 			return nil
-		}
-		return v.rolloutStatus(ctx, rv.ID)
-	case "list":
-		var out struct {
-			Rollouts []controller.RolloutView `json:"rollouts"`
-		}
-		if printed, err := v.fetch(ctx, "/v1/rollouts", &out); printed || err != nil {
-			return err
-		}
-		tw := v.table()
-		fmt.Fprintln(tw, "ROLLOUT\tTENANT\tDEPLOYMENT\tSTATE\tPHASE\tGATEWAYS\tSUCCEEDED\tFAILED\tCREATED")
-		for _, r := range out.Rollouts {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%.0f%%\t%.0f%%\t%s\n", r.ID, r.Spec.Tenant, deploymentName(r.Spec.Deployment),
-				r.State, r.Phase, r.Total, r.SucceededPct, r.FailedPct, ago(r.CreatedAt))
-		}
-		tw.Flush()
-		return nil
-	case "status":
-		if len(args) != 2 {
-			return usageError("give the rollout id")
-		}
-		return v.rolloutStatus(ctx, args[1])
-	case "pause", "resume", "cancel":
-		if len(args) != 2 {
-			return usageError("give the rollout id")
-		}
-		var rv controller.RolloutView
-		if err := v.client.Do(ctx, "POST", "/v1/rollouts/"+escape(args[1])+"/"+args[0], nil, &rv, nil); err != nil {
-			return err
 		}
 		fmt.Fprintf(v.env.Stdout, "rollout %s: %s\n", rv.ID, rv.State)
 		return nil
+	})
+}
+
+func (v *verb) rolloutCreate(ctx context.Context) error {
+	raw, err := v.readDoc(v.file)
+	if err != nil {
+		return err
 	}
-	return usageError(fmt.Sprintf("unknown rollout verb %q", args[0]))
+	var spec rolloutSpec
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&spec); err != nil {
+		return fmt.Errorf("%s is not a rollout spec: %w", v.file, err)
+	}
+	var rv rolloutView
+	var body []byte
+	if err := v.client.Do(ctx, "POST", "/v1/rollouts", spec, &rv, &body); err != nil {
+		return err
+	}
+	for _, w := range rv.Warnings {
+		fmt.Fprintln(v.env.Stderr, "warning:", w)
+	}
+	if !v.watch {
+		if v.output == "json" {
+			v.printJSON(body)
+		} else {
+			fmt.Fprintf(v.env.Stdout, "rollout %s started: %d gateways\n", rv.ID, rv.Total)
+		}
+		return nil
+	}
+	return v.rolloutStatus(ctx, rv.ID)
+}
+
+func (v *verb) rolloutList(ctx context.Context) error {
+	var out struct {
+		Rollouts []rolloutView `json:"rollouts"`
+	}
+	if printed, err := v.fetch(ctx, "/v1/rollouts", &out); printed || err != nil {
+		return err
+	}
+	slices.SortStableFunc(out.Rollouts, func(a, b rolloutView) int {
+		if c := compareNatural(a.Spec.Tenant, b.Spec.Tenant); c != 0 {
+			return c
+		}
+		return a.CreatedAt.Compare(b.CreatedAt)
+	})
+	tw := v.table()
+	fmt.Fprintln(tw, "ROLLOUT\tTENANT\tDEPLOYMENT\tSTATE\tPHASE\tGATEWAYS\tSUCCEEDED\tFAILED\tCREATED")
+	for _, r := range out.Rollouts {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%.0f%%\t%.0f%%\t%s\n", r.ID, r.Spec.Tenant, deploymentName(r.Spec.Deployment),
+			r.State, r.Phase, r.Total, r.SucceededPct, r.FailedPct, ago(r.CreatedAt))
+	}
+	tw.Flush()
+	return nil
 }
 
 func deploymentName(raw json.RawMessage) string {
@@ -94,10 +153,10 @@ func deploymentName(raw json.RawMessage) string {
 // exit code: 1 when it failed, aborted or was canceled.
 func (v *verb) rolloutStatus(ctx context.Context, id string) error {
 	p := progress{w: v.env.Stderr, interactive: v.env.Interactive}
-	var rv controller.RolloutView
+	var rv rolloutView
 	var body []byte
 	for {
-		rv = controller.RolloutView{}
+		rv = rolloutView{}
 		if err := v.client.Do(ctx, "GET", "/v1/rollouts/"+escape(id), nil, &rv, &body); err != nil {
 			return err
 		}
@@ -131,6 +190,7 @@ func (v *verb) rolloutStatus(ctx context.Context, id string) error {
 		if len(rv.Failing) > 0 {
 			tw = v.table()
 			fmt.Fprintln(tw, "\nFAILING GATEWAY\tSTATE\tCODE\tMESSAGE")
+			slices.SortFunc(rv.Failing, func(a, b rolloutGateway) int { return compareNatural(a.Gateway, b.Gateway) })
 			for _, g := range rv.Failing {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", g.Gateway, g.State, or(g.Code, "-"), oneLine(g.Message))
 			}
@@ -138,15 +198,15 @@ func (v *verb) rolloutStatus(ctx context.Context, id string) error {
 		}
 	}
 	switch rv.State {
-	case controller.RolloutFailed, controller.RolloutAborted, controller.RolloutCanceled:
+	case rolloutFailed, rolloutAborted, rolloutCancel:
 		v.exit = ExitFailed
 	}
 	return nil
 }
 
-func (p *progress) drawRollout(r *controller.RolloutView) {
-	done := r.Total - r.Counts[controller.GwQueued] - r.Counts[controller.GwInProgress]
+func (p *progress) drawRollout(r *rolloutView) {
+	done := r.Total - r.Counts[gwQueued] - r.Counts[gwInProgress]
 	p.show(done, r.Total, fmt.Sprintf("%s %s: %d succeeded, %d failed, %d in progress", r.State, r.Phase,
-		r.Counts[controller.GwSucceeded], r.Counts[controller.GwFailed]+r.Counts[controller.GwRejected]+r.Counts[controller.GwTimedOut],
-		r.Counts[controller.GwInProgress]), false)
+		r.Counts[gwSucceeded], r.Counts[gwFailed]+r.Counts[gwRejected]+r.Counts[gwTimedOut],
+		r.Counts[gwInProgress]), false)
 }

@@ -3,8 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -15,253 +13,188 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"gopkg.in/yaml.v3"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
-	"github.com/fleet-agent/fleet/cloud-sim/controller"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
-// Exit codes.
-const (
-	ExitOK     = 0
-	ExitFailed = 1 // an error, or a command failed on some gateway
-	ExitUsage  = 2
-)
+const defaultAPI = "http://127.0.0.1:8080"
 
-// Env is what a verb reads and writes.
-type Env struct {
-	Stdin          io.Reader
-	Stdout, Stderr io.Writer
-	// Interactive: Stderr is a terminal, so progress bars redraw in place.
-	Interactive bool
-	Getenv      func(string) string
-}
-
-// Verbs lists the client verbs, for usage.
-const Verbs = `Client verbs (talk to a running serve: --api URL or CLOUD_SIM_API, default http://127.0.0.1:8080;
-token in CLOUD_SIM_TOKEN; -o json prints the API's JSON):
-  gateways [--tenant T] [--selector k=v,k!=v] [--group G] [--online true|false]
-  gateway TENANT/ID
-  provision TENANT/ID [--group G]...                  create a gateway's MQTT identity (prints its password)
-  deploy   TARGET -f spec.yaml [--skip-registry-check]
-  remove   TARGET NAME [--remove-image]
-  start|stop|restart TARGET NAME
-  send     TARGET -f command.json                     any protocol Command (protojson)
-  credentials set --tenant T --registry R (--username U --password-stdin | --ecr-region R --ecr-access-key-id K --ecr-secret-stdin [--issue-tokens])
-                  [--ca-file F] [--require-tls] [--check-image IMAGE] [--push TARGET flags]
-  credentials list [--tenant T]
-  credentials delete --tenant T --registry R
-  check-registry --tenant T IMAGE                     checked from the cloud with the tenant's credential
-  batch ID [--wait 5m]                                a sent batch and its outcomes
-  rollout create -f rollout.yaml [--watch] | list | status ID [--watch] | pause ID | resume ID | cancel ID
-TARGET: --gateway TENANT/ID (repeatable) | --tenant T with --selector k=v, --group G or --all.
-Verbs that send wait for every final reply (--wait, default 5m) and exit 1 if any gateway failed.
-`
-
-// Run runs one client verb; args[0] is the verb.
-func Run(ctx context.Context, env Env, args []string) int {
-	if env.Getenv == nil {
-		env.Getenv = os.Getenv
-	}
-	v := &verb{env: env, fs: flag.NewFlagSet("cloud-sim "+args[0], flag.ContinueOnError)}
-	v.fs.SetOutput(env.Stderr)
-	v.fs.StringVar(&v.apiURL, "api", or(env.Getenv("CLOUD_SIM_API"), "http://127.0.0.1:8080"), "cloud-sim serve API URL")
-	v.fs.StringVar(&v.output, "o", "table", "output: table or json")
-	var run func(context.Context) error
-	switch args[0] {
-	case "gateways":
-		run = v.listGateways
-	case "gateway":
-		run = v.gateway
-	case "provision":
-		run = v.provision
-	case "deploy":
-		run = v.deploy
-	case "remove", "start", "stop", "restart":
-		run = v.lifecycle(args[0])
-	case "send":
-		run = v.send
-	case "credentials":
-		if len(args) < 2 {
-			fmt.Fprint(env.Stderr, "cloud-sim credentials: say set, list or delete\n")
-			return ExitUsage
-		}
-		args = args[1:]
-		v.fs.Init("cloud-sim credentials "+args[0], flag.ContinueOnError)
-		switch args[0] {
-		case "set":
-			run = v.credSet
-		case "list":
-			run = v.credList
-		case "delete":
-			run = v.credDelete
-		default:
-			fmt.Fprintf(env.Stderr, "cloud-sim credentials: unknown %q; say set, list or delete\n", args[0])
-			return ExitUsage
-		}
-	case "check-registry":
-		run = v.checkRegistry
-	case "batch":
-		run = v.batch
-	case "rollout":
-		run = v.rollout
-	default:
-		return -1
-	}
-	v.setup(args[0])
-	if err := v.fs.Parse(reorder(v.fs, args[1:])); err != nil {
-		return ExitUsage
-	}
-	if v.output != "table" && v.output != "json" {
-		fmt.Fprintf(env.Stderr, "-o %q: use table or json\n", v.output)
-		return ExitUsage
-	}
-	v.client = &Client{Base: v.apiURL, Token: env.Getenv("CLOUD_SIM_TOKEN")}
-	err := run(ctx)
-	var ue usageError
-	switch {
-	case errors.As(err, &ue):
-		fmt.Fprintf(env.Stderr, "cloud-sim %s: %v\n", args[0], err)
-		return ExitUsage
-	case err != nil:
-		fmt.Fprintf(env.Stderr, "cloud-sim %s: %v\n", args[0], err)
-		return ExitFailed
-	}
-	return v.exit
-}
-
-type usageError string
-
-func (e usageError) Error() string { return string(e) }
-
+// verb is one client verb's flags and state: each command has its own.
 type verb struct {
 	env    Env
-	fs     *flag.FlagSet
 	client *Client
 	apiURL string
 	output string
+	args   []string // positional
 	exit   int
 
 	// target flags
-	gateways multi
+	gateways []string
 	tenant   string
 	selector string
 	group    string
 	all      bool
 	wait     time.Duration
 	expires  time.Duration
-	file     string
-	skip     bool
-	online   string
-	groups   multi
-	rmImage  bool
-	watch    bool
+
+	file    string
+	skip    bool
+	online  string
+	groups  []string
+	rmImage bool
+	watch   bool
 	// credentials
 	registry, username, ecrRegion, ecrKeyID, caFile, checkImage string
 	passwordStdin, ecrSecretStdin, issueTokens, requireTLS      bool
 	push                                                        bool
 }
 
-type multi []string
-
-func (m *multi) String() string     { return strings.Join(*m, ",") }
-func (m *multi) Set(s string) error { *m = append(*m, s); return nil }
-
-func (v *verb) setup(name string) {
-	fs := v.fs
-	target := func() {
-		fs.Var(&v.gateways, "gateway", "target gateway TENANT/ID (repeatable)")
-		fs.StringVar(&v.tenant, "tenant", "", "tenant of --selector, --group or --all")
-		fs.StringVar(&v.selector, "selector", "", "label selector: k=v,k!=v,k,!k")
-		fs.StringVar(&v.group, "group", "", "target a group")
-		fs.BoolVar(&v.all, "all", false, "target every gateway of --tenant")
-		fs.DurationVar(&v.wait, "wait", 5*time.Minute, "how long to wait for the final replies (0: do not wait)")
-		fs.DurationVar(&v.expires, "expires-in", 0, "gateways refuse the command when they get it later than this (0: never)")
+// command makes cmd a client verb: it gets --api and -o, and its RunE
+// calls run with the client built from them.
+func (v *verb) command(cmd *cobra.Command, run func(context.Context) error) *cobra.Command {
+	fs := cmd.Flags()
+	fs.StringVar(&v.apiURL, "api", or(v.env.Getenv("CLOUD_SIM_API"), defaultAPI), "cloud-sim serve API URL (or CLOUD_SIM_API)")
+	fs.StringVarP(&v.output, "output", "o", "table", "output: table or json (the API's JSON)")
+	cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if v.output != "table" && v.output != "json" {
+			return Usagef("-o %q: use table or json", v.output)
+		}
+		v.args = args
+		v.client = v.newClient()
+		if err := run(cmd.Context()); err != nil {
+			return err
+		}
+		if v.exit != ExitOK {
+			return exitCode(v.exit)
+		}
+		return nil
 	}
-	switch name {
-	case "gateways":
-		fs.StringVar(&v.tenant, "tenant", "", "only this tenant")
-		fs.StringVar(&v.selector, "selector", "", "label selector: k=v,k!=v,k,!k")
-		fs.StringVar(&v.group, "group", "", "only members of this group")
-		fs.StringVar(&v.online, "online", "", "true or false: only online or offline gateways")
-	case "provision":
-		fs.Var(&v.groups, "group", "group whose command topics the gateway may read (repeatable)")
-	case "deploy":
-		target()
-		fs.StringVar(&v.file, "f", "", "deployment spec, YAML or JSON (a protocol DeploymentSpec)")
-		fs.BoolVar(&v.skip, "skip-registry-check", false, "do not check the image and credential from the cloud first")
-	case "remove", "start", "stop", "restart":
-		target()
-		fs.BoolVar(&v.rmImage, "remove-image", false, "remove: also remove the image")
-	case "send":
-		target()
-		fs.StringVar(&v.file, "f", "", "protocol Command, JSON or YAML (- for stdin)")
-	case "set":
-		fs.StringVar(&v.tenant, "tenant", "", "tenant the credential belongs to")
-		fs.StringVar(&v.registry, "registry", "", "registry host[:port][/repository-prefix]")
-		fs.StringVar(&v.username, "username", "", "basic: username (_json_key for GCR/GAR service-account keys)")
-		fs.BoolVar(&v.passwordStdin, "password-stdin", false, "basic: read the password or token from stdin")
-		fs.StringVar(&v.ecrRegion, "ecr-region", "", "ecr: region (read from the host when it is an ECR host)")
-		fs.StringVar(&v.ecrKeyID, "ecr-access-key-id", "", "ecr: access key id")
-		fs.BoolVar(&v.ecrSecretStdin, "ecr-secret-stdin", false, "ecr: read the secret access key from stdin")
-		fs.BoolVar(&v.issueTokens, "issue-tokens", false, "ecr: gateways get 12-hour tokens issued by the controller, never the AWS keys")
-		fs.StringVar(&v.caFile, "ca-file", "", "PEM CA certificate of a registry with a private CA")
-		fs.BoolVar(&v.requireTLS, "require-tls", false, "gateways verify HTTPS themselves before each pull")
-		fs.StringVar(&v.checkImage, "check-image", "", "check this image with the credential first; refuse the credential if the registry does")
-		fs.BoolVar(&v.push, "push", false, "also send it, sealed, to the target gateways now")
-		fs.Var(&v.gateways, "gateway", "with --push: target gateway TENANT/ID (repeatable)")
-		fs.StringVar(&v.selector, "selector", "", "with --push: label selector")
-		fs.StringVar(&v.group, "group", "", "with --push: group")
-		fs.BoolVar(&v.all, "all", false, "with --push: every gateway of --tenant")
-		fs.DurationVar(&v.wait, "wait", 5*time.Minute, "with --push: how long to wait for replies")
-	case "list":
-		fs.StringVar(&v.tenant, "tenant", "", "only this tenant")
-	case "delete":
-		fs.StringVar(&v.tenant, "tenant", "", "tenant")
-		fs.StringVar(&v.registry, "registry", "", "registry scope to delete")
-	case "check-registry":
-		fs.StringVar(&v.tenant, "tenant", "", "tenant whose credential to use")
-	case "batch":
-		fs.DurationVar(&v.wait, "wait", 0, "wait up to this long for every final reply")
-	case "rollout":
-		fs.StringVar(&v.file, "f", "", "create: rollout spec, YAML or JSON")
-		fs.BoolVar(&v.watch, "watch", false, "status (and create): follow until the rollout ends")
-	}
+	return cmd
 }
 
-// reorder puts flags before positional arguments, so that
-// `cloud-sim stop --gateway x web --wait 1m` parses as people type it.
-func reorder(fs *flag.FlagSet, args []string) []string {
-	var flags, pos []string
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" {
-			pos = append(pos, args[i+1:]...)
-			break
-		}
-		if !strings.HasPrefix(a, "-") || a == "-" {
-			pos = append(pos, a)
-			continue
-		}
-		flags = append(flags, a)
-		name := strings.TrimLeft(a, "-")
-		if strings.Contains(name, "=") {
-			continue
-		}
-		if f := fs.Lookup(name); f != nil {
-			if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
-				continue
-			}
-			if i+1 < len(args) {
-				flags = append(flags, args[i+1])
-				i++
-			}
-		}
+func (v *verb) newClient() *Client {
+	return &Client{Base: v.apiURL, Token: v.env.Getenv("CLOUD_SIM_TOKEN")}
+}
+
+// NoArgs refuses positional arguments (a usage error), for commands that
+// take none.
+func NoArgs(_ *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return Usagef("unexpected argument %q", args[0])
 	}
-	return append(flags, pos...)
+	return nil
+}
+
+const targetHelp = `TARGET: --gateway TENANT/ID (repeatable), or --tenant T with --selector k=v,
+--group G or --all. The verb waits for every final reply (--wait) and exits
+1 if any gateway failed.`
+
+// targetFlags adds the flags that say which gateways a command goes to.
+func (v *verb) targetFlags(cmd *cobra.Command) {
+	fs := cmd.Flags()
+	fs.StringArrayVar(&v.gateways, "gateway", nil, "target gateway `TENANT/ID` (repeatable)")
+	fs.StringVar(&v.tenant, "tenant", "", "tenant of --selector, --group or --all")
+	fs.StringVar(&v.selector, "selector", "", "label selector: k=v,k!=v,k,!k")
+	fs.StringVar(&v.group, "group", "", "target a group")
+	fs.BoolVar(&v.all, "all", false, "target every gateway of --tenant")
+	fs.DurationVar(&v.wait, "wait", 5*time.Minute, "how long to wait for the final replies (0: do not wait)")
+	fs.DurationVar(&v.expires, "expires-in", 0, "gateways refuse the command when they get it later than this (0: never)")
+	v.completeGatewayFlags(cmd)
+}
+
+func gatewaysCmd(env Env) *cobra.Command {
+	v := &verb{env: env}
+	cmd := &cobra.Command{
+		Use:   "gateways [--tenant T] [--selector k=v,k!=v] [--group G] [--online true|false]",
+		Short: "List gateways",
+		Args:  NoArgs,
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&v.tenant, "tenant", "", "only this tenant")
+	fs.StringVar(&v.selector, "selector", "", "label selector: k=v,k!=v,k,!k")
+	fs.StringVar(&v.group, "group", "", "only members of this group")
+	fs.StringVar(&v.online, "online", "", "true or false: only online or offline gateways")
+	cmd.RegisterFlagCompletionFunc("online", cobra.FixedCompletions([]string{"true", "false"}, cobra.ShellCompDirectiveNoFileComp))
+	v.completeGatewayFlags(cmd)
+	return v.command(cmd, v.listGateways)
+}
+
+func gatewayCmd(env Env) *cobra.Command {
+	v := &verb{env: env}
+	cmd := &cobra.Command{
+		Use:               "gateway TENANT/ID",
+		Short:             "Show a gateway: state, engine, host, registries, deployments",
+		ValidArgsFunction: v.completeGatewayArg,
+	}
+	return v.command(cmd, v.gateway)
+}
+
+func provisionCmd(env Env) *cobra.Command {
+	v := &verb{env: env}
+	cmd := &cobra.Command{
+		Use:   "provision TENANT/ID [--group G]...",
+		Short: "Create a gateway's MQTT identity (prints its password)",
+	}
+	cmd.Flags().StringArrayVar(&v.groups, "group", nil, "group whose command topics the gateway may read (repeatable)")
+	return v.command(cmd, v.provision)
+}
+
+func deployCmd(env Env) *cobra.Command {
+	v := &verb{env: env}
+	cmd := &cobra.Command{
+		Use:     "deploy TARGET -f spec.yaml [--skip-registry-check]",
+		Short:   "Deploy a deployment spec to gateways",
+		Long:    "Deploy a deployment spec (a protocol DeploymentSpec, YAML or JSON) to gateways.\n\n" + targetHelp,
+		Example: "  cloud-sim deploy --tenant acme --selector site=berlin -f web.yaml",
+		Args:    NoArgs,
+	}
+	v.targetFlags(cmd)
+	cmd.Flags().StringVarP(&v.file, "file", "f", "", "deployment spec, YAML or JSON (a protocol DeploymentSpec; - for stdin)")
+	cmd.Flags().BoolVar(&v.skip, "skip-registry-check", false, "do not check the image and credential from the cloud first")
+	return v.command(cmd, v.deploy)
+}
+
+func lifecycleCmd(env Env, name string) *cobra.Command {
+	v := &verb{env: env}
+	cmd := &cobra.Command{
+		Use:   name + " TARGET NAME",
+		Short: map[string]string{"remove": "Remove", "start": "Start", "stop": "Stop", "restart": "Restart"}[name] + " a deployment on gateways",
+		Long:  map[string]string{"remove": "Remove", "start": "Start", "stop": "Stop", "restart": "Restart"}[name] + " the deployment NAME on gateways.\n\n" + targetHelp,
+	}
+	v.targetFlags(cmd)
+	if name == "remove" {
+		cmd.Flags().BoolVar(&v.rmImage, "remove-image", false, "also remove the image")
+	}
+	return v.command(cmd, v.lifecycle(name))
+}
+
+func sendCmd(env Env) *cobra.Command {
+	v := &verb{env: env}
+	cmd := &cobra.Command{
+		Use:   "send TARGET -f command.json",
+		Short: "Send any protocol Command (protojson) to gateways",
+		Long:  "Send any protocol Command, JSON (protojson) or YAML, to gateways.\n\n" + targetHelp,
+		Args:  NoArgs,
+	}
+	v.targetFlags(cmd)
+	cmd.Flags().StringVarP(&v.file, "file", "f", "", "protocol Command, JSON or YAML (- for stdin)")
+	return v.command(cmd, v.send)
+}
+
+func batchCmd(env Env) *cobra.Command {
+	v := &verb{env: env}
+	cmd := &cobra.Command{
+		Use:   "batch ID [--wait 5m]",
+		Short: "Show a sent batch and its outcomes",
+	}
+	cmd.Flags().DurationVar(&v.wait, "wait", 0, "wait up to this long for every final reply")
+	return v.command(cmd, v.batch)
 }
 
 func or(a, b string) string {
@@ -305,6 +238,7 @@ func (v *verb) listGateways(ctx context.Context) error {
 	if printed, err := v.fetch(ctx, "/v1/gateways?"+q.Encode(), &list); printed || err != nil {
 		return err
 	}
+	slices.SortFunc(list.Gateways, func(a, b *gatewayView) int { return compareGateways(a.Tenant, a.ID, b.Tenant, b.ID) })
 	tw := v.table()
 	fmt.Fprintln(tw, "TENANT\tGATEWAY\tSTATE\tSESSION\tAGENT\tENGINE\tDEPLOYMENTS\tLAST SEEN\tLABELS")
 	for _, g := range list.Gateways {
@@ -316,7 +250,7 @@ func (v *verb) listGateways(ctx context.Context) error {
 	return nil
 }
 
-func gatewayState(g *controller.Gateway) string {
+func gatewayState(g *gatewayView) string {
 	switch {
 	case g.Online && g.Stale:
 		return "stale"
@@ -328,7 +262,7 @@ func gatewayState(g *controller.Gateway) string {
 	return "offline"
 }
 
-func engineName(g *controller.Gateway) string {
+func engineName(g *gatewayView) string {
 	if g.Engine == nil {
 		return "-"
 	}
@@ -342,12 +276,12 @@ func engineName(g *controller.Gateway) string {
 	return s
 }
 
-func deploymentsSummary(g *controller.Gateway) string {
+func deploymentsSummary(g *gatewayView) string {
 	if len(g.Deployments) == 0 {
 		return "-"
 	}
 	var parts []string
-	for _, name := range slices.Sorted(maps.Keys(g.Deployments)) {
+	for _, name := range slices.SortedFunc(maps.Keys(g.Deployments), compareNatural) {
 		d := g.Deployments[name]
 		parts = append(parts, fmt.Sprintf("%s@%d:%s", name, d.Revision, d.Phase))
 	}
@@ -372,20 +306,20 @@ func ago(t time.Time) string {
 func splitGateway(s string) (string, string, error) {
 	t, id, ok := strings.Cut(s, "/")
 	if !ok || t == "" || id == "" {
-		return "", "", usageError(fmt.Sprintf("gateway %q: write TENANT/ID, e.g. acme/gw-1", s))
+		return "", "", Usagef("gateway %q: write TENANT/ID, e.g. acme/gw-1", s)
 	}
 	return t, id, nil
 }
 
 func (v *verb) gateway(ctx context.Context) error {
-	if v.fs.NArg() != 1 {
-		return usageError("give one gateway as TENANT/ID")
+	if len(v.args) != 1 {
+		return Usagef("give one gateway as TENANT/ID")
 	}
-	t, id, err := splitGateway(v.fs.Arg(0))
+	t, id, err := splitGateway(v.args[0])
 	if err != nil {
 		return err
 	}
-	var g controller.Gateway
+	var g gatewayView
 	if printed, err := v.fetch(ctx, "/v1/gateways/"+escape(t, id), &g); printed || err != nil {
 		return err
 	}
@@ -405,7 +339,7 @@ func (v *verb) gateway(ctx context.Context) error {
 	tw.Flush()
 	tw = v.table()
 	fmt.Fprintln(tw, "\nDEPLOYMENT\tREVISION\tPHASE\tHEALTH\tIMAGE\tMESSAGE")
-	for _, name := range slices.Sorted(maps.Keys(g.Deployments)) {
+	for _, name := range slices.SortedFunc(maps.Keys(g.Deployments), compareNatural) {
 		d := g.Deployments[name]
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", d.Name, d.Revision, d.Phase, or(d.Health, "-"), d.Image, d.Message)
 	}
@@ -414,10 +348,10 @@ func (v *verb) gateway(ctx context.Context) error {
 }
 
 func (v *verb) provision(ctx context.Context) error {
-	if v.fs.NArg() != 1 {
-		return usageError("give one gateway as TENANT/ID")
+	if len(v.args) != 1 {
+		return Usagef("give one gateway as TENANT/ID")
 	}
-	t, id, err := splitGateway(v.fs.Arg(0))
+	t, id, err := splitGateway(v.args[0])
 	if err != nil {
 		return err
 	}
@@ -435,26 +369,26 @@ func (v *verb) provision(ctx context.Context) error {
 }
 
 // target builds the request target from the flags.
-func (v *verb) target() (controller.Target, error) {
-	var t controller.Target
+func (v *verb) target() (target, error) {
+	var t target
 	for _, g := range v.gateways {
 		tenant, id, err := splitGateway(g)
 		if err != nil {
 			return t, err
 		}
 		if t.Tenant != "" && t.Tenant != tenant {
-			return t, usageError("every --gateway must be of one tenant")
+			return t, Usagef("every --gateway must be of one tenant")
 		}
 		t.Tenant = tenant
 		t.Gateways = append(t.Gateways, id)
 	}
 	if len(t.Gateways) == 0 {
 		if v.tenant == "" || (v.selector == "" && v.group == "" && !v.all) {
-			return t, usageError("say where: --gateway TENANT/ID, or --tenant T with --selector k=v, --group G or --all")
+			return t, Usagef("say where: --gateway TENANT/ID, or --tenant T with --selector k=v, --group G or --all")
 		}
 		t.Tenant, t.Selector, t.Group, t.All = v.tenant, v.selector, v.group, v.all
 	} else if v.tenant != "" && v.tenant != t.Tenant {
-		return t, usageError("--tenant differs from the --gateway tenant")
+		return t, Usagef("--tenant differs from the --gateway tenant")
 	}
 	return t, nil
 }
@@ -462,7 +396,7 @@ func (v *verb) target() (controller.Target, error) {
 // readDoc reads a YAML or JSON file (- for stdin) as JSON.
 func (v *verb) readDoc(path string) ([]byte, error) {
 	if path == "" {
-		return nil, usageError("-f FILE is required")
+		return nil, Usagef("-f FILE is required")
 	}
 	var data []byte
 	var err error
@@ -511,10 +445,10 @@ func (v *verb) lifecycle(name string) func(context.Context) error {
 		if err != nil {
 			return err
 		}
-		if v.fs.NArg() != 1 {
-			return usageError("give the deployment name")
+		if len(v.args) != 1 {
+			return Usagef("give the deployment name")
 		}
-		ref := &fleetv1.DeploymentRef{Name: v.fs.Arg(0), RemoveImage: v.rmImage}
+		ref := &fleetv1.DeploymentRef{Name: v.args[0], RemoveImage: v.rmImage}
 		cmd := &fleetv1.Command{}
 		switch name {
 		case "remove":
@@ -544,7 +478,7 @@ func (v *verb) send(ctx context.Context) error {
 
 // sendAndWait posts the command, then follows the batch until every
 // gateway has answered or --wait passes, drawing progress on stderr.
-func (v *verb) sendAndWait(ctx context.Context, t controller.Target, cmd *fleetv1.Command) error {
+func (v *verb) sendAndWait(ctx context.Context, t target, cmd *fleetv1.Command) error {
 	body, err := protojson.Marshal(cmd)
 	if err != nil {
 		return err
@@ -553,7 +487,7 @@ func (v *verb) sendAndWait(ctx context.Context, t controller.Target, cmd *fleetv
 	if v.expires > 0 {
 		req.ExpiresIn = v.expires.String()
 	}
-	var b controller.BatchView
+	var b batchView
 	if err := v.client.Do(ctx, "POST", "/v1/commands", req, &b, nil); err != nil {
 		return err
 	}
@@ -565,11 +499,11 @@ func (v *verb) sendAndWait(ctx context.Context, t controller.Target, cmd *fleetv
 
 func (v *verb) follow(ctx context.Context, id string, wait time.Duration) error {
 	deadline := time.Now().Add(wait)
-	var b controller.BatchView
+	var b batchView
 	var raw []byte
 	p := progress{w: v.env.Stderr, interactive: v.env.Interactive}
 	for {
-		b = controller.BatchView{} // decoding into a used map would keep old counts
+		b = batchView{} // decoding into a used map would keep old counts
 		step := min(time.Until(deadline), 500*time.Millisecond).Truncate(time.Millisecond)
 		path := "/v1/batches/" + escape(id)
 		if step > 0 {
@@ -601,10 +535,12 @@ func (v *verb) follow(ctx context.Context, id string, wait time.Duration) error 
 	return nil
 }
 
-func (v *verb) batchTable(b *controller.BatchView) {
+func (v *verb) batchTable(b *batchView) {
 	tw := v.table()
 	fmt.Fprintln(tw, "GATEWAY\tVERB\tSTATE\tCODE\tMESSAGE")
-	for _, c := range b.Commands {
+	cmds := slices.Clone(b.Commands)
+	slices.SortStableFunc(cmds, func(a, b *command) int { return compareGateways(a.Tenant, a.Gateway, b.Tenant, b.Gateway) })
+	for _, c := range cmds {
 		st := c.State
 		if c.OfflineWhenSent && !c.Final() {
 			st += " (offline: queued at the broker)"
@@ -628,10 +564,10 @@ func oneLine(s string) string {
 }
 
 func (v *verb) batch(ctx context.Context) error {
-	if v.fs.NArg() != 1 {
-		return usageError("give the batch id")
+	if len(v.args) != 1 {
+		return Usagef("give the batch id")
 	}
-	return v.follow(ctx, v.fs.Arg(0), v.wait)
+	return v.follow(ctx, v.args[0], v.wait)
 }
 
 // progress draws "[#####-----] 12/40 answered, 1 failed" on a terminal,
@@ -643,10 +579,10 @@ type progress struct {
 	drawn       bool
 }
 
-func (p *progress) draw(b *controller.BatchView) {
+func (p *progress) draw(b *batchView) {
 	total := len(b.Commands)
-	done := total - b.Counts[controller.StatePending] - b.Counts[controller.StateAccepted]
-	p.show(done, total, fmt.Sprintf("answered, %d failed, %d pending", b.Failed, b.Counts[controller.StatePending]), b.Done)
+	done := total - b.Counts[statePending] - b.Counts[stateAccepted]
+	p.show(done, total, fmt.Sprintf("answered, %d failed, %d pending", b.Failed, b.Counts[statePending]), b.Done)
 }
 
 // show draws "[####------] done/total detail": in place on a terminal,
@@ -672,144 +608,4 @@ func (p *progress) end() {
 	if p.drawn {
 		fmt.Fprintln(p.w)
 	}
-}
-
-func (v *verb) credSet(ctx context.Context) error {
-	if v.tenant == "" || v.registry == "" {
-		return usageError("--tenant and --registry are required")
-	}
-	cr := &fleetv1.Credential{Registry: v.registry, RequireTls: v.requireTLS}
-	readSecret := func() (string, error) {
-		b, err := io.ReadAll(v.env.Stdin)
-		return strings.TrimRight(string(b), "\r\n"), err
-	}
-	switch {
-	case v.username != "":
-		if !v.passwordStdin {
-			return usageError("--username needs --password-stdin: passwords are never taken on the command line")
-		}
-		pw, err := readSecret()
-		if err != nil {
-			return err
-		}
-		cr.Kind = &fleetv1.Credential_Basic{Basic: &fleetv1.BasicAuth{Username: v.username, Password: pw}}
-	case v.ecrRegion != "" || v.ecrKeyID != "":
-		e := &fleetv1.EcrAuth{Region: v.ecrRegion, AccessKeyId: v.ecrKeyID}
-		if v.ecrSecretStdin {
-			s, err := readSecret()
-			if err != nil {
-				return err
-			}
-			e.SecretAccessKey = s
-		}
-		cr.Kind = &fleetv1.Credential_Ecr{Ecr: e}
-	default:
-		cr.Kind = &fleetv1.Credential_Anonymous{Anonymous: &fleetv1.Anonymous{}}
-	}
-	if v.caFile != "" {
-		pem, err := os.ReadFile(v.caFile)
-		if err != nil {
-			return err
-		}
-		cr.CaCertificate = string(pem)
-	}
-	body, err := protojson.Marshal(cr)
-	if err != nil {
-		return err
-	}
-	var view controller.CredentialView
-	var raw []byte
-	err = v.client.Do(ctx, "PUT", "/v1/tenants/"+escape(v.tenant)+"/credentials",
-		api.CredentialRequest{Credential: body, IssueTokens: v.issueTokens, CheckImage: v.checkImage}, &view, &raw)
-	if err != nil {
-		return err
-	}
-	if v.output == "json" && !v.push {
-		v.printJSON(raw)
-	} else if v.output != "json" {
-		fmt.Fprintf(v.env.Stdout, "credential for %s stored (%s, fingerprint %s)\n", view.Registry, view.Kind, view.Fingerprint)
-	}
-	if !v.push {
-		return nil
-	}
-	// Pushing sends the stored credential (or the token issued from it),
-	// sealed to each gateway by the controller.
-	t, err := v.target()
-	if err != nil {
-		return err
-	}
-	var b controller.BatchView
-	if err := v.client.Do(ctx, "POST", "/v1/tenants/"+escape(v.tenant)+"/credentials/push",
-		api.PushRequest{Target: t, Registry: view.Registry}, &b, nil); err != nil {
-		return err
-	}
-	for _, w := range b.Warnings {
-		fmt.Fprintln(v.env.Stderr, "warning:", w)
-	}
-	return v.follow(ctx, b.ID, v.wait)
-}
-
-func (v *verb) credList(ctx context.Context) error {
-	if v.tenant == "" {
-		return usageError("--tenant is required")
-	}
-	var out struct {
-		Credentials []controller.CredentialView `json:"credentials"`
-	}
-	if printed, err := v.fetch(ctx, "/v1/tenants/"+escape(v.tenant)+"/credentials", &out); printed || err != nil {
-		return err
-	}
-	tw := v.table()
-	fmt.Fprintln(tw, "REGISTRY\tKIND\tUSERNAME\tFINGERPRINT\tTOKEN EXPIRES\tLAST CHECK")
-	for _, c := range out.Credentials {
-		check := "-"
-		if c.LastCheck != nil {
-			check = or(c.LastCheck.Code, "OK") + " " + c.LastCheck.Image
-		}
-		exp := "-"
-		if !c.TokenExpiresAt.IsZero() {
-			exp = c.TokenExpiresAt.Format(time.RFC3339)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.Registry, c.Kind, or(c.Username, "-"), or(c.Fingerprint, "-"), exp, check)
-	}
-	tw.Flush()
-	return nil
-}
-
-func (v *verb) credDelete(ctx context.Context) error {
-	if v.tenant == "" || v.registry == "" {
-		return usageError("--tenant and --registry are required")
-	}
-	if err := v.client.Do(ctx, "DELETE", "/v1/tenants/"+escape(v.tenant)+"/credentials/"+v.registry, nil, nil, nil); err != nil {
-		return err
-	}
-	fmt.Fprintf(v.env.Stdout, "credential for %s deleted (gateways keep theirs until sent delete-credentials)\n", v.registry)
-	return nil
-}
-
-func (v *verb) checkRegistry(ctx context.Context) error {
-	if v.tenant == "" || v.fs.NArg() != 1 {
-		return usageError("give --tenant T and one IMAGE")
-	}
-	var res controller.CheckResult
-	var raw []byte
-	if err := v.client.Do(ctx, "POST", "/v1/tenants/"+escape(v.tenant)+"/check-registry", map[string]string{"image": v.fs.Arg(0)}, &res, &raw); err != nil {
-		return err
-	}
-	if v.output == "json" {
-		v.printJSON(raw)
-	} else {
-		tw := v.table()
-		fmt.Fprintf(tw, "image\t%s\n", res.Image)
-		fmt.Fprintf(tw, "credential\t%s\n", or(res.Registry, "none (anonymous)"))
-		for _, k := range slices.Sorted(maps.Keys(res.Check)) {
-			fmt.Fprintf(tw, "%s\t%v\n", k, res.Check[k])
-		}
-		fmt.Fprintf(tw, "result\t%s %s\n", or(res.Code, "OK"), res.Message)
-		tw.Flush()
-	}
-	if !res.OK {
-		v.exit = ExitFailed
-	}
-	return nil
 }

@@ -1,35 +1,43 @@
-// Package controller is the fleet controller: the inventory of gateways
-// built from their births, deaths and statuses; commands to one gateway, a
-// list or a label selector, recorded with their outcomes; registry
-// credentials per tenant, sealed to each gateway when sent; and the MQTT
-// identities gateways connect with. Its state lives in NATS JetStream
-// (package state), so a restarted controller loses nothing.
+// Package controller wires the fleet controller's parts together: the
+// inventory (package inventory), commands and their outcomes (dispatch),
+// rollouts (rollout), the tenants' registry credentials (tenantcred) and
+// the gateways' MQTT identities (identity). It connects them to the broker
+// and runs their background work; the parts keep their state in NATS
+// JetStream (package state), so a restarted controller loses nothing.
 package controller
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/fleet-agent/fleet/agent/secrets"
+	"github.com/fleet-agent/fleet/cloud-sim/changes"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
+	"github.com/fleet-agent/fleet/cloud-sim/identity"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
+	"github.com/fleet-agent/fleet/cloud-sim/rollout"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/cloud-sim/tenantcred"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/protocol/codec"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
 // Config configures a Controller.
 type Config struct {
 	Store *state.Store
-	// Keys encrypts credentials at rest (its AES key; replicas sharing a
-	// NATS cluster must share it).
-	Keys *secrets.Keys
+	// Keys encrypts credentials and command payloads at rest (replicas
+	// sharing a NATS cluster must share it).
+	Keys *credential.Keys
+	// Identities are the gateways' MQTT identities; the embedded broker
+	// authenticates with them (a new set from Store when nil).
+	Identities *identity.Identities
 
 	BrokerURL *url.URL
 	// ID is the controller's MQTT client id and reply-topic level; stable,
@@ -47,52 +55,33 @@ type Config struct {
 	// store (2 s when zero: the broker retains what they come from);
 	// command outcomes are written every 250 ms, credentials at once.
 	FlushInterval time.Duration
-	// ControllerPassword, when set, lets a client log in to an embedded
-	// broker as the controller with username ControllerUser.
-	ControllerPassword []byte
 	// APIURL is this replica's API, named in the scheduler lease so that
 	// followers can point at the leader.
 	APIURL string
 	// Retention is how long finished commands and rollouts are kept
 	// (DefaultRetention when zero); older ones are forgotten hourly.
 	Retention time.Duration
-	// CertsDir holds the registry certificates of cloud-side checks (a
-	// temporary directory when empty).
-	CertsDir string
 
 	Logger *slog.Logger
 	Now    func() time.Time
 }
 
-// ControllerUser is the MQTT username of the controller on the embedded broker.
-const ControllerUser = "controller"
-
-// Controller is a running fleet controller.
+// Controller is a running fleet controller. Each part has its own lock;
+// the Controller itself holds none.
 type Controller struct {
 	cfg   Config
 	log   *slog.Logger
 	store *state.Store
+	hub   *changes.Hub
 	con   *console.Console
-	hub   hub
 
-	mu       sync.Mutex
-	gateways map[string]*Gateway // by state.Key(tenant, id)
-	dirty    map[string]struct{}
-	ingested uint64
-	devices  map[string]*Device // by username "tenant/id"
-	commands map[string]*commandRecord
-	// dirtyCmds are commands changed since the last flush.
-	dirtyCmds map[string]struct{}
-	batches   map[string]*Batch
-	creds     map[string]*Credential // by state.Key(tenant, scope)
-	rollouts  map[string]*rolloutRun
-	// lastSpecs is the last spec deployed to each gateway's deployment
-	// (by specKey), what a rollback deploys again.
-	lastSpecs  map[string]json.RawMessage
-	dirtySpecs map[string]struct{}
-	stopWork   func()
-	leader     atomic.Bool // holds the rollout scheduler lease
+	inv   *inventory.Inventory
+	ids   *identity.Identities
+	disp  *dispatch.Dispatcher
+	sched *rollout.Scheduler
+	creds *tenantcred.Credentials
 
+	stopWork  func()
 	stop      chan struct{}
 	done      sync.WaitGroup
 	closeOnce sync.Once
@@ -103,11 +92,39 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if cfg.Store == nil || cfg.Keys == nil {
 		return nil, errors.New("controller: Store and Keys are required")
 	}
+	cfg = withDefaults(cfg)
+	c := &Controller{cfg: cfg, log: cfg.Logger, store: cfg.Store, hub: new(changes.Hub), stop: make(chan struct{})}
+	c.inv = inventory.New(inventory.Config{StaleAfter: cfg.StaleAfter, Changes: c.hub, Now: cfg.Now})
+	if err := c.inv.Load(ctx, cfg.Store); err != nil {
+		return nil, err
+	}
+	var err error
+	if c.ids = cfg.Identities; c.ids == nil {
+		if c.ids, err = identity.New(ctx, identity.Config{Store: cfg.Store, ControllerID: cfg.ID, Now: cfg.Now}); err != nil {
+			return nil, err
+		}
+	}
+	if c.disp, err = dispatch.New(dispatch.Config{Store: cfg.Store, Cipher: cfg.Keys, Changes: c.hub, Logger: c.log, Now: cfg.Now}); err != nil {
+		return nil, err
+	}
+	if err := c.disp.Load(ctx); err != nil {
+		return nil, err
+	}
+	if c.creds, err = tenantcred.New(ctx, tenantcred.Config{Store: cfg.Store, Keys: cfg.Keys, Changes: c.hub, Logger: c.log, Now: cfg.Now}); err != nil {
+		return nil, err
+	}
+	c.sched, err = rollout.New(ctx, rollout.Config{Store: cfg.Store, ID: cfg.ID, APIURL: cfg.APIURL, Fleet: c.inv, Commands: c.disp,
+		Changes: c.hub, Logger: c.log, Now: cfg.Now})
+	if err != nil {
+		return nil, err
+	}
+	c.log.Info("controller state loaded", "gateways", c.inv.Len(), "devices", c.ids.Len(), "commands", c.disp.Len(), "credentials", c.creds.Len())
+	return c, nil
+}
+
+func withDefaults(cfg Config) Config {
 	if cfg.ID == "" {
 		cfg.ID = "controller"
-	}
-	if cfg.StaleAfter <= 0 {
-		cfg.StaleAfter = 2 * time.Minute
 	}
 	if cfg.Retention <= 0 {
 		cfg.Retention = DefaultRetention
@@ -121,60 +138,16 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	c := &Controller{cfg: cfg, log: cfg.Logger, store: cfg.Store,
-		gateways: map[string]*Gateway{}, dirty: map[string]struct{}{}, devices: map[string]*Device{},
-		commands: map[string]*commandRecord{}, dirtyCmds: map[string]struct{}{},
-		rollouts: map[string]*rolloutRun{}, lastSpecs: map[string]json.RawMessage{}, dirtySpecs: map[string]struct{}{}, batches: map[string]*Batch{}, creds: map[string]*Credential{},
-		stop: make(chan struct{})}
-	load := func(b state.Bucket, fn func(key string, raw []byte) error) error {
-		if err := cfg.Store.Each(ctx, b, fn); err != nil {
-			return fmt.Errorf("controller: load %s: %w", b, err)
-		}
-		return nil
-	}
-	err := errors.Join(
-		load(state.Gateways, func(k string, raw []byte) error { return decodeInto(raw, k, c.gateways) }),
-		load(state.Devices, func(_ string, raw []byte) error {
-			var d Device
-			if err := json.Unmarshal(raw, &d); err != nil {
-				return err
-			}
-			c.devices[d.Tenant+"/"+d.ID] = &d
-			return nil
-		}),
-		load(state.Commands, func(_ string, raw []byte) error { return c.loadCommand(raw) }),
-		load(state.Credentials, func(k string, raw []byte) error { return decodeInto(raw, k, c.creds) }),
-	)
-	if err == nil {
-		c.rollouts, c.lastSpecs, err = c.readRollouts(ctx)
-	}
-	if err != nil {
-		return nil, err
-	}
-	c.log.Info("controller state loaded", "gateways", len(c.gateways), "devices", len(c.devices), "commands", len(c.commands), "credentials", len(c.creds))
-	return c, nil
+	return cfg
 }
-
-func decodeInto[T any](raw []byte, key string, m map[string]*T) error {
-	v := new(T)
-	if err := json.Unmarshal(raw, v); err != nil {
-		return err
-	}
-	m[key] = v
-	return nil
-}
-
-// SetBroker sets the broker to connect to, before Start: an embedded
-// broker authenticates clients with the controller, so it starts after it.
-func (c *Controller) SetBroker(u *url.URL) { c.cfg.BrokerURL = u }
-
-// SetAPIURL names this replica's API in the scheduler lease, before Start.
-func (c *Controller) SetAPIURL(u string) { c.cfg.APIURL = u }
 
 // Start connects to the broker with a persistent session, so that replies
 // and births published while the controller was down reach it, and starts
 // the background work. ctx bounds the connection attempt.
 func (c *Controller) Start(ctx context.Context) error {
+	if c.cfg.BrokerURL == nil {
+		return errors.New("controller: BrokerURL is required")
+	}
 	con, err := console.Dial(ctx, console.Config{
 		BrokerURL: c.cfg.BrokerURL, ID: c.cfg.ID, Username: c.cfg.Username, Password: c.cfg.Password,
 		Scheme: c.cfg.Scheme, Encoding: c.cfg.Encoding, Watch: c.Ingest, SessionExpiry: 7 * 24 * time.Hour, LatestOnly: true, Logger: c.log,
@@ -182,23 +155,21 @@ func (c *Controller) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
-	c.con = con
-	go c.resendUnfinished(context.WithoutCancel(ctx))
-	if held, err := c.store.Acquire(ctx, "rollout-scheduler", c.cfg.ID, c.cfg.APIURL, c.cfg.Now(), leaseTTL); err == nil && held {
-		c.leader.Store(true) // the rollouts New loaded are current
-	}
+	c.disp.Start(con)
 	if c.stopWork, err = c.store.Consume(ctx, 64, c.work); err != nil {
+		c.disp.Close()
 		con.Close()
 		return fmt.Errorf("controller: %w", err)
 	}
-	c.done.Add(3)
+	c.con = con // started: Close stops the parts
+	c.sched.Start(ctx)
+	c.done.Add(2)
 	go c.flushLoop()
 	go c.tokenLoop()
-	go c.rolloutLoop()
 	return nil
 }
 
-// Close stops the background work, writes pending inventory changes and
+// Close stops the background work, writes pending changes and
 // disconnects.
 func (c *Controller) Close() error {
 	first := false
@@ -208,24 +179,55 @@ func (c *Controller) Close() error {
 	}
 	close(c.stop)
 	c.done.Wait()
-	if c.stopWork != nil {
-		c.stopWork()
-	}
 	var err error
 	if c.con != nil {
+		c.sched.Close()
+		c.stopWork()
+		c.disp.Close()
 		err = c.con.Close()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return errors.Join(err, c.flush(ctx))
+	return errors.Join(err, c.flush(ctx, true))
+}
+
+// Ingest applies one publication from a gateway to the inventory or, for
+// a reply, to its command. The controller calls it for everything it
+// receives; benchmarks and tests call it directly.
+func (c *Controller) Ingest(r console.Received) {
+	t := r.Topic
+	if t.Kind == topic.Reply {
+		if rep, ok := r.Message.(*fleetv1.Reply); ok {
+			c.reply(t.Tenant, t.Gateway, rep, r.At)
+		}
+		return
+	}
+	if r.Err != nil {
+		c.log.Debug("undecodable publication", "topic", r.Name, "err", r.Err)
+		return
+	}
+	c.inv.Apply(r)
+}
+
+// reply applies a gateway's reply to its command; a set-credentials that
+// succeeded updates what the inventory says the gateway holds.
+func (c *Controller) reply(tenant, gw string, rep *fleetv1.Reply, at time.Time) {
+	cmd, matched := c.disp.Reply(tenant, gw, rep, at)
+	if !matched {
+		return
+	}
+	c.inv.Touch(tenant, gw, at)
+	if cmd.State == dispatch.Succeeded && cmd.Verb == string(topic.SetCredentials) {
+		c.inv.NoteCredentials(tenant, gw, cmd.Credentials)
+	}
 }
 
 // Ingested is how many gateway publications the controller has applied.
-func (c *Controller) Ingested() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.ingested
-}
+func (c *Controller) Ingested() uint64 { return c.inv.Ingested() }
+
+// Subscribe returns a subscription to fleet changes with room for buffer
+// changes.
+func (c *Controller) Subscribe(buffer int) *changes.Subscription { return c.hub.Subscribe(buffer) }
 
 func (c *Controller) flushLoop() {
 	defer c.done.Done()
@@ -252,60 +254,23 @@ func (c *Controller) flushLoop() {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if err := c.flushSome(ctx, withInventory); err != nil {
+		if err := c.flush(ctx, withInventory); err != nil {
 			c.log.Error("state not saved; will retry", "err", err)
 		}
 		cancel()
 	}
 }
 
-// flush writes the gateways and commands changed since the last flush.
-// Births, deaths and statuses are retained at the broker, so what a crash
-// loses of them between two flushes comes back when the controller
-// resubscribes; a reply lost that way comes back when the controller sends
-// the unfinished command again on start (resendUnfinished).
-func (c *Controller) flush(ctx context.Context) error { return c.flushSome(ctx, true) }
-
-func (c *Controller) flushSome(ctx context.Context, withInventory bool) error {
-	c.mu.Lock()
-	if (len(c.dirty) == 0 || !withInventory) && len(c.dirtyCmds) == 0 {
-		c.mu.Unlock()
-		return nil
-	}
-	gws := make(map[string]any, len(c.dirty))
+// flush writes the commands and rollouts changed since the last flush,
+// and the inventory's changes too when withInventory. Births, deaths and
+// statuses are retained at the broker, so what a crash loses of them
+// between two flushes comes back when the controller resubscribes; a
+// reply lost that way comes back when the dispatcher sends the unfinished
+// command again on start.
+func (c *Controller) flush(ctx context.Context, withInventory bool) error {
+	var errInv error
 	if withInventory {
-		for k := range c.dirty {
-			if g := c.gateways[k]; g != nil {
-				gws[k] = g.clone()
-			}
-		}
-		c.dirty = map[string]struct{}{}
+		errInv = c.inv.Flush(ctx, c.store)
 	}
-	cmds := make(map[string]any, len(c.dirtyCmds))
-	ids := make([]string, 0, len(c.dirtyCmds))
-	for id := range c.dirtyCmds {
-		if rec := c.commands[id]; rec != nil {
-			cp := *rec
-			cmds[state.Key("cmd", id)] = &cp
-			ids = append(ids, id)
-		}
-	}
-	gwKeys := make([]string, 0, len(gws))
-	for k := range gws {
-		gwKeys = append(gwKeys, k)
-	}
-	c.dirtyCmds = map[string]struct{}{}
-	c.mu.Unlock()
-	err := errors.Join(c.store.PutMany(ctx, state.Gateways, gws), c.store.PutMany(ctx, state.Commands, cmds), c.flushRollouts(ctx))
-	if err != nil {
-		c.mu.Lock()
-		for _, k := range gwKeys {
-			c.dirty[k] = struct{}{}
-		}
-		for _, id := range ids {
-			c.dirtyCmds[id] = struct{}{}
-		}
-		c.mu.Unlock()
-	}
-	return err
+	return errors.Join(errInv, c.disp.Flush(ctx), c.sched.Flush(ctx))
 }

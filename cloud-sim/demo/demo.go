@@ -29,6 +29,7 @@ import (
 	"github.com/fleet-agent/fleet/agent/gateway"
 	"github.com/fleet-agent/fleet/cloud-sim/cli"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/internal/backoff"
@@ -52,82 +53,125 @@ const (
 func Run(ctx context.Context, out io.Writer, log *slog.Logger, opts Options) error {
 	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer cancel()
-	step := func(format string, args ...any) { fmt.Fprintf(out, "\n==> "+format+"\n", args...) }
-	runID := randomHex(4)
-
-	docker, dockerErr := dockerAvailable(ctx)
-	if dockerErr != nil {
-		step("Docker Engine not available (%v): running the simulated part only", dockerErr)
-	} else {
-		defer docker.Close()
-	}
-
-	dataDir, err := os.MkdirTemp("", "cloud-sim-demo-")
-	if err != nil {
+	d := &run{out: out, log: log, opts: opts, runID: randomHex(4), regPass: randomHex(12)}
+	defer d.close()
+	if err := d.start(ctx); err != nil {
 		return err
 	}
-	defer os.RemoveAll(dataDir)
-	regPass := randomHex(12)
-	s, err := serve.Start(ctx, serve.Config{
-		DataDir: dataDir, MQTTListen: "127.0.0.1:0", NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
-		Scheme: topic.Default(), Logger: log,
-		Sim: simfleet.Config{Count: opts.SimCount, Tenant: tenant, Prefix: "sim-", PullTime: 300 * time.Millisecond},
+	if err := d.deploy(ctx); err != nil {
+		return err
+	}
+	d.step("cleaning up: removing the deployment everywhere")
+	if code := d.cli(ctx, "", "remove", "--tenant", tenant, "--all", deployment, "--remove-image", "--wait", "2m"); code != 0 {
+		return fmt.Errorf("remove failed on some gateway (exit %d)", code)
+	}
+	d.step("demo finished")
+	return nil
+}
+
+// run is one run of the demo: what it started, and how to stop it.
+type run struct {
+	out     io.Writer
+	log     *slog.Logger
+	opts    Options
+	runID   string
+	regPass string
+
+	docker  *dockerclient.Client // nil without an engine
+	dataDir string
+	serve   *serve.Server
+	reg     *serve.RunningRegistry
+	image   string
+	closers []func() // in reverse order by close
+}
+
+func (d *run) step(format string, args ...any) { fmt.Fprintf(d.out, "\n==> "+format+"\n", args...) }
+
+func (d *run) close() {
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		d.closers[i]()
+	}
+}
+
+// cli runs a client verb against the demo's API, as an operator would.
+func (d *run) cli(ctx context.Context, stdin string, args ...string) int {
+	env := cli.Env{Stdout: d.out, Stderr: d.out, Getenv: func(string) string { return "" }, Stdin: strings.NewReader(stdin)}
+	fmt.Fprintf(d.out, "$ cloud-sim %s\n", strings.Join(args, " "))
+	return cli.Run(ctx, env, append(args, "--api", d.serve.APIURL))
+}
+
+// start starts serve, the private registry with the sample image, the real
+// agent (when there is an engine) and the simulated gateways, and waits
+// until every gateway is online.
+func (d *run) start(ctx context.Context) error {
+	docker, dockerErr := dockerAvailable(ctx)
+	if dockerErr != nil {
+		d.step("Docker Engine not available (%v): running the simulated part only", dockerErr)
+	} else {
+		d.docker = docker
+		d.closers = append(d.closers, func() { docker.Close() })
+	}
+	var err error
+	if d.dataDir, err = os.MkdirTemp("", "cloud-sim-demo-"); err != nil {
+		return err
+	}
+	d.closers = append(d.closers, func() { os.RemoveAll(d.dataDir) })
+	d.serve, err = serve.Start(ctx, serve.Config{
+		DataDir: d.dataDir, MQTTListen: "127.0.0.1:0", NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
+		Scheme: topic.Default(), Logger: d.log,
+		Sim: simfleet.Config{Count: d.opts.SimCount, Tenant: tenant, Prefix: "sim-", PullTime: 300 * time.Millisecond},
 	})
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	step("cloud-sim serving: MQTT %s (per-gateway passwords and ACL), NATS JetStream %s, HTTP API %s", s.BrokerURL, s.Store.URL(), s.APIURL)
+	d.closers = append(d.closers, func() { d.serve.Close() })
+	d.step("cloud-sim serving: MQTT %s (per-gateway passwords and ACL), NATS JetStream %s, HTTP API %s", d.serve.BrokerURL, d.serve.Store.URL(), d.serve.APIURL)
 
 	regs, err := serve.StartRegistries(ctx, []serve.RegistrySpec{{
-		Name: "private", Auth: "basic", Users: map[string]string{regUser: regPass},
-		Images: []serve.ImageSpec{{Repo: "demo/web", Tag: "1.0", Sample: "web", Message: "hello from the fleet (" + runID + ")"}},
-	}}, log)
+		Name: "private", Auth: "basic", Users: map[string]string{regUser: d.regPass},
+		Images: []serve.ImageSpec{{Repo: "demo/web", Tag: "1.0", Sample: "web", Message: "hello from the fleet (" + d.runID + ")"}},
+	}}, d.log)
 	for _, r := range regs {
-		defer r.Server.Close()
+		d.closers = append(d.closers, func() { r.Server.Close() })
 	}
 	if err != nil {
 		return fmt.Errorf("sample image: %w", err)
 	}
-	reg := regs["private"]
-	image := reg.Images[0]
-	step("private registry at %s (Basic auth) holds the sample web image %s", reg.Server.URL, image)
+	d.reg = regs["private"]
+	d.image = d.reg.Images[0]
+	d.step("private registry at %s (Basic auth) holds the sample web image %s", d.reg.Server.URL, d.image)
 
-	clientEnv := cli.Env{Stdout: out, Stderr: out, Getenv: func(string) string { return "" }}
-	cliRun := func(stdin string, args ...string) int {
-		env := clientEnv
-		env.Stdin = strings.NewReader(stdin)
-		fmt.Fprintf(out, "$ cloud-sim %s\n", strings.Join(args, " "))
-		return cli.Run(ctx, env, append(args, "--api", s.APIURL))
-	}
-
-	want := opts.SimCount
-	if dockerErr == nil {
-		stop, err := startAgent(ctx, s, docker, dataDir, runID, log)
+	want := d.opts.SimCount
+	if d.docker != nil {
+		stop, err := startAgent(ctx, d.serve, d.docker, d.dataDir, d.runID, d.log)
 		if err != nil {
 			return err
 		}
-		defer stop()
-		defer removeDemoContainers(docker, runID)
+		d.closers = append(d.closers, stop, func() { removeDemoContainers(d.docker, d.runID) })
 		want++
-		step("fleet-agent %s/%s started on the local Docker Engine, and %d simulated gateways", tenant, realID, opts.SimCount)
+		d.step("fleet-agent %s/%s started on the local Docker Engine, and %d simulated gateways", tenant, realID, d.opts.SimCount)
 	} else {
-		step("%d simulated gateways started", opts.SimCount)
+		d.step("%d simulated gateways started", d.opts.SimCount)
 	}
-	if err := waitOnline(ctx, s.Controller, want); err != nil {
+	if err := waitOnline(ctx, d.serve.Controller, want); err != nil {
 		return err
 	}
-	if cliRun("", "gateways", "--tenant", tenant) != 0 {
+	if d.cli(ctx, "", "gateways", "--tenant", tenant) != 0 {
 		return errors.New("gateways: listing failed")
 	}
+	return nil
+}
 
-	step("storing the registry credential for the tenant, checked against the registry first")
-	if cliRun(regPass+"\n", "credentials", "set", "--tenant", tenant, "--registry", reg.Server.Host,
-		"--username", regUser, "--password-stdin", "--check-image", image) != 0 {
+// deploy stores the credential, deploys the sample image everywhere, shows
+// the inventory and asks the real container for its page.
+func (d *run) deploy(ctx context.Context) error {
+	d.step("storing the registry credential for the tenant, checked against the registry first")
+	if d.cli(ctx, d.regPass+"\n", "credentials", "set", "--tenant", tenant, "--registry", d.reg.Server.Host,
+		"--username", regUser, "--password-stdin", "--check-image", d.image) != 0 {
 		return errors.New("credentials set failed")
 	}
 
-	specFile := filepath.Join(dataDir, "web.yaml")
+	specFile := filepath.Join(d.dataDir, "web.yaml")
 	spec := fmt.Sprintf(`name: %s
 revision: 1
 image: %s
@@ -135,38 +179,32 @@ env: {PORT: "8080"}
 ports:
   - {containerPort: 8080, hostIp: 127.0.0.1}
 labels: {io.fleet-agent.demo: %q}
-`, deployment, image, runID)
+`, deployment, d.image, d.runID)
 	if err := os.WriteFile(specFile, []byte(spec), 0o600); err != nil {
 		return err
 	}
-	step("deploying %s to every gateway of tenant %s; the credential goes first, sealed to each gateway's key\n%s", image, tenant, spec)
-	if code := cliRun("", "deploy", "--tenant", tenant, "--all", "-f", specFile, "--wait", "3m"); code != 0 {
+	d.step("deploying %s to every gateway of tenant %s; the credential goes first, sealed to each gateway's key\n%s", d.image, tenant, spec)
+	if code := d.cli(ctx, "", "deploy", "--tenant", tenant, "--all", "-f", specFile, "--wait", "3m"); code != 0 {
 		return fmt.Errorf("deploy failed on some gateway (exit %d)", code)
 	}
 
-	step("inventory and deployments")
-	cliRun("", "gateways", "--tenant", tenant)
-
-	if dockerErr == nil {
-		port, err := hostPort(ctx, docker, runID)
-		if err != nil {
-			return err
-		}
-		body, err := httpGet(ctx, fmt.Sprintf("http://127.0.0.1:%s/", port))
-		if err != nil {
-			return fmt.Errorf("the real container does not answer HTTP: %w", err)
-		}
-		step("the real container on %s answers GET http://127.0.0.1:%s/ with: %s", realID, port, strings.TrimSpace(body))
-		if !strings.Contains(body, runID) {
-			return fmt.Errorf("unexpected answer %q", body)
-		}
+	d.step("inventory and deployments")
+	d.cli(ctx, "", "gateways", "--tenant", tenant)
+	if d.docker == nil {
+		return nil
 	}
-
-	step("cleaning up: removing the deployment everywhere")
-	if code := cliRun("", "remove", "--tenant", tenant, "--all", deployment, "--remove-image", "--wait", "2m"); code != 0 {
-		return fmt.Errorf("remove failed on some gateway (exit %d)", code)
+	port, err := hostPort(ctx, d.docker, d.runID)
+	if err != nil {
+		return err
 	}
-	step("demo finished")
+	body, err := httpGet(ctx, fmt.Sprintf("http://127.0.0.1:%s/", port))
+	if err != nil {
+		return fmt.Errorf("the real container does not answer HTTP: %w", err)
+	}
+	d.step("the real container on %s answers GET http://127.0.0.1:%s/ with: %s", realID, port, strings.TrimSpace(body))
+	if !strings.Contains(body, d.runID) {
+		return fmt.Errorf("unexpected answer %q", body)
+	}
 	return nil
 }
 
@@ -222,7 +260,7 @@ func startAgent(ctx context.Context, s *serve.Server, docker *dockerclient.Clien
 func waitOnline(ctx context.Context, c *controller.Controller, want int) error {
 	online := true
 	for {
-		n := len(c.Gateways(controller.Filter{Tenant: tenant, Online: &online}))
+		n := len(c.Gateways(inventory.Filter{Tenant: tenant, Online: &online}))
 		if n >= want {
 			return nil
 		}

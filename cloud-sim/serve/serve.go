@@ -7,8 +7,6 @@ package serve
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,13 +17,14 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/fleet-agent/fleet/agent/secrets"
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/broker"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -90,7 +89,10 @@ type Server struct {
 	closers []func() error
 }
 
-// Start starts everything and returns once the API serves.
+// Start starts everything and returns once the API serves: the
+// registries, the store, the gateways' identities, the broker that
+// authenticates with them, the API's listener (its URL goes in the
+// scheduler lease), the controller, and the simulated fleet.
 func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("serve: a data directory is required (--data)")
@@ -107,100 +109,139 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 			s.Close()
 		}
 	}()
-	log := cfg.Logger
-
-	if cfg.Registries != "" {
-		regs, err := LoadRegistries(ctx, cfg.Registries, log)
-		s.Registries = regs
-		for _, r := range regs {
-			s.closers = append(s.closers, r.Server.Close)
-		}
-		if err != nil {
-			return s, err
-		}
+	if err := s.startRegistries(ctx, cfg); err != nil {
+		return s, err
 	}
-
-	if s.Store, err = state.Open(ctx, state.Config{URL: cfg.NATSURL, Dir: filepath.Join(cfg.DataDir, "nats"), Listen: cfg.NATSListen, Logger: log}); err != nil {
+	if s.Store, err = state.Open(ctx, state.Config{URL: cfg.NATSURL, Dir: filepath.Join(cfg.DataDir, "nats"), Listen: cfg.NATSListen, Logger: cfg.Logger}); err != nil {
 		return s, err
 	}
 	s.closers = append(s.closers, func() error { s.Store.Close(); return nil })
+	ctrlCfg, err := s.controllerConfig(ctx, cfg)
+	if err != nil {
+		return s, err
+	}
+	if err := s.startBroker(cfg, ctrlCfg.Identities); err != nil {
+		return s, err
+	}
+	ctrlCfg.BrokerURL = s.BrokerURL
+	ln, err := s.listenAPI(cfg)
+	if err != nil {
+		return s, err
+	}
+	ctrlCfg.APIURL = s.APIURL
+	if err := s.startController(ctx, cfg, ctrlCfg, ln); err != nil {
+		return s, err
+	}
+	if cfg.Sim.Count > 0 {
+		if s.Fleet, err = StartFleet(ctx, s.Controller, s.BrokerURL, cfg.DataDir, cfg.Scheme, cfg.Sim); err != nil {
+			return s, err
+		}
+		s.closers = append(s.closers, s.Fleet.Close)
+	}
+	return s, nil
+}
 
+func (s *Server) startRegistries(ctx context.Context, cfg Config) error {
+	if cfg.Registries == "" {
+		return nil
+	}
+	regs, err := LoadRegistries(ctx, cfg.Registries, cfg.Logger)
+	s.Registries = regs
+	for _, r := range regs {
+		s.closers = append(s.closers, r.Server.Close)
+	}
+	return err
+}
+
+// controllerConfig loads the keys and the identities, and chooses the
+// controller's broker login: on the embedded broker a password made anew
+// on every start (only this process uses it) unless one is given.
+func (s *Server) controllerConfig(ctx context.Context, cfg Config) (controller.Config, error) {
 	keyPath := cfg.SecretsKey
 	if keyPath == "" {
 		keyPath = filepath.Join(cfg.DataDir, "controller.key")
 	}
-	keys, err := secrets.Load(keyPath, filepath.Join(cfg.DataDir, "controller-seal.key"))
+	keys, err := credential.LoadKeys(keyPath, filepath.Join(cfg.DataDir, "controller-seal.key"))
 	if err != nil {
-		return s, fmt.Errorf("serve: %w", err)
+		return controller.Config{}, fmt.Errorf("serve: %w", err)
 	}
-
-	// The controller's password on the embedded broker is made anew on
-	// every start: only this process uses it.
-	ctrlPass := cfg.BrokerPassword
-	if cfg.BrokerURL == "" && cfg.ControllerPassword != "" {
-		ctrlPass = cfg.ControllerPassword
-	} else if cfg.BrokerURL == "" {
-		b := make([]byte, 24)
-		_, _ = rand.Read(b)
-		ctrlPass = base64.RawURLEncoding.EncodeToString(b)
-	}
-	var ctrl *controller.Controller
 	ctrlCfg := controller.Config{Store: s.Store, Keys: keys, Scheme: cfg.Scheme, Encoding: codec.Protobuf, ID: cfg.ControllerID,
-		StaleAfter: cfg.StaleAfter, Retention: cfg.Retention, CertsDir: cfg.DataDir, Logger: log.With("component", "controller")}
+		StaleAfter: cfg.StaleAfter, Retention: cfg.Retention, Logger: cfg.Logger.With("component", "controller"),
+		Username: cfg.BrokerUsername, Password: []byte(cfg.BrokerPassword)}
+	idCfg := identity.Config{Store: s.Store, ControllerID: cfg.ControllerID}
 	if cfg.BrokerURL == "" {
-		s.ControllerPassword = ctrlPass
-		ctrlCfg.ControllerPassword = []byte(ctrlPass)
-		ctrlCfg.Username, ctrlCfg.Password = controller.ControllerUser, []byte(ctrlPass)
-	} else {
-		ctrlCfg.Username, ctrlCfg.Password = cfg.BrokerUsername, []byte(cfg.BrokerPassword)
+		s.ControllerPassword = cfg.ControllerPassword
+		if s.ControllerPassword == "" {
+			s.ControllerPassword = identity.NewPassword()
+		}
+		idCfg.ControllerPassword = []byte(s.ControllerPassword)
+		ctrlCfg.Username, ctrlCfg.Password = identity.ControllerUser, []byte(s.ControllerPassword)
 	}
-	if ctrl, err = controller.New(ctx, ctrlCfg); err != nil {
-		return s, err
+	if ctrlCfg.Identities, err = identity.New(ctx, idCfg); err != nil {
+		return controller.Config{}, err
 	}
-	s.Controller = ctrl
+	return ctrlCfg, nil
+}
 
-	if cfg.BrokerURL == "" {
-		listen := cfg.MQTTListen
-		if listen == "" {
-			listen = "127.0.0.1:1883"
-		}
-		b, err := broker.Start(broker.Config{Addr: listen, StorePath: filepath.Join(cfg.DataDir, "broker.db"),
-			Auth: ctrl, Scheme: cfg.Scheme, Logger: log.With("component", "broker")})
+// startBroker starts the embedded broker, which authenticates with ids,
+// or takes the external one's URL.
+func (s *Server) startBroker(cfg Config, ids *identity.Identities) error {
+	if cfg.BrokerURL != "" {
+		u, err := url.Parse(cfg.BrokerURL)
 		if err != nil {
-			return s, err
+			return fmt.Errorf("serve: --broker %q: %w", cfg.BrokerURL, err)
 		}
-		s.Broker = b
-		s.closers = append(s.closers, b.Close)
-		s.BrokerURL, _ = url.Parse(b.URL())
-	} else {
-		if s.BrokerURL, err = url.Parse(cfg.BrokerURL); err != nil {
-			return s, fmt.Errorf("serve: --broker %q: %w", cfg.BrokerURL, err)
-		}
+		s.BrokerURL = u
+		return nil
 	}
-	ctrl.SetBroker(s.BrokerURL)
+	listen := cfg.MQTTListen
+	if listen == "" {
+		listen = "127.0.0.1:1883"
+	}
+	b, err := broker.Start(broker.Config{Addr: listen, StorePath: filepath.Join(cfg.DataDir, "broker.db"),
+		Auth: ids, Scheme: cfg.Scheme, Logger: cfg.Logger.With("component", "broker")})
+	if err != nil {
+		return err
+	}
+	s.Broker = b
+	s.closers = append(s.closers, b.Close)
+	s.BrokerURL, _ = url.Parse(b.URL())
+	return nil
+}
+
+func (s *Server) listenAPI(cfg Config) (net.Listener, error) {
 	listen := cfg.HTTPListen
 	if listen == "" {
 		listen = "127.0.0.1:8080"
 	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
-		return s, fmt.Errorf("serve: API listen: %w", err)
+		return nil, fmt.Errorf("serve: API listen: %w", err)
 	}
 	s.APIURL = "http://" + ln.Addr().String()
-	s.http = &http.Server{Handler: api.New(api.Config{Controller: ctrl, Token: cfg.APIToken, Logger: log.With("component", "api")}),
-		ReadHeaderTimeout: 10 * time.Second}
-	ctrl.SetAPIURL(s.APIURL)
-	dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := ctrl.Start(dialCtx); err != nil {
-		ln.Close() // not served yet
-		return s, err
-	}
-	s.closers = append(s.closers, ctrl.Close)
+	return ln, nil
+}
 
+// startController starts the controller and then serves its API on ln;
+// ln is closed when the controller does not start.
+func (s *Server) startController(ctx context.Context, cfg Config, ctrlCfg controller.Config, ln net.Listener) error {
+	ctrl, err := controller.New(ctx, ctrlCfg)
+	if err == nil {
+		dialCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = ctrl.Start(dialCtx)
+		cancel()
+	}
+	if err != nil {
+		ln.Close() // not served yet
+		return err
+	}
+	s.Controller = ctrl
+	s.closers = append(s.closers, ctrl.Close)
+	s.http = &http.Server{Handler: api.New(api.Config{Controller: ctrl, Token: cfg.APIToken, Logger: cfg.Logger.With("component", "api")}),
+		ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("API stopped", "err", err)
+			cfg.Logger.Error("API stopped", "err", err)
 		}
 	}()
 	s.closers = append(s.closers, func() error {
@@ -208,14 +249,7 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 		defer cancel()
 		return s.http.Shutdown(ctx)
 	})
-
-	if cfg.Sim.Count > 0 {
-		if s.Fleet, err = StartFleet(ctx, ctrl, s.BrokerURL, cfg.DataDir, cfg.Scheme, cfg.Sim); err != nil {
-			return s, err
-		}
-		s.closers = append(s.closers, s.Fleet.Close)
-	}
-	return s, nil
+	return nil
 }
 
 // StartFleet provisions and starts a simulated fleet against ctrl's broker.
@@ -226,9 +260,7 @@ func StartFleet(ctx context.Context, ctrl *controller.Controller, brokerURL *url
 	if sim.Prefix == "" {
 		sim.Prefix = "sim-"
 	}
-	b := make([]byte, 24)
-	_, _ = rand.Read(b)
-	sim.Password = []byte(base64.RawURLEncoding.EncodeToString(b))
+	sim.Password = []byte(identity.NewPassword())
 	ids := make([]string, sim.Count)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("%s%d", sim.Prefix, i+1)

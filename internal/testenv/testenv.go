@@ -1,6 +1,8 @@
-// Package testenv starts the real parts that end-to-end tests need: the
-// project's binaries, an embedded or Mosquitto broker that can be
-// restarted, agent processes, and a recording console. Everything it starts
+// Package testenv starts the real parts that tests of both programs need:
+// the project's binaries, a Mosquitto broker that can be restarted, agent
+// processes and the Docker Engine. It imports neither program: the
+// embedded broker's test helpers are in cloud-sim/broker/brokertest, the
+// recording console in cloud-sim/console/consoletest. Everything it starts
 // is stopped in t.Cleanup; waits poll with deadlines.
 package testenv
 
@@ -9,9 +11,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,11 +26,6 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	dockerclient "github.com/docker/docker/client"
-
-	"github.com/fleet-agent/fleet/cloud-sim/broker"
-	"github.com/fleet-agent/fleet/cloud-sim/console"
-	"github.com/fleet-agent/fleet/protocol/codec"
-	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
 // Timeout bounds every wait of this package.
@@ -79,95 +74,13 @@ type Broker interface {
 	Restart(t testing.TB)
 }
 
-// Brokers returns the embedded broker and a Mosquitto broker, both
-// persistent, for tests that must pass against both.
-func Brokers(t testing.TB) []func(testing.TB) Broker {
-	return []func(testing.TB) Broker{
-		func(t testing.TB) Broker { return Embedded(t) },
-		func(t testing.TB) Broker { return Mosquitto(t) },
-	}
-}
-
-type embedded struct {
-	mu    sync.Mutex
-	b     *broker.Broker
-	addr  string
-	store string
-	log   *slog.Logger
-	name  string
-}
-
-// Embedded starts the embedded broker with persistence.
-func Embedded(t testing.TB) Broker {
-	t.Helper()
-	logs := &syncBuffer{}
-	e := &embedded{store: filepath.Join(t.TempDir(), "broker.db"),
-		log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
-	b, err := broker.Start(broker.Config{StorePath: e.store, Logger: e.log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.b, e.addr = b, b.Addr()
-	t.Cleanup(func() {
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		e.b.Close()
-		if t.Failed() {
-			t.Logf("embedded broker log:\n%s", logs.String())
-		}
-	})
-	return e
-}
-
-// EmbeddedInMemory starts the embedded broker without persistence: a
-// restart loses sessions. It is for measuring what persistence costs.
-func EmbeddedInMemory(t testing.TB) Broker {
-	t.Helper()
-	b, err := broker.Start(broker.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return &embedded{b: b, addr: b.Addr(), name: "embedded-in-memory"}
-}
-
-func (e *embedded) Name() string {
-	if e.name != "" {
-		return e.name
-	}
-	return "embedded"
-}
-func (e *embedded) URL() string { return "mqtt://" + e.addr }
-
-func (e *embedded) Restart(t testing.TB) {
-	t.Helper()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if err := e.b.Close(); err != nil {
-		t.Fatalf("close broker: %v", err)
-	}
-	var err error
-	deadline := time.Now().Add(Timeout)
-	for {
-		// The port may linger for a moment after close.
-		e.b, err = broker.Start(broker.Config{Addr: e.addr, StorePath: e.store, Logger: e.log})
-		if err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("restart broker: %v", err)
-	}
-}
-
 type mosquitto struct {
 	mu   sync.Mutex
 	t    testing.TB
 	conf string
 	addr string
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *LogBuffer
 }
 
 // Mosquitto starts a real Mosquitto with persistence on a free loopback
@@ -183,7 +96,7 @@ func Mosquitto(t testing.TB) Broker {
 		t.Skip("mosquitto not installed (apt-get install -y mosquitto)")
 	}
 	dir := t.TempDir()
-	m := &mosquitto{t: t, addr: FreeAddr(t), logs: &syncBuffer{}, conf: filepath.Join(dir, "mosquitto.conf")}
+	m := &mosquitto{t: t, addr: FreeAddr(t), logs: &LogBuffer{}, conf: filepath.Join(dir, "mosquitto.conf")}
 	_, port, _ := net.SplitHostPort(m.addr)
 	conf := fmt.Sprintf(`listener %s 127.0.0.1
 allow_anonymous true
@@ -280,7 +193,7 @@ type Agent struct {
 	args                      []string
 	bin                       string
 	cmd                       *exec.Cmd
-	logs                      *syncBuffer
+	logs                      *LogBuffer
 	done                      chan struct{}
 	exitCode                  int
 }
@@ -289,7 +202,7 @@ type Agent struct {
 // directory. Extra flags are appended.
 func StartAgent(t testing.TB, brokerURL, tenant, gateway string, extra ...string) *Agent {
 	t.Helper()
-	a := &Agent{Tenant: tenant, Gateway: gateway, StateDir: t.TempDir(), bin: Binary(t, "agent"), logs: &syncBuffer{}}
+	a := &Agent{Tenant: tenant, Gateway: gateway, StateDir: t.TempDir(), bin: Binary(t, "agent"), logs: &LogBuffer{}}
 	a.args = append([]string{"--broker", brokerURL, "--tenant", tenant, "--gateway", gateway, "--state-dir", a.StateDir,
 		"--reconnect-min", "100ms", "--reconnect-max", "1s", "--log-level", "debug"}, extra...)
 	a.Start(t)
@@ -346,78 +259,19 @@ func (a *Agent) PID() int { return a.cmd.Process.Pid }
 // Logs returns what the agent has logged so far.
 func (a *Agent) Logs() string { return a.logs.String() }
 
-// Recorder is a console that keeps everything it receives.
-type Recorder struct {
-	*console.Console
-	mu   sync.Mutex
-	msgs []console.Received
-}
-
-// NewRecorder connects a console to brokerURL that records every
-// publication, and closes it at cleanup.
-func NewRecorder(t testing.TB, brokerURL string, enc codec.Encoding) *Recorder {
-	t.Helper()
-	u, err := url.Parse(brokerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
-	defer cancel()
-	r := &Recorder{}
-	c, err := console.Dial(ctx, console.Config{BrokerURL: u, Scheme: topic.Default(), Encoding: enc, Watch: func(m console.Received) {
-		r.mu.Lock()
-		r.msgs = append(r.msgs, m)
-		r.mu.Unlock()
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.Console = c
-	t.Cleanup(func() { c.Close() })
-	return r
-}
-
-// All returns the recorded publications that match pred.
-func (r *Recorder) All(pred func(console.Received) bool) []console.Received {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []console.Received
-	for _, m := range r.msgs {
-		if pred(m) {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-// Await waits for the n-th publication matching pred and returns it.
-func (r *Recorder) Await(t testing.TB, what string, n int, pred func(console.Received) bool) console.Received {
-	t.Helper()
-	var got []console.Received
-	Eventually(t, fmt.Sprintf("%d× %s", n, what), func() bool {
-		got = r.All(pred)
-		return len(got) >= n
-	})
-	return got[n-1]
-}
-
-// Kind matches publications of one kind from one gateway.
-func Kind(k topic.Kind, gateway string) func(console.Received) bool {
-	return func(m console.Received) bool { return m.Topic.Kind == k && m.Topic.Gateway == gateway }
-}
-
-type syncBuffer struct {
+// LogBuffer is a log sink that goroutines may write to at once.
+type LogBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *LogBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *LogBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()

@@ -1,0 +1,84 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+
+	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/credential"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
+)
+
+// newAPI serves the API of a controller (not connected to a broker) whose
+// inventory holds acme/gw-1.
+func newAPI(t *testing.T) *httptest.Server {
+	t.Helper()
+	st, err := state.Open(context.Background(), state.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	dir := t.TempDir()
+	keys, err := credential.LoadKeys(filepath.Join(dir, "k"), filepath.Join(dir, "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := controller.New(context.Background(), controller.Config{Store: st, Keys: keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Ingest(console.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "acme", Gateway: "gw-1"}, Message: &fleetv1.Birth{Session: 1}, At: time.Now()})
+	srv := httptest.NewServer(New(Config{Controller: c}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// TestErrorStatus: a client tells a refusal by the registry (422) from a
+// missing gateway (404) by the status, though both have code NOT_FOUND.
+func TestErrorStatus(t *testing.T) {
+	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer reg.Close()
+	u, _ := url.Parse(reg.URL)
+	srv := newAPI(t)
+	deploy := `{"target": {"tenant": "acme", "gateways": ["gw-1"]}, "command": {"deploy": {"spec": {"name": "web", "revision": 1, "image": "` + u.Host + `/team/web:1"}}}}`
+	tests := []struct {
+		name, method, path, body string
+		wantStatus               int
+		wantCode                 string
+	}{
+		{"no such image in the registry", "POST", "/v1/commands", deploy, http.StatusUnprocessableEntity, "NOT_FOUND"},
+		{"no such gateway", "GET", "/v1/gateways/acme/gw-2", "", http.StatusNotFound, "NOT_FOUND"},
+		{"no such gateway as a target", "POST", "/v1/commands", strings.Replace(deploy, `"gw-1"`, `"gw-2"`, 1), http.StatusNotFound, "NOT_FOUND"},
+		{"no such rollout", "GET", "/v1/rollouts/r-nope", "", http.StatusNotFound, "NOT_FOUND"},
+		{"bad body", "POST", "/v1/commands", `{"nope": 1}`, http.StatusBadRequest, "INVALID_ARGUMENT"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tt.method, srv.URL+tt.path, strings.NewReader(tt.body))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var body Error
+			_ = json.NewDecoder(resp.Body).Decode(&body)
+			if resp.StatusCode != tt.wantStatus || body.Code != tt.wantCode {
+				t.Errorf("got %d %s (%s), want %d %s", resp.StatusCode, body.Code, body.Error, tt.wantStatus, tt.wantCode)
+			}
+		})
+	}
+}

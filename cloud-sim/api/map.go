@@ -1,0 +1,160 @@
+package api
+
+import (
+	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
+	"github.com/fleet-agent/fleet/cloud-sim/rollout"
+	"github.com/fleet-agent/fleet/cloud-sim/tenantcred"
+)
+
+// The mapping between the wire types and the domain records, both ways.
+
+func gatewayOf(g *inventory.Gateway) *Gateway {
+	out := &Gateway{Tenant: g.Tenant, ID: g.ID, Online: g.Online, Stale: g.Stale, Session: g.Session, DeathSession: g.DeathSession,
+		DeathReason: g.DeathReason, ConnectedAt: g.ConnectedAt, LastSeen: g.LastSeen, AgentVersion: g.AgentVersion,
+		ProtocolVersion: g.ProtocolVersion, Simulated: g.Simulated, Labels: g.Labels, Groups: g.Groups, Capabilities: g.Capabilities,
+		PublicKey: g.PublicKey, Registries: registriesOf(g.Registries), Running: g.Running}
+	if g.Host != nil {
+		h := Host(*g.Host)
+		out.Host = &h
+	}
+	if g.Engine != nil {
+		e := Engine(*g.Engine)
+		out.Engine = &e
+	}
+	if g.Deployments != nil {
+		out.Deployments = make(map[string]*Deployment, len(g.Deployments))
+		for k, d := range g.Deployments {
+			out.Deployments[k] = deploymentOf(d)
+		}
+	}
+	return out
+}
+
+func deploymentOf(d *inventory.Deployment) *Deployment {
+	return &Deployment{Name: d.Name, Revision: d.Revision, Phase: d.Phase.String(), Health: d.Health.String(), Image: d.Image,
+		Digest: d.Digest, Code: d.Code, Message: d.Message, RestartCount: d.RestartCount, UpdatedAt: d.UpdatedAt}
+}
+
+func registriesOf(list []inventory.Registry) []Registry {
+	if list == nil {
+		return nil
+	}
+	out := make([]Registry, len(list))
+	for i, r := range list {
+		out[i] = Registry(r)
+	}
+	return out
+}
+
+func gatewaysOf(list []*inventory.Gateway) []*Gateway {
+	out := make([]*Gateway, len(list))
+	for i, g := range list {
+		out[i] = gatewayOf(g)
+	}
+	return out
+}
+
+func (t Target) domain() controller.Target {
+	return controller.Target{Tenant: t.Tenant, Gateways: t.Gateways, Selector: t.Selector, Group: t.Group, All: t.All}
+}
+
+func commandOf(c *dispatch.Command) *Command {
+	return &Command{ID: c.ID, Batch: c.Batch, Tenant: c.Tenant, Gateway: c.Gateway, Verb: c.Verb, State: string(c.State),
+		OfflineWhenSent: c.OfflineWhenSent, Code: c.Code, Message: c.Message, Field: c.Field, Reply: c.Reply, SentAt: c.SentAt,
+		AcceptedAt: c.AcceptedAt, FinishedAt: c.FinishedAt, Credentials: registriesOf(c.Credentials)}
+}
+
+func batchViewOf(b *dispatch.BatchView) *BatchView {
+	out := &BatchView{Batch: Batch(b.Batch), Counts: make(map[string]int, len(b.Counts)), Done: b.Done, Failed: b.Failed}
+	for _, c := range b.Commands {
+		out.Commands = append(out.Commands, commandOf(c))
+	}
+	for st, n := range b.Counts {
+		out.Counts[string(st)] = n
+	}
+	return out
+}
+
+func batchesOf(list []*dispatch.Batch) []*Batch {
+	out := make([]*Batch, len(list))
+	for i, b := range list {
+		wb := Batch(*b)
+		out[i] = &wb
+	}
+	return out
+}
+
+func credentialOf(v tenantcred.CredentialView) CredentialView {
+	out := CredentialView{Tenant: v.Tenant, Registry: v.Registry, Kind: v.Kind, Username: v.Username, Fingerprint: v.Fingerprint,
+		IssueTokens: v.IssueTokens, TokenFingerprint: v.TokenFingerprint, TokenExpiresAt: v.TokenExpiresAt, TokenRefreshAt: v.TokenRefreshAt,
+		ExpiresAt: v.ExpiresAt, HasCACertificate: v.HasCACertificate, HasClientCert: v.HasClientCert, RequireTLS: v.RequireTLS, UpdatedAt: v.UpdatedAt}
+	if v.LastCheck != nil {
+		c := CheckResult(*v.LastCheck)
+		out.LastCheck = &c
+	}
+	return out
+}
+
+func (s RolloutSpec) domain() rollout.Spec {
+	st := s.Strategy
+	out := rollout.Spec{Name: s.Name, Tenant: s.Tenant, Targets: rollout.Targets(s.Targets), Deployment: s.Deployment,
+		SkipRegistryCheck: s.SkipRegistryCheck, Abort: rollout.AbortCriteria(s.Abort),
+		Strategy: rollout.Strategy{BatchSize: st.BatchSize, BatchPercent: st.BatchPercent, MaxInFlight: st.MaxInFlight,
+			RatePerMinute: st.RatePerMinute, GatewayTimeout: rollout.Duration(st.GatewayTimeout), Deadline: rollout.Duration(st.Deadline)}}
+	if c := st.Canary; c != nil {
+		out.Strategy.Canary = &rollout.Canary{Count: c.Count, Soak: rollout.Duration(c.Soak)}
+	}
+	if e := st.Exponential; e != nil {
+		x := rollout.Exponential(*e)
+		out.Strategy.Exponential = &x
+	}
+	return out
+}
+
+func rolloutSpecOf(s rollout.Spec) RolloutSpec {
+	st := s.Strategy
+	out := RolloutSpec{Name: s.Name, Tenant: s.Tenant, Targets: RolloutTargets(s.Targets), Deployment: s.Deployment,
+		SkipRegistryCheck: s.SkipRegistryCheck, Abort: AbortCriteria(s.Abort),
+		Strategy: Strategy{BatchSize: st.BatchSize, BatchPercent: st.BatchPercent, MaxInFlight: st.MaxInFlight,
+			RatePerMinute: st.RatePerMinute, GatewayTimeout: Duration(st.GatewayTimeout), Deadline: Duration(st.Deadline)}}
+	if c := st.Canary; c != nil {
+		out.Strategy.Canary = &Canary{Count: c.Count, Soak: Duration(c.Soak)}
+	}
+	if e := st.Exponential; e != nil {
+		x := Exponential(*e)
+		out.Strategy.Exponential = &x
+	}
+	return out
+}
+
+func rolloutGatewayOf(g rollout.Gateway) RolloutGateway {
+	return RolloutGateway{Rollout: g.Rollout, Gateway: g.Gateway, State: string(g.State), Batch: g.Batch, Attempt: g.Attempt,
+		CommandID: g.CommandID, DispatchedAt: g.DispatchedAt, FinishedAt: g.FinishedAt, Code: g.Code, Message: g.Message,
+		PrevSpec: g.PrevSpec, RollbackRevision: g.RollbackRevision}
+}
+
+func rolloutGatewaysOf(list []rollout.Gateway) []RolloutGateway {
+	if list == nil {
+		return nil
+	}
+	out := make([]RolloutGateway, len(list))
+	for i, g := range list {
+		out[i] = rolloutGatewayOf(g)
+	}
+	return out
+}
+
+func rolloutViewOf(s *rollout.Summary) *RolloutView {
+	r := s.Rollout
+	out := &RolloutView{Rollout: Rollout{ID: r.ID, Spec: rolloutSpecOf(r.Spec), State: string(r.State), Phase: string(r.Phase),
+		Reason: r.Reason, CreatedAt: r.CreatedAt, FinishedAt: r.FinishedAt, SoakUntil: r.SoakUntil, Batch: r.Batch,
+		BatchSize: r.BatchSize, Notified: r.Notified, Warnings: r.Warnings},
+		Total: s.Total, Counts: make(map[string]int, len(s.Counts)), SucceededPct: s.SucceededPct, FailedPct: s.FailedPct,
+		CurrentRate: s.CurrentRate, ETA: s.ETA, Failing: rolloutGatewaysOf(s.Failing), Gateways: rolloutGatewaysOf(s.Gateways), Active: s.Active}
+	for st, n := range s.Counts {
+		out.Counts[string(st)] = n
+	}
+	return out
+}

@@ -1,0 +1,76 @@
+package api
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// route is one endpoint as it is served and as it is documented:
+// cloud-sim/README.md holds Reference(), and TestREADMEListsTheRoutes
+// keeps the two the same.
+type route struct {
+	method, path string
+	// query lists the query parameters, body the request body.
+	query, body string
+	// status is the success status; reply what comes with it.
+	status int
+	reply  string
+	// errors lists the error statuses besides 401 (with a token) and 500.
+	errors string
+	handle func(*api, http.ResponseWriter, *http.Request)
+}
+
+const (
+	registryErrors = "400, 404 no such gateway (or none selected), 422 the registry refused the image or credential, 502 the cloud cannot reach the registry"
+	rolloutErrors  = "400, 404 no such rollout, 409 on a replica that does not schedule rollouts"
+)
+
+func routes() []route {
+	return []route{
+		{method: "GET", path: "/healthz", status: 200, reply: "`{status}`", handle: (*api).health},
+		{method: "GET", path: "/v1/gateways", query: "tenant, selector, group, online", status: 200, reply: "`{count, online, stale, gateways: [Gateway]}`", errors: "400", handle: (*api).listGateways},
+		{method: "GET", path: "/v1/gateways/{tenant}/{id}", status: 200, reply: "Gateway", errors: "404", handle: (*api).getGateway},
+		{method: "GET", path: "/v1/gateways/{tenant}/{id}/deployments", status: 200, reply: "`{deployments: {name: Deployment}}`", errors: "404", handle: (*api).getDeployments},
+		{method: "POST", path: "/v1/gateways/{tenant}/{id}/provision", body: "`{groups}` (optional)", status: 201, reply: "`{username, clientId, password}`, the password shown once", errors: "400", handle: (*api).provision},
+		{method: "POST", path: "/v1/simulated", body: "`{tenant, prefix, count, groups}`", status: 201, reply: "`{password}` shared by `{prefix}1`…`{prefix}{count}`", errors: "400", handle: (*api).provisionSimulated},
+		{method: "POST", path: "/v1/commands", body: "`{target: Target, command, wait, expiresIn, skipRegistryCheck}`", status: 201, reply: "BatchView (after `wait` at most)", errors: registryErrors, handle: (*api).sendCommand},
+		{method: "GET", path: "/v1/commands/{id}", status: 200, reply: "Command", errors: "404", handle: (*api).getCommand},
+		{method: "GET", path: "/v1/batches", query: "limit (50)", status: 200, reply: "`{batches: [Batch]}`, newest first", handle: (*api).listBatches},
+		{method: "GET", path: "/v1/batches/{id}", query: "wait", status: 200, reply: "BatchView, once done or after `wait`", errors: "400, 404", handle: (*api).getBatch},
+		{method: "GET", path: "/v1/tenants/{tenant}/credentials", status: 200, reply: "`{credentials: [CredentialView]}`, never secrets", handle: (*api).listCredentials},
+		{method: "PUT", path: "/v1/tenants/{tenant}/credentials", body: "`{credential, issueTokens, checkImage}`", status: 200, reply: "CredentialView", errors: "400, 422 the registry refused `checkImage` with it, 502", handle: (*api).setCredential},
+		{method: "DELETE", path: "/v1/tenants/{tenant}/credentials/{registry...}", status: 204, reply: "nothing; gateways keep their copy", errors: "400, 404", handle: (*api).deleteCredential},
+		{method: "POST", path: "/v1/tenants/{tenant}/credentials/push", body: "`{target: Target, registry}`", status: 201, reply: "BatchView of the sealed set-credentials", errors: "400, 404", handle: (*api).pushCredential},
+		{method: "POST", path: "/v1/tenants/{tenant}/check-registry", body: "`{image}`", status: 200, reply: "CheckResult, checked from the cloud", errors: "400", handle: (*api).checkRegistry},
+		{method: "POST", path: "/v1/rollouts", body: "RolloutSpec", status: 201, reply: "RolloutView", errors: registryErrors + ", 409 on a follower replica", handle: (*api).createRollout},
+		{method: "GET", path: "/v1/rollouts", status: 200, reply: "`{rollouts: [RolloutView]}`, newest first", handle: (*api).listRollouts},
+		{method: "GET", path: "/v1/rollouts/{id}", query: "gateways=true adds every gateway's record", status: 200, reply: "RolloutView", errors: "404", handle: (*api).getRollout},
+		{method: "POST", path: "/v1/rollouts/{id}/pause", status: 200, reply: "RolloutView; nothing new is dispatched", errors: rolloutErrors, handle: (*api).rolloutAction},
+		{method: "POST", path: "/v1/rollouts/{id}/resume", status: 200, reply: "RolloutView", errors: rolloutErrors, handle: (*api).rolloutAction},
+		{method: "POST", path: "/v1/rollouts/{id}/cancel", status: 200, reply: "RolloutView; queued gateways CANCELED", errors: rolloutErrors, handle: (*api).rolloutAction},
+		{method: "GET", path: "/v1/events", query: "tenant", status: 200, reply: "server-sent events, `event: {kind}`, `data: Change`", handle: (*api).events},
+	}
+}
+
+// Reference is the API's route table in Markdown, as cloud-sim/README.md
+// shows it.
+func Reference() string {
+	var b strings.Builder
+	b.WriteString("| method | path | query | body | success | errors |\n|---|---|---|---|---|---|\n")
+	for _, r := range routes() {
+		fmt.Fprintf(&b, "| %s | `%s` | %s | %s | %d %s | %s |\n", r.method, r.path, dash(r.query), dash(r.body), r.status, r.reply, dash(r.errors))
+	}
+	return b.String()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "–"
+	}
+	return s
+}
+
+func (a *api) health(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}

@@ -1,0 +1,348 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// The wire types: what the HTTP API and the CLI speak. They are mapped
+// from the controller's domain records in one place (map.go), so that
+// renaming a field of a record changes neither what is stored nor what
+// clients read, and renaming a field here changes only the API.
+
+// Gateway is one gateway in the inventory, as its births, deaths,
+// statuses and metrics describe it.
+type Gateway struct {
+	Tenant string `json:"tenant"`
+	ID     string `json:"id"`
+	// Online is true from a birth until a death of the same or a newer
+	// session. Stale is set when an online gateway has sent nothing for
+	// longer than the controller's stale threshold.
+	Online       bool      `json:"online"`
+	Stale        bool      `json:"stale,omitempty"`
+	Session      uint64    `json:"session"`
+	DeathSession uint64    `json:"deathSession,omitempty"`
+	DeathReason  string    `json:"deathReason,omitempty"`
+	ConnectedAt  time.Time `json:"connectedAt,omitzero"`
+	LastSeen     time.Time `json:"lastSeen,omitzero"`
+
+	AgentVersion    string            `json:"agentVersion,omitempty"`
+	ProtocolVersion uint32            `json:"protocolVersion,omitempty"`
+	Simulated       bool              `json:"simulated,omitempty"`
+	Host            *Host             `json:"host,omitempty"`
+	Engine          *Engine           `json:"engine,omitempty"`
+	Labels          map[string]string `json:"labels,omitempty"`
+	Groups          []string          `json:"groups,omitempty"`
+	Capabilities    []string          `json:"capabilities,omitempty"`
+	// PublicKey is the key credentials are sealed to.
+	PublicKey   string                 `json:"publicKey,omitempty"`
+	Deployments map[string]*Deployment `json:"deployments,omitempty"`
+	Registries  []Registry             `json:"registries,omitempty"`
+	Running     uint32                 `json:"running"`
+}
+
+// Host is the gateway's machine.
+type Host struct {
+	Hostname    string `json:"hostname,omitempty"`
+	OS          string `json:"os,omitempty"`
+	Arch        string `json:"arch,omitempty"`
+	CPUs        uint32 `json:"cpus,omitempty"`
+	MemoryBytes uint64 `json:"memoryBytes,omitempty"`
+}
+
+// Engine is the gateway's container engine.
+type Engine struct {
+	Name      string `json:"name,omitempty"`
+	Version   string `json:"version,omitempty"`
+	Reachable bool   `json:"reachable"`
+	Error     string `json:"error,omitempty"`
+}
+
+// Deployment is the last known status of one deployment on a gateway.
+// Phase is the protocol's DeploymentStatus.Phase ("RUNNING"); Health is
+// "starting", "healthy" or "unhealthy", absent without a health check.
+type Deployment struct {
+	Name         string    `json:"name"`
+	Revision     int64     `json:"revision"`
+	Phase        string    `json:"phase"`
+	Health       string    `json:"health,omitempty"`
+	Image        string    `json:"image,omitempty"`
+	Digest       string    `json:"digest,omitempty"`
+	Code         string    `json:"code,omitempty"`
+	Message      string    `json:"message,omitempty"`
+	RestartCount uint32    `json:"restartCount,omitempty"`
+	UpdatedAt    time.Time `json:"updatedAt,omitzero"`
+}
+
+// Registry is a credential a gateway holds, as its birth summarises it
+// (never the secret).
+type Registry struct {
+	Registry    string    `json:"registry"`
+	Kind        string    `json:"kind"`
+	Username    string    `json:"username,omitempty"`
+	Fingerprint string    `json:"fingerprint,omitempty"`
+	ExpiresAt   time.Time `json:"expiresAt,omitzero"`
+	Warning     string    `json:"warning,omitempty"`
+}
+
+// Target selects the gateways of one tenant a command goes to: a list, a
+// label selector, a group, or All.
+type Target struct {
+	Tenant   string   `json:"tenant"`
+	Gateways []string `json:"gateways,omitempty"`
+	Selector string   `json:"selector,omitempty"`
+	Group    string   `json:"group,omitempty"`
+	All      bool     `json:"all,omitempty"`
+}
+
+// Command states. PENDING: published, no reply yet (an offline gateway's
+// command waits in its session at the broker); ACCEPTED: taken, a final
+// reply follows; the final ones are the reply's result; UNDELIVERED: the
+// controller could not publish it.
+const (
+	StatePending     = "PENDING"
+	StateAccepted    = "ACCEPTED"
+	StateSucceeded   = "SUCCEEDED"
+	StateFailed      = "FAILED"
+	StateRejected    = "REJECTED"
+	StateUndelivered = "UNDELIVERED"
+)
+
+// Command is one command to one gateway and its outcome.
+type Command struct {
+	ID      string `json:"id"`
+	Batch   string `json:"batch"`
+	Tenant  string `json:"tenant"`
+	Gateway string `json:"gateway"`
+	Verb    string `json:"verb"`
+	State   string `json:"state"`
+	// OfflineWhenSent: the gateway was offline; the broker holds the
+	// command in its session until it reconnects.
+	OfflineWhenSent bool   `json:"offlineWhenSent,omitempty"`
+	Code            string `json:"code,omitempty"`
+	Message         string `json:"message,omitempty"`
+	Field           string `json:"field,omitempty"`
+	// Reply is the final reply (status, registry check) as protojson.
+	Reply      json.RawMessage `json:"reply,omitempty"`
+	SentAt     time.Time       `json:"sentAt"`
+	AcceptedAt time.Time       `json:"acceptedAt,omitzero"`
+	FinishedAt time.Time       `json:"finishedAt,omitzero"`
+	// Credentials a set-credentials carries (sealed), described.
+	Credentials []Registry `json:"credentials,omitempty"`
+}
+
+// Final reports whether the command has its final outcome.
+func (c *Command) Final() bool { return c.State != StatePending && c.State != StateAccepted }
+
+// Failed reports whether the command ended other than SUCCEEDED.
+func (c *Command) Failed() bool { return c.Final() && c.State != StateSucceeded }
+
+// Batch is one request that sent commands to one or more gateways.
+type Batch struct {
+	ID        string    `json:"id"`
+	Verb      string    `json:"verb"`
+	Tenant    string    `json:"tenant"`
+	CreatedAt time.Time `json:"createdAt"`
+	Commands  []string  `json:"commands"`
+	Warnings  []string  `json:"warnings,omitempty"`
+}
+
+// BatchView is a batch with its commands and counts per state.
+type BatchView struct {
+	Batch
+	Commands []*Command     `json:"commands"`
+	Counts   map[string]int `json:"counts"`
+	Done     bool           `json:"done"`
+	Failed   int            `json:"failed"`
+}
+
+// CredentialView describes a tenant's credential without its secret.
+type CredentialView struct {
+	Tenant      string `json:"tenant"`
+	Registry    string `json:"registry"`
+	Kind        string `json:"kind"`
+	Username    string `json:"username,omitempty"`
+	Fingerprint string `json:"fingerprint,omitempty"`
+	// IssueTokens (ecr): gateways get short-lived ecrToken credentials
+	// issued by the controller, not the AWS keys; re-issued before expiry.
+	IssueTokens      bool         `json:"issueTokens,omitempty"`
+	TokenFingerprint string       `json:"tokenFingerprint,omitempty"`
+	TokenExpiresAt   time.Time    `json:"tokenExpiresAt,omitzero"`
+	TokenRefreshAt   time.Time    `json:"tokenRefreshAt,omitzero"`
+	ExpiresAt        time.Time    `json:"expiresAt,omitzero"`
+	HasCACertificate bool         `json:"hasCaCertificate,omitempty"`
+	HasClientCert    bool         `json:"hasClientCertificate,omitempty"`
+	RequireTLS       bool         `json:"requireTls,omitempty"`
+	UpdatedAt        time.Time    `json:"updatedAt"`
+	LastCheck        *CheckResult `json:"lastCheck,omitempty"`
+}
+
+// CheckResult is a check-registry made from the cloud.
+type CheckResult struct {
+	Image   string `json:"image"`
+	OK      bool   `json:"ok"`
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
+	// Check is the RegistryCheck as protojson.
+	Check     map[string]any `json:"check,omitempty"`
+	Registry  string         `json:"registry,omitempty"` // the credential used, if any
+	CheckedAt time.Time      `json:"checkedAt"`
+}
+
+// Duration is a time.Duration written as "90s" or "5m" in JSON and YAML.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("a duration is a string such as \"90s\" or \"5m\"")
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration such as 90s or 5m", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// RolloutSpec is what an operator asks for: a deployment revision to a set
+// of gateways, with a strategy and abort criteria; the body of POST
+// /v1/rollouts.
+type RolloutSpec struct {
+	Name    string         `json:"name,omitempty"`
+	Tenant  string         `json:"tenant"`
+	Targets RolloutTargets `json:"targets"`
+	// Deployment is a protocol DeploymentSpec (protojson).
+	Deployment        json.RawMessage `json:"deployment"`
+	SkipRegistryCheck bool            `json:"skipRegistryCheck,omitempty"`
+	Strategy          Strategy        `json:"strategy"`
+	Abort             AbortCriteria   `json:"abort"`
+}
+
+// RolloutTargets selects the gateways: explicit ids, a label selector,
+// groups, or the whole tenant; IncludeNew adds gateways that come to match
+// while the rollout runs.
+type RolloutTargets struct {
+	Gateways   []string `json:"gateways,omitempty"`
+	Selector   string   `json:"selector,omitempty"`
+	Groups     []string `json:"groups,omitempty"`
+	All        bool     `json:"all,omitempty"`
+	IncludeNew bool     `json:"includeNew,omitempty"`
+}
+
+// Strategy says how fast the rollout goes; see cloud-sim/README.md.
+type Strategy struct {
+	Canary         *Canary      `json:"canary,omitempty"`
+	BatchSize      int          `json:"batchSize,omitempty"`
+	BatchPercent   float64      `json:"batchPercent,omitempty"`
+	MaxInFlight    int          `json:"maxInFlight,omitempty"`
+	RatePerMinute  float64      `json:"ratePerMinute,omitempty"`
+	Exponential    *Exponential `json:"exponential,omitempty"`
+	GatewayTimeout Duration     `json:"gatewayTimeout,omitempty"`
+	Deadline       Duration     `json:"deadline,omitempty"`
+}
+
+// Canary is the first phase.
+type Canary struct {
+	Count int      `json:"count"`
+	Soak  Duration `json:"soak,omitempty"`
+}
+
+// Exponential is an accelerating rate.
+type Exponential struct {
+	BaseRate        float64 `json:"baseRate"`
+	IncrementFactor float64 `json:"incrementFactor"`
+	StepEvery       int     `json:"stepEvery"`
+	StepOn          string  `json:"stepOn,omitempty"` // "succeeded" (default) or "notified"
+}
+
+// AbortCriteria stop a bad release.
+type AbortCriteria struct {
+	FailureKinds     []string `json:"failureKinds,omitempty"`
+	ThresholdPercent float64  `json:"thresholdPercent,omitempty"`
+	MinExecuted      int      `json:"minExecuted,omitempty"`
+	Rollback         bool     `json:"rollback,omitempty"`
+}
+
+// Per-gateway rollout states.
+const (
+	GwQueued      = "QUEUED"
+	GwInProgress  = "IN_PROGRESS"
+	GwSucceeded   = "SUCCEEDED"
+	GwFailed      = "FAILED"
+	GwTimedOut    = "TIMED_OUT"
+	GwRejected    = "REJECTED"
+	GwCanceled    = "CANCELED"
+	GwRollingBack = "ROLLING_BACK"
+	GwRolledBack  = "ROLLED_BACK"
+)
+
+// Rollout states.
+const (
+	RolloutRunning    = "RUNNING"
+	RolloutPaused     = "PAUSED"
+	RolloutSucceeded  = "SUCCEEDED"
+	RolloutFailed     = "FAILED" // done, some gateways failed (under the abort threshold)
+	RolloutAborted    = "ABORTED"
+	RolloutCanceled   = "CANCELED"
+	RolloutSuperseded = "SUPERSEDED"
+)
+
+// Rollout phases.
+const (
+	PhaseCanary  = "CANARY"
+	PhaseSoak    = "SOAK"
+	PhaseBatches = "BATCHES"
+	PhaseDone    = "DONE"
+)
+
+// Rollout is one rollout's state.
+type Rollout struct {
+	ID         string      `json:"id"`
+	Spec       RolloutSpec `json:"spec"`
+	State      string      `json:"state"`
+	Phase      string      `json:"phase"`
+	Reason     string      `json:"reason,omitempty"`
+	CreatedAt  time.Time   `json:"createdAt"`
+	FinishedAt time.Time   `json:"finishedAt,omitzero"`
+	SoakUntil  time.Time   `json:"soakUntil,omitzero"`
+	Batch      int         `json:"batch"`     // current batch, from 1
+	BatchSize  int         `json:"batchSize"` // gateways per batch after the canary
+	Notified   int         `json:"notified"`  // gateways dispatched
+	Warnings   []string    `json:"warnings,omitempty"`
+}
+
+// RolloutGateway is one gateway's progress in a rollout.
+type RolloutGateway struct {
+	Rollout      string    `json:"rollout"`
+	Gateway      string    `json:"gateway"`
+	State        string    `json:"state"`
+	Batch        int       `json:"batch"` // 0: canary
+	Attempt      int       `json:"attempt"`
+	CommandID    string    `json:"commandId,omitempty"`
+	DispatchedAt time.Time `json:"dispatchedAt,omitzero"`
+	FinishedAt   time.Time `json:"finishedAt,omitzero"`
+	Code         string    `json:"code,omitempty"`
+	Message      string    `json:"message,omitempty"`
+	// PrevSpec is the spec the gateway ran before (the controller's last
+	// deploy to it), what a rollback deploys again.
+	PrevSpec         json.RawMessage `json:"prevSpec,omitempty"`
+	RollbackRevision int64           `json:"rollbackRevision,omitempty"`
+}
+
+// RolloutView is a rollout with its aggregate progress.
+type RolloutView struct {
+	Rollout
+	Total        int              `json:"total"`
+	Counts       map[string]int   `json:"counts"`
+	SucceededPct float64          `json:"succeededPercent"`
+	FailedPct    float64          `json:"failedPercent"`
+	CurrentRate  float64          `json:"currentRatePerMinute"` // gateways finished in the last minute
+	ETA          string           `json:"eta,omitempty"`
+	Failing      []RolloutGateway `json:"failing,omitempty"`
+	Gateways     []RolloutGateway `json:"gateways,omitempty"`
+	Active       bool             `json:"active"`
+}

@@ -1,0 +1,192 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
+	"github.com/fleet-agent/fleet/cloud-sim/tenantcred"
+	"github.com/fleet-agent/fleet/internal/errdefs"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
+)
+
+// Target selects the gateways of one tenant a command goes to: a list, a
+// label selector, a group, or All.
+type Target struct {
+	Tenant   string
+	Gateways []string
+	Selector string
+	Group    string
+	All      bool
+}
+
+// SendOptions adjusts Send.
+type SendOptions struct {
+	// ExpiresIn makes the agent refuse the command (EXPIRED) when it gets
+	// it later than this after sending; 0 means never.
+	ExpiresIn time.Duration
+	// SkipRegistryCheck sends a deploy without checking its image and
+	// credential against the registry from the cloud first.
+	SkipRegistryCheck bool
+}
+
+// Gateways lists the gateways f selects, ordered by tenant and id.
+func (c *Controller) Gateways(f inventory.Filter) []*inventory.Gateway { return c.inv.List(f) }
+
+// Gateway returns one gateway.
+func (c *Controller) Gateway(tenant, id string) (*inventory.Gateway, bool) {
+	return c.inv.Get(tenant, id)
+}
+
+// resolve lists the target gateways; an explicit id must be in the
+// inventory (the controller needs its birth, e.g. to seal credentials).
+func (c *Controller) resolve(t Target) ([]*inventory.Gateway, error) {
+	if err := topic.CheckID("target.tenant", t.Tenant); err != nil {
+		return nil, errdefs.Invalid("target.tenant", "%v", err)
+	}
+	if len(t.Gateways) > 0 {
+		if t.Selector != "" || t.Group != "" || t.All {
+			return nil, errdefs.Invalid("target", "give gateways, or a selector and/or group, or all; not gateways with the others")
+		}
+		return c.listed(t.Tenant, t.Gateways)
+	}
+	if t.Selector == "" && t.Group == "" && !t.All {
+		return nil, errdefs.Invalid("target", "names no gateway: give gateways, a selector, a group, or all: true for the whole tenant")
+	}
+	sel, err := inventory.ParseSelector(t.Selector)
+	if err != nil {
+		return nil, errdefs.Invalid("target.selector", "%v", err)
+	}
+	gws := c.inv.List(inventory.Filter{Tenant: t.Tenant, Selector: sel, Group: t.Group})
+	if len(gws) == 0 {
+		return nil, &errdefs.FieldError{Field: "target", Kind: errdefs.ErrNotFound, Msg: fmt.Sprintf("selects no gateway of tenant %s", t.Tenant)}
+	}
+	return gws, nil
+}
+
+// listed returns the gateways ids names, each of which must be in the
+// inventory.
+func (c *Controller) listed(tenant string, ids []string) ([]*inventory.Gateway, error) {
+	out := make([]*inventory.Gateway, 0, len(ids))
+	for i, id := range ids {
+		g, ok := c.inv.Get(tenant, id)
+		if !ok {
+			return nil, &errdefs.FieldError{Field: fmt.Sprintf("target.gateways[%d]", i), Kind: errdefs.ErrNotFound,
+				Msg: fmt.Sprintf("gateway %s/%s is not in the inventory: it has never sent a birth (list them with `cloud-sim gateways`)", tenant, id)}
+		}
+		out = append(out, g)
+	}
+	return out, nil
+}
+
+// Send sends cmd (its body; ids are assigned) to every target gateway and
+// returns at once with the batch; Wait awaits the outcomes. A deploy is
+// preceded, per gateway, by the tenant's credential for its image when the
+// gateway does not hold it yet, and refused before anything is sent when
+// the registry rejects the credential or has no such image. A
+// set-credentials with plaintext credentials is sealed to each gateway.
+func (c *Controller) Send(ctx context.Context, t Target, cmd *fleetv1.Command, opts SendOptions) (*dispatch.BatchView, error) {
+	verb := topic.VerbOf(cmd)
+	if verb == "" {
+		return nil, errdefs.Invalid("command", "has no body: give one of deploy, remove, start, stop, restart, setCredentials, deleteCredentials, checkRegistry, rebirth")
+	}
+	gws, err := c.resolve(t)
+	if err != nil {
+		return nil, err
+	}
+	b := &dispatch.Batch{ID: dispatch.NewID("b"), Verb: string(verb), Tenant: t.Tenant, CreatedAt: c.cfg.Now()}
+	var ahead *fleetv1.Credential // sent ahead of a deploy
+	if spec := cmd.GetDeploy().GetSpec(); spec != nil && spec.GetImage() != "" {
+		cred, warn, err := c.creds.Prepare(ctx, t.Tenant, spec.GetImage(), "command.deploy.spec.image", opts.SkipRegistryCheck)
+		if err != nil {
+			return nil, err
+		}
+		if ahead = cred; warn != "" {
+			b.Warnings = append(b.Warnings, warn)
+		}
+	}
+	plain, err := plainCredentials(cmd)
+	if err != nil {
+		return nil, err
+	}
+	jobs := c.jobs(b, gws, cmd, ahead, plain, opts.ExpiresIn)
+	if err := c.disp.Record(ctx, b, jobs); err != nil {
+		return nil, err
+	}
+	c.disp.Publish(ctx, jobs, func(j dispatch.Job) {
+		if spec := j.Body.GetDeploy().GetSpec(); spec != nil {
+			c.sched.Specs().Remember(j.Command.Tenant, j.Command.Gateway, spec)
+		}
+	})
+	v, _ := c.disp.Batch(b.ID)
+	return v, nil
+}
+
+// plainCredentials are the credentials of a set-credentials in plain
+// text, validated, which Send seals to each gateway.
+func plainCredentials(cmd *fleetv1.Command) ([]*fleetv1.Credential, error) {
+	sc := cmd.GetSetCredentials()
+	if sc == nil || len(sc.GetCredentials()) == 0 {
+		return nil, nil
+	}
+	for i, cr := range sc.GetCredentials() {
+		if _, err := tenantcred.Validate(fmt.Sprintf("command.setCredentials.credentials[%d]", i), cr); err != nil {
+			return nil, err
+		}
+	}
+	return sc.GetCredentials(), nil
+}
+
+// jobs prepares each gateway's commands: the credential ahead of a deploy
+// when the gateway lacks it, then cmd, with plain credentials sealed to
+// the gateway. A gateway that cannot get its credentials is a warning.
+func (c *Controller) jobs(b *dispatch.Batch, gws []*inventory.Gateway, cmd *fleetv1.Command, ahead *fleetv1.Credential, plain []*fleetv1.Credential, expiresIn time.Duration) []dispatch.Job {
+	var jobs []dispatch.Job
+	add := func(g *inventory.Gateway, body *fleetv1.Command, held []inventory.Registry) {
+		j := dispatch.NewJob(b, g.Tenant, g.ID, g.Online, body, expiresIn)
+		j.Command.Credentials = held
+		jobs = append(jobs, j)
+	}
+	for _, g := range gws {
+		if ahead != nil && !tenantcred.Holds(g.Registries, ahead) {
+			sealed, err := tenantcred.Seal(g.PublicKey, []*fleetv1.Credential{ahead})
+			if err != nil {
+				b.Warnings = append(b.Warnings, fmt.Sprintf("%s: %v", g.ID, err))
+			} else {
+				add(g, sealed, tenantcred.Describe([]*fleetv1.Credential{ahead}))
+			}
+		}
+		body := proto.Clone(cmd).(*fleetv1.Command)
+		var held []inventory.Registry
+		if plain != nil {
+			sealed, err := tenantcred.Seal(g.PublicKey, plain)
+			if err != nil {
+				b.Warnings = append(b.Warnings, fmt.Sprintf("%s: %v", g.ID, err))
+				continue
+			}
+			body, held = sealed, tenantcred.Describe(plain)
+		}
+		add(g, body, held)
+	}
+	return jobs
+}
+
+// Command returns one command.
+func (c *Controller) Command(id string) (*dispatch.Command, bool) { return c.disp.Command(id) }
+
+// Batch returns a batch with its commands.
+func (c *Controller) Batch(id string) (*dispatch.BatchView, bool) { return c.disp.Batch(id) }
+
+// Batches lists the batches, newest first, at most limit of them.
+func (c *Controller) Batches(limit int) []*dispatch.Batch { return c.disp.Batches(limit) }
+
+// Wait returns the batch once every command has its final outcome, or when
+// ctx ends; see dispatch.Dispatcher.Wait.
+func (c *Controller) Wait(ctx context.Context, id string, progress func(*dispatch.BatchView)) (*dispatch.BatchView, error) {
+	return c.disp.Wait(ctx, id, progress)
+}

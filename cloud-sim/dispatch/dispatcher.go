@@ -1,0 +1,400 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fleet-agent/fleet/cloud-sim/changes"
+	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/errdefs"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
+)
+
+// Publisher publishes a command to a gateway and returns once the broker
+// has it.
+type Publisher interface {
+	Publish(ctx context.Context, tenant, gateway string, cmd *fleetv1.Command) error
+}
+
+// Cipher encrypts command payloads at rest.
+type Cipher interface {
+	Encrypt(plain []byte) []byte
+	Decrypt(enc []byte) ([]byte, error)
+}
+
+// Config configures a Dispatcher.
+type Config struct {
+	Store  *state.Store
+	Cipher Cipher
+	// Changes receives command and batch changes (none when nil).
+	Changes *changes.Hub
+	Logger  *slog.Logger
+	Now     func() time.Time
+}
+
+// Dispatcher sends commands and records their outcomes.
+type Dispatcher struct {
+	cfg Config
+	log *slog.Logger
+	hub *changes.Hub
+	pub Publisher // set by Start
+
+	mu       sync.Mutex
+	commands map[string]*record  // by id; guarded by mu
+	batches  map[string]*Batch   // by id; guarded by mu
+	dirty    map[string]struct{} // commands changed since the last flush; guarded by mu
+
+	stop chan struct{}
+	done sync.WaitGroup
+}
+
+// New returns a dispatcher; Load fills it from the store.
+func New(cfg Config) (*Dispatcher, error) {
+	if cfg.Store == nil || cfg.Cipher == nil {
+		return nil, errors.New("dispatch: Store and Cipher are required")
+	}
+	if cfg.Changes == nil {
+		cfg.Changes = new(changes.Hub)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Dispatcher{cfg: cfg, log: cfg.Logger, hub: cfg.Changes, commands: map[string]*record{},
+		batches: map[string]*Batch{}, dirty: map[string]struct{}{}, stop: make(chan struct{})}, nil
+}
+
+// Load reads the stored batches and commands.
+func (d *Dispatcher) Load(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	err := d.cfg.Store.Each(ctx, state.Commands, func(_ string, raw []byte) error {
+		var probe struct {
+			Commands []string `json:"commands"`
+			Batch    string   `json:"batch"`
+		}
+		if err := json.Unmarshal(raw, &probe); err != nil {
+			return err
+		}
+		if probe.Commands != nil || probe.Batch == "" {
+			var b state.Batch
+			if err := json.Unmarshal(raw, &b); err != nil {
+				return err
+			}
+			batch := Batch(b)
+			d.batches[b.ID] = &batch
+			return nil
+		}
+		var c state.Command
+		if err := json.Unmarshal(raw, &c); err != nil {
+			return err
+		}
+		d.commands[c.ID] = restoreCommand(&c)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("dispatch: load: %w", err)
+	}
+	return nil
+}
+
+// Len is how many commands the dispatcher holds.
+func (d *Dispatcher) Len() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.commands)
+}
+
+// Start publishes through pub from now on, and resends the unfinished
+// commands in the background; Close stops that.
+func (d *Dispatcher) Start(pub Publisher) {
+	d.pub = pub
+	ctx, cancel := context.WithCancel(context.Background())
+	d.done.Add(2)
+	go func() {
+		defer d.done.Done()
+		select {
+		case <-d.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	go func() {
+		defer d.done.Done()
+		defer cancel()
+		d.Resend(ctx)
+	}()
+}
+
+// Close stops the resending and waits for it.
+func (d *Dispatcher) Close() {
+	close(d.stop)
+	d.done.Wait()
+}
+
+// Job is one command to one gateway, to record and send.
+type Job struct {
+	Command *Command
+	Body    *fleetv1.Command
+}
+
+// NewJob prepares body for gw and adds it to b: assigns its id and times,
+// and describes it as a PENDING command.
+func NewJob(b *Batch, tenant, gw string, online bool, body *fleetv1.Command, expiresIn time.Duration) Job {
+	body.Id, body.IssuedAt = NewID("c"), timestampOf(b.CreatedAt)
+	if expiresIn > 0 {
+		body.ExpiresAt = timestampOf(b.CreatedAt.Add(expiresIn))
+	}
+	cmd := &Command{ID: body.Id, Batch: b.ID, Tenant: tenant, Gateway: gw, Verb: string(topic.VerbOf(body)),
+		State: Pending, OfflineWhenSent: !online, SentAt: b.CreatedAt}
+	b.Commands = append(b.Commands, cmd.ID)
+	return Job{Command: cmd, Body: body}
+}
+
+// Record stores the batch and its jobs' commands before any is published,
+// so that no reply can arrive for a command the controller does not know.
+func (d *Dispatcher) Record(ctx context.Context, b *Batch, jobs []Job) error {
+	records := make(map[string]any, len(jobs)+1)
+	recs := make([]*record, 0, len(jobs))
+	for _, j := range jobs {
+		payload, err := proto.Marshal(j.Body)
+		if err != nil {
+			return err
+		}
+		rec := &record{Command: *j.Command, Payload: d.cfg.Cipher.Encrypt(payload)}
+		recs = append(recs, rec)
+		records[state.Key("cmd", rec.ID)] = rec.stored()
+	}
+	sb := state.Batch(*b)
+	records[state.Key("batch", b.ID)] = &sb
+	d.mu.Lock()
+	d.batches[b.ID] = b
+	for _, rec := range recs {
+		d.commands[rec.ID] = rec
+	}
+	d.mu.Unlock()
+	if err := d.cfg.Store.PutMany(ctx, state.Commands, records); err != nil {
+		return fmt.Errorf("record commands: %w", err)
+	}
+	d.hub.Publish(changes.Change{Kind: "batch.created", At: b.CreatedAt, Tenant: b.Tenant, Batch: b.ID,
+		Message: fmt.Sprintf("%s to %d gateways", b.Verb, gatewayCount(jobs))})
+	return nil
+}
+
+func gatewayCount(jobs []Job) int {
+	seen := map[string]struct{}{}
+	for _, j := range jobs {
+		seen[j.Command.Tenant+"/"+j.Command.Gateway] = struct{}{}
+	}
+	return len(seen)
+}
+
+// Publish publishes the jobs with bounded concurrency across gateways and
+// in order for each gateway (its credentials before the deploy that needs
+// them): each publish waits for the broker's PUBACK, and the agent
+// executes its commands in the order they arrive. sent, when set, is
+// called for each job the broker took.
+func (d *Dispatcher) Publish(ctx context.Context, jobs []Job, sent func(Job)) {
+	var order []string
+	perGateway := map[string][]Job{}
+	for _, j := range jobs {
+		k := j.Command.Tenant + "/" + j.Command.Gateway
+		if _, ok := perGateway[k]; !ok {
+			order = append(order, k)
+		}
+		perGateway[k] = append(perGateway[k], j)
+	}
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for _, k := range order {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(list []Job) {
+			defer func() { <-sem; wg.Done() }()
+			for _, j := range list {
+				if err := d.pub.Publish(ctx, j.Command.Tenant, j.Command.Gateway, j.Body); err != nil {
+					d.finish(j.Command.ID, Undelivered, "", err.Error(), "", nil)
+				} else if sent != nil {
+					sent(j)
+				}
+			}
+		}(perGateway[k])
+	}
+	wg.Wait()
+}
+
+// Send records cmd, under its id, as a command of batch (a rollout) to
+// gw unless it is known already, and publishes it.
+func (d *Dispatcher) Send(ctx context.Context, batch, tenant, gw string, online bool, cmd *fleetv1.Command) error {
+	payload, err := proto.Marshal(cmd)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	if _, known := d.commands[cmd.Id]; !known {
+		d.commands[cmd.Id] = &record{Command: Command{ID: cmd.Id, Batch: batch, Tenant: tenant, Gateway: gw, Verb: string(topic.VerbOf(cmd)),
+			State: Pending, OfflineWhenSent: !online, SentAt: d.cfg.Now()}, Payload: d.cfg.Cipher.Encrypt(payload)}
+		d.dirty[cmd.Id] = struct{}{}
+	}
+	d.mu.Unlock()
+	return d.pub.Publish(ctx, tenant, gw, cmd)
+}
+
+// Undelivered records that the command id (of batch, to gw) could not be
+// sent.
+func (d *Dispatcher) Undelivered(id, batch, tenant, gw, verb string, cause error) {
+	now := d.cfg.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rec := d.commands[id]
+	switch {
+	case rec == nil:
+		d.commands[id] = &record{Command: Command{ID: id, Batch: batch, Tenant: tenant, Gateway: gw,
+			Verb: verb, State: Undelivered, Message: cause.Error(), SentAt: now, FinishedAt: now}}
+	case !rec.Final():
+		rec.State, rec.Message, rec.FinishedAt = Undelivered, cause.Error(), now
+	default:
+		return
+	}
+	d.dirty[id] = struct{}{}
+}
+
+// Reply applies a gateway's reply to its command. It reports the command
+// as it is now, and false for a reply to no command of that gateway's
+// (another console's, a duplicate, or a forged one).
+func (d *Dispatcher) Reply(tenant, gateway string, rep *fleetv1.Reply, at time.Time) (Command, bool) {
+	d.mu.Lock()
+	rec := d.commands[rep.GetCommandId()]
+	if rec == nil || rec.Tenant != tenant || rec.Gateway != gateway || rec.Final() {
+		d.mu.Unlock()
+		return Command{}, false
+	}
+	if rep.GetResult() == fleetv1.Reply_ACCEPTED {
+		rec.State, rec.AcceptedAt = Accepted, at
+		d.dirty[rec.ID] = struct{}{}
+		cmd := rec.Command
+		d.mu.Unlock()
+		d.hub.Publish(changes.Change{Kind: "command.accepted", At: at, Tenant: tenant, Gateway: gateway, Command: cmd.ID, Batch: cmd.Batch, State: string(Accepted)})
+		return cmd, true
+	}
+	d.mu.Unlock()
+	st := State(rep.GetResult().String())
+	if rep.GetResult() == fleetv1.Reply_RESULT_UNSPECIFIED {
+		st = Failed
+	}
+	raw, _ := protojson.Marshal(rep)
+	code := ""
+	if rep.GetCode() != fleetv1.Reply_OK {
+		code = rep.GetCode().String()
+	}
+	return d.finish(rep.GetCommandId(), st, code, rep.GetMessage(), rep.GetField(), raw), true
+}
+
+// finish records a command's final outcome and returns the command.
+func (d *Dispatcher) finish(id string, st State, code, msg, field string, reply json.RawMessage) Command {
+	d.mu.Lock()
+	rec := d.commands[id]
+	if rec == nil || rec.Final() {
+		d.mu.Unlock()
+		return Command{}
+	}
+	rec.State, rec.Code, rec.Message, rec.Field, rec.Reply, rec.FinishedAt = st, code, msg, field, reply, d.cfg.Now()
+	d.dirty[id] = struct{}{}
+	cmd := rec.Command
+	d.mu.Unlock()
+	d.hub.Publish(changes.Change{Kind: "command.finished", At: cmd.FinishedAt, Tenant: cmd.Tenant, Gateway: cmd.Gateway,
+		Command: id, Batch: cmd.Batch, State: string(st), Message: msg})
+	return cmd
+}
+
+// Command returns one command.
+func (d *Dispatcher) Command(id string) (*Command, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rec := d.commands[id]
+	if rec == nil {
+		return nil, false
+	}
+	v := rec.Command
+	return &v, true
+}
+
+// Batch returns a batch with its commands.
+func (d *Dispatcher) Batch(id string) (*BatchView, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	b := d.batches[id]
+	if b == nil {
+		return nil, false
+	}
+	v := &BatchView{Batch: *b, Counts: map[State]int{}, Done: true}
+	for _, cid := range b.Commands {
+		rec := d.commands[cid]
+		if rec == nil {
+			continue
+		}
+		cc := rec.Command
+		v.Commands = append(v.Commands, &cc)
+		v.Counts[cc.State]++
+		if !cc.Final() {
+			v.Done = false
+		}
+		if cc.Failed() {
+			v.Failed++
+		}
+	}
+	return v, true
+}
+
+// Batches lists the batches, newest first, at most limit of them.
+func (d *Dispatcher) Batches(limit int) []*Batch {
+	d.mu.Lock()
+	out := make([]*Batch, 0, len(d.batches))
+	for _, b := range d.batches {
+		bc := *b
+		out = append(out, &bc)
+	}
+	d.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.After(out[j].CreatedAt) })
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out
+}
+
+// Wait returns the batch once every command has its final outcome, or when
+// ctx ends, with what is known then. progress, if set, sees the batch
+// every 200 ms meanwhile.
+func (d *Dispatcher) Wait(ctx context.Context, id string, progress func(*BatchView)) (*BatchView, error) {
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		v, ok := d.Batch(id)
+		if !ok {
+			return nil, &errdefs.FieldError{Field: "batch", Kind: errdefs.ErrNotFound, Msg: fmt.Sprintf("no batch %s", id)}
+		}
+		if progress != nil {
+			progress(v)
+		}
+		if v.Done {
+			return v, nil
+		}
+		select {
+		case <-ctx.Done():
+			return v, nil
+		case <-tick.C:
+		}
+	}
+}

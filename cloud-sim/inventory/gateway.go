@@ -1,0 +1,208 @@
+package inventory
+
+import (
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+// Gateway is one gateway in the inventory, as its births, deaths,
+// statuses and metrics describe it.
+type Gateway struct {
+	Tenant string
+	ID     string
+	// Online is true from a birth until a death of the same or a newer
+	// session. Stale is set on reads when an online gateway has sent
+	// nothing for longer than the controller's stale threshold.
+	Online       bool
+	Stale        bool
+	Session      uint64
+	DeathSession uint64
+	DeathReason  string
+	ConnectedAt  time.Time
+	LastSeen     time.Time
+
+	AgentVersion    string
+	ProtocolVersion uint32
+	Simulated       bool
+	Host            *Host
+	Engine          *Engine
+	Labels          map[string]string
+	Groups          []string
+	Capabilities    []string
+	// PublicKey is the key credentials are sealed to.
+	PublicKey   string
+	Deployments map[string]*Deployment
+	Registries  []Registry
+	Running     uint32
+}
+
+// Host is the gateway's machine.
+type Host struct {
+	Hostname    string
+	OS          string
+	Arch        string
+	CPUs        uint32
+	MemoryBytes uint64
+}
+
+// Engine is the gateway's container engine.
+type Engine struct {
+	Name      string
+	Version   string
+	Reachable bool
+	Error     string
+}
+
+// Deployment is the last known status of one deployment on a gateway.
+type Deployment struct {
+	Name         string
+	Revision     int64
+	Phase        Phase
+	Health       Health
+	Image        string
+	Digest       string
+	Code         string
+	Message      string
+	RestartCount uint32
+	UpdatedAt    time.Time
+}
+
+// Registry is a credential a gateway holds, as its birth summarises it
+// (never the secret).
+type Registry struct {
+	Registry    string
+	Kind        string
+	Username    string
+	Fingerprint string
+	ExpiresAt   time.Time
+	Warning     string
+}
+
+func (g *Gateway) clone() *Gateway {
+	c := *g
+	c.Labels = maps.Clone(g.Labels)
+	c.Groups = slices.Clone(g.Groups)
+	c.Capabilities = slices.Clone(g.Capabilities)
+	c.Registries = slices.Clone(g.Registries)
+	c.Deployments = make(map[string]*Deployment, len(g.Deployments))
+	for k, d := range g.Deployments {
+		dc := *d
+		c.Deployments[k] = &dc
+	}
+	if g.Host != nil {
+		h := *g.Host
+		c.Host = &h
+	}
+	if g.Engine != nil {
+		e := *g.Engine
+		c.Engine = &e
+	}
+	return &c
+}
+
+// applyBirth takes a birth; it reports false for one older than what the
+// inventory knows (a retained birth of a session that has since died).
+func (g *Gateway) applyBirth(b *fleetv1.Birth, at time.Time) bool {
+	if b.GetSession() < g.Session || (g.DeathSession != 0 && b.GetSession() <= g.DeathSession) {
+		return false
+	}
+	g.Online, g.Session = true, b.GetSession()
+	g.DeathReason = ""
+	g.ConnectedAt = b.GetTimestamp().AsTime()
+	g.LastSeen = at
+	g.AgentVersion, g.ProtocolVersion, g.Simulated = b.GetAgentVersion(), b.GetProtocolVersion(), b.GetSimulated()
+	if h := b.GetHost(); h != nil {
+		g.Host = &Host{Hostname: h.GetHostname(), OS: h.GetOs(), Arch: h.GetArch(), CPUs: h.GetCpuCount(), MemoryBytes: h.GetMemoryBytes()}
+	}
+	if e := b.GetEngine(); e != nil {
+		g.Engine = &Engine{Name: e.GetName(), Version: e.GetVersion(), Reachable: e.GetReachable(), Error: e.GetError()}
+	}
+	g.Labels, g.Groups, g.Capabilities = b.GetLabels(), b.GetGroups(), b.GetCapabilities()
+	g.PublicKey = b.GetPublicKey()
+	deps := make(map[string]*Deployment, len(b.GetDeployments()))
+	for _, d := range b.GetDeployments() {
+		dep := &Deployment{Name: d.GetName(), Revision: d.GetRevision(), Phase: Phase(d.GetPhase()), Image: d.GetImage(), Digest: d.GetDigest(), UpdatedAt: at}
+		// A birth summarises; keep the richer status of the same revision.
+		if old := g.Deployments[d.GetName()]; old != nil && old.Revision == dep.Revision && old.Phase == dep.Phase {
+			dep = old
+		}
+		deps[d.GetName()] = dep
+	}
+	g.Deployments = deps
+	g.Registries = g.Registries[:0]
+	for _, r := range b.GetRegistries() {
+		reg := Registry{Registry: r.GetRegistry(), Kind: r.GetKind(), Username: r.GetUsername(), Fingerprint: r.GetFingerprint(), Warning: r.GetWarning()}
+		if r.GetExpiresAt() != nil {
+			reg.ExpiresAt = r.GetExpiresAt().AsTime()
+		}
+		g.Registries = append(g.Registries, reg)
+	}
+	return true
+}
+
+// applyDeath takes a death; it reports false for one of a session older
+// than the current birth's.
+func (g *Gateway) applyDeath(d *fleetv1.Death, at time.Time) bool {
+	if d.GetSession() < g.Session || d.GetSession() <= g.DeathSession {
+		return false
+	}
+	g.Online = false
+	g.Session, g.DeathSession = d.GetSession(), d.GetSession()
+	g.DeathReason = strings.ToLower(d.GetReason().String())
+	g.LastSeen = at
+	return true
+}
+
+func (g *Gateway) applyStatus(name string, s *fleetv1.DeploymentStatus, at time.Time) {
+	if s == nil { // an empty retained payload: the deployment was removed
+		delete(g.Deployments, name)
+		return
+	}
+	if g.Deployments == nil {
+		g.Deployments = map[string]*Deployment{}
+	}
+	if old := g.Deployments[name]; old != nil && old.Revision > s.GetRevision() {
+		return
+	}
+	d := &Deployment{Name: name, Revision: s.GetRevision(), Phase: Phase(s.GetPhase()), Image: s.GetImage(), Digest: s.GetImageDigest(),
+		Message: s.GetMessage(), RestartCount: s.GetRestartCount(), UpdatedAt: at}
+	d.Health = Health(s.GetHealth())
+	if s.GetCode() != fleetv1.Reply_OK {
+		d.Code = s.GetCode().String()
+	}
+	g.Deployments[name] = d
+}
+
+// Phase is a deployment's phase: the protocol's enum.
+type Phase fleetv1.DeploymentStatus_Phase
+
+// The phases the controller acts on.
+const (
+	Running    = Phase(fleetv1.DeploymentStatus_RUNNING)
+	Failed     = Phase(fleetv1.DeploymentStatus_FAILED)
+	RolledBack = Phase(fleetv1.DeploymentStatus_ROLLED_BACK)
+)
+
+func (p Phase) String() string { return fleetv1.DeploymentStatus_Phase(p).String() }
+
+// Health is a deployment's health check status: the protocol's enum;
+// its String is lower case ("healthy"), "" when there is no check.
+type Health fleetv1.HealthCheck_Status
+
+// The health statuses the controller acts on.
+const (
+	NoHealthCheck = Health(fleetv1.HealthCheck_NONE)
+	Healthy       = Health(fleetv1.HealthCheck_HEALTHY)
+	Unhealthy     = Health(fleetv1.HealthCheck_UNHEALTHY)
+)
+
+func (h Health) String() string {
+	if h == NoHealthCheck {
+		return ""
+	}
+	return strings.ToLower(fleetv1.HealthCheck_Status(h).String())
+}

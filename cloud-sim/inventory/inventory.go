@@ -1,0 +1,311 @@
+// Package inventory is the fleet's inventory: one record a gateway, built
+// from its births, deaths, statuses, metrics and events, with label
+// selectors to choose gateways and a read-only view for the rollout
+// scheduler. Its state lives in the store (package state) and is written
+// behind: births, deaths and statuses are retained at the broker, so what
+// a crash loses between two flushes comes back when the controller
+// resubscribes.
+package inventory
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/fleet-agent/fleet/cloud-sim/changes"
+	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/state"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
+)
+
+// Config configures an Inventory.
+type Config struct {
+	// StaleAfter is how long an online gateway may stay silent before it
+	// is shown as stale (2 minutes when zero).
+	StaleAfter time.Duration
+	// Changes receives gateway and deployment changes (none when nil).
+	Changes *changes.Hub
+	Now     func() time.Time
+}
+
+// Inventory is the fleet's gateways.
+type Inventory struct {
+	staleAfter time.Duration
+	hub        *changes.Hub
+	now        func() time.Time
+
+	mu       sync.RWMutex
+	gateways map[string]*Gateway // by state.Key(tenant, id); guarded by mu
+	dirty    map[string]struct{} // keys changed since the last flush; guarded by mu
+	ingested uint64              // guarded by mu
+}
+
+// New returns an empty inventory; Load fills it from the store.
+func New(cfg Config) *Inventory {
+	if cfg.StaleAfter <= 0 {
+		cfg.StaleAfter = 2 * time.Minute
+	}
+	if cfg.Changes == nil {
+		cfg.Changes = new(changes.Hub)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Inventory{staleAfter: cfg.StaleAfter, hub: cfg.Changes, now: cfg.Now,
+		gateways: map[string]*Gateway{}, dirty: map[string]struct{}{}}
+}
+
+// Load reads the stored gateways.
+func (inv *Inventory) Load(ctx context.Context, st *state.Store) error {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	err := st.Each(ctx, state.Gateways, func(k string, raw []byte) error {
+		g := new(state.Gateway)
+		if err := json.Unmarshal(raw, g); err != nil {
+			return err
+		}
+		inv.gateways[k] = restore(g)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("inventory: load: %w", err)
+	}
+	return nil
+}
+
+// Len is how many gateways the inventory holds.
+func (inv *Inventory) Len() int {
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	return len(inv.gateways)
+}
+
+// Flush writes the gateways changed since the last flush; on failure they
+// are written with the next.
+func (inv *Inventory) Flush(ctx context.Context, st *state.Store) error {
+	inv.mu.Lock()
+	if len(inv.dirty) == 0 {
+		inv.mu.Unlock()
+		return nil
+	}
+	gws := make(map[string]any, len(inv.dirty))
+	for k := range inv.dirty {
+		if g := inv.gateways[k]; g != nil {
+			gws[k] = g.stored()
+		}
+	}
+	inv.dirty = map[string]struct{}{}
+	inv.mu.Unlock()
+	err := st.PutMany(ctx, state.Gateways, gws)
+	if err != nil {
+		inv.mu.Lock()
+		for k := range gws {
+			inv.dirty[k] = struct{}{}
+		}
+		inv.mu.Unlock()
+	}
+	return err
+}
+
+// Ingested is how many gateway publications the inventory has applied.
+func (inv *Inventory) Ingested() uint64 {
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	return inv.ingested
+}
+
+// Apply takes one publication from a gateway (anything but a reply).
+func (inv *Inventory) Apply(r console.Received) {
+	t := r.Topic
+	k := state.Key(t.Tenant, t.Gateway)
+	inv.mu.Lock()
+	g := inv.gateways[k]
+	if g == nil {
+		if t.Kind != topic.Birth {
+			// Only a birth creates a gateway: statuses and metrics of one
+			// that never announced itself are kept out of the inventory.
+			inv.mu.Unlock()
+			return
+		}
+		g = &Gateway{Tenant: t.Tenant, ID: t.Gateway}
+		inv.gateways[k] = g
+	}
+	ev, changed := g.apply(t, r.Message, r.At)
+	inv.dirty[k] = struct{}{}
+	inv.ingested++
+	inv.mu.Unlock()
+	if changed {
+		ev.At = r.At
+		inv.hub.Publish(ev)
+	}
+}
+
+// apply applies msg, published on t, and describes the change.
+func (g *Gateway) apply(t topic.Topic, msg any, at time.Time) (changes.Change, bool) {
+	switch m := msg.(type) {
+	case *fleetv1.Birth:
+		if g.applyBirth(m, at) {
+			return changes.Change{Kind: "gateway.online", Tenant: g.Tenant, Gateway: g.ID}, true
+		}
+	case *fleetv1.Death:
+		if g.applyDeath(m, at) {
+			return changes.Change{Kind: "gateway.offline", Tenant: g.Tenant, Gateway: g.ID, Message: g.DeathReason}, true
+		}
+	case *fleetv1.DeploymentStatus:
+		g.applyStatus(t.Deployment, m, at)
+		g.LastSeen = at
+		if d := g.Deployments[t.Deployment]; d != nil {
+			return changes.Change{Kind: "deployment.status", Tenant: g.Tenant, Gateway: g.ID, Deployment: t.Deployment,
+				Revision: d.Revision, Phase: d.Phase.String(), Message: d.Message}, true
+		}
+	case nil:
+		if t.Kind == topic.Status {
+			g.applyStatus(t.Deployment, nil, at)
+			return changes.Change{Kind: "deployment.removed", Tenant: g.Tenant, Gateway: g.ID, Deployment: t.Deployment}, true
+		}
+	case *fleetv1.Metrics:
+		g.LastSeen = at
+		g.Running = m.GetRunningCount()
+	case *fleetv1.Event:
+		g.LastSeen = at
+		return changes.Change{Kind: "event", Tenant: g.Tenant, Gateway: g.ID, Deployment: m.GetDeployment(), Message: m.GetKind() + ": " + m.GetMessage()}, true
+	}
+	return changes.Change{}, false
+}
+
+// Touch records that a gateway was heard from (a reply) at at.
+func (inv *Inventory) Touch(tenant, id string, at time.Time) {
+	k := state.Key(tenant, id)
+	inv.mu.Lock()
+	if g := inv.gateways[k]; g != nil {
+		g.LastSeen = at
+	}
+	inv.mu.Unlock()
+}
+
+// NoteCredentials records that a gateway accepted a set-credentials with
+// regs, so that the next deploy does not send them again.
+func (inv *Inventory) NoteCredentials(tenant, id string, regs []Registry) {
+	k := state.Key(tenant, id)
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	g := inv.gateways[k]
+	if g == nil {
+		return
+	}
+	for _, r := range regs {
+		if i := slices.IndexFunc(g.Registries, func(h Registry) bool { return h.Registry == r.Registry }); i >= 0 {
+			g.Registries[i] = r
+		} else {
+			g.Registries = append(g.Registries, r)
+		}
+	}
+	inv.dirty[k] = struct{}{}
+}
+
+// Filter selects gateways.
+type Filter struct {
+	Tenant   string
+	Selector Selector
+	Group    string
+	// AnyGroup, when set, keeps only gateways in at least one of them.
+	AnyGroup []string
+	// Online, when set, keeps only gateways that are (or are not) online.
+	Online *bool
+}
+
+func (f Filter) match(g *Gateway) bool {
+	switch {
+	case f.Tenant != "" && g.Tenant != f.Tenant:
+		return false
+	case f.Group != "" && !slices.Contains(g.Groups, f.Group):
+		return false
+	case f.Online != nil && g.Online != *f.Online:
+		return false
+	case len(f.AnyGroup) > 0 && !slices.ContainsFunc(f.AnyGroup, func(want string) bool { return slices.Contains(g.Groups, want) }):
+		return false
+	}
+	return f.Selector.Matches(g.Labels)
+}
+
+// List returns copies of the gateways f selects, ordered by tenant and id.
+func (inv *Inventory) List(f Filter) []*Gateway {
+	now := inv.now()
+	inv.mu.RLock()
+	out := make([]*Gateway, 0, len(inv.gateways))
+	for _, g := range inv.gateways {
+		if f.match(g) {
+			out = append(out, inv.view(g, now))
+		}
+	}
+	inv.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Tenant != out[j].Tenant {
+			return out[i].Tenant < out[j].Tenant
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// IDs lists the ids of the gateways f selects, unordered, without copying
+// their records.
+func (inv *Inventory) IDs(f Filter) []string {
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	var out []string
+	for _, g := range inv.gateways {
+		if f.match(g) {
+			out = append(out, g.ID)
+		}
+	}
+	return out
+}
+
+// Get returns a copy of one gateway.
+func (inv *Inventory) Get(tenant, id string) (*Gateway, bool) {
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	g := inv.gateways[state.Key(tenant, id)]
+	if g == nil {
+		return nil, false
+	}
+	return inv.view(g, inv.now()), true
+}
+
+// view is a copy of g for a reader, with Stale computed. inv.mu is held.
+func (inv *Inventory) view(g *Gateway, now time.Time) *Gateway {
+	v := g.clone()
+	v.Stale = g.Online && now.Sub(g.LastSeen) > inv.staleAfter
+	return v
+}
+
+// Observation is what the rollout scheduler reads of one gateway: whether
+// it is online and the status of one of its deployments.
+type Observation struct {
+	Known, Online bool
+	// Deployment is the deployment's status; its Name is "" when the
+	// gateway has no such deployment.
+	Deployment Deployment
+}
+
+// Observe reads one gateway, by state.Key(tenant, id), without copying
+// its record.
+func (inv *Inventory) Observe(key, deployment string) Observation {
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	g := inv.gateways[key]
+	if g == nil {
+		return Observation{}
+	}
+	o := Observation{Known: true, Online: g.Online}
+	if d := g.Deployments[deployment]; d != nil {
+		o.Deployment = *d
+	}
+	return o
+}

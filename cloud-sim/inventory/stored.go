@@ -1,0 +1,85 @@
+package inventory
+
+import (
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/fleet-agent/fleet/cloud-sim/state"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+// stored is g as the store keeps it, a copy: it is encoded after the
+// inventory's lock is released.
+func (g *Gateway) stored() *state.Gateway {
+	s := &state.Gateway{Tenant: g.Tenant, ID: g.ID, Online: g.Online, Session: g.Session, DeathSession: g.DeathSession,
+		DeathReason: g.DeathReason, ConnectedAt: g.ConnectedAt, LastSeen: g.LastSeen, AgentVersion: g.AgentVersion,
+		ProtocolVersion: g.ProtocolVersion, Simulated: g.Simulated, Labels: maps.Clone(g.Labels), Groups: slices.Clone(g.Groups),
+		Capabilities: slices.Clone(g.Capabilities),
+		PublicKey:    g.PublicKey, Registries: StoredRegistries(g.Registries), Running: g.Running}
+	if g.Host != nil {
+		h := state.Host(*g.Host)
+		s.Host = &h
+	}
+	if g.Engine != nil {
+		e := state.Engine(*g.Engine)
+		s.Engine = &e
+	}
+	if g.Deployments != nil {
+		s.Deployments = make(map[string]*state.Deployment, len(g.Deployments))
+		for k, d := range g.Deployments {
+			s.Deployments[k] = &state.Deployment{Name: d.Name, Revision: d.Revision, Phase: d.Phase.String(), Health: d.Health.String(),
+				Image: d.Image, Digest: d.Digest, Code: d.Code, Message: d.Message, RestartCount: d.RestartCount, UpdatedAt: d.UpdatedAt}
+		}
+	}
+	return s
+}
+
+// restore is the gateway s stores.
+func restore(s *state.Gateway) *Gateway {
+	g := &Gateway{Tenant: s.Tenant, ID: s.ID, Online: s.Online, Session: s.Session, DeathSession: s.DeathSession,
+		DeathReason: s.DeathReason, ConnectedAt: s.ConnectedAt, LastSeen: s.LastSeen, AgentVersion: s.AgentVersion,
+		ProtocolVersion: s.ProtocolVersion, Simulated: s.Simulated, Labels: s.Labels, Groups: s.Groups, Capabilities: s.Capabilities,
+		PublicKey: s.PublicKey, Registries: RestoredRegistries(s.Registries), Running: s.Running}
+	if s.Host != nil {
+		h := Host(*s.Host)
+		g.Host = &h
+	}
+	if s.Engine != nil {
+		e := Engine(*s.Engine)
+		g.Engine = &e
+	}
+	if s.Deployments != nil {
+		g.Deployments = make(map[string]*Deployment, len(s.Deployments))
+		for k, d := range s.Deployments {
+			g.Deployments[k] = &Deployment{Name: d.Name, Revision: d.Revision, Phase: Phase(fleetv1.DeploymentStatus_Phase_value[d.Phase]),
+				Health: Health(fleetv1.HealthCheck_Status_value[strings.ToUpper(d.Health)]), Image: d.Image, Digest: d.Digest,
+				Code: d.Code, Message: d.Message, RestartCount: d.RestartCount, UpdatedAt: d.UpdatedAt}
+		}
+	}
+	return g
+}
+
+// StoredRegistries are regs as the store keeps them.
+func StoredRegistries(regs []Registry) []state.Registry {
+	if regs == nil {
+		return nil
+	}
+	out := make([]state.Registry, len(regs))
+	for i, r := range regs {
+		out[i] = state.Registry(r)
+	}
+	return out
+}
+
+// RestoredRegistries are the registries regs stores.
+func RestoredRegistries(regs []state.Registry) []Registry {
+	if regs == nil {
+		return nil
+	}
+	out := make([]Registry, len(regs))
+	for i, r := range regs {
+		out[i] = Registry(r)
+	}
+	return out
+}

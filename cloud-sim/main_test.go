@@ -1,0 +1,62 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/fleet-agent/fleet/cloud-sim/serve"
+	"github.com/fleet-agent/fleet/protocol/topic"
+)
+
+// TestServeConfig: serve's flags land in serve.Config, secrets are read
+// from their files, and a bad value names its flag.
+func TestServeConfig(t *testing.T) {
+	token := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(token, []byte("s3cr3t\n"), 0o600)
+	tests := []struct {
+		name    string
+		args    []string
+		check   func(t *testing.T, cfg serve.Config)
+		wantErr string
+	}{
+		{name: "defaults", check: func(t *testing.T, cfg serve.Config) {
+			if cfg.HTTPListen != "127.0.0.1:8080" || cfg.Retention != 30*24*time.Hour || cfg.Scheme.Prefix() != topic.DefaultPrefix || cfg.APIToken != "" {
+				t.Errorf("defaults: listen %q, retention %s, prefix %q, token %q", cfg.HTTPListen, cfg.Retention, cfg.Scheme.Prefix(), cfg.APIToken)
+			}
+		}},
+		{name: "flags", args: []string{"--http-listen", ":0", "--sim-count", "3", "--topic-prefix", "acme/fleet", "--api-token-file", token},
+			check: func(t *testing.T, cfg serve.Config) {
+				if cfg.HTTPListen != ":0" || cfg.Sim.Count != 3 || cfg.Scheme.Prefix() != "acme/fleet" || cfg.APIToken != "s3cr3t" {
+					t.Errorf("got listen %q, sim count %d, prefix %q, token %q; want :0, 3, acme/fleet, the file's token",
+						cfg.HTTPListen, cfg.Sim.Count, cfg.Scheme.Prefix(), cfg.APIToken)
+				}
+			}},
+		{name: "bad prefix", args: []string{"--topic-prefix", "a/#"}, wantErr: "--topic-prefix"},
+		{name: "missing file", args: []string{"--broker-password-file", "/nonexistent"}, wantErr: "--broker-password-file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+			config := serveConfig(fs)
+			if err := fs.Parse(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := config()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one naming %s", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, cfg)
+		})
+	}
+}

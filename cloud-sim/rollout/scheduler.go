@@ -1,0 +1,377 @@
+package rollout
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fleet-agent/fleet/cloud-sim/changes"
+	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
+	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/errdefs"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+// LeaseTTL is how long a scheduler lease lasts without renewal: a replica
+// that dies hands the rollouts to another within this.
+const LeaseTTL = 3 * time.Second
+
+const leaseName = "rollout-scheduler"
+
+// Fleet is what the scheduler reads of the inventory.
+type Fleet interface {
+	Observe(key, deployment string) inventory.Observation
+	IDs(f inventory.Filter) []string
+}
+
+// Config configures a Scheduler.
+type Config struct {
+	Store *state.Store
+	// ID names this replica in the lease; APIURL is its API, named in the
+	// lease so that followers can point at the leader.
+	ID       string
+	APIURL   string
+	Fleet    Fleet
+	Commands Commands
+	Changes  *changes.Hub
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// Scheduler steps every active rollout ten times a second while this
+// replica holds the scheduler lease; the others keep a read-only view,
+// refreshed from the store.
+type Scheduler struct {
+	cfg   Config
+	log   *slog.Logger
+	hub   *changes.Hub
+	specs *Specs
+
+	mu   sync.Mutex
+	runs map[string]*Run // guarded by mu
+
+	leader atomic.Bool   // holds the scheduler lease
+	ticks  atomic.Uint64 // steps made, for tests
+	stop   chan struct{}
+	done   sync.WaitGroup
+}
+
+// New loads the rollouts and the last specs from the store.
+func New(ctx context.Context, cfg Config) (*Scheduler, error) {
+	if cfg.Store == nil || cfg.Fleet == nil || cfg.Commands == nil {
+		return nil, errors.New("rollout: Store, Fleet and Commands are required")
+	}
+	if cfg.Changes == nil {
+		cfg.Changes = new(changes.Hub)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Scheduler{cfg: cfg, log: cfg.Logger, hub: cfg.Changes, specs: NewSpecs(), runs: map[string]*Run{}, stop: make(chan struct{})}
+	if err := s.reload(ctx); err != nil {
+		return nil, fmt.Errorf("rollout: load: %w", err)
+	}
+	return s, nil
+}
+
+// Specs is the memory of the last spec deployed to each gateway.
+func (s *Scheduler) Specs() *Specs { return s.specs }
+
+// Start takes the lease if it is free and starts stepping; Close stops.
+func (s *Scheduler) Start(ctx context.Context) {
+	if held, err := s.cfg.Store.Acquire(ctx, leaseName, s.cfg.ID, s.cfg.APIURL, s.cfg.Now(), LeaseTTL); err == nil && held {
+		s.leader.Store(true) // the rollouts New loaded are current
+	}
+	s.done.Add(1)
+	go s.loop()
+}
+
+// Close stops the scheduler and waits for it.
+func (s *Scheduler) Close() {
+	close(s.stop)
+	s.done.Wait()
+}
+
+// Leader reports whether this replica schedules rollouts.
+func (s *Scheduler) Leader() bool { return s.leader.Load() }
+
+// Ticks is how many times the scheduler stepped the rollouts.
+func (s *Scheduler) Ticks() uint64 { return s.ticks.Load() }
+
+func (s *Scheduler) loop() {
+	defer s.done.Done()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	var lastLease, lastRefresh time.Time
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		now := s.cfg.Now()
+		if now.Sub(lastLease) >= LeaseTTL/6 {
+			lastLease = now
+			s.renewLease(ctx, now)
+		}
+		if s.leader.Load() {
+			s.step(ctx)
+			s.ticks.Add(1)
+		} else if now.Sub(lastRefresh) >= 2*time.Second {
+			lastRefresh = now
+			if err := s.reload(ctx); err != nil {
+				s.log.Warn("rollout view not refreshed", "err", err)
+			}
+		}
+		cancel()
+	}
+}
+
+func (s *Scheduler) renewLease(ctx context.Context, now time.Time) {
+	held, err := s.cfg.Store.Acquire(ctx, leaseName, s.cfg.ID, s.cfg.APIURL, now, LeaseTTL)
+	if err != nil {
+		s.log.Warn("scheduler lease", "err", err)
+	}
+	if held && !s.leader.Load() {
+		// Taking over: start from what the last leader wrote.
+		if err := s.reload(ctx); err != nil {
+			s.log.Error("rollouts not reloaded; not scheduling", "err", err)
+			held = false
+		} else {
+			s.log.Info("scheduling rollouts (lease taken)", "replica", s.cfg.ID)
+		}
+	}
+	s.leader.Store(held)
+}
+
+// NotLeader refuses a rollout change on a replica that does not schedule.
+func (s *Scheduler) NotLeader(ctx context.Context) error {
+	if s.leader.Load() {
+		return nil
+	}
+	var l state.Lease
+	_ = s.cfg.Store.Get(ctx, state.Meta, state.Key("lease", leaseName), &l)
+	return &errdefs.FieldError{Field: "replica", Kind: errdefs.ErrUnsupported,
+		Msg: fmt.Sprintf("this replica (%s) follows; rollouts are created and changed on the scheduling replica %s (%s)", s.cfg.ID, l.Owner, l.API)}
+}
+
+// view is what Step reads: the fleet and the last specs.
+type view struct {
+	Fleet
+	specs *Specs
+}
+
+func (v view) LastSpec(tenant, gw, name string) json.RawMessage {
+	return v.specs.Last(tenant, gw, name)
+}
+
+// step steps every active rollout and queues what they dispatch.
+func (s *Scheduler) step(ctx context.Context) {
+	now := s.cfg.Now()
+	v := view{Fleet: s.cfg.Fleet, specs: s.specs}
+	var out []Dispatch
+	var chs []changes.Change
+	s.mu.Lock()
+	for _, run := range s.runs {
+		if run.active() {
+			out = append(out, Step(run, v, s.cfg.Commands, now)...)
+			chs = append(chs, run.TakeChanges()...)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range chs {
+		s.hub.Publish(c)
+	}
+	for _, d := range out {
+		data, _ := json.Marshal(d)
+		if err := s.cfg.Store.Enqueue(ctx, state.WorkSubjects, d.CommandID, data); err != nil {
+			// Left IN_PROGRESS: it times out, and counts as a failure.
+			s.log.Error("rollout work not queued", "rollout", d.Rollout, "gateway", d.Gateway, "err", err)
+		}
+	}
+}
+
+// Target is a gateway a new rollout targets.
+type Target struct {
+	ID     string
+	Online bool
+}
+
+// Create starts a rollout of dep (spec.Deployment, validated) to targets,
+// superseding an active rollout of the same deployment.
+func (s *Scheduler) Create(ctx context.Context, spec Spec, dep *fleetv1.DeploymentSpec, targets []Target, warnings []string) (*Summary, error) {
+	now := s.cfg.Now()
+	r := &Rollout{ID: dispatch.NewID("r"), Spec: spec, State: Running, Phase: PhaseBatches, CreatedAt: now, Batch: 1, Warnings: warnings}
+	run := plan(r, dep, targets)
+	var chs []changes.Change
+	s.mu.Lock()
+	for _, other := range s.runs {
+		if other.R.Spec.Tenant == spec.Tenant && other.Spec.GetName() == dep.GetName() && other.R.State.Active() {
+			other.end(Superseded, "superseded by rollout "+r.ID, now)
+			chs = append(chs, other.TakeChanges()...)
+		}
+	}
+	s.runs[r.ID] = run
+	s.mu.Unlock()
+	for _, c := range chs {
+		s.hub.Publish(c)
+	}
+	if err := s.Flush(ctx); err != nil {
+		return nil, err
+	}
+	s.hub.Publish(changes.Change{Kind: "rollout.created", At: now, Tenant: spec.Tenant, Batch: r.ID, State: string(r.State),
+		Message: fmt.Sprintf("%s revision %d to %d gateways", dep.GetName(), dep.GetRevision(), len(targets))})
+	v, _ := s.Status(r.ID, false)
+	return v, nil
+}
+
+// plan orders the targets (online ones first, so that canaries and early
+// batches are ones that can answer now) and puts them in batches.
+func plan(r *Rollout, dep *fleetv1.DeploymentSpec, targets []Target) *Run {
+	targets = append([]Target(nil), targets...)
+	sort.SliceStable(targets, func(i, j int) bool { return targets[i].Online && !targets[j].Online })
+	run := NewRun(r, dep)
+	st := r.Spec.Strategy
+	canary := 0
+	if st.Canary != nil {
+		canary = min(st.Canary.Count, len(targets))
+		r.Phase = PhaseCanary
+	}
+	r.BatchSize = len(targets) - canary
+	switch {
+	case st.BatchSize > 0:
+		r.BatchSize = st.BatchSize
+	case st.BatchPercent > 0:
+		r.BatchSize = max(1, int(math.Ceil(float64(len(targets))*st.BatchPercent/100)))
+	}
+	r.BatchSize = max(r.BatchSize, 1)
+	for i, g := range targets {
+		batch := 0
+		if i >= canary {
+			batch = 1 + (i-canary)/r.BatchSize
+		}
+		run.Add(g.ID, batch)
+	}
+	return run
+}
+
+// Pause, Resume and Cancel are the operator's controls.
+func (s *Scheduler) Pause(ctx context.Context, id string) error  { return s.setState(ctx, id, Paused) }
+func (s *Scheduler) Resume(ctx context.Context, id string) error { return s.setState(ctx, id, Running) }
+func (s *Scheduler) Cancel(ctx context.Context, id string) error {
+	return s.setState(ctx, id, Canceled)
+}
+
+func (s *Scheduler) setState(ctx context.Context, id string, st State) error {
+	if err := s.NotLeader(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	run := s.runs[id]
+	if run == nil {
+		s.mu.Unlock()
+		return &errdefs.FieldError{Field: "id", Kind: errdefs.ErrNotFound, Msg: "no rollout " + id}
+	}
+	if !run.R.State.Active() {
+		s.mu.Unlock()
+		return &errdefs.FieldError{Field: "id", Kind: errdefs.ErrInvalidArgument, Msg: fmt.Sprintf("rollout %s is %s already", id, run.R.State)}
+	}
+	now := s.cfg.Now()
+	if st == Canceled {
+		run.end(Canceled, "canceled by the operator", now)
+	} else {
+		run.R.State, run.dirtyRun = st, true
+		run.R.lastTick = now
+		run.note(changes.Change{Kind: "rollout." + lower(string(st)), At: now, Tenant: run.R.Spec.Tenant, Batch: id, State: string(st)})
+	}
+	chs := run.TakeChanges()
+	s.mu.Unlock()
+	for _, c := range chs {
+		s.hub.Publish(c)
+	}
+	return nil
+}
+
+// Summary is a rollout with its aggregate progress.
+type Summary struct {
+	Rollout
+	Total        int
+	Counts       map[GatewayState]int
+	SucceededPct float64
+	FailedPct    float64
+	CurrentRate  float64 // gateways finished in the last minute
+	ETA          string
+	Failing      []Gateway
+	Gateways     []Gateway
+	Active       bool
+}
+
+// List lists the rollouts, newest first.
+func (s *Scheduler) List() []*Summary {
+	s.mu.Lock()
+	ids := make([]string, 0, len(s.runs))
+	for id := range s.runs {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	var out []*Summary
+	for _, id := range ids {
+		if v, ok := s.Status(id, false); ok {
+			out = append(out, v)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.After(out[j].CreatedAt) })
+	return out
+}
+
+// Status is a rollout's summary; withGateways adds every gateway's record.
+func (s *Scheduler) Status(id string, withGateways bool) (*Summary, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	run := s.runs[id]
+	if run == nil {
+		return nil, false
+	}
+	return run.summary(s.cfg.Now(), withGateways), true
+}
+
+func (run *Run) summary(now time.Time, withGateways bool) *Summary {
+	v := &Summary{Rollout: *run.R, Total: len(run.gws), Counts: map[GatewayState]int{}, Active: run.R.State.Active()}
+	v.Warnings = append([]string(nil), run.R.Warnings...)
+	finishedRecently := 0
+	for _, id := range run.order {
+		g := run.gws[id]
+		v.Counts[g.State]++
+		if g.State.Final() && now.Sub(g.FinishedAt) <= time.Minute {
+			finishedRecently++
+		}
+		if (run.R.Spec.Abort.countsAsFailure(g.State) || g.State == GatewayFailed) && len(v.Failing) < 50 {
+			v.Failing = append(v.Failing, *g)
+		}
+		if withGateways {
+			v.Gateways = append(v.Gateways, *g)
+		}
+	}
+	if v.Total > 0 {
+		v.SucceededPct = 100 * float64(v.Counts[GatewaySucceeded]) / float64(v.Total)
+		v.FailedPct = 100 * float64(v.Counts[GatewayFailed]+v.Counts[GatewayRejected]+v.Counts[GatewayTimedOut]) / float64(v.Total)
+	}
+	v.CurrentRate = float64(finishedRecently)
+	left := v.Counts[GatewayQueued] + v.Counts[GatewayInProgress]
+	if v.Active && left > 0 && finishedRecently > 0 {
+		v.ETA = (time.Duration(float64(left)/float64(finishedRecently)*60) * time.Second).String()
+	}
+	return v
+}

@@ -1,0 +1,131 @@
+package rollout
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sort"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/fleet-agent/fleet/cloud-sim/state"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+// reload replaces the rollouts and specs in memory with the stored ones.
+func (s *Scheduler) reload(ctx context.Context) error {
+	runs, err := readRuns(ctx, s.cfg.Store)
+	if err != nil {
+		return err
+	}
+	if err := s.specs.load(ctx, s.cfg.Store); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.runs = runs
+	s.mu.Unlock()
+	return nil
+}
+
+// readRuns reads the rollouts and their gateways.
+func readRuns(ctx context.Context, st *state.Store) (map[string]*Run, error) {
+	runs := map[string]*Run{}
+	gws := map[string][]*Gateway{}
+	err := st.Each(ctx, state.Rollouts, func(_ string, raw []byte) error {
+		var probe struct {
+			Gateway string `json:"gateway"`
+		}
+		if err := json.Unmarshal(raw, &probe); err != nil {
+			return err
+		}
+		if probe.Gateway != "" {
+			var g state.RolloutGateway
+			if err := json.Unmarshal(raw, &g); err != nil {
+				return err
+			}
+			gws[g.Rollout] = append(gws[g.Rollout], restoreGateway(&g))
+			return nil
+		}
+		var sr state.Rollout
+		if err := json.Unmarshal(raw, &sr); err != nil {
+			return err
+		}
+		r := restoreRollout(&sr)
+		spec := new(fleetv1.DeploymentSpec)
+		if err := protojson.Unmarshal(r.Spec.Deployment, spec); err != nil {
+			return err
+		}
+		run := NewRun(r, spec)
+		run.dirtyRun = false
+		runs[r.ID] = run
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for id, list := range gws {
+		if run := runs[id]; run != nil {
+			run.restore(list)
+		}
+	}
+	return runs, nil
+}
+
+// restore puts stored gateways back in dispatch order.
+func (run *Run) restore(list []*Gateway) {
+	sort.Slice(list, func(i, j int) bool {
+		if list[i].Batch != list[j].Batch {
+			return list[i].Batch < list[j].Batch
+		}
+		return list[i].Gateway < list[j].Gateway
+	})
+	for _, g := range list {
+		run.gws[g.Gateway] = g
+		run.order = append(run.order, g.Gateway)
+	}
+}
+
+// Flush writes the changed rollouts, their gateways and the last specs.
+func (s *Scheduler) Flush(ctx context.Context) error {
+	s.mu.Lock()
+	batch := map[string]any{}
+	for id, run := range s.runs {
+		if run.dirtyRun {
+			batch[state.Key("r", id)] = run.R.stored()
+			run.dirtyRun = false
+		}
+		for gw := range run.dirty {
+			batch[state.Key("g", id, gw)] = run.gws[gw].stored()
+		}
+		run.dirty = map[string]struct{}{}
+	}
+	s.mu.Unlock()
+	return errors.Join(s.cfg.Store.PutMany(ctx, state.Rollouts, batch), s.specs.flush(ctx, s.cfg.Store))
+}
+
+// Prune forgets, in memory and in the store, the rollouts that finished
+// before cutoff. It returns how many records it removed and the ids of
+// the commands those rollouts may have sent.
+func (s *Scheduler) Prune(ctx context.Context, cutoff time.Time) (int, []string, error) {
+	var keys, cmds []string
+	s.mu.Lock()
+	for id, run := range s.runs {
+		if run.active() || run.R.FinishedAt.After(cutoff) {
+			continue
+		}
+		for gw := range run.gws {
+			keys = append(keys, state.Key("g", id, gw))
+		}
+		keys = append(keys, state.Key("r", id))
+		cmds = append(cmds, run.commandIDs()...)
+		delete(s.runs, id)
+	}
+	s.mu.Unlock()
+	for _, k := range keys {
+		if err := s.cfg.Store.Delete(ctx, state.Rollouts, k); err != nil {
+			return 0, nil, err
+		}
+	}
+	return len(keys), cmds, nil
+}

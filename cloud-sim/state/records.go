@@ -1,0 +1,118 @@
+package state
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// The records the controller stores, as they are stored: each part maps
+// its domain records to these and back in one place, so that renaming a
+// field of a domain record or of the API does not change stored data.
+
+// Gateway is a gateway's inventory record (bucket Gateways).
+type Gateway struct {
+	Tenant       string    `json:"tenant"`
+	ID           string    `json:"id"`
+	Online       bool      `json:"online"`
+	Session      uint64    `json:"session"`
+	DeathSession uint64    `json:"deathSession,omitempty"`
+	DeathReason  string    `json:"deathReason,omitempty"`
+	ConnectedAt  time.Time `json:"connectedAt,omitzero"`
+	LastSeen     time.Time `json:"lastSeen,omitzero"`
+
+	AgentVersion    string                 `json:"agentVersion,omitempty"`
+	ProtocolVersion uint32                 `json:"protocolVersion,omitempty"`
+	Simulated       bool                   `json:"simulated,omitempty"`
+	Host            *Host                  `json:"host,omitempty"`
+	Engine          *Engine                `json:"engine,omitempty"`
+	Labels          map[string]string      `json:"labels,omitempty"`
+	Groups          []string               `json:"groups,omitempty"`
+	Capabilities    []string               `json:"capabilities,omitempty"`
+	PublicKey       string                 `json:"publicKey,omitempty"`
+	Deployments     map[string]*Deployment `json:"deployments,omitempty"`
+	Registries      []Registry             `json:"registries,omitempty"`
+	Running         uint32                 `json:"running"`
+}
+
+// Host is a gateway's machine.
+type Host struct {
+	Hostname    string `json:"hostname,omitempty"`
+	OS          string `json:"os,omitempty"`
+	Arch        string `json:"arch,omitempty"`
+	CPUs        uint32 `json:"cpus,omitempty"`
+	MemoryBytes uint64 `json:"memoryBytes,omitempty"`
+}
+
+// Engine is a gateway's container engine.
+type Engine struct {
+	Name      string `json:"name,omitempty"`
+	Version   string `json:"version,omitempty"`
+	Reachable bool   `json:"reachable"`
+	Error     string `json:"error,omitempty"`
+}
+
+// Deployment is a deployment's last status on a gateway: Phase by the
+// protocol enum's name, Health in lower case ("" without a check).
+type Deployment struct {
+	Name         string    `json:"name"`
+	Revision     int64     `json:"revision"`
+	Phase        string    `json:"phase"`
+	Health       string    `json:"health,omitempty"`
+	Image        string    `json:"image,omitempty"`
+	Digest       string    `json:"digest,omitempty"`
+	Code         string    `json:"code,omitempty"`
+	Message      string    `json:"message,omitempty"`
+	RestartCount uint32    `json:"restartCount,omitempty"`
+	UpdatedAt    time.Time `json:"updatedAt,omitzero"`
+}
+
+// Registry describes a credential a gateway holds (never the secret).
+type Registry struct {
+	Registry    string    `json:"registry"`
+	Kind        string    `json:"kind"`
+	Username    string    `json:"username,omitempty"`
+	Fingerprint string    `json:"fingerprint,omitempty"`
+	ExpiresAt   time.Time `json:"expiresAt,omitzero"`
+	Warning     string    `json:"warning,omitempty"`
+}
+
+// Command is one command and its outcome (bucket Commands, key
+// Key("cmd", id)), with its payload encrypted so that it can be sent again.
+type Command struct {
+	ID              string          `json:"id"`
+	Batch           string          `json:"batch"`
+	Tenant          string          `json:"tenant"`
+	Gateway         string          `json:"gateway"`
+	Verb            string          `json:"verb"`
+	State           string          `json:"state"`
+	OfflineWhenSent bool            `json:"offlineWhenSent,omitempty"`
+	Code            string          `json:"code,omitempty"`
+	Message         string          `json:"message,omitempty"`
+	Field           string          `json:"field,omitempty"`
+	Reply           json.RawMessage `json:"reply,omitempty"`
+	SentAt          time.Time       `json:"sentAt"`
+	AcceptedAt      time.Time       `json:"acceptedAt,omitzero"`
+	FinishedAt      time.Time       `json:"finishedAt,omitzero"`
+	Credentials     []Registry      `json:"credentials,omitempty"`
+	Payload         []byte          `json:"payload,omitempty"`
+}
+
+// Batch is one request's commands (bucket Commands, key Key("batch", id)).
+type Batch struct {
+	ID        string    `json:"id"`
+	Verb      string    `json:"verb"`
+	Tenant    string    `json:"tenant"`
+	CreatedAt time.Time `json:"createdAt"`
+	Commands  []string  `json:"commands"`
+	Warnings  []string  `json:"warnings,omitempty"`
+}
+
+// Device is a gateway's MQTT identity (bucket Devices): the SHA-256 of its
+// password, never the password.
+type Device struct {
+	Tenant    string    `json:"tenant"`
+	ID        string    `json:"id"`
+	Groups    []string  `json:"groups,omitempty"`
+	Hash      string    `json:"hash"`
+	CreatedAt time.Time `json:"createdAt"`
+}
