@@ -91,6 +91,12 @@ func Start(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("broker: store %s: %w", cfg.StorePath, err)
 		}
 	}
+	// Last, so that it sees a PUBLISH only when every other hook accepted it.
+	if err := srv.AddHook(newRetainGuard(), nil); err != nil {
+		ln.Close()
+		srv.Close()
+		return nil, err
+	}
 	if err := srv.AddListener(&boundListener{id: "tcp", ln: ln}); err != nil {
 		ln.Close()
 		return nil, err

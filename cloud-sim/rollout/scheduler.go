@@ -26,6 +26,9 @@ const LeaseTTL = 3 * time.Second
 
 const leaseName = "rollout-scheduler"
 
+// tick is how often the scheduler steps the rollouts.
+const tick = 100 * time.Millisecond
+
 // Fleet is what the scheduler reads of the inventory.
 type Fleet interface {
 	Observe(key, deployment string) inventory.Observation
@@ -111,7 +114,7 @@ func (s *Scheduler) Ticks() uint64 { return s.ticks.Load() }
 
 func (s *Scheduler) loop() {
 	defer s.done.Done()
-	t := time.NewTicker(100 * time.Millisecond)
+	t := time.NewTicker(tick)
 	defer t.Stop()
 	var lastLease, lastRefresh time.Time
 	for {

@@ -302,13 +302,21 @@ func (s *stepper) limit(inflight int) int {
 		if r.lastTick.IsZero() {
 			r.tokens = 1
 		} else {
-			r.tokens = min(r.tokens+rate/60*s.now.Sub(r.lastTick).Seconds(), max(1, rate/60))
+			r.tokens = min(r.tokens+rate/60*s.now.Sub(r.lastTick).Seconds(), maxTokens(rate))
 		}
 		limit = min(limit, int(r.tokens))
 	}
 	r.lastTick = s.now
 	return limit
 }
+
+// maxTokens bounds the rate limiter's allowance at ratePerMinute: what one
+// scheduler tick spends, plus one dispatch, so that the fraction left by a
+// tick that came early carries over to the next. What a longer gap would
+// earn (a stalled scheduler; a wait for a batch, for room in flight, for
+// gateways to come online) is dropped, not spent at once in a burst above
+// the rate.
+func maxTokens(ratePerMinute float64) float64 { return 1 + ratePerMinute/60*tick.Seconds() }
 
 // dispatch takes the queued online gateways of the current phase, within
 // the limit.

@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"sort"
 	"testing"
@@ -175,7 +176,8 @@ func TestStep(t *testing.T) {
 }
 
 // TestStepRate: a rate of 60 a minute dispatches one gateway a second,
-// with no burst after a pause in ticks (the allowance is capped at one).
+// with no burst after a pause in ticks (the allowance is capped at one
+// tick's worth plus one).
 func TestStepRate(t *testing.T) {
 	gws := []string{"gw-1", "gw-2", "gw-3", "gw-4"}
 	run := newRun(gws, Strategy{RatePerMinute: 60}, AbortCriteria{}, false, nil)
@@ -188,5 +190,70 @@ func TestStepRate(t *testing.T) {
 		if got := len(Step(run, fleet, fakeCommands{}, now)); got != want {
 			t.Errorf("step %d at %s: dispatched %d, want %d", i, now.Sub(t0), got, want)
 		}
+	}
+}
+
+// TestStepRateNoBurst: at 600 a minute, no span of dispatch times (as
+// recorded in DispatchedAt) holds more than one dispatch above what the
+// rate allows over it, whether the scheduler ticks on time, early and late,
+// stalls, or waits for gateways to come online; and ticks that come early
+// and late lose no rate. Before maxTokens the allowance grew to a second's
+// worth (10) in any gap and was spent at once: 10 dispatches at one instant.
+func TestStepRateNoBurst(t *testing.T) {
+	const perMinute = 600.0
+	every := func(from, to, step time.Duration) []time.Duration {
+		var at []time.Duration
+		for d := from; d <= to; d += step {
+			at = append(at, d)
+		}
+		return at
+	}
+	jitter := func(to time.Duration) []time.Duration {
+		at := []time.Duration{0}
+		for i := 1; at[len(at)-1] < to; i++ {
+			at = append(at, at[len(at)-1]+[]time.Duration{95 * time.Millisecond, 105 * time.Millisecond}[i%2])
+		}
+		return at
+	}
+	tests := []struct {
+		name          string
+		at            []time.Duration // when the scheduler steps
+		offlineBefore time.Duration   // the gateways come online then
+		wantTotal     int
+	}{
+		{"ticks on time", every(0, 2*time.Second, tick), 0, 21},
+		{"ticks early and late keep the rate", jitter(2 * time.Second), 0, 21},
+		{"a stalled scheduler", []time.Duration{0, 100 * time.Millisecond, 1600 * time.Millisecond, 1700 * time.Millisecond, 1800 * time.Millisecond}, 0, 6},
+		{"gateways online after a while", every(0, 3*time.Second, tick), 2 * time.Second, 12},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var gws []string
+			for i := range 40 {
+				gws = append(gws, fmt.Sprintf("gw-%02d", i))
+			}
+			run := newRun(gws, Strategy{RatePerMinute: perMinute}, AbortCriteria{}, false, nil)
+			var dispatched []time.Time
+			for _, d := range tt.at {
+				fleet := fakeFleet{gws: map[string]inventory.Observation{}}
+				for _, id := range gws {
+					fleet.gws[id] = inventory.Observation{Known: true, Online: d >= tt.offlineBefore}
+				}
+				for _, out := range Step(run, fleet, fakeCommands{}, t0.Add(d)) {
+					dispatched = append(dispatched, run.gws[out.Gateway].DispatchedAt)
+				}
+			}
+			if len(dispatched) != tt.wantTotal {
+				t.Errorf("dispatched %d, want %d", len(dispatched), tt.wantTotal)
+			}
+			for i := range dispatched {
+				for j := i + 1; j < len(dispatched); j++ {
+					span := dispatched[j].Sub(dispatched[i])
+					if n, allowed := j-i+1, 1+int(span.Seconds()*perMinute/60); n > allowed+1 {
+						t.Fatalf("%d dispatches within %s; the rate allows %d", n, span, allowed)
+					}
+				}
+			}
+		})
 	}
 }
