@@ -42,6 +42,7 @@ import (
 	"github.com/fleet-agent/fleet/agent/gateway"
 	"github.com/fleet-agent/fleet/agent/reconcile"
 	"github.com/fleet-agent/fleet/internal/backoff"
+	"github.com/fleet-agent/fleet/internal/credential/awsecr"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -452,6 +453,7 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger, docker *engi
 			AllowCapAdd: c.AllowCapAdd, AllowedHostPaths: c.AllowHostPaths},
 	}
 	g.Engine, g.InsecureRegistry = docker, docker.InsecureRegistry
+	g.ECRToken = awsecr.Fetch
 	g.EngineInfo, g.OnConnect = docker.Facts().Get, docker.Facts().Refresh
 	if c.BrokerPasswordFile != "" {
 		b, err := os.ReadFile(c.BrokerPasswordFile)

@@ -16,6 +16,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/internal/credential"
+	"github.com/fleet-agent/fleet/internal/credential/awsecr"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -63,7 +64,7 @@ func newKeychain(t *testing.T, mod func(*regauth.KeychainConfig)) *regauth.Keych
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := regauth.KeychainConfig{Store: st, Cipher: keys, CertsDir: filepath.Join(dir, "certs.d")}
+	cfg := regauth.KeychainConfig{Store: st, Cipher: keys, CertsDir: filepath.Join(dir, "certs.d"), ECRToken: awsecr.Fetch}
 	if mod != nil {
 		mod(&cfg)
 	}
