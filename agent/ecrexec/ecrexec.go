@@ -195,12 +195,16 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, fetch credential.To
 	return json.NewEncoder(out).Encode(resp)
 }
 
-// limitedBuffer keeps the first maxOutput bytes written to it.
-type limitedBuffer struct{ bytes.Buffer }
+// limitedBuffer keeps the first maxOutput bytes written to it. (Not an
+// embedded bytes.Buffer: io.Copy would call its ReadFrom, past the limit.)
+type limitedBuffer struct{ buf bytes.Buffer }
 
 func (b *limitedBuffer) Write(p []byte) (int, error) {
-	if room := maxOutput - b.Len(); room > 0 {
-		b.Buffer.Write(p[:min(len(p), room)])
+	if room := maxOutput - b.buf.Len(); room > 0 {
+		b.buf.Write(p[:min(len(p), room)])
 	}
 	return len(p), nil
 }
+
+func (b *limitedBuffer) Bytes() []byte  { return b.buf.Bytes() }
+func (b *limitedBuffer) String() string { return b.buf.String() }

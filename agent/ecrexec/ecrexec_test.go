@@ -69,6 +69,9 @@ func fakeHelper(mode string) int {
 	case "garbage":
 		fmt.Println("not json")
 		return 0
+	case "flood":
+		os.Stdout.Write(make([]byte, 4*maxOutput))
+		return 0
 	case "crash":
 		fmt.Fprintln(os.Stderr, "panic: something broke")
 		return 2
@@ -144,6 +147,7 @@ func TestTokenErrors(t *testing.T) {
 		{"internal", 0, fleetv1.Reply_INTERNAL, "aws config: broken shared config file"},
 		{"hang", 300 * time.Millisecond, fleetv1.Reply_REGISTRY_UNREACHABLE, "did not answer within 300ms"},
 		{"garbage", 0, fleetv1.Reply_INTERNAL, "not JSON"},
+		{"flood", 0, fleetv1.Reply_INTERNAL, "not JSON"},
 		{"crash", 0, fleetv1.Reply_INTERNAL, "panic: something broke"},
 	}
 	for _, tt := range tests {
@@ -175,6 +179,16 @@ func TestMissingHelper(t *testing.T) {
 				t.Errorf("error = %v, want it to name %s and --ecr-helper", err, path)
 			}
 		})
+	}
+}
+
+func TestLimitedBuffer(t *testing.T) {
+	var b limitedBuffer
+	if n, err := io.Copy(&b, strings.NewReader(strings.Repeat("x", 3*maxOutput))); n != 3*maxOutput || err != nil {
+		t.Fatalf("io.Copy = %d, %v; want all of it consumed", n, err)
+	}
+	if got := len(b.Bytes()); got != maxOutput {
+		t.Errorf("kept %d bytes, want %d", got, maxOutput)
 	}
 }
 
