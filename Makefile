@@ -11,6 +11,8 @@ all: build
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/fleet-agent ./agent
+	# The ECR token helper, which the agent runs from beside its executable.
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/fleet-agent-ecr ./agent/cmd/fleet-agent-ecr
 	# Static: cloud-sim ships itself as the sample image's only layer.
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/cloud-sim ./cloud-sim
 
@@ -52,6 +54,8 @@ dist:
 		suffix=$$os-$$arch$${arm:+v$$arm}; \
 		echo "dist/fleet-agent-$$suffix"; \
 		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$arm $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/fleet-agent-$$suffix ./agent || exit 1; \
+		echo "dist/fleet-agent-ecr-$$suffix"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$arm $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/fleet-agent-ecr-$$suffix ./agent/cmd/fleet-agent-ecr || exit 1; \
 		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$arm $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/cloud-sim-$$suffix ./cloud-sim || exit 1; \
 	done
 

@@ -16,6 +16,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/internal/credential"
+	"github.com/fleet-agent/fleet/internal/credential/awsecr"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
@@ -110,7 +111,7 @@ func benchKeychain(b *testing.B, creds ...*fleetv1.Credential) *regauth.Keychain
 	if err != nil {
 		b.Fatal(err)
 	}
-	kc, err := regauth.NewKeychain(regauth.KeychainConfig{Store: st, Cipher: keys, CertsDir: filepath.Join(dir, "certs.d")})
+	kc, err := regauth.NewKeychain(regauth.KeychainConfig{Store: st, Cipher: keys, CertsDir: filepath.Join(dir, "certs.d"), ECRToken: awsecr.Fetch})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -38,6 +38,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/fleet-agent/fleet/agent/command"
+	"github.com/fleet-agent/fleet/agent/ecrexec"
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/gateway"
 	"github.com/fleet-agent/fleet/agent/reconcile"
@@ -80,6 +81,7 @@ type Config struct {
 	AtRestKey        string
 	RegistryCertsDir string
 	ExpiryWarning    time.Duration
+	ECRHelper        string
 	AllowPrivileged  bool
 	AllowHostNetwork bool
 	AllowCapAdd      bool
@@ -138,6 +140,7 @@ func (c *Config) flags(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.DockerHost, "docker-host", c.DockerHost, "Docker Engine address (default: DOCKER_HOST or the local socket)")
 	fs.BoolVar(&c.ImageGC, "image-gc", c.ImageGC, "remove images no deployment uses (each keeps its current and previous revision's image)")
 	fs.BoolVar(&c.RequireSealed, "credentials-require-sealed", c.RequireSealed, "accept registry credentials only sealed to this gateway's public key")
+	fs.StringVar(&c.ECRHelper, "ecr-helper", c.ECRHelper, "the fleet-agent-ecr helper that gets tokens for ecr credentials: a path, or a name on PATH (default: fleet-agent-ecr beside the agent's executable, else on PATH)")
 	fs.StringVar(&c.RegistryCertsDir, "registry-certs-dir", c.RegistryCertsDir, "the Docker Engine's per-registry certificate directory, where credentials' caCertificate and client certificates are installed (<dir>/<host:port>/ca.crt, client.cert, client.key)")
 	fs.DurationVar(&c.ExpiryWarning, "credentials-expiry-warning", c.ExpiryWarning, "warn (event and birth) this long before an ecr-token credential expires")
 	fs.StringVar(&c.AtRestKey, "at-rest-key", c.AtRestKey, "file with the 32-byte key that encrypts secrets in the state file (default: at-rest.key in --state-dir, created on first start)")
@@ -452,6 +455,7 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger, docker *engi
 			AllowCapAdd: c.AllowCapAdd, AllowedHostPaths: c.AllowHostPaths},
 	}
 	g.Engine, g.InsecureRegistry = docker, docker.InsecureRegistry
+	g.ECRToken = ecrexec.Helper{Path: c.ECRHelper}.Token
 	g.EngineInfo, g.OnConnect = docker.Facts().Get, docker.Facts().Refresh
 	if c.BrokerPasswordFile != "" {
 		b, err := os.ReadFile(c.BrokerPasswordFile)

@@ -78,6 +78,10 @@ type Config struct {
 	// InsecureRegistry reports whether the engine pulls from a host
 	// without verified TLS (nil, or an error: loopback hosts only).
 	InsecureRegistry func(ctx context.Context, host string) (bool, error)
+	// ECRToken gets new tokens for ecr credentials (the agent runs the
+	// fleet-agent-ecr helper; simulated gateways call the SDK in process);
+	// nil refuses ecr credentials when a pull needs one.
+	ECRToken credential.TokenSource
 
 	MaxPayload      int
 	MetricsInterval time.Duration
@@ -185,7 +189,8 @@ func (g *Gateway) build() error {
 	}
 	g.keychain, err = regauth.NewKeychain(regauth.KeychainConfig{Store: g.store, Cipher: g.keys,
 		CertsDir: cfg.RegistryCertsDir, ExpiryWarning: cfg.ExpiryWarning, Event: g.event, Insecure: cfg.InsecureRegistry,
-		Logger: cfg.Logger.With("component", "regauth"), Now: cfg.Now})
+		ECRToken: cfg.ECRToken,
+		Logger:   cfg.Logger.With("component", "regauth"), Now: cfg.Now})
 	if err != nil {
 		return err
 	}

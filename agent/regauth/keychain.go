@@ -47,9 +47,10 @@ type KeychainConfig struct {
 	ExpiryWarning time.Duration
 	// Event publishes an event (credential.expiring, …); nil drops them.
 	Event func(*fleetv1.Event)
-	// NewECRClient builds the ECR client of an ecr credential
-	// (credential.NewECRClient when nil).
-	NewECRClient func(ctx context.Context, c *fleetv1.EcrAuth, region string) (credential.TokenGetter, error)
+	// ECRToken gets a new token for an ecr credential (the agent runs
+	// the fleet-agent-ecr helper, see agent/ecrexec); nil refuses ecr
+	// credentials when a pull needs one.
+	ECRToken credential.TokenSource
 	// Insecure reports whether the engine pulls from host over plain HTTP
 	// or without verifying TLS (its insecure-registries, 127.0.0.0/8 by
 	// default); when it is nil or fails, loopback hosts only, the engine's
@@ -79,8 +80,7 @@ type entry struct {
 	key  credential.Key
 	cred *fleetv1.Credential
 
-	fetch  sync.Mutex // one GetAuthorizationToken at a time
-	client credential.TokenGetter
+	fetch sync.Mutex // one GetAuthorizationToken at a time
 
 	// Guarded by Keychain.mu.
 	tok        *credential.Token
@@ -105,9 +105,6 @@ func NewKeychain(cfg KeychainConfig) (*Keychain, error) {
 	}
 	if cfg.Event == nil {
 		cfg.Event = func(*fleetv1.Event) {}
-	}
-	if cfg.NewECRClient == nil {
-		cfg.NewECRClient = credential.NewECRClient
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -306,7 +303,7 @@ func (k *Keychain) Refresh(ctx context.Context, image string) (auth string, ok b
 // anonymous): an ecr credential's cached token (a new one with force).
 func (k *Keychain) secret(ctx context.Context, e *entry, force bool) (string, string, error) {
 	if e.cred.GetEcr() == nil {
-		return credential.Login(ctx, e.cred, k.cfg.Now())
+		return credential.Login(ctx, e.cred, k.cfg.Now(), nil)
 	}
 	t, err := k.ecrToken(ctx, e, force)
 	if err != nil {
@@ -333,16 +330,12 @@ func (k *Keychain) ecrToken(ctx context.Context, e *entry, force bool) (*credent
 	if cur != seen && cur != nil && k.cfg.Now().Before(cur.RefreshAt) {
 		return cur, nil // fetched meanwhile
 	}
-	if e.client == nil {
-		region, _ := credential.ECRRegion(e.cred.GetEcr(), e.key.Host)
-		c, err := k.cfg.NewECRClient(ctx, e.cred.GetEcr(), region)
-		if err != nil {
-			return nil, err
-		}
-		e.client = c
+	if k.cfg.ECRToken == nil {
+		return nil, fmt.Errorf("%w: this agent cannot get ECR tokens for the ecr credential of %s", errdefs.ErrUnsupported, e.key)
 	}
+	region, _ := credential.ECRRegion(e.cred.GetEcr(), e.key.Host)
 	now := k.cfg.Now()
-	t, err := credential.FetchECRToken(ctx, e.client, now)
+	t, err := k.cfg.ECRToken(ctx, e.cred.GetEcr(), region, now)
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if err != nil {

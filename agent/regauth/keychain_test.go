@@ -16,6 +16,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/internal/credential"
+	"github.com/fleet-agent/fleet/internal/credential/awsecr"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -63,7 +64,7 @@ func newKeychain(t *testing.T, mod func(*regauth.KeychainConfig)) *regauth.Keych
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := regauth.KeychainConfig{Store: st, Cipher: keys, CertsDir: filepath.Join(dir, "certs.d")}
+	cfg := regauth.KeychainConfig{Store: st, Cipher: keys, CertsDir: filepath.Join(dir, "certs.d"), ECRToken: awsecr.Fetch}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -276,5 +277,23 @@ func TestCheckUsesStoredCredential(t *testing.T) {
 	}
 	if _, err := k.Check(ctx, ""); errdefs.Field(err) != "image" {
 		t.Errorf("Check of no image = %v, want an error naming image", err)
+	}
+}
+
+// TestECRWithoutTokenSource: a keychain that cannot get ECR tokens refuses
+// a pull that needs one with UNSUPPORTED, and other credentials still work.
+func TestECRWithoutTokenSource(t *testing.T) {
+	k := newKeychain(t, func(c *regauth.KeychainConfig) { c.ECRToken = nil })
+	const host = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+	if err := set(t, k, ecrCred(host, "AKIDFLEET", "ecr-secret-key"),
+		&fleetv1.Credential{Registry: "registry.example.com", Kind: &fleetv1.Credential_Basic{Basic: &fleetv1.BasicAuth{Username: "u", Password: "p"}}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := k.Auth(context.Background(), host+"/team/app:1")
+	if errdefs.Code(err) != fleetv1.Reply_UNSUPPORTED || strings.Contains(err.Error(), "ecr-secret-key") {
+		t.Errorf("Auth of an ECR image = %v, want UNSUPPORTED without the secret", err)
+	}
+	if a, err := k.Auth(context.Background(), "registry.example.com/team/app:1"); err != nil || a == "" {
+		t.Errorf("Auth of a basic-auth image = %q, %v; want the credential", a, err)
 	}
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/internal/backoff"
+	"github.com/fleet-agent/fleet/internal/credential/awsecr"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -240,7 +241,8 @@ func startAgent(ctx context.Context, s *serve.Server, docker *dockerclient.Clien
 		Username: tenant + "/" + realID, Password: []byte(pw), KeepAlive: 30 * time.Second,
 		SessionExpiry: time.Hour, Backoff: backoff.Policy{Base: 100 * time.Millisecond, Max: time.Second},
 		RequireSealed: true, RegistryCertsDir: filepath.Join(stateDir, "certs.d"), ImageGC: true,
-		Version: "demo", Logger: log,
+		ECRToken: awsecr.Fetch,
+		Version:  "demo", Logger: log,
 	})
 	if err != nil {
 		eng.Close()

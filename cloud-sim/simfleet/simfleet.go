@@ -19,6 +19,7 @@ import (
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/gateway"
 	"github.com/fleet-agent/fleet/internal/backoff"
+	"github.com/fleet-agent/fleet/internal/credential/awsecr"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -175,8 +176,8 @@ func (f *Fleet) newGateway(n int, id string) (*gateway.Gateway, error) {
 		KeepAlive: time.Minute, SessionExpiry: 24 * time.Hour,
 		Backoff: backoff.Policy{Base: 500 * time.Millisecond, Max: 30 * time.Second},
 		Engine:  eng, EngineInfo: eng.Info, ImageGC: true, RequireSealed: true,
-		RegistryCertsDir: filepath.Join(dir, "certs.d"),
-		MetricsInterval:  cfg.MetricsInterval, ShutdownTimeout: 5 * time.Second,
+		RegistryCertsDir: filepath.Join(dir, "certs.d"), ECRToken: awsecr.Fetch,
+		MetricsInterval: cfg.MetricsInterval, ShutdownTimeout: 5 * time.Second,
 		Version: "simulated", Simulated: true, Logger: cfg.Logger.With("gateway", id),
 	})
 }

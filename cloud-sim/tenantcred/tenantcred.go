@@ -21,6 +21,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	"github.com/fleet-agent/fleet/internal/credential"
+	"github.com/fleet-agent/fleet/internal/credential/awsecr"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
@@ -368,7 +369,7 @@ func (c *Credentials) checkWith(ctx context.Context, cred *fleetv1.Credential, i
 	if cred != nil {
 		res.Registry = cred.GetRegistry()
 	}
-	check, err := credential.CheckImage(ctx, cred, image)
+	check, err := credential.Checker{ECR: awsecr.Fetch}.Check(ctx, cred, image)
 	if check != nil {
 		if raw, jerr := protojson.Marshal(check); jerr == nil {
 			_ = json.Unmarshal(raw, &res.Check)

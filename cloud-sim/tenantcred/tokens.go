@@ -8,13 +8,13 @@ import (
 
 	"github.com/fleet-agent/fleet/cloud-sim/changes"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
-	"github.com/fleet-agent/fleet/internal/credential"
+	"github.com/fleet-agent/fleet/internal/credential/awsecr"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
 // issueToken exchanges rec's ecr credential for an ECR token. c.mu is not held.
 func (c *Credentials) issueToken(ctx context.Context, rec *Credential, cr *fleetv1.Credential) error {
-	tok, refreshAt, err := credential.TokenCredential(ctx, cr, c.cfg.Now())
+	tok, refreshAt, err := awsecr.TokenCredential(ctx, cr, c.cfg.Now())
 	if err != nil {
 		return err
 	}

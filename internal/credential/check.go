@@ -26,14 +26,12 @@ type Checker struct {
 	// hosts only, the Docker Engine's default.
 	Insecure func(ctx context.Context, host string) bool
 	// Login returns the username and password to present ("" for
-	// anonymous); force asks for a fresh ECR token. Nil means Login.
+	// anonymous); force asks for a fresh ECR token. Nil means Login with
+	// ECR.
 	Login func(ctx context.Context, cred *fleetv1.Credential, force bool) (user, password string, err error)
-}
-
-// CheckImage checks image with cred (nil: anonymous) from a caller that
-// has no engine settings: see Checker.Check.
-func CheckImage(ctx context.Context, cred *fleetv1.Credential, image string) (*fleetv1.RegistryCheck, error) {
-	return Checker{}.Check(ctx, cred, image)
+	// ECR gets the tokens of ecr credentials when Login is nil (the cloud
+	// passes awsecr.Fetch); nil refuses ecr credentials.
+	ECR TokenSource
 }
 
 // Check checks, with cred (nil: anonymous), that image's registry is
@@ -171,7 +169,7 @@ func (c Checker) authenticator(ctx context.Context, cred *fleetv1.Credential, fo
 	login := c.Login
 	if login == nil {
 		login = func(ctx context.Context, cred *fleetv1.Credential, force bool) (string, string, error) {
-			return Login(ctx, cred, time.Now())
+			return Login(ctx, cred, time.Now(), c.ECR)
 		}
 	}
 	user, password, err := login(ctx, cred, force)
@@ -182,9 +180,9 @@ func (c Checker) authenticator(ctx context.Context, cred *fleetv1.Credential, fo
 }
 
 // Login returns the username and password cred presents to its registry
-// ("" for anonymous). An ecr credential gets a new token from AWS on every
+// ("" for anonymous). An ecr credential gets a new token from ecr on every
 // call: callers that pull often cache tokens (the agent's keychain does).
-func Login(ctx context.Context, cred *fleetv1.Credential, now time.Time) (user, password string, err error) {
+func Login(ctx context.Context, cred *fleetv1.Credential, now time.Time, ecr TokenSource) (user, password string, err error) {
 	switch kc := cred.GetKind().(type) {
 	case *fleetv1.Credential_Basic:
 		return kc.Basic.GetUsername(), kc.Basic.GetPassword(), nil
@@ -199,12 +197,11 @@ func Login(ctx context.Context, cred *fleetv1.Credential, now time.Time) (user, 
 		if err != nil {
 			return "", "", err
 		}
-		region, _ := ECRRegion(kc.Ecr, key.Host)
-		client, err := NewECRClient(ctx, kc.Ecr, region)
-		if err != nil {
-			return "", "", err
+		if ecr == nil {
+			return "", "", fmt.Errorf("%w: no way to get ECR tokens here for the ecr credential of %s", errdefs.ErrUnsupported, key)
 		}
-		t, err := FetchECRToken(ctx, client, now)
+		region, _ := ECRRegion(kc.Ecr, key.Host)
+		t, err := ecr(ctx, kc.Ecr, region, now)
 		if err != nil {
 			return "", "", err
 		}

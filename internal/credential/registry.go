@@ -2,7 +2,7 @@
 // cloud share: registry scopes normalised as the Docker CLI normalises them
 // and the longest matching prefix chosen (Key, Select); validation, kinds
 // and fingerprints of credentials; ECR tokens; a registry check that reads
-// manifests only (CheckImage); and the keys that encrypt credentials at rest
+// manifests only (Checker); and the keys that encrypt credentials at rest
 // and seal them to a gateway (Keys, Seal). It knows nothing of MQTT or HTTP
 // APIs: the agent's keychain and the controller call it.
 package credential

@@ -65,6 +65,17 @@ func Code(err error) fleetv1.Reply_Code {
 	return fleetv1.Reply_INTERNAL
 }
 
+// Kind is the error kind of code, the inverse of Code: nil for OK and for
+// codes without a kind (INTERNAL).
+func Kind(code fleetv1.Reply_Code) error {
+	for _, c := range codes {
+		if c.code == code {
+			return c.err
+		}
+	}
+	return nil
+}
+
 // FieldError is bad input in one field of a command. Its message names the
 // field and says how to fix it.
 type FieldError struct {

@@ -32,3 +32,21 @@ func TestCode(t *testing.T) {
 		t.Errorf("Field = %q, want deploy.spec.image", got)
 	}
 }
+
+func TestKind(t *testing.T) {
+	for code := range fleetv1.Reply_Code_name {
+		c := fleetv1.Reply_Code(code)
+		kind := errdefs.Kind(c)
+		switch {
+		case c == fleetv1.Reply_OK || c == fleetv1.Reply_INTERNAL:
+			if kind != nil {
+				t.Errorf("Kind(%v) = %v, want nil", c, kind)
+			}
+		case kind != nil && errdefs.Code(fmt.Errorf("x: %w", kind)) != c:
+			t.Errorf("Code(Kind(%v)) = %v, want %v", c, errdefs.Code(kind), c)
+		}
+	}
+	if got := errdefs.Kind(fleetv1.Reply_PERMISSION_DENIED); got != errdefs.ErrPermissionDenied {
+		t.Errorf("Kind(PERMISSION_DENIED) = %v, want ErrPermissionDenied", got)
+	}
+}

@@ -56,10 +56,17 @@ func Binary(t testing.TB, pkg string) string {
 		}
 	}
 	out := filepath.Join(binDir, filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-o", out, "./"+pkg)
-	cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	build := func(out, pkg string) {
+		cmd := exec.Command("go", "build", "-o", out, "./"+pkg)
+		cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+		}
+	}
+	build(out, pkg)
+	if pkg == "agent" {
+		// The agent runs its ECR token helper from beside its executable.
+		build(filepath.Join(binDir, "fleet-agent-ecr"), "agent/cmd/fleet-agent-ecr")
 	}
 	built[pkg] = out
 	return out
