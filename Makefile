@@ -10,9 +10,10 @@ STATICCHECK_VERSION   := v0.6.1
 all: build
 
 build:
-	$(GO) build -ldflags '$(LDFLAGS)' -o bin/fleet-agent ./agent
+	# Static, as make dist ships it and the tests build it.
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/fleet-agent ./agent
 	# The ECR token helper, which the agent runs from beside its executable.
-	$(GO) build -ldflags '$(LDFLAGS)' -o bin/fleet-agent-ecr ./agent/cmd/fleet-agent-ecr
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/fleet-agent-ecr ./agent/cmd/fleet-agent-ecr
 	# Static: cloud-sim ships itself as the sample image's only layer.
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/cloud-sim ./cloud-sim
 

@@ -369,7 +369,7 @@ func (c *Credentials) checkWith(ctx context.Context, cred *fleetv1.Credential, i
 	if cred != nil {
 		res.Registry = cred.GetRegistry()
 	}
-	check, err := credential.Checker{ECR: awsecr.Fetch}.Check(ctx, cred, image)
+	check, err := awsecr.CheckImage(ctx, cred, image)
 	if check != nil {
 		if raw, jerr := protojson.Marshal(check); jerr == nil {
 			_ = json.Unmarshal(raw, &res.Check)

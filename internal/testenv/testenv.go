@@ -38,7 +38,8 @@ var (
 )
 
 // Binary builds the main package pkg ("agent", "cloud-sim") of this module
-// once per test process and returns the binary's path.
+// once per test process, static as make dist ships it, and returns the
+// binary's path.
 func Binary(t testing.TB, pkg string) string {
 	t.Helper()
 	buildMu.Lock()
@@ -57,8 +58,10 @@ func Binary(t testing.TB, pkg string) string {
 	}
 	out := filepath.Join(binDir, filepath.Base(pkg))
 	build := func(out, pkg string) {
-		cmd := exec.Command("go", "build", "-o", out, "./"+pkg)
+		// As make dist ships them: static, without symbol tables.
+		cmd := exec.Command("go", "build", "-ldflags", "-s -w", "-o", out, "./"+pkg)
 		cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("go build %s: %v\n%s", pkg, err, b)
 		}

@@ -129,3 +129,10 @@ func TokenCredential(ctx context.Context, c *fleetv1.Credential, now time.Time) 
 		RequireTls:        c.GetRequireTls(),
 	}, t.RefreshAt, nil
 }
+
+// CheckImage checks image with cred (nil: anonymous) against its registry,
+// reading manifests only, with ECR tokens fetched in this process: the
+// cloud's registry check.
+func CheckImage(ctx context.Context, cred *fleetv1.Credential, image string) (*fleetv1.RegistryCheck, error) {
+	return credential.Checker{ECR: Fetch}.Check(ctx, cred, image)
+}
