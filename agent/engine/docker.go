@@ -23,6 +23,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/registry"
+	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -189,11 +190,22 @@ func (d *Docker) RemoveImage(ctx context.Context, ref string) error {
 	return mapErr(err)
 }
 
-// Create creates the container of spec, named name.
-func (d *Docker) Create(ctx context.Context, name string, spec *fleetv1.DeploymentSpec) (string, error) {
-	cfg, host, err := containerConfig(d.owner, spec)
+// Create creates the container of spec, named name, with what the local
+// policy decided in h. The named volumes it mounts are created first,
+// labelled with the owner; an existing volume without that label is
+// refused unless h lists it.
+func (d *Docker) Create(ctx context.Context, name string, spec *fleetv1.DeploymentSpec, h Host) (string, error) {
+	cfg, host, err := containerConfig(d.owner, spec, h)
 	if err != nil {
 		return "", errdefs.Invalid("deploy.spec", "%v", err)
+	}
+	for i, m := range spec.GetMounts() {
+		if m.GetType() != fleetv1.Mount_VOLUME {
+			continue
+		}
+		if err := d.ensureVolume(ctx, i, m.GetSource(), h.ForeignVolumes); err != nil {
+			return "", err
+		}
 	}
 	resp, err := d.cli.ContainerCreate(ctx, cfg, host, nil, nil, name)
 	if err != nil {
@@ -203,6 +215,20 @@ func (d *Docker) Create(ctx context.Context, name string, spec *fleetv1.Deployme
 		d.log.Warn("engine warning on create", "container", name, "warning", w)
 	}
 	return resp.ID, nil
+}
+
+// ensureVolume creates the volume of spec.Mounts[i] labelled with the owner,
+// or checks that the one there is the agent's own or allowed: a volume
+// someone else created may bind any host path (local driver, o=bind).
+func (d *Docker) ensureVolume(ctx context.Context, i int, name string, foreign []string) error {
+	v, err := d.cli.VolumeInspect(ctx, name)
+	if cerrdefs.IsNotFound(err) {
+		v, err = d.cli.VolumeCreate(ctx, volume.CreateOptions{Name: name, Labels: map[string]string{LabelOwner: d.owner}})
+	}
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", name, mapErr(err))
+	}
+	return volumeAllowed(i, name, v.Labels[LabelOwner], d.owner, foreign)
 }
 
 // Start starts a container.

@@ -3,11 +3,13 @@ package engine_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -36,6 +38,68 @@ func newDocker(t *testing.T) (*engine.Docker, *client.Client, string) {
 		d.Close()
 	})
 	return d, raw, owner
+}
+
+// hostPort is a free TCP port on 127.0.0.1.
+func hostPort(t *testing.T) uint32 {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return uint32(l.Addr().(*net.TCPAddr).Port)
+}
+
+// TestDockerVolumes: a volume someone else created (here one binding the
+// host's /etc, as `docker volume create -o type=none -o o=bind -o
+// device=/etc` makes) is refused unless allowed; a missing one is created
+// with the owner label and mounted.
+func TestDockerVolumes(t *testing.T) {
+	d, raw, owner := newDocker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	reg := testimage.NewRegistry(t)
+	ref, _ := reg.Push(t, testimage.Spec{Repo: "team/vol", Tag: "1"})
+	t.Cleanup(func() { d.RemoveImage(context.Background(), ref) })
+	if err := d.Pull(ctx, ref, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	suffix := fmt.Sprint(time.Now().UnixNano())
+	foreign, own := "fleet-test-hostetc-"+suffix, "fleet-test-own-"+suffix
+	if _, err := raw.VolumeCreate(ctx, volume.CreateOptions{Name: foreign, Driver: "local",
+		DriverOpts: map[string]string{"type": "none", "o": "bind", "device": "/etc"}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		raw.VolumeRemove(context.Background(), foreign, true)
+		raw.VolumeRemove(context.Background(), own, true)
+	})
+	spec := func(rev int64, vol string) *fleetv1.DeploymentSpec {
+		return &fleetv1.DeploymentSpec{Name: "vol", Revision: rev, Image: ref, NetworkMode: "none",
+			Mounts: []*fleetv1.Mount{{Type: fleetv1.Mount_TMPFS, Target: "/t"}, {Type: fleetv1.Mount_VOLUME, Source: vol, Target: "/v"}}}
+	}
+
+	_, err := d.Create(ctx, engine.ContainerName("vol", 1), spec(1, foreign), engine.Host{})
+	if errdefs.Code(err) != fleetv1.Reply_POLICY_DENIED || errdefs.Field(err) != "spec.mounts[1].source" || !strings.Contains(err.Error(), "--allow-volume") {
+		t.Errorf("Create with a foreign volume = %v, want POLICY_DENIED on spec.mounts[1].source naming --allow-volume", err)
+	}
+	if cs, _ := d.List(ctx); len(cs) != 0 {
+		t.Errorf("containers after the refusal = %+v, want none", cs)
+	}
+	if _, err := d.Create(ctx, engine.ContainerName("vol", 2), spec(2, foreign), engine.Host{ForeignVolumes: []string{foreign}}); err != nil {
+		t.Errorf("Create with an allowed foreign volume = %v, want success", err)
+	}
+	if _, err := d.Create(ctx, engine.ContainerName("vol", 3), spec(3, own), engine.Host{}); err != nil {
+		t.Fatalf("Create with a new volume = %v", err)
+	}
+	v, err := raw.VolumeInspect(ctx, own)
+	if err != nil || v.Labels[engine.LabelOwner] != owner {
+		t.Errorf("volume %s = %+v, %v; want it created with owner label %s", own, v.Labels, err, owner)
+	}
+	if _, err := d.Create(ctx, engine.ContainerName("vol", 4), spec(4, own), engine.Host{}); err != nil {
+		t.Errorf("Create with the agent's own volume again = %v, want success", err)
+	}
 }
 
 func TestDockerLifecycle(t *testing.T) {
@@ -68,16 +132,19 @@ func TestDockerLifecycle(t *testing.T) {
 
 	spec := &fleetv1.DeploymentSpec{
 		Name: "web", Revision: 2, Image: ref, NetworkMode: netName,
-		Env:           map[string]string{"MODE": "serve", "PORT": "8080"},
-		Ports:         []*fleetv1.Port{{ContainerPort: 8080, HostPort: 0, HostIp: "127.0.0.1"}},
-		Mounts:        []*fleetv1.Mount{{Type: fleetv1.Mount_TMPFS, Target: "/scratch"}},
+		Env:   map[string]string{"MODE": "serve", "PORT": "8080"},
+		Ports: []*fleetv1.Port{{ContainerPort: 8080, HostPort: 0, HostIp: "127.0.0.1"}, {ContainerPort: 9090, Protocol: "udp", HostIp: "::1"}, {ContainerPort: 7070, HostPort: hostPort(t)}},
+		Mounts: []*fleetv1.Mount{{Type: fleetv1.Mount_TMPFS, Target: "/scratch"},
+			{Type: fleetv1.Mount_BIND, Source: "/link-the-policy-resolved", Target: "/data", ReadOnly: true}},
 		Resources:     &fleetv1.Resources{MemoryBytes: 64 << 20, Cpus: 0.5},
 		RestartPolicy: &fleetv1.RestartPolicy{Mode: fleetv1.RestartPolicy_ON_FAILURE, MaxRetries: 3},
 		Labels:        map[string]string{"app": "web"},
 		StopTimeout:   durationpb.New(3 * time.Second),
 		CapDrop:       []string{"NET_RAW"},
 	}
-	id, err := d.Create(ctx, engine.ContainerName("web", 2), spec)
+	bindDir := t.TempDir()
+	host := engine.Host{MountSources: []string{"", bindDir}, PublishHostIP: "127.0.0.1", TmpfsSize: 8 << 20}
+	id, err := d.Create(ctx, engine.ContainerName("web", 2), spec, host)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +179,11 @@ func TestDockerLifecycle(t *testing.T) {
 		{"log max-file", ci.HostConfig.LogConfig.Config["max-file"], "3"},
 		{"network", string(ci.HostConfig.NetworkMode), netName},
 		{"port binding ip", ci.HostConfig.PortBindings["8080/tcp"][0].HostIP, "127.0.0.1"},
+		{"port without host ip on the policy's address", ci.HostConfig.PortBindings["7070/tcp"][0].HostIP, "127.0.0.1"},
+		{"port with host ip", ci.HostConfig.PortBindings["9090/udp"][0].HostIP, "::1"},
 		{"tmpfs mount", ci.HostConfig.Mounts[0].Target, "/scratch"},
+		{"tmpfs size", ci.HostConfig.Mounts[0].TmpfsOptions.SizeBytes, int64(8 << 20)},
+		{"bind source as resolved", ci.HostConfig.Mounts[1].Source, bindDir},
 		{"stop timeout", *ci.Config.StopTimeout, 3},
 		{"cap drop", strings.TrimPrefix(fmt.Sprint(ci.HostConfig.CapDrop), "[CAP_"), "NET_RAW]"},
 		{"env MODE", hasEnv(ci.Config.Env, "MODE=serve"), true},

@@ -38,6 +38,7 @@ type Fake struct {
 	images     map[string]string // ref -> digest
 	containers map[string]*fakeContainer
 	names      map[string]string
+	volumes    map[string]string // name -> owner label
 	subs       map[int]chan Event
 	nextSub    int
 	nextID     int
@@ -46,6 +47,7 @@ type Fake struct {
 type fakeContainer struct {
 	Container
 	spec  *fleetv1.DeploymentSpec
+	host  Host
 	state State
 }
 
@@ -53,7 +55,7 @@ type fakeContainer struct {
 // images.
 func NewFake(owner string) *Fake {
 	return &Fake{owner: owner, Free: 1 << 40, Size: 10 << 20, registry: map[string]string{}, images: map[string]string{},
-		containers: map[string]*fakeContainer{}, names: map[string]string{}, subs: map[int]chan Event{}}
+		containers: map[string]*fakeContainer{}, names: map[string]string{}, volumes: map[string]string{}, subs: map[int]chan Event{}}
 }
 
 // Publish makes ref pullable from the fake registry (again, with a new
@@ -164,7 +166,26 @@ func (f *Fake) RemoveImage(_ context.Context, ref string) error {
 	return nil
 }
 
-func (f *Fake) Create(_ context.Context, name string, spec *fleetv1.DeploymentSpec) (string, error) {
+// AddVolume adds a named volume labelled with owner ("" for a volume
+// someone else created).
+func (f *Fake) AddVolume(name, owner string) {
+	f.mu.Lock()
+	f.volumes[name] = owner
+	f.mu.Unlock()
+}
+
+// HostOf is what the policy decided for the container named name.
+func (f *Fake) HostOf(name string) (Host, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.containers[f.names[name]]
+	if !ok {
+		return Host{}, false
+	}
+	return c.host, true
+}
+
+func (f *Fake) Create(_ context.Context, name string, spec *fleetv1.DeploymentSpec, h Host) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, ok := f.images[spec.GetImage()]; !ok {
@@ -173,11 +194,24 @@ func (f *Fake) Create(_ context.Context, name string, spec *fleetv1.DeploymentSp
 	if _, taken := f.names[name]; taken {
 		return "", fmt.Errorf("create container %s: the name is in use", name)
 	}
+	for i, m := range spec.GetMounts() {
+		if m.GetType() != fleetv1.Mount_VOLUME {
+			continue
+		}
+		label, ok := f.volumes[m.GetSource()]
+		if !ok {
+			label = f.owner
+			f.volumes[m.GetSource()] = label
+		}
+		if err := volumeAllowed(i, m.GetSource(), label, f.owner, h.ForeignVolumes); err != nil {
+			return "", err
+		}
+	}
 	f.nextID++
 	id := fmt.Sprintf("fake%060d", f.nextID)
 	f.containers[id] = &fakeContainer{
 		Container: Container{ID: id, Name: name, Deployment: spec.GetName(), Revision: spec.GetRevision(), SpecHash: SpecHash(spec)},
-		spec:      spec, state: State{ID: id, Status: "created", ImageID: f.images[spec.GetImage()]},
+		spec:      spec, host: h, state: State{ID: id, Status: "created", ImageID: f.images[spec.GetImage()]},
 	}
 	f.names[name] = id
 	return id, nil

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/docker/go-connections/nat"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fleet-agent/fleet/internal/errdefs"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
@@ -40,8 +42,29 @@ func ContainerName(deployment string, revision int64) string {
 	return fmt.Sprintf("fleet-%s-r%d", deployment, revision)
 }
 
+// Host is what the gateway's local policy decides for a container beyond
+// its spec. It is not part of the spec hash: a change applies to
+// containers created after it. The zero value keeps the spec as written.
+type Host struct {
+	// MountSources[i], when set, is the host path of spec.Mounts[i] (a
+	// BIND) with its symlinks resolved, as the policy checked it: it is
+	// what the engine mounts, so a link swapped in later is not followed.
+	MountSources []string
+	// DeviceSources[i], when set, is spec.Devices[i].HostPath resolved.
+	DeviceSources []string
+	// PublishHostIP is the host address of published ports whose spec
+	// gives none (empty: every address, Docker's default).
+	PublishHostIP string
+	// TmpfsSize is the size of every tmpfs mount in bytes (0: unlimited).
+	TmpfsSize int64
+	// ForeignVolumes are named volumes this agent did not create that the
+	// spec may mount. Any other volume must carry the owner label; a
+	// missing one is created with it.
+	ForeignVolumes []string
+}
+
 // containerConfig translates a spec into Docker's create parameters.
-func containerConfig(owner string, spec *fleetv1.DeploymentSpec) (*container.Config, *container.HostConfig, error) {
+func containerConfig(owner string, spec *fleetv1.DeploymentSpec, h Host) (*container.Config, *container.HostConfig, error) {
 	labels := map[string]string{}
 	for k, v := range spec.GetLabels() {
 		labels[k] = v
@@ -111,15 +134,23 @@ func containerConfig(owner string, spec *fleetv1.DeploymentSpec) (*container.Con
 				if p.GetHostPort() != 0 {
 					hp = strconv.Itoa(int(p.GetHostPort()))
 				}
-				host.PortBindings[port] = append(host.PortBindings[port], nat.PortBinding{HostIP: p.GetHostIp(), HostPort: hp})
+				ip := p.GetHostIp()
+				if ip == "" {
+					ip = h.PublishHostIP
+				}
+				host.PortBindings[port] = append(host.PortBindings[port], nat.PortBinding{HostIP: ip, HostPort: hp})
 			}
 		}
 	}
-	for _, m := range spec.GetMounts() {
+	for i, m := range spec.GetMounts() {
 		mt := map[fleetv1.Mount_Type]mount.Type{fleetv1.Mount_BIND: mount.TypeBind, fleetv1.Mount_VOLUME: mount.TypeVolume, fleetv1.Mount_TMPFS: mount.TypeTmpfs}[m.GetType()]
-		host.Mounts = append(host.Mounts, mount.Mount{Type: mt, Source: m.GetSource(), Target: m.GetTarget(), ReadOnly: m.GetReadOnly()})
+		mm := mount.Mount{Type: mt, Source: override(m.GetSource(), h.MountSources, i), Target: m.GetTarget(), ReadOnly: m.GetReadOnly()}
+		if mt == mount.TypeTmpfs && h.TmpfsSize > 0 {
+			mm.TmpfsOptions = &mount.TmpfsOptions{SizeBytes: h.TmpfsSize}
+		}
+		host.Mounts = append(host.Mounts, mm)
 	}
-	for _, d := range spec.GetDevices() {
+	for i, d := range spec.GetDevices() {
 		perms := d.GetPermissions()
 		if perms == "" {
 			perms = "rwm"
@@ -128,9 +159,27 @@ func containerConfig(owner string, spec *fleetv1.DeploymentSpec) (*container.Con
 		if target == "" {
 			target = d.GetHostPath()
 		}
-		host.Devices = append(host.Devices, container.DeviceMapping{PathOnHost: d.GetHostPath(), PathInContainer: target, CgroupPermissions: perms})
+		host.Devices = append(host.Devices, container.DeviceMapping{PathOnHost: override(d.GetHostPath(), h.DeviceSources, i), PathInContainer: target, CgroupPermissions: perms})
 	}
 	return cfg, host, nil
+}
+
+// volumeAllowed refuses the volume of spec.Mounts[i] unless this agent
+// created it (its owner label is owner) or foreign lists it.
+func volumeAllowed(i int, name, label, owner string, foreign []string) error {
+	if label == owner || slices.Contains(foreign, name) {
+		return nil
+	}
+	return &errdefs.FieldError{Field: fmt.Sprintf("spec.mounts[%d].source", i), Kind: errdefs.ErrPolicyDenied,
+		Msg: fmt.Sprintf("volume %q was not created by this agent (it may bind any host path); allow it with the agent setting --allow-volume %s", name, name)}
+}
+
+// override is resolved[i] if set, else p.
+func override(p string, resolved []string, i int) string {
+	if i < len(resolved) && resolved[i] != "" {
+		return resolved[i]
+	}
+	return p
 }
 
 func restartMode(m fleetv1.RestartPolicy_Mode) container.RestartPolicyMode {

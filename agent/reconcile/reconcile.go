@@ -33,7 +33,7 @@ func sprintf(format string, args ...any) string { return fmt.Sprintf(format, arg
 type Engine interface {
 	Pull(ctx context.Context, ref, registryAuth string, progress func(done, total int64)) error
 	Image(ctx context.Context, ref string) (id string, repoDigests []string, found bool, err error)
-	Create(ctx context.Context, name string, spec *fleetv1.DeploymentSpec) (string, error)
+	Create(ctx context.Context, name string, spec *fleetv1.DeploymentSpec, host engine.Host) (string, error)
 	Start(ctx context.Context, id string) error
 	Stop(ctx context.Context, id string, timeout *time.Duration) error
 	Remove(ctx context.Context, id string) error
@@ -257,7 +257,13 @@ func (r *Reconciler) create(ctx context.Context, spec *fleetv1.DeploymentSpec, s
 			}
 		}
 	}
-	id, err := r.cfg.Engine.Create(ctx, newName, spec)
+	// The policy again, just before creation: a host path may have become
+	// a symlink since admission; the engine mounts what was checked here.
+	host, err := r.cfg.Policy.place(spec)
+	if err != nil {
+		return "", err
+	}
+	id, err := r.cfg.Engine.Create(ctx, newName, spec, host)
 	if err != nil {
 		return "", err
 	}

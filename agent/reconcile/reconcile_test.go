@@ -64,10 +64,10 @@ func TestDeployRejects(t *testing.T) {
 		{"no revision", func(s *fleetv1.DeploymentSpec) { s.Revision = 0 }, fleetv1.Reply_INVALID_ARGUMENT, "spec.revision"},
 		{"no image", func(s *fleetv1.DeploymentSpec) { s.Image = "" }, fleetv1.Reply_INVALID_ARGUMENT, "spec.image"},
 		{"bad image", func(s *fleetv1.DeploymentSpec) { s.Image = "web::1" }, fleetv1.Reply_INVALID_ARGUMENT, "spec.image"},
-		{"bad port", func(s *fleetv1.DeploymentSpec) { s.Ports = []*fleetv1.Port{{ContainerPort: 0}} }, fleetv1.Reply_INVALID_ARGUMENT, "spec.ports"},
+		{"bad port", func(s *fleetv1.DeploymentSpec) { s.Ports = []*fleetv1.Port{{ContainerPort: 0}} }, fleetv1.Reply_INVALID_ARGUMENT, "spec.ports[0]"},
 		{"relative mount", func(s *fleetv1.DeploymentSpec) {
 			s.Mounts = []*fleetv1.Mount{{Type: fleetv1.Mount_BIND, Source: "data", Target: "/data"}}
-		}, fleetv1.Reply_INVALID_ARGUMENT, "spec.mounts"},
+		}, fleetv1.Reply_INVALID_ARGUMENT, "spec.mounts[0].source"},
 		{"both cpu forms", func(s *fleetv1.DeploymentSpec) { s.Resources = &fleetv1.Resources{Cpus: 1, NanoCpus: 1} }, fleetv1.Reply_INVALID_ARGUMENT, "spec.resources"},
 		{"retries without on-failure", func(s *fleetv1.DeploymentSpec) {
 			s.RestartPolicy = &fleetv1.RestartPolicy{Mode: fleetv1.RestartPolicy_ALWAYS, MaxRetries: 3}
@@ -77,10 +77,10 @@ func TestDeployRejects(t *testing.T) {
 		{"cap add", func(s *fleetv1.DeploymentSpec) { s.CapAdd = []string{"NET_ADMIN"} }, fleetv1.Reply_POLICY_DENIED, "spec.capAdd"},
 		{"bind outside allowed paths", func(s *fleetv1.DeploymentSpec) {
 			s.Mounts = []*fleetv1.Mount{{Type: fleetv1.Mount_BIND, Source: "/etc", Target: "/host-etc"}}
-		}, fleetv1.Reply_POLICY_DENIED, "spec.mounts"},
+		}, fleetv1.Reply_POLICY_DENIED, "spec.mounts[0].source"},
 		{"device outside allowed paths", func(s *fleetv1.DeploymentSpec) {
 			s.Devices = []*fleetv1.Device{{HostPath: "/dev/mem"}}
-		}, fleetv1.Reply_POLICY_DENIED, "spec.devices"},
+		}, fleetv1.Reply_POLICY_DENIED, "spec.devices[0].hostPath"},
 	}
 	h := newHarness(t, reconcile.Policy{AllowedHostPaths: []string{"/srv/data", "/dev/ttyUSB0"}}, false)
 	for _, tt := range tests {
@@ -236,7 +236,7 @@ func testReconcileAllOnFake(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A managed container of a deployment that is no longer desired.
-	orphan, err := h.fake.Create(ctx, "fleet-gone-r1", &fleetv1.DeploymentSpec{Name: "gone", Revision: 1, Image: "registry.test/app:1"})
+	orphan, err := h.fake.Create(ctx, "fleet-gone-r1", &fleetv1.DeploymentSpec{Name: "gone", Revision: 1, Image: "registry.test/app:1"}, engine.Host{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,11 +56,11 @@ func Run(t *testing.T, setup Setup) {
 		}
 		evs, _ := e.Events(ctx)
 		spec := &fleetv1.DeploymentSpec{Name: "svc", Revision: 3, Image: img, NetworkMode: "none", Env: map[string]string{"MODE": "serve"}}
-		id, err := e.Create(ctx, engine.ContainerName("svc", 3), spec)
+		id, err := e.Create(ctx, engine.ContainerName("svc", 3), spec, engine.Host{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := e.Create(ctx, engine.ContainerName("svc", 3), spec); err == nil {
+		if _, err := e.Create(ctx, engine.ContainerName("svc", 3), spec, engine.Host{}); err == nil {
 			t.Error("a second container with the same name was created")
 		}
 		if err := e.Start(ctx, id); err != nil {
@@ -102,7 +102,7 @@ func Run(t *testing.T, setup Setup) {
 			t.Fatal(err)
 		}
 		spec := &fleetv1.DeploymentSpec{Name: "job", Revision: 1, Image: img, NetworkMode: "none", Env: map[string]string{"MODE": "exit", "EXIT_CODE": "4"}}
-		id, err := e.Create(ctx, "fleet-job-r1", spec)
+		id, err := e.Create(ctx, "fleet-job-r1", spec, engine.Host{})
 		if err != nil {
 			t.Fatal(err)
 		}
