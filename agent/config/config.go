@@ -15,7 +15,7 @@
 // sources (TestPrecedence); it reads the environment through os.Getenv and
 // takes an empty variable for an absent one (TestConfigFromEnv); and its
 // YAML parser knows neither camelCase nor snake_case keys, nor the plural
-// keys labels/groups/allow-host-paths, nor a map of labels (TestFileKeys),
+// keys labels/groups/allow-host-paths/…, nor a map of labels (TestFileKeys),
 // so what is left to ff is the 20 lines of precedence below.
 package config
 
@@ -28,13 +28,16 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 	"unicode"
 
+	units "github.com/docker/go-units"
 	"gopkg.in/yaml.v3"
 
 	"github.com/fleet-agent/fleet/agent/command"
@@ -86,6 +89,12 @@ type Config struct {
 	AllowHostNetwork bool
 	AllowCapAdd      bool
 	AllowHostPaths   []string
+	AllowNetworks    []string
+	AllowVolumes     []string
+	AllowLogDrivers  []string
+	PublishHostIP    string
+	AllowPublishIPs  []string
+	TmpfsSize        int64
 
 	LogFormat string
 	LogLevel  string
@@ -107,6 +116,8 @@ func defaults() Config {
 		RequireSealed:    true,
 		RegistryCertsDir: "/etc/docker/certs.d",
 		ExpiryWarning:    time.Hour,
+		PublishHostIP:    reconcile.DefaultPublishHostIP,
+		TmpfsSize:        reconcile.DefaultTmpfsSize,
 		LogFormat:        "text",
 		LogLevel:         "info",
 	}
@@ -147,7 +158,13 @@ func (c *Config) flags(out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&c.AllowPrivileged, "allow-privileged", c.AllowPrivileged, "policy: allow privileged containers")
 	fs.BoolVar(&c.AllowHostNetwork, "allow-host-network", c.AllowHostNetwork, "policy: allow networkMode host")
 	fs.BoolVar(&c.AllowCapAdd, "allow-cap-add", c.AllowCapAdd, "policy: allow added capabilities")
-	fs.Var(groupsValue{&c.AllowHostPaths}, "allow-host-path", "policy: host directory under which bind mounts and devices may lie; repeatable (default: none)")
+	fs.Var(groupsValue{&c.AllowHostPaths}, "allow-host-path", "policy: host directory under which bind mounts and devices may lie once their symlinks are resolved; repeatable (default: none)")
+	fs.Var(groupsValue{&c.AllowNetworks}, "allow-network", "policy: network mode allowed besides bridge and none: a network's name, container:NAME, or container:* for any; repeatable (default: none)")
+	fs.Var(groupsValue{&c.AllowVolumes}, "allow-volume", "policy: named volume the agent did not create that deployments may mount; repeatable (default: none, only volumes the agent created)")
+	fs.Var(groupsValue{&c.AllowLogDrivers}, "allow-log-driver", "policy: log driver allowed besides json-file, local and none (syslog, fluentd, gelf, awslogs, … send logs off the gateway with the engine's network and credentials); repeatable")
+	fs.StringVar(&c.PublishHostIP, "publish-host-ip", c.PublishHostIP, "policy: host address of published ports whose spec gives no hostIp (0.0.0.0: every address, as Docker, IoT Edge and balena do)")
+	fs.Var(groupsValue{&c.AllowPublishIPs}, "allow-publish-host-ip", "policy: host address a spec's port may name besides --publish-host-ip; repeatable (default: none)")
+	fs.Var(sizeValue{&c.TmpfsSize}, "tmpfs-size", "policy: size of every tmpfs mount (the spec gives none), e.g. 64MiB")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
 	fs.Usage = func() {
@@ -230,7 +247,9 @@ func applyFile(fs *flag.FlagSet, path string) error {
 }
 
 // fileAliases are the plural file keys of repeatable flags.
-var fileAliases = map[string]string{"labels": "label", "groups": "group", "allow-host-paths": "allow-host-path"}
+var fileAliases = map[string]string{"labels": "label", "groups": "group", "allow-host-paths": "allow-host-path",
+	"allow-networks": "allow-network", "allow-volumes": "allow-volume", "allow-log-drivers": "allow-log-driver",
+	"allow-publish-host-ips": "allow-publish-host-ip"}
 
 func applyMap(fs *flag.FlagSet, path, prefix string, m map[string]any) error {
 	for _, k := range slices.Sorted(maps.Keys(m)) {
@@ -344,6 +363,24 @@ func (v groupsValue) Set(s string) error {
 	return nil
 }
 
+type sizeValue struct{ n *int64 }
+
+func (v sizeValue) String() string {
+	if v.n == nil {
+		return ""
+	}
+	return units.BytesSize(float64(*v.n))
+}
+
+func (v sizeValue) Set(s string) error {
+	n, err := units.RAMInBytes(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a size such as 64MiB or 1g", s)
+	}
+	*v.n = n
+	return nil
+}
+
 func (c *Config) validate() error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
@@ -399,6 +436,7 @@ func (c *Config) validate() error {
 	if c.MetricsInterval < time.Second {
 		add("--metrics-interval %v: must be at least 1s", c.MetricsInterval)
 	}
+	c.validatePolicy(add)
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		add("--log-format %q: use text or json", c.LogFormat)
 	}
@@ -407,6 +445,30 @@ func (c *Config) validate() error {
 		add("--log-level %q: use debug, info, warn or error", c.LogLevel)
 	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) validatePolicy(add func(string, ...any)) {
+	for _, p := range c.AllowHostPaths {
+		if !filepath.IsAbs(p) {
+			add("--allow-host-path %q: must be an absolute path", p)
+		}
+	}
+	if _, err := netip.ParseAddr(c.PublishHostIP); err != nil {
+		add("--publish-host-ip %q: not an IP address; use 127.0.0.1 (this gateway only), 0.0.0.0 (every address) or one of the gateway's addresses", c.PublishHostIP)
+	}
+	for _, ip := range c.AllowPublishIPs {
+		if _, err := netip.ParseAddr(ip); err != nil {
+			add("--allow-publish-host-ip %q: not an IP address", ip)
+		}
+	}
+	for _, n := range c.AllowNetworks {
+		if n == "container:" {
+			add("--allow-network %q: name the container (container:NAME) or write container:* for any", n)
+		}
+	}
+	if c.TmpfsSize < 1<<20 {
+		add("--tmpfs-size %s: must be at least 1MiB", units.BytesSize(float64(c.TmpfsSize)))
+	}
 }
 
 // Logger builds the logger the configuration asks for.
@@ -452,7 +514,9 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger, docker *engi
 		ImageGC: c.ImageGC, RequireSealed: c.RequireSealed, AtRestKey: c.AtRestKey,
 		RegistryCertsDir: c.RegistryCertsDir, ExpiryWarning: c.ExpiryWarning,
 		Policy: reconcile.Policy{AllowPrivileged: c.AllowPrivileged, AllowHostNetwork: c.AllowHostNetwork,
-			AllowCapAdd: c.AllowCapAdd, AllowedHostPaths: c.AllowHostPaths},
+			AllowCapAdd: c.AllowCapAdd, AllowedHostPaths: c.AllowHostPaths, AllowedNetworks: c.AllowNetworks,
+			AllowedVolumes: c.AllowVolumes, AllowedLogDrivers: c.AllowLogDrivers, PublishHostIP: c.PublishHostIP,
+			AllowedPublishHostIPs: c.AllowPublishIPs, TmpfsSize: c.TmpfsSize},
 	}
 	g.Engine, g.InsecureRegistry = docker, docker.InsecureRegistry
 	g.ECRToken = ecrexec.Helper{Path: c.ECRHelper}.Token

@@ -70,6 +70,12 @@ func TestInvalid(t *testing.T) {
 		{"bad env", required, map[string]string{"FLEET_KEEP_ALIVE": "soon"}, "", "FLEET_KEEP_ALIVE"},
 		{"unknown file key", required, nil, "brokr: x\n", `unknown key "brokr"`},
 		{"stray argument", append([]string{"extra"}, required...), nil, "", "unexpected argument"},
+		{"relative host path", append([]string{"--allow-host-path", "data"}, required...), nil, "", `--allow-host-path "data": must be an absolute path`},
+		{"publish host ip not an address", append([]string{"--publish-host-ip", "eth0"}, required...), nil, "", `--publish-host-ip "eth0"`},
+		{"allowed host ip not an address", required, map[string]string{"FLEET_ALLOW_PUBLISH_HOST_IP": "lan"}, "", `--allow-publish-host-ip "lan"`},
+		{"tmpfs size not a size", append([]string{"--tmpfs-size", "big"}, required...), nil, "", `"big" is not a size`},
+		{"tmpfs size too small", required, nil, "tmpfsSize: 1k\n", "--tmpfs-size 1KiB: must be at least 1MiB"},
+		{"container network without a name", append([]string{"--allow-network", "container:"}, required...), nil, "", `--allow-network "container:"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -116,6 +122,12 @@ func TestFileKeys(t *testing.T) {
 		{"labels as a map", "labels: {site: berlin}\n", func(c *config.Config) any { return c.Labels }, map[string]string{"site": "berlin"}},
 		{"groups as a list", "groups: [a, b]\n", func(c *config.Config) any { return c.Groups }, []string{"a", "b"}},
 		{"allowHostPaths as a list", "allowHostPaths: [/srv, /data]\n", func(c *config.Config) any { return c.AllowHostPaths }, []string{"/srv", "/data"}},
+		{"allowNetworks as a list", "allowNetworks: [lan, \"container:vpn\"]\n", func(c *config.Config) any { return c.AllowNetworks }, []string{"lan", "container:vpn"}},
+		{"allow-volumes as a list", "allow-volumes: [shared]\n", func(c *config.Config) any { return c.AllowVolumes }, []string{"shared"}},
+		{"allow_log_drivers as a list", "allow_log_drivers: [syslog]\n", func(c *config.Config) any { return c.AllowLogDrivers }, []string{"syslog"}},
+		{"allowPublishHostIps as a list", "allowPublishHostIps: [0.0.0.0]\n", func(c *config.Config) any { return c.AllowPublishIPs }, []string{"0.0.0.0"}},
+		{"publishHostIp", "publishHostIp: 0.0.0.0\n", func(c *config.Config) any { return c.PublishHostIP }, "0.0.0.0"},
+		{"tmpfsSize", "tmpfsSize: 16MiB\n", func(c *config.Config) any { return c.TmpfsSize }, int64(16 << 20)},
 		{"duration", "keepAlive: 45s\n", func(c *config.Config) any { return c.KeepAlive }, 45 * time.Second},
 		{"bool", "image-gc: false\n", func(c *config.Config) any { return c.ImageGC }, false},
 	}
@@ -131,6 +143,26 @@ func TestFileKeys(t *testing.T) {
 				t.Errorf("from %q (-want +got):\n%s", tt.file, d)
 			}
 		})
+	}
+}
+
+// TestPolicyDefaults: the policy settings are secure without any setting,
+// and the environment sets them as the flags do.
+func TestPolicyDefaults(t *testing.T) {
+	cfg, err := config.Load(required, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PublishHostIP != "127.0.0.1" || cfg.TmpfsSize != 64<<20 || len(cfg.AllowNetworks)+len(cfg.AllowVolumes)+len(cfg.AllowLogDrivers)+len(cfg.AllowPublishIPs) != 0 {
+		t.Errorf("defaults: publish %q, tmpfs %d, networks %v, volumes %v, log drivers %v, host ips %v; want 127.0.0.1, 64 MiB and nothing allowed",
+			cfg.PublishHostIP, cfg.TmpfsSize, cfg.AllowNetworks, cfg.AllowVolumes, cfg.AllowLogDrivers, cfg.AllowPublishIPs)
+	}
+	cfg, err = config.Load(required, env(map[string]string{"FLEET_ALLOW_NETWORK": "lan,container:*", "FLEET_PUBLISH_HOST_IP": "0.0.0.0", "FLEET_TMPFS_SIZE": "8m"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]string{"lan", "container:*"}, cfg.AllowNetworks); d != "" || cfg.PublishHostIP != "0.0.0.0" || cfg.TmpfsSize != 8<<20 {
+		t.Errorf("from the environment: networks (-want +got) %s, publish %q, tmpfs %d", d, cfg.PublishHostIP, cfg.TmpfsSize)
 	}
 }
 
