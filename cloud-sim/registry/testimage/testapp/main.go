@@ -7,6 +7,9 @@
 //	MODE=unhealthy  serve, but /healthz answers 500
 //	MODE=oom        allocate memory until killed
 //
+// SYMLINK=path=target first makes path a symlink to target (a container
+// writing a link into a bind mount, as the local-policy scenarios attack).
+//
 // "testapp probe" GETs http://127.0.0.1:$PORT/healthz and exits 0 on 200:
 // it is the health check command.
 package main
@@ -17,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -36,6 +40,12 @@ func main() {
 		<-c
 		os.Exit(0)
 	}()
+	if path, target, ok := strings.Cut(os.Getenv("SYMLINK"), "="); ok {
+		if err := os.Symlink(target, path); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
 	switch env("MODE", "serve") {
 	case "exit":
 		d, _ := time.ParseDuration(env("DELAY", "0s"))
