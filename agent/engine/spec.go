@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -110,8 +111,12 @@ func containerConfig(owner string, spec *fleetv1.DeploymentSpec, h Host) (*conta
 	if cpus := spec.GetResources().GetCpus(); cpus > 0 {
 		host.Resources.NanoCPUs = int64(cpus * 1e9)
 	}
-	if l := spec.GetLogging(); l != nil && l.GetDriver() != "" {
+	if l := spec.GetLogging(); l != nil && l.GetDriver() != "" && l.GetDriver() != "json-file" {
 		host.LogConfig = container.LogConfig{Type: l.GetDriver(), Config: l.GetOptions()}
+	} else if l != nil {
+		// json-file has no cap of its own: the spec's options over ours.
+		host.LogConfig.Config = maps.Clone(defaultLogOptions)
+		maps.Copy(host.LogConfig.Config, l.GetOptions())
 	}
 	if rp := spec.GetRestartPolicy(); rp != nil {
 		host.RestartPolicy = container.RestartPolicy{Name: restartMode(rp.GetMode()), MaximumRetryCount: int(rp.GetMaxRetries())}
