@@ -2,11 +2,13 @@ package scenarios
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
@@ -28,6 +30,14 @@ import (
 // 127.0.0.1, its tmpfs sized and its volume labelled as the agent's.
 func TestSecurityPolicy(t *testing.T) {
 	data := t.TempDir()
+	suffix := fmt.Sprint(time.Now().UnixNano())
+	foreignVol, ownVol := "fleet-test-hostetc-"+suffix, "fleet-test-own-"+suffix
+	// Registered before the agent's containers' cleanup, so it runs after.
+	volumes := testenv.DockerClient(t)
+	t.Cleanup(func() {
+		volumes.VolumeRemove(context.Background(), foreignVol, true)
+		volumes.VolumeRemove(context.Background(), ownVol, true)
+	})
 	e := newDeployEnv(t, "gw-pol", brokertest.Embedded, "--allow-host-path", data)
 	ctx := context.Background()
 	img, _ := e.reg.Push(t, testimage.Spec{Repo: "team/pol", Tag: "1", Env: map[string]string{"MODE": "serve"}})
@@ -98,20 +108,17 @@ func TestSecurityPolicy(t *testing.T) {
 		}), "deploy.spec.ports[0].hostIp", "--allow-publish-host-ip")
 	})
 	t.Run("volume someone else created", func(t *testing.T) {
-		name := "fleet-test-hostetc-" + e.gw
-		if _, err := e.cli.VolumeCreate(ctx, volume.CreateOptions{Name: name, Driver: "local",
+		if _, err := e.cli.VolumeCreate(ctx, volume.CreateOptions{Name: foreignVol, Driver: "local",
 			DriverOpts: map[string]string{"type": "none", "o": "bind", "device": "/etc"}}); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { e.cli.VolumeRemove(context.Background(), name, true) })
 		refused(t, spec("foreign", func(s *fleetv1.DeploymentSpec) {
-			s.Mounts = []*fleetv1.Mount{{Type: fleetv1.Mount_VOLUME, Source: name, Target: "/v"}}
+			s.Mounts = []*fleetv1.Mount{{Type: fleetv1.Mount_VOLUME, Source: foreignVol, Target: "/v"}}
 		}), "deploy.spec.mounts[0].source", "--allow-volume")
 	})
 
 	t.Run("legitimate deploy", func(t *testing.T) {
-		vol := "fleet-test-own-" + e.gw
-		t.Cleanup(func() { e.cli.VolumeRemove(context.Background(), vol, true) })
+		vol := ownVol
 		port := freePort(t)
 		s := spec("legit", func(s *fleetv1.DeploymentSpec) {
 			s.NetworkMode = "bridge"

@@ -56,6 +56,14 @@ func hostPort(t *testing.T) uint32 {
 // device=/etc` makes) is refused unless allowed; a missing one is created
 // with the owner label and mounted.
 func TestDockerVolumes(t *testing.T) {
+	suffix := fmt.Sprint(time.Now().UnixNano())
+	foreign, own := "fleet-test-hostetc-"+suffix, "fleet-test-own-"+suffix
+	// Registered first, so it runs after the containers are removed.
+	volumes := testenv.DockerClient(t)
+	t.Cleanup(func() {
+		volumes.VolumeRemove(context.Background(), foreign, true)
+		volumes.VolumeRemove(context.Background(), own, true)
+	})
 	d, raw, owner := newDocker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -65,16 +73,10 @@ func TestDockerVolumes(t *testing.T) {
 	if err := d.Pull(ctx, ref, "", nil); err != nil {
 		t.Fatal(err)
 	}
-	suffix := fmt.Sprint(time.Now().UnixNano())
-	foreign, own := "fleet-test-hostetc-"+suffix, "fleet-test-own-"+suffix
 	if _, err := raw.VolumeCreate(ctx, volume.CreateOptions{Name: foreign, Driver: "local",
 		DriverOpts: map[string]string{"type": "none", "o": "bind", "device": "/etc"}}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		raw.VolumeRemove(context.Background(), foreign, true)
-		raw.VolumeRemove(context.Background(), own, true)
-	})
 	spec := func(rev int64, vol string) *fleetv1.DeploymentSpec {
 		return &fleetv1.DeploymentSpec{Name: "vol", Revision: rev, Image: ref, NetworkMode: "none",
 			Mounts: []*fleetv1.Mount{{Type: fleetv1.Mount_TMPFS, Target: "/t"}, {Type: fleetv1.Mount_VOLUME, Source: vol, Target: "/v"}}}
