@@ -121,31 +121,8 @@ func containerConfig(owner string, spec *fleetv1.DeploymentSpec, h Host) (*conta
 	if rp := spec.GetRestartPolicy(); rp != nil {
 		host.RestartPolicy = container.RestartPolicy{Name: restartMode(rp.GetMode()), MaximumRetryCount: int(rp.GetMaxRetries())}
 	}
-	if len(spec.GetPorts()) > 0 {
-		cfg.ExposedPorts = nat.PortSet{}
-		host.PortBindings = nat.PortMap{}
-		for _, p := range spec.GetPorts() {
-			proto := p.GetProtocol()
-			if proto == "" {
-				proto = "tcp"
-			}
-			port, err := nat.NewPort(proto, strconv.Itoa(int(p.GetContainerPort())))
-			if err != nil {
-				return nil, nil, err
-			}
-			cfg.ExposedPorts[port] = struct{}{}
-			if p.GetHostPort() != 0 || p.GetHostIp() != "" { // host port 0: any free port
-				hp := ""
-				if p.GetHostPort() != 0 {
-					hp = strconv.Itoa(int(p.GetHostPort()))
-				}
-				ip := p.GetHostIp()
-				if ip == "" {
-					ip = h.PublishHostIP
-				}
-				host.PortBindings[port] = append(host.PortBindings[port], nat.PortBinding{HostIP: ip, HostPort: hp})
-			}
-		}
+	if err := publish(cfg, host, spec.GetPorts(), h.PublishHostIP); err != nil {
+		return nil, nil, err
 	}
 	for i, m := range spec.GetMounts() {
 		mt := map[fleetv1.Mount_Type]mount.Type{fleetv1.Mount_BIND: mount.TypeBind, fleetv1.Mount_VOLUME: mount.TypeVolume, fleetv1.Mount_TMPFS: mount.TypeTmpfs}[m.GetType()]
@@ -167,6 +144,39 @@ func containerConfig(owner string, spec *fleetv1.DeploymentSpec, h Host) (*conta
 		host.Devices = append(host.Devices, container.DeviceMapping{PathOnHost: override(d.GetHostPath(), h.DeviceSources, i), PathInContainer: target, CgroupPermissions: perms})
 	}
 	return cfg, host, nil
+}
+
+// publish exposes ports and binds those with a host port or address, on
+// defaultIP when the port names none.
+func publish(cfg *container.Config, host *container.HostConfig, ports []*fleetv1.Port, defaultIP string) error {
+	if len(ports) == 0 {
+		return nil
+	}
+	cfg.ExposedPorts = nat.PortSet{}
+	host.PortBindings = nat.PortMap{}
+	for _, p := range ports {
+		proto := p.GetProtocol()
+		if proto == "" {
+			proto = "tcp"
+		}
+		port, err := nat.NewPort(proto, strconv.Itoa(int(p.GetContainerPort())))
+		if err != nil {
+			return err
+		}
+		cfg.ExposedPorts[port] = struct{}{}
+		if p.GetHostPort() != 0 || p.GetHostIp() != "" { // host port 0: any free port
+			hp := ""
+			if p.GetHostPort() != 0 {
+				hp = strconv.Itoa(int(p.GetHostPort()))
+			}
+			ip := p.GetHostIp()
+			if ip == "" {
+				ip = defaultIP
+			}
+			host.PortBindings[port] = append(host.PortBindings[port], nat.PortBinding{HostIP: ip, HostPort: hp})
+		}
+	}
+	return nil
 }
 
 // volumeAllowed refuses the volume of spec.Mounts[i] unless this agent
