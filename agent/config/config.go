@@ -42,6 +42,7 @@ import (
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/gateway"
 	"github.com/fleet-agent/fleet/agent/reconcile"
+	"github.com/fleet-agent/fleet/agent/trust"
 	"github.com/fleet-agent/fleet/internal/backoff"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -86,6 +87,7 @@ type Config struct {
 	AllowHostNetwork bool
 	AllowCapAdd      bool
 	AllowHostPaths   []string
+	ImageTrustPolicy string
 
 	LogFormat string
 	LogLevel  string
@@ -148,6 +150,7 @@ func (c *Config) flags(out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&c.AllowHostNetwork, "allow-host-network", c.AllowHostNetwork, "policy: allow networkMode host")
 	fs.BoolVar(&c.AllowCapAdd, "allow-cap-add", c.AllowCapAdd, "policy: allow added capabilities")
 	fs.Var(groupsValue{&c.AllowHostPaths}, "allow-host-path", "policy: host directory under which bind mounts and devices may lie; repeatable (default: none)")
+	fs.StringVar(&c.ImageTrustPolicy, "image-trust-policy", c.ImageTrustPolicy, "YAML file of the image trust policy: cosign public keys or digests that images must match before a container is created from them (default: none, every image is trusted)")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
 	fs.Usage = func() {
@@ -455,6 +458,13 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger, docker *engi
 			AllowCapAdd: c.AllowCapAdd, AllowedHostPaths: c.AllowHostPaths},
 	}
 	g.Engine, g.InsecureRegistry = docker, docker.InsecureRegistry
+	if c.ImageTrustPolicy != "" {
+		p, err := trust.Load(c.ImageTrustPolicy)
+		if err != nil {
+			return g, fmt.Errorf("--image-trust-policy %s: %w", c.ImageTrustPolicy, err)
+		}
+		g.TrustPolicy = p
+	}
 	g.ECRToken = ecrexec.Helper{Path: c.ECRHelper}.Token
 	g.EngineInfo, g.OnConnect = docker.Facts().Get, docker.Facts().Refresh
 	if c.BrokerPasswordFile != "" {
