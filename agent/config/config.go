@@ -45,6 +45,7 @@ import (
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/gateway"
 	"github.com/fleet-agent/fleet/agent/reconcile"
+	"github.com/fleet-agent/fleet/agent/trust"
 	"github.com/fleet-agent/fleet/internal/backoff"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -95,6 +96,7 @@ type Config struct {
 	PublishHostIP    string
 	AllowPublishIPs  []string
 	TmpfsSize        int64
+	ImageTrustPolicy string
 
 	LogFormat string
 	LogLevel  string
@@ -165,6 +167,7 @@ func (c *Config) flags(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.PublishHostIP, "publish-host-ip", c.PublishHostIP, "policy: host address of published ports whose spec gives no hostIp (0.0.0.0: every address, as Docker, IoT Edge and balena do)")
 	fs.Var(groupsValue{&c.AllowPublishIPs}, "allow-publish-host-ip", "policy: host address a spec's port may name besides --publish-host-ip; repeatable (default: none)")
 	fs.Var(sizeValue{&c.TmpfsSize}, "tmpfs-size", "policy: size of every tmpfs mount (the spec gives none), e.g. 64MiB")
+	fs.StringVar(&c.ImageTrustPolicy, "image-trust-policy", c.ImageTrustPolicy, "YAML file of the image trust policy: cosign public keys or digests that images must match before a container is created from them (default: none, every image is trusted)")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
 	fs.Usage = func() {
@@ -519,6 +522,13 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger, docker *engi
 			AllowedPublishHostIPs: c.AllowPublishIPs, TmpfsSize: c.TmpfsSize},
 	}
 	g.Engine, g.InsecureRegistry = docker, docker.InsecureRegistry
+	if c.ImageTrustPolicy != "" {
+		p, err := trust.Load(c.ImageTrustPolicy)
+		if err != nil {
+			return g, fmt.Errorf("--image-trust-policy %s: %w", c.ImageTrustPolicy, err)
+		}
+		g.TrustPolicy = p
+	}
 	g.ECRToken = ecrexec.Helper{Path: c.ECRHelper}.Token
 	g.EngineInfo, g.OnConnect = docker.Facts().Get, docker.Facts().Refresh
 	if c.BrokerPasswordFile != "" {

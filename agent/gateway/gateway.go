@@ -28,6 +28,7 @@ import (
 	"github.com/fleet-agent/fleet/agent/reconcile"
 	"github.com/fleet-agent/fleet/agent/regauth"
 	"github.com/fleet-agent/fleet/agent/store"
+	"github.com/fleet-agent/fleet/agent/trust"
 	"github.com/fleet-agent/fleet/internal/backoff"
 	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/protocol/codec"
@@ -65,6 +66,9 @@ type Config struct {
 	OnConnect  func()
 	Policy     reconcile.Policy
 	ImageGC    bool
+	// TrustPolicy, when set, is the image trust policy every image is
+	// checked against before a container is created from it.
+	TrustPolicy *trust.Policy
 	// RequireSealed refuses registry credentials sent in plaintext.
 	RequireSealed bool
 	// AtRestKey is the path of the key that encrypts secrets in the state
@@ -194,11 +198,15 @@ func (g *Gateway) build() error {
 	if err != nil {
 		return err
 	}
-	g.rec, err = reconcile.New(reconcile.Config{
+	rcfg := reconcile.Config{
 		Engine: cfg.Engine, Store: g.store, Policy: cfg.Policy, ImageGC: cfg.ImageGC, Auth: g.keychain.Auth, Refresh: g.keychain.Refresh,
 		Publish: g.publishStatus, Event: g.event,
 		Logger: cfg.Logger.With("component", "reconcile"), Now: cfg.Now,
-	})
+	}
+	if cfg.TrustPolicy != nil {
+		rcfg.Trust = trust.NewVerifier(cfg.TrustPolicy, g.keychain.Remote).Check
+	}
+	g.rec, err = reconcile.New(rcfg)
 	if err != nil {
 		return err
 	}
@@ -333,6 +341,9 @@ func (g *Gateway) message(t string, m proto.Message, retain bool) (mqttlink.Mess
 // Birth returns the birth certificate of the current session.
 func (g *Gateway) Birth() *fleetv1.Birth {
 	caps := []string{"protobuf", "json", "sealed-credentials"}
+	if g.cfg.TrustPolicy != nil {
+		caps = append(caps, "image-trust-policy")
+	}
 	for _, v := range g.proc.Verbs() {
 		caps = append(caps, string(v))
 	}

@@ -69,6 +69,10 @@ type Config struct {
 	// returns a fresh one (ok) when there is such a thing (an ECR token),
 	// and the pull is tried once more. Nil: never.
 	Refresh func(ctx context.Context, image string) (auth string, ok bool, err error)
+	// Trust, when set, checks an image and the manifest digest it
+	// resolves to against the gateway's image trust policy before it is
+	// pulled and before a container is created from it (agent/trust).
+	Trust func(ctx context.Context, image, digest string) error
 	// ImageGC removes images no deployment keeps (each keeps the image of
 	// its current and of its previous revision).
 	ImageGC bool
@@ -213,13 +217,24 @@ func (r *Reconciler) rollout(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 
 	st.Phase = fleetv1.DeploymentStatus_PULLING
 	r.publish(ctx, st)
+	vouched, err := r.trusted(ctx, spec)
+	if err != nil {
+		return fail(fleetv1.DeploymentStatus_FAILED, err)
+	}
 	digest, err := r.ensureImage(ctx, spec, st)
 	if err != nil {
 		return fail(fleetv1.DeploymentStatus_FAILED, err)
 	}
-	imageID, _, _, err := r.cfg.Engine.Image(ctx, spec.GetImage())
+	imageID, repoDigests, _, err := r.cfg.Engine.Image(ctx, spec.GetImage())
 	if err != nil {
 		return fail(fleetv1.DeploymentStatus_FAILED, err)
+	}
+	if vouched != "" {
+		if !slices.ContainsFunc(repoDigests, func(d string) bool { return strings.HasSuffix(d, "@"+vouched) }) {
+			return fail(fleetv1.DeploymentStatus_FAILED, fmt.Errorf("%w: %s changed while it was verified (the policy vouched for %s, the engine has %s); deploy again",
+				errdefs.ErrUntrustedImage, spec.GetImage(), vouched, strings.Join(repoDigests, ", ")))
+		}
+		digest = vouched
 	}
 	st.ImageDigest, st.PullProgress = digest, nil
 
@@ -420,6 +435,51 @@ func (r *Reconciler) fillFromEngine(ctx context.Context, st *fleetv1.DeploymentS
 	default:
 		st.Phase = fleetv1.DeploymentStatus_EXITED
 	}
+}
+
+// trusted checks spec's image against the trust policy before anything is
+// pulled or changed, and returns the manifest digest it vouched for ("" with
+// no policy): the digest the image reference names, the local copy's with
+// pullPolicy NEVER, else the one the registry resolves the tag to now
+// (the local copy's when the registry is unreachable and the pull policy
+// allows a local copy).
+func (r *Reconciler) trusted(ctx context.Context, spec *fleetv1.DeploymentSpec) (string, error) {
+	if r.cfg.Trust == nil {
+		return "", nil
+	}
+	ref := spec.GetImage()
+	var digest string
+	if _, d, ok := strings.Cut(ref, "@"); ok {
+		digest = d
+	} else {
+		_, local, found, err := r.cfg.Engine.Image(ctx, ref)
+		if err != nil {
+			return "", err
+		}
+		policy := spec.GetPullPolicy()
+		switch {
+		case policy == fleetv1.Pull_NEVER && !found:
+			return "", nil // ensureImage refuses it, naming pullPolicy
+		case policy == fleetv1.Pull_NEVER:
+			digest = firstDigest(local)
+		default:
+			auth, err := r.cfg.Auth(ctx, ref)
+			if err != nil {
+				return "", err
+			}
+			digest, err = r.cfg.Engine.RemoteDigest(ctx, ref, auth)
+			if err != nil && (!found || policy == fleetv1.Pull_ALWAYS) {
+				return "", err
+			}
+			if err != nil {
+				digest = firstDigest(local)
+			}
+		}
+	}
+	if err := r.cfg.Trust(ctx, ref, digest); err != nil {
+		return "", err
+	}
+	return digest, nil
 }
 
 // ensureImage makes the image present according to the pull policy and

@@ -23,7 +23,7 @@ type harness struct {
 	pub  map[string][]*fleetv1.DeploymentStatus
 }
 
-func newHarness(t *testing.T, policy reconcile.Policy, imageGC bool) *harness {
+func newHarness(t *testing.T, policy reconcile.Policy, imageGC bool, opts ...func(*reconcile.Config)) *harness {
 	t.Helper()
 	st, err := store.Open(store.Config{Path: filepath.Join(t.TempDir(), "state.db")})
 	if err != nil {
@@ -31,12 +31,16 @@ func newHarness(t *testing.T, policy reconcile.Policy, imageGC bool) *harness {
 	}
 	t.Cleanup(func() { st.Close() })
 	h := &harness{fake: engine.NewFake("t/g"), pub: map[string][]*fleetv1.DeploymentStatus{}}
-	h.rec, err = reconcile.New(reconcile.Config{Engine: h.fake, Store: st, Policy: policy, ImageGC: imageGC, PollInterval: 5 * time.Millisecond,
+	cfg := reconcile.Config{Engine: h.fake, Store: st, Policy: policy, ImageGC: imageGC, PollInterval: 5 * time.Millisecond,
 		Publish: func(_ context.Context, name string, s *fleetv1.DeploymentStatus) {
 			h.mu.Lock()
 			h.pub[name] = append(h.pub[name], s)
 			h.mu.Unlock()
-		}})
+		}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	h.rec, err = reconcile.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

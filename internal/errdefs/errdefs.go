@@ -27,6 +27,7 @@ var (
 	ErrUnhealthy           = errors.New("unhealthy")
 	ErrSuperseded          = errors.New("superseded")
 	ErrPayloadTooLarge     = errors.New("payload too large")
+	ErrUntrustedImage      = errors.New("untrusted image")
 )
 
 var codes = []struct {
@@ -48,6 +49,7 @@ var codes = []struct {
 	{ErrUnhealthy, fleetv1.Reply_UNHEALTHY},
 	{ErrSuperseded, fleetv1.Reply_SUPERSEDED},
 	{ErrPayloadTooLarge, fleetv1.Reply_PAYLOAD_TOO_LARGE},
+	{ErrUntrustedImage, fleetv1.Reply_UNTRUSTED_IMAGE},
 	{context.DeadlineExceeded, fleetv1.Reply_DEADLINE_EXCEEDED},
 }
 

@@ -109,6 +109,10 @@ const (
 	Reply_UNHEALTHY            Reply_Code = 15
 	Reply_SUPERSEDED           Reply_Code = 16
 	Reply_PAYLOAD_TOO_LARGE    Reply_Code = 17
+	// The image is not trusted by the gateway's image trust policy: no
+	// signature verifies with the policy's keys and its digest is not
+	// allowed, or no rule covers it. Nothing was changed on the gateway.
+	Reply_UNTRUSTED_IMAGE Reply_Code = 19
 )
 
 // Enum value maps for Reply_Code.
@@ -132,6 +136,7 @@ var (
 		15: "UNHEALTHY",
 		16: "SUPERSEDED",
 		17: "PAYLOAD_TOO_LARGE",
+		19: "UNTRUSTED_IMAGE",
 	}
 	Reply_Code_value = map[string]int32{
 		"OK":                   0,
@@ -152,6 +157,7 @@ var (
 		"UNHEALTHY":            15,
 		"SUPERSEDED":           16,
 		"PAYLOAD_TOO_LARGE":    17,
+		"UNTRUSTED_IMAGE":      19,
 	}
 )
 
@@ -3562,7 +3568,7 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\rDeploymentRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fremove_image\x18\x02 \x01(\bR\vremoveImage\"\t\n" +
-	"\aRebirth\"\xaa\x06\n" +
+	"\aRebirth\"\xbf\x06\n" +
 	"\x05Reply\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12.\n" +
@@ -3581,7 +3587,7 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\tSUCCEEDED\x10\x02\x12\n" +
 	"\n" +
 	"\x06FAILED\x10\x03\x12\f\n" +
-	"\bREJECTED\x10\x04\"\xd1\x02\n" +
+	"\bREJECTED\x10\x04\"\xe6\x02\n" +
 	"\x04Code\x12\x06\n" +
 	"\x02OK\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\v\n" +
@@ -3602,7 +3608,8 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\tUNHEALTHY\x10\x0f\x12\x0e\n" +
 	"\n" +
 	"SUPERSEDED\x10\x10\x12\x15\n" +
-	"\x11PAYLOAD_TOO_LARGE\x10\x11\"\xce\x05\n" +
+	"\x11PAYLOAD_TOO_LARGE\x10\x11\x12\x13\n" +
+	"\x0fUNTRUSTED_IMAGE\x10\x13\"\xce\x05\n" +
 	"\x05Birth\x12\x1d\n" +
 	"\n" +
 	"gateway_id\x18\x01 \x01(\tR\tgatewayId\x12\x16\n" +
