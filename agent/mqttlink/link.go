@@ -40,6 +40,9 @@ type Inbound struct {
 	ContentType     string
 	ResponseTopic   string
 	CorrelationData []byte
+	// UserProperties are the MQTT v5 user properties; of a repeated key,
+	// the first value.
+	UserProperties map[string]string
 }
 
 // Config configures a Link.
@@ -174,6 +177,14 @@ func inbound(p *paho.Publish) Inbound {
 		in.ContentType = p.Properties.ContentType
 		in.ResponseTopic = p.Properties.ResponseTopic
 		in.CorrelationData = p.Properties.CorrelationData
+		for _, up := range p.Properties.User {
+			if in.UserProperties == nil {
+				in.UserProperties = map[string]string{}
+			}
+			if _, ok := in.UserProperties[up.Key]; !ok {
+				in.UserProperties[up.Key] = up.Value
+			}
+		}
 	}
 	return in
 }
