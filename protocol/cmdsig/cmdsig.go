@@ -19,6 +19,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -134,14 +136,8 @@ func ParseKeys(data []byte) (*Verifier, error) {
 	return NewVerifier(set.Keys)
 }
 
-// IDs are the ids of the trusted keys, in no particular order.
-func (v *Verifier) IDs() []string {
-	ids := make([]string, 0, len(v.keys))
-	for id := range v.keys {
-		ids = append(ids, id)
-	}
-	return ids
-}
+// IDs are the ids of the trusted keys, sorted.
+func (v *Verifier) IDs() []string { return slices.Sorted(maps.Keys(v.keys)) }
 
 // Verify checks the signature of a command published on topic with
 // contentType and payload; keyID and signature are the values of PropKeyID
