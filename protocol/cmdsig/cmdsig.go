@@ -125,12 +125,11 @@ func NewVerifier(keys []PublicKey) (*Verifier, error) {
 }
 
 // ParseKeys decodes a command-signing keys file (KeySet JSON) into a
-// verifier.
+// verifier. Other fields are ignored, so that the cloud's listing of a
+// tenant's keys (with signer and createdAt) can be saved as the file.
 func ParseKeys(data []byte) (*Verifier, error) {
 	var set KeySet
-	dec := json.NewDecoder(strings.NewReader(string(data)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&set); err != nil {
+	if err := json.Unmarshal(data, &set); err != nil {
 		return nil, fmt.Errorf(`not a keys file ({"keys": [{"id": …, "publicKey": …}]}): %w`, err)
 	}
 	return NewVerifier(set.Keys)
