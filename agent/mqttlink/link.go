@@ -197,6 +197,14 @@ func (l *Link) buildConnect(cp *paho.Connect, _ *url.URL) (*paho.Connect, error)
 	}
 	cp.WillMessage = &paho.WillMessage{Topic: will.Topic, Payload: will.Payload, QoS: will.QoS, Retain: will.Retain}
 	cp.WillProperties = &paho.WillProperties{ContentType: will.ContentType}
+	if cp.Properties == nil {
+		cp.Properties = &paho.ConnectProperties{}
+	}
+	// The MQTT default, which paho turns off whenever it sends connect
+	// properties: without it a broker may strip the user properties of
+	// the publications it forwards (mochi-mqtt does), among them the
+	// commands' signatures.
+	cp.Properties.RequestProblemInfo = true
 	return cp, nil
 }
 
