@@ -29,6 +29,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/demo"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
+	"github.com/fleet-agent/fleet/protocol/cmdsig"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -203,6 +204,11 @@ func runFleet(ctx context.Context, out io.Writer, apiURL string, sim simfleet.Co
 		sim.StateDir = dir
 	}
 	sim.Password, sim.Scheme, sim.Encoding = []byte(p.Password), topic.Default(), codec.Protobuf
+	keys, err := cmdsig.NewVerifier(p.CommandSigningKeys)
+	if err != nil {
+		return fmt.Errorf("provision: the command-signing keys: %w", err)
+	}
+	sim.CommandKeys = keys
 	sim.Logger = logger(false, "warn")
 	f, err := simfleet.Start(ctx, sim)
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/internal/testenv"
+	"github.com/fleet-agent/fleet/protocol/cmdsig"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -96,7 +97,7 @@ func (c *cloud) gateway(t *testing.T, tenant, id string) *api.Gateway {
 }
 
 // provisionAgent creates the gateway's identity through the API and starts
-// a real fleet-agent process with it.
+// a real fleet-agent process with it and the tenant's command-signing keys.
 func (c *cloud) provisionAgent(t *testing.T, tenant, id string, extra ...string) *testenv.Agent {
 	t.Helper()
 	var p api.Provisioned
@@ -107,7 +108,12 @@ func (c *cloud) provisionAgent(t *testing.T, tenant, id string, extra ...string)
 	if err := os.WriteFile(pwFile, []byte(p.Password), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"--broker-username", p.Username, "--broker-password-file", pwFile}, extra...)
+	keys, _ := json.Marshal(cmdsig.KeySet{Keys: p.CommandSigningKeys})
+	keysFile := filepath.Join(t.TempDir(), "command-signing-keys.json")
+	if err := os.WriteFile(keysFile, keys, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"--broker-username", p.Username, "--broker-password-file", pwFile, "--command-signing-keys", keysFile}, extra...)
 	return testenv.StartAgent(t, "mqtt://"+c.mqtt, tenant, id, args...)
 }
 

@@ -26,6 +26,7 @@ import (
 	"github.com/fleet-agent/fleet/agent/mqttlink"
 	"github.com/fleet-agent/fleet/agent/store"
 	"github.com/fleet-agent/fleet/internal/errdefs"
+	"github.com/fleet-agent/fleet/protocol/cmdsig"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -34,6 +35,14 @@ import (
 // DefaultMaxPayload is the largest command payload accepted by default.
 const DefaultMaxPayload = 256 << 10
 
+// Defaults for signed commands: how old a command's issuedAt may be (long
+// enough for commands queued by the broker while a gateway was offline),
+// and how far in the future (clock skew).
+const (
+	DefaultMaxAge  = 24 * time.Hour
+	DefaultMaxSkew = 5 * time.Minute
+)
+
 // Journal is the part of the state store the processor uses.
 type Journal interface {
 	Begin(store.Command) (store.Command, bool, error)
@@ -41,6 +50,8 @@ type Journal interface {
 	MarkDelivered(id string) error
 	Unfinished() ([]store.Command, error)
 	Undelivered() ([]store.Command, error)
+	// KeepAtLeast makes the journal remember every id for at least d.
+	KeepAtLeast(d time.Duration)
 }
 
 // Publisher sends messages to the broker.
@@ -97,8 +108,16 @@ type Config struct {
 		Encrypt([]byte) []byte
 		Decrypt([]byte) ([]byte, error)
 	}
-	Now    func() time.Time
-	Logger *slog.Logger
+	// Verifier, when set, accepts only commands signed by one of its keys
+	// (package cmdsig) and issued within MaxAge before now and MaxSkew
+	// after, and makes the journal keep ids for MaxAge+MaxSkew, so that no
+	// signed command runs twice. Nil accepts unsigned commands from anyone
+	// who can publish on the command topics: insecure.
+	Verifier *cmdsig.Verifier
+	MaxAge   time.Duration // DefaultMaxAge when 0
+	MaxSkew  time.Duration // DefaultMaxSkew when 0
+	Now      func() time.Time
+	Logger   *slog.Logger
 }
 
 // Processor is the command intake and executor.
@@ -136,6 +155,17 @@ func New(cfg Config) (*Processor, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxAge <= 0 {
+		cfg.MaxAge = DefaultMaxAge
+	}
+	if cfg.MaxSkew <= 0 {
+		cfg.MaxSkew = DefaultMaxSkew
+	}
+	if cfg.Verifier != nil {
+		// A replay is refused by the journal while it remembers the id and
+		// by its issuedAt after: the horizon must cover the window.
+		cfg.Journal.KeepAtLeast(cfg.MaxAge + cfg.MaxSkew)
 	}
 	p := &Processor{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1)}
 	unfinished, err := cfg.Journal.Unfinished()
@@ -246,11 +276,17 @@ func (p *Processor) check(in mqttlink.Inbound, enc codec.Encoding) (*fleetv1.Com
 		return nil, t.Verb, &errdefs.FieldError{Field: "payload", Kind: errdefs.ErrPayloadTooLarge,
 			Msg: fmt.Sprintf("%d bytes is over this gateway's limit of %d; send a smaller command or raise --max-payload", len(in.Payload), p.cfg.MaxPayload)}
 	}
+	if err := p.verify(in); err != nil {
+		return nil, t.Verb, err
+	}
 	cmd := new(fleetv1.Command)
 	if err := codec.Unmarshal(enc, in.Payload, cmd); err != nil {
 		return nil, t.Verb, errdefs.Invalid("payload", "cannot decode a %s Command (content type %q): %v", enc, in.ContentType, err)
 	}
 	if err := checkID(cmd.GetId()); err != nil {
+		return cmd, t.Verb, err
+	}
+	if err := p.checkIssued(cmd); err != nil {
 		return cmd, t.Verb, err
 	}
 	body := topic.VerbOf(cmd)
@@ -271,6 +307,43 @@ func (p *Processor) check(in mqttlink.Inbound, enc codec.Encoding) (*fleetv1.Com
 			Msg: fmt.Sprintf("this agent does not support %s; its birth lists the verbs it supports under capabilities", t.Verb)}
 	}
 	return cmd, t.Verb, nil
+}
+
+// verify checks the command's signature when the processor has keys.
+func (p *Processor) verify(in mqttlink.Inbound) error {
+	if p.cfg.Verifier == nil {
+		return nil
+	}
+	err := p.cfg.Verifier.Verify(in.Topic, in.ContentType, in.Payload, in.UserProperties[cmdsig.PropKeyID], in.UserProperties[cmdsig.PropSignature])
+	if err != nil {
+		return &errdefs.FieldError{Field: "signature", Kind: errdefs.ErrUnauthenticated,
+			Msg: err.Error() + "; this gateway executes only commands signed with its tenant's command-signing keys (--command-signing-keys): send it through the controller"}
+	}
+	return nil
+}
+
+// checkIssued bounds a signed command's age: older than MaxAge it may be a
+// replay the journal no longer remembers; issued after now+MaxSkew, one
+// that would outlive the journal's memory of it.
+func (p *Processor) checkIssued(cmd *fleetv1.Command) error {
+	if p.cfg.Verifier == nil {
+		return nil
+	}
+	now := p.cfg.Now()
+	if cmd.GetIssuedAt() == nil {
+		return errdefs.Invalid("issuedAt", "is required: this gateway checks signed commands' age (--command-max-age)")
+	}
+	issued := cmd.GetIssuedAt().AsTime()
+	switch {
+	case issued.Before(now.Add(-p.cfg.MaxAge)):
+		return &errdefs.FieldError{Field: "issuedAt", Kind: errdefs.ErrExpired,
+			Msg: fmt.Sprintf("the command was issued at %s, more than %s before the gateway's clock (%s); send a new command (or raise --command-max-age)",
+				issued.UTC().Format(time.RFC3339), p.cfg.MaxAge, now.UTC().Format(time.RFC3339))}
+	case issued.After(now.Add(p.cfg.MaxSkew)):
+		return errdefs.Invalid("issuedAt", "%s is more than %s after the gateway's clock (%s); fix the clocks (or raise --command-max-skew)",
+			issued.UTC().Format(time.RFC3339), p.cfg.MaxSkew, now.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 func checkID(id string) error {

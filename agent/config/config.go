@@ -47,6 +47,7 @@ import (
 	"github.com/fleet-agent/fleet/agent/reconcile"
 	"github.com/fleet-agent/fleet/agent/trust"
 	"github.com/fleet-agent/fleet/internal/backoff"
+	"github.com/fleet-agent/fleet/protocol/cmdsig"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -78,6 +79,13 @@ type Config struct {
 	ReconnectMax    time.Duration
 	MaxPayload      int
 	MetricsInterval time.Duration
+
+	// CommandSigningKeys is the file of the tenant's command-signing
+	// public keys; CommandMaxAge and CommandMaxSkew bound signed
+	// commands' issuedAt.
+	CommandSigningKeys string
+	CommandMaxAge      time.Duration
+	CommandMaxSkew     time.Duration
 
 	DockerHost       string
 	ImageGC          bool
@@ -116,6 +124,8 @@ func defaults() Config {
 		MetricsInterval:  30 * time.Second,
 		ImageGC:          true,
 		RequireSealed:    true,
+		CommandMaxAge:    command.DefaultMaxAge,
+		CommandMaxSkew:   command.DefaultMaxSkew,
 		RegistryCertsDir: "/etc/docker/certs.d",
 		ExpiryWarning:    time.Hour,
 		PublishHostIP:    reconcile.DefaultPublishHostIP,
@@ -157,6 +167,9 @@ func (c *Config) flags(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.RegistryCertsDir, "registry-certs-dir", c.RegistryCertsDir, "the Docker Engine's per-registry certificate directory, where credentials' caCertificate and client certificates are installed (<dir>/<host:port>/ca.crt, client.cert, client.key)")
 	fs.DurationVar(&c.ExpiryWarning, "credentials-expiry-warning", c.ExpiryWarning, "warn (event and birth) this long before an ecr-token credential expires")
 	fs.StringVar(&c.AtRestKey, "at-rest-key", c.AtRestKey, "file with the 32-byte key that encrypts secrets in the state file (default: at-rest.key in --state-dir, created on first start)")
+	fs.StringVar(&c.CommandSigningKeys, "command-signing-keys", c.CommandSigningKeys, `JSON file of the tenant's command-signing public keys, {"keys": [{"id", "publicKey"}]} as the provisioning response's commandSigningKeys: only commands signed by one of them run (default: none, and the agent runs unsigned commands from anyone who can publish on its command topics: insecure)`)
+	fs.DurationVar(&c.CommandMaxAge, "command-max-age", c.CommandMaxAge, "with --command-signing-keys: refuse commands issued longer ago than this (offline-queued commands older than this do not run); command ids are remembered as long")
+	fs.DurationVar(&c.CommandMaxSkew, "command-max-skew", c.CommandMaxSkew, "with --command-signing-keys: refuse commands issued further than this in the future (clock skew)")
 	fs.BoolVar(&c.AllowPrivileged, "allow-privileged", c.AllowPrivileged, "policy: allow privileged containers")
 	fs.BoolVar(&c.AllowHostNetwork, "allow-host-network", c.AllowHostNetwork, "policy: allow networkMode host")
 	fs.BoolVar(&c.AllowCapAdd, "allow-cap-add", c.AllowCapAdd, "policy: allow added capabilities")
@@ -436,6 +449,12 @@ func (c *Config) validate() error {
 	if c.MaxPayload < 1024 {
 		add("--max-payload %d: must be at least 1024 bytes", c.MaxPayload)
 	}
+	if c.CommandMaxAge < time.Minute {
+		add("--command-max-age %v: must be at least 1m", c.CommandMaxAge)
+	}
+	if c.CommandMaxSkew < 0 {
+		add("--command-max-skew %v: must not be negative", c.CommandMaxSkew)
+	}
 	if c.MetricsInterval < time.Second {
 		add("--metrics-interval %v: must be at least 1s", c.MetricsInterval)
 	}
@@ -499,6 +518,22 @@ func (c *Config) Docker(logger *slog.Logger) (*engine.Docker, error) {
 	return d, nil
 }
 
+// CommandKeys reads the --command-signing-keys file: nil without one.
+func (c *Config) CommandKeys() (*cmdsig.Verifier, error) {
+	if c.CommandSigningKeys == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(c.CommandSigningKeys)
+	if err != nil {
+		return nil, fmt.Errorf("--command-signing-keys: %w", err)
+	}
+	v, err := cmdsig.ParseKeys(b)
+	if err != nil {
+		return nil, fmt.Errorf("--command-signing-keys %s: %w", c.CommandSigningKeys, err)
+	}
+	return v, nil
+}
+
 // GatewayConfig turns the configuration into the gateway's, on docker,
 // reading the files it names (password, certificates). Births read the
 // engine's facts from docker.Facts(), which the caller keeps running.
@@ -531,6 +566,11 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger, docker *engi
 	}
 	g.ECRToken = ecrexec.Helper{Path: c.ECRHelper}.Token
 	g.EngineInfo, g.OnConnect = docker.Facts().Get, docker.Facts().Refresh
+	g.CommandMaxAge, g.CommandMaxSkew = c.CommandMaxAge, c.CommandMaxSkew
+	var err error
+	if g.CommandKeys, err = c.CommandKeys(); err != nil {
+		return g, err
+	}
 	if c.BrokerPasswordFile != "" {
 		b, err := os.ReadFile(c.BrokerPasswordFile)
 		if err != nil {

@@ -31,6 +31,7 @@ import (
 	"github.com/fleet-agent/fleet/agent/trust"
 	"github.com/fleet-agent/fleet/internal/backoff"
 	"github.com/fleet-agent/fleet/internal/credential"
+	"github.com/fleet-agent/fleet/protocol/cmdsig"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -86,6 +87,12 @@ type Config struct {
 	// fleet-agent-ecr helper; simulated gateways call the SDK in process);
 	// nil refuses ecr credentials when a pull needs one.
 	ECRToken credential.TokenSource
+
+	// CommandKeys, when set, are the only keys whose signed commands run
+	// (command.Config.Verifier); nil runs unsigned commands: insecure.
+	CommandKeys    *cmdsig.Verifier
+	CommandMaxAge  time.Duration
+	CommandMaxSkew time.Duration
 
 	MaxPayload      int
 	MetricsInterval time.Duration
@@ -176,6 +183,11 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.AtRestKey = filepath.Join(cfg.StateDir, "at-rest.key")
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, store: st, startedAt: cfg.Now(), statuses: newOutbox(), linkSet: make(chan struct{})}
+	if cfg.CommandKeys == nil {
+		g.log.Warn("no command-signing keys (--command-signing-keys): this gateway runs unsigned commands from anyone who can publish on its command topics; insecure")
+	} else {
+		g.log.Info("commands must be signed", "keys", cfg.CommandKeys.IDs(), "max_age", cfg.CommandMaxAge)
+	}
 	if err := g.build(); err != nil {
 		st.Close()
 		return nil, err
@@ -219,6 +231,7 @@ func (g *Gateway) build() error {
 	g.proc, err = command.New(command.Config{
 		Scheme: cfg.Scheme, Tenant: cfg.Tenant, Gateway: cfg.ID,
 		Journal: g.store, Publisher: publisher{g}, MaxPayload: cfg.MaxPayload, Cipher: g.keys,
+		Verifier: cfg.CommandKeys, MaxAge: cfg.CommandMaxAge, MaxSkew: cfg.CommandMaxSkew,
 		Encoding: cfg.Encoding, Now: cfg.Now, Logger: cfg.Logger.With("component", "command"),
 		Handlers: verbs,
 	})

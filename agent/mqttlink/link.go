@@ -40,6 +40,9 @@ type Inbound struct {
 	ContentType     string
 	ResponseTopic   string
 	CorrelationData []byte
+	// UserProperties are the MQTT v5 user properties; of a repeated key,
+	// the first value.
+	UserProperties map[string]string
 }
 
 // Config configures a Link.
@@ -174,6 +177,14 @@ func inbound(p *paho.Publish) Inbound {
 		in.ContentType = p.Properties.ContentType
 		in.ResponseTopic = p.Properties.ResponseTopic
 		in.CorrelationData = p.Properties.CorrelationData
+		for _, up := range p.Properties.User {
+			if in.UserProperties == nil {
+				in.UserProperties = map[string]string{}
+			}
+			if _, ok := in.UserProperties[up.Key]; !ok {
+				in.UserProperties[up.Key] = up.Value
+			}
+		}
 	}
 	return in
 }
@@ -186,6 +197,14 @@ func (l *Link) buildConnect(cp *paho.Connect, _ *url.URL) (*paho.Connect, error)
 	}
 	cp.WillMessage = &paho.WillMessage{Topic: will.Topic, Payload: will.Payload, QoS: will.QoS, Retain: will.Retain}
 	cp.WillProperties = &paho.WillProperties{ContentType: will.ContentType}
+	if cp.Properties == nil {
+		cp.Properties = &paho.ConnectProperties{}
+	}
+	// The MQTT default, which paho turns off whenever it sends connect
+	// properties: without it a broker may strip the user properties of
+	// the publications it forwards (mochi-mqtt does), among them the
+	// commands' signatures.
+	cp.Properties.RequestProblemInfo = true
 	return cp, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -52,6 +53,9 @@ type Store struct {
 	now    func() time.Time
 	max    int
 	maxAge time.Duration
+	// keep: entries received more recently than this are never dropped,
+	// even beyond the count bound (KeepAtLeast).
+	keep atomic.Int64
 }
 
 // ErrLocked is returned by Open when another process holds the state file.
@@ -239,18 +243,24 @@ func (s *Store) update(id string, f func(*Command)) error {
 	})
 }
 
+// KeepAtLeast makes the journal remember every command id for at least d
+// after it was received, even beyond its count bound, and raises its age
+// bound to d if lower: the command processor's replay window needs it.
+func (s *Store) KeepAtLeast(d time.Duration) { s.keep.Store(int64(d)) }
+
 // prune drops the oldest finished and delivered journal entries beyond the
-// count bound, and those older than the age bound. Unfinished commands and
-// undelivered replies are never dropped: the journal may exceed its bound by
-// their number.
+// count bound, and those older than the age bound, but none received less
+// than KeepAtLeast ago. Unfinished commands and undelivered replies are
+// never dropped: the journal may exceed its bound by their number.
 func (s *Store) prune(tx *bolt.Tx) error {
 	meta, cmds, order := tx.Bucket(bucketMeta), tx.Bucket(bucketCommands), tx.Bucket(bucketOrder)
 	count := getUint(meta, keyCommandCount)
-	cutoff := s.now().Add(-s.maxAge)
+	now, keep := s.now(), time.Duration(s.keep.Load())
+	cutoff, keepAfter := now.Add(-max(s.maxAge, keep)), now.Add(-keep)
 	var victims [][2][]byte // order key, id
 	cur := order.Cursor()
 	for k, id := cur.First(); k != nil; k, id = cur.Next() {
-		if count <= uint64(s.max) && orderTime(k).After(cutoff) {
+		if count <= uint64(s.max) && orderTime(k).After(cutoff) || keep > 0 && orderTime(k).After(keepAfter) {
 			break
 		}
 		var c Command

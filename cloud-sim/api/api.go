@@ -24,6 +24,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/tenantcred"
 	"github.com/fleet-agent/fleet/internal/errdefs"
+	"github.com/fleet-agent/fleet/protocol/cmdsig"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
@@ -196,6 +197,9 @@ type Provisioned struct {
 	Username string `json:"username"`
 	ClientID string `json:"clientId"`
 	Password string `json:"password"`
+	// CommandSigningKeys are the tenant's valid command-signing keys: the
+	// gateway's --command-signing-keys file is {"keys": CommandSigningKeys}.
+	CommandSigningKeys []cmdsig.PublicKey `json:"commandSigningKeys,omitempty"`
 }
 
 func (a *api) provision(w http.ResponseWriter, r *http.Request) {
@@ -212,7 +216,12 @@ func (a *api) provision(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, Provisioned{Username: tenant + "/" + id, ClientID: tenant + "/" + id, Password: pw})
+	keys, err := a.c.CommandKeys(r.Context(), tenant)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, Provisioned{Username: tenant + "/" + id, ClientID: tenant + "/" + id, Password: pw, CommandSigningKeys: keys})
 }
 
 // SimulatedRequest is the body of POST /v1/simulated: provision Count
@@ -244,7 +253,12 @@ func (a *api) provisionSimulated(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, Provisioned{Password: pw})
+	keys, err := a.c.CommandKeys(r.Context(), req.Tenant)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, Provisioned{Password: pw, CommandSigningKeys: keys})
 }
 
 // CommandRequest is the body of POST /v1/commands. Command is a protocol

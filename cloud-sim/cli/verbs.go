@@ -365,6 +365,10 @@ func (v *verb) provision(ctx context.Context) error {
 		return nil
 	}
 	fmt.Fprintf(v.env.Stdout, "username:  %s\nclient id: %s\npassword:  %s\n(shown once; give it to fleet-agent with --broker-username and --broker-password-file)\n", p.Username, p.ClientID, p.Password)
+	for _, k := range p.CommandSigningKeys {
+		fmt.Fprintf(v.env.Stdout, "command-signing key: %s %s\n", k.ID, k.PublicKey)
+	}
+	fmt.Fprintf(v.env.Stdout, "(give the keys to fleet-agent with --command-signing-keys: cloud-sim signing-keys list --tenant %s -o json > command-signing-keys.json)\n", t)
 	return nil
 }
 

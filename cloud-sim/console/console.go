@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleet-agent/fleet/internal/backoff"
+	"github.com/fleet-agent/fleet/protocol/cmdsig"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -50,7 +51,17 @@ type Config struct {
 	// again on every (re)subscribe, so a persistent session need not queue
 	// and persist each one. Replies and events stay QoS 1.
 	LatestOnly bool
-	Logger     *slog.Logger
+	// Signer, when set, signs every command published (protocol/cmdsig):
+	// gateways with command-signing keys run no other.
+	Signer Signer
+	Logger *slog.Logger
+}
+
+// Signer signs a command of tenant published on topic with contentType
+// and payload, returning the values of the user properties
+// cmdsig.PropKeyID and cmdsig.PropSignature.
+type Signer interface {
+	Sign(ctx context.Context, tenant, topic, contentType string, payload []byte) (keyID, signature string, err error)
 }
 
 // Received is one publication from a gateway.
@@ -307,11 +318,14 @@ func (c *Console) Publish(ctx context.Context, tenant, gateway string, cmd *flee
 		return err
 	}
 	name := c.cfg.Scheme.Command(tenant, gateway, verb)
-	_, err = c.cm.Publish(ctx, &paho.Publish{Topic: name, QoS: 1, Payload: payload, Properties: &paho.PublishProperties{
+	p := &paho.Publish{Topic: name, QoS: 1, Payload: payload, Properties: &paho.PublishProperties{
 		ContentType: c.cfg.Encoding.ContentType(), ResponseTopic: c.cfg.Scheme.ConsoleReply(tenant, gateway, c.cfg.ID),
 		CorrelationData: []byte(cmd.GetId()),
-	}})
-	if err != nil {
+	}}
+	if err := c.sign(ctx, p); err != nil {
+		return err
+	}
+	if _, err = c.cm.Publish(ctx, p); err != nil {
 		return fmt.Errorf("publish %s: %w", name, err)
 	}
 	return nil
@@ -330,11 +344,34 @@ func (c *Console) SendRaw(ctx context.Context, topicName string, payload []byte,
 	if responseTopic != "" {
 		p.Properties.ResponseTopic, p.Properties.CorrelationData = responseTopic, []byte(corr)
 	}
+	if err := c.sign(ctx, p); err != nil {
+		req.Close()
+		return nil, err
+	}
 	if _, err := c.cm.Publish(ctx, p); err != nil {
 		req.Close()
 		return nil, fmt.Errorf("publish %s: %w", topicName, err)
 	}
 	return req, nil
+}
+
+// sign adds the signature of p to its user properties when the console has
+// a Signer.
+func (c *Console) sign(ctx context.Context, p *paho.Publish) error {
+	if c.cfg.Signer == nil {
+		return nil
+	}
+	t, err := c.cfg.Scheme.Parse(p.Topic)
+	if err != nil || t.Kind != topic.Command {
+		return fmt.Errorf("console: sign %s: not a command topic", p.Topic)
+	}
+	keyID, sig, err := c.cfg.Signer.Sign(ctx, t.Tenant, p.Topic, p.Properties.ContentType, p.Payload)
+	if err != nil {
+		return fmt.Errorf("console: sign %s: %w", p.Topic, err)
+	}
+	p.Properties.User = append(p.Properties.User, paho.UserProperty{Key: cmdsig.PropKeyID, Value: keyID},
+		paho.UserProperty{Key: cmdsig.PropSignature, Value: sig})
+	return nil
 }
 
 // Final waits for the final reply (not ACCEPTED) and closes the request.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/changes"
+	"github.com/fleet-agent/fleet/cloud-sim/cmdkeys"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
 	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
@@ -80,6 +81,7 @@ type Controller struct {
 	disp  *dispatch.Dispatcher
 	sched *rollout.Scheduler
 	creds *tenantcred.Credentials
+	sign  *cmdkeys.Keys
 
 	stopWork  func()
 	stop      chan struct{}
@@ -111,6 +113,9 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	if c.creds, err = tenantcred.New(ctx, tenantcred.Config{Store: cfg.Store, Keys: cfg.Keys, Changes: c.hub, Logger: c.log, Now: cfg.Now}); err != nil {
+		return nil, err
+	}
+	if c.sign, err = cmdkeys.New(cmdkeys.Config{Store: cfg.Store, Cipher: cfg.Keys, Now: cfg.Now}); err != nil {
 		return nil, err
 	}
 	c.sched, err = rollout.New(ctx, rollout.Config{Store: cfg.Store, ID: cfg.ID, APIURL: cfg.APIURL, Fleet: c.inv, Commands: c.disp,
@@ -150,7 +155,7 @@ func (c *Controller) Start(ctx context.Context) error {
 	}
 	con, err := console.Dial(ctx, console.Config{
 		BrokerURL: c.cfg.BrokerURL, ID: c.cfg.ID, Username: c.cfg.Username, Password: c.cfg.Password,
-		Scheme: c.cfg.Scheme, Encoding: c.cfg.Encoding, Watch: c.Ingest, SessionExpiry: 7 * 24 * time.Hour, LatestOnly: true, Logger: c.log,
+		Scheme: c.cfg.Scheme, Encoding: c.cfg.Encoding, Watch: c.Ingest, SessionExpiry: 7 * 24 * time.Hour, LatestOnly: true, Signer: c.sign, Logger: c.log,
 	})
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)

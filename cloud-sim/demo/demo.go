@@ -34,6 +34,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/internal/backoff"
 	"github.com/fleet-agent/fleet/internal/credential/awsecr"
+	"github.com/fleet-agent/fleet/protocol/cmdsig"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -229,6 +230,14 @@ func startAgent(ctx context.Context, s *serve.Server, docker *dockerclient.Clien
 	if err != nil {
 		return nil, err
 	}
+	pubs, err := s.Controller.CommandKeys(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := cmdsig.NewVerifier(pubs)
+	if err != nil {
+		return nil, err
+	}
 	eng, err := engine.NewDocker("", tenant+"/"+realID+"-"+runID, log)
 	if err != nil {
 		return nil, err
@@ -241,8 +250,8 @@ func startAgent(ctx context.Context, s *serve.Server, docker *dockerclient.Clien
 		Username: tenant + "/" + realID, Password: []byte(pw), KeepAlive: 30 * time.Second,
 		SessionExpiry: time.Hour, Backoff: backoff.Policy{Base: 100 * time.Millisecond, Max: time.Second},
 		RequireSealed: true, RegistryCertsDir: filepath.Join(stateDir, "certs.d"), ImageGC: true,
-		ECRToken: awsecr.Fetch,
-		Version:  "demo", Logger: log,
+		ECRToken: awsecr.Fetch, CommandKeys: keys,
+		Version: "demo", Logger: log,
 	})
 	if err != nil {
 		eng.Close()

@@ -25,6 +25,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	"github.com/fleet-agent/fleet/internal/credential"
+	"github.com/fleet-agent/fleet/protocol/cmdsig"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -267,6 +268,15 @@ func StartFleet(ctx context.Context, ctrl *controller.Controller, brokerURL *url
 	}
 	if err := ctrl.ProvisionMany(ctx, sim.Tenant, ids, sim.Groups, string(sim.Password)); err != nil {
 		return nil, fmt.Errorf("provision simulated gateways: %w", err)
+	}
+	if sim.CommandKeys == nil {
+		keys, err := ctrl.CommandKeys(ctx, sim.Tenant)
+		if err == nil {
+			sim.CommandKeys, err = cmdsig.NewVerifier(keys)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("command-signing keys of simulated gateways: %w", err)
+		}
 	}
 	sim.BrokerURL, sim.Scheme, sim.Encoding = brokerURL, scheme, codec.Protobuf
 	if sim.StateDir == "" {

@@ -21,6 +21,7 @@ import (
 	"github.com/fleet-agent/fleet/internal/backoff"
 	"github.com/fleet-agent/fleet/internal/credential/awsecr"
 	"github.com/fleet-agent/fleet/internal/errdefs"
+	"github.com/fleet-agent/fleet/protocol/cmdsig"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -40,6 +41,9 @@ type Config struct {
 	// tier=canary for every 20th, else tier=main.
 	Labels func(n int) map[string]string
 	Groups []string
+	// CommandKeys are the tenant's command-signing keys: the gateways run
+	// only commands signed with one (nil: any command, insecure).
+	CommandKeys *cmdsig.Verifier
 	// StateDir holds one directory per gateway.
 	StateDir string
 	Scheme   topic.Scheme
@@ -175,7 +179,7 @@ func (f *Fleet) newGateway(n int, id string) (*gateway.Gateway, error) {
 		BrokerURL: cfg.BrokerURL, Username: user, Password: cfg.Password,
 		KeepAlive: time.Minute, SessionExpiry: 24 * time.Hour,
 		Backoff: backoff.Policy{Base: 500 * time.Millisecond, Max: 30 * time.Second},
-		Engine:  eng, EngineInfo: eng.Info, ImageGC: true, RequireSealed: true,
+		Engine:  eng, EngineInfo: eng.Info, ImageGC: true, RequireSealed: true, CommandKeys: cfg.CommandKeys,
 		RegistryCertsDir: filepath.Join(dir, "certs.d"), ECRToken: awsecr.Fetch,
 		MetricsInterval: cfg.MetricsInterval, ShutdownTimeout: 5 * time.Second,
 		Version: "simulated", Simulated: true, Logger: cfg.Logger.With("gateway", id),
