@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,5 +49,30 @@ func TestFindToken(t *testing.T) {
 				t.Fatalf("got %q, %q, %v; want %q and help naming %q", got, help, err, tt.want, tt.wantHelp)
 			}
 		})
+	}
+}
+
+// TestNoTokenError: a 401 to a CLI that found no token says where it
+// looked, naming the flags and the file; one that sent a token shows the
+// API's own error.
+func TestNoTokenError(t *testing.T) {
+	unauthorized := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusUnauthorized)
+		w.Write([]byte(`{"error": "send the API token", "code": "UNAUTHENTICATED"}`))
+	})
+	dir := t.TempDir()
+	code, _, stderr := run(t, unauthorized, "gateways", "--data", dir)
+	if code != ExitFailed || !strings.Contains(stderr, "--api-token-file") || !strings.Contains(stderr, filepath.Join(dir, "api-token")) {
+		t.Errorf("no token: exit %d, stderr %q; want 1 naming --api-token-file and %s", code, stderr, filepath.Join(dir, "api-token"))
+	}
+	tokenFile := filepath.Join(t.TempDir(), "tok")
+	os.WriteFile(tokenFile, []byte("wrong"), 0o600)
+	code, _, stderr = run(t, unauthorized, "gateways", "--api-token-file", tokenFile)
+	if code != ExitFailed || !strings.Contains(stderr, "send the API token") {
+		t.Errorf("wrong token: exit %d, stderr %q; want 1 with the API's error", code, stderr)
+	}
+	code, _, stderr = run(t, unauthorized, "gateways", "--api-token-file", "/nonexistent/tok")
+	if code != ExitUsage || !strings.Contains(stderr, "--api-token-file") {
+		t.Errorf("missing token file: exit %d, stderr %q; want 2 naming --api-token-file", code, stderr)
 	}
 }
