@@ -142,15 +142,15 @@ func (s streams) acquire() bool {
 
 func (s streams) release() { <-s }
 
-// holdFor lets the request outlive the server's read and write timeouts:
-// for d, or without a deadline when d is 0 (an event stream). A wait for
-// outcomes is bounded by MaxWait.
+// holdFor lets the handler outlive the server's WriteTimeout: for d and
+// a minute to answer, or without a deadline when d is 0 (an event
+// stream). A wait for outcomes is bounded by MaxWait. (ReadTimeout bounds
+// reading the request only: net/http clears the read deadline once the
+// body is read.)
 func holdFor(w http.ResponseWriter, d time.Duration) {
 	var deadline time.Time
 	if d > 0 {
 		deadline = time.Now().Add(d + time.Minute)
 	}
-	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(deadline)
-	_ = rc.SetWriteDeadline(deadline)
+	_ = http.NewResponseController(w).SetWriteDeadline(deadline)
 }

@@ -189,3 +189,54 @@ func TestEventStreamOutlivesTimeouts(t *testing.T) {
 		return lateEvent.Load()
 	})
 }
+
+// TestHandlerOutlivesReadTimeout: the server's ReadTimeout bounds reading
+// the request, not the handler: its context is not canceled when the
+// timeout passes, with a body or without.
+func TestHandlerOutlivesReadTimeout(t *testing.T) {
+	const timeout = 50 * time.Millisecond
+	release := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+			w.WriteHeader(http.StatusInternalServerError)
+		case <-release:
+			w.WriteHeader(http.StatusOK)
+		}
+	})
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config.Handler = newGuard(Config{Token: testToken, AllowedHosts: []string{srv.Listener.Addr().String()}}, h)
+	srv.Config.ReadTimeout = timeout
+	srv.Start()
+	defer srv.Close()
+	type result struct {
+		status int
+		err    error
+	}
+	results := make(chan result, 2)
+	for _, body := range []string{"", `{"a": 1}`} {
+		go func() {
+			req, _ := http.NewRequest("POST", srv.URL+"/v1/x", strings.NewReader(body))
+			if body == "" {
+				req.Body, req.ContentLength = nil, 0
+			}
+			req.Header.Set("Authorization", "Bearer "+testToken)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			resp.Body.Close()
+			results <- result{status: resp.StatusCode}
+		}()
+	}
+	start := time.Now()
+	testenv.Eventually(t, "the read timeout passed", func() bool { return time.Since(start) > 4*timeout })
+	close(release)
+	for range 2 {
+		if r := <-results; r.err != nil || r.status != http.StatusOK {
+			t.Errorf("got %d %v, want 200: the handler's context was canceled", r.status, r.err)
+		}
+	}
+}
