@@ -107,7 +107,10 @@ func serveConfig(fs *pflag.FlagSet) func() (serve.Config, error) {
 	fs.StringVar(&cfg.NATSURL, "nats", "", "external NATS (nats://host:4222,…) instead of the embedded server")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "embedded NATS address (other replicas can use it with --nats)")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", "127.0.0.1:8080", "HTTP API address")
-	tokenFile := fs.String("api-token-file", "", "file holding a token the API requires as Authorization: Bearer")
+	tokenFile := fs.String("api-token-file", "", "file holding the token the API requires as Authorization: Bearer (default: api-token in --data, made on first start)")
+	fs.StringArrayVar(&cfg.APIAllowedHosts, "api-allowed-host", nil, "a Host name clients use for the API besides its listen address, host:port or host for any port (repeatable; others are refused)")
+	fs.IntVar(&cfg.APIMaxStreams, "api-max-streams", api.DefaultMaxStreams, "concurrent event streams (/v1/events) the API serves")
+	fs.BoolVar(&cfg.APIInsecureNoAuth, "api-insecure-no-auth", false, "TESTS ONLY: the API requires no token (loopback --http-listen only)")
 	fs.StringVar(&cfg.Registries, "registries", "", "registries file: emulated registries, their users and images")
 	fs.StringVar(&cfg.SecretsKey, "secrets-key", "", "key encrypting credentials at rest (default: controller.key in --data)")
 	prefix := fs.String("topic-prefix", topic.DefaultPrefix, "MQTT topic prefix")
@@ -146,6 +149,14 @@ func runServe(ctx context.Context, out io.Writer, cfg serve.Config) error {
 		return err
 	}
 	fmt.Fprintf(out, "cloud-sim %s serving\n  MQTT broker  %s\n  NATS         %s\n  HTTP API     %s\n", version, s.BrokerURL.Redacted(), s.Store.URL(), s.APIURL)
+	switch {
+	case s.APITokenCreated: // shown this once; the CLI on this host reads the file
+		fmt.Fprintf(out, "  API token    %s (made now in %s; shown only this once)\n", s.APIToken, s.APITokenFile)
+	case s.APITokenFile != "":
+		fmt.Fprintf(out, "  API token    in %s\n", s.APITokenFile)
+	case s.APIToken == "":
+		fmt.Fprintf(out, "  API token    NONE (--api-insecure-no-auth): any local process controls the fleet\n")
+	}
 	for _, name := range slices.Sorted(maps.Keys(s.Registries)) {
 		r := s.Registries[name]
 		fmt.Fprintf(out, "  registry     %s at %s %v\n", name, r.Server.URL, r.Images)
@@ -170,6 +181,8 @@ func fleetCmd() *cobra.Command {
 	fs := cmd.Flags()
 	var sim simfleet.Config
 	apiURL := fs.String("api", or(os.Getenv("CLOUD_SIM_API"), "http://127.0.0.1:8080"), "cloud-sim serve API, to provision the gateways")
+	tokenFile := fs.String("api-token-file", "", "file holding the API token (else CLOUD_SIM_TOKEN, else the api-token file in --data)")
+	dataDir := fs.String("data", cli.DefaultDataDir, "serve's data directory, where it made the API token (api-token)")
 	brokerURL := fs.String("broker", "mqtt://127.0.0.1:1883", "MQTT broker the gateways connect to")
 	fs.IntVar(&sim.Count, "count", 10, "number of simulated gateways")
 	fs.StringVar(&sim.Tenant, "tenant", "sim", "their tenant")
@@ -184,13 +197,16 @@ func fleetCmd() *cobra.Command {
 			return cli.Usagef("--broker: %v", err)
 		}
 		sim.BrokerURL = u
-		return runFleet(cmd.Context(), cmd.OutOrStdout(), *apiURL, sim)
+		token, help, err := cli.FindToken(*tokenFile, *dataDir, os.Getenv)
+		if err != nil {
+			return cli.Usagef("%v", err)
+		}
+		return runFleet(cmd.Context(), cmd.OutOrStdout(), &cli.Client{Base: *apiURL, Token: token, NoTokenHelp: help}, sim)
 	}
 	return cmd
 }
 
-func runFleet(ctx context.Context, out io.Writer, apiURL string, sim simfleet.Config) error {
-	c := &cli.Client{Base: apiURL, Token: os.Getenv("CLOUD_SIM_TOKEN")}
+func runFleet(ctx context.Context, out io.Writer, c *cli.Client, sim simfleet.Config) error {
 	var p api.Provisioned
 	if err := c.Do(ctx, "POST", "/v1/simulated", api.SimulatedRequest{Tenant: sim.Tenant, Prefix: sim.Prefix, Count: sim.Count}, &p, nil); err != nil {
 		return fmt.Errorf("provision: %w", err)

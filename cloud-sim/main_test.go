@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -28,12 +29,21 @@ func TestServeConfig(t *testing.T) {
 			if cfg.HTTPListen != "127.0.0.1:8080" || cfg.Retention != 30*24*time.Hour || cfg.Scheme.Prefix() != topic.DefaultPrefix || cfg.APIToken != "" {
 				t.Errorf("defaults: listen %q, retention %s, prefix %q, token %q", cfg.HTTPListen, cfg.Retention, cfg.Scheme.Prefix(), cfg.APIToken)
 			}
+			if cfg.APIInsecureNoAuth || cfg.APIMaxStreams != 64 || len(cfg.APIAllowedHosts) != 0 {
+				t.Errorf("API defaults: insecure %v, max streams %d, allowed hosts %v; want false, 64, none (a token made in --data)", cfg.APIInsecureNoAuth, cfg.APIMaxStreams, cfg.APIAllowedHosts)
+			}
 		}},
 		{name: "flags", args: []string{"--http-listen", ":0", "--sim-count", "3", "--topic-prefix", "acme/fleet", "--api-token-file", token},
 			check: func(t *testing.T, cfg serve.Config) {
 				if cfg.HTTPListen != ":0" || cfg.Sim.Count != 3 || cfg.Scheme.Prefix() != "acme/fleet" || cfg.APIToken != "s3cr3t" {
 					t.Errorf("got listen %q, sim count %d, prefix %q, token %q; want :0, 3, acme/fleet, the file's token",
 						cfg.HTTPListen, cfg.Sim.Count, cfg.Scheme.Prefix(), cfg.APIToken)
+				}
+			}},
+		{name: "API guards", args: []string{"--api-allowed-host", "fleet.example.com", "--api-allowed-host", "10.0.0.5:8080", "--api-max-streams", "8", "--api-insecure-no-auth"},
+			check: func(t *testing.T, cfg serve.Config) {
+				if !slices.Equal(cfg.APIAllowedHosts, []string{"fleet.example.com", "10.0.0.5:8080"}) || cfg.APIMaxStreams != 8 || !cfg.APIInsecureNoAuth {
+					t.Errorf("got allowed hosts %v, max streams %d, insecure %v", cfg.APIAllowedHosts, cfg.APIMaxStreams, cfg.APIInsecureNoAuth)
 				}
 			}},
 		{name: "bad prefix", args: []string{"--topic-prefix", "a/#"}, wantErr: "--topic-prefix"},

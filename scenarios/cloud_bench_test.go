@@ -193,6 +193,7 @@ func BenchmarkFleetBirths(b *testing.B) {
 		for i, prefix := range []string{"sim-a-", "sim-b-"} {
 			cmd := exec.Command(bin, "fleet", "--api", c.APIURL, "--broker", "mqtt://"+c.mqtt, "--tenant", "sim",
 				"--prefix", prefix, "--count", fmt.Sprint(benchFleet/2), "--state", filepath.Join(b.TempDir(), fmt.Sprint(i)))
+			cmd.Env = append(os.Environ(), "CLOUD_SIM_TOKEN="+c.APIToken)
 			cmd.Stderr = os.Stderr
 			if err := cmd.Start(); err != nil {
 				b.Fatal(err)

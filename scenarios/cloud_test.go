@@ -64,7 +64,7 @@ func (c *cloud) start(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Server, c.api = s, &cli.Client{Base: s.APIURL}
+	c.Server, c.api = s, &cli.Client{Base: s.APIURL, Token: s.APIToken}
 }
 
 // restart stops everything (the simulated fleet too) and starts again.
@@ -260,12 +260,12 @@ func TestCloudCLI(t *testing.T) {
 		c.get(t, "/v1/gateways?online=true", &l)
 		return l.Count == 3
 	})
-	events := sse(t, c.APIURL+"/v1/events?tenant=sim")
+	events := sse(t, c, "/v1/events?tenant=sim")
 	// run returns stdout, or stdout and stderr when the verb failed.
 	run := func(stdin string, args ...string) (int, string) {
 		var out, errs bytes.Buffer
 		env := cli.Env{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errs, Getenv: func(string) string { return "" }}
-		code := cli.Run(context.Background(), env, append(args, "--api", c.APIURL))
+		code := cli.Run(context.Background(), env, append(args, "--api", c.APIURL, "--data", c.dataDir))
 		if code != 0 {
 			return code, out.String() + errs.String()
 		}
@@ -326,10 +326,11 @@ type sseStream struct {
 	kinds []string
 }
 
-func sse(t *testing.T, url string) *sseStream {
+func sse(t *testing.T, c *cloud, path string) *sseStream {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.APIURL+path, nil)
+	req.Header.Set("Authorization", "Bearer "+c.APIToken)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -325,7 +325,7 @@ func TestRolloutTwoReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bs.Close() })
-	b := &cloud{Server: bs, api: &cli.Client{Base: bs.APIURL}}
+	b := &cloud{Server: bs, api: &cli.Client{Base: bs.APIURL, Token: bs.APIToken}}
 	waitOnline(t, b, "sim", 40)
 	if !a.Controller.Leader() || b.Controller.Leader() {
 		t.Fatalf("leaders: a %v, b %v", a.Controller.Leader(), b.Controller.Leader())

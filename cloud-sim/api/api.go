@@ -6,7 +6,6 @@ package api
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,9 +30,18 @@ import (
 // Config configures the handler.
 type Config struct {
 	Controller *controller.Controller
-	// Token, when set, is required as "Authorization: Bearer <token>".
-	Token  string
-	Logger *slog.Logger
+	// Token is required as "Authorization: Bearer <token>" on every
+	// request but GET /healthz. Without one every request is refused,
+	// unless InsecureNoAuth (for tests only) lets all through.
+	Token          string
+	InsecureNoAuth bool
+	// AllowedHosts are the values of Host (and an Origin's host) that
+	// name this API: "host:port", or "host" for any port. Requests to
+	// other names are refused (DNS rebinding); with none, every request.
+	AllowedHosts []string
+	// MaxStreams caps concurrent event streams (DefaultMaxStreams when 0).
+	MaxStreams int
+	Logger     *slog.Logger
 }
 
 // MaxWait bounds how long a request may wait for command outcomes.
@@ -44,27 +52,21 @@ func New(cfg Config) http.Handler {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	a := &api{c: cfg.Controller, log: cfg.Logger}
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = DefaultMaxStreams
+	}
+	a := &api{c: cfg.Controller, log: cfg.Logger, streams: make(streams, cfg.MaxStreams)}
 	mux := http.NewServeMux()
 	for _, rt := range routes() {
 		mux.HandleFunc(rt.method+" "+rt.path, func(w http.ResponseWriter, r *http.Request) { rt.handle(a, w, r) })
 	}
-	if cfg.Token == "" {
-		return mux
-	}
-	want := []byte("Bearer " + cfg.Token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 && r.URL.Path != "/healthz" {
-			writeJSON(w, http.StatusUnauthorized, Error{Error: "send the API token as Authorization: Bearer <token> (cloud-sim serve --api-token, CLOUD_SIM_TOKEN for the CLI)", Code: "UNAUTHENTICATED"})
-			return
-		}
-		mux.ServeHTTP(w, r)
-	})
+	return newGuard(cfg, mux)
 }
 
 type api struct {
-	c   *controller.Controller
-	log *slog.Logger
+	c       *controller.Controller
+	log     *slog.Logger
+	streams streams
 }
 
 // Error is the body of every error response.
@@ -298,6 +300,7 @@ func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if wait > 0 {
+		holdFor(w, wait)
 		ctx, cancel := context.WithTimeout(r.Context(), wait)
 		defer cancel()
 		if v, err := a.c.Wait(ctx, b.ID, nil); err == nil {
@@ -330,6 +333,7 @@ func (a *api) getBatch(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
+	holdFor(w, wait)
 	ctx, cancel := context.WithTimeout(r.Context(), wait)
 	defer cancel()
 	b, err := a.c.Wait(ctx, r.PathValue("id"), nil)
@@ -487,13 +491,21 @@ func (a *api) rolloutAction(w http.ResponseWriter, r *http.Request) {
 // events streams fleet changes as server-sent events ("event: <kind>",
 // "data: <Change JSON>"), filtered by ?tenant=; a comment line every 15 s
 // keeps proxies from closing the stream, and an "event: lagged" says that
-// changes were dropped because the client read too slowly.
+// changes were dropped because the client read too slowly. A stream has
+// no read or write deadline; at most MaxStreams run at once.
 func (a *api) events(w http.ResponseWriter, r *http.Request) {
 	fl, ok := w.(http.Flusher)
 	if !ok {
 		a.fail(w, errors.New("streaming unsupported"))
 		return
 	}
+	if !a.streams.acquire() {
+		w.Header().Set("Retry-After", "10")
+		writeJSON(w, http.StatusServiceUnavailable, Error{Error: fmt.Sprintf("too many event streams (%d) are open: close one, or raise cloud-sim serve --api-max-streams", cap(a.streams)), Code: "NO_SPACE"})
+		return
+	}
+	defer a.streams.release()
+	holdFor(w, 0)
 	tenant := r.URL.Query().Get("tenant")
 	sub := a.c.Subscribe(4096)
 	defer sub.Close()

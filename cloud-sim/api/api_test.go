@@ -3,8 +3,10 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -23,9 +25,13 @@ import (
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
+const testToken = "t0ken"
+
 // newAPI serves the API of a controller (not connected to a broker) whose
-// inventory holds acme/gw-1.
-func newAPI(t *testing.T) *httptest.Server {
+// inventory holds acme/gw-1, requiring testToken, answering to
+// 127.0.0.1 and localhost with the server's port. server, when not nil,
+// adjusts the http.Server (its timeouts) before it starts.
+func newAPI(t *testing.T, cfg Config, server func(*http.Server)) (*httptest.Server, *controller.Controller) {
 	t.Helper()
 	st, err := state.Open(context.Background(), state.Config{Dir: t.TempDir()})
 	if err != nil {
@@ -42,9 +48,17 @@ func newAPI(t *testing.T) *httptest.Server {
 		t.Fatal(err)
 	}
 	c.Ingest(console.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "acme", Gateway: "gw-1"}, Message: &fleetv1.Birth{Session: 1}, At: time.Now()})
-	srv := httptest.NewServer(New(Config{Controller: c}))
+	srv := httptest.NewUnstartedServer(nil)
+	port := srv.Listener.Addr().(*net.TCPAddr).Port
+	cfg.Controller, cfg.Token = c, testToken
+	cfg.AllowedHosts = append(cfg.AllowedHosts, fmt.Sprintf("127.0.0.1:%d", port), fmt.Sprintf("localhost:%d", port))
+	srv.Config.Handler = New(cfg)
+	if server != nil {
+		server(srv.Config)
+	}
+	srv.Start()
 	t.Cleanup(srv.Close)
-	return srv
+	return srv, c
 }
 
 // TestErrorStatus: a client tells a refusal by the registry (422) from a
@@ -53,7 +67,7 @@ func TestErrorStatus(t *testing.T) {
 	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer reg.Close()
 	u, _ := url.Parse(reg.URL)
-	srv := newAPI(t)
+	srv, _ := newAPI(t, Config{}, nil)
 	deploy := `{"target": {"tenant": "acme", "gateways": ["gw-1"]}, "command": {"deploy": {"spec": {"name": "web", "revision": 1, "image": "` + u.Host + `/team/web:1"}}}}`
 	tests := []struct {
 		name, method, path, body string
@@ -69,6 +83,8 @@ func TestErrorStatus(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			req, _ := http.NewRequest(tt.method, srv.URL+tt.path, strings.NewReader(tt.body))
+			req.Header.Set("Authorization", "Bearer "+testToken)
+			req.Header.Set("Content-Type", "application/json")
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)

@@ -22,7 +22,10 @@ import (
 type Client struct {
 	Base  string // e.g. http://127.0.0.1:8080
 	Token string
-	HTTP  *http.Client
+	// NoTokenHelp, with no Token, says where the token was looked for; a
+	// 401 reports it.
+	NoTokenHelp string
+	HTTP        *http.Client
 }
 
 // APIError is an error response of the API.
@@ -76,6 +79,9 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any, raw
 		e := &APIError{Status: resp.StatusCode}
 		if json.Unmarshal(data, &e.Body) != nil || e.Body.Error == "" {
 			e.Body.Error, e.Body.Code = strings.TrimSpace(string(data)), http.StatusText(resp.StatusCode)
+		}
+		if resp.StatusCode == http.StatusUnauthorized && c.Token == "" && c.NoTokenHelp != "" {
+			e.Body.Error = c.NoTokenHelp
 		}
 		return e
 	}

@@ -57,7 +57,8 @@ func (v *verb) listForCompletion(ctx context.Context) []*gatewayView {
 	ctx, cancel := context.WithTimeout(ctx, completeTimeout)
 	defer cancel()
 	var list api.GatewayList
-	if v.newClient().Do(ctx, "GET", "/v1/gateways", nil, &list, nil) != nil {
+	c, err := v.newClient()
+	if err != nil || c.Do(ctx, "GET", "/v1/gateways", nil, &list, nil) != nil {
 		return nil
 	}
 	slices.SortFunc(list.Gateways, func(a, b *gatewayView) int { return compareGateways(a.Tenant, a.ID, b.Tenant, b.ID) })
@@ -74,7 +75,8 @@ func (v *verb) completeRolloutArg(cmd *cobra.Command, args []string, prefix stri
 	var out struct {
 		Rollouts []rolloutView `json:"rollouts"`
 	}
-	if v.newClient().Do(ctx, "GET", "/v1/rollouts", nil, &out, nil) != nil {
+	c, err := v.newClient()
+	if err != nil || c.Do(ctx, "GET", "/v1/rollouts", nil, &out, nil) != nil {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
 	var ids []string

@@ -33,8 +33,10 @@ type Env struct {
 const rootLong = `cloud-sim is the cloud side of Fleet Agent.
 
 The client verbs talk to a running serve: --api URL or CLOUD_SIM_API
-(default http://127.0.0.1:8080), the API token in CLOUD_SIM_TOKEN;
--o json prints the API's JSON. Verbs that send a command wait for every
+(default http://127.0.0.1:8080). The API token: --api-token-file, else
+CLOUD_SIM_TOKEN, else the api-token file serve made in its --data
+directory (default cloud-sim-data, as serve's). -o json prints the API's
+JSON. Verbs that send a command wait for every
 final reply (--wait) and exit 1 if any gateway failed; a usage error
 exits 2.`
 

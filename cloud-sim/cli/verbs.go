@@ -26,12 +26,14 @@ const defaultAPI = "http://127.0.0.1:8080"
 
 // verb is one client verb's flags and state: each command has its own.
 type verb struct {
-	env    Env
-	client *Client
-	apiURL string
-	output string
-	args   []string // positional
-	exit   int
+	env       Env
+	client    *Client
+	apiURL    string
+	tokenFile string
+	dataDir   string
+	output    string
+	args      []string // positional
+	exit      int
 
 	// target flags
 	gateways []string
@@ -59,6 +61,8 @@ type verb struct {
 func (v *verb) command(cmd *cobra.Command, run func(context.Context) error) *cobra.Command {
 	fs := cmd.Flags()
 	fs.StringVar(&v.apiURL, "api", or(v.env.Getenv("CLOUD_SIM_API"), defaultAPI), "cloud-sim serve API URL (or CLOUD_SIM_API)")
+	fs.StringVar(&v.tokenFile, "api-token-file", "", "file holding the API token (else CLOUD_SIM_TOKEN, else the api-token file in --data)")
+	fs.StringVar(&v.dataDir, "data", DefaultDataDir, "serve's data directory, where it made the API token (api-token)")
 	fs.StringVarP(&v.output, "output", "o", "table", "output: table or json (the API's JSON)")
 	cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -66,7 +70,10 @@ func (v *verb) command(cmd *cobra.Command, run func(context.Context) error) *cob
 			return Usagef("-o %q: use table or json", v.output)
 		}
 		v.args = args
-		v.client = v.newClient()
+		var err error
+		if v.client, err = v.newClient(); err != nil {
+			return Usagef("%v", err)
+		}
 		if err := run(cmd.Context()); err != nil {
 			return err
 		}
@@ -78,8 +85,16 @@ func (v *verb) command(cmd *cobra.Command, run func(context.Context) error) *cob
 	return cmd
 }
 
-func (v *verb) newClient() *Client {
-	return &Client{Base: v.apiURL, Token: v.env.Getenv("CLOUD_SIM_TOKEN")}
+func (v *verb) newClient() (*Client, error) {
+	token, source, err := FindToken(v.tokenFile, v.dataDir, v.env.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{Base: v.apiURL, Token: token}
+	if token == "" {
+		c.NoTokenHelp = source
+	}
+	return c, nil
 }
 
 // NoArgs refuses positional arguments (a usage error), for commands that

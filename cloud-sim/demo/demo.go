@@ -99,7 +99,7 @@ func (d *run) close() {
 func (d *run) cli(ctx context.Context, stdin string, args ...string) int {
 	env := cli.Env{Stdout: d.out, Stderr: d.out, Getenv: func(string) string { return "" }, Stdin: strings.NewReader(stdin)}
 	fmt.Fprintf(d.out, "$ cloud-sim %s\n", strings.Join(args, " "))
-	return cli.Run(ctx, env, append(args, "--api", d.serve.APIURL))
+	return cli.Run(ctx, env, append(args, "--api", d.serve.APIURL, "--data", d.dataDir))
 }
 
 // start starts serve, the private registry with the sample image, the real

@@ -46,9 +46,17 @@ type Config struct {
 	// listens on NATSListen.
 	NATSURL    string
 	NATSListen string
-	// HTTPListen is the API's address; APIToken, when set, is required.
-	HTTPListen string
-	APIToken   string
+	// HTTPListen is the API's address. APIToken is the token it
+	// requires; when empty, the one in DataDir's api-token file, made on
+	// first start. APIInsecureNoAuth (tests only, loopback only) requires
+	// none. APIAllowedHosts are Host names besides the listen address
+	// ("host:port", or "host" for any port); APIMaxStreams caps
+	// concurrent event streams (64 when 0).
+	HTTPListen        string
+	APIToken          string
+	APIInsecureNoAuth bool
+	APIAllowedHosts   []string
+	APIMaxStreams     int
 	// Registries is a registries file (see LoadRegistries); "" for none.
 	Registries string
 	// SecretsKey is the file of the key that encrypts credentials at rest
@@ -82,6 +90,13 @@ type Server struct {
 	Fleet      *simfleet.Fleet
 	// APIURL is the API's base URL, http://host:port.
 	APIURL string
+	// APIToken is the token the API requires ("" with
+	// Config.APIInsecureNoAuth); APITokenFile is the file it was read
+	// from or made in ("" when Config.APIToken gave it), and
+	// APITokenCreated says it was made by this start.
+	APIToken        string
+	APITokenFile    string
+	APITokenCreated bool
 	// ControllerPassword logs in to the embedded broker as user
 	// "controller" with access to every topic; made anew on every start.
 	ControllerPassword string
@@ -220,6 +235,16 @@ func (s *Server) listenAPI(cfg Config) (net.Listener, error) {
 		return nil, fmt.Errorf("serve: API listen: %w", err)
 	}
 	s.APIURL = "http://" + ln.Addr().String()
+	if s.APIToken, s.APITokenFile, s.APITokenCreated, err = apiToken(cfg, ln.Addr()); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	switch {
+	case cfg.APIInsecureNoAuth:
+		cfg.Logger.Warn("THE API HAS NO AUTHENTICATION (--api-insecure-no-auth): any local process can control the fleet; for tests only", "listen", ln.Addr().String())
+	case s.APITokenCreated:
+		cfg.Logger.Info("API token created", "file", s.APITokenFile)
+	}
 	return ln, nil
 }
 
@@ -238,8 +263,8 @@ func (s *Server) startController(ctx context.Context, cfg Config, ctrlCfg contro
 	}
 	s.Controller = ctrl
 	s.closers = append(s.closers, ctrl.Close)
-	s.http = &http.Server{Handler: api.New(api.Config{Controller: ctrl, Token: cfg.APIToken, Logger: cfg.Logger.With("component", "api")}),
-		ReadHeaderTimeout: 10 * time.Second}
+	s.http = newHTTPServer(api.New(api.Config{Controller: ctrl, Token: s.APIToken, InsecureNoAuth: cfg.APIInsecureNoAuth,
+		AllowedHosts: allowedHosts(ln.Addr(), cfg.APIAllowedHosts), MaxStreams: cfg.APIMaxStreams, Logger: cfg.Logger.With("component", "api")}))
 	go func() {
 		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			cfg.Logger.Error("API stopped", "err", err)
