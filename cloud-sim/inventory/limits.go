@@ -93,10 +93,13 @@ func (g *Gateway) refuse(l Limits, t topic.Topic, msg any, at time.Time) (Limit,
 		if n := len(m.GetDeployments()); n > l.MaxDeployments {
 			return LimitDeployments, fmt.Sprintf("birth refused: it lists %d deployments, over the limit of %d a gateway (cloud-sim serve --gateway-max-deployments)", n, l.MaxDeployments)
 		}
-		for what, n := range map[string]int{"labels": len(m.GetLabels()), "groups": len(m.GetGroups()),
-			"capabilities": len(m.GetCapabilities()), "registries": len(m.GetRegistries())} {
-			if n > maxListed {
-				return LimitBirth, fmt.Sprintf("birth refused: it lists %d %s, over the limit of %d", n, what, maxListed)
+		lists := [...]struct {
+			what string
+			n    int
+		}{{"labels", len(m.GetLabels())}, {"groups", len(m.GetGroups())}, {"capabilities", len(m.GetCapabilities())}, {"registries", len(m.GetRegistries())}}
+		for _, list := range lists {
+			if list.n > maxListed {
+				return LimitBirth, fmt.Sprintf("birth refused: it lists %d %s, over the limit of %d", list.n, list.what, maxListed)
 			}
 		}
 	case *fleetv1.DeploymentStatus:
