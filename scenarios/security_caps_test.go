@@ -84,45 +84,7 @@ func TestCapsOversizedBirthRefusedByBroker(t *testing.T) {
 	if len(huge) < 2<<20 {
 		t.Fatalf("birth of %d bytes, want over 2 MiB", len(huge))
 	}
-	// A raw client: paho would refuse to send over the broker's advertised
-	// maximum itself.
-	conn, err := net.Dial("tcp", c.mqtt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	connect := packets.NewControlPacket(packets.CONNECT)
-	cp := connect.Content.(*packets.Connect)
-	cp.ProtocolName, cp.ProtocolVersion, cp.ClientID, cp.KeepAlive, cp.CleanStart = "MQTT", 5, "acme/gw-1", 30, true
-	cp.UsernameFlag, cp.Username, cp.PasswordFlag, cp.Password = true, "acme/gw-1", true, []byte(pass)
-	if _, err := connect.WriteTo(conn); err != nil {
-		t.Fatal(err)
-	}
-	ack, err := packets.ReadPacket(conn)
-	if err != nil || ack.Type != packets.CONNACK || ack.Content.(*packets.Connack).ReasonCode != 0 {
-		t.Fatalf("connect: %v %v", ack, err)
-	}
-	pub := packets.NewControlPacket(packets.PUBLISH)
-	pp := pub.Content.(*packets.Publish)
-	pp.Topic, pp.QoS, pp.Retain, pp.PacketID, pp.Payload = topic.Default().Birth("acme", "gw-1"), 1, true, 1, huge
-	go pub.WriteTo(conn) // the broker may close the connection before it is all written
-	conn.SetReadDeadline(time.Now().Add(testenv.Timeout))
-	for {
-		p, err := packets.ReadPacket(conn)
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				t.Fatal("the broker neither acknowledged nor refused the 2 MiB birth")
-			}
-			break // closed: refused
-		}
-		if p.Type == packets.PUBACK && p.Content.(*packets.Puback).ReasonCode < 0x80 {
-			t.Fatal("the broker accepted a 2 MiB birth")
-		}
-		if p.Type == packets.DISCONNECT {
-			break
-		}
-	}
+	refusedWhole(t, c.mqtt, "acme/gw-1", pass, topic.Default().Birth("acme", "gw-1"), huge)
 	// The gateway reconnects and announces itself within the limits: its
 	// record holds that birth, small.
 	m, _, err := dial(t, c.mqtt, "acme/gw-1", "acme/gw-1", pass, nil)
@@ -139,6 +101,71 @@ func TestCapsOversizedBirthRefusedByBroker(t *testing.T) {
 	})
 	if n := recordSize(t, g); n > 16<<10 {
 		t.Errorf("gateway record of %d bytes, want a few KiB", n)
+	}
+}
+
+// refusedWhole connects to the broker at addr as user and publishes
+// payload, retained at QoS 1, on name from a raw client (paho would refuse
+// to send over the broker's advertised maximum itself); it fails unless
+// the broker closes the connection without acknowledging it.
+func refusedWhole(t *testing.T, addr, user, pass, name string, payload []byte) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	connect := packets.NewControlPacket(packets.CONNECT)
+	cp := connect.Content.(*packets.Connect)
+	cp.ProtocolName, cp.ProtocolVersion, cp.ClientID, cp.KeepAlive, cp.CleanStart = "MQTT", 5, user, 30, true
+	cp.UsernameFlag, cp.Username, cp.PasswordFlag, cp.Password = true, user, true, []byte(pass)
+	if _, err := connect.WriteTo(conn); err != nil {
+		t.Fatal(err)
+	}
+	ack, err := packets.ReadPacket(conn)
+	if err != nil || ack.Type != packets.CONNACK || ack.Content.(*packets.Connack).ReasonCode != 0 {
+		t.Fatalf("connect: %v %v", ack, err)
+	}
+	pub := packets.NewControlPacket(packets.PUBLISH)
+	pp := pub.Content.(*packets.Publish)
+	pp.Topic, pp.QoS, pp.Retain, pp.PacketID, pp.Payload = name, 1, true, 1, payload
+	go pub.WriteTo(conn) // the broker may close the connection before it is all written
+	conn.SetReadDeadline(time.Now().Add(testenv.Timeout))
+	for {
+		p, err := packets.ReadPacket(conn)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("the broker neither acknowledged nor refused a publication of %d bytes", len(payload))
+			}
+			return // closed: refused
+		}
+		if p.Type == packets.PUBACK && p.Content.(*packets.Puback).ReasonCode < 0x80 {
+			t.Fatalf("the broker accepted a publication of %d bytes", len(payload))
+		}
+		if p.Type == packets.DISCONNECT {
+			return
+		}
+	}
+}
+
+// TestCapsOversizedPublishBothBrokers: the embedded broker and Mosquitto
+// with mosquitto.conf's max_packet_size refuse a gateway's 2 MiB
+// publication.
+func TestCapsOversizedPublishBothBrokers(t *testing.T) {
+	for name, start := range map[string]func(*testing.T) aclBroker{"embedded": embeddedACL, "mosquitto": mosquittoACL} {
+		t.Run(name, func(t *testing.T) {
+			br := start(t)
+			refusedWhole(t, br.addr, "acme/gw-a", br.passA, topic.Default().Birth("acme", "gw-a"), make([]byte, 2<<20))
+			// Within the limit, the same gateway publishes.
+			m, _, err := dial(t, br.addr, "acme/gw-a", "acme/gw-a", br.passA, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := publishAs(t, m, topic.Default().Birth("acme", "gw-a"), capsBirth(100)); err != nil {
+				t.Fatalf("a birth of 100 deployments: %v", err)
+			}
+		})
 	}
 }
 
