@@ -27,6 +27,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/broker"
 	"github.com/fleet-agent/fleet/cloud-sim/cli"
 	"github.com/fleet-agent/fleet/cloud-sim/demo"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/protocol/cmdsig"
@@ -104,6 +105,20 @@ func serveConfig(fs *pflag.FlagSet) func() (serve.Config, error) {
 	fs.StringVar(&cfg.BrokerURL, "broker", "", "external MQTT broker (mqtt://host:1883, mqtts://…) instead of the embedded one")
 	fs.StringVar(&cfg.BrokerUsername, "broker-username", "controller", "with --broker: the controller's username")
 	brokerPass := fs.String("broker-password-file", "", "with --broker: file holding the controller's password")
+	fs.StringVar(&cfg.BrokerCA, "broker-ca", "", "with --broker mqtts://: PEM file of the CA that signs the broker's certificate (default: system roots)")
+	fs.StringVar(&cfg.BrokerCert, "broker-cert", "", "with --broker mqtts://: PEM client certificate of the controller, for brokers that require one")
+	fs.StringVar(&cfg.BrokerKey, "broker-key", "", "with --broker-cert: its PEM private key")
+	fs.StringVar(&cfg.MQTTTLSListen, "mqtts-listen", "127.0.0.1:8883", "embedded broker's MQTT-over-TLS address (with --mqtt-tls-cert and --mqtt-tls-key)")
+	fs.StringVar(&cfg.MQTTTLSCert, "mqtt-tls-cert", "", "PEM certificate (chain) of the embedded broker: serve mqtts:// on --mqtts-listen")
+	fs.StringVar(&cfg.MQTTTLSKey, "mqtt-tls-key", "", "PEM private key of --mqtt-tls-cert")
+	fs.IntVar(&cfg.BrokerLimits.MaxPacketSize, "mqtt-max-packet-size", broker.DefaultMaxPacketSize, "embedded broker: largest MQTT packet a client may send, in bytes (a larger one disconnects it)")
+	fs.IntVar(&cfg.BrokerLimits.MaxConnectSize, "mqtt-max-connect-size", broker.DefaultMaxConnectSize, "embedded broker: largest CONNECT, read before authentication, in bytes")
+	fs.DurationVar(&cfg.BrokerLimits.ConnectTimeout, "mqtt-connect-timeout", broker.DefaultConnectTimeout, "embedded broker: a new connection that has not sent its CONNECT (and finished TLS) by then is closed")
+	fs.IntVar(&cfg.BrokerLimits.MaxClients, "mqtt-max-clients", broker.DefaultMaxClients, "embedded broker: authenticated clients at once; more are refused (CONNACK server busy)")
+	fs.IntVar(&cfg.BrokerLimits.MaxPending, "mqtt-max-pending", broker.DefaultMaxPending, "embedded broker: connections waiting for their CONNECT at once; more are closed")
+	fs.IntVar(&cfg.GatewayLimits.MaxDeployments, "gateway-max-deployments", inventory.DefaultMaxDeployments, "deployments (status topics) one gateway may report; a birth with more, or a status of one more, is refused and shown on the gateway")
+	fs.Float64Var(&cfg.GatewayLimits.EventRate, "gateway-event-rate", inventory.DefaultEventRate, "events a second one gateway may publish on average; more are dropped and shown on the gateway")
+	fs.IntVar(&cfg.GatewayLimits.EventBurst, "gateway-event-burst", inventory.DefaultEventBurst, "events one gateway may publish at once")
 	fs.StringVar(&cfg.NATSURL, "nats", "", "external NATS (nats://host:4222,…) instead of the embedded server")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "embedded NATS address (other replicas can use it with --nats)")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", "127.0.0.1:8080", "HTTP API address")
@@ -138,6 +153,15 @@ func serveConfig(fs *pflag.FlagSet) func() (serve.Config, error) {
 		if cfg.ControllerPassword, err = readSecretFile("controller-password-file", *ctrlPass); err != nil {
 			return cfg, err
 		}
+		if err := cfg.BrokerLimits.Check(); err != nil {
+			return cfg, err
+		}
+		if cfg.GatewayLimits.MaxDeployments < 1 || cfg.GatewayLimits.EventRate <= 0 || cfg.GatewayLimits.EventBurst < 1 {
+			return cfg, errors.New("--gateway-max-deployments, --gateway-event-rate and --gateway-event-burst must be positive")
+		}
+		if !fs.Changed("mqtts-listen") && cfg.MQTTTLSCert == "" {
+			cfg.MQTTTLSListen = ""
+		}
 		cfg.Logger = logger(true, *level)
 		return cfg, nil
 	}
@@ -148,7 +172,11 @@ func runServe(ctx context.Context, out io.Writer, cfg serve.Config) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "cloud-sim %s serving\n  MQTT broker  %s\n  NATS         %s\n  HTTP API     %s\n", version, s.BrokerURL.Redacted(), s.Store.URL(), s.APIURL)
+	fmt.Fprintf(out, "cloud-sim %s serving\n  MQTT broker  %s\n", version, s.BrokerURL.Redacted())
+	if s.Broker != nil && s.Broker.TLSURL() != "" {
+		fmt.Fprintf(out, "  MQTT TLS     %s\n", s.Broker.TLSURL())
+	}
+	fmt.Fprintf(out, "  NATS         %s\n  HTTP API     %s\n", s.Store.URL(), s.APIURL)
 	switch {
 	case s.APITokenCreated: // shown this once; the CLI on this host reads the file
 		fmt.Fprintf(out, "  API token    %s (made now in %s; shown only this once)\n", s.APIToken, s.APITokenFile)

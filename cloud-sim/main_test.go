@@ -48,6 +48,23 @@ func TestServeConfig(t *testing.T) {
 			}},
 		{name: "bad prefix", args: []string{"--topic-prefix", "a/#"}, wantErr: "--topic-prefix"},
 		{name: "missing file", args: []string{"--broker-password-file", "/nonexistent"}, wantErr: "--broker-password-file"},
+		{name: "limits", args: []string{"--mqtt-max-packet-size", "65536", "--mqtt-max-clients", "10", "--gateway-max-deployments", "8"},
+			check: func(t *testing.T, cfg serve.Config) {
+				if cfg.BrokerLimits.MaxPacketSize != 65536 || cfg.BrokerLimits.MaxClients != 10 || cfg.GatewayLimits.MaxDeployments != 8 {
+					t.Errorf("broker limits %+v, gateway limits %+v", cfg.BrokerLimits, cfg.GatewayLimits)
+				}
+				if cfg.MQTTTLSListen != "" {
+					t.Errorf("TLS listener %q without a certificate", cfg.MQTTTLSListen)
+				}
+			}},
+		{name: "packet size too small", args: []string{"--mqtt-max-packet-size", "10"}, wantErr: "--mqtt-max-packet-size"},
+		{name: "no deployments", args: []string{"--gateway-max-deployments", "0"}, wantErr: "--gateway-max-deployments"},
+		{name: "TLS listener", args: []string{"--mqtt-tls-cert", "c.pem", "--mqtt-tls-key", "k.pem"},
+			check: func(t *testing.T, cfg serve.Config) {
+				if cfg.MQTTTLSListen != "127.0.0.1:8883" || cfg.MQTTTLSCert != "c.pem" || cfg.MQTTTLSKey != "k.pem" {
+					t.Errorf("TLS listener %q cert %q key %q", cfg.MQTTTLSListen, cfg.MQTTTLSCert, cfg.MQTTTLSKey)
+				}
+			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

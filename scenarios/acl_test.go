@@ -43,8 +43,8 @@ func embeddedACL(t *testing.T) aclBroker {
 	return aclBroker{addr: c.mqtt, passA: a, passB: b, adminUser: "controller", adminPass: c.ControllerPassword, refusesForeignClientID: true}
 }
 
-// mosquittoACL runs Mosquitto with the ACL patterns and the client-id
-// setting of the repository's mosquitto.conf.
+// mosquittoACL runs Mosquitto with the ACL patterns, the client-id
+// setting and the packet size limit of the repository's mosquitto.conf.
 func mosquittoACL(t *testing.T) aclBroker {
 	bin, err := exec.LookPath("mosquitto")
 	if err != nil {
@@ -62,7 +62,7 @@ func mosquittoACL(t *testing.T) aclBroker {
 		if p, ok := strings.CutPrefix(line, "#   pattern "); ok {
 			acl = append(acl, "pattern "+p)
 		}
-		if strings.HasPrefix(line, "use_username_as_clientid") {
+		if strings.HasPrefix(line, "use_username_as_clientid") || strings.HasPrefix(line, "max_packet_size") {
 			settings = append(settings, line)
 		}
 	}

@@ -23,6 +23,9 @@ func gatewayOf(g *inventory.Gateway) *Gateway {
 		e := Engine(*g.Engine)
 		out.Engine = &e
 	}
+	for _, r := range g.Refused {
+		out.Refused = append(out.Refused, Refusal{Limit: string(r.Limit), Message: r.Message, Count: r.Count, First: r.First, Last: r.Last})
+	}
 	if g.Deployments != nil {
 		out.Deployments = make(map[string]*Deployment, len(g.Deployments))
 		for k, d := range g.Deployments {

@@ -40,6 +40,20 @@ type Gateway struct {
 	Deployments map[string]*Deployment `json:"deployments,omitempty"`
 	Registries  []Registry             `json:"registries,omitempty"`
 	Running     uint32                 `json:"running"`
+	// Refused is what the controller refused of this gateway for
+	// exceeding a limit (too many deployments, too many events), one
+	// entry a limit.
+	Refused []Refusal `json:"refused,omitempty"`
+}
+
+// Refusal is what the controller refused of a gateway for one limit: the
+// latest refusal's message and how many there were.
+type Refusal struct {
+	Limit   string    `json:"limit"`
+	Message string    `json:"message"`
+	Count   uint64    `json:"count"`
+	First   time.Time `json:"first"`
+	Last    time.Time `json:"last"`
 }
 
 // Host is the gateway's machine.

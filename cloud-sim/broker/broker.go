@@ -3,6 +3,7 @@
 package broker
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,13 +41,20 @@ type Config struct {
 	// receives everything, must not fall further behind than this: at
 	// 2,048 a burst of 40,000 statuses lost some (BenchmarkControllerIngest).
 	MaxPendingWrites int
-	Logger           *slog.Logger
+	// Limits bound packet sizes and connections (see Limits).
+	Limits Limits
+	// TLSAddr, when set, is a second listener serving MQTT over TLS
+	// (mqtts://) with TLS, which must then hold the broker's certificate.
+	TLSAddr string
+	TLS     *tls.Config
+	Logger  *slog.Logger
 }
 
 // Broker is a running embedded broker.
 type Broker struct {
-	srv  *mqtt.Server
-	addr string
+	srv     *mqtt.Server
+	addr    string
+	tlsAddr string
 }
 
 // Start listens and serves in the background.
@@ -57,21 +65,47 @@ func Start(cfg Config) (*Broker, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if err := cfg.Limits.Check(); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	if cfg.TLSAddr != "" && (cfg.TLS == nil || len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetCertificate == nil) {
+		return nil, errors.New("broker: a TLS listener needs a certificate (--mqtt-tls-cert and --mqtt-tls-key)")
+	}
+	limits := cfg.Limits.withDefaults()
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("broker: listen: %w", err)
+	}
+	lns := []*boundListener{{id: "tcp", ln: ln}}
+	if cfg.TLSAddr != "" {
+		tln, err := net.Listen("tcp", cfg.TLSAddr)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("broker: listen TLS: %w", err)
+		}
+		lns = append(lns, &boundListener{id: "tls", ln: tls.NewListener(tln, cfg.TLS)})
+	}
+	closeAll := func() {
+		for _, l := range lns {
+			l.ln.Close()
+		}
 	}
 	caps := mqtt.NewDefaultServerCapabilities()
 	if cfg.MaxPendingWrites > 0 {
 		caps.MaximumClientWritesPending = int32(cfg.MaxPendingWrites)
 	}
+	limits.capabilities(caps)
 	srv := mqtt.New(&mqtt.Options{Logger: cfg.Logger, Capabilities: caps})
+	if err := srv.AddHook(&limitsHook{maxPacketSize: uint32(limits.MaxPacketSize)}, nil); err != nil {
+		closeAll()
+		return nil, err
+	}
 	var access mqtt.Hook = new(auth.AllowHook)
 	if cfg.Auth != nil {
 		access = &aclHook{auth: cfg.Auth, scheme: cfg.Scheme, ids: map[string]Identity{}}
 	}
 	if err := srv.AddHook(access, nil); err != nil {
-		ln.Close()
+		closeAll()
 		return nil, err
 	}
 	if cfg.StorePath != "" {
@@ -81,31 +115,39 @@ func Start(cfg Config) (*Broker, error) {
 		// the broker to a few hundred messages a second.
 		rdb, err := bbolt.Open(cfg.StorePath+".retained", 0o600, &bbolt.Options{Timeout: 5 * time.Second, NoSync: true})
 		if err != nil {
-			ln.Close()
+			closeAll()
 			return nil, fmt.Errorf("broker: store %s.retained: %w", cfg.StorePath, err)
 		}
 		err = srv.AddHook(&boltStore{Hook: new(bolt.Hook), rdb: rdb}, &bolt.Options{Path: cfg.StorePath, Options: &bbolt.Options{Timeout: 5 * time.Second, NoSync: true}})
 		if err != nil {
-			ln.Close()
+			closeAll()
 			rdb.Close()
 			return nil, fmt.Errorf("broker: store %s: %w", cfg.StorePath, err)
 		}
 	}
 	// Last, so that it sees a PUBLISH only when every other hook accepted it.
 	if err := srv.AddHook(newRetainGuard(), nil); err != nil {
-		ln.Close()
+		closeAll()
 		srv.Close()
 		return nil, err
 	}
-	if err := srv.AddListener(&boundListener{id: "tcp", ln: ln}); err != nil {
-		ln.Close()
-		return nil, err
+	g := &gate{limits: limits}
+	for _, l := range lns {
+		l.gate = g
+		if err := srv.AddListener(l); err != nil {
+			closeAll()
+			return nil, err
+		}
 	}
 	if err := srv.Serve(); err != nil {
 		srv.Close()
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	return &Broker{srv: srv, addr: ln.Addr().String()}, nil
+	b := &Broker{srv: srv, addr: ln.Addr().String()}
+	if len(lns) > 1 {
+		b.tlsAddr = lns[1].ln.Addr().String()
+	}
+	return b, nil
 }
 
 // Messages reports how many PUBLISH packets the broker has received and
@@ -120,6 +162,14 @@ func (b *Broker) Addr() string { return b.addr }
 // URL is the broker's mqtt:// URL.
 func (b *Broker) URL() string { return "mqtt://" + b.addr }
 
+// TLSURL is the broker's mqtts:// URL; "" without a TLS listener.
+func (b *Broker) TLSURL() string {
+	if b.tlsAddr == "" {
+		return ""
+	}
+	return "mqtts://" + b.tlsAddr
+}
+
 // Close disconnects every client and stops the broker. Clients' Wills are
 // published as for any lost connection.
 func (b *Broker) Close() error { return b.srv.Close() }
@@ -129,9 +179,10 @@ func (b *Broker) Close() error { return b.srv.Close() }
 // accepted, so that Close also ends one accepted while closing; the server's
 // Close waits for every connection to end.
 type boundListener struct {
-	id  string
-	ln  net.Listener
-	log *slog.Logger
+	id   string
+	ln   net.Listener
+	gate *gate
+	log  *slog.Logger
 
 	mu     sync.Mutex
 	closed bool
@@ -163,15 +214,31 @@ func (l *boundListener) Serve(establish listeners.EstablishFn) {
 		}
 		l.conns[conn] = struct{}{}
 		l.mu.Unlock()
+		if !l.gate.enter() {
+			l.log.Debug("connection refused: too many connections waiting for their CONNECT", "remote", conn.RemoteAddr(), "limit", l.gate.limits.MaxPending)
+			l.forget(conn)
+			continue
+		}
 		go func() {
-			if err := establish(l.id, conn); err != nil {
+			defer l.forget(conn)
+			admitted, err := l.gate.admit(conn)
+			if err != nil {
+				l.log.Debug("connection refused", "remote", conn.RemoteAddr(), "err", err)
+				return
+			}
+			if err := establish(l.id, admitted); err != nil {
 				l.log.Debug("connection ended", "err", err)
 			}
-			l.mu.Lock()
-			delete(l.conns, conn)
-			l.mu.Unlock()
 		}()
 	}
+}
+
+// forget closes conn and stops tracking it.
+func (l *boundListener) forget(conn net.Conn) {
+	conn.Close()
+	l.mu.Lock()
+	delete(l.conns, conn)
+	l.mu.Unlock()
 }
 
 func (l *boundListener) Close(closeClients listeners.CloseFn) {

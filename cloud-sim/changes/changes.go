@@ -9,7 +9,7 @@ import (
 
 // Change is one fleet change, as the API's event stream sends it.
 type Change struct {
-	Kind       string    `json:"kind"` // gateway.online|offline, deployment.status|removed, command.*, credential.*, event
+	Kind       string    `json:"kind"` // gateway.online|offline|refused, deployment.status|removed, command.*, credential.*, event
 	At         time.Time `json:"at"`
 	Tenant     string    `json:"tenant,omitempty"`
 	Gateway    string    `json:"gateway,omitempty"`

@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -31,6 +32,10 @@ import (
 // Config configures a Console.
 type Config struct {
 	BrokerURL *url.URL
+	// TLS configures mqtts:// (tls://, ssl://) connections: the CA that
+	// signs the broker's certificate and a client certificate (system
+	// roots and none when nil).
+	TLS *tls.Config
 	// ID names this console; it is the MQTT client id and the last level of
 	// its reply topics. Random when empty.
 	ID       string
@@ -130,6 +135,7 @@ func Dial(ctx context.Context, cfg Config) (*Console, error) {
 		SessionExpiryInterval:         uint32(cfg.SessionExpiry / time.Second),
 		ReconnectBackoff:              backoff.Policy{Base: 200 * time.Millisecond, Max: 5 * time.Second}.Delay,
 		AttemptConnection:             dialer(u.Scheme),
+		TlsCfg:                        cfg.TLS,
 		ConnectUsername:               cfg.Username,
 		ConnectPassword:               cfg.Password,
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {

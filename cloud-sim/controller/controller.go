@@ -8,6 +8,7 @@ package controller
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,6 +42,10 @@ type Config struct {
 	Identities *identity.Identities
 
 	BrokerURL *url.URL
+	// BrokerTLS configures an mqtts:// BrokerURL (system roots when nil).
+	BrokerTLS *tls.Config
+	// Limits bound what one gateway may make the inventory hold.
+	Limits inventory.Limits
 	// ID is the controller's MQTT client id and reply-topic level; stable,
 	// because its session is persistent ("controller" when empty).
 	ID       string
@@ -96,7 +101,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	cfg = withDefaults(cfg)
 	c := &Controller{cfg: cfg, log: cfg.Logger, store: cfg.Store, hub: new(changes.Hub), stop: make(chan struct{})}
-	c.inv = inventory.New(inventory.Config{StaleAfter: cfg.StaleAfter, Changes: c.hub, Now: cfg.Now})
+	c.inv = inventory.New(inventory.Config{StaleAfter: cfg.StaleAfter, Changes: c.hub, Limits: cfg.Limits, Now: cfg.Now})
 	if err := c.inv.Load(ctx, cfg.Store); err != nil {
 		return nil, err
 	}
@@ -154,7 +159,7 @@ func (c *Controller) Start(ctx context.Context) error {
 		return errors.New("controller: BrokerURL is required")
 	}
 	con, err := console.Dial(ctx, console.Config{
-		BrokerURL: c.cfg.BrokerURL, ID: c.cfg.ID, Username: c.cfg.Username, Password: c.cfg.Password,
+		BrokerURL: c.cfg.BrokerURL, TLS: c.cfg.BrokerTLS, ID: c.cfg.ID, Username: c.cfg.Username, Password: c.cfg.Password,
 		Scheme: c.cfg.Scheme, Encoding: c.cfg.Encoding, Watch: c.Ingest, SessionExpiry: 7 * 24 * time.Hour, LatestOnly: true, Signer: c.sign, Logger: c.log,
 	})
 	if err != nil {

@@ -38,6 +38,12 @@ type Gateway struct {
 	Deployments map[string]*Deployment
 	Registries  []Registry
 	Running     uint32
+	// Refused is what the inventory refused of this gateway for
+	// exceeding a limit, one entry a limit.
+	Refused []Refusal
+
+	events   float64   // the event budget (token bucket); not stored
+	eventsAt time.Time // when events was last filled
 }
 
 // Host is the gateway's machine.
@@ -88,6 +94,7 @@ func (g *Gateway) clone() *Gateway {
 	c.Groups = slices.Clone(g.Groups)
 	c.Capabilities = slices.Clone(g.Capabilities)
 	c.Registries = slices.Clone(g.Registries)
+	c.Refused = slices.Clone(g.Refused)
 	c.Deployments = make(map[string]*Deployment, len(g.Deployments))
 	for k, d := range g.Deployments {
 		dc := *d
@@ -125,7 +132,7 @@ func (g *Gateway) applyBirth(b *fleetv1.Birth, at time.Time) bool {
 	g.PublicKey = b.GetPublicKey()
 	deps := make(map[string]*Deployment, len(b.GetDeployments()))
 	for _, d := range b.GetDeployments() {
-		dep := &Deployment{Name: d.GetName(), Revision: d.GetRevision(), Phase: Phase(d.GetPhase()), Image: d.GetImage(), Digest: d.GetDigest(), UpdatedAt: at}
+		dep := &Deployment{Name: d.GetName(), Revision: d.GetRevision(), Phase: Phase(d.GetPhase()), Image: clip(d.GetImage(), maxText), Digest: clip(d.GetDigest(), maxText), UpdatedAt: at}
 		// A birth summarises; keep the richer status of the same revision.
 		if old := g.Deployments[d.GetName()]; old != nil && old.Revision == dep.Revision && old.Phase == dep.Phase {
 			dep = old
@@ -168,8 +175,8 @@ func (g *Gateway) applyStatus(name string, s *fleetv1.DeploymentStatus, at time.
 	if old := g.Deployments[name]; old != nil && old.Revision > s.GetRevision() {
 		return
 	}
-	d := &Deployment{Name: name, Revision: s.GetRevision(), Phase: Phase(s.GetPhase()), Image: s.GetImage(), Digest: s.GetImageDigest(),
-		Message: s.GetMessage(), RestartCount: s.GetRestartCount(), UpdatedAt: at}
+	d := &Deployment{Name: name, Revision: s.GetRevision(), Phase: Phase(s.GetPhase()), Image: clip(s.GetImage(), maxText), Digest: clip(s.GetImageDigest(), maxText),
+		Message: clip(s.GetMessage(), maxMessage), RestartCount: s.GetRestartCount(), UpdatedAt: at}
 	d.Health = Health(s.GetHealth())
 	if s.GetCode() != fleetv1.Reply_OK {
 		d.Code = s.GetCode().String()

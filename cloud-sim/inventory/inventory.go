@@ -30,12 +30,15 @@ type Config struct {
 	StaleAfter time.Duration
 	// Changes receives gateway and deployment changes (none when nil).
 	Changes *changes.Hub
-	Now     func() time.Time
+	// Limits bound what one gateway may report (see Limits).
+	Limits Limits
+	Now    func() time.Time
 }
 
 // Inventory is the fleet's gateways.
 type Inventory struct {
 	staleAfter time.Duration
+	limits     Limits
 	hub        *changes.Hub
 	now        func() time.Time
 
@@ -56,7 +59,7 @@ func New(cfg Config) *Inventory {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Inventory{staleAfter: cfg.StaleAfter, hub: cfg.Changes, now: cfg.Now,
+	return &Inventory{staleAfter: cfg.StaleAfter, limits: cfg.Limits.withDefaults(), hub: cfg.Changes, now: cfg.Now,
 		gateways: map[string]*Gateway{}, dirty: map[string]struct{}{}}
 }
 
@@ -135,9 +138,15 @@ func (inv *Inventory) Apply(r console.Received) {
 		g = &Gateway{Tenant: t.Tenant, ID: t.Gateway}
 		inv.gateways[k] = g
 	}
-	ev, changed := g.apply(t, r.Message, r.At)
 	inv.dirty[k] = struct{}{}
 	inv.ingested++
+	var ev changes.Change
+	var changed bool
+	if limit, why := g.refuse(inv.limits, t, r.Message, r.At); limit != "" {
+		ev, changed = g.noteRefusal(limit, why, r.At)
+	} else {
+		ev, changed = g.apply(t, r.Message, r.At)
+	}
 	inv.mu.Unlock()
 	if changed {
 		ev.At = r.At

@@ -17,6 +17,9 @@ func (g *Gateway) stored() *state.Gateway {
 		ProtocolVersion: g.ProtocolVersion, Simulated: g.Simulated, Labels: maps.Clone(g.Labels), Groups: slices.Clone(g.Groups),
 		Capabilities: slices.Clone(g.Capabilities),
 		PublicKey:    g.PublicKey, Registries: StoredRegistries(g.Registries), Running: g.Running}
+	for _, r := range g.Refused {
+		s.Refused = append(s.Refused, state.Refusal{Limit: string(r.Limit), Message: r.Message, Count: r.Count, First: r.First, Last: r.Last})
+	}
 	if g.Host != nil {
 		h := state.Host(*g.Host)
 		s.Host = &h
@@ -41,6 +44,9 @@ func restore(s *state.Gateway) *Gateway {
 		DeathReason: s.DeathReason, ConnectedAt: s.ConnectedAt, LastSeen: s.LastSeen, AgentVersion: s.AgentVersion,
 		ProtocolVersion: s.ProtocolVersion, Simulated: s.Simulated, Labels: s.Labels, Groups: s.Groups, Capabilities: s.Capabilities,
 		PublicKey: s.PublicKey, Registries: RestoredRegistries(s.Registries), Running: s.Running}
+	for _, r := range s.Refused {
+		g.Refused = append(g.Refused, Refusal{Limit: Limit(r.Limit), Message: r.Message, Count: r.Count, First: r.First, Last: r.Last})
+	}
 	if s.Host != nil {
 		h := Host(*s.Host)
 		g.Host = &h

@@ -21,6 +21,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/broker"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
@@ -42,6 +43,19 @@ type Config struct {
 	BrokerURL      string
 	BrokerUsername string
 	BrokerPassword string
+	// BrokerCA, BrokerCert and BrokerKey are PEM files for an mqtts://
+	// BrokerURL: the CA that signs the broker's certificate (system roots
+	// when empty) and the controller's client certificate (none when
+	// empty).
+	BrokerCA, BrokerCert, BrokerKey string
+	// MQTTTLSListen, with MQTTTLSCert and MQTTTLSKey (PEM files), is a
+	// second listener of the embedded broker serving MQTT over TLS.
+	MQTTTLSListen           string
+	MQTTTLSCert, MQTTTLSKey string
+	// BrokerLimits bound packets and connections on the embedded broker;
+	// GatewayLimits what one gateway may make the controller hold.
+	BrokerLimits  broker.Limits
+	GatewayLimits inventory.Limits
 	// NATSURL is an external NATS (cluster); else an embedded server
 	// listens on NATSListen.
 	NATSURL    string
@@ -140,6 +154,9 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 		return s, err
 	}
 	ctrlCfg.BrokerURL = s.BrokerURL
+	if ctrlCfg.BrokerTLS, err = controllerTLS(cfg); err != nil {
+		return s, err
+	}
 	ln, err := s.listenAPI(cfg)
 	if err != nil {
 		return s, err
@@ -181,7 +198,7 @@ func (s *Server) controllerConfig(ctx context.Context, cfg Config) (controller.C
 	if err != nil {
 		return controller.Config{}, fmt.Errorf("serve: %w", err)
 	}
-	ctrlCfg := controller.Config{Store: s.Store, Keys: keys, Scheme: cfg.Scheme, Encoding: codec.Protobuf, ID: cfg.ControllerID,
+	ctrlCfg := controller.Config{Store: s.Store, Keys: keys, Scheme: cfg.Scheme, Encoding: codec.Protobuf, ID: cfg.ControllerID, Limits: cfg.GatewayLimits,
 		StaleAfter: cfg.StaleAfter, Retention: cfg.Retention, Logger: cfg.Logger.With("component", "controller"),
 		Username: cfg.BrokerUsername, Password: []byte(cfg.BrokerPassword)}
 	idCfg := identity.Config{Store: s.Store, ControllerID: cfg.ControllerID}
@@ -210,12 +227,19 @@ func (s *Server) startBroker(cfg Config, ids *identity.Identities) error {
 		s.BrokerURL = u
 		return nil
 	}
+	if cfg.BrokerCA != "" || cfg.BrokerCert != "" {
+		return errors.New("serve: --broker-ca and --broker-cert are for an external broker (--broker mqtts://…)")
+	}
 	listen := cfg.MQTTListen
 	if listen == "" {
 		listen = "127.0.0.1:1883"
 	}
-	b, err := broker.Start(broker.Config{Addr: listen, StorePath: filepath.Join(cfg.DataDir, "broker.db"),
-		Auth: ids, Scheme: cfg.Scheme, Logger: cfg.Logger.With("component", "broker")})
+	bcfg := broker.Config{Addr: listen, StorePath: filepath.Join(cfg.DataDir, "broker.db"),
+		Auth: ids, Scheme: cfg.Scheme, Limits: cfg.BrokerLimits, Logger: cfg.Logger.With("component", "broker")}
+	if err := brokerTLS(cfg, &bcfg); err != nil {
+		return err
+	}
+	b, err := broker.Start(bcfg)
 	if err != nil {
 		return err
 	}

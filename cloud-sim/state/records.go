@@ -32,6 +32,16 @@ type Gateway struct {
 	Deployments     map[string]*Deployment `json:"deployments,omitempty"`
 	Registries      []Registry             `json:"registries,omitempty"`
 	Running         uint32                 `json:"running"`
+	Refused         []Refusal              `json:"refused,omitempty"`
+}
+
+// Refusal is what the inventory refused of a gateway for one limit.
+type Refusal struct {
+	Limit   string    `json:"limit"`
+	Message string    `json:"message"`
+	Count   uint64    `json:"count"`
+	First   time.Time `json:"first"`
+	Last    time.Time `json:"last"`
 }
 
 // Host is a gateway's machine.
