@@ -27,6 +27,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/broker"
 	"github.com/fleet-agent/fleet/cloud-sim/cli"
 	"github.com/fleet-agent/fleet/cloud-sim/demo"
+	"github.com/fleet-agent/fleet/cloud-sim/egress"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/protocol/codec"
@@ -108,6 +109,8 @@ func serveConfig(fs *pflag.FlagSet) func() (serve.Config, error) {
 	fs.StringVar(&cfg.HTTPListen, "http-listen", "127.0.0.1:8080", "HTTP API address")
 	tokenFile := fs.String("api-token-file", "", "file holding a token the API requires as Authorization: Bearer")
 	fs.StringVar(&cfg.Registries, "registries", "", "registries file: emulated registries, their users and images")
+	fs.StringSliceVar(&cfg.RegistryCheckAllow, "registry-check-allow", nil,
+		"destinations the cloud's registry check may reach besides public addresses: CIDR (10.0.0.0/8), address or host:port (repeatable; the --registries registries are added)")
 	fs.StringVar(&cfg.SecretsKey, "secrets-key", "", "key encrypting credentials at rest (default: controller.key in --data)")
 	prefix := fs.String("topic-prefix", topic.DefaultPrefix, "MQTT topic prefix")
 	fs.StringVar(&cfg.ControllerID, "controller-id", "controller", "this replica's MQTT client id; replicas sharing a broker and NATS need different ones")
@@ -124,6 +127,9 @@ func serveConfig(fs *pflag.FlagSet) func() (serve.Config, error) {
 		var err error
 		if cfg.Scheme, err = topic.NewScheme(*prefix); err != nil {
 			return cfg, fmt.Errorf("--topic-prefix: %w", err)
+		}
+		if _, err := egress.New("--registry-check-allow", cfg.RegistryCheckAllow); err != nil {
+			return cfg, err
 		}
 		if cfg.BrokerPassword, err = readSecretFile("broker-password-file", *brokerPass); err != nil {
 			return cfg, err

@@ -17,6 +17,7 @@ import (
 
 	"github.com/fleet-agent/fleet/cloud-sim/console"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/egress"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	"github.com/fleet-agent/fleet/internal/credential"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -24,8 +25,9 @@ import (
 )
 
 // newAPI serves the API of a controller (not connected to a broker) whose
-// inventory holds acme/gw-1.
-func newAPI(t *testing.T) *httptest.Server {
+// inventory holds acme/gw-1; its registry check may reach the
+// destinations in checkAllow (loopback test registries).
+func newAPI(t *testing.T, checkAllow ...string) *httptest.Server {
 	t.Helper()
 	st, err := state.Open(context.Background(), state.Config{Dir: t.TempDir()})
 	if err != nil {
@@ -37,7 +39,11 @@ func newAPI(t *testing.T) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := controller.New(context.Background(), controller.Config{Store: st, Keys: keys})
+	check, err := egress.New("--registry-check-allow", checkAllow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := controller.New(context.Background(), controller.Config{Store: st, Keys: keys, RegistryCheck: check})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +59,7 @@ func TestErrorStatus(t *testing.T) {
 	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer reg.Close()
 	u, _ := url.Parse(reg.URL)
-	srv := newAPI(t)
+	srv := newAPI(t, u.Host)
 	deploy := `{"target": {"tenant": "acme", "gateways": ["gw-1"]}, "command": {"deploy": {"spec": {"name": "web", "revision": 1, "image": "` + u.Host + `/team/web:1"}}}}`
 	tests := []struct {
 		name, method, path, body string

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleet-agent/fleet/cloud-sim/changes"
+	"github.com/fleet-agent/fleet/cloud-sim/egress"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	"github.com/fleet-agent/fleet/internal/credential"
@@ -32,8 +33,12 @@ type Config struct {
 	// Keys encrypts credentials at rest.
 	Keys    *credential.Keys
 	Changes *changes.Hub
-	Logger  *slog.Logger
-	Now     func() time.Time
+	// RegistryCheck decides where the cloud's registry check may connect:
+	// public addresses and its allow-list (public addresses only when
+	// nil). It is checked on every connection, redirects included.
+	RegistryCheck *egress.Policy
+	Logger        *slog.Logger
+	Now           func() time.Time
 }
 
 // Credentials are the tenants' registry credentials.
@@ -369,7 +374,7 @@ func (c *Credentials) checkWith(ctx context.Context, cred *fleetv1.Credential, i
 	if cred != nil {
 		res.Registry = cred.GetRegistry()
 	}
-	check, err := awsecr.CheckImage(ctx, cred, image)
+	check, err := awsecr.CheckImage(ctx, c.cfg.RegistryCheck.DialContext, cred, image)
 	if check != nil {
 		if raw, jerr := protojson.Marshal(check); jerr == nil {
 			_ = json.Unmarshal(raw, &res.Check)
