@@ -61,7 +61,9 @@ func newHitCounter(t *testing.T, h http.HandlerFunc) *hitCounter {
 // "password=hunter2" came back in the API response.
 func TestSecuritySSRFRegistryCheck(t *testing.T) {
 	const secret = "password=hunter2"
-	leak := func(w http.ResponseWriter, r *http.Request) { http.Error(w, "admin console "+secret, http.StatusUnauthorized) }
+	leak := func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "admin console "+secret, http.StatusUnauthorized)
+	}
 	internal := newHitCounter(t, leak)
 	registryThen := func(then http.HandlerFunc) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/fleet-agent/fleet/cloud-sim/egress"
 	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
@@ -121,5 +123,43 @@ func TestCheckSSRF(t *testing.T) {
 	}
 	if n := internal.hits.Load(); n != 0 {
 		t.Errorf("the loopback service got %d requests", n)
+	}
+}
+
+// TestUpgradeFingerprints: a credential stored before fingerprints were
+// keyed (its record showed the unsalted SHA-256 of the secret) is stamped
+// on load: the API shows the keyed fingerprint and gateways get it.
+func TestUpgradeFingerprints(t *testing.T) {
+	ctx := context.Background()
+	st, err := state.Open(ctx, state.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	dir := t.TempDir()
+	keys, err := credential.LoadKeys(filepath.Join(dir, "k"), filepath.Join(dir, "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := proto.Marshal(basic("quay.io/acme", "hunter2"))
+	const unsalted = "0123456789ab"
+	legacy := &Credential{CredentialView: CredentialView{Tenant: "acme", Registry: "quay.io/acme", Kind: "basic", Username: "robot", Fingerprint: unsalted},
+		Secret: keys.Encrypt(raw)}
+	if err := st.Put(ctx, state.Credentials, state.Key("acme", "quay.io/acme"), legacy.stored()); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // once upgraded, loaded again unchanged
+		c, err := New(ctx, Config{Store: st, Keys: keys})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cr, err := c.Push("acme", "quay.io/acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := keys.Fingerprint("acme", basic("quay.io/acme", "hunter2"))
+		if v := c.List("acme"); len(v) != 1 || v[0].Fingerprint != want || cr.GetFingerprint() != want {
+			t.Errorf("after upgrade: view %+v, pushed fingerprint %q; want %q", v, cr.GetFingerprint(), want)
+		}
 	}
 }
