@@ -27,6 +27,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/broker"
 	"github.com/fleet-agent/fleet/cloud-sim/cli"
 	"github.com/fleet-agent/fleet/cloud-sim/demo"
+	"github.com/fleet-agent/fleet/cloud-sim/egress"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
@@ -127,6 +128,8 @@ func serveConfig(fs *pflag.FlagSet) func() (serve.Config, error) {
 	fs.IntVar(&cfg.APIMaxStreams, "api-max-streams", api.DefaultMaxStreams, "concurrent event streams (/v1/events) the API serves")
 	fs.BoolVar(&cfg.APIInsecureNoAuth, "api-insecure-no-auth", false, "TESTS ONLY: the API requires no token (loopback --http-listen only)")
 	fs.StringVar(&cfg.Registries, "registries", "", "registries file: emulated registries, their users and images")
+	fs.StringSliceVar(&cfg.RegistryCheckAllow, "registry-check-allow", nil,
+		"destinations the cloud's registry check may reach besides public addresses: CIDR (10.0.0.0/8), address or host:port (repeatable; the --registries registries are added)")
 	fs.StringVar(&cfg.SecretsKey, "secrets-key", "", "key encrypting credentials at rest (default: controller.key in --data)")
 	prefix := fs.String("topic-prefix", topic.DefaultPrefix, "MQTT topic prefix")
 	fs.StringVar(&cfg.ControllerID, "controller-id", "controller", "this replica's MQTT client id; replicas sharing a broker and NATS need different ones")
@@ -143,6 +146,9 @@ func serveConfig(fs *pflag.FlagSet) func() (serve.Config, error) {
 		var err error
 		if cfg.Scheme, err = topic.NewScheme(*prefix); err != nil {
 			return cfg, fmt.Errorf("--topic-prefix: %w", err)
+		}
+		if _, err := egress.New("--registry-check-allow", cfg.RegistryCheckAllow); err != nil {
+			return cfg, err
 		}
 		if cfg.BrokerPassword, err = readSecretFile("broker-password-file", *brokerPass); err != nil {
 			return cfg, err

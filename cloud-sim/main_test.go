@@ -65,6 +65,13 @@ func TestServeConfig(t *testing.T) {
 					t.Errorf("TLS listener %q cert %q key %q", cfg.MQTTTLSListen, cfg.MQTTTLSCert, cfg.MQTTTLSKey)
 				}
 			}},
+		{name: "registry check allow-list", args: []string{"--registry-check-allow", "10.0.0.0/8,registry.lan:5000", "--registry-check-allow", "127.0.0.1:5000"},
+			check: func(t *testing.T, cfg serve.Config) {
+				if want := []string{"10.0.0.0/8", "registry.lan:5000", "127.0.0.1:5000"}; !slices.Equal(cfg.RegistryCheckAllow, want) {
+					t.Errorf("RegistryCheckAllow = %q, want %q", cfg.RegistryCheckAllow, want)
+				}
+			}},
+		{name: "bad registry check allow entry", args: []string{"--registry-check-allow", "registry.lan"}, wantErr: "--registry-check-allow"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

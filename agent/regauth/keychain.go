@@ -177,6 +177,9 @@ func (k *Keychain) Set(_ context.Context, list []*fleetv1.Credential) error {
 		}
 	}
 	for i, c := range list {
+		if c.GetFingerprint() == "" {
+			c.Fingerprint = credential.RandomFingerprint() // never one derived from the secret alone
+		}
 		raw, err := proto.Marshal(c)
 		if err != nil {
 			return err
@@ -187,7 +190,7 @@ func (k *Keychain) Set(_ context.Context, list []*fleetv1.Credential) error {
 		k.mu.Lock()
 		k.entries[scopes[i].String()] = &entry{key: scopes[i], cred: c}
 		k.mu.Unlock()
-		k.log.Info("registry credential set", "registry", scopes[i].String(), "kind", credential.KindOf(c), "fingerprint", credential.Fingerprint(c))
+		k.log.Info("registry credential set", "registry", scopes[i].String(), "kind", credential.KindOf(c), "fingerprint", c.GetFingerprint())
 	}
 	k.poke()
 	return nil
@@ -476,7 +479,7 @@ func (k *Keychain) Summaries() []*fleetv1.RegistrySummary {
 	out := make([]*fleetv1.RegistrySummary, 0, len(k.entries))
 	for scope, e := range k.entries {
 		c := e.cred
-		s := &fleetv1.RegistrySummary{Registry: scope, Kind: credential.KindOf(c), Username: c.GetBasic().GetUsername(), Fingerprint: credential.Fingerprint(c),
+		s := &fleetv1.RegistrySummary{Registry: scope, Kind: credential.KindOf(c), Username: c.GetBasic().GetUsername(), Fingerprint: c.GetFingerprint(),
 			HasCaCertificate: c.GetCaCertificate() != "", HasClientCertificate: c.GetClientCertificate() != "", RequireTls: c.GetRequireTls()}
 		switch {
 		case c.GetEcrToken() != nil:

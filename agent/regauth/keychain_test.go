@@ -2,6 +2,8 @@ package regauth_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
@@ -295,5 +297,33 @@ func TestECRWithoutTokenSource(t *testing.T) {
 	}
 	if a, err := k.Auth(context.Background(), "registry.example.com/team/app:1"); err != nil || a == "" {
 		t.Errorf("Auth of a basic-auth image = %q, %v; want the credential", a, err)
+	}
+}
+
+// TestSummaryFingerprint: the birth's fingerprint is the one the cloud set
+// on the credential, or a random one, never the unsalted SHA-256 of the
+// secret that let anyone reading births test guessed passwords (before
+// issue 12 it was sha256("robot\x00hunter2")[:12]).
+func TestSummaryFingerprint(t *testing.T) {
+	k := newKeychain(t, nil)
+	basic := func(registry string) *fleetv1.Credential {
+		return &fleetv1.Credential{Registry: registry, Kind: &fleetv1.Credential_Basic{Basic: &fleetv1.BasicAuth{Username: "robot", Password: "hunter2"}}}
+	}
+	fromCloud := basic("quay.io/acme")
+	fromCloud.Fingerprint = "0a1b2c3d4e5f"
+	if err := set(t, k, fromCloud, basic("quay.io/other")); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte("robot\x00hunter2"))
+	unsalted := hex.EncodeToString(sum[:])[:12]
+	got := map[string]string{}
+	for _, s := range k.Summaries() {
+		got[s.GetRegistry()] = s.GetFingerprint()
+	}
+	if got["quay.io/acme"] != "0a1b2c3d4e5f" {
+		t.Errorf("fingerprint of the cloud's credential = %q, want the one it set", got["quay.io/acme"])
+	}
+	if fp := got["quay.io/other"]; len(fp) != 12 || fp == unsalted {
+		t.Errorf("fingerprint of a credential set without one = %q, want 12 random hex digits, not %q", fp, unsalted)
 	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/fleet-agent/fleet/cloud-sim/console"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/egress"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	"github.com/fleet-agent/fleet/internal/credential"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -30,8 +31,9 @@ const testToken = "t0ken"
 // newAPI serves the API of a controller (not connected to a broker) whose
 // inventory holds acme/gw-1, requiring testToken, answering to
 // 127.0.0.1 and localhost with the server's port. server, when not nil,
-// adjusts the http.Server (its timeouts) before it starts.
-func newAPI(t *testing.T, cfg Config, server func(*http.Server)) (*httptest.Server, *controller.Controller) {
+// adjusts the http.Server (its timeouts) before it starts. Its registry
+// check may reach the destinations in checkAllow (loopback test registries).
+func newAPI(t *testing.T, cfg Config, server func(*http.Server), checkAllow ...string) (*httptest.Server, *controller.Controller) {
 	t.Helper()
 	st, err := state.Open(context.Background(), state.Config{Dir: t.TempDir()})
 	if err != nil {
@@ -43,7 +45,11 @@ func newAPI(t *testing.T, cfg Config, server func(*http.Server)) (*httptest.Serv
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := controller.New(context.Background(), controller.Config{Store: st, Keys: keys})
+	check, err := egress.New("--registry-check-allow", checkAllow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := controller.New(context.Background(), controller.Config{Store: st, Keys: keys, RegistryCheck: check})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +73,7 @@ func TestErrorStatus(t *testing.T) {
 	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer reg.Close()
 	u, _ := url.Parse(reg.URL)
-	srv, _ := newAPI(t, Config{}, nil)
+	srv, _ := newAPI(t, Config{}, nil, u.Host)
 	deploy := `{"target": {"tenant": "acme", "gateways": ["gw-1"]}, "command": {"deploy": {"spec": {"name": "web", "revision": 1, "image": "` + u.Host + `/team/web:1"}}}}`
 	tests := []struct {
 		name, method, path, body string

@@ -20,6 +20,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/cmdkeys"
 	"github.com/fleet-agent/fleet/cloud-sim/console"
 	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
+	"github.com/fleet-agent/fleet/cloud-sim/egress"
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/rollout"
@@ -67,6 +68,9 @@ type Config struct {
 	// Retention is how long finished commands and rollouts are kept
 	// (DefaultRetention when zero); older ones are forgotten hourly.
 	Retention time.Duration
+	// RegistryCheck is where the cloud's registry check may connect
+	// (public addresses only when nil); see tenantcred.Config.
+	RegistryCheck *egress.Policy
 
 	Logger *slog.Logger
 	Now    func() time.Time
@@ -117,7 +121,8 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if err := c.disp.Load(ctx); err != nil {
 		return nil, err
 	}
-	if c.creds, err = tenantcred.New(ctx, tenantcred.Config{Store: cfg.Store, Keys: cfg.Keys, Changes: c.hub, Logger: c.log, Now: cfg.Now}); err != nil {
+	if c.creds, err = tenantcred.New(ctx, tenantcred.Config{Store: cfg.Store, Keys: cfg.Keys, Changes: c.hub,
+		RegistryCheck: cfg.RegistryCheck, Logger: c.log, Now: cfg.Now}); err != nil {
 		return nil, err
 	}
 	if c.sign, err = cmdkeys.New(cmdkeys.Config{Store: cfg.Store, Cipher: cfg.Keys, Now: cfg.Now}); err != nil {

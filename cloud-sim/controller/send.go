@@ -114,6 +114,9 @@ func (c *Controller) Send(ctx context.Context, t Target, cmd *fleetv1.Command, o
 	if err != nil {
 		return nil, err
 	}
+	for _, cr := range plain {
+		c.creds.Stamp(t.Tenant, cr) // what the gateways will report holding
+	}
 	jobs := c.jobs(b, gws, cmd, ahead, plain, opts.ExpiresIn)
 	if err := c.disp.Record(ctx, b, jobs); err != nil {
 		return nil, err

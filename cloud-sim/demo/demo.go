@@ -118,17 +118,6 @@ func (d *run) start(ctx context.Context) error {
 		return err
 	}
 	d.closers = append(d.closers, func() { os.RemoveAll(d.dataDir) })
-	d.serve, err = serve.Start(ctx, serve.Config{
-		DataDir: d.dataDir, MQTTListen: "127.0.0.1:0", NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
-		Scheme: topic.Default(), Logger: d.log,
-		Sim: simfleet.Config{Count: d.opts.SimCount, Tenant: tenant, Prefix: "sim-", PullTime: 300 * time.Millisecond},
-	})
-	if err != nil {
-		return err
-	}
-	d.closers = append(d.closers, func() { d.serve.Close() })
-	d.step("cloud-sim serving: MQTT %s (per-gateway passwords and ACL), NATS JetStream %s, HTTP API %s", d.serve.BrokerURL, d.serve.Store.URL(), d.serve.APIURL)
-
 	regs, err := serve.StartRegistries(ctx, []serve.RegistrySpec{{
 		Name: "private", Auth: "basic", Users: map[string]string{regUser: d.regPass},
 		Images: []serve.ImageSpec{{Repo: "demo/web", Tag: "1.0", Sample: "web", Message: "hello from the fleet (" + d.runID + ")"}},
@@ -142,6 +131,17 @@ func (d *run) start(ctx context.Context) error {
 	d.reg = regs["private"]
 	d.image = d.reg.Images[0]
 	d.step("private registry at %s (Basic auth) holds the sample web image %s", d.reg.Server.URL, d.image)
+
+	d.serve, err = serve.Start(ctx, serve.Config{
+		DataDir: d.dataDir, MQTTListen: "127.0.0.1:0", NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
+		Scheme: topic.Default(), Logger: d.log, RegistryCheckAllow: []string{d.reg.Server.Host},
+		Sim: simfleet.Config{Count: d.opts.SimCount, Tenant: tenant, Prefix: "sim-", PullTime: 300 * time.Millisecond},
+	})
+	if err != nil {
+		return err
+	}
+	d.closers = append(d.closers, func() { d.serve.Close() })
+	d.step("cloud-sim serving: MQTT %s (per-gateway passwords and ACL), NATS JetStream %s, HTTP API %s", d.serve.BrokerURL, d.serve.Store.URL(), d.serve.APIURL)
 
 	want := d.opts.SimCount
 	if d.docker != nil {

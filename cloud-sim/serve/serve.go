@@ -15,11 +15,13 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/broker"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/egress"
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
@@ -73,6 +75,11 @@ type Config struct {
 	APIMaxStreams     int
 	// Registries is a registries file (see LoadRegistries); "" for none.
 	Registries string
+	// RegistryCheckAllow lets the cloud's registry check connect to
+	// loopback, private and link-local destinations it otherwise refuses:
+	// CIDR prefixes, addresses and host:port pairs (see egress.New). The
+	// registries of the Registries file are added.
+	RegistryCheckAllow []string
 	// SecretsKey is the file of the key that encrypts credentials at rest
 	// (created in DataDir when empty); replicas sharing NATS share it.
 	SecretsKey string
@@ -198,7 +205,15 @@ func (s *Server) controllerConfig(ctx context.Context, cfg Config) (controller.C
 	if err != nil {
 		return controller.Config{}, fmt.Errorf("serve: %w", err)
 	}
-	ctrlCfg := controller.Config{Store: s.Store, Keys: keys, Scheme: cfg.Scheme, Encoding: codec.Protobuf, ID: cfg.ControllerID, Limits: cfg.GatewayLimits,
+	allow := slices.Clone(cfg.RegistryCheckAllow)
+	for _, r := range s.Registries {
+		allow = append(allow, r.Server.Host)
+	}
+	check, err := egress.New("--registry-check-allow", allow)
+	if err != nil {
+		return controller.Config{}, fmt.Errorf("serve: %w", err)
+	}
+	ctrlCfg := controller.Config{Store: s.Store, Keys: keys, RegistryCheck: check, Scheme: cfg.Scheme, Encoding: codec.Protobuf, ID: cfg.ControllerID, Limits: cfg.GatewayLimits,
 		StaleAfter: cfg.StaleAfter, Retention: cfg.Retention, Logger: cfg.Logger.With("component", "controller"),
 		Username: cfg.BrokerUsername, Password: []byte(cfg.BrokerPassword)}
 	idCfg := identity.Config{Store: s.Store, ControllerID: cfg.ControllerID}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleet-agent/fleet/cloud-sim/changes"
+	"github.com/fleet-agent/fleet/cloud-sim/egress"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	"github.com/fleet-agent/fleet/internal/credential"
@@ -32,8 +33,12 @@ type Config struct {
 	// Keys encrypts credentials at rest.
 	Keys    *credential.Keys
 	Changes *changes.Hub
-	Logger  *slog.Logger
-	Now     func() time.Time
+	// RegistryCheck decides where the cloud's registry check may connect:
+	// public addresses and its allow-list (public addresses only when
+	// nil). It is checked on every connection, redirects included.
+	RegistryCheck *egress.Policy
+	Logger        *slog.Logger
+	Now           func() time.Time
 }
 
 // Credentials are the tenants' registry credentials.
@@ -72,7 +77,40 @@ func New(ctx context.Context, cfg Config) (*Credentials, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tenantcred: load: %w", err)
 	}
+	if err := c.upgrade(ctx); err != nil {
+		return nil, fmt.Errorf("tenantcred: upgrade fingerprints: %w", err)
+	}
 	return c, nil
+}
+
+// upgrade stamps the credentials stored before fingerprints were keyed
+// (their record showed an unsalted SHA-256 of the secret) and their
+// issued tokens, and stores them again. Gateways holding them report the
+// old fingerprint until they get the credential again.
+func (c *Credentials) upgrade(ctx context.Context) error {
+	for key, rec := range c.creds {
+		cr, err := c.open(rec.Secret)
+		if err != nil || cr.GetFingerprint() != "" {
+			continue // one that does not open is reported when used
+		}
+		c.Stamp(rec.Tenant, cr)
+		raw, err := proto.Marshal(cr)
+		if err != nil {
+			return err
+		}
+		rec.Secret, rec.Fingerprint = c.cfg.Keys.Encrypt(raw), cr.GetFingerprint()
+		if tok, err := c.open(rec.Token); rec.Token != nil && err == nil {
+			c.Stamp(rec.Tenant, tok)
+			if raw, err = proto.Marshal(tok); err != nil {
+				return err
+			}
+			rec.Token, rec.TokenFingerprint = c.cfg.Keys.Encrypt(raw), tok.GetFingerprint()
+		}
+		if err := c.cfg.Store.Put(ctx, state.Credentials, key, rec.stored()); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Len is how many credentials are stored.
@@ -153,8 +191,14 @@ func Scope(cr *fleetv1.Credential) (string, error) {
 	return k.String(), nil
 }
 
-// Fingerprint identifies a credential's secret without revealing it.
-func Fingerprint(cr *fleetv1.Credential) string { return credential.Fingerprint(cr) }
+// Stamp sets cr's fingerprint: a MAC of its secret keyed for tenant with
+// the controller's key (credential.Keys.Fingerprint), which gateways store
+// with the credential and report in their births, so that the controller
+// tells a gateway holding the current credential from a stale one. Nobody
+// without the key can test a guessed password against it.
+func (c *Credentials) Stamp(tenant string, cr *fleetv1.Credential) {
+	cr.Fingerprint = c.cfg.Keys.Fingerprint(tenant, cr)
+}
 
 // Set validates and stores a tenant's credential (replacing one
 // of the same registry scope). Gateways get it sealed with their next
@@ -167,12 +211,13 @@ func (c *Credentials) Set(ctx context.Context, tenant string, cr *fleetv1.Creden
 	if opts.IssueTokens && cr.GetEcr() == nil {
 		return nil, errdefs.Invalid("issueTokens", "applies to ecr credentials only (the controller exchanges the AWS keys for ECR tokens)")
 	}
+	c.Stamp(tenant, cr)
 	raw, err := proto.Marshal(cr)
 	if err != nil {
 		return nil, err
 	}
 	rec := &Credential{CredentialView: CredentialView{
-		Tenant: tenant, Registry: scope, Kind: credential.KindOf(cr), Username: cr.GetBasic().GetUsername(), Fingerprint: Fingerprint(cr),
+		Tenant: tenant, Registry: scope, Kind: credential.KindOf(cr), Username: cr.GetBasic().GetUsername(), Fingerprint: cr.GetFingerprint(),
 		IssueTokens: opts.IssueTokens, HasCACertificate: cr.GetCaCertificate() != "", HasClientCert: cr.GetClientCertificate() != "",
 		RequireTLS: cr.GetRequireTls(), UpdatedAt: c.cfg.Now(),
 	}, Secret: c.cfg.Keys.Encrypt(raw)}
@@ -369,7 +414,7 @@ func (c *Credentials) checkWith(ctx context.Context, cred *fleetv1.Credential, i
 	if cred != nil {
 		res.Registry = cred.GetRegistry()
 	}
-	check, err := awsecr.CheckImage(ctx, cred, image)
+	check, err := awsecr.CheckImage(ctx, c.cfg.RegistryCheck.DialContext, cred, image)
 	if check != nil {
 		if raw, jerr := protojson.Marshal(check); jerr == nil {
 			_ = json.Unmarshal(raw, &res.Check)
@@ -422,7 +467,7 @@ func Describe(list []*fleetv1.Credential) []inventory.Registry {
 	var out []inventory.Registry
 	for _, cr := range list {
 		scope, _ := Scope(cr)
-		r := inventory.Registry{Registry: scope, Kind: credential.KindOf(cr), Username: cr.GetBasic().GetUsername(), Fingerprint: Fingerprint(cr)}
+		r := inventory.Registry{Registry: scope, Kind: credential.KindOf(cr), Username: cr.GetBasic().GetUsername(), Fingerprint: cr.GetFingerprint()}
 		if t := cr.GetEcrToken().GetExpiresAt(); t != nil {
 			r.ExpiresAt = t.AsTime()
 		}
@@ -432,12 +477,13 @@ func Describe(list []*fleetv1.Credential) []inventory.Registry {
 }
 
 // Holds reports whether a gateway holding held (its birth's registries,
-// or a set-credentials it answered since) has cred with the same secret.
+// or a set-credentials it answered since) has cred, stamped by the
+// controller, with the same fingerprint.
 func Holds(held []inventory.Registry, cred *fleetv1.Credential) bool {
 	scope, err := Scope(cred)
-	if err != nil {
+	fp := cred.GetFingerprint()
+	if err != nil || fp == "" {
 		return false
 	}
-	fp := Fingerprint(cred)
 	return slices.ContainsFunc(held, func(r inventory.Registry) bool { return r.Registry == scope && r.Fingerprint == fp })
 }

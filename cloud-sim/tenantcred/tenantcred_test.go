@@ -16,9 +16,12 @@ func basic(registry, password string) *fleetv1.Credential {
 }
 
 // TestHolds: a gateway holds a credential when it reports the same scope
-// with the same fingerprint; a new secret must be sent again.
+// with the same fingerprint, as the controller stamped it; a new secret
+// must be sent again, and so must a credential without a fingerprint.
 func TestHolds(t *testing.T) {
-	cred := basic("quay.io/acme", "s3cret")
+	c := newCredentials(t)
+	stamped := func(cr *fleetv1.Credential) *fleetv1.Credential { c.Stamp("acme", cr); return cr }
+	cred := stamped(basic("quay.io/acme", "s3cret"))
 	held := Describe([]*fleetv1.Credential{cred})
 	tests := []struct {
 		name string
@@ -28,8 +31,10 @@ func TestHolds(t *testing.T) {
 	}{
 		{"same secret", held, cred, true},
 		{"nothing held", nil, cred, false},
-		{"rotated secret", held, basic("quay.io/acme", "n3w"), false},
-		{"another scope", held, basic("quay.io/other", "s3cret"), false},
+		{"same secret, stamped again", held, stamped(basic("quay.io/acme", "s3cret")), true},
+		{"rotated secret", held, stamped(basic("quay.io/acme", "n3w")), false},
+		{"another scope", held, stamped(basic("quay.io/other", "s3cret")), false},
+		{"not stamped", Describe([]*fleetv1.Credential{basic("quay.io/acme", "s3cret")}), basic("quay.io/acme", "s3cret"), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

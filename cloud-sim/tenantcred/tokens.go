@@ -18,13 +18,14 @@ func (c *Credentials) issueToken(ctx context.Context, rec *Credential, cr *fleet
 	if err != nil {
 		return err
 	}
+	c.Stamp(rec.Tenant, tok)
 	raw, err := proto.Marshal(tok)
 	if err != nil {
 		return err
 	}
 	enc := c.cfg.Keys.Encrypt(raw)
 	c.mu.Lock()
-	rec.Token, rec.TokenFingerprint = enc, Fingerprint(tok)
+	rec.Token, rec.TokenFingerprint = enc, tok.GetFingerprint()
 	rec.TokenExpiresAt, rec.TokenRefreshAt = tok.GetEcrToken().GetExpiresAt().AsTime(), refreshAt
 	c.mu.Unlock()
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"runtime"
 	"time"
@@ -32,6 +33,16 @@ type Checker struct {
 	// ECR gets the tokens of ecr credentials when Login is nil (the cloud
 	// passes awsecr.Fetch); nil refuses ecr credentials.
 	ECR TokenSource
+	// Dial, when set, opens every connection of the check, redirects
+	// included, and the connections go direct, never through an
+	// HTTP(S)_PROXY: the cloud passes its egress policy, which refuses
+	// loopback, private and link-local destinations. Nil dials anywhere,
+	// as a gateway's engine pulls from its LAN.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// RedactAnswers keeps what a registry answered out of errors: they
+	// carry its HTTP status and a fixed explanation only. The cloud
+	// checks hosts its users name and must not echo what any server says.
+	RedactAnswers bool
 }
 
 // Check checks, with cred (nil: anonymous), that image's registry is
@@ -67,7 +78,12 @@ func (c Checker) reach(ctx context.Context, rc *fleetv1.RegistryCheck, host stri
 	} else {
 		insecure = insecure && Loopback(host)
 	}
-	res, perr := probe(ctx, host, cred)
+	tr, err := c.transport(cred)
+	if err != nil {
+		return fmt.Errorf("%w: registry %s: %v", errdefs.ErrTLS, host, err)
+	}
+	defer tr.CloseIdleConnections()
+	res, perr := probe(ctx, host, tr)
 	switch {
 	case res == probeTLSOK:
 		rc.Reachable, rc.TlsVerified = true, true
@@ -93,7 +109,7 @@ func (c Checker) reach(ctx context.Context, rc *fleetv1.RegistryCheck, host stri
 // manifest reads image's manifest (one request: the descriptor carries
 // the digest, the image for this platform its size) and fills the rest of rc.
 func (c Checker) manifest(ctx context.Context, rc *fleetv1.RegistryCheck, host string, cred *fleetv1.Credential, image string) error {
-	tr, err := HTTPTransport(cred)
+	tr, err := c.transport(cred)
 	if err != nil {
 		return err
 	}
@@ -118,20 +134,20 @@ func (c Checker) manifest(ctx context.Context, rc *fleetv1.RegistryCheck, host s
 	if status(err) == http.StatusUnauthorized && cred.GetEcr() != nil {
 		desc, err = get(true) // a revoked or expired ECR token: once more with a new one
 	}
-	if err := refused(err, rc, host, cred, image, ref); err != nil {
+	if err := c.refused(err, rc, host, cred, image, ref); err != nil {
 		return err
 	}
 	rc.Authenticated, rc.ImageFound, rc.Digest = true, true, desc.Digest.String()
 	img, err := desc.Image() // for an index, this platform's image: manifests only
 	if err != nil {
 		if status(err) == 0 {
-			return fmt.Errorf("%w: image %s has no manifest for linux/%s: %v", errdefs.ErrNotFound, image, runtime.GOARCH, err)
+			return fmt.Errorf("%w: image %s has no manifest for linux/%s: %s", errdefs.ErrNotFound, image, runtime.GOARCH, c.detail(err))
 		}
-		return checkErr(host, err)
+		return c.checkErr(host, err)
 	}
 	m, err := img.Manifest()
 	if err != nil {
-		return checkErr(host, err)
+		return c.checkErr(host, err)
 	}
 	rc.SizeBytes = m.Config.Size
 	for _, l := range m.Layers {
@@ -140,25 +156,53 @@ func (c Checker) manifest(ctx context.Context, rc *fleetv1.RegistryCheck, host s
 	return nil
 }
 
+// transport is the HTTP transport of a check with cred's TLS settings.
+func (c Checker) transport(cred *fleetv1.Credential) (*http.Transport, error) {
+	tr, err := HTTPTransport(cred)
+	if err != nil {
+		return nil, err
+	}
+	if c.Dial != nil {
+		tr.DialContext, tr.Proxy = c.Dial, nil
+	}
+	return tr, nil
+}
+
 // refused maps the registry's answer to the manifest request.
-func refused(err error, rc *fleetv1.RegistryCheck, host string, cred *fleetv1.Credential, image string, ref name.Reference) error {
+func (c Checker) refused(err error, rc *fleetv1.RegistryCheck, host string, cred *fleetv1.Credential, image string, ref name.Reference) error {
 	switch status(err) {
 	case 0:
 		if err != nil {
-			return checkErr(host, err)
+			return c.checkErr(host, err)
 		}
 		return nil
 	case http.StatusUnauthorized:
-		return fmt.Errorf("%w: registry %s refused the credential%s: %v", errdefs.ErrUnauthenticated, host, which(cred), err)
+		return fmt.Errorf("%w: registry %s refused the credential%s: %s", errdefs.ErrUnauthenticated, host, which(cred), c.detail(err))
 	case http.StatusForbidden:
 		rc.Authenticated = true
-		return fmt.Errorf("%w: registry %s accepted the credential%s but denies pulling %s: %v", errdefs.ErrPermissionDenied, host, which(cred), ref.Context(), err)
+		return fmt.Errorf("%w: registry %s accepted the credential%s but denies pulling %s: %s", errdefs.ErrPermissionDenied, host, which(cred), ref.Context(), c.detail(err))
 	case http.StatusNotFound:
 		rc.Authenticated = true
-		return fmt.Errorf("%w: image %s is not in the registry: %v", errdefs.ErrNotFound, image, err)
+		return fmt.Errorf("%w: image %s is not in the registry: %s", errdefs.ErrNotFound, image, c.detail(err))
 	default:
-		return fmt.Errorf("%w: registry %s: %v", errdefs.ErrRegistryUnreachable, host, err)
+		return fmt.Errorf("%w: registry %s: %s", errdefs.ErrRegistryUnreachable, host, c.detail(err))
 	}
+}
+
+// detail describes err in a message; with RedactAnswers, nothing the
+// registry's answer said: its HTTP status, or a fixed explanation.
+func (c Checker) detail(err error) string {
+	if !c.RedactAnswers {
+		return err.Error()
+	}
+	if s := status(err); s != 0 {
+		return fmt.Sprintf("HTTP %d %s (the registry's answer is not shown)", s, http.StatusText(s))
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return err.Error() // connection and TLS failures: nothing from the registry
+	}
+	return "the registry's answer is not a valid image manifest (not shown)"
 }
 
 // authenticator is what a registry client presents for cred.
@@ -235,10 +279,10 @@ func status(err error) int {
 	return 0
 }
 
-func checkErr(host string, err error) error {
+func (c Checker) checkErr(host string, err error) error {
 	var fe *errdefs.FieldError
 	if errors.As(err, &fe) || errdefs.Code(err) != fleetv1.Reply_INTERNAL {
 		return err
 	}
-	return fmt.Errorf("%w: registry %s: %v", errdefs.ErrRegistryUnreachable, host, err)
+	return fmt.Errorf("%w: registry %s: %s", errdefs.ErrRegistryUnreachable, host, c.detail(err))
 }

@@ -3,7 +3,10 @@ package credential_test
 import (
 	"context"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
@@ -90,5 +93,43 @@ func TestCheck(t *testing.T) {
 				t.Errorf("registryCheck = %v, want the digest and the size of the testapp image", rc)
 			}
 		})
+	}
+}
+
+// TestCheckDialAndRedact: a Checker with Dial opens every connection
+// through it, redirects included, and with RedactAnswers its errors carry
+// the registry's HTTP status, never what it answered. The zero Checker
+// (the agent's) dials as before.
+func TestCheckDialAndRedact(t *testing.T) {
+	const secret = "password=hunter2"
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, secret, http.StatusUnauthorized)
+	}))
+	defer other.Close()
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		http.Redirect(w, r, other.URL+"/elsewhere", http.StatusTemporaryRedirect)
+	}))
+	defer reg.Close()
+	host := strings.TrimPrefix(reg.URL, "http://")
+	var mu sync.Mutex
+	dialled := map[string]bool{}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		mu.Lock()
+		dialled[addr] = true
+		mu.Unlock()
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	_, err := credential.Checker{Dial: dial, RedactAnswers: true}.Check(context.Background(), nil, host+"/team/app:1")
+	if err == nil || strings.Contains(err.Error(), secret) || !strings.Contains(err.Error(), "HTTP 401") {
+		t.Errorf("redacted check = %v, want HTTP 401 without the answer", err)
+	}
+	if !dialled[host] || !dialled[strings.TrimPrefix(other.URL, "http://")] {
+		t.Errorf("dialled %v, want the registry and the redirect's target", dialled)
+	}
+	if _, err := (credential.Checker{}).Check(context.Background(), nil, host+"/team/app:1"); errdefs.Code(err) != fleetv1.Reply_UNAUTHENTICATED {
+		t.Errorf("agent's check = %v, want UNAUTHENTICATED", err)
 	}
 }

@@ -9,18 +9,26 @@ package credential
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 
 	"golang.org/x/crypto/nacl/box"
+
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
 type Keys struct {
 	aead      cipher.AEAD
 	pub, priv *[32]byte
+	// fingerprint keys Fingerprint's MAC; derived from the at-rest key,
+	// so replicas sharing --secrets-key agree on fingerprints.
+	fingerprint []byte
 }
 
 // LoadKeys reads the keys from their files, creating any that is missing.
@@ -52,7 +60,7 @@ func LoadKeys(atRestPath, boxPath string) (*Keys, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sealing key pair: %w", err)
 	}
-	keys := &Keys{aead: aead, pub: new([32]byte), priv: new([32]byte)}
+	keys := &Keys{aead: aead, pub: new([32]byte), priv: new([32]byte), fingerprint: mac(k, "fleet credential fingerprint v1")}
 	copy(keys.pub[:], pair[:32])
 	copy(keys.priv[:], pair[32:])
 	return keys, nil
@@ -85,6 +93,25 @@ func loadOrCreate(path string, size int, create func() ([]byte, error)) ([]byte,
 		return nil, err
 	}
 	return b, f.Close()
+}
+
+// Fingerprint identifies c's secret without revealing it and without
+// being an oracle for guessed passwords: 12 hex digits of HMAC-SHA-256,
+// keyed per scope (the controller passes the tenant) with a key derived
+// from the at-rest key, over the kind and secret material. "" for a
+// credential without a secret (anonymous).
+func (k *Keys) Fingerprint(scope string, c *fleetv1.Credential) string {
+	m := secretMaterial(c)
+	if m == "" {
+		return ""
+	}
+	return hex.EncodeToString(mac(mac(k.fingerprint, scope), m))[:12]
+}
+
+func mac(key []byte, msg string) []byte {
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte(msg))
+	return h.Sum(nil)
 }
 
 // PublicKey is the base64 X25519 public key for sealed credentials.

@@ -60,13 +60,8 @@ const (
 	probeUnreachable
 )
 
-// probe does GET https://host/v2/ with c's TLS settings.
-func probe(ctx context.Context, host string, c *fleetv1.Credential) (probeResult, error) {
-	tr, err := HTTPTransport(c)
-	if err != nil {
-		return probeTLSFailed, err
-	}
-	defer tr.CloseIdleConnections()
+// probe does GET https://host/v2/ through tr.
+func probe(ctx context.Context, host string, tr *http.Transport) (probeResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+host+"/v2/", nil)
@@ -102,7 +97,12 @@ func probe(ctx context.Context, host string, c *fleetv1.Credential) (probeResult
 // RequireTLS refuses a registry that does not speak verified TLS with c's
 // TLS settings.
 func RequireTLS(ctx context.Context, host string, c *fleetv1.Credential) error {
-	switch res, err := probe(ctx, host, c); res {
+	tr, err := HTTPTransport(c)
+	if err != nil {
+		return fmt.Errorf("%w: registry %s: %v", errdefs.ErrTLS, host, err)
+	}
+	defer tr.CloseIdleConnections()
+	switch res, err := probe(ctx, host, tr); res {
 	case probeTLSOK:
 		return nil
 	case probePlainHTTP:

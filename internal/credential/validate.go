@@ -2,7 +2,7 @@ package credential
 
 import (
 	"bytes"
-	"crypto/sha256"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -118,20 +118,24 @@ func KindOf(c *fleetv1.Credential) string {
 	return "anonymous"
 }
 
-// Fingerprint identifies a secret without revealing it: 12 hex digits of
-// SHA-256 over the secret material.
-func Fingerprint(c *fleetv1.Credential) string {
-	var secret string
+// secretMaterial is what a fingerprint covers: the kind and its secret
+// ("" for a credential without one).
+func secretMaterial(c *fleetv1.Credential) string {
 	switch kc := c.GetKind().(type) {
 	case *fleetv1.Credential_Basic:
-		secret = kc.Basic.GetUsername() + "\x00" + kc.Basic.GetPassword()
+		return "basic\x00" + kc.Basic.GetUsername() + "\x00" + kc.Basic.GetPassword()
 	case *fleetv1.Credential_Ecr:
-		secret = kc.Ecr.GetAccessKeyId() + "\x00" + kc.Ecr.GetSecretAccessKey() + "\x00" + kc.Ecr.GetRoleArn()
+		return "ecr\x00" + kc.Ecr.GetAccessKeyId() + "\x00" + kc.Ecr.GetSecretAccessKey() + "\x00" + kc.Ecr.GetRoleArn()
 	case *fleetv1.Credential_EcrToken:
-		secret = kc.EcrToken.GetPassword()
-	default:
-		return ""
+		return "ecr-token\x00" + kc.EcrToken.GetPassword()
 	}
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:])[:12]
+	return ""
+}
+
+// RandomFingerprint is 12 random hex digits: the fingerprint an agent
+// gives a credential whose sender set none.
+func RandomFingerprint() string {
+	b := make([]byte, 6)
+	rand.Read(b) // crypto/rand never fails on supported platforms
+	return hex.EncodeToString(b)
 }

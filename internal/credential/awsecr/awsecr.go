@@ -132,7 +132,9 @@ func TokenCredential(ctx context.Context, c *fleetv1.Credential, now time.Time) 
 
 // CheckImage checks image with cred (nil: anonymous) against its registry,
 // reading manifests only, with ECR tokens fetched in this process: the
-// cloud's registry check.
-func CheckImage(ctx context.Context, cred *fleetv1.Credential, image string) (*fleetv1.RegistryCheck, error) {
-	return credential.Checker{ECR: Fetch}.Check(ctx, cred, image)
+// cloud's registry check. Every connection, redirects included, is opened
+// by dial (the cloud's egress policy; nil dials anywhere), and errors never
+// carry what a registry answered, only its HTTP status.
+func CheckImage(ctx context.Context, dial func(ctx context.Context, network, addr string) (net.Conn, error), cred *fleetv1.Credential, image string) (*fleetv1.RegistryCheck, error) {
+	return credential.Checker{ECR: Fetch, Dial: dial, RedactAnswers: true}.Check(ctx, cred, image)
 }

@@ -1508,7 +1508,10 @@ type RegistrySummary struct {
 	// basic, ecr, ecr-token or anonymous.
 	Kind     string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	Username string `protobuf:"bytes,3,opt,name=username,proto3" json:"username,omitempty"`
-	// First 12 hex digits of SHA-256 over the secret material.
+	// The credential's fingerprint (Credential.fingerprint) as it was set;
+	// 12 hex digits the agent draws at random when the sender set none. It
+	// tells whether a gateway holds the current credential; it is never
+	// derived from the secret alone (see protocol/README.md).
 	Fingerprint          string                 `protobuf:"bytes,4,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
 	ExpiresAt            *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	HasCaCertificate     bool                   `protobuf:"varint,6,opt,name=has_ca_certificate,json=hasCaCertificate,proto3" json:"has_ca_certificate,omitempty"`
@@ -3011,7 +3014,13 @@ type Credential struct {
 	ClientCertificate string `protobuf:"bytes,7,opt,name=client_certificate,json=clientCertificate,proto3" json:"client_certificate,omitempty"`
 	ClientKey         string `protobuf:"bytes,8,opt,name=client_key,json=clientKey,proto3" json:"client_key,omitempty"`
 	// Refuse plain HTTP to this registry.
-	RequireTls    bool `protobuf:"varint,9,opt,name=require_tls,json=requireTls,proto3" json:"require_tls,omitempty"`
+	RequireTls bool `protobuf:"varint,9,opt,name=require_tls,json=requireTls,proto3" json:"require_tls,omitempty"`
+	// Set by the controller: an opaque identifier of this credential's
+	// secret, an HMAC-SHA-256 keyed per tenant with a key only the controller
+	// holds (12 hex digits), so that it cannot be checked against guessed
+	// passwords. The agent stores it with the credential and reports it in
+	// RegistrySummary.fingerprint; when empty the agent draws a random one.
+	Fingerprint   string `protobuf:"bytes,10,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3122,6 +3131,13 @@ func (x *Credential) GetRequireTls() bool {
 		return x.RequireTls
 	}
 	return false
+}
+
+func (x *Credential) GetFingerprint() string {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return ""
 }
 
 type isCredential_Kind interface {
@@ -3869,7 +3885,7 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"bytesTotal\"`\n" +
 	"\x0eSetCredentials\x126\n" +
 	"\vcredentials\x18\x01 \x03(\v2\x14.fleet.v1.CredentialR\vcredentials\x12\x16\n" +
-	"\x06sealed\x18\x02 \x01(\fR\x06sealed\"\x82\x03\n" +
+	"\x06sealed\x18\x02 \x01(\fR\x06sealed\"\xa4\x03\n" +
 	"\n" +
 	"Credential\x12\x1a\n" +
 	"\bregistry\x18\x01 \x01(\tR\bregistry\x12+\n" +
@@ -3882,7 +3898,9 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
 	"client_key\x18\b \x01(\tR\tclientKey\x12\x1f\n" +
 	"\vrequire_tls\x18\t \x01(\bR\n" +
-	"requireTlsB\x06\n" +
+	"requireTls\x12 \n" +
+	"\vfingerprint\x18\n" +
+	" \x01(\tR\vfingerprintB\x06\n" +
 	"\x04kind\"C\n" +
 	"\tBasicAuth\x12\x1a\n" +
 	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
