@@ -15,6 +15,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -47,6 +48,7 @@ type Config struct {
 type Broker struct {
 	srv  *mqtt.Server
 	addr string
+	acl  *aclHook // nil without Config.Auth
 }
 
 // Start listens and serves in the background.
@@ -67,8 +69,10 @@ func Start(cfg Config) (*Broker, error) {
 	}
 	srv := mqtt.New(&mqtt.Options{Logger: cfg.Logger, Capabilities: caps})
 	var access mqtt.Hook = new(auth.AllowHook)
+	var acl *aclHook
 	if cfg.Auth != nil {
-		access = &aclHook{auth: cfg.Auth, scheme: cfg.Scheme, ids: map[string]Identity{}}
+		acl = &aclHook{auth: cfg.Auth, scheme: cfg.Scheme, ids: map[string]Identity{}}
+		access = acl
 	}
 	if err := srv.AddHook(access, nil); err != nil {
 		ln.Close()
@@ -105,7 +109,34 @@ func Start(cfg Config) (*Broker, error) {
 		srv.Close()
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	return &Broker{srv: srv, addr: ln.Addr().String()}, nil
+	return &Broker{srv: srv, addr: ln.Addr().String(), acl: acl}, nil
+}
+
+// Disconnect revokes what client id holds at the broker: its live
+// connection is closed at once (a DISCONNECT "not authorized" first; the
+// broker publishes its Will as for any lost connection) and the identity
+// it authenticated with is forgotten, so that every later ACL check asks
+// the Authenticator again. With deleteSession its session goes too: its
+// subscriptions and the messages queued for it. It reports whether the
+// client was connected.
+func (b *Broker) Disconnect(clientID string, deleteSession bool) bool {
+	if b.acl != nil {
+		b.acl.forget(clientID)
+	}
+	cl, ok := b.srv.Clients.Get(clientID)
+	if !ok {
+		return false
+	}
+	live := !cl.Closed()
+	if live {
+		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+	}
+	if deleteSession {
+		cl.ClearInflights()
+		b.srv.UnsubscribeClient(cl)
+		b.srv.Clients.Delete(clientID)
+	}
+	return live
 }
 
 // Messages reports how many PUBLISH packets the broker has received and

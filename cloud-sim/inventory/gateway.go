@@ -30,9 +30,15 @@ type Gateway struct {
 	Simulated       bool
 	Host            *Host
 	Engine          *Engine
-	Labels          map[string]string
-	Groups          []string
-	Capabilities    []string
+	// Labels and Groups are what the cloud assigned the gateway
+	// (Config.Assigned), by which it is targeted; set on reads.
+	Labels map[string]string
+	Groups []string
+	// ReportedLabels and ReportedGroups are what its birth says of
+	// itself: facts to show, never used to choose targets.
+	ReportedLabels map[string]string
+	ReportedGroups []string
+	Capabilities   []string
 	// PublicKey is the key credentials are sealed to.
 	PublicKey   string
 	Deployments map[string]*Deployment
@@ -86,6 +92,8 @@ func (g *Gateway) clone() *Gateway {
 	c := *g
 	c.Labels = maps.Clone(g.Labels)
 	c.Groups = slices.Clone(g.Groups)
+	c.ReportedLabels = maps.Clone(g.ReportedLabels)
+	c.ReportedGroups = slices.Clone(g.ReportedGroups)
 	c.Capabilities = slices.Clone(g.Capabilities)
 	c.Registries = slices.Clone(g.Registries)
 	c.Deployments = make(map[string]*Deployment, len(g.Deployments))
@@ -121,7 +129,7 @@ func (g *Gateway) applyBirth(b *fleetv1.Birth, at time.Time) bool {
 	if e := b.GetEngine(); e != nil {
 		g.Engine = &Engine{Name: e.GetName(), Version: e.GetVersion(), Reachable: e.GetReachable(), Error: e.GetError()}
 	}
-	g.Labels, g.Groups, g.Capabilities = b.GetLabels(), b.GetGroups(), b.GetCapabilities()
+	g.ReportedLabels, g.ReportedGroups, g.Capabilities = b.GetLabels(), b.GetGroups(), b.GetCapabilities()
 	g.PublicKey = b.GetPublicKey()
 	deps := make(map[string]*Deployment, len(b.GetDeployments()))
 	for _, d := range b.GetDeployments() {

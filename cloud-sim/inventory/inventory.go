@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -30,13 +31,28 @@ type Config struct {
 	StaleAfter time.Duration
 	// Changes receives gateway and deployment changes (none when nil).
 	Changes *changes.Hub
-	Now     func() time.Time
+	// Assigned tells the groups and labels the cloud assigned each
+	// gateway (package identity). Filters select by these, never by what
+	// a gateway's birth reports; without it no gateway has any.
+	Assigned Assigner
+	Now      func() time.Time
 }
+
+// Assigner tells the groups and labels the cloud assigned a gateway, nil
+// for one it did not provision. The inventory does not change them.
+type Assigner interface {
+	Assigned(tenant, id string) (groups []string, labels map[string]string)
+}
+
+type unassigned struct{}
+
+func (unassigned) Assigned(string, string) ([]string, map[string]string) { return nil, nil }
 
 // Inventory is the fleet's gateways.
 type Inventory struct {
 	staleAfter time.Duration
 	hub        *changes.Hub
+	assigned   Assigner
 	now        func() time.Time
 
 	mu       sync.RWMutex
@@ -56,7 +72,10 @@ func New(cfg Config) *Inventory {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Inventory{staleAfter: cfg.StaleAfter, hub: cfg.Changes, now: cfg.Now,
+	if cfg.Assigned == nil {
+		cfg.Assigned = unassigned{}
+	}
+	return &Inventory{staleAfter: cfg.StaleAfter, hub: cfg.Changes, assigned: cfg.Assigned, now: cfg.Now,
 		gateways: map[string]*Gateway{}, dirty: map[string]struct{}{}}
 }
 
@@ -208,7 +227,8 @@ func (inv *Inventory) NoteCredentials(tenant, id string, regs []Registry) {
 	inv.dirty[k] = struct{}{}
 }
 
-// Filter selects gateways.
+// Filter selects gateways by what the cloud assigned them (the groups and
+// labels of Config.Assigned), never by what they report of themselves.
 type Filter struct {
 	Tenant   string
 	Selector Selector
@@ -219,18 +239,24 @@ type Filter struct {
 	Online *bool
 }
 
-func (f Filter) match(g *Gateway) bool {
+func (inv *Inventory) match(f Filter, g *Gateway) bool {
 	switch {
 	case f.Tenant != "" && g.Tenant != f.Tenant:
 		return false
-	case f.Group != "" && !slices.Contains(g.Groups, f.Group):
-		return false
 	case f.Online != nil && g.Online != *f.Online:
 		return false
-	case len(f.AnyGroup) > 0 && !slices.ContainsFunc(f.AnyGroup, func(want string) bool { return slices.Contains(g.Groups, want) }):
+	}
+	if f.Group == "" && len(f.AnyGroup) == 0 && len(f.Selector) == 0 {
+		return true
+	}
+	groups, labels := inv.assigned.Assigned(g.Tenant, g.ID)
+	switch {
+	case f.Group != "" && !slices.Contains(groups, f.Group):
+		return false
+	case len(f.AnyGroup) > 0 && !slices.ContainsFunc(f.AnyGroup, func(want string) bool { return slices.Contains(groups, want) }):
 		return false
 	}
-	return f.Selector.Matches(g.Labels)
+	return f.Selector.Matches(labels)
 }
 
 // List returns copies of the gateways f selects, ordered by tenant and id.
@@ -239,7 +265,7 @@ func (inv *Inventory) List(f Filter) []*Gateway {
 	inv.mu.RLock()
 	out := make([]*Gateway, 0, len(inv.gateways))
 	for _, g := range inv.gateways {
-		if f.match(g) {
+		if inv.match(f, g) {
 			out = append(out, inv.view(g, now))
 		}
 	}
@@ -260,7 +286,7 @@ func (inv *Inventory) IDs(f Filter) []string {
 	defer inv.mu.RUnlock()
 	var out []string
 	for _, g := range inv.gateways {
-		if f.match(g) {
+		if inv.match(f, g) {
 			out = append(out, g.ID)
 		}
 	}
@@ -278,10 +304,13 @@ func (inv *Inventory) Get(tenant, id string) (*Gateway, bool) {
 	return inv.view(g, inv.now()), true
 }
 
-// view is a copy of g for a reader, with Stale computed. inv.mu is held.
+// view is a copy of g for a reader, with Stale computed and the groups
+// and labels the cloud assigned. inv.mu is held.
 func (inv *Inventory) view(g *Gateway, now time.Time) *Gateway {
 	v := g.clone()
 	v.Stale = g.Online && now.Sub(g.LastSeen) > inv.staleAfter
+	groups, labels := inv.assigned.Assigned(g.Tenant, g.ID)
+	v.Groups, v.Labels = slices.Clone(groups), maps.Clone(labels)
 	return v
 }
 
