@@ -8,13 +8,18 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/cli"
+	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/registry"
+	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
 // provisioned is a real agent started with an identity provisioned
@@ -221,5 +226,60 @@ func TestSecurityTargetReprovisionDropsSession(t *testing.T) {
 	})
 	if g := c.gateway(t, "acme", "gw-1"); g.Labels["site"] != "berlin" {
 		t.Errorf("labels after a new password: %v, want site=berlin kept", g.Labels)
+	}
+}
+
+// TestSecurityTargetTokenRefreshOnlyToDelivered: a gateway whose birth
+// claims it holds an older token of a tenant's ECR registry does not get
+// the refreshed token; the gateway the cloud delivered it to does.
+// (Before: refreshed tokens went to every gateway whose birth listed the
+// registry.)
+func TestSecurityTargetTokenRefreshOnlyToDelivered(t *testing.T) {
+	ecrAPI := &registry.ECR{Keys: map[string]string{"AKIDCLOUD": "cloud-secret-access-key"}, Region: "eu-west-1", TokenTTL: 8 * time.Second}
+	reg := testimage.NewRegistry(t, testimage.WithAuth(ecrAPI))
+	t.Setenv("AWS_ENDPOINT_URL_ECR", reg.APIEndpoint())
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	c := startCloud(t, 2)
+	waitOnline(t, c, "sim", 2)
+	cred, _ := protojson.Marshal(&fleetv1.Credential{Registry: reg.Host, Kind: &fleetv1.Credential_Ecr{Ecr: &fleetv1.EcrAuth{
+		Region: "eu-west-1", AccessKeyId: "AKIDCLOUD", SecretAccessKey: "cloud-secret-access-key"}}})
+	var view api.CredentialView
+	if err := c.api.Do(context.Background(), "PUT", "/v1/tenants/sim/credentials", api.CredentialRequest{Credential: cred, IssueTokens: true}, &view, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.api.Do(context.Background(), "POST", "/v1/tenants/sim/credentials/push",
+		api.PushRequest{Target: api.Target{Tenant: "sim", Gateways: []string{"sim-1"}}, Registry: reg.Host}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	holds := func(id, fp string) bool {
+		g := c.gateway(t, "sim", id)
+		return g != nil && len(g.Registries) == 1 && g.Registries[0].Fingerprint == fp
+	}
+	testenv.Eventually(t, "sim-1 holds the issued token", func() bool { return holds("sim-1", view.TokenFingerprint) })
+	// sim-2 publishes a birth claiming an older token of that registry.
+	g2 := c.gateway(t, "sim", "sim-2")
+	c.Controller.Ingest(console.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "sim", Gateway: "sim-2"}, At: time.Now(),
+		Message: &fleetv1.Birth{Session: g2.Session, PublicKey: g2.PublicKey, Simulated: true,
+			Registries: []*fleetv1.RegistrySummary{{Registry: reg.Host, Kind: "ecr-token", Fingerprint: "0123456789ab"}}}})
+	testenv.Eventually(t, "a new token issued and sent to sim-1", func() bool {
+		var list struct {
+			Credentials []api.CredentialView `json:"credentials"`
+		}
+		c.get(t, "/v1/tenants/sim/credentials", &list)
+		fp := list.Credentials[0].TokenFingerprint
+		return fp != view.TokenFingerprint && holds("sim-1", fp)
+	})
+	var batches struct {
+		Batches []api.Batch `json:"batches"`
+	}
+	c.get(t, "/v1/batches", &batches)
+	for _, b := range batches.Batches {
+		var v api.BatchView
+		c.get(t, "/v1/batches/"+b.ID, &v)
+		if slices.Contains(commanded(&v), "sim-2") {
+			t.Errorf("batch %s (%s) sent to sim-2, which only claimed the registry", b.ID, b.Verb)
+		}
 	}
 }

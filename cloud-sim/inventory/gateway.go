@@ -43,7 +43,11 @@ type Gateway struct {
 	PublicKey   string
 	Deployments map[string]*Deployment
 	Registries  []Registry
-	Running     uint32
+	// Delivered lists the registries whose credential the cloud sent the
+	// gateway and it accepted: refreshed tokens go only to these, never to
+	// a gateway whose birth merely says it holds one.
+	Delivered []string
+	Running   uint32
 }
 
 // Host is the gateway's machine.
@@ -96,6 +100,7 @@ func (g *Gateway) clone() *Gateway {
 	c.ReportedGroups = slices.Clone(g.ReportedGroups)
 	c.Capabilities = slices.Clone(g.Capabilities)
 	c.Registries = slices.Clone(g.Registries)
+	c.Delivered = slices.Clone(g.Delivered)
 	c.Deployments = make(map[string]*Deployment, len(g.Deployments))
 	for k, d := range g.Deployments {
 		dc := *d

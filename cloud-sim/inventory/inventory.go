@@ -223,6 +223,9 @@ func (inv *Inventory) NoteCredentials(tenant, id string, regs []Registry) {
 		} else {
 			g.Registries = append(g.Registries, r)
 		}
+		if !slices.Contains(g.Delivered, r.Registry) {
+			g.Delivered = append(g.Delivered, r.Registry)
+		}
 	}
 	inv.dirty[k] = struct{}{}
 }

@@ -160,3 +160,24 @@ func TestFilterAndIDs(t *testing.T) {
 		t.Errorf("gw-2: labels %v groups %v, reported %v %v; want the assigned ones apart from the reported ones", g.Labels, g.Groups, g.ReportedLabels, g.ReportedGroups)
 	}
 }
+
+// TestDelivered: only credentials the cloud delivered count as delivered,
+// not the registries a birth lists; they survive a new birth and a reload.
+func TestDelivered(t *testing.T) {
+	inv := New(Config{})
+	inv.Apply(received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1, Registries: []*fleetv1.RegistrySummary{{Registry: "claimed.example.com", Kind: "basic"}}}))
+	inv.NoteCredentials("acme", "gw-1", []Registry{{Registry: "sent.example.com", Kind: "basic"}})
+	inv.Apply(received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 2}))
+	g, _ := inv.Get("acme", "gw-1")
+	if !slices.Equal(g.Delivered, []string{"sent.example.com"}) {
+		t.Errorf("Delivered = %v, want [sent.example.com]", g.Delivered)
+	}
+	raw, _ := json.Marshal(g.stored())
+	var s state.Gateway
+	if err := json.Unmarshal(raw, &s); err != nil {
+		t.Fatal(err)
+	}
+	if back := restore(&s); !slices.Equal(back.Delivered, g.Delivered) {
+		t.Errorf("restored Delivered = %v, want %v", back.Delivered, g.Delivered)
+	}
+}

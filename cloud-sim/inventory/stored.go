@@ -17,7 +17,7 @@ func (g *Gateway) stored() *state.Gateway {
 		ProtocolVersion: g.ProtocolVersion, Simulated: g.Simulated, ReportedLabels: maps.Clone(g.ReportedLabels),
 		ReportedGroups: slices.Clone(g.ReportedGroups),
 		Capabilities:   slices.Clone(g.Capabilities),
-		PublicKey:      g.PublicKey, Registries: StoredRegistries(g.Registries), Running: g.Running}
+		PublicKey:      g.PublicKey, Registries: StoredRegistries(g.Registries), Delivered: slices.Clone(g.Delivered), Running: g.Running}
 	if g.Host != nil {
 		h := state.Host(*g.Host)
 		s.Host = &h
@@ -41,7 +41,7 @@ func restore(s *state.Gateway) *Gateway {
 	g := &Gateway{Tenant: s.Tenant, ID: s.ID, Online: s.Online, Session: s.Session, DeathSession: s.DeathSession,
 		DeathReason: s.DeathReason, ConnectedAt: s.ConnectedAt, LastSeen: s.LastSeen, AgentVersion: s.AgentVersion,
 		ProtocolVersion: s.ProtocolVersion, Simulated: s.Simulated, ReportedLabels: s.ReportedLabels, ReportedGroups: s.ReportedGroups, Capabilities: s.Capabilities,
-		PublicKey: s.PublicKey, Registries: RestoredRegistries(s.Registries), Running: s.Running}
+		PublicKey: s.PublicKey, Registries: RestoredRegistries(s.Registries), Delivered: s.Delivered, Running: s.Running}
 	if s.Host != nil {
 		h := Host(*s.Host)
 		g.Host = &h

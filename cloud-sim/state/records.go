@@ -34,7 +34,9 @@ type Gateway struct {
 	PublicKey      string                 `json:"publicKey,omitempty"`
 	Deployments    map[string]*Deployment `json:"deployments,omitempty"`
 	Registries     []Registry             `json:"registries,omitempty"`
-	Running        uint32                 `json:"running"`
+	// Delivered lists the registries whose credential the cloud delivered.
+	Delivered []string `json:"delivered,omitempty"`
+	Running   uint32   `json:"running"`
 }
 
 // Host is a gateway's machine.
