@@ -1,8 +1,9 @@
 // Package identity keeps the MQTT identities gateways connect to the
-// embedded broker with (passwords, of which only a hash is kept, and
-// groups) and is the broker's Authenticator: it confines each gateway to
-// its own topics (broker.Identity.Allowed). It is built before the broker,
-// which asks it about every client.
+// embedded broker with (passwords, of which only a hash is kept) and the
+// groups and labels the cloud assigns them, by which the inventory selects
+// targets (inventory.Assigner). It is the broker's Authenticator: it
+// confines each gateway to its own topics (broker.Identity.Allowed). It is
+// built before the broker, which asks it about every client.
 package identity
 
 import (
