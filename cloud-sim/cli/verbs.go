@@ -337,6 +337,9 @@ func (v *verb) gateway(ctx context.Context) error {
 	}
 	fmt.Fprintf(tw, "labels\t%s\n", labels(g.Labels))
 	fmt.Fprintf(tw, "groups\t%s\n", strings.Join(g.Groups, ","))
+	if len(g.ReportedLabels) > 0 || len(g.ReportedGroups) > 0 {
+		fmt.Fprintf(tw, "reported\tlabels %s groups %s (from its birth; not used to target)\n", or(labels(g.ReportedLabels), "-"), or(strings.Join(g.ReportedGroups, ","), "-"))
+	}
 	for _, r := range g.Registries {
 		fmt.Fprintf(tw, "registry\t%s %s %s fingerprint %s %s\n", r.Registry, r.Kind, r.Username, r.Fingerprint, r.Warning)
 	}
