@@ -120,7 +120,7 @@ func TestSecurityTargetReportedGroupsAndLabels(t *testing.T) {
 		t.Errorf("gw-evil: labels %v groups %v, reported labels %v groups %v; want none assigned, the birth's shown as reported",
 			evil.Labels, evil.Groups, evil.ReportedLabels, evil.ReportedGroups)
 	}
-	if g := c.gateway(t, "acme", "gw-prod"); g.Labels["env"] != "prod" || !slices.Equal(g.Groups, []string{"prod"}) {
+	if g := c.gateway(t, "acme", "gw-prod"); !g.Provisioned || g.Labels["env"] != "prod" || !slices.Equal(g.Groups, []string{"prod"}) {
 		t.Errorf("gw-prod: labels %v groups %v, want the provisioned env=prod, [prod]", g.Labels, g.Groups)
 	}
 	for _, p := range []string{"/v1/gateways/acme/gw-evil", "/v1/gateways/acme/gw-prod", "/v1/batches"} {
@@ -193,8 +193,8 @@ func TestSecurityTargetDeprovision(t *testing.T) {
 	if err := c.api.Do(context.Background(), "GET", "/v1/gateways/acme/gw-1/identity", nil, nil, nil); err == nil {
 		t.Error("the identity of a deprovisioned gateway is still served")
 	}
-	if g := c.gateway(t, "acme", "gw-1"); g == nil || g.Online || g.Session != old.Session {
-		t.Errorf("inventory record after deprovision: %+v, want kept, offline, no new session", g)
+	if g := c.gateway(t, "acme", "gw-1"); g == nil || g.Online || g.Provisioned || g.Session != old.Session {
+		t.Errorf("inventory record after deprovision: %+v, want kept, offline, not provisioned, no new session", g)
 	}
 }
 

@@ -18,7 +18,7 @@ func gatewayOf(g *inventory.Gateway) *Gateway {
 	out := &Gateway{Tenant: g.Tenant, ID: g.ID, Online: g.Online, Stale: g.Stale, Session: g.Session, DeathSession: g.DeathSession,
 		DeathReason: g.DeathReason, ConnectedAt: g.ConnectedAt, LastSeen: g.LastSeen, AgentVersion: g.AgentVersion,
 		ProtocolVersion: g.ProtocolVersion, Simulated: g.Simulated, Labels: g.Labels, Groups: g.Groups,
-		ReportedLabels: g.ReportedLabels, ReportedGroups: g.ReportedGroups, Capabilities: g.Capabilities,
+		ReportedLabels: g.ReportedLabels, ReportedGroups: g.ReportedGroups, Provisioned: g.Provisioned, Capabilities: g.Capabilities,
 		PublicKey: g.PublicKey, Registries: registriesOf(g.Registries), Running: g.Running}
 	if g.Host != nil {
 		h := Host(*g.Host)

@@ -40,7 +40,11 @@ type Gateway struct {
 	Groups         []string          `json:"groups,omitempty"`
 	ReportedLabels map[string]string `json:"reportedLabels,omitempty"`
 	ReportedGroups []string          `json:"reportedGroups,omitempty"`
-	Capabilities   []string          `json:"capabilities,omitempty"`
+	// Provisioned is whether the cloud holds an identity for the gateway:
+	// false once deprovisioned (the record is kept), or for a gateway only
+	// an external broker knows.
+	Provisioned  bool     `json:"provisioned"`
+	Capabilities []string `json:"capabilities,omitempty"`
 	// PublicKey is the key credentials are sealed to.
 	PublicKey   string                 `json:"publicKey,omitempty"`
 	Deployments map[string]*Deployment `json:"deployments,omitempty"`

@@ -335,6 +335,9 @@ func (v *verb) gateway(ctx context.Context) error {
 	if g.Host != nil {
 		fmt.Fprintf(tw, "host\t%s %s/%s, %d CPUs\n", g.Host.Hostname, g.Host.OS, g.Host.Arch, g.Host.CPUs)
 	}
+	if !g.Provisioned {
+		fmt.Fprintf(tw, "identity\tnot provisioned in the cloud (deprovisioned, or known to an external broker only)\n")
+	}
 	fmt.Fprintf(tw, "labels\t%s\n", labels(g.Labels))
 	fmt.Fprintf(tw, "groups\t%s\n", strings.Join(g.Groups, ","))
 	if len(g.ReportedLabels) > 0 || len(g.ReportedGroups) > 0 {

@@ -253,14 +253,14 @@ func (c *Identities) Device(tenant, id string) (*Device, bool) {
 	return &out, true
 }
 
-// Assigned tells a gateway's groups and labels (nil when it is not
-// provisioned). They are shared: the caller must not change them.
-func (c *Identities) Assigned(tenant, id string) ([]string, map[string]string) {
+// Assigned tells a gateway's groups and labels, and whether it is
+// provisioned. They are shared: the caller must not change them.
+func (c *Identities) Assigned(tenant, id string) ([]string, map[string]string, bool) {
 	d := c.device(tenant, id)
 	if d == nil {
-		return nil, nil
+		return nil, nil, false
 	}
-	return d.Groups, d.Labels
+	return d.Groups, d.Labels, true
 }
 
 func (c *Identities) device(tenant, id string) *Device {

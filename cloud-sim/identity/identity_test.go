@@ -93,13 +93,13 @@ func TestAssignAndDeprovision(t *testing.T) {
 	if _, err := ids.Authenticate("acme/gw-1", "acme/gw-1", []byte(old)); !errors.Is(err, broker.ErrDenied) {
 		t.Errorf("old password after a new one: error %v, want ErrDenied", err)
 	}
-	if groups, labels := ids.Assigned("acme", "gw-1"); !slices.Equal(groups, []string{"berlin"}) || labels["site"] != "berlin" {
+	if groups, labels, ok := ids.Assigned("acme", "gw-1"); !ok || !slices.Equal(groups, []string{"berlin"}) || labels["site"] != "berlin" {
 		t.Errorf("after a new password: groups %v labels %v, want them kept", groups, labels)
 	}
 	if _, err := ids.Assign(ctx, "acme", "gw-1", func(a *Assignment) { a.Labels = map[string]string{"site": "paris", "tier": "canary"} }); err != nil {
 		t.Fatal(err)
 	}
-	if groups, labels := ids.Assigned("acme", "gw-1"); !slices.Equal(groups, []string{"berlin"}) || labels["site"] != "paris" || len(labels) != 2 {
+	if groups, labels, _ := ids.Assigned("acme", "gw-1"); !slices.Equal(groups, []string{"berlin"}) || labels["site"] != "paris" || len(labels) != 2 {
 		t.Errorf("after Assign(labels): groups %v labels %v", groups, labels)
 	}
 	for _, tt := range []struct {

@@ -38,7 +38,11 @@ type Gateway struct {
 	// itself: facts to show, never used to choose targets.
 	ReportedLabels map[string]string
 	ReportedGroups []string
-	Capabilities   []string
+	// Provisioned is whether the cloud holds an identity for the gateway
+	// (false once deprovisioned, or for one an external broker alone
+	// knows); set on reads.
+	Provisioned  bool
+	Capabilities []string
 	// PublicKey is the key credentials are sealed to.
 	PublicKey   string
 	Deployments map[string]*Deployment

@@ -38,15 +38,18 @@ type Config struct {
 	Now      func() time.Time
 }
 
-// Assigner tells the groups and labels the cloud assigned a gateway, nil
-// for one it did not provision. The inventory does not change them.
+// Assigner tells the groups and labels the cloud assigned a gateway, and
+// whether the cloud provisioned it at all. The inventory does not change
+// them.
 type Assigner interface {
-	Assigned(tenant, id string) (groups []string, labels map[string]string)
+	Assigned(tenant, id string) (groups []string, labels map[string]string, provisioned bool)
 }
 
 type unassigned struct{}
 
-func (unassigned) Assigned(string, string) ([]string, map[string]string) { return nil, nil }
+func (unassigned) Assigned(string, string) ([]string, map[string]string, bool) {
+	return nil, nil, false
+}
 
 // Inventory is the fleet's gateways.
 type Inventory struct {
@@ -252,7 +255,7 @@ func (inv *Inventory) match(f Filter, g *Gateway) bool {
 	if f.Group == "" && len(f.AnyGroup) == 0 && len(f.Selector) == 0 {
 		return true
 	}
-	groups, labels := inv.assigned.Assigned(g.Tenant, g.ID)
+	groups, labels, _ := inv.assigned.Assigned(g.Tenant, g.ID)
 	switch {
 	case f.Group != "" && !slices.Contains(groups, f.Group):
 		return false
@@ -312,8 +315,8 @@ func (inv *Inventory) Get(tenant, id string) (*Gateway, bool) {
 func (inv *Inventory) view(g *Gateway, now time.Time) *Gateway {
 	v := g.clone()
 	v.Stale = g.Online && now.Sub(g.LastSeen) > inv.staleAfter
-	groups, labels := inv.assigned.Assigned(g.Tenant, g.ID)
-	v.Groups, v.Labels = slices.Clone(groups), maps.Clone(labels)
+	groups, labels, provisioned := inv.assigned.Assigned(g.Tenant, g.ID)
+	v.Groups, v.Labels, v.Provisioned = slices.Clone(groups), maps.Clone(labels), provisioned
 	return v
 }
 

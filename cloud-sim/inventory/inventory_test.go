@@ -99,8 +99,9 @@ type assigned map[string]struct {
 	labels map[string]string
 }
 
-func (a assigned) Assigned(_, id string) ([]string, map[string]string) {
-	return a[id].groups, a[id].labels
+func (a assigned) Assigned(_, id string) ([]string, map[string]string, bool) {
+	g, ok := a[id]
+	return g.groups, g.labels, ok
 }
 
 // TestFilterAndIDs: filters select by what the cloud assigned; a gateway
@@ -155,7 +156,13 @@ func TestFilterAndIDs(t *testing.T) {
 			}
 		})
 	}
+	if g, _ := inv.Get("acme", "gw-3"); g.Provisioned {
+		t.Error("gw-3, which the cloud did not provision, is shown provisioned")
+	}
 	g, _ := inv.Get("acme", "gw-2")
+	if !g.Provisioned {
+		t.Error("gw-2 is not shown provisioned")
+	}
 	if g.Labels["site"] != "paris" || !slices.Equal(g.Groups, []string{"paris"}) || g.ReportedLabels["env"] != "prod" || !slices.Equal(g.ReportedGroups, []string{"prod", "berlin"}) {
 		t.Errorf("gw-2: labels %v groups %v, reported %v %v; want the assigned ones apart from the reported ones", g.Labels, g.Groups, g.ReportedLabels, g.ReportedGroups)
 	}
