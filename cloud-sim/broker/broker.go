@@ -46,9 +46,10 @@ type Config struct {
 
 // Broker is a running embedded broker.
 type Broker struct {
-	srv  *mqtt.Server
-	addr string
-	acl  *aclHook // nil without Config.Auth
+	srv   *mqtt.Server
+	addr  string
+	acl   *aclHook   // nil without Config.Auth
+	store *boltStore // nil without Config.StorePath
 }
 
 // Start listens and serves in the background.
@@ -70,6 +71,7 @@ func Start(cfg Config) (*Broker, error) {
 	srv := mqtt.New(&mqtt.Options{Logger: cfg.Logger, Capabilities: caps})
 	var access mqtt.Hook = new(auth.AllowHook)
 	var acl *aclHook
+	var store *boltStore
 	if cfg.Auth != nil {
 		acl = &aclHook{auth: cfg.Auth, scheme: cfg.Scheme, ids: map[string]Identity{}}
 		access = acl
@@ -88,7 +90,8 @@ func Start(cfg Config) (*Broker, error) {
 			ln.Close()
 			return nil, fmt.Errorf("broker: store %s.retained: %w", cfg.StorePath, err)
 		}
-		err = srv.AddHook(&boltStore{Hook: new(bolt.Hook), rdb: rdb}, &bolt.Options{Path: cfg.StorePath, Options: &bbolt.Options{Timeout: 5 * time.Second, NoSync: true}})
+		store = &boltStore{Hook: new(bolt.Hook), rdb: rdb}
+		err = srv.AddHook(store, &bolt.Options{Path: cfg.StorePath, Options: &bbolt.Options{Timeout: 5 * time.Second, NoSync: true}})
 		if err != nil {
 			ln.Close()
 			rdb.Close()
@@ -109,7 +112,7 @@ func Start(cfg Config) (*Broker, error) {
 		srv.Close()
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	return &Broker{srv: srv, addr: ln.Addr().String(), acl: acl}, nil
+	return &Broker{srv: srv, addr: ln.Addr().String(), acl: acl, store: store}, nil
 }
 
 // Disconnect revokes what client id holds at the broker: its live
@@ -132,9 +135,12 @@ func (b *Broker) Disconnect(clientID string, deleteSession bool) bool {
 		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 	}
 	if deleteSession {
-		cl.ClearInflights()
+		cl.ClearInflights() // and from the store
 		b.srv.UnsubscribeClient(cl)
 		b.srv.Clients.Delete(clientID)
+		if b.store != nil {
+			b.store.OnClientExpired(cl)
+		}
 	}
 	return live
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"net"
+	"path/filepath"
 	"testing"
 
 	"github.com/eclipse/paho.golang/paho"
@@ -24,19 +25,19 @@ func (a oneGateway) Authenticate(clientID, username string, password []byte) (Id
 func (oneGateway) Identify(string) (Identity, bool) { return Identity{}, false }
 
 // TestDisconnect: Disconnect closes a live connection at once and, with
-// deleteSession, forgets the session (its subscriptions); without, the
-// session stays for the next login.
+// deleteSession, forgets the session (its subscriptions), in the store
+// too; without, the session stays for the next login, after a restart too.
 func TestDisconnect(t *testing.T) {
 	for _, tt := range []struct {
 		name          string
 		deleteSession bool
 	}{{"keep session", false}, {"delete session", true}} {
 		t.Run(tt.name, func(t *testing.T) {
-			b, err := Start(Config{Auth: oneGateway{pass: "pw"}, Scheme: topic.Default()})
+			cfg := Config{Auth: oneGateway{pass: "pw"}, Scheme: topic.Default(), StorePath: filepath.Join(t.TempDir(), "broker.db")}
+			b, err := Start(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { b.Close() })
 			conn, err := net.Dial("tcp", b.Addr())
 			if err != nil {
 				t.Fatal(err)
@@ -68,6 +69,15 @@ func TestDisconnect(t *testing.T) {
 			}
 			if b.Disconnect("acme/gw-1", false) {
 				t.Error("Disconnect of a disconnected client reported it was connected")
+			}
+			b.Close()
+			again, err := Start(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer again.Close()
+			if _, kept := again.srv.Clients.Get("acme/gw-1"); kept == tt.deleteSession {
+				t.Errorf("after a restart, session kept = %v, want %v", kept, !tt.deleteSession)
 			}
 		})
 	}
