@@ -14,6 +14,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/internal/testenv"
 )
 
@@ -32,11 +33,11 @@ type aclBroker struct {
 func embeddedACL(t *testing.T) aclBroker {
 	c := startCloud(t, 0)
 	ctx := context.Background()
-	a, err := c.Controller.Provision(ctx, "acme", "gw-a", []string{"berlin"})
+	a, err := c.Controller.Provision(ctx, "acme", "gw-a", identity.Assignment{Groups: []string{"berlin"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := c.Controller.Provision(ctx, "acme", "gw-b", nil)
+	b, err := c.Controller.Provision(ctx, "acme", "gw-b", identity.Assignment{})
 	if err != nil {
 		t.Fatal(err)
 	}

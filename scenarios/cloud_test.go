@@ -145,7 +145,7 @@ func TestCloudInventoryAndCommands(t *testing.T) {
 		return l.Count == 6
 	})
 	g := c.gateway(t, "acme", "gw-1")
-	if g.Simulated || g.Labels["site"] != "berlin" || g.PublicKey == "" || g.Session == 0 {
+	if g.Simulated || g.ReportedLabels["site"] != "berlin" || g.PublicKey == "" || g.Session == 0 {
 		t.Fatalf("real gateway in the inventory: %+v", g)
 	}
 	if s := c.gateway(t, "sim", "sim-1"); s == nil || !s.Simulated {

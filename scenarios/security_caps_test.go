@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -33,7 +34,7 @@ func capsCloud(t *testing.T, edit func(*serve.Config)) (*cloud, string) {
 	}
 	c.start(t)
 	t.Cleanup(func() { c.Close() })
-	pass, err := c.Controller.Provision(context.Background(), "acme", "gw-1", nil)
+	pass, err := c.Controller.Provision(context.Background(), "acme", "gw-1", identity.Assignment{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +276,7 @@ func TestCapsSilentConnectionClosed(t *testing.T) {
 // gateway), a second gateway is refused with "server busy".
 func TestCapsMaxClients(t *testing.T) {
 	c, pass := capsCloud(t, func(cfg *serve.Config) { cfg.BrokerLimits.MaxClients = 2 })
-	pass2, err := c.Controller.Provision(context.Background(), "acme", "gw-2", nil)
+	pass2, err := c.Controller.Provision(context.Background(), "acme", "gw-2", identity.Assignment{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
+	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/cloud-sim/tenantcred"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	"github.com/fleet-agent/fleet/protocol/cmdsig"
@@ -189,9 +190,12 @@ func (a *api) getDeployments(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// ProvisionRequest is the body of POST /v1/gateways/{tenant}/{id}/provision.
+// ProvisionRequest is the body of POST /v1/gateways/{tenant}/{id}/provision:
+// the groups and labels the cloud assigns the gateway. On re-provisioning
+// (a new password) an absent one keeps what the gateway has.
 type ProvisionRequest struct {
-	Groups []string `json:"groups,omitempty"`
+	Groups []string          `json:"groups,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Provisioned is a gateway's new MQTT identity; the password is shown once.
@@ -213,7 +217,7 @@ func (a *api) provision(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	tenant, id := r.PathValue("tenant"), r.PathValue("id")
-	pw, err := a.c.Provision(r.Context(), tenant, id, req.Groups)
+	pw, err := a.c.Provision(r.Context(), tenant, id, identity.Assignment{Groups: req.Groups, Labels: req.Labels})
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -228,12 +232,14 @@ func (a *api) provision(w http.ResponseWriter, r *http.Request) {
 
 // SimulatedRequest is the body of POST /v1/simulated: provision Count
 // simulated gateways {Prefix}1…{Prefix}{Count} of Tenant sharing one
-// password, for `cloud-sim fleet`.
+// password, for `cloud-sim fleet`, with Groups and Labels (by default the
+// labels simulated gateways announce, simfleet.DefaultLabels).
 type SimulatedRequest struct {
-	Tenant string   `json:"tenant"`
-	Prefix string   `json:"prefix"`
-	Count  int      `json:"count"`
-	Groups []string `json:"groups,omitempty"`
+	Tenant string            `json:"tenant"`
+	Prefix string            `json:"prefix"`
+	Count  int               `json:"count"`
+	Groups []string          `json:"groups,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 func (a *api) provisionSimulated(w http.ResponseWriter, r *http.Request) {
@@ -246,12 +252,16 @@ func (a *api) provisionSimulated(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errdefs.Invalid("count", "must be 1-100000"))
 		return
 	}
-	ids := make([]string, req.Count)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("%s%d", req.Prefix, i+1)
+	gws := make([]identity.Gateway, req.Count)
+	for i := range gws {
+		labels := req.Labels
+		if labels == nil {
+			labels = simfleet.DefaultLabels(i + 1)
+		}
+		gws[i] = identity.Gateway{ID: fmt.Sprintf("%s%d", req.Prefix, i+1), Assignment: identity.Assignment{Groups: req.Groups, Labels: labels}}
 	}
 	pw := identity.NewPassword()
-	if err := a.c.ProvisionMany(r.Context(), req.Tenant, ids, req.Groups, pw); err != nil {
+	if err := a.c.ProvisionMany(r.Context(), req.Tenant, gws, pw); err != nil {
 		a.fail(w, err)
 		return
 	}

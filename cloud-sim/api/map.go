@@ -1,8 +1,12 @@
 package api
 
 import (
+	"maps"
+	"slices"
+
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
 	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
+	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/rollout"
 	"github.com/fleet-agent/fleet/cloud-sim/tenantcred"
@@ -13,7 +17,8 @@ import (
 func gatewayOf(g *inventory.Gateway) *Gateway {
 	out := &Gateway{Tenant: g.Tenant, ID: g.ID, Online: g.Online, Stale: g.Stale, Session: g.Session, DeathSession: g.DeathSession,
 		DeathReason: g.DeathReason, ConnectedAt: g.ConnectedAt, LastSeen: g.LastSeen, AgentVersion: g.AgentVersion,
-		ProtocolVersion: g.ProtocolVersion, Simulated: g.Simulated, Labels: g.Labels, Groups: g.Groups, Capabilities: g.Capabilities,
+		ProtocolVersion: g.ProtocolVersion, Simulated: g.Simulated, Labels: g.Labels, Groups: g.Groups,
+		ReportedLabels: g.ReportedLabels, ReportedGroups: g.ReportedGroups, Provisioned: g.Provisioned, Capabilities: g.Capabilities,
 		PublicKey: g.PublicKey, Registries: registriesOf(g.Registries), Running: g.Running}
 	if g.Host != nil {
 		h := Host(*g.Host)
@@ -158,6 +163,18 @@ func rolloutViewOf(s *rollout.Summary) *RolloutView {
 		CurrentRate: s.CurrentRate, ETA: s.ETA, Failing: rolloutGatewaysOf(s.Failing), Gateways: rolloutGatewaysOf(s.Gateways), Active: s.Active}
 	for st, n := range s.Counts {
 		out.Counts[string(st)] = n
+	}
+	return out
+}
+
+func identityOf(d *identity.Device) *Identity {
+	out := &Identity{Tenant: d.Tenant, ID: d.ID, Username: d.Tenant + "/" + d.ID, Groups: slices.Clone(d.Groups),
+		Labels: maps.Clone(d.Labels), CreatedAt: d.CreatedAt}
+	if out.Groups == nil {
+		out.Groups = []string{}
+	}
+	if out.Labels == nil {
+		out.Labels = map[string]string{}
 	}
 	return out
 }

@@ -27,14 +27,24 @@ type Gateway struct {
 	ConnectedAt  time.Time `json:"connectedAt,omitzero"`
 	LastSeen     time.Time `json:"lastSeen,omitzero"`
 
-	AgentVersion    string            `json:"agentVersion,omitempty"`
-	ProtocolVersion uint32            `json:"protocolVersion,omitempty"`
-	Simulated       bool              `json:"simulated,omitempty"`
-	Host            *Host             `json:"host,omitempty"`
-	Engine          *Engine           `json:"engine,omitempty"`
-	Labels          map[string]string `json:"labels,omitempty"`
-	Groups          []string          `json:"groups,omitempty"`
-	Capabilities    []string          `json:"capabilities,omitempty"`
+	AgentVersion    string  `json:"agentVersion,omitempty"`
+	ProtocolVersion uint32  `json:"protocolVersion,omitempty"`
+	Simulated       bool    `json:"simulated,omitempty"`
+	Host            *Host   `json:"host,omitempty"`
+	Engine          *Engine `json:"engine,omitempty"`
+	// Labels and Groups are what the cloud assigned the gateway
+	// (provisioning, PUT …/labels, PUT …/groups): commands, rollouts and
+	// credentials are targeted by these. ReportedLabels and ReportedGroups
+	// are what its birth says of itself: shown, never used to target.
+	Labels         map[string]string `json:"labels,omitempty"`
+	Groups         []string          `json:"groups,omitempty"`
+	ReportedLabels map[string]string `json:"reportedLabels,omitempty"`
+	ReportedGroups []string          `json:"reportedGroups,omitempty"`
+	// Provisioned is whether the cloud holds an identity for the gateway:
+	// false once deprovisioned (the record is kept), or for a gateway only
+	// an external broker knows.
+	Provisioned  bool     `json:"provisioned"`
+	Capabilities []string `json:"capabilities,omitempty"`
 	// PublicKey is the key credentials are sealed to.
 	PublicKey   string                 `json:"publicKey,omitempty"`
 	Deployments map[string]*Deployment `json:"deployments,omitempty"`
@@ -359,4 +369,39 @@ type RolloutView struct {
 	Failing      []RolloutGateway `json:"failing,omitempty"`
 	Gateways     []RolloutGateway `json:"gateways,omitempty"`
 	Active       bool             `json:"active"`
+}
+
+// Identity is a gateway's identity in the cloud: the MQTT username it
+// logs in as (its client id too) and the groups and labels the cloud
+// assigned it, by which it is targeted. Never its password.
+type Identity struct {
+	Tenant    string            `json:"tenant"`
+	ID        string            `json:"id"`
+	Username  string            `json:"username"`
+	Groups    []string          `json:"groups"`
+	Labels    map[string]string `json:"labels"`
+	CreatedAt time.Time         `json:"createdAt,omitzero"`
+}
+
+// Deprovisioned is the reply of POST …/deprovision.
+type Deprovisioned struct {
+	Tenant string `json:"tenant"`
+	ID     string `json:"id"`
+	// Disconnected is true when the gateway was connected to the embedded
+	// broker and was disconnected.
+	Disconnected bool `json:"disconnected"`
+	// Inventory is what became of the gateway's inventory record: "kept"
+	// (offline, with its history, matching no group or label).
+	Inventory string `json:"inventory"`
+}
+
+// LabelsRequest is the body of PUT …/labels (the labels, replacing all)
+// and of PATCH …/labels (a JSON merge patch: a value sets, null removes).
+type LabelsRequest struct {
+	Labels map[string]*string `json:"labels"`
+}
+
+// GroupsRequest is the body of PUT …/groups.
+type GroupsRequest struct {
+	Groups []string `json:"groups"`
 }

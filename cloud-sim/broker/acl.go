@@ -109,6 +109,13 @@ func (h *aclHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool
 	return true
 }
 
+// forget drops the identity client id authenticated with.
+func (h *aclHook) forget(clientID string) {
+	h.mu.Lock()
+	delete(h.ids, clientID)
+	h.mu.Unlock()
+}
+
 func (h *aclHook) OnACLCheck(cl *mqtt.Client, name string, write bool) bool {
 	h.mu.Lock()
 	id, ok := h.ids[cl.ID]

@@ -16,6 +16,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -55,6 +56,8 @@ type Broker struct {
 	srv     *mqtt.Server
 	addr    string
 	tlsAddr string
+	acl     *aclHook   // nil without Config.Auth
+	store   *boltStore // nil without Config.StorePath
 }
 
 // Start listens and serves in the background.
@@ -101,8 +104,11 @@ func Start(cfg Config) (*Broker, error) {
 		return nil, err
 	}
 	var access mqtt.Hook = new(auth.AllowHook)
+	var acl *aclHook
+	var store *boltStore
 	if cfg.Auth != nil {
-		access = &aclHook{auth: cfg.Auth, scheme: cfg.Scheme, ids: map[string]Identity{}}
+		acl = &aclHook{auth: cfg.Auth, scheme: cfg.Scheme, ids: map[string]Identity{}}
+		access = acl
 	}
 	if err := srv.AddHook(access, nil); err != nil {
 		closeAll()
@@ -118,7 +124,8 @@ func Start(cfg Config) (*Broker, error) {
 			closeAll()
 			return nil, fmt.Errorf("broker: store %s.retained: %w", cfg.StorePath, err)
 		}
-		err = srv.AddHook(&boltStore{Hook: new(bolt.Hook), rdb: rdb}, &bolt.Options{Path: cfg.StorePath, Options: &bbolt.Options{Timeout: 5 * time.Second, NoSync: true}})
+		store = &boltStore{Hook: new(bolt.Hook), rdb: rdb}
+		err = srv.AddHook(store, &bolt.Options{Path: cfg.StorePath, Options: &bbolt.Options{Timeout: 5 * time.Second, NoSync: true}})
 		if err != nil {
 			closeAll()
 			rdb.Close()
@@ -143,11 +150,41 @@ func Start(cfg Config) (*Broker, error) {
 		srv.Close()
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	b := &Broker{srv: srv, addr: ln.Addr().String()}
+	b := &Broker{srv: srv, addr: ln.Addr().String(), acl: acl, store: store}
 	if len(lns) > 1 {
 		b.tlsAddr = lns[1].ln.Addr().String()
 	}
 	return b, nil
+}
+
+// Disconnect revokes what client id holds at the broker: its live
+// connection is closed at once (a DISCONNECT "not authorized" first; the
+// broker publishes its Will as for any lost connection) and the identity
+// it authenticated with is forgotten, so that every later ACL check asks
+// the Authenticator again. With deleteSession its session goes too: its
+// subscriptions and the messages queued for it. It reports whether the
+// client was connected.
+func (b *Broker) Disconnect(clientID string, deleteSession bool) bool {
+	if b.acl != nil {
+		b.acl.forget(clientID)
+	}
+	cl, ok := b.srv.Clients.Get(clientID)
+	if !ok {
+		return false
+	}
+	live := !cl.Closed()
+	if live {
+		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+	}
+	if deleteSession {
+		cl.ClearInflights() // and from the store
+		b.srv.UnsubscribeClient(cl)
+		b.srv.Clients.Delete(clientID)
+		if b.store != nil {
+			b.store.OnClientExpired(cl)
+		}
+	}
+	return live
 }
 
 // Messages reports how many PUBLISH packets the broker has received and

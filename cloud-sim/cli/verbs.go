@@ -48,6 +48,7 @@ type verb struct {
 	skip    bool
 	online  string
 	groups  []string
+	labels  []string
 	rmImage bool
 	watch   bool
 	// credentials
@@ -153,10 +154,13 @@ func gatewayCmd(env Env) *cobra.Command {
 func provisionCmd(env Env) *cobra.Command {
 	v := &verb{env: env}
 	cmd := &cobra.Command{
-		Use:   "provision TENANT/ID [--group G]...",
-		Short: "Create a gateway's MQTT identity (prints its password)",
+		Use:   "provision TENANT/ID [--group G]... [--label K=V]...",
+		Short: "Create a gateway's MQTT identity, or give it a new password (prints it)",
+		Long: "Create a gateway's MQTT identity with a random password, printed once. On a provisioned gateway: a new\n" +
+			"password; a session logged in with the old one is disconnected at once, and groups and labels not given\nare kept.",
 	}
-	cmd.Flags().StringArrayVar(&v.groups, "group", nil, "group whose command topics the gateway may read (repeatable)")
+	cmd.Flags().StringArrayVar(&v.groups, "group", nil, "group whose command topics the gateway may read and by which it is targeted (repeatable)")
+	cmd.Flags().StringArrayVar(&v.labels, "label", nil, "label `KEY=VALUE` the cloud targets the gateway by (repeatable)")
 	return v.command(cmd, v.provision)
 }
 
@@ -346,8 +350,14 @@ func (v *verb) gateway(ctx context.Context) error {
 	if g.Host != nil {
 		fmt.Fprintf(tw, "host\t%s %s/%s, %d CPUs\n", g.Host.Hostname, g.Host.OS, g.Host.Arch, g.Host.CPUs)
 	}
+	if !g.Provisioned {
+		fmt.Fprintf(tw, "identity\tnot provisioned in the cloud (deprovisioned, or known to an external broker only)\n")
+	}
 	fmt.Fprintf(tw, "labels\t%s\n", labels(g.Labels))
 	fmt.Fprintf(tw, "groups\t%s\n", strings.Join(g.Groups, ","))
+	if len(g.ReportedLabels) > 0 || len(g.ReportedGroups) > 0 {
+		fmt.Fprintf(tw, "reported\tlabels %s groups %s (from its birth; not used to target)\n", or(labels(g.ReportedLabels), "-"), or(strings.Join(g.ReportedGroups, ","), "-"))
+	}
 	for _, r := range g.Registries {
 		fmt.Fprintf(tw, "registry\t%s %s %s fingerprint %s %s\n", r.Registry, r.Kind, r.Username, r.Fingerprint, r.Warning)
 	}
@@ -372,7 +382,18 @@ func (v *verb) provision(ctx context.Context) error {
 	}
 	var p api.Provisioned
 	var raw []byte
-	if err := v.client.Do(ctx, "POST", "/v1/gateways/"+escape(t, id)+"/provision", api.ProvisionRequest{Groups: v.groups}, &p, &raw); err != nil {
+	req := api.ProvisionRequest{Groups: v.groups}
+	for _, l := range v.labels {
+		k, val, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return Usagef("--label %q: write KEY=VALUE", l)
+		}
+		if req.Labels == nil {
+			req.Labels = map[string]string{}
+		}
+		req.Labels[k] = val
+	}
+	if err := v.client.Do(ctx, "POST", "/v1/gateways/"+escape(t, id)+"/provision", req, &p, &raw); err != nil {
 		return err
 	}
 	if v.output == "json" {

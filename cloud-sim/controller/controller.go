@@ -41,6 +41,10 @@ type Config struct {
 	// Identities are the gateways' MQTT identities; the embedded broker
 	// authenticates with them (a new set from Store when nil).
 	Identities *identity.Identities
+	// Sessions, when set, is the embedded broker, whose live sessions
+	// deprovisioning and a new password end at once; an external broker
+	// keeps its own identities.
+	Sessions Sessions
 
 	BrokerURL *url.URL
 	// BrokerTLS configures an mqtts:// BrokerURL (system roots when nil).
@@ -105,15 +109,15 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	cfg = withDefaults(cfg)
 	c := &Controller{cfg: cfg, log: cfg.Logger, store: cfg.Store, hub: new(changes.Hub), stop: make(chan struct{})}
-	c.inv = inventory.New(inventory.Config{StaleAfter: cfg.StaleAfter, Changes: c.hub, Limits: cfg.Limits, Now: cfg.Now})
-	if err := c.inv.Load(ctx, cfg.Store); err != nil {
-		return nil, err
-	}
 	var err error
 	if c.ids = cfg.Identities; c.ids == nil {
 		if c.ids, err = identity.New(ctx, identity.Config{Store: cfg.Store, ControllerID: cfg.ID, Now: cfg.Now}); err != nil {
 			return nil, err
 		}
+	}
+	c.inv = inventory.New(inventory.Config{StaleAfter: cfg.StaleAfter, Changes: c.hub, Assigned: c.ids, Limits: cfg.Limits, Now: cfg.Now})
+	if err := c.inv.Load(ctx, cfg.Store); err != nil {
+		return nil, err
 	}
 	if c.disp, err = dispatch.New(dispatch.Config{Store: cfg.Store, Cipher: cfg.Keys, Changes: c.hub, Logger: c.log, Now: cfg.Now}); err != nil {
 		return nil, err

@@ -2,21 +2,94 @@ package controller
 
 import (
 	"context"
+	"slices"
+
+	"github.com/fleet-agent/fleet/cloud-sim/changes"
+	"github.com/fleet-agent/fleet/cloud-sim/identity"
 
 	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
 	"github.com/fleet-agent/fleet/cloud-sim/tenantcred"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
-// Provision creates or replaces a gateway's identity and returns its new
-// password; the old password stops working at once.
-func (c *Controller) Provision(ctx context.Context, tenant, id string, groups []string) (string, error) {
-	return c.ids.Provision(ctx, tenant, id, groups)
+// Sessions ends gateways' sessions at the embedded broker
+// (broker.Broker).
+type Sessions interface {
+	// Disconnect closes client id's live connection at once, and with
+	// deleteSession deletes its session; it reports whether it was
+	// connected.
+	Disconnect(clientID string, deleteSession bool) bool
+}
+
+// Provision creates a gateway's identity with a (see
+// identity.Assignment), or gives an existing one a new password, and
+// returns the password. The old password stops working at once: a session
+// logged in with it is disconnected (its queued commands stay for the
+// gateway's next login with the new one).
+func (c *Controller) Provision(ctx context.Context, tenant, id string, a identity.Assignment) (string, error) {
+	pw, err := c.ids.Provision(ctx, tenant, id, a)
+	if err != nil {
+		return "", err
+	}
+	c.disconnect(tenant, id, false)
+	return pw, nil
 }
 
 // ProvisionMany provisions gateways in one write, for simulated fleets.
-func (c *Controller) ProvisionMany(ctx context.Context, tenant string, ids []string, groups []string, password string) error {
-	return c.ids.ProvisionMany(ctx, tenant, ids, groups, password)
+func (c *Controller) ProvisionMany(ctx context.Context, tenant string, gws []identity.Gateway, password string) error {
+	return c.ids.ProvisionMany(ctx, tenant, gws, password)
+}
+
+// Assign changes a provisioned gateway's groups and labels: change gets a
+// copy to modify. A gateway whose groups changed is disconnected, so that
+// it logs in again under its new groups' command topics.
+func (c *Controller) Assign(ctx context.Context, tenant, id string, change func(*identity.Assignment)) (*identity.Device, error) {
+	var before []string
+	d, err := c.ids.Assign(ctx, tenant, id, func(a *identity.Assignment) {
+		before = slices.Clone(a.Groups)
+		change(a)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Equal(before, d.Groups) {
+		c.disconnect(tenant, id, false)
+	}
+	c.hub.Publish(changes.Change{Kind: "gateway.assigned", Tenant: tenant, Gateway: id, At: c.cfg.Now()})
+	return d, nil
+}
+
+// Provisioned returns a gateway's identity: the groups and labels the
+// cloud assigned it (never its password).
+func (c *Controller) Provisioned(tenant, id string) (*identity.Device, error) {
+	d, ok := c.ids.Device(tenant, id)
+	if !ok {
+		return nil, identity.NotProvisioned(tenant, id)
+	}
+	return d, nil
+}
+
+// Deprovision deletes a gateway's identity and, on the embedded broker,
+// disconnects it at once and deletes its session: it can no longer log in,
+// and commands queued for it are dropped. Its inventory record stays, offline
+// (its Will, published by the broker, says so) and matching no group or
+// label, so its history is kept; it reports whether the gateway was
+// connected.
+func (c *Controller) Deprovision(ctx context.Context, tenant, id string) (bool, error) {
+	if err := c.ids.Deprovision(ctx, tenant, id); err != nil {
+		return false, err
+	}
+	live := c.disconnect(tenant, id, true)
+	c.log.Info("gateway deprovisioned", "tenant", tenant, "gateway", id, "disconnected", live)
+	c.hub.Publish(changes.Change{Kind: "gateway.deprovisioned", Tenant: tenant, Gateway: id, At: c.cfg.Now()})
+	return live, nil
+}
+
+func (c *Controller) disconnect(tenant, id string, deleteSession bool) bool {
+	if c.cfg.Sessions == nil {
+		return false
+	}
+	return c.cfg.Sessions.Disconnect(tenant+"/"+id, deleteSession)
 }
 
 // SetCredential validates and stores a tenant's credential; see

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
@@ -10,8 +11,9 @@ import (
 )
 
 // tokenLoop re-issues ECR tokens before they expire and sends the new one,
-// sealed, to every online gateway of the tenant that holds an older one;
-// a gateway offline meanwhile gets it after its next birth.
+// sealed, to every online gateway of the tenant that holds an older one
+// the cloud delivered (not one whose birth merely claims it); a gateway
+// offline meanwhile gets it after its next birth.
 func (c *Controller) tokenLoop() {
 	defer c.done.Done()
 	t := time.NewTicker(time.Second)
@@ -34,6 +36,9 @@ func (c *Controller) pushTokens(ctx context.Context, sent map[string]string) {
 		var targets []string
 		online := true
 		for _, g := range c.inv.List(inventory.Filter{Tenant: tok.Tenant, Online: &online}) {
+			if !slices.Contains(g.Delivered, tok.Registry) {
+				continue
+			}
 			k := state.Key(g.Tenant, g.ID, tok.Registry)
 			for _, r := range g.Registries {
 				if r.Registry == tok.Registry && r.Fingerprint != tok.Fingerprint && sent[k] != tok.Fingerprint {

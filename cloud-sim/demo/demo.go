@@ -29,6 +29,7 @@ import (
 	"github.com/fleet-agent/fleet/agent/gateway"
 	"github.com/fleet-agent/fleet/cloud-sim/cli"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
@@ -226,7 +227,8 @@ func dockerAvailable(ctx context.Context) (*dockerclient.Client, error) {
 
 // startAgent provisions and runs the real agent; stop ends it.
 func startAgent(ctx context.Context, s *serve.Server, docker *dockerclient.Client, dataDir, runID string, log *slog.Logger) (stop func(), err error) {
-	pw, err := s.Controller.Provision(ctx, tenant, realID, nil)
+	labels := map[string]string{"site": "lab", "kind": "real"}
+	pw, err := s.Controller.Provision(ctx, tenant, realID, identity.Assignment{Labels: labels})
 	if err != nil {
 		return nil, err
 	}
@@ -246,7 +248,7 @@ func startAgent(ctx context.Context, s *serve.Server, docker *dockerclient.Clien
 	agent, err := gateway.New(gateway.Config{
 		Engine: eng, EngineInfo: eng.Info, InsecureRegistry: eng.InsecureRegistry,
 		Tenant: tenant, ID: realID, Scheme: topic.Default(), Encoding: codec.Protobuf, StateDir: stateDir,
-		Labels: map[string]string{"site": "lab", "kind": "real"}, BrokerURL: s.BrokerURL,
+		Labels: labels, BrokerURL: s.BrokerURL,
 		Username: tenant + "/" + realID, Password: []byte(pw), KeepAlive: 30 * time.Second,
 		SessionExpiry: time.Hour, Backoff: backoff.Policy{Base: 100 * time.Millisecond, Max: time.Second},
 		RequireSealed: true, RegistryCertsDir: filepath.Join(stateDir, "certs.d"), ImageGC: true,

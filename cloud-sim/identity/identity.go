@@ -1,8 +1,9 @@
 // Package identity keeps the MQTT identities gateways connect to the
-// embedded broker with (passwords, of which only a hash is kept, and
-// groups) and is the broker's Authenticator: it confines each gateway to
-// its own topics (broker.Identity.Allowed). It is built before the broker,
-// which asks it about every client.
+// embedded broker with (passwords, of which only a hash is kept) and the
+// groups and labels the cloud assigns them, by which the inventory selects
+// targets (inventory.Assigner). It is the broker's Authenticator: it
+// confines each gateway to its own topics (broker.Identity.Allowed). It is
+// built before the broker, which asks it about every client.
 package identity
 
 import (
@@ -15,7 +16,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -50,8 +53,15 @@ type Config struct {
 type Identities struct {
 	cfg Config
 
-	mu      sync.RWMutex
-	devices map[string]*Device // by username "tenant/id"; guarded by mu
+	// write serialises changes (a read, a store write, then the map), so
+	// that two changes to one gateway do not undo each other.
+	write sync.Mutex
+
+	mu sync.RWMutex
+	// devices by username "tenant/id"; guarded by mu. A Device is
+	// replaced on every change, never changed in place, so that readers
+	// may hold one without the lock.
+	devices map[string]*Device
 }
 
 // New loads the identities from the store.
@@ -87,53 +97,217 @@ func (c *Identities) Len() int {
 	return len(c.devices)
 }
 
-// Provision creates or replaces a gateway's identity and returns its new
-// password; the old password stops working at once.
-func (c *Identities) Provision(ctx context.Context, tenant, id string, groups []string) (string, error) {
-	return c.ProvisionWith(ctx, tenant, id, groups, "")
+// Assignment is what the cloud assigns a gateway: its groups (whose
+// command topics it may read) and its labels. Commands, rollouts and
+// credentials are targeted by these, never by what a gateway's birth says
+// of itself. A nil field leaves what the gateway has (none for a new one).
+type Assignment struct {
+	Groups []string
+	Labels map[string]string
+}
+
+// Limits on labels, so that every label can be written in a selector.
+const (
+	MaxLabels      = 64
+	maxLabelLength = 63
+)
+
+// check validates a: groups as topic levels, labels as selector keys and
+// values ([A-Za-z0-9._/-], a key of 1-63, a value of 0-63 characters).
+func (a Assignment) check() error {
+	for i, g := range a.Groups {
+		if err := topic.CheckID("group", g); err != nil {
+			return errdefs.Invalid(fmt.Sprintf("groups[%d]", i), "%v", err)
+		}
+	}
+	if len(a.Labels) > MaxLabels {
+		return errdefs.Invalid("labels", "has %d labels; at most %d", len(a.Labels), MaxLabels)
+	}
+	for k, v := range a.Labels {
+		if k == "" || !labelText(k) {
+			return errdefs.Invalid("labels", "key %q: write 1-%d letters, digits, '.', '_', '/' or '-'", k, maxLabelLength)
+		}
+		if !labelText(v) && v != "" {
+			return errdefs.Invalid("labels."+k, "value %q: write up to %d letters, digits, '.', '_', '/' or '-'", v, maxLabelLength)
+		}
+	}
+	return nil
+}
+
+func labelText(s string) bool {
+	if len(s) > maxLabelLength {
+		return false
+	}
+	for _, r := range s {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || strings.ContainsRune("._/-", r)) {
+			return false
+		}
+	}
+	return true
+}
+
+func checkGateway(tenant, id string) error {
+	if err := topic.CheckID("tenant", tenant); err != nil {
+		return errdefs.Invalid("tenant", "%v", err)
+	}
+	if err := topic.CheckGatewayID(id); err != nil {
+		return errdefs.Invalid("id", "%v", err)
+	}
+	return nil
+}
+
+// Provision creates a gateway's identity, or gives an existing one a new
+// password (the old one stops working at once), with a; it returns the new
+// password.
+func (c *Identities) Provision(ctx context.Context, tenant, id string, a Assignment) (string, error) {
+	return c.ProvisionWith(ctx, tenant, id, a, "")
 }
 
 // ProvisionWith is Provision with a chosen password ("" for a random one).
-func (c *Identities) ProvisionWith(ctx context.Context, tenant, id string, groups []string, password string) (string, error) {
-	if err := topic.CheckID("tenant", tenant); err != nil {
-		return "", errdefs.Invalid("tenant", "%v", err)
+func (c *Identities) ProvisionWith(ctx context.Context, tenant, id string, a Assignment, password string) (string, error) {
+	if err := checkGateway(tenant, id); err != nil {
+		return "", err
 	}
-	if err := topic.CheckGatewayID(id); err != nil {
-		return "", errdefs.Invalid("id", "%v", err)
-	}
-	for i, g := range groups {
-		if err := topic.CheckID("group", g); err != nil {
-			return "", errdefs.Invalid(fmt.Sprintf("groups[%d]", i), "%v", err)
-		}
+	if err := a.check(); err != nil {
+		return "", err
 	}
 	if password == "" {
 		password = NewPassword()
 	}
-	d := &Device{Tenant: tenant, ID: id, Groups: slices.Clone(groups), Hash: hashPassword(password), CreatedAt: c.cfg.Now()}
-	if err := c.cfg.Store.Put(ctx, state.Devices, state.Key(tenant, id), d); err != nil {
+	c.write.Lock()
+	defer c.write.Unlock()
+	d := &Device{Tenant: tenant, ID: id, Hash: hashPassword(password), CreatedAt: c.cfg.Now()}
+	if old := c.device(tenant, id); old != nil {
+		d.Groups, d.Labels = old.Groups, old.Labels
+	}
+	assign(d, a)
+	if err := c.put(ctx, d); err != nil {
 		return "", err
 	}
-	c.mu.Lock()
-	c.devices[tenant+"/"+id] = d
-	c.mu.Unlock()
 	return password, nil
 }
 
-// ProvisionMany provisions gateways in one write, for simulated fleets.
-func (c *Identities) ProvisionMany(ctx context.Context, tenant string, ids []string, groups []string, password string) error {
+// assign sets on d what a sets, as copies.
+func assign(d *Device, a Assignment) {
+	if a.Groups != nil {
+		d.Groups = slices.Clone(a.Groups)
+	}
+	if a.Labels != nil {
+		d.Labels = maps.Clone(a.Labels)
+	}
+}
+
+// Assign changes a provisioned gateway's groups and labels: change gets
+// a copy of them to modify. Its password stays.
+func (c *Identities) Assign(ctx context.Context, tenant, id string, change func(*Assignment)) (*Device, error) {
+	c.write.Lock()
+	defer c.write.Unlock()
+	old := c.device(tenant, id)
+	if old == nil {
+		return nil, NotProvisioned(tenant, id)
+	}
+	a := Assignment{Groups: slices.Clone(old.Groups), Labels: maps.Clone(old.Labels)}
+	change(&a)
+	if err := a.check(); err != nil {
+		return nil, err
+	}
+	d := *old // devices are replaced, never changed in place
+	d.Groups, d.Labels = a.Groups, a.Labels
+	if err := c.put(ctx, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+// Deprovision deletes a gateway's identity: it can no longer log in.
+func (c *Identities) Deprovision(ctx context.Context, tenant, id string) error {
+	c.write.Lock()
+	defer c.write.Unlock()
+	if c.device(tenant, id) == nil {
+		return NotProvisioned(tenant, id)
+	}
+	if err := c.cfg.Store.Delete(ctx, state.Devices, state.Key(tenant, id)); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	delete(c.devices, tenant+"/"+id)
+	c.mu.Unlock()
+	return nil
+}
+
+// NotProvisioned is the error for a gateway without an identity.
+func NotProvisioned(tenant, id string) error {
+	return &errdefs.FieldError{Field: "id", Kind: errdefs.ErrNotFound,
+		Msg: fmt.Sprintf("gateway %s/%s is not provisioned (provision it with `cloud-sim provision %s/%s`)", tenant, id, tenant, id)}
+}
+
+// Device returns a copy of a gateway's identity (without its password's hash).
+func (c *Identities) Device(tenant, id string) (*Device, bool) {
+	d := c.device(tenant, id)
+	if d == nil {
+		return nil, false
+	}
+	out := *d
+	out.Hash = ""
+	out.Groups, out.Labels = slices.Clone(d.Groups), maps.Clone(d.Labels)
+	return &out, true
+}
+
+// Assigned tells a gateway's groups and labels, and whether it is
+// provisioned. They are shared: the caller must not change them.
+func (c *Identities) Assigned(tenant, id string) ([]string, map[string]string, bool) {
+	d := c.device(tenant, id)
+	if d == nil {
+		return nil, nil, false
+	}
+	return d.Groups, d.Labels, true
+}
+
+func (c *Identities) device(tenant, id string) *Device {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.devices[tenant+"/"+id]
+}
+
+// put stores d and then makes it the gateway's identity.
+func (c *Identities) put(ctx context.Context, d *Device) error {
+	if err := c.cfg.Store.Put(ctx, state.Devices, state.Key(d.Tenant, d.ID), d); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.devices[d.Tenant+"/"+d.ID] = d
+	c.mu.Unlock()
+	return nil
+}
+
+// Gateway is one gateway ProvisionMany provisions.
+type Gateway struct {
+	ID string
+	Assignment
+}
+
+// ProvisionMany provisions gateways sharing password in one write, for
+// simulated fleets.
+func (c *Identities) ProvisionMany(ctx context.Context, tenant string, gws []Gateway, password string) error {
 	if err := topic.CheckID("tenant", tenant); err != nil {
 		return errdefs.Invalid("tenant", "%v", err)
 	}
-	batch := make(map[string]any, len(ids))
-	devs := make([]*Device, 0, len(ids))
-	for _, id := range ids {
-		if err := topic.CheckGatewayID(id); err != nil {
+	batch := make(map[string]any, len(gws))
+	devs := make([]*Device, 0, len(gws))
+	for _, g := range gws {
+		if err := topic.CheckGatewayID(g.ID); err != nil {
 			return errdefs.Invalid("id", "%v", err)
 		}
-		d := &Device{Tenant: tenant, ID: id, Groups: slices.Clone(groups), Hash: hashPassword(password), CreatedAt: c.cfg.Now()}
-		batch[state.Key(tenant, id)] = d
+		if err := g.check(); err != nil {
+			return err
+		}
+		d := &Device{Tenant: tenant, ID: g.ID, Hash: hashPassword(password), CreatedAt: c.cfg.Now()}
+		assign(d, g.Assignment)
+		batch[state.Key(tenant, g.ID)] = d
 		devs = append(devs, d)
 	}
+	c.write.Lock()
+	defer c.write.Unlock()
 	if err := c.cfg.Store.PutMany(ctx, state.Devices, batch); err != nil {
 		return err
 	}

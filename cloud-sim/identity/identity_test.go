@@ -8,6 +8,7 @@ import (
 
 	"github.com/fleet-agent/fleet/cloud-sim/broker"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/errdefs"
 )
 
 func TestAuthenticate(t *testing.T) {
@@ -20,7 +21,7 @@ func TestAuthenticate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pw, err := ids.Provision(context.Background(), "acme", "gw-1", []string{"berlin"})
+	pw, err := ids.Provision(context.Background(), "acme", "gw-1", Assignment{Groups: []string{"berlin"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +63,80 @@ func TestAuthenticate(t *testing.T) {
 	if id, ok := again.Identify("controller"); !ok || !id.Controller {
 		t.Errorf("Identify(controller) = %+v, %v; want the controller", id, ok)
 	}
-	if _, err := ids.Provision(context.Background(), "acme", "bad id!", nil); err == nil {
+	if _, err := ids.Provision(context.Background(), "acme", "bad id!", Assignment{}); err == nil {
 		t.Error("Provision with a bad id: no error")
+	}
+}
+
+// TestAssignAndDeprovision: a new password keeps the groups and labels; an
+// assignment changes them; bad labels name the field; a deprovisioned
+// gateway can no longer log in, nor be identified.
+func TestAssignAndDeprovision(t *testing.T) {
+	ctx := context.Background()
+	st, err := state.Open(ctx, state.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	ids, err := New(ctx, Config{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := ids.Provision(ctx, "acme", "gw-1", Assignment{Groups: []string{"berlin"}, Labels: map[string]string{"site": "berlin"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw, err := ids.Provision(ctx, "acme", "gw-1", Assignment{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ids.Authenticate("acme/gw-1", "acme/gw-1", []byte(old)); !errors.Is(err, broker.ErrDenied) {
+		t.Errorf("old password after a new one: error %v, want ErrDenied", err)
+	}
+	if groups, labels, ok := ids.Assigned("acme", "gw-1"); !ok || !slices.Equal(groups, []string{"berlin"}) || labels["site"] != "berlin" {
+		t.Errorf("after a new password: groups %v labels %v, want them kept", groups, labels)
+	}
+	if _, err := ids.Assign(ctx, "acme", "gw-1", func(a *Assignment) { a.Labels = map[string]string{"site": "paris", "tier": "canary"} }); err != nil {
+		t.Fatal(err)
+	}
+	if groups, labels, _ := ids.Assigned("acme", "gw-1"); !slices.Equal(groups, []string{"berlin"}) || labels["site"] != "paris" || len(labels) != 2 {
+		t.Errorf("after Assign(labels): groups %v labels %v", groups, labels)
+	}
+	for _, tt := range []struct {
+		name      string
+		a         Assignment
+		wantField string
+	}{
+		{"key with a space", Assignment{Labels: map[string]string{"a b": "x"}}, "labels"},
+		{"key with =", Assignment{Labels: map[string]string{"a=b": "x"}}, "labels"},
+		{"value with a comma", Assignment{Labels: map[string]string{"site": "a,b"}}, "labels.site"},
+		{"bad group", Assignment{Groups: []string{"a/b"}}, "groups[0]"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ids.Assign(ctx, "acme", "gw-1", func(a *Assignment) { *a = tt.a })
+			var fe *errdefs.FieldError
+			if !errors.As(err, &fe) || fe.Field != tt.wantField {
+				t.Errorf("error %v, want one naming %s", err, tt.wantField)
+			}
+		})
+	}
+	if _, err := ids.Assign(ctx, "acme", "gw-2", func(a *Assignment) { a.Groups = []string{"x"} }); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Assign to an unknown gateway: error %v, want not found", err)
+	}
+	if err := ids.Deprovision(ctx, "acme", "gw-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ids.Authenticate("acme/gw-1", "acme/gw-1", []byte(pw)); !errors.Is(err, broker.ErrDenied) {
+		t.Errorf("after deprovision: error %v, want ErrDenied", err)
+	}
+	again, err := New(ctx, Config{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := again.Identify("acme/gw-1"); ok {
+		t.Error("a reloaded cloud still identifies the deprovisioned gateway")
+	}
+	if err := ids.Deprovision(ctx, "acme", "gw-1"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("deprovision twice: error %v, want not found", err)
 	}
 }

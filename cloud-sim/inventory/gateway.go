@@ -30,14 +30,28 @@ type Gateway struct {
 	Simulated       bool
 	Host            *Host
 	Engine          *Engine
-	Labels          map[string]string
-	Groups          []string
-	Capabilities    []string
+	// Labels and Groups are what the cloud assigned the gateway
+	// (Config.Assigned), by which it is targeted; set on reads.
+	Labels map[string]string
+	Groups []string
+	// ReportedLabels and ReportedGroups are what its birth says of
+	// itself: facts to show, never used to choose targets.
+	ReportedLabels map[string]string
+	ReportedGroups []string
+	// Provisioned is whether the cloud holds an identity for the gateway
+	// (false once deprovisioned, or for one an external broker alone
+	// knows); set on reads.
+	Provisioned  bool
+	Capabilities []string
 	// PublicKey is the key credentials are sealed to.
 	PublicKey   string
 	Deployments map[string]*Deployment
 	Registries  []Registry
-	Running     uint32
+	// Delivered lists the registries whose credential the cloud sent the
+	// gateway and it accepted: refreshed tokens go only to these, never to
+	// a gateway whose birth merely says it holds one.
+	Delivered []string
+	Running   uint32
 	// Refused is what the inventory refused of this gateway for
 	// exceeding a limit, one entry a limit.
 	Refused []Refusal
@@ -92,9 +106,12 @@ func (g *Gateway) clone() *Gateway {
 	c := *g
 	c.Labels = maps.Clone(g.Labels)
 	c.Groups = slices.Clone(g.Groups)
+	c.ReportedLabels = maps.Clone(g.ReportedLabels)
+	c.ReportedGroups = slices.Clone(g.ReportedGroups)
 	c.Capabilities = slices.Clone(g.Capabilities)
 	c.Registries = slices.Clone(g.Registries)
 	c.Refused = slices.Clone(g.Refused)
+	c.Delivered = slices.Clone(g.Delivered)
 	c.Deployments = make(map[string]*Deployment, len(g.Deployments))
 	for k, d := range g.Deployments {
 		dc := *d
@@ -128,7 +145,7 @@ func (g *Gateway) applyBirth(b *fleetv1.Birth, at time.Time) bool {
 	if e := b.GetEngine(); e != nil {
 		g.Engine = &Engine{Name: e.GetName(), Version: e.GetVersion(), Reachable: e.GetReachable(), Error: e.GetError()}
 	}
-	g.Labels, g.Groups, g.Capabilities = b.GetLabels(), b.GetGroups(), b.GetCapabilities()
+	g.ReportedLabels, g.ReportedGroups, g.Capabilities = b.GetLabels(), b.GetGroups(), b.GetCapabilities()
 	g.PublicKey = b.GetPublicKey()
 	deps := make(map[string]*Deployment, len(b.GetDeployments()))
 	for _, d := range b.GetDeployments() {

@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -32,7 +33,24 @@ type Config struct {
 	Changes *changes.Hub
 	// Limits bound what one gateway may report (see Limits).
 	Limits Limits
-	Now    func() time.Time
+	// Assigned tells the groups and labels the cloud assigned each
+	// gateway (package identity). Filters select by these, never by what
+	// a gateway's birth reports; without it no gateway has any.
+	Assigned Assigner
+	Now      func() time.Time
+}
+
+// Assigner tells the groups and labels the cloud assigned a gateway, and
+// whether the cloud provisioned it at all. The inventory does not change
+// them.
+type Assigner interface {
+	Assigned(tenant, id string) (groups []string, labels map[string]string, provisioned bool)
+}
+
+type unassigned struct{}
+
+func (unassigned) Assigned(string, string) ([]string, map[string]string, bool) {
+	return nil, nil, false
 }
 
 // Inventory is the fleet's gateways.
@@ -40,6 +58,7 @@ type Inventory struct {
 	staleAfter time.Duration
 	limits     Limits
 	hub        *changes.Hub
+	assigned   Assigner
 	now        func() time.Time
 
 	mu       sync.RWMutex
@@ -59,7 +78,10 @@ func New(cfg Config) *Inventory {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Inventory{staleAfter: cfg.StaleAfter, limits: cfg.Limits.withDefaults(), hub: cfg.Changes, now: cfg.Now,
+	if cfg.Assigned == nil {
+		cfg.Assigned = unassigned{}
+	}
+	return &Inventory{staleAfter: cfg.StaleAfter, limits: cfg.Limits.withDefaults(), hub: cfg.Changes, assigned: cfg.Assigned, now: cfg.Now,
 		gateways: map[string]*Gateway{}, dirty: map[string]struct{}{}}
 }
 
@@ -213,11 +235,15 @@ func (inv *Inventory) NoteCredentials(tenant, id string, regs []Registry) {
 		} else {
 			g.Registries = append(g.Registries, r)
 		}
+		if !slices.Contains(g.Delivered, r.Registry) {
+			g.Delivered = append(g.Delivered, r.Registry)
+		}
 	}
 	inv.dirty[k] = struct{}{}
 }
 
-// Filter selects gateways.
+// Filter selects gateways by what the cloud assigned them (the groups and
+// labels of Config.Assigned), never by what they report of themselves.
 type Filter struct {
 	Tenant   string
 	Selector Selector
@@ -228,18 +254,24 @@ type Filter struct {
 	Online *bool
 }
 
-func (f Filter) match(g *Gateway) bool {
+func (inv *Inventory) match(f Filter, g *Gateway) bool {
 	switch {
 	case f.Tenant != "" && g.Tenant != f.Tenant:
 		return false
-	case f.Group != "" && !slices.Contains(g.Groups, f.Group):
-		return false
 	case f.Online != nil && g.Online != *f.Online:
 		return false
-	case len(f.AnyGroup) > 0 && !slices.ContainsFunc(f.AnyGroup, func(want string) bool { return slices.Contains(g.Groups, want) }):
+	}
+	if f.Group == "" && len(f.AnyGroup) == 0 && len(f.Selector) == 0 {
+		return true
+	}
+	groups, labels, _ := inv.assigned.Assigned(g.Tenant, g.ID)
+	switch {
+	case f.Group != "" && !slices.Contains(groups, f.Group):
+		return false
+	case len(f.AnyGroup) > 0 && !slices.ContainsFunc(f.AnyGroup, func(want string) bool { return slices.Contains(groups, want) }):
 		return false
 	}
-	return f.Selector.Matches(g.Labels)
+	return f.Selector.Matches(labels)
 }
 
 // List returns copies of the gateways f selects, ordered by tenant and id.
@@ -248,7 +280,7 @@ func (inv *Inventory) List(f Filter) []*Gateway {
 	inv.mu.RLock()
 	out := make([]*Gateway, 0, len(inv.gateways))
 	for _, g := range inv.gateways {
-		if f.match(g) {
+		if inv.match(f, g) {
 			out = append(out, inv.view(g, now))
 		}
 	}
@@ -269,7 +301,7 @@ func (inv *Inventory) IDs(f Filter) []string {
 	defer inv.mu.RUnlock()
 	var out []string
 	for _, g := range inv.gateways {
-		if f.match(g) {
+		if inv.match(f, g) {
 			out = append(out, g.ID)
 		}
 	}
@@ -287,10 +319,13 @@ func (inv *Inventory) Get(tenant, id string) (*Gateway, bool) {
 	return inv.view(g, inv.now()), true
 }
 
-// view is a copy of g for a reader, with Stale computed. inv.mu is held.
+// view is a copy of g for a reader, with Stale computed and the groups
+// and labels the cloud assigned. inv.mu is held.
 func (inv *Inventory) view(g *Gateway, now time.Time) *Gateway {
 	v := g.clone()
 	v.Stale = g.Online && now.Sub(g.LastSeen) > inv.staleAfter
+	groups, labels, provisioned := inv.assigned.Assigned(g.Tenant, g.ID)
+	v.Groups, v.Labels, v.Provisioned = slices.Clone(groups), maps.Clone(labels), provisioned
 	return v
 }
 

@@ -2,6 +2,7 @@ package inventory
 
 import (
 	"encoding/json"
+	"slices"
 	"testing"
 	"time"
 
@@ -92,20 +93,98 @@ func TestStored(t *testing.T) {
 	}
 }
 
+// assigned is a hand-written Assigner: groups and labels by gateway id.
+type assigned map[string]struct {
+	groups []string
+	labels map[string]string
+}
+
+func (a assigned) Assigned(_, id string) ([]string, map[string]string, bool) {
+	g, ok := a[id]
+	return g.groups, g.labels, ok
+}
+
+// TestFilterAndIDs: filters select by what the cloud assigned; a gateway
+// announcing another group or label in its birth is not selected by it.
 func TestFilterAndIDs(t *testing.T) {
+	inv := New(Config{Assigned: assigned{
+		"gw-1": {groups: []string{"berlin"}, labels: map[string]string{"site": "berlin"}},
+		"gw-2": {groups: []string{"paris"}, labels: map[string]string{"site": "paris"}},
+	}})
+	// gw-3 is not provisioned and claims everything; gw-2 claims prod.
+	for id, b := range map[string]*fleetv1.Birth{
+		"gw-1": {Session: 1, Labels: map[string]string{"site": "berlin"}, Groups: []string{"berlin"}},
+		"gw-2": {Session: 1, Labels: map[string]string{"site": "berlin", "env": "prod"}, Groups: []string{"prod", "berlin"}},
+		"gw-3": {Session: 1, Labels: map[string]string{"site": "berlin", "env": "prod"}, Groups: []string{"prod", "berlin"}},
+	} {
+		inv.Apply(received(topic.Birth, id, "", b))
+	}
+	ids := func(f Filter) []string {
+		got := inv.IDs(f)
+		slices.Sort(got)
+		return got
+	}
+	sel := func(s string) Selector {
+		sel, err := ParseSelector(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sel
+	}
+	tests := []struct {
+		name string
+		f    Filter
+		want []string
+	}{
+		{"selector", Filter{Tenant: "acme", Selector: sel("site=berlin")}, []string{"gw-1"}},
+		{"a label only reported", Filter{Selector: sel("env=prod")}, nil},
+		{"a label only reported, by existence", Filter{Selector: sel("env")}, nil},
+		{"group", Filter{Group: "berlin"}, []string{"gw-1"}},
+		{"a group only reported", Filter{Group: "prod"}, nil},
+		{"any group", Filter{AnyGroup: []string{"paris", "rome"}}, []string{"gw-2"}},
+		{"any group, one only reported", Filter{AnyGroup: []string{"prod"}}, nil},
+		{"whole tenant", Filter{Tenant: "acme"}, []string{"gw-1", "gw-2", "gw-3"}},
+		{"other tenant", Filter{Tenant: "other"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := ids(tt.f); !slices.Equal(got, tt.want) {
+				t.Errorf("IDs = %v, want %v", got, tt.want)
+			}
+			if got := inv.List(tt.f); len(got) != len(tt.want) {
+				t.Errorf("List = %d gateways, want %d", len(got), len(tt.want))
+			}
+		})
+	}
+	if g, _ := inv.Get("acme", "gw-3"); g.Provisioned {
+		t.Error("gw-3, which the cloud did not provision, is shown provisioned")
+	}
+	g, _ := inv.Get("acme", "gw-2")
+	if !g.Provisioned {
+		t.Error("gw-2 is not shown provisioned")
+	}
+	if g.Labels["site"] != "paris" || !slices.Equal(g.Groups, []string{"paris"}) || g.ReportedLabels["env"] != "prod" || !slices.Equal(g.ReportedGroups, []string{"prod", "berlin"}) {
+		t.Errorf("gw-2: labels %v groups %v, reported %v %v; want the assigned ones apart from the reported ones", g.Labels, g.Groups, g.ReportedLabels, g.ReportedGroups)
+	}
+}
+
+// TestDelivered: only credentials the cloud delivered count as delivered,
+// not the registries a birth lists; they survive a new birth and a reload.
+func TestDelivered(t *testing.T) {
 	inv := New(Config{})
-	for i, labels := range []map[string]string{{"site": "berlin"}, {"site": "paris"}} {
-		id := []string{"gw-1", "gw-2"}[i]
-		inv.Apply(received(topic.Birth, id, "", &fleetv1.Birth{Session: 1, Labels: labels, Groups: []string{labels["site"]}}))
+	inv.Apply(received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1, Registries: []*fleetv1.RegistrySummary{{Registry: "claimed.example.com", Kind: "basic"}}}))
+	inv.NoteCredentials("acme", "gw-1", []Registry{{Registry: "sent.example.com", Kind: "basic"}})
+	inv.Apply(received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 2}))
+	g, _ := inv.Get("acme", "gw-1")
+	if !slices.Equal(g.Delivered, []string{"sent.example.com"}) {
+		t.Errorf("Delivered = %v, want [sent.example.com]", g.Delivered)
 	}
-	sel, _ := ParseSelector("site=berlin")
-	if got := inv.IDs(Filter{Tenant: "acme", Selector: sel}); len(got) != 1 || got[0] != "gw-1" {
-		t.Errorf("IDs(site=berlin) = %v, want [gw-1]", got)
+	raw, _ := json.Marshal(g.stored())
+	var s state.Gateway
+	if err := json.Unmarshal(raw, &s); err != nil {
+		t.Fatal(err)
 	}
-	if got := inv.List(Filter{AnyGroup: []string{"paris", "rome"}}); len(got) != 1 || got[0].ID != "gw-2" {
-		t.Errorf("List(any group paris, rome) = %d gateways, want gw-2", len(got))
-	}
-	if got := inv.List(Filter{Tenant: "other"}); len(got) != 0 {
-		t.Errorf("List(other tenant) = %d gateways, want 0", len(got))
+	if back := restore(&s); !slices.Equal(back.Delivered, g.Delivered) {
+		t.Errorf("restored Delivered = %v, want %v", back.Delivered, g.Delivered)
 	}
 }

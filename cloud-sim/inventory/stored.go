@@ -14,9 +14,10 @@ import (
 func (g *Gateway) stored() *state.Gateway {
 	s := &state.Gateway{Tenant: g.Tenant, ID: g.ID, Online: g.Online, Session: g.Session, DeathSession: g.DeathSession,
 		DeathReason: g.DeathReason, ConnectedAt: g.ConnectedAt, LastSeen: g.LastSeen, AgentVersion: g.AgentVersion,
-		ProtocolVersion: g.ProtocolVersion, Simulated: g.Simulated, Labels: maps.Clone(g.Labels), Groups: slices.Clone(g.Groups),
-		Capabilities: slices.Clone(g.Capabilities),
-		PublicKey:    g.PublicKey, Registries: StoredRegistries(g.Registries), Running: g.Running}
+		ProtocolVersion: g.ProtocolVersion, Simulated: g.Simulated, ReportedLabels: maps.Clone(g.ReportedLabels),
+		ReportedGroups: slices.Clone(g.ReportedGroups),
+		Capabilities:   slices.Clone(g.Capabilities),
+		PublicKey:      g.PublicKey, Registries: StoredRegistries(g.Registries), Delivered: slices.Clone(g.Delivered), Running: g.Running}
 	for _, r := range g.Refused {
 		s.Refused = append(s.Refused, state.Refusal{Limit: string(r.Limit), Message: r.Message, Count: r.Count, First: r.First, Last: r.Last})
 	}
@@ -42,8 +43,8 @@ func (g *Gateway) stored() *state.Gateway {
 func restore(s *state.Gateway) *Gateway {
 	g := &Gateway{Tenant: s.Tenant, ID: s.ID, Online: s.Online, Session: s.Session, DeathSession: s.DeathSession,
 		DeathReason: s.DeathReason, ConnectedAt: s.ConnectedAt, LastSeen: s.LastSeen, AgentVersion: s.AgentVersion,
-		ProtocolVersion: s.ProtocolVersion, Simulated: s.Simulated, Labels: s.Labels, Groups: s.Groups, Capabilities: s.Capabilities,
-		PublicKey: s.PublicKey, Registries: RestoredRegistries(s.Registries), Running: s.Running}
+		ProtocolVersion: s.ProtocolVersion, Simulated: s.Simulated, ReportedLabels: s.ReportedLabels, ReportedGroups: s.ReportedGroups, Capabilities: s.Capabilities,
+		PublicKey: s.PublicKey, Registries: RestoredRegistries(s.Registries), Delivered: s.Delivered, Running: s.Running}
 	for _, r := range s.Refused {
 		g.Refused = append(g.Refused, Refusal{Limit: Limit(r.Limit), Message: r.Message, Count: r.Count, First: r.First, Last: r.Last})
 	}

@@ -164,6 +164,9 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	if ctrlCfg.BrokerTLS, err = controllerTLS(cfg); err != nil {
 		return s, err
 	}
+	if s.Broker != nil {
+		ctrlCfg.Sessions = s.Broker
+	}
 	ln, err := s.listenAPI(cfg)
 	if err != nil {
 		return s, err
@@ -318,6 +321,8 @@ func (s *Server) startController(ctx context.Context, cfg Config, ctrlCfg contro
 }
 
 // StartFleet provisions and starts a simulated fleet against ctrl's broker.
+// Each gateway is provisioned with the groups and labels it announces, so
+// that targeting by them reaches it.
 func StartFleet(ctx context.Context, ctrl *controller.Controller, brokerURL *url.URL, dataDir string, scheme topic.Scheme, sim simfleet.Config) (*simfleet.Fleet, error) {
 	if sim.Tenant == "" {
 		sim.Tenant = "sim"
@@ -325,12 +330,15 @@ func StartFleet(ctx context.Context, ctrl *controller.Controller, brokerURL *url
 	if sim.Prefix == "" {
 		sim.Prefix = "sim-"
 	}
-	sim.Password = []byte(identity.NewPassword())
-	ids := make([]string, sim.Count)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("%s%d", sim.Prefix, i+1)
+	if sim.Labels == nil {
+		sim.Labels = simfleet.DefaultLabels
 	}
-	if err := ctrl.ProvisionMany(ctx, sim.Tenant, ids, sim.Groups, string(sim.Password)); err != nil {
+	sim.Password = []byte(identity.NewPassword())
+	gws := make([]identity.Gateway, sim.Count)
+	for i := range gws {
+		gws[i] = identity.Gateway{ID: fmt.Sprintf("%s%d", sim.Prefix, i+1), Assignment: identity.Assignment{Groups: sim.Groups, Labels: sim.Labels(i + 1)}}
+	}
+	if err := ctrl.ProvisionMany(ctx, sim.Tenant, gws, string(sim.Password)); err != nil {
 		return nil, fmt.Errorf("provision simulated gateways: %w", err)
 	}
 	if sim.CommandKeys == nil {

@@ -20,19 +20,24 @@ type Gateway struct {
 	ConnectedAt  time.Time `json:"connectedAt,omitzero"`
 	LastSeen     time.Time `json:"lastSeen,omitzero"`
 
-	AgentVersion    string                 `json:"agentVersion,omitempty"`
-	ProtocolVersion uint32                 `json:"protocolVersion,omitempty"`
-	Simulated       bool                   `json:"simulated,omitempty"`
-	Host            *Host                  `json:"host,omitempty"`
-	Engine          *Engine                `json:"engine,omitempty"`
-	Labels          map[string]string      `json:"labels,omitempty"`
-	Groups          []string               `json:"groups,omitempty"`
-	Capabilities    []string               `json:"capabilities,omitempty"`
-	PublicKey       string                 `json:"publicKey,omitempty"`
-	Deployments     map[string]*Deployment `json:"deployments,omitempty"`
-	Registries      []Registry             `json:"registries,omitempty"`
-	Running         uint32                 `json:"running"`
-	Refused         []Refusal              `json:"refused,omitempty"`
+	AgentVersion    string  `json:"agentVersion,omitempty"`
+	ProtocolVersion uint32  `json:"protocolVersion,omitempty"`
+	Simulated       bool    `json:"simulated,omitempty"`
+	Host            *Host   `json:"host,omitempty"`
+	Engine          *Engine `json:"engine,omitempty"`
+	// ReportedLabels and ReportedGroups are what the gateway's birth
+	// says of itself: shown, never used to choose targets (the cloud's
+	// own are in Device).
+	ReportedLabels map[string]string      `json:"reportedLabels,omitempty"`
+	ReportedGroups []string               `json:"reportedGroups,omitempty"`
+	Capabilities   []string               `json:"capabilities,omitempty"`
+	PublicKey      string                 `json:"publicKey,omitempty"`
+	Deployments    map[string]*Deployment `json:"deployments,omitempty"`
+	Registries     []Registry             `json:"registries,omitempty"`
+	// Delivered lists the registries whose credential the cloud delivered.
+	Delivered []string  `json:"delivered,omitempty"`
+	Running   uint32    `json:"running"`
+	Refused   []Refusal `json:"refused,omitempty"`
 }
 
 // Refusal is what the inventory refused of a gateway for one limit.
@@ -118,11 +123,13 @@ type Batch struct {
 }
 
 // Device is a gateway's MQTT identity (bucket Devices): the SHA-256 of its
-// password, never the password.
+// password, never the password, and the groups and labels the cloud
+// assigned it, by which commands and credentials are targeted.
 type Device struct {
-	Tenant    string    `json:"tenant"`
-	ID        string    `json:"id"`
-	Groups    []string  `json:"groups,omitempty"`
-	Hash      string    `json:"hash"`
-	CreatedAt time.Time `json:"createdAt"`
+	Tenant    string            `json:"tenant"`
+	ID        string            `json:"id"`
+	Groups    []string          `json:"groups,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Hash      string            `json:"hash"`
+	CreatedAt time.Time         `json:"createdAt"`
 }
