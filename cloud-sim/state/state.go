@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -296,7 +297,8 @@ func (s *Store) Enqueue(ctx context.Context, subject, id string, data []byte) er
 
 // Consume hands queued items to fn, up to parallel at a time, and
 // acknowledges each when fn returns; an item whose worker died is handed
-// out again after a minute. stop ends the consumption.
+// out again after a minute. stop ends the consumption and waits for the
+// items being handled; one that arrives after it is handed out again.
 func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.Context, data []byte)) (stop func(), err error) {
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, workStream, jetstream.ConsumerConfig{Durable: workConsumer,
 		AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxAckPending: 10 * parallel})
@@ -305,9 +307,23 @@ func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.C
 	}
 	sem := make(chan struct{}, parallel)
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	var (
+		mu      sync.Mutex
+		stopped bool // guarded by mu
+		running sync.WaitGroup
+	)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
+		mu.Lock()
+		if stopped {
+			mu.Unlock()
+			_ = m.Nak()
+			return
+		}
+		running.Add(1)
+		mu.Unlock()
 		sem <- struct{}{}
 		go func() {
+			defer running.Done()
 			defer func() { <-sem }()
 			fn(runCtx, m.Data())
 			_ = m.Ack()
@@ -317,7 +333,14 @@ func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.C
 		cancel()
 		return nil, fmt.Errorf("state: work consumer: %w", err)
 	}
-	return func() { cc.Stop(); cancel() }, nil
+	return func() {
+		cc.Stop()
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+		running.Wait()
+		cancel()
+	}, nil
 }
 
 // Lease is a time-limited claim on a name in the Meta bucket, for leader
