@@ -103,8 +103,12 @@ func serveConfig(fs *pflag.FlagSet) func() (serve.Config, error) {
 	fs.StringVar(&cfg.BrokerURL, "broker", "", "external MQTT broker (mqtt://host:1883, mqtts://…) instead of the embedded one")
 	fs.StringVar(&cfg.BrokerUsername, "broker-username", "controller", "with --broker: the controller's username")
 	brokerPass := fs.String("broker-password-file", "", "with --broker: file holding the controller's password")
-	fs.StringVar(&cfg.NATSURL, "nats", "", "external NATS (nats://host:4222,…) instead of the embedded server")
-	fs.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "embedded NATS address (other replicas can use it with --nats)")
+	fs.StringVar(&cfg.NATSURL, "nats", "", "external NATS (nats://host:4222,tls://host2:4222,…) instead of the embedded server")
+	fs.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "embedded NATS address (other replicas use it with --nats and --nats-creds)")
+	fs.StringVar(&cfg.NATSCreds, "nats-creds", "", "NATS login file: one line user:password, or a NATS .creds file (with --nats); embedded, the server's own login (default: nats-login in --data, made on first start)")
+	fs.StringVar(&cfg.NATSCA, "nats-ca", "", "with --nats: PEM file of the CA that signs the NATS servers' certificates (TLS is then required)")
+	fs.StringVar(&cfg.NATSCert, "nats-cert", "", "with --nats: PEM client certificate for mutual TLS")
+	fs.StringVar(&cfg.NATSKey, "nats-key", "", "with --nats: PEM client key for mutual TLS")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", "127.0.0.1:8080", "HTTP API address")
 	tokenFile := fs.String("api-token-file", "", "file holding a token the API requires as Authorization: Bearer")
 	fs.StringVar(&cfg.Registries, "registries", "", "registries file: emulated registries, their users and images")
@@ -144,7 +148,10 @@ func runServe(ctx context.Context, out io.Writer, cfg serve.Config) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "cloud-sim %s serving\n  MQTT broker  %s\n  NATS         %s\n  HTTP API     %s\n", version, s.BrokerURL.Redacted(), s.Store.URL(), s.APIURL)
+	fmt.Fprintf(out, "cloud-sim %s serving\n  MQTT broker  %s\n  NATS         %s\n  HTTP API     %s\n", version, s.BrokerURL.Redacted(), s.NATSURL, s.APIURL)
+	if s.NATSCreds != "" {
+		fmt.Fprintf(out, "  NATS login   %s (other replicas: --nats %s --nats-creds FILE)\n", s.NATSCreds, s.NATSURL)
+	}
 	for _, name := range slices.Sorted(maps.Keys(s.Registries)) {
 		r := s.Registries[name]
 		fmt.Fprintf(out, "  registry     %s at %s %v\n", name, r.Server.URL, r.Images)

@@ -3,6 +3,8 @@ package scenarios
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,11 +23,22 @@ import (
 // evilSpec is what a forged work item asks a gateway to run.
 var evilSpec = json.RawMessage(`{"name": "evil", "revision": 1, "image": "registry.example.com/evil:1"}`)
 
+// natsLogin reads the embedded NATS's login file (user:password).
+func natsLogin(t *testing.T, c *cloud) (user, password string) {
+	t.Helper()
+	b, err := os.ReadFile(c.NATSCreds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, password, _ = strings.Cut(strings.TrimSpace(string(b)), ":")
+	return user, password
+}
+
 // natsClient connects to the cloud's NATS as any client holding its
 // credentials does (a compromised replica, a leaked login).
 func natsClient(t *testing.T, c *cloud) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(c.Store.URL())
+	nc, err := nats.Connect(c.NATSURL, nats.UserInfo(natsLogin(t, c)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,5 +156,48 @@ func TestSecurityNATSForgedWorkRealAgent(t *testing.T) {
 	}
 	if v := waitRollout(t, c, r.ID, time.Minute); v.State != api.RolloutSucceeded {
 		t.Errorf("the legitimate rollout: %s %v", v.State, v.Counts)
+	}
+}
+
+// TestSecurityNATSLogin: cloud-sim serve's embedded NATS listens on
+// loopback and refuses a client without the login it made in the data
+// directory (mode 0600), so that a local process cannot queue work or
+// read the fleet's state; the controller and a client with the login
+// get in.
+func TestSecurityNATSLogin(t *testing.T) {
+	c := newCloud(t, simfleet.Config{})
+	if want := filepath.Join(c.dataDir, "nats-login"); c.NATSCreds != want {
+		t.Errorf("NATS login file %s, want %s", c.NATSCreds, want)
+	}
+	if fi, err := os.Stat(c.NATSCreds); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("NATS login file: %v; want mode 0600", err)
+	}
+	if !strings.HasPrefix(c.NATSURL, "nats://127.0.0.1:") {
+		t.Errorf("embedded NATS at %s, want loopback", c.NATSURL)
+	}
+	user, password := natsLogin(t, c)
+	for _, tt := range []struct {
+		name string
+		opts []nats.Option
+		ok   bool
+	}{
+		{"no login", nil, false},
+		{"a guessed password", []nats.Option{nats.UserInfo(user, "password")}, false},
+		{"the login", []nats.Option{nats.UserInfo(user, password)}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			nc, err := nats.Connect(c.NATSURL, tt.opts...)
+			if nc != nil {
+				nc.Close()
+			}
+			if tt.ok != (err == nil) {
+				t.Errorf("connect %s: %v; want ok %v", tt.name, err, tt.ok)
+			}
+		})
+	}
+	// The same login after a restart: other replicas keep theirs.
+	c.restart(t)
+	if u, p := natsLogin(t, c); u != user || p != password {
+		t.Error("the NATS login changed on restart")
 	}
 }
