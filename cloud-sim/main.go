@@ -120,8 +120,12 @@ func serveConfig(fs *pflag.FlagSet) func() (serve.Config, error) {
 	fs.IntVar(&cfg.GatewayLimits.MaxDeployments, "gateway-max-deployments", inventory.DefaultMaxDeployments, "deployments (status topics) one gateway may report; a birth with more, or a status of one more, is refused and shown on the gateway")
 	fs.Float64Var(&cfg.GatewayLimits.EventRate, "gateway-event-rate", inventory.DefaultEventRate, "events a second one gateway may publish on average; more are dropped and shown on the gateway")
 	fs.IntVar(&cfg.GatewayLimits.EventBurst, "gateway-event-burst", inventory.DefaultEventBurst, "events one gateway may publish at once")
-	fs.StringVar(&cfg.NATSURL, "nats", "", "external NATS (nats://host:4222,…) instead of the embedded server")
-	fs.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "embedded NATS address (other replicas can use it with --nats)")
+	fs.StringVar(&cfg.NATSURL, "nats", "", "external NATS (nats://host:4222,tls://host2:4222,…) instead of the embedded server")
+	fs.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "embedded NATS address (other replicas use it with --nats and --nats-creds)")
+	fs.StringVar(&cfg.NATSCreds, "nats-creds", "", "NATS login file: one line user:password, or a NATS .creds file (with --nats); embedded, the server's own login (default: nats-login in --data, made on first start)")
+	fs.StringVar(&cfg.NATSCA, "nats-ca", "", "with --nats: PEM file of the CA that signs the NATS servers' certificates (TLS is then required)")
+	fs.StringVar(&cfg.NATSCert, "nats-cert", "", "with --nats: PEM client certificate for mutual TLS")
+	fs.StringVar(&cfg.NATSKey, "nats-key", "", "with --nats: PEM client key for mutual TLS")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", "127.0.0.1:8080", "HTTP API address")
 	tokenFile := fs.String("api-token-file", "", "file holding the token the API requires as Authorization: Bearer (default: api-token in --data, made on first start)")
 	fs.StringArrayVar(&cfg.APIAllowedHosts, "api-allowed-host", nil, "a Host name clients use for the API besides its listen address, host:port or host for any port (repeatable; others are refused)")
@@ -182,7 +186,10 @@ func runServe(ctx context.Context, out io.Writer, cfg serve.Config) error {
 	if s.Broker != nil && s.Broker.TLSURL() != "" {
 		fmt.Fprintf(out, "  MQTT TLS     %s\n", s.Broker.TLSURL())
 	}
-	fmt.Fprintf(out, "  NATS         %s\n  HTTP API     %s\n", s.Store.URL(), s.APIURL)
+	fmt.Fprintf(out, "  NATS         %s\n  HTTP API     %s\n", s.NATSURL, s.APIURL)
+	if s.NATSCreds != "" {
+		fmt.Fprintf(out, "  NATS login   %s (other replicas: --nats %s --nats-creds FILE)\n", s.NATSCreds, s.NATSURL)
+	}
 	switch {
 	case s.APITokenCreated: // shown this once; the CLI on this host reads the file
 		fmt.Fprintf(out, "  API token    %s (made now in %s; shown only this once)\n", s.APIToken, s.APITokenFile)

@@ -46,6 +46,14 @@ func TestServeConfig(t *testing.T) {
 					t.Errorf("got allowed hosts %v, max streams %d, insecure %v", cfg.APIAllowedHosts, cfg.APIMaxStreams, cfg.APIInsecureNoAuth)
 				}
 			}},
+		{name: "nats", args: []string{"--nats", "tls://a:4222,tls://b:4222", "--nats-creds", "/etc/fleet/nats.creds",
+			"--nats-ca", "ca.pem", "--nats-cert", "c.pem", "--nats-key", "c.key"},
+			check: func(t *testing.T, cfg serve.Config) {
+				if cfg.NATSURL != "tls://a:4222,tls://b:4222" || cfg.NATSCreds != "/etc/fleet/nats.creds" ||
+					cfg.NATSCA != "ca.pem" || cfg.NATSCert != "c.pem" || cfg.NATSKey != "c.key" {
+					t.Errorf("got nats %q creds %q ca %q cert %q key %q", cfg.NATSURL, cfg.NATSCreds, cfg.NATSCA, cfg.NATSCert, cfg.NATSKey)
+				}
+			}},
 		{name: "bad prefix", args: []string{"--topic-prefix", "a/#"}, wantErr: "--topic-prefix"},
 		{name: "missing file", args: []string{"--broker-password-file", "/nonexistent"}, wantErr: "--broker-password-file"},
 		{name: "limits", args: []string{"--mqtt-max-packet-size", "65536", "--mqtt-max-clients", "10", "--gateway-max-deployments", "8"},

@@ -319,7 +319,7 @@ func TestRolloutTwoReplicas(t *testing.T) {
 	t.Cleanup(func() { a.Close() })
 	waitOnline(t, a, "sim", 40)
 	bs, err := serve.Start(context.Background(), serve.Config{DataDir: t.TempDir(), BrokerURL: a.BrokerURL.String(),
-		BrokerUsername: "controller", BrokerPassword: "replica-password", NATSURL: a.Store.URL(), HTTPListen: "127.0.0.1:0",
+		BrokerUsername: "controller", BrokerPassword: "replica-password", NATSURL: a.NATSURL, NATSCreds: a.NATSCreds, HTTPListen: "127.0.0.1:0",
 		Scheme: topic.Default(), ControllerID: "replica-b", SecretsKey: filepath.Join(a.dataDir, "controller.key")})
 	if err != nil {
 		t.Fatal(err)

@@ -3,11 +3,13 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fleet-agent/fleet/cloud-sim/changes"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/rollout"
 	"github.com/fleet-agent/fleet/cloud-sim/tenantcred"
@@ -93,31 +95,59 @@ func (c *Controller) Leader() bool { return c.sched.Leader() }
 func (c *Controller) RolloutTicks() uint64 { return c.sched.Ticks() }
 
 // work sends one queued dispatch; the scheduler of any replica queued it.
+// The item only points at a stored rollout's gateway (rollout.Resolve),
+// which gives the tenant and the spec: an item that points at nothing the
+// store holds is dropped (acknowledged, never sent), logged and reported
+// as a rollout.work.refused change.
 func (c *Controller) work(ctx context.Context, data []byte) {
 	var d rollout.Dispatch
 	if err := json.Unmarshal(data, &d); err != nil {
-		c.log.Error("bad rollout work item", "err", err)
+		c.refuseWork(d, fmt.Errorf("not a work item: %w", err))
 		return
 	}
-	spec := new(fleetv1.DeploymentSpec)
-	err := protojson.Unmarshal(d.Spec, spec)
-	if err == nil {
-		err = c.dispatchDeploy(ctx, d, spec)
+	w, err := rollout.Resolve(ctx, c.store, d)
+	if errors.Is(err, errdefs.ErrPermissionDenied) {
+		c.refuseWork(d, err)
+		return
 	}
 	if err != nil {
-		c.log.Warn("rollout dispatch failed", "rollout", d.Rollout, "gateway", d.Gateway, "err", err)
-		c.disp.Undelivered(d.CommandID, d.Rollout, d.Tenant, d.Gateway, string(topic.Deploy), err)
+		// Left IN_PROGRESS: it times out, and counts as a failure.
+		c.log.Error("rollout work not checked against the store; not sent", "rollout", d.Rollout, "gateway", d.Gateway, "err", err)
+		return
+	}
+	if err := c.dispatchDeploy(ctx, w); err != nil {
+		c.log.Warn("rollout dispatch failed", "rollout", w.Rollout, "gateway", w.Gateway, "err", err)
+		c.disp.Undelivered(w.CommandID, w.Rollout, w.Tenant, w.Gateway, string(topic.Deploy), err)
 	}
 }
 
-// dispatchDeploy sends spec to one gateway, its credential first when it
-// lacks it, under deterministic command ids.
-func (c *Controller) dispatchDeploy(ctx context.Context, d rollout.Dispatch, spec *fleetv1.DeploymentSpec) error {
-	g, ok := c.inv.Get(d.Tenant, d.Gateway)
-	if !ok {
-		return fmt.Errorf("gateway %s/%s is not in the inventory", d.Tenant, d.Gateway)
+// refuseWork reports a work item no stored rollout accounts for: forged
+// by a NATS client, or queued by a replica on another store.
+func (c *Controller) refuseWork(d rollout.Dispatch, why error) {
+	d.Rollout, d.Gateway, d.CommandID = clip(d.Rollout), clip(d.Gateway), clip(d.CommandID)
+	c.log.Warn("rollout work item refused, not sent: it is not what a stored rollout dispatched (forged on the work queue?)",
+		"rollout", d.Rollout, "gateway", d.Gateway, "command", d.CommandID, "reason", clip(why.Error()))
+	c.hub.Publish(changes.Change{Kind: "rollout.work.refused", At: c.cfg.Now(), Gateway: d.Gateway, Batch: d.Rollout,
+		Command: d.CommandID, Message: clip(why.Error())})
+}
+
+// clip bounds what a work item's sender chose before it is logged.
+func clip(s string) string {
+	const maxLen = 256
+	if len(s) <= maxLen {
+		return s
 	}
-	cred, _, err := c.creds.Prepare(ctx, d.Tenant, spec.GetImage(), "deployment.image", true)
+	return strings.ToValidUTF8(s[:maxLen], "") + "…"
+}
+
+// dispatchDeploy sends w's spec to one gateway, its credential first when
+// it lacks it, under deterministic command ids.
+func (c *Controller) dispatchDeploy(ctx context.Context, w rollout.Work) error {
+	g, ok := c.inv.Get(w.Tenant, w.Gateway)
+	if !ok {
+		return fmt.Errorf("gateway %s/%s is not in the inventory", w.Tenant, w.Gateway)
+	}
+	cred, _, err := c.creds.Prepare(ctx, w.Tenant, w.Spec.GetImage(), "deployment.image", true)
 	if err != nil {
 		return err
 	}
@@ -128,16 +158,16 @@ func (c *Controller) dispatchDeploy(ctx context.Context, d rollout.Dispatch, spe
 		if err != nil {
 			return err
 		}
-		set.Id = d.CommandID + "c"
+		set.Id = w.CommandID + "c"
 		cmds = append(cmds, set)
 	}
-	cmds = append(cmds, &fleetv1.Command{Id: d.CommandID, Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: spec}}})
+	cmds = append(cmds, &fleetv1.Command{Id: w.CommandID, Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: w.Spec}}})
 	for _, cmd := range cmds {
 		cmd.IssuedAt = now
-		if err := c.disp.Send(ctx, d.Rollout, d.Tenant, d.Gateway, g.Online, cmd); err != nil {
+		if err := c.disp.Send(ctx, w.Rollout, w.Tenant, w.Gateway, g.Online, cmd); err != nil {
 			return err
 		}
 	}
-	c.sched.Specs().Remember(d.Tenant, d.Gateway, spec)
+	c.sched.Specs().Remember(w.Tenant, w.Gateway, w.Spec)
 	return nil
 }

@@ -61,6 +61,10 @@ type Scheduler struct {
 	mu   sync.Mutex
 	runs map[string]*Run // guarded by mu
 
+	// flushMu serializes Flush: when one returns, what was changed before
+	// it was called is stored, even when another took it to write.
+	flushMu sync.Mutex
+
 	leader atomic.Bool   // holds the scheduler lease
 	ticks  atomic.Uint64 // steps made, for tests
 	stop   chan struct{}
@@ -196,6 +200,16 @@ func (s *Scheduler) step(ctx context.Context) {
 	s.mu.Unlock()
 	for _, c := range chs {
 		s.hub.Publish(c)
+	}
+	if len(out) == 0 {
+		return
+	}
+	// Workers check each item against the store (Resolve): what was
+	// dispatched is written first.
+	if err := s.Flush(ctx); err != nil {
+		// Left IN_PROGRESS: they time out, and count as failures.
+		s.log.Error("rollout work not queued: state not saved", "dispatches", len(out), "err", err)
+		return
 	}
 	for _, d := range out {
 		data, _ := json.Marshal(d)

@@ -32,14 +32,14 @@ type Commands interface {
 	Outcome(id string) (st dispatch.State, code, msg string, ok bool)
 }
 
-// Dispatch is one deploy Step decided to send: queued in the work queue
-// by the scheduler, sent by a worker under CommandID.
+// Dispatch is one deploy (or rollback) Step decided to send: queued in the
+// work queue by the scheduler, resolved against the store (Resolve) and
+// sent by a worker under CommandID. It carries no tenant and no spec: a
+// worker takes both from the stored rollout.
 type Dispatch struct {
-	Rollout   string          `json:"rollout"`
-	Tenant    string          `json:"tenant"`
-	Gateway   string          `json:"gateway"`
-	CommandID string          `json:"commandId"`
-	Spec      json.RawMessage `json:"spec"`
+	Rollout   string `json:"rollout"`
+	Gateway   string `json:"gateway"`
+	CommandID string `json:"commandId"`
 }
 
 // Step observes the run's gateways, applies the abort criteria and the
@@ -346,7 +346,7 @@ func (s *stepper) dispatch(inflight int) []Dispatch {
 		s.set(g, GatewayInProgress, "", "")
 		r.Notified++
 		run.dirtyRun = true
-		out = append(out, Dispatch{Rollout: r.ID, Tenant: r.Spec.Tenant, Gateway: id, CommandID: g.CommandID, Spec: r.Spec.Deployment})
+		out = append(out, Dispatch{Rollout: r.ID, Gateway: id, CommandID: g.CommandID})
 	}
 	if r.Spec.Strategy.RatePerMinute > 0 || r.Spec.Strategy.Exponential != nil {
 		r.tokens -= float64(len(out))
@@ -377,12 +377,10 @@ func (s *stepper) abort(reason string) []Dispatch {
 		if err := protojson.Unmarshal(g.PrevSpec, prev); err != nil {
 			continue
 		}
-		prev.Revision = run.Spec.GetRevision() + 1
-		raw, _ := protojson.Marshal(prev)
-		g.RollbackRevision, g.State, g.DispatchedAt, g.Message = prev.GetRevision(), GatewayRollingBack, s.now, reason
+		// The worker deploys PrevSpec under this revision.
+		g.RollbackRevision, g.State, g.DispatchedAt, g.Message = run.Spec.GetRevision()+1, GatewayRollingBack, s.now, reason
 		run.dirty[id] = struct{}{}
-		out = append(out, Dispatch{Rollout: run.R.ID, Tenant: run.R.Spec.Tenant, Gateway: id,
-			CommandID: CommandID(run.R.ID, id, g.Attempt, "rollback"), Spec: raw})
+		out = append(out, Dispatch{Rollout: run.R.ID, Gateway: id, CommandID: CommandID(run.R.ID, id, g.Attempt, "rollback")})
 	}
 	return out
 }

@@ -88,6 +88,8 @@ func (run *Run) restore(list []*Gateway) {
 
 // Flush writes the changed rollouts, their gateways and the last specs.
 func (s *Scheduler) Flush(ctx context.Context) error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
 	s.mu.Lock()
 	batch := map[string]any{}
 	for id, run := range s.runs {

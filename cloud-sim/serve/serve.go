@@ -58,10 +58,19 @@ type Config struct {
 	// GatewayLimits what one gateway may make the controller hold.
 	BrokerLimits  broker.Limits
 	GatewayLimits inventory.Limits
-	// NATSURL is an external NATS (cluster); else an embedded server
-	// listens on NATSListen.
+	// NATSURL is an external NATS (cluster; URLs comma-separated); else
+	// an embedded server listens on NATSListen (loopback by default).
 	NATSURL    string
 	NATSListen string
+	// NATSCreds is a login file (user:password, or a NATS .creds file for
+	// an external NATS). With NATSURL, the login to it; embedded, the
+	// server's own login, which every client must give: made on first
+	// start in DataDir/nats-login (mode 0600) when empty, and reused.
+	NATSCreds string
+	// NATSCA, NATSCert and NATSKey are PEM files for TLS to an external
+	// NATS: the CA of its certificate (TLS required when set), and a
+	// client certificate and key.
+	NATSCA, NATSCert, NATSKey string
 	// HTTPListen is the API's address. APIToken is the token it
 	// requires; when empty, the one in DataDir's api-token file, made on
 	// first start. APIInsecureNoAuth (tests only, loopback only) requires
@@ -103,9 +112,14 @@ type Config struct {
 
 // Server is a running cloud-sim.
 type Server struct {
-	Broker     *broker.Broker // nil with an external broker
-	BrokerURL  *url.URL
-	Store      *state.Store
+	Broker    *broker.Broker // nil with an external broker
+	BrokerURL *url.URL
+	Store     *state.Store
+	// NATSURL and NATSCreds are what another replica sharing this one's
+	// NATS gives as its Config.NATSURL and NATSCreds: the embedded
+	// server's address and login file (or the external ones).
+	NATSURL    string
+	NATSCreds  string
 	Controller *controller.Controller
 	Registries map[string]*RunningRegistry
 	Fleet      *simfleet.Fleet
@@ -149,7 +163,7 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	if err := s.startRegistries(ctx, cfg); err != nil {
 		return s, err
 	}
-	if s.Store, err = state.Open(ctx, state.Config{URL: cfg.NATSURL, Dir: filepath.Join(cfg.DataDir, "nats"), Listen: cfg.NATSListen, Logger: cfg.Logger}); err != nil {
+	if err := s.openStore(ctx, cfg); err != nil {
 		return s, err
 	}
 	s.closers = append(s.closers, func() error { s.Store.Close(); return nil })
@@ -182,6 +196,22 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 		s.closers = append(s.closers, s.Fleet.Close)
 	}
 	return s, nil
+}
+
+// openStore connects to the external NATS or starts the embedded one,
+// which requires the login in DataDir/nats-login of every client.
+func (s *Server) openStore(ctx context.Context, cfg Config) error {
+	creds := cfg.NATSCreds
+	if cfg.NATSURL == "" && creds == "" {
+		creds = filepath.Join(cfg.DataDir, "nats-login")
+	}
+	st, err := state.Open(ctx, state.Config{URL: cfg.NATSURL, Dir: filepath.Join(cfg.DataDir, "nats"), Listen: cfg.NATSListen,
+		Creds: creds, CA: cfg.NATSCA, Cert: cfg.NATSCert, Key: cfg.NATSKey, Logger: cfg.Logger.With("component", "state")})
+	if err != nil {
+		return err
+	}
+	s.Store, s.NATSURL, s.NATSCreds = st, st.URL(), st.Creds()
+	return nil
 }
 
 func (s *Server) startRegistries(ctx context.Context, cfg Config) error {

@@ -11,7 +11,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -40,10 +43,22 @@ var ErrNotFound = errors.New("not found")
 
 // Config configures Open.
 type Config struct {
-	// URL is an external NATS server or cluster (nats://…); when empty an
-	// embedded server is started with its JetStream store in Dir.
+	// URL is an external NATS server or cluster (nats://…, tls://…, several
+	// comma-separated); when empty an embedded server is started with its
+	// JetStream store in Dir.
 	URL string
 	Dir string
+	// Creds is a login file: one line user:password, or (external only) a
+	// NATS credentials file with a user JWT and nkey seed. With URL it is
+	// the login to the external NATS (none when empty). Embedded, it is
+	// the server's own login, which it requires of every client: made on
+	// first start (user cloud-sim, a random 256-bit password, mode 0600)
+	// and reused; Dir/login when empty. Other replicas log in with it.
+	Creds string
+	// CA, Cert and Key are PEM files for TLS to an external NATS: the CA
+	// that signs its certificate (TLS is then required) and a client
+	// certificate and key for mutual TLS.
+	CA, Cert, Key string
 	// Listen is the embedded server's client address ("127.0.0.1:0" when
 	// empty), so that other cloud-sim replicas can share it.
 	Listen string
@@ -59,6 +74,8 @@ type Store struct {
 	js  jetstream.JetStream
 	kvs map[Bucket]jetstream.KeyValue
 	url string
+	// creds is the login file in use ("" for none).
+	creds string
 }
 
 // Open connects (starting the embedded server first when cfg.URL is
@@ -67,21 +84,36 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{kvs: map[Bucket]jetstream.KeyValue{}, url: cfg.URL}
+	s := &Store{kvs: map[Bucket]jetstream.KeyValue{}, url: cfg.URL, creds: cfg.Creds}
+	opts := []nats.Option{nats.Name("cloud-sim"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
 	if cfg.URL == "" {
-		if cfg.Dir == "" {
-			return nil, errors.New("state: Dir is required for the embedded NATS server (or give an external URL)")
-		}
-		ns, err := startEmbedded(cfg)
+		ns, l, err := startEmbedded(cfg)
 		if err != nil {
 			return nil, err
 		}
-		s.ns, s.url = ns, ns.ClientURL()
+		s.ns, s.url, s.creds = ns, ns.ClientURL(), cfg.Creds
+		if s.creds == "" {
+			s.creds = filepath.Join(cfg.Dir, "login")
+		}
+		opts = append(opts, l.option())
+	} else {
+		if cfg.Creds != "" {
+			l, err := readLogin(cfg.Creds)
+			if err != nil {
+				return nil, fmt.Errorf("state: --nats-creds: %w", err)
+			}
+			opts = append(opts, l.option())
+		}
+		tlsOpts, err := tlsOptions(cfg)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, tlsOpts...)
 	}
-	nc, err := nats.Connect(s.url, nats.Name("cloud-sim"), nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+	nc, err := nats.Connect(s.url, opts...)
 	if err != nil {
 		s.Close()
-		return nil, fmt.Errorf("state: connect to NATS %s: %w", s.url, err)
+		return nil, fmt.Errorf("state: connect to NATS %s: %w (%s)", redact(s.url), err, connectHint(err))
 	}
 	s.nc = nc
 	if s.js, err = jetstream.New(nc); err != nil {
@@ -106,39 +138,67 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
-func startEmbedded(cfg Config) (*server.Server, error) {
+// startEmbedded starts the embedded server, which requires its login
+// (embeddedLogin) of every client, and returns it with the login.
+func startEmbedded(cfg Config) (*server.Server, login, error) {
+	if cfg.Dir == "" {
+		return nil, login{}, errors.New("state: Dir is required for the embedded NATS server (or give an external URL)")
+	}
+	if cfg.CA != "" || cfg.Cert != "" || cfg.Key != "" {
+		return nil, login{}, errors.New("state: --nats-ca, --nats-cert and --nats-key are for an external NATS (--nats); the embedded one listens without TLS")
+	}
 	listen := cfg.Listen
 	if listen == "" {
 		listen = "127.0.0.1:0"
 	}
 	host, portStr, err := net.SplitHostPort(listen)
 	if err != nil {
-		return nil, fmt.Errorf("state: --nats-listen %q: %w", listen, err)
+		return nil, login{}, fmt.Errorf("state: --nats-listen %q: %w", listen, err)
 	}
 	port, err := strconv.Atoi(portStr)
 	if err != nil {
-		return nil, fmt.Errorf("state: --nats-listen %q: port: %w", listen, err)
+		return nil, login{}, fmt.Errorf("state: --nats-listen %q: port: %w", listen, err)
 	}
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
+	if !loopback(host) {
+		cfg.Logger.Warn("the embedded NATS listens beyond loopback without TLS: its login and the fleet's state cross the network in clear; prefer a NATS cluster with TLS (--nats, --nats-ca)", "listen", listen)
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, login{}, fmt.Errorf("state: %w", err)
+	}
+	credsPath := cfg.Creds
+	if credsPath == "" {
+		credsPath = filepath.Join(cfg.Dir, "login")
+	}
+	l, err := embeddedLogin(credsPath, cfg.Logger)
+	if err != nil {
+		return nil, login{}, fmt.Errorf("state: %w", err)
+	}
 	ns, err := server.NewServer(&server.Options{
-		ServerName: "cloud-sim", Host: host, Port: port,
+		ServerName: "cloud-sim", Host: host, Port: port, Username: l.user, Password: l.password,
 		JetStream: true, StoreDir: cfg.Dir, NoSigs: true, NoLog: true,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("state: embedded NATS: %w", err)
+		return nil, login{}, fmt.Errorf("state: embedded NATS: %w", err)
 	}
 	ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {
 		ns.Shutdown()
-		return nil, errors.New("state: embedded NATS did not start within 30s")
+		return nil, login{}, errors.New("state: embedded NATS did not start within 30s")
 	}
-	return ns, nil
+	return ns, l, nil
 }
 
-// URL is the NATS URL in use (the embedded server's when embedded).
-func (s *Store) URL() string { return s.url }
+// URL is the NATS URL in use (the embedded server's when embedded), with
+// any password in it hidden.
+func (s *Store) URL() string { return redact(s.url) }
+
+// Creds is the login file the store connected with: the embedded
+// server's, which another replica sharing it gives as its Config.Creds
+// ("" for an external NATS without one).
+func (s *Store) Creds() string { return s.creds }
 
 // Close disconnects and stops the embedded server, if any, after its
 // writes are flushed.
@@ -296,7 +356,8 @@ func (s *Store) Enqueue(ctx context.Context, subject, id string, data []byte) er
 
 // Consume hands queued items to fn, up to parallel at a time, and
 // acknowledges each when fn returns; an item whose worker died is handed
-// out again after a minute. stop ends the consumption.
+// out again after a minute. stop ends the consumption and waits for the
+// items being handled; one that arrives after it is handed out again.
 func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.Context, data []byte)) (stop func(), err error) {
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, workStream, jetstream.ConsumerConfig{Durable: workConsumer,
 		AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxAckPending: 10 * parallel})
@@ -305,9 +366,23 @@ func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.C
 	}
 	sem := make(chan struct{}, parallel)
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	var (
+		mu      sync.Mutex
+		stopped bool // guarded by mu
+		running sync.WaitGroup
+	)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
+		mu.Lock()
+		if stopped {
+			mu.Unlock()
+			_ = m.Nak()
+			return
+		}
+		running.Add(1)
+		mu.Unlock()
 		sem <- struct{}{}
 		go func() {
+			defer running.Done()
 			defer func() { <-sem }()
 			fn(runCtx, m.Data())
 			_ = m.Ack()
@@ -317,7 +392,14 @@ func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.C
 		cancel()
 		return nil, fmt.Errorf("state: work consumer: %w", err)
 	}
-	return func() { cc.Stop(); cancel() }, nil
+	return func() {
+		cc.Stop()
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+		running.Wait()
+		cancel()
+	}, nil
 }
 
 // Lease is a time-limited claim on a name in the Meta bucket, for leader
