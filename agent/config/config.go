@@ -161,7 +161,7 @@ func (c *Config) flags(out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxPayload, "max-payload", c.MaxPayload, "largest command payload accepted, in bytes")
 	fs.DurationVar(&c.MetricsInterval, "metrics-interval", c.MetricsInterval, "metrics heartbeat interval")
 	fs.StringVar(&c.DockerHost, "docker-host", c.DockerHost, "Docker Engine address (default: DOCKER_HOST or the local socket)")
-	fs.BoolVar(&c.ImageGC, "image-gc", c.ImageGC, "remove images no deployment uses (each keeps its current and previous revision's image)")
+	fs.BoolVar(&c.ImageGC, "image-gc", c.ImageGC, "remove images the agent pulled that no deployment uses (each keeps its current and previous revision's image); images the agent did not pull are never removed")
 	fs.BoolVar(&c.RequireSealed, "credentials-require-sealed", c.RequireSealed, "accept registry credentials only sealed to this gateway's public key")
 	fs.StringVar(&c.ECRHelper, "ecr-helper", c.ECRHelper, "the fleet-agent-ecr helper that gets tokens for ecr credentials: a path, or a name on PATH (default: fleet-agent-ecr beside the agent's executable, else on PATH)")
 	fs.StringVar(&c.RegistryCertsDir, "registry-certs-dir", c.RegistryCertsDir, "the Docker Engine's per-registry certificate directory, where credentials' caCertificate and client certificates are installed (<dir>/<host:port>/ca.crt, client.cert, client.key)")

@@ -81,6 +81,17 @@ func (f *Fake) remote(ref string) (string, bool) {
 	return "", false
 }
 
+// Load puts an image in the engine without a pull, as an operator's
+// docker load or docker build does, and returns its id (its digest here).
+func (f *Fake) Load(ref, content string) string {
+	sum := sha256.Sum256([]byte(ref + "\x00" + content))
+	d := "sha256:" + hex.EncodeToString(sum[:])
+	f.mu.Lock()
+	f.images[ref] = d
+	f.mu.Unlock()
+	return d
+}
+
 // Unpublish removes ref from the fake registry.
 func (f *Fake) Unpublish(ref string) {
 	f.mu.Lock()

@@ -266,6 +266,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	link, err := mqttlink.New(mqttlink.Config{
 		BrokerURL: g.cfg.BrokerURL, ClientID: g.cfg.ClientID, Username: g.cfg.Username, Password: g.cfg.Password,
 		TLS: g.cfg.TLS, KeepAlive: g.cfg.KeepAlive, SessionExpiry: g.cfg.SessionExpiry, Backoff: g.cfg.Backoff,
+		MaxPacketSize: maxPacketSize(g.cfg.MaxPayload),
 		Subscriptions: subs,
 		Will:          g.will,
 		Birth:         g.birthMessage,
@@ -317,6 +318,22 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 	case <-done:
 	case <-time.After(d):
 	}
+}
+
+// packetHeadroom is what a command's packet holds besides its payload: the
+// fixed header, the topic, the response topic, correlation data, content
+// type and user properties (a signature).
+const packetHeadroom = 16 << 10
+
+// maxPacketSize is the MQTT Maximum Packet Size the agent advertises: a
+// command of maxPayload bytes and its headroom. The broker drops anything
+// larger instead of sending it; a payload between the two still arrives
+// and is refused with a reply that says so.
+func maxPacketSize(maxPayload int) uint32 {
+	if maxPayload <= 0 {
+		maxPayload = command.DefaultMaxPayload
+	}
+	return uint32(min(maxPayload+packetHeadroom, 1<<28-1)) // MQTT's largest packet: 256 MiB
 }
 
 // will is called before every connection attempt: it takes the next session

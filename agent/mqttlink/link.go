@@ -55,6 +55,10 @@ type Config struct {
 	KeepAlive     time.Duration
 	SessionExpiry time.Duration
 	Backoff       backoff.Policy
+	// MaxPacketSize, when set, is advertised in CONNECT as the MQTT v5
+	// Maximum Packet Size: the broker does not send this client a packet
+	// larger than that (it drops it, and the connection stays up).
+	MaxPacketSize uint32
 
 	// Subscriptions are subscribed at QoS 1 on every connect.
 	Subscriptions []string
@@ -189,7 +193,8 @@ func inbound(p *paho.Publish) Inbound {
 	return in
 }
 
-// buildConnect registers the Will of the connection about to be attempted.
+// buildConnect registers the Will of the connection about to be attempted
+// and advertises the largest packet the link takes.
 func (l *Link) buildConnect(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
 	will, err := l.cfg.Will()
 	if err != nil {
@@ -205,6 +210,9 @@ func (l *Link) buildConnect(cp *paho.Connect, _ *url.URL) (*paho.Connect, error)
 	// the publications it forwards (mochi-mqtt does), among them the
 	// commands' signatures.
 	cp.Properties.RequestProblemInfo = true
+	if n := l.cfg.MaxPacketSize; n > 0 {
+		cp.Properties.MaximumPacketSize = &n
+	}
 	return cp, nil
 }
 

@@ -52,8 +52,8 @@ type Store interface {
 	GetDeployment(name string) (store.Deployment, bool, error)
 	Deployments() (map[string]store.Deployment, error)
 	DeleteDeployment(name string) error
-	TrackImage(id, ref string) error
-	TrackedImages() (map[string]string, error)
+	TrackPulledImage(id, ref string) error
+	PulledImages() (map[string]string, error)
 	UntrackImage(id string) error
 }
 
@@ -73,8 +73,10 @@ type Config struct {
 	// resolves to against the gateway's image trust policy before it is
 	// pulled and before a container is created from it (agent/trust).
 	Trust func(ctx context.Context, image, digest string) error
-	// ImageGC removes images no deployment keeps (each keeps the image of
-	// its current and of its previous revision).
+	// ImageGC removes images the agent pulled that no deployment keeps
+	// (each keeps the image of its current and of its previous revision).
+	// Images the agent did not pull (loaded or built by an operator, used
+	// with pullPolicy NEVER or found present) are never removed.
 	ImageGC bool
 	// Publish sends a deployment's status, retained; a nil status clears it.
 	Publish func(ctx context.Context, name string, st *fleetv1.DeploymentStatus)
@@ -221,7 +223,7 @@ func (r *Reconciler) rollout(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 	if err != nil {
 		return fail(fleetv1.DeploymentStatus_FAILED, err)
 	}
-	digest, err := r.ensureImage(ctx, spec, st)
+	digest, pulled, err := r.ensureImage(ctx, spec, st)
 	if err != nil {
 		return fail(fleetv1.DeploymentStatus_FAILED, err)
 	}
@@ -254,7 +256,7 @@ func (r *Reconciler) rollout(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 	}
 	st.Phase, st.Code, st.Message = fleetv1.DeploymentStatus_RUNNING, fleetv1.Reply_OK, ""
 	r.publish(ctx, st)
-	r.recordImage(name, imageID, spec.GetImage())
+	r.recordImage(name, imageID, spec.GetImage(), pulled)
 	r.gc(ctx)
 	return st, nil
 }
@@ -328,13 +330,16 @@ func (r *Reconciler) replace(ctx context.Context, spec *fleetv1.DeploymentSpec, 
 }
 
 // recordImage notes the image a deployment now runs, keeping the one
-// before for rollback.
-func (r *Reconciler) recordImage(name, id, ref string) {
+// before for rollback, and that the agent pulled it (pulled): only such
+// images are ever removed.
+func (r *Reconciler) recordImage(name, id, ref string, pulled bool) {
 	if id == "" {
 		return
 	}
-	if err := r.cfg.Store.TrackImage(id, ref); err != nil {
-		r.log.Warn("track image", "image", ref, "err", err)
+	if pulled {
+		if err := r.cfg.Store.TrackPulledImage(id, ref); err != nil {
+			r.log.Warn("track pulled image", "image", ref, "err", err)
+		}
 	}
 	d, ok, err := r.cfg.Store.GetDeployment(name)
 	if err != nil || !ok || d.ImageID == id {
@@ -359,23 +364,30 @@ func (r *Reconciler) kept() (map[string]bool, error) {
 	return keep, nil
 }
 
-// gc removes the tracked images no deployment keeps, when enabled.
+// gc removes the images the agent pulled that no deployment keeps, when
+// enabled.
 func (r *Reconciler) gc(ctx context.Context) {
 	if r.cfg.ImageGC {
 		r.removeImages(ctx, nil)
 	}
 }
 
-// removeImages removes tracked images that no deployment keeps: only
-// those in ids, or all when ids is nil. An image still in use is left.
+// removeImages removes images the agent pulled that no deployment keeps:
+// only those in ids, or all when ids is nil. An image still in use is
+// left, and so is one the agent did not pull.
 func (r *Reconciler) removeImages(ctx context.Context, ids []string) {
 	keep, err := r.kept()
 	if err != nil {
 		return
 	}
-	tracked, err := r.cfg.Store.TrackedImages()
+	tracked, err := r.cfg.Store.PulledImages()
 	if err != nil {
 		return
+	}
+	for _, id := range ids {
+		if _, ok := tracked[id]; id != "" && !ok && !keep[id] {
+			r.log.Info("image kept: the agent did not pull it", "id", id)
+		}
 	}
 	for id, ref := range tracked {
 		if keep[id] || ids != nil && !slices.Contains(ids, id) {
@@ -483,57 +495,58 @@ func (r *Reconciler) trusted(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 }
 
 // ensureImage makes the image present according to the pull policy and
-// returns its repository digest when known.
-func (r *Reconciler) ensureImage(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus) (string, error) {
+// returns its repository digest when known, and whether the agent pulled
+// it: the pull brought an image the engine did not have under ref.
+func (r *Reconciler) ensureImage(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus) (digest string, pulled bool, err error) {
 	ref := spec.GetImage()
-	_, digests, found, err := r.cfg.Engine.Image(ctx, ref)
+	before, digests, found, err := r.cfg.Engine.Image(ctx, ref)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	policy := spec.GetPullPolicy()
 	switch {
 	case policy == fleetv1.Pull_NEVER && !found:
-		return "", &errdefs.FieldError{Field: specField + ".pullPolicy", Kind: errdefs.ErrNotFound,
+		return "", false, &errdefs.FieldError{Field: specField + ".pullPolicy", Kind: errdefs.ErrNotFound,
 			Msg: sprintf("image %s is not on the gateway and pullPolicy is NEVER; load it or use IF_NOT_PRESENT", ref)}
 	case policy == fleetv1.Pull_NEVER:
-		return firstDigest(digests), nil
+		return firstDigest(digests), false, nil
 	case policy != fleetv1.Pull_ALWAYS && found:
 		if strings.Contains(ref, "@sha256:") {
-			return firstDigest(digests), nil
+			return firstDigest(digests), false, nil
 		}
 		// A tag may have moved: pull again when the registry now resolves
 		// it to another digest. Unreachable registry: the local copy.
 		auth, err := r.cfg.Auth(ctx, ref)
 		if err != nil {
-			return "", err
+			return "", false, err
 		}
 		remote, err := r.cfg.Engine.RemoteDigest(ctx, ref, auth)
 		switch {
 		case err != nil:
 			r.cfg.Event(&fleetv1.Event{Severity: fleetv1.Event_WARNING, Kind: "pull.offline-fallback", Deployment: spec.GetName(),
 				Code: errdefs.Code(err), Message: sprintf("could not check %s with its registry; using the local copy: %v", ref, err)})
-			return firstDigest(digests), nil
+			return firstDigest(digests), false, nil
 		case slices.ContainsFunc(digests, func(d string) bool { return strings.HasSuffix(d, "@"+remote) }):
-			return remote, nil
+			return remote, false, nil
 		}
 		r.log.Info("tag moved; pulling", "image", ref, "digest", remote)
 	}
 	if err := r.checkSpace(ctx, spec.GetImage()); err != nil {
-		return "", err
+		return "", false, err
 	}
 	if err := r.pull(ctx, spec, st); err != nil {
 		if found && policy != fleetv1.Pull_ALWAYS {
-			return firstDigest(digests), nil
+			return firstDigest(digests), false, nil
 		}
 		if found && errors.Is(err, errdefs.ErrRegistryUnreachable) {
 			r.cfg.Event(&fleetv1.Event{Severity: fleetv1.Event_WARNING, Kind: "pull.offline-fallback", Deployment: spec.GetName(),
 				Code: errdefs.Code(err), Message: sprintf("registry unreachable; using the local copy of %s: %v", ref, err)})
-			return firstDigest(digests), nil
+			return firstDigest(digests), false, nil
 		}
-		return "", err
+		return "", false, err
 	}
-	_, digests, _, err = r.cfg.Engine.Image(ctx, ref)
-	return firstDigest(digests), err
+	after, digests, _, err := r.cfg.Engine.Image(ctx, ref)
+	return firstDigest(digests), err == nil && (!found || after != before), err
 }
 
 // spaceFactor is the free space a pull needs, as a multiple of the image's

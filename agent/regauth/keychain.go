@@ -128,7 +128,11 @@ func NewKeychain(cfg KeychainConfig) (*Keychain, error) {
 		}
 		key, err := credential.ParseRegistry(scope)
 		if err != nil {
-			return nil, fmt.Errorf("credential for %s: %w", scope, err)
+			// Stored by an agent that did not check registry names yet:
+			// kept in the state file but never used (and its TLS files
+			// never touched) rather than refusing to start.
+			k.log.Warn("stored registry credential ignored: its registry is not a host[:port]; delete it with delete-credentials or send a valid one", "registry", scope, "err", err)
+			continue
 		}
 		k.entries[scope] = &entry{key: key, cred: c}
 	}

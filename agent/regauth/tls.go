@@ -26,8 +26,11 @@ const (
 // installTLS writes the TLS material of c where the engine reads it for
 // host. Files absent from c are removed when the agent wrote them (their
 // content is what old held); files an operator installed by hand are left.
+//
+// host is a validated host[:port] (credential.ParseRegistry); the files are
+// still written through an os.Root on dir, so that neither a name nor a
+// symlink planted in dir can make the agent write outside it.
 func installTLS(dir, host string, c, old *fleetv1.Credential) error {
-	hostDir := filepath.Join(dir, host)
 	files := []struct {
 		name, content, old string
 		mode               os.FileMode
@@ -36,32 +39,72 @@ func installTLS(dir, host string, c, old *fleetv1.Credential) error {
 		{clientCertFile, c.GetClientCertificate(), old.GetClientCertificate(), 0o644},
 		{clientKeyFile, c.GetClientKey(), old.GetClientKey(), 0o600},
 	}
+	if !filepath.IsLocal(host) || filepath.Base(host) != host {
+		return fmt.Errorf("%w: registry host %q is not a single directory name under %s", errdefs.ErrInvalidArgument, host, dir)
+	}
+	writes := hasTLS(c)
+	if writes {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return certsErr(dir, err)
+		}
+	}
+	root, err := os.OpenRoot(dir)
+	if errors.Is(err, os.ErrNotExist) && !writes {
+		return nil // nothing was installed
+	}
+	if err != nil {
+		return certsErr(dir, err)
+	}
+	defer root.Close()
 	for _, f := range files {
-		path := filepath.Join(hostDir, f.name)
+		path := filepath.Join(host, f.name)
 		if f.content == "" {
 			if f.old != "" {
-				if b, err := os.ReadFile(path); err == nil && bytes.Equal(b, []byte(f.old)) {
-					if err := os.Remove(path); err != nil {
+				if b, err := root.ReadFile(path); err == nil && bytes.Equal(b, []byte(f.old)) {
+					if err := root.Remove(path); err != nil {
 						return certsErr(dir, err)
 					}
 				}
 			}
 			continue
 		}
-		if err := os.MkdirAll(hostDir, 0o755); err != nil {
+		if err := root.Mkdir(host, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 			return certsErr(dir, err)
 		}
-		tmp := path + ".tmp"
-		if err := os.WriteFile(tmp, []byte(f.content), f.mode); err != nil {
-			return certsErr(dir, err)
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			os.Remove(tmp)
+		if err := writeFile(root, path, f.content, f.mode); err != nil {
 			return certsErr(dir, err)
 		}
 	}
-	os.Remove(hostDir) // only succeeds when empty
+	root.Remove(host) // only succeeds when empty
 	return nil
+}
+
+// writeFile replaces name in root with content: written to a new file
+// beside it (never an existing one, which could be a planted symlink) and
+// renamed over it (which replaces a symlink rather than following it).
+func writeFile(root *os.Root, name, content string, mode os.FileMode) error {
+	tmp := name + ".tmp"
+	if err := root.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(content)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = root.Chmod(tmp, mode) // whatever the umask
+	}
+	if err == nil {
+		err = root.Rename(tmp, name)
+	}
+	if err != nil {
+		root.Remove(tmp)
+	}
+	return err
 }
 
 func certsErr(dir string, err error) error {

@@ -20,27 +20,42 @@ type Deployment struct {
 
 var bucketImages = []byte("images")
 
-// TrackImage records that a deployment used the image with this engine id
-// (ref for humans); image GC removes only tracked images.
-func (s *Store) TrackImage(id, ref string) error {
+// pulledImage is the stored record of an image the agent pulled. Agents
+// before it stored the bare reference of every image a deployment used,
+// pulled or not: such a record still reads, as an image of unknown origin
+// that PulledImages leaves out.
+type pulledImage struct {
+	Ref    string `json:"ref"`
+	Pulled bool   `json:"pulled"`
+}
+
+// TrackPulledImage records that the agent pulled the image with this
+// engine id (ref for humans); image GC removes only these.
+func (s *Store) TrackPulledImage(id, ref string) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketImages)
 		if err != nil {
 			return err
 		}
-		return b.Put([]byte(id), []byte(ref))
+		return putJSON(b, id, pulledImage{Ref: ref, Pulled: true})
 	})
 }
 
-// TrackedImages returns the tracked images, id to reference.
-func (s *Store) TrackedImages() (map[string]string, error) {
+// PulledImages returns the images the agent pulled, id to reference.
+func (s *Store) PulledImages() (map[string]string, error) {
 	out := map[string]string{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketImages)
 		if b == nil {
 			return nil
 		}
-		return b.ForEach(func(k, v []byte) error { out[string(k)] = string(v); return nil })
+		return b.ForEach(func(k, v []byte) error {
+			var img pulledImage
+			if json.Unmarshal(v, &img) == nil && img.Pulled {
+				out[string(k)] = img.Ref
+			}
+			return nil
+		})
 	})
 	return out, err
 }

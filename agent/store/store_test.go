@@ -3,9 +3,12 @@ package store_test
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/fleet-agent/fleet/agent/store"
 )
@@ -150,5 +153,42 @@ func TestDeployments(t *testing.T) {
 	}
 	if all, _ := s.Deployments(); len(all) != 0 {
 		t.Errorf("Deployments after delete = %v", all)
+	}
+}
+
+// TestPulledImagesReadsOlderRecords: an image record written by an agent
+// before pulls were recorded (the bare reference of any image a deployment
+// used) still reads, as an image the agent did not pull.
+func TestPulledImagesReadsOlderRecords(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte("images"))
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte("sha256:operator"), []byte("operator/tool:1"))
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, store.Config{Path: path})
+	if err := s.TrackPulledImage("sha256:pulled", "registry.test/web:1"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.PulledImages()
+	want := map[string]string{"sha256:pulled": "registry.test/web:1"}
+	if err != nil || !maps.Equal(got, want) {
+		t.Errorf("PulledImages = %v, %v; want %v (the older record read, and not as pulled)", got, err, want)
+	}
+	if err := s.UntrackImage("sha256:pulled"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.PulledImages(); len(got) != 0 {
+		t.Errorf("PulledImages after UntrackImage = %v, want none", got)
 	}
 }

@@ -11,6 +11,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/distribution/reference"
@@ -39,13 +42,19 @@ func (k Key) String() string {
 // docker.io, index.docker.io and registry-1.docker.io all mean Docker Hub;
 // a scheme (https://) and a trailing "/v1/" or "/v2/" are dropped; the rest
 // after the host is a repository prefix.
+//
+// The host must be host[:port] as an image reference names it (a DNS name,
+// an IPv4 address or a bracketed IPv6 address; a port from 1 to 65535) and
+// each prefix component a repository path component: the gateway names a
+// directory of the engine's certs.d after the host, so nothing that reads
+// as a path ("..", "/", "\") gets through.
 func ParseRegistry(s string) (Key, error) {
 	s = strings.TrimSpace(s)
 	for _, scheme := range []string{"https://", "http://"} {
 		s = strings.TrimPrefix(s, scheme)
 	}
 	host, prefix, _ := strings.Cut(s, "/")
-	prefix = strings.Trim(prefix, "/")
+	prefix = strings.TrimSuffix(prefix, "/")
 	if prefix == "v1" || prefix == "v2" {
 		prefix = ""
 	}
@@ -53,10 +62,49 @@ func ParseRegistry(s string) (Key, error) {
 	if hubAliases[host] {
 		host = DockerHub
 	}
-	if strings.ContainsAny(host, " @") || strings.Contains(prefix, "//") {
-		return Key{}, fmt.Errorf("registry %q is not a registry host with an optional repository prefix, e.g. registry.example.com/team/", s)
+	if err := checkHost(host); err != nil {
+		return Key{}, fmt.Errorf("registry %q: %w; send a registry host[:port] with an optional repository prefix, e.g. registry.example.com:5000/team/", s, err)
+	}
+	if prefix != "" {
+		for c := range strings.SplitSeq(prefix, "/") {
+			if !pathComponent.MatchString(c) {
+				return Key{}, fmt.Errorf("registry %q: the repository prefix component %q is not a repository name component (lower-case letters and digits separated by '.', '_', '__' or '-'); send a registry host[:port] with an optional repository prefix, e.g. registry.example.com:5000/team/", s, c)
+			}
+		}
 	}
 	return Key{Host: host, Prefix: prefix}, nil
+}
+
+// pathComponent is one component of a repository path, as in
+// github.com/distribution/reference.
+var pathComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$`)
+
+// hostPort is a registry host with an optional port, as in
+// github.com/distribution/reference.
+var hostPort = regexp.MustCompile(`^(?:` + reference.DomainRegexp.String() + `)$`)
+
+// checkHost reports whether host is host[:port] as an image reference
+// names a registry: a DNS name, an IPv4 address or a bracketed IPv6
+// address, with an optional port from 1 to 65535.
+func checkHost(host string) error {
+	if !hostPort.MatchString(host) {
+		return fmt.Errorf("the host %q is not a DNS name, IPv4 address or [IPv6] address with an optional :port", host)
+	}
+	name, port := host, ""
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
+		name, port = host[:i], host[i+1:]
+	}
+	if strings.HasPrefix(name, "[") {
+		if _, err := netip.ParseAddr(strings.Trim(name, "[]")); err != nil {
+			return fmt.Errorf("the host %q is not an IPv6 address: %w", name, err)
+		}
+	}
+	if port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("the port %q is not a number from 1 to 65535", port)
+		}
+	}
+	return nil
 }
 
 // ImageKey returns the host and repository path of an image reference, as

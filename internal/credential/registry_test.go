@@ -57,3 +57,24 @@ func TestSelectLongestPrefix(t *testing.T) {
 		}
 	}
 }
+
+// TestParseRegistryRefusesPaths: a registry is host[:port] with an optional
+// repository prefix; nothing that reads as a path or a foreign scheme.
+func TestParseRegistryRefusesPaths(t *testing.T) {
+	for _, in := range []string{
+		"..", "../escaped", ".", "./x", "a/../b", "registry.example.com/team/../x", "registry.example.com//x",
+		"..:5000", "reg..example.com", `registry.example.com\x`, "registry.example.com:0", "registry.example.com:65536",
+		"registry.example.com:", "registry.example.com:http", "file:///etc", "ssh://registry.example.com",
+		"user@registry.example.com", "-registry.example.com", "registry-.example.com", "[::1", "[zz::1]:5000",
+		"registry example.com", "registry.example.com/Team", "%2e%2e",
+	} {
+		if k, err := credential.ParseRegistry(in); err == nil {
+			t.Errorf("ParseRegistry(%q) = %+v, want an error", in, k)
+		}
+	}
+	for _, in := range []string{"localhost", "localhost:5000", "10.0.0.1:443", "[::1]:5000", "[2001:db8::1]", "a.b-c.example.com/x.y/z__w/a-b"} {
+		if _, err := credential.ParseRegistry(in); err != nil {
+			t.Errorf("ParseRegistry(%q) = %v, want accepted", in, err)
+		}
+	}
+}
