@@ -100,8 +100,22 @@ func (c *cloud) gateway(t *testing.T, tenant, id string) *api.Gateway {
 // a real fleet-agent process with it and the tenant's command-signing keys.
 func (c *cloud) provisionAgent(t *testing.T, tenant, id string, extra ...string) *testenv.Agent {
 	t.Helper()
+	return c.provisionAgentWith(t, tenant, id, api.ProvisionRequest{}, extra...).Agent
+}
+
+// provisioned is an agent started by provisionAgentWith, with its password.
+type provisioned struct {
+	*testenv.Agent
+	password, pwFile string
+}
+
+// provisionAgentWith provisions the gateway with req (groups, labels) and
+// starts a real fleet-agent with its password and the tenant's
+// command-signing keys.
+func (c *cloud) provisionAgentWith(t *testing.T, tenant, id string, req api.ProvisionRequest, extra ...string) *provisioned {
+	t.Helper()
 	var p api.Provisioned
-	if err := c.api.Do(context.Background(), "POST", "/v1/gateways/"+tenant+"/"+id+"/provision", api.ProvisionRequest{}, &p, nil); err != nil {
+	if err := c.api.Do(context.Background(), "POST", "/v1/gateways/"+tenant+"/"+id+"/provision", req, &p, nil); err != nil {
 		t.Fatal(err)
 	}
 	pwFile := filepath.Join(t.TempDir(), "password")
@@ -114,7 +128,7 @@ func (c *cloud) provisionAgent(t *testing.T, tenant, id string, extra ...string)
 		t.Fatal(err)
 	}
 	args := append([]string{"--broker-username", p.Username, "--broker-password-file", pwFile, "--command-signing-keys", keysFile}, extra...)
-	return testenv.StartAgent(t, "mqtt://"+c.mqtt, tenant, id, args...)
+	return &provisioned{Agent: testenv.StartAgent(t, "mqtt://"+c.mqtt, tenant, id, args...), password: p.Password, pwFile: pwFile}
 }
 
 func (c *cloud) send(t *testing.T, target api.Target, cmd *fleetv1.Command, wait string) *api.BatchView {

@@ -22,27 +22,6 @@ import (
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
-// provisioned is a real agent started with an identity provisioned
-// through the API with req; its password file can be rewritten.
-type provisioned struct {
-	*testenv.Agent
-	password, pwFile string
-}
-
-func (c *cloud) provisionAgentWith(t *testing.T, tenant, id string, req api.ProvisionRequest, extra ...string) *provisioned {
-	t.Helper()
-	var p api.Provisioned
-	if err := c.api.Do(context.Background(), "POST", "/v1/gateways/"+tenant+"/"+id+"/provision", req, &p, nil); err != nil {
-		t.Fatal(err)
-	}
-	pwFile := filepath.Join(t.TempDir(), "password")
-	if err := os.WriteFile(pwFile, []byte(p.Password), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	args := append([]string{"--broker-username", p.Username, "--broker-password-file", pwFile}, extra...)
-	return &provisioned{Agent: testenv.StartAgent(t, "mqtt://"+c.mqtt, tenant, id, args...), password: p.Password, pwFile: pwFile}
-}
-
 // commanded lists the gateways a batch has commands for.
 func commanded(b *api.BatchView) []string {
 	var ids []string
@@ -133,7 +112,7 @@ func TestSecurityTargetReportedGroupsAndLabels(t *testing.T) {
 	run := func(args ...string) (int, string) {
 		var out, errs bytes.Buffer
 		env := cli.Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errs, Getenv: func(string) string { return "" }}
-		code := cli.Run(context.Background(), env, append(args, "--api", c.APIURL))
+		code := cli.Run(context.Background(), env, append(args, "--api", c.APIURL, "--data", c.dataDir))
 		return code, out.String() + errs.String()
 	}
 	if code, out := run("label", "acme/gw-evil", "env=prod", "tier=canary"); code != 0 || !strings.Contains(out, "env=prod,tier=canary") {

@@ -893,7 +893,7 @@ func (x *Deploy) GetSpec() *DeploymentSpec {
 type DeploymentRef struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// remove only: also delete the deployment's image when no other deployment uses it.
+	// remove only: also delete the deployment's image when the agent pulled it and no other deployment uses it.
 	RemoveImage   bool `protobuf:"varint,2,opt,name=remove_image,json=removeImage,proto3" json:"remove_image,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
