@@ -300,10 +300,12 @@ func TestCloudCLI(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "3 succeeded") {
 		t.Fatalf("deploy: exit %d\n%s", code, out)
 	}
-	code, out = run("", "gateway", "sim/sim-2")
-	if code != 0 || !strings.Contains(out, "RUNNING") {
-		t.Fatalf("gateway: exit %d\n%s", code, out)
-	}
+	// The final reply and the retained status travel on different topics:
+	// the status may reach the inventory just after the reply.
+	testenv.Eventually(t, "gateway sim/sim-2 shows web RUNNING", func() bool {
+		code, out = run("", "gateway", "sim/sim-2")
+		return code == 0 && strings.Contains(out, "RUNNING")
+	})
 	// A revision lower than the running one fails on every gateway: exit 1.
 	os.WriteFile(spec, []byte("name: web\nrevision: 0\nimage: registry.example.com/web:0\n"), 0o600)
 	code, out = run("", "deploy", "--gateway", "sim/sim-1", "-f", spec, "--skip-registry-check", "--wait", "20s")
