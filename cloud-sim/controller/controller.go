@@ -95,6 +95,8 @@ type Controller struct {
 	sched *rollout.Scheduler
 	creds *tenantcred.Credentials
 	sign  *cmdkeys.Keys
+	// resolver checks rollout work items against the store.
+	resolver *rollout.Resolver
 
 	stopWork  func()
 	stop      chan struct{}
@@ -108,7 +110,8 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		return nil, errors.New("controller: Store and Keys are required")
 	}
 	cfg = withDefaults(cfg)
-	c := &Controller{cfg: cfg, log: cfg.Logger, store: cfg.Store, hub: new(changes.Hub), stop: make(chan struct{})}
+	c := &Controller{cfg: cfg, log: cfg.Logger, store: cfg.Store, hub: new(changes.Hub), stop: make(chan struct{}),
+		resolver: rollout.NewResolver(cfg.Store)}
 	var err error
 	if c.ids = cfg.Identities; c.ids == nil {
 		if c.ids, err = identity.New(ctx, identity.Config{Store: cfg.Store, ControllerID: cfg.ID, Now: cfg.Now}); err != nil {

@@ -105,7 +105,7 @@ func (c *Controller) work(ctx context.Context, data []byte) {
 		c.refuseWork(d, fmt.Errorf("not a work item: %w", err))
 		return
 	}
-	w, err := rollout.Resolve(ctx, c.store, d)
+	w, err := c.resolver.Resolve(ctx, d)
 	if errors.Is(err, errdefs.ErrPermissionDenied) {
 		c.refuseWork(d, err)
 		return

@@ -55,9 +55,10 @@ func TestResolve(t *testing.T) {
 		{name: "rollback not decided", item: Dispatch{"r-1", "gw-dispatched", CommandID("r-1", "gw-dispatched", 1, "rollback")}, wantErr: "commandId"},
 		{name: "deploy after the rollback", item: Dispatch{"r-1", "gw-rollback", CommandID("r-1", "gw-rollback", 1, "deploy")}, wantErr: "commandId"},
 	}
+	rs := NewResolver(s.cfg.Store) // one for all: the later cases meet the rollout's kept spec
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w, err := Resolve(context.Background(), s.cfg.Store, tt.item)
+			w, err := rs.Resolve(context.Background(), tt.item)
 			if tt.wantErr != "" {
 				var fe *errdefs.FieldError
 				if !errors.As(err, &fe) || fe.Field != tt.wantErr || !errors.Is(err, errdefs.ErrPermissionDenied) {
@@ -110,7 +111,7 @@ func TestStepQueuesResolvableWork(t *testing.T) {
 			t.Error(err)
 			return
 		}
-		w, err := Resolve(ctx, st, d)
+		w, err := NewResolver(st).Resolve(ctx, d)
 		if err != nil {
 			t.Errorf("Resolve(%s): %v", data, err)
 			return
