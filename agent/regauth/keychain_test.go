@@ -192,6 +192,7 @@ func TestCredentialValidation(t *testing.T) {
 		field string
 	}{
 		{"ecr without region on a non-ECR host", &fleetv1.Credential{Registry: "registry.example.com", Kind: &fleetv1.Credential_Ecr{Ecr: &fleetv1.EcrAuth{}}}, "ecr.region"},
+		{"ecr region that is a host name", &fleetv1.Credential{Registry: "registry.example.com", Kind: &fleetv1.Credential_Ecr{Ecr: &fleetv1.EcrAuth{Region: "evil.example/x#"}}}, "ecr.region"},
 		{"ecr key without secret", &fleetv1.Credential{Registry: "123456789012.dkr.ecr.eu-west-1.amazonaws.com", Kind: &fleetv1.Credential_Ecr{Ecr: &fleetv1.EcrAuth{AccessKeyId: "AKID"}}}, "ecr.secretAccessKey"},
 		{"ecr-token without expiry", &fleetv1.Credential{Registry: "r.example.com", Kind: &fleetv1.Credential_EcrToken{EcrToken: &fleetv1.EcrToken{Password: "p"}}}, "ecrToken.expiresAt"},
 		{"CA that is not PEM", &fleetv1.Credential{Registry: "r.example.com", CaCertificate: "not a cert", Kind: &fleetv1.Credential_Anonymous{Anonymous: &fleetv1.Anonymous{}}}, "caCertificate"},

@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"regexp"
 
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -41,6 +42,12 @@ func Validate(field string, c *fleetv1.Credential) (Key, error) {
 		e := kc.Ecr
 		if _, ok := ECRRegion(e, key.Host); !ok {
 			return Key{}, errdefs.Invalid(field+".ecr.region", "is required: %s is not an ECR host (<account>.dkr.ecr.<region>.amazonaws.com) to read the region from", key.Host)
+		}
+		// The region becomes part of the AWS endpoint's host name: nothing
+		// but a region's letters, so it cannot point the signed request
+		// elsewhere.
+		if r := e.GetRegion(); r != "" && !awsRegion.MatchString(r) {
+			return Key{}, errdefs.Invalid(field+".ecr.region", "%q is not an AWS region; write e.g. eu-west-1", r)
 		}
 		if (e.GetAccessKeyId() == "") != (e.GetSecretAccessKey() == "") {
 			return Key{}, errdefs.Invalid(field+".ecr.secretAccessKey", "accessKeyId and secretAccessKey go together; send both, or neither to use the AWS SDK's default credential chain on the gateway")
@@ -139,3 +146,7 @@ func RandomFingerprint() string {
 	rand.Read(b) // crypto/rand never fails on supported platforms
 	return hex.EncodeToString(b)
 }
+
+// awsRegion is what an AWS region name may be (eu-west-1, us-gov-east-1,
+// cn-north-1).
+var awsRegion = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$`)
