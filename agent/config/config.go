@@ -568,6 +568,7 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger, docker *engi
 	g.EngineInfo, g.OnConnect = docker.Facts().Get, docker.Facts().Refresh
 	g.CommandMaxAge, g.CommandMaxSkew = c.CommandMaxAge, c.CommandMaxSkew
 	var err error
+	g.CommandKeysFile = c.CommandSigningKeys
 	if g.CommandKeys, err = c.CommandKeys(); err != nil {
 		return g, err
 	}

@@ -90,9 +90,12 @@ type Config struct {
 
 	// CommandKeys, when set, are the only keys whose signed commands run
 	// (command.Config.Verifier); nil runs unsigned commands: insecure.
-	CommandKeys    *cmdsig.Verifier
-	CommandMaxAge  time.Duration
-	CommandMaxSkew time.Duration
+	CommandKeys *cmdsig.Verifier
+	// CommandKeysFile, when set, is the file CommandKeys came from: it is
+	// looked at every 30 s and its keys replace CommandKeys when it changes.
+	CommandKeysFile string
+	CommandMaxAge   time.Duration
+	CommandMaxSkew  time.Duration
 
 	MaxPayload      int
 	MetricsInterval time.Duration
@@ -291,6 +294,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	wg.Go(func() { g.statuses.run(workCtx, g.log, g.sendStatus) })
 	wg.Go(func() { g.rec.Watch(workCtx) })
 	wg.Go(func() { g.keychain.Run(workCtx) })
+	if g.cfg.CommandKeys != nil && g.cfg.CommandKeysFile != "" {
+		wg.Go(func() { watchKeys(workCtx, g.log, g.cfg.CommandKeysFile, g.cfg.CommandKeys) })
+	}
 
 	<-ctx.Done()
 	g.log.Info("shutting down")

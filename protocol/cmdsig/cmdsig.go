@@ -22,6 +22,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync/atomic"
 )
 
 // The MQTT v5 user properties that carry a command's signature.
@@ -98,9 +99,10 @@ func Public(pub ed25519.PublicKey) PublicKey {
 	return PublicKey{ID: KeyID(pub), PublicKey: base64.StdEncoding.EncodeToString(pub)}
 }
 
-// Verifier holds the public keys a gateway trusts.
+// Verifier holds the public keys a gateway trusts. Replace swaps them
+// while commands are being verified.
 type Verifier struct {
-	keys map[string]ed25519.PublicKey
+	keys atomic.Pointer[map[string]ed25519.PublicKey]
 }
 
 // NewVerifier checks keys (at least one; each id must be the KeyID of its
@@ -109,7 +111,7 @@ func NewVerifier(keys []PublicKey) (*Verifier, error) {
 	if len(keys) == 0 {
 		return nil, errors.New("no command-signing keys")
 	}
-	v := &Verifier{keys: map[string]ed25519.PublicKey{}}
+	m := map[string]ed25519.PublicKey{}
 	for i, k := range keys {
 		raw, err := base64.StdEncoding.DecodeString(k.PublicKey)
 		if err != nil || len(raw) != ed25519.PublicKeySize {
@@ -119,10 +121,15 @@ func NewVerifier(keys []PublicKey) (*Verifier, error) {
 		if want := KeyID(pub); k.ID != want {
 			return nil, fmt.Errorf("keys[%d].id: %q is not the id of its public key (%q); copy both from the provisioning response", i, k.ID, want)
 		}
-		v.keys[k.ID] = pub
+		m[k.ID] = pub
 	}
+	v := new(Verifier)
+	v.keys.Store(&m)
 	return v, nil
 }
+
+// Replace makes v trust the keys of other instead of its own.
+func (v *Verifier) Replace(other *Verifier) { v.keys.Store(other.keys.Load()) }
 
 // ParseKeys decodes a command-signing keys file (KeySet JSON) into a
 // verifier. Other fields are ignored, so that the cloud's listing of a
@@ -136,7 +143,7 @@ func ParseKeys(data []byte) (*Verifier, error) {
 }
 
 // IDs are the ids of the trusted keys, sorted.
-func (v *Verifier) IDs() []string { return slices.Sorted(maps.Keys(v.keys)) }
+func (v *Verifier) IDs() []string { return slices.Sorted(maps.Keys(*v.keys.Load())) }
 
 // Verify checks the signature of a command published on topic with
 // contentType and payload; keyID and signature are the values of PropKeyID
@@ -145,7 +152,7 @@ func (v *Verifier) Verify(topic, contentType string, payload []byte, keyID, sign
 	if keyID == "" && signature == "" {
 		return fmt.Errorf("%w (user properties %s and %s are missing)", ErrUnsigned, PropKeyID, PropSignature)
 	}
-	pub, ok := v.keys[keyID]
+	pub, ok := (*v.keys.Load())[keyID]
 	if !ok {
 		return fmt.Errorf("%w (%s %q)", ErrUnknownKey, PropKeyID, keyID)
 	}
