@@ -174,7 +174,7 @@ func (b *Broker) Disconnect(clientID string, deleteSession bool) bool {
 	}
 	live := !cl.Closed()
 	if live {
-		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+		b.closeConn(cl)
 	}
 	if deleteSession {
 		cl.ClearInflights() // and from the store
@@ -185,6 +185,25 @@ func (b *Broker) Disconnect(clientID string, deleteSession bool) bool {
 		}
 	}
 	return live
+}
+
+// closeConn sends cl a DISCONNECT "not authorized" and closes its network
+// connection, leaving the rest to cl's read loop, which fails and ends the
+// session as for any lost connection: its Will is published. (mochi's
+// DisconnectClient stops the client instead; a read loop that notices the
+// stop between two packets returns without an error, and the Will is
+// dropped.)
+func (b *Broker) closeConn(cl *mqtt.Client) {
+	_ = cl.WritePacket(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+		ReasonCode:  packets.ErrNotAuthorized.Code,
+		Properties:  packets.Properties{ReasonString: packets.ErrNotAuthorized.Reason},
+	})
+	if cl.Net.Conn != nil {
+		_ = cl.Net.Conn.Close()
+		return
+	}
+	cl.Stop(packets.ErrNotAuthorized)
 }
 
 // Messages reports how many PUBLISH packets the broker has received and
