@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/api/apiclient"
 	"github.com/fleet-agent/fleet/cloud-sim/broker"
 	"github.com/fleet-agent/fleet/cloud-sim/cli"
 	"github.com/fleet-agent/fleet/cloud-sim/demo"
@@ -242,12 +243,12 @@ func fleetCmd() *cobra.Command {
 		if err != nil {
 			return cli.Usagef("%v", err)
 		}
-		return runFleet(cmd.Context(), cmd.OutOrStdout(), &cli.Client{Base: *apiURL, Token: token, NoTokenHelp: help}, sim)
+		return runFleet(cmd.Context(), cmd.OutOrStdout(), &apiclient.Client{Base: *apiURL, Token: token, NoTokenHelp: help}, sim)
 	}
 	return cmd
 }
 
-func runFleet(ctx context.Context, out io.Writer, c *cli.Client, sim simfleet.Config) error {
+func runFleet(ctx context.Context, out io.Writer, c *apiclient.Client, sim simfleet.Config) error {
 	var p api.Provisioned
 	if err := c.Do(ctx, "POST", "/v1/simulated", api.SimulatedRequest{Tenant: sim.Tenant, Prefix: sim.Prefix, Count: sim.Count}, &p, nil); err != nil {
 		return fmt.Errorf("provision: %w", err)

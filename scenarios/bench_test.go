@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
-	"github.com/fleet-agent/fleet/cloud-sim/console/consoletest"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient/mqttclienttest"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -27,9 +27,9 @@ func BenchmarkCommandRoundTrip(b *testing.B) {
 		br := start(b)
 		b.Run(br.Name(), func(b *testing.B) {
 			gw := "gw-bench-" + br.Name()
-			rec := consoletest.NewRecorder(b, br.URL(), codec.Protobuf)
+			rec := mqttclienttest.NewRecorder(b, br.URL(), codec.Protobuf)
 			testenv.StartAgent(b, br.URL(), tenant, gw, "--log-level", "warn")
-			rec.Await(b, "birth", 1, consoletest.Kind(topic.Birth, gw))
+			rec.Await(b, "birth", 1, mqttclienttest.Kind(topic.Birth, gw))
 			var lat []time.Duration
 			i := 0
 			for b.Loop() {
@@ -61,9 +61,9 @@ func BenchmarkCommandRoundTrip(b *testing.B) {
 func BenchmarkAgentIdleMemory(b *testing.B) {
 	br := brokertest.Embedded(b)
 	gw := "gw-mem"
-	rec := consoletest.NewRecorder(b, br.URL(), codec.Protobuf)
+	rec := mqttclienttest.NewRecorder(b, br.URL(), codec.Protobuf)
 	agent := testenv.StartAgent(b, br.URL(), tenant, gw, "--log-level", "warn", "--metrics-interval", "1s")
-	rec.Await(b, "heartbeat", 1, consoletest.Kind(topic.Metrics, gw))
+	rec.Await(b, "heartbeat", 1, mqttclienttest.Kind(topic.Metrics, gw))
 	var rss map[string]float64
 	for b.Loop() {
 		rss = procStatus(b, agent.PID(), "VmRSS", "RssFile", "RssAnon")

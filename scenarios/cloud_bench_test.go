@@ -18,10 +18,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/fleet-agent/fleet/cloud-sim/console"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
@@ -69,7 +69,7 @@ func benchController(b *testing.B) *controller.Controller {
 
 func ingestBirths(c *controller.Controller, n int) {
 	for i := range n {
-		c.Ingest(console.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "bench", Gateway: fmt.Sprintf("gw-%d", i)}, Message: benchBirth(i), At: time.Now()})
+		c.Ingest(mqttclient.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "bench", Gateway: fmt.Sprintf("gw-%d", i)}, Message: benchBirth(i), At: time.Now()})
 	}
 }
 
@@ -106,7 +106,7 @@ func BenchmarkControllerIngest(b *testing.B) {
 		i := 0
 		for b.Loop() {
 			g := i % benchFleet
-			c.Ingest(console.Received{Topic: topic.Topic{Kind: topic.Status, Tenant: "bench", Gateway: fmt.Sprintf("gw-%d", g), Deployment: "web"},
+			c.Ingest(mqttclient.Received{Topic: topic.Topic{Kind: topic.Status, Tenant: "bench", Gateway: fmt.Sprintf("gw-%d", g), Deployment: "web"},
 				Message: statuses[g], At: time.Now()})
 			i++
 		}
@@ -115,7 +115,7 @@ func BenchmarkControllerIngest(b *testing.B) {
 	b.Run("broker", func(b *testing.B) {
 		c := startCloud(b, 0)
 		for i := range benchFleet {
-			c.Controller.Ingest(console.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "bench", Gateway: fmt.Sprintf("gw-%d", i)}, Message: benchBirth(i), At: time.Now()})
+			c.Controller.Ingest(mqttclient.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "bench", Gateway: fmt.Sprintf("gw-%d", i)}, Message: benchBirth(i), At: time.Now()})
 		}
 		payloads := make([][]byte, benchFleet)
 		for i, s := range statuses {

@@ -16,8 +16,9 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/api/apiclient"
 	"github.com/fleet-agent/fleet/cloud-sim/cli"
-	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
@@ -34,7 +35,7 @@ type cloud struct {
 	*serve.Server
 	dataDir, mqtt string
 	cfg           serve.Config
-	api           *cli.Client
+	api           *apiclient.Client
 }
 
 func startCloud(t testing.TB, sims int) *cloud {
@@ -64,7 +65,7 @@ func (c *cloud) start(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Server, c.api = s, &cli.Client{Base: s.APIURL, Token: s.APIToken}
+	c.Server, c.api = s, &apiclient.Client{Base: s.APIURL, Token: s.APIToken}
 }
 
 // restart stops everything (the simulated fleet too) and starts again.
@@ -258,7 +259,7 @@ func TestCloudStaleDeathIgnored(t *testing.T) {
 	agent.Start(t)
 	testenv.Eventually(t, "gateway online in a newer session", func() bool { g := c.gateway(t, "acme", "gw-1"); return g.Online && g.Session == 2 })
 	// The old session's death arrives late: it must not take the gateway offline.
-	c.Controller.Ingest(console.Received{Topic: topic.Topic{Kind: topic.Death, Tenant: "acme", Gateway: "gw-1"},
+	c.Controller.Ingest(mqttclient.Received{Topic: topic.Topic{Kind: topic.Death, Tenant: "acme", Gateway: "gw-1"},
 		Message: &fleetv1.Death{Session: 1, Reason: fleetv1.Death_CONNECTION_LOST}, At: time.Now()})
 	if g := c.gateway(t, "acme", "gw-1"); !g.Online || g.Session != 2 {
 		t.Fatalf("a death of session 1 after the birth of session 2 changed the gateway: online=%v session=%d", g.Online, g.Session)

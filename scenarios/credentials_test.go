@@ -12,8 +12,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
-	"github.com/fleet-agent/fleet/cloud-sim/console"
-	"github.com/fleet-agent/fleet/cloud-sim/console/consoletest"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient/mqttclienttest"
 	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/internal/testenv"
@@ -78,7 +78,7 @@ func TestBasicAuthRegistryWithSealedCredentials(t *testing.T) {
 	}
 
 	send(t, e.rec, e.gw, rebirth(fmt.Sprint("rb-", time.Now().UnixNano())))
-	births := e.rec.All(consoletest.Kind(topic.Birth, e.gw))
+	births := e.rec.All(mqttclienttest.Kind(topic.Birth, e.gw))
 	regs := birthOf(births[len(births)-1]).GetRegistries()
 	if len(regs) != 2 || regs[1].GetRegistry() != areg.Host+"/team" || regs[1].GetUsername() != user || len(regs[1].GetFingerprint()) != 12 {
 		t.Errorf("birth registries = %v, want both scopes with username and fingerprint", regs)
@@ -101,7 +101,7 @@ func TestBasicAuthRegistryWithSealedCredentials(t *testing.T) {
 func assertNoSecret(t *testing.T, e deployEnv, secrets ...string) {
 	t.Helper()
 	for _, secret := range secrets {
-		for _, m := range e.rec.All(func(console.Received) bool { return true }) {
+		for _, m := range e.rec.All(func(mqttclient.Received) bool { return true }) {
 			if bytes.Contains(m.Payload, []byte(secret)) {
 				t.Errorf("secret %.4s… in an MQTT message on %s", secret, m.Name)
 			}

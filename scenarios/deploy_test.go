@@ -14,8 +14,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
-	"github.com/fleet-agent/fleet/cloud-sim/console"
-	"github.com/fleet-agent/fleet/cloud-sim/console/consoletest"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient/mqttclienttest"
 	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	"github.com/fleet-agent/fleet/protocol/codec"
@@ -46,7 +46,7 @@ func ref(verb topic.Verb, name string) *fleetv1.Command {
 }
 
 // sendLong sends a command and waits up to two minutes for its final reply.
-func sendLong(tb testing.TB, c *consoletest.Recorder, gw string, cmd *fleetv1.Command) *fleetv1.Reply {
+func sendLong(tb testing.TB, c *mqttclienttest.Recorder, gw string, cmd *fleetv1.Command) *fleetv1.Reply {
 	tb.Helper()
 	return sendWithin(tb, c, gw, cmd, 2*time.Minute)
 }
@@ -59,7 +59,7 @@ type deployEnv struct {
 	reg   *testimage.Registry
 	gw    string
 	owner string
-	rec   *consoletest.Recorder
+	rec   *mqttclienttest.Recorder
 	agent *testenv.Agent
 	birth *fleetv1.Birth
 }
@@ -70,9 +70,9 @@ func newDeployEnv(tb testing.TB, prefix string, broker func(testing.TB) testenv.
 	e.owner = tenant + "/" + e.gw
 	testenv.RemoveOwned(tb, e.cli, e.owner, e.reg.Host+"/")
 	b := broker(tb)
-	e.rec = consoletest.NewRecorder(tb, b.URL(), codec.Protobuf)
+	e.rec = mqttclienttest.NewRecorder(tb, b.URL(), codec.Protobuf)
 	e.agent = testenv.StartAgent(tb, b.URL(), tenant, e.gw, agentArgs...)
-	e.birth = birthOf(e.rec.Await(tb, "birth", 1, consoletest.Kind(topic.Birth, e.gw)))
+	e.birth = birthOf(e.rec.Await(tb, "birth", 1, mqttclienttest.Kind(topic.Birth, e.gw)))
 	return e
 }
 
@@ -106,7 +106,7 @@ func TestDeploymentLifecycle(t *testing.T) {
 		return out
 	}
 	lastStatus := func() *fleetv1.DeploymentStatus {
-		all := rec.All(consoletest.Kind(topic.Status, gw))
+		all := rec.All(mqttclienttest.Kind(topic.Status, gw))
 		if len(all) == 0 || all[len(all)-1].Message == nil {
 			return nil
 		}
@@ -183,7 +183,7 @@ func TestDeploymentLifecycle(t *testing.T) {
 	if cs := managed(); len(cs) != 1 || cs[0].Labels["io.fleet-agent.revision"] != "2" || cs[0].State != "running" {
 		t.Fatalf("containers after rollback = %+v, want revision 2 running again", cs)
 	}
-	rec.Await(t, "rollback event", 1, func(m console.Received) bool {
+	rec.Await(t, "rollback event", 1, func(m mqttclient.Received) bool {
 		e, ok := m.Message.(*fleetv1.Event)
 		return ok && m.Topic.Gateway == gw && e.GetKind() == "deployment.rolled-back"
 	})
@@ -213,7 +213,7 @@ func TestDeploymentLifecycle(t *testing.T) {
 		t.Fatalf("agent exit %d", code)
 	}
 	agent.Start(t)
-	rec.Await(t, "birth after restart", 2, consoletest.Kind(topic.Birth, gw))
+	rec.Await(t, "birth after restart", 2, mqttclienttest.Kind(topic.Birth, gw))
 	testenv.Eventually(t, "status STOPPED after restart", func() bool {
 		st := lastStatus()
 		return st != nil && st.GetPhase() == fleetv1.DeploymentStatus_STOPPED && st.GetRevision() == 4
@@ -262,7 +262,7 @@ func TestDeploymentLifecycle(t *testing.T) {
 		t.Errorf("containers after remove = %+v", cs)
 	}
 	testenv.Eventually(t, "status cleared", func() bool {
-		all := rec.All(consoletest.Kind(topic.Status, gw))
+		all := rec.All(mqttclienttest.Kind(topic.Status, gw))
 		return len(all) > 0 && len(all[len(all)-1].Payload) == 0
 	})
 	if r := sendLong(t, rec, gw, ref(topic.Stop, "web")); r.GetCode() != fleetv1.Reply_NOT_FOUND {
@@ -299,7 +299,7 @@ func TestLiveStatusFromEngineEvents(t *testing.T) {
 			if r.GetResult() != fleetv1.Reply_SUCCEEDED {
 				t.Fatalf("deploy = %v", r)
 			}
-			st := rec.Await(t, "status "+tt.want, 1, func(m console.Received) bool {
+			st := rec.Await(t, "status "+tt.want, 1, func(m mqttclient.Received) bool {
 				st, ok := m.Message.(*fleetv1.DeploymentStatus)
 				return ok && m.Topic.Gateway == gw && m.Topic.Deployment == tt.name && tt.check(st)
 			})
@@ -351,7 +351,7 @@ func TestAgentKilledMidDeploy(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Kill the agent while the new container is in its minReadySeconds.
-	rec.Await(t, "STARTING status", 1, func(m console.Received) bool {
+	rec.Await(t, "STARTING status", 1, func(m mqttclient.Received) bool {
 		st, ok := m.Message.(*fleetv1.DeploymentStatus)
 		return ok && m.Topic.Gateway == gw && st.GetPhase() == fleetv1.DeploymentStatus_STARTING
 	})
@@ -391,7 +391,7 @@ func TestEngineUnreachableReportedAndRecovered(t *testing.T) {
 	}
 
 	proxy.Stop()
-	rec.Await(t, "status saying the engine is unreachable", 1, func(m console.Received) bool {
+	rec.Await(t, "status saying the engine is unreachable", 1, func(m mqttclient.Received) bool {
 		st, ok := m.Message.(*fleetv1.DeploymentStatus)
 		return ok && m.Topic.Gateway == gw && st.GetCode() == fleetv1.Reply_RUNTIME_UNAVAILABLE
 	})
@@ -399,7 +399,7 @@ func TestEngineUnreachableReportedAndRecovered(t *testing.T) {
 	if r := send(t, rec, gw, rebirth(fmt.Sprint("rb-", time.Now().UnixNano()))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
 		t.Fatalf("rebirth while the engine is away = %v", r)
 	}
-	births := rec.All(consoletest.Kind(topic.Birth, gw))
+	births := rec.All(mqttclienttest.Kind(topic.Birth, gw))
 	if e := birthOf(births[len(births)-1]).GetEngine(); e.GetReachable() || e.GetError() == "" {
 		t.Errorf("birth engine while away = %v, want unreachable with the error", e)
 	}
@@ -409,13 +409,13 @@ func TestEngineUnreachableReportedAndRecovered(t *testing.T) {
 	}
 
 	proxy.Start(t)
-	rec.Await(t, "engine.available event", 1, func(m console.Received) bool {
+	rec.Await(t, "engine.available event", 1, func(m mqttclient.Received) bool {
 		e, ok := m.Message.(*fleetv1.Event)
 		return ok && m.Topic.Gateway == gw && e.GetKind() == "engine.available"
 	})
 	// The stop recorded while the engine was away is applied now.
 	testenv.Eventually(t, "status STOPPED once the engine is back", func() bool {
-		all := rec.All(func(m console.Received) bool { return consoletest.Kind(topic.Status, gw)(m) && m.Message != nil })
+		all := rec.All(func(m mqttclient.Received) bool { return mqttclienttest.Kind(topic.Status, gw)(m) && m.Message != nil })
 		st := all[len(all)-1].Message.(*fleetv1.DeploymentStatus)
 		return st.GetCode() == fleetv1.Reply_OK && st.GetPhase() == fleetv1.DeploymentStatus_STOPPED
 	})

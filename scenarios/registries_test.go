@@ -17,7 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
-	"github.com/fleet-agent/fleet/cloud-sim/console/consoletest"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient/mqttclienttest"
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/internal/testenv"
@@ -39,7 +39,7 @@ func ecrKeys(registry, akid, secret string) *fleetv1.Credential {
 
 func eventsOf(e deployEnv, kind string) []*fleetv1.Event {
 	var out []*fleetv1.Event
-	for _, m := range e.rec.All(consoletest.Kind(topic.Events, e.gw)) {
+	for _, m := range e.rec.All(mqttclienttest.Kind(topic.Events, e.gw)) {
 		if ev, ok := m.Message.(*fleetv1.Event); ok && ev.GetKind() == kind {
 			out = append(out, ev)
 		}
@@ -142,7 +142,7 @@ func TestRegistryFamilies(t *testing.T) {
 	})
 
 	send(t, e.rec, e.gw, rebirth(fmt.Sprint("rb-", time.Now().UnixNano())))
-	births := e.rec.All(consoletest.Kind(topic.Birth, e.gw))
+	births := e.rec.All(mqttclienttest.Kind(topic.Birth, e.gw))
 	regs := birthOf(births[len(births)-1]).GetRegistries()
 	if len(regs) != len(tests) {
 		t.Errorf("birth lists %d registries, want %d", len(regs), len(tests))
@@ -186,7 +186,7 @@ func TestEcrTokenExpiry(t *testing.T) {
 	}
 	testenv.Eventually(t, "credential.expiring event", func() bool { return len(eventsOf(e, "credential.expiring")) > 0 })
 	send(t, e.rec, e.gw, rebirth(fmt.Sprint("rb-", time.Now().UnixNano())))
-	births := e.rec.All(consoletest.Kind(topic.Birth, e.gw))
+	births := e.rec.All(mqttclienttest.Kind(topic.Birth, e.gw))
 	if regs := birthOf(births[len(births)-1]).GetRegistries(); len(regs) != 1 || regs[0].GetWarning() == "" || !regs[0].GetExpiresAt().AsTime().Equal(expires) {
 		t.Errorf("birth registries = %v, want the ecr-token with its expiry and a warning", regs)
 	}

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
-	"github.com/fleet-agent/fleet/cloud-sim/cli"
+	"github.com/fleet-agent/fleet/cloud-sim/api/apiclient"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/internal/testenv"
@@ -325,7 +325,7 @@ func TestRolloutTwoReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bs.Close() })
-	b := &cloud{Server: bs, api: &cli.Client{Base: bs.APIURL, Token: bs.APIToken}}
+	b := &cloud{Server: bs, api: &apiclient.Client{Base: bs.APIURL, Token: bs.APIToken}}
 	waitOnline(t, b, "sim", 40)
 	if !a.Controller.Leader() || b.Controller.Leader() {
 		t.Fatalf("leaders: a %v, b %v", a.Controller.Leader(), b.Controller.Leader())

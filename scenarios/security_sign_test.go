@@ -13,8 +13,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
-	"github.com/fleet-agent/fleet/cloud-sim/console"
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/internal/testenv"
@@ -55,10 +55,10 @@ func TestSecuritySignedCommands(t *testing.T) {
 
 	// The leaked controller password, another client id.
 	u, _ := url.Parse(c.BrokerURL.String())
-	dial := func(id string, signer console.Signer) *console.Console {
+	dial := func(id string, signer mqttclient.Signer) *mqttclient.Console {
 		ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
 		defer cancel()
-		con, err := console.Dial(ctx, console.Config{BrokerURL: u, ID: id, Username: identity.ControllerUser, Password: []byte(c.ControllerPassword),
+		con, err := mqttclient.Dial(ctx, mqttclient.Config{BrokerURL: u, ID: id, Username: identity.ControllerUser, Password: []byte(c.ControllerPassword),
 			Scheme: topic.Default(), Encoding: codec.JSON, Signer: signer})
 		if err != nil {
 			t.Fatal(err)
@@ -78,7 +78,7 @@ func TestSecuritySignedCommands(t *testing.T) {
 	evil := &fleetv1.DeploymentSpec{Name: "evil", Revision: 1, Image: "registry.example.com/evil:1", NetworkMode: "none"}
 	tests := []struct {
 		name string
-		con  *console.Console
+		con  *mqttclient.Console
 		gw   string
 		cmd  *fleetv1.Command
 	}{

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
-	"github.com/fleet-agent/fleet/cloud-sim/cli"
+	"github.com/fleet-agent/fleet/cloud-sim/api/apiclient"
 	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/internal/testenv"
@@ -109,7 +109,7 @@ func TestSecuritySSRFRegistryCheck(t *testing.T) {
 			// nothing stored, nothing echoed.
 			cred, _ := protojson.Marshal(basic(tt.image[:strings.Index(tt.image, "/")], "robot", "robot-pass-0001"))
 			err := c.api.Do(context.Background(), "PUT", "/v1/tenants/acme/credentials", api.CredentialRequest{Credential: cred, CheckImage: tt.image}, nil, nil)
-			var apiErr *cli.APIError
+			var apiErr *apiclient.APIError
 			if !errors.As(err, &apiErr) || apiErr.Status < 400 || strings.Contains(err.Error(), "hunter2") {
 				t.Errorf("set-credentials --check-image = %v, want a refusal without the server's answer", err)
 			}

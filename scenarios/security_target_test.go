@@ -14,7 +14,7 @@ import (
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/cli"
-	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/internal/testenv"
@@ -239,7 +239,7 @@ func TestSecurityTargetTokenRefreshOnlyToDelivered(t *testing.T) {
 	testenv.Eventually(t, "sim-1 holds the issued token", func() bool { return holds("sim-1", view.TokenFingerprint) })
 	// sim-2 publishes a birth claiming an older token of that registry.
 	g2 := c.gateway(t, "sim", "sim-2")
-	c.Controller.Ingest(console.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "sim", Gateway: "sim-2"}, At: time.Now(),
+	c.Controller.Ingest(mqttclient.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "sim", Gateway: "sim-2"}, At: time.Now(),
 		Message: &fleetv1.Birth{Session: g2.Session, PublicKey: g2.PublicKey, Simulated: true,
 			Registries: []*fleetv1.RegistrySummary{{Registry: reg.Host, Kind: "ecr-token", Fingerprint: "0123456789ab"}}}})
 	testenv.Eventually(t, "a new token issued and sent to sim-1", func() bool {

@@ -10,8 +10,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
-	"github.com/fleet-agent/fleet/cloud-sim/console"
-	"github.com/fleet-agent/fleet/cloud-sim/console/consoletest"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient/mqttclienttest"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -28,20 +28,20 @@ func eachBroker(t *testing.T, f func(t *testing.T, b testenv.Broker)) {
 	}
 }
 
-func birthOf(m console.Received) *fleetv1.Birth { return m.Message.(*fleetv1.Birth) }
-func deathOf(m console.Received) *fleetv1.Death { return m.Message.(*fleetv1.Death) }
+func birthOf(m mqttclient.Received) *fleetv1.Birth { return m.Message.(*fleetv1.Birth) }
+func deathOf(m mqttclient.Received) *fleetv1.Death { return m.Message.(*fleetv1.Death) }
 
 func rebirth(id string) *fleetv1.Command {
 	return &fleetv1.Command{Id: id, IssuedAt: timestamppb.Now(), Body: &fleetv1.Command_Rebirth{Rebirth: &fleetv1.Rebirth{}}}
 }
 
-func send(tb testing.TB, c *consoletest.Recorder, gateway string, cmd *fleetv1.Command) *fleetv1.Reply {
+func send(tb testing.TB, c *mqttclienttest.Recorder, gateway string, cmd *fleetv1.Command) *fleetv1.Reply {
 	tb.Helper()
 	return sendWithin(tb, c, gateway, cmd, testenv.Timeout)
 }
 
 // sendWithin sends a command to one gateway and waits for its final reply.
-func sendWithin(tb testing.TB, c *consoletest.Recorder, gateway string, cmd *fleetv1.Command, d time.Duration) *fleetv1.Reply {
+func sendWithin(tb testing.TB, c *mqttclienttest.Recorder, gateway string, cmd *fleetv1.Command, d time.Duration) *fleetv1.Reply {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
@@ -59,10 +59,10 @@ func sendWithin(tb testing.TB, c *consoletest.Recorder, gateway string, cmd *fle
 func TestBirthAndDeath(t *testing.T) {
 	eachBroker(t, func(t *testing.T, b testenv.Broker) {
 		gw := "gw-life-" + b.Name()
-		rec := consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
+		rec := mqttclienttest.NewRecorder(t, b.URL(), codec.Protobuf)
 		agent := testenv.StartAgent(t, b.URL(), tenant, gw, "--label", "site=berlin", "--group", "g1", "--metrics-interval", "1s")
-		first := birthOf(rec.Await(t, "birth", 1, consoletest.Kind(topic.Birth, gw)))
-		hb := rec.Await(t, "metrics heartbeat", 1, consoletest.Kind(topic.Metrics, gw))
+		first := birthOf(rec.Await(t, "birth", 1, mqttclienttest.Kind(topic.Birth, gw)))
+		hb := rec.Await(t, "metrics heartbeat", 1, mqttclienttest.Kind(topic.Metrics, gw))
 		if m := hb.Message.(*fleetv1.Metrics); m.GetSession() != first.GetSession() || m.GetMemoryTotalBytes() == 0 || m.GetDiskFreeBytes() == 0 {
 			t.Errorf("heartbeat = %v, want session %d with memory and disk figures", m, first.GetSession())
 		}
@@ -72,34 +72,34 @@ func TestBirthAndDeath(t *testing.T) {
 		}
 
 		// The birth is retained: a console that connects later gets it.
-		late := consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
-		got := late.Await(t, "retained birth", 1, consoletest.Kind(topic.Birth, gw))
+		late := mqttclienttest.NewRecorder(t, b.URL(), codec.Protobuf)
+		got := late.Await(t, "retained birth", 1, mqttclienttest.Kind(topic.Birth, gw))
 		if !got.Retained || birthOf(got).GetSession() != first.GetSession() {
 			t.Errorf("late console got birth retained=%v session %d, want retained session %d", got.Retained, birthOf(got).GetSession(), first.GetSession())
 		}
 
 		// SIGKILL: the broker publishes the Will, the death of the same session.
 		agent.Kill()
-		d := deathOf(rec.Await(t, "death (Will)", 1, consoletest.Kind(topic.Death, gw)))
+		d := deathOf(rec.Await(t, "death (Will)", 1, mqttclienttest.Kind(topic.Death, gw)))
 		if d.GetReason() != fleetv1.Death_CONNECTION_LOST || d.GetSession() != first.GetSession() {
 			t.Errorf("death after SIGKILL = %v, want CONNECTION_LOST session %d", d, first.GetSession())
 		}
 
 		// Restarted: a higher session. SIGTERM: a SHUTDOWN death of it, exit 0.
 		agent.Start(t)
-		second := birthOf(rec.Await(t, "birth after restart", 2, consoletest.Kind(topic.Birth, gw)))
+		second := birthOf(rec.Await(t, "birth after restart", 2, mqttclienttest.Kind(topic.Birth, gw)))
 		if second.GetSession() <= first.GetSession() {
 			t.Errorf("session after restart = %d, want > %d", second.GetSession(), first.GetSession())
 		}
 		if code := agent.Term(t); code != 0 {
 			t.Errorf("exit code after SIGTERM = %d, want 0", code)
 		}
-		d = deathOf(rec.Await(t, "death on SIGTERM", 2, consoletest.Kind(topic.Death, gw)))
+		d = deathOf(rec.Await(t, "death on SIGTERM", 2, mqttclienttest.Kind(topic.Death, gw)))
 		if d.GetReason() != fleetv1.Death_SHUTDOWN || d.GetSession() != second.GetSession() {
 			t.Errorf("death after SIGTERM = %v, want SHUTDOWN session %d", d, second.GetSession())
 		}
 		// A clean disconnect must not also fire the Will.
-		if deaths := rec.All(consoletest.Kind(topic.Death, gw)); len(deaths) != 2 {
+		if deaths := rec.All(mqttclienttest.Kind(topic.Death, gw)); len(deaths) != 2 {
 			t.Errorf("got %d deaths, want 2 (the Will must not follow a clean shutdown)", len(deaths))
 		}
 	})
@@ -108,13 +108,13 @@ func TestBirthAndDeath(t *testing.T) {
 func TestCommandReplies(t *testing.T) {
 	eachBroker(t, func(t *testing.T, b testenv.Broker) {
 		gw := "gw-cmd-" + b.Name()
-		rec := consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
+		rec := mqttclienttest.NewRecorder(t, b.URL(), codec.Protobuf)
 		testenv.StartAgent(t, b.URL(), tenant, gw, "--group", "g1")
-		rec.Await(t, "birth", 1, consoletest.Kind(topic.Birth, gw))
+		rec.Await(t, "birth", 1, mqttclienttest.Kind(topic.Birth, gw))
 
 		for _, enc := range []codec.Encoding{codec.Protobuf, codec.JSON} {
 			t.Run(enc.String(), func(t *testing.T) {
-				c := consoletest.NewRecorder(t, b.URL(), enc)
+				c := mqttclienttest.NewRecorder(t, b.URL(), enc)
 				id := "rebirth-" + enc.String()
 				r := send(t, c, gw, rebirth(id))
 				if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetCommandId() != id || r.GetGatewayId() != gw {
@@ -122,7 +122,7 @@ func TestCommandReplies(t *testing.T) {
 				}
 				// The reply came on the response topic with the correlation data
 				// (Send matches on it) and in the command's encoding.
-				m := c.Await(t, "reply on console topic", 1, func(m console.Received) bool {
+				m := c.Await(t, "reply on console topic", 1, func(m mqttclient.Received) bool {
 					return m.Topic.Kind == topic.Reply && m.Topic.Console == c.ID()
 				})
 				if m.ContentType != enc.ContentType() || len(m.CorrelationData) == 0 {
@@ -139,7 +139,7 @@ func TestCommandReplies(t *testing.T) {
 			if _, err := rec.SendRaw(ctx, topic.Default().GroupCommand(tenant, "g1", topic.Rebirth), payload, codec.ContentTypeJSON, ""); err != nil {
 				t.Fatal(err)
 			}
-			m := rec.Await(t, "reply on the gateway's reply topic", 1, func(m console.Received) bool {
+			m := rec.Await(t, "reply on the gateway's reply topic", 1, func(m mqttclient.Received) bool {
 				return m.Name == topic.Default().Reply(tenant, gw)
 			})
 			if r := m.Message.(*fleetv1.Reply); r.GetCommandId() != "group-1" || r.GetResult() != fleetv1.Reply_SUCCEEDED {
@@ -151,7 +151,7 @@ func TestCommandReplies(t *testing.T) {
 
 // barrier sends one more rebirth and waits for its reply: commands run in
 // order, so everything sent before has been executed when it returns.
-func barrier(t *testing.T, c *consoletest.Recorder, gw string) {
+func barrier(t *testing.T, c *mqttclienttest.Recorder, gw string) {
 	t.Helper()
 	if r := send(t, c, gw, rebirth(fmt.Sprintf("barrier-%d", time.Now().UnixNano()))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
 		t.Fatalf("barrier reply = %v", r)
@@ -161,12 +161,12 @@ func barrier(t *testing.T, c *consoletest.Recorder, gw string) {
 func TestDuplicateExpiredMalformed(t *testing.T) {
 	eachBroker(t, func(t *testing.T, b testenv.Broker) {
 		gw := "gw-checks-" + b.Name()
-		rec := consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
+		rec := mqttclienttest.NewRecorder(t, b.URL(), codec.Protobuf)
 		testenv.StartAgent(t, b.URL(), tenant, gw, "--max-payload", "4096")
-		rec.Await(t, "birth", 1, consoletest.Kind(topic.Birth, gw))
+		rec.Await(t, "birth", 1, mqttclienttest.Kind(topic.Birth, gw))
 
 		t.Run("duplicate id executed once", func(t *testing.T) {
-			before := len(rec.All(consoletest.Kind(topic.Birth, gw)))
+			before := len(rec.All(mqttclienttest.Kind(topic.Birth, gw)))
 			first := send(t, rec, gw, rebirth("dup-1"))
 			again := send(t, rec, gw, rebirth("dup-1"))
 			barrier(t, rec, gw)
@@ -174,7 +174,7 @@ func TestDuplicateExpiredMalformed(t *testing.T) {
 				t.Errorf("duplicate reply = %v, want the recorded %v", again, first)
 			}
 			// dup-1 once and the barrier once: two births, not three.
-			if n := len(rec.All(consoletest.Kind(topic.Birth, gw))) - before; n != 2 {
+			if n := len(rec.All(mqttclienttest.Kind(topic.Birth, gw))) - before; n != 2 {
 				t.Errorf("births after duplicate = %d, want 2", n)
 			}
 		})
@@ -231,7 +231,7 @@ func TestDuplicateExpiredMalformed(t *testing.T) {
 			if _, err := rec.SendRaw(ctx, s.Command(tenant, gw, topic.Rebirth), []byte("not json"), codec.ContentTypeJSON, ""); err != nil {
 				t.Fatal(err)
 			}
-			e := rec.Await(t, "rejection event", 1, consoletest.Kind(topic.Events, gw)).Message.(*fleetv1.Event)
+			e := rec.Await(t, "rejection event", 1, mqttclienttest.Kind(topic.Events, gw)).Message.(*fleetv1.Event)
 			if e.GetKind() != "command.rejected" || e.GetCode() != fleetv1.Reply_INVALID_ARGUMENT {
 				t.Errorf("event = %v", e)
 			}
@@ -245,15 +245,15 @@ func TestDuplicateExpiredMalformed(t *testing.T) {
 func TestQueuedCommandsAcrossBrokerRestart(t *testing.T) {
 	eachBroker(t, func(t *testing.T, b testenv.Broker) {
 		gw := "gw-queue-" + b.Name()
-		rec := consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
+		rec := mqttclienttest.NewRecorder(t, b.URL(), codec.Protobuf)
 		agent := testenv.StartAgent(t, b.URL(), tenant, gw)
-		s1 := birthOf(rec.Await(t, "birth", 1, consoletest.Kind(topic.Birth, gw))).GetSession()
+		s1 := birthOf(rec.Await(t, "birth", 1, mqttclienttest.Kind(topic.Birth, gw))).GetSession()
 
 		// The broker restarts under a running agent: it reconnects by itself.
 		b.Restart(t)
-		rec = consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
-		sBefore := birthOf(rec.Await(t, "birth after broker restart", 1, func(m console.Received) bool {
-			return consoletest.Kind(topic.Birth, gw)(m) && birthOf(m).GetSession() > s1
+		rec = mqttclienttest.NewRecorder(t, b.URL(), codec.Protobuf)
+		sBefore := birthOf(rec.Await(t, "birth after broker restart", 1, func(m mqttclient.Received) bool {
+			return mqttclienttest.Kind(topic.Birth, gw)(m) && birthOf(m).GetSession() > s1
 		})).GetSession()
 
 		// Commands sent while the agent is offline wait in its session, and
@@ -269,11 +269,11 @@ func TestQueuedCommandsAcrossBrokerRestart(t *testing.T) {
 			}
 		}
 		b.Restart(t)
-		rec = consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
+		rec = mqttclienttest.NewRecorder(t, b.URL(), codec.Protobuf)
 		agent.Start(t)
 
-		reply := func(id string, result fleetv1.Reply_Result) func(console.Received) bool {
-			return func(m console.Received) bool {
+		reply := func(id string, result fleetv1.Reply_Result) func(mqttclient.Received) bool {
+			return func(m mqttclient.Received) bool {
 				r, ok := m.Message.(*fleetv1.Reply)
 				return ok && m.Topic.Gateway == gw && r.GetCommandId() == id && (result == 0 || r.GetResult() == result)
 			}
@@ -283,8 +283,8 @@ func TestQueuedCommandsAcrossBrokerRestart(t *testing.T) {
 		rec.Await(t, "final reply to q-2", 1, reply("q-2", fleetv1.Reply_SUCCEEDED))
 		barrier(t, rec, gw)
 
-		var live []console.Received
-		for _, m := range rec.All(consoletest.Kind(topic.Birth, gw)) {
+		var live []mqttclient.Received
+		for _, m := range rec.All(mqttclienttest.Kind(topic.Birth, gw)) {
 			if !m.Retained {
 				live = append(live, m)
 			}

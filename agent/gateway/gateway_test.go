@@ -12,8 +12,8 @@ import (
 	"github.com/fleet-agent/fleet/agent/gateway"
 	"github.com/fleet-agent/fleet/agent/store"
 	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
-	"github.com/fleet-agent/fleet/cloud-sim/console"
-	"github.com/fleet-agent/fleet/cloud-sim/console/consoletest"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient/mqttclienttest"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -38,7 +38,7 @@ func TestUnopenableJournalEntryAnsweredAfterConnect(t *testing.T) {
 	st.Close()
 
 	b := brokertest.EmbeddedInMemory(t)
-	rec := consoletest.NewRecorder(t, b.URL(), codec.Protobuf)
+	rec := mqttclienttest.NewRecorder(t, b.URL(), codec.Protobuf)
 	u, err := url.Parse(b.URL())
 	if err != nil {
 		t.Fatal(err)
@@ -58,12 +58,12 @@ func TestUnopenableJournalEntryAnsweredAfterConnect(t *testing.T) {
 		}
 	})
 
-	got := rec.Await(t, "reply to lost-1", 1, func(m console.Received) bool {
+	got := rec.Await(t, "reply to lost-1", 1, func(m mqttclient.Received) bool {
 		r, ok := m.Message.(*fleetv1.Reply)
 		return m.Topic.Kind == topic.Reply && ok && r.GetCommandId() == "lost-1"
 	}).Message.(*fleetv1.Reply)
 	if got.GetResult() != fleetv1.Reply_FAILED || got.GetCode() != fleetv1.Reply_INTERNAL {
 		t.Errorf("reply = %v/%v (%s), want FAILED/INTERNAL", got.GetResult(), got.GetCode(), got.GetMessage())
 	}
-	rec.Await(t, "birth", 1, consoletest.Kind(topic.Birth, "g"))
+	rec.Await(t, "birth", 1, mqttclienttest.Kind(topic.Birth, "g"))
 }

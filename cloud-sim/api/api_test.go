@@ -17,9 +17,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/registry"
 
-	"github.com/fleet-agent/fleet/cloud-sim/console"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
 	"github.com/fleet-agent/fleet/cloud-sim/egress"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	"github.com/fleet-agent/fleet/internal/credential"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -53,7 +53,7 @@ func newAPI(t *testing.T, cfg Config, server func(*http.Server), checkAllow ...s
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Ingest(console.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "acme", Gateway: "gw-1"}, Message: &fleetv1.Birth{Session: 1}, At: time.Now()})
+	c.Ingest(mqttclient.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "acme", Gateway: "gw-1"}, Message: &fleetv1.Birth{Session: 1}, At: time.Now()})
 	srv := httptest.NewUnstartedServer(nil)
 	port := srv.Listener.Addr().(*net.TCPAddr).Port
 	cfg.Controller, cfg.Token = c, testToken

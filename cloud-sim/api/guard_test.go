@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -185,7 +185,7 @@ func TestEventStreamOutlivesTimeouts(t *testing.T) {
 	session := uint64(1)
 	testenv.Eventually(t, "an event after the timeouts passed", func() bool {
 		session++ // a new session of gw-1: a change on the stream
-		c.Ingest(console.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "acme", Gateway: "gw-1"}, Message: &fleetv1.Birth{Session: session}, At: time.Now()})
+		c.Ingest(mqttclient.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "acme", Gateway: "gw-1"}, Message: &fleetv1.Birth{Session: session}, At: time.Now()})
 		return lateEvent.Load()
 	})
 }

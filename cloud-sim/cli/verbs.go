@@ -19,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/api/apiclient"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
@@ -27,7 +28,7 @@ const defaultAPI = "http://127.0.0.1:8080"
 // verb is one client verb's flags and state: each command has its own.
 type verb struct {
 	env       Env
-	client    *Client
+	client    *apiclient.Client
 	apiURL    string
 	tokenFile string
 	dataDir   string
@@ -86,12 +87,12 @@ func (v *verb) command(cmd *cobra.Command, run func(context.Context) error) *cob
 	return cmd
 }
 
-func (v *verb) newClient() (*Client, error) {
+func (v *verb) newClient() (*apiclient.Client, error) {
 	token, source, err := FindToken(v.tokenFile, v.dataDir, v.env.Getenv)
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{Base: v.apiURL, Token: token}
+	c := &apiclient.Client{Base: v.apiURL, Token: token}
 	if token == "" {
 		c.NoTokenHelp = source
 	}

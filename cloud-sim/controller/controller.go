@@ -18,11 +18,11 @@ import (
 
 	"github.com/fleet-agent/fleet/cloud-sim/changes"
 	"github.com/fleet-agent/fleet/cloud-sim/cmdkeys"
-	"github.com/fleet-agent/fleet/cloud-sim/console"
 	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
 	"github.com/fleet-agent/fleet/cloud-sim/egress"
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/cloud-sim/rollout"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	"github.com/fleet-agent/fleet/cloud-sim/tenantcred"
@@ -87,7 +87,7 @@ type Controller struct {
 	log   *slog.Logger
 	store *state.Store
 	hub   *changes.Hub
-	con   *console.Console
+	con   *mqttclient.Console
 
 	inv   *inventory.Inventory
 	ids   *identity.Identities
@@ -170,7 +170,7 @@ func (c *Controller) Start(ctx context.Context) error {
 	if c.cfg.BrokerURL == nil {
 		return errors.New("controller: BrokerURL is required")
 	}
-	con, err := console.Dial(ctx, console.Config{
+	con, err := mqttclient.Dial(ctx, mqttclient.Config{
 		BrokerURL: c.cfg.BrokerURL, TLS: c.cfg.BrokerTLS, ID: c.cfg.ID, Username: c.cfg.Username, Password: c.cfg.Password,
 		Scheme: c.cfg.Scheme, Encoding: c.cfg.Encoding, Watch: c.Ingest, SessionExpiry: 7 * 24 * time.Hour, LatestOnly: true, Signer: c.sign, Logger: c.log,
 	})
@@ -216,7 +216,7 @@ func (c *Controller) Close() error {
 // Ingest applies one publication from a gateway to the inventory or, for
 // a reply, to its command. The controller calls it for everything it
 // receives; benchmarks and tests call it directly.
-func (c *Controller) Ingest(r console.Received) {
+func (c *Controller) Ingest(r mqttclient.Received) {
 	t := r.Topic
 	if t.Kind == topic.Reply {
 		if rep, ok := r.Message.(*fleetv1.Reply); ok {

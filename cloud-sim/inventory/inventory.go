@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/changes"
-	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -145,7 +145,7 @@ func (inv *Inventory) Ingested() uint64 {
 }
 
 // Apply takes one publication from a gateway (anything but a reply).
-func (inv *Inventory) Apply(r console.Received) {
+func (inv *Inventory) Apply(r mqttclient.Received) {
 	t := r.Topic
 	k := state.Key(t.Tenant, t.Gateway)
 	inv.mu.Lock()

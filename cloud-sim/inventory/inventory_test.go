@@ -9,33 +9,33 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleet-agent/fleet/cloud-sim/changes"
-	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
-func received(kind topic.Kind, gw, dep string, msg proto.Message) console.Received {
-	return console.Received{Topic: topic.Topic{Kind: kind, Tenant: "acme", Gateway: gw, Deployment: dep}, Message: msg, At: time.Unix(100, 0)}
+func received(kind topic.Kind, gw, dep string, msg proto.Message) mqttclient.Received {
+	return mqttclient.Received{Topic: topic.Topic{Kind: kind, Tenant: "acme", Gateway: gw, Deployment: dep}, Message: msg, At: time.Unix(100, 0)}
 }
 
 func TestApply(t *testing.T) {
 	running := &fleetv1.DeploymentStatus{Revision: 2, Phase: fleetv1.DeploymentStatus_RUNNING, Health: fleetv1.HealthCheck_HEALTHY}
 	tests := []struct {
 		name        string
-		msgs        []console.Received
+		msgs        []mqttclient.Received
 		wantKnown   bool
 		wantOnline  bool
 		wantPhase   Phase
 		wantHealth  Health
 		wantChanges []string
 	}{
-		{"status before any birth is ignored", []console.Received{received(topic.Status, "gw-1", "web", running)}, false, false, 0, 0, nil},
-		{"birth then status", []console.Received{received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1}), received(topic.Status, "gw-1", "web", running)},
+		{"status before any birth is ignored", []mqttclient.Received{received(topic.Status, "gw-1", "web", running)}, false, false, 0, 0, nil},
+		{"birth then status", []mqttclient.Received{received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1}), received(topic.Status, "gw-1", "web", running)},
 			true, true, Running, Healthy, []string{"gateway.online", "deployment.status"}},
-		{"status removed", []console.Received{received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1}), received(topic.Status, "gw-1", "web", running), received(topic.Status, "gw-1", "web", nil)},
+		{"status removed", []mqttclient.Received{received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1}), received(topic.Status, "gw-1", "web", running), received(topic.Status, "gw-1", "web", nil)},
 			true, true, 0, 0, []string{"gateway.online", "deployment.status", "deployment.removed"}},
-		{"death", []console.Received{received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1}), received(topic.Death, "gw-1", "", &fleetv1.Death{Session: 1})},
+		{"death", []mqttclient.Received{received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1}), received(topic.Death, "gw-1", "", &fleetv1.Death{Session: 1})},
 			true, false, 0, 0, []string{"gateway.online", "gateway.offline"}},
 	}
 	for _, tt := range tests {

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/changes"
-	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
@@ -21,16 +21,16 @@ func birthWith(n int) *fleetv1.Birth {
 	return b
 }
 
-func statuses(n int) []console.Received {
-	var out []console.Received
+func statuses(n int) []mqttclient.Received {
+	var out []mqttclient.Received
 	for i := range n {
 		out = append(out, received(topic.Status, "gw-1", fmt.Sprintf("s%d", i), &fleetv1.DeploymentStatus{Revision: 1}))
 	}
 	return out
 }
 
-func events(n int, at time.Time) []console.Received {
-	var out []console.Received
+func events(n int, at time.Time) []mqttclient.Received {
+	var out []mqttclient.Received
 	for range n {
 		r := received(topic.Events, "gw-1", "", &fleetv1.Event{Kind: "x"})
 		r.At = at
@@ -46,26 +46,26 @@ func TestLimits(t *testing.T) {
 	t0 := time.Unix(100, 0)
 	tests := []struct {
 		name         string
-		msgs         []console.Received
+		msgs         []mqttclient.Received
 		wantOnline   bool
 		wantDeps     int
 		wantRefused  map[Limit]uint64
 		wantChanges  int // gateway.refused changes
 		wantEventsOK int
 	}{
-		{"birth at the limit", []console.Received{received(topic.Birth, "gw-1", "", birthWith(4))}, true, 4, nil, 0, 0},
-		{"birth over the limit", []console.Received{received(topic.Birth, "gw-1", "", birthWith(5))}, false, 0, map[Limit]uint64{LimitDeployments: 1}, 1, 0},
-		{"birth too large", []console.Received{received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1,
+		{"birth at the limit", []mqttclient.Received{received(topic.Birth, "gw-1", "", birthWith(4))}, true, 4, nil, 0, 0},
+		{"birth over the limit", []mqttclient.Received{received(topic.Birth, "gw-1", "", birthWith(5))}, false, 0, map[Limit]uint64{LimitDeployments: 1}, 1, 0},
+		{"birth too large", []mqttclient.Received{received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1,
 			Labels: map[string]string{"big": strings.Repeat("x", 300<<10)}})}, false, 0, map[Limit]uint64{LimitBirth: 1}, 1, 0},
-		{"birth with too many labels", []console.Received{received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1,
+		{"birth with too many labels", []mqttclient.Received{received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1,
 			Labels: manyLabels(300)})}, false, 0, map[Limit]uint64{LimitBirth: 1}, 1, 0},
-		{"statuses over the limit", append([]console.Received{received(topic.Birth, "gw-1", "", birthWith(2))}, statuses(5)...),
+		{"statuses over the limit", append([]mqttclient.Received{received(topic.Birth, "gw-1", "", birthWith(2))}, statuses(5)...),
 			true, 4, map[Limit]uint64{LimitDeployments: 3}, 1, 0},
-		{"a known deployment's status at the limit", append([]console.Received{received(topic.Birth, "gw-1", "", birthWith(4))},
+		{"a known deployment's status at the limit", append([]mqttclient.Received{received(topic.Birth, "gw-1", "", birthWith(4))},
 			received(topic.Status, "gw-1", "d0", &fleetv1.DeploymentStatus{Revision: 2})), true, 4, nil, 0, 0},
-		{"events over the burst", append([]console.Received{received(topic.Birth, "gw-1", "", birthWith(0))}, events(10, t0)...),
+		{"events over the burst", append([]mqttclient.Received{received(topic.Birth, "gw-1", "", birthWith(0))}, events(10, t0)...),
 			true, 0, map[Limit]uint64{LimitEvents: 7}, 1, 3},
-		{"events at the rate", append(append(append([]console.Received{received(topic.Birth, "gw-1", "", birthWith(0))},
+		{"events at the rate", append(append(append([]mqttclient.Received{received(topic.Birth, "gw-1", "", birthWith(0))},
 			events(3, t0)...), events(2, t0.Add(2*time.Second))...), events(1, t0.Add(3*time.Second))...), true, 0, nil, 0, 6},
 	}
 	for _, tt := range tests {

@@ -1,7 +1,7 @@
-// Package console is the cloud's MQTT client: it sends commands to
+// Package mqttclient is the cloud's MQTT client: it sends commands to
 // gateways and awaits their replies, and hands everything gateways publish
 // (births, deaths, replies, statuses, events, metrics) to its watchers.
-package console
+package mqttclient
 
 import (
 	"bufio"
@@ -102,7 +102,7 @@ type Console struct {
 // wait, not the connection, which lives until Close.
 func Dial(ctx context.Context, cfg Config) (*Console, error) {
 	if cfg.BrokerURL == nil {
-		return nil, errors.New("console: BrokerURL is required")
+		return nil, errors.New("mqttclient: BrokerURL is required")
 	}
 	if cfg.ID == "" {
 		cfg.ID = "console-" + randomHex(6)
@@ -152,7 +152,7 @@ func Dial(ctx context.Context, cfg Config) (*Console, error) {
 				defer cancel()
 				_, err := cm.Subscribe(sctx, sub)
 				if err != nil {
-					c.log.Warn("console subscribe", "err", err)
+					c.log.Warn("mqttclient subscribe", "err", err)
 				}
 				once.Do(func() { subscribed <- err })
 			}()
@@ -173,11 +173,11 @@ func Dial(ctx context.Context, cfg Config) (*Console, error) {
 	case err := <-subscribed:
 		if err != nil {
 			cm.Disconnect(context.Background())
-			return nil, fmt.Errorf("console: subscribe: %w", err)
+			return nil, fmt.Errorf("mqttclient: subscribe: %w", err)
 		}
 	case <-ctx.Done():
 		cm.Disconnect(context.Background())
-		return nil, fmt.Errorf("console: connect to %s: %w", cfg.BrokerURL.Redacted(), ctx.Err())
+		return nil, fmt.Errorf("mqttclient: connect to %s: %w", cfg.BrokerURL.Redacted(), ctx.Err())
 	}
 	return c, nil
 }
@@ -300,7 +300,7 @@ type Request struct {
 func (c *Console) Send(ctx context.Context, tenant, gateway string, cmd *fleetv1.Command) (*Request, error) {
 	verb := topic.VerbOf(cmd)
 	if verb == "" {
-		return nil, errors.New("console: command has no body")
+		return nil, errors.New("mqttclient: command has no body")
 	}
 	payload, err := codec.Marshal(c.cfg.Encoding, cmd)
 	if err != nil {
@@ -317,7 +317,7 @@ func (c *Console) Send(ctx context.Context, tenant, gateway string, cmd *fleetv1
 func (c *Console) Publish(ctx context.Context, tenant, gateway string, cmd *fleetv1.Command) error {
 	verb := topic.VerbOf(cmd)
 	if verb == "" {
-		return errors.New("console: command has no body")
+		return errors.New("mqttclient: command has no body")
 	}
 	payload, err := codec.Marshal(c.cfg.Encoding, cmd)
 	if err != nil {
@@ -369,11 +369,11 @@ func (c *Console) sign(ctx context.Context, p *paho.Publish) error {
 	}
 	t, err := c.cfg.Scheme.Parse(p.Topic)
 	if err != nil || t.Kind != topic.Command {
-		return fmt.Errorf("console: sign %s: not a command topic", p.Topic)
+		return fmt.Errorf("mqttclient: sign %s: not a command topic", p.Topic)
 	}
 	keyID, sig, err := c.cfg.Signer.Sign(ctx, t.Tenant, p.Topic, p.Properties.ContentType, p.Payload)
 	if err != nil {
-		return fmt.Errorf("console: sign %s: %w", p.Topic, err)
+		return fmt.Errorf("mqttclient: sign %s: %w", p.Topic, err)
 	}
 	p.Properties.User = append(p.Properties.User, paho.UserProperty{Key: cmdsig.PropKeyID, Value: keyID},
 		paho.UserProperty{Key: cmdsig.PropSignature, Value: sig})

@@ -1,8 +1,7 @@
-// Package cli holds cloud-sim's client verbs: they talk to a running
-// `cloud-sim serve` through its HTTP API, print tables for humans or the
-// API's JSON (-o json) for scripts, and exit non-zero when a command
-// failed on any gateway.
-package cli
+// Package apiclient calls the fleet controller's HTTP API: the CLI's
+// verbs, the web console and the tests all go through it, with the wire
+// types of package api.
+package apiclient
 
 import (
 	"bytes"
@@ -11,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -92,11 +90,4 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any, raw
 		return json.Unmarshal(data, out)
 	}
 	return nil
-}
-
-func escape(parts ...string) string {
-	for i, p := range parts {
-		parts[i] = url.PathEscape(p)
-	}
-	return strings.Join(parts, "/")
 }

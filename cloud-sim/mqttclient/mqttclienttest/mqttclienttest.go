@@ -1,6 +1,6 @@
-// Package consoletest records what gateways publish, for tests: a console
+// Package mqttclienttest records what gateways publish, for tests: a console
 // that keeps every publication and waits for the ones a test expects.
-package consoletest
+package mqttclienttest
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -17,9 +17,9 @@ import (
 
 // Recorder is a console that keeps everything it receives.
 type Recorder struct {
-	*console.Console
+	*mqttclient.Console
 	mu   sync.Mutex
-	msgs []console.Received
+	msgs []mqttclient.Received
 }
 
 // NewRecorder connects a console to brokerURL that records every
@@ -33,7 +33,7 @@ func NewRecorder(t testing.TB, brokerURL string, enc codec.Encoding) *Recorder {
 	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
 	defer cancel()
 	r := &Recorder{}
-	c, err := console.Dial(ctx, console.Config{BrokerURL: u, Scheme: topic.Default(), Encoding: enc, Watch: func(m console.Received) {
+	c, err := mqttclient.Dial(ctx, mqttclient.Config{BrokerURL: u, Scheme: topic.Default(), Encoding: enc, Watch: func(m mqttclient.Received) {
 		r.mu.Lock()
 		r.msgs = append(r.msgs, m)
 		r.mu.Unlock()
@@ -47,10 +47,10 @@ func NewRecorder(t testing.TB, brokerURL string, enc codec.Encoding) *Recorder {
 }
 
 // All returns the recorded publications that match pred.
-func (r *Recorder) All(pred func(console.Received) bool) []console.Received {
+func (r *Recorder) All(pred func(mqttclient.Received) bool) []mqttclient.Received {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var out []console.Received
+	var out []mqttclient.Received
 	for _, m := range r.msgs {
 		if pred(m) {
 			out = append(out, m)
@@ -60,9 +60,9 @@ func (r *Recorder) All(pred func(console.Received) bool) []console.Received {
 }
 
 // Await waits for the n-th publication matching pred and returns it.
-func (r *Recorder) Await(t testing.TB, what string, n int, pred func(console.Received) bool) console.Received {
+func (r *Recorder) Await(t testing.TB, what string, n int, pred func(mqttclient.Received) bool) mqttclient.Received {
 	t.Helper()
-	var got []console.Received
+	var got []mqttclient.Received
 	testenv.Eventually(t, fmt.Sprintf("%d× %s", n, what), func() bool {
 		got = r.All(pred)
 		return len(got) >= n
@@ -71,6 +71,6 @@ func (r *Recorder) Await(t testing.TB, what string, n int, pred func(console.Rec
 }
 
 // Kind matches publications of one kind from one gateway.
-func Kind(k topic.Kind, gateway string) func(console.Received) bool {
-	return func(m console.Received) bool { return m.Topic.Kind == k && m.Topic.Gateway == gateway }
+func Kind(k topic.Kind, gateway string) func(mqttclient.Received) bool {
+	return func(m mqttclient.Received) bool { return m.Topic.Kind == k && m.Topic.Gateway == gateway }
 }
