@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -16,7 +15,6 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"gopkg.in/yaml.v3"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/api/apiclient"
@@ -436,6 +434,19 @@ func (v *verb) target() (target, error) {
 
 // readDoc reads a YAML or JSON file (- for stdin) as JSON.
 func (v *verb) readDoc(path string) ([]byte, error) {
+	doc, err := v.parseDoc(path)
+	if err != nil {
+		return nil, err
+	}
+	b, err := doc.JSON()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return b, nil
+}
+
+// parseDoc reads and parses a YAML or JSON file (- for stdin).
+func (v *verb) parseDoc(path string) (*apiclient.Doc, error) {
 	if path == "" {
 		return nil, Usagef("-f FILE is required")
 	}
@@ -449,20 +460,20 @@ func (v *verb) readDoc(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var doc any
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	doc, err := apiclient.ParseDoc(data)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return json.Marshal(doc)
+	return doc, nil
 }
 
 // readProto reads -f (YAML or JSON) into m, a protocol message.
 func (v *verb) readProto(what string, m proto.Message) error {
-	raw, err := v.readDoc(v.file)
+	doc, err := v.parseDoc(v.file)
 	if err != nil {
 		return err
 	}
-	if err := protojson.Unmarshal(raw, m); err != nil {
+	if err := doc.Decode(m); err != nil {
 		return fmt.Errorf("%s is not %s: %w", v.file, what, err)
 	}
 	return nil
