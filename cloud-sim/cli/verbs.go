@@ -19,8 +19,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
-	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/api/apiclient"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
