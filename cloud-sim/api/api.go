@@ -20,7 +20,9 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/fleet-agent/fleet/cloud-sim/changes"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
@@ -355,6 +357,35 @@ func (a *api) getCommand(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, commandOf(cmd))
 }
 
+// MaxCommands is the largest limit of GET /v1/commands.
+const MaxCommands = 1000
+
+func (a *api) listCommands(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := dispatch.Filter{Tenant: q.Get("tenant"), Gateway: q.Get("gateway"), Verb: q.Get("verb"), Batch: q.Get("batch"),
+		State: dispatch.State(q.Get("state")), Code: q.Get("code")}
+	switch f.State {
+	case "", dispatch.Pending, dispatch.Accepted, dispatch.Succeeded, dispatch.Failed, dispatch.Rejected, dispatch.Undelivered:
+	default:
+		a.fail(w, errdefs.Invalid("state", "%q: use PENDING, ACCEPTED, SUCCEEDED, FAILED, REJECTED or UNDELIVERED", f.State))
+		return
+	}
+	limit, err := intParam(q, "limit", 100, MaxCommands)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if limit == 0 {
+		limit = 100
+	}
+	list := a.c.Commands(f, limit)
+	out := make([]*Command, len(list))
+	for i, c := range list {
+		out[i] = commandOf(c)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"commands": out})
+}
+
 func (a *api) listBatches(w http.ResponseWriter, r *http.Request) {
 	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
 	if limit <= 0 {
@@ -525,7 +556,7 @@ func (a *api) rolloutAction(w http.ResponseWriter, r *http.Request) {
 }
 
 // events streams fleet changes as server-sent events ("event: <kind>",
-// "data: <Change JSON>"), filtered by ?tenant=; a comment line every 15 s
+// "data: <Change JSON>"), filtered as GET /v1/changes is (changeFilter); a comment line every 15 s
 // keeps proxies from closing the stream, and an "event: lagged" says that
 // changes were dropped because the client read too slowly. A stream has
 // no read or write deadline; at most MaxStreams run at once.
@@ -535,6 +566,11 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errors.New("streaming unsupported"))
 		return
 	}
+	f, err := changeFilter(r.URL.Query())
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
 	if !a.streams.acquire() {
 		w.Header().Set("Retry-After", "10")
 		writeJSON(w, http.StatusServiceUnavailable, Error{Error: fmt.Sprintf("too many event streams (%d) are open: close one, or raise cloud-sim serve --api-max-streams", cap(a.streams)), Code: "NO_SPACE"})
@@ -542,7 +578,6 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 	}
 	defer a.streams.release()
 	holdFor(w, 0)
-	tenant := r.URL.Query().Get("tenant")
 	sub := a.c.Subscribe(4096)
 	defer sub.Close()
 	w.Header().Set("Content-Type", "text/event-stream")
@@ -562,7 +597,7 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 			if sub.Lagged() {
 				fmt.Fprint(w, "event: lagged\ndata: {}\n\n")
 			}
-			if tenant != "" && ch.Tenant != tenant {
+			if !f.Matches(ch) {
 				continue
 			}
 			data, _ := json.Marshal(ch)
@@ -570,4 +605,42 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		}
 		fl.Flush()
 	}
+}
+
+// changeFilter reads the query of GET /v1/changes and /v1/events: tenant,
+// gateway, kind (exact, or its first part: "command"), and severity, one
+// or more of info, warning, error separated by commas.
+func changeFilter(q url.Values) (changes.Filter, error) {
+	f := changes.Filter{Tenant: q.Get("tenant"), Gateway: q.Get("gateway"), Kind: q.Get("kind")}
+	for s := range strings.SplitSeq(q.Get("severity"), ",") {
+		switch sev := changes.Severity(strings.TrimSpace(s)); sev {
+		case "":
+		case changes.Info, changes.Warning, changes.Error:
+			f.Severities = append(f.Severities, sev)
+		default:
+			return f, errdefs.Invalid("severity", "%q: use info, warning or error (several separated by commas)", s)
+		}
+	}
+	return f, nil
+}
+
+// MaxChanges is the largest limit of GET /v1/changes.
+const MaxChanges = changes.History
+
+func (a *api) listChanges(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f, err := changeFilter(q)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	limit, err := intParam(q, "limit", 100, MaxChanges)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if limit == 0 {
+		limit = 100
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"changes": a.c.Changes(f, limit)})
 }

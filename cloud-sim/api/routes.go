@@ -40,6 +40,7 @@ func routes() []route {
 		{method: "PUT", path: "/v1/gateways/{tenant}/{id}/groups", body: "`{groups}`", status: 200, reply: "Identity; a connected gateway whose groups changed is disconnected to log in under them", errors: "400, 404 not provisioned", handle: (*api).setGroups},
 		{method: "POST", path: "/v1/simulated", body: "`{tenant, prefix, count, groups, labels}`", status: 201, reply: "`{password, commandSigningKeys}`, the password shared by `{prefix}1`…`{prefix}{count}`", errors: "400", handle: (*api).provisionSimulated},
 		{method: "POST", path: "/v1/commands", body: "`{target: Target, command, wait, expiresIn, skipRegistryCheck}`", status: 201, reply: "BatchView (after `wait` at most)", errors: registryErrors, handle: (*api).sendCommand},
+		{method: "GET", path: "/v1/commands", query: "tenant, gateway, verb, state, code, batch, limit (100; at most 1000)", status: 200, reply: "`{commands: [Command]}`, newest first, of those kept (finished ones for the retention)", errors: "400", handle: (*api).listCommands},
 		{method: "GET", path: "/v1/commands/{id}", status: 200, reply: "Command", errors: "404", handle: (*api).getCommand},
 		{method: "GET", path: "/v1/batches", query: "limit (50)", status: 200, reply: "`{batches: [Batch]}`, newest first", handle: (*api).listBatches},
 		{method: "GET", path: "/v1/batches/{id}", query: "wait", status: 200, reply: "BatchView, once done or after `wait`", errors: "400, 404", handle: (*api).getBatch},
@@ -58,7 +59,8 @@ func routes() []route {
 		{method: "POST", path: "/v1/rollouts/{id}/pause", status: 200, reply: "RolloutView; nothing new is dispatched", errors: rolloutErrors, handle: (*api).rolloutAction},
 		{method: "POST", path: "/v1/rollouts/{id}/resume", status: 200, reply: "RolloutView", errors: rolloutErrors, handle: (*api).rolloutAction},
 		{method: "POST", path: "/v1/rollouts/{id}/cancel", status: 200, reply: "RolloutView; queued gateways CANCELED", errors: rolloutErrors, handle: (*api).rolloutAction},
-		{method: "GET", path: "/v1/events", query: "tenant", status: 200, reply: "server-sent events, `event: {kind}`, `data: Change`", handle: (*api).events},
+		{method: "GET", path: "/v1/changes", query: "tenant, gateway, kind (or its first part: `command`), severity (info, warning, error; several with commas), limit (100; at most 2000)", status: 200, reply: "`{changes: [Change]}`, newest first, of the last 2000 changes (in memory: a restart forgets them)", errors: "400", handle: (*api).listChanges},
+		{method: "GET", path: "/v1/events", query: "tenant, gateway, kind, severity, as for /v1/changes", status: 200, reply: "server-sent events, `event: {kind}`, `data: Change`", errors: "400", handle: (*api).events},
 	}
 }
 

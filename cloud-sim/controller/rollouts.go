@@ -127,7 +127,7 @@ func (c *Controller) refuseWork(d rollout.Dispatch, why error) {
 	d.Rollout, d.Gateway, d.CommandID = clip(d.Rollout), clip(d.Gateway), clip(d.CommandID)
 	c.log.Warn("rollout work item refused, not sent: it is not what a stored rollout dispatched (forged on the work queue?)",
 		"rollout", d.Rollout, "gateway", d.Gateway, "command", d.CommandID, "reason", clip(why.Error()))
-	c.hub.Publish(changes.Change{Kind: "rollout.work.refused", At: c.cfg.Now(), Gateway: d.Gateway, Batch: d.Rollout,
+	c.hub.Publish(changes.Change{Kind: "rollout.work.refused", Severity: changes.Warning, At: c.cfg.Now(), Gateway: d.Gateway, Batch: d.Rollout,
 		Command: d.CommandID, Message: clip(why.Error())})
 }
 

@@ -188,6 +188,11 @@ func (c *Controller) jobs(b *dispatch.Batch, gws []*inventory.Gateway, cmd *flee
 // Command returns one command.
 func (c *Controller) Command(id string) (*dispatch.Command, bool) { return c.disp.Command(id) }
 
+// Commands lists the commands f selects, newest first, at most limit.
+func (c *Controller) Commands(f dispatch.Filter, limit int) []*dispatch.Command {
+	return c.disp.Commands(f, limit)
+}
+
 // Batch returns a batch with its commands.
 func (c *Controller) Batch(id string) (*dispatch.BatchView, bool) { return c.disp.Batch(id) }
 
