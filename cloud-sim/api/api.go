@@ -309,6 +309,9 @@ type CommandRequest struct {
 	Wait              string          `json:"wait,omitempty"`
 	ExpiresIn         string          `json:"expiresIn,omitempty"`
 	SkipRegistryCheck bool            `json:"skipRegistryCheck,omitempty"`
+	// DryRun checks everything as for sending, and sends and stores
+	// nothing: the reply is a DryRun.
+	DryRun bool `json:"dryRun,omitempty"`
 }
 
 func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
@@ -330,6 +333,15 @@ func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
 	exp, err := duration("expiresIn", req.ExpiresIn)
 	if err != nil {
 		a.fail(w, err)
+		return
+	}
+	if req.DryRun {
+		d, err := a.c.DryRun(r.Context(), req.Target.domain(), cmd, controller.SendOptions{ExpiresIn: exp, SkipRegistryCheck: req.SkipRegistryCheck})
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, dryRunOf(d))
 		return
 	}
 	b, err := a.c.Send(r.Context(), req.Target.domain(), cmd, controller.SendOptions{ExpiresIn: exp, SkipRegistryCheck: req.SkipRegistryCheck})
@@ -506,6 +518,15 @@ func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
 	var spec RolloutSpec
 	if err := decode(r, &spec); err != nil {
 		a.fail(w, err)
+		return
+	}
+	if spec.DryRun {
+		d, err := a.c.DryRunRollout(r.Context(), spec.domain())
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, dryRunOf(d))
 		return
 	}
 	v, err := a.c.CreateRollout(r.Context(), spec.domain())
