@@ -92,6 +92,8 @@ func New(cfg Config) (*Console, error) {
 	for _, p := range pages() {
 		c.mux.Handle("GET "+p.path, c.authed(p.handle))
 	}
+	c.mux.HandleFunc("POST /deploy/check", c.deployCheck)
+	c.mux.HandleFunc("POST /deploy/send", c.deploySend)
 	c.mux.Handle("GET /", c.authed((*Console).notFound))
 	return c, nil
 }
@@ -107,6 +109,9 @@ type page struct {
 func pages() []page {
 	return []page{
 		{path: "/{$}", handle: (*Console).overview},
+		{path: "/deploy", handle: (*Console).deploy},
+		{path: "/commands", handle: (*Console).commands},
+		{path: "/credentials", handle: (*Console).credentials},
 	}
 }
 
