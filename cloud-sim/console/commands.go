@@ -32,7 +32,14 @@ type commandsData struct {
 	Commands []*api.Command
 	Limit    int
 	Batch    *api.BatchView // with ?batch=
-	Batches  []*api.BatchView
+	Batches  []batchRow
+}
+
+// batchRow is a batch of the list: its counts, and how many commands it
+// has.
+type batchRow struct {
+	*api.BatchView
+	Total int
 }
 
 // Link is this page's URL with the query parameter key set to value
@@ -80,14 +87,14 @@ func (c *Console) commands(w http.ResponseWriter, r *http.Request) {
 
 // recentBatches lists the latest batches (of tenant, if given) with
 // their counts: GET /v1/batches names them, GET /v1/batches/{id} counts.
-func (c *Console) recentBatches(r *http.Request, tenant string) ([]*api.BatchView, error) {
+func (c *Console) recentBatches(r *http.Request, tenant string) ([]batchRow, error) {
 	var l struct {
 		Batches []*api.Batch `json:"batches"`
 	}
 	if err := c.get(r.Context(), "/v1/batches?limit=100", &l); err != nil {
 		return nil, err
 	}
-	var out []*api.BatchView
+	var out []batchRow
 	for _, b := range l.Batches {
 		if len(out) == batchLimit {
 			break
@@ -99,8 +106,8 @@ func (c *Console) recentBatches(r *http.Request, tenant string) ([]*api.BatchVie
 		if err := c.get(r.Context(), "/v1/batches/"+url.PathEscape(b.ID), v); err != nil {
 			return nil, err
 		}
+		out = append(out, batchRow{BatchView: v, Total: len(v.Commands)})
 		v.Commands = nil // the counts are what the list shows
-		out = append(out, v)
 	}
 	return out, nil
 }
