@@ -75,7 +75,9 @@ func TestConsoleOpsDeploy(t *testing.T) {
 	reg := testimage.NewRegistry(t)
 	img, _ := reg.Push(t, testimage.Spec{Repo: "team/web", Tag: "1"})
 	c := newOpsCloud(t, 4, reg.Host)
-	real := fmt.Sprintf("real-%d", time.Now().UnixNano()%1e6)
+	// Container names are the Docker host's: a name of this run only.
+	run := time.Now().UnixNano() % 1e6
+	real, name := fmt.Sprintf("real-%d", run), fmt.Sprintf("web-%d", run)
 	docker := testenv.DockerClient(t)
 	testenv.RemoveOwned(t, docker, "sim/"+real, reg.Host+"/")
 	c.provisionAgent(t, "sim", real)
@@ -89,7 +91,7 @@ func TestConsoleOpsDeploy(t *testing.T) {
 	b.run("all again", chromedp.Click(chromedp.CSS("#target-all")))
 
 	specOf := func(image string) string {
-		return "name: web\nrevision: 1\nimage: " + image + "\nnetworkMode: none\nenv:\n  MODE: serve\nrestartPolicy:\n  mode: UNLESS_STOPPED\n"
+		return "name: " + name + "\nrevision: 1\nimage: " + image + "\nnetworkMode: none\nenv:\n  MODE: serve\nrestartPolicy:\n  mode: UNLESS_STOPPED\n"
 	}
 	for _, tc := range []struct{ what, yaml, want string }{
 		{"an unknown field (the console's YAML conversion)", "name: web\nrevision: 1\nimagee: " + img + "\n", "Line 3 (imagee)"},
@@ -116,7 +118,7 @@ func TestConsoleOpsDeploy(t *testing.T) {
 		t.Errorf("outcome rows %q lack the real gateway or sim-4", rows)
 	}
 	b.eventually("the summary", "#outcome-summary", func(s string) bool { return strings.HasPrefix(s, "Done: 5 of 5 gateways answered") })
-	if g := c.gateway(t, "sim", real); g == nil || g.Deployments["web"] == nil || g.Deployments["web"].Phase != "RUNNING" {
+	if g := c.gateway(t, "sim", real); g == nil || g.Deployments[name] == nil || g.Deployments[name].Phase != "RUNNING" {
 		t.Errorf("the real gateway's deployment: %+v", g)
 	}
 	b.screenshot("deploy")
