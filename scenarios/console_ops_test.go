@@ -154,6 +154,11 @@ func TestConsoleOpsCommands(t *testing.T) {
 	if countOf(all, "SUCCEEDED") != 3 || countOf(all, "REJECTED") != 1 {
 		t.Errorf("history = %q, want 3 SUCCEEDED and 1 REJECTED", all)
 	}
+	// Live: a new command appears without a reload.
+	c.send(t, api.Target{Tenant: "sim", Gateways: []string{"sim-2"}}, rebirthCmd(), "20s")
+	b.eventually("the new command, live", "#commands tbody", func(s string) bool { return countOf(s, "SUCCEEDED") == 4 })
+	b.screenshot("commands")
+
 	b.click("the REJECTED tab", `nav.tabs a[data-state="REJECTED"]`)
 	b.eventually("only the rejected command", "#commands tbody", func(s string) bool {
 		return countOf(s, "REJECTED") == 1 && countOf(s, "SUCCEEDED") == 0
@@ -161,17 +166,13 @@ func TestConsoleOpsCommands(t *testing.T) {
 	if loc := value(b, "location", chromedp.Location()); !strings.Contains(loc, "state=REJECTED") {
 		t.Errorf("location %s: the filter is not in the query string", loc)
 	}
-	if got := b.text("#commands tbody tr td.mono"); got == "" {
-		t.Errorf("the rejected command shows no field")
+	if got := b.text("#commands tbody tr td.mono"); got != "deploy.spec.name" {
+		t.Errorf("the rejected command's field = %q, want deploy.spec.name", got)
 	}
 	b.click("the SUCCEEDED tab", `nav.tabs a[data-state="SUCCEEDED"]`)
 	b.eventually("only the succeeded commands", "#commands tbody", func(s string) bool {
-		return countOf(s, "SUCCEEDED") == 3 && countOf(s, "REJECTED") == 0
+		return countOf(s, "SUCCEEDED") == 4 && countOf(s, "REJECTED") == 0
 	})
-	// Live: a new command appears without a reload.
-	c.send(t, api.Target{Tenant: "sim", Gateways: []string{"sim-2"}}, rebirthCmd(), "20s")
-	b.eventually("the new command, live", "#commands tbody", func(s string) bool { return countOf(s, "SUCCEEDED") == 4 })
-	b.screenshot("commands")
 
 	b.run("one batch", chromedp.Navigate(b.base+"/commands?batch="+bad.ID), chromedp.WaitVisible(chromedp.CSS("#batch-summary")))
 	if s := b.text("#commands tbody"); countOf(s, "REJECTED") != 1 || !strings.Contains(s, "sim-1") {
@@ -226,6 +227,21 @@ func TestConsoleOpsCredentials(t *testing.T) {
 		t.Fatalf("the API's credentials: %s", raw)
 	}
 
+	b.screenshot("credentials")
+
+	// Pushed, sealed, to every gateway of the tenant.
+	b.click("push", "#push-btn")
+	b.eventually("the push's batch", "#push-result", func(s string) bool { return strings.HasPrefix(s, "Sent to 2 gateways") })
+	testenv.Eventually(t, "both gateways hold the credential", func() bool {
+		held := 0
+		for _, id := range []string{"sim-1", "sim-2"} {
+			if g := c.gateway(t, "sim", id); g != nil && len(g.Registries) == 1 && g.Registries[0].Registry == "registry.example.com/team" {
+				held++
+			}
+		}
+		return held == 2
+	})
+
 	// A mistake is shown next to the field the API names.
 	b.choose("#cred-kind", "ecr")
 	b.run("ecr with a bad region", chromedp.SetValue(chromedp.CSS("#cred-registry"), "123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
@@ -241,7 +257,6 @@ func TestConsoleOpsCredentials(t *testing.T) {
 	if html := value(b, "the page's HTML", chromedp.OuterHTML(chromedp.CSS("html"))); strings.Contains(html, secret) {
 		t.Error("the page's HTML contains the secret after the refused submit")
 	}
-	b.screenshot("credentials")
 }
 
 // TestConsoleOpsCrossOrigin: a page of another origin (another port of

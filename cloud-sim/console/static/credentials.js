@@ -53,6 +53,10 @@
       const v = await Console.api("PUT", "/v1/tenants/" + enc(tenant()) + "/credentials", body);
       out.className = "result notice";
       out.textContent = "Stored the " + v.kind + " credential for " + v.registry + " (fingerprint " + (v.fingerprint || "–") + ").";
+      const kind = $("#cred-kind").value;
+      form.reset(); // a stored credential leaves nothing in the form
+      $("#cred-kind").value = kind;
+      showKind();
       refresh();
     } catch (err) {
       out.className = "result";
@@ -76,7 +80,7 @@
       row("Result", Ops.badge(r.ok ? "OK" : (r.code || "FAILED")));
       row("Image", r.image);
       row("Credential", r.registry || "none (anonymous)");
-      for (const [k, v] of Object.entries(r.check || {})) row(k, typeof v === "object" ? JSON.stringify(v) : String(v));
+      for (const [k, v] of Object.entries(r.check || {})) row(k, Ops.checkValue(k, v));
       row("Message", r.message);
       out.append(dl);
       refresh();
@@ -141,7 +145,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     if (!$("#cred-form")) return;
-    refresh = Ops.live(["credential."], ["section[aria-labelledby=list-h]", "#push-registry"]);
+    refresh = Ops.live(["credential."], ["section.cred-list", "#push-registry"]);
     const tin = $("#push-form #target-tenant");
     if (tin) tin.readOnly = true;
     $("#cred-kind").addEventListener("change", showKind);

@@ -42,7 +42,7 @@
       row("Registry check", Ops.badge(c.ok ? "OK" : (c.code || "FAILED")));
       row("Image", c.image);
       row("Credential", c.registry || "none (anonymous)");
-      for (const [k, v] of Object.entries(c.check || {})) row(k, typeof v === "object" ? JSON.stringify(v) : String(v));
+      for (const [k, v] of Object.entries(c.check || {})) row(k, Ops.checkValue(k, v));
       row("Message", c.message);
       box.append(dl);
     }

@@ -158,5 +158,12 @@ const Ops = (() => {
     return refresh;
   }
 
-  return { post, live, target, matches, debounce, badge, el, showError, clearErrors, stateClass, time };
+  // checkValue writes a field of a RegistryCheck: sizes in MiB, lists
+  // and objects as JSON.
+  function checkValue(k, v) {
+    if (k === "sizeBytes" && Number(v) > 0) return (Number(v) / 1048576).toFixed(1) + " MiB (" + v + " bytes)";
+    return typeof v === "object" ? JSON.stringify(v) : String(v);
+  }
+
+  return { post, live, checkValue, target, matches, debounce, badge, el, showError, clearErrors, stateClass, time };
 })();
