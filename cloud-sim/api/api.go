@@ -212,6 +212,15 @@ func (a *api) getGateway(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+func (a *api) getMetrics(w http.ResponseWriter, r *http.Request) {
+	list, cpus, ok := a.c.Metrics(r.PathValue("tenant"), r.PathValue("id"))
+	if !ok {
+		a.fail(w, &errdefs.FieldError{Field: "id", Kind: errdefs.ErrNotFound, Msg: fmt.Sprintf("no gateway %s/%s in the inventory", r.PathValue("tenant"), r.PathValue("id"))})
+		return
+	}
+	writeJSON(w, http.StatusOK, metricsOf(list, cpus))
+}
+
 func (a *api) getDeployments(w http.ResponseWriter, r *http.Request) {
 	if g, ok := a.gateway(w, r); ok {
 		writeJSON(w, http.StatusOK, map[string]any{"deployments": g.Deployments})

@@ -28,6 +28,9 @@ func gatewayOf(g *inventory.Gateway) *Gateway {
 		e := Engine(*g.Engine)
 		out.Engine = &e
 	}
+	for _, s := range g.Sessions {
+		out.Sessions = append(out.Sessions, Session(s))
+	}
 	for _, r := range g.Refused {
 		out.Refused = append(out.Refused, Refusal{Limit: string(r.Limit), Message: r.Message, Count: r.Count, First: r.First, Last: r.Last})
 	}
@@ -184,6 +187,15 @@ func dryRunOf(d *controller.DryRun) *DryRun {
 	if d.Check != nil {
 		c := CheckResult(*d.Check)
 		out.Check = &c
+	}
+	return out
+}
+
+func metricsOf(list []inventory.Sample, cpus uint32) *Metrics {
+	out := &Metrics{Samples: make([]MetricSample, len(list))}
+	for i, s := range list {
+		out.Samples[i] = MetricSample{At: s.At, Load1: s.Load1, CPUs: cpus, MemoryUsedPercent: s.MemoryUsedPercent,
+			DiskUsedPercent: s.DiskUsedPercent, Running: s.Running}
 	}
 	return out
 }

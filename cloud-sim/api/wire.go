@@ -54,6 +54,36 @@ type Gateway struct {
 	// exceeding a limit (too many deployments, too many events), one
 	// entry a limit.
 	Refused []Refusal `json:"refused,omitempty"`
+	// Sessions are its latest 10 sessions, newest first (GET
+	// /v1/gateways/{tenant}/{id} only). DisconnectedAt is absent while a
+	// session lasts, or when its death was never seen.
+	Sessions []Session `json:"sessions,omitempty"`
+}
+
+// Session is one of a gateway's MQTT sessions, from its birth to its death.
+type Session struct {
+	Session        uint64    `json:"session"`
+	ConnectedAt    time.Time `json:"connectedAt,omitzero"`
+	DisconnectedAt time.Time `json:"disconnectedAt,omitzero"`
+	DeathReason    string    `json:"deathReason,omitempty"`
+}
+
+// Metrics is the body of GET /v1/gateways/{tenant}/{id}/metrics: the
+// gateway's heartbeats of the last hour, one a minute, oldest first.
+type Metrics struct {
+	Samples []MetricSample `json:"samples"`
+}
+
+// MetricSample is one minute's heartbeat: the load average over a
+// minute, the CPUs, the memory and disk in use in percent (0 when the
+// gateway reports no totals), and the running containers.
+type MetricSample struct {
+	At                time.Time `json:"at"`
+	Load1             float64   `json:"load1"`
+	CPUs              uint32    `json:"cpus"`
+	MemoryUsedPercent float64   `json:"memoryUsedPercent"`
+	DiskUsedPercent   float64   `json:"diskUsedPercent"`
+	Running           uint32    `json:"running"`
 }
 
 // Refusal is what the controller refused of a gateway for one limit: the
