@@ -59,7 +59,7 @@ type Gateway struct {
 	// Get only (the record keeps them in sessions).
 	Sessions []Session
 
-	sessions []session  // oldest first; stored
+	sessions []session   // oldest first; stored
 	metrics  *metricRing // the last hour's heartbeats; not stored
 
 	events   float64   // the event budget (token bucket); not stored
