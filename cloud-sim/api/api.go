@@ -197,6 +197,10 @@ func intParam(q url.Values, name string, def, max int) (int, error) {
 	return min(n, max), nil
 }
 
+func (a *api) overview(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, overviewOf(a.c.Overview(r.URL.Query().Get("tenant"))))
+}
+
 func (a *api) gateway(w http.ResponseWriter, r *http.Request) (*Gateway, bool) {
 	g, ok := a.c.Gateway(r.PathValue("tenant"), r.PathValue("id"))
 	if !ok {

@@ -449,3 +449,72 @@ type LabelsRequest struct {
 type GroupsRequest struct {
 	Groups []string `json:"groups"`
 }
+
+// Overview is the body of GET /v1/overview: a tenant's fleet (or all) at
+// a glance.
+type Overview struct {
+	Gateways GatewayCounts `json:"gateways"`
+	// AgentVersions counts gateways by agent version, EngineVersions by
+	// engine ("docker 27.1"); "unknown" when not reported.
+	AgentVersions  map[string]int   `json:"agentVersions"`
+	EngineVersions map[string]int   `json:"engineVersions"`
+	Deployments    DeploymentCounts `json:"deployments"`
+	// ActiveRollouts are the running or paused rollouts, newest first,
+	// without their gateways.
+	ActiveRollouts []*RolloutView `json:"activeRollouts"`
+	// Failing are deployments FAILED, unhealthy or restarting (restarted
+	// and not running), newest first, at most 50 of FailingTotal.
+	Failing      []FailingDeployment `json:"failing"`
+	FailingTotal int                 `json:"failingTotal"`
+	// ExpiringCredentials expire within 7 days (or have expired), soonest
+	// first, at most 100 of ExpiringCredentialsTotal. ECR tokens the
+	// cloud issues and refreshes in time are not listed.
+	ExpiringCredentials      []ExpiringCredential `json:"expiringCredentials"`
+	ExpiringCredentialsTotal int                  `json:"expiringCredentialsTotal"`
+}
+
+// GatewayCounts counts gateways; Stale ones are online.
+type GatewayCounts struct {
+	Total   int `json:"total"`
+	Online  int `json:"online"`
+	Offline int `json:"offline"`
+	Stale   int `json:"stale"`
+}
+
+// DeploymentCounts counts deployments by phase ("RUNNING") and, of those
+// with a health check, by health ("healthy").
+type DeploymentCounts struct {
+	ByPhase  map[string]int `json:"byPhase"`
+	ByHealth map[string]int `json:"byHealth"`
+	Total    int            `json:"total"`
+}
+
+// FailingDeployment is one failing deployment on one gateway.
+type FailingDeployment struct {
+	Tenant       string    `json:"tenant"`
+	Gateway      string    `json:"gateway"`
+	Deployment   string    `json:"deployment"`
+	Phase        string    `json:"phase"`
+	Health       string    `json:"health,omitempty"`
+	RestartCount uint32    `json:"restartCount,omitempty"`
+	Code         string    `json:"code,omitempty"`
+	Message      string    `json:"message,omitempty"`
+	UpdatedAt    time.Time `json:"updatedAt,omitzero"`
+}
+
+// Where a credential is kept.
+const (
+	WhereCloud   = "cloud"
+	WhereGateway = "gateway"
+)
+
+// ExpiringCredential is a credential that expires soon: a tenant's in the
+// cloud, or one a gateway holds (Gateway names it).
+type ExpiringCredential struct {
+	Tenant    string    `json:"tenant"`
+	Registry  string    `json:"registry"`
+	Kind      string    `json:"kind"`
+	ExpiresAt time.Time `json:"expiresAt"`
+	Where     string    `json:"where"`
+	Gateway   string    `json:"gateway,omitempty"`
+}
