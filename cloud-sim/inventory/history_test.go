@@ -7,12 +7,12 @@ import (
 	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 func at(sec int) time.Time { return time.Unix(int64(1_800_000_000+sec), 0).UTC() }
