@@ -187,7 +187,7 @@ func runServe(ctx context.Context, out io.Writer, cfg serve.Config) error {
 	if s.Broker != nil && s.Broker.TLSURL() != "" {
 		fmt.Fprintf(out, "  MQTT TLS     %s\n", s.Broker.TLSURL())
 	}
-	fmt.Fprintf(out, "  NATS         %s\n  HTTP API     %s\n", s.NATSURL, s.APIURL)
+	fmt.Fprintf(out, "  NATS         %s\n  HTTP API     %s\n  web console  %s/ (log in with the API token)\n", s.NATSURL, s.APIURL, s.APIURL)
 	if s.NATSCreds != "" {
 		fmt.Fprintf(out, "  NATS login   %s (other replicas: --nats %s --nats-creds FILE)\n", s.NATSCreds, s.NATSURL)
 	}
