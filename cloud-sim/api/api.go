@@ -44,6 +44,9 @@ type Config struct {
 	// name this API: "host:port", or "host" for any port. Requests to
 	// other names are refused (DNS rebinding); with none, every request.
 	AllowedHosts []string
+	// Sessions, when set, lets the web console's browser sessions in
+	// without the token (package console).
+	Sessions Sessions
 	// MaxStreams caps concurrent event streams (DefaultMaxStreams when 0).
 	MaxStreams int
 	Logger     *slog.Logger

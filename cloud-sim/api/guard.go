@@ -22,26 +22,47 @@ const DefaultMaxStreams = 64
 // request (Origin, Sec-Fetch-Site), a missing or wrong token, and a body
 // that is not JSON (a form or text/plain POST needs no CORS preflight).
 type guard struct {
-	token  []byte // "Bearer <token>"; nil: no authentication
-	noAuth bool
+	*Origins
+	token    []byte // "Bearer <token>"; nil: no authentication
+	noAuth   bool
+	sessions Sessions
+	next     http.Handler
+}
+
+// Sessions lets a browser session of the web console, which holds no
+// token, through the guard: Authorized reports whether r carries a live
+// session and, unless it is a GET or HEAD, its CSRF token.
+type Sessions interface {
+	Authorized(r *http.Request) bool
+}
+
+// Origins knows the names (Host values, and Origins' hosts) that name
+// this listener; the API and the console refuse the others.
+type Origins struct {
 	// hosts holds allowed host:port values, anyPort hosts allowed on any
 	// port; both lower case.
 	hosts, anyPort map[string]bool
-	next           http.Handler
+}
+
+// NewOrigins returns the Origins of allowed: "host:port", or "host" for
+// any port.
+func NewOrigins(allowed []string) *Origins {
+	o := &Origins{hosts: map[string]bool{}, anyPort: map[string]bool{}}
+	for _, h := range allowed {
+		h = strings.ToLower(h)
+		if _, _, err := net.SplitHostPort(h); err == nil {
+			o.hosts[h] = true
+		} else {
+			o.anyPort[strings.Trim(h, "[]")] = true
+		}
+	}
+	return o
 }
 
 func newGuard(cfg Config, next http.Handler) *guard {
-	g := &guard{noAuth: cfg.InsecureNoAuth, hosts: map[string]bool{}, anyPort: map[string]bool{}, next: next}
+	g := &guard{Origins: NewOrigins(cfg.AllowedHosts), noAuth: cfg.InsecureNoAuth, sessions: cfg.Sessions, next: next}
 	if cfg.Token != "" {
 		g.token = []byte("Bearer " + cfg.Token)
-	}
-	for _, h := range cfg.AllowedHosts {
-		h = strings.ToLower(h)
-		if _, _, err := net.SplitHostPort(h); err == nil {
-			g.hosts[h] = true
-		} else {
-			g.anyPort[strings.Trim(h, "[]")] = true
-		}
 	}
 	return g
 }
@@ -52,11 +73,11 @@ const (
 )
 
 func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !g.allowedHost(r.Host) {
+	if !g.AllowedHost(r.Host) {
 		writeJSON(w, http.StatusForbidden, Error{Error: "Host " + quote(r.Host) + " is not allowed: " + hostHelp, Field: "Host", Code: "PERMISSION_DENIED"})
 		return
 	}
-	if msg := g.crossOrigin(r); msg != "" {
+	if msg := g.CrossOrigin(r); msg != "" {
 		writeJSON(w, http.StatusForbidden, Error{Error: msg, Field: "Origin", Code: "PERMISSION_DENIED"})
 		return
 	}
@@ -83,12 +104,15 @@ func (g *guard) authorized(r *http.Request) bool {
 	if g.noAuth || r.URL.Path == "/healthz" {
 		return true
 	}
-	return g.token != nil && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), g.token) == 1
+	if g.token != nil && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), g.token) == 1 {
+		return true
+	}
+	return g.sessions != nil && r.Header.Get("Authorization") == "" && g.sessions.Authorized(r)
 }
 
-// allowedHost reports whether hostport (a Host header, or an Origin's
-// host with its port made explicit) names this API.
-func (g *guard) allowedHost(hostport string) bool {
+// AllowedHost reports whether hostport (a Host header, or an Origin's
+// host with its port made explicit) names this listener.
+func (g *Origins) AllowedHost(hostport string) bool {
 	hostport = strings.ToLower(hostport)
 	host, _, err := net.SplitHostPort(hostport)
 	if err != nil { // no port: http's
@@ -97,10 +121,10 @@ func (g *guard) allowedHost(hostport string) bool {
 	return g.hosts[hostport] || g.anyPort[host]
 }
 
-// crossOrigin says why r comes from another site or origin, or "". A
+// CrossOrigin says why r comes from another site or origin, or "". A
 // same-origin request (the console served on this listener) and one
 // without browser headers (the CLI, curl) pass.
-func (g *guard) crossOrigin(r *http.Request) string {
+func (g *Origins) CrossOrigin(r *http.Request) string {
 	switch site := r.Header.Get("Sec-Fetch-Site"); site {
 	case "cross-site", "same-site":
 		return "Sec-Fetch-Site " + site + ": the API refuses requests from other web sites"
@@ -121,7 +145,7 @@ func (g *guard) crossOrigin(r *http.Request) string {
 		}
 		host = net.JoinHostPort(u.Hostname(), port)
 	}
-	if !g.allowedHost(host) {
+	if !g.AllowedHost(host) {
 		return "Origin " + quote(origin) + " is not this API's: the API refuses requests from other web pages (an origin the API serves is allowed with cloud-sim serve --api-allowed-host)"
 	}
 	return ""

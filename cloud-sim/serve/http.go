@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/console"
+	"github.com/fleet-agent/fleet/cloud-sim/controller"
 )
 
 // The API server's timeouts. Waits for command outcomes and event streams
@@ -112,6 +114,26 @@ func allowedHosts(ln net.Addr, extra []string) []string {
 		}
 	}
 	return append(hosts, extra...)
+}
+
+// httpHandler serves the API under /v1/ and /healthz and the web console
+// everywhere else, on one listener: the console's browser sessions are
+// let through the API's guard (with their CSRF token for changes).
+func httpHandler(cfg Config, ctrl *controller.Controller, token string, ln net.Addr) (http.Handler, error) {
+	hosts := allowedHosts(ln, cfg.APIAllowedHosts)
+	sessions := console.NewSessions(nil)
+	apiHandler := api.New(api.Config{Controller: ctrl, Token: token, InsecureNoAuth: cfg.APIInsecureNoAuth, Sessions: sessions,
+		AllowedHosts: hosts, MaxStreams: cfg.APIMaxStreams, Logger: cfg.Logger.With("component", "api")})
+	con, err := console.New(console.Config{API: apiHandler, APIHost: ln.String(), Token: token, NoAuth: cfg.APIInsecureNoAuth, Origins: api.NewOrigins(hosts),
+		Sessions: sessions, Logger: cfg.Logger.With("component", "console")})
+	if err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", apiHandler)
+	mux.Handle("/healthz", apiHandler)
+	mux.Handle("/", con)
+	return mux, nil
 }
 
 func newHTTPServer(h http.Handler) *http.Server {

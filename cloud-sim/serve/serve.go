@@ -18,7 +18,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/broker"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
 	"github.com/fleet-agent/fleet/cloud-sim/egress"
@@ -335,8 +334,12 @@ func (s *Server) startController(ctx context.Context, cfg Config, ctrlCfg contro
 	}
 	s.Controller = ctrl
 	s.closers = append(s.closers, ctrl.Close)
-	s.http = newHTTPServer(api.New(api.Config{Controller: ctrl, Token: s.APIToken, InsecureNoAuth: cfg.APIInsecureNoAuth,
-		AllowedHosts: allowedHosts(ln.Addr(), cfg.APIAllowedHosts), MaxStreams: cfg.APIMaxStreams, Logger: cfg.Logger.With("component", "api")}))
+	h, err := httpHandler(cfg, ctrl, s.APIToken, ln.Addr())
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	s.http = newHTTPServer(h)
 	go func() {
 		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			cfg.Logger.Error("API stopped", "err", err)
