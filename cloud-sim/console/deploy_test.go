@@ -13,15 +13,15 @@ import (
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
-// fakeAPI answers POST /v1/commands with status and reply, and keeps the
+// commandsAPI answers POST /v1/commands with status and reply, and keeps the
 // request it got.
-type fakeAPI struct {
+type commandsAPI struct {
 	status int
 	reply  any
 	got    *api.CommandRequest
 }
 
-func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (f *commandsAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var req api.CommandRequest
 	if r.Method != http.MethodPost || r.URL.Path != "/v1/commands" || json.NewDecoder(r.Body).Decode(&req) != nil {
 		http.Error(w, "unexpected "+r.Method+" "+r.URL.Path, http.StatusTeapot)
@@ -65,7 +65,7 @@ func TestDeployPost(t *testing.T) {
 			wantStatus: http.StatusCreated, wantCalled: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fake := &fakeAPI{status: tc.apiStatus, reply: tc.apiReply}
+			fake := &commandsAPI{status: tc.apiStatus, reply: tc.apiReply}
 			sessions := NewSessions(nil)
 			c, err := New(Config{API: fake, APIHost: "127.0.0.1:8080", Token: "tok", Origins: api.NewOrigins([]string{"127.0.0.1:8080"}), Sessions: sessions})
 			if err != nil {
