@@ -46,6 +46,16 @@ func (c *cloud) awaitOnline(t *testing.T, tenant string, n int) {
 	})
 }
 
+// openOps is openConsole, waiting until the login page is gone: the
+// login page shows the main nav too, so openConsole can return while the
+// login's redirect is still loading, and a navigation then aborts it.
+func openOps(t *testing.T, c *cloud) *browser {
+	t.Helper()
+	b := openConsole(t, c)
+	b.run("the login page gone", chromedp.WaitNotPresent(chromedp.CSS("#token")))
+	return b
+}
+
 // click clicks the element sel.
 func (b *browser) click(what, sel string) {
 	b.t.Helper()
@@ -83,12 +93,12 @@ func TestConsoleOpsDeploy(t *testing.T) {
 	c.provisionAgent(t, "sim", real)
 	c.awaitOnline(t, "sim", 5)
 
-	b := openConsole(t, c)
+	b := openOps(t, c)
 	b.run("the deploy page", chromedp.Navigate(b.base+"/deploy?tenant=sim"), chromedp.WaitVisible(chromedp.CSS("#spec")))
 	b.eventually("the live count of the target", "#match", func(s string) bool { return s == "matches 5 gateways (5 online)" })
 	b.run("a selector", chromedp.Click(chromedp.CSS("#target-kind-selector")), chromedp.SendKeys(chromedp.CSS("#target-selector"), "site=site-1"))
 	b.eventually("the count of the selector", "#match", func(s string) bool { return strings.HasPrefix(s, "matches 1 gateway") })
-	b.run("all again", chromedp.Click(chromedp.CSS("#target-all")))
+	b.run("all again", chromedp.SetValue(chromedp.CSS("#target-selector"), ""), chromedp.Click(chromedp.CSS("#target-all")))
 
 	specOf := func(image string) string {
 		return "name: " + name + "\nrevision: 1\nimage: " + image + "\nnetworkMode: none\nenv:\n  MODE: serve\nrestartPolicy:\n  mode: UNLESS_STOPPED\n"
@@ -148,7 +158,7 @@ func TestConsoleOpsCommands(t *testing.T) {
 		t.Fatalf("the bad deploy: %+v", bad.Counts)
 	}
 
-	b := openConsole(t, c)
+	b := openOps(t, c)
 	b.run("the commands page", chromedp.Navigate(b.base+"/commands"), chromedp.WaitVisible(chromedp.CSS("#commands")))
 	all := b.text("#commands tbody")
 	if countOf(all, "SUCCEEDED") != 3 || countOf(all, "REJECTED") != 1 {
@@ -203,7 +213,7 @@ func TestConsoleOpsCredentials(t *testing.T) {
 	c.awaitOnline(t, "sim", 2)
 	const secret = "s3cret-pa55word-never-echoed"
 
-	b := openConsole(t, c)
+	b := openOps(t, c)
 	b.run("the credentials page", chromedp.Navigate(b.base+"/credentials?tenant=sim"), chromedp.WaitVisible(chromedp.CSS("#cred-form")))
 	b.run("fill the form",
 		chromedp.SetValue(chromedp.CSS("#cred-registry"), "registry.example.com/team"),
@@ -267,7 +277,7 @@ func TestConsoleOpsCrossOrigin(t *testing.T) {
 	chromium(t)
 	c := newOpsCloud(t, 2)
 	c.awaitOnline(t, "sim", 2)
-	b := openConsole(t, c) // the session cookie is in the browser
+	b := openOps(t, c) // the session cookie is in the browser
 	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html")
 		fmt.Fprintf(w, evilPage, b.base)

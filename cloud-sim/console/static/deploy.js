@@ -70,7 +70,11 @@
     Ops.clearErrors(form);
     $("#deploy-btn").disabled = true;
     try {
-      const b = await Ops.post("/deploy/send", body());
+      // The dry run first: its targets and registry check are on the page
+      // before anything is sent.
+      const req = body();
+      showCheck(await Ops.post("/deploy/check", req));
+      const b = await Ops.post("/deploy/send", req);
       batchID = b.id;
       showBatch(b);
       follow();
