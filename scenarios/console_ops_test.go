@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
@@ -209,7 +211,14 @@ func (r rawJSON) MarshalJSON() ([]byte, error) { return []byte(r), nil }
 // lists it, and neither the form nor the page ever holds the secret.
 func TestConsoleOpsCredentials(t *testing.T) {
 	chromium(t)
-	c := newOpsCloud(t, 2)
+	ecr := &registry.ECR{Keys: map[string]string{"AKIDCLOUD": ecrSecret}, Region: "eu-west-1", TokenTTL: 12 * time.Hour}
+	reg := testimage.NewRegistry(t, testimage.WithAuth(ecr))
+	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
+	t.Setenv("AWS_ENDPOINT_URL_ECR", reg.APIEndpoint())
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	c := newOpsCloud(t, 2, reg.Host)
 	c.awaitOnline(t, "sim", 2)
 	const secret = "s3cret-pa55word-never-echoed"
 
@@ -225,10 +234,6 @@ func TestConsoleOpsCredentials(t *testing.T) {
 	if v := value(b, "the password field", chromedp.Value(chromedp.CSS("#cred-password"))); v != "" {
 		t.Errorf("the password field still holds %d characters after submit", len(v))
 	}
-	html := value(b, "the page's HTML", chromedp.OuterHTML(chromedp.CSS("html")))
-	if strings.Contains(html, secret) {
-		t.Error("the page's HTML contains the secret")
-	}
 	var l struct {
 		Credentials []api.CredentialView `json:"credentials"`
 	}
@@ -237,9 +242,15 @@ func TestConsoleOpsCredentials(t *testing.T) {
 		t.Fatalf("the API's credentials: %s", raw)
 	}
 
+	setECR(t, b, reg.Host, img)
+	html := value(b, "the page's HTML", chromedp.OuterHTML(chromedp.CSS("html")))
+	if strings.Contains(html, secret) || strings.Contains(html, ecrSecret) {
+		t.Error("the page's HTML contains a secret")
+	}
 	b.screenshot("credentials")
 
 	// Pushed, sealed, to every gateway of the tenant.
+	b.choose("#push-registry", "registry.example.com/team")
 	b.click("push", "#push-btn")
 	b.eventually("the push's batch", "#push-result", func(s string) bool { return strings.HasPrefix(s, "Sent to 2 gateways") })
 	testenv.Eventually(t, "both gateways hold the credential", func() bool {
@@ -267,6 +278,28 @@ func TestConsoleOpsCredentials(t *testing.T) {
 	if html := value(b, "the page's HTML", chromedp.OuterHTML(chromedp.CSS("html"))); strings.Contains(html, secret) {
 		t.Error("the page's HTML contains the secret after the refused submit")
 	}
+}
+
+// ecrSecret is the AWS secret key of the emulated ECR.
+const ecrSecret = "ecr-secret-access-key-never-echoed"
+
+// setECR stores an ECR credential for host through the form, with tokens
+// issued by the cloud, and checks image with it from the cloud: the list
+// shows the token's expiry and refresh, the check OK.
+func setECR(t *testing.T, b *browser, host, image string) {
+	t.Helper()
+	b.choose("#cred-kind", "ecr")
+	b.run("an ECR credential", chromedp.SetValue(chromedp.CSS("#cred-registry"), host),
+		chromedp.SetValue(chromedp.CSS("#cred-ecr-region"), "eu-west-1"),
+		chromedp.SendKeys(chromedp.CSS("#cred-ecr-key"), "AKIDCLOUD"),
+		chromedp.SendKeys(chromedp.CSS("#cred-ecr-secret"), ecrSecret),
+		chromedp.Click(chromedp.CSS("#cred-save")))
+	b.eventually("the ECR token's state", `#credentials tr[data-registry="`+host+`"]`, func(s string) bool {
+		return strings.Contains(s, "token expires in 1") && strings.Contains(s, "h ") && strings.Contains(s, "refreshed in")
+	})
+	b.run("check the image", chromedp.SetValue(chromedp.CSS("#check-image"), image), chromedp.Click(chromedp.CSS("#check-btn")))
+	b.eventually("the registry check", "#check-result", func(s string) bool { return strings.Contains(s, "OK") && strings.Contains(s, "Credential\n"+host) })
+	b.eventually("the last check listed", `#credentials tr[data-registry="`+host+`"]`, func(s string) bool { return strings.Contains(s, "OK "+image) })
 }
 
 // TestConsoleOpsCrossOrigin: a page of another origin (another port of

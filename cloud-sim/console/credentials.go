@@ -79,6 +79,8 @@ func short(d time.Duration) string {
 	switch {
 	case h >= 48:
 		return strconv.Itoa(h/24) + "d " + strconv.Itoa(h%24) + "h"
+	case h > 0 && m == 0:
+		return strconv.Itoa(h) + "h"
 	case h > 0:
 		return strconv.Itoa(h) + "h " + strconv.Itoa(m) + "m"
 	}

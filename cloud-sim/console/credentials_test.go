@@ -12,6 +12,7 @@ func TestInOrAgo(t *testing.T) {
 		{"2026-01-02T10:04:10Z", "in 4m"},
 		{"2026-01-02T09:57:00Z", "3m ago"},
 		{"2026-01-05T12:00:00Z", "in 3d 2h"},
+		{"2026-01-02T21:59:50Z", "in 12h"},
 	} {
 		if got := inOrAgo(now, mustTime(t, tc.at)); got != tc.want {
 			t.Errorf("inOrAgo(%s) = %q, want %q", tc.at, got, tc.want)

@@ -146,7 +146,10 @@ const Ops = (() => {
           const doc = new DOMParser().parseFromString("<main>" + await resp.text() + "</main>", "text/html");
           for (const sel of selectors) {
             const now = document.querySelector(sel), next = doc.querySelector(sel);
-            if (now && next) now.replaceWith(document.adoptNode(next));
+            if (!now || !next) continue;
+            const chosen = now.matches("select") ? now.value : null;
+            now.replaceWith(document.adoptNode(next));
+            if (chosen !== null && [...next.options].some((o) => o.value === chosen)) next.value = chosen; // the user's choice stays
           }
           document.dispatchEvent(new CustomEvent("ops:refreshed"));
         } finally {
