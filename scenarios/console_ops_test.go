@@ -278,6 +278,18 @@ func TestConsoleOpsCredentials(t *testing.T) {
 	if html := value(b, "the page's HTML", chromedp.OuterHTML(chromedp.CSS("html"))); strings.Contains(html, secret) {
 		t.Error("the page's HTML contains the secret after the refused submit")
 	}
+
+	// Deleted on a second click: the first asks.
+	del := `button[data-delete="registry.example.com/team"]`
+	b.click("delete", del)
+	if s := b.text(del); s != "Really delete?" {
+		t.Errorf("after one click the delete button says %q, want a confirmation", s)
+	}
+	b.click("confirm the delete", del)
+	b.eventually("the credential gone from the list", "#credentials tbody", func(s string) bool { return !strings.Contains(s, "registry.example.com/team") })
+	if c.get(t, "/v1/tenants/sim/credentials", &l); len(l.Credentials) != 1 {
+		t.Errorf("the API lists %d credentials after the delete, want 1", len(l.Credentials))
+	}
 }
 
 // ecrSecret is the AWS secret key of the emulated ECR.
