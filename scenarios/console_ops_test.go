@@ -100,7 +100,8 @@ func TestConsoleOpsDeploy(t *testing.T) {
 	b.eventually("the live count of the target", "#match", func(s string) bool { return s == "matches 5 gateways (5 online)" })
 	b.run("a selector", chromedp.Click(chromedp.CSS("#target-kind-selector")), chromedp.SendKeys(chromedp.CSS("#target-selector"), "site=site-1"))
 	b.eventually("the count of the selector", "#match", func(s string) bool { return strings.HasPrefix(s, "matches 1 gateway") })
-	b.run("all again", chromedp.SetValue(chromedp.CSS("#target-selector"), ""), chromedp.Click(chromedp.CSS("#target-all")))
+	b.run("all again", chromedp.Click(chromedp.CSS("#target-all")))
+	b.eventually("the count of all again", "#match", func(s string) bool { return s == "matches 5 gateways (5 online)" })
 
 	specOf := func(image string) string {
 		return "name: " + name + "\nrevision: 1\nimage: " + image + "\nnetworkMode: none\nenv:\n  MODE: serve\nrestartPolicy:\n  mode: UNLESS_STOPPED\n"

@@ -133,12 +133,17 @@
     }
   }
 
+  // count writes "matches N gateways" for the push target; only the
+  // latest count is written.
+  let counting = 0;
   const count = Ops.debounce(async () => {
-    const out = $("#match"), form = $("#push-form");
+    const out = $("#match"), form = $("#push-form"), n = ++counting;
     if (!out || !form) return;
     const t = Ops.target(form);
     t.tenant = tenant();
-    try { out.textContent = (await Ops.matches(t)).text; } catch (err) { out.textContent = err.message; }
+    let text = "";
+    try { text = (await Ops.matches(t)).text; } catch (err) { text = err.message; }
+    if (n === counting) out.textContent = text;
   }, 400);
 
   let refresh = () => {};

@@ -12,16 +12,20 @@
     return { target: Ops.target(form), yaml: $("#spec").value, skipRegistryCheck: $("#skip-check").checked };
   }
 
-  // count writes "matches N gateways" for the target fields.
+  // count writes "matches N gateways" for the target fields; only the
+  // latest count is written, whichever answer comes last.
+  let counting = 0;
   const count = Ops.debounce(async () => {
-    const out = $("#match");
+    const out = $("#match"), n = ++counting;
+    let text = "", failed = false;
     try {
-      out.textContent = (await Ops.matches(Ops.target($("#deploy-form")))).text;
-      out.classList.remove("error-text");
+      text = (await Ops.matches(Ops.target($("#deploy-form")))).text;
     } catch (err) {
-      out.textContent = err.message;
-      out.classList.add("error-text");
+      text = err.message; failed = true;
     }
+    if (n !== counting) return;
+    out.textContent = text;
+    out.classList.toggle("error-text", failed);
   }, 400);
 
   // showCheck writes a dry run: the gateways and the registry's answer.
