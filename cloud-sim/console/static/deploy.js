@@ -6,6 +6,7 @@
 (() => {
   const $ = (sel) => document.querySelector(sel);
   let batchID = "", following = null;
+  const maxRows = 500;
 
   function body() {
     const form = $("#deploy-form");
@@ -115,8 +116,12 @@
       seg.title = s + ": " + n;
       bar.append(seg);
     }
-    const tbody = $("#outcome-table tbody");
-    tbody.replaceChildren(...cmds.sort((a, b) => a.gateway.localeCompare(b.gateway, undefined, { numeric: true })).map(row));
+    // The gateways that did not succeed first; at most maxRows rows (the
+    // batch's page on /commands lists them all).
+    const rank = (c) => (c.state === "SUCCEEDED" ? 2 : ["PENDING", "ACCEPTED"].includes(c.state) ? 1 : 0);
+    cmds.sort((a, b) => rank(a) - rank(b) || a.gateway.localeCompare(b.gateway, undefined, { numeric: true }));
+    $("#outcome-table tbody").replaceChildren(...cmds.slice(0, maxRows).map(row));
+    if (cmds.length > maxRows) summary.append(Ops.el("p", "muted small", "The first " + maxRows + " of " + cmds.length + " gateways, those that did not succeed first; the batch's page lists all."));
     $("#outcome").hidden = false;
     $("#outcome").dataset.done = b.done ? "true" : "false";
   }
