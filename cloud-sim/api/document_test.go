@@ -19,7 +19,7 @@ func TestParseRolloutSpec(t *testing.T) {
 			}},
 		{name: "json", doc: `{"tenant": "acme", "targets": {"gateways": ["gw-1"]}, "deployment": {"name": "web"}}`,
 			check: func(s RolloutSpec) bool { return s.Tenant == "acme" && len(s.Targets.Gateways) == 1 }},
-		{name: "unknown field", doc: "tenant: acme\nstrategy: {batches: 3}\n", err: `unknown field "batchsize"`},
+		{name: "unknown field", doc: "tenant: acme\nstrategy: {batches: 3}\n", err: `unknown field "batches"`},
 		{name: "not yaml", doc: "tenant: [acme", err: "yaml"},
 		{name: "bad duration", doc: "strategy: {canary: {count: 1, soak: soon}}\n", err: "not a duration"},
 	}
