@@ -89,6 +89,7 @@ func New(cfg Config) (*Console, error) {
 	c.mux.HandleFunc("GET /login", c.loginPage)
 	c.mux.HandleFunc("POST /login", c.login)
 	c.mux.HandleFunc("POST /logout", c.logout)
+	c.mux.HandleFunc("POST /rollouts/create", c.rolloutCreate)
 	for _, p := range pages() {
 		c.mux.Handle("GET "+p.path, c.authed(p.handle))
 	}
@@ -107,6 +108,9 @@ type page struct {
 func pages() []page {
 	return []page{
 		{path: "/{$}", handle: (*Console).overview},
+		{path: "/rollouts", handle: (*Console).rollouts},
+		{path: "/rollouts/new", handle: (*Console).rolloutNew},
+		{path: "/rollouts/{id}", handle: (*Console).rollout},
 	}
 }
 

@@ -1,0 +1,93 @@
+package console
+
+import (
+	"encoding/json"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/internal/errdefs"
+)
+
+func TestSpecFromForm(t *testing.T) {
+	tests := []struct {
+		name  string
+		form  url.Values
+		want  api.RolloutSpec
+		field string // the field an error names
+	}{
+		{name: "the form",
+			form: url.Values{"mode": {"form"}, "name": {" web 1.5 "}, "tenant": {"acme"}, "targets.selector": {"site=berlin"},
+				"targets.groups": {"berlin, munich"}, "targets.gateways": {""}, "targets.includeNew": {"on"},
+				"deployment": {"name: web\nrevision: 5\nimage: quay.io/acme/web:1.5\n"}, "skipRegistryCheck": {"on"},
+				"strategy.canary.count": {"2"}, "strategy.canary.soak": {"10m"}, "strategy.batchPercent": {"10"},
+				"strategy.ratePerMinute": {"600"}, "strategy.maxInFlight": {"50"}, "strategy.gatewayTimeout": {""},
+				"abort.thresholdPercent": {"5"}, "abort.minExecuted": {"20"}, "abort.failureKinds": {"FAILED", "TIMED_OUT"}, "abort.rollback": {"on"}},
+			want: api.RolloutSpec{Name: "web 1.5", Tenant: "acme",
+				Targets:    api.RolloutTargets{Selector: "site=berlin", Groups: []string{"berlin", "munich"}, IncludeNew: true},
+				Deployment: json.RawMessage(`{"image":"quay.io/acme/web:1.5","name":"web","revision":5}`), SkipRegistryCheck: true,
+				Strategy: api.Strategy{Canary: &api.Canary{Count: 2, Soak: api.Duration(10 * time.Minute)}, BatchPercent: 10,
+					RatePerMinute: 600, MaxInFlight: 50},
+				Abort: api.AbortCriteria{FailureKinds: []string{"FAILED", "TIMED_OUT"}, ThresholdPercent: 5, MinExecuted: 20, Rollback: true}}},
+		{name: "no canary, all gateways",
+			form: url.Values{"tenant": {"sim"}, "targets.all": {"on"}, "targets.gateways": {"gw-1 gw-2\ngw-3"}, "strategy.batchSize": {"3"}},
+			want: api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true, Gateways: []string{"gw-1", "gw-2", "gw-3"}},
+				Strategy: api.Strategy{BatchSize: 3}}},
+		{name: "a soak without a count leaves the count to the API",
+			form: url.Values{"tenant": {"sim"}, "strategy.canary.soak": {"1m"}},
+			want: api.RolloutSpec{Tenant: "sim", Strategy: api.Strategy{Canary: &api.Canary{Soak: api.Duration(time.Minute)}}}},
+		{name: "not a number", form: url.Values{"strategy.maxInFlight": {"lots"}}, field: "strategy.maxInFlight"},
+		{name: "not a duration", form: url.Values{"strategy.canary.soak": {"soon"}}, field: "strategy.canary.soak"},
+		{name: "the first error wins", form: url.Values{"strategy.batchSize": {"x"}, "abort.minExecuted": {"y"}}, field: "strategy.batchSize"},
+		{name: "deployment not YAML", form: url.Values{"deployment": {"name: [web"}}, field: "deployment"},
+		{name: "the whole rollout as YAML",
+			form: url.Values{"mode": {"yaml"}, "tenant": {"ignored"}, "yaml": {"tenant: sim\ntargets: {all: true}\ndeployment: {name: web, revision: 2, image: x}\nstrategy: {ratePerMinute: 60}\n"}},
+			want: api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
+				Deployment: json.RawMessage(`{"image":"x","name":"web","revision":2}`), Strategy: api.Strategy{RatePerMinute: 60}}},
+		{name: "YAML with an unknown field", form: url.Values{"mode": {"yaml"}, "yaml": {"tenant: sim\nstrategy: {rate: 60}\n"}}, field: "yaml"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := specFromForm(tt.form)
+			if tt.field != "" {
+				if f := errdefs.Field(err); f != tt.field {
+					t.Fatalf("error %v names %q, want %q", err, f, tt.field)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("spec (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestRolloutTemplatesParse(t *testing.T) {
+	pages, err := parsePages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"rollouts", "rollout", "rollout_new"} {
+		if _, ok := pages[name]; !ok {
+			t.Errorf("no page %s", name)
+		}
+	}
+}
+
+func TestDeploymentOf(t *testing.T) {
+	for _, raw := range []string{`{"name":"web","revision":"5","image":"x"}`, `{"name":"web","revision":5,"image":"x"}`} {
+		if got := deploymentOf(json.RawMessage(raw)).String(); got != "web@5" {
+			t.Errorf("%s: %q", raw, got)
+		}
+	}
+	if got := deploymentOf(nil).String(); !strings.HasPrefix(got, "@") {
+		t.Errorf("empty: %q", got)
+	}
+}

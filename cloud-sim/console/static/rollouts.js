@@ -1,0 +1,90 @@
+// Fleet console: the rollout pages. The create form posts to the
+// console's /rollouts/create (it turns the form's YAML into the API's
+// JSON); pause, resume and cancel call the API. Handlers are delegated
+// from document, so they survive the live page's refreshes.
+"use strict";
+
+(() => {
+  const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
+
+  // The create form: form or YAML.
+  function showMode(form) {
+    const mode = form.querySelector('input[name="mode"]:checked')?.value || "form";
+    for (const el of form.querySelectorAll("[data-mode]")) {
+      const off = el.dataset.mode !== mode;
+      el.hidden = off;
+      el.querySelectorAll("input, textarea, select").forEach((i) => { i.disabled = off; });
+    }
+  }
+
+  document.addEventListener("change", (ev) => {
+    if (ev.target.name === "mode" && ev.target.form?.matches("[data-rollout-create]")) showMode(ev.target.form);
+  });
+
+  document.addEventListener("submit", async (ev) => {
+    const form = ev.target;
+    if (!form.matches("[data-rollout-create]")) return;
+    ev.preventDefault();
+    const button = form.querySelector('button[type="submit"]');
+    button.disabled = true;
+    try {
+      const resp = await fetch("/rollouts/create", {
+        method: "POST", credentials: "same-origin", body: new URLSearchParams(new FormData(form)),
+        headers: { "Accept": "application/json", "X-CSRF-Token": csrf() },
+      });
+      let data = {};
+      try { data = await resp.json(); } catch { data = { error: "HTTP " + resp.status }; }
+      if (!resp.ok) throw new Console.APIError(resp.status, data);
+      location.assign("/rollouts/" + encodeURIComponent(data.id));
+    } catch (err) {
+      const e = err instanceof Console.APIError ? err : { message: String(err.message || err), field: "", code: "" };
+      // In YAML mode every field is in the one document: show the error by it.
+      if (form.querySelector('input[name="mode"]:checked')?.value === "yaml") e.field = "yaml";
+      Console.showError(form, e);
+      form.querySelector('[aria-invalid="true"]')?.focus();
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  // confirm asks in a dialog (outside the live content, which refreshes)
+  // and resolves to true when the operator confirms.
+  function confirm(title, text, yes) {
+    return new Promise((resolve) => {
+      const d = document.createElement("dialog");
+      d.className = "confirm";
+      d.setAttribute("aria-labelledby", "confirm-title");
+      d.innerHTML = '<form method="dialog"><h2 id="confirm-title"></h2><p></p><div class="buttons">' +
+        '<button value="no" type="submit" autofocus>Keep it running</button> <button value="yes" type="submit" class="danger" id="confirm-yes"></button></div></form>';
+      d.querySelector("h2").textContent = title;
+      d.querySelector("p").textContent = text;
+      d.querySelector("#confirm-yes").textContent = yes;
+      d.addEventListener("close", () => { resolve(d.returnValue === "yes"); d.remove(); });
+      document.body.append(d);
+      d.showModal();
+    });
+  }
+
+  document.addEventListener("click", async (ev) => {
+    const b = ev.target.closest("button[data-rollout-action]");
+    if (!b) return;
+    const action = b.dataset.rolloutAction, id = b.dataset.rollout;
+    if (action === "cancel" && !(await confirm("Cancel rollout " + (b.dataset.name || id) + "?",
+      "Queued gateways are canceled and nothing new is dispatched; gateways in progress finish. A canceled rollout cannot be resumed.",
+      "Cancel rollout"))) return;
+    const slot = document.getElementById("rollout-action-error");
+    b.disabled = true;
+    try {
+      await Console.api("POST", "/v1/rollouts/" + encodeURIComponent(id) + "/" + action);
+      if (slot) slot.textContent = "";
+      Console.refresh();
+    } catch (err) {
+      if (slot) slot.textContent = "Could not " + action + " the rollout: " + err.message;
+      b.disabled = false;
+    }
+  });
+
+  document.addEventListener("DOMContentLoaded", () => {
+    document.querySelectorAll("form[data-rollout-create]").forEach(showMode);
+  });
+})();
