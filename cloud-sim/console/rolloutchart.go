@@ -283,8 +283,10 @@ func axes(b *strings.Builder, total int, span time.Duration) {
 			continue
 		}
 		yy := chartTop + plotH*(1-float64(n)/float64(total))
-		fmt.Fprintf(b, `<path class="grid" d="M%d,%.1f H%.1f"/><text x="%d" y="%.1f" text-anchor="end">%d</text>`,
-			chartLeft, yy, chartLeft+plotW, chartLeft-6, yy+3.5, n)
+		if n != 0 && n != total {
+			fmt.Fprintf(b, `<path class="grid" d="M%d,%.1f H%.1f"/>`, chartLeft, yy, chartLeft+plotW)
+		}
+		fmt.Fprintf(b, `<text x="%d" y="%.1f" text-anchor="end">%d</text>`, chartLeft-6, yy+4, n)
 	}
 	for i := 0; i <= 4; i++ {
 		xx := chartLeft + plotW*float64(i)/4

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/api/apiclient"
 	"github.com/fleet-agent/fleet/internal/errdefs"
@@ -89,6 +91,7 @@ type rolloutPage struct {
 	Legend     []stage
 	Failing    []api.RolloutGateway
 	Paused     bool
+	SpecYAML   string
 }
 
 // rollout shows one rollout, live: its funnel, its gateways per state
@@ -100,7 +103,7 @@ func (c *Console) rollout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := rolloutPage{RolloutView: &v, Deployment: deploymentOf(v.Spec.Deployment), Bar: progressBar(&v),
-		Progress: progressText(&v), Paused: v.State == api.RolloutPaused}
+		Progress: progressText(&v), Paused: v.State == api.RolloutPaused, SpecYAML: specYAML(v.Spec)}
 	d.Flow, d.Ends = funnel(&v)
 	start, end := chartSpan(&v, c.cfg.Now())
 	d.Chart = stateChart(v.Gateways, start, end)
@@ -118,6 +121,26 @@ func (c *Console) rollout(w http.ResponseWriter, r *http.Request) {
 		title = "Rollout " + v.Spec.Name
 	}
 	c.render(w, r, "rollout", view{Title: title, Nav: "rollouts", Live: "rollout.", Data: d})
+}
+
+// specYAML writes a rollout's spec as the YAML cloud-sim rollout create
+// -f reads (keys in alphabetical order).
+func specYAML(spec api.RolloutSpec) string {
+	raw, err := json.Marshal(spec)
+	if err != nil {
+		return err.Error()
+	}
+	var doc any
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(doc); err != nil {
+		return err.Error()
+	}
+	return b.String()
 }
 
 // maxRolloutForm bounds the create form's body.

@@ -91,3 +91,18 @@ func TestDeploymentOf(t *testing.T) {
 		t.Errorf("empty: %q", got)
 	}
 }
+
+func TestSpecYAMLReadsBack(t *testing.T) {
+	spec := api.RolloutSpec{Name: "web 1.5", Tenant: "acme", Targets: api.RolloutTargets{Selector: "site=berlin", IncludeNew: true},
+		Deployment: json.RawMessage(`{"name":"web","revision":"5","image":"quay.io/acme/web:1.5"}`),
+		Strategy:   api.Strategy{Canary: &api.Canary{Count: 5, Soak: api.Duration(10 * time.Minute)}, BatchPercent: 10},
+		Abort:      api.AbortCriteria{FailureKinds: []string{"FAILED"}, ThresholdPercent: 5, Rollback: true}}
+	back, err := api.ParseRolloutSpec([]byte(specYAML(spec)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	back.Deployment, spec.Deployment = nil, nil // key order differs
+	if diff := cmp.Diff(spec, back); diff != "" {
+		t.Errorf("read back (-want +got):\n%s", diff)
+	}
+}

@@ -84,6 +84,28 @@
     }
   });
 
+  // An edited field loses its error.
+  document.addEventListener("input", (ev) => {
+    const f = ev.target.closest?.('[aria-invalid="true"]');
+    if (!f || !f.closest("form[data-rollout-create]")) return;
+    f.removeAttribute("aria-invalid");
+    if (f.nextElementSibling?.classList.contains("field-error")) f.nextElementSibling.remove();
+  });
+
+  // A live refresh replaces the content: open <details> stay open.
+  const open = new Set();
+  document.addEventListener("toggle", (ev) => {
+    const d = ev.target;
+    if (!(d instanceof HTMLDetailsElement) || !d.id) return;
+    if (d.open) open.add(d.id); else open.delete(d.id);
+  }, true);
+  document.addEventListener("console:refreshed", () => {
+    for (const id of open) {
+      const d = document.getElementById(id);
+      if (d) d.open = true;
+    }
+  });
+
   document.addEventListener("DOMContentLoaded", () => {
     document.querySelectorAll("form[data-rollout-create]").forEach(showMode);
   });
