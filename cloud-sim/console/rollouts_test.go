@@ -2,6 +2,8 @@ package console
 
 import (
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -104,5 +106,72 @@ func TestSpecYAMLReadsBack(t *testing.T) {
 	back.Deployment, spec.Deployment = nil, nil // key order differs
 	if diff := cmp.Diff(spec, back); diff != "" {
 		t.Errorf("read back (-want +got):\n%s", diff)
+	}
+}
+
+// TestRolloutCreate: the console's POST /rollouts/create needs the
+// session's CSRF token, sends the spec it built to the API and passes the
+// API's reply, or its error with the field, back.
+func TestRolloutCreate(t *testing.T) {
+	var got []api.RolloutSpec
+	fakeAPI := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var spec api.RolloutSpec
+		if r.Method != http.MethodPost || r.URL.Path != "/v1/rollouts" || r.Header.Get("Authorization") != "Bearer tok" ||
+			json.NewDecoder(r.Body).Decode(&spec) != nil {
+			http.Error(w, "unexpected "+r.Method+" "+r.URL.Path, http.StatusTeapot)
+			return
+		}
+		got = append(got, spec)
+		w.Header().Set("Content-Type", "application/json")
+		if spec.Tenant == "bad" {
+			w.WriteHeader(http.StatusBadRequest)
+			w.Write([]byte(`{"error": "tenant: no such tenant", "field": "tenant", "code": "INVALID_ARGUMENT"}`))
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+		w.Write([]byte(`{"id": "r-1"}`))
+	})
+	sessions := NewSessions(nil)
+	c, err := New(Config{API: fakeAPI, APIHost: "console.test", Token: "tok", Origins: api.NewOrigins([]string{"console.test"}), Sessions: sessions})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, csrf := sessions.create()
+	tests := []struct {
+		name, cookie, csrf, body string
+		status                   int
+		reply                    string
+	}{
+		{"no session", "", csrf, "tenant=sim", http.StatusForbidden, "CSRF"},
+		{"no CSRF token", id, "", "tenant=sim", http.StatusForbidden, "CSRF"},
+		{"another CSRF token", id, "x" + csrf, "tenant=sim", http.StatusForbidden, "CSRF"},
+		{"started", id, csrf, "tenant=sim&targets.all=on&strategy.ratePerMinute=60", http.StatusCreated, `"r-1"`},
+		{"the API's error", id, csrf, "tenant=bad", http.StatusBadRequest, `"field":"tenant"`},
+		{"the form's error", id, csrf, "tenant=sim&strategy.maxInFlight=many", http.StatusBadRequest, `"field":"strategy.maxInFlight"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got = nil
+			r := httptest.NewRequest(http.MethodPost, "http://console.test/rollouts/create", strings.NewReader(tt.body))
+			r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			r.Header.Set("Origin", "http://console.test")
+			if tt.cookie != "" {
+				r.AddCookie(&http.Cookie{Name: CookieName, Value: tt.cookie})
+			}
+			if tt.csrf != "" {
+				r.Header.Set(CSRFHeader, tt.csrf)
+			}
+			w := httptest.NewRecorder()
+			c.ServeHTTP(w, r)
+			if w.Code != tt.status || !strings.Contains(strings.ReplaceAll(w.Body.String(), " ", ""), tt.reply) {
+				t.Fatalf("got %d %s, want %d with %s", w.Code, w.Body, tt.status, tt.reply)
+			}
+			if tt.status == http.StatusForbidden && len(got) != 0 {
+				t.Errorf("the API was called: %+v", got)
+			}
+			if tt.status == http.StatusCreated && (len(got) != 1 || !got[0].Targets.All || got[0].Strategy.RatePerMinute != 60) {
+				t.Errorf("the API got %+v", got)
+			}
+		})
 	}
 }
