@@ -15,6 +15,16 @@ import (
 	"github.com/fleet-agent/fleet/internal/testenv"
 )
 
+// openLoggedIn opens the console of c, logged in: once the login form is
+// gone (openConsole's wait for the nav passes on the login page too,
+// which shows it).
+func openLoggedIn(t *testing.T, c *cloud) *browser {
+	t.Helper()
+	b := openConsole(t, c)
+	b.run("logged in", chromedp.WaitNotPresent(chromedp.CSS(`#token`)))
+	return b
+}
+
 // rolloutID is the id of the rollout whose page the browser shows.
 func (b *browser) rolloutID() string {
 	b.t.Helper()
@@ -76,7 +86,7 @@ func (b *browser) stageCount(name string) int {
 func TestConsoleRolloutCreatePauseResume(t *testing.T) {
 	c := startCloud(t, 20)
 	waitOnline(t, c, "sim", 20)
-	b := openConsole(t, c)
+	b := openLoggedIn(t, c)
 	b.run("fill the new rollout form",
 		chromedp.Navigate(b.base+"/rollouts/new"),
 		chromedp.WaitVisible(chromedp.CSS(`#rollout-form`)),
@@ -166,7 +176,7 @@ func TestConsoleRolloutAbortAndRollback(t *testing.T) {
 	if v := waitRollout(t, c, v1.ID, time.Minute); v.State != api.RolloutSucceeded {
 		t.Fatalf("revision 1: %s %v", v.State, v.Counts)
 	}
-	b := openConsole(t, c)
+	b := openLoggedIn(t, c)
 	b.run("start a bad release as YAML",
 		chromedp.Navigate(b.base+"/rollouts/new"),
 		chromedp.WaitVisible(chromedp.CSS(`#rollout-form`)),
@@ -219,8 +229,15 @@ abort: {failureKinds: [FAILED], thresholdPercent: 30, minExecuted: 6, rollback: 
 	b.run("confirm", chromedp.Click(chromedp.CSS(`#confirm-yes`)))
 	b.eventually("the canceled state", `#rollout-state`, func(s string) bool { return strings.Contains(s, api.RolloutCanceled) })
 
+	rows := func() int {
+		return value(b, "rows", chromedp.Evaluate[int](`document.querySelectorAll("table.rollouts tbody tr").length`))
+	}
+	b.run("the aborted ones", chromedp.Navigate(b.base+"/rollouts?state=ABORTED"), chromedp.WaitVisible(chromedp.CSS(`table.rollouts`)))
+	if n, row := rows(), b.liveText(`table.rollouts tbody tr`); n != 1 || !strings.Contains(row, "web 2 (flaky)") {
+		t.Errorf("the aborted rollouts: %d rows, %q", n, row)
+	}
 	b.run("the list", chromedp.Navigate(b.base+"/rollouts"), chromedp.WaitVisible(chromedp.CSS(`table.rollouts`)))
-	if n := value(b, "rows", chromedp.Evaluate[int](`document.querySelectorAll("table.rollouts tbody tr").length`)); n != 3 {
+	if n := rows(); n != 3 {
 		t.Errorf("the list shows %d rollouts, want 3", n)
 	}
 	b.screenshot("rollouts")

@@ -46,6 +46,7 @@ func deploymentOf(raw json.RawMessage) deploymentSummary {
 type rolloutList struct {
 	Rows          []rolloutRow
 	Tenant, State string
+	Tenants       []string // of every rollout, for the filter
 	States        []string
 	URL           *url.URL
 	Total         int
@@ -66,12 +67,19 @@ func (c *Console) rollouts(w http.ResponseWriter, r *http.Request) {
 		States: []string{api.RolloutRunning, api.RolloutPaused, api.RolloutSucceeded, api.RolloutFailed,
 			api.RolloutAborted, api.RolloutCanceled, api.RolloutSuperseded}}
 	for _, v := range out.Rollouts {
+		if !slices.Contains(d.Tenants, v.Spec.Tenant) {
+			d.Tenants = append(d.Tenants, v.Spec.Tenant)
+		}
 		if (d.Tenant != "" && v.Spec.Tenant != d.Tenant) || (d.State != "" && v.State != d.State) {
 			continue
 		}
 		d.Rows = append(d.Rows, rolloutRow{RolloutView: v, Deployment: deploymentOf(v.Spec.Deployment),
 			Bar: progressBar(v), Progress: progressText(v)})
 	}
+	if d.Tenant != "" && !slices.Contains(d.Tenants, d.Tenant) {
+		d.Tenants = append(d.Tenants, d.Tenant)
+	}
+	slices.Sort(d.Tenants)
 	c.render(w, r, "rollouts", view{Title: "Rollouts", Nav: "rollouts", Live: "rollout.", Data: d})
 }
 

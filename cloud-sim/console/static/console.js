@@ -54,7 +54,13 @@ const Console = (() => {
     if (tenant) params.set("tenant", tenant);
     source = new EventSource("/v1/events" + (params.toString() ? "?" + params : ""));
     const status = document.getElementById("live-status");
-    source.onopen = () => { if (status) status.textContent = "Live"; };
+    // Changes made between the page's rendering and the stream's start
+    // (or while it reconnected) reach no handler: a live page fetches its
+    // content once more when the stream opens.
+    source.onopen = () => {
+      if (status) status.textContent = "Live";
+      if (document.body.dataset.live) refresh();
+    };
     source.onerror = () => { if (status) status.textContent = "Reconnecting…"; };
     for (const k of kinds) {
       source.addEventListener(k, (ev) => {

@@ -18,7 +18,10 @@
   }
 
   document.addEventListener("change", (ev) => {
-    if (ev.target.name === "mode" && ev.target.form?.matches("[data-rollout-create]")) showMode(ev.target.form);
+    const form = ev.target.form;
+    if (ev.target.name === "mode" && form?.matches("[data-rollout-create]")) showMode(form);
+    // The list's filters apply when chosen.
+    if (form?.matches("form[data-autosubmit]")) form.requestSubmit();
   });
 
   document.addEventListener("submit", async (ev) => {
