@@ -5,7 +5,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 PROTOC_GEN_GO_VERSION := v1.36.12
 STATICCHECK_VERSION   := v0.6.1
 
-.PHONY: all build test demo bench proto check-proto lint dist clean
+.PHONY: all build test demo bench screenshots proto check-proto lint dist clean
 
 all: build
 
@@ -23,6 +23,10 @@ test:
 demo: build
 	./bin/cloud-sim demo
 
+# The console's screenshots in docs/console/, taken by its browser tests.
+screenshots:
+	CONSOLE_SCREENSHOTS=1 $(GO) test ./scenarios/ -run 'TestConsole' -count 1
+
 # Benchmarks: figures go to docs/benchmarks.md with this command.
 bench:
 	$(GO) test ./scenarios/ -run '^$$' -bench 'RoundTrip|IdleMemory' -benchtime 500x -count 1
@@ -31,6 +35,8 @@ bench:
 	$(GO) test ./scenarios/ -run '^$$' -bench 'ECRTokenCalls' -benchtime 1000x -count 1
 	$(GO) test ./scenarios/ -run '^$$' -bench 'ControllerMemory|FleetBirths' -benchtime 1x -count 1 -timeout 20m
 	$(GO) test ./scenarios/ -run '^$$' -bench 'ControllerIngest' -benchtime 40000x -count 3
+	$(GO) test ./scenarios/ -run '^$$' -bench 'ConsoleEventFanout' -benchtime 1x -count 3 -timeout 10m
+	$(GO) test ./cloud-sim/api/ ./cloud-sim/console/ -run '^$$' -bench 'ListGatewaysPage|Overview|GatewaysPage' -count 3
 	ROLLOUT_PLOT=$(CURDIR)/docs/rollout-10k.png $(GO) test ./scenarios/ -run '^$$' -bench 'Rollout' -benchtime 1x -count 1 -timeout 20m
 
 # Regenerates protocol/fleet/v1/fleet.pb.go (committed, so a build needs no protoc).

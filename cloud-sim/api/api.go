@@ -11,14 +11,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/fleet-agent/fleet/cloud-sim/changes"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
@@ -135,13 +139,21 @@ func duration(field, s string) (time.Duration, error) {
 	return min(d, MaxWait), nil
 }
 
-// GatewayList is the body of GET /v1/gateways.
+// GatewayList is the body of GET /v1/gateways: Count (the same as
+// Total), Online and Stale count every gateway the query matched,
+// Gateways holds the page from Offset, at most Limit of them (0: all).
 type GatewayList struct {
 	Count    int        `json:"count"`
 	Online   int        `json:"online"`
 	Stale    int        `json:"stale"`
+	Total    int        `json:"total"`
+	Offset   int        `json:"offset"`
+	Limit    int        `json:"limit"`
 	Gateways []*Gateway `json:"gateways"`
 }
+
+// MaxGatewayPage is the largest limit of GET /v1/gateways.
+const MaxGatewayPage = 1000
 
 func (a *api) listGateways(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
@@ -150,7 +162,7 @@ func (a *api) listGateways(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errdefs.Invalid("selector", "%v", err))
 		return
 	}
-	f := inventory.Filter{Tenant: q.Get("tenant"), Selector: sel, Group: q.Get("group")}
+	f := inventory.Filter{Tenant: q.Get("tenant"), Selector: sel, Group: q.Get("group"), IDContains: q.Get("q")}
 	if o := q.Get("online"); o != "" {
 		b, err := strconv.ParseBool(o)
 		if err != nil {
@@ -159,17 +171,37 @@ func (a *api) listGateways(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Online = &b
 	}
-	gws := gatewaysOf(a.c.Gateways(f))
-	out := GatewayList{Count: len(gws), Gateways: gws}
-	for _, g := range gws {
-		if g.Online {
-			out.Online++
-		}
-		if g.Stale {
-			out.Stale++
-		}
+	limit, err := intParam(q, "limit", 0, MaxGatewayPage)
+	if err != nil {
+		a.fail(w, err)
+		return
 	}
-	writeJSON(w, http.StatusOK, out)
+	offset, err := intParam(q, "offset", 0, math.MaxInt32)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	p := a.c.GatewayPage(f, offset, limit)
+	writeJSON(w, http.StatusOK, GatewayList{Count: p.Total, Online: p.Online, Stale: p.Stale, Total: p.Total, Offset: offset, Limit: limit,
+		Gateways: gatewaysOf(p.Gateways)})
+}
+
+// intParam reads the query parameter name: def when absent, max when
+// larger; a negative or malformed one is an error naming it.
+func intParam(q url.Values, name string, def, max int) (int, error) {
+	s := q.Get(name)
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, errdefs.Invalid(name, "%q is not a whole number of 0 or more", s)
+	}
+	return min(n, max), nil
+}
+
+func (a *api) overview(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, overviewOf(a.c.Overview(r.URL.Query().Get("tenant"))))
 }
 
 func (a *api) gateway(w http.ResponseWriter, r *http.Request) (*Gateway, bool) {
@@ -185,6 +217,15 @@ func (a *api) getGateway(w http.ResponseWriter, r *http.Request) {
 	if g, ok := a.gateway(w, r); ok {
 		writeJSON(w, http.StatusOK, g)
 	}
+}
+
+func (a *api) getMetrics(w http.ResponseWriter, r *http.Request) {
+	list, cpus, ok := a.c.Metrics(r.PathValue("tenant"), r.PathValue("id"))
+	if !ok {
+		a.fail(w, &errdefs.FieldError{Field: "id", Kind: errdefs.ErrNotFound, Msg: fmt.Sprintf("no gateway %s/%s in the inventory", r.PathValue("tenant"), r.PathValue("id"))})
+		return
+	}
+	writeJSON(w, http.StatusOK, metricsOf(list, cpus))
 }
 
 func (a *api) getDeployments(w http.ResponseWriter, r *http.Request) {
@@ -284,6 +325,9 @@ type CommandRequest struct {
 	Wait              string          `json:"wait,omitempty"`
 	ExpiresIn         string          `json:"expiresIn,omitempty"`
 	SkipRegistryCheck bool            `json:"skipRegistryCheck,omitempty"`
+	// DryRun checks everything as for sending, and sends and stores
+	// nothing: the reply is a DryRun.
+	DryRun bool `json:"dryRun,omitempty"`
 }
 
 func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
@@ -305,6 +349,15 @@ func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
 	exp, err := duration("expiresIn", req.ExpiresIn)
 	if err != nil {
 		a.fail(w, err)
+		return
+	}
+	if req.DryRun {
+		d, err := a.c.DryRun(r.Context(), req.Target.domain(), cmd, controller.SendOptions{ExpiresIn: exp, SkipRegistryCheck: req.SkipRegistryCheck})
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, dryRunOf(d))
 		return
 	}
 	b, err := a.c.Send(r.Context(), req.Target.domain(), cmd, controller.SendOptions{ExpiresIn: exp, SkipRegistryCheck: req.SkipRegistryCheck})
@@ -330,6 +383,35 @@ func (a *api) getCommand(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, commandOf(cmd))
+}
+
+// MaxCommands is the largest limit of GET /v1/commands.
+const MaxCommands = 1000
+
+func (a *api) listCommands(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := dispatch.Filter{Tenant: q.Get("tenant"), Gateway: q.Get("gateway"), Verb: q.Get("verb"), Batch: q.Get("batch"),
+		State: dispatch.State(q.Get("state")), Code: q.Get("code")}
+	switch f.State {
+	case "", dispatch.Pending, dispatch.Accepted, dispatch.Succeeded, dispatch.Failed, dispatch.Rejected, dispatch.Undelivered:
+	default:
+		a.fail(w, errdefs.Invalid("state", "%q: use PENDING, ACCEPTED, SUCCEEDED, FAILED, REJECTED or UNDELIVERED", f.State))
+		return
+	}
+	limit, err := intParam(q, "limit", 100, MaxCommands)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if limit == 0 {
+		limit = 100
+	}
+	list := a.c.Commands(f, limit)
+	out := make([]*Command, len(list))
+	for i, c := range list {
+		out[i] = commandOf(c)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"commands": out})
 }
 
 func (a *api) listBatches(w http.ResponseWriter, r *http.Request) {
@@ -454,6 +536,15 @@ func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
+	if spec.DryRun {
+		d, err := a.c.DryRunRollout(r.Context(), spec.domain())
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, dryRunOf(d))
+		return
+	}
 	v, err := a.c.CreateRollout(r.Context(), spec.domain())
 	if err != nil {
 		a.fail(w, err)
@@ -502,7 +593,7 @@ func (a *api) rolloutAction(w http.ResponseWriter, r *http.Request) {
 }
 
 // events streams fleet changes as server-sent events ("event: <kind>",
-// "data: <Change JSON>"), filtered by ?tenant=; a comment line every 15 s
+// "data: <Change JSON>"), filtered as GET /v1/changes is (changeFilter); a comment line every 15 s
 // keeps proxies from closing the stream, and an "event: lagged" says that
 // changes were dropped because the client read too slowly. A stream has
 // no read or write deadline; at most MaxStreams run at once.
@@ -512,6 +603,11 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errors.New("streaming unsupported"))
 		return
 	}
+	f, err := changeFilter(r.URL.Query())
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
 	if !a.streams.acquire() {
 		w.Header().Set("Retry-After", "10")
 		writeJSON(w, http.StatusServiceUnavailable, Error{Error: fmt.Sprintf("too many event streams (%d) are open: close one, or raise cloud-sim serve --api-max-streams", cap(a.streams)), Code: "NO_SPACE"})
@@ -519,7 +615,6 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 	}
 	defer a.streams.release()
 	holdFor(w, 0)
-	tenant := r.URL.Query().Get("tenant")
 	sub := a.c.Subscribe(4096)
 	defer sub.Close()
 	w.Header().Set("Content-Type", "text/event-stream")
@@ -536,15 +631,73 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		case <-keep.C:
 			fmt.Fprint(w, ": keep-alive\n\n")
 		case ch := <-sub.C:
-			if sub.Lagged() {
-				fmt.Fprint(w, "event: lagged\ndata: {}\n\n")
-			}
-			if tenant != "" && ch.Tenant != tenant {
+			if !writeChanges(w, sub, f, ch) {
 				continue
 			}
-			data, _ := json.Marshal(ch)
-			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ch.Kind, data)
 		}
 		fl.Flush()
 	}
+}
+
+// writeChanges writes ch and the changes already waiting behind it (up to
+// 256) as server-sent events, so that a burst costs one flush, not one
+// each; it reports whether it wrote anything.
+func writeChanges(w io.Writer, sub *changes.Subscription, f changes.Filter, ch changes.Change) bool {
+	wrote := false
+	for i := 0; ; i++ {
+		if sub.Lagged() {
+			io.WriteString(w, "event: lagged\ndata: {}\n\n")
+			wrote = true
+		}
+		if f.Matches(ch) {
+			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ch.Kind, ch.JSON())
+			wrote = true
+		}
+		if i == 255 {
+			return wrote
+		}
+		select {
+		case ch = <-sub.C:
+		default:
+			return wrote
+		}
+	}
+}
+
+// changeFilter reads the query of GET /v1/changes and /v1/events: tenant,
+// gateway, kind (exact, or its first part: "command"), and severity, one
+// or more of info, warning, error separated by commas.
+func changeFilter(q url.Values) (changes.Filter, error) {
+	f := changes.Filter{Tenant: q.Get("tenant"), Gateway: q.Get("gateway"), Kind: q.Get("kind")}
+	for s := range strings.SplitSeq(q.Get("severity"), ",") {
+		switch sev := changes.Severity(strings.TrimSpace(s)); sev {
+		case "":
+		case changes.Info, changes.Warning, changes.Error:
+			f.Severities = append(f.Severities, sev)
+		default:
+			return f, errdefs.Invalid("severity", "%q: use info, warning or error (several separated by commas)", s)
+		}
+	}
+	return f, nil
+}
+
+// MaxChanges is the largest limit of GET /v1/changes.
+const MaxChanges = changes.History
+
+func (a *api) listChanges(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f, err := changeFilter(q)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	limit, err := intParam(q, "limit", 100, MaxChanges)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if limit == 0 {
+		limit = 100
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"changes": a.c.Changes(f, limit)})
 }

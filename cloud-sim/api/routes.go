@@ -29,8 +29,10 @@ const (
 func routes() []route {
 	return []route{
 		{method: "GET", path: "/healthz", status: 200, reply: "`{status}`", handle: (*api).health},
-		{method: "GET", path: "/v1/gateways", query: "tenant, selector, group, online", status: 200, reply: "`{count, online, stale, gateways: [Gateway]}`", errors: "400", handle: (*api).listGateways},
-		{method: "GET", path: "/v1/gateways/{tenant}/{id}", status: 200, reply: "Gateway", errors: "404", handle: (*api).getGateway},
+		{method: "GET", path: "/v1/gateways", query: "tenant, selector, group, online, q (id contains, any case), limit (0: all; at most 1000), offset", status: 200, reply: "`{count, online, stale, total, offset, limit, gateways: [Gateway]}` by tenant, then id in natural order (sim-2 before sim-10); the counts are of all matched", errors: "400", handle: (*api).listGateways},
+		{method: "GET", path: "/v1/overview", query: "tenant (all when absent)", status: 200, reply: "Overview `{gateways: {total, online, offline, stale}, agentVersions, engineVersions, deployments: {byPhase, byHealth, total}, activeRollouts: [RolloutView], failing: [FailingDeployment], failingTotal, expiringCredentials: [ExpiringCredential], expiringCredentialsTotal}`", handle: (*api).overview},
+		{method: "GET", path: "/v1/gateways/{tenant}/{id}", status: 200, reply: "Gateway, with `sessions: [{session, connectedAt, disconnectedAt, deathReason}]`, the latest 10, newest first", errors: "404", handle: (*api).getGateway},
+		{method: "GET", path: "/v1/gateways/{tenant}/{id}/metrics", status: 200, reply: "`{samples: [{at, load1, cpus, memoryUsedPercent, diskUsedPercent, running}]}`: the heartbeats of the last hour, one a minute, oldest first; in memory only (not stored in NATS: a restart or another replica starts empty)", errors: "404", handle: (*api).getMetrics},
 		{method: "GET", path: "/v1/gateways/{tenant}/{id}/deployments", status: 200, reply: "`{deployments: {name: Deployment}}`", errors: "404", handle: (*api).getDeployments},
 		{method: "POST", path: "/v1/gateways/{tenant}/{id}/provision", body: "`{groups, labels}` (optional; re-provisioning keeps absent ones)", status: 201, reply: "`{username, clientId, password, commandSigningKeys}`, the password shown once; a session logged in with the old one is disconnected", errors: "400", handle: (*api).provision},
 		{method: "POST", path: "/v1/gateways/{tenant}/{id}/deprovision", status: 200, reply: "`{tenant, id, disconnected, inventory: \"kept\"}`; the identity is deleted, a live session disconnected", errors: "404", handle: (*api).deprovision},
@@ -39,7 +41,8 @@ func routes() []route {
 		{method: "PATCH", path: "/v1/gateways/{tenant}/{id}/labels", body: "`{labels: {k: v or null}}`, null removes", status: 200, reply: "Identity", errors: "400, 404 not provisioned", handle: (*api).setLabels},
 		{method: "PUT", path: "/v1/gateways/{tenant}/{id}/groups", body: "`{groups}`", status: 200, reply: "Identity; a connected gateway whose groups changed is disconnected to log in under them", errors: "400, 404 not provisioned", handle: (*api).setGroups},
 		{method: "POST", path: "/v1/simulated", body: "`{tenant, prefix, count, groups, labels}`", status: 201, reply: "`{password, commandSigningKeys}`, the password shared by `{prefix}1`…`{prefix}{count}`", errors: "400", handle: (*api).provisionSimulated},
-		{method: "POST", path: "/v1/commands", body: "`{target: Target, command, wait, expiresIn, skipRegistryCheck}`", status: 201, reply: "BatchView (after `wait` at most)", errors: registryErrors, handle: (*api).sendCommand},
+		{method: "POST", path: "/v1/commands", body: "`{target: Target, command, wait, expiresIn, skipRegistryCheck, dryRun}`", status: 201, reply: "BatchView (after `wait` at most); with `dryRun` 200 DryRun `{tenant, gateways, count, check, warnings}`, checked as for sending, nothing sent or stored", errors: registryErrors, handle: (*api).sendCommand},
+		{method: "GET", path: "/v1/commands", query: "tenant, gateway, verb, state, code, batch, limit (100; at most 1000)", status: 200, reply: "`{commands: [Command]}`, newest first, of those kept (finished ones for the retention)", errors: "400", handle: (*api).listCommands},
 		{method: "GET", path: "/v1/commands/{id}", status: 200, reply: "Command", errors: "404", handle: (*api).getCommand},
 		{method: "GET", path: "/v1/batches", query: "limit (50)", status: 200, reply: "`{batches: [Batch]}`, newest first", handle: (*api).listBatches},
 		{method: "GET", path: "/v1/batches/{id}", query: "wait", status: 200, reply: "BatchView, once done or after `wait`", errors: "400, 404", handle: (*api).getBatch},
@@ -52,13 +55,14 @@ func routes() []route {
 		{method: "POST", path: "/v1/tenants/{tenant}/command-signing-keys/rotate", status: 200, reply: "`{keys}`: the staged (or a new) key signs; the old one stays valid", errors: "400", handle: (*api).rotateSigningKey},
 		{method: "DELETE", path: "/v1/tenants/{tenant}/command-signing-keys/{id}", status: 200, reply: "`{keys}` without the retired key", errors: "400 the signer, 404", handle: (*api).retireSigningKey},
 		{method: "POST", path: "/v1/tenants/{tenant}/check-registry", body: "`{image}`", status: 200, reply: "CheckResult, checked from the cloud", errors: "400", handle: (*api).checkRegistry},
-		{method: "POST", path: "/v1/rollouts", body: "RolloutSpec", status: 201, reply: "RolloutView", errors: registryErrors + ", 409 on a follower replica", handle: (*api).createRollout},
+		{method: "POST", path: "/v1/rollouts", body: "RolloutSpec (with `dryRun`)", status: 201, reply: "RolloutView; with `dryRun` 200 DryRun, nothing created", errors: registryErrors + ", 409 on a follower replica", handle: (*api).createRollout},
 		{method: "GET", path: "/v1/rollouts", status: 200, reply: "`{rollouts: [RolloutView]}`, newest first", handle: (*api).listRollouts},
 		{method: "GET", path: "/v1/rollouts/{id}", query: "gateways=true adds every gateway's record", status: 200, reply: "RolloutView", errors: "404", handle: (*api).getRollout},
 		{method: "POST", path: "/v1/rollouts/{id}/pause", status: 200, reply: "RolloutView; nothing new is dispatched", errors: rolloutErrors, handle: (*api).rolloutAction},
 		{method: "POST", path: "/v1/rollouts/{id}/resume", status: 200, reply: "RolloutView", errors: rolloutErrors, handle: (*api).rolloutAction},
 		{method: "POST", path: "/v1/rollouts/{id}/cancel", status: 200, reply: "RolloutView; queued gateways CANCELED", errors: rolloutErrors, handle: (*api).rolloutAction},
-		{method: "GET", path: "/v1/events", query: "tenant", status: 200, reply: "server-sent events, `event: {kind}`, `data: Change`", handle: (*api).events},
+		{method: "GET", path: "/v1/changes", query: "tenant, gateway, kind (or its first part: `command`), severity (info, warning, error; several with commas), limit (100; at most 2000)", status: 200, reply: "`{changes: [Change]}`, newest first, of the last 2000 changes (in memory: a restart forgets them)", errors: "400", handle: (*api).listChanges},
+		{method: "GET", path: "/v1/events", query: "tenant, gateway, kind, severity, as for /v1/changes", status: 200, reply: "server-sent events, `event: {kind}`, `data: Change`", errors: "400", handle: (*api).events},
 	}
 }
 

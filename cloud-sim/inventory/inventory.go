@@ -14,6 +14,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -65,6 +66,11 @@ type Inventory struct {
 	gateways map[string]*Gateway // by state.Key(tenant, id); guarded by mu
 	dirty    map[string]struct{} // keys changed since the last flush; guarded by mu
 	ingested uint64              // guarded by mu
+
+	// orderMu guards order: every gateway in natural order, sorted again
+	// when the inventory grew (see ordered). Taken before mu.
+	orderMu sync.Mutex
+	order   []*Gateway
 }
 
 // New returns an empty inventory; Load fills it from the store.
@@ -181,17 +187,28 @@ func (g *Gateway) apply(t topic.Topic, msg any, at time.Time) (changes.Change, b
 	switch m := msg.(type) {
 	case *fleetv1.Birth:
 		if g.applyBirth(m, at) {
+			g.noteBirth(m.GetSession(), g.ConnectedAt)
 			return changes.Change{Kind: "gateway.online", Tenant: g.Tenant, Gateway: g.ID}, true
 		}
 	case *fleetv1.Death:
-		if g.applyDeath(m, at) {
-			return changes.Change{Kind: "gateway.offline", Tenant: g.Tenant, Gateway: g.ID, Message: g.DeathReason}, true
+		ok := g.applyDeath(m, at)
+		reason := g.DeathReason // shared, not copied, when the death applied
+		if !ok {
+			reason = strings.ToLower(m.GetReason().String())
+		}
+		g.noteDeath(m.GetSession(), reason, at)
+		if ok {
+			return changes.Change{Kind: "gateway.offline", Severity: changes.Warning, Tenant: g.Tenant, Gateway: g.ID, Message: g.DeathReason}, true
 		}
 	case *fleetv1.DeploymentStatus:
 		g.applyStatus(t.Deployment, m, at)
 		g.LastSeen = at
 		if d := g.Deployments[t.Deployment]; d != nil {
-			return changes.Change{Kind: "deployment.status", Tenant: g.Tenant, Gateway: g.ID, Deployment: t.Deployment,
+			sev := changes.Info
+			if d.Phase == Failed {
+				sev = changes.Error
+			}
+			return changes.Change{Kind: "deployment.status", Severity: sev, Tenant: g.Tenant, Gateway: g.ID, Deployment: t.Deployment,
 				Revision: d.Revision, Phase: d.Phase.String(), Message: d.Message}, true
 		}
 	case nil:
@@ -202,11 +219,27 @@ func (g *Gateway) apply(t topic.Topic, msg any, at time.Time) (changes.Change, b
 	case *fleetv1.Metrics:
 		g.LastSeen = at
 		g.Running = m.GetRunningCount()
+		if g.metrics == nil {
+			g.metrics = new(metricRing)
+		}
+		g.metrics.add(m, at)
 	case *fleetv1.Event:
 		g.LastSeen = at
-		return changes.Change{Kind: "event", Tenant: g.Tenant, Gateway: g.ID, Deployment: m.GetDeployment(), Message: m.GetKind() + ": " + m.GetMessage()}, true
+		return changes.Change{Kind: "event", Severity: severityOf(m.GetSeverity()), Tenant: g.Tenant, Gateway: g.ID, Deployment: m.GetDeployment(),
+			Message: m.GetKind() + ": " + m.GetMessage()}, true
 	}
 	return changes.Change{}, false
+}
+
+// severityOf is an agent event's severity as a change's.
+func severityOf(s fleetv1.Event_Severity) changes.Severity {
+	switch s {
+	case fleetv1.Event_WARNING:
+		return changes.Warning
+	case fleetv1.Event_ERROR:
+		return changes.Error
+	}
+	return changes.Info
 }
 
 // Touch records that a gateway was heard from (a reply) at at.
@@ -252,6 +285,9 @@ type Filter struct {
 	AnyGroup []string
 	// Online, when set, keeps only gateways that are (or are not) online.
 	Online *bool
+	// IDContains, when set, keeps only gateways whose id contains it,
+	// regardless of case.
+	IDContains string
 }
 
 func (inv *Inventory) match(f Filter, g *Gateway) bool {
@@ -259,6 +295,8 @@ func (inv *Inventory) match(f Filter, g *Gateway) bool {
 	case f.Tenant != "" && g.Tenant != f.Tenant:
 		return false
 	case f.Online != nil && g.Online != *f.Online:
+		return false
+	case f.IDContains != "" && !containsFold(g.ID, f.IDContains):
 		return false
 	}
 	if f.Group == "" && len(f.AnyGroup) == 0 && len(f.Selector) == 0 {
@@ -316,7 +354,26 @@ func (inv *Inventory) Get(tenant, id string) (*Gateway, bool) {
 	if g == nil {
 		return nil, false
 	}
-	return inv.view(g, inv.now()), true
+	v := inv.view(g, inv.now())
+	v.Sessions = g.sessionList()
+	return v, true
+}
+
+// Metrics lists a gateway's heartbeat samples of the last hour, oldest
+// first, and its CPU count (0 when unknown); false for an unknown gateway.
+func (inv *Inventory) Metrics(tenant, id string) ([]Sample, uint32, bool) {
+	now := inv.now()
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	g := inv.gateways[state.Key(tenant, id)]
+	if g == nil {
+		return nil, 0, false
+	}
+	var cpus uint32
+	if g.Host != nil {
+		cpus = g.Host.CPUs
+	}
+	return g.metrics.samples(now), cpus, true
 }
 
 // view is a copy of g for a reader, with Stale computed and the groups
