@@ -104,6 +104,13 @@ func TestConsoleRolloutCreatePauseResume(t *testing.T) {
 		chromedp.Click(chromedp.CSS(`#a-failed`)),
 		chromedp.Click(chromedp.CSS(`#a-rollback`)),
 	)
+	b.run("check first", chromedp.Click(chromedp.CSS(`#rollout-check`)))
+	if got := b.eventually("the dry run", `#dry-run .dry-targets`, func(s string) bool { return s != "" }); !strings.Contains(got, "20 gateways of sim: sim-1") {
+		t.Errorf("the dry run says %q", got)
+	}
+	if v := c.get(t, "/v1/rollouts", nil); strings.Contains(string(v), `"id"`) {
+		t.Fatalf("the check started a rollout: %s", v)
+	}
 	b.screenshot("rollout-new")
 	b.run("submit without an image", chromedp.SetValue(chromedp.CSS(`#d-spec`), "name: web\nrevision: 1\n"),
 		chromedp.Click(chromedp.CSS(`#rollout-submit`)))

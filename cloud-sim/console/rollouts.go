@@ -157,8 +157,9 @@ const maxRolloutForm = 1 << 20
 // rolloutCreate starts a rollout from the create form, whose deployment
 // spec (or whole rollout) is YAML, which the browser cannot parse: it
 // builds the RolloutSpec and calls POST /v1/rollouts in-process, replying
-// with the API's reply or error (JSON, the error naming its field). The
-// browser calls it like the API, with the session's CSRF token.
+// with the API's reply or error (JSON, the error naming its field); with
+// dryRun=true (the form's Check button) the API's dry run. The browser
+// calls it like the API, with the session's CSRF token.
 func (c *Console) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 	if !c.cfg.NoAuth && !validCSRF(c.cfg.Sessions.csrfFor(r), r.Header.Get(CSRFHeader)) {
 		writeError(w, http.StatusForbidden, api.Error{Code: "PERMISSION_DENIED",
@@ -175,6 +176,10 @@ func (c *Console) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, api.Error{Code: "INVALID_ARGUMENT", Field: errdefs.Field(err), Error: err.Error()})
 		return
 	}
+	status := http.StatusCreated
+	if r.PostForm.Get("dryRun") == "true" { // the form's Check button
+		spec.DryRun, status = true, http.StatusOK
+	}
 	var raw []byte
 	if err := c.api.Do(r.Context(), http.MethodPost, "/v1/rollouts", spec, nil, &raw); err != nil {
 		if e, ok := errors.AsType[*apiclient.APIError](err); ok {
@@ -185,7 +190,7 @@ func (c *Console) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusCreated)
+	w.WriteHeader(status)
 	_, _ = w.Write(raw)
 }
 

@@ -123,6 +123,10 @@ func TestRolloutCreate(t *testing.T) {
 		}
 		got = append(got, spec)
 		w.Header().Set("Content-Type", "application/json")
+		if spec.DryRun {
+			w.Write([]byte(`{"tenant": "sim", "count": 20}`))
+			return
+		}
 		if spec.Tenant == "bad" {
 			w.WriteHeader(http.StatusBadRequest)
 			w.Write([]byte(`{"error": "tenant: no such tenant", "field": "tenant", "code": "INVALID_ARGUMENT"}`))
@@ -146,6 +150,7 @@ func TestRolloutCreate(t *testing.T) {
 		{"no CSRF token", id, "", "tenant=sim", http.StatusForbidden, "CSRF"},
 		{"another CSRF token", id, "x" + csrf, "tenant=sim", http.StatusForbidden, "CSRF"},
 		{"started", id, csrf, "tenant=sim&targets.all=on&strategy.ratePerMinute=60", http.StatusCreated, `"r-1"`},
+		{"a dry run", id, csrf, "mode=yaml&yaml=tenant:+sim&dryRun=true", http.StatusOK, `"count":20`},
 		{"the API's error", id, csrf, "tenant=bad", http.StatusBadRequest, `"field":"tenant"`},
 		{"the form's error", id, csrf, "tenant=sim&strategy.maxInFlight=many", http.StatusBadRequest, `"field":"strategy.maxInFlight"`},
 	}

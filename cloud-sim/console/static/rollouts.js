@@ -28,16 +28,24 @@
     const form = ev.target;
     if (!form.matches("[data-rollout-create]")) return;
     ev.preventDefault();
-    const button = form.querySelector('button[type="submit"]');
+    const button = ev.submitter || form.querySelector('button[type="submit"]');
+    const dryRun = button.name === "dryRun";
+    const result = form.querySelector("#dry-run");
+    if (result) result.hidden = true;
+    const body = new URLSearchParams(new FormData(form));
+    if (dryRun) body.set("dryRun", "true");
     button.disabled = true;
     try {
       const resp = await fetch("/rollouts/create", {
-        method: "POST", credentials: "same-origin", body: new URLSearchParams(new FormData(form)),
+        method: "POST", credentials: "same-origin", body,
         headers: { "Accept": "application/json", "X-CSRF-Token": csrf() },
       });
       let data = {};
       try { data = await resp.json(); } catch { data = { error: "HTTP " + resp.status }; }
       if (!resp.ok) throw new Console.APIError(resp.status, data);
+      form.querySelectorAll(".field-error").forEach((e) => e.remove());
+      form.querySelectorAll("[aria-invalid]").forEach((e) => e.removeAttribute("aria-invalid"));
+      if (dryRun) return showDryRun(result, data);
       location.assign("/rollouts/" + encodeURIComponent(data.id));
     } catch (err) {
       const e = err instanceof Console.APIError ? err : { message: String(err.message || err), field: "", code: "" };
@@ -49,6 +57,30 @@
       button.disabled = false;
     }
   });
+
+  // showDryRun writes what the API's dry run found: the gateways the
+  // rollout would take and the registry check.
+  function showDryRun(el, d) {
+    el.replaceChildren();
+    const add = (tag, text, cls) => {
+      const e = document.createElement(tag);
+      e.textContent = text;
+      if (cls) e.className = cls;
+      el.append(e);
+      return e;
+    };
+    const all = [...(d.gateways || [])].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+    const names = all.slice(0, 12).join(", ") + (all.length > 12 ? ` and ${all.length - 12} more` : "");
+    add("p", `The rollout would take ${d.count} gateway${d.count === 1 ? "" : "s"} of ${d.tenant}${names ? ": " + names : ""}.`, "dry-targets");
+    if (d.check) {
+      add("p", d.check.ok ? `The registry serves ${d.check.image}.` :
+        `The registry refused ${d.check.image}: ${d.check.message || ""} (${d.check.code || "error"})`, d.check.ok ? "dry-ok" : "dry-bad");
+    } else {
+      add("p", "The registry check was skipped.", "muted");
+    }
+    for (const w of d.warnings || []) add("p", "Warning: " + w, "dry-warn");
+    el.hidden = false;
+  }
 
   // confirm asks in a dialog (outside the live content, which refreshes)
   // and resolves to true when the operator confirms.
