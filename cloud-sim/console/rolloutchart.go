@@ -3,6 +3,7 @@ package console
 import (
 	"fmt"
 	"html/template"
+	"slices"
 	"strings"
 	"time"
 
@@ -174,7 +175,10 @@ func outcomeAt(g api.RolloutGateway, t, firstDispatch time.Time) outcome {
 }
 
 // series counts the gateways per outcome at n+1 evenly spaced times from
-// start to end (n ≥ 1).
+// start to end (n ≥ 1). A gateway's outcome changes only at its dispatch,
+// its finish and the rollout's first dispatch, so it is looked up there
+// and added to the samples up to its next change: the cost is gateways
+// plus samples, not their product (10,000 gateways every second).
 func series(gws []api.RolloutGateway, start, end time.Time, n int) [][numOutcomes]int {
 	first := end
 	for _, g := range gws {
@@ -182,13 +186,50 @@ func series(gws []api.RolloutGateway, start, end time.Time, n int) [][numOutcome
 			first = g.DispatchedAt
 		}
 	}
-	out := make([][numOutcomes]int, n+1)
 	span := end.Sub(start)
-	for i := range out {
-		t := start.Add(span * time.Duration(i) / time.Duration(n))
-		for _, g := range gws {
-			out[i][outcomeAt(g, t, first)]++
+	sample := func(i int) time.Time { return start.Add(span * time.Duration(i) / time.Duration(n)) }
+	// from is the first sample at or after x.
+	from := func(x time.Time) int {
+		i := 0
+		if span > 0 && x.After(start) {
+			i = min(n+1, int(float64(x.Sub(start))*float64(n)/float64(span)))
 		}
+		for i > 0 && !sample(i-1).Before(x) {
+			i--
+		}
+		for i <= n && sample(i).Before(x) {
+			i++
+		}
+		return i
+	}
+	diff := make([][numOutcomes]int, n+2)
+	for _, g := range gws {
+		var buf [4]int
+		breaks := buf[:1]
+		for _, x := range []time.Time{first, g.DispatchedAt, g.FinishedAt} {
+			if i := from(x); !x.IsZero() && i <= n {
+				breaks = append(breaks, i)
+			}
+		}
+		slices.Sort(breaks)
+		breaks = slices.Compact(breaks)
+		for k, i := range breaks {
+			next := n + 1
+			if k+1 < len(breaks) {
+				next = breaks[k+1]
+			}
+			o := outcomeAt(g, sample(i), first)
+			diff[i][o]++
+			diff[next][o]--
+		}
+	}
+	out := make([][numOutcomes]int, n+1)
+	var run [numOutcomes]int
+	for i := range out {
+		for o := range numOutcomes {
+			run[o] += diff[i][o]
+		}
+		out[i] = run
 	}
 	return out
 }

@@ -1,6 +1,8 @@
 package console
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"regexp"
 	"strings"
 	"testing"
@@ -87,6 +89,47 @@ func TestSeries(t *testing.T) {
 		}
 		if sum != len(gws) {
 			t.Errorf("sample %d counts %d gateways, want %d", i, sum, len(gws))
+		}
+	}
+}
+
+// TestSeriesAsSampled: series, which looks a gateway up only where its
+// outcome changes, counts what looking up every gateway at every sample
+// counts.
+func TestSeriesAsSampled(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	states := []string{api.GwQueued, api.GwInProgress, api.GwSucceeded, api.GwFailed, api.GwTimedOut, api.GwCanceled, api.GwRollingBack, api.GwRolledBack}
+	for round := range 50 {
+		var gws []api.RolloutGateway
+		for i := range 1 + rnd.IntN(40) {
+			d := float64(rnd.IntN(120)) / 10 // on samples, between them, or none
+			if rnd.IntN(5) == 0 {
+				d = -1
+			}
+			f := d + float64(rnd.IntN(50))/10
+			if rnd.IntN(4) == 0 {
+				f = -1
+			}
+			gws = append(gws, gw(fmt.Sprint(i), states[rnd.IntN(len(states))], d, f))
+		}
+		n := 1 + rnd.IntN(30)
+		start, end := at(0), at(float64(1+rnd.IntN(15)))
+		got := series(gws, start, end, n)
+		first := end
+		for _, g := range gws {
+			if outcomeOf(g.State) != outRolledBack && !g.DispatchedAt.IsZero() && g.DispatchedAt.Before(first) {
+				first = g.DispatchedAt
+			}
+		}
+		for i := 0; i <= n; i++ {
+			var want [numOutcomes]int
+			ti := start.Add(end.Sub(start) * time.Duration(i) / time.Duration(n))
+			for _, g := range gws {
+				want[outcomeAt(g, ti, first)]++
+			}
+			if got[i] != want {
+				t.Fatalf("round %d, sample %d of %d: got %v, want %v", round, i, n, got[i], want)
+			}
 		}
 	}
 }
