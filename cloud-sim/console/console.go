@@ -228,7 +228,7 @@ func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/", http.StatusSeeOther)
 		return
 	}
-	c.render(w, r, "login", view{Title: "Log in", Data: safeNext(r.URL.Query().Get("next"))})
+	c.render(w, r, "login", view{Title: "Log in", Nav: "login", Data: safeNext(r.URL.Query().Get("next"))})
 }
 
 // login checks the token a login form posts and starts a session.
@@ -243,7 +243,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	if subtle.ConstantTimeCompare([]byte(tok), []byte(c.cfg.Token)) != 1 {
 		c.log.Warn("console: login with a wrong token", "remote", r.RemoteAddr)
 		w.WriteHeader(http.StatusUnauthorized)
-		c.render(w, r, "login", view{Title: "Log in", Error: "That is not the API token. It is in the file api-token of cloud-sim serve's --data directory (or the file --api-token-file names).", Data: next})
+		c.render(w, r, "login", view{Title: "Log in", Nav: "login", Error: "That is not the API token. It is in the file api-token of cloud-sim serve's --data directory (or the file --api-token-file names).", Data: next})
 		return
 	}
 	id, _ := c.cfg.Sessions.create()
