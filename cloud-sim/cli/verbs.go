@@ -447,7 +447,7 @@ func (v *verb) readDoc(path string) ([]byte, error) {
 }
 
 // parseDoc reads and parses a YAML or JSON file (- for stdin).
-func (v *verb) parseDoc(path string) (*apiclient.Doc, error) {
+func (v *verb) parseDoc(path string) (*api.Doc, error) {
 	if path == "" {
 		return nil, Usagef("-f FILE is required")
 	}
@@ -461,7 +461,7 @@ func (v *verb) parseDoc(path string) (*apiclient.Doc, error) {
 	if err != nil {
 		return nil, err
 	}
-	doc, err := apiclient.ParseDoc(data)
+	doc, err := api.ParseDoc(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

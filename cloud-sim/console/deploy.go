@@ -110,7 +110,7 @@ func (c *Console) deployCheck(w http.ResponseWriter, r *http.Request) { c.deploy
 func (c *Console) deploySend(w http.ResponseWriter, r *http.Request) { c.deployPost(w, r, false) }
 
 // deployPost is the console's only conversion (YAML to the protojson
-// command the API takes, apiclient.Doc as the CLI uses); everything else
+// command the API takes, api.Doc, as the CLI reads -f); everything else
 // is the API's, called in-process, whose reply or error it relays.
 func (c *Console) deployPost(w http.ResponseWriter, r *http.Request, dryRun bool) {
 	if !c.cfg.NoAuth && !validCSRF(c.cfg.Sessions.csrfFor(r), r.Header.Get(CSRFHeader)) {
@@ -124,12 +124,12 @@ func (c *Console) deployPost(w http.ResponseWriter, r *http.Request, dryRun bool
 		writeJSON(w, http.StatusBadRequest, deployError{Error: api.Error{Error: "the page sent a body this endpoint does not take: " + err.Error(), Field: "body", Code: "INVALID_ARGUMENT"}})
 		return
 	}
-	doc, err := apiclient.ParseDoc([]byte(req.YAML))
+	doc, err := api.ParseDoc([]byte(req.YAML))
 	spec := new(fleetv1.DeploymentSpec)
 	if err == nil {
 		err = doc.Decode(spec)
 	}
-	if de, ok := errors.AsType[*apiclient.DocError](err); ok {
+	if de, ok := errors.AsType[*api.DocError](err); ok {
 		writeJSON(w, http.StatusBadRequest, yamlError(de))
 		return
 	} else if err != nil {
@@ -157,7 +157,7 @@ func (c *Console) deployPost(w http.ResponseWriter, r *http.Request, dryRun bool
 }
 
 // yamlError is a YAML that is no deployment spec, pointed at its line.
-func yamlError(de *apiclient.DocError) deployError {
+func yamlError(de *api.DocError) deployError {
 	field := specField
 	if de.Key != "" {
 		field += "." + de.Key
@@ -167,7 +167,7 @@ func yamlError(de *apiclient.DocError) deployError {
 
 // apiError relays the API's error; one naming a field of the spec gets
 // that field's path and line in the YAML.
-func apiError(ae *apiclient.APIError, doc *apiclient.Doc) deployError {
+func apiError(ae *apiclient.APIError, doc *api.Doc) deployError {
 	out := deployError{Error: ae.Body}
 	if path, ok := strings.CutPrefix(ae.Body.Field, specField+"."); ok {
 		out.Path, out.Line = path, doc.Line(path)

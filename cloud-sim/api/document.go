@@ -1,6 +1,7 @@
-package apiclient
+package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -11,6 +12,34 @@ import (
 	"google.golang.org/protobuf/proto"
 	"gopkg.in/yaml.v3"
 )
+
+// DocumentJSON converts a YAML document (JSON is YAML too) to JSON: how
+// the CLI's -f files and the console's YAML fields become request bodies,
+// since the API takes JSON only.
+func DocumentJSON(doc []byte) ([]byte, error) {
+	d, err := ParseDoc(doc)
+	if err != nil {
+		return nil, err
+	}
+	return d.JSON()
+}
+
+// ParseRolloutSpec reads a rollout spec from a YAML or JSON document
+// (cloud-sim rollout create -f, the console's YAML form), refusing fields
+// it does not know, as POST /v1/rollouts does.
+func ParseRolloutSpec(doc []byte) (RolloutSpec, error) {
+	var spec RolloutSpec
+	raw, err := DocumentJSON(doc)
+	if err != nil {
+		return spec, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&spec); err != nil {
+		return spec, fmt.Errorf("not a rollout spec: %w", err)
+	}
+	return spec, nil
+}
 
 // Doc is a YAML (or JSON, which is YAML) document a client sends to the
 // API as JSON: the CLI's -f files and the web console's YAML editor read
@@ -24,16 +53,21 @@ type Doc struct {
 // should be: Line is its line in the YAML (0 when unknown), Key the
 // field it names, if any.
 type DocError struct {
-	Line int
-	Key  string
-	Msg  string
+	Line   int
+	Key    string
+	Msg    string
+	Syntax bool // not YAML at all
 }
 
 func (e *DocError) Error() string {
-	if e.Line > 0 {
-		return fmt.Sprintf("line %d: %s", e.Line, e.Msg)
+	prefix := ""
+	if e.Syntax {
+		prefix = "yaml: "
 	}
-	return e.Msg
+	if e.Line > 0 {
+		return fmt.Sprintf("%sline %d: %s", prefix, e.Line, e.Msg)
+	}
+	return prefix + e.Msg
 }
 
 var (
@@ -53,7 +87,7 @@ func ParseDoc(data []byte) (*Doc, error) {
 			line, _ = strconv.Atoi(m[1])
 			msg = strings.TrimPrefix(err.Error(), m[0])
 		}
-		return nil, &DocError{Line: line, Msg: msg}
+		return nil, &DocError{Line: line, Msg: msg, Syntax: true}
 	}
 	return d, nil
 }
