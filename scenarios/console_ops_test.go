@@ -48,16 +48,6 @@ func (c *cloud) awaitOnline(t *testing.T, tenant string, n int) {
 	})
 }
 
-// openOps is openConsole, waiting until the login page is gone: the
-// login page shows the main nav too, so openConsole can return while the
-// login's redirect is still loading, and a navigation then aborts it.
-func openOps(t *testing.T, c *cloud) *browser {
-	t.Helper()
-	b := openConsole(t, c)
-	b.run("the login page gone", chromedp.WaitNotPresent(chromedp.CSS("#token")))
-	return b
-}
-
 // click clicks the element sel.
 func (b *browser) click(what, sel string) {
 	b.t.Helper()
@@ -95,7 +85,7 @@ func TestConsoleOpsDeploy(t *testing.T) {
 	c.provisionAgent(t, "sim", real)
 	c.awaitOnline(t, "sim", 5)
 
-	b := openOps(t, c)
+	b := openConsole(t, c)
 	b.run("the deploy page", chromedp.Navigate(b.base+"/deploy?tenant=sim"), chromedp.WaitVisible(chromedp.CSS("#spec")))
 	b.eventually("the live count of the target", "#match", func(s string) bool { return s == "matches 5 gateways (5 online)" })
 	b.run("a selector", chromedp.Click(chromedp.CSS("#target-kind-selector")), chromedp.SendKeys(chromedp.CSS("#target-selector"), "site=site-1"))
@@ -161,7 +151,7 @@ func TestConsoleOpsCommands(t *testing.T) {
 		t.Fatalf("the bad deploy: %+v", bad.Counts)
 	}
 
-	b := openOps(t, c)
+	b := openConsole(t, c)
 	b.run("the commands page", chromedp.Navigate(b.base+"/commands"), chromedp.WaitVisible(chromedp.CSS("#commands")))
 	all := b.text("#commands tbody")
 	if countOf(all, "SUCCEEDED") != 3 || countOf(all, "REJECTED") != 1 {
@@ -223,7 +213,7 @@ func TestConsoleOpsCredentials(t *testing.T) {
 	c.awaitOnline(t, "sim", 2)
 	const secret = "s3cret-pa55word-never-echoed"
 
-	b := openOps(t, c)
+	b := openConsole(t, c)
 	b.run("the credentials page", chromedp.Navigate(b.base+"/credentials?tenant=sim"), chromedp.WaitVisible(chromedp.CSS("#cred-form")))
 	b.run("fill the form",
 		chromedp.SetValue(chromedp.CSS("#cred-registry"), "registry.example.com/team"),
@@ -323,7 +313,7 @@ func TestConsoleOpsCrossOrigin(t *testing.T) {
 	chromium(t)
 	c := newOpsCloud(t, 2)
 	c.awaitOnline(t, "sim", 2)
-	b := openOps(t, c) // the session cookie is in the browser
+	b := openConsole(t, c) // the session cookie is in the browser
 	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html")
 		fmt.Fprintf(w, evilPage, b.base)
