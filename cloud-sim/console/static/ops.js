@@ -135,11 +135,14 @@ const Ops = (() => {
   // second) and swaps only those elements, so that what is typed in the
   // page's forms stays. It dispatches "ops:refreshed" afterwards.
   function live(prefixes, selectors) {
-    let pending = null, last = 0;
+    let pending = null, again = false, last = 0;
     const refresh = () => {
-      if (pending) return;
+      // An event while a fetch is on its way may postdate what it gets:
+      // fetch once more after it.
+      if (pending) { again = true; return; }
       pending = setTimeout(async () => {
         last = Date.now();
+        again = false;
         try {
           const resp = await fetch(location.href, { headers: { "X-Console-Fragment": "1" }, credentials: "same-origin" });
           if (resp.redirected || !resp.ok) return;
@@ -154,6 +157,7 @@ const Ops = (() => {
           document.dispatchEvent(new CustomEvent("ops:refreshed"));
         } finally {
           pending = null;
+          if (again) refresh();
         }
       }, Math.max(0, 1000 - (Date.now() - last)));
     };
