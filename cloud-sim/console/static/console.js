@@ -98,12 +98,17 @@ const Console = (() => {
   // refresh fetches this page's content again and swaps it in, at most
   // once a second; focus, what the operator typed or ticked, and the open
   // <details> stay as they were.
-  let pending = null, last = 0;
+  // A change that arrives while a refresh is fetching (again) gets one
+  // more refresh after it: the page rendered before the change may not
+  // show it.
+  let pending = null, fetching = false, again = false, last = 0;
   function refresh() {
+    if (fetching) { again = true; return; }
     if (pending) return;
     const wait = Math.max(0, 1000 - (Date.now() - last));
     pending = setTimeout(async () => {
       last = Date.now();
+      fetching = true;
       try {
         const resp = await fetch(location.href, { headers: { "X-Console-Fragment": "1" }, credentials: "same-origin" });
         if (resp.redirected || !resp.ok) return;
@@ -117,6 +122,8 @@ const Console = (() => {
         document.dispatchEvent(new CustomEvent("console:refreshed"));
       } finally {
         pending = null;
+        fetching = false;
+        if (again) { again = false; refresh(); }
       }
     }, wait);
   }
