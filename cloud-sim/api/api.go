@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -135,13 +137,21 @@ func duration(field, s string) (time.Duration, error) {
 	return min(d, MaxWait), nil
 }
 
-// GatewayList is the body of GET /v1/gateways.
+// GatewayList is the body of GET /v1/gateways: Count (the same as
+// Total), Online and Stale count every gateway the query matched,
+// Gateways holds the page from Offset, at most Limit of them (0: all).
 type GatewayList struct {
 	Count    int        `json:"count"`
 	Online   int        `json:"online"`
 	Stale    int        `json:"stale"`
+	Total    int        `json:"total"`
+	Offset   int        `json:"offset"`
+	Limit    int        `json:"limit"`
 	Gateways []*Gateway `json:"gateways"`
 }
+
+// MaxGatewayPage is the largest limit of GET /v1/gateways.
+const MaxGatewayPage = 1000
 
 func (a *api) listGateways(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
@@ -150,7 +160,7 @@ func (a *api) listGateways(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errdefs.Invalid("selector", "%v", err))
 		return
 	}
-	f := inventory.Filter{Tenant: q.Get("tenant"), Selector: sel, Group: q.Get("group")}
+	f := inventory.Filter{Tenant: q.Get("tenant"), Selector: sel, Group: q.Get("group"), IDContains: q.Get("q")}
 	if o := q.Get("online"); o != "" {
 		b, err := strconv.ParseBool(o)
 		if err != nil {
@@ -159,17 +169,33 @@ func (a *api) listGateways(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Online = &b
 	}
-	gws := gatewaysOf(a.c.Gateways(f))
-	out := GatewayList{Count: len(gws), Gateways: gws}
-	for _, g := range gws {
-		if g.Online {
-			out.Online++
-		}
-		if g.Stale {
-			out.Stale++
-		}
+	limit, err := intParam(q, "limit", 0, MaxGatewayPage)
+	if err != nil {
+		a.fail(w, err)
+		return
 	}
-	writeJSON(w, http.StatusOK, out)
+	offset, err := intParam(q, "offset", 0, math.MaxInt32)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	p := a.c.GatewayPage(f, offset, limit)
+	writeJSON(w, http.StatusOK, GatewayList{Count: p.Total, Online: p.Online, Stale: p.Stale, Total: p.Total, Offset: offset, Limit: limit,
+		Gateways: gatewaysOf(p.Gateways)})
+}
+
+// intParam reads the query parameter name: def when absent, max when
+// larger; a negative or malformed one is an error naming it.
+func intParam(q url.Values, name string, def, max int) (int, error) {
+	s := q.Get(name)
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, errdefs.Invalid(name, "%q is not a whole number of 0 or more", s)
+	}
+	return min(n, max), nil
 }
 
 func (a *api) gateway(w http.ResponseWriter, r *http.Request) (*Gateway, bool) {

@@ -35,24 +35,7 @@ const testToken = "t0ken"
 // check may reach the destinations in checkAllow (loopback test registries).
 func newAPI(t *testing.T, cfg Config, server func(*http.Server), checkAllow ...string) (*httptest.Server, *controller.Controller) {
 	t.Helper()
-	st, err := state.Open(context.Background(), state.Config{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	dir := t.TempDir()
-	keys, err := credential.LoadKeys(filepath.Join(dir, "k"), filepath.Join(dir, "s"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	check, err := egress.New("--registry-check-allow", checkAllow)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := controller.New(context.Background(), controller.Config{Store: st, Keys: keys, RegistryCheck: check})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := newController(t, checkAllow...)
 	c.Ingest(mqttclient.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "acme", Gateway: "gw-1"}, Message: &fleetv1.Birth{Session: 1}, At: time.Now()})
 	srv := httptest.NewUnstartedServer(nil)
 	port := srv.Listener.Addr().(*net.TCPAddr).Port
@@ -65,6 +48,31 @@ func newAPI(t *testing.T, cfg Config, server func(*http.Server), checkAllow ...s
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv, c
+}
+
+// newController is a controller not connected to a broker, with an empty
+// inventory, whose registry check may reach checkAllow.
+func newController(tb testing.TB, checkAllow ...string) *controller.Controller {
+	tb.Helper()
+	st, err := state.Open(context.Background(), state.Config{Dir: tb.TempDir()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(st.Close)
+	dir := tb.TempDir()
+	keys, err := credential.LoadKeys(filepath.Join(dir, "k"), filepath.Join(dir, "s"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	check, err := egress.New("--registry-check-allow", checkAllow)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c, err := controller.New(context.Background(), controller.Config{Store: st, Keys: keys, RegistryCheck: check})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
 }
 
 // TestErrorStatus: a client tells a refusal by the registry (422) from a

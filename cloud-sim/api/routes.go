@@ -29,7 +29,7 @@ const (
 func routes() []route {
 	return []route{
 		{method: "GET", path: "/healthz", status: 200, reply: "`{status}`", handle: (*api).health},
-		{method: "GET", path: "/v1/gateways", query: "tenant, selector, group, online", status: 200, reply: "`{count, online, stale, gateways: [Gateway]}`", errors: "400", handle: (*api).listGateways},
+		{method: "GET", path: "/v1/gateways", query: "tenant, selector, group, online, q (id contains, any case), limit (0: all; at most 1000), offset", status: 200, reply: "`{count, online, stale, total, offset, limit, gateways: [Gateway]}` by tenant, then id in natural order (sim-2 before sim-10); the counts are of all matched", errors: "400", handle: (*api).listGateways},
 		{method: "GET", path: "/v1/gateways/{tenant}/{id}", status: 200, reply: "Gateway", errors: "404", handle: (*api).getGateway},
 		{method: "GET", path: "/v1/gateways/{tenant}/{id}/deployments", status: 200, reply: "`{deployments: {name: Deployment}}`", errors: "404", handle: (*api).getDeployments},
 		{method: "POST", path: "/v1/gateways/{tenant}/{id}/provision", body: "`{groups, labels}` (optional; re-provisioning keeps absent ones)", status: 201, reply: "`{username, clientId, password, commandSigningKeys}`, the password shown once; a session logged in with the old one is disconnected", errors: "400", handle: (*api).provision},

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 )
 
 // Shell completion of gateways, tenants and rollout ids asks the API the
@@ -29,7 +30,7 @@ func (v *verb) completeGatewayFlags(cmd *cobra.Command) {
 					tenants = append(tenants, g.Tenant)
 				}
 			}
-			slices.SortFunc(tenants, compareNatural)
+			slices.SortFunc(tenants, inventory.CompareNatural)
 			return tenants, cobra.ShellCompDirectiveNoFileComp
 		})
 	}
@@ -61,7 +62,7 @@ func (v *verb) listForCompletion(ctx context.Context) []*gatewayView {
 	if err != nil || c.Do(ctx, "GET", "/v1/gateways", nil, &list, nil) != nil {
 		return nil
 	}
-	slices.SortFunc(list.Gateways, func(a, b *gatewayView) int { return compareGateways(a.Tenant, a.ID, b.Tenant, b.ID) })
+	slices.SortFunc(list.Gateways, func(a, b *gatewayView) int { return inventory.CompareGateways(a.Tenant, a.ID, b.Tenant, b.ID) })
 	return list.Gateways
 }
 

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 )
 
 // rolloutCmd is `cloud-sim rollout create|list|status|pause|resume|cancel`.
@@ -125,7 +127,7 @@ func (v *verb) rolloutList(ctx context.Context) error {
 		return err
 	}
 	slices.SortStableFunc(out.Rollouts, func(a, b rolloutView) int {
-		if c := compareNatural(a.Spec.Tenant, b.Spec.Tenant); c != 0 {
+		if c := inventory.CompareNatural(a.Spec.Tenant, b.Spec.Tenant); c != 0 {
 			return c
 		}
 		return a.CreatedAt.Compare(b.CreatedAt)
@@ -190,7 +192,7 @@ func (v *verb) rolloutStatus(ctx context.Context, id string) error {
 		if len(rv.Failing) > 0 {
 			tw = v.table()
 			fmt.Fprintln(tw, "\nFAILING GATEWAY\tSTATE\tCODE\tMESSAGE")
-			slices.SortFunc(rv.Failing, func(a, b rolloutGateway) int { return compareNatural(a.Gateway, b.Gateway) })
+			slices.SortFunc(rv.Failing, func(a, b rolloutGateway) int { return inventory.CompareNatural(a.Gateway, b.Gateway) })
 			for _, g := range rv.Failing {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", g.Gateway, g.State, or(g.Code, "-"), oneLine(g.Message))
 			}

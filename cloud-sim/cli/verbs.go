@@ -20,6 +20,7 @@ import (
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/api/apiclient"
+	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
@@ -258,7 +259,7 @@ func (v *verb) listGateways(ctx context.Context) error {
 	if printed, err := v.fetch(ctx, "/v1/gateways?"+q.Encode(), &list); printed || err != nil {
 		return err
 	}
-	slices.SortFunc(list.Gateways, func(a, b *gatewayView) int { return compareGateways(a.Tenant, a.ID, b.Tenant, b.ID) })
+	slices.SortFunc(list.Gateways, func(a, b *gatewayView) int { return inventory.CompareGateways(a.Tenant, a.ID, b.Tenant, b.ID) })
 	tw := v.table()
 	fmt.Fprintln(tw, "TENANT\tGATEWAY\tSTATE\tSESSION\tAGENT\tENGINE\tDEPLOYMENTS\tLAST SEEN\tLABELS")
 	for _, g := range list.Gateways {
@@ -301,7 +302,7 @@ func deploymentsSummary(g *gatewayView) string {
 		return "-"
 	}
 	var parts []string
-	for _, name := range slices.SortedFunc(maps.Keys(g.Deployments), compareNatural) {
+	for _, name := range slices.SortedFunc(maps.Keys(g.Deployments), inventory.CompareNatural) {
 		d := g.Deployments[name]
 		parts = append(parts, fmt.Sprintf("%s@%d:%s", name, d.Revision, d.Phase))
 	}
@@ -365,7 +366,7 @@ func (v *verb) gateway(ctx context.Context) error {
 	tw.Flush()
 	tw = v.table()
 	fmt.Fprintln(tw, "\nDEPLOYMENT\tREVISION\tPHASE\tHEALTH\tIMAGE\tMESSAGE")
-	for _, name := range slices.SortedFunc(maps.Keys(g.Deployments), compareNatural) {
+	for _, name := range slices.SortedFunc(maps.Keys(g.Deployments), inventory.CompareNatural) {
 		d := g.Deployments[name]
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", d.Name, d.Revision, d.Phase, or(d.Health, "-"), d.Image, d.Message)
 	}
@@ -580,7 +581,7 @@ func (v *verb) batchTable(b *batchView) {
 	tw := v.table()
 	fmt.Fprintln(tw, "GATEWAY\tVERB\tSTATE\tCODE\tMESSAGE")
 	cmds := slices.Clone(b.Commands)
-	slices.SortStableFunc(cmds, func(a, b *command) int { return compareGateways(a.Tenant, a.Gateway, b.Tenant, b.Gateway) })
+	slices.SortStableFunc(cmds, func(a, b *command) int { return inventory.CompareGateways(a.Tenant, a.Gateway, b.Tenant, b.Gateway) })
 	for _, c := range cmds {
 		st := c.State
 		if c.OfflineWhenSent && !c.Final() {

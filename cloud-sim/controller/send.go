@@ -38,6 +38,12 @@ type SendOptions struct {
 // Gateways lists the gateways f selects, ordered by tenant and id.
 func (c *Controller) Gateways(f inventory.Filter) []*inventory.Gateway { return c.inv.List(f) }
 
+// GatewayPage is a page of the gateways f selects, in natural order of
+// tenant and id; see inventory.Inventory.ListPage.
+func (c *Controller) GatewayPage(f inventory.Filter, offset, limit int) inventory.Page {
+	return c.inv.ListPage(f, offset, limit)
+}
+
 // Gateway returns one gateway.
 func (c *Controller) Gateway(tenant, id string) (*inventory.Gateway, bool) {
 	return c.inv.Get(tenant, id)

@@ -65,6 +65,11 @@ type Inventory struct {
 	gateways map[string]*Gateway // by state.Key(tenant, id); guarded by mu
 	dirty    map[string]struct{} // keys changed since the last flush; guarded by mu
 	ingested uint64              // guarded by mu
+
+	// orderMu guards order: every gateway in natural order, sorted again
+	// when the inventory grew (see ordered). Taken before mu.
+	orderMu sync.Mutex
+	order   []*Gateway
 }
 
 // New returns an empty inventory; Load fills it from the store.
@@ -252,6 +257,9 @@ type Filter struct {
 	AnyGroup []string
 	// Online, when set, keeps only gateways that are (or are not) online.
 	Online *bool
+	// IDContains, when set, keeps only gateways whose id contains it,
+	// regardless of case.
+	IDContains string
 }
 
 func (inv *Inventory) match(f Filter, g *Gateway) bool {
@@ -259,6 +267,8 @@ func (inv *Inventory) match(f Filter, g *Gateway) bool {
 	case f.Tenant != "" && g.Tenant != f.Tenant:
 		return false
 	case f.Online != nil && g.Online != *f.Online:
+		return false
+	case f.IDContains != "" && !containsFold(g.ID, f.IDContains):
 		return false
 	}
 	if f.Group == "" && len(f.AnyGroup) == 0 && len(f.Selector) == 0 {

@@ -1,4 +1,4 @@
-package cli
+package inventory
 
 import (
 	"math/rand/v2"
@@ -31,11 +31,11 @@ func TestCompareNatural(t *testing.T) {
 		{"Sim-1", "sim-1", -1},
 	}
 	for _, tt := range tests {
-		if got := compareNatural(tt.a, tt.b); got != tt.want {
-			t.Errorf("compareNatural(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+		if got := CompareNatural(tt.a, tt.b); got != tt.want {
+			t.Errorf("CompareNatural(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
 		}
-		if got := compareNatural(tt.b, tt.a); got != -tt.want {
-			t.Errorf("compareNatural(%q, %q) = %d, want %d", tt.b, tt.a, got, -tt.want)
+		if got := CompareNatural(tt.b, tt.a); got != -tt.want {
+			t.Errorf("CompareNatural(%q, %q) = %d, want %d", tt.b, tt.a, got, -tt.want)
 		}
 	}
 }
@@ -49,7 +49,7 @@ func TestGatewayOrder(t *testing.T) {
 	}
 	got := slices.Clone(want)
 	rand.Shuffle(len(got), func(i, j int) { got[i], got[j] = got[j], got[i] })
-	slices.SortFunc(got, func(a, b gw) int { return compareGateways(a.tenant, a.id, b.tenant, b.id) })
+	slices.SortFunc(got, func(a, b gw) int { return CompareGateways(a.tenant, a.id, b.tenant, b.id) })
 	if diff := cmp.Diff(want, got, cmp.AllowUnexported(gw{})); diff != "" {
 		t.Errorf("order (-want +got):\n%s", diff)
 	}

@@ -1,15 +1,15 @@
-package cli
+package inventory
 
 import (
 	"cmp"
 	"strings"
 )
 
-// compareNatural orders ids as people read them: runs of digits compare
+// CompareNatural orders ids as people read them: runs of digits compare
 // as numbers (sim-2 before sim-10), everything else byte by byte. Ids
 // equal that way (sim-02, sim-2) fall back to plain string order, so the
 // order is total.
-func compareNatural(a, b string) int {
+func CompareNatural(a, b string) int {
 	i, j := 0, 0
 	for i < len(a) && j < len(b) {
 		if isDigit(a[i]) && isDigit(b[j]) {
@@ -46,10 +46,10 @@ func compareNatural(a, b string) int {
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 
-// compareGateways orders gateways by tenant, then id, both naturally.
-func compareGateways(tenantA, idA, tenantB, idB string) int {
-	if c := compareNatural(tenantA, tenantB); c != 0 {
+// CompareGateways orders gateways by tenant, then id, both naturally.
+func CompareGateways(tenantA, idA, tenantB, idB string) int {
+	if c := CompareNatural(tenantA, tenantB); c != 0 {
 		return c
 	}
-	return compareNatural(idA, idB)
+	return CompareNatural(idA, idB)
 }
