@@ -107,6 +107,9 @@ type page struct {
 func pages() []page {
 	return []page{
 		{path: "/{$}", handle: (*Console).overview},
+		{path: "/gateways", handle: (*Console).gateways},
+		{path: "/gateways/{tenant}/{id}", handle: (*Console).gateway},
+		{path: "/events", handle: (*Console).events},
 	}
 }
 
