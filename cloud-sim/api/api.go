@@ -20,7 +20,9 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/fleet-agent/fleet/cloud-sim/changes"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
+	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
@@ -310,6 +312,9 @@ type CommandRequest struct {
 	Wait              string          `json:"wait,omitempty"`
 	ExpiresIn         string          `json:"expiresIn,omitempty"`
 	SkipRegistryCheck bool            `json:"skipRegistryCheck,omitempty"`
+	// DryRun checks everything as for sending, and sends and stores
+	// nothing: the reply is a DryRun.
+	DryRun bool `json:"dryRun,omitempty"`
 }
 
 func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
@@ -331,6 +336,15 @@ func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
 	exp, err := duration("expiresIn", req.ExpiresIn)
 	if err != nil {
 		a.fail(w, err)
+		return
+	}
+	if req.DryRun {
+		d, err := a.c.DryRun(r.Context(), req.Target.domain(), cmd, controller.SendOptions{ExpiresIn: exp, SkipRegistryCheck: req.SkipRegistryCheck})
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, dryRunOf(d))
 		return
 	}
 	b, err := a.c.Send(r.Context(), req.Target.domain(), cmd, controller.SendOptions{ExpiresIn: exp, SkipRegistryCheck: req.SkipRegistryCheck})
@@ -356,6 +370,35 @@ func (a *api) getCommand(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, commandOf(cmd))
+}
+
+// MaxCommands is the largest limit of GET /v1/commands.
+const MaxCommands = 1000
+
+func (a *api) listCommands(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := dispatch.Filter{Tenant: q.Get("tenant"), Gateway: q.Get("gateway"), Verb: q.Get("verb"), Batch: q.Get("batch"),
+		State: dispatch.State(q.Get("state")), Code: q.Get("code")}
+	switch f.State {
+	case "", dispatch.Pending, dispatch.Accepted, dispatch.Succeeded, dispatch.Failed, dispatch.Rejected, dispatch.Undelivered:
+	default:
+		a.fail(w, errdefs.Invalid("state", "%q: use PENDING, ACCEPTED, SUCCEEDED, FAILED, REJECTED or UNDELIVERED", f.State))
+		return
+	}
+	limit, err := intParam(q, "limit", 100, MaxCommands)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if limit == 0 {
+		limit = 100
+	}
+	list := a.c.Commands(f, limit)
+	out := make([]*Command, len(list))
+	for i, c := range list {
+		out[i] = commandOf(c)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"commands": out})
 }
 
 func (a *api) listBatches(w http.ResponseWriter, r *http.Request) {
@@ -480,6 +523,15 @@ func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
+	if spec.DryRun {
+		d, err := a.c.DryRunRollout(r.Context(), spec.domain())
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, dryRunOf(d))
+		return
+	}
 	v, err := a.c.CreateRollout(r.Context(), spec.domain())
 	if err != nil {
 		a.fail(w, err)
@@ -528,7 +580,7 @@ func (a *api) rolloutAction(w http.ResponseWriter, r *http.Request) {
 }
 
 // events streams fleet changes as server-sent events ("event: <kind>",
-// "data: <Change JSON>"), filtered by ?tenant=; a comment line every 15 s
+// "data: <Change JSON>"), filtered as GET /v1/changes is (changeFilter); a comment line every 15 s
 // keeps proxies from closing the stream, and an "event: lagged" says that
 // changes were dropped because the client read too slowly. A stream has
 // no read or write deadline; at most MaxStreams run at once.
@@ -538,6 +590,11 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errors.New("streaming unsupported"))
 		return
 	}
+	f, err := changeFilter(r.URL.Query())
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
 	if !a.streams.acquire() {
 		w.Header().Set("Retry-After", "10")
 		writeJSON(w, http.StatusServiceUnavailable, Error{Error: fmt.Sprintf("too many event streams (%d) are open: close one, or raise cloud-sim serve --api-max-streams", cap(a.streams)), Code: "NO_SPACE"})
@@ -545,7 +602,6 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 	}
 	defer a.streams.release()
 	holdFor(w, 0)
-	tenant := r.URL.Query().Get("tenant")
 	sub := a.c.Subscribe(4096)
 	defer sub.Close()
 	w.Header().Set("Content-Type", "text/event-stream")
@@ -565,7 +621,7 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 			if sub.Lagged() {
 				fmt.Fprint(w, "event: lagged\ndata: {}\n\n")
 			}
-			if tenant != "" && ch.Tenant != tenant {
+			if !f.Matches(ch) {
 				continue
 			}
 			data, _ := json.Marshal(ch)
@@ -573,4 +629,42 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		}
 		fl.Flush()
 	}
+}
+
+// changeFilter reads the query of GET /v1/changes and /v1/events: tenant,
+// gateway, kind (exact, or its first part: "command"), and severity, one
+// or more of info, warning, error separated by commas.
+func changeFilter(q url.Values) (changes.Filter, error) {
+	f := changes.Filter{Tenant: q.Get("tenant"), Gateway: q.Get("gateway"), Kind: q.Get("kind")}
+	for s := range strings.SplitSeq(q.Get("severity"), ",") {
+		switch sev := changes.Severity(strings.TrimSpace(s)); sev {
+		case "":
+		case changes.Info, changes.Warning, changes.Error:
+			f.Severities = append(f.Severities, sev)
+		default:
+			return f, errdefs.Invalid("severity", "%q: use info, warning or error (several separated by commas)", s)
+		}
+	}
+	return f, nil
+}
+
+// MaxChanges is the largest limit of GET /v1/changes.
+const MaxChanges = changes.History
+
+func (a *api) listChanges(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f, err := changeFilter(q)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	limit, err := intParam(q, "limit", 100, MaxChanges)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if limit == 0 {
+		limit = 100
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"changes": a.c.Changes(f, limit)})
 }

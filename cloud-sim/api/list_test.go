@@ -125,3 +125,21 @@ func BenchmarkListGatewaysPage(b *testing.B) {
 		call(b, h, "GET", "/v1/gateways?limit=50&offset=5000", "", nil)
 	}
 }
+
+// TestListCommands: the query is checked here; the filters are
+// dispatch's (TestCommands).
+func TestListCommands(t *testing.T) {
+	h := handlerOf(newController(t))
+	var got struct {
+		Commands []*Command `json:"commands"`
+	}
+	if st := call(t, h, "GET", "/v1/commands?tenant=acme&state=FAILED&limit=5", "", &got); st != http.StatusOK || got.Commands == nil {
+		t.Errorf("got %d %+v, want 200 and an empty list", st, got)
+	}
+	for _, q := range []string{"?state=failed", "?limit=no"} {
+		var e Error
+		if st := call(t, h, "GET", "/v1/commands"+q, "", &e); st != http.StatusBadRequest || e.Field == "" {
+			t.Errorf("%s: got %d %+v, want 400 naming the field", q, st, e)
+		}
+	}
+}

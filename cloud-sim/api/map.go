@@ -178,3 +178,12 @@ func identityOf(d *identity.Device) *Identity {
 	}
 	return out
 }
+
+func dryRunOf(d *controller.DryRun) *DryRun {
+	out := &DryRun{Tenant: d.Tenant, Gateways: d.Gateways, Count: len(d.Gateways), Warnings: d.Warnings}
+	if d.Check != nil {
+		c := CheckResult(*d.Check)
+		out.Check = &c
+	}
+	return out
+}

@@ -39,7 +39,8 @@ func routes() []route {
 		{method: "PATCH", path: "/v1/gateways/{tenant}/{id}/labels", body: "`{labels: {k: v or null}}`, null removes", status: 200, reply: "Identity", errors: "400, 404 not provisioned", handle: (*api).setLabels},
 		{method: "PUT", path: "/v1/gateways/{tenant}/{id}/groups", body: "`{groups}`", status: 200, reply: "Identity; a connected gateway whose groups changed is disconnected to log in under them", errors: "400, 404 not provisioned", handle: (*api).setGroups},
 		{method: "POST", path: "/v1/simulated", body: "`{tenant, prefix, count, groups, labels}`", status: 201, reply: "`{password, commandSigningKeys}`, the password shared by `{prefix}1`…`{prefix}{count}`", errors: "400", handle: (*api).provisionSimulated},
-		{method: "POST", path: "/v1/commands", body: "`{target: Target, command, wait, expiresIn, skipRegistryCheck}`", status: 201, reply: "BatchView (after `wait` at most)", errors: registryErrors, handle: (*api).sendCommand},
+		{method: "POST", path: "/v1/commands", body: "`{target: Target, command, wait, expiresIn, skipRegistryCheck, dryRun}`", status: 201, reply: "BatchView (after `wait` at most); with `dryRun` 200 DryRun `{tenant, gateways, count, check, warnings}`, checked as for sending, nothing sent or stored", errors: registryErrors, handle: (*api).sendCommand},
+		{method: "GET", path: "/v1/commands", query: "tenant, gateway, verb, state, code, batch, limit (100; at most 1000)", status: 200, reply: "`{commands: [Command]}`, newest first, of those kept (finished ones for the retention)", errors: "400", handle: (*api).listCommands},
 		{method: "GET", path: "/v1/commands/{id}", status: 200, reply: "Command", errors: "404", handle: (*api).getCommand},
 		{method: "GET", path: "/v1/batches", query: "limit (50)", status: 200, reply: "`{batches: [Batch]}`, newest first", handle: (*api).listBatches},
 		{method: "GET", path: "/v1/batches/{id}", query: "wait", status: 200, reply: "BatchView, once done or after `wait`", errors: "400, 404", handle: (*api).getBatch},
@@ -52,13 +53,14 @@ func routes() []route {
 		{method: "POST", path: "/v1/tenants/{tenant}/command-signing-keys/rotate", status: 200, reply: "`{keys}`: the staged (or a new) key signs; the old one stays valid", errors: "400", handle: (*api).rotateSigningKey},
 		{method: "DELETE", path: "/v1/tenants/{tenant}/command-signing-keys/{id}", status: 200, reply: "`{keys}` without the retired key", errors: "400 the signer, 404", handle: (*api).retireSigningKey},
 		{method: "POST", path: "/v1/tenants/{tenant}/check-registry", body: "`{image}`", status: 200, reply: "CheckResult, checked from the cloud", errors: "400", handle: (*api).checkRegistry},
-		{method: "POST", path: "/v1/rollouts", body: "RolloutSpec", status: 201, reply: "RolloutView", errors: registryErrors + ", 409 on a follower replica", handle: (*api).createRollout},
+		{method: "POST", path: "/v1/rollouts", body: "RolloutSpec (with `dryRun`)", status: 201, reply: "RolloutView; with `dryRun` 200 DryRun, nothing created", errors: registryErrors + ", 409 on a follower replica", handle: (*api).createRollout},
 		{method: "GET", path: "/v1/rollouts", status: 200, reply: "`{rollouts: [RolloutView]}`, newest first", handle: (*api).listRollouts},
 		{method: "GET", path: "/v1/rollouts/{id}", query: "gateways=true adds every gateway's record", status: 200, reply: "RolloutView", errors: "404", handle: (*api).getRollout},
 		{method: "POST", path: "/v1/rollouts/{id}/pause", status: 200, reply: "RolloutView; nothing new is dispatched", errors: rolloutErrors, handle: (*api).rolloutAction},
 		{method: "POST", path: "/v1/rollouts/{id}/resume", status: 200, reply: "RolloutView", errors: rolloutErrors, handle: (*api).rolloutAction},
 		{method: "POST", path: "/v1/rollouts/{id}/cancel", status: 200, reply: "RolloutView; queued gateways CANCELED", errors: rolloutErrors, handle: (*api).rolloutAction},
-		{method: "GET", path: "/v1/events", query: "tenant", status: 200, reply: "server-sent events, `event: {kind}`, `data: Change`", handle: (*api).events},
+		{method: "GET", path: "/v1/changes", query: "tenant, gateway, kind (or its first part: `command`), severity (info, warning, error; several with commas), limit (100; at most 2000)", status: 200, reply: "`{changes: [Change]}`, newest first, of the last 2000 changes (in memory: a restart forgets them)", errors: "400", handle: (*api).listChanges},
+		{method: "GET", path: "/v1/events", query: "tenant, gateway, kind, severity, as for /v1/changes", status: 200, reply: "server-sent events, `event: {kind}`, `data: Change`", errors: "400", handle: (*api).events},
 	}
 }
 

@@ -244,6 +244,20 @@ type RolloutSpec struct {
 	SkipRegistryCheck bool            `json:"skipRegistryCheck,omitempty"`
 	Strategy          Strategy        `json:"strategy"`
 	Abort             AbortCriteria   `json:"abort"`
+	// DryRun (in a request only) checks the spec, the image and the
+	// targets as for creating, and creates nothing: the reply is a DryRun.
+	DryRun bool `json:"dryRun,omitempty"`
+}
+
+// DryRun is the reply of POST /v1/commands and POST /v1/rollouts with
+// dryRun: the gateways that would be targeted, and the registry check of
+// the image from the cloud (absent when skipped or there is no image).
+type DryRun struct {
+	Tenant   string       `json:"tenant"`
+	Gateways []string     `json:"gateways"`
+	Count    int          `json:"count"`
+	Check    *CheckResult `json:"check,omitempty"`
+	Warnings []string     `json:"warnings,omitempty"`
 }
 
 // RolloutTargets selects the gateways: explicit ids, a label selector,

@@ -1,33 +1,89 @@
 // Package changes fans fleet changes (a gateway came online, a command
-// finished, a rollout advanced …) out to the API's event stream.
+// finished, a rollout advanced …) out to the API's event stream, and keeps
+// the most recent ones (History) for a console to list.
 package changes
 
 import (
+	"strings"
 	"sync"
 	"time"
 )
 
+// Severity says how much a change needs an operator: Info, Warning or
+// Error.
+type Severity string
+
+// The severities.
+const (
+	Info    Severity = "info"
+	Warning Severity = "warning"
+	Error   Severity = "error"
+)
+
 // Change is one fleet change, as the API's event stream sends it.
 type Change struct {
-	Kind       string    `json:"kind"` // gateway.online|offline|refused, deployment.status|removed, command.*, credential.*, event
-	At         time.Time `json:"at"`
-	Tenant     string    `json:"tenant,omitempty"`
-	Gateway    string    `json:"gateway,omitempty"`
-	Deployment string    `json:"deployment,omitempty"`
-	Revision   int64     `json:"revision,omitempty"`
-	Phase      string    `json:"phase,omitempty"`
-	Command    string    `json:"command,omitempty"`
-	Batch      string    `json:"batch,omitempty"`
-	State      string    `json:"state,omitempty"`
-	Message    string    `json:"message,omitempty"`
+	Kind string    `json:"kind"` // gateway.online|offline|refused, deployment.status|removed, command.*, credential.*, event
+	At   time.Time `json:"at"`
+	// Severity is Info unless the publisher says otherwise: an agent
+	// event's own severity, a gateway gone offline or a refusal is a
+	// warning, a FAILED deployment or a failed command an error.
+	Severity   Severity `json:"severity"`
+	Tenant     string   `json:"tenant,omitempty"`
+	Gateway    string   `json:"gateway,omitempty"`
+	Deployment string   `json:"deployment,omitempty"`
+	Revision   int64    `json:"revision,omitempty"`
+	Phase      string   `json:"phase,omitempty"`
+	Command    string   `json:"command,omitempty"`
+	Batch      string   `json:"batch,omitempty"`
+	State      string   `json:"state,omitempty"`
+	Message    string   `json:"message,omitempty"`
 }
 
-// Hub fans changes out to subscribers. A subscriber that does not keep up
-// loses changes rather than slowing ingest; it is told so by Lagged. The
-// zero Hub is ready to use.
+// Filter selects changes; an empty field selects all.
+type Filter struct {
+	Tenant  string
+	Gateway string
+	// Kind is a kind ("command.finished") or the first part of some
+	// ("command" selects command.accepted and command.finished).
+	Kind string
+	// Severities, when set, keeps only changes of one of them.
+	Severities []Severity
+}
+
+// Matches reports whether f selects c.
+func (f Filter) Matches(c Change) bool {
+	switch {
+	case f.Tenant != "" && c.Tenant != f.Tenant:
+		return false
+	case f.Gateway != "" && c.Gateway != f.Gateway:
+		return false
+	case f.Kind != "" && c.Kind != f.Kind && !(strings.HasPrefix(c.Kind, f.Kind) && c.Kind[len(f.Kind)] == '.'):
+		return false
+	}
+	if len(f.Severities) == 0 {
+		return true
+	}
+	for _, s := range f.Severities {
+		if c.Severity == s {
+			return true
+		}
+	}
+	return false
+}
+
+// History is how many of the latest changes a Hub keeps.
+const History = 2000
+
+// Hub fans changes out to subscribers and keeps the latest History of
+// them. A subscriber that does not keep up loses changes rather than
+// slowing ingest; it is told so by Lagged. The zero Hub is ready to use.
 type Hub struct {
 	mu   sync.Mutex
 	subs map[*Subscription]struct{} // guarded by mu
+	// ring holds the latest changes, next is where the next one goes;
+	// guarded by mu.
+	ring []Change
+	next int
 }
 
 // Subscription receives changes until Close.
@@ -66,10 +122,20 @@ func (h *Hub) Subscribe(buffer int) *Subscription {
 	return s
 }
 
-// Publish sends c to every subscriber that has room for it.
+// Publish keeps c and sends it to every subscriber that has room for it;
+// a c without a severity is Info.
 func (h *Hub) Publish(c Change) {
+	if c.Severity == "" {
+		c.Severity = Info
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if len(h.ring) < History {
+		h.ring = append(h.ring, c)
+	} else {
+		h.ring[h.next] = c
+	}
+	h.next = (h.next + 1) % History
 	for s := range h.subs {
 		select {
 		case s.C <- c:
@@ -79,4 +145,22 @@ func (h *Hub) Publish(c Change) {
 			s.mu.Unlock()
 		}
 	}
+}
+
+// Recent returns the latest changes f selects, newest first, at most
+// limit of them (all that are kept when limit is 0).
+func (h *Hub) Recent(f Filter, limit int) []Change {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := []Change{}
+	for i := range len(h.ring) {
+		c := h.ring[(h.next-1-i+History)%History] // newest first
+		if !f.Matches(c) {
+			continue
+		}
+		if out = append(out, c); limit > 0 && len(out) == limit {
+			break
+		}
+	}
+	return out
 }

@@ -251,6 +251,12 @@ func (c *Controller) Ingested() uint64 { return c.inv.Ingested() }
 // changes.
 func (c *Controller) Subscribe(buffer int) *changes.Subscription { return c.hub.Subscribe(buffer) }
 
+// Changes lists the latest changes f selects, newest first, at most limit
+// (the hub keeps changes.History of them, in memory only).
+func (c *Controller) Changes(f changes.Filter, limit int) []changes.Change {
+	return c.hub.Recent(f, limit)
+}
+
 func (c *Controller) flushLoop() {
 	defer c.done.Done()
 	cmds := time.NewTicker(250 * time.Millisecond)

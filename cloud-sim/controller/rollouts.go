@@ -44,6 +44,31 @@ func (c *Controller) CreateRollout(ctx context.Context, spec rollout.Spec) (*rol
 	return c.sched.Create(ctx, spec, dep, targets, warnings)
 }
 
+// DryRunRollout checks spec as CreateRollout does (on any replica), and
+// starts nothing: the gateways it would target and the registry check.
+func (c *Controller) DryRunRollout(ctx context.Context, spec rollout.Spec) (*DryRun, error) {
+	dep, err := spec.Validate()
+	if err != nil {
+		return nil, err
+	}
+	_, check, warn, err := c.creds.PrepareChecked(ctx, spec.Tenant, dep.GetImage(), "deployment.image", spec.SkipRegistryCheck)
+	if err != nil {
+		return nil, err
+	}
+	targets, err := c.rolloutTargets(spec)
+	if err != nil {
+		return nil, err
+	}
+	out := &DryRun{Tenant: spec.Tenant, Gateways: make([]string, len(targets)), Check: check}
+	for i, t := range targets {
+		out.Gateways[i] = t.ID
+	}
+	if warn != "" {
+		out.Warnings = []string{warn}
+	}
+	return out, nil
+}
+
 // rolloutTargets lists the gateways a spec targets, in a stable order.
 func (c *Controller) rolloutTargets(spec rollout.Spec) ([]rollout.Target, error) {
 	t := spec.Targets
@@ -127,7 +152,7 @@ func (c *Controller) refuseWork(d rollout.Dispatch, why error) {
 	d.Rollout, d.Gateway, d.CommandID = clip(d.Rollout), clip(d.Gateway), clip(d.CommandID)
 	c.log.Warn("rollout work item refused, not sent: it is not what a stored rollout dispatched (forged on the work queue?)",
 		"rollout", d.Rollout, "gateway", d.Gateway, "command", d.CommandID, "reason", clip(why.Error()))
-	c.hub.Publish(changes.Change{Kind: "rollout.work.refused", At: c.cfg.Now(), Gateway: d.Gateway, Batch: d.Rollout,
+	c.hub.Publish(changes.Change{Kind: "rollout.work.refused", Severity: changes.Warning, At: c.cfg.Now(), Gateway: d.Gateway, Batch: d.Rollout,
 		Command: d.CommandID, Message: clip(why.Error())})
 }
 

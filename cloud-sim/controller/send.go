@@ -97,33 +97,15 @@ func (c *Controller) listed(tenant string, ids []string) ([]*inventory.Gateway, 
 // the registry rejects the credential or has no such image. A
 // set-credentials with plaintext credentials is sealed to each gateway.
 func (c *Controller) Send(ctx context.Context, t Target, cmd *fleetv1.Command, opts SendOptions) (*dispatch.BatchView, error) {
-	verb := topic.VerbOf(cmd)
-	if verb == "" {
-		return nil, errdefs.Invalid("command", "has no body: give one of deploy, remove, start, stop, restart, setCredentials, deleteCredentials, checkRegistry, rebirth")
-	}
-	gws, err := c.resolve(t)
+	p, err := c.prepare(ctx, t, cmd, opts)
 	if err != nil {
 		return nil, err
 	}
-	b := &dispatch.Batch{ID: dispatch.NewID("b"), Verb: string(verb), Tenant: t.Tenant, CreatedAt: c.cfg.Now()}
-	var ahead *fleetv1.Credential // sent ahead of a deploy
-	if spec := cmd.GetDeploy().GetSpec(); spec != nil && spec.GetImage() != "" {
-		cred, warn, err := c.creds.Prepare(ctx, t.Tenant, spec.GetImage(), "command.deploy.spec.image", opts.SkipRegistryCheck)
-		if err != nil {
-			return nil, err
-		}
-		if ahead = cred; warn != "" {
-			b.Warnings = append(b.Warnings, warn)
-		}
-	}
-	plain, err := plainCredentials(cmd)
-	if err != nil {
-		return nil, err
-	}
-	for _, cr := range plain {
+	b := &dispatch.Batch{ID: dispatch.NewID("b"), Verb: string(p.verb), Tenant: t.Tenant, CreatedAt: c.cfg.Now(), Warnings: p.warnings}
+	for _, cr := range p.plain {
 		c.creds.Stamp(t.Tenant, cr) // what the gateways will report holding
 	}
-	jobs := c.jobs(b, gws, cmd, ahead, plain, opts.ExpiresIn)
+	jobs := c.jobs(b, p.gws, cmd, p.ahead, p.plain, opts.ExpiresIn)
 	if err := c.disp.Record(ctx, b, jobs); err != nil {
 		return nil, err
 	}
@@ -134,6 +116,68 @@ func (c *Controller) Send(ctx context.Context, t Target, cmd *fleetv1.Command, o
 	})
 	v, _ := c.disp.Batch(b.ID)
 	return v, nil
+}
+
+// prepared is a command Send has checked and is about to send.
+type prepared struct {
+	verb topic.Verb
+	gws  []*inventory.Gateway
+	// ahead is the tenant's credential sent ahead of a deploy, check the
+	// registry check of its image (nil when skipped).
+	ahead *fleetv1.Credential
+	check *tenantcred.CheckResult
+	// plain are a set-credentials' credentials, to seal to each gateway.
+	plain    []*fleetv1.Credential
+	warnings []string
+}
+
+// prepare checks what Send is asked to send, sending and storing nothing:
+// the command's body, the target, a deploy's image and credential against
+// the registry, a set-credentials' credentials.
+func (c *Controller) prepare(ctx context.Context, t Target, cmd *fleetv1.Command, opts SendOptions) (*prepared, error) {
+	p := &prepared{verb: topic.VerbOf(cmd)}
+	if p.verb == "" {
+		return nil, errdefs.Invalid("command", "has no body: give one of deploy, remove, start, stop, restart, setCredentials, deleteCredentials, checkRegistry, rebirth")
+	}
+	var err error
+	if p.gws, err = c.resolve(t); err != nil {
+		return nil, err
+	}
+	if spec := cmd.GetDeploy().GetSpec(); spec != nil && spec.GetImage() != "" {
+		cred, check, warn, err := c.creds.PrepareChecked(ctx, t.Tenant, spec.GetImage(), "command.deploy.spec.image", opts.SkipRegistryCheck)
+		if err != nil {
+			return nil, err
+		}
+		if p.ahead, p.check = cred, check; warn != "" {
+			p.warnings = append(p.warnings, warn)
+		}
+	}
+	if p.plain, err = plainCredentials(cmd); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// DryRun is what Send would do, had it been asked: the gateways it would
+// send to, and the registry check of a deploy's image (nil when skipped).
+type DryRun struct {
+	Tenant   string
+	Gateways []string
+	Check    *tenantcred.CheckResult
+	Warnings []string
+}
+
+// DryRun checks everything Send checks, and sends and stores nothing.
+func (c *Controller) DryRun(ctx context.Context, t Target, cmd *fleetv1.Command, opts SendOptions) (*DryRun, error) {
+	p, err := c.prepare(ctx, t, cmd, opts)
+	if err != nil {
+		return nil, err
+	}
+	out := &DryRun{Tenant: t.Tenant, Gateways: make([]string, len(p.gws)), Check: p.check, Warnings: p.warnings}
+	for i, g := range p.gws {
+		out.Gateways[i] = g.ID
+	}
+	return out, nil
 }
 
 // plainCredentials are the credentials of a set-credentials in plain
@@ -187,6 +231,11 @@ func (c *Controller) jobs(b *dispatch.Batch, gws []*inventory.Gateway, cmd *flee
 
 // Command returns one command.
 func (c *Controller) Command(id string) (*dispatch.Command, bool) { return c.disp.Command(id) }
+
+// Commands lists the commands f selects, newest first, at most limit.
+func (c *Controller) Commands(f dispatch.Filter, limit int) []*dispatch.Command {
+	return c.disp.Commands(f, limit)
+}
 
 // Batch returns a batch with its commands.
 func (c *Controller) Batch(id string) (*dispatch.BatchView, bool) { return c.disp.Batch(id) }

@@ -2,10 +2,13 @@ package dispatch
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/fleet-agent/fleet/cloud-sim/changes"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
@@ -137,4 +140,69 @@ func TestResendOnStart(t *testing.T) {
 	if got := pub.published(); len(got) != 1 || got[0] != want {
 		t.Errorf("resent %v, want [%s]", got, want)
 	}
+}
+
+func TestCommands(t *testing.T) {
+	hub := new(changes.Hub)
+	d, err := New(Config{Store: openStore(t), Cipher: plain{}, Changes: hub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Start(&fakePublisher{})
+	defer d.Close()
+	b1 := sendRebirth(t, d)
+	b2 := &Batch{ID: NewID("b"), Verb: "restart", Tenant: "beta", CreatedAt: time.Now().Add(time.Second)}
+	j := NewJob(b2, "beta", "gw-9", true, &fleetv1.Command{Body: &fleetv1.Command_Restart{Restart: &fleetv1.DeploymentRef{Name: "web"}}}, 0)
+	if err := d.Record(context.Background(), b2, []Job{j}); err != nil {
+		t.Fatal(err)
+	}
+	gw1 := d.mustBatch(t, b1.ID).Commands[0]
+	d.Reply("acme", "gw-1", &fleetv1.Reply{CommandId: gw1.ID, Result: fleetv1.Reply_FAILED, Code: fleetv1.Reply_NOT_FOUND, Message: "no"}, time.Now())
+	tests := []struct {
+		name string
+		f    Filter
+		lim  int
+		want []string // gateways, newest first; gw-1 and gw-2's were sent at once
+	}{
+		{"all", Filter{}, 0, []string{"gw-9", "gw-2", "gw-1"}},
+		{"limit", Filter{}, 1, []string{"gw-9"}},
+		{"tenant", Filter{Tenant: "acme"}, 0, []string{"gw-2", "gw-1"}},
+		{"gateway", Filter{Gateway: "gw-1"}, 0, []string{"gw-1"}},
+		{"verb", Filter{Verb: "restart"}, 0, []string{"gw-9"}},
+		{"state", Filter{State: Failed}, 0, []string{"gw-1"}},
+		{"code", Filter{Code: "NOT_FOUND"}, 0, []string{"gw-1"}},
+		{"batch", Filter{Batch: b1.ID}, 0, []string{"gw-2", "gw-1"}},
+		{"none", Filter{Tenant: "nope"}, 0, []string{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := []string{}
+			list := d.Commands(tt.f, tt.lim)
+			for i, c := range list {
+				got = append(got, c.Gateway)
+				if i > 0 && c.SentAt.After(list[i-1].SentAt) {
+					t.Errorf("%s sent after %s, listed later", c.ID, list[i-1].ID)
+				}
+			}
+			if tied := slices.Index(got, "gw-2"); tied > 0 && got[tied-1] == "gw-1" {
+				got[tied-1], got[tied] = got[tied], got[tied-1] // the ids decide: either order
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+	fin := hub.Recent(changes.Filter{Kind: "command.finished"}, 0)
+	if len(fin) != 1 || fin[0].Severity != changes.Error {
+		t.Errorf("command.finished changes %+v, want one of severity error", fin)
+	}
+}
+
+func (d *Dispatcher) mustBatch(t *testing.T, id string) *BatchView {
+	t.Helper()
+	v, ok := d.Batch(id)
+	if !ok {
+		t.Fatalf("no batch %s", id)
+	}
+	return v
 }

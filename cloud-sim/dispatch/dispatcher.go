@@ -314,7 +314,11 @@ func (d *Dispatcher) finish(id string, st State, code, msg, field string, reply 
 	d.dirty[id] = struct{}{}
 	cmd := rec.Command
 	d.mu.Unlock()
-	d.hub.Publish(changes.Change{Kind: "command.finished", At: cmd.FinishedAt, Tenant: cmd.Tenant, Gateway: cmd.Gateway,
+	sev := changes.Info
+	if st != Succeeded {
+		sev = changes.Error
+	}
+	d.hub.Publish(changes.Change{Kind: "command.finished", Severity: sev, At: cmd.FinishedAt, Tenant: cmd.Tenant, Gateway: cmd.Gateway,
 		Command: id, Batch: cmd.Batch, State: string(st), Message: msg})
 	return cmd
 }

@@ -190,13 +190,17 @@ func (g *Gateway) apply(t topic.Topic, msg any, at time.Time) (changes.Change, b
 		}
 	case *fleetv1.Death:
 		if g.applyDeath(m, at) {
-			return changes.Change{Kind: "gateway.offline", Tenant: g.Tenant, Gateway: g.ID, Message: g.DeathReason}, true
+			return changes.Change{Kind: "gateway.offline", Severity: changes.Warning, Tenant: g.Tenant, Gateway: g.ID, Message: g.DeathReason}, true
 		}
 	case *fleetv1.DeploymentStatus:
 		g.applyStatus(t.Deployment, m, at)
 		g.LastSeen = at
 		if d := g.Deployments[t.Deployment]; d != nil {
-			return changes.Change{Kind: "deployment.status", Tenant: g.Tenant, Gateway: g.ID, Deployment: t.Deployment,
+			sev := changes.Info
+			if d.Phase == Failed {
+				sev = changes.Error
+			}
+			return changes.Change{Kind: "deployment.status", Severity: sev, Tenant: g.Tenant, Gateway: g.ID, Deployment: t.Deployment,
 				Revision: d.Revision, Phase: d.Phase.String(), Message: d.Message}, true
 		}
 	case nil:
@@ -209,9 +213,21 @@ func (g *Gateway) apply(t topic.Topic, msg any, at time.Time) (changes.Change, b
 		g.Running = m.GetRunningCount()
 	case *fleetv1.Event:
 		g.LastSeen = at
-		return changes.Change{Kind: "event", Tenant: g.Tenant, Gateway: g.ID, Deployment: m.GetDeployment(), Message: m.GetKind() + ": " + m.GetMessage()}, true
+		return changes.Change{Kind: "event", Severity: severityOf(m.GetSeverity()), Tenant: g.Tenant, Gateway: g.ID, Deployment: m.GetDeployment(),
+			Message: m.GetKind() + ": " + m.GetMessage()}, true
 	}
 	return changes.Change{}, false
+}
+
+// severityOf is an agent event's severity as a change's.
+func severityOf(s fleetv1.Event_Severity) changes.Severity {
+	switch s {
+	case fleetv1.Event_WARNING:
+		return changes.Warning
+	case fleetv1.Event_ERROR:
+		return changes.Error
+	}
+	return changes.Info
 }
 
 // Touch records that a gateway was heard from (a reply) at at.

@@ -150,7 +150,7 @@ func (g *Gateway) noteRefusal(limit Limit, msg string, at time.Time) (changes.Ch
 		return changes.Change{}, false
 	}
 	r.reported = at
-	return changes.Change{Kind: "gateway.refused", Tenant: g.Tenant, Gateway: g.ID, Message: msg, At: at}, true
+	return changes.Change{Kind: "gateway.refused", Severity: changes.Warning, Tenant: g.Tenant, Gateway: g.ID, Message: msg, At: at}, true
 }
 
 // clip cuts s to at most n bytes, on a character boundary.

@@ -193,7 +193,11 @@ func (run *Run) end(st State, reason string, now time.Time) {
 			run.dirty[id] = struct{}{}
 		}
 	}
-	run.note(changes.Change{Kind: "rollout." + lower(string(st)), At: now, Tenant: r.Spec.Tenant, Batch: r.ID, State: string(st), Message: reason})
+	sev := changes.Info
+	if st == Failed || st == Aborted {
+		sev = changes.Error
+	}
+	run.note(changes.Change{Kind: "rollout." + lower(string(st)), Severity: sev, At: now, Tenant: r.Spec.Tenant, Batch: r.ID, State: string(st), Message: reason})
 }
 
 // CommandID is the deterministic id of a rollout's deploy ("deploy") or

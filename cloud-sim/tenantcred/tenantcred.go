@@ -360,16 +360,23 @@ func (c *Credentials) deliverable(rec *Credential, cr *fleetv1.Credential) *flee
 // registry the cloud cannot reach (one inside a site's network) gives a
 // warning, not a refusal; a refusal is a *RegistryError.
 func (c *Credentials) Prepare(ctx context.Context, tenant, image, field string, skip bool) (*fleetv1.Credential, string, error) {
+	cred, _, warn, err := c.PrepareChecked(ctx, tenant, image, field, skip)
+	return cred, warn, err
+}
+
+// PrepareChecked is Prepare that also returns the registry check's
+// result (nil when skipped).
+func (c *Credentials) PrepareChecked(ctx context.Context, tenant, image, field string, skip bool) (*fleetv1.Credential, *CheckResult, string, error) {
 	rec, cr, err := c.credentialFor(tenant, image)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, "", err
 	}
 	var send *fleetv1.Credential
 	if rec != nil {
 		send = c.deliverable(rec, cr)
 	}
 	if skip {
-		return send, "", nil
+		return send, nil, "", nil
 	}
 	res := c.checkWith(ctx, send, image)
 	if rec != nil {
@@ -379,11 +386,11 @@ func (c *Credentials) Prepare(ctx context.Context, tenant, image, field string, 
 	}
 	switch {
 	case res.OK:
-		return send, "", nil
+		return send, res, "", nil
 	case res.Code == fleetv1.Reply_REGISTRY_UNREACHABLE.String():
-		return send, fmt.Sprintf("registry check skipped: the cloud cannot reach the registry of %s (%s); gateways may", image, res.Message), nil
+		return send, res, fmt.Sprintf("registry check skipped: the cloud cannot reach the registry of %s (%s); gateways may", image, res.Message), nil
 	}
-	return nil, "", &RegistryError{Err: &errdefs.FieldError{Field: field, Kind: codeErr(res.Code),
+	return nil, res, "", &RegistryError{Err: &errdefs.FieldError{Field: field, Kind: codeErr(res.Code),
 		Msg: fmt.Sprintf("checked from the cloud before sending: %s; no gateway was touched (fix the image or the tenant's credential, or skip the check)", res.Message)}}
 }
 

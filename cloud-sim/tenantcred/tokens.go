@@ -76,7 +76,7 @@ func (c *Credentials) reissue(ctx context.Context, rec *Credential) bool {
 	}
 	if err != nil {
 		c.log.Warn("ECR token not re-issued; gateways keep the current one", "tenant", rec.Tenant, "registry", rec.Registry, "err", err)
-		c.hub.Publish(changes.Change{Kind: "credential.refresh-failed", At: c.cfg.Now(), Tenant: rec.Tenant, Message: fmt.Sprintf("%s: %v", rec.Registry, err)})
+		c.hub.Publish(changes.Change{Kind: "credential.refresh-failed", Severity: changes.Error, At: c.cfg.Now(), Tenant: rec.Tenant, Message: fmt.Sprintf("%s: %v", rec.Registry, err)})
 		return false
 	}
 	c.mu.Lock()
