@@ -29,9 +29,9 @@ func TestMetricsChart(t *testing.T) {
 			name: "a line, sorted by time, clamped to 0–100",
 			samples: []metricSample{
 				{At: at(0), Load1: 8, CPUs: 4, MemoryUsedPercent: -5, DiskUsedPercent: 50},
-				{At: at(60), Load1: 0, CPUs: 4, MemoryUsedPercent: 50, DiskUsedPercent: 50},
+				{At: at(4), Load1: 0, CPUs: 4, MemoryUsedPercent: 50, DiskUsedPercent: 50},
 			},
-			wantPaths: []string{"M40.0,146.0 L630.0,10.0", "M40.0,78.0 L630.0,146.0", "M40.0,78.0 L630.0,78.0"},
+			wantPaths: []string{"M590.7,146.0 L630.0,10.0", "M590.7,78.0 L630.0,146.0", "M590.7,78.0 L630.0,78.0"},
 		},
 		{
 			name: "a silence over 5 minutes breaks the line",

@@ -1,0 +1,166 @@
+package scenarios
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/internal/testenv"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+// fleetCloud starts a cloud with n simulated gateways, waits for all of
+// them online and, with deploy, runs deployment "web" on each.
+func fleetCloud(t *testing.T, n int, deploy bool) *cloud {
+	t.Helper()
+	c := startCloud(t, n)
+	testenv.Eventually(t, fmt.Sprintf("%d simulated gateways online", n), func() bool {
+		var l api.GatewayList
+		c.get(t, "/v1/gateways?tenant=sim&limit=1", &l)
+		return l.Online == n
+	})
+	if deploy {
+		b := c.send(t, api.Target{Tenant: "sim", All: true}, &fleetv1.Command{Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{
+			Spec: &fleetv1.DeploymentSpec{Name: "web", Revision: 1, Image: "registry.example.com/web:1"}}}}, "30s")
+		if b.Counts[api.StateSucceeded] != n {
+			t.Fatalf("deploy web: %v", b.Counts)
+		}
+	}
+	return c
+}
+
+// deprovision deletes a gateway's identity through the API, which
+// disconnects it.
+func (c *cloud) deprovision(t *testing.T, tenant, id string) {
+	t.Helper()
+	var d api.Deprovisioned
+	if err := c.api.Do(context.Background(), "POST", "/v1/gateways/"+tenant+"/"+id+"/deprovision", nil, &d, nil); err != nil {
+		t.Fatalf("deprovision %s/%s: %v", tenant, id, err)
+	}
+}
+
+// rowIDs lists the gateway ids of the gateways table, in order.
+func rowIDs(b *browser) []string {
+	b.t.Helper()
+	return value(b, "the gateways table", chromedp.Evaluate[[]string](
+		`[...document.querySelectorAll("table.gateways tbody tr[data-id]")].map(r => r.dataset.id)`))
+}
+
+// TestConsoleFleetOverview: the overview's counts are the API's, and
+// change without a reload when a gateway goes offline.
+func TestConsoleFleetOverview(t *testing.T) {
+	c := fleetCloud(t, 25, true)
+	var l api.GatewayList
+	c.get(t, "/v1/gateways?limit=1", &l)
+	b := openConsole(t, c)
+	for sel, want := range map[string]int{"#count-total": l.Total, "#count-online": l.Online, "#count-offline": l.Total - l.Online, "#count-stale": l.Stale} {
+		if got := b.text(sel); got != fmt.Sprint(want) {
+			t.Errorf("%s = %s, want the API's %d", sel, got, want)
+		}
+	}
+	if got := b.text("#count-deployments"); got != "25" {
+		t.Errorf("deployments = %s, want 25", got)
+	}
+	b.screenshot("fleet-overview")
+	c.deprovision(t, "sim", "sim-25")
+	b.eventually("24 online, live", "#count-online", func(s string) bool { return s == "24" })
+	if got := b.text("#count-offline"); got != "1" {
+		t.Errorf("offline = %s after sim-25 went away, want 1", got)
+	}
+}
+
+// TestConsoleFleetGateways: filters from the query string, natural order
+// across pages whose links keep the filters, and a bulk restart from the
+// table that reaches SUCCEEDED.
+func TestConsoleFleetGateways(t *testing.T) {
+	c := fleetCloud(t, 25, true)
+	b := openConsole(t, c)
+	tests := []struct {
+		query string
+		want  []string
+	}{
+		{"selector=site%3Dsite-1", []string{"sim-1", "sim-11", "sim-21"}},
+		{"q=SIM-2", []string{"sim-2", "sim-20", "sim-21", "sim-22", "sim-23", "sim-24", "sim-25"}},
+		{"tenant=nobody", nil},
+	}
+	for _, tt := range tests {
+		b.run(tt.query, chromedp.Navigate(b.base+"/gateways?"+tt.query), chromedp.WaitVisible(chromedp.CSS(`table.gateways`)))
+		if got := rowIDs(b); fmt.Sprint(got) != fmt.Sprint(tt.want) {
+			t.Errorf("%s: rows %v, want %v", tt.query, got, tt.want)
+		}
+	}
+	b.run("page 1 of 10", chromedp.Navigate(b.base+"/gateways?tenant=sim&limit=10"), chromedp.WaitVisible(chromedp.CSS(`#page-next`)))
+	ids := rowIDs(b)
+	if len(ids) != 10 || ids[0] != "sim-1" || ids[9] != "sim-10" {
+		t.Fatalf("page 1: %v, want sim-1 … sim-10", ids)
+	}
+	b.run("next page", chromedp.Click(chromedp.CSS(`#page-next`)), chromedp.WaitVisible(chromedp.CSS(`#page-prev`)))
+	if ids := rowIDs(b); len(ids) != 10 || ids[0] != "sim-11" || ids[9] != "sim-20" {
+		t.Errorf("page 2: %v, want sim-11 … sim-20", ids)
+	}
+	loc := value(b, "the location", chromedp.Evaluate[string](`location.search`))
+	if !strings.Contains(loc, "tenant=sim") || !strings.Contains(loc, "limit=10") || !strings.Contains(loc, "page=2") {
+		t.Errorf("page 2's URL %q lost the filters", loc)
+	}
+
+	// Bulk: restart web on the page's ten gateways.
+	b.run("select the page and restart web",
+		chromedp.Click(chromedp.CSS(`#select-page`)),
+		chromedp.SendKeys(chromedp.CSS(`#bulk-deployment`), "web"),
+		chromedp.Click(chromedp.CSS(`#bulk-send`)),
+	)
+	b.eventually("the batch's outcome", "#bulk-result", func(s string) bool { return strings.Contains(s, "done") })
+	if got := b.text("#bulk-result"); !strings.Contains(got, "SUCCEEDED 10") || !strings.Contains(got, "restart web") {
+		t.Errorf("outcome %q, want restart web SUCCEEDED 10", got)
+	}
+	batch := value(b, "the batch link", chromedp.AttributeValue(chromedp.CSS(`#bulk-result a`), "href"))
+	if !strings.HasPrefix(batch.Value, "/commands?batch=") {
+		t.Errorf("batch link %q", batch.Value)
+	}
+	b.screenshot("gateways")
+}
+
+// TestConsoleFleetGateway: a gateway's page shows its birth's facts and a
+// deployment made through the API, and restarts it.
+func TestConsoleFleetGateway(t *testing.T) {
+	c := fleetCloud(t, 3, true)
+	g := c.gateway(t, "sim", "sim-2")
+	b := openConsole(t, c)
+	b.run("the gateway page", chromedp.Navigate(b.base+"/gateways/sim/sim-2"), chromedp.WaitVisible(chromedp.CSS(`#deployments`)))
+	if got := b.text("#fact-host"); g.Host == nil || got != g.Host.Hostname {
+		t.Errorf("host %q, want the birth's %+v", got, g.Host)
+	}
+	if got := b.text("#fact-key"); !strings.HasPrefix(got, "sha256:") || strings.Contains(got, g.PublicKey) {
+		t.Errorf("public key shown as %q, want a fingerprint, never the key", got)
+	}
+	if got := b.text(`#deployments tr[data-deployment="web"]`); !strings.Contains(got, "RUNNING") || !strings.Contains(got, "registry.example.com/web:1") {
+		t.Errorf("deployment row %q, want web RUNNING with its image", got)
+	}
+	b.run("restart web", chromedp.Click(chromedp.CSS(`#deployments button[data-action="restart"][data-deployment="web"]`)))
+	b.eventually("the restart's outcome", "#action-result", func(s string) bool { return strings.Contains(s, "SUCCEEDED") })
+	b.screenshot("gateway")
+}
+
+// TestConsoleFleetEvents: the events page adds a new event live, and
+// keeps to its filters.
+func TestConsoleFleetEvents(t *testing.T) {
+	c := fleetCloud(t, 3, false)
+	b := openConsole(t, c)
+	b.run("the events of sim-2", chromedp.Navigate(b.base+"/events?tenant=sim&gateway=sim-2"), chromedp.WaitVisible(chromedp.CSS(`#change-rows`)))
+	b.eventually("the event stream open", "#live-status", func(s string) bool { return s == "Live" })
+	c.send(t, api.Target{Tenant: "sim", Gateways: []string{"sim-1"}}, rebirthCmd(), "10s")
+	c.send(t, api.Target{Tenant: "sim", Gateways: []string{"sim-2"}}, rebirthCmd(), "10s")
+	b.eventually("sim-2's command, live", "#change-rows", func(s string) bool { return strings.Contains(s, "command.finished") })
+	if got := b.text("#change-rows"); strings.Contains(got, "sim/sim-1") {
+		t.Errorf("rows %q show sim-1, outside the filter", got)
+	}
+	b.run("all events", chromedp.Navigate(b.base+"/events"), chromedp.WaitVisible(chromedp.CSS(`#change-rows`)))
+	if got := b.text("#change-rows"); !strings.Contains(got, "sim/sim-1") || !strings.Contains(got, "gateway.online") {
+		t.Errorf("recent events %q, want sim-1's and the births", got)
+	}
+	b.screenshot("events")
+}
