@@ -1,0 +1,117 @@
+package console
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/changes"
+)
+
+// fakeAPI answers the API paths the fleet pages call with canned replies,
+// and remembers the queries it was asked.
+type fakeAPI struct {
+	replies map[string]any // by path
+	queries map[string]string
+}
+
+func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.queries[r.URL.Path] = r.URL.RawQuery
+	v, ok := f.replies[r.URL.Path]
+	if !ok {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"error":"no route","code":"NOT_FOUND"}`))
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// newFleetConsole is a console without login on a fake API.
+func newFleetConsole(t testing.TB, h http.Handler) *Console {
+	t.Helper()
+	c, err := New(Config{API: h, APIHost: "console.test", NoAuth: true, Origins: api.NewOrigins([]string{"console.test"}), Sessions: NewSessions(nil),
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func sampleGateway(now time.Time) *api.Gateway {
+	return &api.Gateway{Tenant: "acme", ID: "gw-2", Online: true, Session: 3, DeathSession: 2, DeathReason: "connection_lost",
+		ConnectedAt: now.Add(-time.Hour), LastSeen: now, AgentVersion: "1.4.0", ProtocolVersion: 1,
+		Host:   &api.Host{Hostname: "edge-2", OS: "linux", Arch: "arm64", CPUs: 4, MemoryBytes: 4 << 30},
+		Engine: &api.Engine{Name: "docker", Version: "27.1", Reachable: true}, Labels: map[string]string{"site": "berlin"}, Groups: []string{"edge"},
+		Capabilities: []string{"deploy", "json"}, PublicKey: "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=", Provisioned: true,
+		Deployments: map[string]*api.Deployment{"web": {Name: "web", Revision: 2, Phase: "FAILED", Health: "unhealthy", Image: "registry.example.com/web:2",
+			Digest: "sha256:0123456789abcdef0123456789abcdef", Code: "UNHEALTHY", Message: "health check failed 3 times", RestartCount: 4, UpdatedAt: now}},
+		Registries: []api.Registry{{Registry: "ghcr.io", Kind: "basic", Username: "bot", Fingerprint: "fp:abc", ExpiresAt: now.Add(24 * time.Hour)}}}
+}
+
+func TestFleetPages(t *testing.T) {
+	now := time.Now()
+	g := sampleGateway(now)
+	f := &fakeAPI{queries: map[string]string{}, replies: map[string]any{
+		"/v1/gateways":                   api.GatewayList{Count: 1, Online: 1, Total: 1, Gateways: []*api.Gateway{g}},
+		"/v1/gateways/acme/gw-2":         g,
+		"/v1/rollouts":                   map[string]any{"rollouts": []*api.RolloutView{{Rollout: api.Rollout{ID: "r-1", State: "RUNNING", Phase: "BATCHES", Spec: api.RolloutSpec{Name: "web-2", Tenant: "acme"}}, Total: 10, SucceededPct: 40, Active: true}}},
+		"/v1/changes":                    map[string]any{"changes": []changes.Change{{Kind: "deployment.status", At: now, Severity: changes.Error, Tenant: "acme", Gateway: "gw-2", Deployment: "web", Phase: "FAILED", Message: "unhealthy"}}},
+		"/v1/gateways/acme/gw-2/metrics": map[string]any{"samples": []metricSample{{At: now.Add(-time.Minute), Load1: 1, CPUs: 4, MemoryUsedPercent: 40, DiskUsedPercent: 60}, {At: now, Load1: 2, CPUs: 4, MemoryUsedPercent: 42, DiskUsedPercent: 60}}},
+	}}
+	c := newFleetConsole(t, f)
+	tests := []struct {
+		path      string
+		want      []string
+		wantQuery map[string]string // API path → query it was asked
+		notWant   []string
+	}{
+		{path: "/", want: []string{`id="count-total">1<`, `id="count-online">1<`, `id="count-offline">0<`, "1.4.0", "docker 27.1", "web-2", "acme/gw-2", "ghcr.io", "health check failed"}},
+		{path: "/gateways?tenant=acme&selector=site%3Dberlin&q=gw&page=2&limit=10", want: []string{`data-id="gw-2"`, "site=berlin", "edge", "FAILED", `value="site=berlin"`},
+			wantQuery: map[string]string{"/v1/gateways": "limit=10&offset=10&q=gw&selector=site%3Dberlin&tenant=acme"}},
+		{path: "/gateways/acme/gw-2", want: []string{"edge-2", "linux/arm64", "sha256:", "UNHEALTHY", "health check failed 3 times", "ghcr.io", "fp:abc", "connection_lost", "<svg", "CPU load per CPU: <strong>50%</strong>", "deployment.status"},
+			notWant:   []string{g.PublicKey},
+			wantQuery: map[string]string{"/v1/changes": "gateway=gw-2&limit=25&tenant=acme"}},
+		{path: "/events?tenant=acme&severity=warning%2Cerror", want: []string{"deployment.status", `data-severity="warning,error"`, "sev-error"},
+			wantQuery: map[string]string{"/v1/changes": "limit=200&severity=warning%2Cerror&tenant=acme"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			c.ServeHTTP(rec, httptest.NewRequest("GET", "http://console.test"+tt.path, nil))
+			body := rec.Body.String()
+			if rec.Code != http.StatusOK {
+				t.Fatalf("status %d: %s", rec.Code, body)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(body, w) {
+					t.Errorf("page lacks %q", w)
+				}
+			}
+			for _, w := range tt.notWant {
+				if strings.Contains(body, w) {
+					t.Errorf("page shows %q", w)
+				}
+			}
+			for p, q := range tt.wantQuery {
+				if f.queries[p] != q {
+					t.Errorf("asked %s?%s, want ?%s", p, f.queries[p], q)
+				}
+			}
+		})
+	}
+}
+
+// testWriter writes a logger's lines through t.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
