@@ -5,7 +5,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 PROTOC_GEN_GO_VERSION := v1.36.12
 STATICCHECK_VERSION   := v0.6.1
 
-.PHONY: all build test demo bench proto check-proto lint dist clean
+.PHONY: all build test demo bench screenshots proto check-proto lint dist clean
 
 all: build
 
@@ -22,6 +22,10 @@ test:
 
 demo: build
 	./bin/cloud-sim demo
+
+# The console's screenshots in docs/console/, taken by its browser tests.
+screenshots:
+	CONSOLE_SCREENSHOTS=1 $(GO) test ./scenarios/ -run 'TestConsole' -count 1
 
 # Benchmarks: figures go to docs/benchmarks.md with this command.
 bench:

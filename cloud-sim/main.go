@@ -187,7 +187,7 @@ func runServe(ctx context.Context, out io.Writer, cfg serve.Config) error {
 	if s.Broker != nil && s.Broker.TLSURL() != "" {
 		fmt.Fprintf(out, "  MQTT TLS     %s\n", s.Broker.TLSURL())
 	}
-	fmt.Fprintf(out, "  NATS         %s\n  HTTP API     %s\n", s.NATSURL, s.APIURL)
+	fmt.Fprintf(out, "  NATS         %s\n  HTTP API     %s\n  web console  %s/ (log in with the API token)\n", s.NATSURL, s.APIURL, s.APIURL)
 	if s.NATSCreds != "" {
 		fmt.Fprintf(out, "  NATS login   %s (other replicas: --nats %s --nats-creds FILE)\n", s.NATSCreds, s.NATSURL)
 	}
@@ -285,13 +285,34 @@ func demoCmd() *cobra.Command {
 	}
 	sims := cmd.Flags().Int("sim-count", 30, "simulated gateways beside the real agent")
 	verbose := cmd.Flags().BoolP("verbose", "v", false, "log at info level")
+	keep := cmd.Flags().String("serve", "auto", "after the demo, keep serving the console until Ctrl-C: yes, no, or auto (yes when the output is a terminal)")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		if err := demo.Run(cmd.Context(), cmd.OutOrStdout(), logger(*verbose, "info"), demo.Options{SimCount: *sims}); err != nil {
+		opts := demo.Options{SimCount: *sims}
+		switch *keep {
+		case "yes":
+			opts.Serve = true
+		case "no":
+		case "auto":
+			opts.Serve = isTerminal(cmd.OutOrStdout())
+		default:
+			return cli.Usagef("--serve %q: say yes, no or auto", *keep)
+		}
+		if err := demo.Run(cmd.Context(), cmd.OutOrStdout(), logger(*verbose, "info"), opts); err != nil {
 			return fmt.Errorf("failed: %w", err)
 		}
 		return nil
 	}
 	return cmd
+}
+
+// isTerminal reports whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 func brokerCmd() *cobra.Command {

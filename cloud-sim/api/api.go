@@ -200,6 +200,10 @@ func intParam(q url.Values, name string, def, max int) (int, error) {
 	return min(n, max), nil
 }
 
+func (a *api) overview(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, overviewOf(a.c.Overview(r.URL.Query().Get("tenant"))))
+}
+
 func (a *api) gateway(w http.ResponseWriter, r *http.Request) (*Gateway, bool) {
 	g, ok := a.c.Gateway(r.PathValue("tenant"), r.PathValue("id"))
 	if !ok {
@@ -213,6 +217,15 @@ func (a *api) getGateway(w http.ResponseWriter, r *http.Request) {
 	if g, ok := a.gateway(w, r); ok {
 		writeJSON(w, http.StatusOK, g)
 	}
+}
+
+func (a *api) getMetrics(w http.ResponseWriter, r *http.Request) {
+	list, cpus, ok := a.c.Metrics(r.PathValue("tenant"), r.PathValue("id"))
+	if !ok {
+		a.fail(w, &errdefs.FieldError{Field: "id", Kind: errdefs.ErrNotFound, Msg: fmt.Sprintf("no gateway %s/%s in the inventory", r.PathValue("tenant"), r.PathValue("id"))})
+		return
+	}
+	writeJSON(w, http.StatusOK, metricsOf(list, cpus))
 }
 
 func (a *api) getDeployments(w http.ResponseWriter, r *http.Request) {

@@ -19,10 +19,22 @@ import (
 
 // TestGuard: what the guard refuses before any handler runs, and what it
 // lets through (the CLI, curl, the console on the same origin).
+// fakeSessions has one live console session, cookie s=live, whose CSRF
+// token is "c".
+type fakeSessions struct{}
+
+func (fakeSessions) Authorized(r *http.Request) bool {
+	ck, err := r.Cookie("s")
+	if err != nil || ck.Value != "live" {
+		return false
+	}
+	return r.Method == "GET" || r.Header.Get("X-CSRF-Token") == "c"
+}
+
 func TestGuard(t *testing.T) {
 	const self = "127.0.0.1:8080"
 	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
-	g := newGuard(Config{Token: testToken, AllowedHosts: []string{self, "localhost:8080", "fleet.example.com", "console.example.com:8443"}}, ok)
+	g := newGuard(Config{Token: testToken, AllowedHosts: []string{self, "localhost:8080", "fleet.example.com", "console.example.com:8443"}, Sessions: fakeSessions{}}, ok)
 	bearer := "Bearer " + testToken
 	tests := []struct {
 		name, method, path, body string
@@ -59,6 +71,11 @@ func TestGuard(t *testing.T) {
 		{name: "same-origin console", method: "POST", path: "/v1/commands", body: "{}", header: map[string]string{"Authorization": bearer, "Content-Type": "application/json", "Origin": "http://" + self, "Sec-Fetch-Site": "same-origin"}, want: 200},
 		{name: "same-origin console behind an allowed name", method: "GET", path: "/v1/gateways", host: "console.example.com:8443", header: map[string]string{"Authorization": bearer, "Origin": "https://console.example.com:8443", "Sec-Fetch-Site": "same-origin"}, want: 200},
 		{name: "typed into the address bar", method: "GET", path: "/healthz", header: map[string]string{"Sec-Fetch-Site": "none"}, want: 200},
+		{name: "console session reads", method: "GET", path: "/v1/gateways", header: map[string]string{"Cookie": "s=live", "Sec-Fetch-Site": "same-origin"}, want: 200},
+		{name: "console session changes with its CSRF token", method: "POST", path: "/v1/commands", body: "{}", header: map[string]string{"Cookie": "s=live", "X-CSRF-Token": "c", "Content-Type": "application/json", "Origin": "http://" + self}, want: 200},
+		{name: "console session changes without a CSRF token", method: "POST", path: "/v1/commands", body: "{}", header: map[string]string{"Cookie": "s=live", "Content-Type": "application/json", "Origin": "http://" + self}, want: 401, wantField: "Authorization"},
+		{name: "console session with a wrong bearer", method: "GET", path: "/v1/gateways", header: map[string]string{"Cookie": "s=live", "Authorization": "Bearer nope"}, want: 401, wantField: "Authorization"},
+		{name: "console session cookie sent by another site", method: "POST", path: "/v1/commands", body: "{}", header: map[string]string{"Cookie": "s=live", "X-CSRF-Token": "c", "Content-Type": "application/json", "Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}, want: 403, wantField: "Origin"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -143,3 +143,31 @@ func TestListCommands(t *testing.T) {
 		}
 	}
 }
+
+func TestGatewaySessionsAndMetrics(t *testing.T) {
+	c := newController(t)
+	now := time.Now()
+	birth(c, "acme", "gw-1", 1, now)
+	c.Ingest(mqttclient.Received{Topic: topic.Topic{Kind: topic.Death, Tenant: "acme", Gateway: "gw-1"},
+		Message: &fleetv1.Death{Session: 1, Reason: fleetv1.Death_SHUTDOWN}, At: now})
+	c.Ingest(mqttclient.Received{Topic: topic.Topic{Kind: topic.Birth, Tenant: "acme", Gateway: "gw-1"},
+		Message: &fleetv1.Birth{Session: 2, Host: &fleetv1.Host{CpuCount: 4}}, At: now})
+	c.Ingest(mqttclient.Received{Topic: topic.Topic{Kind: topic.Metrics, Tenant: "acme", Gateway: "gw-1"},
+		Message: &fleetv1.Metrics{Load1: 1.25, MemoryTotalBytes: 4, MemoryAvailableBytes: 1, RunningCount: 3}, At: now})
+	h := handlerOf(c)
+	var g Gateway
+	call(t, h, "GET", "/v1/gateways/acme/gw-1", "", &g)
+	if len(g.Sessions) != 2 || g.Sessions[0].Session != 2 || g.Sessions[1].DeathReason != "shutdown" || g.Sessions[1].DisconnectedAt.IsZero() {
+		t.Errorf("sessions %+v, want 2 then 1 (shutdown)", g.Sessions)
+	}
+	var m Metrics
+	if st := call(t, h, "GET", "/v1/gateways/acme/gw-1/metrics", "", &m); st != http.StatusOK || len(m.Samples) != 1 {
+		t.Fatalf("got %d %+v, want one sample", st, m)
+	}
+	if s := m.Samples[0]; s.Load1 != 1.25 || s.CPUs != 4 || s.MemoryUsedPercent != 75 || s.DiskUsedPercent != 0 || s.Running != 3 {
+		t.Errorf("sample %+v", s)
+	}
+	if st := call(t, h, "GET", "/v1/gateways/acme/gw-9/metrics", "", nil); st != http.StatusNotFound {
+		t.Errorf("metrics of no gateway: %d, want 404", st)
+	}
+}

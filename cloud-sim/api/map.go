@@ -3,6 +3,7 @@ package api
 import (
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
 	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
@@ -27,6 +28,9 @@ func gatewayOf(g *inventory.Gateway) *Gateway {
 	if g.Engine != nil {
 		e := Engine(*g.Engine)
 		out.Engine = &e
+	}
+	for _, s := range g.Sessions {
+		out.Sessions = append(out.Sessions, Session(s))
 	}
 	for _, r := range g.Refused {
 		out.Refused = append(out.Refused, Refusal{Limit: string(r.Limit), Message: r.Message, Count: r.Count, First: r.First, Last: r.Last})
@@ -186,4 +190,57 @@ func dryRunOf(d *controller.DryRun) *DryRun {
 		out.Check = &c
 	}
 	return out
+}
+
+func metricsOf(list []inventory.Sample, cpus uint32) *Metrics {
+	out := &Metrics{Samples: make([]MetricSample, len(list))}
+	for i, s := range list {
+		out.Samples[i] = MetricSample{At: s.At, Load1: s.Load1, CPUs: cpus, MemoryUsedPercent: s.MemoryUsedPercent,
+			DiskUsedPercent: s.DiskUsedPercent, Running: s.Running}
+	}
+	return out
+}
+
+func overviewOf(o *controller.Overview) *Overview {
+	s := o.Summary
+	out := &Overview{Gateways: GatewayCounts{Total: s.Total, Online: s.Online, Offline: s.Total - s.Online, Stale: s.Stale},
+		AgentVersions: make(map[string]int, len(s.AgentVersions)), EngineVersions: make(map[string]int, len(s.Engines)),
+		Deployments:    DeploymentCounts{ByPhase: make(map[string]int, len(s.Phases)), ByHealth: make(map[string]int, len(s.Health)), Total: s.Deployments},
+		ActiveRollouts: make([]*RolloutView, 0, len(o.ActiveRollouts)), Failing: make([]FailingDeployment, 0, len(s.Failing)), FailingTotal: s.FailingTotal,
+		ExpiringCredentials: make([]ExpiringCredential, 0, len(o.Expiring)), ExpiringCredentialsTotal: o.ExpiringTotal}
+	for v, n := range s.AgentVersions {
+		out.AgentVersions[orUnknown(v)] += n
+	}
+	for e, n := range s.Engines {
+		out.EngineVersions[orUnknown(strings.TrimSpace(e.Name+" "+e.Version))] += n
+	}
+	for p, n := range s.Phases {
+		out.Deployments.ByPhase[p.String()] += n
+	}
+	for h, n := range s.Health {
+		out.Deployments.ByHealth[h.String()] += n
+	}
+	for _, r := range o.ActiveRollouts {
+		out.ActiveRollouts = append(out.ActiveRollouts, rolloutViewOf(r))
+	}
+	for _, f := range s.Failing {
+		out.Failing = append(out.Failing, FailingDeployment{Tenant: f.Tenant, Gateway: f.Gateway, Deployment: f.Deployment, Phase: f.Phase.String(),
+			Health: f.Health.String(), RestartCount: f.RestartCount, Code: f.Code, Message: f.Message, UpdatedAt: f.UpdatedAt})
+	}
+	for _, e := range o.Expiring {
+		where := WhereCloud
+		if e.Gateway != "" {
+			where = WhereGateway
+		}
+		out.ExpiringCredentials = append(out.ExpiringCredentials, ExpiringCredential{Tenant: e.Tenant, Registry: e.Registry, Kind: e.Kind,
+			ExpiresAt: e.ExpiresAt, Where: where, Gateway: e.Gateway})
+	}
+	return out
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
 }

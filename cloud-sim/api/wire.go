@@ -54,6 +54,36 @@ type Gateway struct {
 	// exceeding a limit (too many deployments, too many events), one
 	// entry a limit.
 	Refused []Refusal `json:"refused,omitempty"`
+	// Sessions are its latest 10 sessions, newest first (GET
+	// /v1/gateways/{tenant}/{id} only). DisconnectedAt is absent while a
+	// session lasts, or when its death was never seen.
+	Sessions []Session `json:"sessions,omitempty"`
+}
+
+// Session is one of a gateway's MQTT sessions, from its birth to its death.
+type Session struct {
+	Session        uint64    `json:"session"`
+	ConnectedAt    time.Time `json:"connectedAt,omitzero"`
+	DisconnectedAt time.Time `json:"disconnectedAt,omitzero"`
+	DeathReason    string    `json:"deathReason,omitempty"`
+}
+
+// Metrics is the body of GET /v1/gateways/{tenant}/{id}/metrics: the
+// gateway's heartbeats of the last hour, one a minute, oldest first.
+type Metrics struct {
+	Samples []MetricSample `json:"samples"`
+}
+
+// MetricSample is one minute's heartbeat: the load average over a
+// minute, the CPUs, the memory and disk in use in percent (0 when the
+// gateway reports no totals), and the running containers.
+type MetricSample struct {
+	At                time.Time `json:"at"`
+	Load1             float64   `json:"load1"`
+	CPUs              uint32    `json:"cpus"`
+	MemoryUsedPercent float64   `json:"memoryUsedPercent"`
+	DiskUsedPercent   float64   `json:"diskUsedPercent"`
+	Running           uint32    `json:"running"`
 }
 
 // Refusal is what the controller refused of a gateway for one limit: the
@@ -418,4 +448,73 @@ type LabelsRequest struct {
 // GroupsRequest is the body of PUT …/groups.
 type GroupsRequest struct {
 	Groups []string `json:"groups"`
+}
+
+// Overview is the body of GET /v1/overview: a tenant's fleet (or all) at
+// a glance.
+type Overview struct {
+	Gateways GatewayCounts `json:"gateways"`
+	// AgentVersions counts gateways by agent version, EngineVersions by
+	// engine ("docker 27.1"); "unknown" when not reported.
+	AgentVersions  map[string]int   `json:"agentVersions"`
+	EngineVersions map[string]int   `json:"engineVersions"`
+	Deployments    DeploymentCounts `json:"deployments"`
+	// ActiveRollouts are the running or paused rollouts, newest first,
+	// without their gateways.
+	ActiveRollouts []*RolloutView `json:"activeRollouts"`
+	// Failing are deployments FAILED, unhealthy or restarting (restarted
+	// and not running), newest first, at most 50 of FailingTotal.
+	Failing      []FailingDeployment `json:"failing"`
+	FailingTotal int                 `json:"failingTotal"`
+	// ExpiringCredentials expire within 7 days (or have expired), soonest
+	// first, at most 100 of ExpiringCredentialsTotal. ECR tokens the
+	// cloud issues and refreshes in time are not listed.
+	ExpiringCredentials      []ExpiringCredential `json:"expiringCredentials"`
+	ExpiringCredentialsTotal int                  `json:"expiringCredentialsTotal"`
+}
+
+// GatewayCounts counts gateways; Stale ones are online.
+type GatewayCounts struct {
+	Total   int `json:"total"`
+	Online  int `json:"online"`
+	Offline int `json:"offline"`
+	Stale   int `json:"stale"`
+}
+
+// DeploymentCounts counts deployments by phase ("RUNNING") and, of those
+// with a health check, by health ("healthy").
+type DeploymentCounts struct {
+	ByPhase  map[string]int `json:"byPhase"`
+	ByHealth map[string]int `json:"byHealth"`
+	Total    int            `json:"total"`
+}
+
+// FailingDeployment is one failing deployment on one gateway.
+type FailingDeployment struct {
+	Tenant       string    `json:"tenant"`
+	Gateway      string    `json:"gateway"`
+	Deployment   string    `json:"deployment"`
+	Phase        string    `json:"phase"`
+	Health       string    `json:"health,omitempty"`
+	RestartCount uint32    `json:"restartCount,omitempty"`
+	Code         string    `json:"code,omitempty"`
+	Message      string    `json:"message,omitempty"`
+	UpdatedAt    time.Time `json:"updatedAt,omitzero"`
+}
+
+// Where a credential is kept.
+const (
+	WhereCloud   = "cloud"
+	WhereGateway = "gateway"
+)
+
+// ExpiringCredential is a credential that expires soon: a tenant's in the
+// cloud, or one a gateway holds (Gateway names it).
+type ExpiringCredential struct {
+	Tenant    string    `json:"tenant"`
+	Registry  string    `json:"registry"`
+	Kind      string    `json:"kind"`
+	ExpiresAt time.Time `json:"expiresAt"`
+	Where     string    `json:"where"`
+	Gateway   string    `json:"gateway,omitempty"`
 }

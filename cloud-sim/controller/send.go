@@ -44,6 +44,12 @@ func (c *Controller) GatewayPage(f inventory.Filter, offset, limit int) inventor
 	return c.inv.ListPage(f, offset, limit)
 }
 
+// Metrics lists a gateway's heartbeat samples of the last hour, oldest
+// first, and its CPU count; false for an unknown gateway.
+func (c *Controller) Metrics(tenant, id string) ([]inventory.Sample, uint32, bool) {
+	return c.inv.Metrics(tenant, id)
+}
+
 // Gateway returns one gateway.
 func (c *Controller) Gateway(tenant, id string) (*inventory.Gateway, bool) {
 	return c.inv.Get(tenant, id)

@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/gateway"
+	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/cli"
 	"github.com/fleet-agent/fleet/cloud-sim/controller"
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
@@ -43,6 +45,10 @@ import (
 // Options adjusts the demo.
 type Options struct {
 	SimCount int
+	// Serve keeps the fleet, the deployment and the web console running
+	// after the demo until ctx ends (Ctrl-C), for an operator to look
+	// around; the console is on 127.0.0.1:8080 when that port is free.
+	Serve bool
 }
 
 const (
@@ -54,16 +60,23 @@ const (
 
 // Run runs the demo, printing to out. It returns an error if any step fails.
 func Run(ctx context.Context, out io.Writer, log *slog.Logger, opts Options) error {
-	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
+	steps, cancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer cancel()
 	d := &run{out: out, log: log, opts: opts, runID: randomHex(4), regPass: randomHex(12)}
 	defer d.close()
-	if err := d.start(ctx); err != nil {
+	if err := d.start(steps); err != nil {
 		return err
 	}
-	if err := d.deploy(ctx); err != nil {
+	if err := d.deploy(steps); err != nil {
 		return err
 	}
+	if opts.Serve {
+		d.step("demo finished; the fleet keeps running. The web console: %s/ (log in with the API token: cat %s)", d.serve.APIURL, filepath.Join(d.dataDir, api.TokenFile))
+		fmt.Fprintf(d.out, "Ctrl-C stops everything and removes the demo's containers.\n")
+		<-ctx.Done()
+		return nil
+	}
+	ctx = steps
 	d.step("cleaning up: removing the deployment everywhere")
 	if code := d.cli(ctx, "", "remove", "--tenant", tenant, "--all", deployment, "--remove-image", "--wait", "2m"); code != 0 {
 		return fmt.Errorf("remove failed on some gateway (exit %d)", code)
@@ -134,7 +147,7 @@ func (d *run) start(ctx context.Context) error {
 	d.step("private registry at %s (Basic auth) holds the sample web image %s", d.reg.Server.URL, d.image)
 
 	d.serve, err = serve.Start(ctx, serve.Config{
-		DataDir: d.dataDir, MQTTListen: "127.0.0.1:0", NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
+		DataDir: d.dataDir, MQTTListen: "127.0.0.1:0", NATSListen: "127.0.0.1:0", HTTPListen: d.httpListen(),
 		Scheme: topic.Default(), Logger: d.log, RegistryCheckAllow: []string{d.reg.Server.Host},
 		Sim: simfleet.Config{Count: d.opts.SimCount, Tenant: tenant, Prefix: "sim-", PullTime: 300 * time.Millisecond},
 	})
@@ -209,6 +222,18 @@ labels: {io.fleet-agent.demo: %q}
 		return fmt.Errorf("unexpected answer %q", body)
 	}
 	return nil
+}
+
+// httpListen is where the demo serves the API and the console: when it
+// keeps serving, the usual 127.0.0.1:8080 if that is free, else any port.
+func (d *run) httpListen() string {
+	if d.opts.Serve {
+		if ln, err := net.Listen("tcp", "127.0.0.1:8080"); err == nil {
+			ln.Close()
+			return "127.0.0.1:8080"
+		}
+	}
+	return "127.0.0.1:0"
 }
 
 func dockerAvailable(ctx context.Context) (*dockerclient.Client, error) {

@@ -55,6 +55,12 @@ type Gateway struct {
 	// Refused is what the inventory refused of this gateway for
 	// exceeding a limit, one entry a limit.
 	Refused []Refusal
+	// Sessions are the latest MaxSessions sessions, newest first; set by
+	// Get only (the record keeps them in sessions).
+	Sessions []Session
+
+	sessions []session   // oldest first; stored
+	metrics  *metricRing // the last hour's heartbeats; not stored
 
 	events   float64   // the event budget (token bucket); not stored
 	eventsAt time.Time // when events was last filled
@@ -112,6 +118,7 @@ func (g *Gateway) clone() *Gateway {
 	c.Registries = slices.Clone(g.Registries)
 	c.Refused = slices.Clone(g.Refused)
 	c.Delivered = slices.Clone(g.Delivered)
+	c.sessions, c.metrics = nil, nil // read under the inventory's lock only
 	c.Deployments = make(map[string]*Deployment, len(g.Deployments))
 	for k, d := range g.Deployments {
 		dc := *d

@@ -14,6 +14,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -186,10 +187,17 @@ func (g *Gateway) apply(t topic.Topic, msg any, at time.Time) (changes.Change, b
 	switch m := msg.(type) {
 	case *fleetv1.Birth:
 		if g.applyBirth(m, at) {
+			g.noteBirth(m.GetSession(), g.ConnectedAt)
 			return changes.Change{Kind: "gateway.online", Tenant: g.Tenant, Gateway: g.ID}, true
 		}
 	case *fleetv1.Death:
-		if g.applyDeath(m, at) {
+		ok := g.applyDeath(m, at)
+		reason := g.DeathReason // shared, not copied, when the death applied
+		if !ok {
+			reason = strings.ToLower(m.GetReason().String())
+		}
+		g.noteDeath(m.GetSession(), reason, at)
+		if ok {
 			return changes.Change{Kind: "gateway.offline", Severity: changes.Warning, Tenant: g.Tenant, Gateway: g.ID, Message: g.DeathReason}, true
 		}
 	case *fleetv1.DeploymentStatus:
@@ -211,6 +219,10 @@ func (g *Gateway) apply(t topic.Topic, msg any, at time.Time) (changes.Change, b
 	case *fleetv1.Metrics:
 		g.LastSeen = at
 		g.Running = m.GetRunningCount()
+		if g.metrics == nil {
+			g.metrics = new(metricRing)
+		}
+		g.metrics.add(m, at)
 	case *fleetv1.Event:
 		g.LastSeen = at
 		return changes.Change{Kind: "event", Severity: severityOf(m.GetSeverity()), Tenant: g.Tenant, Gateway: g.ID, Deployment: m.GetDeployment(),
@@ -342,7 +354,26 @@ func (inv *Inventory) Get(tenant, id string) (*Gateway, bool) {
 	if g == nil {
 		return nil, false
 	}
-	return inv.view(g, inv.now()), true
+	v := inv.view(g, inv.now())
+	v.Sessions = g.sessionList()
+	return v, true
+}
+
+// Metrics lists a gateway's heartbeat samples of the last hour, oldest
+// first, and its CPU count (0 when unknown); false for an unknown gateway.
+func (inv *Inventory) Metrics(tenant, id string) ([]Sample, uint32, bool) {
+	now := inv.now()
+	inv.mu.RLock()
+	defer inv.mu.RUnlock()
+	g := inv.gateways[state.Key(tenant, id)]
+	if g == nil {
+		return nil, 0, false
+	}
+	var cpus uint32
+	if g.Host != nil {
+		cpus = g.Host.CPUs
+	}
+	return g.metrics.samples(now), cpus, true
 }
 
 // view is a copy of g for a reader, with Stale computed and the groups

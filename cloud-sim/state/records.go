@@ -38,6 +38,16 @@ type Gateway struct {
 	Delivered []string  `json:"delivered,omitempty"`
 	Running   uint32    `json:"running"`
 	Refused   []Refusal `json:"refused,omitempty"`
+	// Sessions are the gateway's latest sessions, oldest first.
+	Sessions []Session `json:"sessions,omitempty"`
+}
+
+// Session is one of a gateway's MQTT sessions.
+type Session struct {
+	Session        uint64    `json:"session"`
+	ConnectedAt    time.Time `json:"connectedAt,omitzero"`
+	DisconnectedAt time.Time `json:"disconnectedAt,omitzero"`
+	DeathReason    string    `json:"deathReason,omitempty"`
 }
 
 // Refusal is what the inventory refused of a gateway for one limit.
