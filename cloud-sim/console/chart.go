@@ -6,18 +6,9 @@ import (
 	"slices"
 	"strings"
 	"time"
-)
 
-// metricSample is one heartbeat's load figures, as GET
-// /v1/gateways/{tenant}/{id}/metrics lists them.
-type metricSample struct {
-	At                time.Time `json:"at"`
-	Load1             float64   `json:"load1"`
-	CPUs              uint32    `json:"cpus"`
-	MemoryUsedPercent float64   `json:"memoryUsedPercent"`
-	DiskUsedPercent   float64   `json:"diskUsedPercent"`
-	Running           uint32    `json:"running"`
-}
+	"github.com/fleet-agent/fleet/cloud-sim/api"
+)
 
 // The chart's geometry, in SVG user units.
 const (
@@ -32,20 +23,20 @@ const (
 // chartSeries is one line of the chart: its name, CSS class and value.
 type chartSeries struct {
 	name, class string
-	value       func(metricSample) float64
+	value       func(api.MetricSample) float64
 }
 
 // chartLines are the chart's series.
 func chartLines() []chartSeries {
 	return []chartSeries{
-		{"CPU load per CPU", "s-cpu", func(s metricSample) float64 {
+		{"CPU load per CPU", "s-cpu", func(s api.MetricSample) float64 {
 			if s.CPUs == 0 {
 				return 100 * s.Load1
 			}
 			return 100 * s.Load1 / float64(s.CPUs)
 		}},
-		{"Memory used", "s-mem", func(s metricSample) float64 { return s.MemoryUsedPercent }},
-		{"Disk used", "s-disk", func(s metricSample) float64 { return s.DiskUsedPercent }},
+		{"Memory used", "s-mem", func(s api.MetricSample) float64 { return s.MemoryUsedPercent }},
+		{"Disk used", "s-disk", func(s api.MetricSample) float64 { return s.DiskUsedPercent }},
 	}
 }
 
@@ -53,9 +44,9 @@ func chartLines() []chartSeries {
 // chart of three percentages (CPU load per CPU, memory, disk; 0–100, a
 // load over 100% drawn at the top). A silence longer than chartGap breaks
 // the lines. Without a sample in the window it says so in words.
-func metricsChart(samples []metricSample, now time.Time, window time.Duration) template.HTML {
+func metricsChart(samples []api.MetricSample, now time.Time, window time.Duration) template.HTML {
 	from := now.Add(-window)
-	in := make([]metricSample, 0, len(samples))
+	in := make([]api.MetricSample, 0, len(samples))
 	for _, s := range samples {
 		if !s.At.Before(from) && !s.At.After(now) {
 			in = append(in, s)
@@ -64,7 +55,7 @@ func metricsChart(samples []metricSample, now time.Time, window time.Duration) t
 	if len(in) == 0 {
 		return template.HTML(`<p class="muted chart-empty">No heartbeat metrics in the last ` + template.HTMLEscapeString(window.String()) + `.</p>`)
 	}
-	slices.SortStableFunc(in, func(a, b metricSample) int { return a.At.Compare(b.At) })
+	slices.SortStableFunc(in, func(a, b api.MetricSample) int { return a.At.Compare(b.At) })
 	x := func(t time.Time) float64 { return chartLeft + chartPlotW*float64(t.Sub(from))/float64(window) }
 	y := func(v float64) float64 {
 		v = min(max(v, 0), float64(chartMaxPercent))
@@ -91,7 +82,7 @@ func metricsChart(samples []metricSample, now time.Time, window time.Duration) t
 
 // chartPath is the SVG path of one series: a move at the first sample and
 // after each gap, a line to the others.
-func chartPath(in []metricSample, value func(metricSample) float64, x func(time.Time) float64, y func(float64) float64) string {
+func chartPath(in []api.MetricSample, value func(api.MetricSample) float64, x func(time.Time) float64, y func(float64) float64) string {
 	var b strings.Builder
 	for i, s := range in {
 		op := "L"
@@ -112,8 +103,8 @@ type legendEntry struct {
 	Name, Class, Latest string
 }
 
-func chartLegend(samples []metricSample) []legendEntry {
-	var last *metricSample
+func chartLegend(samples []api.MetricSample) []legendEntry {
+	var last *api.MetricSample
 	for i := range samples {
 		if last == nil || samples[i].At.After(last.At) {
 			last = &samples[i]

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fleet-agent/fleet/cloud-sim/api"
 )
 
 func TestMetricsChart(t *testing.T) {
@@ -12,22 +14,22 @@ func TestMetricsChart(t *testing.T) {
 	at := func(minutesAgo int) time.Time { return now.Add(-time.Duration(minutesAgo) * time.Minute) }
 	tests := []struct {
 		name    string
-		samples []metricSample
+		samples []api.MetricSample
 		// wantPaths are the d attributes of the CPU, memory and disk lines.
 		wantPaths []string
 		wantText  string // when no chart is drawn
 		wantDots  int
 	}{
 		{name: "none", wantText: "No heartbeat metrics in the last 1h0m0s."},
-		{name: "all older than the window", samples: []metricSample{{At: at(61), Load1: 1, CPUs: 1}}, wantText: "No heartbeat metrics"},
+		{name: "all older than the window", samples: []api.MetricSample{{At: at(61), Load1: 1, CPUs: 1}}, wantText: "No heartbeat metrics"},
 		{
-			name: "one sample is a dot", samples: []metricSample{{At: at(30), Load1: 2, CPUs: 4, MemoryUsedPercent: 25, DiskUsedPercent: 100}},
+			name: "one sample is a dot", samples: []api.MetricSample{{At: at(30), Load1: 2, CPUs: 4, MemoryUsedPercent: 25, DiskUsedPercent: 100}},
 			// x = 40 + 590*30/60 = 335; y = 10 + 136*(1-v/100).
 			wantPaths: []string{"M335.0,78.0", "M335.0,112.0", "M335.0,10.0"}, wantDots: 3,
 		},
 		{
 			name: "a line, sorted by time, clamped to 0–100",
-			samples: []metricSample{
+			samples: []api.MetricSample{
 				{At: at(0), Load1: 8, CPUs: 4, MemoryUsedPercent: -5, DiskUsedPercent: 50},
 				{At: at(4), Load1: 0, CPUs: 4, MemoryUsedPercent: 50, DiskUsedPercent: 50},
 			},
@@ -35,13 +37,13 @@ func TestMetricsChart(t *testing.T) {
 		},
 		{
 			name: "a silence over 5 minutes breaks the line",
-			samples: []metricSample{
+			samples: []api.MetricSample{
 				{At: at(60), MemoryUsedPercent: 50}, {At: at(58), MemoryUsedPercent: 50}, {At: at(0), MemoryUsedPercent: 50},
 			},
 			wantPaths: []string{"M40.0,146.0 L59.7,146.0 M630.0,146.0", "M40.0,78.0 L59.7,78.0 M630.0,78.0", "M40.0,146.0 L59.7,146.0 M630.0,146.0"},
 		},
 		{
-			name: "no CPU count: load as if one CPU", samples: []metricSample{{At: at(0), Load1: 0.5}, {At: at(1), Load1: 0.5}},
+			name: "no CPU count: load as if one CPU", samples: []api.MetricSample{{At: at(0), Load1: 0.5}, {At: at(1), Load1: 0.5}},
 			wantPaths: []string{"M620.2,78.0 L630.0,78.0", "M620.2,146.0 L630.0,146.0", "M620.2,146.0 L630.0,146.0"},
 		},
 	}
@@ -74,7 +76,7 @@ func TestMetricsChart(t *testing.T) {
 
 func TestChartLegend(t *testing.T) {
 	now := time.Now()
-	got := chartLegend([]metricSample{
+	got := chartLegend([]api.MetricSample{
 		{At: now, Load1: 1, CPUs: 4, MemoryUsedPercent: 40.4, DiskUsedPercent: 70},
 		{At: now.Add(-time.Minute), Load1: 4, CPUs: 4, MemoryUsedPercent: 99, DiskUsedPercent: 99},
 	})

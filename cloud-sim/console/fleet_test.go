@@ -13,14 +13,14 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/changes"
 )
 
-// fakeAPI answers the API paths the fleet pages call with canned replies,
+// cannedAPI answers the API paths the fleet pages call with canned replies,
 // and remembers the queries it was asked.
-type fakeAPI struct {
+type cannedAPI struct {
 	replies map[string]any // by path
 	queries map[string]string
 }
 
-func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (f *cannedAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.queries[r.URL.Path] = r.URL.RawQuery
 	v, ok := f.replies[r.URL.Path]
 	if !ok {
@@ -37,7 +37,7 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func newFleetConsole(t testing.TB, h http.Handler) *Console {
 	t.Helper()
 	c, err := New(Config{API: h, APIHost: "console.test", NoAuth: true, Origins: api.NewOrigins([]string{"console.test"}), Sessions: NewSessions(nil),
-		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+		Logger: slog.New(slog.NewTextHandler(fleetLogWriter{t}, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,6 +49,8 @@ func sampleGateway(now time.Time) *api.Gateway {
 		ConnectedAt: now.Add(-time.Hour), LastSeen: now, AgentVersion: "1.4.0", ProtocolVersion: 1,
 		Host:   &api.Host{Hostname: "edge-2", OS: "linux", Arch: "arm64", CPUs: 4, MemoryBytes: 4 << 30},
 		Engine: &api.Engine{Name: "docker", Version: "27.1", Reachable: true}, Labels: map[string]string{"site": "berlin"}, Groups: []string{"edge"},
+		Sessions: []api.Session{{Session: 3, ConnectedAt: now.Add(-time.Hour)},
+			{Session: 2, ConnectedAt: now.Add(-2 * time.Hour), DisconnectedAt: now.Add(-time.Hour), DeathReason: "connection_lost"}},
 		Capabilities: []string{"deploy", "json"}, PublicKey: "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=", Provisioned: true,
 		Deployments: map[string]*api.Deployment{"web": {Name: "web", Revision: 2, Phase: "FAILED", Health: "unhealthy", Image: "registry.example.com/web:2",
 			Digest: "sha256:0123456789abcdef0123456789abcdef", Code: "UNHEALTHY", Message: "health check failed 3 times", RestartCount: 4, UpdatedAt: now}},
@@ -58,12 +60,17 @@ func sampleGateway(now time.Time) *api.Gateway {
 func TestFleetPages(t *testing.T) {
 	now := time.Now()
 	g := sampleGateway(now)
-	f := &fakeAPI{queries: map[string]string{}, replies: map[string]any{
-		"/v1/gateways":                   api.GatewayList{Count: 1, Online: 1, Total: 1, Gateways: []*api.Gateway{g}},
-		"/v1/gateways/acme/gw-2":         g,
+	f := &cannedAPI{queries: map[string]string{}, replies: map[string]any{
+		"/v1/gateways":           api.GatewayList{Count: 1, Online: 1, Total: 1, Gateways: []*api.Gateway{g}},
+		"/v1/gateways/acme/gw-2": g,
+		"/v1/overview": api.Overview{Gateways: api.GatewayCounts{Total: 1, Online: 1}, AgentVersions: map[string]int{"1.4.0": 1}, EngineVersions: map[string]int{"docker 27.1": 1},
+			Deployments:    api.DeploymentCounts{ByPhase: map[string]int{"FAILED": 1}, ByHealth: map[string]int{"unhealthy": 1}, Total: 1},
+			ActiveRollouts: []*api.RolloutView{{Rollout: api.Rollout{ID: "r-1", State: "RUNNING", Phase: "BATCHES", Spec: api.RolloutSpec{Name: "web-2", Tenant: "acme"}}, Total: 10, SucceededPct: 40, Active: true}},
+			Failing:        []api.FailingDeployment{{Tenant: "acme", Gateway: "gw-2", Deployment: "web", Phase: "FAILED", Message: "health check failed"}}, FailingTotal: 1,
+			ExpiringCredentials: []api.ExpiringCredential{{Tenant: "acme", Registry: "ghcr.io", Kind: "basic", ExpiresAt: now.Add(time.Hour), Where: api.WhereGateway, Gateway: "gw-2"}}, ExpiringCredentialsTotal: 1},
 		"/v1/rollouts":                   map[string]any{"rollouts": []*api.RolloutView{{Rollout: api.Rollout{ID: "r-1", State: "RUNNING", Phase: "BATCHES", Spec: api.RolloutSpec{Name: "web-2", Tenant: "acme"}}, Total: 10, SucceededPct: 40, Active: true}}},
 		"/v1/changes":                    map[string]any{"changes": []changes.Change{{Kind: "deployment.status", At: now, Severity: changes.Error, Tenant: "acme", Gateway: "gw-2", Deployment: "web", Phase: "FAILED", Message: "unhealthy"}}},
-		"/v1/gateways/acme/gw-2/metrics": map[string]any{"samples": []metricSample{{At: now.Add(-time.Minute), Load1: 1, CPUs: 4, MemoryUsedPercent: 40, DiskUsedPercent: 60}, {At: now, Load1: 2, CPUs: 4, MemoryUsedPercent: 42, DiskUsedPercent: 60}}},
+		"/v1/gateways/acme/gw-2/metrics": map[string]any{"samples": []api.MetricSample{{At: now.Add(-time.Minute), Load1: 1, CPUs: 4, MemoryUsedPercent: 40, DiskUsedPercent: 60}, {At: now, Load1: 2, CPUs: 4, MemoryUsedPercent: 42, DiskUsedPercent: 60}}},
 	}}
 	c := newFleetConsole(t, f)
 	tests := []struct {
@@ -108,10 +115,10 @@ func TestFleetPages(t *testing.T) {
 	}
 }
 
-// testWriter writes a logger's lines through t.
-type testWriter struct{ t testing.TB }
+// fleetLogWriter writes a logger's lines through t.
+type fleetLogWriter struct{ t testing.TB }
 
-func (w testWriter) Write(p []byte) (int, error) {
+func (w fleetLogWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }

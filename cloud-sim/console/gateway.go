@@ -39,46 +39,29 @@ type gatewayDetail struct {
 // sessionRow is one MQTT session of a gateway: its connect and, when it
 // ended, its death.
 type sessionRow struct {
-	Session     uint64
-	ConnectedAt time.Time
-	Current     bool
-	Ended       bool
-	DeathReason string
+	api.Session
+	Current bool // the session the gateway is online in
+	Ended   bool // its death was seen
 }
 
-// keyFingerprint is a short hash of a gateway's public key (base64 of 32
-// bytes): "sha256:" and the first 16 hex digits, never the key itself.
-func keyFingerprint(key string) string {
-	if key == "" {
-		return ""
-	}
-	raw, err := base64.StdEncoding.DecodeString(key)
-	if err != nil {
-		raw = []byte(key)
-	}
-	sum := sha256.Sum256(raw)
-	return "sha256:" + hex.EncodeToString(sum[:8])
-}
-
-// sessionsOf lists what the gateway record says of its sessions, newest
-// first.
+// sessionsOf lists the gateway's latest sessions, newest first. A record
+// without its history (an older API) gives the current session alone.
 func sessionsOf(g *api.Gateway) []sessionRow {
-	var out []sessionRow
-	if g.Session > 0 {
-		out = append(out, sessionRow{Session: g.Session, ConnectedAt: g.ConnectedAt, Current: g.Online,
-			Ended: !g.Online && g.DeathSession >= g.Session, DeathReason: deathReason(g, g.Session)})
+	list := g.Sessions
+	if len(list) == 0 && g.Session > 0 {
+		s := api.Session{Session: g.Session, ConnectedAt: g.ConnectedAt}
+		if g.DeathSession == g.Session {
+			s.DeathReason = g.DeathReason
+		}
+		list = []api.Session{s}
 	}
-	if g.DeathSession > 0 && g.DeathSession < g.Session {
-		out = append(out, sessionRow{Session: g.DeathSession, Ended: true, DeathReason: g.DeathReason})
+	out := make([]sessionRow, 0, len(list))
+	for _, s := range list {
+		r := sessionRow{Session: s, Ended: !s.DisconnectedAt.IsZero() || s.DeathReason != ""}
+		r.Current = g.Online && s.Session == g.Session && !r.Ended
+		out = append(out, r)
 	}
 	return out
-}
-
-func deathReason(g *api.Gateway, session uint64) string {
-	if g.DeathSession == session {
-		return g.DeathReason
-	}
-	return ""
 }
 
 // gatewayDetailOf shapes a gateway record for its page.
@@ -100,9 +83,7 @@ func (c *Console) gateway(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := gatewayDetailOf(&g, c.cfg.Now())
-	var m struct {
-		Samples []metricSample `json:"samples"`
-	}
+	var m api.Metrics
 	if err := c.get(r.Context(), base+"/metrics", &m); err != nil {
 		d.MetricsError = err.Error()
 	}
@@ -117,4 +98,18 @@ func (c *Console) gateway(w http.ResponseWriter, r *http.Request) {
 	d.Changes = ch.Changes
 	// gateway.js refreshes the page on this gateway's changes only.
 	c.render(w, r, "gateway", view{Title: tenant + "/" + id, Nav: "gateways", Data: d})
+}
+
+// keyFingerprint is a short hash of a gateway's public key (base64 of 32
+// bytes): "sha256:" and the first 16 hex digits, never the key itself.
+func keyFingerprint(key string) string {
+	if key == "" {
+		return ""
+	}
+	raw, err := base64.StdEncoding.DecodeString(key)
+	if err != nil {
+		raw = []byte(key)
+	}
+	sum := sha256.Sum256(raw)
+	return "sha256:" + hex.EncodeToString(sum[:8])
 }

@@ -12,20 +12,13 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 )
 
-// expiringWithin is how soon a credential's expiry makes the overview
-// list it.
-const expiringWithin = 7 * 24 * time.Hour
-
-// overviewData is what the overview page shows.
+// overviewData is what the overview page shows: GET /v1/overview with
+// its spreads sorted and drawn.
 type overviewData struct {
-	Count, Online, Offline, Stale int
-	AgentVersions, EngineVersions []share
-	Deployments                   int
-	Phases, Health                []share
-	Rollouts                      []*api.RolloutView
-	Failing                       []failing
-	Expiring                      []expiring
-	// The spreads drawn as stacked bars.
+	api.Overview
+	Now                                      time.Time
+	AgentVersions, EngineVersions            []share
+	Phases, Health                           []share
 	AgentBar, EngineBar, PhaseBar, HealthBar template.HTML
 }
 
@@ -34,20 +27,7 @@ type share struct {
 	Name    string
 	Count   int
 	Percent float64
-	Class   string // the colour class of its segment: c0…c5, or a state's
-}
-
-// failing is a gateway with a deployment in trouble.
-type failing struct {
-	Tenant, Gateway, Deployment, Phase, Health, Message string
-	At                                                  time.Time
-}
-
-// expiring is a credential a gateway holds that expires soon (or has).
-type expiring struct {
-	Tenant, Gateway, Registry, Kind string
-	ExpiresAt                       time.Time
-	Expired                         bool
+	Class   string // the colour class of its segment: c0…c7, or a state's
 }
 
 // spread turns counts into shares, the largest first (then by name);
@@ -92,60 +72,22 @@ func spreadBar(shares []share) template.HTML {
 	return template.HTML(b.String())
 }
 
-// overviewOf sums up the fleet from the gateways' records.
-func overviewOf(l api.GatewayList, rollouts []*api.RolloutView, now time.Time) overviewData {
-	d := overviewData{Count: l.Total, Online: l.Online, Offline: l.Total - l.Online, Stale: l.Stale}
-	agents, engines, phases, health := map[string]int{}, map[string]int{}, map[string]int{}, map[string]int{}
-	for _, g := range l.Gateways {
-		agents[cmp.Or(g.AgentVersion, "unknown")]++
-		engine := "unknown"
-		if g.Engine != nil && g.Engine.Version != "" {
-			engine = strings.TrimSpace(g.Engine.Name + " " + g.Engine.Version)
-		}
-		engines[engine]++
-		for _, dep := range sortedDeployments(g.Deployments) {
-			d.Deployments++
-			phases[dep.Phase]++
-			health[cmp.Or(dep.Health, "no check")]++
-			if dep.Phase == "FAILED" || dep.Health == "unhealthy" {
-				d.Failing = append(d.Failing, failing{Tenant: g.Tenant, Gateway: g.ID, Deployment: dep.Name, Phase: dep.Phase,
-					Health: dep.Health, Message: strings.TrimSpace(dep.Code + " " + dep.Message), At: dep.UpdatedAt})
-			}
-		}
-		for _, r := range g.Registries {
-			if !r.ExpiresAt.IsZero() && r.ExpiresAt.Sub(now) < expiringWithin {
-				d.Expiring = append(d.Expiring, expiring{Tenant: g.Tenant, Gateway: g.ID, Registry: r.Registry, Kind: r.Kind,
-					ExpiresAt: r.ExpiresAt, Expired: !r.ExpiresAt.After(now)})
-			}
-		}
-	}
-	d.AgentVersions, d.EngineVersions = spread(agents, 6, false), spread(engines, 6, false)
-	d.Phases, d.Health = spread(phases, 8, true), spread(health, 4, true)
+// overviewOf shapes the API's overview for the page.
+func overviewOf(o api.Overview, now time.Time) overviewData {
+	d := overviewData{Overview: o, Now: now,
+		AgentVersions: spread(o.AgentVersions, 6, false), EngineVersions: spread(o.EngineVersions, 6, false),
+		Phases: spread(o.Deployments.ByPhase, 8, true), Health: spread(o.Deployments.ByHealth, 4, true)}
 	d.AgentBar, d.EngineBar = spreadBar(d.AgentVersions), spreadBar(d.EngineVersions)
 	d.PhaseBar, d.HealthBar = spreadBar(d.Phases), spreadBar(d.Health)
-	for _, r := range rollouts {
-		if r.Active {
-			d.Rollouts = append(d.Rollouts, r)
-		}
-	}
-	slices.SortFunc(d.Expiring, func(a, b expiring) int { return a.ExpiresAt.Compare(b.ExpiresAt) })
 	return d
 }
 
 // overview renders the fleet overview, live.
 func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
-	var l api.GatewayList
-	if err := c.get(r.Context(), "/v1/gateways", &l); err != nil {
+	var o api.Overview
+	if err := c.get(r.Context(), "/v1/overview", &o); err != nil {
 		c.fail(w, r, "Fleet overview", err)
 		return
 	}
-	var rs struct {
-		Rollouts []*api.RolloutView `json:"rollouts"`
-	}
-	if err := c.get(r.Context(), "/v1/rollouts", &rs); err != nil {
-		c.fail(w, r, "Fleet overview", err)
-		return
-	}
-	d := overviewOf(l, rs.Rollouts, c.cfg.Now())
-	c.render(w, r, "overview", view{Title: "Overview", Nav: "overview", Live: "gateway.,deployment.,rollout.,credential.", Data: d})
+	c.render(w, r, "overview", view{Title: "Overview", Nav: "overview", Live: "gateway.,deployment.,rollout.,credential.", Data: overviewOf(o, c.cfg.Now())})
 }
