@@ -9,28 +9,32 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
 // fleetCloud starts a cloud with n simulated gateways, waits for all of
 // them online and, with deploy, runs deployment "web" on each.
+// Pulls of an image whose reference contains it fail on the simulated
+// gateways of fleetCloud.
+const brokenImage = "broken"
+
 func fleetCloud(t *testing.T, n int, deploy bool) *cloud {
 	t.Helper()
-	c := startCloud(t, n)
-	testenv.Eventually(t, fmt.Sprintf("%d simulated gateways online", n), func() bool {
-		var l api.GatewayList
-		c.get(t, "/v1/gateways?tenant=sim&limit=1", &l)
-		return l.Online == n
-	})
+	c := simCloud(t, n, simfleet.Config{BadImage: brokenImage})
 	if deploy {
-		b := c.send(t, api.Target{Tenant: "sim", All: true}, &fleetv1.Command{Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{
-			Spec: &fleetv1.DeploymentSpec{Name: "web", Revision: 1, Image: "registry.example.com/web:1"}}}}, "30s")
+		b := c.send(t, api.Target{Tenant: "sim", All: true}, deployCmd("web", 1, "registry.example.com/web:1"), "30s")
 		if b.Counts[api.StateSucceeded] != n {
 			t.Fatalf("deploy web: %v", b.Counts)
 		}
 	}
 	return c
+}
+
+func deployCmd(name string, rev int64, image string) *fleetv1.Command {
+	return &fleetv1.Command{Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{
+		Spec: &fleetv1.DeploymentSpec{Name: name, Revision: rev, Image: image}}}}
 }
 
 // deprovision deletes a gateway's identity through the API, which
@@ -65,12 +69,29 @@ func TestConsoleFleetOverview(t *testing.T) {
 	if got := b.text("#count-deployments"); got != "25" {
 		t.Errorf("deployments = %s, want 25", got)
 	}
-	b.screenshot("fleet-overview")
 	c.deprovision(t, "sim", "sim-25")
 	b.eventually("24 online, live", "#count-online", func(s string) bool { return s == "24" })
 	if got := b.text("#count-offline"); got != "1" {
 		t.Errorf("offline = %s after sim-25 went away, want 1", got)
 	}
+
+	// A release that fails to pull on two gateways, and a slow rollout.
+	c.send(t, api.Target{Tenant: "sim", Gateways: []string{"sim-3", "sim-7"}}, deployCmd("api", 1, "registry.example.com/api:"+brokenImage), "20s")
+	b.eventually("2 failing, live", "#count-failing", func(s string) bool { return s == "2" })
+	if got := b.text("#failing"); !strings.Contains(got, "sim/sim-3") || !strings.Contains(got, "sim/sim-7") {
+		t.Errorf("failing %q, want sim-3 and sim-7", got)
+	}
+	v := createRollout(t, c, api.RolloutSpec{Name: "web-2", Tenant: "sim", Targets: api.RolloutTargets{All: true},
+		Deployment: deploymentJSON(2, "registry.example.com/web:2"), SkipRegistryCheck: true,
+		Strategy: api.Strategy{BatchSize: 4, RatePerMinute: 30}})
+	b.eventually("the rollout, live", "#active-rollouts", func(s string) bool { return strings.Contains(s, "web-2") && strings.Contains(s, "RUNNING") })
+	testenv.Eventually(t, "a few gateways updated", func() bool {
+		var r api.RolloutView
+		c.get(t, "/v1/rollouts/"+v.ID, &r)
+		return r.Counts[api.GwSucceeded] >= 3
+	})
+	b.eventually("the rollout's progress", "#active-rollouts", func(s string) bool { return !strings.Contains(s, " 0% of") })
+	b.screenshot("fleet-overview")
 }
 
 // TestConsoleFleetGateways: filters from the query string, natural order
@@ -158,7 +179,10 @@ func TestConsoleFleetEvents(t *testing.T) {
 	if got := b.text("#change-rows"); strings.Contains(got, "sim/sim-1") {
 		t.Errorf("rows %q show sim-1, outside the filter", got)
 	}
+	c.send(t, api.Target{Tenant: "sim", Gateways: []string{"sim-3"}}, deployCmd("api", 1, "registry.example.com/api:"+brokenImage), "10s")
+	c.deprovision(t, "sim", "sim-3")
 	b.run("all events", chromedp.Navigate(b.base+"/events"), chromedp.WaitVisible(chromedp.CSS(`#change-rows`)))
+	b.eventually("sim-3 offline, live", "#change-rows", func(s string) bool { return strings.Contains(s, "gateway.offline") })
 	if got := b.text("#change-rows"); !strings.Contains(got, "sim/sim-1") || !strings.Contains(got, "gateway.online") {
 		t.Errorf("recent events %q, want sim-1's and the births", got)
 	}

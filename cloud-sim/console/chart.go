@@ -53,7 +53,7 @@ func metricsChart(samples []api.MetricSample, now time.Time, window time.Duratio
 		}
 	}
 	if len(in) == 0 {
-		return template.HTML(`<p class="muted chart-empty">No heartbeat metrics in the last ` + template.HTMLEscapeString(window.String()) + `.</p>`)
+		return template.HTML(`<p class="muted chart-empty">No heartbeat metrics in the last ` + template.HTMLEscapeString(shortDuration(window)) + `.</p>`)
 	}
 	slices.SortStableFunc(in, func(a, b api.MetricSample) int { return a.At.Compare(b.At) })
 	x := func(t time.Time) float64 { return chartLeft + chartPlotW*float64(t.Sub(from))/float64(window) }
@@ -63,13 +63,13 @@ func metricsChart(samples []api.MetricSample, now time.Time, window time.Duratio
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg class="chart" viewBox="0 0 %d %d" width="%d" height="%d" role="img" aria-labelledby="chart-title">`, chartW, chartH, chartW, chartH)
-	fmt.Fprintf(&b, `<title id="chart-title">CPU load per CPU, memory and disk used, %% over the last %s</title>`, window)
+	fmt.Fprintf(&b, `<title id="chart-title">CPU load per CPU, memory and disk used, %% over the last %s</title>`, shortDuration(window))
 	for _, p := range []int{0, 50, 100} {
 		fmt.Fprintf(&b, `<line class="grid" x1="%d" x2="%d" y1="%.1f" y2="%.1f"/><text x="%d" y="%.1f" text-anchor="end">%d%%</text>`,
 			chartLeft, chartW-chartRight, y(float64(p)), y(float64(p)), chartLeft-4, y(float64(p))+3, p)
 	}
 	fmt.Fprintf(&b, `<text x="%d" y="%d">-%s</text><text x="%d" y="%d" text-anchor="end">now</text>`,
-		chartLeft, chartH-6, window, chartW-chartRight, chartH-6)
+		chartLeft, chartH-6, shortDuration(window), chartW-chartRight, chartH-6)
 	for _, l := range chartLines() {
 		fmt.Fprintf(&b, `<path class="%s" d="%s"/>`, l.class, chartPath(in, l.value, x, y))
 		if len(in) == 1 {
@@ -119,4 +119,16 @@ func chartLegend(samples []api.MetricSample) []legendEntry {
 		out = append(out, e)
 	}
 	return out
+}
+
+// shortDuration writes d without its zero parts: "1h", "90m" as "1h30m".
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }

@@ -20,7 +20,7 @@ func TestMetricsChart(t *testing.T) {
 		wantText  string // when no chart is drawn
 		wantDots  int
 	}{
-		{name: "none", wantText: "No heartbeat metrics in the last 1h0m0s."},
+		{name: "none", wantText: "No heartbeat metrics in the last 1h."},
 		{name: "all older than the window", samples: []api.MetricSample{{At: at(61), Load1: 1, CPUs: 1}}, wantText: "No heartbeat metrics"},
 		{
 			name: "one sample is a dot", samples: []api.MetricSample{{At: at(30), Load1: 2, CPUs: 4, MemoryUsedPercent: 25, DiskUsedPercent: 100}},
@@ -88,5 +88,13 @@ func TestChartLegend(t *testing.T) {
 	}
 	if e := chartLegend(nil); e[0].Latest != "–" {
 		t.Errorf("no samples: got %q, want –", e[0].Latest)
+	}
+}
+
+func TestShortDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{time.Hour: "1h", 90 * time.Minute: "1h30m", 30 * time.Minute: "30m", 45 * time.Second: "45s", 61 * time.Minute: "1h1m"} {
+		if got := shortDuration(d); got != want {
+			t.Errorf("shortDuration(%v) = %q, want %q", d, got, want)
+		}
 	}
 }
