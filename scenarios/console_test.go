@@ -157,5 +157,4 @@ func TestConsoleLoginAndOverview(t *testing.T) {
 	if got := b.eventually("the online count", "#count-online", func(s string) bool { return s == "5" }); got != "5" {
 		t.Errorf("online = %s", got)
 	}
-	b.screenshot("overview")
 }
