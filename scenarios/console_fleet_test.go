@@ -3,15 +3,20 @@ package scenarios
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
 // fleetCloud starts a cloud with n simulated gateways, waits for all of
@@ -163,7 +168,48 @@ func TestConsoleFleetGateway(t *testing.T) {
 	}
 	b.run("restart web", chromedp.Click(chromedp.CSS(`#deployments button[data-action="restart"][data-deployment="web"]`)))
 	b.eventually("the restart's outcome", "#action-result", func(s string) bool { return strings.Contains(s, "SUCCEEDED") })
+
+	// An hour of heartbeats, drawn by the server. Simulated gateways send
+	// one a minute from their start, so this gateway's birth and metrics
+	// go through the controller's ingest as the MQTT client hands them over.
+	now := time.Now()
+	ingestEdgeGateway(c, "acme", "edge-1", now)
+	b.run("edge-1's page", chromedp.Navigate(b.base+"/gateways/acme/edge-1"), chromedp.WaitVisible(chromedp.CSS(`#metrics-chart svg`)))
+	d := value(b, "the CPU line", chromedp.AttributeValue(chromedp.CSS(`#metrics-chart path.s-cpu`), "d"))
+	if n := strings.Count(d.Value, ","); n < 55 {
+		t.Errorf("the CPU line has %d points, want an hour's (60): %s", n, d.Value)
+	}
+	if got := b.text("#credentials"); !strings.Contains(got, "ghcr.io") || !strings.Contains(got, "a1b2c3d4e5f6") {
+		t.Errorf("credentials %q, want ghcr.io with its fingerprint", got)
+	}
 	b.screenshot("gateway")
+}
+
+// ingestEdgeGateway hands the controller tenant/id's birth (a host, an
+// engine, three deployments, a credential) and its heartbeats of the
+// last hour, one a minute.
+func ingestEdgeGateway(c *cloud, tenant, id string, now time.Time) {
+	tp := func(k topic.Kind) topic.Topic { return topic.Topic{Kind: k, Tenant: tenant, Gateway: id} }
+	c.Controller.Ingest(mqttclient.Received{Topic: tp(topic.Birth), At: now.Add(-61 * time.Minute), Message: &fleetv1.Birth{
+		GatewayId: id, Tenant: tenant, Session: 7, AgentVersion: "1.4.2", ProtocolVersion: 1,
+		StartedAt: timestamppb.New(now.Add(-62 * time.Minute)), Timestamp: timestamppb.New(now.Add(-61 * time.Minute)),
+		Host:         &fleetv1.Host{Hostname: "edge-1.berlin.example", Os: "linux", Arch: "arm64", CpuCount: 4, MemoryBytes: 8 << 30},
+		Engine:       &fleetv1.Engine{Name: "docker", Version: "27.3.1", Reachable: true},
+		Capabilities: []string{"protobuf", "json", "sealed-credentials", "deploy", "remove", "start", "stop", "restart", "rebirth"},
+		PublicKey:    "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
+		Deployments: []*fleetv1.DeploymentSummary{
+			{Name: "web", Revision: 12, Phase: fleetv1.DeploymentStatus_RUNNING, Image: "ghcr.io/acme/web:2.4.1", Digest: "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"},
+			{Name: "mqtt-bridge", Revision: 3, Phase: fleetv1.DeploymentStatus_RUNNING, Image: "ghcr.io/acme/bridge:1.1"},
+			{Name: "vision", Revision: 5, Phase: fleetv1.DeploymentStatus_FAILED, Image: "ghcr.io/acme/vision:0.9"},
+		},
+		Registries: []*fleetv1.RegistrySummary{{Registry: "ghcr.io", Kind: "basic", Username: "acme-bot", Fingerprint: "a1b2c3d4e5f6",
+			ExpiresAt: timestamppb.New(now.Add(5 * 24 * time.Hour))}}}})
+	for i := 60; i >= 0; i-- {
+		load := 1.2 + math.Sin(float64(i)/6)*0.8
+		mem := uint64(8<<30) * uint64(45+i%7+(60-i)/4) / 100
+		c.Controller.Ingest(mqttclient.Received{Topic: tp(topic.Metrics), At: now.Add(-time.Duration(i) * time.Minute), Message: &fleetv1.Metrics{
+			Load1: load, MemoryTotalBytes: 8 << 30, MemoryAvailableBytes: 8<<30 - mem, DiskTotalBytes: 100, DiskFreeBytes: 38 - uint64(60-i)/20, RunningCount: 2}})
+	}
 }
 
 // TestConsoleFleetEvents: the events page adds a new event live, and

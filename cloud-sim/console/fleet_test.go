@@ -82,7 +82,7 @@ func TestFleetPages(t *testing.T) {
 		{path: "/", want: []string{`id="count-total">1<`, `id="count-online">1<`, `id="count-offline">0<`, "1.4.0", "docker 27.1", "web-2", "acme/gw-2", "ghcr.io", "health check failed"}},
 		{path: "/gateways?tenant=acme&selector=site%3Dberlin&q=gw&page=2&limit=10", want: []string{`data-id="gw-2"`, "site=berlin", "edge", "FAILED", `value="site=berlin"`},
 			wantQuery: map[string]string{"/v1/gateways": "limit=10&offset=10&q=gw&selector=site%3Dberlin&tenant=acme"}},
-		{path: "/gateways/acme/gw-2", want: []string{"edge-2", "linux/arm64", "sha256:", "UNHEALTHY", "health check failed 3 times", "ghcr.io", "fp:abc", "connection_lost", "<svg", "CPU load per CPU: <strong>50%</strong>", "deployment.status"},
+		{path: "/gateways/acme/gw-2", want: []string{"edge-2", "linux/arm64", "sha256:", "UNHEALTHY", "health check failed 3 times", "ghcr.io", "fp:abc", `<span class="badge warn">soon</span>`, "connection_lost", "<svg", "CPU load per CPU: <strong>50%</strong>", "deployment.status"},
 			notWant:   []string{g.PublicKey},
 			wantQuery: map[string]string{"/v1/changes": "gateway=gw-2&limit=25&tenant=acme"}},
 		{path: "/events?tenant=acme&severity=warning%2Cerror", want: []string{"deployment.status", `data-severity="warning,error"`, "sev-error"},

@@ -34,6 +34,8 @@ type gatewayDetail struct {
 	Legend         []legendEntry
 	MetricsError   string
 	Now            time.Time
+	// ExpiringBefore: a credential expiring before it is flagged.
+	ExpiringBefore time.Time
 }
 
 // sessionRow is one MQTT session of a gateway: its connect and, when it
@@ -68,7 +70,7 @@ func sessionsOf(g *api.Gateway) []sessionRow {
 func gatewayDetailOf(g *api.Gateway, now time.Time) *gatewayDetail {
 	d := &gatewayDetail{G: g, State: gatewayState(g), KeyFingerprint: keyFingerprint(g.PublicKey), Labels: labelList(g.Labels),
 		ReportedLabels: labelList(g.ReportedLabels), Sessions: sessionsOf(g), Deployments: sortedDeployments(g.Deployments),
-		Registries: slices.Clone(g.Registries), Now: now}
+		Registries: slices.Clone(g.Registries), Now: now, ExpiringBefore: now.Add(7 * 24 * time.Hour)}
 	slices.SortFunc(d.Registries, func(a, b api.Registry) int { return strings.Compare(a.Registry, b.Registry) })
 	return d
 }

@@ -147,8 +147,19 @@
       if (dep) dep.disabled = t.value === "rebirth";
     }
   });
+  // edited holds what the operator typed in the filters and has not yet
+  // applied: a live refresh renders them from the URL again.
+  const edited = new Map();
   document.addEventListener("input", (ev) => {
-    if (ev.target.id === "bulk-deployment") form.deployment = ev.target.value;
+    const t = ev.target;
+    if (t.id === "bulk-deployment") form.deployment = t.value;
+    else if (t.closest?.("form.filters") && t.id) edited.set(t.id, t.value);
+  });
+  document.addEventListener("console:refreshed", () => {
+    for (const [id, v] of edited) {
+      const el = document.getElementById(id);
+      if (el) el.value = v;
+    }
   });
   document.addEventListener("submit", (ev) => {
     if (ev.target.id === "bulk") send(ev);
