@@ -631,16 +631,36 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		case <-keep.C:
 			fmt.Fprint(w, ": keep-alive\n\n")
 		case ch := <-sub.C:
-			if sub.Lagged() {
-				fmt.Fprint(w, "event: lagged\ndata: {}\n\n")
-			}
-			if !f.Matches(ch) {
+			if !writeChanges(w, sub, f, ch) {
 				continue
 			}
-			data, _ := json.Marshal(ch)
-			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ch.Kind, data)
 		}
 		fl.Flush()
+	}
+}
+
+// writeChanges writes ch and the changes already waiting behind it (up to
+// 256) as server-sent events, so that a burst costs one flush, not one
+// each; it reports whether it wrote anything.
+func writeChanges(w io.Writer, sub *changes.Subscription, f changes.Filter, ch changes.Change) bool {
+	wrote := false
+	for i := 0; ; i++ {
+		if sub.Lagged() {
+			io.WriteString(w, "event: lagged\ndata: {}\n\n")
+			wrote = true
+		}
+		if f.Matches(ch) {
+			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ch.Kind, ch.JSON())
+			wrote = true
+		}
+		if i == 255 {
+			return wrote
+		}
+		select {
+		case ch = <-sub.C:
+		default:
+			return wrote
+		}
 	}
 }
 

@@ -4,6 +4,7 @@
 package changes
 
 import (
+	"encoding/json"
 	"strings"
 	"sync"
 	"time"
@@ -37,6 +38,19 @@ type Change struct {
 	Batch      string   `json:"batch,omitempty"`
 	State      string   `json:"state,omitempty"`
 	Message    string   `json:"message,omitempty"`
+
+	// enc is the change in JSON, encoded once by Publish for every
+	// subscriber (100 open consoles would otherwise encode it 100 times).
+	enc []byte
+}
+
+// JSON returns the change in JSON.
+func (c Change) JSON() []byte {
+	if c.enc != nil {
+		return c.enc
+	}
+	b, _ := json.Marshal(c) // a struct of strings and numbers: never fails
+	return b
 }
 
 // Filter selects changes; an empty field selects all.
@@ -136,6 +150,9 @@ func (h *Hub) Publish(c Change) {
 		h.ring[h.next] = c
 	}
 	h.next = (h.next + 1) % History
+	if len(h.subs) > 0 {
+		c.enc = c.JSON()
+	}
 	for s := range h.subs {
 		select {
 		case s.C <- c:
