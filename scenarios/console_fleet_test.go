@@ -148,6 +148,23 @@ func TestConsoleFleetGateways(t *testing.T) {
 		t.Errorf("batch link %q", batch.Value)
 	}
 	b.screenshot("gateways")
+
+	// Rows of two tenants: one command a tenant. edge-1 of acme has no
+	// MQTT session, so its rebirth waits at the broker.
+	ingestEdgeGateway(c, "acme", "edge-1", time.Now())
+	b.run("a rebirth to sim-1 and acme's edge-1",
+		chromedp.Navigate(b.base+"/gateways?q=-1"), chromedp.WaitVisible(chromedp.CSS(`table.gateways`)),
+		chromedp.Click(chromedp.CSS(`input[data-tenant="acme"][data-id="edge-1"]`)),
+		chromedp.Click(chromedp.CSS(`input[data-tenant="sim"][data-id="sim-1"]`)),
+		chromedp.SetValue(chromedp.CSS(`#bulk-action`), "rebirth"),
+		chromedp.Click(chromedp.CSS(`#bulk-send`)),
+	)
+	got := b.eventually("two batches", "#bulk-result", func(s string) bool {
+		return strings.Contains(s, "tenant sim · 1 gateway: SUCCEEDED 1 — done") && strings.Contains(s, "tenant acme · 1 gateway: PENDING 1")
+	})
+	if n := strings.Count(got, "Batch b-"); n != 2 {
+		t.Errorf("outcome %q: %d batches, want one a tenant", got, n)
+	}
 }
 
 // TestConsoleFleetGateway: a gateway's page shows its birth's facts and a
