@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -121,4 +122,41 @@ type fleetLogWriter struct{ t testing.TB }
 func (w fleetLogWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+func TestGatewaysPager(t *testing.T) {
+	tests := []struct {
+		query                          string
+		total                          int
+		wantAPI                        string
+		wantPrev, wantNext             string
+		wantPages, wantFirst, wantLast int
+	}{
+		{query: "tenant=sim", total: 120, wantAPI: "limit=50&offset=0&tenant=sim",
+			wantNext: "/gateways?page=2&tenant=sim", wantPages: 3, wantFirst: 1, wantLast: 50},
+		{query: "tenant=sim&selector=site%3Ds1&page=3&limit=10", total: 25, wantAPI: "limit=10&offset=20&selector=site%3Ds1&tenant=sim",
+			wantPrev: "/gateways?limit=10&page=2&selector=site%3Ds1&tenant=sim", wantPages: 3, wantFirst: 21, wantLast: 25},
+		{query: "page=2&online=true", total: 60, wantAPI: "limit=50&offset=50&online=true",
+			wantPrev: "/gateways?online=true", wantPages: 2, wantFirst: 51, wantLast: 60},
+		{query: "page=x&limit=5000&online=maybe", total: 0, wantAPI: "limit=500&offset=0", wantPages: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.query, func(t *testing.T) {
+			u, _ := url.Parse("/gateways?" + tt.query)
+			f := parseGatewayFilter(u.Query())
+			if got := f.apiQuery(); got != tt.wantAPI {
+				t.Errorf("API query %q, want %q", got, tt.wantAPI)
+			}
+			rows := max(0, min(f.Limit, tt.total-(f.Page-1)*f.Limit))
+			l := api.GatewayList{Total: tt.total, Gateways: make([]*api.Gateway, rows)}
+			for i := range l.Gateways {
+				l.Gateways[i] = &api.Gateway{Tenant: "sim", ID: "x"}
+			}
+			d := gatewaysView(f, u, l)
+			if d.PrevURL != tt.wantPrev || d.NextURL != tt.wantNext || d.Pages != tt.wantPages || d.First != tt.wantFirst || d.Last != tt.wantLast {
+				t.Errorf("got prev %q next %q pages %d rows %d–%d, want %q %q %d %d–%d", d.PrevURL, d.NextURL, d.Pages, d.First, d.Last,
+					tt.wantPrev, tt.wantNext, tt.wantPages, tt.wantFirst, tt.wantLast)
+			}
+		})
+	}
 }

@@ -111,18 +111,12 @@ func sortedDeployments(m map[string]*api.Deployment) []*api.Deployment {
 // gatewaysView shapes a reply of GET /v1/gateways into the page: rows and
 // the pagination links, which keep the filters.
 func gatewaysView(f gatewayFilter, u *url.URL, l api.GatewayList) gatewaysData {
-	d := gatewaysData{Filter: f, URL: u, Total: l.Total, Online: l.Online, Stale: l.Stale, Offline: l.Total - l.Online, Page: f.Page,
+	d := gatewaysData{Filter: f, Total: l.Total, Online: l.Online, Stale: l.Stale, Offline: l.Total - l.Online, Page: f.Page,
 		Filtered: f.Tenant != "" || f.Selector != "" || f.Group != "" || f.Online != "" || f.Q != ""}
 	d.Pages = max(1, (l.Total+f.Limit-1)/f.Limit)
-	tenants := map[string]bool{}
 	for _, g := range l.Gateways {
 		d.Rows = append(d.Rows, gatewayRow{Gateway: g, State: gatewayState(g), LabelList: labelList(g.Labels), Deployments: sortedDeployments(g.Deployments)})
-		tenants[g.Tenant] = true
 	}
-	for t := range tenants {
-		d.Tenants = append(d.Tenants, t)
-	}
-	slices.Sort(d.Tenants)
 	if len(d.Rows) > 0 {
 		d.First = (f.Page-1)*f.Limit + 1
 		d.Last = d.First + len(d.Rows) - 1
