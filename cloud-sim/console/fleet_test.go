@@ -2,6 +2,7 @@ package console
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -158,5 +159,28 @@ func TestGatewaysPager(t *testing.T) {
 					tt.wantPrev, tt.wantNext, tt.wantPages, tt.wantFirst, tt.wantLast)
 			}
 		})
+	}
+}
+
+func TestSpread(t *testing.T) {
+	tests := []struct {
+		counts map[string]int
+		top    int
+		state  bool
+		want   string
+	}{
+		{map[string]int{}, 3, false, ""},
+		{map[string]int{"1.2": 5, "1.3": 15}, 3, false, "1.3 15 75% c0; 1.2 5 25% c1; "},
+		{map[string]int{"a": 1, "b": 1, "c": 1, "d": 5}, 3, false, "d 5 62% c0; a 1 12% c1; other 2 25% c2; "},
+		{map[string]int{"RUNNING": 3, "FAILED": 1}, 8, true, "RUNNING 3 75% ok; FAILED 1 25% bad; "},
+	}
+	for _, tt := range tests {
+		var b strings.Builder
+		for _, s := range spread(tt.counts, tt.top, tt.state) {
+			fmt.Fprintf(&b, "%s %d %.0f%% %s; ", s.Name, s.Count, s.Percent, s.Class)
+		}
+		if b.String() != tt.want {
+			t.Errorf("spread(%v, %d) = %q, want %q", tt.counts, tt.top, b.String(), tt.want)
+		}
 	}
 }
