@@ -66,18 +66,13 @@ func openConsole(t *testing.T, c *cloud) *browser {
 		chromedp.WaitVisible(chromedp.CSS(`#token`)),
 		chromedp.SendKeys(chromedp.CSS(`#token`), c.APIToken),
 		chromedp.Submit(chromedp.CSS(`#token`)),
+		// The login page shows the nav too: wait for the page after it, or
+		// the test's next navigation races the login's POST (one of them
+		// fails with net::ERR_ABORTED).
+		chromedp.WaitNotPresent(chromedp.CSS(`#token`)),
 		chromedp.WaitVisible(chromedp.CSS(`nav[aria-label="Main"]`)),
 	)
-	b.loaded()
 	return b
-}
-
-// loaded waits for the page's load event. A navigation started while the
-// page after the login's redirect still loads could fail with
-// net::ERR_ABORTED (TestConsoleFleetEvents, 2 runs in 20).
-func (b *browser) loaded() {
-	b.t.Helper()
-	value(b, "the page loaded", chromedp.Evaluate[bool](`new Promise(r => document.readyState === "complete" ? r(true) : addEventListener("load", () => r(true)))`, chromedp.EvalAwaitPromise))
 }
 
 // run runs steps with a deadline, failing the test with what on error.
