@@ -66,9 +66,8 @@ func openConsole(t *testing.T, c *cloud) *browser {
 		chromedp.WaitVisible(chromedp.CSS(`#token`)),
 		chromedp.SendKeys(chromedp.CSS(`#token`), c.APIToken),
 		chromedp.Submit(chromedp.CSS(`#token`)),
-		// The login page shows the nav too: wait for the page after it, or
-		// the test's next navigation races the login's POST (one of them
-		// fails with net::ERR_ABORTED).
+		// The page after the login, not the login page: a navigation
+		// racing the login's POST fails with net::ERR_ABORTED.
 		chromedp.WaitNotPresent(chromedp.CSS(`#token`)),
 		chromedp.WaitVisible(chromedp.CSS(`nav[aria-label="Main"]`)),
 	)

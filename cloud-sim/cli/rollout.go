@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 )
 
@@ -94,11 +94,9 @@ func (v *verb) rolloutCreate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var spec rolloutSpec
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&spec); err != nil {
-		return fmt.Errorf("%s is not a rollout spec: %w", v.file, err)
+	spec, err := api.ParseRolloutSpec(raw)
+	if err != nil {
+		return fmt.Errorf("%s: %w", v.file, err)
 	}
 	var rv rolloutView
 	var body []byte

@@ -9,7 +9,6 @@ type (
 	target         = api.Target
 	batchView      = api.BatchView
 	command        = api.Command
-	rolloutSpec    = api.RolloutSpec
 	rolloutView    = api.RolloutView
 	rolloutGateway = api.RolloutGateway
 	credentialView = api.CredentialView

@@ -12,12 +12,12 @@ import (
 
 // The chart's geometry, in SVG user units.
 const (
-	chartW, chartH             = 640, 170
-	chartLeft, chartRight      = 40, 10
-	chartTop, chartBottom      = 10, 24
-	chartGap                   = 5 * time.Minute // a longer silence breaks the lines
-	chartPlotW, chartPlotH     = chartW - chartLeft - chartRight, chartH - chartTop - chartBottom
-	chartMaxPercent        int = 100
+	loadW, loadH             = 640, 170
+	loadLeft, loadRight      = 40, 10
+	loadTop, loadBottom      = 10, 24
+	loadGap                  = 5 * time.Minute // a longer silence breaks the lines
+	loadPlotW, loadPlotH     = loadW - loadLeft - loadRight, loadH - loadTop - loadBottom
+	loadMaxPercent       int = 100
 )
 
 // chartSeries is one line of the chart: its name, CSS class and value.
@@ -42,7 +42,7 @@ func chartLines() []chartSeries {
 
 // metricsChart draws the samples of the window before now as an SVG line
 // chart of three percentages (CPU load per CPU, memory, disk; 0–100, a
-// load over 100% drawn at the top). A silence longer than chartGap breaks
+// load over 100% drawn at the top). A silence longer than loadGap breaks
 // the lines. Without a sample in the window it says so in words.
 func metricsChart(samples []api.MetricSample, now time.Time, window time.Duration) template.HTML {
 	from := now.Add(-window)
@@ -56,20 +56,20 @@ func metricsChart(samples []api.MetricSample, now time.Time, window time.Duratio
 		return template.HTML(`<p class="muted chart-empty">No heartbeat metrics in the last ` + template.HTMLEscapeString(shortDuration(window)) + `.</p>`)
 	}
 	slices.SortStableFunc(in, func(a, b api.MetricSample) int { return a.At.Compare(b.At) })
-	x := func(t time.Time) float64 { return chartLeft + chartPlotW*float64(t.Sub(from))/float64(window) }
+	x := func(t time.Time) float64 { return loadLeft + loadPlotW*float64(t.Sub(from))/float64(window) }
 	y := func(v float64) float64 {
-		v = min(max(v, 0), float64(chartMaxPercent))
-		return chartTop + chartPlotH*(1-v/float64(chartMaxPercent))
+		v = min(max(v, 0), float64(loadMaxPercent))
+		return loadTop + loadPlotH*(1-v/float64(loadMaxPercent))
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, `<svg class="chart" viewBox="0 0 %d %d" width="%d" height="%d" role="img" aria-labelledby="chart-title">`, chartW, chartH, chartW, chartH)
+	fmt.Fprintf(&b, `<svg class="chart" viewBox="0 0 %d %d" width="%d" height="%d" role="img" aria-labelledby="chart-title">`, loadW, loadH, loadW, loadH)
 	fmt.Fprintf(&b, `<title id="chart-title">CPU load per CPU, memory and disk used, %% over the last %s</title>`, shortDuration(window))
 	for _, p := range []int{0, 50, 100} {
 		fmt.Fprintf(&b, `<line class="grid" x1="%d" x2="%d" y1="%.1f" y2="%.1f"/><text x="%d" y="%.1f" text-anchor="end">%d%%</text>`,
-			chartLeft, chartW-chartRight, y(float64(p)), y(float64(p)), chartLeft-4, y(float64(p))+3, p)
+			loadLeft, loadW-loadRight, y(float64(p)), y(float64(p)), loadLeft-4, y(float64(p))+3, p)
 	}
 	fmt.Fprintf(&b, `<text x="%d" y="%d">-%s</text><text x="%d" y="%d" text-anchor="end">now</text>`,
-		chartLeft, chartH-6, shortDuration(window), chartW-chartRight, chartH-6)
+		loadLeft, loadH-6, shortDuration(window), loadW-loadRight, loadH-6)
 	for _, l := range chartLines() {
 		fmt.Fprintf(&b, `<path class="%s" d="%s"/>`, l.class, chartPath(in, l.value, x, y))
 		if len(in) == 1 {
@@ -86,7 +86,7 @@ func chartPath(in []api.MetricSample, value func(api.MetricSample) float64, x fu
 	var b strings.Builder
 	for i, s := range in {
 		op := "L"
-		if i == 0 || s.At.Sub(in[i-1].At) > chartGap {
+		if i == 0 || s.At.Sub(in[i-1].At) > loadGap {
 			op = "M"
 		}
 		if i > 0 {

@@ -89,6 +89,7 @@ func New(cfg Config) (*Console, error) {
 	c.mux.HandleFunc("GET /login", c.loginPage)
 	c.mux.HandleFunc("POST /login", c.login)
 	c.mux.HandleFunc("POST /logout", c.logout)
+	c.mux.HandleFunc("POST /rollouts/create", c.rolloutCreate)
 	for _, p := range pages() {
 		c.mux.Handle("GET "+p.path, c.authed(p.handle))
 	}
@@ -110,6 +111,9 @@ func pages() []page {
 		{path: "/gateways", handle: (*Console).gateways},
 		{path: "/gateways/{tenant}/{id}", handle: (*Console).gateway},
 		{path: "/events", handle: (*Console).events},
+		{path: "/rollouts", handle: (*Console).rollouts},
+		{path: "/rollouts/new", handle: (*Console).rolloutNew},
+		{path: "/rollouts/{id}", handle: (*Console).rollout},
 	}
 }
 
@@ -227,7 +231,7 @@ func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/", http.StatusSeeOther)
 		return
 	}
-	c.render(w, r, "login", view{Title: "Log in", Data: safeNext(r.URL.Query().Get("next"))})
+	c.render(w, r, "login", view{Title: "Log in", Nav: "login", Data: safeNext(r.URL.Query().Get("next"))})
 }
 
 // login checks the token a login form posts and starts a session.
@@ -242,7 +246,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	if subtle.ConstantTimeCompare([]byte(tok), []byte(c.cfg.Token)) != 1 {
 		c.log.Warn("console: login with a wrong token", "remote", r.RemoteAddr)
 		w.WriteHeader(http.StatusUnauthorized)
-		c.render(w, r, "login", view{Title: "Log in", Error: "That is not the API token. It is in the file api-token of cloud-sim serve's --data directory (or the file --api-token-file names).", Data: next})
+		c.render(w, r, "login", view{Title: "Log in", Nav: "login", Error: "That is not the API token. It is in the file api-token of cloud-sim serve's --data directory (or the file --api-token-file names).", Data: next})
 		return
 	}
 	id, _ := c.cfg.Sessions.create()

@@ -54,7 +54,13 @@ const Console = (() => {
     if (tenant) params.set("tenant", tenant);
     source = new EventSource("/v1/events" + (params.toString() ? "?" + params : ""));
     const status = document.getElementById("live-status");
-    source.onopen = () => { if (status) status.textContent = "Live"; };
+    // Changes made between the page's rendering and the stream's start
+    // (or while it reconnected) reach no handler: a live page fetches its
+    // content once more when the stream opens.
+    source.onopen = () => {
+      if (status) status.textContent = "Live";
+      if (document.body.dataset.live) refresh();
+    };
     source.onerror = () => { if (status) status.textContent = "Reconnecting…"; };
     for (const k of kinds) {
       source.addEventListener(k, (ev) => {
@@ -68,8 +74,30 @@ const Console = (() => {
     }
   }
 
+  // keep notes what the operator changed in main (form controls with an
+  // id: typed text, ticked boxes, choices) and which <details> are open,
+  // for restore to put back after a refresh.
+  function keep(main) {
+    const controls = [...main.querySelectorAll("input[id], textarea[id], select[id]")].filter((e) =>
+      e.type === "checkbox" || e.type === "radio" ? e.checked !== e.defaultChecked
+        : e.tagName === "SELECT" ? [...e.options].some((o) => o.selected !== o.defaultSelected)
+        : e.value !== e.defaultValue).map((e) => ({ id: e.id, value: e.value, checked: e.checked }));
+    const open = [...main.querySelectorAll("details[open][id]")].map((d) => d.id);
+    return { controls, open };
+  }
+
+  function restore(kept) {
+    for (const c of kept.controls) {
+      const e = document.getElementById(c.id);
+      if (!e) continue;
+      if (e.type === "checkbox" || e.type === "radio") e.checked = c.checked; else e.value = c.value;
+    }
+    for (const id of kept.open) document.getElementById(id)?.setAttribute("open", "");
+  }
+
   // refresh fetches this page's content again and swaps it in, at most
-  // once a second; focus and the open <details> stay where they were.
+  // once a second; focus, what the operator typed or ticked, and the open
+  // <details> stay as they were.
   let pending = null, last = 0;
   function refresh() {
     if (pending) return;
@@ -82,7 +110,9 @@ const Console = (() => {
         const html = await resp.text();
         const main = document.getElementById("content");
         const active = document.activeElement?.id;
+        const kept = keep(main);
         main.innerHTML = html;
+        restore(kept);
         if (active) document.getElementById(active)?.focus();
         document.dispatchEvent(new CustomEvent("console:refreshed"));
       } finally {
