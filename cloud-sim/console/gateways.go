@@ -55,7 +55,9 @@ func (f gatewayFilter) apiQuery() string {
 
 // gatewayRow is one row of the gateways table.
 type gatewayRow struct {
-	*api.Gateway
+	// G is not embedded: html/template looks a promoted field up by a
+	// search that allocates, per row and field.
+	G           *api.Gateway
 	State       string
 	LabelList   []string          // "key=value", sorted
 	Deployments []*api.Deployment // by name
@@ -115,7 +117,7 @@ func gatewaysView(f gatewayFilter, u *url.URL, l api.GatewayList) gatewaysData {
 		Filtered: f.Tenant != "" || f.Selector != "" || f.Group != "" || f.Online != "" || f.Q != ""}
 	d.Pages = max(1, (l.Total+f.Limit-1)/f.Limit)
 	for _, g := range l.Gateways {
-		d.Rows = append(d.Rows, gatewayRow{Gateway: g, State: gatewayState(g), LabelList: labelList(g.Labels), Deployments: sortedDeployments(g.Deployments)})
+		d.Rows = append(d.Rows, gatewayRow{G: g, State: gatewayState(g), LabelList: labelList(g.Labels), Deployments: sortedDeployments(g.Deployments)})
 	}
 	if len(d.Rows) > 0 {
 		d.First = (f.Page-1)*f.Limit + 1
