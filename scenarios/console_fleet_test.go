@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -184,7 +185,33 @@ func TestConsoleFleetGateway(t *testing.T) {
 		t.Errorf("deployment row %q, want web RUNNING with its image", got)
 	}
 	b.run("restart web", chromedp.Click(chromedp.CSS(`#deployments button[data-action="restart"][data-deployment="web"]`)))
-	b.eventually("the restart's outcome", "#action-result", func(s string) bool { return strings.Contains(s, "SUCCEEDED") })
+	b.eventually("the restart's outcome", "#action-result", func(s string) bool { return strings.Contains(s, "restart web: SUCCEEDED") })
+
+	// Remove asks first (a native confirm, accepted here), then the row
+	// goes without a reload.
+	dialogs := chromedp.Events(b.ctx, page.JavascriptDialogOpening)
+	asked := make(chan string, 1)
+	go func() {
+		for ev, err := range dialogs {
+			if err != nil {
+				return
+			}
+			asked <- ev.Message
+			_, _ = chromedp.Call(b.ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
+			return
+		}
+	}()
+	b.run("remove web", chromedp.Click(chromedp.CSS(`#deployments button[data-action="remove"][data-deployment="web"]`)))
+	b.eventually("the removal's outcome", "#action-result", func(s string) bool { return strings.Contains(s, "remove web: SUCCEEDED") })
+	select { // the removal was sent, so a confirm was asked before
+	case msg := <-asked:
+		if !strings.Contains(msg, "Remove deployment web from sim/sim-2") {
+			t.Errorf("confirm asked %q", msg)
+		}
+	default:
+		t.Error("removed without a confirm")
+	}
+	b.eventually("the web row gone, live", "#deployments tbody", func(s string) bool { return strings.Contains(s, "No deployment on this gateway") })
 
 	// An hour of heartbeats, drawn by the server. Simulated gateways send
 	// one a minute from their start, so this gateway's birth and metrics
