@@ -110,6 +110,9 @@ type page struct {
 func pages() []page {
 	return []page{
 		{path: "/{$}", handle: (*Console).overview},
+		{path: "/gateways", handle: (*Console).gateways},
+		{path: "/gateways/{tenant}/{id}", handle: (*Console).gateway},
+		{path: "/events", handle: (*Console).events},
 		{path: "/deploy", handle: (*Console).deploy},
 		{path: "/commands", handle: (*Console).commands},
 		{path: "/credentials", handle: (*Console).credentials},

@@ -14,7 +14,7 @@ import (
 
 const testToken = "s3cret-token"
 
-// fakeAPI answers GET /v1/gateways as the API does, and records whether
+// fakeAPI answers GET /v1/gateways and /v1/overview as the API does, and records whether
 // the console's in-process call carried the token.
 type fakeAPI struct{ auth string }
 
@@ -25,6 +25,10 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
+	if r.URL.Path == "/v1/overview" {
+		_ = json.NewEncoder(w).Encode(map[string]any{"gateways": map[string]int{"total": 3, "online": 2, "offline": 1, "stale": 1}})
+		return
+	}
 	_ = json.NewEncoder(w).Encode(map[string]any{"count": 3, "online": 2, "stale": 1, "total": 3, "gateways": []any{}})
 }
 

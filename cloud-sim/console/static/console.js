@@ -146,6 +146,11 @@ const Console = (() => {
     }
   }
 
+  // A page left for another closes its stream: a browser holds at most 6
+  // connections to a host, and a stream kept by a page in the back-forward
+  // cache would use one up each time.
+  window.addEventListener("pagehide", () => { if (source) { source.close(); source = null; } });
+
   document.addEventListener("DOMContentLoaded", () => {
     const live = document.body.dataset.live;
     if (live) on(live.split(","), refresh);
