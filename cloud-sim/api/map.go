@@ -46,7 +46,7 @@ func gatewayOf(g *inventory.Gateway) *Gateway {
 
 func deploymentOf(d *inventory.Deployment) *Deployment {
 	return &Deployment{Name: d.Name, Revision: d.Revision, Phase: d.Phase.String(), Health: d.Health.String(), Image: d.Image,
-		Digest: d.Digest, Code: d.Code, Message: d.Message, RestartCount: d.RestartCount, UpdatedAt: d.UpdatedAt}
+		Digest: d.Digest, ContainerID: d.ContainerID, Code: d.Code, Message: d.Message, RestartCount: d.RestartCount, UpdatedAt: d.UpdatedAt}
 }
 
 func registriesOf(list []inventory.Registry) []Registry {

@@ -91,6 +91,7 @@ type Deployment struct {
 	Health       Health
 	Image        string
 	Digest       string
+	ContainerID  string
 	Code         string
 	Message      string
 	RestartCount uint32
@@ -200,7 +201,7 @@ func (g *Gateway) applyStatus(name string, s *fleetv1.DeploymentStatus, at time.
 		return
 	}
 	d := &Deployment{Name: name, Revision: s.GetRevision(), Phase: Phase(s.GetPhase()), Image: clip(s.GetImage(), maxText), Digest: clip(s.GetImageDigest(), maxText),
-		Message: clip(s.GetMessage(), maxMessage), RestartCount: s.GetRestartCount(), UpdatedAt: at}
+		ContainerID: clip(s.GetContainerId(), maxText), Message: clip(s.GetMessage(), maxMessage), RestartCount: s.GetRestartCount(), UpdatedAt: at}
 	d.Health = Health(s.GetHealth())
 	if s.GetCode() != fleetv1.Reply_OK {
 		d.Code = s.GetCode().String()

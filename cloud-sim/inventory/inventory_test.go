@@ -70,7 +70,7 @@ func TestApply(t *testing.T) {
 // typed ("RUNNING", "healthy"), and restored as it was.
 func TestStored(t *testing.T) {
 	g := &Gateway{Tenant: "acme", ID: "gw-1", Online: true, Session: 3, Host: &Host{Hostname: "h"},
-		Deployments: map[string]*Deployment{"web": {Name: "web", Revision: 2, Phase: Running, Health: Healthy},
+		Deployments: map[string]*Deployment{"web": {Name: "web", Revision: 2, Phase: Running, Health: Healthy, ContainerID: "c0ffee"},
 			"db": {Name: "db", Phase: Phase(fleetv1.DeploymentStatus_PULLING)}},
 		Registries: []Registry{{Registry: "quay.io/acme", Kind: "basic"}}}
 	raw, err := json.Marshal(g.stored())
@@ -78,7 +78,7 @@ func TestStored(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `{"tenant":"acme","id":"gw-1","online":true,"session":3,"host":{"hostname":"h"},` +
-		`"deployments":{"db":{"name":"db","revision":0,"phase":"PULLING"},"web":{"name":"web","revision":2,"phase":"RUNNING","health":"healthy"}},` +
+		`"deployments":{"db":{"name":"db","revision":0,"phase":"PULLING"},"web":{"name":"web","revision":2,"phase":"RUNNING","health":"healthy","containerId":"c0ffee"}},` +
 		`"registries":[{"registry":"quay.io/acme","kind":"basic"}],"running":0}`
 	if string(raw) != want {
 		t.Errorf("stored\n got %s\nwant %s", raw, want)
@@ -88,7 +88,7 @@ func TestStored(t *testing.T) {
 		t.Fatal(err)
 	}
 	back := restore(&s)
-	if d := back.Deployments["web"]; d.Phase != Running || d.Health != Healthy || back.Host.Hostname != "h" || back.Registries[0].Kind != "basic" {
+	if d := back.Deployments["web"]; d.Phase != Running || d.Health != Healthy || d.ContainerID != "c0ffee" || back.Host.Hostname != "h" || back.Registries[0].Kind != "basic" {
 		t.Errorf("restored %+v, web %+v; want what was stored", back, d)
 	}
 }
@@ -186,5 +186,20 @@ func TestDelivered(t *testing.T) {
 	}
 	if back := restore(&s); !slices.Equal(back.Delivered, g.Delivered) {
 		t.Errorf("restored Delivered = %v, want %v", back.Delivered, g.Delivered)
+	}
+}
+
+// TestStatusFields: what a status says of its container is kept.
+func TestStatusFields(t *testing.T) {
+	inv := New(Config{})
+	inv.Apply(received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1}))
+	inv.Apply(received(topic.Status, "gw-1", "web", &fleetv1.DeploymentStatus{Name: "web", Revision: 1, Phase: fleetv1.DeploymentStatus_RUNNING,
+		ImageDigest: "sha256:ab", ContainerId: "c0ffee", RestartCount: 2}))
+	g, ok := inv.Get("acme", "gw-1")
+	if !ok {
+		t.Fatal("gateway not known after its birth")
+	}
+	if d := g.Deployments["web"]; d == nil || d.ContainerID != "c0ffee" || d.Digest != "sha256:ab" || d.RestartCount != 2 {
+		t.Errorf("deployment %+v, want container c0ffee, digest sha256:ab, 2 restarts", d)
 	}
 }

@@ -85,6 +85,7 @@ type Deployment struct {
 	Health       string    `json:"health,omitempty"`
 	Image        string    `json:"image,omitempty"`
 	Digest       string    `json:"digest,omitempty"`
+	ContainerID  string    `json:"containerId,omitempty"`
 	Code         string    `json:"code,omitempty"`
 	Message      string    `json:"message,omitempty"`
 	RestartCount uint32    `json:"restartCount,omitempty"`
