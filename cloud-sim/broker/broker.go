@@ -58,6 +58,7 @@ type Broker struct {
 	tlsAddr string
 	acl     *aclHook   // nil without Config.Auth
 	store   *boltStore // nil without Config.StorePath
+	ends    *endHook
 }
 
 // Start listens and serves in the background.
@@ -132,6 +133,12 @@ func Start(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("broker: store %s: %w", cfg.StorePath, err)
 		}
 	}
+	ends := &endHook{waiting: map[*mqtt.Client]chan struct{}{}}
+	if err := srv.AddHook(ends, nil); err != nil {
+		closeAll()
+		srv.Close()
+		return nil, err
+	}
 	// Last, so that it sees a PUBLISH only when every other hook accepted it.
 	if err := srv.AddHook(newRetainGuard(), nil); err != nil {
 		closeAll()
@@ -150,7 +157,7 @@ func Start(cfg Config) (*Broker, error) {
 		srv.Close()
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	b := &Broker{srv: srv, addr: ln.Addr().String(), acl: acl, store: store}
+	b := &Broker{srv: srv, addr: ln.Addr().String(), acl: acl, store: store, ends: ends}
 	if len(lns) > 1 {
 		b.tlsAddr = lns[1].ln.Addr().String()
 	}
@@ -192,18 +199,67 @@ func (b *Broker) Disconnect(clientID string, deleteSession bool) bool {
 // session as for any lost connection: its Will is published. (mochi's
 // DisconnectClient stops the client instead; a read loop that notices the
 // stop between two packets returns without an error, and the Will is
-// dropped.)
+// dropped.) It returns once the read loop has ended (at most
+// connEndTimeout).
 func (b *Broker) closeConn(cl *mqtt.Client) {
+	ended := b.ends.wait(cl)
+	defer b.ends.forget(cl)
 	_ = cl.WritePacket(packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
 		ReasonCode:  packets.ErrNotAuthorized.Code,
 		Properties:  packets.Properties{ReasonString: packets.ErrNotAuthorized.Reason},
 	})
-	if cl.Net.Conn != nil {
-		_ = cl.Net.Conn.Close()
+	if cl.Net.Conn == nil {
+		cl.Stop(packets.ErrNotAuthorized)
 		return
 	}
-	cl.Stop(packets.ErrNotAuthorized)
+	_ = cl.Net.Conn.Close()
+	select {
+	case <-ended:
+	case <-time.After(connEndTimeout):
+		cl.Stop(packets.ErrNotAuthorized)
+	}
+}
+
+// connEndTimeout bounds how long Disconnect waits for a closed
+// connection's read loop to end.
+const connEndTimeout = 5 * time.Second
+
+// endHook tells Disconnect when a client's read loop has ended: mochi
+// calls OnDisconnect after it has published the Will and stopped the
+// client.
+type endHook struct {
+	mqtt.HookBase
+	mu      sync.Mutex
+	waiting map[*mqtt.Client]chan struct{} // guarded by mu
+}
+
+func (h *endHook) ID() string { return "connection-end" }
+
+func (h *endHook) Provides(b byte) bool { return b == mqtt.OnDisconnect }
+
+// wait returns a channel closed when cl's read loop ends.
+func (h *endHook) wait(cl *mqtt.Client) <-chan struct{} {
+	ch := make(chan struct{})
+	h.mu.Lock()
+	h.waiting[cl] = ch
+	h.mu.Unlock()
+	return ch
+}
+
+func (h *endHook) forget(cl *mqtt.Client) {
+	h.mu.Lock()
+	delete(h.waiting, cl)
+	h.mu.Unlock()
+}
+
+func (h *endHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.mu.Lock()
+	if ch, ok := h.waiting[cl]; ok {
+		close(ch)
+		delete(h.waiting, cl)
+	}
+	h.mu.Unlock()
 }
 
 // Messages reports how many PUBLISH packets the broker has received and
