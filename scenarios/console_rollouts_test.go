@@ -63,10 +63,10 @@ func (b *browser) clickLive(what, sel string) {
 }
 
 // liveText reads the text of sel on a live page, whose content may be
-// swapped while it is read.
+// swapped while it is read (a node swapped out reads as "").
 func (b *browser) liveText(sel string) string {
 	b.t.Helper()
-	return b.eventually("to read "+sel, sel, func(string) bool { return true })
+	return b.eventually("to read "+sel, sel, func(s string) bool { return s != "" })
 }
 
 // stageCount is the count the rollout page's funnel shows for a stage.
@@ -165,7 +165,7 @@ func TestConsoleRolloutCreatePauseResume(t *testing.T) {
 	b.screenshot("rollout")
 
 	b.run("the list", chromedp.Navigate(b.base+"/rollouts"), chromedp.WaitVisible(chromedp.CSS(`table.rollouts`)))
-	row := b.liveText(`tr[data-rollout="` + id + `"]`)
+	row := b.eventually("the rollout's row, succeeded", `tr[data-rollout="`+id+`"]`, func(s string) bool { return strings.Contains(s, api.RolloutSucceeded) })
 	for _, s := range []string{"web 1", "sim", "web@1", api.RolloutSucceeded, "20 succeeded, 0 failed, 0 in progress of 20"} {
 		if !strings.Contains(row, s) {
 			t.Errorf("the list's row lacks %q: %q", s, row)
