@@ -89,6 +89,31 @@ func BenchmarkControllerMemory(b *testing.B) {
 	}
 }
 
+// BenchmarkControllerMemoryMetrics reports the controller's heap per
+// 1,000 gateways that have sent an hour of heartbeats (one a minute) after
+// their births: the hour of metrics the console charts is kept in memory.
+func BenchmarkControllerMemoryMetrics(b *testing.B) {
+	for b.Loop() {
+		c := benchController(b)
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		ingestBirths(c, benchFleet)
+		start := time.Now().Add(-time.Hour)
+		for m := range 60 {
+			at := start.Add(time.Duration(m) * time.Minute)
+			for i := range benchFleet {
+				c.Ingest(mqttclient.Received{Topic: topic.Topic{Kind: topic.Metrics, Tenant: "bench", Gateway: fmt.Sprintf("gw-%d", i)}, At: at,
+					Message: &fleetv1.Metrics{Load1: 0.5, MemoryTotalBytes: 4 << 30, MemoryAvailableBytes: 1 << 30, DiskTotalBytes: 32 << 30, DiskFreeBytes: 8 << 30, RunningCount: 1}})
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(benchFleet/1000)/(1<<20), "MiB/1k-gateways")
+		runtime.KeepAlive(c)
+	}
+}
+
 // BenchmarkControllerIngest measures status messages applied per second
 // with 10,000 gateways in the inventory: "inprocess" calls Ingest with
 // decoded messages; "broker" publishes encoded statuses (QoS 1, retained,

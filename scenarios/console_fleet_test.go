@@ -125,7 +125,7 @@ func TestConsoleFleetGateways(t *testing.T) {
 	if len(ids) != 10 || ids[0] != "sim-1" || ids[9] != "sim-10" {
 		t.Fatalf("page 1: %v, want sim-1 … sim-10", ids)
 	}
-	b.run("next page", chromedp.Click(chromedp.CSS(`#page-next`)), chromedp.WaitVisible(chromedp.CSS(`#page-prev`)))
+	b.run("next page", liveClick(`#page-next`), chromedp.WaitVisible(chromedp.CSS(`#page-prev`)))
 	if ids := rowIDs(b); len(ids) != 10 || ids[0] != "sim-11" || ids[9] != "sim-20" {
 		t.Errorf("page 2: %v, want sim-11 … sim-20", ids)
 	}
@@ -136,9 +136,9 @@ func TestConsoleFleetGateways(t *testing.T) {
 
 	// Bulk: restart web on the page's ten gateways.
 	b.run("select the page and restart web",
-		chromedp.Click(chromedp.CSS(`#select-page`)),
-		chromedp.SendKeys(chromedp.CSS(`#bulk-deployment`), "web"),
-		chromedp.Click(chromedp.CSS(`#bulk-send`)),
+		liveClick(`#select-page`),
+		liveType(`#bulk-deployment`, "web"),
+		liveClick(`#bulk-send`),
 	)
 	b.eventually("the batch's outcome", "#bulk-result", func(s string) bool { return strings.Contains(s, "done") })
 	if got := b.text("#bulk-result"); !strings.Contains(got, "SUCCEEDED 10") || !strings.Contains(got, "restart web") {
@@ -155,10 +155,10 @@ func TestConsoleFleetGateways(t *testing.T) {
 	ingestEdgeGateway(c, "acme", "edge-1", time.Now())
 	b.run("a rebirth to sim-1 and acme's edge-1",
 		chromedp.Navigate(b.base+"/gateways?q=-1"), chromedp.WaitVisible(chromedp.CSS(`table.gateways`)),
-		chromedp.Click(chromedp.CSS(`input[data-tenant="acme"][data-id="edge-1"]`)),
-		chromedp.Click(chromedp.CSS(`input[data-tenant="sim"][data-id="sim-1"]`)),
-		chromedp.SetValue(chromedp.CSS(`#bulk-action`), "rebirth"),
-		chromedp.Click(chromedp.CSS(`#bulk-send`)),
+		liveClick(`input[data-tenant="acme"][data-id="edge-1"]`),
+		liveClick(`input[data-tenant="sim"][data-id="sim-1"]`),
+		liveSet(`#bulk-action`, "rebirth"),
+		liveClick(`#bulk-send`),
 	)
 	got := b.eventually("two batches", "#bulk-result", func(s string) bool {
 		return strings.Contains(s, "tenant sim · 1 gateway: SUCCEEDED 1 — done") && strings.Contains(s, "tenant acme · 1 gateway: PENDING 1")
@@ -184,7 +184,7 @@ func TestConsoleFleetGateway(t *testing.T) {
 	if got := b.text(`#deployments tr[data-deployment="web"]`); !strings.Contains(got, "RUNNING") || !strings.Contains(got, "registry.example.com/web:1") {
 		t.Errorf("deployment row %q, want web RUNNING with its image", got)
 	}
-	b.run("restart web", chromedp.Click(chromedp.CSS(`#deployments button[data-action="restart"][data-deployment="web"]`)))
+	b.run("restart web", liveClick(`#deployments button[data-action="restart"][data-deployment="web"]`))
 	b.eventually("the restart's outcome", "#action-result", func(s string) bool { return strings.Contains(s, "restart web: SUCCEEDED") })
 
 	// Remove asks first (a native confirm, accepted here), then the row
@@ -201,7 +201,7 @@ func TestConsoleFleetGateway(t *testing.T) {
 			return
 		}
 	}()
-	b.run("remove web", chromedp.Click(chromedp.CSS(`#deployments button[data-action="remove"][data-deployment="web"]`)))
+	b.run("remove web", liveClick(`#deployments button[data-action="remove"][data-deployment="web"]`))
 	b.eventually("the removal's outcome", "#action-result", func(s string) bool { return strings.Contains(s, "remove web: SUCCEEDED") })
 	select { // the removal was sent, so a confirm was asked before
 	case msg := <-asked:

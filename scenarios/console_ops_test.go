@@ -51,7 +51,7 @@ func (c *cloud) awaitOnline(t *testing.T, tenant string, n int) {
 // click clicks the element sel.
 func (b *browser) click(what, sel string) {
 	b.t.Helper()
-	b.run(what, chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
+	b.run(what, liveClick(sel))
 }
 
 // choose selects option in the <select> sel, as a user does (a change
@@ -88,9 +88,9 @@ func TestConsoleOpsDeploy(t *testing.T) {
 	b := openConsole(t, c)
 	b.run("the deploy page", chromedp.Navigate(b.base+"/deploy?tenant=sim"), chromedp.WaitVisible(chromedp.CSS("#spec")))
 	b.eventually("the live count of the target", "#match", func(s string) bool { return s == "matches 5 gateways (5 online)" })
-	b.run("a selector", chromedp.Click(chromedp.CSS("#target-kind-selector")), chromedp.SendKeys(chromedp.CSS("#target-selector"), "site=site-1"))
+	b.run("a selector", liveClick("#target-kind-selector"), liveType("#target-selector", "site=site-1"))
 	b.eventually("the count of the selector", "#match", func(s string) bool { return strings.HasPrefix(s, "matches 1 gateway") })
-	b.run("all again", chromedp.Click(chromedp.CSS("#target-all")))
+	b.run("all again", liveClick("#target-all"))
 	b.eventually("the count of all again", "#match", func(s string) bool { return s == "matches 5 gateways (5 online)" })
 
 	specOf := func(image string) string {
@@ -100,13 +100,13 @@ func TestConsoleOpsDeploy(t *testing.T) {
 		{"an unknown field (the console's YAML conversion)", "name: web\nrevision: 1\nimagee: " + img + "\n", "Line 3 (imagee)"},
 		{"an image the registry lacks (the API's registry check)", specOf(reg.Host + "/team/web:nope"), "Line 3 (image)"},
 	} {
-		b.run(tc.what, chromedp.SetValue(chromedp.CSS("#spec"), tc.yaml), chromedp.Click(chromedp.CSS("#check-btn")))
+		b.run(tc.what, liveSet("#spec", tc.yaml), liveClick("#check-btn"))
 		if got := b.eventually(tc.what, "#spec + p.field-error", func(s string) bool { return strings.HasPrefix(s, tc.want) }); !strings.Contains(got, "command.deploy.spec") && !strings.Contains(got, "image") {
 			t.Errorf("%s: error %q names no field", tc.what, got)
 		}
 	}
 
-	b.run("a good spec", chromedp.SetValue(chromedp.CSS("#spec"), specOf(img)), chromedp.Click(chromedp.CSS("#check-btn")))
+	b.run("a good spec", liveSet("#spec", specOf(img)), liveClick("#check-btn"))
 	b.eventually("the dry run", "#check-body", func(s string) bool {
 		return strings.Contains(s, "Would deploy to 5 gateways of sim") && strings.Contains(s, "OK")
 	})
@@ -216,10 +216,10 @@ func TestConsoleOpsCredentials(t *testing.T) {
 	b := openConsole(t, c)
 	b.run("the credentials page", chromedp.Navigate(b.base+"/credentials?tenant=sim"), chromedp.WaitVisible(chromedp.CSS("#cred-form")))
 	b.run("fill the form",
-		chromedp.SetValue(chromedp.CSS("#cred-registry"), "registry.example.com/team"),
-		chromedp.SendKeys(chromedp.CSS("#cred-username"), "robot"),
-		chromedp.SendKeys(chromedp.CSS("#cred-password"), secret),
-		chromedp.Click(chromedp.CSS("#cred-save")))
+		liveSet("#cred-registry", "registry.example.com/team"),
+		liveType("#cred-username", "robot"),
+		liveType("#cred-password", secret),
+		liveClick("#cred-save"))
 	b.eventually("the stored notice", "#cred-result", func(s string) bool { return strings.HasPrefix(s, "Stored the basic credential") })
 	b.eventually("the credential listed", "#credentials tbody", func(s string) bool { return strings.Contains(s, "registry.example.com/team") })
 	if v := value(b, "the password field", chromedp.Value(chromedp.CSS("#cred-password"))); v != "" {
@@ -256,11 +256,11 @@ func TestConsoleOpsCredentials(t *testing.T) {
 
 	// A mistake is shown next to the field the API names.
 	b.choose("#cred-kind", "ecr")
-	b.run("ecr with a bad region", chromedp.SetValue(chromedp.CSS("#cred-registry"), "123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
-		chromedp.SetValue(chromedp.CSS("#cred-ecr-region"), "evil.example/x#"),
-		chromedp.SendKeys(chromedp.CSS("#cred-ecr-key"), "AKIAEXAMPLE"),
-		chromedp.SendKeys(chromedp.CSS("#cred-ecr-secret"), secret),
-		chromedp.Click(chromedp.CSS("#cred-save")))
+	b.run("ecr with a bad region", liveSet("#cred-registry", "123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+		liveSet("#cred-ecr-region", "evil.example/x#"),
+		liveType("#cred-ecr-key", "AKIAEXAMPLE"),
+		liveType("#cred-ecr-secret", secret),
+		liveClick("#cred-save"))
 	b.eventually("the region error", `[data-field="credential.ecr.region"] + p.field-error`, func(s string) bool { return strings.Contains(s, "not an AWS region") })
 	if v := value(b, "the secret field", chromedp.Value(chromedp.CSS("#cred-ecr-secret"))); v != "" {
 		t.Error("the secret field is not cleared after a refused submit")
@@ -292,15 +292,15 @@ const ecrSecret = "ecr-secret-access-key-never-echoed"
 func setECR(t *testing.T, b *browser, host, image string) {
 	t.Helper()
 	b.choose("#cred-kind", "ecr")
-	b.run("an ECR credential", chromedp.SetValue(chromedp.CSS("#cred-registry"), host),
-		chromedp.SetValue(chromedp.CSS("#cred-ecr-region"), "eu-west-1"),
-		chromedp.SendKeys(chromedp.CSS("#cred-ecr-key"), "AKIDCLOUD"),
-		chromedp.SendKeys(chromedp.CSS("#cred-ecr-secret"), ecrSecret),
-		chromedp.Click(chromedp.CSS("#cred-save")))
+	b.run("an ECR credential", liveSet("#cred-registry", host),
+		liveSet("#cred-ecr-region", "eu-west-1"),
+		liveType("#cred-ecr-key", "AKIDCLOUD"),
+		liveType("#cred-ecr-secret", ecrSecret),
+		liveClick("#cred-save"))
 	b.eventually("the ECR token's state", `#credentials tr[data-registry="`+host+`"]`, func(s string) bool {
 		return strings.Contains(s, "token expires in 1") && strings.Contains(s, "h ") && strings.Contains(s, "refreshed in")
 	})
-	b.run("check the image", chromedp.SetValue(chromedp.CSS("#check-image"), image), chromedp.Click(chromedp.CSS("#check-btn")))
+	b.run("check the image", liveSet("#check-image", image), liveClick("#check-btn"))
 	b.eventually("the registry check", "#check-result", func(s string) bool { return strings.Contains(s, "OK") && strings.Contains(s, "Credential\n"+host) })
 	b.eventually("the last check listed", `#credentials tr[data-registry="`+host+`"]`, func(s string) bool { return strings.Contains(s, "OK "+image) })
 }

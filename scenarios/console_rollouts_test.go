@@ -1,7 +1,6 @@
 package scenarios
 
 import (
-	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -48,18 +47,10 @@ func (b *browser) pageMarked() bool {
 	return value(b, "read the mark", chromedp.Evaluate[bool]("window.testMark === true"))
 }
 
-// clickLive clicks the element sel names on a live page, whose content
-// may be swapped between finding a node and clicking it: the click is one
-// step in the page, tried until the element is there.
+// clickLive clicks the element sel names on a live page.
 func (b *browser) clickLive(what, sel string) {
 	b.t.Helper()
-	js := fmt.Sprintf(`(() => { const e = document.querySelector(%q); if (!e || e.disabled) return false; e.click(); return true; })()`, sel)
-	testenv.Eventually(b.t, what, func() bool {
-		ctx, cancel := context.WithTimeout(b.ctx, time.Second)
-		defer cancel()
-		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](js))
-		return err == nil && ok
-	})
+	b.run(what, liveClick(sel))
 }
 
 // liveText reads the text of sel on a live page, whose content may be
@@ -90,21 +81,21 @@ func TestConsoleRolloutCreatePauseResume(t *testing.T) {
 	b.run("fill the new rollout form",
 		chromedp.Navigate(b.base+"/rollouts/new"),
 		chromedp.WaitVisible(chromedp.CSS(`#rollout-form`)),
-		chromedp.SendKeys(chromedp.CSS(`#r-name`), "web 1"),
-		chromedp.SendKeys(chromedp.CSS(`#r-tenant`), "sim"),
-		chromedp.Click(chromedp.CSS(`#t-all`)),
-		chromedp.SetValue(chromedp.CSS(`#d-spec`), "name: web\nrevision: 1\nimage: registry.example.com/web:1\n"),
-		chromedp.Click(chromedp.CSS(`#d-skip`)),
-		chromedp.SendKeys(chromedp.CSS(`#s-canary`), "2"),
-		chromedp.SendKeys(chromedp.CSS(`#s-soak`), "1s"),
-		chromedp.SendKeys(chromedp.CSS(`#s-batch`), "6"),
-		chromedp.SendKeys(chromedp.CSS(`#s-rate`), "120"),
-		chromedp.SendKeys(chromedp.CSS(`#a-threshold`), "50"),
-		chromedp.SendKeys(chromedp.CSS(`#a-min`), "4"),
-		chromedp.Click(chromedp.CSS(`#a-failed`)),
-		chromedp.Click(chromedp.CSS(`#a-rollback`)),
+		liveType(`#r-name`, "web 1"),
+		liveType(`#r-tenant`, "sim"),
+		liveClick(`#t-all`),
+		liveSet(`#d-spec`, "name: web\nrevision: 1\nimage: registry.example.com/web:1\n"),
+		liveClick(`#d-skip`),
+		liveType(`#s-canary`, "2"),
+		liveType(`#s-soak`, "1s"),
+		liveType(`#s-batch`, "6"),
+		liveType(`#s-rate`, "120"),
+		liveType(`#a-threshold`, "50"),
+		liveType(`#a-min`, "4"),
+		liveClick(`#a-failed`),
+		liveClick(`#a-rollback`),
 	)
-	b.run("check first", chromedp.Click(chromedp.CSS(`#rollout-check`)))
+	b.run("check first", liveClick(`#rollout-check`))
 	if got := b.eventually("the dry run", `#dry-run .dry-targets`, func(s string) bool { return s != "" }); !strings.Contains(got, "20 gateways of sim: sim-1") {
 		t.Errorf("the dry run says %q", got)
 	}
@@ -112,8 +103,8 @@ func TestConsoleRolloutCreatePauseResume(t *testing.T) {
 		t.Fatalf("the check started a rollout: %s", v)
 	}
 	b.screenshot("rollout-new")
-	b.run("submit without an image", chromedp.SetValue(chromedp.CSS(`#d-spec`), "name: web\nrevision: 1\n"),
-		chromedp.Click(chromedp.CSS(`#rollout-submit`)))
+	b.run("submit without an image", liveSet(`#d-spec`, "name: web\nrevision: 1\n"),
+		liveClick(`#rollout-submit`))
 	msg := b.eventually("the API's error by the deployment spec", `#d-spec + .field-error`, func(s string) bool { return s != "" })
 	if !strings.Contains(msg, "deployment.image") {
 		t.Errorf("the error by the deployment spec: %q", msg)
@@ -121,8 +112,8 @@ func TestConsoleRolloutCreatePauseResume(t *testing.T) {
 	if inv := value(b, "aria-invalid", chromedp.AttributeValue(chromedp.CSS(`#d-spec`), "aria-invalid")); inv.Value != "true" {
 		t.Errorf("the deployment spec is not marked invalid: %+v", inv)
 	}
-	b.run("fix the deployment spec", chromedp.SetValue(chromedp.CSS(`#d-spec`), "name: web\nrevision: 1\nimage: registry.example.com/web:1\n"))
-	b.run("start it", chromedp.Click(chromedp.CSS(`#rollout-submit`)), chromedp.WaitVisible(chromedp.CSS(`#funnel`)))
+	b.run("fix the deployment spec", liveSet(`#d-spec`, "name: web\nrevision: 1\nimage: registry.example.com/web:1\n"))
+	b.run("start it", liveClick(`#rollout-submit`), chromedp.WaitVisible(chromedp.CSS(`#funnel`)))
 	b.markPage()
 	id := b.rolloutID()
 	if v := rolloutStatus(t, c, id); v.Spec.Strategy.Canary == nil || v.Spec.Strategy.Canary.Count != 2 || v.Spec.Strategy.BatchSize != 6 ||
@@ -187,9 +178,9 @@ func TestConsoleRolloutAbortAndRollback(t *testing.T) {
 	b.run("start a bad release as YAML",
 		chromedp.Navigate(b.base+"/rollouts/new"),
 		chromedp.WaitVisible(chromedp.CSS(`#rollout-form`)),
-		chromedp.Click(chromedp.CSS(`#mode-yaml`)),
+		liveClick(`#mode-yaml`),
 		chromedp.WaitVisible(chromedp.CSS(`#r-yaml`)),
-		chromedp.SetValue(chromedp.CSS(`#r-yaml`), `name: web 2 (flaky)
+		liveSet(`#r-yaml`, `name: web 2 (flaky)
 tenant: sim
 targets: {all: true}
 deployment: {name: web, revision: 2, image: registry.example.com/web:2-flaky}
@@ -197,7 +188,7 @@ skipRegistryCheck: true
 strategy: {maxInFlight: 4}
 abort: {failureKinds: [FAILED], thresholdPercent: 30, minExecuted: 6, rollback: true}
 `),
-		chromedp.Click(chromedp.CSS(`#rollout-submit`)),
+		liveClick(`#rollout-submit`),
 		chromedp.WaitVisible(chromedp.CSS(`#funnel`)),
 	)
 	id := b.rolloutID()
@@ -226,14 +217,14 @@ abort: {failureKinds: [FAILED], thresholdPercent: 30, minExecuted: 6, rollback: 
 	b.clickLive("cancel", `#rollout-cancel`)
 	b.run("keep it running",
 		chromedp.WaitVisible(chromedp.CSS(`dialog.confirm`)),
-		chromedp.Click(chromedp.CSS(`dialog.confirm button[value="no"]`)),
+		liveClick(`dialog.confirm button[value="no"]`),
 		chromedp.WaitNotPresent(chromedp.CSS(`dialog.confirm`)),
 	)
 	if st := rolloutStatus(t, c, v3.ID).State; st != api.RolloutRunning {
 		t.Fatalf("after keeping it running: %s", st)
 	}
 	b.clickLive("cancel again", `#rollout-cancel`)
-	b.run("confirm", chromedp.Click(chromedp.CSS(`#confirm-yes`)))
+	b.run("confirm", liveClick(`#confirm-yes`))
 	b.eventually("the canceled state", `#rollout-state`, func(s string) bool { return strings.Contains(s, api.RolloutCanceled) })
 
 	rows := func() int {

@@ -2,6 +2,7 @@ package scenarios
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -123,6 +124,52 @@ func (b *browser) eventually(what, sel string, ok func(string) bool) string {
 	}
 	b.t.Fatalf("browser: timed out waiting for %s (%s is %q)", what, sel, last)
 	return ""
+}
+
+// inPage runs js, an expression that returns true once it has done its
+// work on the page, until it does or ctx ends. One evaluation finds the
+// element and acts on it, so a live page swapping its content between a
+// lookup and an action (chromedp's Click, SendKeys) cannot fail it.
+func inPage(what, js string) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			ok, err := chromedp.Evaluate[bool](js)(ctx, t)
+			if err == nil && ok {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%s: %w (last error: %v)", what, ctx.Err(), err)
+			case <-tick.C:
+			}
+		}
+	})
+}
+
+// liveClick clicks the element the CSS selector sel finds, once it is
+// there and enabled.
+func liveClick(sel string) chromedp.Action[chromedp.Void] {
+	return inPage("click "+sel, fmt.Sprintf(`(() => { const e = document.querySelector(%q); if (!e || e.disabled) return false; e.click(); return true; })()`, sel))
+}
+
+// liveType appends text to the value of the form control sel finds, as
+// typing does (input and change events follow).
+func liveType(sel, text string) chromedp.Action[chromedp.Void] {
+	return liveFill(sel, text, true)
+}
+
+// liveSet sets the value of the form control sel finds (input and change
+// events follow).
+func liveSet(sel, value string) chromedp.Action[chromedp.Void] {
+	return liveFill(sel, value, false)
+}
+
+func liveFill(sel, v string, appendTo bool) chromedp.Action[chromedp.Void] {
+	return inPage("fill "+sel, fmt.Sprintf(`(() => { const e = document.querySelector(%q); if (!e) return false;
+		e.focus(); e.value = (%t ? e.value : "") + %q;
+		e.dispatchEvent(new Event("input", {bubbles: true})); e.dispatchEvent(new Event("change", {bubbles: true})); return true; })()`, sel, appendTo, v))
 }
 
 // screenshot saves the page as name.png in the test's directory and, with
