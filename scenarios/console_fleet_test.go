@@ -226,6 +226,9 @@ func TestConsoleFleetGateway(t *testing.T) {
 	if got := b.text("#credentials"); !strings.Contains(got, "ghcr.io") || !strings.Contains(got, "a1b2c3d4e5f6") {
 		t.Errorf("credentials %q, want ghcr.io with its fingerprint", got)
 	}
+	if got := b.text(`#deployments tr[data-deployment="web"]`); !strings.Contains(got, "3c9d2f1e8b7a") || !strings.Contains(got, "healthy") {
+		t.Errorf("web's row %q, want its container id (3c9d2f1e8b7a) and health", got)
+	}
 	b.screenshot("gateway")
 }
 
@@ -248,6 +251,11 @@ func ingestEdgeGateway(c *cloud, tenant, id string, now time.Time) {
 		},
 		Registries: []*fleetv1.RegistrySummary{{Registry: "ghcr.io", Kind: "basic", Username: "acme-bot", Fingerprint: "a1b2c3d4e5f6",
 			ExpiresAt: timestamppb.New(now.Add(5 * 24 * time.Hour))}}}})
+	st := topic.Topic{Kind: topic.Status, Tenant: tenant, Gateway: id, Deployment: "web"}
+	c.Controller.Ingest(mqttclient.Received{Topic: st, At: now.Add(-60 * time.Minute), Message: &fleetv1.DeploymentStatus{
+		Name: "web", Revision: 12, Phase: fleetv1.DeploymentStatus_RUNNING, Health: fleetv1.HealthCheck_HEALTHY, Image: "ghcr.io/acme/web:2.4.1",
+		ImageDigest: "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+		ContainerId: "3c9d2f1e8b7a6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d", RestartCount: 1}})
 	for i := 60; i >= 0; i-- {
 		load := 1.2 + math.Sin(float64(i)/6)*0.8
 		mem := uint64(8<<30) * uint64(45+i%7+(60-i)/4) / 100
