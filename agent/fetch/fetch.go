@@ -1,0 +1,276 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/fleet-agent/fleet/internal/backoff"
+)
+
+// Config configures a Fetcher. Store is required; the rest has defaults.
+type Config struct {
+	Store *Store
+	// Keychain gives the credentials of a registry (the agent's regauth
+	// keychain); nil means anonymous.
+	Keychain authn.Keychain
+	// Transport carries every request (private CAs, client certificates,
+	// insecure registries); nil means http.DefaultTransport.
+	Transport http.RoundTripper
+	// NameOptions parse references (e.g. name.Insecure for plain HTTP).
+	NameOptions []name.Option
+	// Parallel is how many blobs download at once; 0 means 3.
+	Parallel int
+	// StallTimeout is how long a request may go without a byte before it is
+	// cancelled and reconnected; 0 means 30 s.
+	StallTimeout time.Duration
+	// Backoff spaces the retries of a blob; zero means 500 ms doubling to 30 s.
+	Backoff backoff.Policy
+	// MaxCorrupt is how many times a blob may fail its digest before the
+	// fetch gives up; 0 means 3.
+	MaxCorrupt int
+	// Bandwidth caps the bytes/s of all the downloads of the Fetcher
+	// together; 0 means unlimited.
+	Bandwidth int64
+	// Progress is called at most once a second during a Fetch.
+	Progress func(Progress)
+	Logger   *slog.Logger
+}
+
+// Fetcher downloads images into a Store, resuming cut downloads.
+type Fetcher struct {
+	cfg     Config
+	limiter *limiter
+	log     *slog.Logger
+}
+
+// New checks the config and fills its defaults.
+func New(cfg Config) (*Fetcher, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("fetch: Config.Store is nil; open one with NewStore")
+	}
+	if cfg.Keychain == nil {
+		cfg.Keychain = authn.NewMultiKeychain()
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = http.DefaultTransport
+	}
+	if cfg.Parallel <= 0 {
+		cfg.Parallel = 3
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = 30 * time.Second
+	}
+	if cfg.Backoff.Base <= 0 {
+		cfg.Backoff = backoff.Policy{Base: 500 * time.Millisecond, Max: 30 * time.Second}
+	}
+	if cfg.MaxCorrupt <= 0 {
+		cfg.MaxCorrupt = 3
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Fetcher{
+		cfg:     cfg,
+		limiter: newLimiter(cfg.Bandwidth),
+		log:     cfg.Logger.With("component", "fetch"),
+	}, nil
+}
+
+// Fetch downloads the image ref for platform (an index is resolved to the
+// platform's manifest; a zero platform means linux and the agent's
+// architecture) into the store, and returns the manifest's digest once the
+// manifest, its config and its layers are all verified in the store. It
+// retries until ctx ends; what it downloaded stays in the partial files.
+func (f *Fetcher) Fetch(ctx context.Context, ref string, platform v1.Platform) (v1.Hash, error) {
+	r, err := name.ParseReference(ref, f.cfg.NameOptions...)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("fetch %q: %w", ref, err)
+	}
+	if platform.OS == "" {
+		platform = v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
+	}
+	log := f.log.With("ref", r.String())
+	var img *resolved
+	err = f.retry(ctx, log, "resolving the manifest", func() error {
+		img, err = f.resolve(ctx, r, platform)
+		return err
+	})
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("fetch %s: %w", r, err)
+	}
+	var client *http.Client
+	err = f.retry(ctx, log, "authenticating", func() error {
+		client, err = f.client(ctx, r.Context())
+		return err
+	})
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("fetch %s: %w", r, err)
+	}
+	if err := f.fetchBlobs(ctx, log, client, r.Context(), img.blobs()); err != nil {
+		return v1.Hash{}, fmt.Errorf("fetch %s: %w", r, err)
+	}
+	if err := f.cfg.Store.put(img.desc.Digest, img.raw); err != nil {
+		return v1.Hash{}, fmt.Errorf("fetch %s: manifest: %w", r, err)
+	}
+	if err := f.cfg.Store.addImage(r.String(), img.desc); err != nil {
+		return v1.Hash{}, fmt.Errorf("fetch %s: %w", r, err)
+	}
+	log.Info("image fetched", "digest", img.desc.Digest)
+	return img.desc.Digest, nil
+}
+
+// resolved is an image manifest read from the registry.
+type resolved struct {
+	desc     v1.Descriptor // of the manifest
+	raw      []byte
+	manifest *v1.Manifest
+}
+
+func (r *resolved) blobs() []v1.Descriptor {
+	return append([]v1.Descriptor{r.manifest.Config}, r.manifest.Layers...)
+}
+
+// resolve reads the manifest of ref, going through an index to the
+// platform's manifest.
+func (f *Fetcher) resolve(ctx context.Context, ref name.Reference, platform v1.Platform) (*resolved, error) {
+	desc, err := remote.Get(ref, remote.WithContext(ctx), remote.WithAuthFromKeychain(f.cfg.Keychain),
+		remote.WithTransport(f.cfg.Transport), remote.WithPlatform(platform))
+	if err != nil {
+		return nil, err
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return nil, err
+	}
+	raw, err := img.RawManifest()
+	if err != nil {
+		return nil, err
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, err
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return nil, err
+	}
+	mt, err := img.MediaType()
+	if err != nil {
+		return nil, err
+	}
+	out := v1.Descriptor{MediaType: mt, Size: int64(len(raw)), Digest: d}
+	if desc.MediaType.IsIndex() {
+		out.Platform = &platform
+	}
+	return &resolved{desc: out, raw: raw, manifest: m}, nil
+}
+
+// client is an HTTP client for the blobs of repo: authenticated with the
+// keychain's credentials for it (Bearer token flow included).
+func (f *Fetcher) client(ctx context.Context, repo name.Repository) (*http.Client, error) {
+	auth, err := authn.Resolve(ctx, f.cfg.Keychain, repo)
+	if err != nil {
+		return nil, fmt.Errorf("credentials for %s: %w", repo.RegistryStr(), err)
+	}
+	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, f.cfg.Transport,
+		[]string{repo.Scope(transport.PullScope)})
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: rt}, nil
+}
+
+// fetchBlobs downloads the blobs not yet in the store, Parallel at a time.
+// It returns the first error after every download has stopped.
+func (f *Fetcher) fetchBlobs(ctx context.Context, log *slog.Logger, client *http.Client, repo name.Repository, blobs []v1.Descriptor) error {
+	prog := &progress{fn: f.cfg.Progress}
+	for _, b := range blobs {
+		prog.total += b.Size
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, f.cfg.Parallel)
+	var (
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	seen := map[v1.Hash]bool{}
+	for _, b := range blobs {
+		if seen[b.Digest] {
+			prog.total -= b.Size
+			continue
+		}
+		seen[b.Digest] = true
+		wg.Go(func() {
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+			case <-ctx.Done():
+				errOnce.Do(func() { firstErr = ctx.Err() })
+				return
+			}
+			bl := &blob{f: f, log: log.With("digest", b.Digest), client: client, repo: repo, desc: b, prog: prog}
+			if err := bl.fetch(ctx); err != nil {
+				errOnce.Do(func() { firstErr = err })
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// retry calls op until it succeeds, fails for good, or ctx ends.
+func (f *Fetcher) retry(ctx context.Context, log *slog.Logger, what string, op func() error) error {
+	for n := 0; ; n++ {
+		if err := waitCtx(ctx, f.cfg.Backoff.Delay(n)); err != nil {
+			return err
+		}
+		err := op()
+		if err == nil || permanent(err) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: %w (gave up: %w)", what, err, ctx.Err())
+		}
+		log.Warn("retrying", "step", what, "attempt", n+1, "err", err)
+	}
+}
+
+// permanent reports errors that retrying does not fix: the registry refused
+// the credentials or does not have the image.
+func permanent(err error) bool {
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		s := terr.StatusCode
+		return s >= 400 && s < 500 && s != http.StatusRequestTimeout && s != http.StatusTooManyRequests
+	}
+	return false
+}
+
+func waitCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

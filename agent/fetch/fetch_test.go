@@ -1,0 +1,488 @@
+package fetch
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
+
+	"github.com/fleet-agent/fleet/internal/backoff"
+)
+
+const mb = 1 << 20
+
+// testImage is an image of random layers (uncompressed OCI layers, so
+// validate can check them).
+func testImage(t *testing.T, seed uint64, layers int, size int) v1.Image {
+	t.Helper()
+	rng := rand.NewChaCha8([32]byte{byte(seed)})
+	var ls []v1.Layer
+	for range layers {
+		b := make([]byte, size)
+		rng.Read(b)
+		ls = append(ls, static.NewLayer(b, types.OCIUncompressedLayer))
+	}
+	img, err := mutate.AppendLayers(mutate.MediaType(mutate.ConfigMediaType(empty.Image, types.OCIConfigJSON), types.OCIManifestSchema1), ls...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// imageSize is what a fetch of img has to move: manifest, config, layers.
+func imageSize(t *testing.T, img v1.Image) int64 {
+	t.Helper()
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := img.RawManifest()
+	n := int64(len(raw)) + m.Config.Size
+	for _, l := range m.Layers {
+		n += l.Size
+	}
+	return n
+}
+
+// startRegistry serves an in-process registry (wrapped, if wrap is set)
+// holding img as test/img:v1, and returns its host.
+func startRegistry(t *testing.T, img v1.Image, wrap func(http.Handler) http.Handler) string {
+	t.Helper()
+	var h http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	if wrap != nil {
+		h = wrap(h)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	if img != nil {
+		if err := remote.Write(mustRef(t, host+"/test/img:v1"), img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return host
+}
+
+// testTransport keeps the client's socket receive buffer small, so the bytes
+// the proxy counts are the bytes the fetcher has read, give or take 16 KiB.
+func testTransport(t *testing.T) http.RoundTripper {
+	d := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 32<<10)
+		})
+		return errors.Join(err, serr)
+	}}
+	tr := &http.Transport{DialContext: d.DialContext}
+	t.Cleanup(tr.CloseIdleConnections)
+	return tr
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+func testConfig(t *testing.T, dir string) Config {
+	t.Helper()
+	st, err := NewStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Config{
+		Store:     st,
+		Transport: testTransport(t),
+		Backoff:   backoff.Policy{Base: 10 * time.Millisecond, Max: 100 * time.Millisecond},
+		Logger:    slog.New(slog.NewTextHandler(tWriter{t}, nil)),
+	}
+}
+
+// checkStore asserts that the layout holds img under digest, that every
+// committed blob hashes to its name, and that no partial file is left.
+func checkStore(t *testing.T, dir string, digest v1.Hash, img v1.Image) {
+	t.Helper()
+	want, _ := img.Digest()
+	if digest != want {
+		t.Errorf("Fetch returned %s, want %s", digest, want)
+	}
+	lp, err := layout.FromPath(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := lp.Image(digest)
+	if err != nil {
+		t.Fatalf("image %s not in the layout: %v", digest, err)
+	}
+	if err := validate.Image(got, validate.Fast); err != nil {
+		t.Errorf("stored image does not validate: %v", err)
+	}
+	checkBlobsVerified(t, dir)
+	if left, _ := os.ReadDir(filepath.Join(dir, "partial")); len(left) != 0 {
+		t.Errorf("partial files left after a complete fetch: %v", left)
+	}
+}
+
+func checkBlobsVerified(t *testing.T, dir string) {
+	t.Helper()
+	blobs, err := os.ReadDir(filepath.Join(dir, "blobs", "sha256"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range blobs {
+		b, err := os.ReadFile(filepath.Join(dir, "blobs", "sha256", e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != e.Name() {
+			t.Errorf("blob %s in the store hashes to %x", e.Name(), sum)
+		}
+	}
+}
+
+// ignoreRange drops the Range header: the registry answers 200, whole blob.
+type ignoreRange struct {
+	h      http.Handler
+	ranged atomic.Int64
+}
+
+func (i *ignoreRange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Range") != "" {
+		i.ranged.Add(1)
+		r.Header.Del("Range")
+	}
+	i.h.ServeHTTP(w, r)
+}
+
+// corruptOnce flips one byte of the first answer for a blob; gets counts the
+// GETs of that blob.
+type corruptOnce struct {
+	h      http.Handler
+	digest string
+	done   atomic.Bool
+	gets   atomic.Int64
+}
+
+func (c *corruptOnce) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+c.digest) {
+		c.gets.Add(1)
+		if c.done.CompareAndSwap(false, true) {
+			w = &flipWriter{ResponseWriter: w, at: 1000}
+		}
+	}
+	c.h.ServeHTTP(w, r)
+}
+
+type flipWriter struct {
+	http.ResponseWriter
+	at, pos int
+}
+
+func (f *flipWriter) Write(b []byte) (int, error) {
+	if f.at >= f.pos && f.at < f.pos+len(b) {
+		b = append([]byte(nil), b...)
+		b[f.at-f.pos] ^= 0xff
+	}
+	f.pos += len(b)
+	return f.ResponseWriter.Write(b)
+}
+
+func TestFetchThroughFaults(t *testing.T) {
+	img := testImage(t, 1, 4, 2*mb)
+	size := imageSize(t, img)
+	layers, _ := img.Layers()
+	second, _ := layers[1].Digest()
+	tests := []struct {
+		name      string
+		cutEvery  int64
+		stallAt   int64
+		stall     time.Duration
+		wrap      func(http.Handler) http.Handler
+		maxRatio  float64 // of the bytes through the proxy to the image size; 0: not checked
+		check     func(t *testing.T)
+		ignoreRng *ignoreRange
+		corrupt   *corruptOnce
+	}{
+		{name: "clean link", maxRatio: 1.05},
+		{name: "cut every 1 MB", cutEvery: 1 * mb, maxRatio: 1.05},
+		{name: "stall at 3 MB", stallAt: 3 * mb, stall: 200 * time.Millisecond, maxRatio: 1.05},
+		{name: "registry ignores Range, cut every 3 MB", cutEvery: 3 * mb, ignoreRng: &ignoreRange{}},
+		{name: "one corrupted byte", corrupt: &corruptOnce{digest: second.String()}, maxRatio: 1.35},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			host := startRegistry(t, img, func(h http.Handler) http.Handler {
+				switch {
+				case tt.ignoreRng != nil:
+					tt.ignoreRng.h = h
+					return tt.ignoreRng
+				case tt.corrupt != nil:
+					tt.corrupt.h = h
+					return tt.corrupt
+				}
+				return h
+			})
+			p := newFaultProxy(t, host)
+			p.cutEvery, p.stallAt = tt.cutEvery, tt.stallAt
+			p.start()
+			dir := t.TempDir()
+			cfg := testConfig(t, dir)
+			cfg.StallTimeout = tt.stall
+			f, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+			defer cancel()
+			digest, err := f.Fetch(ctx, p.addr()+"/test/img:v1", v1.Platform{})
+			if err != nil {
+				t.Fatalf("Fetch: %v", err)
+			}
+			checkStore(t, dir, digest, img)
+			ratio := float64(p.down.Load()) / float64(size)
+			t.Logf("%d bytes through the proxy for a %d-byte image: ratio %.3f", p.down.Load(), size, ratio)
+			if tt.maxRatio > 0 && ratio > tt.maxRatio {
+				t.Errorf("bytes through the proxy / image size = %.3f, want ≤ %.2f", ratio, tt.maxRatio)
+			}
+			if tt.stallAt > 0 && !p.stalled.Load() {
+				t.Errorf("the proxy never stalled")
+			}
+			if tt.ignoreRng != nil && tt.ignoreRng.ranged.Load() == 0 {
+				t.Errorf("no Range request reached the registry; the case tests nothing")
+			}
+			if tt.corrupt != nil && tt.corrupt.gets.Load() < 2 {
+				t.Errorf("corrupted blob fetched %d times, want ≥ 2", tt.corrupt.gets.Load())
+			}
+		})
+	}
+}
+
+// A fetch cancelled half-way (the agent killed) leaves partial files; a new
+// Fetcher over the same directory continues from them.
+func TestFetchResumesAfterRestart(t *testing.T) {
+	img := testImage(t, 2, 4, 2*mb)
+	size := imageSize(t, img)
+	host := startRegistry(t, img, nil)
+	p := newFaultProxy(t, host)
+	ctx1, kill := context.WithCancel(t.Context())
+	defer kill()
+	var killedAt atomic.Int64
+	p.onBytes = func(total int64) {
+		if total >= size/2 && killedAt.CompareAndSwap(0, total) {
+			kill()
+		}
+	}
+	p.start()
+	dir := t.TempDir()
+	ref := p.addr() + "/test/img:v1"
+
+	f1, err := New(testConfig(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f1.Fetch(ctx1, ref, v1.Platform{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("first Fetch = %v, want context.Canceled", err)
+	}
+	if left, _ := os.ReadDir(filepath.Join(dir, "partial")); len(left) == 0 {
+		t.Fatalf("no partial file after the kill")
+	}
+	checkBlobsVerified(t, dir)
+
+	f2, err := New(testConfig(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	digest, err := f2.Fetch(ctx, ref, v1.Platform{})
+	if err != nil {
+		t.Fatalf("Fetch after the restart: %v", err)
+	}
+	checkStore(t, dir, digest, img)
+	ratio := float64(p.down.Load()) / float64(size)
+	t.Logf("killed at %d bytes; %d bytes in all for a %d-byte image: ratio %.3f", killedAt.Load(), p.down.Load(), size, ratio)
+	if ratio > 1.1 {
+		t.Errorf("bytes through the proxy / image size = %.3f, want ≤ 1.1", ratio)
+	}
+}
+
+// bodyClock wraps a transport and times the body bytes the fetcher reads.
+type bodyClock struct {
+	rt http.RoundTripper
+
+	mu          sync.Mutex // guards the fields below
+	first, last time.Time
+	n           int64
+}
+
+func (c *bodyClock) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := c.rt.RoundTrip(r)
+	if err == nil && strings.Contains(r.URL.Path, "/blobs/") {
+		resp.Body = &clockedBody{ReadCloser: resp.Body, c: c}
+	}
+	return resp, err
+}
+
+type clockedBody struct {
+	io.ReadCloser
+	c *bodyClock
+}
+
+func (b *clockedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.c.mu.Lock()
+		now := time.Now()
+		if b.c.first.IsZero() {
+			b.c.first = now
+		}
+		b.c.last = now
+		b.c.n += int64(n)
+		b.c.mu.Unlock()
+	}
+	return n, err
+}
+
+func TestFetchBandwidthCap(t *testing.T) {
+	img := testImage(t, 3, 2, 1*mb)
+	host := startRegistry(t, img, nil)
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	clock := &bodyClock{rt: cfg.Transport}
+	cfg.Transport = clock
+	const rate = 4 * mb
+	cfg.Bandwidth = rate
+	var calls []Progress
+	cfg.Progress = func(p Progress) { calls = append(calls, p) }
+	f, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	digest, err := f.Fetch(ctx, host+"/test/img:v1", v1.Platform{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStore(t, dir, digest, img)
+	elapsed := clock.last.Sub(clock.first)
+	got := float64(clock.n) / elapsed.Seconds()
+	t.Logf("%d bytes in %v: %.0f bytes/s, cap %d", clock.n, elapsed, got, rate)
+	if got > rate*1.1 || got < rate*0.9 {
+		t.Errorf("rate = %.0f bytes/s, want %d ± 10%%", got, rate)
+	}
+	if len(calls) == 0 || len(calls) > int(elapsed/time.Second)+1 {
+		t.Errorf("%d progress calls in %v, want 1 to one a second", len(calls), elapsed)
+	}
+	for _, p := range calls {
+		if p.Total != imageSize(t, img)-int64(len(mustRaw(t, img))) || p.Done > p.Total {
+			t.Errorf("progress %+v, want done ≤ total = config + layers", p)
+		}
+	}
+}
+
+func mustRaw(t *testing.T, img v1.Image) []byte {
+	t.Helper()
+	raw, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// An index resolves to the platform's manifest; a second fetch moves no blob.
+func TestFetchIndexAndStoreHits(t *testing.T) {
+	amd, arm := testImage(t, 4, 1, 256<<10), testImage(t, 5, 2, 256<<10)
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+		mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}})
+	host := startRegistry(t, nil, nil)
+	if err := remote.WriteIndex(mustRef(t, host+"/test/multi:v1"), idx); err != nil {
+		t.Fatal(err)
+	}
+	p := newFaultProxy(t, host)
+	p.start()
+	dir := t.TempDir()
+	f, err := New(testConfig(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := p.addr() + "/test/multi:v1"
+	for i, want := range []struct {
+		img      v1.Image
+		maxBytes int64
+	}{
+		{arm, imageSize(t, arm) + 16<<10},
+		{arm, 16 << 10}, // manifests only
+	} {
+		before := p.down.Load()
+		digest, err := f.Fetch(t.Context(), ref, v1.Platform{OS: "linux", Architecture: "arm64"})
+		if err != nil {
+			t.Fatalf("Fetch %d: %v", i, err)
+		}
+		checkStore(t, dir, digest, want.img)
+		if moved := p.down.Load() - before; moved > want.maxBytes {
+			t.Errorf("Fetch %d moved %d bytes, want ≤ %d", i, moved, want.maxBytes)
+		}
+	}
+	lp, _ := layout.FromPath(dir)
+	ii, _ := lp.ImageIndex()
+	im, _ := ii.IndexManifest()
+	if len(im.Manifests) != 1 || im.Manifests[0].Annotations[RefNameAnnotation] != mustRef(t, ref).String() {
+		t.Errorf("index.json lists %+v, want one entry named %s", im.Manifests, ref)
+	}
+}
+
+func TestFetchPermanentErrors(t *testing.T) {
+	host := startRegistry(t, nil, nil)
+	f, err := New(testConfig(t, t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{host + "/test/missing:v1", "Not A Reference"} {
+		_, err := f.Fetch(t.Context(), ref, v1.Platform{})
+		if err == nil {
+			t.Errorf("Fetch(%q) succeeded, want an error", ref)
+		}
+		t.Logf("Fetch(%q): %v", ref, err)
+	}
+	if _, err := New(Config{}); err == nil {
+		t.Errorf("New without a Store succeeded")
+	}
+}
+
+func mustRef(t *testing.T, s string) name.Reference {
+	t.Helper()
+	r, err := name.ParseReference(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}

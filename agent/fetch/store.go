@@ -1,0 +1,264 @@
+package fetch
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+)
+
+// errDigestMismatch marks a blob whose bytes do not hash to its digest (or
+// are longer than its size): the bytes are discarded and fetched again.
+var errDigestMismatch = errors.New("digest mismatch")
+
+// RefNameAnnotation names the reference an image was fetched as in the
+// layout's index.json.
+const RefNameAnnotation = "org.opencontainers.image.ref.name"
+
+// Store is a content-addressed store in an OCI image layout: committed blobs
+// in <dir>/blobs/sha256/<hex>, fetched images listed in <dir>/index.json
+// (layout.FromPath reads it), partial downloads in <dir>/partial/sha256-<hex>.
+// A blob enters blobs/ only after its sha256 matched its digest.
+type Store struct {
+	dir string
+
+	mu    sync.Mutex // guards index.json writes and locks
+	locks map[v1.Hash]chan struct{}
+}
+
+// NewStore opens the store under dir, making the layout if it is not there.
+func NewStore(dir string) (*Store, error) {
+	if dir == "" {
+		return nil, errors.New("fetch store: dir is empty; set it to a directory under the agent's state dir")
+	}
+	for _, d := range []string{filepath.Join(dir, "blobs", "sha256"), filepath.Join(dir, "partial")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("fetch store: %w", err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "index.json")); errors.Is(err, os.ErrNotExist) {
+		if _, err := layout.Write(dir, empty.Index); err != nil {
+			return nil, fmt.Errorf("fetch store: making the OCI layout in %s: %w", dir, err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("fetch store: %w", err)
+	}
+	return &Store{dir: dir, locks: map[v1.Hash]chan struct{}{}}, nil
+}
+
+// Path is the OCI layout of the store, for reading images from it.
+func (s *Store) Path() layout.Path { return layout.Path(s.dir) }
+
+// Has reports whether the blob is committed (verified) in the store.
+func (s *Store) Has(h v1.Hash) bool {
+	fi, err := os.Stat(s.blobPath(h))
+	return err == nil && fi.Mode().IsRegular()
+}
+
+func (s *Store) blobPath(h v1.Hash) string {
+	return filepath.Join(s.dir, "blobs", h.Algorithm, h.Hex)
+}
+
+func (s *Store) partialPath(h v1.Hash) string {
+	return filepath.Join(s.dir, "partial", h.Algorithm+"-"+h.Hex)
+}
+
+// lock serialises the download of one blob among the fetches sharing the
+// store; the returned func releases it.
+func (s *Store) lock(ctx context.Context, h v1.Hash) (func(), error) {
+	s.mu.Lock()
+	ch, ok := s.locks[h]
+	if !ok {
+		ch = make(chan struct{}, 1)
+		s.locks[h] = ch
+	}
+	s.mu.Unlock()
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// partial is a blob being downloaded: the file and the running sha256 of
+// the bytes in it.
+type partial struct {
+	f    *os.File
+	sum  hash.Hash
+	n    int64
+	path string
+}
+
+// openPartial opens (or creates) the partial file of h and hashes the bytes
+// already in it, so a download continues where an earlier one stopped.
+func (s *Store) openPartial(h v1.Hash) (*partial, error) {
+	if h.Algorithm != "sha256" {
+		return nil, fmt.Errorf("blob %s: only sha256 digests are supported", h)
+	}
+	path := s.partialPath(h)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening partial blob: %w", err)
+	}
+	p := &partial{f: f, sum: sha256.New(), path: path}
+	n, err := io.Copy(p.sum, f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("reading partial blob %s: %w", path, err)
+	}
+	p.n = n
+	return p, nil
+}
+
+func (p *partial) Write(b []byte) (int, error) {
+	n, err := p.f.Write(b)
+	p.sum.Write(b[:n])
+	p.n += int64(n)
+	return n, err
+}
+
+// reset empties the partial file: the download starts again from byte zero.
+func (p *partial) reset() error {
+	if err := p.f.Truncate(0); err != nil {
+		return fmt.Errorf("truncating partial blob: %w", err)
+	}
+	if _, err := p.f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("rewinding partial blob: %w", err)
+	}
+	p.sum.Reset()
+	p.n = 0
+	return nil
+}
+
+func (p *partial) close() error { return p.f.Close() }
+
+// discard closes and deletes the partial file.
+func (p *partial) discard() error {
+	p.f.Close()
+	if err := os.Remove(p.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("deleting partial blob: %w", err)
+	}
+	return nil
+}
+
+// commit moves a complete partial file into blobs/ if its bytes hash to h:
+// fsync, rename, fsync of the directory. On a mismatch the partial file is
+// deleted and the error wraps errDigestMismatch. The partial is closed in
+// every case.
+func (s *Store) commit(p *partial, h v1.Hash, size int64) error {
+	got := "sha256:" + hex.EncodeToString(p.sum.Sum(nil))
+	if p.n != size || got != h.String() {
+		if err := p.discard(); err != nil {
+			return err
+		}
+		return fmt.Errorf("blob %s: got %d bytes hashing to %s, want %d bytes: %w", h, p.n, got, size, errDigestMismatch)
+	}
+	if err := p.f.Sync(); err != nil {
+		p.f.Close()
+		return fmt.Errorf("blob %s: fsync: %w", h, err)
+	}
+	if err := p.f.Close(); err != nil {
+		return fmt.Errorf("blob %s: %w", h, err)
+	}
+	if err := os.Rename(p.path, s.blobPath(h)); err != nil {
+		return fmt.Errorf("blob %s: moving into the store: %w", h, err)
+	}
+	return syncDir(filepath.Dir(s.blobPath(h)))
+}
+
+// put commits a blob held in memory (a manifest) through the same checks as
+// a download.
+func (s *Store) put(h v1.Hash, b []byte) error {
+	if s.Has(h) {
+		return nil
+	}
+	p, err := s.openPartial(h)
+	if err != nil {
+		return err
+	}
+	if err := p.reset(); err != nil {
+		p.close()
+		return err
+	}
+	if _, err := p.Write(b); err != nil {
+		p.close()
+		return fmt.Errorf("blob %s: writing: %w", h, err)
+	}
+	return s.commit(p, h, int64(len(b)))
+}
+
+// addImage lists the manifest in index.json under ref, replacing an earlier
+// entry for the same reference. index.json is written atomically.
+func (s *Store) addImage(ref string, desc v1.Descriptor) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	idx, err := s.Path().ImageIndex()
+	if err != nil {
+		return fmt.Errorf("reading the store's index.json: %w", err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return fmt.Errorf("reading the store's index.json: %w", err)
+	}
+	kept := im.Manifests[:0]
+	for _, d := range im.Manifests {
+		if d.Annotations[RefNameAnnotation] != ref {
+			kept = append(kept, d)
+		}
+	}
+	desc.Annotations = map[string]string{RefNameAnnotation: ref}
+	im.Manifests = append(kept, desc)
+	b, err := json.MarshalIndent(im, "", "   ")
+	if err != nil {
+		return fmt.Errorf("encoding index.json: %w", err)
+	}
+	return writeFileAtomic(filepath.Join(s.dir, "index.json"), b)
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	defer os.Remove(f.Name())
+	if _, err := io.Copy(f, bytes.NewReader(b)); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: fsync: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("fsync of %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync of %s: %w", dir, err)
+	}
+	return nil
+}
