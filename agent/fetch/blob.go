@@ -119,7 +119,7 @@ func (b *blob) download(ctx context.Context, p *partial) error {
 	}
 	defer resp.Body.Close()
 	switch {
-	case resp.StatusCode == http.StatusPartialContent && p.n > 0:
+	case resp.StatusCode == http.StatusPartialContent:
 		if err := checkContentRange(resp.Header.Get("Content-Range"), p.n); err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -485,4 +486,91 @@ func mustRef(t *testing.T, s string) name.Reference {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// Two fetches of images sharing layers, at once on one Fetcher: each shared
+// blob crosses the link once.
+func TestFetchSharedLayersConcurrently(t *testing.T) {
+	base := testImage(t, 6, 2, 1*mb)
+	var imgs []v1.Image
+	for seed := range uint64(2) {
+		top := testImage(t, 7+seed, 1, 1*mb)
+		l, _ := top.Layers()
+		img, err := mutate.AppendLayers(base, l...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		imgs = append(imgs, img)
+	}
+	host := startRegistry(t, nil, nil)
+	for i, img := range imgs {
+		if err := remote.Write(mustRef(t, fmt.Sprintf("%s/test/img%d:v1", host, i)), img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := newFaultProxy(t, host)
+	p.cutEvery = 512 << 10
+	p.start()
+	dir := t.TempDir()
+	f, err := New(testConfig(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	digests := make([]v1.Hash, len(imgs))
+	errs := make([]error, len(imgs))
+	var wg sync.WaitGroup
+	for i := range imgs {
+		wg.Go(func() {
+			digests[i], errs[i] = f.Fetch(ctx, fmt.Sprintf("%s/test/img%d:v1", p.addr(), i), v1.Platform{})
+		})
+	}
+	wg.Wait()
+	for i, img := range imgs {
+		if errs[i] != nil {
+			t.Fatalf("Fetch %d: %v", i, errs[i])
+		}
+		checkStore(t, dir, digests[i], img)
+	}
+	unique := imageSize(t, imgs[0]) + imageSize(t, imgs[1]) - 2*mb
+	ratio := float64(p.down.Load()) / float64(unique)
+	t.Logf("%d bytes through the proxy for %d bytes of distinct blobs: ratio %.3f", p.down.Load(), unique, ratio)
+	if ratio > 1.05 {
+		t.Errorf("bytes through the proxy / distinct blobs = %.3f, want ≤ 1.05", ratio)
+	}
+}
+
+// A registry that lost a blob fails the fetch at once, not at the deadline.
+func TestFetchMissingBlob(t *testing.T) {
+	img := testImage(t, 9, 2, 64<<10)
+	layers, _ := img.Layers()
+	lost, _ := layers[1].Digest()
+	host := startRegistry(t, img, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+lost.String()) {
+				w.WriteHeader(http.StatusNotFound)
+				fmt.Fprint(w, `{"errors":[{"code":"BLOB_UNKNOWN","message":"lost"}]}`)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	dir := t.TempDir()
+	f, err := New(testConfig(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	_, err = f.Fetch(ctx, host+"/test/img:v1", v1.Platform{})
+	if err == nil || ctx.Err() != nil || !strings.Contains(err.Error(), lost.String()) {
+		t.Fatalf("Fetch = %v (ctx %v), want the lost blob's error before the deadline", err, ctx.Err())
+	}
+	lp, _ := layout.FromPath(dir)
+	ii, _ := lp.ImageIndex()
+	if im, _ := ii.IndexManifest(); len(im.Manifests) != 0 {
+		t.Errorf("index.json lists %v after a failed fetch", im.Manifests)
+	}
+	checkBlobsVerified(t, dir)
 }
