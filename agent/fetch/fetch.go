@@ -102,6 +102,10 @@ func (f *Fetcher) Fetch(ctx context.Context, ref string, platform v1.Platform) (
 		platform = v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
 	}
 	log := f.log.With("ref", r.String())
+	if img, ok := f.local(r, platform); ok {
+		log.Info("image already in the store", "digest", img.desc.Digest)
+		return img.desc.Digest, f.cfg.Store.addImage(r.String(), img.desc)
+	}
 	var img *resolved
 	err = f.retry(ctx, log, "resolving the manifest", func() error {
 		img, err = f.resolve(ctx, r, platform)
@@ -124,6 +128,11 @@ func (f *Fetcher) Fetch(ctx context.Context, ref string, platform v1.Platform) (
 	if err := f.cfg.Store.put(img.desc.Digest, img.raw); err != nil {
 		return v1.Hash{}, fmt.Errorf("fetch %s: manifest: %w", r, err)
 	}
+	if img.index != nil {
+		if err := f.cfg.Store.put(img.index.Digest, img.indexRaw); err != nil {
+			return v1.Hash{}, fmt.Errorf("fetch %s: index: %w", r, err)
+		}
+	}
 	if err := f.cfg.Store.addImage(r.String(), img.desc); err != nil {
 		return v1.Hash{}, fmt.Errorf("fetch %s: %w", r, err)
 	}
@@ -131,11 +140,15 @@ func (f *Fetcher) Fetch(ctx context.Context, ref string, platform v1.Platform) (
 	return img.desc.Digest, nil
 }
 
-// resolved is an image manifest read from the registry.
+// resolved is an image manifest read from the registry, and the index it
+// was found in, if any (stored too, so that the index's digest resolves
+// from the store later).
 type resolved struct {
 	desc     v1.Descriptor // of the manifest
 	raw      []byte
 	manifest *v1.Manifest
+	index    *v1.Descriptor
+	indexRaw []byte
 }
 
 func (r *resolved) blobs() []v1.Descriptor {
@@ -170,11 +183,12 @@ func (f *Fetcher) resolve(ctx context.Context, ref name.Reference, platform v1.P
 	if err != nil {
 		return nil, err
 	}
-	out := v1.Descriptor{MediaType: mt, Size: int64(len(raw)), Digest: d}
+	res := &resolved{desc: v1.Descriptor{MediaType: mt, Size: int64(len(raw)), Digest: d}, raw: raw, manifest: m}
 	if desc.MediaType.IsIndex() {
-		out.Platform = &platform
+		res.desc.Platform = &platform
+		res.index, res.indexRaw = &desc.Descriptor, desc.Manifest
 	}
-	return &resolved{desc: out, raw: raw, manifest: m}, nil
+	return res, nil
 }
 
 // client is an HTTP client for the blobs of repo: authenticated with the

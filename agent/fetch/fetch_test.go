@@ -418,7 +418,8 @@ func mustRaw(t *testing.T, img v1.Image) []byte {
 	return raw
 }
 
-// An index resolves to the platform's manifest; a second fetch moves no blob.
+// An index resolves to the platform's manifest; a second fetch moves no
+// blob; a digest reference already in the store moves nothing.
 func TestFetchIndexAndStoreHits(t *testing.T) {
 	amd, arm := testImage(t, 4, 1, 256<<10), testImage(t, 5, 2, 256<<10)
 	idx := mutate.AppendManifests(empty.Index,
@@ -436,28 +437,32 @@ func TestFetchIndexAndStoreHits(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref := p.addr() + "/test/multi:v1"
+	idxDigest, _ := idx.Digest()
+	armDigest, _ := arm.Digest()
 	for i, want := range []struct {
-		img      v1.Image
+		ref      string
 		maxBytes int64
 	}{
-		{arm, imageSize(t, arm) + 16<<10},
-		{arm, 16 << 10}, // manifests only
+		{ref, imageSize(t, arm) + 16<<10},
+		{ref, 16 << 10},                                     // manifests only
+		{p.addr() + "/test/multi@" + idxDigest.String(), 0}, // from the store alone
+		{p.addr() + "/test/multi@" + armDigest.String(), 0},
 	} {
 		before := p.down.Load()
-		digest, err := f.Fetch(t.Context(), ref, v1.Platform{OS: "linux", Architecture: "arm64"})
+		digest, err := f.Fetch(t.Context(), want.ref, v1.Platform{OS: "linux", Architecture: "arm64"})
 		if err != nil {
 			t.Fatalf("Fetch %d: %v", i, err)
 		}
-		checkStore(t, dir, digest, want.img)
+		checkStore(t, dir, digest, arm)
 		if moved := p.down.Load() - before; moved > want.maxBytes {
-			t.Errorf("Fetch %d moved %d bytes, want ≤ %d", i, moved, want.maxBytes)
+			t.Errorf("Fetch %d (%s) moved %d bytes, want ≤ %d", i, want.ref, moved, want.maxBytes)
 		}
 	}
 	lp, _ := layout.FromPath(dir)
 	ii, _ := lp.ImageIndex()
 	im, _ := ii.IndexManifest()
-	if len(im.Manifests) != 1 || im.Manifests[0].Annotations[RefNameAnnotation] != mustRef(t, ref).String() {
-		t.Errorf("index.json lists %+v, want one entry named %s", im.Manifests, ref)
+	if len(im.Manifests) != 3 || im.Manifests[0].Annotations[RefNameAnnotation] != mustRef(t, ref).String() {
+		t.Errorf("index.json lists %+v, want three entries, the first named %s", im.Manifests, ref)
 	}
 }
 
