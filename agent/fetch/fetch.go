@@ -107,7 +107,7 @@ func (f *Fetcher) Fetch(ctx context.Context, ref string, platform v1.Platform) (
 		return img.desc.Digest, f.cfg.Store.addImage(r.String(), img.desc)
 	}
 	var img *resolved
-	err = f.retry(ctx, log, "resolving the manifest", func() error {
+	err = f.retry(ctx, log, "resolving the manifest", func(ctx context.Context) error {
 		img, err = f.resolve(ctx, r, platform)
 		return err
 	})
@@ -115,7 +115,7 @@ func (f *Fetcher) Fetch(ctx context.Context, ref string, platform v1.Platform) (
 		return v1.Hash{}, fmt.Errorf("fetch %s: %w", r, err)
 	}
 	var client *http.Client
-	err = f.retry(ctx, log, "authenticating", func() error {
+	err = f.retry(ctx, log, "authenticating", func(ctx context.Context) error {
 		client, err = f.client(ctx, r.Context())
 		return err
 	})
@@ -247,13 +247,17 @@ func (f *Fetcher) fetchBlobs(ctx context.Context, log *slog.Logger, client *http
 	return firstErr
 }
 
-// retry calls op until it succeeds, fails for good, or ctx ends.
-func (f *Fetcher) retry(ctx context.Context, log *slog.Logger, what string, op func() error) error {
+// retry calls op until it succeeds, fails for good, or ctx ends. op makes
+// small requests (ping, token, manifests): each try has StallTimeout to
+// finish, so a stalled link is reconnected as a blob download is.
+func (f *Fetcher) retry(ctx context.Context, log *slog.Logger, what string, op func(context.Context) error) error {
 	for n := 0; ; n++ {
 		if err := waitCtx(ctx, f.cfg.Backoff.Delay(n)); err != nil {
 			return err
 		}
-		err := op()
+		tctx, cancel := context.WithTimeout(ctx, f.cfg.StallTimeout)
+		err := op(tctx)
+		cancel()
 		if err == nil || permanent(err) {
 			return err
 		}

@@ -221,19 +221,21 @@ func TestFetchThroughFaults(t *testing.T) {
 	layers, _ := img.Layers()
 	second, _ := layers[1].Digest()
 	tests := []struct {
-		name      string
-		cutEvery  int64
-		stallAt   int64
-		stall     time.Duration
-		wrap      func(http.Handler) http.Handler
-		maxRatio  float64 // of the bytes through the proxy to the image size; 0: not checked
-		check     func(t *testing.T)
-		ignoreRng *ignoreRange
-		corrupt   *corruptOnce
+		name         string
+		cutEvery     int64
+		stallAt      int64
+		stallRequest string
+		stall        time.Duration
+		wrap         func(http.Handler) http.Handler
+		maxRatio     float64 // of the bytes through the proxy to the image size; 0: not checked
+		check        func(t *testing.T)
+		ignoreRng    *ignoreRange
+		corrupt      *corruptOnce
 	}{
 		{name: "clean link", maxRatio: 1.05},
 		{name: "cut every 1 MB", cutEvery: 1 * mb, maxRatio: 1.05},
 		{name: "stall at 3 MB", stallAt: 3 * mb, stall: 200 * time.Millisecond, maxRatio: 1.05},
+		{name: "stall on the connection of the manifests", stallRequest: "/manifests/", stall: 200 * time.Millisecond, maxRatio: 1.05},
 		{name: "registry ignores Range, cut every 3 MB", cutEvery: 3 * mb, ignoreRng: &ignoreRange{}},
 		{name: "one corrupted byte", corrupt: &corruptOnce{digest: second.String()}, maxRatio: 1.35},
 	}
@@ -251,7 +253,7 @@ func TestFetchThroughFaults(t *testing.T) {
 				return h
 			})
 			p := newFaultProxy(t, host)
-			p.cutEvery, p.stallAt = tt.cutEvery, tt.stallAt
+			p.cutEvery, p.stallAt, p.stallRequest = tt.cutEvery, tt.stallAt, tt.stallRequest
 			p.start()
 			dir := t.TempDir()
 			cfg := testConfig(t, dir)
@@ -272,7 +274,7 @@ func TestFetchThroughFaults(t *testing.T) {
 			if tt.maxRatio > 0 && ratio > tt.maxRatio {
 				t.Errorf("bytes through the proxy / image size = %.3f, want ≤ %.2f", ratio, tt.maxRatio)
 			}
-			if tt.stallAt > 0 && !p.stalled.Load() {
+			if (tt.stallAt > 0 || tt.stallRequest != "") && !p.stalled.Load() {
 				t.Errorf("the proxy never stalled")
 			}
 			if tt.ignoreRng != nil && tt.ignoreRng.ranged.Load() == 0 {

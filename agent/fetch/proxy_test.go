@@ -1,8 +1,8 @@
 package fetch
 
 import (
-	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,7 +22,10 @@ type faultProxy struct {
 	// stallAt holds, once, the connection that carries that byte: it stays
 	// open and silent (0: never).
 	stallAt int64
-	stalled atomic.Bool
+	// stallRequest holds, once, the answer on the first connection whose
+	// request contains it ("" never).
+	stallRequest string
+	stalled      atomic.Bool
 	// onBytes sees the running total after each forwarded chunk.
 	onBytes func(total int64)
 
@@ -84,15 +87,36 @@ func (p *faultProxy) serve(client net.Conn) {
 	p.track(client)
 	p.track(server)
 	client.(*net.TCPConn).SetWriteBuffer(16 << 10)
+	var matched atomic.Bool
 	go func() {
-		io.Copy(server, client)
+		p.upstream(server, client, &matched)
 		server.(*net.TCPConn).CloseWrite()
 	}()
-	p.forward(client, server)
+	p.forward(client, server, &matched)
+}
+
+// upstream copies fetcher → registry, marking the connection once a request
+// contains stallRequest.
+func (p *faultProxy) upstream(server, client net.Conn, matched *atomic.Bool) {
+	buf := make([]byte, 16<<10)
+	for {
+		n, err := client.Read(buf)
+		if n > 0 {
+			if p.stallRequest != "" && strings.Contains(string(buf[:n]), p.stallRequest) {
+				matched.Store(true)
+			}
+			if _, werr := server.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // forward copies registry → fetcher, cutting and stalling as configured.
-func (p *faultProxy) forward(client, server net.Conn) {
+func (p *faultProxy) forward(client, server net.Conn, matched *atomic.Bool) {
 	buf := make([]byte, 16<<10)
 	for {
 		n, err := server.Read(buf)
@@ -111,7 +135,8 @@ func (p *faultProxy) forward(client, server net.Conn) {
 				client.(*net.TCPConn).CloseWrite()
 				return
 			}
-			if p.stallAt > 0 && total >= p.stallAt && p.stalled.CompareAndSwap(false, true) {
+			stall := (p.stallAt > 0 && total >= p.stallAt) || matched.Load()
+			if stall && p.stalled.CompareAndSwap(false, true) {
 				<-p.done
 				return
 			}
