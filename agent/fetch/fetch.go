@@ -32,8 +32,9 @@ type Config struct {
 	NameOptions []name.Option
 	// Parallel is how many blobs download at once; 0 means 3.
 	Parallel int
-	// StallTimeout is how long a request may go without a byte before it is
-	// cancelled and reconnected; 0 means 30 s.
+	// StallTimeout is how long a blob download may go without a byte before
+	// it is cancelled and reconnected, and how long a ping, token or
+	// manifest request (small) has to finish; 0 means 30 s.
 	StallTimeout time.Duration
 	// Backoff spaces the retries of a blob; zero means 500 ms doubling to 30 s.
 	Backoff backoff.Policy
