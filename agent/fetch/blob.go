@@ -77,13 +77,18 @@ func (b *blob) fetchOnce(ctx context.Context) error {
 		b.log.Info("resuming blob", "offset", p.n, "size", b.desc.Size)
 	}
 	b.prog.add(p.n)
+	var last error
 	for n := 0; p.n < b.desc.Size; n++ {
 		if err := waitCtx(ctx, b.f.cfg.Backoff.Delay(n)); err != nil {
 			p.close()
-			return err
+			if last != nil {
+				err = fmt.Errorf("%w (last try: %w)", err, last)
+			}
+			return fmt.Errorf("blob %s: %w", b.desc.Digest, err)
 		}
 		before := p.n
 		err := b.download(ctx, p)
+		last = err
 		if err == nil || errors.Is(err, errDigestMismatch) || permanent(err) || ctx.Err() != nil {
 			if err != nil {
 				p.close()

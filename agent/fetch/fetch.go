@@ -38,8 +38,8 @@ type Config struct {
 	StallTimeout time.Duration
 	// Backoff spaces the retries of a blob; zero means 500 ms doubling to 30 s.
 	Backoff backoff.Policy
-	// MaxCorrupt is how many times a blob may fail its digest before the
-	// fetch gives up; 0 means 3.
+	// MaxCorrupt is how many digest failures of one blob end the fetch
+	// (each failure refetches the blob from zero); 0 means 3.
 	MaxCorrupt int
 	// Bandwidth caps the bytes/s of all the downloads of the Fetcher
 	// together; 0 means unlimited.

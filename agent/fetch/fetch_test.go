@@ -187,6 +187,7 @@ func (i *ignoreRange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type corruptOnce struct {
 	h      http.Handler
 	digest string
+	always bool // every answer, not only the first
 	done   atomic.Bool
 	gets   atomic.Int64
 }
@@ -194,7 +195,7 @@ type corruptOnce struct {
 func (c *corruptOnce) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+c.digest) {
 		c.gets.Add(1)
-		if c.done.CompareAndSwap(false, true) {
+		if c.done.CompareAndSwap(false, true) || c.always {
 			w = &flipWriter{ResponseWriter: w, at: 1000}
 		}
 	}
@@ -578,6 +579,36 @@ func TestFetchMissingBlob(t *testing.T) {
 	ii, _ := lp.ImageIndex()
 	if im, _ := ii.IndexManifest(); len(im.Manifests) != 0 {
 		t.Errorf("index.json lists %v after a failed fetch", im.Manifests)
+	}
+	checkBlobsVerified(t, dir)
+}
+
+// A blob that never matches its digest ends the fetch after MaxCorrupt tries
+// and never enters the store.
+func TestFetchGivesUpOnACorruptBlob(t *testing.T) {
+	img := testImage(t, 11, 2, 64<<10)
+	layers, _ := img.Layers()
+	bad, _ := layers[0].Digest()
+	c := &corruptOnce{digest: bad.String(), always: true}
+	host := startRegistry(t, img, func(h http.Handler) http.Handler { c.h = h; return c })
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	cfg.MaxCorrupt = 2
+	f, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	_, err = f.Fetch(ctx, host+"/test/img:v1", v1.Platform{})
+	if !errors.Is(err, errDigestMismatch) {
+		t.Fatalf("Fetch = %v, want a digest mismatch", err)
+	}
+	if got := c.gets.Load(); got != 2 {
+		t.Errorf("corrupt blob fetched %d times, want MaxCorrupt = 2", got)
+	}
+	if f.cfg.Store.Has(bad) {
+		t.Errorf("the corrupt blob entered the store")
 	}
 	checkBlobsVerified(t, dir)
 }
