@@ -98,9 +98,9 @@ func (d *Docker) imageLoad(ctx context.Context, r io.Reader) error {
 		}
 		switch {
 		case m.ErrorDetail.Message != "":
-			return mapErr(errors.New(m.ErrorDetail.Message))
+			return fmt.Errorf("the engine refused the image: %w", mapErr(errors.New(m.ErrorDetail.Message)))
 		case m.Error != "":
-			return mapErr(errors.New(m.Error))
+			return fmt.Errorf("the engine refused the image: %w", mapErr(errors.New(m.Error)))
 		case m.Stream != "":
 			d.log.Debug("image load", "message", m.Stream)
 		}

@@ -136,7 +136,6 @@ func TestLoadFromLayoutMissingBlob(t *testing.T) {
 				t.Fatal(err)
 			}
 			err = d.LoadFromLayout(ctx, dir, manifest, ref)
-			t.Logf("error: %v", err)
 			if err == nil || !strings.Contains(err.Error(), gone.String()) {
 				t.Errorf("LoadFromLayout without %s = %v, want an error naming %s", tt.name, err, gone)
 			}
@@ -144,6 +143,43 @@ func TestLoadFromLayoutMissingBlob(t *testing.T) {
 				t.Errorf("image %s is in the engine after a failed load", ref)
 			}
 		})
+	}
+}
+
+// A layer whose bytes changed in the layout (same size, so the pre-check
+// passes) is refused by the engine, which checks each layer against the
+// config's diff IDs; the error in its answer's stream fails the load and
+// no image is left.
+func TestLoadFromLayoutCorruptLayer(t *testing.T) {
+	d, raw, _ := newDocker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	run, ref := testRun(t)
+	img, err := random.Image(64<<10, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img = labelled(t, img, run)
+	dir, manifest, cfg := writeLayout(t, img)
+	removeImageAtCleanup(t, raw, cfg)
+	ls, _ := img.Layers()
+	h, _ := ls[1].Digest()
+	path := filepath.Join(dir, "blobs", h.Algorithm, h.Hex)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = d.LoadFromLayout(ctx, dir, manifest, ref)
+	if err == nil {
+		t.Fatal("LoadFromLayout with a corrupted layer succeeded, want the engine's refusal")
+	}
+	t.Logf("error: %v", err)
+	if _, _, found, _ := d.Image(ctx, cfg.String()); found {
+		t.Errorf("image %s is in the engine after a corrupted load", cfg)
 	}
 }
 
