@@ -208,3 +208,40 @@ func TestPullFromLoopback(t *testing.T) {
 		t.Errorf("RepoDigests = %v, want [%s] (the loopback registry's)", repoDigests, want)
 	}
 }
+
+// A layer whose bytes changed in the layout fails the engine's digest
+// check as it pulls it from loopback, and no image is left.
+func TestPullFromLoopbackCorruptLayer(t *testing.T) {
+	d, raw, _ := newDocker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	run, ref := testRun(t)
+	img, err := random.Image(64<<10, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img = labelled(t, img, run)
+	dir, manifest, cfg := writeLayout(t, img)
+	removeImageAtCleanup(t, raw, cfg)
+	ls, _ := img.Layers()
+	h, _ := ls[1].Digest()
+	path := filepath.Join(dir, "blobs", h.Algorithm, h.Hex)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(layoutreg.New(dir, "fleet/"+run))
+	defer srv.Close()
+	err = d.PullFromLoopback(ctx, strings.TrimPrefix(srv.URL, "http://"), "fleet/"+run, manifest, ref)
+	if err == nil {
+		t.Fatal("PullFromLoopback with a corrupted layer succeeded, want the engine's refusal")
+	}
+	t.Logf("error: %v", err)
+	if _, _, found, _ := d.Image(ctx, cfg.String()); found {
+		t.Errorf("image %s is in the engine after a corrupted pull", cfg)
+	}
+}
