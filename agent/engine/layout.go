@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -110,9 +111,11 @@ func (d *Docker) imageLoad(ctx context.Context, r io.Reader) error {
 // PullFromLoopback has the engine pull the image with digest manifest from
 // the registry the agent serves on host (127.0.0.1:port, which the engine
 // treats as insecure by default) as repo, then tags it name. The engine
-// checks every blob's digest as it pulls and skips the layers it has pulled
-// before from any registry. The image's ID is its config digest; its
-// RepoDigests name the loopback registry, not the original one.
+// checks every blob's digest as it pulls and skips the layers it has,
+// however it got them. The loopback reference is removed again: it would
+// keep the image after its tag is removed. So, as after LoadFromLayout, the
+// image's ID is its config digest, name its only tag, and it has no
+// RepoDigests.
 func (d *Docker) PullFromLoopback(ctx context.Context, host, repo string, manifest v1.Hash, name string) error {
 	src := host + "/" + repo + "@" + manifest.String()
 	if err := d.Pull(ctx, src, "", nil); err != nil {
@@ -120,6 +123,9 @@ func (d *Docker) PullFromLoopback(ctx context.Context, host, repo string, manife
 	}
 	if err := d.cli.ImageTag(ctx, src, name); err != nil {
 		return fmt.Errorf("tag %s as %s: %w", src, name, mapErr(err))
+	}
+	if _, err := d.cli.ImageRemove(ctx, src, image.RemoveOptions{}); err != nil {
+		return fmt.Errorf("remove the loopback reference %s: %w", src, mapErr(err))
 	}
 	return nil
 }
