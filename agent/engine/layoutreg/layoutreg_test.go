@@ -21,7 +21,7 @@ import (
 )
 
 // newLayout writes a random image into a layout, tagged "1" in its index.
-func newLayout(t *testing.T) (string, v1.Image) {
+func newLayout(t testing.TB) (string, v1.Image) {
 	t.Helper()
 	dir := t.TempDir()
 	img, err := random.Image(1024, 2)
