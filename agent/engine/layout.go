@@ -31,8 +31,10 @@ import (
 // RepoDigests: the caller keeps the registry's manifest digest for the
 // status and creates the container by image ID (the config digest, which
 // the engine itself computed from the bytes it got), so it runs exactly the
-// verified content. The engine receives every layer,
-// even ones it has (it skips unpacking them, not reading them).
+// verified content. The engine receives every layer, even ones it has (it
+// skips unpacking them, not receiving them), and Docker 20.10 writes the
+// whole tarball to its tmp directory before it loads it: reserve the image's
+// size twice.
 func (d *Docker) LoadFromLayout(ctx context.Context, layoutDir string, manifest v1.Hash, name string) error {
 	return d.loadFromLayout(ctx, layoutDir, manifest, name, nil)
 }
@@ -111,6 +113,9 @@ func (d *Docker) imageLoad(ctx context.Context, r io.Reader) error {
 // PullFromLoopback has the engine pull the image with digest manifest from
 // the registry the agent serves on host (127.0.0.1:port, which the engine
 // treats as insecure by default) as repo, then tags it name. The engine
+// must share the agent's loopback: not a remote engine, not a rootless one
+// in its own network namespace, not an agent in a container without the
+// host's network. The engine
 // checks every blob's digest as it pulls and skips the layers it has,
 // however it got them. The loopback reference is removed again: it would
 // keep the image after its tag is removed. So, as after LoadFromLayout, the
