@@ -33,8 +33,8 @@ import (
 // the engine itself computed from the bytes it got), so it runs exactly the
 // verified content. The engine receives every layer, even ones it has (it
 // skips unpacking them, not receiving them), and Docker 20.10 writes the
-// whole tarball to its tmp directory before it loads it: reserve the image's
-// size twice.
+// whole tarball to its tmp directory before it loads it (as a pull writes
+// the layers it downloads): reserve the image's size twice.
 func (d *Docker) LoadFromLayout(ctx context.Context, layoutDir string, manifest v1.Hash, name string) error {
 	return d.loadFromLayout(ctx, layoutDir, manifest, name, nil)
 }
