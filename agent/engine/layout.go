@@ -64,7 +64,8 @@ func (d *Docker) loadFromLayout(ctx context.Context, layoutDir string, manifest 
 	loadErr := d.imageLoad(ctx, pr)
 	// Unblocks the writer if the engine stopped reading early.
 	pr.CloseWithError(errEngineStopped)
-	if werr := <-written; werr != nil && !errors.Is(werr, errEngineStopped) {
+	// The HTTP client closes the pipe itself when it gives up.
+	if werr := <-written; werr != nil && !errors.Is(werr, errEngineStopped) && !errors.Is(werr, io.ErrClosedPipe) {
 		// The engine's error, if any, is the aborted upload.
 		return fmt.Errorf("load %s from %s: %w", ref, layoutDir, werr)
 	}

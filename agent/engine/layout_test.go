@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http/httptest"
 	"os"
@@ -249,5 +250,28 @@ func TestPullFromLoopbackCorruptLayer(t *testing.T) {
 	t.Logf("error: %v", err)
 	if _, _, found, _ := d.Image(ctx, cfg.String()); found {
 		t.Errorf("image %s is in the engine after a corrupted pull", cfg)
+	}
+}
+
+// A load cancelled while the image streams fails with the context's error,
+// not the pipe's, and leaves no image.
+func TestLoadFromLayoutCancelled(t *testing.T) {
+	d, raw, _ := newDocker(t)
+	run, ref := testRun(t)
+	dir, manifest, cfg := testImage(t, run, 4<<20, 2)
+	removeImageAtCleanup(t, raw, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var sent int
+	err := d.LoadFromLayoutCounting(ctx, dir, manifest, ref, func(n int) {
+		if sent += n; sent > 1<<20 {
+			cancel()
+		}
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("LoadFromLayout cancelled after 1 MiB = %v, want context.Canceled", err)
+	}
+	if _, _, found, _ := d.Image(context.Background(), cfg.String()); found {
+		t.Errorf("image %s is in the engine after a cancelled load", cfg)
 	}
 }
