@@ -51,6 +51,7 @@ check-proto: proto
 	git diff --exit-code -- protocol/
 
 lint:
+	bash -n .ci/run
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "not gofmt-formatted:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
