@@ -39,10 +39,11 @@ const (
 	DeleteCredentials Verb = "delete-credentials"
 	CheckRegistry     Verb = "check-registry"
 	Rebirth           Verb = "rebirth"
+	Prefetch          Verb = "prefetch"
 )
 
 // Verbs lists every verb of protocol v1.
-var Verbs = []Verb{Deploy, Remove, Start, Stop, Restart, SetCredentials, DeleteCredentials, CheckRegistry, Rebirth}
+var Verbs = []Verb{Deploy, Remove, Start, Stop, Restart, SetCredentials, DeleteCredentials, CheckRegistry, Rebirth, Prefetch}
 
 // Valid reports whether v is a verb of protocol v1.
 func (v Verb) Valid() bool { return slices.Contains(Verbs, v) }
@@ -289,6 +290,8 @@ func VerbOf(c *fleetv1.Command) Verb {
 		return CheckRegistry
 	case *fleetv1.Command_Rebirth:
 		return Rebirth
+	case *fleetv1.Command_Prefetch:
+		return Prefetch
 	}
 	return ""
 }

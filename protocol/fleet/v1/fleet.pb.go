@@ -84,7 +84,7 @@ func (x Reply_Result) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Reply_Result.Descriptor instead.
 func (Reply_Result) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{4, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{5, 0}
 }
 
 // The error-code vocabulary, shared by replies, statuses and events.
@@ -185,7 +185,7 @@ func (x Reply_Code) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Reply_Code.Descriptor instead.
 func (Reply_Code) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{4, 1}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{5, 1}
 }
 
 type Death_Reason int32
@@ -234,7 +234,7 @@ func (x Death_Reason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Death_Reason.Descriptor instead.
 func (Death_Reason) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{10, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{11, 0}
 }
 
 type Event_Severity int32
@@ -286,7 +286,7 @@ func (x Event_Severity) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Event_Severity.Descriptor instead.
 func (Event_Severity) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{11, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{12, 0}
 }
 
 type Mount_Type int32
@@ -338,7 +338,7 @@ func (x Mount_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Mount_Type.Descriptor instead.
 func (Mount_Type) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{15, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{16, 0}
 }
 
 type RestartPolicy_Mode int32
@@ -393,7 +393,7 @@ func (x RestartPolicy_Mode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RestartPolicy_Mode.Descriptor instead.
 func (RestartPolicy_Mode) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{17, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{18, 0}
 }
 
 type HealthCheck_Status int32
@@ -445,7 +445,7 @@ func (x HealthCheck_Status) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HealthCheck_Status.Descriptor instead.
 func (HealthCheck_Status) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{20, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{21, 0}
 }
 
 type Pull_Policy int32
@@ -497,7 +497,64 @@ func (x Pull_Policy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Pull_Policy.Descriptor instead.
 func (Pull_Policy) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{21, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{22, 0}
+}
+
+// Who downloads the image.
+type Pull_Mode int32
+
+const (
+	// The agent's --pull-mode (AGENT unless set).
+	Pull_MODE_UNSPECIFIED Pull_Mode = 0
+	// The agent downloads the image into its own store: a cut download
+	// resumes from its last byte (also after an agent restart), every blob
+	// is verified by digest, the download honours the bandwidth cap; the
+	// engine then pulls it from the agent on loopback.
+	Pull_AGENT Pull_Mode = 1
+	// The engine pulls from the registry itself (dockerd's pull: a cut
+	// layer restarts from byte zero).
+	Pull_ENGINE Pull_Mode = 2
+)
+
+// Enum value maps for Pull_Mode.
+var (
+	Pull_Mode_name = map[int32]string{
+		0: "MODE_UNSPECIFIED",
+		1: "AGENT",
+		2: "ENGINE",
+	}
+	Pull_Mode_value = map[string]int32{
+		"MODE_UNSPECIFIED": 0,
+		"AGENT":            1,
+		"ENGINE":           2,
+	}
+)
+
+func (x Pull_Mode) Enum() *Pull_Mode {
+	p := new(Pull_Mode)
+	*p = x
+	return p
+}
+
+func (x Pull_Mode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Pull_Mode) Descriptor() protoreflect.EnumDescriptor {
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[8].Descriptor()
+}
+
+func (Pull_Mode) Type() protoreflect.EnumType {
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[8]
+}
+
+func (x Pull_Mode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Pull_Mode.Descriptor instead.
+func (Pull_Mode) EnumDescriptor() ([]byte, []int) {
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{22, 1}
 }
 
 type Update_Strategy int32
@@ -533,11 +590,11 @@ func (x Update_Strategy) String() string {
 }
 
 func (Update_Strategy) Descriptor() protoreflect.EnumDescriptor {
-	return file_protocol_fleet_v1_fleet_proto_enumTypes[8].Descriptor()
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[9].Descriptor()
 }
 
 func (Update_Strategy) Type() protoreflect.EnumType {
-	return &file_protocol_fleet_v1_fleet_proto_enumTypes[8]
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[9]
 }
 
 func (x Update_Strategy) Number() protoreflect.EnumNumber {
@@ -546,7 +603,7 @@ func (x Update_Strategy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Update_Strategy.Descriptor instead.
 func (Update_Strategy) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{22, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{23, 0}
 }
 
 type DeploymentStatus_Phase int32
@@ -606,11 +663,11 @@ func (x DeploymentStatus_Phase) String() string {
 }
 
 func (DeploymentStatus_Phase) Descriptor() protoreflect.EnumDescriptor {
-	return file_protocol_fleet_v1_fleet_proto_enumTypes[9].Descriptor()
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[10].Descriptor()
 }
 
 func (DeploymentStatus_Phase) Type() protoreflect.EnumType {
-	return &file_protocol_fleet_v1_fleet_proto_enumTypes[9]
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[10]
 }
 
 func (x DeploymentStatus_Phase) Number() protoreflect.EnumNumber {
@@ -619,7 +676,7 @@ func (x DeploymentStatus_Phase) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DeploymentStatus_Phase.Descriptor instead.
 func (DeploymentStatus_Phase) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{23, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{24, 0}
 }
 
 // Command is sent by the cloud on .../{gateway}/cmd/{verb} or
@@ -643,6 +700,7 @@ type Command struct {
 	//	*Command_DeleteCredentials
 	//	*Command_CheckRegistry
 	//	*Command_Rebirth
+	//	*Command_Prefetch
 	Body          isCommand_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -787,6 +845,15 @@ func (x *Command) GetRebirth() *Rebirth {
 	return nil
 }
 
+func (x *Command) GetPrefetch() *Prefetch {
+	if x != nil {
+		if x, ok := x.Body.(*Command_Prefetch); ok {
+			return x.Prefetch
+		}
+	}
+	return nil
+}
+
 type isCommand_Body interface {
 	isCommand_Body()
 }
@@ -827,6 +894,10 @@ type Command_Rebirth struct {
 	Rebirth *Rebirth `protobuf:"bytes,18,opt,name=rebirth,proto3,oneof"`
 }
 
+type Command_Prefetch struct {
+	Prefetch *Prefetch `protobuf:"bytes,19,opt,name=prefetch,proto3,oneof"`
+}
+
 func (*Command_Deploy) isCommand_Body() {}
 
 func (*Command_Remove) isCommand_Body() {}
@@ -844,6 +915,8 @@ func (*Command_DeleteCredentials) isCommand_Body() {}
 func (*Command_CheckRegistry) isCommand_Body() {}
 
 func (*Command_Rebirth) isCommand_Body() {}
+
+func (*Command_Prefetch) isCommand_Body() {}
 
 type Deploy struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -979,6 +1052,57 @@ func (*Rebirth) Descriptor() ([]byte, []int) {
 	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{3}
 }
 
+// Prefetch downloads and verifies a deployment's image as deploy would
+// (trust policy, credentials, pull settings), without touching the
+// deployment: nothing is created, stopped or stored as desired state. The
+// image is kept from image GC until a deploy of that deployment replaces
+// it, so a later deploy of the same spec only creates and starts. A long
+// command: ACCEPTED, then SUCCEEDED with the manifest digest in
+// Reply.status.image_digest, or FAILED.
+type Prefetch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spec          *DeploymentSpec        `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Prefetch) Reset() {
+	*x = Prefetch{}
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Prefetch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Prefetch) ProtoMessage() {}
+
+func (x *Prefetch) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Prefetch.ProtoReflect.Descriptor instead.
+func (*Prefetch) Descriptor() ([]byte, []int) {
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Prefetch) GetSpec() *DeploymentSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
 // Reply answers a Command on the command's MQTT v5 response topic (with its
 // correlation data) or, when it had none, on .../{gateway}/reply.
 type Reply struct {
@@ -1002,7 +1126,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[4]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1014,7 +1138,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[4]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1027,7 +1151,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{4}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Reply) GetCommandId() string {
@@ -1124,7 +1248,7 @@ type Birth struct {
 
 func (x *Birth) Reset() {
 	*x = Birth{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[5]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1260,7 @@ func (x *Birth) String() string {
 func (*Birth) ProtoMessage() {}
 
 func (x *Birth) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[5]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1273,7 @@ func (x *Birth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Birth.ProtoReflect.Descriptor instead.
 func (*Birth) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{5}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Birth) GetGatewayId() string {
@@ -1278,7 +1402,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[6]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1290,7 +1414,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[6]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1303,7 +1427,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{6}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Host) GetHostname() string {
@@ -1362,7 +1486,7 @@ type Engine struct {
 
 func (x *Engine) Reset() {
 	*x = Engine{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[7]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1374,7 +1498,7 @@ func (x *Engine) String() string {
 func (*Engine) ProtoMessage() {}
 
 func (x *Engine) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[7]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1387,7 +1511,7 @@ func (x *Engine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Engine.ProtoReflect.Descriptor instead.
 func (*Engine) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{7}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Engine) GetName() string {
@@ -1438,7 +1562,7 @@ type DeploymentSummary struct {
 
 func (x *DeploymentSummary) Reset() {
 	*x = DeploymentSummary{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[8]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1450,7 +1574,7 @@ func (x *DeploymentSummary) String() string {
 func (*DeploymentSummary) ProtoMessage() {}
 
 func (x *DeploymentSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[8]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1463,7 +1587,7 @@ func (x *DeploymentSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentSummary.ProtoReflect.Descriptor instead.
 func (*DeploymentSummary) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{8}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeploymentSummary) GetName() string {
@@ -1526,7 +1650,7 @@ type RegistrySummary struct {
 
 func (x *RegistrySummary) Reset() {
 	*x = RegistrySummary{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[9]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1662,7 @@ func (x *RegistrySummary) String() string {
 func (*RegistrySummary) ProtoMessage() {}
 
 func (x *RegistrySummary) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[9]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1675,7 @@ func (x *RegistrySummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistrySummary.ProtoReflect.Descriptor instead.
 func (*RegistrySummary) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{9}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RegistrySummary) GetRegistry() string {
@@ -1634,7 +1758,7 @@ type Death struct {
 
 func (x *Death) Reset() {
 	*x = Death{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[10]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1770,7 @@ func (x *Death) String() string {
 func (*Death) ProtoMessage() {}
 
 func (x *Death) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[10]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +1783,7 @@ func (x *Death) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Death.ProtoReflect.Descriptor instead.
 func (*Death) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{10}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Death) GetGatewayId() string {
@@ -1716,7 +1840,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[11]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1728,7 +1852,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[11]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1741,7 +1865,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{11}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Event) GetGatewayId() string {
@@ -1829,7 +1953,7 @@ type Metrics struct {
 
 func (x *Metrics) Reset() {
 	*x = Metrics{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[12]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +1965,7 @@ func (x *Metrics) String() string {
 func (*Metrics) ProtoMessage() {}
 
 func (x *Metrics) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[12]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +1978,7 @@ func (x *Metrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Metrics.ProtoReflect.Descriptor instead.
 func (*Metrics) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{12}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Metrics) GetGatewayId() string {
@@ -1984,7 +2108,7 @@ type DeploymentSpec struct {
 
 func (x *DeploymentSpec) Reset() {
 	*x = DeploymentSpec{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[13]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2120,7 @@ func (x *DeploymentSpec) String() string {
 func (*DeploymentSpec) ProtoMessage() {}
 
 func (x *DeploymentSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[13]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2133,7 @@ func (x *DeploymentSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentSpec.ProtoReflect.Descriptor instead.
 func (*DeploymentSpec) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{13}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeploymentSpec) GetName() string {
@@ -2193,7 +2317,7 @@ type Port struct {
 
 func (x *Port) Reset() {
 	*x = Port{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[14]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2205,7 +2329,7 @@ func (x *Port) String() string {
 func (*Port) ProtoMessage() {}
 
 func (x *Port) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[14]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2218,7 +2342,7 @@ func (x *Port) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Port.ProtoReflect.Descriptor instead.
 func (*Port) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{14}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Port) GetContainerPort() uint32 {
@@ -2261,7 +2385,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[15]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2273,7 +2397,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[15]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2286,7 +2410,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{15}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Mount) GetType() Mount_Type {
@@ -2329,7 +2453,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[16]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2341,7 +2465,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[16]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2354,7 +2478,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{16}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Device) GetHostPath() string {
@@ -2388,7 +2512,7 @@ type RestartPolicy struct {
 
 func (x *RestartPolicy) Reset() {
 	*x = RestartPolicy{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[17]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2400,7 +2524,7 @@ func (x *RestartPolicy) String() string {
 func (*RestartPolicy) ProtoMessage() {}
 
 func (x *RestartPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[17]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2413,7 +2537,7 @@ func (x *RestartPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartPolicy.ProtoReflect.Descriptor instead.
 func (*RestartPolicy) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{17}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RestartPolicy) GetMode() RestartPolicy_Mode {
@@ -2441,7 +2565,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[18]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2577,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[18]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2590,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{18}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Resources) GetMemoryBytes() int64 {
@@ -2500,7 +2624,7 @@ type Logging struct {
 
 func (x *Logging) Reset() {
 	*x = Logging{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[19]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +2636,7 @@ func (x *Logging) String() string {
 func (*Logging) ProtoMessage() {}
 
 func (x *Logging) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[19]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +2649,7 @@ func (x *Logging) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Logging.ProtoReflect.Descriptor instead.
 func (*Logging) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{19}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Logging) GetDriver() string {
@@ -2556,7 +2680,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2568,7 +2692,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2581,7 +2705,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *HealthCheck) GetTest() []string {
@@ -2623,14 +2747,20 @@ type Pull struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Retries       uint32                 `protobuf:"varint,1,opt,name=retries,proto3" json:"retries,omitempty"`
 	RetryInterval *durationpb.Duration   `protobuf:"bytes,2,opt,name=retry_interval,json=retryInterval,proto3" json:"retry_interval,omitempty"`
-	Timeout       *durationpb.Duration   `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Per attempt. In AGENT mode, the whole download (it resumes across cuts
+	// inside one attempt).
+	Timeout *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Mode    Pull_Mode            `protobuf:"varint,4,opt,name=mode,proto3,enum=fleet.v1.Pull_Mode" json:"mode,omitempty"`
+	// Caps this deployment's download, bytes per second (AGENT mode); 0: the
+	// agent's --pull-bandwidth. The agent's cap applies too.
+	Bandwidth     uint64 `protobuf:"varint,5,opt,name=bandwidth,proto3" json:"bandwidth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Pull) Reset() {
 	*x = Pull{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2642,7 +2772,7 @@ func (x *Pull) String() string {
 func (*Pull) ProtoMessage() {}
 
 func (x *Pull) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2655,7 +2785,7 @@ func (x *Pull) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pull.ProtoReflect.Descriptor instead.
 func (*Pull) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Pull) GetRetries() uint32 {
@@ -2679,6 +2809,20 @@ func (x *Pull) GetTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *Pull) GetMode() Pull_Mode {
+	if x != nil {
+		return x.Mode
+	}
+	return Pull_MODE_UNSPECIFIED
+}
+
+func (x *Pull) GetBandwidth() uint64 {
+	if x != nil {
+		return x.Bandwidth
+	}
+	return 0
+}
+
 type Update struct {
 	state                   protoimpl.MessageState `protogen:"open.v1"`
 	Strategy                Update_Strategy        `protobuf:"varint,1,opt,name=strategy,proto3,enum=fleet.v1.Update_Strategy" json:"strategy,omitempty"`
@@ -2690,7 +2834,7 @@ type Update struct {
 
 func (x *Update) Reset() {
 	*x = Update{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2702,7 +2846,7 @@ func (x *Update) String() string {
 func (*Update) ProtoMessage() {}
 
 func (x *Update) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2715,7 +2859,7 @@ func (x *Update) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Update.ProtoReflect.Descriptor instead.
 func (*Update) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Update) GetStrategy() Update_Strategy {
@@ -2762,7 +2906,7 @@ type DeploymentStatus struct {
 
 func (x *DeploymentStatus) Reset() {
 	*x = DeploymentStatus{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2774,7 +2918,7 @@ func (x *DeploymentStatus) String() string {
 func (*DeploymentStatus) ProtoMessage() {}
 
 func (x *DeploymentStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2787,7 +2931,7 @@ func (x *DeploymentStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentStatus.ProtoReflect.Descriptor instead.
 func (*DeploymentStatus) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeploymentStatus) GetName() string {
@@ -2898,7 +3042,7 @@ type PullProgress struct {
 
 func (x *PullProgress) Reset() {
 	*x = PullProgress{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2910,7 +3054,7 @@ func (x *PullProgress) String() string {
 func (*PullProgress) ProtoMessage() {}
 
 func (x *PullProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2923,7 +3067,7 @@ func (x *PullProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullProgress.ProtoReflect.Descriptor instead.
 func (*PullProgress) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PullProgress) GetBytesDone() uint64 {
@@ -2953,7 +3097,7 @@ type SetCredentials struct {
 
 func (x *SetCredentials) Reset() {
 	*x = SetCredentials{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2965,7 +3109,7 @@ func (x *SetCredentials) String() string {
 func (*SetCredentials) ProtoMessage() {}
 
 func (x *SetCredentials) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2978,7 +3122,7 @@ func (x *SetCredentials) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCredentials.ProtoReflect.Descriptor instead.
 func (*SetCredentials) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SetCredentials) GetCredentials() []*Credential {
@@ -3015,6 +3159,11 @@ type Credential struct {
 	ClientKey         string `protobuf:"bytes,8,opt,name=client_key,json=clientKey,proto3" json:"client_key,omitempty"`
 	// Refuse plain HTTP to this registry.
 	RequireTls bool `protobuf:"varint,9,opt,name=require_tls,json=requireTls,proto3" json:"require_tls,omitempty"`
+	// Reach this registry over plain HTTP, or TLS without verification. The
+	// agent honours it only where its --allow-insecure-registry setting
+	// names the registry (refused otherwise, naming the setting), and only
+	// in pull mode AGENT: the engine's insecure-registries need no edit.
+	Insecure bool `protobuf:"varint,11,opt,name=insecure,proto3" json:"insecure,omitempty"`
 	// Set by the controller: an opaque identifier of this credential's
 	// secret, an HMAC-SHA-256 keyed per tenant with a key only the controller
 	// holds (12 hex digits), so that it cannot be checked against guessed
@@ -3027,7 +3176,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3039,7 +3188,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3052,7 +3201,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Credential) GetRegistry() string {
@@ -3133,6 +3282,13 @@ func (x *Credential) GetRequireTls() bool {
 	return false
 }
 
+func (x *Credential) GetInsecure() bool {
+	if x != nil {
+		return x.Insecure
+	}
+	return false
+}
+
 func (x *Credential) GetFingerprint() string {
 	if x != nil {
 		return x.Fingerprint
@@ -3178,7 +3334,7 @@ type BasicAuth struct {
 
 func (x *BasicAuth) Reset() {
 	*x = BasicAuth{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3190,7 +3346,7 @@ func (x *BasicAuth) String() string {
 func (*BasicAuth) ProtoMessage() {}
 
 func (x *BasicAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3203,7 +3359,7 @@ func (x *BasicAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BasicAuth.ProtoReflect.Descriptor instead.
 func (*BasicAuth) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BasicAuth) GetUsername() string {
@@ -3235,7 +3391,7 @@ type EcrAuth struct {
 
 func (x *EcrAuth) Reset() {
 	*x = EcrAuth{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3247,7 +3403,7 @@ func (x *EcrAuth) String() string {
 func (*EcrAuth) ProtoMessage() {}
 
 func (x *EcrAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3260,7 +3416,7 @@ func (x *EcrAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EcrAuth.ProtoReflect.Descriptor instead.
 func (*EcrAuth) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *EcrAuth) GetRegion() string {
@@ -3308,7 +3464,7 @@ type EcrToken struct {
 
 func (x *EcrToken) Reset() {
 	*x = EcrToken{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3320,7 +3476,7 @@ func (x *EcrToken) String() string {
 func (*EcrToken) ProtoMessage() {}
 
 func (x *EcrToken) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3333,7 +3489,7 @@ func (x *EcrToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EcrToken.ProtoReflect.Descriptor instead.
 func (*EcrToken) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *EcrToken) GetPassword() string {
@@ -3358,7 +3514,7 @@ type Anonymous struct {
 
 func (x *Anonymous) Reset() {
 	*x = Anonymous{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3370,7 +3526,7 @@ func (x *Anonymous) String() string {
 func (*Anonymous) ProtoMessage() {}
 
 func (x *Anonymous) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3383,7 +3539,7 @@ func (x *Anonymous) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Anonymous.ProtoReflect.Descriptor instead.
 func (*Anonymous) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 type DeleteCredentials struct {
@@ -3395,7 +3551,7 @@ type DeleteCredentials struct {
 
 func (x *DeleteCredentials) Reset() {
 	*x = DeleteCredentials{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3407,7 +3563,7 @@ func (x *DeleteCredentials) String() string {
 func (*DeleteCredentials) ProtoMessage() {}
 
 func (x *DeleteCredentials) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3420,7 +3576,7 @@ func (x *DeleteCredentials) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCredentials.ProtoReflect.Descriptor instead.
 func (*DeleteCredentials) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteCredentials) GetRegistries() []string {
@@ -3439,7 +3595,7 @@ type CheckRegistry struct {
 
 func (x *CheckRegistry) Reset() {
 	*x = CheckRegistry{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3451,7 +3607,7 @@ func (x *CheckRegistry) String() string {
 func (*CheckRegistry) ProtoMessage() {}
 
 func (x *CheckRegistry) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3464,7 +3620,7 @@ func (x *CheckRegistry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRegistry.ProtoReflect.Descriptor instead.
 func (*CheckRegistry) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CheckRegistry) GetImage() string {
@@ -3488,7 +3644,7 @@ type RegistryCheck struct {
 
 func (x *RegistryCheck) Reset() {
 	*x = RegistryCheck{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3500,7 +3656,7 @@ func (x *RegistryCheck) String() string {
 func (*RegistryCheck) ProtoMessage() {}
 
 func (x *RegistryCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3513,7 +3669,7 @@ func (x *RegistryCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryCheck.ProtoReflect.Descriptor instead.
 func (*RegistryCheck) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RegistryCheck) GetReachable() bool {
@@ -3562,7 +3718,7 @@ var File_protocol_fleet_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1dprotocol/fleet/v1/fleet.proto\x12\bfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x05\n" +
+	"\x1dprotocol/fleet/v1/fleet.proto\x12\bfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x05\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x127\n" +
 	"\tissued_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x129\n" +
@@ -3577,14 +3733,17 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x0fset_credentials\x18\x0f \x01(\v2\x18.fleet.v1.SetCredentialsH\x00R\x0esetCredentials\x12L\n" +
 	"\x12delete_credentials\x18\x10 \x01(\v2\x1b.fleet.v1.DeleteCredentialsH\x00R\x11deleteCredentials\x12@\n" +
 	"\x0echeck_registry\x18\x11 \x01(\v2\x17.fleet.v1.CheckRegistryH\x00R\rcheckRegistry\x12-\n" +
-	"\arebirth\x18\x12 \x01(\v2\x11.fleet.v1.RebirthH\x00R\arebirthB\x06\n" +
+	"\arebirth\x18\x12 \x01(\v2\x11.fleet.v1.RebirthH\x00R\arebirth\x120\n" +
+	"\bprefetch\x18\x13 \x01(\v2\x12.fleet.v1.PrefetchH\x00R\bprefetchB\x06\n" +
 	"\x04body\"6\n" +
 	"\x06Deploy\x12,\n" +
 	"\x04spec\x18\x01 \x01(\v2\x18.fleet.v1.DeploymentSpecR\x04spec\"F\n" +
 	"\rDeploymentRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fremove_image\x18\x02 \x01(\bR\vremoveImage\"\t\n" +
-	"\aRebirth\"\xbf\x06\n" +
+	"\aRebirth\"8\n" +
+	"\bPrefetch\x12,\n" +
+	"\x04spec\x18\x01 \x01(\v2\x18.fleet.v1.DeploymentSpecR\x04spec\"\xbf\x06\n" +
 	"\x05Reply\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12.\n" +
@@ -3825,17 +3984,24 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x04NONE\x10\x00\x12\f\n" +
 	"\bSTARTING\x10\x01\x12\v\n" +
 	"\aHEALTHY\x10\x02\x12\r\n" +
-	"\tUNHEALTHY\x10\x03\"\xe4\x01\n" +
+	"\tUNHEALTHY\x10\x03\"\xe0\x02\n" +
 	"\x04Pull\x12\x18\n" +
 	"\aretries\x18\x01 \x01(\rR\aretries\x12@\n" +
 	"\x0eretry_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rretryInterval\x123\n" +
-	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"K\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12'\n" +
+	"\x04mode\x18\x04 \x01(\x0e2\x13.fleet.v1.Pull.ModeR\x04mode\x12\x1c\n" +
+	"\tbandwidth\x18\x05 \x01(\x04R\tbandwidth\"K\n" +
 	"\x06Policy\x12\x16\n" +
 	"\x12POLICY_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eIF_NOT_PRESENT\x10\x01\x12\n" +
 	"\n" +
 	"\x06ALWAYS\x10\x02\x12\t\n" +
-	"\x05NEVER\x10\x03\"\xee\x01\n" +
+	"\x05NEVER\x10\x03\"3\n" +
+	"\x04Mode\x12\x14\n" +
+	"\x10MODE_UNSPECIFIED\x10\x00\x12\t\n" +
+	"\x05AGENT\x10\x01\x12\n" +
+	"\n" +
+	"\x06ENGINE\x10\x02\"\xee\x01\n" +
 	"\x06Update\x125\n" +
 	"\bstrategy\x18\x01 \x01(\x0e2\x19.fleet.v1.Update.StrategyR\bstrategy\x12*\n" +
 	"\x11min_ready_seconds\x18\x02 \x01(\rR\x0fminReadySeconds\x12:\n" +
@@ -3885,7 +4051,7 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"bytesTotal\"`\n" +
 	"\x0eSetCredentials\x126\n" +
 	"\vcredentials\x18\x01 \x03(\v2\x14.fleet.v1.CredentialR\vcredentials\x12\x16\n" +
-	"\x06sealed\x18\x02 \x01(\fR\x06sealed\"\xa4\x03\n" +
+	"\x06sealed\x18\x02 \x01(\fR\x06sealed\"\xc0\x03\n" +
 	"\n" +
 	"Credential\x12\x1a\n" +
 	"\bregistry\x18\x01 \x01(\tR\bregistry\x12+\n" +
@@ -3898,7 +4064,8 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
 	"client_key\x18\b \x01(\tR\tclientKey\x12\x1f\n" +
 	"\vrequire_tls\x18\t \x01(\bR\n" +
-	"requireTls\x12 \n" +
+	"requireTls\x12\x1a\n" +
+	"\binsecure\x18\v \x01(\bR\binsecure\x12 \n" +
 	"\vfingerprint\x18\n" +
 	" \x01(\tR\vfingerprintB\x06\n" +
 	"\x04kind\"C\n" +
@@ -3944,8 +4111,8 @@ func file_protocol_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 	return file_protocol_fleet_v1_fleet_proto_rawDescData
 }
 
-var file_protocol_fleet_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_protocol_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_protocol_fleet_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
+var file_protocol_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_protocol_fleet_v1_fleet_proto_goTypes = []any{
 	(Reply_Result)(0),             // 0: fleet.v1.Reply.Result
 	(Reply_Code)(0),               // 1: fleet.v1.Reply.Code
@@ -3955,122 +4122,127 @@ var file_protocol_fleet_v1_fleet_proto_goTypes = []any{
 	(RestartPolicy_Mode)(0),       // 5: fleet.v1.RestartPolicy.Mode
 	(HealthCheck_Status)(0),       // 6: fleet.v1.HealthCheck.Status
 	(Pull_Policy)(0),              // 7: fleet.v1.Pull.Policy
-	(Update_Strategy)(0),          // 8: fleet.v1.Update.Strategy
-	(DeploymentStatus_Phase)(0),   // 9: fleet.v1.DeploymentStatus.Phase
-	(*Command)(nil),               // 10: fleet.v1.Command
-	(*Deploy)(nil),                // 11: fleet.v1.Deploy
-	(*DeploymentRef)(nil),         // 12: fleet.v1.DeploymentRef
-	(*Rebirth)(nil),               // 13: fleet.v1.Rebirth
-	(*Reply)(nil),                 // 14: fleet.v1.Reply
-	(*Birth)(nil),                 // 15: fleet.v1.Birth
-	(*Host)(nil),                  // 16: fleet.v1.Host
-	(*Engine)(nil),                // 17: fleet.v1.Engine
-	(*DeploymentSummary)(nil),     // 18: fleet.v1.DeploymentSummary
-	(*RegistrySummary)(nil),       // 19: fleet.v1.RegistrySummary
-	(*Death)(nil),                 // 20: fleet.v1.Death
-	(*Event)(nil),                 // 21: fleet.v1.Event
-	(*Metrics)(nil),               // 22: fleet.v1.Metrics
-	(*DeploymentSpec)(nil),        // 23: fleet.v1.DeploymentSpec
-	(*Port)(nil),                  // 24: fleet.v1.Port
-	(*Mount)(nil),                 // 25: fleet.v1.Mount
-	(*Device)(nil),                // 26: fleet.v1.Device
-	(*RestartPolicy)(nil),         // 27: fleet.v1.RestartPolicy
-	(*Resources)(nil),             // 28: fleet.v1.Resources
-	(*Logging)(nil),               // 29: fleet.v1.Logging
-	(*HealthCheck)(nil),           // 30: fleet.v1.HealthCheck
-	(*Pull)(nil),                  // 31: fleet.v1.Pull
-	(*Update)(nil),                // 32: fleet.v1.Update
-	(*DeploymentStatus)(nil),      // 33: fleet.v1.DeploymentStatus
-	(*PullProgress)(nil),          // 34: fleet.v1.PullProgress
-	(*SetCredentials)(nil),        // 35: fleet.v1.SetCredentials
-	(*Credential)(nil),            // 36: fleet.v1.Credential
-	(*BasicAuth)(nil),             // 37: fleet.v1.BasicAuth
-	(*EcrAuth)(nil),               // 38: fleet.v1.EcrAuth
-	(*EcrToken)(nil),              // 39: fleet.v1.EcrToken
-	(*Anonymous)(nil),             // 40: fleet.v1.Anonymous
-	(*DeleteCredentials)(nil),     // 41: fleet.v1.DeleteCredentials
-	(*CheckRegistry)(nil),         // 42: fleet.v1.CheckRegistry
-	(*RegistryCheck)(nil),         // 43: fleet.v1.RegistryCheck
-	nil,                           // 44: fleet.v1.Birth.LabelsEntry
-	nil,                           // 45: fleet.v1.Event.AttributesEntry
-	nil,                           // 46: fleet.v1.DeploymentSpec.EnvEntry
-	nil,                           // 47: fleet.v1.DeploymentSpec.LabelsEntry
-	nil,                           // 48: fleet.v1.Logging.OptionsEntry
-	(*timestamppb.Timestamp)(nil), // 49: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 50: google.protobuf.Duration
+	(Pull_Mode)(0),                // 8: fleet.v1.Pull.Mode
+	(Update_Strategy)(0),          // 9: fleet.v1.Update.Strategy
+	(DeploymentStatus_Phase)(0),   // 10: fleet.v1.DeploymentStatus.Phase
+	(*Command)(nil),               // 11: fleet.v1.Command
+	(*Deploy)(nil),                // 12: fleet.v1.Deploy
+	(*DeploymentRef)(nil),         // 13: fleet.v1.DeploymentRef
+	(*Rebirth)(nil),               // 14: fleet.v1.Rebirth
+	(*Prefetch)(nil),              // 15: fleet.v1.Prefetch
+	(*Reply)(nil),                 // 16: fleet.v1.Reply
+	(*Birth)(nil),                 // 17: fleet.v1.Birth
+	(*Host)(nil),                  // 18: fleet.v1.Host
+	(*Engine)(nil),                // 19: fleet.v1.Engine
+	(*DeploymentSummary)(nil),     // 20: fleet.v1.DeploymentSummary
+	(*RegistrySummary)(nil),       // 21: fleet.v1.RegistrySummary
+	(*Death)(nil),                 // 22: fleet.v1.Death
+	(*Event)(nil),                 // 23: fleet.v1.Event
+	(*Metrics)(nil),               // 24: fleet.v1.Metrics
+	(*DeploymentSpec)(nil),        // 25: fleet.v1.DeploymentSpec
+	(*Port)(nil),                  // 26: fleet.v1.Port
+	(*Mount)(nil),                 // 27: fleet.v1.Mount
+	(*Device)(nil),                // 28: fleet.v1.Device
+	(*RestartPolicy)(nil),         // 29: fleet.v1.RestartPolicy
+	(*Resources)(nil),             // 30: fleet.v1.Resources
+	(*Logging)(nil),               // 31: fleet.v1.Logging
+	(*HealthCheck)(nil),           // 32: fleet.v1.HealthCheck
+	(*Pull)(nil),                  // 33: fleet.v1.Pull
+	(*Update)(nil),                // 34: fleet.v1.Update
+	(*DeploymentStatus)(nil),      // 35: fleet.v1.DeploymentStatus
+	(*PullProgress)(nil),          // 36: fleet.v1.PullProgress
+	(*SetCredentials)(nil),        // 37: fleet.v1.SetCredentials
+	(*Credential)(nil),            // 38: fleet.v1.Credential
+	(*BasicAuth)(nil),             // 39: fleet.v1.BasicAuth
+	(*EcrAuth)(nil),               // 40: fleet.v1.EcrAuth
+	(*EcrToken)(nil),              // 41: fleet.v1.EcrToken
+	(*Anonymous)(nil),             // 42: fleet.v1.Anonymous
+	(*DeleteCredentials)(nil),     // 43: fleet.v1.DeleteCredentials
+	(*CheckRegistry)(nil),         // 44: fleet.v1.CheckRegistry
+	(*RegistryCheck)(nil),         // 45: fleet.v1.RegistryCheck
+	nil,                           // 46: fleet.v1.Birth.LabelsEntry
+	nil,                           // 47: fleet.v1.Event.AttributesEntry
+	nil,                           // 48: fleet.v1.DeploymentSpec.EnvEntry
+	nil,                           // 49: fleet.v1.DeploymentSpec.LabelsEntry
+	nil,                           // 50: fleet.v1.Logging.OptionsEntry
+	(*timestamppb.Timestamp)(nil), // 51: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 52: google.protobuf.Duration
 }
 var file_protocol_fleet_v1_fleet_proto_depIdxs = []int32{
-	49, // 0: fleet.v1.Command.issued_at:type_name -> google.protobuf.Timestamp
-	49, // 1: fleet.v1.Command.expires_at:type_name -> google.protobuf.Timestamp
-	11, // 2: fleet.v1.Command.deploy:type_name -> fleet.v1.Deploy
-	12, // 3: fleet.v1.Command.remove:type_name -> fleet.v1.DeploymentRef
-	12, // 4: fleet.v1.Command.start:type_name -> fleet.v1.DeploymentRef
-	12, // 5: fleet.v1.Command.stop:type_name -> fleet.v1.DeploymentRef
-	12, // 6: fleet.v1.Command.restart:type_name -> fleet.v1.DeploymentRef
-	35, // 7: fleet.v1.Command.set_credentials:type_name -> fleet.v1.SetCredentials
-	41, // 8: fleet.v1.Command.delete_credentials:type_name -> fleet.v1.DeleteCredentials
-	42, // 9: fleet.v1.Command.check_registry:type_name -> fleet.v1.CheckRegistry
-	13, // 10: fleet.v1.Command.rebirth:type_name -> fleet.v1.Rebirth
-	23, // 11: fleet.v1.Deploy.spec:type_name -> fleet.v1.DeploymentSpec
-	0,  // 12: fleet.v1.Reply.result:type_name -> fleet.v1.Reply.Result
-	1,  // 13: fleet.v1.Reply.code:type_name -> fleet.v1.Reply.Code
-	49, // 14: fleet.v1.Reply.timestamp:type_name -> google.protobuf.Timestamp
-	43, // 15: fleet.v1.Reply.registry_check:type_name -> fleet.v1.RegistryCheck
-	33, // 16: fleet.v1.Reply.status:type_name -> fleet.v1.DeploymentStatus
-	49, // 17: fleet.v1.Birth.started_at:type_name -> google.protobuf.Timestamp
-	49, // 18: fleet.v1.Birth.timestamp:type_name -> google.protobuf.Timestamp
-	16, // 19: fleet.v1.Birth.host:type_name -> fleet.v1.Host
-	17, // 20: fleet.v1.Birth.engine:type_name -> fleet.v1.Engine
-	44, // 21: fleet.v1.Birth.labels:type_name -> fleet.v1.Birth.LabelsEntry
-	18, // 22: fleet.v1.Birth.deployments:type_name -> fleet.v1.DeploymentSummary
-	19, // 23: fleet.v1.Birth.registries:type_name -> fleet.v1.RegistrySummary
-	9,  // 24: fleet.v1.DeploymentSummary.phase:type_name -> fleet.v1.DeploymentStatus.Phase
-	49, // 25: fleet.v1.RegistrySummary.expires_at:type_name -> google.protobuf.Timestamp
-	2,  // 26: fleet.v1.Death.reason:type_name -> fleet.v1.Death.Reason
-	49, // 27: fleet.v1.Death.timestamp:type_name -> google.protobuf.Timestamp
-	49, // 28: fleet.v1.Event.timestamp:type_name -> google.protobuf.Timestamp
-	3,  // 29: fleet.v1.Event.severity:type_name -> fleet.v1.Event.Severity
-	1,  // 30: fleet.v1.Event.code:type_name -> fleet.v1.Reply.Code
-	45, // 31: fleet.v1.Event.attributes:type_name -> fleet.v1.Event.AttributesEntry
-	49, // 32: fleet.v1.Metrics.timestamp:type_name -> google.protobuf.Timestamp
-	7,  // 33: fleet.v1.DeploymentSpec.pull_policy:type_name -> fleet.v1.Pull.Policy
-	46, // 34: fleet.v1.DeploymentSpec.env:type_name -> fleet.v1.DeploymentSpec.EnvEntry
-	24, // 35: fleet.v1.DeploymentSpec.ports:type_name -> fleet.v1.Port
-	25, // 36: fleet.v1.DeploymentSpec.mounts:type_name -> fleet.v1.Mount
-	26, // 37: fleet.v1.DeploymentSpec.devices:type_name -> fleet.v1.Device
-	27, // 38: fleet.v1.DeploymentSpec.restart_policy:type_name -> fleet.v1.RestartPolicy
-	28, // 39: fleet.v1.DeploymentSpec.resources:type_name -> fleet.v1.Resources
-	47, // 40: fleet.v1.DeploymentSpec.labels:type_name -> fleet.v1.DeploymentSpec.LabelsEntry
-	29, // 41: fleet.v1.DeploymentSpec.logging:type_name -> fleet.v1.Logging
-	30, // 42: fleet.v1.DeploymentSpec.health_check:type_name -> fleet.v1.HealthCheck
-	50, // 43: fleet.v1.DeploymentSpec.stop_timeout:type_name -> google.protobuf.Duration
-	31, // 44: fleet.v1.DeploymentSpec.pull:type_name -> fleet.v1.Pull
-	32, // 45: fleet.v1.DeploymentSpec.update:type_name -> fleet.v1.Update
-	4,  // 46: fleet.v1.Mount.type:type_name -> fleet.v1.Mount.Type
-	5,  // 47: fleet.v1.RestartPolicy.mode:type_name -> fleet.v1.RestartPolicy.Mode
-	48, // 48: fleet.v1.Logging.options:type_name -> fleet.v1.Logging.OptionsEntry
-	50, // 49: fleet.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	50, // 50: fleet.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	50, // 51: fleet.v1.HealthCheck.start_period:type_name -> google.protobuf.Duration
-	50, // 52: fleet.v1.Pull.retry_interval:type_name -> google.protobuf.Duration
-	50, // 53: fleet.v1.Pull.timeout:type_name -> google.protobuf.Duration
-	8,  // 54: fleet.v1.Update.strategy:type_name -> fleet.v1.Update.Strategy
-	9,  // 55: fleet.v1.DeploymentStatus.phase:type_name -> fleet.v1.DeploymentStatus.Phase
-	6,  // 56: fleet.v1.DeploymentStatus.health:type_name -> fleet.v1.HealthCheck.Status
-	34, // 57: fleet.v1.DeploymentStatus.pull_progress:type_name -> fleet.v1.PullProgress
-	1,  // 58: fleet.v1.DeploymentStatus.code:type_name -> fleet.v1.Reply.Code
-	49, // 59: fleet.v1.DeploymentStatus.updated_at:type_name -> google.protobuf.Timestamp
-	36, // 60: fleet.v1.SetCredentials.credentials:type_name -> fleet.v1.Credential
-	37, // 61: fleet.v1.Credential.basic:type_name -> fleet.v1.BasicAuth
-	38, // 62: fleet.v1.Credential.ecr:type_name -> fleet.v1.EcrAuth
-	39, // 63: fleet.v1.Credential.ecr_token:type_name -> fleet.v1.EcrToken
-	40, // 64: fleet.v1.Credential.anonymous:type_name -> fleet.v1.Anonymous
-	49, // 65: fleet.v1.EcrToken.expires_at:type_name -> google.protobuf.Timestamp
-	66, // [66:66] is the sub-list for method output_type
-	66, // [66:66] is the sub-list for method input_type
-	66, // [66:66] is the sub-list for extension type_name
-	66, // [66:66] is the sub-list for extension extendee
-	0,  // [0:66] is the sub-list for field type_name
+	51, // 0: fleet.v1.Command.issued_at:type_name -> google.protobuf.Timestamp
+	51, // 1: fleet.v1.Command.expires_at:type_name -> google.protobuf.Timestamp
+	12, // 2: fleet.v1.Command.deploy:type_name -> fleet.v1.Deploy
+	13, // 3: fleet.v1.Command.remove:type_name -> fleet.v1.DeploymentRef
+	13, // 4: fleet.v1.Command.start:type_name -> fleet.v1.DeploymentRef
+	13, // 5: fleet.v1.Command.stop:type_name -> fleet.v1.DeploymentRef
+	13, // 6: fleet.v1.Command.restart:type_name -> fleet.v1.DeploymentRef
+	37, // 7: fleet.v1.Command.set_credentials:type_name -> fleet.v1.SetCredentials
+	43, // 8: fleet.v1.Command.delete_credentials:type_name -> fleet.v1.DeleteCredentials
+	44, // 9: fleet.v1.Command.check_registry:type_name -> fleet.v1.CheckRegistry
+	14, // 10: fleet.v1.Command.rebirth:type_name -> fleet.v1.Rebirth
+	15, // 11: fleet.v1.Command.prefetch:type_name -> fleet.v1.Prefetch
+	25, // 12: fleet.v1.Deploy.spec:type_name -> fleet.v1.DeploymentSpec
+	25, // 13: fleet.v1.Prefetch.spec:type_name -> fleet.v1.DeploymentSpec
+	0,  // 14: fleet.v1.Reply.result:type_name -> fleet.v1.Reply.Result
+	1,  // 15: fleet.v1.Reply.code:type_name -> fleet.v1.Reply.Code
+	51, // 16: fleet.v1.Reply.timestamp:type_name -> google.protobuf.Timestamp
+	45, // 17: fleet.v1.Reply.registry_check:type_name -> fleet.v1.RegistryCheck
+	35, // 18: fleet.v1.Reply.status:type_name -> fleet.v1.DeploymentStatus
+	51, // 19: fleet.v1.Birth.started_at:type_name -> google.protobuf.Timestamp
+	51, // 20: fleet.v1.Birth.timestamp:type_name -> google.protobuf.Timestamp
+	18, // 21: fleet.v1.Birth.host:type_name -> fleet.v1.Host
+	19, // 22: fleet.v1.Birth.engine:type_name -> fleet.v1.Engine
+	46, // 23: fleet.v1.Birth.labels:type_name -> fleet.v1.Birth.LabelsEntry
+	20, // 24: fleet.v1.Birth.deployments:type_name -> fleet.v1.DeploymentSummary
+	21, // 25: fleet.v1.Birth.registries:type_name -> fleet.v1.RegistrySummary
+	10, // 26: fleet.v1.DeploymentSummary.phase:type_name -> fleet.v1.DeploymentStatus.Phase
+	51, // 27: fleet.v1.RegistrySummary.expires_at:type_name -> google.protobuf.Timestamp
+	2,  // 28: fleet.v1.Death.reason:type_name -> fleet.v1.Death.Reason
+	51, // 29: fleet.v1.Death.timestamp:type_name -> google.protobuf.Timestamp
+	51, // 30: fleet.v1.Event.timestamp:type_name -> google.protobuf.Timestamp
+	3,  // 31: fleet.v1.Event.severity:type_name -> fleet.v1.Event.Severity
+	1,  // 32: fleet.v1.Event.code:type_name -> fleet.v1.Reply.Code
+	47, // 33: fleet.v1.Event.attributes:type_name -> fleet.v1.Event.AttributesEntry
+	51, // 34: fleet.v1.Metrics.timestamp:type_name -> google.protobuf.Timestamp
+	7,  // 35: fleet.v1.DeploymentSpec.pull_policy:type_name -> fleet.v1.Pull.Policy
+	48, // 36: fleet.v1.DeploymentSpec.env:type_name -> fleet.v1.DeploymentSpec.EnvEntry
+	26, // 37: fleet.v1.DeploymentSpec.ports:type_name -> fleet.v1.Port
+	27, // 38: fleet.v1.DeploymentSpec.mounts:type_name -> fleet.v1.Mount
+	28, // 39: fleet.v1.DeploymentSpec.devices:type_name -> fleet.v1.Device
+	29, // 40: fleet.v1.DeploymentSpec.restart_policy:type_name -> fleet.v1.RestartPolicy
+	30, // 41: fleet.v1.DeploymentSpec.resources:type_name -> fleet.v1.Resources
+	49, // 42: fleet.v1.DeploymentSpec.labels:type_name -> fleet.v1.DeploymentSpec.LabelsEntry
+	31, // 43: fleet.v1.DeploymentSpec.logging:type_name -> fleet.v1.Logging
+	32, // 44: fleet.v1.DeploymentSpec.health_check:type_name -> fleet.v1.HealthCheck
+	52, // 45: fleet.v1.DeploymentSpec.stop_timeout:type_name -> google.protobuf.Duration
+	33, // 46: fleet.v1.DeploymentSpec.pull:type_name -> fleet.v1.Pull
+	34, // 47: fleet.v1.DeploymentSpec.update:type_name -> fleet.v1.Update
+	4,  // 48: fleet.v1.Mount.type:type_name -> fleet.v1.Mount.Type
+	5,  // 49: fleet.v1.RestartPolicy.mode:type_name -> fleet.v1.RestartPolicy.Mode
+	50, // 50: fleet.v1.Logging.options:type_name -> fleet.v1.Logging.OptionsEntry
+	52, // 51: fleet.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	52, // 52: fleet.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	52, // 53: fleet.v1.HealthCheck.start_period:type_name -> google.protobuf.Duration
+	52, // 54: fleet.v1.Pull.retry_interval:type_name -> google.protobuf.Duration
+	52, // 55: fleet.v1.Pull.timeout:type_name -> google.protobuf.Duration
+	8,  // 56: fleet.v1.Pull.mode:type_name -> fleet.v1.Pull.Mode
+	9,  // 57: fleet.v1.Update.strategy:type_name -> fleet.v1.Update.Strategy
+	10, // 58: fleet.v1.DeploymentStatus.phase:type_name -> fleet.v1.DeploymentStatus.Phase
+	6,  // 59: fleet.v1.DeploymentStatus.health:type_name -> fleet.v1.HealthCheck.Status
+	36, // 60: fleet.v1.DeploymentStatus.pull_progress:type_name -> fleet.v1.PullProgress
+	1,  // 61: fleet.v1.DeploymentStatus.code:type_name -> fleet.v1.Reply.Code
+	51, // 62: fleet.v1.DeploymentStatus.updated_at:type_name -> google.protobuf.Timestamp
+	38, // 63: fleet.v1.SetCredentials.credentials:type_name -> fleet.v1.Credential
+	39, // 64: fleet.v1.Credential.basic:type_name -> fleet.v1.BasicAuth
+	40, // 65: fleet.v1.Credential.ecr:type_name -> fleet.v1.EcrAuth
+	41, // 66: fleet.v1.Credential.ecr_token:type_name -> fleet.v1.EcrToken
+	42, // 67: fleet.v1.Credential.anonymous:type_name -> fleet.v1.Anonymous
+	51, // 68: fleet.v1.EcrToken.expires_at:type_name -> google.protobuf.Timestamp
+	69, // [69:69] is the sub-list for method output_type
+	69, // [69:69] is the sub-list for method input_type
+	69, // [69:69] is the sub-list for extension type_name
+	69, // [69:69] is the sub-list for extension extendee
+	0,  // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_protocol_fleet_v1_fleet_proto_init() }
@@ -4088,8 +4260,9 @@ func file_protocol_fleet_v1_fleet_proto_init() {
 		(*Command_DeleteCredentials)(nil),
 		(*Command_CheckRegistry)(nil),
 		(*Command_Rebirth)(nil),
+		(*Command_Prefetch)(nil),
 	}
-	file_protocol_fleet_v1_fleet_proto_msgTypes[26].OneofWrappers = []any{
+	file_protocol_fleet_v1_fleet_proto_msgTypes[27].OneofWrappers = []any{
 		(*Credential_Basic)(nil),
 		(*Credential_Ecr)(nil),
 		(*Credential_EcrToken)(nil),
@@ -4100,8 +4273,8 @@ func file_protocol_fleet_v1_fleet_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_protocol_fleet_v1_fleet_proto_rawDesc), len(file_protocol_fleet_v1_fleet_proto_rawDesc)),
-			NumEnums:      10,
-			NumMessages:   39,
+			NumEnums:      11,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
