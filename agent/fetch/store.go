@@ -200,6 +200,24 @@ func (s *Store) put(h v1.Hash, b []byte) error {
 	return s.commit(p, h, int64(len(b)))
 }
 
+// missing is the bytes of blobs still to download: those not in the store,
+// less what their partial files hold.
+func (s *Store) missing(blobs []v1.Descriptor) int64 {
+	var need int64
+	seen := map[v1.Hash]bool{}
+	for _, b := range blobs {
+		if seen[b.Digest] || s.Has(b.Digest) {
+			continue
+		}
+		seen[b.Digest] = true
+		need += b.Size
+		if fi, err := os.Stat(s.partialPath(b.Digest)); err == nil && fi.Size() <= b.Size {
+			need -= fi.Size()
+		}
+	}
+	return need
+}
+
 // addImage lists the manifest in index.json under ref, replacing an earlier
 // entry for the same reference. index.json is written atomically.
 func (s *Store) addImage(ref string, desc v1.Descriptor) error {
