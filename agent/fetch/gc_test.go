@@ -190,3 +190,102 @@ func TestAddImageNeedsItsBlobs(t *testing.T) {
 		})
 	}
 }
+
+// writePartial leaves n bytes of b in its partial file, as a cut download.
+func writePartial(t *testing.T, s *Store, b []byte, n int) {
+	t.Helper()
+	p, err := s.openPartial(digestOf(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Write(b[:n]); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Missing counts what a fetch still has to download: blobs not committed,
+// less what their partial files hold, each digest once.
+func TestMissing(t *testing.T) {
+	config, l1, l2, l3 := []byte("config"), []byte("layer one"), []byte("layer two, cut"), []byte("layer three")
+	tests := []struct {
+		name     string
+		commit   [][]byte
+		partials map[string]int // content → bytes in its partial file
+		m        *v1.Manifest
+		want     int64
+	}{
+		{name: "empty store", m: manifestOf(config, l1, l2), want: int64(len(config) + len(l1) + len(l2))},
+		{name: "all committed", commit: [][]byte{config, l1, l2}, m: manifestOf(config, l1, l2)},
+		{
+			name: "partial bytes count", commit: [][]byte{config, l1}, partials: map[string]int{string(l2): 5},
+			m: manifestOf(config, l1, l2, l3), want: int64(len(l2) - 5 + len(l3)),
+		},
+		{name: "a layer twice", commit: [][]byte{config}, m: manifestOf(config, l3, l3), want: int64(len(l3))},
+		{
+			name: "an empty partial", commit: [][]byte{config}, partials: map[string]int{string(l1): 0},
+			m: manifestOf(config, l1), want: int64(len(l1)),
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newTestStore(t)
+			for _, b := range tt.commit {
+				putBlob(t, s, types.OCILayer, b)
+			}
+			for b, n := range tt.partials {
+				writePartial(t, s, []byte(b), n)
+			}
+			if got := s.Missing(tt.m); got != tt.want {
+				t.Errorf("Missing = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+// A partial file longer than its blob is started again from zero by the
+// fetch, so none of it counts.
+func TestMissingOverlongPartial(t *testing.T) {
+	s := newTestStore(t)
+	l := []byte("layer")
+	p, err := s.openPartial(digestOf(l))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Write([]byte("layer and more"))
+	p.close()
+	if got, want := s.Missing(manifestOf(nil, l)), int64(len(l)); got != want {
+		t.Errorf("Missing = %d, want %d", got, want)
+	}
+}
+
+// Usage is the bytes of the committed blobs and of the partial files.
+func TestUsage(t *testing.T) {
+	tests := []struct {
+		name     string
+		commit   [][]byte
+		partials map[string]int
+		want     int64
+	}{
+		{name: "empty"},
+		{name: "blobs", commit: [][]byte{[]byte("12345"), []byte("123")}, want: 8},
+		{name: "blobs and partials", commit: [][]byte{[]byte("12345")}, partials: map[string]int{"1234567": 4, "abc": 3}, want: 12},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newTestStore(t)
+			for _, b := range tt.commit {
+				putBlob(t, s, types.OCILayer, b)
+			}
+			for b, n := range tt.partials {
+				writePartial(t, s, []byte(b), n)
+			}
+			got, err := s.Usage()
+			if err != nil || got != tt.want {
+				t.Errorf("Usage = %d, %v; want %d", got, err, tt.want)
+			}
+		})
+	}
+}

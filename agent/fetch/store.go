@@ -124,6 +124,49 @@ func (s *Store) tryLock(h v1.Hash) (unlock func(), ok bool) {
 	}
 }
 
+// Usage is the bytes of the committed blobs and the partial files.
+func (s *Store) Usage() (int64, error) {
+	var total int64
+	for _, d := range []string{filepath.Join(s.dir, "blobs", "sha256"), filepath.Join(s.dir, "partial")} {
+		entries, err := os.ReadDir(d)
+		if err != nil {
+			return 0, fmt.Errorf("store usage: %w", err)
+		}
+		for _, e := range entries {
+			fi, err := e.Info()
+			if errors.Is(err, os.ErrNotExist) {
+				continue // committed or removed since ReadDir
+			}
+			if err != nil {
+				return 0, fmt.Errorf("store usage: %w", err)
+			}
+			if fi.Mode().IsRegular() {
+				total += fi.Size()
+			}
+		}
+	}
+	return total, nil
+}
+
+// Missing is how many bytes fetching m's config and layers still has to
+// download: the blobs not in the store, less the bytes their partial files
+// hold (a partial file longer than its blob counts for nothing: the fetch
+// starts it again). The disk to reserve before the first byte.
+func (s *Store) Missing(m *v1.Manifest) (need int64) {
+	seen := map[v1.Hash]bool{}
+	for _, b := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+		if seen[b.Digest] || s.Has(b.Digest) {
+			continue
+		}
+		seen[b.Digest] = true
+		need += b.Size
+		if fi, err := os.Stat(s.partialPath(b.Digest)); err == nil && fi.Size() <= b.Size {
+			need -= fi.Size()
+		}
+	}
+	return need
+}
+
 // partial is a blob being downloaded: the file and the running sha256 of
 // the bytes in it.
 type partial struct {
