@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
@@ -287,5 +290,197 @@ func TestUsage(t *testing.T) {
 				t.Errorf("Usage = %d, %v; want %d", got, err, tt.want)
 			}
 		})
+	}
+}
+
+// gcFixture is a store holding three images and some litter, each blob by
+// name:
+//   - A (config, layer, shared layer, manifest) and B (the same, with the
+//     shared layer in common);
+//   - I, an index of two platforms, one of them (amd) fetched;
+//   - an orphan blob, a partial file of an abandoned pull, a blob and a
+//     partial file whose digests are locked (a download in progress), and
+//     an orphan committed after GC started.
+type gcFixture struct {
+	s       *Store
+	blobs   map[string]v1.Hash
+	partial map[string]v1.Hash
+	size    map[string]int64
+	unlock  []func()
+}
+
+func newGCFixture(t *testing.T) *gcFixture {
+	f := &gcFixture{s: newTestStore(t), blobs: map[string]v1.Hash{}, partial: map[string]v1.Hash{}, size: map[string]int64{}}
+	s := f.s
+	blob := func(name string, b []byte) {
+		f.blobs[name], f.size[name] = digestOf(b), int64(len(b))
+	}
+	image := func(ref string, layers ...string) v1.Descriptor {
+		config := []byte(ref + " config")
+		blob(ref+".config", config)
+		var ls [][]byte
+		for _, l := range layers {
+			ls = append(ls, []byte(l+" bytes"))
+			blob(l, []byte(l+" bytes"))
+		}
+		d := putImage(t, s, config, ls...)
+		f.blobs[ref+".manifest"], f.size[ref+".manifest"] = d.Digest, d.Size
+		return d
+	}
+	addImage(t, s, "A", image("A", "A.layer", "shared"))
+	addImage(t, s, "B", image("B", "B.layer", "shared"))
+	amd := image("I.amd", "I.amd.layer")
+	amd.Platform = &v1.Platform{OS: "linux", Architecture: "amd64"}
+	arm := blobDesc([]byte("arm64 manifest, not fetched"))
+	arm.MediaType, arm.Platform = types.OCIManifestSchema1, &v1.Platform{OS: "linux", Architecture: "arm64"}
+	idx := putIndex(t, s, amd, arm)
+	f.blobs["I.index"], f.size["I.index"] = idx.Digest, idx.Size
+	addImage(t, s, "I", idx)
+
+	putBlob(t, s, types.OCILayer, []byte("orphan bytes"))
+	blob("orphan", []byte("orphan bytes"))
+	locked := putBlob(t, s, types.OCILayer, []byte("locked orphan bytes"))
+	blob("locked orphan", []byte("locked orphan bytes"))
+	fresh := putBlob(t, s, types.OCILayer, []byte("fresh orphan bytes"))
+	blob("fresh orphan", []byte("fresh orphan bytes"))
+	future := time.Now().Add(24 * time.Hour)
+	if err := os.Chtimes(s.blobPath(fresh.Digest), future, future); err != nil {
+		t.Fatal(err)
+	}
+	for name, n := range map[string]int{"abandoned": 4, "locked partial": 6} {
+		b := []byte(name + " bytes")
+		writePartial(t, s, b, n)
+		f.partial[name], f.size[name] = digestOf(b), int64(n)
+	}
+	for _, h := range []v1.Hash{locked.Digest, f.partial["locked partial"]} {
+		unlock, err := s.lock(t.Context(), h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.unlock = append(f.unlock, unlock)
+	}
+	return f
+}
+
+// present names the blobs and partial files in the store.
+func (f *gcFixture) present() map[string]bool {
+	got := map[string]bool{}
+	for name, h := range f.blobs {
+		if f.s.Has(h) {
+			got[name] = true
+		}
+	}
+	for name, h := range f.partial {
+		if _, err := os.Stat(f.s.partialPath(h)); err == nil {
+			got[name] = true
+		}
+	}
+	return got
+}
+
+func keepRefs(refs ...string) func(string, v1.Descriptor) bool {
+	return func(ref string, _ v1.Descriptor) bool { return slices.Contains(refs, ref) }
+}
+
+func TestGC(t *testing.T) {
+	always := []string{"locked orphan", "locked partial", "fresh orphan"}
+	imageA := []string{"A.config", "A.layer", "shared", "A.manifest"}
+	imageB := []string{"B.config", "B.layer", "shared", "B.manifest"}
+	imageI := []string{"I.index", "I.amd.manifest", "I.amd.config", "I.amd.layer"}
+	tests := []struct {
+		name string
+		keep []string
+		want [][]string // the blobs and partial files left
+	}{
+		{name: "keep all", keep: []string{"A", "B", "I"}, want: [][]string{always, imageA, imageB, imageI}},
+		{name: "drop B, keep its shared layer", keep: []string{"A", "I"}, want: [][]string{always, imageA, imageI}},
+		{name: "drop A", keep: []string{"B", "I"}, want: [][]string{always, imageB, imageI}},
+		{name: "index keeps its fetched child", keep: []string{"I"}, want: [][]string{always, imageI}},
+		{name: "drop the index and its child", keep: []string{"A", "B"}, want: [][]string{always, imageA, imageB}},
+		{name: "drop all", want: [][]string{always}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newGCFixture(t)
+			before := f.present()
+			freed, err := f.s.GC(t.Context(), keepRefs(tt.keep...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]bool{}
+			for _, names := range tt.want {
+				for _, n := range names {
+					want[n] = true
+				}
+			}
+			got := f.present()
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("left after GC (-want +got):\n%s", diff)
+			}
+			var wantFreed int64
+			for name := range before {
+				if !got[name] {
+					wantFreed += f.size[name]
+				}
+			}
+			if freed != wantFreed {
+				t.Errorf("freed = %d, want %d", freed, wantFreed)
+			}
+			for _, ref := range []string{"A", "B", "I"} {
+				if _, ok, _ := f.s.Lookup(ref); ok != slices.Contains(tt.keep, ref) {
+					t.Errorf("after GC, %s listed = %v, want %v", ref, ok, !ok)
+				}
+			}
+			for _, ref := range tt.keep {
+				if _, err := f.s.Path().Image(f.blobs[ref+".manifest"]); ref != "I" && err != nil {
+					t.Errorf("kept image %s does not load from the layout: %v", ref, err)
+				}
+			}
+		})
+	}
+}
+
+// A digest locked by a download keeps its blob and partial file through a
+// GC; once the lock is released, the next GC removes them.
+func TestGCSkipsLockedDigests(t *testing.T) {
+	f := newGCFixture(t)
+	if _, err := f.s.GC(t.Context(), keepRefs()); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"locked orphan", "locked partial"} {
+		if !f.present()[name] {
+			t.Errorf("%s removed while locked", name)
+		}
+	}
+	for _, unlock := range f.unlock {
+		unlock()
+	}
+	freed, err := f.s.GC(t.Context(), keepRefs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := f.size["locked orphan"] + f.size["locked partial"]; freed != want {
+		t.Errorf("freed after unlocking = %d, want %d", freed, want)
+	}
+	if diff := cmp.Diff(map[string]bool{"fresh orphan": true}, f.present()); diff != "" {
+		t.Errorf("left (-want +got):\n%s", diff)
+	}
+}
+
+// GC removes nothing when a kept manifest cannot be read: it cannot tell
+// which blobs that image needs.
+func TestGCStopsOnAnUnreadableManifest(t *testing.T) {
+	s := newTestStore(t)
+	d := putImage(t, s, []byte("config"), []byte("layer"))
+	addImage(t, s, "A", d)
+	orphan := putBlob(t, s, types.OCILayer, []byte("orphan"))
+	if err := os.WriteFile(s.blobPath(d.Digest), []byte("not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GC(t.Context(), keepRefs("A")); err == nil {
+		t.Errorf("GC with an unreadable manifest succeeded")
+	}
+	if !s.Has(orphan.Digest) || !s.Has(digestOf([]byte("layer"))) {
+		t.Errorf("GC removed blobs though it could not read a kept manifest")
 	}
 }
