@@ -200,3 +200,53 @@ func (s *Store) mark(d v1.Descriptor, seen map[v1.Hash]bool) (missing []v1.Hash,
 	}
 	return missing, nil
 }
+
+// Trim brings the store under max bytes. If Usage is above it, GC removes
+// what no image needs; then the images keep refuses go one at a time, the
+// least recently used (UsedAnnotation) first, each followed by GC, until
+// Usage is at most max or no such image is left. It never drops a kept
+// image, and returns the bytes removed: the caller compares Usage with max
+// to tell whether the cap was reached.
+func (s *Store) Trim(ctx context.Context, max int64, keep func(ref string, d v1.Descriptor) bool) (freed int64, err error) {
+	drop := func(string, v1.Descriptor) bool { return true } // garbage only, first
+	for more := true; more; {
+		u, err := s.Usage()
+		if err != nil || u <= max {
+			return freed, err
+		}
+		n, err := s.GC(ctx, drop)
+		freed += n
+		if err != nil {
+			return freed, err
+		}
+		if drop, more, err = s.dropOldest(keep); err != nil {
+			return freed, fmt.Errorf("store trim: %w", err)
+		}
+	}
+	return freed, nil
+}
+
+// dropOldest is a keep func for GC that drops the least recently used
+// image keep refuses; more is false when there is none.
+func (s *Store) dropOldest(keep func(ref string, d v1.Descriptor) bool) (drop func(string, v1.Descriptor) bool, more bool, err error) {
+	im, err := s.readIndex()
+	if err != nil {
+		return nil, false, err
+	}
+	var (
+		oldest v1.Descriptor
+		at     time.Time
+	)
+	for _, d := range im.Manifests {
+		ref := d.Annotations[RefNameAnnotation]
+		if keep(ref, d) {
+			continue
+		}
+		used, _ := time.Parse(time.RFC3339Nano, d.Annotations[UsedAnnotation]) // none: the oldest
+		if !more || used.Before(at) {
+			oldest, at, more = d, used, true
+		}
+	}
+	ref := oldest.Annotations[RefNameAnnotation]
+	return func(r string, d v1.Descriptor) bool { return r != ref || d.Digest != oldest.Digest }, more, nil
+}

@@ -1,6 +1,7 @@
 package fetch
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -482,5 +483,87 @@ func TestGCStopsOnAnUnreadableManifest(t *testing.T) {
 	}
 	if !s.Has(orphan.Digest) || !s.Has(digestOf([]byte("layer"))) {
 		t.Errorf("GC removed blobs though it could not read a kept manifest")
+	}
+}
+
+// trimFixture adds images p1..p4 in that order (p1 the least recently
+// used), each a config, a 1000-byte layer of its own and a manifest, and
+// returns the bytes each takes.
+func trimFixture(t *testing.T, s *Store) map[string]int64 {
+	size := map[string]int64{}
+	for i := 1; i <= 4; i++ {
+		ref := fmt.Sprintf("p%d", i)
+		config, layer := []byte(ref+" config"), bytes.Repeat([]byte{byte(i)}, 1000)
+		d := putImage(t, s, config, layer)
+		addImage(t, s, ref, d)
+		size[ref] = int64(len(config)+len(layer)) + d.Size
+	}
+	return size
+}
+
+func TestTrim(t *testing.T) {
+	all := []string{"p1", "p2", "p3", "p4"}
+	tests := []struct {
+		name    string
+		touch   []string
+		keep    []string
+		garbage bool                              // an orphan blob and an abandoned partial file too
+		over    func(size map[string]int64) int64 // Usage - max
+		want    []string                          // images left
+	}{
+		{name: "under the cap", over: func(map[string]int64) int64 { return 0 }, want: all},
+		{name: "the oldest goes", over: func(map[string]int64) int64 { return 1 }, want: []string{"p2", "p3", "p4"}},
+		{name: "two oldest", over: func(s map[string]int64) int64 { return s["p1"] + 1 }, want: []string{"p3", "p4"}},
+		{name: "a kept oldest stays", keep: []string{"p1"}, over: func(map[string]int64) int64 { return 1 }, want: []string{"p1", "p3", "p4"}},
+		{name: "touched is younger", touch: []string{"p1"}, over: func(map[string]int64) int64 { return 1 }, want: []string{"p1", "p3", "p4"}},
+		{name: "garbage first", garbage: true, over: func(map[string]int64) int64 { return 10 }, want: all},
+		{name: "all but the kept", keep: []string{"p2", "p4"}, over: func(s map[string]int64) int64 { return 1 << 20 }, want: []string{"p2", "p4"}},
+		{name: "cap zero", over: func(s map[string]int64) int64 { return 1 << 20 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newTestStore(t)
+			size := trimFixture(t, s)
+			for _, ref := range tt.touch {
+				if err := s.Touch(ref); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.garbage {
+				putBlob(t, s, types.OCILayer, []byte("orphan"))
+				writePartial(t, s, []byte("abandoned"), 5)
+			}
+			before, err := s.Usage()
+			if err != nil {
+				t.Fatal(err)
+			}
+			max := max(before-tt.over(size), 0)
+			freed, err := s.Trim(t.Context(), max, keepRefs(tt.keep...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, ref := range all {
+				if _, ok, _ := s.Lookup(ref); ok {
+					got = append(got, ref)
+				}
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("images left (-want +got):\n%s", diff)
+			}
+			after, _ := s.Usage()
+			if freed != before-after {
+				t.Errorf("freed = %d, want %d (usage %d → %d)", freed, before-after, before, after)
+			}
+			if after > max && len(got) > len(tt.keep) {
+				t.Errorf("usage %d > cap %d with unkept images left", after, max)
+			}
+			for _, ref := range got {
+				d, _, _ := s.Lookup(ref)
+				if _, err := s.Path().Image(d.Digest); err != nil {
+					t.Errorf("image %s left but does not load: %v", ref, err)
+				}
+			}
+		})
 	}
 }
