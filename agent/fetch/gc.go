@@ -28,14 +28,15 @@ const commitGrace = 2 * time.Second
 // Fetches running meanwhile: index.json is locked from GC's reading it to
 // the end of the sweep, so an image is listed either before GC marks its
 // blobs or after GC is done. An unreachable blob is removed only if it was
-// written commitGrace before GC started and its digest's lock is free (taken
-// with a try-lock for the removal): a blob a fetch is downloading, or
-// committed since GC started, stays. A blob a running fetch committed
-// earlier, or found in the store, can still go before that fetch lists its
-// image; addImage then refuses the image (errdefs.ErrNotFound) rather than
-// list it incomplete, and fetching again downloads the blob again. A partial
-// file goes when its digest's lock is free: a download holds it from
-// opening the file to committing the blob.
+// written commitGrace before GC started, its digest's lock is free (taken
+// with a try-lock for the removal) and no fetch holds it (Store.hold): a
+// blob a fetch is downloading, has committed since GC started, or holds,
+// stays. A blob a running fetch committed earlier, or found in the store,
+// without holding it, can still go before that fetch lists its image;
+// addImage then refuses the image (errdefs.ErrNotFound) rather than list it
+// incomplete, and fetching again downloads the blob again. A partial file
+// goes when its digest's lock is free and it is not held: a download holds
+// the lock from opening the file to committing the blob.
 func (s *Store) GC(ctx context.Context, keep func(ref string, d v1.Descriptor) bool) (freed int64, err error) {
 	start := s.now()
 	s.idx.Lock()
@@ -141,13 +142,18 @@ func (s *Store) sweepPartials(ctx context.Context) (freed int64, err error) {
 }
 
 // removeUnlocked removes path, size bytes, holding the lock of h; it
-// removes nothing if the lock is taken.
+// removes nothing if the lock is taken or h is held.
 func (s *Store) removeUnlocked(h v1.Hash, path string, size int64) (int64, error) {
 	unlock, ok := s.tryLock(h)
 	if !ok {
 		return 0, nil
 	}
 	defer unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.holds[h] > 0 {
+		return 0, nil
+	}
 	if err := os.Remove(path); errors.Is(err, os.ErrNotExist) {
 		return 0, nil
 	} else if err != nil {

@@ -567,3 +567,28 @@ func TestTrim(t *testing.T) {
 		})
 	}
 }
+
+// A held blob stays through GC though no image lists it, until released;
+// holds of the same digest add up.
+func TestGCKeepsHeldBlobs(t *testing.T) {
+	s := newTestStore(t)
+	b := putBlob(t, s, types.OCILayer, []byte("a layer a fetch found in the store"))
+	r1 := s.hold(b.Digest)
+	r2 := s.hold(b.Digest, digestOf([]byte("not in the store")))
+	for i, release := range []func(){r1, r2} {
+		if _, err := s.GC(t.Context(), keepRefs()); err != nil {
+			t.Fatal(err)
+		}
+		if !s.Has(b.Digest) {
+			t.Fatalf("held blob removed after %d of 2 releases", i)
+		}
+		release()
+		release() // a second call releases nothing more
+	}
+	if _, err := s.GC(t.Context(), keepRefs()); err != nil {
+		t.Fatal(err)
+	}
+	if s.Has(b.Digest) {
+		t.Errorf("blob still there after every hold was released")
+	}
+}

@@ -47,8 +47,9 @@ type Store struct {
 	// listed either before GC marks or after it has removed its blobs.
 	idx sync.Mutex
 
-	mu    sync.Mutex // guards locks
+	mu    sync.Mutex // guards locks and holds
 	locks map[v1.Hash]chan struct{}
+	holds map[v1.Hash]int
 }
 
 // NewStore opens the store under dir, making the layout if it is not there.
@@ -68,7 +69,7 @@ func NewStore(dir string) (*Store, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("fetch store: %w", err)
 	}
-	return &Store{dir: dir, now: time.Now, locks: map[v1.Hash]chan struct{}{}}, nil
+	return &Store{dir: dir, now: time.Now, locks: map[v1.Hash]chan struct{}{}, holds: map[v1.Hash]int{}}, nil
 }
 
 // Path is the OCI layout of the store, for reading images from it.
@@ -165,6 +166,31 @@ func (s *Store) Missing(m *v1.Manifest) (need int64) {
 		}
 	}
 	return need
+}
+
+// hold keeps the blobs hs (and their partial files) from GC until release
+// is called, though no image lists them yet: a fetch holds its image's
+// blobs from before it checks which are in the store until it has listed
+// the image. GC checks the holds and removes a file under s.mu, so a blob
+// is either removed before hold returns or kept.
+func (s *Store) hold(hs ...v1.Hash) (release func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, h := range hs {
+		s.holds[h]++
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			for _, h := range hs {
+				if s.holds[h]--; s.holds[h] <= 0 {
+					delete(s.holds, h)
+				}
+			}
+		})
+	}
 }
 
 // partial is a blob being downloaded: the file and the running sha256 of
