@@ -2,9 +2,11 @@ package fetch
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"sync"
@@ -14,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/fleet-agent/fleet/internal/errdefs"
 )
@@ -590,5 +593,107 @@ func TestGCKeepsHeldBlobs(t *testing.T) {
 	}
 	if s.Has(b.Digest) {
 		t.Errorf("blob still there after every hold was released")
+	}
+}
+
+// GC running in a loop beside a Fetch never leaves index.json naming an
+// image whose blobs are not all there, and never breaks a download: the
+// fetch either succeeds with the whole image in the store or is refused
+// with errdefs.ErrNotFound (a blob it counted on was collected before it
+// listed the image). With the image's blobs held (as Fetch should hold
+// them; it does not yet), every fetch succeeds. GC's clock runs an hour
+// ahead, so that only the locks and holds, not the commit time, protect
+// the blobs being fetched.
+func TestGCDuringFetch(t *testing.T) {
+	img := testImage(t, 21, 4, 64<<10)
+	host := startRegistry(t, img, nil)
+	ref := host + "/test/img:v1"
+	var digests []v1.Hash
+	m, _ := img.Manifest()
+	md, _ := img.Digest()
+	for _, d := range append([]v1.Descriptor{m.Config, {Digest: md}}, m.Layers...) {
+		digests = append(digests, d.Digest)
+	}
+	for _, tt := range []struct {
+		name string
+		hold bool
+	}{{name: "not held"}, {name: "held", hold: true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			const rounds = 10
+			refused := 0
+			for round := range rounds {
+				dir := t.TempDir()
+				cfg := testConfig(t, dir)
+				cfg.Logger = slog.New(slog.DiscardHandler)
+				cfg.Store.now = func() time.Time { return time.Now().Add(time.Hour) }
+				release := func() {}
+				if tt.hold {
+					release = cfg.Store.hold(digests...)
+				}
+				digest, err := fetchBesideGC(t, cfg, ref)
+				release()
+				switch {
+				case err == nil:
+					checkStore(t, dir, digest, img)
+				case errors.Is(err, errdefs.ErrNotFound) && !tt.hold:
+					refused++
+				default:
+					t.Fatalf("round %d: Fetch beside GC: %v", round, err)
+				}
+				checkListedComplete(t, cfg.Store)
+			}
+			t.Logf("%d of %d fetches refused because GC collected a blob they counted on", refused, rounds)
+		})
+	}
+}
+
+// fetchBesideGC fetches ref with GC (keeping ref) running in a loop until
+// the fetch ends.
+func fetchBesideGC(t *testing.T, cfg Config, ref string) (v1.Hash, error) {
+	f, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	done := make(chan error)
+	go func() {
+		for {
+			_, err := cfg.Store.GC(ctx, keepRefs(mustRef(t, ref).String()))
+			if ctx.Err() != nil {
+				done <- nil
+				return
+			}
+			if err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	digest, err := f.Fetch(ctx, ref, v1.Platform{})
+	cancel()
+	if gcErr := <-done; gcErr != nil {
+		t.Fatalf("GC beside Fetch: %v", gcErr)
+	}
+	return digest, err
+}
+
+// checkListedComplete fails if index.json names an image whose manifest,
+// config or layers are not all in the store.
+func checkListedComplete(t *testing.T, s *Store) {
+	t.Helper()
+	im, err := s.readIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range im.Manifests {
+		img, err := s.Path().Image(d.Digest)
+		if err != nil {
+			t.Errorf("listed image %s does not load: %v", d.Digest, err)
+			continue
+		}
+		if err := validate.Image(img, validate.Fast); err != nil {
+			t.Errorf("listed image %s is incomplete: %v", d.Digest, err)
+		}
 	}
 }
