@@ -540,8 +540,8 @@ func TestTrim(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			max := max(before-tt.over(size), 0)
-			freed, err := s.Trim(t.Context(), max, keepRefs(tt.keep...))
+			limit := max(before-tt.over(size), 0)
+			freed, err := s.Trim(t.Context(), limit, keepRefs(tt.keep...))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -558,8 +558,8 @@ func TestTrim(t *testing.T) {
 			if freed != before-after {
 				t.Errorf("freed = %d, want %d (usage %d → %d)", freed, before-after, before, after)
 			}
-			if after > max && len(got) > len(tt.keep) {
-				t.Errorf("usage %d > cap %d with unkept images left", after, max)
+			if after > limit && len(got) > len(tt.keep) {
+				t.Errorf("usage %d > cap %d with unkept images left", after, limit)
 			}
 			for _, ref := range got {
 				d, _, _ := s.Lookup(ref)
