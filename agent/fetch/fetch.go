@@ -149,15 +149,21 @@ func (f *Fetcher) Get(ctx context.Context, req Request) (Result, error) {
 	}
 	log := f.log.With("ref", r.String())
 	if img, ok := f.local(r, req.Platform); ok {
-		log.Info("image already in the store", "digest", img.desc.Digest)
-		return img.result(0), f.cfg.Store.addImage(r.String(), img.top())
+		err := f.cfg.Store.addImage(r.String(), img.top())
+		if err == nil {
+			log.Info("image already in the store", "digest", img.desc.Digest)
+			return img.result(0), nil
+		}
+		log.Info("image no longer whole in the store; fetching it", "err", err) // GC ran meanwhile
 	}
 	img, err := f.resolveRetry(ctx, log, r, req)
 	if err != nil {
 		return Result{}, fmt.Errorf("fetch %s: %w", r, err)
 	}
+	// Kept from the store's GC until the image is listed.
+	defer f.cfg.Store.hold(img.digests()...)()
 	if req.Reserve != nil {
-		release, err := req.Reserve(ctx, f.cfg.Store.missing(img.blobs()))
+		release, err := req.Reserve(ctx, f.cfg.Store.Missing(img.manifest))
 		if err != nil {
 			return Result{}, fmt.Errorf("fetch %s: %w", r, err)
 		}
@@ -248,6 +254,18 @@ type resolved struct {
 
 func (r *resolved) blobs() []v1.Descriptor {
 	return append([]v1.Descriptor{r.manifest.Config}, r.manifest.Layers...)
+}
+
+// digests are every blob of the image, its manifest and index included.
+func (r *resolved) digests() []v1.Hash {
+	hs := []v1.Hash{r.desc.Digest}
+	if r.index != nil {
+		hs = append(hs, r.index.Digest)
+	}
+	for _, b := range r.blobs() {
+		hs = append(hs, b.Digest)
+	}
+	return hs
 }
 
 // top is the descriptor the reference resolved to: the index, if any.
