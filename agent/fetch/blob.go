@@ -53,7 +53,7 @@ func (b *blob) fetch(ctx context.Context) error {
 	}
 	for corrupt := 0; ; corrupt++ {
 		err := b.fetchOnce(ctx)
-		if !errors.Is(err, errDigestMismatch) {
+		if !errors.Is(err, ErrDigestMismatch) {
 			return err
 		}
 		if corrupt+1 >= b.f.cfg.MaxCorrupt {
@@ -93,7 +93,7 @@ func (b *blob) fetchOnce(ctx context.Context) error {
 		before := p.n
 		err := b.download(ctx, p)
 		last = err
-		if err == nil || errors.Is(err, errDigestMismatch) || permanent(err) || ctx.Err() != nil {
+		if err == nil || errors.Is(err, ErrDigestMismatch) || permanent(err) || ctx.Err() != nil {
 			if err != nil {
 				p.close()
 				return fmt.Errorf("blob %s: %w", b.desc.Digest, err)
@@ -187,7 +187,7 @@ func (b *blob) copy(ctx context.Context, p *partial, body io.Reader, timer *time
 			if p.n+int64(n) > b.desc.Size {
 				b.prog.add(-p.n)
 				p.reset()
-				return fmt.Errorf("registry sent more than %d bytes: %w", b.desc.Size, errDigestMismatch)
+				return fmt.Errorf("registry sent more than %d bytes: %w", b.desc.Size, ErrDigestMismatch)
 			}
 			if _, werr := p.Write(buf[:n]); werr != nil {
 				return fmt.Errorf("writing partial blob: %w", werr)

@@ -628,7 +628,7 @@ func TestFetchGivesUpOnACorruptBlob(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	_, err = f.Fetch(ctx, host+"/test/img:v1", v1.Platform{})
-	if !errors.Is(err, errDigestMismatch) {
+	if !errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("Fetch = %v, want a digest mismatch", err)
 	}
 	if got := c.gets.Load(); got != 2 {

@@ -22,9 +22,9 @@ import (
 	"github.com/fleet-agent/fleet/internal/errdefs"
 )
 
-// errDigestMismatch marks a blob whose bytes do not hash to its digest (or
+// ErrDigestMismatch marks a blob whose bytes do not hash to its digest (or
 // are longer than its size): the bytes are discarded and fetched again.
-var errDigestMismatch = errors.New("digest mismatch")
+var ErrDigestMismatch = errors.New("digest mismatch")
 
 // RefNameAnnotation names the reference an image was fetched as in the
 // layout's index.json.
@@ -256,7 +256,7 @@ func (p *partial) discard() error {
 
 // commit moves a complete partial file into blobs/ if its bytes hash to h:
 // fsync, rename, fsync of the directory. On a mismatch the partial file is
-// deleted and the error wraps errDigestMismatch. The partial is closed in
+// deleted and the error wraps ErrDigestMismatch. The partial is closed in
 // every case.
 func (s *Store) commit(p *partial, h v1.Hash, size int64) error {
 	got := "sha256:" + hex.EncodeToString(p.sum.Sum(nil))
@@ -264,7 +264,7 @@ func (s *Store) commit(p *partial, h v1.Hash, size int64) error {
 		if err := p.discard(); err != nil {
 			return err
 		}
-		return fmt.Errorf("blob %s: got %d bytes hashing to %s, want %d bytes: %w", h, p.n, got, size, errDigestMismatch)
+		return fmt.Errorf("blob %s: got %d bytes hashing to %s, want %d bytes: %w", h, p.n, got, size, ErrDigestMismatch)
 	}
 	if err := p.f.Sync(); err != nil {
 		p.f.Close()
