@@ -114,7 +114,7 @@ func registryErr(err error) error {
 	case errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound:
 		return fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
 	case errors.As(err, &unknownCA), errors.As(err, &hostname), errors.As(err, &invalid), errors.As(err, &verify):
-		return fmt.Errorf("%w: %w", errdefs.ErrTLS, err)
+		return fmt.Errorf("%w: the registry's TLS certificate did not verify; for a private CA send its certificate as caCertificate with set-credentials: %w", errdefs.ErrTLS, err)
 	}
 	return fmt.Errorf("%w: %w", errdefs.ErrRegistryUnreachable, err)
 }
