@@ -54,7 +54,7 @@ func (s *stepper) prefetchDone() bool {
 	}
 	for _, g := range s.run.gws {
 		p := g.Prefetch
-		if p != nil && (p.State == PrefetchInProgress || (p.State == PrefetchQueued && s.online(g))) {
+		if p != nil && (p.State == PrefetchInProgress || (p.State == PrefetchQueued && g.State == GatewayQueued && s.online(g))) {
 			return false
 		}
 	}
@@ -109,7 +109,7 @@ func (s *stepper) dispatchPrefetch(inflight int) []Dispatch {
 			break
 		}
 		g := run.gws[id]
-		if g.Prefetch == nil || g.Prefetch.State != PrefetchQueued || !s.online(g) {
+		if g.Prefetch == nil || g.Prefetch.State != PrefetchQueued || g.State != GatewayQueued || !s.online(g) {
 			continue
 		}
 		g.Prefetch.CommandID, g.Prefetch.DispatchedAt = CommandID(r.ID, id, 0, "prefetch"), s.now
