@@ -2,15 +2,18 @@ package scenarios
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
 // pullLink makes a simulated pull take about a second: a 16 MiB image
@@ -141,4 +144,42 @@ func sendSkip(t *testing.T, c *cloud, target api.Target, cmd *fleetv1.Command) *
 		t.Fatalf("send: %v", err)
 	}
 	return &b
+}
+
+// TestRolloutPrefetchTwoReplicas: with two replicas taking work, the
+// scheduling one learns the outcome of every prefetch, also of those the
+// other replica's workers sent (no status carries it), so the phase ends
+// when the prefetches do, not at its timeout.
+func TestRolloutPrefetchTwoReplicas(t *testing.T) {
+	const n = 40
+	a := &cloud{dataDir: t.TempDir(), mqtt: testenv.FreeAddr(t)}
+	a.cfg = serve.Config{DataDir: a.dataDir, MQTTListen: a.mqtt, NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
+		Scheme: topic.Default(), ControllerID: "replica-a", ControllerPassword: "replica-password",
+		Sim: simfleet.Config{Count: n, Tenant: "sim", PullTime: 10 * time.Millisecond}}
+	a.start(t)
+	t.Cleanup(func() { a.Close() })
+	waitOnline(t, a, "sim", n)
+	bs, err := serve.Start(context.Background(), serve.Config{DataDir: t.TempDir(), BrokerURL: a.BrokerURL.String(),
+		BrokerUsername: "controller", BrokerPassword: "replica-password", NATSURL: a.NATSURL, NATSCreds: a.NATSCreds, HTTPListen: "127.0.0.1:0",
+		Scheme: topic.Default(), ControllerID: "replica-b", SecretsKey: filepath.Join(a.dataDir, "controller.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bs.Close() })
+	v := createRollout(t, a, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
+		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
+		Strategy: api.Strategy{RatePerMinute: 1200, Prefetch: &api.Prefetch{Timeout: api.Duration(10 * time.Minute)}}})
+	v = waitRollout(t, a, v.ID, time.Minute)
+	if v.State != api.RolloutSucceeded || v.PrefetchCounts[api.PrefetchSucceeded] != n {
+		t.Fatalf("rollout %s %v, prefetch %v (%s)", v.State, v.Counts, v.PrefetchCounts, v.Reason)
+	}
+	byB := 0
+	for _, g := range v.Gateways {
+		if _, ok := bs.Controller.Command(g.Prefetch.CommandID); ok {
+			byB++
+		}
+	}
+	if byB == 0 || byB == n {
+		t.Errorf("replica b sent %d of the %d prefetches; both replicas should have taken work", byB, n)
+	}
 }
