@@ -239,8 +239,9 @@ func (run *Run) end(st State, reason string, now time.Time) {
 }
 
 // CommandID is the deterministic id of a rollout's deploy ("deploy"),
-// rollback ("rollback") or prefetch ("prefetch", attempt 0) to a gateway: dispatched again after a crash, the
-// gateway answers it with its recorded reply instead of deploying twice.
+// rollback ("rollback") or prefetch ("prefetch", attempt 0) to a gateway:
+// dispatched again after a crash, the gateway answers it with its recorded
+// reply instead of running it twice.
 // The credentials sent ahead of it have this id with "c" appended.
 func CommandID(rollout, gw string, attempt int, what string) string {
 	sum := sha256.Sum256(fmt.Appendf(nil, "%s/%s/%d/%s", rollout, gw, attempt, what))
