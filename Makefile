@@ -39,6 +39,7 @@ bench:
 	$(GO) test ./cloud-sim/api/ ./cloud-sim/console/ -run '^$$' -bench 'ListGatewaysPage|Overview|GatewaysPage' -count 3
 	$(GO) test ./agent/engine/ -run '^$$' -bench 'LoadVsLoopbackPull' -benchtime 5x -count 3
 	ROLLOUT_PLOT=$(CURDIR)/docs/rollout-10k.png $(GO) test ./scenarios/ -run '^$$' -bench 'Rollout' -benchtime 1x -count 1 -timeout 20m
+	$(GO) test ./scenarios/ -run '^$$' -bench 'PrefetchActivation' -benchtime 1x -count 1 -timeout 20m
 
 # Regenerates protocol/fleet/v1/fleet.pb.go (committed, so a build needs no protoc).
 proto:
