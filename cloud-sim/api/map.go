@@ -101,7 +101,7 @@ func batchesOf(list []*dispatch.Batch) []*Batch {
 func credentialOf(v tenantcred.CredentialView) CredentialView {
 	out := CredentialView{Tenant: v.Tenant, Registry: v.Registry, Kind: v.Kind, Username: v.Username, Fingerprint: v.Fingerprint,
 		IssueTokens: v.IssueTokens, TokenFingerprint: v.TokenFingerprint, TokenExpiresAt: v.TokenExpiresAt, TokenRefreshAt: v.TokenRefreshAt,
-		ExpiresAt: v.ExpiresAt, HasCACertificate: v.HasCACertificate, HasClientCert: v.HasClientCert, RequireTLS: v.RequireTLS, UpdatedAt: v.UpdatedAt}
+		ExpiresAt: v.ExpiresAt, HasCACertificate: v.HasCACertificate, HasClientCert: v.HasClientCert, RequireTLS: v.RequireTLS, Insecure: v.Insecure, UpdatedAt: v.UpdatedAt}
 	if v.LastCheck != nil {
 		c := CheckResult(*v.LastCheck)
 		out.LastCheck = &c

@@ -54,6 +54,7 @@ type verb struct {
 	// credentials
 	registry, username, ecrRegion, ecrKeyID, caFile, checkImage string
 	passwordStdin, ecrSecretStdin, issueTokens, requireTLS      bool
+	insecure                                                    bool
 	push                                                        bool
 }
 
