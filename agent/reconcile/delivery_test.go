@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/fleet-agent/fleet/agent/delivery"
 	"github.com/fleet-agent/fleet/agent/engine"
@@ -30,6 +31,8 @@ type fakeDelivery struct {
 	pulled   []string
 	failOnce error  // the next Pull's error
 	swap     string // set: Pull delivers this digest, not the registry's
+	// progress, if set, reports the download's progress (else one report).
+	progress func(report func(done, total int64))
 	gcKeep   []string
 }
 
@@ -79,7 +82,12 @@ func (d *fakeDelivery) Pull(_ context.Context, ref string, opts delivery.Options
 		dg = d.swap
 		d.registry[ref] = dg
 	}
-	if opts.Progress != nil {
+	switch {
+	case d.progress != nil && opts.Progress != nil:
+		d.mu.Unlock()
+		d.progress(opts.Progress)
+		d.mu.Lock()
+	case opts.Progress != nil:
 		opts.Progress(5<<20, 10<<20)
 	}
 	id := digestOf("config of " + dg)
@@ -330,6 +338,45 @@ func TestRetaggedBeforeCreate(t *testing.T) {
 		}
 		if cs, _ := h.fake.List(context.Background()); len(cs) != 0 {
 			t.Errorf("containers %+v left, want none", cs)
+		}
+	})
+}
+
+// TestPullProgressRateAndETA: the PULLING status carries bytes done and
+// total, and from the second report on the rate and the time left.
+func TestPullProgressRateAndETA(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var d *fakeDelivery
+		h := newHarness(t, reconcile.Policy{}, false, func(c *reconcile.Config) {
+			d = newFakeDelivery(c.Engine.(*engine.Fake))
+			withDelivery(d, fleetv1.Pull_AGENT)(c)
+		})
+		const ref = "registry.test/web:1"
+		d.publish(ref, "v1")
+		d.progress = func(report func(done, total int64)) {
+			for i := int64(1); i <= 4; i++ {
+				time.Sleep(time.Second) // the bubble's clock: 1 MiB a second
+				report(i<<20, 10<<20)
+			}
+		}
+		if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "web", Revision: 1, Image: ref}); err != nil {
+			t.Fatal(err)
+		}
+		var got []*fleetv1.PullProgress
+		for _, s := range h.pub["web"] {
+			if p := s.GetPullProgress(); p != nil && (len(got) == 0 || got[len(got)-1].GetBytesDone() != p.GetBytesDone()) {
+				got = append(got, p)
+			}
+		}
+		if len(got) != 4 {
+			t.Fatalf("progress reports %v, want 4", got)
+		}
+		if got[0].GetBytesPerSecond() != 0 || got[0].GetEta() != nil {
+			t.Errorf("first report %v has a rate before there is one", got[0])
+		}
+		last := got[3]
+		if last.GetBytesPerSecond() != 1<<20 || last.GetEta().AsDuration() != 6*time.Second {
+			t.Errorf("last report %v, want 1 MiB/s and 6s left", last)
 		}
 	})
 }
