@@ -1,6 +1,7 @@
 package delivery_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
@@ -31,12 +33,44 @@ import (
 // engine pulls from the agent's loopback registry as dockerd would (by
 // digest, every blob), and records what it got.
 type engine struct {
-	mu     sync.Mutex
-	images map[string]v1.Hash // name -> config digest
-	from   []string           // hosts pulled from
+	mu       sync.Mutex
+	images   map[string]v1.Hash // name -> config digest
+	from     []string           // hosts pulled from
+	remote   bool               // the engine cannot reach the agent's loopback
+	loadedBy []string           // names loaded from the layout
+}
+
+func (e *engine) LoadFromLayout(_ context.Context, dir string, manifest v1.Hash, tag string) error {
+	img, err := layout.Path(dir).Image(manifest)
+	if err != nil {
+		// A platform's manifest listed through an index: read it as a blob.
+		raw, rerr := layout.Path(dir).Bytes(manifest)
+		if rerr != nil {
+			return err
+		}
+		m, perr := v1.ParseManifest(bytes.NewReader(raw))
+		if perr != nil {
+			return perr
+		}
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		e.images[tag], e.loadedBy = m.Config.Digest, append(e.loadedBy, tag)
+		return nil
+	}
+	cfg, err := img.ConfigName()
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.images[tag], e.loadedBy = cfg, append(e.loadedBy, tag)
+	return nil
 }
 
 func (e *engine) PullFromLoopback(ctx context.Context, host, repo string, manifest v1.Hash, tag string) error {
+	if e.remote {
+		return fmt.Errorf("%w: Get \"https://%s/v2/\": dial tcp %s: connect: connection refused", errdefs.ErrRegistryUnreachable, host, host)
+	}
 	ref, err := name.NewDigest(host+"/"+repo+"@"+manifest.String(), name.Insecure)
 	if err != nil {
 		return err
@@ -158,6 +192,22 @@ func TestPullDeliversTheVerifiedImage(t *testing.T) {
 	}
 	if digest, size, err := e.d.Resolve(t.Context(), ref); err != nil || digest != want.String() || size <= 64<<10 {
 		t.Errorf("Resolve = %s, %d, %v", digest, size, err)
+	}
+}
+
+// TestLoadWhenLoopbackIsOutOfReach: an engine that cannot pull from the
+// agent's loopback gets the verified image streamed in instead.
+func TestLoadWhenLoopbackIsOutOfReach(t *testing.T) {
+	e := newEnv(t, nil)
+	e.eng.remote = true
+	ref, img := e.push(t, "team/app:1", 32<<10)
+	cfg, _ := img.ConfigName()
+	got, err := e.d.Pull(t.Context(), ref, delivery.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != cfg.String() || e.eng.images[ref] != cfg || len(e.eng.loadedBy) != 1 {
+		t.Errorf("Pull = %+v; engine %v, loaded %v; want %s loaded once", got, e.eng.images, e.eng.loadedBy, cfg)
 	}
 }
 
