@@ -1,0 +1,391 @@
+package scenarios
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http/httptest"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/image"
+	dockerclient "github.com/docker/docker/client"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
+	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
+	"github.com/fleet-agent/fleet/internal/faultproxy"
+	"github.com/fleet-agent/fleet/internal/testenv"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+const mib = 1 << 20
+
+// pullImage is an image built in the test: the testapp layer, then layers
+// of incompressible random data (new bytes each run, so that no engine has
+// them from an earlier run).
+type pullImage struct {
+	img     v1.Image
+	digest  string   // of the manifest
+	config  string   // digest of the config: the engine's image ID
+	diffIDs []string // the engine's RootFS.Layers
+	layers  []v1.Hash
+	size    int64 // manifest + config + layers: what a pull moves
+}
+
+func newPullImage(tb testing.TB, randomLayers, layerBytes int) pullImage {
+	tb.Helper()
+	seed := [32]byte{}
+	copy(seed[:], fmt.Sprint(time.Now().UnixNano()))
+	rng := rand.NewChaCha8(seed)
+	var extra []v1.Layer
+	for i := range randomLayers {
+		extra = append(extra, randomLayer(tb, rng, fmt.Sprint("random", i), layerBytes))
+	}
+	img, err := mutate.AppendLayers(testimage.Build(tb, testimage.Spec{}), extra...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := pullImage{img: img}
+	d, err := img.Digest()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	raw, _ := img.RawManifest()
+	m, _ := img.Manifest()
+	cf, _ := img.ConfigFile()
+	p.digest, p.config, p.size = d.String(), m.Config.Digest.String(), int64(len(raw))+m.Config.Size
+	for _, l := range m.Layers {
+		p.layers = append(p.layers, l.Digest)
+		p.size += l.Size
+	}
+	for _, id := range cf.RootFS.DiffIDs {
+		p.diffIDs = append(p.diffIDs, id.String())
+	}
+	return p
+}
+
+// randomLayer is a gzipped layer of one file of n random bytes, compressed
+// once (random data does not shrink: the layer is n bytes and a little).
+func randomLayer(tb testing.TB, rng io.Reader, name string, n int) v1.Layer {
+	tb.Helper()
+	var gz bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&gz, gzip.BestSpeed)
+	tw := tar.NewWriter(zw)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(n), Typeflag: tar.TypeReg}); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := io.CopyN(tw, rng, int64(n)); err != nil {
+		tb.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	raw := gz.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil })
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return l
+}
+
+// push stores the image in reg as repo:tag.
+func (p pullImage) push(tb testing.TB, reg *testimage.Registry, repoTag string) {
+	tb.Helper()
+	repo, tag, _ := strings.Cut(repoTag, ":")
+	if _, err := reg.Server.Push(context.Background(), repo, tag, p.img); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// removeAtCleanup removes the image from the engine by its ID (every tag)
+// at cleanup, so that the next pull of it is a real one.
+func (p pullImage) removeAtCleanup(tb testing.TB, cli *dockerclient.Client) {
+	tb.Cleanup(func() {
+		cli.ImageRemove(context.Background(), p.config, image.RemoveOptions{Force: true, PruneChildren: true})
+	})
+}
+
+// faultLink is a registry behind the fault injectors: Blobs (HTTP faults)
+// behind a Proxy (link faults). Image references name the proxy.
+type faultLink struct {
+	proxy *faultproxy.Proxy
+	blobs *faultproxy.Blobs
+}
+
+func newFaultLink(tb testing.TB, reg *testimage.Registry) *faultLink {
+	tb.Helper()
+	blobs, err := faultproxy.NewBlobs(reg.URL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := httptest.NewServer(blobs)
+	tb.Cleanup(srv.Close)
+	proxy, err := faultproxy.New(srv.Listener.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { proxy.Close() })
+	return &faultLink{proxy: proxy, blobs: blobs}
+}
+
+func (l *faultLink) ref(repoTag string) string { return l.proxy.Addr() + "/" + repoTag }
+
+// newPullEnv is a deployEnv whose agent may fetch from the link's proxy
+// (plain HTTP), with the extra flags.
+func newPullEnv(tb testing.TB, prefix string, l *faultLink, extra ...string) deployEnv {
+	tb.Helper()
+	args := extra
+	if agentPulls(tb) {
+		args = append([]string{"--allow-insecure-registry", l.proxy.Addr(), "--pull-stall-timeout", "5s"}, extra...)
+	}
+	e := newDeployEnv(tb, prefix, brokertest.Embedded, args...)
+	testenv.RemoveOwned(tb, e.cli, e.owner, l.proxy.Addr()+"/")
+	return e
+}
+
+// agentPulls reports whether the agent has its own pull (--pull-mode).
+// TODO(issue 14): remove once the lead's wiring is merged.
+func agentPulls(tb testing.TB) bool {
+	out, _ := exec.Command(testenv.Binary(tb, "agent"), "--help").CombinedOutput()
+	return strings.Contains(string(out), "pull-mode")
+}
+
+func requireAgentPulls(t testing.TB) {
+	t.Helper()
+	if !agentPulls(t) {
+		t.Skip("the agent has no --pull-mode yet (issue 14's wiring is not merged)")
+	}
+}
+
+func pullSpec(ref string, mode fleetv1.Pull_Mode) *fleetv1.DeploymentSpec {
+	return &fleetv1.DeploymentSpec{Name: "big", Revision: 1, Image: ref, NetworkMode: "none",
+		Pull:   &fleetv1.Pull{Mode: mode},
+		Update: &fleetv1.Update{ProgressDeadlineSeconds: 120}}
+}
+
+// checkEngineImage fails unless the engine holds ref as exactly img: its
+// ID is img's config digest and its layers are img's diff IDs.
+func checkEngineImage(t *testing.T, cli *dockerclient.Client, ref string, img pullImage) {
+	t.Helper()
+	ii, err := cli.ImageInspect(context.Background(), ref)
+	if err != nil {
+		t.Fatalf("image %s in the engine: %v", ref, err)
+	}
+	if ii.ID != img.config || strings.Join(ii.RootFS.Layers, ",") != strings.Join(img.diffIDs, ",") {
+		t.Errorf("engine image %s = ID %s, layers %v; want ID %s, layers %v", ref, ii.ID, ii.RootFS.Layers, img.config, img.diffIDs)
+	}
+}
+
+func ratio(n, size int64) float64 { return float64(n) / float64(size) }
+
+// TestPullFaults deploys the issue's 64 MB, 4-layer image through a link
+// that cuts, stalls, corrupts and throttles, the agent pulling (AGENT) and
+// the engine pulling (ENGINE, recorded only). The image is built and pushed
+// once; each case has its own link, agent and counters, and removes the
+// image from the engine at its end.
+func TestPullFaults(t *testing.T) {
+	cli := testenv.DockerClient(t)
+	reg := testimage.NewRegistry(t)
+	big := newPullImage(t, 3, 20*mib)
+	big.push(t, reg, "team/big:1")
+	t.Logf("image: %d bytes in %d layers", big.size, len(big.layers))
+
+	t.Run("cut every 4 MB, agent pulls", func(t *testing.T) {
+		requireAgentPulls(t)
+		l := newFaultLink(t, reg)
+		e := newPullEnv(t, "gw-cut", l)
+		big.removeAtCleanup(t, cli)
+		l.proxy.SetCut(faultproxy.Cut{Every: 4 * mib})
+		ref := l.ref("team/big:1")
+		r := sendLong(t, e.rec, e.gw, deploy(pullSpec(ref, fleetv1.Pull_AGENT)))
+		if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != big.digest {
+			t.Fatalf("deploy over a link cut every 4 MB = %v, want SUCCEEDED with digest %s", r, big.digest)
+		}
+		down := l.proxy.BytesDown()
+		t.Logf("agent: %d cuts, %d bytes through the proxy = %.3f × the image", l.proxy.Cuts(), down, ratio(down, big.size))
+		if l.proxy.Cuts() < 10 {
+			t.Errorf("the link was cut %d times, want at least 10 (every 4 MB of 64)", l.proxy.Cuts())
+		}
+		if ratio(down, big.size) > 1.05 {
+			t.Errorf("%d bytes through the proxy = %.3f × the image, want ≤ 1.05", down, ratio(down, big.size))
+		}
+		checkEngineImage(t, cli, ref, big)
+	})
+
+	t.Run("cut every 4 MB, engine pulls (recorded)", func(t *testing.T) {
+		l := newFaultLink(t, reg)
+		e := newPullEnv(t, "gw-cut-engine", l)
+		big.removeAtCleanup(t, cli)
+		l.proxy.SetCut(faultproxy.Cut{Every: 4 * mib})
+		const bound = 12 * time.Second
+		start := time.Now()
+		r, finished := deployWithin(t, e, pullSpec(l.ref("team/big:1"), fleetv1.Pull_ENGINE), bound)
+		down := l.proxy.BytesDown()
+		t.Logf("dockerd: finished %v (within %v: %v), %d cuts, %d bytes through the proxy = %.3f × the image, %d ranged requests; reply %v",
+			finished, bound, time.Since(start).Round(time.Millisecond), l.proxy.Cuts(), down, ratio(down, big.size), l.blobs.RangeRequests(), r)
+	})
+
+	t.Run("agent killed at 50 %", func(t *testing.T) {
+		requireAgentPulls(t)
+		l := newFaultLink(t, reg)
+		e := newPullEnv(t, "gw-kill-pull", l)
+		big.removeAtCleanup(t, cli)
+		l.proxy.StallAt(big.size / 2)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		req, err := e.rec.Send(ctx, tenant, e.gw, deploy(pullSpec(l.ref("team/big:1"), fleetv1.Pull_AGENT)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		testenv.Eventually(t, "half the image through the proxy", l.proxy.Stalled)
+		e.agent.Kill()
+		l.proxy.Resume()
+		e.agent.Start(t)
+		r, err := req.Final(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != big.digest {
+			t.Fatalf("deploy after the kill = %v, want SUCCEEDED with digest %s", r, big.digest)
+		}
+		down := l.proxy.BytesDown()
+		t.Logf("killed at %d bytes; %d bytes through the proxy in all = %.3f × the image", big.size/2, down, ratio(down, big.size))
+		if ratio(down, big.size) > 1.1 {
+			t.Errorf("%d bytes through the proxy = %.3f × the image, want ≤ 1.1", down, ratio(down, big.size))
+		}
+	})
+
+	t.Run("corrupt byte", func(t *testing.T) {
+		requireAgentPulls(t)
+		l := newFaultLink(t, reg)
+		e := newPullEnv(t, "gw-corrupt", l)
+		big.removeAtCleanup(t, cli)
+		ref := l.ref("team/big:1")
+		if _, err := cli.ImageInspect(context.Background(), big.config); err == nil {
+			t.Fatalf("the engine has the image before the deploy")
+		}
+		bad := big.layers[2]
+		l.blobs.CorruptOnce(bad.String(), 10*mib)
+		r := sendLong(t, e.rec, e.gw, deploy(pullSpec(ref, fleetv1.Pull_AGENT)))
+		if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != big.digest {
+			t.Fatalf("deploy with a corrupt byte on the way = %v, want SUCCEEDED with digest %s", r, big.digest)
+		}
+		if l.blobs.Corrupted() != 1 {
+			t.Fatalf("the proxy flipped %d bytes, want 1", l.blobs.Corrupted())
+		}
+		down := l.proxy.BytesDown()
+		t.Logf("%d bytes through the proxy = %.3f × the image", down, ratio(down, big.size))
+		if down < big.size+10*mib {
+			t.Errorf("%d bytes through the proxy: the corrupt blob was not fetched again (want ≥ the image + 10 MiB)", down)
+		}
+		if !strings.Contains(e.agent.Logs(), "failed its digest") {
+			t.Errorf("the agent's log says nothing of a blob that failed its digest")
+		}
+		// What the engine holds is the good image, layer by layer.
+		checkEngineImage(t, cli, ref, big)
+	})
+
+	t.Run("registry ignores Range", func(t *testing.T) {
+		requireAgentPulls(t)
+		l := newFaultLink(t, reg)
+		e := newPullEnv(t, "gw-norange", l)
+		big.removeAtCleanup(t, cli)
+		l.blobs.IgnoreRange(true)
+		l.proxy.SetCut(faultproxy.Cut{Every: 16 * mib, Max: 2})
+		ref := l.ref("team/big:1")
+		r := sendLong(t, e.rec, e.gw, deploy(pullSpec(ref, fleetv1.Pull_AGENT)))
+		if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != big.digest {
+			t.Fatalf("deploy from a registry without Range = %v, want SUCCEEDED with digest %s", r, big.digest)
+		}
+		down := l.proxy.BytesDown()
+		t.Logf("%d cuts, %d ranged requests answered 200, %d bytes through the proxy = %.3f × the image",
+			l.proxy.Cuts(), l.blobs.RangeRequests(), down, ratio(down, big.size))
+		if l.blobs.RangeRequests() == 0 {
+			t.Errorf("the agent never asked for a Range after a cut: the case tested nothing")
+		}
+		checkEngineImage(t, cli, ref, big)
+	})
+
+	t.Run("throttled", testPullBandwidth)
+}
+
+// testPullBandwidth: an update that adds a 2 MiB layer (revision 1, the
+// testapp layer alone, was deployed unthrottled), through a link
+// throttled to 256 KiB/s with the agent capped at 128 KiB/s: the rate the
+// proxy sees, between 10 % and 90 % of the new layer, is within 10 % of
+// the agent's cap.
+func testPullBandwidth(t *testing.T) {
+	requireAgentPulls(t)
+	const link, capped = 256 << 10, 128 << 10
+	cli := testenv.DockerClient(t)
+	reg := testimage.NewRegistry(t)
+	base := newPullImage(t, 0, 0)
+	base.push(t, reg, "team/small:1")
+	next := newPullImage(t, 1, 2*mib)
+	next.push(t, reg, "team/small:2")
+	l := newFaultLink(t, reg)
+	e := newPullEnv(t, "gw-bw", l, "--pull-bandwidth", "128KiB/s")
+	base.removeAtCleanup(t, cli)
+	next.removeAtCleanup(t, cli)
+	if r := sendLong(t, e.rec, e.gw, deploy(pullSpec(l.ref("team/small:1"), fleetv1.Pull_AGENT))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
+		t.Fatalf("deploy r1 = %v", r)
+	}
+
+	l.proxy.Throttle(link)
+	m, _ := next.img.Manifest()
+	layer := m.Layers[len(m.Layers)-1].Size
+	from := l.proxy.BytesDown()
+	lo, hi := from+layer/10, from+layer*9/10
+	var tLo, tHi atomic.Int64
+	l.proxy.Observe(func(total int64) {
+		now := time.Now().UnixNano()
+		if total >= lo {
+			tLo.CompareAndSwap(0, now)
+		}
+		if total >= hi {
+			tHi.CompareAndSwap(0, now)
+		}
+	})
+	spec := pullSpec(l.ref("team/small:2"), fleetv1.Pull_AGENT)
+	spec.Revision = 2
+	if r := sendLong(t, e.rec, e.gw, deploy(spec)); r.GetResult() != fleetv1.Reply_SUCCEEDED {
+		t.Fatalf("throttled deploy r2 = %v", r)
+	}
+	moved := l.proxy.BytesDown() - from
+	if tHi.Load() == 0 {
+		t.Fatalf("the proxy saw %d bytes of r2, want at least its new layer's %d", moved, layer)
+	}
+	rate := float64(hi-lo) / time.Duration(tHi.Load()-tLo.Load()).Seconds()
+	t.Logf("r2: %d bytes through the proxy (new layer %d); %.0f B/s between 10 %% and 90 %% of the layer (cap %d B/s, link %d B/s): %.3f × the cap",
+		moved, layer, rate, capped, link, rate/capped)
+	if rate < capped*0.9 || rate > capped*1.1 {
+		t.Errorf("measured %.0f B/s, want within 10 %% of %d", rate, capped)
+	}
+}
+
+// deployWithin sends the deploy and waits for its final reply up to bound;
+// finished is false if none came.
+func deployWithin(t testing.TB, e deployEnv, spec *fleetv1.DeploymentSpec, bound time.Duration) (r *fleetv1.Reply, finished bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	req, err := e.rec.Send(ctx, tenant, e.gw, deploy(spec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err = req.Final(ctx)
+	return r, err == nil
+}
