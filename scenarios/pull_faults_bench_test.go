@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/docker/docker/api/types/image"
-
 	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/internal/faultproxy"
 	"github.com/fleet-agent/fleet/internal/testenv"
@@ -76,7 +74,7 @@ func runPull(b *testing.B, reg *testimage.Registry, img pullImage, mode fleetv1.
 	defer func() {
 		b.StopTimer()
 		e.agent.Kill()
-		e.cli.ImageRemove(context.Background(), img.config, image.RemoveOptions{Force: true, PruneChildren: true})
+		img.remove(b, e.cli, e.owner)
 		l.proxy.Close()
 		b.StartTimer()
 	}()
@@ -132,7 +130,7 @@ func benchPulls(b *testing.B, cut faultproxy.Cut, bound time.Duration) {
 	withAgent := agentPulls(b) // TODO(issue 14): always, once merged
 
 	reg := testimage.NewRegistry(b)
-	big := newPullImage(b, 3, 20*mib)
+	big := newPullImage(b, appLayer(b), 3, 20*mib)
 	big.push(b, reg, "team/big:1")
 	b.Logf("image: %d bytes in %d layers", big.size, len(big.layers))
 	var agent, engine pullStats

@@ -10,14 +10,19 @@ import (
 	"math/rand/v2"
 	"net/http/httptest"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	dockerclient "github.com/docker/docker/client"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
@@ -30,9 +35,9 @@ import (
 
 const mib = 1 << 20
 
-// pullImage is an image built in the test: the testapp layer, then layers
-// of incompressible random data (new bytes each run, so that no engine has
-// them from an earlier run).
+// pullImage is an image built in the test: an app layer (see appLayer),
+// then layers of incompressible random data; everything new each run, so
+// that no engine has any of its layers from elsewhere.
 type pullImage struct {
 	img     v1.Image
 	digest  string   // of the manifest
@@ -42,17 +47,29 @@ type pullImage struct {
 	size    int64 // manifest + config + layers: what a pull moves
 }
 
-func newPullImage(tb testing.TB, randomLayers, layerBytes int) pullImage {
+func newPullImage(tb testing.TB, app v1.Layer, randomLayers, layerBytes int) pullImage {
 	tb.Helper()
 	seed := [32]byte{}
 	copy(seed[:], fmt.Sprint(time.Now().UnixNano()))
 	rng := rand.NewChaCha8(seed)
-	var extra []v1.Layer
+	layers := []v1.Layer{app}
 	for i := range randomLayers {
-		extra = append(extra, randomLayer(tb, rng, fmt.Sprint("random", i), layerBytes))
+		data := make([]byte, layerBytes)
+		rng.Read(data)
+		layers = append(layers, gzLayer(tb, tarFile{fmt.Sprint("random", i), 0o644, data}))
 	}
-	img, err := mutate.AppendLayers(testimage.Build(tb, testimage.Spec{}), extra...)
+	img, err := mutate.AppendLayers(empty.Image, layers...)
 	if err != nil {
+		tb.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	cf.Config.Entrypoint = []string{"/app"}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		tb.Fatal(err)
 	}
 	p := pullImage{img: img}
@@ -62,7 +79,6 @@ func newPullImage(tb testing.TB, randomLayers, layerBytes int) pullImage {
 	}
 	raw, _ := img.RawManifest()
 	m, _ := img.Manifest()
-	cf, _ := img.ConfigFile()
 	p.digest, p.config, p.size = d.String(), m.Config.Digest.String(), int64(len(raw))+m.Config.Size
 	for _, l := range m.Layers {
 		p.layers = append(p.layers, l.Digest)
@@ -74,18 +90,56 @@ func newPullImage(tb testing.TB, randomLayers, layerBytes int) pullImage {
 	return p
 }
 
-// randomLayer is a gzipped layer of one file of n random bytes, compressed
-// once (random data does not shrink: the layer is n bytes and a little).
-func randomLayer(tb testing.TB, rng io.Reader, name string, n int) v1.Layer {
+// appLayer is the testapp binary at /app and a file naming the run: the
+// layer's digest is new each run (testimage's own testapp layer is the
+// same in every image, and an engine that has it would skip it).
+func appLayer(tb testing.TB) v1.Layer {
+	tb.Helper()
+	ls, err := testimage.Build(tb, testimage.Spec{}).Layers()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rc, err := ls[0].Uncompressed()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			tb.Fatalf("testapp layer without /app: %v", err)
+		}
+		if h.Name == "app" {
+			bin, err := io.ReadAll(tr)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			return gzLayer(tb, tarFile{"app", 0o755, bin}, tarFile{"run", 0o644, []byte(fmt.Sprint(time.Now().UnixNano()))})
+		}
+	}
+}
+
+type tarFile struct {
+	name string
+	mode int64
+	data []byte
+}
+
+// gzLayer is a gzipped layer of files, compressed once (random data does
+// not shrink: its layer is as big as the data).
+func gzLayer(tb testing.TB, files ...tarFile) v1.Layer {
 	tb.Helper()
 	var gz bytes.Buffer
 	zw, _ := gzip.NewWriterLevel(&gz, gzip.BestSpeed)
 	tw := tar.NewWriter(zw)
-	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(n), Typeflag: tar.TypeReg}); err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := io.CopyN(tw, rng, int64(n)); err != nil {
-		tb.Fatal(err)
+	for _, f := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), Typeflag: tar.TypeReg}); err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := tw.Write(f.data); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	if err := tw.Close(); err != nil {
 		tb.Fatal(err)
@@ -110,12 +164,23 @@ func (p pullImage) push(tb testing.TB, reg *testimage.Registry, repoTag string) 
 	}
 }
 
-// removeAtCleanup removes the image from the engine by its ID (every tag)
-// at cleanup, so that the next pull of it is a real one.
-func (p pullImage) removeAtCleanup(tb testing.TB, cli *dockerclient.Client) {
-	tb.Cleanup(func() {
-		cli.ImageRemove(context.Background(), p.config, image.RemoveOptions{Force: true, PruneChildren: true})
-	})
+// removeAtCleanup removes, at cleanup, the containers of owner and then
+// the image from the engine by its ID (every tag), so that the next pull of
+// it is a real one.
+func (p pullImage) removeAtCleanup(tb testing.TB, cli *dockerclient.Client, owner string) {
+	tb.Cleanup(func() { p.remove(tb, cli, owner) })
+}
+
+func (p pullImage) remove(tb testing.TB, cli *dockerclient.Client, owner string) {
+	ctx := context.Background()
+	cs, _ := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "io.fleet-agent.owner="+owner))})
+	for _, c := range cs {
+		cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+	}
+	_, err := cli.ImageRemove(ctx, p.config, image.RemoveOptions{Force: true, PruneChildren: true})
+	if err != nil && !cerrdefs.IsNotFound(err) {
+		tb.Errorf("remove image %s: %v", p.config, err)
+	}
 }
 
 // faultLink is a registry behind the fault injectors: Blobs (HTTP faults)
@@ -199,7 +264,7 @@ func ratio(n, size int64) float64 { return float64(n) / float64(size) }
 func TestPullFaults(t *testing.T) {
 	cli := testenv.DockerClient(t)
 	reg := testimage.NewRegistry(t)
-	big := newPullImage(t, 3, 20*mib)
+	big := newPullImage(t, appLayer(t), 3, 20*mib)
 	big.push(t, reg, "team/big:1")
 	t.Logf("image: %d bytes in %d layers", big.size, len(big.layers))
 
@@ -207,7 +272,7 @@ func TestPullFaults(t *testing.T) {
 		requireAgentPulls(t)
 		l := newFaultLink(t, reg)
 		e := newPullEnv(t, "gw-cut", l)
-		big.removeAtCleanup(t, cli)
+		big.removeAtCleanup(t, cli, e.owner)
 		l.proxy.SetCut(faultproxy.Cut{Every: 4 * mib})
 		ref := l.ref("team/big:1")
 		r := sendLong(t, e.rec, e.gw, deploy(pullSpec(ref, fleetv1.Pull_AGENT)))
@@ -228,7 +293,7 @@ func TestPullFaults(t *testing.T) {
 	t.Run("cut every 4 MB, engine pulls (recorded)", func(t *testing.T) {
 		l := newFaultLink(t, reg)
 		e := newPullEnv(t, "gw-cut-engine", l)
-		big.removeAtCleanup(t, cli)
+		big.removeAtCleanup(t, cli, e.owner)
 		l.proxy.SetCut(faultproxy.Cut{Every: 4 * mib})
 		const bound = 12 * time.Second
 		start := time.Now()
@@ -242,7 +307,7 @@ func TestPullFaults(t *testing.T) {
 		requireAgentPulls(t)
 		l := newFaultLink(t, reg)
 		e := newPullEnv(t, "gw-kill-pull", l)
-		big.removeAtCleanup(t, cli)
+		big.removeAtCleanup(t, cli, e.owner)
 		l.proxy.StallAt(big.size / 2)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
@@ -272,7 +337,7 @@ func TestPullFaults(t *testing.T) {
 		requireAgentPulls(t)
 		l := newFaultLink(t, reg)
 		e := newPullEnv(t, "gw-corrupt", l)
-		big.removeAtCleanup(t, cli)
+		big.removeAtCleanup(t, cli, e.owner)
 		ref := l.ref("team/big:1")
 		if _, err := cli.ImageInspect(context.Background(), big.config); err == nil {
 			t.Fatalf("the engine has the image before the deploy")
@@ -302,7 +367,7 @@ func TestPullFaults(t *testing.T) {
 		requireAgentPulls(t)
 		l := newFaultLink(t, reg)
 		e := newPullEnv(t, "gw-norange", l)
-		big.removeAtCleanup(t, cli)
+		big.removeAtCleanup(t, cli, e.owner)
 		l.blobs.IgnoreRange(true)
 		l.proxy.SetCut(faultproxy.Cut{Every: 16 * mib, Max: 2})
 		ref := l.ref("team/big:1")
@@ -332,14 +397,15 @@ func testPullBandwidth(t *testing.T) {
 	const link, capped = 256 << 10, 128 << 10
 	cli := testenv.DockerClient(t)
 	reg := testimage.NewRegistry(t)
-	base := newPullImage(t, 0, 0)
+	app := appLayer(t)
+	base := newPullImage(t, app, 0, 0)
 	base.push(t, reg, "team/small:1")
-	next := newPullImage(t, 1, 2*mib)
+	next := newPullImage(t, app, 1, 2*mib)
 	next.push(t, reg, "team/small:2")
 	l := newFaultLink(t, reg)
 	e := newPullEnv(t, "gw-bw", l, "--pull-bandwidth", "128KiB/s")
-	base.removeAtCleanup(t, cli)
-	next.removeAtCleanup(t, cli)
+	base.removeAtCleanup(t, cli, e.owner)
+	next.removeAtCleanup(t, cli, e.owner)
 	if r := sendLong(t, e.rec, e.gw, deploy(pullSpec(l.ref("team/small:1"), fleetv1.Pull_AGENT))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
 		t.Fatalf("deploy r1 = %v", r)
 	}
