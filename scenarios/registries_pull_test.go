@@ -141,3 +141,46 @@ func TestPrivateCARegistryAgentPull(t *testing.T) {
 		t.Errorf("the manifest %s is not in the agent's store", digest)
 	}
 }
+
+// TestInsecureRegistryAgentPull: a registry whose certificate nothing
+// verifies (a CA the gateway does not know), reached through a credential
+// that says insecure. Without --allow-insecure-registry naming it the agent
+// refuses, naming the setting; with it, the agent pulls.
+func TestInsecureRegistryAgentPull(t *testing.T) {
+	requireAgentPulls(t)
+	ca, _ := registry.NewCA("nobody's CA")
+	cert, err := ca.Issue("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := testimage.NewRegistry(t, testimage.WithConfig(func(c *registry.Config) { c.Certificate = &cert }))
+	img, digest := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1", Env: map[string]string{"MODE": "serve"}})
+	cred := anonymous(reg.Host)
+	cred.Insecure = true
+	spec := &fleetv1.DeploymentSpec{Name: "insecure", Revision: 1, Image: img, NetworkMode: "none",
+		PullPolicy: fleetv1.Pull_ALWAYS, Pull: &fleetv1.Pull{Mode: fleetv1.Pull_AGENT}}
+	tests := []struct {
+		name    string
+		allow   []string
+		succeed bool
+	}{
+		{"not allowed", nil, false},
+		{"allowed", []string{"--allow-insecure-registry", reg.Host}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newDeployEnv(t, "gw-insecure", brokertest.Embedded, append([]string{"--registry-certs-dir", t.TempDir(), "--pull-mode", "agent"}, tt.allow...)...)
+			testenv.RemoveOwned(t, e.cli, e.owner, reg.Host+"/")
+			if r := send(t, e.rec, e.gw, setCredentials(t, e.birth.GetPublicKey(), true, cred)); r.GetResult() != fleetv1.Reply_SUCCEEDED {
+				t.Fatalf("set insecure credential = %v", r)
+			}
+			r := sendLong(t, e.rec, e.gw, deploy(spec))
+			switch {
+			case tt.succeed && (r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != digest):
+				t.Errorf("deploy = %v, want SUCCEEDED with digest %s", r, digest)
+			case !tt.succeed && (r.GetResult() == fleetv1.Reply_SUCCEEDED || !strings.Contains(r.GetMessage(), "allow-insecure-registry")):
+				t.Errorf("deploy = %v, want refused naming --allow-insecure-registry", r)
+			}
+		})
+	}
+}
