@@ -333,6 +333,37 @@ func TestPullFaults(t *testing.T) {
 		}
 	})
 
+	t.Run("link silent for longer than the stall timeout", func(t *testing.T) {
+		requireAgentPulls(t)
+		l := newFaultLink(t, reg)
+		e := newPullEnv(t, "gw-stall", l)
+		big.removeAtCleanup(t, cli, e.owner)
+		l.proxy.StallAt(big.size / 3)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		req, err := e.rec.Send(ctx, tenant, e.gw, deploy(pullSpec(l.ref("team/big:1"), fleetv1.Pull_AGENT)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The agent gives up on the silent connections after
+		// --pull-stall-timeout (5 s here) and reconnects; the link is back.
+		testenv.Eventually(t, "a third of the image through the proxy", l.proxy.Stalled)
+		testenv.Eventually(t, "the agent noticing the stall", func() bool { return strings.Contains(e.agent.Logs(), "stall timeout") })
+		l.proxy.Resume()
+		r, err := req.Final(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != big.digest {
+			t.Fatalf("deploy after a stall = %v, want SUCCEEDED with digest %s", r, big.digest)
+		}
+		down := l.proxy.BytesDown()
+		t.Logf("%d bytes through the proxy = %.3f × the image", down, ratio(down, big.size))
+		if ratio(down, big.size) > 1.05 {
+			t.Errorf("%d bytes through the proxy = %.3f × the image, want ≤ 1.05", down, ratio(down, big.size))
+		}
+	})
+
 	t.Run("corrupt byte", func(t *testing.T) {
 		requireAgentPulls(t)
 		l := newFaultLink(t, reg)
