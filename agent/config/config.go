@@ -47,8 +47,10 @@ import (
 	"github.com/fleet-agent/fleet/agent/reconcile"
 	"github.com/fleet-agent/fleet/agent/trust"
 	"github.com/fleet-agent/fleet/internal/backoff"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/protocol/cmdsig"
 	"github.com/fleet-agent/fleet/protocol/codec"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
@@ -106,6 +108,13 @@ type Config struct {
 	TmpfsSize        int64
 	ImageTrustPolicy string
 
+	// Pull mode AGENT (issue 14): who downloads images, and how.
+	PullMode         string
+	PullBandwidth    int64
+	PullStallTimeout time.Duration
+	PullStoreMax     int64
+	AllowInsecure    []string
+
 	LogFormat string
 	LogLevel  string
 }
@@ -130,6 +139,8 @@ func defaults() Config {
 		ExpiryWarning:    time.Hour,
 		PublishHostIP:    reconcile.DefaultPublishHostIP,
 		TmpfsSize:        reconcile.DefaultTmpfsSize,
+		PullMode:         "agent",
+		PullStallTimeout: 30 * time.Second,
 		LogFormat:        "text",
 		LogLevel:         "info",
 	}
@@ -181,6 +192,11 @@ func (c *Config) flags(out io.Writer) *flag.FlagSet {
 	fs.Var(groupsValue{&c.AllowPublishIPs}, "allow-publish-host-ip", "policy: host address a spec's port may name besides --publish-host-ip; repeatable (default: none)")
 	fs.Var(sizeValue{&c.TmpfsSize}, "tmpfs-size", "policy: size of every tmpfs mount (the spec gives none), e.g. 64MiB")
 	fs.StringVar(&c.ImageTrustPolicy, "image-trust-policy", c.ImageTrustPolicy, "YAML file of the image trust policy: cosign public keys or digests that images must match before a container is created from them (default: none, every image is trusted)")
+	fs.StringVar(&c.PullMode, "pull-mode", c.PullMode, "who downloads images when a spec's pull.mode does not say: agent (into the agent's store under --state-dir/images: a cut download resumes from its last byte, also after a restart, every blob is verified by digest, --pull-bandwidth applies; the engine then pulls it from the agent on loopback) or engine (the Docker Engine pulls from the registry itself; a cut layer restarts from zero)")
+	fs.Var(rateValue{&c.PullBandwidth}, "pull-bandwidth", "cap of the agent's downloads together, e.g. 512KiB/s (default: unlimited); a spec's pull.bandwidth caps its own download further")
+	fs.DurationVar(&c.PullStallTimeout, "pull-stall-timeout", c.PullStallTimeout, "a download that receives no byte for this long is reconnected (pull mode agent)")
+	fs.Var(sizeValue{&c.PullStoreMax}, "pull-store-max", "cap of the agent's image store, e.g. 2GiB: images no deployment keeps are removed oldest first to stay under it, and a pull that cannot fit fails with NO_SPACE (default: no cap beyond the free space)")
+	fs.Var(groupsValue{&c.AllowInsecure}, "allow-insecure-registry", "policy: registry (host[:port]) whose credentials may say insecure: the agent's own pull reaches it over plain HTTP or TLS without verification, with no change to the engine's insecure-registries; repeatable (default: none)")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
 	fs.Usage = func() {
@@ -379,6 +395,25 @@ func (v groupsValue) Set(s string) error {
 	return nil
 }
 
+// rateValue is bytes per second, written as a size with an optional "/s".
+type rateValue struct{ n *int64 }
+
+func (v rateValue) String() string {
+	if v.n == nil || *v.n == 0 {
+		return ""
+	}
+	return units.BytesSize(float64(*v.n)) + "/s"
+}
+
+func (v rateValue) Set(s string) error {
+	n, err := units.RAMInBytes(strings.TrimSuffix(strings.TrimSpace(s), "/s"))
+	if err != nil || n < 0 {
+		return fmt.Errorf("%q is not a rate such as 512KiB/s or 2MiB/s (0: unlimited)", s)
+	}
+	*v.n = n
+	return nil
+}
+
 type sizeValue struct{ n *int64 }
 
 func (v sizeValue) String() string {
@@ -491,7 +526,23 @@ func (c *Config) validatePolicy(add func(string, ...any)) {
 	if c.TmpfsSize < 1<<20 {
 		add("--tmpfs-size %s: must be at least 1MiB", units.BytesSize(float64(c.TmpfsSize)))
 	}
+	if _, ok := pullModes[c.PullMode]; !ok {
+		add("--pull-mode %q: use agent or engine", c.PullMode)
+	}
+	if c.PullStallTimeout < time.Second {
+		add("--pull-stall-timeout %v: must be at least 1s", c.PullStallTimeout)
+	}
+	if c.PullStoreMax != 0 && c.PullStoreMax < 64<<20 {
+		add("--pull-store-max %s: must be at least 64MiB, or 0 for no cap", units.BytesSize(float64(c.PullStoreMax)))
+	}
+	for _, r := range c.AllowInsecure {
+		if k, err := credential.ParseRegistry(r); err != nil || k.Prefix != "" || k.Host != r {
+			add("--allow-insecure-registry %q: write a registry host as images name it, host or host:port, without a path", r)
+		}
+	}
 }
+
+var pullModes = map[string]fleetv1.Pull_Mode{"agent": fleetv1.Pull_AGENT, "engine": fleetv1.Pull_ENGINE}
 
 // Logger builds the logger the configuration asks for.
 func (c *Config) Logger(w io.Writer) *slog.Logger {
@@ -557,6 +608,8 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger, docker *engi
 			AllowedPublishHostIPs: c.AllowPublishIPs, TmpfsSize: c.TmpfsSize},
 	}
 	g.Engine, g.InsecureRegistry = docker, docker.InsecureRegistry
+	g.Pull = gateway.PullConfig{Loopback: docker, Mode: pullModes[c.PullMode], Bandwidth: c.PullBandwidth,
+		StallTimeout: c.PullStallTimeout, StoreMax: c.PullStoreMax, AllowInsecure: c.AllowInsecure}
 	if c.ImageTrustPolicy != "" {
 		p, err := trust.Load(c.ImageTrustPolicy)
 		if err != nil {

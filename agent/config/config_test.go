@@ -75,6 +75,11 @@ func TestInvalid(t *testing.T) {
 		{"allowed host ip not an address", required, map[string]string{"FLEET_ALLOW_PUBLISH_HOST_IP": "lan"}, "", `--allow-publish-host-ip "lan"`},
 		{"tmpfs size not a size", append([]string{"--tmpfs-size", "big"}, required...), nil, "", `"big" is not a size`},
 		{"tmpfs size too small", required, nil, "tmpfsSize: 1k\n", "--tmpfs-size 1KiB: must be at least 1MiB"},
+		{"pull mode unknown", append([]string{"--pull-mode", "both"}, required...), nil, "", `--pull-mode "both": use agent or engine`},
+		{"pull bandwidth not a rate", append([]string{"--pull-bandwidth", "fast"}, required...), nil, "", `"fast" is not a rate`},
+		{"stall timeout too short", required, map[string]string{"FLEET_PULL_STALL_TIMEOUT": "10ms"}, "", "--pull-stall-timeout 10ms"},
+		{"store cap too small", required, nil, "pullStoreMax: 1MiB\n", "--pull-store-max 1MiB: must be at least 64MiB"},
+		{"insecure registry with a path", append([]string{"--allow-insecure-registry", "reg.example:5000/team"}, required...), nil, "", `--allow-insecure-registry "reg.example:5000/team"`},
 		{"container network without a name", append([]string{"--allow-network", "container:"}, required...), nil, "", `--allow-network "container:"`},
 	}
 	for _, tt := range tests {
@@ -90,6 +95,23 @@ func TestInvalid(t *testing.T) {
 				t.Errorf("Load error = %v, want it to mention %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestPullSettings: the pull settings parse as the README writes them and
+// reach the gateway's configuration.
+func TestPullSettings(t *testing.T) {
+	args := append([]string{"--pull-mode", "engine", "--pull-bandwidth", "512KiB/s", "--pull-store-max", "2GiB",
+		"--allow-insecure-registry", "reg.plant:5000,10.0.0.9:5000"}, required...)
+	cfg, err := config.Load(args, func(string) (string, bool) { return "", false }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PullMode != "engine" || cfg.PullBandwidth != 512<<10 || cfg.PullStoreMax != 2<<30 || cfg.PullStallTimeout != 30*time.Second {
+		t.Errorf("pull settings %q %d %d %v", cfg.PullMode, cfg.PullBandwidth, cfg.PullStoreMax, cfg.PullStallTimeout)
+	}
+	if d := cmp.Diff([]string{"reg.plant:5000", "10.0.0.9:5000"}, cfg.AllowInsecure); d != "" {
+		t.Errorf("allowed insecure registries (-want +got):\n%s", d)
 	}
 }
 

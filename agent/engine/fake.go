@@ -1,10 +1,13 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -36,6 +39,7 @@ type Fake struct {
 	mu         sync.Mutex
 	registry   map[string]string // ref -> digest
 	images     map[string]string // ref -> digest
+	bare       map[string]bool   // refs without a repository digest (Deliver)
 	containers map[string]*fakeContainer
 	names      map[string]string
 	volumes    map[string]string // name -> owner label
@@ -54,7 +58,7 @@ type fakeContainer struct {
 // NewFake returns a fake engine for owner, with 1 TiB free and 10 MiB
 // images.
 func NewFake(owner string) *Fake {
-	return &Fake{owner: owner, Free: 1 << 40, Size: 10 << 20, registry: map[string]string{}, images: map[string]string{},
+	return &Fake{owner: owner, Free: 1 << 40, Size: 10 << 20, registry: map[string]string{}, images: map[string]string{}, bare: map[string]bool{},
 		containers: map[string]*fakeContainer{}, names: map[string]string{}, volumes: map[string]string{}, subs: map[int]chan Event{}}
 }
 
@@ -90,6 +94,14 @@ func (f *Fake) Load(ref, content string) string {
 	f.images[ref] = d
 	f.mu.Unlock()
 	return d
+}
+
+// Deliver puts an image in the engine under name with the given id and no
+// repository digest, as the agent's pull from loopback leaves it.
+func (f *Fake) Deliver(name, id string) {
+	f.mu.Lock()
+	f.images[name], f.bare[name] = id, true
+	f.mu.Unlock()
 }
 
 // Unpublish removes ref from the fake registry.
@@ -152,6 +164,9 @@ func (f *Fake) Image(_ context.Context, ref string) (string, []string, bool, err
 	if !ok {
 		return "", nil, false, nil
 	}
+	if f.bare[ref] {
+		return d, nil, true, nil
+	}
 	return d, []string{repoOf(ref) + "@" + d}, true, nil
 }
 
@@ -172,6 +187,7 @@ func (f *Fake) RemoveImage(_ context.Context, ref string) error {
 	for r, d := range f.images {
 		if r == ref || d == ref {
 			delete(f.images, r)
+			delete(f.bare, r)
 		}
 	}
 	return nil
@@ -199,8 +215,13 @@ func (f *Fake) HostOf(name string) (Host, bool) {
 func (f *Fake) Create(_ context.Context, name string, spec *fleetv1.DeploymentSpec, h Host) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, ok := f.images[spec.GetImage()]; !ok {
-		return "", fmt.Errorf("create container %s: %w: no such image %s", name, errdefs.ErrNotFound, spec.GetImage())
+	imageID, ok := f.images[spec.GetImage()]
+	if h.Image != "" {
+		imageID = h.Image
+		ok = slices.Contains(slices.Collect(maps.Values(f.images)), h.Image)
+	}
+	if !ok {
+		return "", fmt.Errorf("create container %s: %w: no such image %s", name, errdefs.ErrNotFound, cmp.Or(h.Image, spec.GetImage()))
 	}
 	if _, taken := f.names[name]; taken {
 		return "", fmt.Errorf("create container %s: the name is in use", name)
@@ -222,7 +243,7 @@ func (f *Fake) Create(_ context.Context, name string, spec *fleetv1.DeploymentSp
 	id := fmt.Sprintf("fake%060d", f.nextID)
 	f.containers[id] = &fakeContainer{
 		Container: Container{ID: id, Name: name, Deployment: spec.GetName(), Revision: spec.GetRevision(), SpecHash: SpecHash(spec)},
-		spec:      spec, host: h, state: State{ID: id, Status: "created", ImageID: f.images[spec.GetImage()]},
+		spec:      spec, host: h, state: State{ID: id, Status: "created", ImageID: imageID},
 	}
 	f.names[name] = id
 	return id, nil

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -62,6 +63,11 @@ type Host struct {
 	// spec may mount. Any other volume must carry the owner label; a
 	// missing one is created with it.
 	ForeignVolumes []string
+	// Image, when set, is what the container is created from instead of
+	// spec.Image: the engine's ID of the image the agent fetched and
+	// verified (pull mode AGENT), so that nothing retagged in between is
+	// run.
+	Image string
 }
 
 // containerConfig translates a spec into Docker's create parameters.
@@ -76,7 +82,7 @@ func containerConfig(owner string, spec *fleetv1.DeploymentSpec, h Host) (*conta
 	labels[LabelSpecHash] = SpecHash(spec)
 
 	cfg := &container.Config{
-		Image:      spec.GetImage(),
+		Image:      cmp.Or(h.Image, spec.GetImage()),
 		Cmd:        spec.GetCommand(),
 		Entrypoint: spec.GetEntrypoint(),
 		Labels:     labels,

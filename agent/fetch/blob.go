@@ -27,6 +27,10 @@ type blob struct {
 	repo   name.Repository
 	desc   v1.Descriptor
 	prog   *progress
+	// limits are the bandwidth caps this download pays (nil ones are
+	// unlimited); fetched counts the bytes it downloads.
+	limits  []*limiter
+	fetched *atomic.Int64
 }
 
 // fetch downloads the blob unless the store has it, resuming from its partial
@@ -49,7 +53,7 @@ func (b *blob) fetch(ctx context.Context) error {
 	}
 	for corrupt := 0; ; corrupt++ {
 		err := b.fetchOnce(ctx)
-		if !errors.Is(err, errDigestMismatch) {
+		if !errors.Is(err, ErrDigestMismatch) {
 			return err
 		}
 		if corrupt+1 >= b.f.cfg.MaxCorrupt {
@@ -89,7 +93,7 @@ func (b *blob) fetchOnce(ctx context.Context) error {
 		before := p.n
 		err := b.download(ctx, p)
 		last = err
-		if err == nil || errors.Is(err, errDigestMismatch) || permanent(err) || ctx.Err() != nil {
+		if err == nil || errors.Is(err, ErrDigestMismatch) || permanent(err) || ctx.Err() != nil {
 			if err != nil {
 				p.close()
 				return fmt.Errorf("blob %s: %w", b.desc.Digest, err)
@@ -171,7 +175,11 @@ func (b *blob) get(ctx context.Context, offset int64) (*http.Response, error) {
 // copy appends the body to the partial file, paying the bandwidth limiter,
 // re-arming the stall timer on each byte, and refusing more than Size bytes.
 func (b *blob) copy(ctx context.Context, p *partial, body io.Reader, timer *time.Timer) error {
-	buf := make([]byte, b.f.limiter.chunk(32<<10))
+	size := 32 << 10
+	for _, l := range b.limits {
+		size = l.chunk(size)
+	}
+	buf := make([]byte, size)
 	for {
 		timer.Reset(b.f.cfg.StallTimeout)
 		n, err := body.Read(buf)
@@ -179,15 +187,18 @@ func (b *blob) copy(ctx context.Context, p *partial, body io.Reader, timer *time
 			if p.n+int64(n) > b.desc.Size {
 				b.prog.add(-p.n)
 				p.reset()
-				return fmt.Errorf("registry sent more than %d bytes: %w", b.desc.Size, errDigestMismatch)
+				return fmt.Errorf("registry sent more than %d bytes: %w", b.desc.Size, ErrDigestMismatch)
 			}
 			if _, werr := p.Write(buf[:n]); werr != nil {
 				return fmt.Errorf("writing partial blob: %w", werr)
 			}
 			b.prog.add(int64(n))
+			b.fetched.Add(int64(n))
 			timer.Stop()
-			if lerr := b.f.limiter.wait(ctx, n); lerr != nil {
-				return lerr
+			for _, l := range b.limits {
+				if lerr := l.wait(ctx, n); lerr != nil {
+					return lerr
+				}
 			}
 		}
 		if err == io.EOF {

@@ -18,5 +18,19 @@
 // back-off until the context ends. A new Fetcher over the same directory
 // (after the agent was killed) continues from the partial files.
 //
+// Housekeeping: Lookup finds the image index.json lists under a
+// reference, and Touch marks it used (io.fleet-agent.used, also set when a
+// fetch lists it). GC drops the images a keep func refuses and removes the
+// blobs no remaining image reaches, manifests read from the store (an
+// index keeps those of its children that are there), and the partial files
+// of pulls no longer running; a digest whose download holds its lock, a
+// blob written after GC started or held by a fetch (Store.hold) stays, and
+// index.json never lists an image whose blobs are not all in the store.
+// Trim enforces a size cap: garbage first, then the least recently used
+// images the keep func refuses, one at a time, never a kept one. Usage is
+// the bytes of the blobs and partial files; Missing is what a manifest
+// still needs to download, less its partial files: the disk to reserve
+// before the first byte.
+//
 // This is the first slice: nothing in the agent calls it yet.
 package fetch

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -89,56 +90,155 @@ func New(cfg Config) (*Fetcher, error) {
 	}, nil
 }
 
-// Fetch downloads the image ref for platform (an index is resolved to the
-// platform's manifest; a zero platform means linux and the agent's
-// architecture) into the store, and returns the manifest's digest once the
-// manifest, its config and its layers are all verified in the store. It
-// retries until ctx ends; what it downloaded stays in the partial files.
+// Request is one fetch. Ref is required; a zero field means the Fetcher's
+// setting.
+type Request struct {
+	Ref string
+	// Platform picks an index's manifest; zero means linux and the
+	// agent's architecture.
+	Platform v1.Platform
+	// Keychain, Transport and NameOptions reach the registry for this
+	// fetch (the agent's credential and TLS material for Ref).
+	Keychain    authn.Keychain
+	Transport   http.RoundTripper
+	NameOptions []name.Option
+	// Bandwidth caps this fetch in bytes/s, on top of the Fetcher's cap.
+	Bandwidth int64
+	// Progress is called at most once a second.
+	Progress func(Progress)
+	// Reserve is called once the manifest is known and before the first
+	// byte of a blob is written, with the bytes still to download; an
+	// error ends the fetch with nothing written. Release is called when
+	// the fetch ends, whatever the outcome, if Reserve succeeded.
+	Reserve func(ctx context.Context, need int64) (release func(), err error)
+}
+
+// Result is a fetched image.
+type Result struct {
+	// Digest is what the reference resolved to at the registry: an
+	// index's digest for a multi-platform image, else the manifest's (the
+	// digest `docker pull` reports).
+	Digest v1.Hash
+	// Manifest is the platform's image manifest, Config its config blob:
+	// the engine's image ID once loaded.
+	Manifest, Config v1.Hash
+	// Size is the bytes of the config and the layers.
+	Size int64
+	// Fetched is the bytes downloaded by this fetch (resumed bytes from
+	// an earlier one are not counted).
+	Fetched int64
+}
+
+// Fetch downloads the image ref for platform into the store with the
+// Fetcher's settings and returns its manifest's digest; see Get.
 func (f *Fetcher) Fetch(ctx context.Context, ref string, platform v1.Platform) (v1.Hash, error) {
-	r, err := name.ParseReference(ref, f.cfg.NameOptions...)
+	res, err := f.Get(ctx, Request{Ref: ref, Platform: platform})
+	return res.Manifest, err
+}
+
+// Get downloads the image req.Ref (an index is resolved to the platform's
+// manifest) into the store, and returns once the manifest, its config and
+// its layers are all verified in the store; the store's index.json then
+// lists the reference with the descriptor it resolved to. It retries until
+// ctx ends; what it downloaded stays in the partial files.
+func (f *Fetcher) Get(ctx context.Context, req Request) (Result, error) {
+	req = f.defaults(req)
+	r, err := name.ParseReference(req.Ref, req.NameOptions...)
 	if err != nil {
-		return v1.Hash{}, fmt.Errorf("fetch %q: %w", ref, err)
-	}
-	if platform.OS == "" {
-		platform = v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
+		return Result{}, fmt.Errorf("fetch %q: %w", req.Ref, err)
 	}
 	log := f.log.With("ref", r.String())
-	if img, ok := f.local(r, platform); ok {
-		log.Info("image already in the store", "digest", img.desc.Digest)
-		return img.desc.Digest, f.cfg.Store.addImage(r.String(), img.desc)
+	if img, ok := f.local(r, req.Platform); ok {
+		err := f.cfg.Store.addImage(r.String(), img.top())
+		if err == nil {
+			log.Info("image already in the store", "digest", img.desc.Digest)
+			return img.result(0), nil
+		}
+		log.Info("image no longer whole in the store; fetching it", "err", err) // GC ran meanwhile
 	}
-	var img *resolved
-	err = f.retry(ctx, log, "resolving the manifest", func(ctx context.Context) error {
-		img, err = f.resolve(ctx, r, platform)
-		return err
-	})
+	img, err := f.resolveRetry(ctx, log, r, req)
 	if err != nil {
-		return v1.Hash{}, fmt.Errorf("fetch %s: %w", r, err)
+		return Result{}, fmt.Errorf("fetch %s: %w", r, err)
+	}
+	// Kept from the store's GC until the image is listed.
+	defer f.cfg.Store.hold(img.digests()...)()
+	if req.Reserve != nil {
+		release, err := req.Reserve(ctx, f.cfg.Store.Missing(img.manifest))
+		if err != nil {
+			return Result{}, fmt.Errorf("fetch %s: %w", r, err)
+		}
+		defer release()
 	}
 	var client *http.Client
 	err = f.retry(ctx, log, "authenticating", func(ctx context.Context) error {
-		client, err = f.client(ctx, r.Context())
+		client, err = f.client(ctx, r.Context(), req)
 		return err
 	})
 	if err != nil {
-		return v1.Hash{}, fmt.Errorf("fetch %s: %w", r, err)
+		return Result{}, fmt.Errorf("fetch %s: %w", r, err)
 	}
-	if err := f.fetchBlobs(ctx, log, client, r.Context(), img.blobs()); err != nil {
-		return v1.Hash{}, fmt.Errorf("fetch %s: %w", r, err)
+	fetched, err := f.fetchBlobs(ctx, log, client, r.Context(), img.blobs(), req)
+	if err != nil {
+		return Result{}, fmt.Errorf("fetch %s: %w", r, err)
 	}
 	if err := f.cfg.Store.put(img.desc.Digest, img.raw); err != nil {
-		return v1.Hash{}, fmt.Errorf("fetch %s: manifest: %w", r, err)
+		return Result{}, fmt.Errorf("fetch %s: manifest: %w", r, err)
 	}
 	if img.index != nil {
 		if err := f.cfg.Store.put(img.index.Digest, img.indexRaw); err != nil {
-			return v1.Hash{}, fmt.Errorf("fetch %s: index: %w", r, err)
+			return Result{}, fmt.Errorf("fetch %s: index: %w", r, err)
 		}
 	}
-	if err := f.cfg.Store.addImage(r.String(), img.desc); err != nil {
-		return v1.Hash{}, fmt.Errorf("fetch %s: %w", r, err)
+	if err := f.cfg.Store.addImage(r.String(), img.top()); err != nil {
+		return Result{}, fmt.Errorf("fetch %s: %w", r, err)
 	}
-	log.Info("image fetched", "digest", img.desc.Digest)
-	return img.desc.Digest, nil
+	log.Info("image fetched", "digest", img.desc.Digest, "bytes", fetched)
+	return img.result(fetched), nil
+}
+
+// Resolve reads what req.Ref resolves to at the registry (the digest and
+// the sizes; Fetched is 0) without downloading a blob.
+func (f *Fetcher) Resolve(ctx context.Context, req Request) (Result, error) {
+	req = f.defaults(req)
+	r, err := name.ParseReference(req.Ref, req.NameOptions...)
+	if err != nil {
+		return Result{}, fmt.Errorf("resolve %q: %w", req.Ref, err)
+	}
+	img, err := f.resolveRetry(ctx, f.log.With("ref", r.String()), r, req)
+	if err != nil {
+		return Result{}, fmt.Errorf("resolve %s: %w", r, err)
+	}
+	return img.result(0), nil
+}
+
+// defaults fills the zero fields of req with the Fetcher's settings.
+func (f *Fetcher) defaults(req Request) Request {
+	if req.Platform.OS == "" {
+		req.Platform = v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
+	}
+	if req.Keychain == nil {
+		req.Keychain = f.cfg.Keychain
+	}
+	if req.Transport == nil {
+		req.Transport = f.cfg.Transport
+	}
+	if req.NameOptions == nil {
+		req.NameOptions = f.cfg.NameOptions
+	}
+	if req.Progress == nil {
+		req.Progress = f.cfg.Progress
+	}
+	return req
+}
+
+func (f *Fetcher) resolveRetry(ctx context.Context, log *slog.Logger, r name.Reference, req Request) (*resolved, error) {
+	var img *resolved
+	err := f.retry(ctx, log, "resolving the manifest", func(ctx context.Context) error {
+		var err error
+		img, err = f.resolve(ctx, r, req)
+		return err
+	})
+	return img, err
 }
 
 // resolved is an image manifest read from the registry, and the index it
@@ -156,11 +256,40 @@ func (r *resolved) blobs() []v1.Descriptor {
 	return append([]v1.Descriptor{r.manifest.Config}, r.manifest.Layers...)
 }
 
+// digests are every blob of the image, its manifest and index included.
+func (r *resolved) digests() []v1.Hash {
+	hs := []v1.Hash{r.desc.Digest}
+	if r.index != nil {
+		hs = append(hs, r.index.Digest)
+	}
+	for _, b := range r.blobs() {
+		hs = append(hs, b.Digest)
+	}
+	return hs
+}
+
+// top is the descriptor the reference resolved to: the index, if any.
+func (r *resolved) top() v1.Descriptor {
+	if r.index != nil {
+		return *r.index
+	}
+	return r.desc
+}
+
+func (r *resolved) result(fetched int64) Result {
+	res := Result{Digest: r.top().Digest, Manifest: r.desc.Digest, Config: r.manifest.Config.Digest, Fetched: fetched}
+	for _, b := range r.blobs() {
+		res.Size += b.Size
+	}
+	return res
+}
+
 // resolve reads the manifest of ref, going through an index to the
 // platform's manifest.
-func (f *Fetcher) resolve(ctx context.Context, ref name.Reference, platform v1.Platform) (*resolved, error) {
-	desc, err := remote.Get(ref, remote.WithContext(ctx), remote.WithAuthFromKeychain(f.cfg.Keychain),
-		remote.WithTransport(f.cfg.Transport), remote.WithPlatform(platform))
+func (f *Fetcher) resolve(ctx context.Context, ref name.Reference, req Request) (*resolved, error) {
+	platform := req.Platform
+	desc, err := remote.Get(ref, remote.WithContext(ctx), remote.WithAuthFromKeychain(req.Keychain),
+		remote.WithTransport(req.Transport), remote.WithPlatform(platform))
 	if err != nil {
 		return nil, err
 	}
@@ -194,12 +323,12 @@ func (f *Fetcher) resolve(ctx context.Context, ref name.Reference, platform v1.P
 
 // client is an HTTP client for the blobs of repo: authenticated with the
 // keychain's credentials for it (Bearer token flow included).
-func (f *Fetcher) client(ctx context.Context, repo name.Repository) (*http.Client, error) {
-	auth, err := authn.Resolve(ctx, f.cfg.Keychain, repo)
+func (f *Fetcher) client(ctx context.Context, repo name.Repository, req Request) (*http.Client, error) {
+	auth, err := authn.Resolve(ctx, req.Keychain, repo)
 	if err != nil {
 		return nil, fmt.Errorf("credentials for %s: %w", repo.RegistryStr(), err)
 	}
-	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, f.cfg.Transport,
+	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, req.Transport,
 		[]string{repo.Scope(transport.PullScope)})
 	if err != nil {
 		return nil, err
@@ -207,10 +336,16 @@ func (f *Fetcher) client(ctx context.Context, repo name.Repository) (*http.Clien
 	return &http.Client{Transport: rt}, nil
 }
 
-// fetchBlobs downloads the blobs not yet in the store, Parallel at a time.
-// It returns the first error after every download has stopped.
-func (f *Fetcher) fetchBlobs(ctx context.Context, log *slog.Logger, client *http.Client, repo name.Repository, blobs []v1.Descriptor) error {
-	prog := &progress{fn: f.cfg.Progress}
+// fetchBlobs downloads the blobs not yet in the store, Parallel at a time,
+// and returns the bytes it downloaded. It returns the first error after
+// every download has stopped.
+func (f *Fetcher) fetchBlobs(ctx context.Context, log *slog.Logger, client *http.Client, repo name.Repository, blobs []v1.Descriptor, req Request) (int64, error) {
+	prog := &progress{fn: req.Progress}
+	limits := []*limiter{f.limiter}
+	if own := newLimiter(req.Bandwidth); own != nil {
+		limits = append(limits, own)
+	}
+	var fetched atomic.Int64
 	for _, b := range blobs {
 		prog.total += b.Size
 	}
@@ -237,7 +372,7 @@ func (f *Fetcher) fetchBlobs(ctx context.Context, log *slog.Logger, client *http
 				errOnce.Do(func() { firstErr = ctx.Err() })
 				return
 			}
-			bl := &blob{f: f, log: log.With("digest", b.Digest), client: client, repo: repo, desc: b, prog: prog}
+			bl := &blob{f: f, log: log.With("digest", b.Digest), client: client, repo: repo, desc: b, prog: prog, limits: limits, fetched: &fetched}
 			if err := bl.fetch(ctx); err != nil {
 				errOnce.Do(func() { firstErr = err })
 				cancel()
@@ -245,7 +380,7 @@ func (f *Fetcher) fetchBlobs(ctx context.Context, log *slog.Logger, client *http
 		})
 	}
 	wg.Wait()
-	return firstErr
+	return fetched.Load(), firstErr
 }
 
 // retry calls op until it succeeds, fails for good, or ctx ends. op makes

@@ -138,7 +138,7 @@ func checkStore(t *testing.T, dir string, digest v1.Hash, img v1.Image) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := lp.Image(digest)
+	got, err := layoutImage(lp, digest)
 	if err != nil {
 		t.Fatalf("image %s not in the layout: %v", digest, err)
 	}
@@ -149,6 +149,33 @@ func checkStore(t *testing.T, dir string, digest v1.Hash, img v1.Image) {
 	if left, _ := os.ReadDir(filepath.Join(dir, "partial")); len(left) != 0 {
 		t.Errorf("partial files left after a complete fetch: %v", left)
 	}
+}
+
+// layoutImage finds the image with manifest digest h in the layout: listed
+// in index.json, or a child of an index listed there (a multi-platform
+// image is listed by its index).
+func layoutImage(lp layout.Path, h v1.Hash) (v1.Image, error) {
+	ii, err := lp.ImageIndex()
+	if err != nil {
+		return nil, err
+	}
+	im, err := ii.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range im.Manifests {
+		if d.Digest == h {
+			return ii.Image(h)
+		}
+		if d.MediaType.IsIndex() {
+			if child, err := ii.ImageIndex(d.Digest); err == nil {
+				if img, err := child.Image(h); err == nil {
+					return img, nil
+				}
+			}
+		}
+	}
+	return nil, fmt.Errorf("manifest %s is not listed in index.json, nor in an index it lists", h)
 }
 
 func checkBlobsVerified(t *testing.T, dir string) {
@@ -601,7 +628,7 @@ func TestFetchGivesUpOnACorruptBlob(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	_, err = f.Fetch(ctx, host+"/test/img:v1", v1.Platform{})
-	if !errors.Is(err, errDigestMismatch) {
+	if !errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("Fetch = %v, want a digest mismatch", err)
 	}
 	if got := c.gets.Load(); got != 2 {

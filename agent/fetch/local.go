@@ -33,11 +33,14 @@ func (f *Fetcher) local(ref name.Reference, platform v1.Platform) (img *resolved
 		return nil, false
 	}
 	desc := v1.Descriptor{MediaType: head.MediaType, Size: int64(len(raw)), Digest: h}
+	var index *v1.Descriptor
+	var indexRaw []byte
 	if head.MediaType.IsIndex() || head.Manifests != nil {
 		child, found := childFor(head.Manifests, platform)
 		if !found || !f.cfg.Store.Has(child.Digest) {
 			return nil, false
 		}
+		index, indexRaw = &v1.Descriptor{MediaType: head.MediaType, Size: int64(len(raw)), Digest: h}, raw
 		if raw, err = f.cfg.Store.Path().Bytes(child.Digest); err != nil {
 			return nil, false
 		}
@@ -47,7 +50,7 @@ func (f *Fetcher) local(ref name.Reference, platform v1.Platform) (img *resolved
 	if err != nil {
 		return nil, false
 	}
-	img = &resolved{desc: desc, raw: raw, manifest: m}
+	img = &resolved{desc: desc, raw: raw, manifest: m, index: index, indexRaw: indexRaw}
 	for _, b := range img.blobs() {
 		if !f.cfg.Store.Has(b.Digest) {
 			return nil, false

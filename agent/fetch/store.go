@@ -13,19 +13,26 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+
+	"github.com/fleet-agent/fleet/internal/errdefs"
 )
 
-// errDigestMismatch marks a blob whose bytes do not hash to its digest (or
+// ErrDigestMismatch marks a blob whose bytes do not hash to its digest (or
 // are longer than its size): the bytes are discarded and fetched again.
-var errDigestMismatch = errors.New("digest mismatch")
+var ErrDigestMismatch = errors.New("digest mismatch")
 
 // RefNameAnnotation names the reference an image was fetched as in the
 // layout's index.json.
 const RefNameAnnotation = "org.opencontainers.image.ref.name"
+
+// UsedAnnotation is when an image was last added or touched (RFC 3339, UTC)
+// in index.json: Trim removes the least recently used first.
+const UsedAnnotation = "io.fleet-agent.used"
 
 // Store is a content-addressed store in an OCI image layout: committed blobs
 // in <dir>/blobs/sha256/<hex>, fetched images listed in <dir>/index.json
@@ -33,9 +40,16 @@ const RefNameAnnotation = "org.opencontainers.image.ref.name"
 // A blob enters blobs/ only after its sha256 matched its digest.
 type Store struct {
 	dir string
+	now func() time.Time
 
-	mu    sync.Mutex // guards index.json writes and locks
+	// idx is held while index.json is read and rewritten, and by GC from
+	// reading index.json to the end of its sweep, so that an image is
+	// listed either before GC marks or after it has removed its blobs.
+	idx sync.Mutex
+
+	mu    sync.Mutex // guards locks and holds
 	locks map[v1.Hash]chan struct{}
+	holds map[v1.Hash]int
 }
 
 // NewStore opens the store under dir, making the layout if it is not there.
@@ -55,7 +69,7 @@ func NewStore(dir string) (*Store, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("fetch store: %w", err)
 	}
-	return &Store{dir: dir, locks: map[v1.Hash]chan struct{}{}}, nil
+	return &Store{dir: dir, now: time.Now, locks: map[v1.Hash]chan struct{}{}, holds: map[v1.Hash]int{}}, nil
 }
 
 // Path is the OCI layout of the store, for reading images from it.
@@ -90,6 +104,92 @@ func (s *Store) lock(ctx context.Context, h v1.Hash) (func(), error) {
 		return func() { <-ch }, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// tryLock takes the lock of h if it is free: ok is false while a download
+// (or a put) of h holds it.
+func (s *Store) tryLock(h v1.Hash) (unlock func(), ok bool) {
+	s.mu.Lock()
+	ch, found := s.locks[h]
+	if !found {
+		ch = make(chan struct{}, 1)
+		s.locks[h] = ch
+	}
+	s.mu.Unlock()
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, true
+	default:
+		return nil, false
+	}
+}
+
+// Usage is the bytes of the committed blobs and the partial files.
+func (s *Store) Usage() (int64, error) {
+	var total int64
+	for _, d := range []string{filepath.Join(s.dir, "blobs", "sha256"), filepath.Join(s.dir, "partial")} {
+		entries, err := os.ReadDir(d)
+		if err != nil {
+			return 0, fmt.Errorf("store usage: %w", err)
+		}
+		for _, e := range entries {
+			fi, err := e.Info()
+			if errors.Is(err, os.ErrNotExist) {
+				continue // committed or removed since ReadDir
+			}
+			if err != nil {
+				return 0, fmt.Errorf("store usage: %w", err)
+			}
+			if fi.Mode().IsRegular() {
+				total += fi.Size()
+			}
+		}
+	}
+	return total, nil
+}
+
+// Missing is how many bytes fetching m's config and layers still has to
+// download: the blobs not in the store, less the bytes their partial files
+// hold (a partial file longer than its blob counts for nothing: the fetch
+// starts it again). The disk to reserve before the first byte.
+func (s *Store) Missing(m *v1.Manifest) (need int64) {
+	seen := map[v1.Hash]bool{}
+	for _, b := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+		if seen[b.Digest] || s.Has(b.Digest) {
+			continue
+		}
+		seen[b.Digest] = true
+		need += b.Size
+		if fi, err := os.Stat(s.partialPath(b.Digest)); err == nil && fi.Size() <= b.Size {
+			need -= fi.Size()
+		}
+	}
+	return need
+}
+
+// hold keeps the blobs hs (and their partial files) from GC until release
+// is called, though no image lists them yet: a fetch holds its image's
+// blobs from before it checks which are in the store until it has listed
+// the image. GC checks the holds and removes a file under s.mu, so a blob
+// is either removed before hold returns or kept.
+func (s *Store) hold(hs ...v1.Hash) (release func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, h := range hs {
+		s.holds[h]++
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			for _, h := range hs {
+				if s.holds[h]--; s.holds[h] <= 0 {
+					delete(s.holds, h)
+				}
+			}
+		})
 	}
 }
 
@@ -156,7 +256,7 @@ func (p *partial) discard() error {
 
 // commit moves a complete partial file into blobs/ if its bytes hash to h:
 // fsync, rename, fsync of the directory. On a mismatch the partial file is
-// deleted and the error wraps errDigestMismatch. The partial is closed in
+// deleted and the error wraps ErrDigestMismatch. The partial is closed in
 // every case.
 func (s *Store) commit(p *partial, h v1.Hash, size int64) error {
 	got := "sha256:" + hex.EncodeToString(p.sum.Sum(nil))
@@ -164,7 +264,7 @@ func (s *Store) commit(p *partial, h v1.Hash, size int64) error {
 		if err := p.discard(); err != nil {
 			return err
 		}
-		return fmt.Errorf("blob %s: got %d bytes hashing to %s, want %d bytes: %w", h, p.n, got, size, errDigestMismatch)
+		return fmt.Errorf("blob %s: got %d bytes hashing to %s, want %d bytes: %w", h, p.n, got, size, ErrDigestMismatch)
 	}
 	if err := p.f.Sync(); err != nil {
 		p.f.Close()
@@ -185,6 +285,14 @@ func (s *Store) put(h v1.Hash, b []byte) error {
 	if s.Has(h) {
 		return nil
 	}
+	unlock, err := s.lock(context.Background(), h)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if s.Has(h) {
+		return nil
+	}
 	p, err := s.openPartial(h)
 	if err != nil {
 		return err
@@ -200,18 +308,26 @@ func (s *Store) put(h v1.Hash, b []byte) error {
 	return s.commit(p, h, int64(len(b)))
 }
 
-// addImage lists the manifest in index.json under ref, replacing an earlier
-// entry for the same reference. index.json is written atomically.
+// addImage lists the manifest (or index) in index.json under ref, replacing
+// an earlier entry for the same reference, and marks it used now. A
+// manifest whose config or layers are not all in the store is refused
+// (errdefs.ErrNotFound): GC may have removed a blob the fetch found in the
+// store before it listed the image; fetching again brings it back.
+// index.json is written atomically.
 func (s *Store) addImage(ref string, desc v1.Descriptor) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	idx, err := s.Path().ImageIndex()
+	s.idx.Lock()
+	defer s.idx.Unlock()
+	missing, err := s.mark(desc, map[v1.Hash]bool{})
 	if err != nil {
-		return fmt.Errorf("reading the store's index.json: %w", err)
+		return fmt.Errorf("listing %s: %w", ref, err)
 	}
-	im, err := idx.IndexManifest()
+	if len(missing) > 0 {
+		return fmt.Errorf("listing %s (%s): %d blobs are not in the store, the first %s: %w",
+			ref, desc.Digest, len(missing), missing[0], errdefs.ErrNotFound)
+	}
+	im, err := s.readIndex()
 	if err != nil {
-		return fmt.Errorf("reading the store's index.json: %w", err)
+		return err
 	}
 	kept := im.Manifests[:0]
 	for _, d := range im.Manifests {
@@ -219,8 +335,61 @@ func (s *Store) addImage(ref string, desc v1.Descriptor) error {
 			kept = append(kept, d)
 		}
 	}
-	desc.Annotations = map[string]string{RefNameAnnotation: ref}
+	desc.Annotations = map[string]string{RefNameAnnotation: ref, UsedAnnotation: s.usedNow()}
 	im.Manifests = append(kept, desc)
+	return s.writeIndex(im)
+}
+
+// Lookup is the entry of index.json named ref (as Fetch listed it: the
+// parsed reference's String), if there is one.
+func (s *Store) Lookup(ref string) (v1.Descriptor, bool, error) {
+	im, err := s.readIndex()
+	if err != nil {
+		return v1.Descriptor{}, false, err
+	}
+	for _, d := range im.Manifests {
+		if d.Annotations[RefNameAnnotation] == ref {
+			return d, true, nil
+		}
+	}
+	return v1.Descriptor{}, false, nil
+}
+
+// Touch marks the image listed as ref used now, so that Trim removes it
+// after the images used before it. errdefs.ErrNotFound if it is not listed.
+func (s *Store) Touch(ref string) error {
+	s.idx.Lock()
+	defer s.idx.Unlock()
+	im, err := s.readIndex()
+	if err != nil {
+		return err
+	}
+	for i, d := range im.Manifests {
+		if d.Annotations[RefNameAnnotation] == ref && ref != "" {
+			im.Manifests[i].Annotations[UsedAnnotation] = s.usedNow()
+			return s.writeIndex(im)
+		}
+	}
+	return fmt.Errorf("touching %q: no such image in the store: %w", ref, errdefs.ErrNotFound)
+}
+
+func (s *Store) usedNow() string { return s.now().UTC().Format(time.RFC3339Nano) }
+
+func (s *Store) readIndex() (*v1.IndexManifest, error) {
+	f, err := os.Open(filepath.Join(s.dir, "index.json"))
+	if err != nil {
+		return nil, fmt.Errorf("reading the store's index.json: %w", err)
+	}
+	defer f.Close()
+	im, err := v1.ParseIndexManifest(f)
+	if err != nil {
+		return nil, fmt.Errorf("reading the store's index.json: %w", err)
+	}
+	return im, nil
+}
+
+// writeIndex replaces index.json; s.idx must be held.
+func (s *Store) writeIndex(im *v1.IndexManifest) error {
 	b, err := json.MarshalIndent(im, "", "   ")
 	if err != nil {
 		return fmt.Errorf("encoding index.json: %w", err)

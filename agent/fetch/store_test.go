@@ -26,9 +26,9 @@ func TestStoreCommit(t *testing.T) {
 	}{
 		{name: "whole", writes: [][]byte{good}},
 		{name: "resumed after a reopen", writes: [][]byte{good[:5], good[5:]}},
-		{name: "a flipped byte", writes: [][]byte{append([]byte("T"), good[1:]...)}, wantErr: errDigestMismatch},
-		{name: "short", writes: [][]byte{good[:5]}, wantErr: errDigestMismatch},
-		{name: "long", writes: [][]byte{good, []byte("!")}, wantErr: errDigestMismatch},
+		{name: "a flipped byte", writes: [][]byte{append([]byte("T"), good[1:]...)}, wantErr: ErrDigestMismatch},
+		{name: "short", writes: [][]byte{good[:5]}, wantErr: ErrDigestMismatch},
+		{name: "long", writes: [][]byte{good, []byte("!")}, wantErr: ErrDigestMismatch},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

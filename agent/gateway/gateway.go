@@ -22,6 +22,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleet-agent/fleet/agent/command"
+	"github.com/fleet-agent/fleet/agent/delivery"
+	"github.com/fleet-agent/fleet/agent/fetch"
 	"github.com/fleet-agent/fleet/agent/handlers"
 	"github.com/fleet-agent/fleet/agent/hostinfo"
 	"github.com/fleet-agent/fleet/agent/mqttlink"
@@ -67,6 +69,8 @@ type Config struct {
 	OnConnect  func()
 	Policy     reconcile.Policy
 	ImageGC    bool
+	// Pull configures pull mode AGENT.
+	Pull PullConfig
 	// TrustPolicy, when set, is the image trust policy every image is
 	// checked against before a container is created from it.
 	TrustPolicy *trust.Policy
@@ -106,6 +110,25 @@ type Config struct {
 	Simulated bool
 	Logger    *slog.Logger
 	Now       func() time.Time
+}
+
+// PullConfig configures pull mode AGENT: the agent downloads images into
+// its store under StateDir/images (agent/delivery).
+type PullConfig struct {
+	// Loopback is the engine's pull from a registry the agent serves on
+	// loopback; nil (simulated gateways) leaves every pull to the engine.
+	Loopback delivery.Engine
+	// Mode is the default of specs that leave pull.mode unspecified.
+	Mode fleetv1.Pull_Mode
+	// Bandwidth caps the downloads together, bytes/s (0: unlimited).
+	Bandwidth int64
+	// StallTimeout reconnects a download silent this long (0: 30 s).
+	StallTimeout time.Duration
+	// StoreMax caps the store's size (0: no cap).
+	StoreMax int64
+	// AllowInsecure lists the registries whose credentials may say
+	// insecure.
+	AllowInsecure []string
 }
 
 // Gateway is a running agent.
@@ -198,6 +221,23 @@ func New(cfg Config) (*Gateway, error) {
 	return g, nil
 }
 
+// delivery opens the agent's image store under StateDir/images and
+// returns pull mode AGENT over it.
+func (g *Gateway) delivery() (*delivery.Delivery, error) {
+	pc := g.cfg.Pull
+	st, err := fetch.NewStore(filepath.Join(g.cfg.StateDir, "images"))
+	if err != nil {
+		return nil, err
+	}
+	log := g.cfg.Logger.With("component", "delivery")
+	f, err := fetch.New(fetch.Config{Store: st, Bandwidth: pc.Bandwidth, StallTimeout: pc.StallTimeout, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return delivery.New(delivery.Config{Store: st, Fetcher: f, Engine: pc.Loopback, Access: g.keychain.Remote,
+		MaxBytes: pc.StoreMax, Logger: log})
+}
+
 // build makes the gateway's parts: keys, keychain, reconciler, and the
 // command processor with its handlers.
 func (g *Gateway) build() error {
@@ -208,8 +248,8 @@ func (g *Gateway) build() error {
 	}
 	g.keychain, err = regauth.NewKeychain(regauth.KeychainConfig{Store: g.store, Cipher: g.keys,
 		CertsDir: cfg.RegistryCertsDir, ExpiryWarning: cfg.ExpiryWarning, Event: g.event, Insecure: cfg.InsecureRegistry,
-		ECRToken: cfg.ECRToken,
-		Logger:   cfg.Logger.With("component", "regauth"), Now: cfg.Now})
+		ECRToken: cfg.ECRToken, AllowInsecure: cfg.Pull.AllowInsecure,
+		Logger: cfg.Logger.With("component", "regauth"), Now: cfg.Now})
 	if err != nil {
 		return err
 	}
@@ -220,6 +260,13 @@ func (g *Gateway) build() error {
 	}
 	if cfg.TrustPolicy != nil {
 		rcfg.Trust = trust.NewVerifier(cfg.TrustPolicy, g.keychain.Remote).Check
+	}
+	if cfg.Pull.Loopback != nil {
+		d, err := g.delivery()
+		if err != nil {
+			return err
+		}
+		rcfg.Delivery, rcfg.PullMode = d, cfg.Pull.Mode
 	}
 	g.rec, err = reconcile.New(rcfg)
 	if err != nil {

@@ -28,6 +28,7 @@ type Deployments interface {
 	Start(ctx context.Context, name string, accepted func()) (*fleetv1.DeploymentStatus, error)
 	Restart(ctx context.Context, name string, accepted func()) (*fleetv1.DeploymentStatus, error)
 	Remove(ctx context.Context, name string, removeImage bool) error
+	Prefetch(ctx context.Context, spec *fleetv1.DeploymentSpec, accepted func()) (*fleetv1.DeploymentStatus, error)
 }
 
 // Credentials is what the credential verbs call (regauth.Keychain).
@@ -63,6 +64,7 @@ func New(cfg Config) (map[topic.Verb]command.Handler, error) {
 		topic.SetCredentials:    h.setCredentials,
 		topic.DeleteCredentials: h.deleteCredentials,
 		topic.CheckRegistry:     h.checkRegistry,
+		topic.Prefetch:          h.prefetch,
 	}, nil
 }
 
@@ -76,6 +78,17 @@ func (h handlers) deploy(ctx context.Context, x *command.Exec) error {
 	return detachOnAccept(ctx, x, func(ctx context.Context, accepted func()) (*fleetv1.DeploymentStatus, error) {
 		st, err := h.cfg.Deployments.Apply(ctx, spec, accepted)
 		return st, under("deploy", err, "")
+	})
+}
+
+func (h handlers) prefetch(ctx context.Context, x *command.Exec) error {
+	spec := x.Command.GetPrefetch().GetSpec()
+	if spec == nil {
+		return errdefs.Invalid("prefetch.spec", "is missing; a prefetch command carries the deployment spec under prefetch.spec")
+	}
+	return detachOnAccept(ctx, x, func(ctx context.Context, accepted func()) (*fleetv1.DeploymentStatus, error) {
+		st, err := h.cfg.Deployments.Prefetch(ctx, spec, accepted)
+		return st, under("prefetch", err, "")
 	})
 }
 

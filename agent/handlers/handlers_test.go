@@ -54,6 +54,14 @@ func (d *deployments) Restart(_ context.Context, name string, _ func()) (*fleetv
 
 func (d *deployments) Remove(context.Context, string, bool) error { return nil }
 
+func (d *deployments) Prefetch(_ context.Context, spec *fleetv1.DeploymentSpec, accepted func()) (*fleetv1.DeploymentStatus, error) {
+	if spec.GetName() == "bad" {
+		return nil, errdefs.Invalid("spec.name", "bad name")
+	}
+	accepted()
+	return &fleetv1.DeploymentStatus{Name: spec.GetName(), ImageDigest: "sha256:prefetched"}, nil
+}
+
 // credentials is a fake keychain that records what it was given.
 type credentials struct {
 	mu  sync.Mutex
@@ -175,6 +183,17 @@ func TestDeployDetachesOnceAccepted(t *testing.T) {
 	}
 }
 
+// TestPrefetchAnswered: prefetch is a long command: ACCEPTED, then the
+// final reply with the digest in its status.
+func TestPrefetchAnswered(t *testing.T) {
+	e := newEnv(t, false)
+	e.send(t, &fleetv1.Command{Id: "p1", Body: &fleetv1.Command_Prefetch{Prefetch: &fleetv1.Prefetch{Spec: &fleetv1.DeploymentSpec{Name: "web"}}}})
+	rs := e.await(t, "p1", 2)
+	if rs[0].GetResult() != fleetv1.Reply_ACCEPTED || rs[1].GetResult() != fleetv1.Reply_SUCCEEDED || rs[1].GetStatus().GetImageDigest() != "sha256:prefetched" {
+		t.Errorf("replies %v, want ACCEPTED then SUCCEEDED with the digest", rs)
+	}
+}
+
 // TestInputErrorsNameCommandFields: errors of the domain name their
 // field under the verb's body, rejections come without ACCEPTED.
 func TestInputErrorsNameCommandFields(t *testing.T) {
@@ -196,6 +215,8 @@ func TestInputErrorsNameCommandFields(t *testing.T) {
 		{"plaintext credentials refused", true, &fleetv1.Command{Body: plain}, fleetv1.Reply_POLICY_DENIED, "setCredentials.credentials"},
 		{"sealed box that does not open", false, &fleetv1.Command{Body: sealed("garbage")}, fleetv1.Reply_INVALID_ARGUMENT, "setCredentials.sealed"},
 		{"delete of an unknown registry", false, &fleetv1.Command{Body: &fleetv1.Command_DeleteCredentials{DeleteCredentials: &fleetv1.DeleteCredentials{Registries: []string{"x"}}}}, fleetv1.Reply_INVALID_ARGUMENT, "deleteCredentials.registries[0]"},
+		{"prefetch without spec", false, &fleetv1.Command{Body: &fleetv1.Command_Prefetch{Prefetch: &fleetv1.Prefetch{}}}, fleetv1.Reply_INVALID_ARGUMENT, "prefetch.spec"},
+		{"prefetch rejected", false, &fleetv1.Command{Body: &fleetv1.Command_Prefetch{Prefetch: &fleetv1.Prefetch{Spec: &fleetv1.DeploymentSpec{Name: "bad"}}}}, fleetv1.Reply_INVALID_ARGUMENT, "prefetch.spec.name"},
 		{"check of a bad image", false, &fleetv1.Command{Body: &fleetv1.Command_CheckRegistry{CheckRegistry: &fleetv1.CheckRegistry{Image: "X"}}}, fleetv1.Reply_INVALID_ARGUMENT, "checkRegistry.image"},
 	}
 	for i, tt := range tests {

@@ -55,6 +55,9 @@ type Store interface {
 	TrackPulledImage(id, ref string) error
 	PulledImages() (map[string]string, error)
 	UntrackImage(id string) error
+	StageImage(name string, img store.Staged) error
+	StagedImages() (map[string]store.Staged, error)
+	UnstageImage(name string) error
 }
 
 // Config configures a Reconciler.
@@ -73,6 +76,12 @@ type Config struct {
 	// resolves to against the gateway's image trust policy before it is
 	// pulled and before a container is created from it (agent/trust).
 	Trust func(ctx context.Context, image, digest string) error
+	// Delivery pulls images through the agent's own store (pull mode
+	// AGENT); nil: the engine pulls every image itself.
+	Delivery Delivery
+	// PullMode is the pull mode of specs that leave it unspecified
+	// (--pull-mode); UNSPECIFIED means AGENT when Delivery is set.
+	PullMode fleetv1.Pull_Mode
 	// ImageGC removes images the agent pulled that no deployment keeps
 	// (each keeps the image of its current and of its previous revision).
 	// Images the agent did not pull (loaded or built by an operator, used
@@ -227,20 +236,23 @@ func (r *Reconciler) rollout(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 	if err != nil {
 		return fail(fleetv1.DeploymentStatus_FAILED, err)
 	}
-	imageID, repoDigests, _, err := r.cfg.Engine.Image(ctx, spec.GetImage())
+	imageID, digests, _, err := r.localImage(ctx, spec)
 	if err != nil {
 		return fail(fleetv1.DeploymentStatus_FAILED, err)
 	}
 	if vouched != "" {
-		if !slices.ContainsFunc(repoDigests, func(d string) bool { return strings.HasSuffix(d, "@"+vouched) }) {
-			return fail(fleetv1.DeploymentStatus_FAILED, fmt.Errorf("%w: %s changed while it was verified (the policy vouched for %s, the engine has %s); deploy again",
-				errdefs.ErrUntrustedImage, spec.GetImage(), vouched, strings.Join(repoDigests, ", ")))
+		if !slices.Contains(digests, vouched) {
+			return fail(fleetv1.DeploymentStatus_FAILED, changedErr(spec, vouched, digests))
 		}
 		digest = vouched
 	}
 	st.ImageDigest, st.PullProgress = digest, nil
 
-	id, err := r.create(ctx, spec, st, existing)
+	createFrom := ""
+	if r.agentPull(spec) {
+		createFrom = imageID // exactly the image verified, whatever the name says by now
+	}
+	id, err := r.create(ctx, spec, st, existing, createFrom)
 	if err != nil {
 		return fail(fleetv1.DeploymentStatus_FAILED, err)
 	}
@@ -263,7 +275,7 @@ func (r *Reconciler) rollout(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 
 // create creates the new revision's container (CREATING), replacing one
 // left over from an interrupted attempt.
-func (r *Reconciler) create(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus, existing []engine.Container) (string, error) {
+func (r *Reconciler) create(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus, existing []engine.Container, image string) (string, error) {
 	st.Phase = fleetv1.DeploymentStatus_CREATING
 	r.publish(ctx, st)
 	newName := engine.ContainerName(spec.GetName(), spec.GetRevision())
@@ -280,6 +292,7 @@ func (r *Reconciler) create(ctx context.Context, spec *fleetv1.DeploymentSpec, s
 	if err != nil {
 		return "", err
 	}
+	host.Image = image
 	id, err := r.cfg.Engine.Create(ctx, newName, spec, host)
 	if err != nil {
 		return "", err
@@ -336,6 +349,10 @@ func (r *Reconciler) recordImage(name, id, ref string, pulled bool) {
 	if id == "" {
 		return
 	}
+	// A prefetched image is now kept as the deployment's, or replaced.
+	if err := r.cfg.Store.UnstageImage(name); err != nil {
+		r.log.Warn("forget prefetched image", "deployment", name, "err", err)
+	}
 	if pulled {
 		if err := r.cfg.Store.TrackPulledImage(id, ref); err != nil {
 			r.log.Warn("track pulled image", "image", ref, "err", err)
@@ -361,6 +378,13 @@ func (r *Reconciler) kept() (map[string]bool, error) {
 	for _, d := range all {
 		keep[d.ImageID], keep[d.PreviousImageID] = true, true
 	}
+	staged, err := r.cfg.Store.StagedImages()
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range staged {
+		keep[s.ID] = true
+	}
 	return keep, nil
 }
 
@@ -370,6 +394,7 @@ func (r *Reconciler) gc(ctx context.Context) {
 	if r.cfg.ImageGC {
 		r.removeImages(ctx, nil)
 	}
+	r.gcStore(ctx)
 }
 
 // removeImages removes images the agent pulled that no deployment keeps:
@@ -464,7 +489,7 @@ func (r *Reconciler) trusted(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 	if _, d, ok := strings.Cut(ref, "@"); ok {
 		digest = d
 	} else {
-		_, local, found, err := r.cfg.Engine.Image(ctx, ref)
+		_, local, found, err := r.localImage(ctx, spec)
 		if err != nil {
 			return "", err
 		}
@@ -473,18 +498,14 @@ func (r *Reconciler) trusted(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 		case policy == fleetv1.Pull_NEVER && !found:
 			return "", nil // ensureImage refuses it, naming pullPolicy
 		case policy == fleetv1.Pull_NEVER:
-			digest = firstDigest(local)
+			digest = first(local)
 		default:
-			auth, err := r.cfg.Auth(ctx, ref)
-			if err != nil {
-				return "", err
-			}
-			digest, err = r.cfg.Engine.RemoteDigest(ctx, ref, auth)
+			digest, err = r.remoteDigest(ctx, spec)
 			if err != nil && (!found || policy == fleetv1.Pull_ALWAYS) {
 				return "", err
 			}
 			if err != nil {
-				digest = firstDigest(local)
+				digest = first(local)
 			}
 		}
 	}
@@ -495,11 +516,12 @@ func (r *Reconciler) trusted(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 }
 
 // ensureImage makes the image present according to the pull policy and
-// returns its repository digest when known, and whether the agent pulled
-// it: the pull brought an image the engine did not have under ref.
+// returns its registry digest when known, and whether the agent pulled
+// it: the pull brought an image the engine did not have under its name.
+// A nil st publishes no progress (a prefetch).
 func (r *Reconciler) ensureImage(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus) (digest string, pulled bool, err error) {
 	ref := spec.GetImage()
-	before, digests, found, err := r.cfg.Engine.Image(ctx, ref)
+	before, digests, found, err := r.localImage(ctx, spec)
 	if err != nil {
 		return "", false, err
 	}
@@ -509,44 +531,44 @@ func (r *Reconciler) ensureImage(ctx context.Context, spec *fleetv1.DeploymentSp
 		return "", false, &errdefs.FieldError{Field: specField + ".pullPolicy", Kind: errdefs.ErrNotFound,
 			Msg: sprintf("image %s is not on the gateway and pullPolicy is NEVER; load it or use IF_NOT_PRESENT", ref)}
 	case policy == fleetv1.Pull_NEVER:
-		return firstDigest(digests), false, nil
+		return first(digests), false, nil
 	case policy != fleetv1.Pull_ALWAYS && found:
 		if strings.Contains(ref, "@sha256:") {
-			return firstDigest(digests), false, nil
+			return first(digests), false, nil
 		}
 		// A tag may have moved: pull again when the registry now resolves
 		// it to another digest. Unreachable registry: the local copy.
-		auth, err := r.cfg.Auth(ctx, ref)
-		if err != nil {
-			return "", false, err
-		}
-		remote, err := r.cfg.Engine.RemoteDigest(ctx, ref, auth)
+		remote, err := r.remoteDigest(ctx, spec)
 		switch {
 		case err != nil:
 			r.cfg.Event(&fleetv1.Event{Severity: fleetv1.Event_WARNING, Kind: "pull.offline-fallback", Deployment: spec.GetName(),
 				Code: errdefs.Code(err), Message: sprintf("could not check %s with its registry; using the local copy: %v", ref, err)})
-			return firstDigest(digests), false, nil
-		case slices.ContainsFunc(digests, func(d string) bool { return strings.HasSuffix(d, "@"+remote) }):
+			return first(digests), false, nil
+		case slices.Contains(digests, remote):
 			return remote, false, nil
 		}
 		r.log.Info("tag moved; pulling", "image", ref, "digest", remote)
 	}
-	if err := r.checkSpace(ctx, spec.GetImage()); err != nil {
+	if err := r.checkSpace(ctx, spec); err != nil {
 		return "", false, err
 	}
-	if err := r.pull(ctx, spec, st); err != nil {
+	digest, err = r.pull(ctx, spec, st)
+	if err != nil {
 		if found && policy != fleetv1.Pull_ALWAYS {
-			return firstDigest(digests), false, nil
+			return first(digests), false, nil
 		}
 		if found && errors.Is(err, errdefs.ErrRegistryUnreachable) {
 			r.cfg.Event(&fleetv1.Event{Severity: fleetv1.Event_WARNING, Kind: "pull.offline-fallback", Deployment: spec.GetName(),
 				Code: errdefs.Code(err), Message: sprintf("registry unreachable; using the local copy of %s: %v", ref, err)})
-			return firstDigest(digests), false, nil
+			return first(digests), false, nil
 		}
 		return "", false, err
 	}
-	after, digests, _, err := r.cfg.Engine.Image(ctx, ref)
-	return firstDigest(digests), err == nil && (!found || after != before), err
+	after, digests, _, err := r.localImage(ctx, spec)
+	if digest == "" {
+		digest = first(digests)
+	}
+	return digest, err == nil && (!found || after != before), err
 }
 
 // spaceFactor is the free space a pull needs, as a multiple of the image's
@@ -555,13 +577,11 @@ const spaceFactor = 3
 
 // checkSpace refuses a pull that cannot fit on the engine's data root.
 // When the registry does not report the size or the data root is not
-// visible, the check is skipped.
-func (r *Reconciler) checkSpace(ctx context.Context, ref string) error {
-	auth, err := r.cfg.Auth(ctx, ref)
-	if err != nil {
-		return err
-	}
-	size, err := r.cfg.Engine.ImageSize(ctx, ref, auth)
+// visible, the check is skipped. (In pull mode AGENT the agent's store
+// also reserves what it downloads before the first byte.)
+func (r *Reconciler) checkSpace(ctx context.Context, spec *fleetv1.DeploymentSpec) error {
+	ref := spec.GetImage()
+	size, err := r.imageSize(ctx, spec)
 	if err != nil {
 		r.log.Debug("image size unknown; free-space check skipped", "image", ref, "err", err)
 		return nil
@@ -578,40 +598,29 @@ func (r *Reconciler) checkSpace(ctx context.Context, ref string) error {
 	return nil
 }
 
-// pull pulls with the spec's retries, retrying only transient failures, and
-// publishes progress at most once a second.
-func (r *Reconciler) pull(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus) error {
-	p := spec.GetPull()
-	retries, interval, timeout := int(p.GetRetries()), p.GetRetryInterval().AsDuration(), p.GetTimeout().AsDuration()
-	if p == nil || p.Retries == 0 {
-		retries = 3
+// pull pulls spec's image, by the agent (deliver) or by the engine with
+// the spec's retries, retrying only transient failures, and publishes
+// progress at most once a second. It returns the registry digest when the
+// agent pulled ("" when the engine did: its repository digests tell).
+func (r *Reconciler) pull(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus) (string, error) {
+	if r.agentPull(spec) {
+		img, err := r.deliver(ctx, spec, st)
+		return img.Digest, err
 	}
-	if interval <= 0 {
-		interval = 5 * time.Second
-	}
-	if timeout <= 0 {
-		timeout = 10 * time.Minute
-	}
-	var last time.Time
-	progress := func(done, total int64) {
-		if now := r.cfg.Now(); now.Sub(last) >= time.Second {
-			last = now
-			st.PullProgress = &fleetv1.PullProgress{BytesDone: uint64(done), BytesTotal: uint64(total)}
-			r.publish(ctx, st)
-		}
-	}
+	retries, interval, timeout := pullDefaults(spec)
+	progress := r.progress(ctx, st)
 	var err error
 	for attempt := 0; attempt <= retries; attempt++ {
 		if attempt > 0 {
 			select {
 			case <-time.After(interval):
 			case <-ctx.Done():
-				return ctx.Err()
+				return "", ctx.Err()
 			}
 		}
 		auth, aerr := r.cfg.Auth(ctx, spec.GetImage())
 		if aerr != nil {
-			return aerr
+			return "", aerr
 		}
 		pctx, cancel := context.WithTimeout(ctx, timeout)
 		err = r.cfg.Engine.Pull(pctx, spec.GetImage(), auth, progress)
@@ -625,11 +634,11 @@ func (r *Reconciler) pull(ctx context.Context, spec *fleetv1.DeploymentSpec, st 
 		}
 		cancel()
 		if err == nil || !transient(err) || ctx.Err() != nil {
-			return err
+			return "", err
 		}
 		r.log.Warn("pull failed; retrying", "deployment", spec.GetName(), "attempt", attempt+1, "err", err)
 	}
-	return err
+	return "", err
 }
 
 func transient(err error) bool {
@@ -640,13 +649,12 @@ func transient(err error) bool {
 	return false
 }
 
-func firstDigest(repoDigests []string) string {
-	for _, d := range repoDigests {
-		if i := strings.LastIndex(d, "@"); i >= 0 {
-			return d[i+1:]
-		}
+// first is the first of digests, "" for none.
+func first(digests []string) string {
+	if len(digests) == 0 {
+		return ""
 	}
-	return ""
+	return digests[0]
 }
 
 // waitReady waits until the container has been running (and healthy, if it

@@ -245,6 +245,9 @@ func (r *Reconciler) remove(ctx context.Context, spec *fleetv1.DeploymentSpec, r
 	if err := r.cfg.Store.DeleteDeployment(name); err != nil {
 		return err
 	}
+	if err := r.cfg.Store.UnstageImage(name); err != nil {
+		r.log.Warn("forget prefetched image", "deployment", name, "err", err)
+	}
 	if removeImage {
 		r.removeImages(ctx, []string{d.ImageID, d.PreviousImageID})
 	}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -56,6 +57,12 @@ type KeychainConfig struct {
 	// default); when it is nil or fails, loopback hosts only, the engine's
 	// default.
 	Insecure func(ctx context.Context, host string) (bool, error)
+	// AllowInsecure lists the registries (host[:port]) whose credentials
+	// may say insecure (--allow-insecure-registry): the agent's own pull
+	// reaches them over plain HTTP or TLS without verification. A
+	// credential that says insecure for another registry is refused when
+	// a pull uses it.
+	AllowInsecure []string
 	// MaxSleep bounds the background loop's sleep (1 minute when zero), so
 	// that a clock that jumps (a gateway whose clock is set by NTP after
 	// boot) does not delay a refresh or a warning by more than that.
@@ -150,6 +157,22 @@ func (k *Keychain) insecure(ctx context.Context, host string) bool {
 		k.log.Debug("engine's insecure registries unknown; assuming its default (loopback)", "registry", host, "err", err)
 	}
 	return credential.Loopback(host)
+}
+
+// insecureFor reports whether a pull of host with cred may go without
+// verified TLS: the credential says insecure and the local policy allows
+// that registry (POLICY_DENIED naming the setting otherwise), or the
+// engine treats the registry as insecure and the credential does not
+// require TLS.
+func (k *Keychain) insecureFor(ctx context.Context, host string, cred *fleetv1.Credential) (bool, error) {
+	if cred.GetInsecure() {
+		if !slices.Contains(k.cfg.AllowInsecure, host) {
+			return false, fmt.Errorf("%w: the credential for %s says insecure (plain HTTP or unverified TLS), and this gateway allows that only for the registries its --allow-insecure-registry setting lists; add %s there or drop insecure from the credential",
+				errdefs.ErrPolicyDenied, host, host)
+		}
+		return true, nil
+	}
+	return !cred.GetRequireTls() && k.insecure(ctx, host), nil
 }
 
 // Set adds or replaces credentials, applied at once. Each is validated

@@ -37,6 +37,13 @@ func (k *Keychain) Remote(ctx context.Context, image string) (trust.Access, erro
 		return trust.Access{}, err
 	}
 	tr.DisableKeepAlives = true // a transport per call: nothing left idle
-	insecure := !cred.GetRequireTls() && k.insecure(ctx, ik.Host)
+	insecure, err := k.insecureFor(ctx, ik.Host, cred)
+	if err != nil {
+		return trust.Access{}, err
+	}
+	if cred.GetInsecure() && tr.TLSClientConfig != nil {
+		// Allowed by the local policy: TLS, if any, is not verified.
+		tr.TLSClientConfig.InsecureSkipVerify = true
+	}
 	return trust.Access{Insecure: insecure, Auth: auth, Transport: tr}, nil
 }

@@ -131,3 +131,54 @@ func (s *Store) DeleteDeployment(name string) error {
 		return b.Delete([]byte(name))
 	})
 }
+
+var bucketStaged = []byte("staged")
+
+// Staged is an image prefetched for a deployment: image GC keeps it until
+// a deploy of that deployment has run.
+type Staged struct {
+	ID  string `json:"id"`
+	Ref string `json:"ref"`
+}
+
+// StageImage records the image prefetched for deployment name, replacing
+// an earlier one.
+func (s *Store) StageImage(name string, img Staged) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketStaged)
+		if err != nil {
+			return err
+		}
+		return putJSON(b, name, img)
+	})
+}
+
+// StagedImages returns the prefetched images by deployment name.
+func (s *Store) StagedImages() (map[string]Staged, error) {
+	out := map[string]Staged{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketStaged)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var img Staged
+			if json.Unmarshal(v, &img) == nil {
+				out[string(k)] = img
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// UnstageImage forgets deployment name's prefetched image.
+func (s *Store) UnstageImage(name string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketStaged)
+		if b == nil {
+			return nil
+		}
+		return b.Delete([]byte(name))
+	})
+}

@@ -192,3 +192,25 @@ func TestPulledImagesReadsOlderRecords(t *testing.T) {
 		t.Errorf("PulledImages after UntrackImage = %v, want none", got)
 	}
 }
+
+func TestStagedImages(t *testing.T) {
+	s := open(t, store.Config{})
+	for _, step := range []struct {
+		name string
+		img  store.Staged
+	}{{"web", store.Staged{ID: "sha256:a", Ref: "r/web:1"}}, {"web", store.Staged{ID: "sha256:b", Ref: "r/web:2"}}, {"db", store.Staged{ID: "sha256:c", Ref: "r/db:1"}}} {
+		if err := s.StageImage(step.name, step.img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.UnstageImage("db"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.StagedImages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]store.Staged{"web": {ID: "sha256:b", Ref: "r/web:2"}}; !maps.Equal(got, want) {
+		t.Errorf("StagedImages = %v, want %v", got, want)
+	}
+}

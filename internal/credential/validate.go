@@ -71,6 +71,9 @@ func Validate(field string, c *fleetv1.Credential) (Key, error) {
 
 // checkTLS validates a credential's TLS material.
 func checkTLS(field string, c *fleetv1.Credential) error {
+	if c.GetInsecure() && c.GetRequireTls() {
+		return errdefs.Invalid(field+".insecure", "contradicts requireTls; set one of them")
+	}
 	if ca := c.GetCaCertificate(); ca != "" {
 		if _, err := parseCerts(ca); err != nil {
 			return errdefs.Invalid(field+".caCertificate", "%v; send the CA certificate as PEM (-----BEGIN CERTIFICATE-----)", err)
