@@ -127,7 +127,6 @@ func runPull(b *testing.B, reg *testimage.Registry, img pullImage, mode fleetv1.
 // image (which goes first alternates too) over links cut by cut.
 func benchPulls(b *testing.B, cut faultproxy.Cut, bound time.Duration) {
 	testenv.DockerClient(b)
-	withAgent := agentPulls(b) // TODO(issue 14): always, once merged
 
 	reg := testimage.NewRegistry(b)
 	big := newPullImage(b, appLayer(b), 3, 20*mib)
@@ -140,9 +139,6 @@ func benchPulls(b *testing.B, cut faultproxy.Cut, bound time.Duration) {
 		if i%2 == 1 {
 			modes[0], modes[1] = modes[1], modes[0]
 		}
-		if !withAgent {
-			modes = []fleetv1.Pull_Mode{fleetv1.Pull_ENGINE}
-		}
 		for _, m := range modes {
 			r := runPull(b, reg, big, m, cut, bound)
 			if m == fleetv1.Pull_AGENT {
@@ -153,9 +149,7 @@ func benchPulls(b *testing.B, cut faultproxy.Cut, bound time.Duration) {
 		}
 		i++
 	}
-	if agent.n > 0 {
-		agent.report(b, "agent", big.size)
-	}
+	agent.report(b, "agent", big.size)
 	engine.report(b, "engine", big.size)
 	if a, e := agent.meanPresent(), engine.meanPresent(); a > 0 && e > 0 {
 		b.ReportMetric(a.Seconds()/e.Seconds(), "agent/engine")

@@ -9,7 +9,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http/httptest"
-	"os/exec"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -27,10 +26,12 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient/mqttclienttest"
 	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
 	"github.com/fleet-agent/fleet/internal/faultproxy"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
 const mib = 1 << 20
@@ -212,27 +213,10 @@ func (l *faultLink) ref(repoTag string) string { return l.proxy.Addr() + "/" + r
 // (plain HTTP), with the extra flags.
 func newPullEnv(tb testing.TB, prefix string, l *faultLink, extra ...string) deployEnv {
 	tb.Helper()
-	args := extra
-	if agentPulls(tb) {
-		args = append([]string{"--allow-insecure-registry", l.proxy.Addr(), "--pull-stall-timeout", "5s"}, extra...)
-	}
+	args := append([]string{"--allow-insecure-registry", l.proxy.Addr(), "--pull-stall-timeout", "5s"}, extra...)
 	e := newDeployEnv(tb, prefix, brokertest.Embedded, args...)
 	testenv.RemoveOwned(tb, e.cli, e.owner, l.proxy.Addr()+"/")
 	return e
-}
-
-// agentPulls reports whether the agent has its own pull (--pull-mode).
-// TODO(issue 14): remove once the lead's wiring is merged.
-func agentPulls(tb testing.TB) bool {
-	out, _ := exec.Command(testenv.Binary(tb, "agent"), "--help").CombinedOutput()
-	return strings.Contains(string(out), "pull-mode")
-}
-
-func requireAgentPulls(t testing.TB) {
-	t.Helper()
-	if !agentPulls(t) {
-		t.Skip("the agent has no --pull-mode yet (issue 14's wiring is not merged)")
-	}
 }
 
 func pullSpec(ref string, mode fleetv1.Pull_Mode) *fleetv1.DeploymentSpec {
@@ -269,7 +253,6 @@ func TestPullFaults(t *testing.T) {
 	t.Logf("image: %d bytes in %d layers", big.size, len(big.layers))
 
 	t.Run("cut every 4 MB, agent pulls", func(t *testing.T) {
-		requireAgentPulls(t)
 		l := newFaultLink(t, reg)
 		e := newPullEnv(t, "gw-cut", l)
 		big.removeAtCleanup(t, cli, e.owner)
@@ -304,7 +287,6 @@ func TestPullFaults(t *testing.T) {
 	})
 
 	t.Run("agent killed at 50 %", func(t *testing.T) {
-		requireAgentPulls(t)
 		l := newFaultLink(t, reg)
 		e := newPullEnv(t, "gw-kill-pull", l)
 		big.removeAtCleanup(t, cli, e.owner)
@@ -334,7 +316,6 @@ func TestPullFaults(t *testing.T) {
 	})
 
 	t.Run("link silent for longer than the stall timeout", func(t *testing.T) {
-		requireAgentPulls(t)
 		l := newFaultLink(t, reg)
 		e := newPullEnv(t, "gw-stall", l)
 		big.removeAtCleanup(t, cli, e.owner)
@@ -365,7 +346,6 @@ func TestPullFaults(t *testing.T) {
 	})
 
 	t.Run("corrupt byte", func(t *testing.T) {
-		requireAgentPulls(t)
 		l := newFaultLink(t, reg)
 		e := newPullEnv(t, "gw-corrupt", l)
 		big.removeAtCleanup(t, cli, e.owner)
@@ -395,7 +375,6 @@ func TestPullFaults(t *testing.T) {
 	})
 
 	t.Run("registry ignores Range", func(t *testing.T) {
-		requireAgentPulls(t)
 		l := newFaultLink(t, reg)
 		e := newPullEnv(t, "gw-norange", l)
 		big.removeAtCleanup(t, cli, e.owner)
@@ -419,12 +398,12 @@ func TestPullFaults(t *testing.T) {
 }
 
 // testPullBandwidth: an update that adds a 2 MiB layer (revision 1, the
-// testapp layer alone, was deployed unthrottled), through a link
-// throttled to 256 KiB/s with the agent capped at 128 KiB/s: the rate the
-// proxy sees, between 10 % and 90 % of the new layer, is within 10 % of
-// the agent's cap.
+// app layer alone, was deployed before the cap: 3 MB at 128 KiB/s would
+// take 23 s), through a link throttled to 256 KiB/s with the agent capped
+// at 128 KiB/s (--pull-bandwidth, set by FLEET_PULL_BANDWIDTH for the
+// agent's restart): the rate the proxy sees, between 10 % and 90 % of the
+// new layer, is within 10 % of the cap, and only the new layer moves.
 func testPullBandwidth(t *testing.T) {
-	requireAgentPulls(t)
 	const link, capped = 256 << 10, 128 << 10
 	cli := testenv.DockerClient(t)
 	reg := testimage.NewRegistry(t)
@@ -434,12 +413,20 @@ func testPullBandwidth(t *testing.T) {
 	next := newPullImage(t, app, 1, 2*mib)
 	next.push(t, reg, "team/small:2")
 	l := newFaultLink(t, reg)
-	e := newPullEnv(t, "gw-bw", l, "--pull-bandwidth", "128KiB/s")
+	e := newPullEnv(t, "gw-bw", l)
 	base.removeAtCleanup(t, cli, e.owner)
 	next.removeAtCleanup(t, cli, e.owner)
 	if r := sendLong(t, e.rec, e.gw, deploy(pullSpec(l.ref("team/small:1"), fleetv1.Pull_AGENT))); r.GetResult() != fleetv1.Reply_SUCCEEDED {
 		t.Fatalf("deploy r1 = %v", r)
 	}
+	// The cap from now on: --pull-bandwidth as the environment sets it,
+	// read when the agent starts again (its store keeps the app layer).
+	if code := e.agent.Term(t); code != 0 {
+		t.Fatalf("agent exit %d", code)
+	}
+	t.Setenv("FLEET_PULL_BANDWIDTH", "128KiB/s")
+	e.agent.Start(t)
+	e.rec.Await(t, "birth after the restart", 2, mqttclienttest.Kind(topic.Birth, e.gw))
 
 	l.proxy.Throttle(link)
 	m, _ := next.img.Manifest()
@@ -464,6 +451,9 @@ func testPullBandwidth(t *testing.T) {
 	moved := l.proxy.BytesDown() - from
 	if tHi.Load() == 0 {
 		t.Fatalf("the proxy saw %d bytes of r2, want at least its new layer's %d", moved, layer)
+	}
+	if moved > layer+layer/20 {
+		t.Errorf("r2 moved %d bytes, want about its new layer's %d (the app layer is in the agent's store)", moved, layer)
 	}
 	rate := float64(hi-lo) / time.Duration(tHi.Load()-tLo.Load()).Seconds()
 	t.Logf("r2: %d bytes through the proxy (new layer %d); %.0f B/s between 10 %% and 90 %% of the layer (cap %d B/s, link %d B/s): %.3f × the cap",
