@@ -2,6 +2,7 @@ package scenarios
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 // pullRun is one deploy of the benchmark image.
 type pullRun struct {
 	present  time.Duration // deploy sent → the image in the engine under its name (0: never)
+	lastByte time.Duration // deploy sent → the last byte through the proxy
 	reply    time.Duration // deploy sent → final reply, or the bound
 	bytes    int64         // through the proxy
 	finished bool          // SUCCEEDED within the bound
@@ -23,6 +25,7 @@ type pullRun struct {
 type pullStats struct {
 	n, finished      int
 	present, reply   time.Duration
+	lastByte         time.Duration
 	bytes            int64
 	presentN         int
 	minPres, maxPres time.Duration
@@ -31,6 +34,7 @@ type pullStats struct {
 func (s *pullStats) add(r pullRun) {
 	s.n++
 	s.reply += r.reply
+	s.lastByte += r.lastByte
 	s.bytes += r.bytes
 	if r.finished {
 		s.finished++
@@ -56,10 +60,12 @@ func (s *pullStats) meanPresent() time.Duration {
 func (s *pullStats) report(b *testing.B, mode string, size int64) {
 	b.ReportMetric(s.meanPresent().Seconds(), mode+"-s-to-image")
 	b.ReportMetric((s.reply / time.Duration(s.n)).Seconds(), mode+"-s-to-reply")
+	b.ReportMetric((s.lastByte / time.Duration(s.n)).Seconds(), mode+"-s-to-last-byte")
 	b.ReportMetric(float64(s.bytes)/float64(s.n)/float64(size), mode+"-bytes/image")
 	b.ReportMetric(float64(s.finished)/float64(s.n), mode+"-finished")
-	b.Logf("%s: %d runs, %d finished; to the image in the engine mean %v (min %v, max %v); to the reply mean %v; bytes through the proxy %.3f × the image",
-		mode, s.n, s.finished, s.meanPresent().Round(time.Millisecond), s.minPres.Round(time.Millisecond), s.maxPres.Round(time.Millisecond),
+	b.Logf("%s: %d runs, %d finished; to the last byte through the proxy mean %v; to the image in the engine mean %v (min %v, max %v); to the reply mean %v; bytes through the proxy %.3f × the image",
+		mode, s.n, s.finished, (s.lastByte / time.Duration(s.n)).Round(time.Millisecond), s.meanPresent().Round(time.Millisecond),
+		s.minPres.Round(time.Millisecond), s.maxPres.Round(time.Millisecond),
 		(s.reply / time.Duration(s.n)).Round(time.Millisecond), float64(s.bytes)/float64(s.n)/float64(size))
 }
 
@@ -88,6 +94,8 @@ func runPull(b *testing.B, reg *testimage.Registry, img pullImage, mode fleetv1.
 	b.StartTimer()
 
 	start := time.Now()
+	var last atomic.Int64
+	l.proxy.Observe(func(int64) { last.Store(int64(time.Since(start))) })
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	req, err := e.rec.Send(ctx, tenant, e.gw, deploy(spec))
@@ -117,6 +125,7 @@ func runPull(b *testing.B, reg *testimage.Registry, img pullImage, mode fleetv1.
 	}
 	cancel()
 	run.bytes = l.proxy.BytesDown()
+	run.lastByte = time.Duration(last.Load())
 	if err == nil && !run.finished {
 		b.Logf("%v deploy failed: %v", mode, r)
 	}
