@@ -69,11 +69,19 @@ func (s *pullStats) report(b *testing.B, mode string, size int64) {
 		(s.reply / time.Duration(s.n)).Round(time.Millisecond), float64(s.bytes)/float64(s.n)/float64(size))
 }
 
-// runPull deploys img with mode through a new link with cut, on a new
+// benchLink is the link of a pull benchmark: its faults, and how long a
+// pull may take.
+type benchLink struct {
+	cut   faultproxy.Cut
+	rate  int64 // bytes/s; 0 unlimited
+	bound time.Duration
+}
+
+// runPull deploys img with mode through a new link, on a new
 // agent, and waits up to bound. The set-up and the clean-up (the agent
 // killed, which also ends a pull dockerd is still making for it, and the
 // image removed from the engine) are outside the timer.
-func runPull(b *testing.B, reg *testimage.Registry, img pullImage, mode fleetv1.Pull_Mode, cut faultproxy.Cut, bound time.Duration) pullRun {
+func runPull(b *testing.B, reg *testimage.Registry, img pullImage, mode fleetv1.Pull_Mode, link benchLink) pullRun {
 	b.StopTimer()
 	l := newFaultLink(b, reg)
 	e := newPullEnv(b, "gw-bench-pull", l)
@@ -87,16 +95,17 @@ func runPull(b *testing.B, reg *testimage.Registry, img pullImage, mode fleetv1.
 	if _, err := e.cli.ImageInspect(context.Background(), img.config); err == nil {
 		b.Fatalf("the engine has the image before the pull")
 	}
-	l.proxy.SetCut(cut)
+	l.proxy.SetCut(link.cut)
+	l.proxy.Throttle(link.rate)
 	ref := l.ref("team/big:1")
 	spec := pullSpec(ref, mode)
-	spec.Update.ProgressDeadlineSeconds = uint32(bound.Seconds())
+	spec.Update.ProgressDeadlineSeconds = uint32(link.bound.Seconds())
 	b.StartTimer()
 
 	start := time.Now()
 	var last atomic.Int64
 	l.proxy.Observe(func(int64) { last.Store(int64(time.Since(start))) })
-	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	ctx, cancel := context.WithTimeout(context.Background(), link.bound)
 	defer cancel()
 	req, err := e.rec.Send(ctx, tenant, e.gw, deploy(spec))
 	if err != nil {
@@ -133,8 +142,8 @@ func runPull(b *testing.B, reg *testimage.Registry, img pullImage, mode fleetv1.
 }
 
 // benchPulls alternates the agent's and the engine's pulls of the 64 MB
-// image (which goes first alternates too) over links cut by cut.
-func benchPulls(b *testing.B, cut faultproxy.Cut, bound time.Duration) {
+// image (which goes first alternates too) over link.
+func benchPulls(b *testing.B, link benchLink) {
 	testenv.DockerClient(b)
 
 	reg := testimage.NewRegistry(b)
@@ -149,7 +158,7 @@ func benchPulls(b *testing.B, cut faultproxy.Cut, bound time.Duration) {
 			modes[0], modes[1] = modes[1], modes[0]
 		}
 		for _, m := range modes {
-			r := runPull(b, reg, big, m, cut, bound)
+			r := runPull(b, reg, big, m, link)
 			if m == fleetv1.Pull_AGENT {
 				agent.add(r)
 			} else {
@@ -175,12 +184,19 @@ func benchPulls(b *testing.B, cut faultproxy.Cut, bound time.Duration) {
 // image. Timed from the deploy sent to the image present in the engine
 // under its name, and to the final reply.
 func BenchmarkPullCleanLink(b *testing.B) {
-	benchPulls(b, faultproxy.Cut{}, 2*time.Minute)
+	benchPulls(b, benchLink{bound: 2 * time.Minute})
 }
 
 // BenchmarkPullCutLink: the same over a link cut every 4 MiB (counted
 // across connections), the engine's pull bounded at 3 minutes: bytes
 // through the proxy, wall time, and whether each finished.
 func BenchmarkPullCutLink(b *testing.B) {
-	benchPulls(b, faultproxy.Cut{Every: 4 * mib}, 3*time.Minute)
+	benchPulls(b, benchLink{cut: faultproxy.Cut{Every: 4 * mib}, bound: 3 * time.Minute})
+}
+
+// BenchmarkPullSlowLink: the same over a clean link throttled to 8 MiB/s
+// (the proxy's cap, all connections together), where the download, not
+// the loopback, sets the pace.
+func BenchmarkPullSlowLink(b *testing.B) {
+	benchPulls(b, benchLink{rate: 8 * mib, bound: 2 * time.Minute})
 }
