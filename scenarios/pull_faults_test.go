@@ -246,155 +246,183 @@ func ratio(n, size int64) float64 { return float64(n) / float64(size) }
 // once; each case has its own link, agent and counters, and removes the
 // image from the engine at its end.
 func TestPullFaults(t *testing.T) {
-	cli := testenv.DockerClient(t)
-	reg := testimage.NewRegistry(t)
-	big := newPullImage(t, appLayer(t), 3, 20*mib)
-	big.push(t, reg, "team/big:1")
-	t.Logf("image: %d bytes in %d layers", big.size, len(big.layers))
-
-	t.Run("cut every 4 MB, agent pulls", func(t *testing.T) {
-		l := newFaultLink(t, reg)
-		e := newPullEnv(t, "gw-cut", l)
-		big.removeAtCleanup(t, cli, e.owner)
-		l.proxy.SetCut(faultproxy.Cut{Every: 4 * mib})
-		ref := l.ref("team/big:1")
-		r := sendLong(t, e.rec, e.gw, deploy(pullSpec(ref, fleetv1.Pull_AGENT)))
-		if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != big.digest {
-			t.Fatalf("deploy over a link cut every 4 MB = %v, want SUCCEEDED with digest %s", r, big.digest)
-		}
-		down := l.proxy.BytesDown()
-		t.Logf("agent: %d cuts, %d bytes through the proxy = %.3f × the image", l.proxy.Cuts(), down, ratio(down, big.size))
-		if l.proxy.Cuts() < 10 {
-			t.Errorf("the link was cut %d times, want at least 10 (every 4 MB of 64)", l.proxy.Cuts())
-		}
-		if ratio(down, big.size) > 1.05 {
-			t.Errorf("%d bytes through the proxy = %.3f × the image, want ≤ 1.05", down, ratio(down, big.size))
-		}
-		checkEngineImage(t, cli, ref, big)
-	})
-
-	t.Run("cut every 4 MB, engine pulls (recorded)", func(t *testing.T) {
-		l := newFaultLink(t, reg)
-		e := newPullEnv(t, "gw-cut-engine", l)
-		big.removeAtCleanup(t, cli, e.owner)
-		l.proxy.SetCut(faultproxy.Cut{Every: 4 * mib})
-		const bound = 12 * time.Second
-		start := time.Now()
-		r, finished := deployWithin(t, e, pullSpec(l.ref("team/big:1"), fleetv1.Pull_ENGINE), bound)
-		down := l.proxy.BytesDown()
-		t.Logf("dockerd: finished %v (within %v: %v), %d cuts, %d bytes through the proxy = %.3f × the image, %d ranged requests; reply %v",
-			finished, bound, time.Since(start).Round(time.Millisecond), l.proxy.Cuts(), down, ratio(down, big.size), l.blobs.RangeRequests(), r)
-	})
-
-	t.Run("agent killed at 50 %", func(t *testing.T) {
-		l := newFaultLink(t, reg)
-		e := newPullEnv(t, "gw-kill-pull", l)
-		big.removeAtCleanup(t, cli, e.owner)
-		l.proxy.StallAt(big.size / 2)
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		req, err := e.rec.Send(ctx, tenant, e.gw, deploy(pullSpec(l.ref("team/big:1"), fleetv1.Pull_AGENT)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		testenv.Eventually(t, "half the image through the proxy", l.proxy.Stalled)
-		e.agent.Kill()
-		l.proxy.Resume()
-		e.agent.Start(t)
-		r, err := req.Final(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != big.digest {
-			t.Fatalf("deploy after the kill = %v, want SUCCEEDED with digest %s", r, big.digest)
-		}
-		down := l.proxy.BytesDown()
-		t.Logf("killed at %d bytes; %d bytes through the proxy in all = %.3f × the image", big.size/2, down, ratio(down, big.size))
-		if ratio(down, big.size) > 1.1 {
-			t.Errorf("%d bytes through the proxy = %.3f × the image, want ≤ 1.1", down, ratio(down, big.size))
-		}
-	})
-
-	t.Run("link silent for longer than the stall timeout", func(t *testing.T) {
-		l := newFaultLink(t, reg)
-		e := newPullEnv(t, "gw-stall", l)
-		big.removeAtCleanup(t, cli, e.owner)
-		l.proxy.StallAt(big.size / 3)
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		req, err := e.rec.Send(ctx, tenant, e.gw, deploy(pullSpec(l.ref("team/big:1"), fleetv1.Pull_AGENT)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The agent gives up on the silent connections after
-		// --pull-stall-timeout (5 s here) and reconnects; the link is back.
-		testenv.Eventually(t, "a third of the image through the proxy", l.proxy.Stalled)
-		testenv.Eventually(t, "the agent noticing the stall", func() bool { return strings.Contains(e.agent.Logs(), "stall timeout") })
-		l.proxy.Resume()
-		r, err := req.Final(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != big.digest {
-			t.Fatalf("deploy after a stall = %v, want SUCCEEDED with digest %s", r, big.digest)
-		}
-		down := l.proxy.BytesDown()
-		t.Logf("%d bytes through the proxy = %.3f × the image", down, ratio(down, big.size))
-		if ratio(down, big.size) > 1.05 {
-			t.Errorf("%d bytes through the proxy = %.3f × the image, want ≤ 1.05", down, ratio(down, big.size))
-		}
-	})
-
-	t.Run("corrupt byte", func(t *testing.T) {
-		l := newFaultLink(t, reg)
-		e := newPullEnv(t, "gw-corrupt", l)
-		big.removeAtCleanup(t, cli, e.owner)
-		ref := l.ref("team/big:1")
-		if _, err := cli.ImageInspect(context.Background(), big.config); err == nil {
-			t.Fatalf("the engine has the image before the deploy")
-		}
-		bad := big.layers[2]
-		l.blobs.CorruptOnce(bad.String(), 10*mib)
-		r := sendLong(t, e.rec, e.gw, deploy(pullSpec(ref, fleetv1.Pull_AGENT)))
-		if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != big.digest {
-			t.Fatalf("deploy with a corrupt byte on the way = %v, want SUCCEEDED with digest %s", r, big.digest)
-		}
-		if l.blobs.Corrupted() != 1 {
-			t.Fatalf("the proxy flipped %d bytes, want 1", l.blobs.Corrupted())
-		}
-		down := l.proxy.BytesDown()
-		t.Logf("%d bytes through the proxy = %.3f × the image", down, ratio(down, big.size))
-		if down < big.size+10*mib {
-			t.Errorf("%d bytes through the proxy: the corrupt blob was not fetched again (want ≥ the image + 10 MiB)", down)
-		}
-		if !strings.Contains(e.agent.Logs(), "failed its digest") {
-			t.Errorf("the agent's log says nothing of a blob that failed its digest")
-		}
-		// What the engine holds is the good image, layer by layer.
-		checkEngineImage(t, cli, ref, big)
-	})
-
-	t.Run("registry ignores Range", func(t *testing.T) {
-		l := newFaultLink(t, reg)
-		e := newPullEnv(t, "gw-norange", l)
-		big.removeAtCleanup(t, cli, e.owner)
-		l.blobs.IgnoreRange(true)
-		l.proxy.SetCut(faultproxy.Cut{Every: 16 * mib, Max: 2})
-		ref := l.ref("team/big:1")
-		r := sendLong(t, e.rec, e.gw, deploy(pullSpec(ref, fleetv1.Pull_AGENT)))
-		if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != big.digest {
-			t.Fatalf("deploy from a registry without Range = %v, want SUCCEEDED with digest %s", r, big.digest)
-		}
-		down := l.proxy.BytesDown()
-		t.Logf("%d cuts, %d ranged requests answered 200, %d bytes through the proxy = %.3f × the image",
-			l.proxy.Cuts(), l.blobs.RangeRequests(), down, ratio(down, big.size))
-		if l.blobs.RangeRequests() == 0 {
-			t.Errorf("the agent never asked for a Range after a cut: the case tested nothing")
-		}
-		checkEngineImage(t, cli, ref, big)
-	})
-
+	f := pullFaults{cli: testenv.DockerClient(t), reg: testimage.NewRegistry(t)}
+	f.big = newPullImage(t, appLayer(t), 3, 20*mib)
+	f.big.push(t, f.reg, "team/big:1")
+	t.Logf("image: %d bytes in %d layers", f.big.size, len(f.big.layers))
+	t.Run("cut every 4 MB, agent pulls", f.cutAgent)
+	t.Run("cut every 4 MB, engine pulls (recorded)", f.cutEngine)
+	t.Run("agent killed at 50 %", f.killed)
+	t.Run("link silent for longer than the stall timeout", f.stalled)
+	t.Run("corrupt byte", f.corrupt)
+	t.Run("registry ignores Range", f.noRange)
 	t.Run("throttled", testPullBandwidth)
+}
+
+// pullFaults is what the cases of TestPullFaults share: the engine, the
+// registry and the 64 MB image in it.
+type pullFaults struct {
+	cli *dockerclient.Client
+	reg *testimage.Registry
+	big pullImage
+}
+
+// cutAgent: the link cut every 4 MiB (across connections); the agent
+// pulls: the deploy succeeds within 1.05 × the image, and the engine holds
+// exactly the image.
+func (f pullFaults) cutAgent(t *testing.T) {
+	l := newFaultLink(t, f.reg)
+	e := newPullEnv(t, "gw-cut", l)
+	f.big.removeAtCleanup(t, f.cli, e.owner)
+	l.proxy.SetCut(faultproxy.Cut{Every: 4 * mib})
+	ref := l.ref("team/big:1")
+	r := sendLong(t, e.rec, e.gw, deploy(pullSpec(ref, fleetv1.Pull_AGENT)))
+	if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != f.big.digest {
+		t.Fatalf("deploy over a link cut every 4 MB = %v, want SUCCEEDED with digest %s", r, f.big.digest)
+	}
+	down := l.proxy.BytesDown()
+	t.Logf("agent: %d cuts, %d bytes through the proxy = %.3f × the image", l.proxy.Cuts(), down, ratio(down, f.big.size))
+	if l.proxy.Cuts() < 10 {
+		t.Errorf("the link was cut %d times, want at least 10 (every 4 MB of 64)", l.proxy.Cuts())
+	}
+	if ratio(down, f.big.size) > 1.05 {
+		t.Errorf("%d bytes through the proxy = %.3f × the image, want ≤ 1.05", down, ratio(down, f.big.size))
+	}
+	checkEngineImage(t, f.cli, ref, f.big)
+}
+
+// cutEngine: the same cuts, dockerd pulling (pull.mode ENGINE): how many
+// bytes it moved and whether it finished within a bound, recorded only.
+func (f pullFaults) cutEngine(t *testing.T) {
+	l := newFaultLink(t, f.reg)
+	e := newPullEnv(t, "gw-cut-engine", l)
+	f.big.removeAtCleanup(t, f.cli, e.owner)
+	l.proxy.SetCut(faultproxy.Cut{Every: 4 * mib})
+	const bound = 12 * time.Second
+	start := time.Now()
+	r, finished := deployWithin(t, e, pullSpec(l.ref("team/big:1"), fleetv1.Pull_ENGINE), bound)
+	down := l.proxy.BytesDown()
+	t.Logf("dockerd: finished %v (within %v: %v), %d cuts, %d bytes through the proxy = %.3f × the image, %d ranged requests; reply %v",
+		finished, bound, time.Since(start).Round(time.Millisecond), l.proxy.Cuts(), down, ratio(down, f.big.size), l.blobs.RangeRequests(), r)
+}
+
+// killed: the agent SIGKILLed when half the image has crossed the link
+// (the proxy holds the rest), then started again: the journaled deploy
+// completes from the bytes on disk, within 1.1 × the image.
+func (f pullFaults) killed(t *testing.T) {
+	l := newFaultLink(t, f.reg)
+	e := newPullEnv(t, "gw-kill-pull", l)
+	f.big.removeAtCleanup(t, f.cli, e.owner)
+	l.proxy.StallAt(f.big.size / 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	req, err := e.rec.Send(ctx, tenant, e.gw, deploy(pullSpec(l.ref("team/big:1"), fleetv1.Pull_AGENT)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "half the image through the proxy", l.proxy.Stalled)
+	e.agent.Kill()
+	l.proxy.Resume()
+	e.agent.Start(t)
+	r, err := req.Final(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != f.big.digest {
+		t.Fatalf("deploy after the kill = %v, want SUCCEEDED with digest %s", r, f.big.digest)
+	}
+	down := l.proxy.BytesDown()
+	t.Logf("killed at %d bytes; %d bytes through the proxy in all = %.3f × the image", f.big.size/2, down, ratio(down, f.big.size))
+	if ratio(down, f.big.size) > 1.1 {
+		t.Errorf("%d bytes through the proxy = %.3f × the image, want ≤ 1.1", down, ratio(down, f.big.size))
+	}
+}
+
+// stalled: the link goes silent at a third of the image for longer than
+// --pull-stall-timeout: the agent reconnects, within 1.05 × the image.
+func (f pullFaults) stalled(t *testing.T) {
+	l := newFaultLink(t, f.reg)
+	e := newPullEnv(t, "gw-stall", l)
+	f.big.removeAtCleanup(t, f.cli, e.owner)
+	l.proxy.StallAt(f.big.size / 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	req, err := e.rec.Send(ctx, tenant, e.gw, deploy(pullSpec(l.ref("team/big:1"), fleetv1.Pull_AGENT)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The agent gives up on the silent connections after
+	// --pull-stall-timeout (5 s here) and reconnects; the link is back.
+	testenv.Eventually(t, "a third of the image through the proxy", l.proxy.Stalled)
+	testenv.Eventually(t, "the agent noticing the stall", func() bool { return strings.Contains(e.agent.Logs(), "stall timeout") })
+	l.proxy.Resume()
+	r, err := req.Final(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != f.big.digest {
+		t.Fatalf("deploy after a stall = %v, want SUCCEEDED with digest %s", r, f.big.digest)
+	}
+	down := l.proxy.BytesDown()
+	t.Logf("%d bytes through the proxy = %.3f × the image", down, ratio(down, f.big.size))
+	if ratio(down, f.big.size) > 1.05 {
+		t.Errorf("%d bytes through the proxy = %.3f × the image, want ≤ 1.05", down, ratio(down, f.big.size))
+	}
+}
+
+// corrupt: one byte of a layer flipped on the way: the blob fails its
+// digest and is fetched again, the deploy succeeds, and the engine holds
+// the good image (its ID and layer diff IDs), so nothing unverified was
+// loaded.
+func (f pullFaults) corrupt(t *testing.T) {
+	l := newFaultLink(t, f.reg)
+	e := newPullEnv(t, "gw-corrupt", l)
+	f.big.removeAtCleanup(t, f.cli, e.owner)
+	ref := l.ref("team/big:1")
+	if _, err := f.cli.ImageInspect(context.Background(), f.big.config); err == nil {
+		t.Fatalf("the engine has the image before the deploy")
+	}
+	bad := f.big.layers[2]
+	l.blobs.CorruptOnce(bad.String(), 10*mib)
+	r := sendLong(t, e.rec, e.gw, deploy(pullSpec(ref, fleetv1.Pull_AGENT)))
+	if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != f.big.digest {
+		t.Fatalf("deploy with a corrupt byte on the way = %v, want SUCCEEDED with digest %s", r, f.big.digest)
+	}
+	if l.blobs.Corrupted() != 1 {
+		t.Fatalf("the proxy flipped %d bytes, want 1", l.blobs.Corrupted())
+	}
+	down := l.proxy.BytesDown()
+	t.Logf("%d bytes through the proxy = %.3f × the image", down, ratio(down, f.big.size))
+	if down < f.big.size+10*mib {
+		t.Errorf("%d bytes through the proxy: the corrupt blob was not fetched again (want ≥ the image + 10 MiB)", down)
+	}
+	if !strings.Contains(e.agent.Logs(), "failed its digest") {
+		t.Errorf("the agent's log says nothing of a blob that failed its digest")
+	}
+	// What the engine holds is the good image, layer by layer.
+	checkEngineImage(t, f.cli, ref, f.big)
+}
+
+// noRange: a registry that answers a Range request with the whole blob,
+// on a link cut twice: the agent restarts those blobs and completes.
+func (f pullFaults) noRange(t *testing.T) {
+	l := newFaultLink(t, f.reg)
+	e := newPullEnv(t, "gw-norange", l)
+	f.big.removeAtCleanup(t, f.cli, e.owner)
+	l.blobs.IgnoreRange(true)
+	l.proxy.SetCut(faultproxy.Cut{Every: 16 * mib, Max: 2})
+	ref := l.ref("team/big:1")
+	r := sendLong(t, e.rec, e.gw, deploy(pullSpec(ref, fleetv1.Pull_AGENT)))
+	if r.GetResult() != fleetv1.Reply_SUCCEEDED || r.GetStatus().GetImageDigest() != f.big.digest {
+		t.Fatalf("deploy from a registry without Range = %v, want SUCCEEDED with digest %s", r, f.big.digest)
+	}
+	down := l.proxy.BytesDown()
+	t.Logf("%d cuts, %d ranged requests answered 200, %d bytes through the proxy = %.3f × the image",
+		l.proxy.Cuts(), l.blobs.RangeRequests(), down, ratio(down, f.big.size))
+	if l.blobs.RangeRequests() == 0 {
+		t.Errorf("the agent never asked for a Range after a cut: the case tested nothing")
+	}
+	checkEngineImage(t, f.cli, ref, f.big)
 }
 
 // testPullBandwidth: an update that adds a 2 MiB layer (revision 1, the
