@@ -231,6 +231,8 @@ func fleetCmd() *cobra.Command {
 	fs.StringVar(&sim.Prefix, "prefix", "sim-", "their id prefix: {prefix}1, {prefix}2, …")
 	fs.StringVar(&sim.StateDir, "state", "", "state directory (default: a temporary one, removed at exit)")
 	fs.DurationVar(&sim.PullTime, "pull-time", time.Second, "simulated pull duration")
+	fs.Int64Var(&sim.ImageBytes, "image-size", 0, "size of every image in bytes (0: 10 MiB)")
+	fs.Int64Var(&sim.LinkRate, "link-rate", 0, "each gateway's simulated link in bytes per second: a pull takes image-size/link-rate more (0: no link)")
 	fs.Float64Var(&sim.FailureRate, "failure-rate", 0, "share of pulls that fail (0-1)")
 	fs.Float64Var(&sim.CrashRate, "crash-rate", 0, "share of started containers that crash (0-1)")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {

@@ -151,7 +151,10 @@ func TestDeploymentLifecycle(t *testing.T) {
 		select {
 		case m := <-evs:
 			switch {
-			case m.Type == events.ImageEventType && m.Action == events.ActionPull && m.Actor.ID == v2ref:
+			case m.Type == events.ImageEventType && m.Action == events.ActionPull && m.Actor.ID == v2ref,
+				// Pull mode AGENT: the engine pulls the verified image
+				// from the agent on loopback and tags it with its name.
+				m.Type == events.ImageEventType && m.Action == events.ActionTag && m.Actor.Attributes["name"] == v2ref:
 				order = append(order, "pull r2 image")
 			case m.Type == events.ContainerEventType && m.Action == events.ActionDie && m.Actor.ID == r1ID:
 				order = append(order, "r1 container died")

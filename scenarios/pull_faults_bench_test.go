@@ -69,9 +69,9 @@ func (s *pullStats) report(b *testing.B, mode string, size int64) {
 		(s.reply / time.Duration(s.n)).Round(time.Millisecond), float64(s.bytes)/float64(s.n)/float64(size))
 }
 
-// benchLink is the link of a pull benchmark: its faults, and how long a
+// faultBenchLink is the link of a pull benchmark: its faults, and how long a
 // pull may take.
-type benchLink struct {
+type faultBenchLink struct {
 	cut   faultproxy.Cut
 	rate  int64 // bytes/s; 0 unlimited
 	bound time.Duration
@@ -81,7 +81,7 @@ type benchLink struct {
 // agent, and waits up to bound. The set-up and the clean-up (the agent
 // killed, which also ends a pull dockerd is still making for it, and the
 // image removed from the engine) are outside the timer.
-func runPull(b *testing.B, reg *testimage.Registry, img pullImage, mode fleetv1.Pull_Mode, link benchLink) pullRun {
+func runPull(b *testing.B, reg *testimage.Registry, img pullImage, mode fleetv1.Pull_Mode, link faultBenchLink) pullRun {
 	b.StopTimer()
 	l := newFaultLink(b, reg)
 	e := newPullEnv(b, "gw-bench-pull", l)
@@ -143,7 +143,7 @@ func runPull(b *testing.B, reg *testimage.Registry, img pullImage, mode fleetv1.
 
 // benchPulls alternates the agent's and the engine's pulls of the 64 MB
 // image (which goes first alternates too) over link.
-func benchPulls(b *testing.B, link benchLink) {
+func benchPulls(b *testing.B, link faultBenchLink) {
 	testenv.DockerClient(b)
 
 	reg := testimage.NewRegistry(b)
@@ -184,19 +184,19 @@ func benchPulls(b *testing.B, link benchLink) {
 // image. Timed from the deploy sent to the image present in the engine
 // under its name, and to the final reply.
 func BenchmarkPullCleanLink(b *testing.B) {
-	benchPulls(b, benchLink{bound: 2 * time.Minute})
+	benchPulls(b, faultBenchLink{bound: 2 * time.Minute})
 }
 
 // BenchmarkPullCutLink: the same over a link cut every 4 MiB (counted
 // across connections), the engine's pull bounded at 3 minutes: bytes
 // through the proxy, wall time, and whether each finished.
 func BenchmarkPullCutLink(b *testing.B) {
-	benchPulls(b, benchLink{cut: faultproxy.Cut{Every: 4 * mib}, bound: 3 * time.Minute})
+	benchPulls(b, faultBenchLink{cut: faultproxy.Cut{Every: 4 * mib}, bound: 3 * time.Minute})
 }
 
 // BenchmarkPullSlowLink: the same over a clean link throttled to 8 MiB/s
 // (the proxy's cap, all connections together), where the download, not
 // the loopback, sets the pace.
 func BenchmarkPullSlowLink(b *testing.B) {
-	benchPulls(b, benchLink{rate: 8 * mib, bound: 2 * time.Minute})
+	benchPulls(b, faultBenchLink{rate: 8 * mib, bound: 2 * time.Minute})
 }

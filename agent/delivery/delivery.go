@@ -39,6 +39,11 @@ import (
 // Engine is what delivery needs of the container engine.
 type Engine interface {
 	PullFromLoopback(ctx context.Context, host, repo string, manifest v1.Hash, name string) error
+	// LoadFromLayout streams the image into the engine: the fallback for
+	// an engine that does not share the agent's loopback (a remote
+	// --docker-host, a rootless engine, an agent in a container without
+	// the host's network).
+	LoadFromLayout(ctx context.Context, layoutDir string, manifest v1.Hash, name string) error
 }
 
 // Config configures a Delivery.
@@ -189,8 +194,13 @@ func (d *Delivery) load(ctx context.Context, manifest v1.Hash, name string) erro
 		srv.Close()
 		<-done
 	}()
-	if err := d.cfg.Engine.PullFromLoopback(ctx, ln.Addr().String(), repo, manifest, name); err != nil {
-		return fmt.Errorf("the engine did not take the verified image from the agent: %w", err)
+	perr := d.cfg.Engine.PullFromLoopback(ctx, ln.Addr().String(), repo, manifest, name)
+	if perr == nil || ctx.Err() != nil {
+		return perr
+	}
+	d.log.Warn("the engine could not pull from the agent on loopback; streaming the image into it instead", "image", name, "err", perr)
+	if err := d.cfg.Engine.LoadFromLayout(ctx, string(d.cfg.Store.Path()), manifest, name); err != nil {
+		return fmt.Errorf("the engine did not take the verified image from the agent: pulling from loopback: %w; loading it: %w", perr, err)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"runtime"
 
+	"github.com/docker/go-units"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -42,16 +43,16 @@ func (d *Delivery) reserve(ctx context.Context, need int64) (func(), error) {
 			}
 		}
 		if usage+d.reserved+need > d.cfg.MaxBytes {
-			return nil, fmt.Errorf("%w: the image needs %d MB more in the agent's image store, which holds %d MB of images deployments keep (and %d MB reserved by other pulls) under its cap of %d MB: raise --pull-store-max or remove deployments",
-				errdefs.ErrNoSpace, need>>20, usage>>20, d.reserved>>20, d.cfg.MaxBytes>>20)
+			return nil, fmt.Errorf("%w: the image needs %s more in the agent's image store, which holds %s of images deployments keep (and %s reserved by other pulls) under its cap of %s: raise --pull-store-max or remove deployments",
+				errdefs.ErrNoSpace, size(need), size(usage), size(d.reserved), size(d.cfg.MaxBytes))
 		}
 	}
 	free, err := d.cfg.FreeSpace()
 	if err != nil {
 		d.log.Debug("free space of the image store unknown; reservation against the cap only", "err", err)
 	} else if uint64(d.reserved+need) > free {
-		return nil, fmt.Errorf("%w: the image needs %d MB more in the agent's image store (%s), whose filesystem has %d MB free (%d MB reserved by other pulls): free space or remove deployments",
-			errdefs.ErrNoSpace, need>>20, d.cfg.Store.Path(), free>>20, d.reserved>>20)
+		return nil, fmt.Errorf("%w: the image needs %s more in the agent's image store (%s), whose filesystem has %s free (%s reserved by other pulls): free space or remove deployments",
+			errdefs.ErrNoSpace, size(need), d.cfg.Store.Path(), size(int64(free)), size(d.reserved))
 	}
 	d.reserved += need
 	released := false
@@ -64,6 +65,8 @@ func (d *Delivery) reserve(ctx context.Context, need int64) (func(), error) {
 		}
 	}, nil
 }
+
+func size(n int64) string { return units.BytesSize(float64(n)) }
 
 // kept is the keep func of the store's GC and Trim.
 func (d *Delivery) kept(ref string, _ v1.Descriptor) bool { return d.keep[ref] }
@@ -114,7 +117,7 @@ func registryErr(err error) error {
 	case errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound:
 		return fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
 	case errors.As(err, &unknownCA), errors.As(err, &hostname), errors.As(err, &invalid), errors.As(err, &verify):
-		return fmt.Errorf("%w: %w", errdefs.ErrTLS, err)
+		return fmt.Errorf("%w: the registry's TLS certificate did not verify; for a private CA send its certificate as caCertificate with set-credentials: %w", errdefs.ErrTLS, err)
 	}
 	return fmt.Errorf("%w: %w", errdefs.ErrRegistryUnreachable, err)
 }

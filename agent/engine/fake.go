@@ -1,13 +1,10 @@
 package engine
 
 import (
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"maps"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -216,12 +213,8 @@ func (f *Fake) Create(_ context.Context, name string, spec *fleetv1.DeploymentSp
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	imageID, ok := f.images[spec.GetImage()]
-	if h.Image != "" {
-		imageID = h.Image
-		ok = slices.Contains(slices.Collect(maps.Values(f.images)), h.Image)
-	}
 	if !ok {
-		return "", fmt.Errorf("create container %s: %w: no such image %s", name, errdefs.ErrNotFound, cmp.Or(h.Image, spec.GetImage()))
+		return "", fmt.Errorf("create container %s: %w: no such image %s", name, errdefs.ErrNotFound, spec.GetImage())
 	}
 	if _, taken := f.names[name]; taken {
 		return "", fmt.Errorf("create container %s: the name is in use", name)

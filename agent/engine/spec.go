@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -63,11 +62,6 @@ type Host struct {
 	// spec may mount. Any other volume must carry the owner label; a
 	// missing one is created with it.
 	ForeignVolumes []string
-	// Image, when set, is what the container is created from instead of
-	// spec.Image: the engine's ID of the image the agent fetched and
-	// verified (pull mode AGENT), so that nothing retagged in between is
-	// run.
-	Image string
 }
 
 // containerConfig translates a spec into Docker's create parameters.
@@ -82,7 +76,7 @@ func containerConfig(owner string, spec *fleetv1.DeploymentSpec, h Host) (*conta
 	labels[LabelSpecHash] = SpecHash(spec)
 
 	cfg := &container.Config{
-		Image:      cmp.Or(h.Image, spec.GetImage()),
+		Image:      spec.GetImage(),
 		Cmd:        spec.GetCommand(),
 		Entrypoint: spec.GetEntrypoint(),
 		Labels:     labels,

@@ -15,8 +15,12 @@ import (
 )
 
 // commitGrace is how long before GC started a blob must have been written
-// to be removed: the mtime of some file systems counts in seconds.
-const commitGrace = 2 * time.Second
+// to be removed. Zero: a fetch holds every blob of its image (Store.hold)
+// from the moment it knows the manifest until it has listed the image, so
+// the time rule only keeps a blob whose mtime is after GC's start; a
+// margin would keep the blobs of an image replaced a moment ago, and a
+// size cap could then not make room for its successor.
+const commitGrace = 0
 
 // GC drops from index.json the images for which keep is false, then removes
 // every blob that no remaining image reaches (its manifest, or its index and

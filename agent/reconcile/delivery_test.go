@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/fleet-agent/fleet/agent/delivery"
 	"github.com/fleet-agent/fleet/agent/engine"
@@ -30,6 +31,8 @@ type fakeDelivery struct {
 	pulled   []string
 	failOnce error  // the next Pull's error
 	swap     string // set: Pull delivers this digest, not the registry's
+	// progress, if set, reports the download's progress (else one report).
+	progress func(report func(done, total int64))
 	gcKeep   []string
 }
 
@@ -79,7 +82,12 @@ func (d *fakeDelivery) Pull(_ context.Context, ref string, opts delivery.Options
 		dg = d.swap
 		d.registry[ref] = dg
 	}
-	if opts.Progress != nil {
+	switch {
+	case d.progress != nil && opts.Progress != nil:
+		d.mu.Unlock()
+		d.progress(opts.Progress)
+		d.mu.Lock()
+	case opts.Progress != nil:
 		opts.Progress(5<<20, 10<<20)
 	}
 	id := digestOf("config of " + dg)
@@ -154,18 +162,18 @@ func TestAgentPullMode(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				host, _ := h.fake.HostOf(engine.ContainerName("web", 1))
+				cs, _ := h.fake.Inspect(context.Background(), st.GetContainerId())
 				if !tt.wantAgent {
-					if d.pullCount() != 0 || st.GetImageDigest() != engineDigest || host.Image != "" {
-						t.Errorf("ENGINE mode: agent pulls %d, digest %s (want %s), created from %q", d.pullCount(), st.GetImageDigest(), engineDigest, host.Image)
+					if d.pullCount() != 0 || st.GetImageDigest() != engineDigest {
+						t.Errorf("ENGINE mode: agent pulls %d, digest %s (want %s)", d.pullCount(), st.GetImageDigest(), engineDigest)
 					}
 					return
 				}
 				if st.GetImageDigest() != digest {
 					t.Errorf("imageDigest = %s, want the registry's %s", st.GetImageDigest(), digest)
 				}
-				if host.Image != id {
-					t.Errorf("container created from %q, want the verified image ID %s", host.Image, id)
+				if cs.ImageID != id {
+					t.Errorf("container holds image %q, want the verified image ID %s", cs.ImageID, id)
 				}
 				if len(d.pulls) != 1 || d.pulls[0].Bandwidth != 4096 {
 					t.Errorf("pulls %+v, want one with the spec's bandwidth 4096", d.pulls)
@@ -295,6 +303,80 @@ func TestPrefetch(t *testing.T) {
 		_, err = h.rec.Prefetch(ctx, &fleetv1.DeploymentSpec{Name: "Bad Name", Revision: 1, Image: ref}, nil)
 		if fe, ok := errors.AsType[*errdefs.FieldError](err); !ok || fe.Field != "spec.name" {
 			t.Errorf("Prefetch of a bad name: %v, want a field error on spec.name", err)
+		}
+	})
+}
+
+// retagger is the fake engine with a name retagged to another image just
+// before each container is created.
+type retagger struct {
+	*engine.Fake
+	name string
+}
+
+func (r retagger) Create(ctx context.Context, name string, spec *fleetv1.DeploymentSpec, h engine.Host) (string, error) {
+	r.Fake.Load(r.name, "pushed by someone else")
+	return r.Fake.Create(ctx, name, spec, h)
+}
+
+// TestRetaggedBeforeCreate: a name retagged between the pull's
+// verification and the container's creation is refused, not run.
+func TestRetaggedBeforeCreate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ref = "registry.test/web:1"
+		var d *fakeDelivery
+		h := newHarness(t, reconcile.Policy{}, false, func(c *reconcile.Config) {
+			fake := c.Engine.(*engine.Fake)
+			d = newFakeDelivery(fake)
+			withDelivery(d, fleetv1.Pull_AGENT)(c)
+			c.Engine = retagger{fake, ref}
+		})
+		d.publish(ref, "v1")
+		st, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "web", Revision: 1, Image: ref})
+		if errdefs.Code(err) != fleetv1.Reply_UNTRUSTED_IMAGE || st.GetPhase() != fleetv1.DeploymentStatus_FAILED {
+			t.Errorf("deploy with the name retagged before create: %v (phase %v), want UNTRUSTED_IMAGE", err, st.GetPhase())
+		}
+		if cs, _ := h.fake.List(context.Background()); len(cs) != 0 {
+			t.Errorf("containers %+v left, want none", cs)
+		}
+	})
+}
+
+// TestPullProgressRateAndETA: the PULLING status carries bytes done and
+// total, and from the second report on the rate and the time left.
+func TestPullProgressRateAndETA(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var d *fakeDelivery
+		h := newHarness(t, reconcile.Policy{}, false, func(c *reconcile.Config) {
+			d = newFakeDelivery(c.Engine.(*engine.Fake))
+			withDelivery(d, fleetv1.Pull_AGENT)(c)
+		})
+		const ref = "registry.test/web:1"
+		d.publish(ref, "v1")
+		d.progress = func(report func(done, total int64)) {
+			for i := int64(1); i <= 4; i++ {
+				time.Sleep(time.Second) // the bubble's clock: 1 MiB a second
+				report(i<<20, 10<<20)
+			}
+		}
+		if _, err := h.deploy(t, &fleetv1.DeploymentSpec{Name: "web", Revision: 1, Image: ref}); err != nil {
+			t.Fatal(err)
+		}
+		var got []*fleetv1.PullProgress
+		for _, s := range h.pub["web"] {
+			if p := s.GetPullProgress(); p != nil && (len(got) == 0 || got[len(got)-1].GetBytesDone() != p.GetBytesDone()) {
+				got = append(got, p)
+			}
+		}
+		if len(got) != 4 {
+			t.Fatalf("progress reports %v, want 4", got)
+		}
+		if got[0].GetBytesPerSecond() != 0 || got[0].GetEta() != nil {
+			t.Errorf("first report %v has a rate before there is one", got[0])
+		}
+		last := got[3]
+		if last.GetBytesPerSecond() != 1<<20 || last.GetEta().AsDuration() != 6*time.Second {
+			t.Errorf("last report %v, want 1 MiB/s and 6s left", last)
 		}
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/fleet-agent/fleet/agent/delivery"
 	"github.com/fleet-agent/fleet/agent/store"
@@ -116,18 +117,38 @@ func pullDefaults(spec *fleetv1.DeploymentSpec) (retries int, interval, timeout 
 }
 
 // progress returns the pull's progress callback: st's PULLING status with
-// bytes done and total, at most once a second (nothing for a nil st).
+// bytes done and total, the rate (smoothed over the last reports) and the
+// time left at that rate, at most once a second (nothing for a nil st).
 func (r *Reconciler) progress(ctx context.Context, st *fleetv1.DeploymentStatus) func(done, total int64) {
-	var last time.Time
+	var (
+		last     time.Time
+		lastDone int64
+		rate     float64 // bytes/s, exponentially smoothed
+	)
 	return func(done, total int64) {
 		if st == nil {
 			return
 		}
-		if now := r.cfg.Now(); now.Sub(last) >= time.Second {
-			last = now
-			st.PullProgress = &fleetv1.PullProgress{BytesDone: uint64(done), BytesTotal: uint64(total)}
-			r.publish(ctx, st)
+		now := r.cfg.Now()
+		if now.Sub(last) < time.Second {
+			return
 		}
+		p := &fleetv1.PullProgress{BytesDone: uint64(done), BytesTotal: uint64(total)}
+		if !last.IsZero() && done >= lastDone {
+			sample := float64(done-lastDone) / now.Sub(last).Seconds()
+			if rate == 0 {
+				rate = sample
+			} else {
+				rate = 0.5*rate + 0.5*sample
+			}
+			p.BytesPerSecond = uint64(rate)
+			if rate >= 1 && total > done {
+				p.Eta = durationpb.New(time.Duration(float64(total-done) / rate * float64(time.Second)).Round(time.Second))
+			}
+		}
+		last, lastDone = now, done
+		st.PullProgress = p
+		r.publish(ctx, st)
 	}
 }
 

@@ -248,11 +248,7 @@ func (r *Reconciler) rollout(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 	}
 	st.ImageDigest, st.PullProgress = digest, nil
 
-	createFrom := ""
-	if r.agentPull(spec) {
-		createFrom = imageID // exactly the image verified, whatever the name says by now
-	}
-	id, err := r.create(ctx, spec, st, existing, createFrom)
+	id, err := r.create(ctx, spec, st, existing, imageID)
 	if err != nil {
 		return fail(fleetv1.DeploymentStatus_FAILED, err)
 	}
@@ -275,7 +271,7 @@ func (r *Reconciler) rollout(ctx context.Context, spec *fleetv1.DeploymentSpec) 
 
 // create creates the new revision's container (CREATING), replacing one
 // left over from an interrupted attempt.
-func (r *Reconciler) create(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus, existing []engine.Container, image string) (string, error) {
+func (r *Reconciler) create(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus, existing []engine.Container, imageID string) (string, error) {
 	st.Phase = fleetv1.DeploymentStatus_CREATING
 	r.publish(ctx, st)
 	newName := engine.ContainerName(spec.GetName(), spec.GetRevision())
@@ -292,10 +288,19 @@ func (r *Reconciler) create(ctx context.Context, spec *fleetv1.DeploymentSpec, s
 	if err != nil {
 		return "", err
 	}
-	host.Image = image
 	id, err := r.cfg.Engine.Create(ctx, newName, spec, host)
 	if err != nil {
 		return "", err
+	}
+	// The container must hold exactly the image checked above: a name
+	// retagged meanwhile is refused, not run.
+	if s, err := r.cfg.Engine.Inspect(ctx, id); err != nil || imageID != "" && s.ImageID != imageID {
+		r.cfg.Engine.Remove(context.WithoutCancel(ctx), id)
+		if err != nil {
+			return "", err
+		}
+		return "", fmt.Errorf("%w: %s was retagged while the container was created (verified image %s, the container got %s); deploy again",
+			errdefs.ErrUntrustedImage, spec.GetImage(), imageID, s.ImageID)
 	}
 	st.ContainerId = id
 	return id, nil

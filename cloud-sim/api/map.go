@@ -101,7 +101,7 @@ func batchesOf(list []*dispatch.Batch) []*Batch {
 func credentialOf(v tenantcred.CredentialView) CredentialView {
 	out := CredentialView{Tenant: v.Tenant, Registry: v.Registry, Kind: v.Kind, Username: v.Username, Fingerprint: v.Fingerprint,
 		IssueTokens: v.IssueTokens, TokenFingerprint: v.TokenFingerprint, TokenExpiresAt: v.TokenExpiresAt, TokenRefreshAt: v.TokenRefreshAt,
-		ExpiresAt: v.ExpiresAt, HasCACertificate: v.HasCACertificate, HasClientCert: v.HasClientCert, RequireTLS: v.RequireTLS, UpdatedAt: v.UpdatedAt}
+		ExpiresAt: v.ExpiresAt, HasCACertificate: v.HasCACertificate, HasClientCert: v.HasClientCert, RequireTLS: v.RequireTLS, Insecure: v.Insecure, UpdatedAt: v.UpdatedAt}
 	if v.LastCheck != nil {
 		c := CheckResult(*v.LastCheck)
 		out.LastCheck = &c
@@ -122,6 +122,9 @@ func (s RolloutSpec) domain() rollout.Spec {
 		x := rollout.Exponential(*e)
 		out.Strategy.Exponential = &x
 	}
+	if p := st.Prefetch; p != nil {
+		out.Strategy.Prefetch = &rollout.Prefetch{MinPercent: p.MinPercent, Timeout: rollout.Duration(p.Timeout)}
+	}
 	return out
 }
 
@@ -138,13 +141,24 @@ func rolloutSpecOf(s rollout.Spec) RolloutSpec {
 		x := Exponential(*e)
 		out.Strategy.Exponential = &x
 	}
+	if p := st.Prefetch; p != nil {
+		out.Strategy.Prefetch = &Prefetch{MinPercent: p.MinPercent, Timeout: Duration(p.Timeout)}
+	}
 	return out
 }
 
 func rolloutGatewayOf(g rollout.Gateway) RolloutGateway {
 	return RolloutGateway{Rollout: g.Rollout, Gateway: g.Gateway, State: string(g.State), Batch: g.Batch, Attempt: g.Attempt,
 		CommandID: g.CommandID, DispatchedAt: g.DispatchedAt, FinishedAt: g.FinishedAt, Code: g.Code, Message: g.Message,
-		PrevSpec: g.PrevSpec, RollbackRevision: g.RollbackRevision}
+		PrevSpec: g.PrevSpec, RollbackRevision: g.RollbackRevision, Prefetch: gatewayPrefetchOf(g.Prefetch)}
+}
+
+func gatewayPrefetchOf(p *rollout.GatewayPrefetch) *GatewayPrefetch {
+	if p == nil {
+		return nil
+	}
+	return &GatewayPrefetch{State: string(p.State), CommandID: p.CommandID, DispatchedAt: p.DispatchedAt, FinishedAt: p.FinishedAt,
+		Code: p.Code, Message: p.Message}
 }
 
 func rolloutGatewaysOf(list []rollout.Gateway) []RolloutGateway {
@@ -161,12 +175,18 @@ func rolloutGatewaysOf(list []rollout.Gateway) []RolloutGateway {
 func rolloutViewOf(s *rollout.Summary) *RolloutView {
 	r := s.Rollout
 	out := &RolloutView{Rollout: Rollout{ID: r.ID, Spec: rolloutSpecOf(r.Spec), State: string(r.State), Phase: string(r.Phase),
-		Reason: r.Reason, CreatedAt: r.CreatedAt, FinishedAt: r.FinishedAt, SoakUntil: r.SoakUntil, Batch: r.Batch,
+		Reason: r.Reason, CreatedAt: r.CreatedAt, FinishedAt: r.FinishedAt, SoakUntil: r.SoakUntil, PrefetchUntil: r.PrefetchUntil, Batch: r.Batch,
 		BatchSize: r.BatchSize, Notified: r.Notified, Warnings: r.Warnings},
 		Total: s.Total, Counts: make(map[string]int, len(s.Counts)), SucceededPct: s.SucceededPct, FailedPct: s.FailedPct,
 		CurrentRate: s.CurrentRate, ETA: s.ETA, Failing: rolloutGatewaysOf(s.Failing), Gateways: rolloutGatewaysOf(s.Gateways), Active: s.Active}
 	for st, n := range s.Counts {
 		out.Counts[string(st)] = n
+	}
+	if s.PrefetchCounts != nil {
+		out.PrefetchCounts = make(map[string]int, len(s.PrefetchCounts))
+		for st, n := range s.PrefetchCounts {
+			out.PrefetchCounts[string(st)] = n
+		}
 	}
 	return out
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -229,6 +230,7 @@ type CredentialView struct {
 	HasCACertificate bool         `json:"hasCaCertificate,omitempty"`
 	HasClientCert    bool         `json:"hasClientCertificate,omitempty"`
 	RequireTLS       bool         `json:"requireTls,omitempty"`
+	Insecure         bool         `json:"insecure,omitempty"`
 	UpdatedAt        time.Time    `json:"updatedAt"`
 	LastCheck        *CheckResult `json:"lastCheck,omitempty"`
 }
@@ -312,6 +314,61 @@ type Strategy struct {
 	Exponential    *Exponential `json:"exponential,omitempty"`
 	GatewayTimeout Duration     `json:"gatewayTimeout,omitempty"`
 	Deadline       Duration     `json:"deadline,omitempty"`
+	// Prefetch stages the image on every target before the first deploy:
+	// `true`, or {minPercent, timeout}.
+	Prefetch *Prefetch `json:"prefetch,omitempty"`
+}
+
+// Prefetch is a rollout's prefetch phase. In a spec, `prefetch: true` is
+// a phase with the defaults and `false` none.
+type Prefetch struct {
+	// MinPercent of the targets must hold the image when the phase ends,
+	// or the rollout aborts before any deploy (0: no minimum).
+	MinPercent float64 `json:"minPercent,omitempty"`
+	// Timeout ends the phase at the latest (1h when absent).
+	Timeout Duration `json:"timeout,omitempty"`
+}
+
+// UnmarshalJSON takes true for a phase with the defaults, besides the
+// object; false is refused here (Strategy.UnmarshalJSON drops it).
+func (p *Prefetch) UnmarshalJSON(b []byte) error {
+	if string(b) == "true" {
+		*p = Prefetch{}
+		return nil
+	}
+	type plain Prefetch
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var v plain
+	if err := dec.Decode(&v); err != nil {
+		return fmt.Errorf("prefetch is true, false or {minPercent, timeout}: %w", err)
+	}
+	*p = Prefetch(v)
+	return nil
+}
+
+// UnmarshalJSON reads a strategy, `prefetch: false` as no prefetch phase.
+func (s *Strategy) UnmarshalJSON(b []byte) error {
+	type plain Strategy
+	var probe struct {
+		Prefetch json.RawMessage `json:"prefetch"`
+	}
+	if err := json.Unmarshal(b, &probe); err == nil && string(probe.Prefetch) == "false" {
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(b, &m); err != nil {
+			return err
+		}
+		delete(m, "prefetch")
+		b, _ = json.Marshal(m)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var v plain
+	if err := dec.Decode(&v); err != nil {
+		return err
+	}
+	*s = Strategy(v)
+	return nil
 }
 
 // Canary is the first phase.
@@ -362,10 +419,11 @@ const (
 
 // Rollout phases.
 const (
-	PhaseCanary  = "CANARY"
-	PhaseSoak    = "SOAK"
-	PhaseBatches = "BATCHES"
-	PhaseDone    = "DONE"
+	PhasePrefetch = "PREFETCHING"
+	PhaseCanary   = "CANARY"
+	PhaseSoak     = "SOAK"
+	PhaseBatches  = "BATCHES"
+	PhaseDone     = "DONE"
 )
 
 // Rollout is one rollout's state.
@@ -378,10 +436,12 @@ type Rollout struct {
 	CreatedAt  time.Time   `json:"createdAt"`
 	FinishedAt time.Time   `json:"finishedAt,omitzero"`
 	SoakUntil  time.Time   `json:"soakUntil,omitzero"`
-	Batch      int         `json:"batch"`     // current batch, from 1
-	BatchSize  int         `json:"batchSize"` // gateways per batch after the canary
-	Notified   int         `json:"notified"`  // gateways dispatched
-	Warnings   []string    `json:"warnings,omitempty"`
+	// PrefetchUntil ends the prefetch phase at the latest.
+	PrefetchUntil time.Time `json:"prefetchUntil,omitzero"`
+	Batch         int       `json:"batch"`     // current batch, from 1
+	BatchSize     int       `json:"batchSize"` // gateways per batch after the canary
+	Notified      int       `json:"notified"`  // gateways dispatched
+	Warnings      []string  `json:"warnings,omitempty"`
 }
 
 // RolloutGateway is one gateway's progress in a rollout.
@@ -400,20 +460,45 @@ type RolloutGateway struct {
 	// deploy to it), what a rollback deploys again.
 	PrevSpec         json.RawMessage `json:"prevSpec,omitempty"`
 	RollbackRevision int64           `json:"rollbackRevision,omitempty"`
+	// Prefetch is the gateway's prefetch, absent without a prefetch phase.
+	Prefetch *GatewayPrefetch `json:"prefetch,omitempty"`
+}
+
+// Per-gateway prefetch states.
+const (
+	PrefetchQueued     = "QUEUED"
+	PrefetchInProgress = "IN_PROGRESS"
+	PrefetchSucceeded  = "SUCCEEDED"
+	PrefetchFailed     = "FAILED"
+	PrefetchTimedOut   = "TIMED_OUT"
+	PrefetchSkipped    = "SKIPPED"
+)
+
+// GatewayPrefetch is one gateway's prefetch in a rollout's prefetch phase.
+type GatewayPrefetch struct {
+	State        string    `json:"state"`
+	CommandID    string    `json:"commandId,omitempty"`
+	DispatchedAt time.Time `json:"dispatchedAt,omitzero"`
+	FinishedAt   time.Time `json:"finishedAt,omitzero"`
+	Code         string    `json:"code,omitempty"`
+	Message      string    `json:"message,omitempty"`
 }
 
 // RolloutView is a rollout with its aggregate progress.
 type RolloutView struct {
 	Rollout
-	Total        int              `json:"total"`
-	Counts       map[string]int   `json:"counts"`
-	SucceededPct float64          `json:"succeededPercent"`
-	FailedPct    float64          `json:"failedPercent"`
-	CurrentRate  float64          `json:"currentRatePerMinute"` // gateways finished in the last minute
-	ETA          string           `json:"eta,omitempty"`
-	Failing      []RolloutGateway `json:"failing,omitempty"`
-	Gateways     []RolloutGateway `json:"gateways,omitempty"`
-	Active       bool             `json:"active"`
+	Total  int            `json:"total"`
+	Counts map[string]int `json:"counts"`
+	// PrefetchCounts count the gateways' prefetches by state; absent
+	// without a prefetch phase.
+	PrefetchCounts map[string]int   `json:"prefetchCounts,omitempty"`
+	SucceededPct   float64          `json:"succeededPercent"`
+	FailedPct      float64          `json:"failedPercent"`
+	CurrentRate    float64          `json:"currentRatePerMinute"` // gateways finished in the last minute
+	ETA            string           `json:"eta,omitempty"`
+	Failing        []RolloutGateway `json:"failing,omitempty"`
+	Gateways       []RolloutGateway `json:"gateways,omitempty"`
+	Active         bool             `json:"active"`
 }
 
 // Identity is a gateway's identity in the cloud: the MQTT username it

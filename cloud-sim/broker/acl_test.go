@@ -30,6 +30,8 @@ func TestIdentityAllowed(t *testing.T) {
 		{"outside the prefix", gw, "other/acme/gw-1/birth", true, false},
 		{"read own commands", gw, "fleet/v1/acme/gw-1/cmd/+", false, true},
 		{"read one own verb", gw, "fleet/v1/acme/gw-1/cmd/deploy", false, true},
+		{"read its prefetch verb", gw, "fleet/v1/acme/gw-1/cmd/prefetch", false, true},
+		{"read its group's prefetch verb", gw, "fleet/v1/acme/group/berlin/cmd/prefetch", false, true},
 		{"read another gateway's commands", gw, "fleet/v1/acme/gw-2/cmd/+", false, false},
 		{"read everything", gw, "fleet/v1/#", false, false},
 		{"read the tenant with a wildcard", gw, "fleet/v1/acme/+/cmd/+", false, false},

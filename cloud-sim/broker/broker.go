@@ -116,21 +116,9 @@ func Start(cfg Config) (*Broker, error) {
 		return nil, err
 	}
 	if cfg.StorePath != "" {
-		// NoSync: writes reach the OS at once, so a crashed broker loses
-		// nothing; a power cut may lose the last seconds, as with
-		// Mosquitto's periodic autosave. An fsync per message would bound
-		// the broker to a few hundred messages a second.
-		rdb, err := bbolt.Open(cfg.StorePath+".retained", 0o600, &bbolt.Options{Timeout: 5 * time.Second, NoSync: true})
-		if err != nil {
+		if store, err = addStore(srv, cfg.StorePath); err != nil {
 			closeAll()
-			return nil, fmt.Errorf("broker: store %s.retained: %w", cfg.StorePath, err)
-		}
-		store = &boltStore{Hook: new(bolt.Hook), rdb: rdb}
-		err = srv.AddHook(store, &bolt.Options{Path: cfg.StorePath, Options: &bbolt.Options{Timeout: 5 * time.Second, NoSync: true}})
-		if err != nil {
-			closeAll()
-			rdb.Close()
-			return nil, fmt.Errorf("broker: store %s: %w", cfg.StorePath, err)
+			return nil, err
 		}
 	}
 	ends := &endHook{waiting: map[*mqtt.Client]chan struct{}{}}
@@ -162,6 +150,26 @@ func Start(cfg Config) (*Broker, error) {
 		b.tlsAddr = lns[1].ln.Addr().String()
 	}
 	return b, nil
+}
+
+// addStore persists the broker's sessions and retained messages in bbolt
+// files at path.
+func addStore(srv *mqtt.Server, path string) (*boltStore, error) {
+	// NoSync: writes reach the OS at once, so a crashed broker loses
+	// nothing; a power cut may lose the last seconds, as with Mosquitto's
+	// periodic autosave. An fsync per message would bound the broker to a
+	// few hundred messages a second.
+	rdb, err := bbolt.Open(path+".retained", 0o600, &bbolt.Options{Timeout: 5 * time.Second, NoSync: true})
+	if err != nil {
+		return nil, fmt.Errorf("broker: store %s.retained: %w", path, err)
+	}
+	store := &boltStore{Hook: new(bolt.Hook), rdb: rdb}
+	err = srv.AddHook(store, &bolt.Options{Path: path, Options: &bbolt.Options{Timeout: 5 * time.Second, NoSync: true}})
+	if err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("broker: store %s: %w", path, err)
+	}
+	return store, nil
 }
 
 // Disconnect revokes what client id holds at the broker: its live

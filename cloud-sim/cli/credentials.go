@@ -44,7 +44,7 @@ func subverb(say string) func(*cobra.Command, []string) error {
 func credSetCmd(env Env) *cobra.Command {
 	v := &verb{env: env}
 	cmd := &cobra.Command{
-		Use:   "set --tenant T --registry R (--username U --password-stdin | --ecr-region R --ecr-access-key-id K --ecr-secret-stdin [--issue-tokens]) [--ca-file F] [--require-tls] [--check-image IMAGE] [--push TARGET]",
+		Use:   "set --tenant T --registry R (--username U --password-stdin | --ecr-region R --ecr-access-key-id K --ecr-secret-stdin [--issue-tokens]) [--ca-file F] [--require-tls | --insecure] [--check-image IMAGE] [--push TARGET]",
 		Short: "Store a registry credential of a tenant (and push it to gateways)",
 		Long: `Store a registry credential of a tenant, encrypted at rest: basic (username and
 a password or token read from stdin), ECR (AWS keys; with --issue-tokens the
@@ -64,6 +64,7 @@ With --push it is also sent, sealed, to the target gateways now.`,
 	fs.BoolVar(&v.issueTokens, "issue-tokens", false, "ecr: gateways get 12-hour tokens issued by the controller, never the AWS keys")
 	fs.StringVar(&v.caFile, "ca-file", "", "PEM CA certificate of a registry with a private CA")
 	fs.BoolVar(&v.requireTLS, "require-tls", false, "gateways verify HTTPS themselves before each pull")
+	fs.BoolVar(&v.insecure, "insecure", false, "plain HTTP or unverified TLS: honoured only by gateways whose --allow-insecure-registry lists the registry (pull mode agent)")
 	fs.StringVar(&v.checkImage, "check-image", "", "check this image with the credential first; refuse the credential if the registry does")
 	fs.BoolVar(&v.push, "push", false, "also send it, sealed, to the target gateways now")
 	fs.StringArrayVar(&v.gateways, "gateway", nil, "with --push: target gateway `TENANT/ID` (repeatable)")
@@ -107,7 +108,7 @@ func (v *verb) credSet(ctx context.Context) error {
 	if v.tenant == "" || v.registry == "" {
 		return Usagef("--tenant and --registry are required")
 	}
-	cr := &fleetv1.Credential{Registry: v.registry, RequireTls: v.requireTLS}
+	cr := &fleetv1.Credential{Registry: v.registry, RequireTls: v.requireTLS, Insecure: v.insecure}
 	readSecret := func() (string, error) {
 		b, err := io.ReadAll(v.env.Stdin)
 		return strings.TrimRight(string(b), "\r\n"), err

@@ -185,6 +185,9 @@ func (v *verb) rolloutStatus(ctx context.Context, id string) error {
 			counts = append(counts, fmt.Sprintf("%d %s", rv.Counts[k], strings.ToLower(k)))
 		}
 		fmt.Fprintf(tw, "gateways\t%d: %s\n", rv.Total, strings.Join(counts, ", "))
+		if rv.PrefetchCounts != nil {
+			fmt.Fprintf(tw, "prefetch\t%s\n", countWords(rv.PrefetchCounts))
+		}
 		fmt.Fprintf(tw, "progress\t%.1f%% succeeded, %.1f%% failed, %.0f/min, eta %s\n", rv.SucceededPct, rv.FailedPct, rv.CurrentRate, or(rv.ETA, "-"))
 		tw.Flush()
 		if len(rv.Failing) > 0 {
@@ -205,8 +208,22 @@ func (v *verb) rolloutStatus(ctx context.Context, id string) error {
 }
 
 func (p *progress) drawRollout(r *rolloutView) {
+	if r.Phase == phasePrefetch {
+		pc := r.PrefetchCounts
+		p.show(r.Total-pc[prefetchQueued]-pc[prefetchInProgress], r.Total, fmt.Sprintf("%s %s: %s", r.State, r.Phase, countWords(pc)), false)
+		return
+	}
 	done := r.Total - r.Counts[gwQueued] - r.Counts[gwInProgress]
 	p.show(done, r.Total, fmt.Sprintf("%s %s: %d succeeded, %d failed, %d in progress", r.State, r.Phase,
 		r.Counts[gwSucceeded], r.Counts[gwFailed]+r.Counts[gwRejected]+r.Counts[gwTimedOut],
 		r.Counts[gwInProgress]), false)
+}
+
+// countWords is "2 failed, 5 succeeded": counts by state, sorted.
+func countWords(counts map[string]int) string {
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(counts)) {
+		out = append(out, fmt.Sprintf("%d %s", counts[k], strings.ToLower(k)))
+	}
+	return strings.Join(out, ", ")
 }

@@ -74,7 +74,7 @@ func New(env Env, server ...*cobra.Command) *cobra.Command {
 	root.AddGroup(&cobra.Group{ID: clientGroup, Title: "Client verbs (talk to a running serve):"})
 	for _, c := range []*cobra.Command{
 		gatewaysCmd(env), gatewayCmd(env), provisionCmd(env), deprovisionCmd(env), labelCmd(env), groupCmd(env),
-		deployCmd(env), lifecycleCmd(env, "remove"), lifecycleCmd(env, "start"), lifecycleCmd(env, "stop"), lifecycleCmd(env, "restart"),
+		deployCmd(env), prefetchCmd(env), lifecycleCmd(env, "remove"), lifecycleCmd(env, "start"), lifecycleCmd(env, "stop"), lifecycleCmd(env, "restart"),
 		sendCmd(env), credentialsCmd(env), checkRegistryCmd(env), batchCmd(env), rolloutCmd(env), signingKeysCmd(env),
 	} {
 		c.GroupID = clientGroup

@@ -54,6 +54,7 @@ type verb struct {
 	// credentials
 	registry, username, ecrRegion, ecrKeyID, caFile, checkImage string
 	passwordStdin, ecrSecretStdin, issueTokens, requireTLS      bool
+	insecure                                                    bool
 	push                                                        bool
 }
 
@@ -177,6 +178,25 @@ func deployCmd(env Env) *cobra.Command {
 	cmd.Flags().StringVarP(&v.file, "file", "f", "", "deployment spec, YAML or JSON (a protocol DeploymentSpec; - for stdin)")
 	cmd.Flags().BoolVar(&v.skip, "skip-registry-check", false, "do not check the image and credential from the cloud first")
 	return v.command(cmd, v.deploy)
+}
+
+// prefetchCmd is the protocol's prefetch verb, a verb of its own rather
+// than a deploy flag: it has none of a deploy's effects (no desired state,
+// no revision check, no status), and each protocol verb is one CLI verb.
+func prefetchCmd(env Env) *cobra.Command {
+	v := &verb{env: env}
+	cmd := &cobra.Command{
+		Use:   "prefetch TARGET -f spec.yaml [--skip-registry-check]",
+		Short: "Download and verify a deployment spec's image on gateways, touching nothing",
+		Long: "Have gateways download and verify the image of a deployment spec (the same file as deploy's) as a deploy\n" +
+			"would, creating and changing nothing; a later deploy of the spec then only creates and starts.\n\n" + targetHelp,
+		Example: "  cloud-sim prefetch --tenant acme --selector site=berlin -f web.yaml --wait 1h",
+		Args:    NoArgs,
+	}
+	v.targetFlags(cmd)
+	cmd.Flags().StringVarP(&v.file, "file", "f", "", "deployment spec, YAML or JSON (a protocol DeploymentSpec; - for stdin)")
+	cmd.Flags().BoolVar(&v.skip, "skip-registry-check", false, "do not check the image and credential from the cloud first")
+	return v.command(cmd, v.prefetch)
 }
 
 func lifecycleCmd(env Env, name string) *cobra.Command {
@@ -490,6 +510,18 @@ func (v *verb) deploy(ctx context.Context) error {
 		return err
 	}
 	return v.sendAndWait(ctx, t, &fleetv1.Command{Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: spec}}})
+}
+
+func (v *verb) prefetch(ctx context.Context) error {
+	t, err := v.target()
+	if err != nil {
+		return err
+	}
+	spec := new(fleetv1.DeploymentSpec)
+	if err := v.readProto("a deployment spec", spec); err != nil {
+		return err
+	}
+	return v.sendAndWait(ctx, t, &fleetv1.Command{Body: &fleetv1.Command_Prefetch{Prefetch: &fleetv1.Prefetch{Spec: spec}}})
 }
 
 func (v *verb) lifecycle(name string) func(context.Context) error {

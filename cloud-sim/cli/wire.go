@@ -29,4 +29,8 @@ const (
 	gwFailed       = api.GwFailed
 	gwRejected     = api.GwRejected
 	gwTimedOut     = api.GwTimedOut
+
+	phasePrefetch      = api.PhasePrefetch
+	prefetchQueued     = api.PrefetchQueued
+	prefetchInProgress = api.PrefetchInProgress
 )

@@ -14,7 +14,7 @@ import (
 var commandStates = []string{api.StatePending, api.StateAccepted, api.StateSucceeded, api.StateFailed, api.StateRejected, api.StateUndelivered}
 
 // commandVerbs are the verbs the filter offers (topic.Verb's names).
-var commandVerbs = []string{"deploy", "remove", "start", "stop", "restart", "set-credentials", "delete-credentials", "check-registry", "rebirth"}
+var commandVerbs = []string{"deploy", "remove", "start", "stop", "restart", "set-credentials", "delete-credentials", "check-registry", "rebirth", "prefetch"}
 
 // commandLimit is how many commands the page lists.
 const commandLimit = 200

@@ -3,6 +3,7 @@ package console
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"html/template"
 	"net/http"
 	"net/url"
@@ -100,6 +101,8 @@ type rolloutPage struct {
 	Failing    []api.RolloutGateway
 	Paused     bool
 	SpecYAML   string
+	// Prefetch is the prefetch phase's counts in words, "" without one.
+	Prefetch string
 }
 
 // rollout shows one rollout, live: its funnel, its gateways per state
@@ -111,7 +114,7 @@ func (c *Console) rollout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := rolloutPage{RolloutView: &v, Deployment: deploymentOf(v.Spec.Deployment), Bar: progressBar(&v),
-		Progress: progressText(&v), Paused: v.State == api.RolloutPaused, SpecYAML: specYAML(v.Spec)}
+		Progress: progressText(&v), Paused: v.State == api.RolloutPaused, SpecYAML: specYAML(v.Spec), Prefetch: prefetchText(&v)}
 	d.Flow, d.Ends = funnel(&v)
 	start, end := chartSpan(&v, c.cfg.Now())
 	d.Chart = stateChart(v.Gateways, start, end)
@@ -129,6 +132,22 @@ func (c *Console) rollout(w http.ResponseWriter, r *http.Request) {
 		title = "Rollout " + v.Spec.Name
 	}
 	c.render(w, r, "rollout", view{Title: title, Nav: "rollouts", Live: "rollout.", Data: d})
+}
+
+// prefetchText is "12 of 20 hold the image · 3 in progress · 1 failed …",
+// the prefetch phase's counts; "" for a rollout without one.
+func prefetchText(v *api.RolloutView) string {
+	if v.PrefetchCounts == nil {
+		return ""
+	}
+	pc := v.PrefetchCounts
+	parts := []string{fmt.Sprintf("%d of %d hold the image", pc[api.PrefetchSucceeded], v.Total)}
+	for _, st := range []string{api.PrefetchInProgress, api.PrefetchQueued, api.PrefetchFailed, api.PrefetchTimedOut, api.PrefetchSkipped} {
+		if pc[st] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", pc[st], strings.ToLower(strings.ReplaceAll(st, "_", " "))))
+		}
+	}
+	return strings.Join(parts, " · ")
 }
 
 // specYAML writes a rollout's spec as the YAML cloud-sim rollout create
@@ -225,6 +244,9 @@ func specFromForm(f url.Values) (api.RolloutSpec, error) {
 			GatewayTimeout: fp.duration("strategy.gatewayTimeout")},
 		Abort: api.AbortCriteria{ThresholdPercent: fp.float("abort.thresholdPercent"), MinExecuted: fp.int("abort.minExecuted"),
 			FailureKinds: f["abort.failureKinds"], Rollback: fp.bool("abort.rollback")},
+	}
+	if fp.bool("strategy.prefetch") {
+		spec.Strategy.Prefetch = &api.Prefetch{}
 	}
 	if f.Get("strategy.canary.count") != "" || f.Get("strategy.canary.soak") != "" {
 		spec.Strategy.Canary = &api.Canary{Count: fp.int("strategy.canary.count"), Soak: fp.duration("strategy.canary.soak")}

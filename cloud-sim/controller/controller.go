@@ -97,6 +97,8 @@ type Controller struct {
 	sign  *cmdkeys.Keys
 	// resolver checks rollout work items against the store.
 	resolver *rollout.Resolver
+	// peers are the replies to rollout commands other replicas sent.
+	peers *peerOutcomes
 
 	stopWork  func()
 	stop      chan struct{}
@@ -111,7 +113,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	cfg = withDefaults(cfg)
 	c := &Controller{cfg: cfg, log: cfg.Logger, store: cfg.Store, hub: new(changes.Hub), stop: make(chan struct{}),
-		resolver: rollout.NewResolver(cfg.Store)}
+		resolver: rollout.NewResolver(cfg.Store), peers: new(peerOutcomes)}
 	var err error
 	if c.ids = cfg.Identities; c.ids == nil {
 		if c.ids, err = identity.New(ctx, identity.Config{Store: cfg.Store, ControllerID: cfg.ID, Now: cfg.Now}); err != nil {
@@ -135,7 +137,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if c.sign, err = cmdkeys.New(cmdkeys.Config{Store: cfg.Store, Cipher: cfg.Keys, Now: cfg.Now}); err != nil {
 		return nil, err
 	}
-	c.sched, err = rollout.New(ctx, rollout.Config{Store: cfg.Store, ID: cfg.ID, APIURL: cfg.APIURL, Fleet: c.inv, Commands: c.disp,
+	c.sched, err = rollout.New(ctx, rollout.Config{Store: cfg.Store, ID: cfg.ID, APIURL: cfg.APIURL, Fleet: c.inv, Commands: rolloutCommands{disp: c.disp, peers: c.peers},
 		Changes: c.hub, Logger: c.log, Now: cfg.Now})
 	if err != nil {
 		return nil, err
@@ -236,6 +238,7 @@ func (c *Controller) Ingest(r mqttclient.Received) {
 func (c *Controller) reply(tenant, gw string, rep *fleetv1.Reply, at time.Time) {
 	cmd, matched := c.disp.Reply(tenant, gw, rep, at)
 	if !matched {
+		c.peers.note(tenant, gw, rep)
 		return
 	}
 	c.inv.Touch(tenant, gw, at)

@@ -141,8 +141,12 @@ func (c *Controller) work(ctx context.Context, data []byte) {
 		return
 	}
 	if err := c.dispatchDeploy(ctx, w); err != nil {
-		c.log.Warn("rollout dispatch failed", "rollout", w.Rollout, "gateway", w.Gateway, "err", err)
-		c.disp.Undelivered(w.CommandID, w.Rollout, w.Tenant, w.Gateway, string(topic.Deploy), err)
+		verb := topic.Deploy
+		if w.Prefetch {
+			verb = topic.Prefetch
+		}
+		c.log.Warn("rollout dispatch failed", "rollout", w.Rollout, "gateway", w.Gateway, "verb", verb, "err", err)
+		c.disp.Undelivered(w.CommandID, w.Rollout, w.Tenant, w.Gateway, string(verb), err)
 	}
 }
 
@@ -165,8 +169,9 @@ func clip(s string) string {
 	return strings.ToValidUTF8(s[:maxLen], "") + "…"
 }
 
-// dispatchDeploy sends w's spec to one gateway, its credential first when
-// it lacks it, under deterministic command ids.
+// dispatchDeploy sends w's spec to one gateway (a deploy, or a prefetch
+// of its image), its credential first when it lacks it, under
+// deterministic command ids.
 func (c *Controller) dispatchDeploy(ctx context.Context, w rollout.Work) error {
 	g, ok := c.inv.Get(w.Tenant, w.Gateway)
 	if !ok {
@@ -186,13 +191,19 @@ func (c *Controller) dispatchDeploy(ctx context.Context, w rollout.Work) error {
 		set.Id = w.CommandID + "c"
 		cmds = append(cmds, set)
 	}
-	cmds = append(cmds, &fleetv1.Command{Id: w.CommandID, Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: w.Spec}}})
+	if w.Prefetch {
+		cmds = append(cmds, &fleetv1.Command{Id: w.CommandID, Body: &fleetv1.Command_Prefetch{Prefetch: &fleetv1.Prefetch{Spec: w.Spec}}})
+	} else {
+		cmds = append(cmds, &fleetv1.Command{Id: w.CommandID, Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: w.Spec}}})
+	}
 	for _, cmd := range cmds {
 		cmd.IssuedAt = now
 		if err := c.disp.Send(ctx, w.Rollout, w.Tenant, w.Gateway, g.Online, cmd); err != nil {
 			return err
 		}
 	}
-	c.sched.Specs().Remember(w.Tenant, w.Gateway, w.Spec)
+	if !w.Prefetch {
+		c.sched.Specs().Remember(w.Tenant, w.Gateway, w.Spec)
+	}
 	return nil
 }

@@ -97,8 +97,8 @@ func (c *Controller) listed(tenant string, ids []string) ([]*inventory.Gateway, 
 }
 
 // Send sends cmd (its body; ids are assigned) to every target gateway and
-// returns at once with the batch; Wait awaits the outcomes. A deploy is
-// preceded, per gateway, by the tenant's credential for its image when the
+// returns at once with the batch; Wait awaits the outcomes. A deploy (or
+// a prefetch) is preceded, per gateway, by the tenant's credential for its image when the
 // gateway does not hold it yet, and refused before anything is sent when
 // the registry rejects the credential or has no such image. A
 // set-credentials with plaintext credentials is sealed to each gateway.
@@ -143,14 +143,14 @@ type prepared struct {
 func (c *Controller) prepare(ctx context.Context, t Target, cmd *fleetv1.Command, opts SendOptions) (*prepared, error) {
 	p := &prepared{verb: topic.VerbOf(cmd)}
 	if p.verb == "" {
-		return nil, errdefs.Invalid("command", "has no body: give one of deploy, remove, start, stop, restart, setCredentials, deleteCredentials, checkRegistry, rebirth")
+		return nil, errdefs.Invalid("command", "has no body: give one of deploy, remove, start, stop, restart, setCredentials, deleteCredentials, checkRegistry, rebirth, prefetch")
 	}
 	var err error
 	if p.gws, err = c.resolve(t); err != nil {
 		return nil, err
 	}
-	if spec := cmd.GetDeploy().GetSpec(); spec != nil && spec.GetImage() != "" {
-		cred, check, warn, err := c.creds.PrepareChecked(ctx, t.Tenant, spec.GetImage(), "command.deploy.spec.image", opts.SkipRegistryCheck)
+	if spec, field := imageSpec(cmd); spec != nil && spec.GetImage() != "" {
+		cred, check, warn, err := c.creds.PrepareChecked(ctx, t.Tenant, spec.GetImage(), field, opts.SkipRegistryCheck)
 		if err != nil {
 			return nil, err
 		}
@@ -162,6 +162,18 @@ func (c *Controller) prepare(ctx context.Context, t Target, cmd *fleetv1.Command
 		return nil, err
 	}
 	return p, nil
+}
+
+// imageSpec is the spec of a command that pulls its image (deploy,
+// prefetch), and the field that names its image in errors.
+func imageSpec(cmd *fleetv1.Command) (*fleetv1.DeploymentSpec, string) {
+	switch {
+	case cmd.GetDeploy() != nil:
+		return cmd.GetDeploy().GetSpec(), "command.deploy.spec.image"
+	case cmd.GetPrefetch() != nil:
+		return cmd.GetPrefetch().GetSpec(), "command.prefetch.spec.image"
+	}
+	return nil, ""
 }
 
 // DryRun is what Send would do, had it been asked: the gateways it would

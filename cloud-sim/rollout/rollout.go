@@ -60,11 +60,36 @@ type Phase string
 
 // The phases.
 const (
-	PhaseCanary  Phase = "CANARY"
-	PhaseSoak    Phase = "SOAK"
-	PhaseBatches Phase = "BATCHES"
-	PhaseDone    Phase = "DONE"
+	PhasePrefetch Phase = "PREFETCHING" // before the canary: the image staged on every target
+	PhaseCanary   Phase = "CANARY"
+	PhaseSoak     Phase = "SOAK"
+	PhaseBatches  Phase = "BATCHES"
+	PhaseDone     Phase = "DONE"
 )
+
+// PrefetchState is one gateway's prefetch in a rollout's prefetch phase.
+type PrefetchState string
+
+// The prefetch states.
+const (
+	PrefetchQueued     PrefetchState = "QUEUED"
+	PrefetchInProgress PrefetchState = "IN_PROGRESS"
+	PrefetchSucceeded  PrefetchState = "SUCCEEDED"
+	PrefetchFailed     PrefetchState = "FAILED"    // the gateway answered FAILED or REJECTED, or it was not delivered
+	PrefetchTimedOut   PrefetchState = "TIMED_OUT" // still running when the phase ended
+	PrefetchSkipped    PrefetchState = "SKIPPED"   // not sent: offline until the phase ended, or the rollout ended first
+)
+
+// GatewayPrefetch is one gateway's prefetch: nil when the rollout has no
+// prefetch phase (or the gateway joined it after the phase).
+type GatewayPrefetch struct {
+	State        PrefetchState
+	CommandID    string
+	DispatchedAt time.Time
+	FinishedAt   time.Time
+	Code         string
+	Message      string
+}
 
 // Rollout is one rollout's state.
 type Rollout struct {
@@ -76,10 +101,12 @@ type Rollout struct {
 	CreatedAt  time.Time
 	FinishedAt time.Time
 	SoakUntil  time.Time
-	Batch      int // current batch, from 1
-	BatchSize  int // gateways per batch after the canary
-	Notified   int // gateways dispatched
-	Warnings   []string
+	// PrefetchUntil ends the prefetch phase at the latest.
+	PrefetchUntil time.Time
+	Batch         int // current batch, from 1
+	BatchSize     int // gateways per batch after the canary
+	Notified      int // gateways dispatched
+	Warnings      []string
 	// tokens is the rate limiter's allowance; not persisted.
 	tokens   float64
 	lastTick time.Time
@@ -101,6 +128,8 @@ type Gateway struct {
 	// deploy to it), what a rollback deploys again.
 	PrevSpec         json.RawMessage
 	RollbackRevision int64
+	// Prefetch is the gateway's prefetch, nil without a prefetch phase.
+	Prefetch *GatewayPrefetch
 
 	key string // of the gateway in the inventory, computed once
 }
@@ -133,9 +162,14 @@ func NewRun(r *Rollout, spec *fleetv1.DeploymentSpec) *Run {
 	return &Run{R: r, Spec: spec, gws: map[string]*Gateway{}, dirty: map[string]struct{}{}, dirtyRun: true}
 }
 
-// Add queues a gateway in batch (0: the canary).
+// Add queues a gateway in batch (0: the canary), and its prefetch during
+// the prefetch phase.
 func (run *Run) Add(gw string, batch int) {
-	run.gws[gw] = &Gateway{Rollout: run.R.ID, Gateway: gw, State: GatewayQueued, Batch: batch}
+	g := &Gateway{Rollout: run.R.ID, Gateway: gw, State: GatewayQueued, Batch: batch}
+	if run.R.Phase == PhasePrefetch {
+		g.Prefetch = &GatewayPrefetch{State: PrefetchQueued}
+	}
+	run.gws[gw] = g
 	run.order = append(run.order, gw)
 	run.dirty[gw] = struct{}{}
 }
@@ -146,7 +180,7 @@ func (run *Run) Gateway(id string) (Gateway, bool) {
 	if g == nil {
 		return Gateway{}, false
 	}
-	return *g, true
+	return g.clone(), true
 }
 
 // TakeChanges returns and forgets what changed since the last call.
@@ -192,6 +226,10 @@ func (run *Run) end(st State, reason string, now time.Time) {
 			g.State, g.FinishedAt, g.Message = GatewayCanceled, now, reason
 			run.dirty[id] = struct{}{}
 		}
+		if p := g.Prefetch; p != nil && p.State == PrefetchQueued {
+			p.State, p.FinishedAt, p.Message = PrefetchSkipped, now, reason
+			run.dirty[id] = struct{}{}
+		}
 	}
 	sev := changes.Info
 	if st == Failed || st == Aborted {
@@ -200,9 +238,10 @@ func (run *Run) end(st State, reason string, now time.Time) {
 	run.note(changes.Change{Kind: "rollout." + lower(string(st)), Severity: sev, At: now, Tenant: r.Spec.Tenant, Batch: r.ID, State: string(st), Message: reason})
 }
 
-// CommandID is the deterministic id of a rollout's deploy ("deploy") or
-// rollback ("rollback") to a gateway: dispatched again after a crash, the
-// gateway answers it with its recorded reply instead of deploying twice.
+// CommandID is the deterministic id of a rollout's deploy ("deploy"),
+// rollback ("rollback") or prefetch ("prefetch", attempt 0) to a gateway:
+// dispatched again after a crash, the gateway answers it with its recorded
+// reply instead of running it twice.
 // The credentials sent ahead of it have this id with "c" appended.
 func CommandID(rollout, gw string, attempt int, what string) string {
 	sum := sha256.Sum256(fmt.Appendf(nil, "%s/%s/%d/%s", rollout, gw, attempt, what))
@@ -216,6 +255,9 @@ func (run *Run) commandIDs() []string {
 		for _, what := range []string{"deploy", "rollback"} {
 			id := CommandID(run.R.ID, gw, g.Attempt, what)
 			ids = append(ids, id, id+"c")
+		}
+		if g.Prefetch != nil && g.Prefetch.CommandID != "" {
+			ids = append(ids, g.Prefetch.CommandID, g.Prefetch.CommandID+"c")
 		}
 	}
 	return ids

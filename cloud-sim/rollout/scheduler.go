@@ -266,6 +266,9 @@ func plan(r *Rollout, dep *fleetv1.DeploymentSpec, targets []Target) *Run {
 		canary = min(st.Canary.Count, len(targets))
 		r.Phase = PhaseCanary
 	}
+	if p := st.Prefetch; p != nil {
+		r.Phase, r.PrefetchUntil = PhasePrefetch, r.CreatedAt.Add(p.timeout())
+	}
 	r.BatchSize = len(targets) - canary
 	switch {
 	case st.BatchSize > 0:
@@ -324,15 +327,18 @@ func (s *Scheduler) setState(ctx context.Context, id string, st State) error {
 // Summary is a rollout with its aggregate progress.
 type Summary struct {
 	Rollout
-	Total        int
-	Counts       map[GatewayState]int
-	SucceededPct float64
-	FailedPct    float64
-	CurrentRate  float64 // gateways finished in the last minute
-	ETA          string
-	Failing      []Gateway
-	Gateways     []Gateway
-	Active       bool
+	Total  int
+	Counts map[GatewayState]int
+	// PrefetchCounts count the gateways' prefetches by state; nil without
+	// a prefetch phase.
+	PrefetchCounts map[PrefetchState]int
+	SucceededPct   float64
+	FailedPct      float64
+	CurrentRate    float64 // gateways finished in the last minute
+	ETA            string
+	Failing        []Gateway
+	Gateways       []Gateway
+	Active         bool
 }
 
 // List lists the rollouts, newest first.
@@ -371,14 +377,20 @@ func (run *Run) summary(now time.Time, withGateways bool) *Summary {
 	for _, id := range run.order {
 		g := run.gws[id]
 		v.Counts[g.State]++
+		if g.Prefetch != nil {
+			if v.PrefetchCounts == nil {
+				v.PrefetchCounts = map[PrefetchState]int{}
+			}
+			v.PrefetchCounts[g.Prefetch.State]++
+		}
 		if g.State.Final() && now.Sub(g.FinishedAt) <= time.Minute {
 			finishedRecently++
 		}
 		if (run.R.Spec.Abort.countsAsFailure(g.State) || g.State == GatewayFailed) && len(v.Failing) < 50 {
-			v.Failing = append(v.Failing, *g)
+			v.Failing = append(v.Failing, g.clone())
 		}
 		if withGateways {
-			v.Gateways = append(v.Gateways, *g)
+			v.Gateways = append(v.Gateways, g.clone())
 		}
 	}
 	if v.Total > 0 {
@@ -391,4 +403,14 @@ func (run *Run) summary(now time.Time, withGateways bool) *Summary {
 		v.ETA = (time.Duration(float64(left)/float64(finishedRecently)*60) * time.Second).String()
 	}
 	return v
+}
+
+// clone copies g, its prefetch too: a summary is read outside the lock.
+func (g *Gateway) clone() Gateway {
+	c := *g
+	if g.Prefetch != nil {
+		p := *g.Prefetch
+		c.Prefetch = &p
+	}
+	return c
 }

@@ -71,6 +71,34 @@ type Strategy struct {
 	// Deadline: gateways still QUEUED (offline) this long after the start
 	// are TIMED_OUT (7 days when zero).
 	Deadline Duration
+	// Prefetch, when set, stages the image on every target before the
+	// first deploy (the canary's or the first batch's).
+	Prefetch *Prefetch
+}
+
+// Prefetch is a rollout's first phase, before the canary: every target
+// gateway is sent a prefetch of the deployment's image (at the rollout's
+// rate, within maxInFlight) and the phase ends when no online gateway
+// waits for one, or at Timeout. Gateways whose prefetch failed, timed out
+// or was skipped (offline) still get the deploy in their batch, which
+// pulls as usual.
+type Prefetch struct {
+	// MinPercent of the targets must hold the image when the phase ends,
+	// or the rollout aborts before any deploy (no minimum when 0).
+	MinPercent float64
+	// Timeout ends the phase at the latest (DefaultPrefetchTimeout when 0).
+	Timeout Duration
+}
+
+// DefaultPrefetchTimeout is how long a prefetch phase lasts at most when
+// its spec does not say.
+const DefaultPrefetchTimeout = time.Hour
+
+func (p *Prefetch) timeout() time.Duration {
+	if p.Timeout > 0 {
+		return time.Duration(p.Timeout)
+	}
+	return DefaultPrefetchTimeout
 }
 
 // Canary is the first phase.
@@ -144,6 +172,14 @@ func (s *Spec) Validate() (*fleetv1.DeploymentSpec, error) {
 		return nil, errdefs.Invalid("strategy.ratePerMinute", "must not be negative")
 	case st.RatePerMinute > 0 && st.Exponential != nil:
 		return nil, errdefs.Invalid("strategy.exponential", "give ratePerMinute or exponential, not both")
+	}
+	if p := st.Prefetch; p != nil {
+		switch {
+		case p.MinPercent < 0 || p.MinPercent > 100:
+			return nil, errdefs.Invalid("strategy.prefetch.minPercent", "must be between 0 and 100")
+		case p.Timeout < 0:
+			return nil, errdefs.Invalid("strategy.prefetch.timeout", "must not be negative")
+		}
 	}
 	if e := st.Exponential; e != nil {
 		switch {

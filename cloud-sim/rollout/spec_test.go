@@ -40,6 +40,8 @@ func TestSpecValidate(t *testing.T) {
 		{"exponential step on", func(s *Spec) {
 			s.Strategy.Exponential = &Exponential{BaseRate: 1, IncrementFactor: 2, StepEvery: 1, StepOn: "always"}
 		}, "strategy.exponential.stepOn"},
+		{"prefetch minimum over 100", func(s *Spec) { s.Strategy.Prefetch = &Prefetch{MinPercent: 120} }, "strategy.prefetch.minPercent"},
+		{"negative prefetch timeout", func(s *Spec) { s.Strategy.Prefetch = &Prefetch{Timeout: -1} }, "strategy.prefetch.timeout"},
 		{"unknown failure kind", func(s *Spec) { s.Abort.FailureKinds = []string{"FAILED", "CRASHED"} }, "abort.failureKinds[1]"},
 		{"threshold over 100", func(s *Spec) { s.Abort.ThresholdPercent = 101 }, "abort.thresholdPercent"},
 	}

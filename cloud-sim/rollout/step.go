@@ -63,6 +63,9 @@ func Step(run *Run, inv Inventory, cmds Commands, now time.Time) []Dispatch {
 	if s.advance(tally) {
 		return nil
 	}
+	if run.R.Phase == PhasePrefetch {
+		return s.dispatchPrefetch(tally.prefetching)
+	}
 	return s.dispatch(tally.inflight)
 }
 
@@ -103,6 +106,9 @@ func (s *stepper) observe() {
 			s.observeRollback(g)
 		case GatewaySucceeded:
 			s.observeSoak(g)
+		}
+		if g.Prefetch != nil && g.Prefetch.State == PrefetchInProgress {
+			s.observePrefetch(g)
 		}
 	}
 }
@@ -169,6 +175,7 @@ func (s *stepper) observeSoak(g *Gateway) {
 // phases need.
 type tally struct {
 	executed, failures, canaryFailed, queued, inflight int
+	prefetching                                        int // prefetches in flight
 }
 
 func (s *stepper) tally() tally {
@@ -187,6 +194,9 @@ func (s *stepper) tally() tally {
 			t.queued++
 		case GatewayInProgress:
 			t.inflight++
+		}
+		if g.Prefetch != nil && g.Prefetch.State == PrefetchInProgress {
+			t.prefetching++
 		}
 	}
 	return t
@@ -235,6 +245,14 @@ func (s *stepper) online(g *Gateway) bool {
 func (s *stepper) advance(t tally) bool {
 	run, r := s.run, s.run.R
 	switch r.Phase {
+	case PhasePrefetch:
+		if !s.prefetchDone() {
+			return false
+		}
+		if reason := s.endPrefetch(); reason != "" {
+			run.end(Aborted, reason, s.now)
+			return true
+		}
 	case PhaseCanary:
 		for _, g := range run.gws {
 			if g.Batch == 0 && !g.State.Final() {
@@ -295,6 +313,9 @@ func (s *stepper) limit(inflight int) int {
 		steps := s.run.count(GatewaySucceeded)
 		if e.StepOn == "notified" {
 			steps = r.Notified
+		}
+		if r.Phase == PhasePrefetch {
+			steps = s.run.countPrefetch(PrefetchSucceeded)
 		}
 		rate = e.BaseRate * math.Pow(e.IncrementFactor, float64(steps/e.StepEvery))
 	}

@@ -21,6 +21,8 @@ type Work struct {
 	Gateway   string
 	CommandID string
 	Spec      *fleetv1.DeploymentSpec
+	// Prefetch: send a prefetch of Spec, not a deploy.
+	Prefetch bool
 }
 
 // Resolver checks work items against the rollouts the store holds. It
@@ -44,8 +46,8 @@ func NewResolver(st *state.Store) *Resolver {
 // Resolve checks a work item and returns what to send. Anyone who can
 // publish on the work queue can queue an item, so it is only a pointer:
 // the rollout must be stored, the gateway one of its stored gateways, and
-// the command id the one the scheduler dispatched to it (its deploy, or
-// the rollback the abort decided); the tenant and the spec come from the
+// the command id the one the scheduler dispatched to it (its prefetch,
+// its deploy, or the rollback the abort decided); the tenant and the spec come from the
 // stored rollout (a rollback's from the gateway's stored previous spec).
 // Anything else is a FieldError of kind errdefs.ErrPermissionDenied naming
 // the field; a store that cannot be read is another error.
@@ -75,6 +77,11 @@ func (rs *Resolver) Resolve(ctx context.Context, d Dispatch) (Work, error) {
 	}
 	w := Work{Rollout: d.Rollout, Tenant: spec.Tenant, Gateway: d.Gateway, CommandID: d.CommandID, Spec: new(fleetv1.DeploymentSpec)}
 	switch {
+	case g.Prefetch != nil && g.Prefetch.CommandID != "" && d.CommandID == g.Prefetch.CommandID:
+		if err := protojson.Unmarshal(spec.Deployment, w.Spec); err != nil {
+			return Work{}, fmt.Errorf("rollout %s: stored deployment: %w", d.Rollout, err)
+		}
+		w.Prefetch = true
 	case g.RollbackRevision == 0 && d.CommandID == g.CommandID:
 		if err := protojson.Unmarshal(spec.Deployment, w.Spec); err != nil {
 			return Work{}, fmt.Errorf("rollout %s: stored deployment: %w", d.Rollout, err)

@@ -52,7 +52,13 @@ type Config struct {
 	// PullTime is how long a pull takes; FailureRate the share of pulls
 	// that fail (REGISTRY_UNREACHABLE); CrashRate the share of started
 	// containers that crash (exit 1) within CrashAfter (10 s when zero).
-	PullTime    time.Duration
+	PullTime time.Duration
+	// ImageBytes is the size of every image (the fake engine's 10 MiB when
+	// 0); LinkRate, in bytes per second, is each gateway's simulated link:
+	// with it a pull takes ImageBytes/LinkRate more than PullTime, so that
+	// pull time grows with the image.
+	ImageBytes  int64
+	LinkRate    int64
 	FailureRate float64
 	CrashRate   float64
 	CrashAfter  time.Duration
@@ -135,10 +141,17 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	return f, nil
 }
 
-func (f *Fleet) newGateway(n int, id string) (*gateway.Gateway, error) {
-	cfg := f.cfg
+// newEngine is gateway n's fake engine, with the fleet's pull time,
+// image size, link, failure and crash rates.
+func newEngine(cfg Config, n int, id string) *engine.Fake {
 	eng := engine.NewFake(cfg.Tenant + "/" + id)
 	eng.AnyImage, eng.PullDelay = true, cfg.PullTime
+	if cfg.ImageBytes > 0 {
+		eng.Size = cfg.ImageBytes
+	}
+	if cfg.LinkRate > 0 {
+		eng.PullDelay += time.Duration(float64(eng.Size) / float64(cfg.LinkRate) * float64(time.Second))
+	}
 	rng := rand.New(rand.NewPCG(uint64(n), 0x5eed))
 	var mu sync.Mutex
 	roll := func(p float64) bool {
@@ -168,6 +181,12 @@ func (f *Fleet) newGateway(n int, id string) (*gateway.Gateway, error) {
 			return after, 1, true
 		}
 	}
+	return eng
+}
+
+func (f *Fleet) newGateway(n int, id string) (*gateway.Gateway, error) {
+	cfg := f.cfg
+	eng := newEngine(cfg, n, id)
 	dir := filepath.Join(cfg.StateDir, id)
 	var user string
 	if len(cfg.Password) > 0 {

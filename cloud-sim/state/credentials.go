@@ -29,6 +29,7 @@ type CredentialView struct {
 	HasCACertificate bool         `json:"hasCaCertificate,omitempty"`
 	HasClientCert    bool         `json:"hasClientCertificate,omitempty"`
 	RequireTLS       bool         `json:"requireTls,omitempty"`
+	Insecure         bool         `json:"insecure,omitempty"`
 	UpdatedAt        time.Time    `json:"updatedAt"`
 	LastCheck        *CheckResult `json:"lastCheck,omitempty"`
 }

@@ -16,10 +16,12 @@ type Rollout struct {
 	CreatedAt  time.Time   `json:"createdAt"`
 	FinishedAt time.Time   `json:"finishedAt,omitzero"`
 	SoakUntil  time.Time   `json:"soakUntil,omitzero"`
-	Batch      int         `json:"batch"`
-	BatchSize  int         `json:"batchSize"`
-	Notified   int         `json:"notified"`
-	Warnings   []string    `json:"warnings,omitempty"`
+	// PrefetchUntil ends the prefetch phase at the latest.
+	PrefetchUntil time.Time `json:"prefetchUntil,omitzero"`
+	Batch         int       `json:"batch"`
+	BatchSize     int       `json:"batchSize"`
+	Notified      int       `json:"notified"`
+	Warnings      []string  `json:"warnings,omitempty"`
 }
 
 // RolloutGateway is one gateway's progress in a rollout (bucket Rollouts,
@@ -37,6 +39,19 @@ type RolloutGateway struct {
 	Message          string          `json:"message,omitempty"`
 	PrevSpec         json.RawMessage `json:"prevSpec,omitempty"`
 	RollbackRevision int64           `json:"rollbackRevision,omitempty"`
+	// Prefetch is the gateway's prefetch, absent without a prefetch phase.
+	Prefetch *GatewayPrefetch `json:"prefetch,omitempty"`
+}
+
+// GatewayPrefetch is one gateway's prefetch in a rollout's prefetch phase
+// as stored.
+type GatewayPrefetch struct {
+	State        string    `json:"state"`
+	CommandID    string    `json:"commandId,omitempty"`
+	DispatchedAt time.Time `json:"dispatchedAt,omitzero"`
+	FinishedAt   time.Time `json:"finishedAt,omitzero"`
+	Code         string    `json:"code,omitempty"`
+	Message      string    `json:"message,omitempty"`
 }
 
 // RolloutSpec is a rollout's spec as stored.
@@ -69,6 +84,13 @@ type Strategy struct {
 	Exponential    *Exponential `json:"exponential,omitempty"`
 	GatewayTimeout Duration     `json:"gatewayTimeout,omitempty"`
 	Deadline       Duration     `json:"deadline,omitempty"`
+	Prefetch       *Prefetch    `json:"prefetch,omitempty"`
+}
+
+// Prefetch is a rollout's prefetch phase as stored.
+type Prefetch struct {
+	MinPercent float64  `json:"minPercent,omitempty"`
+	Timeout    Duration `json:"timeout,omitempty"`
 }
 
 // Canary is a rollout's first phase as stored.

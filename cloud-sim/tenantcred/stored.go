@@ -8,7 +8,7 @@ func (rec *Credential) stored() *state.Credential {
 	s := &state.Credential{CredentialView: state.CredentialView{Tenant: v.Tenant, Registry: v.Registry, Kind: v.Kind, Username: v.Username,
 		Fingerprint: v.Fingerprint, IssueTokens: v.IssueTokens, TokenFingerprint: v.TokenFingerprint, TokenExpiresAt: v.TokenExpiresAt,
 		TokenRefreshAt: v.TokenRefreshAt, ExpiresAt: v.ExpiresAt, HasCACertificate: v.HasCACertificate, HasClientCert: v.HasClientCert,
-		RequireTLS: v.RequireTLS, UpdatedAt: v.UpdatedAt}, Secret: rec.Secret, Token: rec.Token}
+		RequireTLS: v.RequireTLS, Insecure: v.Insecure, UpdatedAt: v.UpdatedAt}, Secret: rec.Secret, Token: rec.Token}
 	if v.LastCheck != nil {
 		c := state.CheckResult(*v.LastCheck)
 		s.LastCheck = &c
@@ -22,7 +22,7 @@ func restore(s *state.Credential) *Credential {
 	rec := &Credential{CredentialView: CredentialView{Tenant: v.Tenant, Registry: v.Registry, Kind: v.Kind, Username: v.Username,
 		Fingerprint: v.Fingerprint, IssueTokens: v.IssueTokens, TokenFingerprint: v.TokenFingerprint, TokenExpiresAt: v.TokenExpiresAt,
 		TokenRefreshAt: v.TokenRefreshAt, ExpiresAt: v.ExpiresAt, HasCACertificate: v.HasCACertificate, HasClientCert: v.HasClientCert,
-		RequireTLS: v.RequireTLS, UpdatedAt: v.UpdatedAt}, Secret: s.Secret, Token: s.Token}
+		RequireTLS: v.RequireTLS, Insecure: v.Insecure, UpdatedAt: v.UpdatedAt}, Secret: s.Secret, Token: s.Token}
 	if v.LastCheck != nil {
 		c := CheckResult(*v.LastCheck)
 		rec.LastCheck = &c

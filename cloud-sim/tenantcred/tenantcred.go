@@ -148,6 +148,7 @@ type CredentialView struct {
 	HasCACertificate bool
 	HasClientCert    bool
 	RequireTLS       bool
+	Insecure         bool
 	UpdatedAt        time.Time
 	LastCheck        *CheckResult
 }
@@ -219,7 +220,7 @@ func (c *Credentials) Set(ctx context.Context, tenant string, cr *fleetv1.Creden
 	rec := &Credential{CredentialView: CredentialView{
 		Tenant: tenant, Registry: scope, Kind: credential.KindOf(cr), Username: cr.GetBasic().GetUsername(), Fingerprint: cr.GetFingerprint(),
 		IssueTokens: opts.IssueTokens, HasCACertificate: cr.GetCaCertificate() != "", HasClientCert: cr.GetClientCertificate() != "",
-		RequireTLS: cr.GetRequireTls(), UpdatedAt: c.cfg.Now(),
+		RequireTLS: cr.GetRequireTls(), Insecure: cr.GetInsecure(), UpdatedAt: c.cfg.Now(),
 	}, Secret: c.cfg.Keys.Encrypt(raw)}
 	if t := cr.GetEcrToken().GetExpiresAt(); t != nil {
 		rec.ExpiresAt = t.AsTime()

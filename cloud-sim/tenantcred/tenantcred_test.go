@@ -76,4 +76,19 @@ func TestStored(t *testing.T) {
 	if back := restore(&s); !reflect.DeepEqual(back, rec) {
 		t.Errorf("restored %+v, want %+v", back, rec)
 	}
+	// A credential that says insecure keeps saying so.
+	rec.Insecure = true
+	if err := json.Unmarshal(must(json.Marshal(rec.stored())), &s); err != nil {
+		t.Fatal(err)
+	}
+	if back := restore(&s); !back.Insecure {
+		t.Error("insecure lost between store and restore")
+	}
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
 }

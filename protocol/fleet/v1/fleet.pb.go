@@ -3033,11 +3033,15 @@ func (x *DeploymentStatus) GetUpdatedAt() *timestamppb.Timestamp {
 }
 
 type PullProgress struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	BytesDone     uint64                 `protobuf:"varint,1,opt,name=bytes_done,json=bytesDone,proto3" json:"bytes_done,omitempty"`
-	BytesTotal    uint64                 `protobuf:"varint,2,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	BytesDone  uint64                 `protobuf:"varint,1,opt,name=bytes_done,json=bytesDone,proto3" json:"bytes_done,omitempty"`
+	BytesTotal uint64                 `protobuf:"varint,2,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`
+	// The download's rate over the last seconds (smoothed), and the time
+	// left at that rate; unset until the second report of a pull.
+	BytesPerSecond uint64               `protobuf:"varint,3,opt,name=bytes_per_second,json=bytesPerSecond,proto3" json:"bytes_per_second,omitempty"`
+	Eta            *durationpb.Duration `protobuf:"bytes,4,opt,name=eta,proto3" json:"eta,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PullProgress) Reset() {
@@ -3082,6 +3086,20 @@ func (x *PullProgress) GetBytesTotal() uint64 {
 		return x.BytesTotal
 	}
 	return 0
+}
+
+func (x *PullProgress) GetBytesPerSecond() uint64 {
+	if x != nil {
+		return x.BytesPerSecond
+	}
+	return 0
+}
+
+func (x *PullProgress) GetEta() *durationpb.Duration {
+	if x != nil {
+		return x.Eta
+	}
+	return nil
 }
 
 type SetCredentials struct {
@@ -4043,12 +4061,14 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x06FAILED\x10\b\x12\x0f\n" +
 	"\vROLLED_BACK\x10\t\x12\f\n" +
 	"\bREMOVING\x10\n" +
-	"\"N\n" +
+	"\"\xa5\x01\n" +
 	"\fPullProgress\x12\x1d\n" +
 	"\n" +
 	"bytes_done\x18\x01 \x01(\x04R\tbytesDone\x12\x1f\n" +
 	"\vbytes_total\x18\x02 \x01(\x04R\n" +
-	"bytesTotal\"`\n" +
+	"bytesTotal\x12(\n" +
+	"\x10bytes_per_second\x18\x03 \x01(\x04R\x0ebytesPerSecond\x12+\n" +
+	"\x03eta\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03eta\"`\n" +
 	"\x0eSetCredentials\x126\n" +
 	"\vcredentials\x18\x01 \x03(\v2\x14.fleet.v1.CredentialR\vcredentials\x12\x16\n" +
 	"\x06sealed\x18\x02 \x01(\fR\x06sealed\"\xc0\x03\n" +
@@ -4232,17 +4252,18 @@ var file_protocol_fleet_v1_fleet_proto_depIdxs = []int32{
 	36, // 60: fleet.v1.DeploymentStatus.pull_progress:type_name -> fleet.v1.PullProgress
 	1,  // 61: fleet.v1.DeploymentStatus.code:type_name -> fleet.v1.Reply.Code
 	51, // 62: fleet.v1.DeploymentStatus.updated_at:type_name -> google.protobuf.Timestamp
-	38, // 63: fleet.v1.SetCredentials.credentials:type_name -> fleet.v1.Credential
-	39, // 64: fleet.v1.Credential.basic:type_name -> fleet.v1.BasicAuth
-	40, // 65: fleet.v1.Credential.ecr:type_name -> fleet.v1.EcrAuth
-	41, // 66: fleet.v1.Credential.ecr_token:type_name -> fleet.v1.EcrToken
-	42, // 67: fleet.v1.Credential.anonymous:type_name -> fleet.v1.Anonymous
-	51, // 68: fleet.v1.EcrToken.expires_at:type_name -> google.protobuf.Timestamp
-	69, // [69:69] is the sub-list for method output_type
-	69, // [69:69] is the sub-list for method input_type
-	69, // [69:69] is the sub-list for extension type_name
-	69, // [69:69] is the sub-list for extension extendee
-	0,  // [0:69] is the sub-list for field type_name
+	52, // 63: fleet.v1.PullProgress.eta:type_name -> google.protobuf.Duration
+	38, // 64: fleet.v1.SetCredentials.credentials:type_name -> fleet.v1.Credential
+	39, // 65: fleet.v1.Credential.basic:type_name -> fleet.v1.BasicAuth
+	40, // 66: fleet.v1.Credential.ecr:type_name -> fleet.v1.EcrAuth
+	41, // 67: fleet.v1.Credential.ecr_token:type_name -> fleet.v1.EcrToken
+	42, // 68: fleet.v1.Credential.anonymous:type_name -> fleet.v1.Anonymous
+	51, // 69: fleet.v1.EcrToken.expires_at:type_name -> google.protobuf.Timestamp
+	70, // [70:70] is the sub-list for method output_type
+	70, // [70:70] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_protocol_fleet_v1_fleet_proto_init() }
