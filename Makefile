@@ -38,6 +38,8 @@ bench:
 	$(GO) test ./scenarios/ -run '^$$' -bench 'ConsoleEventFanout' -benchtime 1x -count 3 -timeout 10m
 	$(GO) test ./cloud-sim/api/ ./cloud-sim/console/ -run '^$$' -bench 'ListGatewaysPage|Overview|GatewaysPage' -count 3
 	$(GO) test ./agent/engine/ -run '^$$' -bench 'LoadVsLoopbackPull' -benchtime 5x -count 3
+	$(GO) test ./scenarios/ -run '^$$' -bench 'PullCleanLink|PullSlowLink' -benchtime 4x -count 1 -timeout 20m
+	$(GO) test ./scenarios/ -run '^$$' -bench 'PullCutLink' -benchtime 2x -count 1 -timeout 30m
 	ROLLOUT_PLOT=$(CURDIR)/docs/rollout-10k.png $(GO) test ./scenarios/ -run '^$$' -bench 'Rollout' -benchtime 1x -count 1 -timeout 20m
 	$(GO) test ./scenarios/ -run '^$$' -bench 'PrefetchActivation' -benchtime 1x -count 1 -timeout 20m
 
