@@ -129,8 +129,13 @@ func (d *Delivery) Resolve(ctx context.Context, ref string) (digest string, size
 }
 
 // Pull downloads ref into the store and has the engine hold it under
-// Name(ref). It returns when the engine has the image; the engine checked
-// every blob against the verified manifest as it pulled it.
+// Name(ref). The engine's pull from loopback starts as soon as the manifest
+// is in the store, beside the download: the loopback registry answers each
+// blob once it is verified, so the engine extracts the first layers while
+// the last ones arrive. If that pull fails (the engine gave up waiting on
+// a slow link), it is done again once every blob is there. Pull returns
+// when the engine has the image; the engine checked every blob against
+// the verified manifest as it pulled it.
 func (d *Delivery) Pull(ctx context.Context, ref string, opts Options) (Image, error) {
 	req, err := d.request(ctx, ref)
 	if err != nil {
@@ -141,14 +146,44 @@ func (d *Delivery) Pull(ctx context.Context, ref string, opts Options) (Image, e
 		req.Progress = func(p fetch.Progress) { opts.Progress(p.Done, p.Total) }
 	}
 	req.Reserve = d.reserve
-	res, err := d.cfg.Fetcher.Get(ctx, req)
-	if err != nil {
-		return Image{}, registryErr(err)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	manifest := make(chan fetch.Result, 1)
+	req.Manifest = func(r fetch.Result) { manifest <- r }
+	type fetched struct {
+		res fetch.Result
+		err error
 	}
-	if err := d.load(ctx, res.Manifest, Name(ref)); err != nil {
-		return Image{}, err
+	done := make(chan fetched, 1)
+	go func() {
+		res, err := d.cfg.Fetcher.Get(ctx, req)
+		if err != nil {
+			cancel() // the engine's pull beside it stops waiting
+		}
+		done <- fetched{res, err}
+	}()
+	name := Name(ref)
+	var early chan error
+	var got fetched
+	select {
+	case r := <-manifest:
+		early = make(chan error, 1)
+		go func() { early <- d.loopback(ctx, r.Manifest, name, true) }()
+		got = <-done
+	case got = <-done: // the store had it all, or the fetch failed early
 	}
-	return Image{Digest: res.Digest.String(), ID: res.Config.String(), Fetched: res.Fetched}, nil
+	if got.err != nil {
+		if early != nil {
+			<-early
+		}
+		return Image{}, registryErr(got.err)
+	}
+	if early == nil || <-early != nil {
+		if err := d.load(ctx, got.res.Manifest, name); err != nil {
+			return Image{}, err
+		}
+	}
+	return Image{Digest: got.res.Digest.String(), ID: got.res.Config.String(), Fetched: got.res.Fetched}, nil
 }
 
 // request is a fetch of ref with the gateway's access to its registry.
@@ -177,9 +212,26 @@ func (s single) Resolve(authn.Resource) (authn.Authenticator, error) {
 	return s.auth, nil
 }
 
-// load has the engine pull the manifest from a registry served on loopback
-// for this pull only, under a random repository name, and tag it name.
+// load has the engine take the manifest, every blob of which is in the
+// store: pulled from loopback, or streamed in when the engine cannot reach
+// the agent's loopback.
 func (d *Delivery) load(ctx context.Context, manifest v1.Hash, name string) error {
+	perr := d.loopback(ctx, manifest, name, false)
+	if perr == nil || ctx.Err() != nil {
+		return perr
+	}
+	d.log.Warn("the engine could not pull from the agent on loopback; streaming the image into it instead", "image", name, "err", perr)
+	if err := d.cfg.Engine.LoadFromLayout(ctx, string(d.cfg.Store.Path()), manifest, name); err != nil {
+		return fmt.Errorf("the engine did not take the verified image from the agent: pulling from loopback: %w; loading it: %w", perr, err)
+	}
+	return nil
+}
+
+// loopback has the engine pull the manifest from a registry served on
+// loopback for this pull only, under a random repository name, and tag it
+// name. With wait, a blob not in the store yet is answered once its
+// download has committed it (or the pull's ctx ends).
+func (d *Delivery) loopback(ctx context.Context, manifest v1.Hash, name string, wait bool) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("serving the image to the engine on loopback: %w", err)
@@ -187,20 +239,28 @@ func (d *Delivery) load(ctx context.Context, manifest v1.Hash, name string) erro
 	var b [12]byte
 	rand.Read(b[:])
 	repo := "fleet-agent/" + hex.EncodeToString(b[:])
-	srv := &http.Server{Handler: layoutreg.New(string(d.cfg.Store.Path()), repo), ReadHeaderTimeout: 30 * time.Second}
+	reg := layoutreg.New(string(d.cfg.Store.Path()), repo)
+	if wait {
+		reg.Wait = func(rctx context.Context, h v1.Hash) error {
+			select {
+			case <-d.cfg.Store.Ready(h):
+				return nil
+			case <-rctx.Done():
+				return rctx.Err()
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	srv := &http.Server{Handler: reg, ReadHeaderTimeout: 30 * time.Second}
 	done := make(chan struct{})
 	go func() { defer close(done); srv.Serve(ln) }()
 	defer func() {
 		srv.Close()
 		<-done
 	}()
-	perr := d.cfg.Engine.PullFromLoopback(ctx, ln.Addr().String(), repo, manifest, name)
-	if perr == nil || ctx.Err() != nil {
-		return perr
-	}
-	d.log.Warn("the engine could not pull from the agent on loopback; streaming the image into it instead", "image", name, "err", perr)
-	if err := d.cfg.Engine.LoadFromLayout(ctx, string(d.cfg.Store.Path()), manifest, name); err != nil {
-		return fmt.Errorf("the engine did not take the verified image from the agent: pulling from loopback: %w; loading it: %w", perr, err)
+	if err := d.cfg.Engine.PullFromLoopback(ctx, ln.Addr().String(), repo, manifest, name); err != nil {
+		return fmt.Errorf("the engine did not take the verified image from the agent: %w", err)
 	}
 	return nil
 }

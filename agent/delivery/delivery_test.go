@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,6 +39,7 @@ type engine struct {
 	from     []string           // hosts pulled from
 	remote   bool               // the engine cannot reach the agent's loopback
 	loadedBy []string           // names loaded from the layout
+	asked    chan string        // if set, told each layer digest before it is read
 }
 
 func (e *engine) LoadFromLayout(_ context.Context, dir string, manifest v1.Hash, tag string) error {
@@ -84,6 +86,10 @@ func (e *engine) PullFromLoopback(ctx context.Context, host, repo string, manife
 		return err
 	}
 	for _, l := range layers {
+		if e.asked != nil {
+			d, _ := l.Digest()
+			e.asked <- d.String()
+		}
 		rc, err := l.Compressed()
 		if err != nil {
 			return err
@@ -115,8 +121,16 @@ type env struct {
 }
 
 func newEnv(t *testing.T, mod func(*delivery.Config)) *env {
+	return newEnvWith(t, mod, nil)
+}
+
+func newEnvWith(t *testing.T, mod func(*delivery.Config), wrap func(http.Handler) http.Handler) *env {
 	t.Helper()
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	var h http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	if wrap != nil {
+		h = wrap(h)
+	}
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	st, err := fetch.NewStore(t.TempDir())
 	if err != nil {
@@ -192,6 +206,56 @@ func TestPullDeliversTheVerifiedImage(t *testing.T) {
 	}
 	if digest, size, err := e.d.Resolve(t.Context(), ref); err != nil || digest != want.String() || size <= 64<<10 {
 		t.Errorf("Resolve = %s, %d, %v", digest, size, err)
+	}
+}
+
+// TestEnginePullsBesideTheFetch: the engine's pull from loopback starts
+// once the manifest is stored, and is served each blob as soon as it is
+// verified: with the last layer's download held back, the engine has
+// already asked for it; released, one loopback pull completes.
+func TestEnginePullsBesideTheFetch(t *testing.T) {
+	release := make(chan struct{})
+	var held atomic.Bool
+	var e *env
+	var heldDigest string
+	e = newEnvWith(t, nil, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if heldDigest != "" && strings.HasSuffix(r.URL.Path, "/blobs/"+heldDigest) && held.CompareAndSwap(false, true) {
+				<-release
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	e.eng.asked = make(chan string, 16)
+	ref, img := e.push(t, "team/app:1", 64<<10)
+	layers, _ := img.Layers()
+	last, _ := layers[len(layers)-1].Digest()
+	heldDigest = last.String()
+	type out struct {
+		img delivery.Image
+		err error
+	}
+	res := make(chan out, 1)
+	go func() {
+		got, err := e.d.Pull(t.Context(), ref, delivery.Options{})
+		res <- out{got, err}
+	}()
+	deadline := time.After(10 * time.Second)
+	for asked := false; !asked; {
+		select {
+		case d := <-e.eng.asked:
+			asked = d == heldDigest
+		case <-deadline:
+			t.Fatal("the engine did not ask for the last layer while its download was held back")
+		}
+	}
+	close(release)
+	o := <-res
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	if len(e.eng.from) != 1 {
+		t.Errorf("the engine pulled %d times, want once, beside the fetch", len(e.eng.from))
 	}
 }
 

@@ -111,6 +111,10 @@ type Request struct {
 	// error ends the fetch with nothing written. Release is called when
 	// the fetch ends, whatever the outcome, if Reserve succeeded.
 	Reserve func(ctx context.Context, need int64) (release func(), err error)
+	// Manifest, if set, is called once the reservation is granted and the
+	// manifest (and index) are in the store, before the blobs download;
+	// Fetched is 0. It is not called when the store has the whole image.
+	Manifest func(Result)
 }
 
 // Result is a fetched image.
@@ -169,6 +173,14 @@ func (f *Fetcher) Get(ctx context.Context, req Request) (Result, error) {
 		}
 		defer release()
 	}
+	if req.Manifest != nil {
+		// The manifest first, so that it can be served while its blobs
+		// arrive.
+		if err := f.putManifests(img); err != nil {
+			return Result{}, fmt.Errorf("fetch %s: %w", r, err)
+		}
+		req.Manifest(img.result(0))
+	}
 	var client *http.Client
 	err = f.retry(ctx, log, "authenticating", func(ctx context.Context) error {
 		client, err = f.client(ctx, r.Context(), req)
@@ -181,19 +193,27 @@ func (f *Fetcher) Get(ctx context.Context, req Request) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("fetch %s: %w", r, err)
 	}
-	if err := f.cfg.Store.put(img.desc.Digest, img.raw); err != nil {
-		return Result{}, fmt.Errorf("fetch %s: manifest: %w", r, err)
-	}
-	if img.index != nil {
-		if err := f.cfg.Store.put(img.index.Digest, img.indexRaw); err != nil {
-			return Result{}, fmt.Errorf("fetch %s: index: %w", r, err)
-		}
+	if err := f.putManifests(img); err != nil {
+		return Result{}, fmt.Errorf("fetch %s: %w", r, err)
 	}
 	if err := f.cfg.Store.addImage(r.String(), img.top()); err != nil {
 		return Result{}, fmt.Errorf("fetch %s: %w", r, err)
 	}
 	log.Info("image fetched", "digest", img.desc.Digest, "bytes", fetched)
 	return img.result(fetched), nil
+}
+
+// putManifests stores the image's manifest and index, if any.
+func (f *Fetcher) putManifests(img *resolved) error {
+	if err := f.cfg.Store.put(img.desc.Digest, img.raw); err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	if img.index != nil {
+		if err := f.cfg.Store.put(img.index.Digest, img.indexRaw); err != nil {
+			return fmt.Errorf("index: %w", err)
+		}
+	}
+	return nil
 }
 
 // Resolve reads what req.Ref resolves to at the registry (the digest and

@@ -47,8 +47,9 @@ type Store struct {
 	// listed either before GC marks or after it has removed its blobs.
 	idx sync.Mutex
 
-	mu    sync.Mutex // guards locks and holds
+	mu    sync.Mutex // guards locks, holds and ready
 	locks map[v1.Hash]chan struct{}
+	ready map[v1.Hash]chan struct{} // closed when the blob is committed (Ready)
 	holds map[v1.Hash]int
 }
 
@@ -69,7 +70,7 @@ func NewStore(dir string) (*Store, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("fetch store: %w", err)
 	}
-	return &Store{dir: dir, now: time.Now, locks: map[v1.Hash]chan struct{}{}, holds: map[v1.Hash]int{}}, nil
+	return &Store{dir: dir, now: time.Now, locks: map[v1.Hash]chan struct{}{}, holds: map[v1.Hash]int{}, ready: map[v1.Hash]chan struct{}{}}, nil
 }
 
 // Path is the OCI layout of the store, for reading images from it.
@@ -276,7 +277,32 @@ func (s *Store) commit(p *partial, h v1.Hash, size int64) error {
 	if err := os.Rename(p.path, s.blobPath(h)); err != nil {
 		return fmt.Errorf("blob %s: moving into the store: %w", h, err)
 	}
-	return syncDir(filepath.Dir(s.blobPath(h)))
+	err := syncDir(filepath.Dir(s.blobPath(h)))
+	s.mu.Lock()
+	if c, ok := s.ready[h]; ok {
+		close(c)
+		delete(s.ready, h)
+	}
+	s.mu.Unlock()
+	return err
+}
+
+// Ready returns a channel closed once blob h is in the store (at once if
+// it is): the loopback registry serves a blob the moment it is verified,
+// so the engine's pull can run beside the fetch.
+func (s *Store) Ready(h v1.Hash) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.ready[h]; ok {
+		return c
+	}
+	c := make(chan struct{})
+	if s.Has(h) {
+		close(c)
+		return c
+	}
+	s.ready[h] = c
+	return c
 }
 
 // put commits a blob held in memory (a manifest) through the same checks as

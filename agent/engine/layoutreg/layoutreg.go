@@ -4,6 +4,7 @@
 package layoutreg
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io/fs"
@@ -26,6 +27,10 @@ type Registry struct {
 	dir  string
 	repo string
 	sent atomic.Int64 // body bytes written
+	// Wait, if set, is asked about a blob that is not in the layout yet
+	// (its download is running): it returns once the blob is there, or an
+	// error to answer 404 with.
+	Wait func(ctx context.Context, h v1.Hash) error
 }
 
 // New serves the layout in dir as repository repo.
@@ -139,6 +144,11 @@ func (r *Registry) blobPath(h v1.Hash) string {
 // does them.
 func (r *Registry) serveBlob(w http.ResponseWriter, req *http.Request, h v1.Hash, mediaType, unknown string) {
 	f, err := os.Open(r.blobPath(h))
+	if errors.Is(err, fs.ErrNotExist) && r.Wait != nil {
+		if werr := r.Wait(req.Context(), h); werr == nil {
+			f, err = os.Open(r.blobPath(h))
+		}
+	}
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			writeErr(w, http.StatusNotFound, unknown, h.String()+" is not in the layout")
