@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"strconv"
@@ -26,13 +27,16 @@ import (
 // as in flight and deletes it a moment later, two writes that keep nothing;
 // only messages in flight to clients are stored, and only those are deleted.
 //
-// Retained messages are written behind, to a file of their own (rdb): the
-// latest per topic is kept in memory and all of them are written in one
-// transaction every retainDelay (and on Stop), so a status that changes
-// several times a second costs one write and a thousand statuses one
-// transaction, and publishers do not wait for the file. A broker crash can
-// lose the last retainDelay of retained messages; gateways publish their
-// birth (with every deployment's state) again when they reconnect.
+// Retained messages go to a file of their own (rdb), written in group
+// commits (retainWriter) before they are acknowledged: mochi stores a
+// retained PUBLISH (OnRetainMessage) before it writes the PUBACK or PUBREC,
+// and calls OnQosPublish in between, where the client's read loop waits
+// for the batch holding its message to be written. A broker killed right
+// after a PUBACK therefore serves, once restarted, what it acknowledged or
+// something newer (issue 15; before, retained messages were written
+// 500 ms behind and a crash lost them). The file is written without fsync
+// (NoSync, see addStore): what reached the OS survives a crash of the
+// broker, not a power cut.
 type boltStore struct {
 	*bolt.Hook
 	held sync.Map // ids of stored in-flight messages
@@ -42,19 +46,9 @@ type boltStore struct {
 	// it is in every new store.
 	hasSysInfo bool
 
-	mu      sync.Mutex
-	pending map[string]retainOp
-	stop    chan struct{}
-	done    chan struct{}
+	retained *retainWriter
+	acks     sync.Map // *mqtt.Client → *retainBatch holding its last retained message
 }
-
-type retainOp struct {
-	cl *mqtt.Client
-	pk packets.Packet
-	r  int64
-}
-
-const retainDelay = 500 * time.Millisecond
 
 func (h *boltStore) Init(config any) error {
 	if opts, ok := config.(*bolt.Options); ok && opts != nil {
@@ -67,40 +61,41 @@ func (h *boltStore) Init(config any) error {
 	if err := h.Hook.Init(config); err != nil {
 		return err
 	}
-	h.pending, h.stop, h.done = map[string]retainOp{}, make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(h.done)
-		t := time.NewTicker(retainDelay)
-		defer t.Stop()
-		for {
-			select {
-			case <-h.stop:
-				h.writeRetained()
-				return
-			case <-t.C:
-				h.writeRetained()
-			}
-		}
-	}()
+	h.retained = startRetainWriter(h.writeRetained)
 	return nil
 }
 
+// OnRetainMessage queues the message for the next group commit; the
+// client's acknowledgement waits for it in OnQosPublish. (mochi calls it
+// for retained Wills too, which nobody acknowledges.)
 func (h *boltStore) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
-	h.mu.Lock()
-	h.pending[pk.TopicName] = retainOp{cl, pk, r}
-	h.mu.Unlock()
+	b := h.retained.add(retainOp{cl, pk, r})
+	if cl != nil {
+		h.acks.Store(cl, b)
+	}
+}
+
+// awaitRetained waits until the retained message cl sent last is written.
+// One that could not be written is not acknowledged: cl's connection is
+// closed before mochi writes the PUBACK, so that the client sends the
+// message again when it reconnects.
+func (h *boltStore) awaitRetained(cl *mqtt.Client) {
+	v, ok := h.acks.LoadAndDelete(cl)
+	if !ok {
+		return
+	}
+	b := v.(*retainBatch)
+	<-b.done
+	if b.err != nil {
+		h.Log.Error("retained message not saved; not acknowledged", "client", cl.ID, "err", b.err)
+		cl.Stop(fmt.Errorf("broker: retained message not saved: %w", b.err))
+	}
 }
 
 var retainedBucket = []byte("retained")
 
-func (h *boltStore) writeRetained() {
-	h.mu.Lock()
-	ops := h.pending
-	h.pending = make(map[string]retainOp, len(ops))
-	h.mu.Unlock()
-	if len(ops) == 0 {
-		return
-	}
+// writeRetained writes a batch in one transaction.
+func (h *boltStore) writeRetained(ops map[string]retainOp) error {
 	err := h.rdb.Update(func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(retainedBucket)
 		if err != nil {
@@ -130,8 +125,9 @@ func (h *boltStore) writeRetained() {
 		return nil
 	})
 	if err != nil {
-		h.Log.Error("retained messages not saved", "count", len(ops), "err", err)
+		return fmt.Errorf("%d retained messages: %w", len(ops), err)
 	}
+	return nil
 }
 
 // hasSysInfo reports whether the store at opts.Path holds the $SYS
@@ -189,9 +185,8 @@ func (h *boltStore) StoredRetainedMessages() ([]storage.Message, error) {
 }
 
 func (h *boltStore) Stop() error {
-	if h.stop != nil {
-		close(h.stop)
-		<-h.done
+	if h.retained != nil {
+		h.retained.Stop()
 	}
 	return errors.Join(h.Hook.Stop(), h.rdb.Close())
 }
@@ -200,12 +195,31 @@ func inflightID(cl *mqtt.Client, pk packets.Packet) string {
 	return storage.InflightKey + "_" + cl.ID + ":" + pk.FormatID()
 }
 
+// OnQosPublish runs before mochi writes the PUBACK (or PUBREC) of an
+// inbound PUBLISH: the acknowledgement waits there for the message's
+// retained copy to be written.
 func (h *boltStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
-	if pk.FixedHeader.Type == packets.Puback {
+	switch pk.FixedHeader.Type {
+	case packets.Puback:
+		h.awaitRetained(cl)
 		return
+	case packets.Pubrec:
+		h.awaitRetained(cl)
 	}
 	h.held.Store(inflightID(cl, pk), struct{}{})
 	h.Hook.OnQosPublish(cl, pk, sent, resends)
+}
+
+// OnDisconnect and OnClientExpired forget the client's last retained
+// batch (one of a QoS 0 or a Will, which nobody waits for).
+func (h *boltStore) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	h.acks.Delete(cl)
+	h.Hook.OnDisconnect(cl, err, expire)
+}
+
+func (h *boltStore) OnClientExpired(cl *mqtt.Client) {
+	h.acks.Delete(cl)
+	h.Hook.OnClientExpired(cl)
 }
 
 func (h *boltStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
