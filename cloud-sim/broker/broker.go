@@ -153,7 +153,8 @@ func Start(cfg Config) (*Broker, error) {
 }
 
 // addStore persists the broker's sessions and retained messages in bbolt
-// files at path.
+// files at path (retained messages in path.retained, through the
+// write-ahead log path.retained.log: see retainLog).
 func addStore(srv *mqtt.Server, path string) (*boltStore, error) {
 	// NoSync: writes reach the OS at once, so a crashed broker loses
 	// nothing; a power cut may lose the last seconds, as with Mosquitto's
@@ -163,9 +164,15 @@ func addStore(srv *mqtt.Server, path string) (*boltStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: store %s.retained: %w", path, err)
 	}
-	store := &boltStore{Hook: new(bolt.Hook), rdb: rdb}
+	rlog, err := openRetainLog(rdb, path+".retained.log", retainLogMax)
+	if err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("broker: store %s.retained.log: %w", path, err)
+	}
+	store := &boltStore{Hook: new(bolt.Hook), rdb: rdb, rlog: rlog}
 	err = srv.AddHook(store, &bolt.Options{Path: path, Options: &bbolt.Options{Timeout: 5 * time.Second, NoSync: true}})
 	if err != nil {
+		rlog.Close()
 		rdb.Close()
 		return nil, fmt.Errorf("broker: store %s: %w", path, err)
 	}

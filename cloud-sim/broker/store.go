@@ -27,16 +27,16 @@ import (
 // as in flight and deletes it a moment later, two writes that keep nothing;
 // only messages in flight to clients are stored, and only those are deleted.
 //
-// Retained messages go to a file of their own (rdb), written in group
-// commits (retainWriter) before they are acknowledged: mochi stores a
-// retained PUBLISH (OnRetainMessage) before it writes the PUBACK or PUBREC,
-// and calls OnQosPublish in between, where the client's read loop waits
-// for the batch holding its message to be written. A broker killed right
-// after a PUBACK therefore serves, once restarted, what it acknowledged or
-// something newer (issue 15; before, retained messages were written
-// 500 ms behind and a crash lost them). The file is written without fsync
-// (NoSync, see addStore): what reached the OS survives a crash of the
-// broker, not a power cut.
+// Retained messages go to a file of their own (rdb, through its write-ahead
+// log rlog), in group commits (retainWriter), before they are acknowledged:
+// mochi stores a retained PUBLISH (OnRetainMessage) before it writes the
+// PUBACK or PUBREC, and calls OnQosPublish in between, where the client's
+// read loop waits for the batch holding its message to be appended to the
+// log. A broker killed right after a PUBACK therefore serves, once
+// restarted, what it acknowledged or something newer (issue 15; before,
+// retained messages were written 500 ms behind and a crash lost them).
+// Nothing is fsynced (NoSync, see addStore): what reached the OS survives
+// a crash of the broker, not a power cut.
 type boltStore struct {
 	*bolt.Hook
 	held sync.Map // ids of stored in-flight messages
@@ -46,6 +46,7 @@ type boltStore struct {
 	// it is in every new store.
 	hasSysInfo bool
 
+	rlog     *retainLog // rdb's write-ahead log
 	retained *retainWriter
 	acks     sync.Map // *mqtt.Client → *retainBatch holding its last retained message
 }
@@ -61,7 +62,7 @@ func (h *boltStore) Init(config any) error {
 	if err := h.Hook.Init(config); err != nil {
 		return err
 	}
-	h.retained = startRetainWriter(h.writeRetained)
+	h.retained = startRetainWriter(h.rlog.write)
 	return nil
 }
 
@@ -90,44 +91,6 @@ func (h *boltStore) awaitRetained(cl *mqtt.Client) {
 		h.Log.Error("retained message not saved; not acknowledged", "client", cl.ID, "err", b.err)
 		cl.Stop(fmt.Errorf("broker: retained message not saved: %w", b.err))
 	}
-}
-
-var retainedBucket = []byte("retained")
-
-// writeRetained writes a batch in one transaction.
-func (h *boltStore) writeRetained(ops map[string]retainOp) error {
-	err := h.rdb.Update(func(tx *bbolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(retainedBucket)
-		if err != nil {
-			return err
-		}
-		for name, op := range ops {
-			if op.r == -1 || len(op.pk.Payload) == 0 {
-				if err := b.Delete([]byte(name)); err != nil {
-					return err
-				}
-				continue
-			}
-			props := op.pk.Properties.Copy(false)
-			m := storage.Message{ID: storage.RetainedKey + "_" + name, T: storage.RetainedKey, FixedHeader: op.pk.FixedHeader,
-				TopicName: name, Payload: op.pk.Payload, Created: op.pk.Created, Client: op.cl.ID, Origin: op.pk.Origin,
-				Properties: storage.MessageProperties{PayloadFormat: props.PayloadFormat, MessageExpiryInterval: props.MessageExpiryInterval,
-					ContentType: props.ContentType, ResponseTopic: props.ResponseTopic, CorrelationData: props.CorrelationData,
-					User: props.User}}
-			data, err := m.MarshalBinary()
-			if err != nil {
-				return err
-			}
-			if err := b.Put([]byte(name), data); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("%d retained messages: %w", len(ops), err)
-	}
-	return nil
 }
 
 // hasSysInfo reports whether the store at opts.Path holds the $SYS
@@ -188,7 +151,7 @@ func (h *boltStore) Stop() error {
 	if h.retained != nil {
 		h.retained.Stop()
 	}
-	return errors.Join(h.Hook.Stop(), h.rdb.Close())
+	return errors.Join(h.Hook.Stop(), h.rlog.Close(), h.rdb.Close())
 }
 
 func inflightID(cl *mqtt.Client, pk packets.Packet) string {
