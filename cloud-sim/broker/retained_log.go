@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io/fs"
+	"log/slog"
 	"os"
 
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
@@ -39,6 +40,7 @@ type retainLog struct {
 	size  int64
 	dirty map[string][]byte // the latest value per topic since rdb was written; nil deletes
 	err   error             // a log that could not be repaired after a failed write
+	log   *slog.Logger
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -53,7 +55,7 @@ func openRetainLog(rdb *bbolt.DB, path string, max int64) (*retainLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &retainLog{f: f, rdb: rdb, max: max, size: int64(len(data)), dirty: map[string][]byte{}}
+	l := &retainLog{f: f, rdb: rdb, max: max, size: int64(len(data)), dirty: map[string][]byte{}, log: slog.New(slog.DiscardHandler)}
 	for len(data) > 0 {
 		topic, value, rest, ok := readRetainRecord(data)
 		if !ok {
@@ -132,7 +134,11 @@ func (l *retainLog) write(ops map[string]retainOp) error {
 		l.dirty[topic] = value
 	}
 	if l.size >= l.max {
-		return l.checkpoint()
+		// The batch is in the log: a failed checkpoint fails no one (the
+		// log grows and the next batch tries again).
+		if err := l.checkpoint(); err != nil {
+			l.log.Error("retained messages not applied to the retained file; the log keeps them", "log_bytes", l.size, "err", err)
+		}
 	}
 	return nil
 }

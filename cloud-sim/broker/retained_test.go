@@ -233,3 +233,38 @@ func TestRetainLogRecovery(t *testing.T) {
 		t.Errorf("log after reopening: %v, %v; want it applied and empty", fi.Size(), err)
 	}
 }
+
+// TestRetainLogCheckpointFails: a batch appended to the log is written,
+// even when applying the log to the retained file then fails; the log
+// keeps it for the next open.
+func TestRetainLogCheckpointFails(t *testing.T) {
+	dir := t.TempDir()
+	rdbPath, logPath := filepath.Join(dir, "r.db"), filepath.Join(dir, "r.log")
+	rdb, err := bbolt.Open(rdbPath, 0o600, &bbolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := openRetainLog(rdb, logPath, 1) // a checkpoint after every batch
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb.Close() // every checkpoint fails
+	if err := l.write(map[string]retainOp{"t/a": retained("t/a", "1")}); err != nil {
+		t.Fatalf("write with a failing checkpoint: %v, want the batch written to the log", err)
+	}
+	l.f.Close()
+	rdb, err = bbolt.Open(rdbPath, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	if l, err = openRetainLog(rdb, logPath, 1); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var got storage.Message
+	rdb.View(func(tx *bbolt.Tx) error { return got.UnmarshalBinary(tx.Bucket(retainedBucket).Get([]byte("t/a"))) })
+	if string(got.Payload) != "1" {
+		t.Errorf("t/a after reopening: got %q, want %q", got.Payload, "1")
+	}
+}

@@ -62,6 +62,7 @@ func (h *boltStore) Init(config any) error {
 	if err := h.Hook.Init(config); err != nil {
 		return err
 	}
+	h.rlog.log = h.Log
 	h.retained = startRetainWriter(h.rlog.write)
 	return nil
 }
