@@ -27,8 +27,9 @@ type Config struct {
 	// Addr is the TCP address to listen on; "127.0.0.1:0" when empty.
 	Addr string
 	// StorePath, when set, persists sessions, subscriptions, queued and
-	// retained messages in a bbolt file, so that a restarted broker still
-	// holds the commands queued for offline gateways.
+	// retained messages in bbolt files, so that a restarted broker still
+	// holds the commands queued for offline gateways. A retained message
+	// is written before its PUBACK (see boltStore).
 	StorePath string
 	// Auth, when set, authenticates every client and confines gateways to
 	// their own topics under Scheme (see Identity.Allowed); without it
