@@ -27,8 +27,9 @@ type Config struct {
 	// Addr is the TCP address to listen on; "127.0.0.1:0" when empty.
 	Addr string
 	// StorePath, when set, persists sessions, subscriptions, queued and
-	// retained messages in a bbolt file, so that a restarted broker still
-	// holds the commands queued for offline gateways.
+	// retained messages in bbolt files, so that a restarted broker still
+	// holds the commands queued for offline gateways. A retained message
+	// is written before its PUBACK (see boltStore).
 	StorePath string
 	// Auth, when set, authenticates every client and confines gateways to
 	// their own topics under Scheme (see Identity.Allowed); without it
@@ -153,7 +154,8 @@ func Start(cfg Config) (*Broker, error) {
 }
 
 // addStore persists the broker's sessions and retained messages in bbolt
-// files at path.
+// files at path (retained messages in path.retained, through the
+// write-ahead log path.retained.log: see retainLog).
 func addStore(srv *mqtt.Server, path string) (*boltStore, error) {
 	// NoSync: writes reach the OS at once, so a crashed broker loses
 	// nothing; a power cut may lose the last seconds, as with Mosquitto's
@@ -163,9 +165,15 @@ func addStore(srv *mqtt.Server, path string) (*boltStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: store %s.retained: %w", path, err)
 	}
-	store := &boltStore{Hook: new(bolt.Hook), rdb: rdb}
+	rlog, err := openRetainLog(rdb, path+".retained.log", retainLogMax)
+	if err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("broker: store %s.retained.log: %w", path, err)
+	}
+	store := &boltStore{Hook: new(bolt.Hook), rdb: rdb, rlog: rlog}
 	err = srv.AddHook(store, &bolt.Options{Path: path, Options: &bbolt.Options{Timeout: 5 * time.Second, NoSync: true}})
 	if err != nil {
+		rlog.Close()
 		rdb.Close()
 		return nil, fmt.Errorf("broker: store %s: %w", path, err)
 	}

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"strconv"
@@ -26,13 +27,16 @@ import (
 // as in flight and deletes it a moment later, two writes that keep nothing;
 // only messages in flight to clients are stored, and only those are deleted.
 //
-// Retained messages are written behind, to a file of their own (rdb): the
-// latest per topic is kept in memory and all of them are written in one
-// transaction every retainDelay (and on Stop), so a status that changes
-// several times a second costs one write and a thousand statuses one
-// transaction, and publishers do not wait for the file. A broker crash can
-// lose the last retainDelay of retained messages; gateways publish their
-// birth (with every deployment's state) again when they reconnect.
+// Retained messages go to a file of their own (rdb, through its write-ahead
+// log rlog), in group commits (retainWriter), before they are acknowledged:
+// mochi stores a retained PUBLISH (OnRetainMessage) before it writes the
+// PUBACK or PUBREC, and calls OnQosPublish in between, where the client's
+// read loop waits for the batch holding its message to be appended to the
+// log. A broker killed right after a PUBACK therefore serves, once
+// restarted, what it acknowledged or something newer (issue 15; before,
+// retained messages were written 500 ms behind and a crash lost them).
+// Nothing is fsynced (NoSync, see addStore): what reached the OS survives
+// a crash of the broker, not a power cut.
 type boltStore struct {
 	*bolt.Hook
 	held sync.Map // ids of stored in-flight messages
@@ -42,19 +46,10 @@ type boltStore struct {
 	// it is in every new store.
 	hasSysInfo bool
 
-	mu      sync.Mutex
-	pending map[string]retainOp
-	stop    chan struct{}
-	done    chan struct{}
+	rlog     *retainLog // rdb's write-ahead log
+	retained *retainWriter
+	acks     sync.Map // *mqtt.Client → *retainBatch holding its last retained message
 }
-
-type retainOp struct {
-	cl *mqtt.Client
-	pk packets.Packet
-	r  int64
-}
-
-const retainDelay = 500 * time.Millisecond
 
 func (h *boltStore) Init(config any) error {
 	if opts, ok := config.(*bolt.Options); ok && opts != nil {
@@ -67,70 +62,35 @@ func (h *boltStore) Init(config any) error {
 	if err := h.Hook.Init(config); err != nil {
 		return err
 	}
-	h.pending, h.stop, h.done = map[string]retainOp{}, make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(h.done)
-		t := time.NewTicker(retainDelay)
-		defer t.Stop()
-		for {
-			select {
-			case <-h.stop:
-				h.writeRetained()
-				return
-			case <-t.C:
-				h.writeRetained()
-			}
-		}
-	}()
+	h.rlog.log = h.Log
+	h.retained = startRetainWriter(h.rlog.write)
 	return nil
 }
 
+// OnRetainMessage queues the message for the next group commit; the
+// client's acknowledgement waits for it in OnQosPublish. (mochi calls it
+// for retained Wills too, which nobody acknowledges.)
 func (h *boltStore) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
-	h.mu.Lock()
-	h.pending[pk.TopicName] = retainOp{cl, pk, r}
-	h.mu.Unlock()
+	b := h.retained.add(retainOp{cl, pk, r})
+	if cl != nil {
+		h.acks.Store(cl, b)
+	}
 }
 
-var retainedBucket = []byte("retained")
-
-func (h *boltStore) writeRetained() {
-	h.mu.Lock()
-	ops := h.pending
-	h.pending = make(map[string]retainOp, len(ops))
-	h.mu.Unlock()
-	if len(ops) == 0 {
+// awaitRetained waits until the retained message cl sent last is written.
+// One that could not be written is not acknowledged: cl's connection is
+// closed before mochi writes the PUBACK, so that the client sends the
+// message again when it reconnects.
+func (h *boltStore) awaitRetained(cl *mqtt.Client) {
+	v, ok := h.acks.LoadAndDelete(cl)
+	if !ok {
 		return
 	}
-	err := h.rdb.Update(func(tx *bbolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(retainedBucket)
-		if err != nil {
-			return err
-		}
-		for name, op := range ops {
-			if op.r == -1 || len(op.pk.Payload) == 0 {
-				if err := b.Delete([]byte(name)); err != nil {
-					return err
-				}
-				continue
-			}
-			props := op.pk.Properties.Copy(false)
-			m := storage.Message{ID: storage.RetainedKey + "_" + name, T: storage.RetainedKey, FixedHeader: op.pk.FixedHeader,
-				TopicName: name, Payload: op.pk.Payload, Created: op.pk.Created, Client: op.cl.ID, Origin: op.pk.Origin,
-				Properties: storage.MessageProperties{PayloadFormat: props.PayloadFormat, MessageExpiryInterval: props.MessageExpiryInterval,
-					ContentType: props.ContentType, ResponseTopic: props.ResponseTopic, CorrelationData: props.CorrelationData,
-					User: props.User}}
-			data, err := m.MarshalBinary()
-			if err != nil {
-				return err
-			}
-			if err := b.Put([]byte(name), data); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		h.Log.Error("retained messages not saved", "count", len(ops), "err", err)
+	b := v.(*retainBatch)
+	<-b.done
+	if b.err != nil {
+		h.Log.Error("retained message not saved; not acknowledged", "client", cl.ID, "err", b.err)
+		cl.Stop(fmt.Errorf("broker: retained message not saved: %w", b.err))
 	}
 }
 
@@ -189,23 +149,41 @@ func (h *boltStore) StoredRetainedMessages() ([]storage.Message, error) {
 }
 
 func (h *boltStore) Stop() error {
-	if h.stop != nil {
-		close(h.stop)
-		<-h.done
+	if h.retained != nil {
+		h.retained.Stop()
 	}
-	return errors.Join(h.Hook.Stop(), h.rdb.Close())
+	return errors.Join(h.Hook.Stop(), h.rlog.Close(), h.rdb.Close())
 }
 
 func inflightID(cl *mqtt.Client, pk packets.Packet) string {
 	return storage.InflightKey + "_" + cl.ID + ":" + pk.FormatID()
 }
 
+// OnQosPublish runs before mochi writes the PUBACK (or PUBREC) of an
+// inbound PUBLISH: the acknowledgement waits there for the message's
+// retained copy to be written.
 func (h *boltStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
-	if pk.FixedHeader.Type == packets.Puback {
+	switch pk.FixedHeader.Type {
+	case packets.Puback:
+		h.awaitRetained(cl)
 		return
+	case packets.Pubrec:
+		h.awaitRetained(cl)
 	}
 	h.held.Store(inflightID(cl, pk), struct{}{})
 	h.Hook.OnQosPublish(cl, pk, sent, resends)
+}
+
+// OnDisconnect and OnClientExpired forget the client's last retained
+// batch (one of a QoS 0 or a Will, which nobody waits for).
+func (h *boltStore) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	h.acks.Delete(cl)
+	h.Hook.OnDisconnect(cl, err, expire)
+}
+
+func (h *boltStore) OnClientExpired(cl *mqtt.Client) {
+	h.acks.Delete(cl)
+	h.Hook.OnClientExpired(cl)
 }
 
 func (h *boltStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
