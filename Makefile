@@ -42,6 +42,7 @@ bench:
 	$(GO) test ./scenarios/ -run '^$$' -bench 'PullCutLink' -benchtime 2x -count 1 -timeout 30m
 	ROLLOUT_PLOT=$(CURDIR)/docs/rollout-10k.png $(GO) test ./scenarios/ -run '^$$' -bench 'Rollout' -benchtime 1x -count 1 -timeout 20m
 	$(GO) test ./scenarios/ -run '^$$' -bench 'PrefetchActivation' -benchtime 1x -count 1 -timeout 20m
+	$(GO) test ./cloud-sim/broker/ -run '^$$' -bench 'RetainedQoS1' -benchtime 20000x -count 7
 
 # Regenerates protocol/fleet/v1/fleet.pb.go (committed, so a build needs no protoc).
 proto:
