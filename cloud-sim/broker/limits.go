@@ -93,7 +93,20 @@ func (l Limits) Check() error {
 func (l Limits) capabilities(caps *mqtt.Capabilities) {
 	caps.MaximumPacketSize = uint32(l.MaxPacketSize)
 	caps.MaximumClients = int64(l.MaxClients)
+	// mochi caps every message's life at 24 h unless told otherwise: a
+	// gateway's retained birth and statuses then vanished from the
+	// running broker a day after they were published (and came back from
+	// the store after a restart), and commands queued for a gateway
+	// offline longer than a day were dropped, though --session-expiry
+	// keeps its session a week. A message that asks for an expiry keeps
+	// it; queued messages still go with their session. (0 would switch
+	// the cap off, but mochi also stamps its acknowledgements with it and
+	// would expire them at once.)
+	caps.MaximumMessageExpiryInterval = maxMessageExpiry
 }
+
+// maxMessageExpiry is the cap on a message's life, in seconds: ten years.
+const maxMessageExpiry = 10 * 365 * 24 * 60 * 60
 
 // errConnectRefused is why admit closed a connection.
 var errConnectRefused = errors.New("connection refused before CONNECT")
