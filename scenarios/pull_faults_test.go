@@ -510,7 +510,6 @@ func deployWithin(t testing.TB, e deployEnv, spec *fleetv1.DeploymentSpec, bound
 // by the engine; revision 2 adds a 2 MiB layer and is pulled by the agent:
 // only the new layer should cross the link.
 func TestAgentPullSkipsLayersTheEngineHas(t *testing.T) {
-	t.Skip("issue 14: fails on main 6585b3a (the agent fetched the 3.0 MB app layer the engine had: 5.10 MB moved for a 2.10 MB layer); remove this skip with the fix")
 	cli := testenv.DockerClient(t)
 	reg := testimage.NewRegistry(t)
 	app := appLayer(t)

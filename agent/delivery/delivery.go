@@ -44,6 +44,9 @@ type Engine interface {
 	// --docker-host, a rootless engine, an agent in a container without
 	// the host's network).
 	LoadFromLayout(ctx context.Context, layoutDir string, manifest v1.Hash, name string) error
+	// Layers are the diff IDs of the layers the engine holds: the agent
+	// does not download them.
+	Layers(ctx context.Context) (map[v1.Hash]bool, error)
 }
 
 // Config configures a Delivery.
@@ -146,6 +149,8 @@ func (d *Delivery) Pull(ctx context.Context, ref string, opts Options) (Image, e
 		req.Progress = func(p fetch.Progress) { opts.Progress(p.Done, p.Total) }
 	}
 	req.Reserve = d.reserve
+	skips := &skipped{decided: make(chan struct{})}
+	req.Skip = d.skipKnown(skips)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	manifest := make(chan fetch.Result, 1)
@@ -168,7 +173,7 @@ func (d *Delivery) Pull(ctx context.Context, ref string, opts Options) (Image, e
 	select {
 	case r := <-manifest:
 		early = make(chan error, 1)
-		go func() { early <- d.loopback(ctx, r.Manifest, name, true) }()
+		go func() { early <- d.loopback(ctx, r.Manifest, name, skips) }()
 		got = <-done
 	case got = <-done: // the store had it all, or the fetch failed early
 	}
@@ -179,6 +184,18 @@ func (d *Delivery) Pull(ctx context.Context, ref string, opts Options) (Image, e
 		return Image{}, registryErr(got.err)
 	}
 	if early == nil || <-early != nil {
+		if len(got.res.Skipped) > 0 {
+			// The engine did not skip a layer it holds after all (it had
+			// it from a load, which leaves no record of the blob): fetch
+			// what was skipped.
+			d.log.Info("fetching the layers the engine holds but did not reuse", "image", name, "layers", len(got.res.Skipped))
+			req.Skip, req.Manifest = nil, nil
+			more, err := d.cfg.Fetcher.Get(ctx, req)
+			if err != nil {
+				return Image{}, registryErr(err)
+			}
+			got.res.Fetched += more.Fetched
+		}
 		if err := d.load(ctx, got.res.Manifest, name); err != nil {
 			return Image{}, err
 		}
@@ -216,7 +233,7 @@ func (s single) Resolve(authn.Resource) (authn.Authenticator, error) {
 // store: pulled from loopback, or streamed in when the engine cannot reach
 // the agent's loopback.
 func (d *Delivery) load(ctx context.Context, manifest v1.Hash, name string) error {
-	perr := d.loopback(ctx, manifest, name, false)
+	perr := d.loopback(ctx, manifest, name, nil)
 	if perr == nil || ctx.Err() != nil {
 		return perr
 	}
@@ -229,9 +246,10 @@ func (d *Delivery) load(ctx context.Context, manifest v1.Hash, name string) erro
 
 // loopback has the engine pull the manifest from a registry served on
 // loopback for this pull only, under a random repository name, and tag it
-// name. With wait, a blob not in the store yet is answered once its
-// download has committed it (or the pull's ctx ends).
-func (d *Delivery) loopback(ctx context.Context, manifest v1.Hash, name string, wait bool) error {
+// name. With a download running beside it (skips not nil), a blob not in
+// the store yet is answered once its download has committed it, or at
+// once with 404 when it is a layer the download skipped.
+func (d *Delivery) loopback(ctx context.Context, manifest v1.Hash, name string, skips *skipped) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("serving the image to the engine on loopback: %w", err)
@@ -240,15 +258,23 @@ func (d *Delivery) loopback(ctx context.Context, manifest v1.Hash, name string, 
 	rand.Read(b[:])
 	repo := "fleet-agent/" + hex.EncodeToString(b[:])
 	reg := layoutreg.New(string(d.cfg.Store.Path()), repo)
-	if wait {
+	if skips != nil {
 		reg.Wait = func(rctx context.Context, h v1.Hash) error {
-			select {
-			case <-d.cfg.Store.Ready(h):
-				return nil
-			case <-rctx.Done():
-				return rctx.Err()
-			case <-ctx.Done():
-				return ctx.Err()
+			decided := skips.decided
+			for {
+				select {
+				case <-d.cfg.Store.Ready(h):
+					return nil
+				case <-decided:
+					if skips.has(h) {
+						return fmt.Errorf("%s was not downloaded: the engine holds it", h)
+					}
+					decided = nil
+				case <-rctx.Done():
+					return rctx.Err()
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
 		}
 	}
@@ -263,6 +289,45 @@ func (d *Delivery) loopback(ctx context.Context, manifest v1.Hash, name string, 
 		return fmt.Errorf("the engine did not take the verified image from the agent: %w", err)
 	}
 	return nil
+}
+
+// skipped are the layers a download decided not to fetch; decided is
+// closed once it has.
+type skipped struct {
+	decided chan struct{}
+	mu      sync.Mutex
+	layers  map[v1.Hash]bool
+}
+
+func (s *skipped) has(h v1.Hash) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.layers[h]
+}
+
+// skipKnown is a fetch's Skip: the layers whose diff ID the engine holds,
+// recorded in s.
+func (d *Delivery) skipKnown(s *skipped) func(context.Context, []v1.Descriptor, []v1.Hash) map[v1.Hash]bool {
+	return func(ctx context.Context, layers []v1.Descriptor, diffIDs []v1.Hash) map[v1.Hash]bool {
+		skip := map[v1.Hash]bool{}
+		defer func() {
+			s.mu.Lock()
+			s.layers = skip
+			s.mu.Unlock()
+			close(s.decided)
+		}()
+		known, err := d.cfg.Engine.Layers(ctx)
+		if err != nil {
+			d.log.Debug("the engine's layers are unknown; downloading them all", "err", err)
+			return skip
+		}
+		for i, l := range layers {
+			if known[diffIDs[i]] {
+				skip[l.Digest] = true
+			}
+		}
+		return skip
+	}
 }
 
 // Name is the name the engine holds ref under: ref itself when it names a

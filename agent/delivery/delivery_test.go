@@ -40,7 +40,11 @@ type engine struct {
 	remote   bool               // the engine cannot reach the agent's loopback
 	loadedBy []string           // names loaded from the layout
 	asked    chan string        // if set, told each layer digest before it is read
+	known    map[v1.Hash]bool   // diff IDs of the layers the engine holds
+	forgets  bool               // the engine asks for the layers it holds anyway
 }
+
+func (e *engine) Layers(context.Context) (map[v1.Hash]bool, error) { return e.known, nil }
 
 func (e *engine) LoadFromLayout(_ context.Context, dir string, manifest v1.Hash, tag string) error {
 	img, err := layout.Path(dir).Image(manifest)
@@ -86,6 +90,9 @@ func (e *engine) PullFromLoopback(ctx context.Context, host, repo string, manife
 		return err
 	}
 	for _, l := range layers {
+		if diffID, _ := l.DiffID(); e.known[diffID] && !e.forgets {
+			continue // as dockerd skips a layer it knows
+		}
 		if e.asked != nil {
 			d, _ := l.Digest()
 			e.asked <- d.String()
@@ -256,6 +263,43 @@ func TestEnginePullsBesideTheFetch(t *testing.T) {
 	}
 	if len(e.eng.from) != 1 {
 		t.Errorf("the engine pulled %d times, want once, beside the fetch", len(e.eng.from))
+	}
+}
+
+// TestLayersTheEngineHolds: a layer the engine holds is not downloaded;
+// if the engine asks for it anyway (it got it by a load, which leaves no
+// record of the blob), the agent fetches it and the engine pulls again.
+func TestLayersTheEngineHolds(t *testing.T) {
+	for _, forgets := range []bool{false, true} {
+		t.Run(fmt.Sprintf("engine asks anyway: %v", forgets), func(t *testing.T) {
+			e := newEnv(t, nil)
+			ref, img := e.push(t, "team/app:1", 256<<10)
+			layers, _ := img.Layers()
+			held, _ := layers[0].DiffID()
+			size, _ := layers[0].Size()
+			e.eng.known, e.eng.forgets = map[v1.Hash]bool{held: true}, forgets
+			got, err := e.d.Pull(t.Context(), ref, delivery.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			total, _ := img.Manifest()
+			var all int64
+			for _, l := range total.Layers {
+				all += l.Size
+			}
+			all += total.Config.Size
+			want := all - size
+			if forgets {
+				want = all // the pull beside the download failed on the held layer
+			}
+			if got.Fetched != want || len(e.eng.from) != 1 {
+				t.Errorf("fetched %d bytes, %d engine pulls succeeded; want %d and 1 (image %d, held layer %d)", got.Fetched, len(e.eng.from), want, all, size)
+			}
+			cfg, _ := img.ConfigName()
+			if e.eng.images[ref] != cfg {
+				t.Errorf("engine holds %v, want %s", e.eng.images, cfg)
+			}
+		})
 	}
 }
 

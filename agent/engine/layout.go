@@ -136,6 +136,29 @@ func (d *Docker) PullFromLoopback(ctx context.Context, host, repo string, manife
 	return nil
 }
 
+// Layers returns the diff IDs of the layers of every image the engine
+// holds: the agent need not download those (the engine's pull skips a
+// layer it knows).
+func (d *Docker) Layers(ctx context.Context) (map[v1.Hash]bool, error) {
+	list, err := d.cli.ImageList(ctx, image.ListOptions{})
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	out := map[v1.Hash]bool{}
+	for _, im := range list {
+		ii, err := d.cli.ImageInspect(ctx, im.ID)
+		if err != nil {
+			continue // removed meanwhile
+		}
+		for _, l := range ii.RootFS.Layers {
+			if h, err := v1.NewHash(l); err == nil {
+				out[h] = true
+			}
+		}
+	}
+	return out, nil
+}
+
 type countWriter struct {
 	w     io.Writer
 	count func(int)

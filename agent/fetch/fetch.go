@@ -1,6 +1,7 @@
 package fetch
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -111,6 +112,12 @@ type Request struct {
 	// error ends the fetch with nothing written. Release is called when
 	// the fetch ends, whatever the outcome, if Reserve succeeded.
 	Reserve func(ctx context.Context, need int64) (release func(), err error)
+	// Skip, if set, is asked once the config is in the store which of
+	// the layers (their descriptors and diff IDs, in order) need not be
+	// downloaded: those the engine holds already. Skipped layers are
+	// listed in Result.Skipped; the image is listed in index.json without
+	// them.
+	Skip func(ctx context.Context, layers []v1.Descriptor, diffIDs []v1.Hash) map[v1.Hash]bool
 	// Manifest, if set, is called once the reservation is granted and the
 	// manifest (and index) are in the store, before the blobs download;
 	// Fetched is 0. It is not called when the store has the whole image.
@@ -131,6 +138,9 @@ type Result struct {
 	// Fetched is the bytes downloaded by this fetch (resumed bytes from
 	// an earlier one are not counted).
 	Fetched int64
+	// Skipped are the layers Request.Skip said need not be downloaded
+	// and that the store does not have.
+	Skipped []v1.Hash
 }
 
 // Fetch downloads the image ref for platform into the store with the
@@ -189,18 +199,58 @@ func (f *Fetcher) Get(ctx context.Context, req Request) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("fetch %s: %w", r, err)
 	}
-	fetched, err := f.fetchBlobs(ctx, log, client, r.Context(), img.blobs(), req)
+	fetched, skipped, err := f.fetchSkipping(ctx, log, client, r.Context(), img, req)
 	if err != nil {
 		return Result{}, fmt.Errorf("fetch %s: %w", r, err)
 	}
 	if err := f.putManifests(img); err != nil {
 		return Result{}, fmt.Errorf("fetch %s: %w", r, err)
 	}
-	if err := f.cfg.Store.addImage(r.String(), img.top()); err != nil {
+	if err := f.cfg.Store.addImage(r.String(), img.top(), skipped...); err != nil {
 		return Result{}, fmt.Errorf("fetch %s: %w", r, err)
 	}
-	log.Info("image fetched", "digest", img.desc.Digest, "bytes", fetched)
-	return img.result(fetched), nil
+	log.Info("image fetched", "digest", img.desc.Digest, "bytes", fetched, "skipped_layers", len(skipped))
+	res := img.result(fetched)
+	res.Skipped = skipped
+	return res, nil
+}
+
+// fetchSkipping downloads the image's blobs: with req.Skip, the config
+// first, then the layers Skip does not rule out. It returns the bytes
+// downloaded and the layers skipped.
+func (f *Fetcher) fetchSkipping(ctx context.Context, log *slog.Logger, client *http.Client, repo name.Repository, img *resolved, req Request) (int64, []v1.Hash, error) {
+	if req.Skip == nil {
+		n, err := f.fetchBlobs(ctx, log, client, repo, img.blobs(), req)
+		return n, nil, err
+	}
+	n, err := f.fetchBlobs(ctx, log, client, repo, []v1.Descriptor{img.manifest.Config}, req)
+	if err != nil {
+		return n, nil, err
+	}
+	raw, err := f.cfg.Store.Path().Bytes(img.manifest.Config.Digest)
+	if err != nil {
+		return n, nil, err
+	}
+	cfg, err := v1.ParseConfigFile(bytes.NewReader(raw))
+	if err != nil {
+		return n, nil, fmt.Errorf("config %s: %w", img.manifest.Config.Digest, err)
+	}
+	var want []v1.Descriptor
+	var skipped []v1.Hash
+	if len(cfg.RootFS.DiffIDs) == len(img.manifest.Layers) {
+		skip := req.Skip(ctx, img.manifest.Layers, cfg.RootFS.DiffIDs)
+		for _, l := range img.manifest.Layers {
+			if skip[l.Digest] && !f.cfg.Store.Has(l.Digest) {
+				skipped = append(skipped, l.Digest)
+				continue
+			}
+			want = append(want, l)
+		}
+	} else {
+		want = img.manifest.Layers
+	}
+	m, err := f.fetchBlobs(ctx, log, client, repo, want, req)
+	return n + m, skipped, err
 }
 
 // putManifests stores the image's manifest and index, if any.

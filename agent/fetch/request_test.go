@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -107,7 +108,7 @@ func TestGetResultAndResolve(t *testing.T) {
 		t.Errorf("Resolve moved %d bytes, want manifests only", moved)
 	}
 	want := Result{Digest: idxDigest, Manifest: armDigest, Config: cfgDigest, Size: imageSize(t, arm) - int64(len(mustRaw(t, arm)))}
-	if res != want {
+	if !reflect.DeepEqual(res, want) {
 		t.Errorf("Resolve = %+v, want %+v", res, want)
 	}
 	got, err := f.Get(ctx, Request{Ref: ref, Platform: platform})
@@ -115,13 +116,13 @@ func TestGetResultAndResolve(t *testing.T) {
 		t.Fatal(err)
 	}
 	want.Fetched = want.Size
-	if got != want {
+	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Get = %+v, want %+v", got, want)
 	}
 	// From the store alone, by the index's digest: the same result.
 	got, err = f.Get(ctx, Request{Ref: p.addr() + "/test/multi@" + idxDigest.String(), Platform: platform})
 	want.Fetched = 0
-	if err != nil || got != want {
+	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Errorf("Get by index digest = %+v, %v; want %+v", got, err, want)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -340,13 +341,15 @@ func (s *Store) put(h v1.Hash, b []byte) error {
 // (errdefs.ErrNotFound): GC may have removed a blob the fetch found in the
 // store before it listed the image; fetching again brings it back.
 // index.json is written atomically.
-func (s *Store) addImage(ref string, desc v1.Descriptor) error {
+func (s *Store) addImage(ref string, desc v1.Descriptor, elsewhere ...v1.Hash) error {
 	s.idx.Lock()
 	defer s.idx.Unlock()
 	missing, err := s.mark(desc, map[v1.Hash]bool{})
 	if err != nil {
 		return fmt.Errorf("listing %s: %w", ref, err)
 	}
+	// Layers the engine holds were not fetched (Request.Skip).
+	missing = slices.DeleteFunc(missing, func(h v1.Hash) bool { return slices.Contains(elsewhere, h) })
 	if len(missing) > 0 {
 		return fmt.Errorf("listing %s (%s): %d blobs are not in the store, the first %s: %w",
 			ref, desc.Digest, len(missing), missing[0], errdefs.ErrNotFound)
