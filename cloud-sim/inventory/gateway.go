@@ -96,6 +96,20 @@ type Deployment struct {
 	Message      string
 	RestartCount uint32
 	UpdatedAt    time.Time
+	// ReportedAt is when the gateway says it reported this (the status's
+	// updatedAt, or the birth's timestamp, by the gateway's clock): it
+	// orders two reports of one revision that replicas applied in either
+	// order. Zero when the gateway sent none.
+	ReportedAt time.Time
+}
+
+// newer reports whether d supersedes old: a later revision, or the same
+// revision reported later (arrival order when either has no time).
+func (d *Deployment) newer(old *Deployment) bool {
+	if d.Revision != old.Revision {
+		return d.Revision > old.Revision
+	}
+	return d.ReportedAt.IsZero() || old.ReportedAt.IsZero() || !d.ReportedAt.Before(old.ReportedAt)
 }
 
 // Registry is a credential a gateway holds, as its birth summarises it
@@ -145,7 +159,7 @@ func (g *Gateway) applyBirth(b *fleetv1.Birth, at time.Time) bool {
 	g.Online, g.Session = true, b.GetSession()
 	g.DeathReason = ""
 	g.ConnectedAt = b.GetTimestamp().AsTime()
-	g.LastSeen = at
+	g.seen(at)
 	g.AgentVersion, g.ProtocolVersion, g.Simulated = b.GetAgentVersion(), b.GetProtocolVersion(), b.GetSimulated()
 	if h := b.GetHost(); h != nil {
 		g.Host = &Host{Hostname: h.GetHostname(), OS: h.GetOs(), Arch: h.GetArch(), CPUs: h.GetCpuCount(), MemoryBytes: h.GetMemoryBytes()}
@@ -155,16 +169,7 @@ func (g *Gateway) applyBirth(b *fleetv1.Birth, at time.Time) bool {
 	}
 	g.ReportedLabels, g.ReportedGroups, g.Capabilities = b.GetLabels(), b.GetGroups(), b.GetCapabilities()
 	g.PublicKey = b.GetPublicKey()
-	deps := make(map[string]*Deployment, len(b.GetDeployments()))
-	for _, d := range b.GetDeployments() {
-		dep := &Deployment{Name: d.GetName(), Revision: d.GetRevision(), Phase: Phase(d.GetPhase()), Image: clip(d.GetImage(), maxText), Digest: clip(d.GetDigest(), maxText), UpdatedAt: at}
-		// A birth summarises; keep the richer status of the same revision.
-		if old := g.Deployments[d.GetName()]; old != nil && old.Revision == dep.Revision && old.Phase == dep.Phase {
-			dep = old
-		}
-		deps[d.GetName()] = dep
-	}
-	g.Deployments = deps
+	g.Deployments = mergeBirth(g.Deployments, b, at)
 	g.Registries = g.Registries[:0]
 	for _, r := range b.GetRegistries() {
 		reg := Registry{Registry: r.GetRegistry(), Kind: r.GetKind(), Username: r.GetUsername(), Fingerprint: r.GetFingerprint(), Warning: r.GetWarning()}
@@ -185,7 +190,7 @@ func (g *Gateway) applyDeath(d *fleetv1.Death, at time.Time) bool {
 	g.Online = false
 	g.Session, g.DeathSession = d.GetSession(), d.GetSession()
 	g.DeathReason = strings.ToLower(d.GetReason().String())
-	g.LastSeen = at
+	g.seen(at)
 	return true
 }
 
@@ -197,11 +202,14 @@ func (g *Gateway) applyStatus(name string, s *fleetv1.DeploymentStatus, at time.
 	if g.Deployments == nil {
 		g.Deployments = map[string]*Deployment{}
 	}
-	if old := g.Deployments[name]; old != nil && old.Revision > s.GetRevision() {
-		return
-	}
 	d := &Deployment{Name: name, Revision: s.GetRevision(), Phase: Phase(s.GetPhase()), Image: clip(s.GetImage(), maxText), Digest: clip(s.GetImageDigest(), maxText),
 		ContainerID: clip(s.GetContainerId(), maxText), Message: clip(s.GetMessage(), maxMessage), RestartCount: s.GetRestartCount(), UpdatedAt: at}
+	if s.GetUpdatedAt() != nil {
+		d.ReportedAt = s.GetUpdatedAt().AsTime()
+	}
+	if old := g.Deployments[name]; old != nil && !d.newer(old) {
+		return
+	}
 	d.Health = Health(s.GetHealth())
 	if s.GetCode() != fleetv1.Reply_OK {
 		d.Code = s.GetCode().String()
@@ -237,4 +245,40 @@ func (h Health) String() string {
 		return ""
 	}
 	return strings.ToLower(fleetv1.HealthCheck_Status(h).String())
+}
+
+// mergeBirth is the deployments after birth b: the ones it lists, except
+// where what is known of one is newer than the birth (a status the
+// gateway reported after it, applied first by another replica); a
+// deployment the birth does not list is kept only when reported after it.
+func mergeBirth(known map[string]*Deployment, b *fleetv1.Birth, at time.Time) map[string]*Deployment {
+	born := b.GetTimestamp().AsTime()
+	if b.GetTimestamp() == nil {
+		born = time.Time{}
+	}
+	deps := make(map[string]*Deployment, len(b.GetDeployments()))
+	for _, d := range b.GetDeployments() {
+		dep := &Deployment{Name: d.GetName(), Revision: d.GetRevision(), Phase: Phase(d.GetPhase()), Image: clip(d.GetImage(), maxText),
+			Digest: clip(d.GetDigest(), maxText), UpdatedAt: at, ReportedAt: born}
+		// A birth summarises; keep the richer status of the same revision,
+		// and a status reported after the birth.
+		if old := known[d.GetName()]; old != nil && ((old.Revision == dep.Revision && old.Phase == dep.Phase) || !dep.newer(old)) {
+			dep = old
+		}
+		deps[d.GetName()] = dep
+	}
+	for name, old := range known {
+		if _, listed := deps[name]; !listed && !born.IsZero() && old.ReportedAt.After(born) {
+			deps[name] = old
+		}
+	}
+	return deps
+}
+
+// seen moves LastSeen forward to at, never back: replicas apply a
+// gateway's publications in any order.
+func (g *Gateway) seen(at time.Time) {
+	if at.After(g.LastSeen) {
+		g.LastSeen = at
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"sort"
@@ -38,7 +39,13 @@ type Config struct {
 	// gateway (package identity). Filters select by these, never by what
 	// a gateway's birth reports; without it no gateway has any.
 	Assigned Assigner
-	Now      func() time.Time
+	// Replicated is set when several controller replicas share the store
+	// and each applies part of the fleet's publications (see replica.go):
+	// records are then written compare-and-set and Load watches the
+	// others' writes.
+	Replicated bool
+	Logger     *slog.Logger
+	Now        func() time.Time
 }
 
 // Assigner tells the groups and labels the cloud assigned a gateway, and
@@ -61,11 +68,20 @@ type Inventory struct {
 	hub        *changes.Hub
 	assigned   Assigner
 	now        func() time.Time
+	log        *slog.Logger
 
 	mu       sync.RWMutex
 	gateways map[string]*Gateway // by state.Key(tenant, id); guarded by mu
 	dirty    map[string]struct{} // keys changed since the last flush; guarded by mu
 	ingested uint64              // guarded by mu
+	// Replicated only (nil otherwise), guarded by mu: the store revision
+	// each record was last read or written at, what was applied to it
+	// since, and how many records came from the store.
+	revs      map[string]uint64
+	pending   map[string][]pendingOp
+	orphans   map[string][]orphan
+	remote    uint64
+	stopWatch func()
 
 	// orderMu guards order: every gateway in natural order, sorted again
 	// when the inventory grew (see ordered). Taken before mu.
@@ -87,12 +103,30 @@ func New(cfg Config) *Inventory {
 	if cfg.Assigned == nil {
 		cfg.Assigned = unassigned{}
 	}
-	return &Inventory{staleAfter: cfg.StaleAfter, limits: cfg.Limits.withDefaults(), hub: cfg.Changes, assigned: cfg.Assigned, now: cfg.Now,
-		gateways: map[string]*Gateway{}, dirty: map[string]struct{}{}}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	inv := &Inventory{staleAfter: cfg.StaleAfter, limits: cfg.Limits.withDefaults(), hub: cfg.Changes, assigned: cfg.Assigned, now: cfg.Now,
+		log: cfg.Logger, gateways: map[string]*Gateway{}, dirty: map[string]struct{}{}}
+	if cfg.Replicated {
+		inv.revs, inv.pending, inv.orphans = map[string]uint64{}, map[string][]pendingOp{}, map[string][]orphan{}
+	}
+	return inv
 }
 
-// Load reads the stored gateways.
+// Load reads the stored gateways; a replicated inventory then keeps
+// watching the store until Close.
 func (inv *Inventory) Load(ctx context.Context, st *state.Store) error {
+	if inv.revs != nil {
+		stop, err := inv.Watch(ctx, st)
+		if err != nil {
+			return fmt.Errorf("inventory: load: %w", err)
+		}
+		inv.mu.Lock()
+		inv.stopWatch = stop
+		inv.mu.Unlock()
+		return nil
+	}
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	err := st.Each(ctx, state.Gateways, func(k string, raw []byte) error {
@@ -109,6 +143,17 @@ func (inv *Inventory) Load(ctx context.Context, st *state.Store) error {
 	return nil
 }
 
+// Close stops a replicated inventory's watch.
+func (inv *Inventory) Close() {
+	inv.mu.Lock()
+	stop := inv.stopWatch
+	inv.stopWatch = nil
+	inv.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
+
 // Len is how many gateways the inventory holds.
 func (inv *Inventory) Len() int {
 	inv.mu.RLock()
@@ -119,6 +164,9 @@ func (inv *Inventory) Len() int {
 // Flush writes the gateways changed since the last flush; on failure they
 // are written with the next.
 func (inv *Inventory) Flush(ctx context.Context, st *state.Store) error {
+	if inv.revs != nil {
+		return inv.flushReplicated(ctx, st)
+	}
 	inv.mu.Lock()
 	if len(inv.dirty) == 0 {
 		inv.mu.Unlock()
@@ -159,15 +207,19 @@ func (inv *Inventory) Apply(r mqttclient.Received) {
 	if g == nil {
 		if t.Kind != topic.Birth {
 			// Only a birth creates a gateway: statuses and metrics of one
-			// that never announced itself are kept out of the inventory.
+			// that never announced itself are kept out of the inventory
+			// (a replica keeps them a while: another may have its birth).
+			inv.orphan(k, r)
 			inv.mu.Unlock()
 			return
 		}
 		g = &Gateway{Tenant: t.Tenant, ID: t.Gateway}
 		inv.gateways[k] = g
+		inv.adopt(k, g)
 	}
 	inv.dirty[k] = struct{}{}
 	inv.ingested++
+	inv.remember(k, pendingOp{r: &r})
 	var ev changes.Change
 	var changed bool
 	if limit, why := g.refuse(inv.limits, t, r.Message, r.At); limit != "" {
@@ -202,7 +254,7 @@ func (g *Gateway) apply(t topic.Topic, msg any, at time.Time) (changes.Change, b
 		}
 	case *fleetv1.DeploymentStatus:
 		g.applyStatus(t.Deployment, m, at)
-		g.LastSeen = at
+		g.seen(at)
 		if d := g.Deployments[t.Deployment]; d != nil {
 			sev := changes.Info
 			if d.Phase == Failed {
@@ -217,14 +269,14 @@ func (g *Gateway) apply(t topic.Topic, msg any, at time.Time) (changes.Change, b
 			return changes.Change{Kind: "deployment.removed", Tenant: g.Tenant, Gateway: g.ID, Deployment: t.Deployment}, true
 		}
 	case *fleetv1.Metrics:
-		g.LastSeen = at
+		g.seen(at)
 		g.Running = m.GetRunningCount()
 		if g.metrics == nil {
 			g.metrics = new(metricRing)
 		}
 		g.metrics.add(m, at)
 	case *fleetv1.Event:
-		g.LastSeen = at
+		g.seen(at)
 		return changes.Change{Kind: "event", Severity: severityOf(m.GetSeverity()), Tenant: g.Tenant, Gateway: g.ID, Deployment: m.GetDeployment(),
 			Message: m.GetKind() + ": " + m.GetMessage()}, true
 	}
@@ -247,7 +299,7 @@ func (inv *Inventory) Touch(tenant, id string, at time.Time) {
 	k := state.Key(tenant, id)
 	inv.mu.Lock()
 	if g := inv.gateways[k]; g != nil {
-		g.LastSeen = at
+		g.seen(at)
 	}
 	inv.mu.Unlock()
 }
@@ -262,6 +314,13 @@ func (inv *Inventory) NoteCredentials(tenant, id string, regs []Registry) {
 	if g == nil {
 		return
 	}
+	g.noteCredentials(regs)
+	inv.remember(k, pendingOp{regs: regs})
+	inv.dirty[k] = struct{}{}
+}
+
+// noteCredentials records that g accepted regs.
+func (g *Gateway) noteCredentials(regs []Registry) {
 	for _, r := range regs {
 		if i := slices.IndexFunc(g.Registries, func(h Registry) bool { return h.Registry == r.Registry }); i >= 0 {
 			g.Registries[i] = r
@@ -272,7 +331,6 @@ func (inv *Inventory) NoteCredentials(tenant, id string, regs []Registry) {
 			g.Delivered = append(g.Delivered, r.Registry)
 		}
 	}
-	inv.dirty[k] = struct{}{}
 }
 
 // Filter selects gateways by what the cloud assigned them (the groups and

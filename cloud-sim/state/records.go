@@ -90,6 +90,7 @@ type Deployment struct {
 	Message      string    `json:"message,omitempty"`
 	RestartCount uint32    `json:"restartCount,omitempty"`
 	UpdatedAt    time.Time `json:"updatedAt,omitzero"`
+	ReportedAt   time.Time `json:"reportedAt,omitzero"`
 }
 
 // Registry describes a credential a gateway holds (never the secret).
