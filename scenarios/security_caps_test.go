@@ -272,10 +272,11 @@ func TestCapsSilentConnectionClosed(t *testing.T) {
 	})
 }
 
-// TestCapsMaxClients: with --mqtt-max-clients 2 (the controller and one
-// gateway), a second gateway is refused with "server busy".
+// TestCapsMaxClients: with --mqtt-max-clients 3 (the controller's two
+// sessions, its own and its share of ingest, and one gateway), a second
+// gateway is refused with "server busy".
 func TestCapsMaxClients(t *testing.T) {
-	c, pass := capsCloud(t, func(cfg *serve.Config) { cfg.BrokerLimits.MaxClients = 2 })
+	c, pass := capsCloud(t, func(cfg *serve.Config) { cfg.BrokerLimits.MaxClients = 3 })
 	pass2, err := c.Controller.Provision(context.Background(), "acme", "gw-2", identity.Assignment{})
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
+	"github.com/fleet-agent/fleet/cloud-sim/rollout"
 	"github.com/fleet-agent/fleet/cloud-sim/tenantcred"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	"github.com/fleet-agent/fleet/protocol/cmdsig"
@@ -104,8 +105,11 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 		status = http.StatusUnprocessableEntity
 	case fleetv1.Reply_REGISTRY_UNREACHABLE:
 		status = http.StatusBadGateway
-	case fleetv1.Reply_UNSUPPORTED: // a follower replica asked to change a rollout
+	case fleetv1.Reply_UNSUPPORTED:
 		status = http.StatusConflict
+	}
+	if errors.Is(err, rollout.ErrNoScheduler) {
+		status = http.StatusServiceUnavailable
 	}
 	// The registry refused (no such image, a rejected credential): 422,
 	// so that a client tells it from a missing gateway or rollout (404).

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/changes"
@@ -49,6 +50,13 @@ type Config struct {
 	BrokerURL *url.URL
 	// BrokerTLS configures an mqtts:// BrokerURL (system roots when nil).
 	BrokerTLS *tls.Config
+	// Share, when set, is the group of controller replicas that share
+	// what gateways publish (an MQTT v5 shared subscription
+	// $share/{Share}/…): the broker hands each publication to one
+	// replica, which applies it to the inventory in the store; every
+	// replica watches the store (replicas.go). Empty: this replica
+	// receives everything, alone.
+	Share string
 	// Limits bound what one gateway may make the inventory hold.
 	Limits inventory.Limits
 	// ID is the controller's MQTT client id and reply-topic level; stable,
@@ -63,8 +71,9 @@ type Config struct {
 	// is shown as stale (2 minutes, four metrics intervals, when zero).
 	StaleAfter time.Duration
 	// FlushInterval is how often inventory changes are written to the
-	// store (2 s when zero: the broker retains what they come from);
-	// command outcomes are written every 250 ms, credentials at once.
+	// store (2 s when zero, 250 ms with Share: the other replicas read
+	// them from there; the broker retains what they come from); command
+	// outcomes are written every 250 ms, credentials at once.
 	FlushInterval time.Duration
 	// APIURL is this replica's API, named in the scheduler lease so that
 	// followers can point at the leader.
@@ -99,6 +108,13 @@ type Controller struct {
 	resolver *rollout.Resolver
 	// peers are the replies to rollout commands other replicas sent.
 	peers *peerOutcomes
+	// replicas: the other replicas' liveness and the resyncs
+	// (replicas.go); stopWatch ends the dispatcher's watch (Share only).
+	replicas  replicaSet
+	stopWatch func()
+	stopIDs   func()
+	worked    atomic.Uint64 // rollout work items sent
+	received  atomic.Uint64 // live gateway publications received (not replies)
 
 	stopWork  func()
 	stop      chan struct{}
@@ -120,14 +136,29 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 			return nil, err
 		}
 	}
-	c.inv = inventory.New(inventory.Config{StaleAfter: cfg.StaleAfter, Changes: c.hub, Assigned: c.ids, Limits: cfg.Limits, Now: cfg.Now})
+	if cfg.Share != "" {
+		// Provisioning on another replica reaches this one's broker and
+		// selectors at once.
+		if c.stopIDs, err = c.ids.Watch(context.WithoutCancel(ctx), c.identityChanged); err != nil {
+			return nil, err
+		}
+	}
+	c.inv = inventory.New(inventory.Config{StaleAfter: cfg.StaleAfter, Changes: c.hub, Assigned: c.ids, Limits: cfg.Limits,
+		Replicated: cfg.Share != "", Logger: c.log, Now: cfg.Now})
 	if err := c.inv.Load(ctx, cfg.Store); err != nil {
 		return nil, err
 	}
 	if c.disp, err = dispatch.New(dispatch.Config{Store: cfg.Store, Cipher: cfg.Keys, Changes: c.hub, Logger: c.log, Now: cfg.Now}); err != nil {
+		c.inv.Close()
 		return nil, err
 	}
-	if err := c.disp.Load(ctx); err != nil {
+	if cfg.Share != "" {
+		c.stopWatch, err = c.disp.Watch(context.WithoutCancel(ctx))
+	} else {
+		err = c.disp.Load(ctx)
+	}
+	if err != nil {
+		c.inv.Close()
 		return nil, err
 	}
 	if c.creds, err = tenantcred.New(ctx, tenantcred.Config{Store: cfg.Store, Keys: cfg.Keys, Changes: c.hub,
@@ -138,7 +169,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c.sched, err = rollout.New(ctx, rollout.Config{Store: cfg.Store, ID: cfg.ID, APIURL: cfg.APIURL, Fleet: c.inv, Commands: rolloutCommands{disp: c.disp, peers: c.peers},
-		Changes: c.hub, Logger: c.log, Now: cfg.Now})
+		Changes: c.hub, OnLead: c.onLead, Logger: c.log, Now: cfg.Now})
 	if err != nil {
 		return nil, err
 	}
@@ -155,6 +186,9 @@ func withDefaults(cfg Config) Config {
 	}
 	if cfg.FlushInterval <= 0 {
 		cfg.FlushInterval = 2 * time.Second
+		if cfg.Share != "" {
+			cfg.FlushInterval = 250 * time.Millisecond
+		}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -174,7 +208,8 @@ func (c *Controller) Start(ctx context.Context) error {
 	}
 	con, err := mqttclient.Dial(ctx, mqttclient.Config{
 		BrokerURL: c.cfg.BrokerURL, TLS: c.cfg.BrokerTLS, ID: c.cfg.ID, Username: c.cfg.Username, Password: c.cfg.Password,
-		Scheme: c.cfg.Scheme, Encoding: c.cfg.Encoding, Watch: c.Ingest, SessionExpiry: 7 * 24 * time.Hour, LatestOnly: true, Signer: c.sign, Logger: c.log,
+		Scheme: c.cfg.Scheme, Encoding: c.cfg.Encoding, Watch: c.Ingest, SessionExpiry: 7 * 24 * time.Hour, LatestOnly: true, Signer: c.sign,
+		Share: c.cfg.Share, Logger: c.log,
 	})
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
@@ -187,9 +222,10 @@ func (c *Controller) Start(ctx context.Context) error {
 	}
 	c.con = con // started: Close stops the parts
 	c.sched.Start(ctx)
-	c.done.Add(2)
+	c.done.Add(3)
 	go c.flushLoop()
 	go c.tokenLoop()
+	go c.replicaLoop()
 	return nil
 }
 
@@ -206,13 +242,25 @@ func (c *Controller) Close() error {
 	var err error
 	if c.con != nil {
 		c.sched.Close()
+		c.replicas.wg.Wait()
 		c.stopWork()
 		c.disp.Close()
 		err = c.con.Close()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return errors.Join(err, c.flush(ctx, true))
+	err = errors.Join(err, c.flush(ctx, true))
+	if c.con != nil {
+		c.leave(ctx) // after the last write: nothing of its share is lost
+	}
+	if c.stopWatch != nil {
+		c.stopWatch()
+	}
+	if c.stopIDs != nil {
+		c.stopIDs()
+	}
+	c.inv.Close()
+	return err
 }
 
 // Ingest applies one publication from a gateway to the inventory or, for
@@ -226,12 +274,20 @@ func (c *Controller) Ingest(r mqttclient.Received) {
 		}
 		return
 	}
+	if !r.Retained {
+		c.received.Add(1)
+	}
 	if r.Err != nil {
 		c.log.Debug("undecodable publication", "topic", r.Name, "err", r.Err)
 		return
 	}
 	c.inv.Apply(r)
 }
+
+// Received is how many live (not retained) gateway publications other
+// than replies this replica received: with replicas sharing ingest, its
+// share of them.
+func (c *Controller) Received() uint64 { return c.received.Load() }
 
 // reply applies a gateway's reply to its command; a set-credentials that
 // succeeded updates what the inventory says the gateway holds.

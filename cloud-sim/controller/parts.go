@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"slices"
 
@@ -83,6 +84,15 @@ func (c *Controller) Deprovision(ctx context.Context, tenant, id string) (bool, 
 	c.log.Info("gateway deprovisioned", "tenant", tenant, "gateway", id, "disconnected", live)
 	c.hub.Publish(changes.Change{Kind: "gateway.deprovisioned", Tenant: tenant, Gateway: id, At: c.cfg.Now()})
 	return live, nil
+}
+
+// identityChanged ends, on the embedded broker, the sessions a change
+// another replica made to a gateway's identity invalidates.
+func (c *Controller) identityChanged(before, after *identity.Device) {
+	d := cmp.Or(after, before)
+	if live := c.disconnect(d.Tenant, d.ID, after == nil); live {
+		c.log.Info("gateway disconnected: its identity was changed on another replica", "tenant", d.Tenant, "gateway", d.ID, "deprovisioned", after == nil)
+	}
 }
 
 func (c *Controller) disconnect(tenant, id string, deleteSession bool) bool {

@@ -21,10 +21,10 @@ import (
 // CreateRollout validates spec, checks the image and its credential
 // against the registry (refusing to start when that fails), supersedes an
 // active rollout of the same deployment, and starts.
+//
+// Any replica takes it; a follower hands it to the scheduling replica
+// once its own checks passed.
 func (c *Controller) CreateRollout(ctx context.Context, spec rollout.Spec) (*rollout.Summary, error) {
-	if err := c.sched.NotLeader(ctx); err != nil {
-		return nil, err
-	}
 	dep, err := spec.Validate()
 	if err != nil {
 		return nil, err
@@ -115,6 +115,9 @@ func (c *Controller) RolloutStatus(id string, withGateways bool) (*rollout.Summa
 // Leader reports whether this replica schedules rollouts.
 func (c *Controller) Leader() bool { return c.sched.Leader() }
 
+// Worked is how many rollout work items this replica sent.
+func (c *Controller) Worked() uint64 { return c.worked.Load() }
+
 // RolloutTicks is how many times this replica's scheduler stepped the
 // rollouts: a test waits for it to grow instead of sleeping.
 func (c *Controller) RolloutTicks() uint64 { return c.sched.Ticks() }
@@ -140,6 +143,11 @@ func (c *Controller) work(ctx context.Context, data []byte) {
 		c.log.Error("rollout work not checked against the store; not sent", "rollout", d.Rollout, "gateway", d.Gateway, "err", err)
 		return
 	}
+	if _, sent := c.disp.Command(w.CommandID); sent {
+		// Queued again by a new scheduling replica, but sent already.
+		return
+	}
+	c.worked.Add(1)
 	if err := c.dispatchDeploy(ctx, w); err != nil {
 		verb := topic.Deploy
 		if w.Prefetch {

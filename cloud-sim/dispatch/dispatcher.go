@@ -81,33 +81,75 @@ func (d *Dispatcher) Load(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	err := d.cfg.Store.Each(ctx, state.Commands, func(_ string, raw []byte) error {
-		var probe struct {
-			Commands []string `json:"commands"`
-			Batch    string   `json:"batch"`
-		}
-		if err := json.Unmarshal(raw, &probe); err != nil {
-			return err
-		}
-		if probe.Commands != nil || probe.Batch == "" {
-			var b state.Batch
-			if err := json.Unmarshal(raw, &b); err != nil {
-				return err
-			}
-			batch := Batch(b)
-			d.batches[b.ID] = &batch
-			return nil
-		}
-		var c state.Command
-		if err := json.Unmarshal(raw, &c); err != nil {
-			return err
-		}
-		d.commands[c.ID] = restoreCommand(&c)
-		return nil
+		return d.take(raw)
 	})
 	if err != nil {
 		return fmt.Errorf("dispatch: load: %w", err)
 	}
 	return nil
+}
+
+// take adds a stored batch or command, or merges a stored command into the
+// one held (see ahead). d.mu is held.
+func (d *Dispatcher) take(raw []byte) error {
+	var probe struct {
+		Commands []string `json:"commands"`
+		Batch    string   `json:"batch"`
+	}
+	if err := json.Unmarshal(raw, &probe); err != nil {
+		return err
+	}
+	if probe.Commands != nil || probe.Batch == "" {
+		var b state.Batch
+		if err := json.Unmarshal(raw, &b); err != nil {
+			return err
+		}
+		batch := Batch(b)
+		d.batches[b.ID] = &batch
+		return nil
+	}
+	var c state.Command
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return err
+	}
+	rec := restoreCommand(&c)
+	if held := d.commands[c.ID]; held == nil || ahead(rec.State, held.State) {
+		d.commands[c.ID] = rec
+	}
+	return nil
+}
+
+// ahead reports whether a command in state s is further than one in held:
+// a final outcome beats none, ACCEPTED beats PENDING; a final outcome is
+// never replaced.
+func ahead(s, held State) bool {
+	switch {
+	case held.Final():
+		return false
+	case s.Final():
+		return true
+	}
+	return s == Accepted && held == Pending
+}
+
+// Watch keeps the dispatcher current with the commands every replica
+// records and the outcomes each applies, until ctx ends or stop is called:
+// any replica then answers for any command, a reply that reaches a
+// replica other than the sender's is applied there and written, and the
+// rollout scheduler learns the outcomes of every replica's commands. It
+// returns once the stored commands are loaded (it replaces Load).
+func (d *Dispatcher) Watch(ctx context.Context) (stop func(), err error) {
+	return d.cfg.Store.Watch(ctx, state.Commands, func(e state.Entry) {
+		if e.Deleted {
+			return // pruned: each replica prunes its own copy too
+		}
+		d.mu.Lock()
+		err := d.take(e.Value)
+		d.mu.Unlock()
+		if err != nil {
+			d.log.Warn("dispatch: stored command not readable; ignored", "key", e.Key, "err", err)
+		}
+	})
 }
 
 // Len is how many commands the dispatcher holds.

@@ -80,6 +80,8 @@ type Inventory struct {
 	revs      map[string]uint64
 	pending   map[string][]pendingOp
 	orphans   map[string][]orphan
+	inflight  map[string]struct{}    // keys being written
+	deferred  map[string]state.Entry // watched while being written
 	remote    uint64
 	stopWatch func()
 
@@ -110,6 +112,7 @@ func New(cfg Config) *Inventory {
 		log: cfg.Logger, gateways: map[string]*Gateway{}, dirty: map[string]struct{}{}}
 	if cfg.Replicated {
 		inv.revs, inv.pending, inv.orphans = map[string]uint64{}, map[string][]pendingOp{}, map[string][]orphan{}
+		inv.inflight, inv.deferred = map[string]struct{}{}, map[string]state.Entry{}
 	}
 	return inv
 }

@@ -32,7 +32,9 @@ type pendingOp struct {
 // replay applies o to g again, without publishing a change.
 func (o pendingOp) replay(g *Gateway, limits Limits) {
 	if o.r != nil {
-		if limit, _ := g.refuse(limits, o.r.Topic, o.r.Message, o.r.At); limit == "" {
+		if limit, why := g.refuse(limits, o.r.Topic, o.r.Message, o.r.At); limit != "" {
+			g.noteRefusal(limit, why, o.r.At)
+		} else {
 			g.apply(o.r.Topic, o.r.Message, o.r.At)
 		}
 		return
@@ -65,10 +67,12 @@ func (inv *Inventory) flushReplicated(ctx context.Context, st *state.Store) erro
 		if g := inv.gateways[k]; g != nil {
 			batch[k] = state.Versioned{Value: g.stored(), Revision: inv.revs[k]}
 			taken[k] = len(inv.pending[k])
+			inv.inflight[k] = struct{}{}
 		}
 	}
 	inv.dirty = map[string]struct{}{}
 	inv.mu.Unlock()
+	defer inv.landed(batch)
 
 	revs, conflicts, err := st.PutIfMany(ctx, state.Gateways, batch)
 	inv.mu.Lock()
@@ -103,6 +107,24 @@ func (inv *Inventory) flushReplicated(ctx context.Context, st *state.Store) erro
 	return err
 }
 
+// landed ends a write of batch's keys: the watch's entries for them that
+// came meanwhile are taken now, against the revisions the write left.
+// Until then they were put aside: this replica's own write would look
+// like another's, and its publications would be applied twice.
+func (inv *Inventory) landed(batch map[string]state.Versioned) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	for k := range batch {
+		delete(inv.inflight, k)
+		if e, ok := inv.deferred[k]; ok {
+			delete(inv.deferred, k)
+			if err := inv.rebase(e); err != nil {
+				inv.log.Warn("inventory: stored gateway not readable; ignored", "key", k, "err", err)
+			}
+		}
+	}
+}
+
 // Watch keeps a replicated inventory current with what the other
 // replicas write, from the store's values on: it returns once they are
 // loaded. Call stop to end it.
@@ -112,7 +134,12 @@ func (inv *Inventory) Watch(ctx context.Context, st *state.Store) (stop func(), 
 			return // gateways are never removed
 		}
 		inv.mu.Lock()
-		err := inv.rebase(e)
+		var err error
+		if _, writing := inv.inflight[e.Key]; writing {
+			inv.deferred[e.Key] = e // the latest; see landed
+		} else {
+			err = inv.rebase(e)
+		}
 		inv.mu.Unlock()
 		if err != nil {
 			inv.log.Warn("inventory: stored gateway not readable; ignored", "key", e.Key, "err", err)

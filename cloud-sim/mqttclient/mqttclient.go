@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/eclipse/paho.golang/autopaho"
@@ -56,6 +57,14 @@ type Config struct {
 	// again on every (re)subscribe, so a persistent session need not queue
 	// and persist each one. Replies and events stay QoS 1.
 	LatestOnly bool
+	// Share, when set, makes this console one of the group of consoles
+	// (controller replicas) that share what gateways publish: it
+	// subscribes through MQTT v5 shared subscriptions ($share/{Share}/…),
+	// so the broker hands each publication to one of them, on a second
+	// session that ends with its connection; only replies on this
+	// console's own reply topics come to it alone. The broker sends no
+	// retained messages to a shared subscription: Resync asks for them.
+	Share string
 	// Signer, when set, signs every command published (protocol/cmdsig):
 	// gateways with command-signing keys run no other.
 	Signer Signer
@@ -90,6 +99,10 @@ type Console struct {
 	cfg Config
 	log *slog.Logger
 	cm  *autopaho.ConnectionManager
+	// ingest is the session of the shared subscriptions (Share only).
+	ingest *autopaho.ConnectionManager
+	// retained counts the retained messages received, for Resync.
+	retained atomic.Uint64
 
 	mu       sync.Mutex
 	waiters  map[string]chan *fleetv1.Reply
@@ -98,8 +111,9 @@ type Console struct {
 }
 
 // Dial connects and subscribes to everything gateways publish under the
-// scheme. It returns once the subscription is in place; ctx bounds that
-// wait, not the connection, which lives until Close.
+// scheme (with Share, to this console's share of it). It returns once the
+// subscriptions are in place; ctx bounds that wait, not the connections,
+// which live until Close.
 func Dial(ctx context.Context, cfg Config) (*Console, error) {
 	if cfg.BrokerURL == nil {
 		return nil, errors.New("mqttclient: BrokerURL is required")
@@ -110,6 +124,11 @@ func Dial(ctx context.Context, cfg Config) (*Console, error) {
 	if err := topic.CheckID("console id", cfg.ID); err != nil {
 		return nil, err
 	}
+	if cfg.Share != "" {
+		if err := topic.CheckID("share group", cfg.Share); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -117,12 +136,60 @@ func Dial(ctx context.Context, cfg Config) (*Console, error) {
 	if cfg.Watch != nil {
 		c.Watch(cfg.Watch)
 	}
+	own, shared := c.subscriptions()
+	cm, err := c.connect(ctx, cfg.ID, cfg.SessionExpiry, own)
+	if err != nil {
+		return nil, err
+	}
+	c.cm = cm
+	if len(shared) > 0 {
+		// Its own session, which ends with the connection: the broker
+		// hands a dead replica's share to the others at once.
+		if c.ingest, err = c.connect(ctx, cfg.ID+"-ingest", 0, shared); err != nil {
+			cm.Disconnect(context.Background())
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// subscriptions are the console's subscriptions: without Share, one
+// session's to everything; with it, the own session's to this console's
+// reply topics and the ingest session's shares of the rest (replies
+// without a console level included).
+func (c *Console) subscriptions() (own, shared []paho.SubscribeOptions) {
+	cfg := c.cfg
+	qosOf := func(k topic.Kind) byte {
+		if cfg.LatestOnly && k != topic.Reply && k != topic.Events {
+			return 0
+		}
+		return 1
+	}
+	kinds := []topic.Kind{topic.Birth, topic.Death, topic.Reply, topic.Status, topic.Events, topic.Metrics}
+	if cfg.Share == "" {
+		for _, k := range kinds {
+			own = append(own, paho.SubscribeOptions{Topic: cfg.Scheme.Filter(k), QoS: qosOf(k)})
+		}
+		return own, nil
+	}
+	own = append(own, paho.SubscribeOptions{Topic: cfg.Scheme.ConsoleReply("+", "+", cfg.ID), QoS: 1})
+	for _, k := range kinds {
+		f := cfg.Scheme.Filter(k)
+		if k == topic.Reply {
+			f = cfg.Scheme.Reply("+", "+")
+		}
+		shared = append(shared, paho.SubscribeOptions{Topic: "$share/" + cfg.Share + "/" + f, QoS: qosOf(k)})
+	}
+	return own, shared
+}
+
+// connect opens one session with client id, persistent for expiry (clean
+// when 0), and subscribes subs on every connection; it returns once the
+// first subscription is in place or ctx ends.
+func (c *Console) connect(ctx context.Context, id string, expiry time.Duration, subs []paho.SubscribeOptions) (*autopaho.ConnectionManager, error) {
+	cfg := c.cfg
 	subscribed := make(chan error, 1)
 	var once sync.Once
-	filters := []string{}
-	for _, k := range []topic.Kind{topic.Birth, topic.Death, topic.Reply, topic.Status, topic.Events, topic.Metrics} {
-		filters = append(filters, cfg.Scheme.Filter(k))
-	}
 	u := *cfg.BrokerURL
 	if u.Scheme == "tcp" {
 		u.Scheme = "mqtt"
@@ -131,8 +198,8 @@ func Dial(ctx context.Context, cfg Config) (*Console, error) {
 	cm, err := autopaho.NewConnection(context.WithoutCancel(ctx), autopaho.ClientConfig{
 		ServerUrls:                    []*url.URL{&u},
 		KeepAlive:                     30,
-		CleanStartOnInitialConnection: cfg.SessionExpiry == 0,
-		SessionExpiryInterval:         uint32(cfg.SessionExpiry / time.Second),
+		CleanStartOnInitialConnection: expiry == 0,
+		SessionExpiryInterval:         uint32(expiry / time.Second),
 		ReconnectBackoff:              backoff.Policy{Base: 200 * time.Millisecond, Max: 5 * time.Second}.Delay,
 		AttemptConnection:             dialer(u.Scheme),
 		TlsCfg:                        cfg.TLS,
@@ -140,26 +207,21 @@ func Dial(ctx context.Context, cfg Config) (*Console, error) {
 		ConnectPassword:               cfg.Password,
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 			go func() {
-				sub := &paho.Subscribe{}
-				for _, f := range filters {
-					qos := byte(1)
-					if cfg.LatestOnly && f != cfg.Scheme.Filter(topic.Reply) && f != cfg.Scheme.Filter(topic.Events) {
-						qos = 0
-					}
-					sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: f, QoS: qos})
-				}
 				sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
-				_, err := cm.Subscribe(sctx, sub)
+				_, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: subs})
 				if err != nil {
-					c.log.Warn("mqttclient subscribe", "err", err)
+					c.log.Warn("mqttclient subscribe", "client", id, "err", err)
 				}
 				once.Do(func() { subscribed <- err })
 			}()
 		},
 		ClientConfig: paho.ClientConfig{
-			ClientID: cfg.ID,
+			ClientID: id,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+				if c.duplicate(id, pr.Packet) {
+					return true, nil
+				}
 				c.receive(pr.Packet)
 				return true, nil
 			}},
@@ -168,7 +230,6 @@ func Dial(ctx context.Context, cfg Config) (*Console, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.cm = cm
 	select {
 	case err := <-subscribed:
 		if err != nil {
@@ -179,7 +240,7 @@ func Dial(ctx context.Context, cfg Config) (*Console, error) {
 		cm.Disconnect(context.Background())
 		return nil, fmt.Errorf("mqttclient: connect to %s: %w", cfg.BrokerURL.Redacted(), ctx.Err())
 	}
-	return c, nil
+	return cm, nil
 }
 
 // dialer connects to a plain-TCP broker (mqtt://) with a read buffer:
@@ -210,11 +271,28 @@ type readBuffered struct {
 
 func (c readBuffered) Read(p []byte) (int, error) { return c.r.Read(p) }
 
+// duplicate reports whether p, received by session id, is a live
+// publication a Resync's subscription brought to the console's own
+// session: the ingest session's share has it, or another replica's.
+func (c *Console) duplicate(id string, p *paho.Publish) bool {
+	if c.cfg.Share == "" || id != c.cfg.ID || p.Retain {
+		return false
+	}
+	t, err := c.cfg.Scheme.Parse(p.Topic)
+	return err == nil && t.Kind != topic.Reply
+}
+
 // ID is the console's id.
 func (c *Console) ID() string { return c.cfg.ID }
 
 // Close disconnects.
-func (c *Console) Close() error { return c.cm.Disconnect(context.Background()) }
+func (c *Console) Close() error {
+	var err error
+	if c.ingest != nil {
+		err = c.ingest.Disconnect(context.Background())
+	}
+	return errors.Join(err, c.cm.Disconnect(context.Background()))
+}
 
 // Watch calls fn for every publication received from now on, one at a
 // time, until the returned cancel is called. fn must not block.
@@ -233,6 +311,9 @@ func (c *Console) Watch(fn func(Received)) (cancel func()) {
 
 func (c *Console) receive(p *paho.Publish) {
 	r := Received{Name: p.Topic, Payload: p.Payload, Retained: p.Retain, At: time.Now()}
+	if p.Retain {
+		c.retained.Add(1)
+	}
 	if p.Properties != nil {
 		r.ContentType, r.CorrelationData = p.Properties.ContentType, p.Properties.CorrelationData
 	}
@@ -406,4 +487,50 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// Resync has the broker send again every birth, death and status it
+// retains, which a shared subscription never receives: it subscribes to
+// them on the console's own session, waits until none has arrived for
+// quiet (the broker sends them at once on subscribe) and unsubscribes. It
+// returns how many retained messages arrived meanwhile. Without Share it
+// does nothing: the console's subscriptions already get them on every
+// connect.
+func (c *Console) Resync(ctx context.Context, quiet time.Duration) (uint64, error) {
+	if c.cfg.Share == "" {
+		return 0, nil
+	}
+	var subs []paho.SubscribeOptions
+	var filters []string
+	for _, k := range []topic.Kind{topic.Birth, topic.Death, topic.Status} {
+		f := c.cfg.Scheme.Filter(k)
+		subs = append(subs, paho.SubscribeOptions{Topic: f, QoS: 0})
+		filters = append(filters, f)
+	}
+	before := c.retained.Load()
+	if _, err := c.cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: subs}); err != nil {
+		return 0, fmt.Errorf("mqttclient: resync: %w", err)
+	}
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if _, err := c.cm.Unsubscribe(uctx, &paho.Unsubscribe{Topics: filters}); err != nil {
+			c.log.Warn("mqttclient: resync: unsubscribe", "err", err)
+		}
+	}()
+	t := time.NewTicker(quiet / 4)
+	defer t.Stop()
+	last, lastChange := before, time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return c.retained.Load() - before, fmt.Errorf("mqttclient: resync: %w", ctx.Err())
+		case now := <-t.C:
+			if n := c.retained.Load(); n != last {
+				last, lastChange = n, now
+			} else if now.Sub(lastChange) >= quiet {
+				return n - before, nil
+			}
+		}
+	}
 }

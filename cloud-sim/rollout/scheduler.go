@@ -45,13 +45,16 @@ type Config struct {
 	Fleet    Fleet
 	Commands Commands
 	Changes  *changes.Hub
-	Logger   *slog.Logger
-	Now      func() time.Time
+	// OnLead, when set, is called each time this replica takes the lease.
+	OnLead func()
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // Scheduler steps every active rollout ten times a second while this
 // replica holds the scheduler lease; the others keep a read-only view,
-// refreshed from the store.
+// read again from the store when a watch says it changed, and hand the
+// rollout changes they are asked for to it (replicas.go).
 type Scheduler struct {
 	cfg   Config
 	log   *slog.Logger
@@ -67,6 +70,10 @@ type Scheduler struct {
 
 	leader atomic.Bool   // holds the scheduler lease
 	ticks  atomic.Uint64 // steps made, for tests
+	// changed is set when another replica wrote a rollout: a follower
+	// reads them again (followerRefresh at most).
+	changed atomic.Bool
+	stops   []func() // the watch and the changes served; set by Start
 	stop   chan struct{}
 	done   sync.WaitGroup
 }
@@ -97,8 +104,14 @@ func (s *Scheduler) Specs() *Specs { return s.specs }
 
 // Start takes the lease if it is free and starts stepping; Close stops.
 func (s *Scheduler) Start(ctx context.Context) {
+	if err := s.serveChanges(ctx); err != nil {
+		s.log.Error("rollout changes from other replicas not served", "err", err)
+	}
 	if held, err := s.cfg.Store.Acquire(ctx, leaseName, s.cfg.ID, s.cfg.APIURL, s.cfg.Now(), LeaseTTL); err == nil && held {
 		s.leader.Store(true) // the rollouts New loaded are current
+		if s.cfg.OnLead != nil {
+			s.cfg.OnLead()
+		}
 	}
 	s.done.Add(1)
 	go s.loop()
@@ -108,6 +121,9 @@ func (s *Scheduler) Start(ctx context.Context) {
 func (s *Scheduler) Close() {
 	close(s.stop)
 	s.done.Wait()
+	for _, stop := range s.stops {
+		stop()
+	}
 }
 
 // Leader reports whether this replica schedules rollouts.
@@ -136,8 +152,9 @@ func (s *Scheduler) loop() {
 		if s.leader.Load() {
 			s.step(ctx)
 			s.ticks.Add(1)
-		} else if now.Sub(lastRefresh) >= 2*time.Second {
+		} else if s.changed.Load() && now.Sub(lastRefresh) >= followerRefresh {
 			lastRefresh = now
+			s.changed.Store(false)
 			if err := s.reload(ctx); err != nil {
 				s.log.Warn("rollout view not refreshed", "err", err)
 			}
@@ -158,20 +175,13 @@ func (s *Scheduler) renewLease(ctx context.Context, now time.Time) {
 			held = false
 		} else {
 			s.log.Info("scheduling rollouts (lease taken)", "replica", s.cfg.ID)
+			s.requeue(ctx)
 		}
 	}
-	s.leader.Store(held)
-}
-
-// NotLeader refuses a rollout change on a replica that does not schedule.
-func (s *Scheduler) NotLeader(ctx context.Context) error {
-	if s.leader.Load() {
-		return nil
+	was := s.leader.Swap(held)
+	if held && !was && s.cfg.OnLead != nil {
+		s.cfg.OnLead()
 	}
-	var l state.Lease
-	_ = s.cfg.Store.Get(ctx, state.Meta, state.Key("lease", leaseName), &l)
-	return &errdefs.FieldError{Field: "replica", Kind: errdefs.ErrUnsupported,
-		Msg: fmt.Sprintf("this replica (%s) follows; rollouts are created and changed on the scheduling replica %s (%s)", s.cfg.ID, l.Owner, l.API)}
 }
 
 // view is what Step reads: the fleet and the last specs.
@@ -228,9 +238,24 @@ type Target struct {
 
 // Create starts a rollout of dep (spec.Deployment, validated) to targets,
 // superseding an active rollout of the same deployment.
+// Any replica takes it: a follower hands it to the scheduling one.
 func (s *Scheduler) Create(ctx context.Context, spec Spec, dep *fleetv1.DeploymentSpec, targets []Target, warnings []string) (*Summary, error) {
+	id := dispatch.NewID("r")
+	if !s.leader.Load() {
+		return s.forwardCreate(ctx, id, spec, dep, targets, warnings)
+	}
+	return s.create(ctx, id, spec, dep, targets, warnings)
+}
+
+// create is Create on the scheduling replica, under the rollout id the
+// replica that took it chose: a create handed over again (its answer was
+// lost) finds the rollout made.
+func (s *Scheduler) create(ctx context.Context, id string, spec Spec, dep *fleetv1.DeploymentSpec, targets []Target, warnings []string) (*Summary, error) {
+	if v, ok := s.Status(id, false); ok {
+		return v, nil
+	}
 	now := s.cfg.Now()
-	r := &Rollout{ID: dispatch.NewID("r"), Spec: spec, State: Running, Phase: PhaseBatches, CreatedAt: now, Batch: 1, Warnings: warnings}
+	r := &Rollout{ID: id, Spec: spec, State: Running, Phase: PhaseBatches, CreatedAt: now, Batch: 1, Warnings: warnings}
 	run := plan(r, dep, targets)
 	var chs []changes.Change
 	s.mu.Lock()
@@ -295,8 +320,8 @@ func (s *Scheduler) Cancel(ctx context.Context, id string) error {
 }
 
 func (s *Scheduler) setState(ctx context.Context, id string, st State) error {
-	if err := s.NotLeader(ctx); err != nil {
-		return err
+	if !s.leader.Load() {
+		return s.forwardState(ctx, id, st)
 	}
 	s.mu.Lock()
 	run := s.runs[id]
@@ -321,7 +346,9 @@ func (s *Scheduler) setState(ctx context.Context, id string, st State) error {
 	for _, c := range chs {
 		s.hub.Publish(c)
 	}
-	return nil
+	// Stored before it is acknowledged: a leader that dies next loses
+	// no operator's decision.
+	return s.Flush(ctx)
 }
 
 // Summary is a rollout with its aggregate progress.
@@ -360,7 +387,18 @@ func (s *Scheduler) List() []*Summary {
 }
 
 // Status is a rollout's summary; withGateways adds every gateway's record.
+// A follower whose view lacks the rollout reads the store again first if
+// another replica wrote since its last read: one created through another
+// replica is found at once.
 func (s *Scheduler) Status(id string, withGateways bool) (*Summary, bool) {
+	if !s.known(id) && !s.leader.Load() && s.changed.Swap(false) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := s.reload(ctx); err != nil {
+			s.changed.Store(true)
+			s.log.Warn("rollout view not refreshed", "err", err)
+		}
+		cancel()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	run := s.runs[id]
@@ -368,6 +406,12 @@ func (s *Scheduler) Status(id string, withGateways bool) (*Summary, bool) {
 		return nil, false
 	}
 	return run.summary(s.cfg.Now(), withGateways), true
+}
+
+func (s *Scheduler) known(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.runs[id] != nil
 }
 
 func (run *Run) summary(now time.Time, withGateways bool) *Summary {

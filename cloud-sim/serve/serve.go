@@ -6,6 +6,7 @@
 package serve
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -31,6 +32,10 @@ import (
 	"github.com/fleet-agent/fleet/protocol/codec"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
+
+// DefaultIngestGroup is the shared-subscription group of the controller
+// replicas.
+const DefaultIngestGroup = "fleet-controllers"
 
 // Config configures Start.
 type Config struct {
@@ -103,6 +108,13 @@ type Config struct {
 	// ControllerPassword is the embedded broker's password for user
 	// "controller" (random on every start when empty).
 	ControllerPassword string
+	// IngestGroup is the MQTT v5 shared-subscription group through which
+	// the controller replicas share what gateways publish
+	// (DefaultIngestGroup when empty); SoloIngest has this replica
+	// receive everything itself instead, for a broker without shared
+	// subscriptions.
+	IngestGroup string
+	SoloIngest  bool
 	// Sim, when Sim.Count > 0, runs a simulated fleet in the process,
 	// provisioned on the embedded broker.
 	Sim    simfleet.Config
@@ -247,7 +259,10 @@ func (s *Server) controllerConfig(ctx context.Context, cfg Config) (controller.C
 	}
 	ctrlCfg := controller.Config{Store: s.Store, Keys: keys, RegistryCheck: check, Scheme: cfg.Scheme, Encoding: codec.Protobuf, ID: cfg.ControllerID, Limits: cfg.GatewayLimits,
 		StaleAfter: cfg.StaleAfter, Retention: cfg.Retention, Logger: cfg.Logger.With("component", "controller"),
-		Username: cfg.BrokerUsername, Password: []byte(cfg.BrokerPassword)}
+		Username: cfg.BrokerUsername, Password: []byte(cfg.BrokerPassword), Share: cmp.Or(cfg.IngestGroup, DefaultIngestGroup)}
+	if cfg.SoloIngest {
+		ctrlCfg.Share = ""
+	}
 	idCfg := identity.Config{Store: s.Store, ControllerID: cfg.ControllerID}
 	if cfg.BrokerURL == "" {
 		s.ControllerPassword = cfg.ControllerPassword

@@ -1,0 +1,231 @@
+package rollout
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/errdefs"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+// Rollouts across replicas. Only the replica holding the lease schedules;
+// any replica takes an operator's change: a follower hands it to the
+// scheduling replica over NATS and answers once it is stored there. The
+// followers' views follow the store through a watch.
+
+// ErrNoScheduler is returned for a change no scheduling replica took.
+var ErrNoScheduler = errors.New("no replica schedules rollouts now")
+
+// changeSubject is where followers hand rollout changes to the leader.
+const changeSubject = "fleet.rollout.changes"
+
+// followerRefresh bounds how often a follower reads the rollouts again
+// after a change.
+const followerRefresh = 250 * time.Millisecond
+
+// handOver bounds how long a follower tries to reach a scheduling replica:
+// through a lease changing hands.
+const handOver = 2*LeaseTTL + time.Second
+
+type changeRequest struct {
+	Op         string             `json:"op"` // create, or a State to set
+	ID         string             `json:"id"`
+	Spec       *state.RolloutSpec `json:"spec,omitempty"`
+	Deployment json.RawMessage    `json:"deployment,omitempty"`
+	Targets    []Target           `json:"targets,omitempty"`
+	Warnings   []string           `json:"warnings,omitempty"`
+}
+
+type changeReply struct {
+	// Code is the protocol code of the error (empty on success); Field
+	// and Message describe it.
+	Code    string `json:"code,omitempty"`
+	Field   string `json:"field,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// serveChanges answers the changes followers hand over while this replica
+// schedules; the watch marks the view changed for a follower.
+func (s *Scheduler) serveChanges(ctx context.Context) error {
+	stopServe, err := s.cfg.Store.Serve(changeSubject, s.serveChange)
+	if err != nil {
+		return err
+	}
+	s.stops = append(s.stops, stopServe)
+	stopWatch, err := s.cfg.Store.Watch(context.WithoutCancel(ctx), state.Rollouts, func(state.Entry) { s.changed.Store(true) })
+	if err != nil {
+		return err
+	}
+	s.stops = append(s.stops, stopWatch)
+	return nil
+}
+
+// serveChange applies one handed-over change on the scheduling replica;
+// the others stay silent (nil).
+func (s *Scheduler) serveChange(data []byte) []byte {
+	if !s.leader.Load() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var req changeRequest
+	err := json.Unmarshal(data, &req)
+	if err == nil {
+		err = s.applyChange(ctx, req)
+	}
+	var rep changeReply
+	if err != nil {
+		rep.Code, rep.Message = errdefs.Code(err).String(), err.Error()
+		var fe *errdefs.FieldError
+		if errors.As(err, &fe) {
+			rep.Field, rep.Message = fe.Field, fe.Msg
+		}
+	}
+	out, _ := json.Marshal(rep)
+	return out
+}
+
+func (s *Scheduler) applyChange(ctx context.Context, req changeRequest) error {
+	if req.Op != "create" {
+		return s.setState(ctx, req.ID, State(req.Op))
+	}
+	if req.Spec == nil {
+		return &errdefs.FieldError{Field: "spec", Kind: errdefs.ErrInvalidArgument, Msg: "missing"}
+	}
+	dep := new(fleetv1.DeploymentSpec)
+	if err := protojson.Unmarshal(req.Deployment, dep); err != nil {
+		return &errdefs.FieldError{Field: "deployment", Kind: errdefs.ErrInvalidArgument, Msg: err.Error()}
+	}
+	_, err := s.create(ctx, req.ID, restoreSpec(*req.Spec), dep, req.Targets, req.Warnings)
+	return err
+}
+
+// forwardCreate hands a create to the scheduling replica and returns the
+// rollout once this replica's view holds it.
+func (s *Scheduler) forwardCreate(ctx context.Context, id string, spec Spec, dep *fleetv1.DeploymentSpec, targets []Target, warnings []string) (*Summary, error) {
+	raw, err := protojson.Marshal(dep)
+	if err != nil {
+		return nil, err
+	}
+	stored := spec.stored()
+	req := changeRequest{Op: "create", ID: id, Spec: &stored, Deployment: raw, Targets: targets, Warnings: warnings}
+	if err := s.forward(ctx, req); err != nil {
+		return nil, err
+	}
+	return s.awaitView(ctx, id)
+}
+
+// forwardState hands a pause, resume or cancel to the scheduling replica.
+func (s *Scheduler) forwardState(ctx context.Context, id string, st State) error {
+	return s.forward(ctx, changeRequest{Op: string(st), ID: id})
+}
+
+// forward sends req to the scheduling replica, again while none answers
+// (the lease is changing hands) for handOver at most; a replica that
+// takes the lease meanwhile applies it itself.
+func (s *Scheduler) forward(ctx context.Context, req changeRequest) error {
+	ctx, cancel := context.WithTimeout(ctx, handOver)
+	defer cancel()
+	data, _ := json.Marshal(req)
+	for {
+		if s.leader.Load() {
+			return s.applyChange(ctx, req)
+		}
+		rctx, rcancel := context.WithTimeout(ctx, time.Second)
+		out, err := s.cfg.Store.Request(rctx, changeSubject, data)
+		rcancel()
+		if err == nil {
+			var rep changeReply
+			if err := json.Unmarshal(out, &rep); err != nil {
+				return fmt.Errorf("rollout: the scheduling replica's answer: %w", err)
+			}
+			if rep.Code == "" {
+				return nil
+			}
+			kind := errdefs.Kind(fleetv1.Reply_Code(fleetv1.Reply_Code_value[rep.Code]))
+			return &errdefs.FieldError{Field: rep.Field, Kind: kind, Msg: rep.Message}
+		}
+		if !errors.Is(err, state.ErrNoResponder) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (this one, %s, follows; the lease is changing hands or every other replica is down): try again", ErrNoScheduler, s.cfg.ID)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// awaitView waits until this follower's view holds rollout id, reading
+// the store at once if the watch is late.
+func (s *Scheduler) awaitView(ctx context.Context, id string) (*Summary, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if v, ok := s.Status(id, false); ok {
+			return v, nil
+		}
+		select {
+		case <-ctx.Done():
+			if err := s.reload(context.WithoutCancel(ctx)); err != nil {
+				return nil, err
+			}
+			if v, ok := s.Status(id, false); ok {
+				return v, nil
+			}
+			return nil, fmt.Errorf("rollout %s was created, but is not readable here yet: %w", id, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// requeue queues again, on taking the lease, every dispatch of an active
+// rollout that no replica has sent: the last leader may have stored it
+// and died before queueing it. The work queue drops an item queued in
+// the last ten minutes, and a worker skips a command already sent, so
+// none is sent twice.
+func (s *Scheduler) requeue(ctx context.Context) {
+	var out []Dispatch
+	s.mu.Lock()
+	for _, run := range s.runs {
+		if !run.R.State.Active() {
+			continue
+		}
+		for _, id := range run.order {
+			g := run.gws[id]
+			cmd := ""
+			switch {
+			case g.Prefetch != nil && g.Prefetch.State == PrefetchInProgress:
+				cmd = g.Prefetch.CommandID
+			case g.State == GatewayInProgress:
+				cmd = g.CommandID
+			case g.State == GatewayRollingBack:
+				cmd = CommandID(run.R.ID, id, g.Attempt, "rollback")
+			}
+			if cmd == "" {
+				continue
+			}
+			if _, _, _, known := s.cfg.Commands.Outcome(cmd); !known {
+				out = append(out, Dispatch{Rollout: run.R.ID, Gateway: id, CommandID: cmd})
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, d := range out {
+		data, _ := json.Marshal(d)
+		if err := s.cfg.Store.Enqueue(ctx, state.WorkSubjects, d.CommandID, data); err != nil {
+			s.log.Error("rollout work not queued again", "rollout", d.Rollout, "gateway", d.Gateway, "err", err)
+		}
+	}
+	if len(out) > 0 {
+		s.log.Info("queued again the dispatches no replica had sent", "count", len(out))
+	}
+}

@@ -1,0 +1,43 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Requests between replicas go over the NATS connection the store holds:
+// a request is answered by whichever replica's handler replies (the
+// others return nil and stay silent), and is lost, for the requester to
+// retry, when none does.
+
+// Serve calls fn with every request on subject; a non-nil result is sent
+// back as the reply. Call stop to end it.
+func (s *Store) Serve(subject string, fn func(data []byte) []byte) (stop func(), err error) {
+	sub, err := s.nc.Subscribe(subject, func(m *nats.Msg) {
+		if out := fn(m.Data); out != nil && m.Reply != "" {
+			_ = m.Respond(out)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("state: serve %s: %w", subject, err)
+	}
+	return func() { _ = sub.Unsubscribe() }, nil
+}
+
+// ErrNoResponder is returned by Request when no replica answered.
+var ErrNoResponder = errors.New("no replica answered")
+
+// Request sends data on subject and returns the first reply, within ctx.
+func (s *Store) Request(ctx context.Context, subject string, data []byte) ([]byte, error) {
+	m, err := s.nc.RequestWithContext(ctx, subject, data)
+	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+		return nil, fmt.Errorf("state: request %s: %w (%w)", subject, ErrNoResponder, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state: request %s: %w", subject, err)
+	}
+	return m.Data, nil
+}

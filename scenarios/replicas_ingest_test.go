@@ -1,0 +1,137 @@
+package scenarios
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/api/apiclient"
+	"github.com/fleet-agent/fleet/cloud-sim/identity"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
+	"github.com/fleet-agent/fleet/cloud-sim/serve"
+	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
+	"github.com/fleet-agent/fleet/internal/testenv"
+	"github.com/fleet-agent/fleet/protocol/topic"
+)
+
+// threeReplicas starts a cloud with the embedded broker and NATS and n
+// simulated gateways (replica a), and two more controller replicas on
+// them (b and c).
+func threeReplicas(t *testing.T, n int) []*cloud {
+	t.Helper()
+	a := &cloud{dataDir: t.TempDir(), mqtt: testenv.FreeAddr(t)}
+	a.cfg = serve.Config{DataDir: a.dataDir, MQTTListen: a.mqtt, NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
+		Scheme: topic.Default(), ControllerID: "replica-a", ControllerPassword: "replica-password",
+		Sim: simfleet.Config{Count: n, Tenant: "sim", PullTime: 10 * time.Millisecond}}
+	a.start(t)
+	t.Cleanup(func() { a.Close() })
+	out := []*cloud{a}
+	for _, id := range []string{"replica-b", "replica-c"} {
+		s, err := serve.Start(context.Background(), serve.Config{DataDir: t.TempDir(), BrokerURL: a.BrokerURL.String(),
+			BrokerUsername: "controller", BrokerPassword: "replica-password", NATSURL: a.NATSURL, NATSCreds: a.NATSCreds, HTTPListen: "127.0.0.1:0",
+			Scheme: topic.Default(), ControllerID: id, SecretsKey: filepath.Join(a.dataDir, "controller.key")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		out = append(out, &cloud{Server: s, api: &apiclient.Client{Base: s.APIURL, Token: s.APIToken}})
+	}
+	for _, c := range out {
+		waitOnline(t, c, "sim", n)
+	}
+	return out
+}
+
+// TestReplicasShareIngest: three controller replicas share what 300
+// gateways publish through an MQTT v5 shared subscription. A rollout
+// created on one follower and watched on the other completes; each live
+// publication was applied by exactly one replica (each took a share);
+// all three serve the same inventory; a deprovision on a replica without
+// the broker disconnects the gateway at once.
+func TestReplicasShareIngest(t *testing.T) {
+	const n = 300
+	rs := threeReplicas(t, n)
+	a, b, c := rs[0], rs[1], rs[2]
+
+	// Everything gateways publish, counted by a console that is not
+	// one of the group.
+	var sent atomic.Uint64
+	ctx := context.Background()
+	counter, err := mqttclient.Dial(ctx, mqttclient.Config{BrokerURL: a.BrokerURL, ID: "counter", Username: identity.ControllerUser,
+		Password: []byte("replica-password"), Scheme: topic.Default(), LatestOnly: true,
+		Watch: func(r mqttclient.Received) {
+			if !r.Retained && r.Topic.Kind != topic.Reply {
+				sent.Add(1)
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { counter.Close() })
+	received := func() (per [3]uint64, sum uint64) {
+		for i, r := range rs {
+			per[i] = r.Controller.Received()
+			sum += per[i]
+		}
+		return per, sum
+	}
+	before, beforeSum := received()
+	sentBefore := sent.Load()
+
+	spec := api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
+		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
+		Strategy: api.Strategy{RatePerMinute: 6000, MaxInFlight: 100}}
+	v := createRollout(t, b, spec) // on a follower
+	v = waitRollout(t, c, v.ID, 2*time.Minute)
+	if v.State != api.RolloutSucceeded || v.Counts[api.GwSucceeded] != n {
+		t.Fatalf("rollout watched on replica c: %s %v", v.State, v.Counts)
+	}
+
+	testenv.Eventually(t, "every live publication applied by exactly one replica", func() bool {
+		_, sum := received()
+		return sum-beforeSum == sent.Load()-sentBefore
+	})
+	after, _ := received()
+	for i := range rs {
+		if after[i] == before[i] {
+			t.Errorf("replica %d took no share of %d publications: %v → %v", i, sent.Load()-sentBefore, before, after)
+		}
+	}
+	t.Logf("publications %d, per replica %v", sent.Load()-sentBefore, [3]uint64{after[0] - before[0], after[1] - before[1], after[2] - before[2]})
+
+	// The same inventory on every replica.
+	testenv.Eventually(t, "every replica shows every gateway at revision 1, running", func() bool {
+		for _, r := range rs {
+			var l api.GatewayList
+			r.get(t, "/v1/gateways?tenant=sim&limit=1000", &l)
+			running := 0
+			for _, g := range l.Gateways {
+				if d := g.Deployments["web"]; d != nil && d.Revision == 1 && d.Phase == "RUNNING" {
+					running++
+				}
+			}
+			if running != n {
+				return false
+			}
+		}
+		return true
+	})
+
+	// Deprovisioned on replica c, which has no broker of its own: the
+	// broker on replica a ends the session at once, and the Will says
+	// so on every replica.
+	if err := c.api.Do(ctx, "POST", "/v1/gateways/sim/sim-7/deprovision", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range rs {
+		testenv.Eventually(t, fmt.Sprintf("sim-7 offline on replica %d", i), func() bool {
+			var g api.Gateway
+			r.get(t, "/v1/gateways/sim/sim-7", &g)
+			return !g.Online
+		})
+	}
+}
