@@ -74,8 +74,8 @@ type Scheduler struct {
 	// reads them again (followerRefresh at most).
 	changed atomic.Bool
 	stops   []func() // the watch and the changes served; set by Start
-	stop   chan struct{}
-	done   sync.WaitGroup
+	stop    chan struct{}
+	done    sync.WaitGroup
 }
 
 // New loads the rollouts and the last specs from the store.
