@@ -10,6 +10,7 @@ import (
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/api/apiclient"
+	"github.com/fleet-agent/fleet/cloud-sim/changes"
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
@@ -50,7 +51,7 @@ func threeReplicas(t *testing.T, n int) []*cloud {
 // gateways publish through an MQTT v5 shared subscription. A rollout
 // created on one follower and watched on the other completes; each live
 // publication was applied by exactly one replica (each took a share);
-// all three serve the same inventory; a deprovision on a replica without
+// all three serve the same inventory and every change; a deprovision on a replica without
 // the broker disconnects the gateway at once.
 func TestReplicasShareIngest(t *testing.T) {
 	const n = 300
@@ -119,6 +120,18 @@ func TestReplicasShareIngest(t *testing.T) {
 			}
 		}
 		return true
+	})
+
+	// Replica c's event stream shows every gateway's change, whichever
+	// replica applied it.
+	testenv.Eventually(t, "replica c's changes hold every gateway's RUNNING", func() bool {
+		running := map[string]bool{}
+		for _, ch := range c.Controller.Changes(changes.Filter{Tenant: "sim", Kind: "deployment.status"}, 0) {
+			if ch.Revision == 1 && ch.Phase == "RUNNING" {
+				running[ch.Gateway] = true
+			}
+		}
+		return len(running) == n
 	})
 
 	// Deprovisioned on replica c, which has no broker of its own: the

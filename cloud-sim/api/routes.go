@@ -23,7 +23,7 @@ type route struct {
 
 const (
 	registryErrors = "400, 404 no such gateway (or none selected), 422 the registry refused the image or credential, 502 the cloud cannot reach the registry"
-	rolloutErrors  = "400, 404 no such rollout, 409 on a replica that does not schedule rollouts"
+	rolloutErrors  = "400, 404 no such rollout, 503 no replica schedules rollouts (the lease is changing hands)"
 )
 
 func routes() []route {
@@ -55,13 +55,13 @@ func routes() []route {
 		{method: "POST", path: "/v1/tenants/{tenant}/command-signing-keys/rotate", status: 200, reply: "`{keys}`: the staged (or a new) key signs; the old one stays valid", errors: "400", handle: (*api).rotateSigningKey},
 		{method: "DELETE", path: "/v1/tenants/{tenant}/command-signing-keys/{id}", status: 200, reply: "`{keys}` without the retired key", errors: "400 the signer, 404", handle: (*api).retireSigningKey},
 		{method: "POST", path: "/v1/tenants/{tenant}/check-registry", body: "`{image}`", status: 200, reply: "CheckResult, checked from the cloud", errors: "400", handle: (*api).checkRegistry},
-		{method: "POST", path: "/v1/rollouts", body: "RolloutSpec (with `dryRun`)", status: 201, reply: "RolloutView; with `dryRun` 200 DryRun, nothing created", errors: registryErrors + ", 409 on a follower replica", handle: (*api).createRollout},
+		{method: "POST", path: "/v1/rollouts", body: "RolloutSpec (with `dryRun`)", status: 201, reply: "RolloutView; with `dryRun` 200 DryRun, nothing created", errors: registryErrors + ", 503 no replica schedules rollouts", handle: (*api).createRollout},
 		{method: "GET", path: "/v1/rollouts", status: 200, reply: "`{rollouts: [RolloutView]}`, newest first", handle: (*api).listRollouts},
 		{method: "GET", path: "/v1/rollouts/{id}", query: "gateways=true adds every gateway's record", status: 200, reply: "RolloutView", errors: "404", handle: (*api).getRollout},
 		{method: "POST", path: "/v1/rollouts/{id}/pause", status: 200, reply: "RolloutView; nothing new is dispatched", errors: rolloutErrors, handle: (*api).rolloutAction},
 		{method: "POST", path: "/v1/rollouts/{id}/resume", status: 200, reply: "RolloutView", errors: rolloutErrors, handle: (*api).rolloutAction},
 		{method: "POST", path: "/v1/rollouts/{id}/cancel", status: 200, reply: "RolloutView; queued gateways CANCELED", errors: rolloutErrors, handle: (*api).rolloutAction},
-		{method: "GET", path: "/v1/changes", query: "tenant, gateway, kind (or its first part: `command`), severity (info, warning, error; several with commas), limit (100; at most 2000)", status: 200, reply: "`{changes: [Change]}`, newest first, of the last 2000 changes (in memory: a restart forgets them)", errors: "400", handle: (*api).listChanges},
+		{method: "GET", path: "/v1/changes", query: "tenant, gateway, kind (or its first part: `command`), severity (info, warning, error; several with commas), limit (100; at most 2000)", status: 200, reply: "`{changes: [Change]}`, newest first, of the last 2000 changes (in memory, every replica's: a restart forgets them)", errors: "400", handle: (*api).listChanges},
 		{method: "GET", path: "/v1/events", query: "tenant, gateway, kind, severity, as for /v1/changes", status: 200, reply: "server-sent events, `event: {kind}`, `data: Change`", errors: "400", handle: (*api).events},
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -98,6 +99,8 @@ type Hub struct {
 	// guarded by mu.
 	ring []Change
 	next int
+	// relay gets every change published here (SetRelay).
+	relay atomic.Pointer[func(Change)]
 }
 
 // Subscription receives changes until Close.
@@ -136,9 +139,26 @@ func (h *Hub) Subscribe(buffer int) *Subscription {
 	return s
 }
 
-// Publish keeps c and sends it to every subscriber that has room for it;
-// a c without a severity is Info.
+// SetRelay has every change published from now on also handed to relay
+// (for the other controller replicas' hubs); relay must not block.
+func (h *Hub) SetRelay(relay func(Change)) { h.relay.Store(&relay) }
+
+// Publish keeps c, sends it to every subscriber that has room for it and
+// hands it to the relay, if any; a c without a severity is Info.
 func (h *Hub) Publish(c Change) {
+	if c.Severity == "" {
+		c.Severity = Info
+	}
+	h.Deliver(c)
+	if r := h.relay.Load(); r != nil {
+		c.enc = nil
+		(*r)(c)
+	}
+}
+
+// Deliver keeps c and sends it to every subscriber, without relaying it:
+// a change another replica published.
+func (h *Hub) Deliver(c Change) {
 	if c.Severity == "" {
 		c.Severity = Info
 	}

@@ -113,6 +113,7 @@ type Controller struct {
 	replicas  replicaSet
 	stopWatch func()
 	stopIDs   func()
+	stopRelay func()
 	worked    atomic.Uint64 // rollout work items sent
 	received  atomic.Uint64 // live gateway publications received (not replies)
 
@@ -137,6 +138,9 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		}
 	}
 	if cfg.Share != "" {
+		if err := c.relayChanges(); err != nil {
+			return nil, err
+		}
 		// Provisioning on another replica reaches this one's broker and
 		// selectors at once.
 		if c.stopIDs, err = c.ids.Watch(context.WithoutCancel(ctx), c.identityChanged); err != nil {
@@ -258,6 +262,9 @@ func (c *Controller) Close() error {
 	}
 	if c.stopIDs != nil {
 		c.stopIDs()
+	}
+	if c.stopRelay != nil {
+		c.stopRelay()
 	}
 	c.inv.Close()
 	return err

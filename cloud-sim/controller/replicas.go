@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fleet-agent/fleet/cloud-sim/changes"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 )
 
@@ -151,4 +152,38 @@ func (c *Controller) leave(ctx context.Context) {
 	if err := c.store.Delete(ctx, state.Meta, state.Key("member", c.cfg.ID)); err != nil {
 		c.log.Warn("replica membership not removed", "err", err)
 	}
+}
+
+// changesSubject carries every replica's fleet changes to the others, so
+// that each replica's event stream (SSE) and recent changes show the
+// whole fleet, whichever replica applied what.
+const changesSubject = "fleet.changes"
+
+type relayed struct {
+	Origin string         `json:"origin"`
+	Change changes.Change `json:"change"`
+}
+
+// relayChanges hands this replica's changes to the others and delivers
+// theirs to its hub. Changes are not durable: a replica that is down
+// misses them (the inventory, in the store, does not).
+func (c *Controller) relayChanges() error {
+	stop, err := c.store.Serve(changesSubject, func(data []byte) []byte {
+		var r relayed
+		if json.Unmarshal(data, &r) == nil && r.Origin != c.cfg.ID {
+			c.hub.Deliver(r.Change)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	c.stopRelay = stop
+	c.hub.SetRelay(func(ch changes.Change) {
+		data, _ := json.Marshal(relayed{Origin: c.cfg.ID, Change: ch})
+		if err := c.store.Broadcast(changesSubject, data); err != nil {
+			c.log.Debug("change not relayed to the other replicas", "err", err)
+		}
+	})
+	return nil
 }

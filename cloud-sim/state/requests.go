@@ -41,3 +41,12 @@ func (s *Store) Request(ctx context.Context, subject string, data []byte) ([]byt
 	}
 	return m.Data, nil
 }
+
+// Broadcast publishes data on subject to every replica listening (Serve),
+// without waiting: what a replica that is down misses is lost.
+func (s *Store) Broadcast(subject string, data []byte) error {
+	if err := s.nc.Publish(subject, data); err != nil {
+		return fmt.Errorf("state: broadcast %s: %w", subject, err)
+	}
+	return nil
+}
