@@ -3,10 +3,14 @@ package scenarios
 import (
 	"context"
 	"fmt"
+	"net"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/api/apiclient"
@@ -16,6 +20,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/serve"
 	"github.com/fleet-agent/fleet/cloud-sim/simfleet"
 	"github.com/fleet-agent/fleet/internal/testenv"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
@@ -146,5 +151,78 @@ func TestReplicasShareIngest(t *testing.T) {
 			r.get(t, "/v1/gateways/sim/sim-7", &g)
 			return !g.Online
 		})
+	}
+}
+
+// TestReplicasFallbackReplies: a gateway that answers on its plain reply
+// topic (no console level: the command carried no response topic, or it
+// lost it) reaches whichever replica the broker picks; the outcome is
+// recorded there, and the replica that sent the command and every other
+// shows it.
+func TestReplicasFallbackReplies(t *testing.T) {
+	rs := threeReplicas(t, 1)
+	a := rs[0]
+	ctx := context.Background()
+	pass, err := a.Controller.Provision(ctx, "acme", "gw-x", identity.Assignment{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := topic.Default()
+	cmds := make(chan *fleetv1.Command, 16)
+	conn, err := net.Dial("tcp", a.mqtt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := paho.NewClient(paho.ClientConfig{Conn: conn,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			cmd := new(fleetv1.Command)
+			if proto.Unmarshal(pr.Packet.Payload, cmd) == nil {
+				cmds <- cmd
+			}
+			return true, nil
+		}}})
+	cctx, cancel := context.WithTimeout(ctx, testenv.Timeout)
+	defer cancel()
+	if _, err := gw.Connect(cctx, &paho.Connect{ClientID: "acme/gw-x", Username: "acme/gw-x", UsernameFlag: true, Password: []byte(pass),
+		PasswordFlag: true, KeepAlive: 30, CleanStart: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { gw.Disconnect(&paho.Disconnect{}) })
+	if _, err := gw.Subscribe(cctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: s.Command("acme", "gw-x", "+"), QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(name string, m proto.Message) {
+		payload, _ := proto.Marshal(m)
+		if _, err := gw.Publish(cctx, &paho.Publish{Topic: name, QoS: 1, Retain: name == s.Birth("acme", "gw-x"), Payload: payload,
+			Properties: &paho.PublishProperties{ContentType: "application/x-protobuf"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(s.Birth("acme", "gw-x"), &fleetv1.Birth{GatewayId: "gw-x", Tenant: "acme", Session: 1})
+	for i, r := range rs {
+		testenv.Eventually(t, fmt.Sprintf("gw-x online on replica %d", i), func() bool {
+			var g api.Gateway
+			return r.api.Do(ctx, "GET", "/v1/gateways/acme/gw-x", nil, &g, nil) == nil && g.Online
+		})
+	}
+
+	// Eight commands from replica a, answered on the plain reply topic:
+	// the broker hands each answer to one of the three replicas, two
+	// thirds of them to one that did not send the command.
+	const n = 8
+	var ids []string
+	for range n {
+		b := a.send(t, api.Target{Tenant: "acme", Gateways: []string{"gw-x"}}, rebirthCmd(), "")
+		ids = append(ids, b.Commands[0].ID)
+		cmd := <-cmds
+		publish(s.Reply("acme", "gw-x"), &fleetv1.Reply{CommandId: cmd.GetId(), Result: fleetv1.Reply_SUCCEEDED})
+	}
+	for i, r := range rs {
+		for _, id := range ids {
+			testenv.Eventually(t, fmt.Sprintf("command %s SUCCEEDED on replica %d", id, i), func() bool {
+				var c api.Command
+				return r.api.Do(ctx, "GET", "/v1/commands/"+id, nil, &c, nil) == nil && c.State == "SUCCEEDED"
+			})
+		}
 	}
 }

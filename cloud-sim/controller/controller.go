@@ -152,7 +152,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if err := c.inv.Load(ctx, cfg.Store); err != nil {
 		return nil, err
 	}
-	if c.disp, err = dispatch.New(dispatch.Config{Store: cfg.Store, Cipher: cfg.Keys, Changes: c.hub, Logger: c.log, Now: cfg.Now}); err != nil {
+	if c.disp, err = dispatch.New(dispatch.Config{Store: cfg.Store, Cipher: cfg.Keys, Changes: c.hub, Late: c.replied, Logger: c.log, Now: cfg.Now}); err != nil {
 		c.inv.Close()
 		return nil, err
 	}
@@ -305,8 +305,14 @@ func (c *Controller) reply(tenant, gw string, rep *fleetv1.Reply, at time.Time) 
 		return
 	}
 	c.inv.Touch(tenant, gw, at)
+	c.replied(cmd)
+}
+
+// replied records what a command's reply changed of its gateway: a
+// set-credentials that succeeded, what the gateway now holds.
+func (c *Controller) replied(cmd dispatch.Command) {
 	if cmd.State == dispatch.Succeeded && cmd.Verb == string(topic.SetCredentials) {
-		c.inv.NoteCredentials(tenant, gw, cmd.Credentials)
+		c.inv.NoteCredentials(cmd.Tenant, cmd.Gateway, cmd.Credentials)
 	}
 }
 

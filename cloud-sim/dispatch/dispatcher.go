@@ -38,8 +38,11 @@ type Config struct {
 	Cipher Cipher
 	// Changes receives command and batch changes (none when nil).
 	Changes *changes.Hub
-	Logger  *slog.Logger
-	Now     func() time.Time
+	// Late, when set, is called with a command a reply kept early
+	// (Reply) was applied to once its record arrived from the store.
+	Late   func(Command)
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // Dispatcher sends commands and records their outcomes.
@@ -50,9 +53,10 @@ type Dispatcher struct {
 	pub Publisher // set by Start
 
 	mu       sync.Mutex
-	commands map[string]*record  // by id; guarded by mu
-	batches  map[string]*Batch   // by id; guarded by mu
-	dirty    map[string]struct{} // commands changed since the last flush; guarded by mu
+	commands map[string]*record    // by id; guarded by mu
+	batches  map[string]*Batch     // by id; guarded by mu
+	dirty    map[string]struct{}   // commands changed since the last flush; guarded by mu
+	early    map[string]earlyReply // replies to commands not known yet, by command id; guarded by mu
 
 	stop chan struct{}
 	done sync.WaitGroup
@@ -145,9 +149,15 @@ func (d *Dispatcher) Watch(ctx context.Context) (stop func(), err error) {
 		}
 		d.mu.Lock()
 		err := d.take(e.Value)
+		late := d.takeEarly()
 		d.mu.Unlock()
 		if err != nil {
 			d.log.Warn("dispatch: stored command not readable; ignored", "key", e.Key, "err", err)
+		}
+		for _, r := range late {
+			if cmd, ok := d.Reply(r.tenant, r.gateway, r.rep, r.at); ok && d.cfg.Late != nil {
+				d.cfg.Late(cmd)
+			}
 		}
 	})
 }
@@ -316,9 +326,15 @@ func (d *Dispatcher) Undelivered(id, batch, tenant, gw, verb string, cause error
 // Reply applies a gateway's reply to its command. It reports the command
 // as it is now, and false for a reply to no command of that gateway's
 // (another console's, a duplicate, or a forged one).
+//
+// A reply to a command not known yet is kept a while (see early): with
+// several replicas, it may arrive before the record another wrote.
 func (d *Dispatcher) Reply(tenant, gateway string, rep *fleetv1.Reply, at time.Time) (Command, bool) {
 	d.mu.Lock()
 	rec := d.commands[rep.GetCommandId()]
+	if rec == nil {
+		d.keepEarly(tenant, gateway, rep, at)
+	}
 	if rec == nil || rec.Tenant != tenant || rec.Gateway != gateway || rec.Final() {
 		d.mu.Unlock()
 		return Command{}, false
@@ -443,4 +459,54 @@ func (d *Dispatcher) Wait(ctx context.Context, id string, progress func(*BatchVi
 		case <-tick.C:
 		}
 	}
+}
+
+// earlyReply is a reply to a command not known yet.
+type earlyReply struct {
+	tenant, gateway string
+	rep             *fleetv1.Reply
+	at              time.Time
+}
+
+// Early replies are kept a minute, a bounded number of them: another
+// replica's record of a command reaches this one within a flush.
+const (
+	earlyTTL = time.Minute
+	maxEarly = 10_000
+)
+
+// keepEarly keeps rep, to no known command. d.mu is held.
+func (d *Dispatcher) keepEarly(tenant, gateway string, rep *fleetv1.Reply, at time.Time) {
+	if d.early == nil {
+		d.early = map[string]earlyReply{}
+	}
+	now := d.cfg.Now()
+	if len(d.early) >= maxEarly {
+		for id, r := range d.early {
+			if now.Sub(r.at) > earlyTTL {
+				delete(d.early, id)
+			}
+		}
+		if len(d.early) >= maxEarly {
+			return
+		}
+	}
+	id := rep.GetCommandId()
+	if old, ok := d.early[id]; ok && old.rep.GetResult() != fleetv1.Reply_ACCEPTED {
+		return // the final one is kept
+	}
+	d.early[id] = earlyReply{tenant: tenant, gateway: gateway, rep: rep, at: at}
+}
+
+// takeEarly removes and returns the early replies whose command is known
+// now. d.mu is held.
+func (d *Dispatcher) takeEarly() []earlyReply {
+	var out []earlyReply
+	for id, r := range d.early {
+		if d.commands[id] != nil {
+			out = append(out, r)
+			delete(d.early, id)
+		}
+	}
+	return out
 }
