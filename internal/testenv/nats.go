@@ -3,6 +3,7 @@ package testenv
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -185,6 +186,36 @@ func (c *NATSCluster) AwaitHealthy(t testing.TB, i int) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+}
+
+// ServerOf returns the index of the server that a client connected with
+// name (nats.Name) is connected to, from each server's /connz; -1 when
+// none is.
+func (c *NATSCluster) ServerOf(t testing.TB, name string) int {
+	t.Helper()
+	client := &http.Client{Timeout: time.Second}
+	for i, n := range c.nodes {
+		resp, err := client.Get("http://" + n.monitor + "/connz?limit=1024")
+		if err != nil {
+			continue
+		}
+		var connz struct {
+			Connections []struct {
+				Name string `json:"name"`
+			} `json:"connections"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&connz)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("nats-server %s /connz: %v", n.name, err)
+		}
+		for _, conn := range connz.Connections {
+			if conn.Name == name {
+				return i
+			}
+		}
+	}
+	return -1
 }
 
 // Logs are what server i has logged so far.

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bufio"
+	"net/http"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fleet-agent/fleet/internal/testenv"
+)
+
+// TestServeOnNATSCluster: cloud-sim serve with --nats url1,url2,url3 and
+// --nats-creds comes up on a 3-node cluster with 3 replicas, and keeps
+// serving writes and reads when the NATS server it is connected to is
+// SIGKILLed, and after that server's restart.
+func TestServeOnNATSCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts nats-server and cloud-sim processes")
+	}
+	c := testenv.StartNATSCluster(t, 3, testenv.NATSOptions{})
+	cmd := exec.Command(testenv.Binary(t, "cloud-sim"), "serve", "--data", t.TempDir(),
+		"--nats", c.URLs(), "--nats-creds", c.CredsFile,
+		"--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--api-insecure-no-auth")
+	logs := &testenv.LogBuffer{}
+	cmd.Stderr = logs
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(testenv.Timeout):
+			cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("cloud-sim log:\n%s", logs.String())
+		}
+	})
+	var (
+		mu      sync.Mutex
+		summary strings.Builder // guarded by mu
+	)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			mu.Lock()
+			summary.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+		}
+	}()
+	var api string
+	testenv.Eventually(t, "cloud-sim serve prints its API address", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for line := range strings.Lines(summary.String()) {
+			if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "HTTP API"); ok {
+				api = strings.TrimSpace(rest)
+			}
+		}
+		return api != ""
+	})
+	mu.Lock()
+	if !strings.Contains(summary.String(), "(3 replicas)") {
+		t.Errorf("summary:\n%s\nwant NATS with 3 replicas", summary.String())
+	}
+	mu.Unlock()
+
+	client := &http.Client{Timeout: time.Minute}
+	call := func(method, path string, want int) {
+		t.Helper()
+		req, _ := http.NewRequest(method, api+path, strings.NewReader("{}"))
+		req.Header.Set("Content-Type", "application/json")
+		start := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Fatalf("%s %s: %d, want %d", method, path, resp.StatusCode, want)
+		}
+		t.Logf("%s %s: %d in %v", method, path, resp.StatusCode, time.Since(start).Round(time.Millisecond))
+	}
+	call("POST", "/v1/gateways/acme/gw1/provision", http.StatusCreated)
+
+	i := c.ServerOf(t, "cloud-sim")
+	if i < 0 {
+		t.Fatal("cloud-sim is connected to none of the NATS servers")
+	}
+	c.Kill(i)
+	t.Logf("killed %s, the server cloud-sim was connected to", c.Name(i))
+	call("POST", "/v1/gateways/acme/gw2/provision", http.StatusCreated)
+	call("GET", "/v1/gateways/acme/gw1/identity", http.StatusOK)
+	call("GET", "/v1/gateways/acme/gw2/identity", http.StatusOK)
+	select {
+	case <-exited:
+		t.Fatal("cloud-sim exited after the NATS node was killed")
+	default:
+	}
+	if now := c.ServerOf(t, "cloud-sim"); now < 0 || now == i {
+		t.Errorf("cloud-sim is connected to server %d; want another than the killed %d", now, i)
+	}
+
+	c.Restart(t, i)
+	call("POST", "/v1/gateways/acme/gw3/provision", http.StatusCreated)
+	call("GET", "/v1/gateways/acme/gw3/identity", http.StatusOK)
+}
