@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,60 +21,10 @@ func TestServeOnNATSCluster(t *testing.T) {
 		t.Skip("starts nats-server and cloud-sim processes")
 	}
 	c := testenv.StartNATSCluster(t, 3, testenv.NATSOptions{})
-	cmd := exec.Command(testenv.Binary(t, "cloud-sim"), "serve", "--data", t.TempDir(),
-		"--nats", c.URLs(), "--nats-creds", c.CredsFile,
-		"--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--api-insecure-no-auth")
-	logs := &testenv.LogBuffer{}
-	cmd.Stderr = logs
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
+	api, summary, exited := startServe(t, "--nats", c.URLs(), "--nats-creds", c.CredsFile)
+	if !strings.Contains(summary, "(3 replicas)") {
+		t.Errorf("summary:\n%s\nwant NATS with 3 replicas", summary)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(testenv.Timeout):
-			cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("cloud-sim log:\n%s", logs.String())
-		}
-	})
-	var (
-		mu      sync.Mutex
-		summary strings.Builder // guarded by mu
-	)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			mu.Lock()
-			summary.WriteString(sc.Text() + "\n")
-			mu.Unlock()
-		}
-	}()
-	var api string
-	testenv.Eventually(t, "cloud-sim serve prints its API address", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		for line := range strings.Lines(summary.String()) {
-			if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "HTTP API"); ok {
-				api = strings.TrimSpace(rest)
-			}
-		}
-		return api != ""
-	})
-	mu.Lock()
-	if !strings.Contains(summary.String(), "(3 replicas)") {
-		t.Errorf("summary:\n%s\nwant NATS with 3 replicas", summary.String())
-	}
-	mu.Unlock()
 
 	client := &http.Client{Timeout: time.Minute}
 	call := func(method, path string, want int) {
@@ -116,4 +65,65 @@ func TestServeOnNATSCluster(t *testing.T) {
 	c.Restart(t, i)
 	call("POST", "/v1/gateways/acme/gw3/provision", http.StatusCreated)
 	call("GET", "/v1/gateways/acme/gw3/identity", http.StatusOK)
+}
+
+// startServe runs cloud-sim serve with args on loopback ports without an
+// API token until the test ends, and returns its API URL, the startup
+// summary up to that line, and a channel closed when it exits.
+func startServe(t *testing.T, args ...string) (api, summary string, exited <-chan struct{}) {
+	t.Helper()
+	cmd := exec.Command(testenv.Binary(t, "cloud-sim"), append([]string{"serve", "--data", t.TempDir(),
+		"--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--api-insecure-no-auth"}, args...)...)
+	logs := &testenv.LogBuffer{}
+	cmd.Stderr = logs
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(testenv.Timeout):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("cloud-sim log:\n%s", logs.String())
+		}
+	})
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	var b strings.Builder
+	deadline := time.After(testenv.Timeout)
+	for api == "" {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				t.Fatalf("cloud-sim serve ended before printing its API address:\n%s", b.String())
+			}
+			b.WriteString(line + "\n")
+			if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "HTTP API"); ok {
+				api = strings.TrimSpace(rest)
+			}
+		case <-deadline:
+			t.Fatalf("cloud-sim serve printed no API address within %v:\n%s", testenv.Timeout, b.String())
+		}
+	}
+	go func() { // drain the rest
+		for range lines {
+		}
+	}()
+	return api, b.String(), done
 }
