@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -56,6 +57,12 @@ func streamReplicas(t *testing.T, st *Store) map[string]int {
 		got[name] = info.Config.Replicas
 	}
 	return got
+}
+
+func ctx0(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
+	t.Cleanup(cancel)
+	return ctx
 }
 
 func streamNames() []string {
@@ -116,6 +123,16 @@ func TestClusterReplicas(t *testing.T) {
 	wantReplicas(t, auto, 3) // raised from 1
 	if err := auto.Put(context.Background(), Meta, "k", "v"); err != nil {
 		t.Fatal(err)
+	}
+
+	// A probe stream whose deletion was lost is swept by the next start.
+	if _, err := auto.js.CreateStream(ctx0(t), jetstream.StreamConfig{Name: "FLEET_REPLICAS_PROBE_left", Subjects: []string{probeSubjects + "left"}}); err != nil {
+		t.Fatal(err)
+	}
+	auto.Close()
+	auto = openCluster(t, c, Config{})
+	if _, err := auto.js.Stream(ctx0(t), "FLEET_REPLICAS_PROBE_left"); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Errorf("the left probe stream: %v; want it deleted", err)
 	}
 	auto.Close()
 

@@ -53,6 +53,7 @@ func planReplicas(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cf
 		p.log.Info("NATS replicas", "replicas", 1, "source", "a single NATS server (its INFO names no cluster)")
 		return p, nil
 	}
+	sweepProbes(ctx, js)
 	for n := MaxAutoReplicas; n > 1; n-- {
 		ok, err := retry(ctx, func(ctx context.Context) (bool, error) { return probeReplicas(ctx, js, n) })
 		if err != nil {
@@ -72,18 +73,21 @@ func planReplicas(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cf
 	return p, nil
 }
 
+// probeSubjects prefixes the subject of each probe stream.
+const probeSubjects = "fleet.replicas.probe."
+
 // probeReplicas reports whether JetStream can place a stream of n
 // replicas, by making a small one and deleting it.
 func probeReplicas(ctx context.Context, js jetstream.JetStream, n int) (bool, error) {
 	suffix := make([]byte, 8)
 	_, _ = rand.Read(suffix)
 	name := "FLEET_REPLICAS_PROBE_" + hex.EncodeToString(suffix)
-	_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{"fleet.replicas.probe." + name},
+	_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{probeSubjects + name},
 		Storage: jetstream.FileStorage, Replicas: n, MaxMsgs: 1, MaxBytes: 1024})
 	var apiErr *jetstream.APIError
 	switch {
 	case err == nil:
-		if err := js.DeleteStream(ctx, name); err != nil {
+		if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return true, fmt.Errorf("state: delete the replica probe stream %s: %w", name, err)
 		}
 		return true, nil
@@ -92,6 +96,19 @@ func probeReplicas(ctx context.Context, js jetstream.JetStream, n int) (bool, er
 		return false, nil
 	}
 	return false, fmt.Errorf("state: probe the NATS cluster for %d replicas: %w", n, err)
+}
+
+// sweepProbes deletes probe streams left behind by a probe whose answer
+// was lost (best effort: the next start sweeps again).
+func sweepProbes(ctx context.Context, js jetstream.JetStream) {
+	names := js.StreamNames(ctx, jetstream.WithStreamListSubject(probeSubjects+">"))
+	var left []string
+	for name := range names.Name() {
+		left = append(left, name)
+	}
+	for _, name := range left {
+		_ = js.DeleteStream(ctx, name)
+	}
 }
 
 // replicasOf returns the replica count for stream, and whether an
