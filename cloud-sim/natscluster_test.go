@@ -2,13 +2,19 @@ package main
 
 import (
 	"bufio"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	"github.com/fleet-agent/fleet/internal/testenv"
 )
 
@@ -65,6 +71,71 @@ func TestServeOnNATSCluster(t *testing.T) {
 	c.Restart(t, i)
 	call("POST", "/v1/gateways/acme/gw3/provision", http.StatusCreated)
 	call("GET", "/v1/gateways/acme/gw3/identity", http.StatusOK)
+}
+
+// TestServeOnNATSClusterTLS: serve reaches a cluster that requires TLS
+// and client certificates with --nats-ca, --nats-cert and --nats-key;
+// with another CA it does not start and names --nats-ca.
+func TestServeOnNATSClusterTLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts nats-server and cloud-sim processes")
+	}
+	dir := t.TempDir()
+	write := func(name string, content []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ca, err := registry.NewCA("test NATS CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := registry.NewCA("another CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ca.Issue("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(server.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert, clientKey, err := ca.IssueClient("cloud-sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := write("ca.pem", []byte(ca.PEM()))
+	c := testenv.StartNATSCluster(t, 3, testenv.NATSOptions{
+		TLSCert: write("server.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: server.Certificate[0]})),
+		TLSKey:  write("server.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key})),
+		TLSCA:   caFile,
+	})
+	args := []string{"--nats", strings.ReplaceAll(c.URLs(), "nats://", "tls://"), "--nats-creds", c.CredsFile,
+		"--nats-cert", write("client.pem", []byte(clientCert)), "--nats-key", write("client.key", []byte(clientKey))}
+
+	api, summary, _ := startServe(t, append(args, "--nats-ca", caFile)...)
+	if !strings.Contains(summary, "(3 replicas)") {
+		t.Errorf("summary:\n%s\nwant NATS with 3 replicas", summary)
+	}
+	resp, err := http.Post(api+"/v1/gateways/acme/gw1/provision", "application/json", strings.NewReader("{}"))
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("provision over TLS: %v %v", resp, err)
+	}
+	resp.Body.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testenv.Binary(t, "cloud-sim"), append([]string{"serve", "--data", t.TempDir(), "--mqtt-listen", "127.0.0.1:0",
+		"--http-listen", "127.0.0.1:0", "--api-insecure-no-auth", "--nats-ca", write("other.pem", []byte(other.PEM()))}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--nats-ca") {
+		t.Errorf("serve with another CA: %v\n%s\nwant a failure naming --nats-ca", err, out)
+	}
+	t.Logf("serve with another CA: %v: %s", err, strings.TrimSpace(string(out)))
 }
 
 // startServe runs cloud-sim serve with args on loopback ports without an
