@@ -64,7 +64,7 @@ type Config struct {
 	Listen string
 	// Replicas of each bucket and of the work queue. When 0, Open picks
 	// them: 1 on a server outside a cluster, else 3 when JetStream can
-	// place 3 (3 or more servers up), else what it can place; an existing
+	// place 3 (a probe stream; see planReplicas), else 2 or 1; an existing
 	// bucket with more keeps them. When set, every bucket is updated to it.
 	Replicas int
 	Logger   *slog.Logger
