@@ -127,6 +127,7 @@ func serveConfig(fs *pflag.FlagSet) func() (serve.Config, error) {
 	fs.StringVar(&cfg.NATSCA, "nats-ca", "", "with --nats: PEM file of the CA that signs the NATS servers' certificates (TLS is then required)")
 	fs.StringVar(&cfg.NATSCert, "nats-cert", "", "with --nats: PEM client certificate for mutual TLS")
 	fs.StringVar(&cfg.NATSKey, "nats-key", "", "with --nats: PEM client key for mutual TLS")
+	fs.IntVar(&cfg.NATSReplicas, "nats-replicas", 0, "replicas of every JetStream bucket and stream (1-5; 0: 3 when the cluster places 3, 1 on a single server; an existing bucket with more keeps them)")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", "127.0.0.1:8080", "HTTP API address")
 	tokenFile := fs.String("api-token-file", "", "file holding the token the API requires as Authorization: Bearer (default: api-token in --data, made on first start)")
 	fs.StringArrayVar(&cfg.APIAllowedHosts, "api-allowed-host", nil, "a Host name clients use for the API besides its listen address, host:port or host for any port (repeatable; others are refused)")
@@ -172,6 +173,9 @@ func serveConfig(fs *pflag.FlagSet) func() (serve.Config, error) {
 		if cfg.GatewayLimits.MaxDeployments < 1 || cfg.GatewayLimits.EventRate <= 0 || cfg.GatewayLimits.EventBurst < 1 {
 			return cfg, errors.New("--gateway-max-deployments, --gateway-event-rate and --gateway-event-burst must be positive")
 		}
+		if cfg.NATSReplicas < 0 || cfg.NATSReplicas > 5 {
+			return cfg, fmt.Errorf("--nats-replicas %d: want 1 to 5, or 0 to pick them from the cluster", cfg.NATSReplicas)
+		}
 		if !fs.Changed("mqtts-listen") && cfg.MQTTTLSCert == "" {
 			cfg.MQTTTLSListen = ""
 		}
@@ -189,7 +193,7 @@ func runServe(ctx context.Context, out io.Writer, cfg serve.Config) error {
 	if s.Broker != nil && s.Broker.TLSURL() != "" {
 		fmt.Fprintf(out, "  MQTT TLS     %s\n", s.Broker.TLSURL())
 	}
-	fmt.Fprintf(out, "  NATS         %s\n  HTTP API     %s\n  web console  %s/ (log in with the API token)\n", s.NATSURL, s.APIURL, s.APIURL)
+	fmt.Fprintf(out, "  NATS         %s (%d replicas)\n  HTTP API     %s\n  web console  %s/ (log in with the API token)\n", s.NATSURL, s.Store.Replicas(), s.APIURL, s.APIURL)
 	if s.NATSCreds != "" {
 		fmt.Fprintf(out, "  NATS login   %s (other replicas: --nats %s --nats-creds FILE)\n", s.NATSCreds, s.NATSURL)
 	}

@@ -47,13 +47,14 @@ func TestServeConfig(t *testing.T) {
 				}
 			}},
 		{name: "nats", args: []string{"--nats", "tls://a:4222,tls://b:4222", "--nats-creds", "/etc/fleet/nats.creds",
-			"--nats-ca", "ca.pem", "--nats-cert", "c.pem", "--nats-key", "c.key"},
+			"--nats-ca", "ca.pem", "--nats-cert", "c.pem", "--nats-key", "c.key", "--nats-replicas", "3"},
 			check: func(t *testing.T, cfg serve.Config) {
 				if cfg.NATSURL != "tls://a:4222,tls://b:4222" || cfg.NATSCreds != "/etc/fleet/nats.creds" ||
-					cfg.NATSCA != "ca.pem" || cfg.NATSCert != "c.pem" || cfg.NATSKey != "c.key" {
-					t.Errorf("got nats %q creds %q ca %q cert %q key %q", cfg.NATSURL, cfg.NATSCreds, cfg.NATSCA, cfg.NATSCert, cfg.NATSKey)
+					cfg.NATSCA != "ca.pem" || cfg.NATSCert != "c.pem" || cfg.NATSKey != "c.key" || cfg.NATSReplicas != 3 {
+					t.Errorf("got nats %q creds %q ca %q cert %q key %q replicas %d", cfg.NATSURL, cfg.NATSCreds, cfg.NATSCA, cfg.NATSCert, cfg.NATSKey, cfg.NATSReplicas)
 				}
 			}},
+		{name: "nats replicas", args: []string{"--nats-replicas", "7"}, wantErr: "--nats-replicas"},
 		{name: "bad prefix", args: []string{"--topic-prefix", "a/#"}, wantErr: "--topic-prefix"},
 		{name: "missing file", args: []string{"--broker-password-file", "/nonexistent"}, wantErr: "--broker-password-file"},
 		{name: "limits", args: []string{"--mqtt-max-packet-size", "65536", "--mqtt-max-clients", "10", "--gateway-max-deployments", "8"},

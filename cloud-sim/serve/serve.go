@@ -75,6 +75,9 @@ type Config struct {
 	// NATS: the CA of its certificate (TLS required when set), and a
 	// client certificate and key.
 	NATSCA, NATSCert, NATSKey string
+	// NATSReplicas of every bucket and the work queue; 0 picks them from
+	// the cluster (see state.Config.Replicas).
+	NATSReplicas int
 	// HTTPListen is the API's address. APIToken is the token it
 	// requires; when empty, the one in DataDir's api-token file, made on
 	// first start. APIInsecureNoAuth (tests only, loopback only) requires
@@ -217,7 +220,7 @@ func (s *Server) openStore(ctx context.Context, cfg Config) error {
 		creds = filepath.Join(cfg.DataDir, "nats-login")
 	}
 	st, err := state.Open(ctx, state.Config{URL: cfg.NATSURL, Dir: filepath.Join(cfg.DataDir, "nats"), Listen: cfg.NATSListen,
-		Creds: creds, CA: cfg.NATSCA, Cert: cfg.NATSCert, Key: cfg.NATSKey, Logger: cfg.Logger.With("component", "state")})
+		Creds: creds, CA: cfg.NATSCA, Cert: cfg.NATSCert, Key: cfg.NATSKey, Replicas: cfg.NATSReplicas, Logger: cfg.Logger.With("component", "state")})
 	if err != nil {
 		return err
 	}

@@ -69,8 +69,10 @@ func (s *Store) Modify(ctx context.Context, b Bucket, key string, v any, fn func
 }
 
 // isWrongSequence reports whether err is the refusal of an Update whose
-// revision is no longer the latest.
+// revision is no longer the latest: code 10071 from a single server,
+// 10164 from a replicated bucket (both wrapped in ErrKeyRevisionMismatch).
 func isWrongSequence(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
+		errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }

@@ -62,7 +62,10 @@ type Config struct {
 	// Listen is the embedded server's client address ("127.0.0.1:0" when
 	// empty), so that other cloud-sim replicas can share it.
 	Listen string
-	// Replicas of each bucket on an external cluster (1 when 0).
+	// Replicas of each bucket and of the work queue. When 0, Open picks
+	// them: 1 on a server outside a cluster, else 3 when JetStream can
+	// place 3 (a probe stream; see planReplicas), else 2 or 1; an existing
+	// bucket with more keeps them. When set, every bucket is updated to it.
 	Replicas int
 	Logger   *slog.Logger
 }
@@ -76,6 +79,8 @@ type Store struct {
 	url string
 	// creds is the login file in use ("" for none).
 	creds string
+	// replicas of the work stream, as Open made or found it.
+	replicas int
 }
 
 // Open connects (starting the embedded server first when cfg.URL is
@@ -116,22 +121,17 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("state: connect to NATS %s: %w (%s)", redact(s.url), err, connectHint(err))
 	}
 	s.nc = nc
-	if s.js, err = jetstream.New(nc); err != nil {
+	js, err := jetstream.New(nc)
+	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("state: %w", err)
 	}
-	replicas := max(cfg.Replicas, 1)
-	for _, b := range buckets {
-		kv, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: string(b), History: 1, Storage: jetstream.FileStorage, Replicas: replicas,
-		})
-		if err != nil {
-			s.Close()
-			return nil, fmt.Errorf("state: bucket %s: %w", b, err)
-		}
-		s.kvs[b] = kv
+	s.js = failoverJS{js}
+	plan, err := planReplicas(ctx, nc, s.js, cfg)
+	if err == nil {
+		err = s.ensureStreams(ctx, plan)
 	}
-	if err := s.ensureWork(ctx, replicas); err != nil {
+	if err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -387,7 +387,8 @@ func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.C
 			fn(runCtx, m.Data())
 			_ = m.Ack()
 		}()
-	})
+	}, // pulls are sent again within seconds of a lost server (30 s by default)
+		jetstream.PullExpiry(10*time.Second), jetstream.PullHeartbeat(2*time.Second))
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("state: work consumer: %w", err)
