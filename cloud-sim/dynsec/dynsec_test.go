@@ -99,7 +99,9 @@ func TestEncoding(t *testing.T) {
 	role := roleName("acme/gw-1")
 	get := []Command{{Command: "getClient", Username: "acme/gw-1"}, {Command: "getRole", RoleName: role}}
 	kick := []Command{{Command: "disableClient", Username: "acme/gw-1"}, {Command: "enableClient", Username: "acme/gw-1"}}
-	acl := func(typ, topic string, allow bool) *ACL { return &ACL{Type: typ, Topic: topic, Priority: 1, Allow: allow} }
+	acl := func(typ, topic string, allow bool) *ACL {
+		return &ACL{Type: typ, Topic: topic, Priority: 1, Allow: allow}
+	}
 	for _, tt := range []struct {
 		name   string
 		answer func(Command) Response
