@@ -276,7 +276,7 @@ func TestMosquittoGroupChange(t *testing.T) {
 
 // TestMosquittoPasswordAndDelete: a new password disconnects the gateway
 // and replaces the old one; deleting the gateway disconnects it at once
-// and it cannot log in again.
+// (without its Will) and it cannot log in again.
 func TestMosquittoPasswordAndDelete(t *testing.T) {
 	m, c := mosquittoAdmin(t)
 	ctx := t.Context()
@@ -294,7 +294,13 @@ func TestMosquittoPasswordAndDelete(t *testing.T) {
 	if _, err := connect(t, addr(m), gatewayConnect("acme/gw-1", "pw-1")); err == nil {
 		t.Error("the old password still works")
 	}
-	if gw, err = connect(t, addr(m), gatewayConnect("acme/gw-1", "pw-new")); err != nil {
+	ctl := startController(t, m, c)
+	if !ctl.subscribe(t, topic.Default().Filter(topic.Death)) {
+		t.Fatal("the controller may not subscribe to deaths")
+	}
+	will := gatewayConnect("acme/gw-1", "pw-new")
+	will.WillMessage = &paho.WillMessage{Topic: topic.Default().Death("acme", "gw-1"), QoS: 1, Payload: []byte("will")}
+	if gw, err = connect(t, addr(m), will); err != nil {
 		t.Fatalf("the new password: %v", err)
 	}
 	start := time.Now()
@@ -303,6 +309,13 @@ func TestMosquittoPasswordAndDelete(t *testing.T) {
 	}
 	gw.awaitGone(t, "a deleted gateway")
 	t.Logf("disconnected %v after Delete was called", time.Since(start))
+	// Mosquitto disconnects a deleted client without publishing its Will
+	// (the controller records the death itself): the first death the
+	// controller receives is the one it publishes after.
+	ctl.publish(t, topic.Default().Death("acme", "gw-1"), "after")
+	if p := ctl.next(t); string(p.Payload) != "after" {
+		t.Errorf("the controller received %q on %s first; Mosquitto now publishes a deleted client's Will: the controller need not record its death", p.Payload, p.Topic)
+	}
 	if _, err := connect(t, addr(m), gatewayConnect("acme/gw-1", "pw-new")); err == nil {
 		t.Error("a deleted gateway logged in again")
 	}

@@ -105,6 +105,10 @@ func New(ctx context.Context, cfg Config) (*Identities, error) {
 	return ids, nil
 }
 
+// Mirrored reports whether an external broker keeps a copy of the
+// identities (Config.Mirror), which disconnects a deprovisioned gateway.
+func (c *Identities) Mirrored() bool { return c.cfg.Mirror != nil }
+
 // Len is how many gateways are provisioned.
 func (c *Identities) Len() int {
 	c.mu.RLock()

@@ -86,8 +86,11 @@ func TestMirrorRefuses(t *testing.T) {
 	}
 	m.refuse["put"], m.refuse["delete"] = true, true
 	for name, change := range map[string]func() error{
-		"provision":   func() error { _, err := ids.Provision(ctx, "acme", "gw-2", Assignment{}); return err },
-		"group":       func() error { _, err := ids.Assign(ctx, "acme", "gw-1", func(a *Assignment) { a.Groups = nil }); return err },
+		"provision": func() error { _, err := ids.Provision(ctx, "acme", "gw-2", Assignment{}); return err },
+		"group": func() error {
+			_, err := ids.Assign(ctx, "acme", "gw-1", func(a *Assignment) { a.Groups = nil })
+			return err
+		},
 		"deprovision": func() error { return ids.Deprovision(ctx, "acme", "gw-1") },
 	} {
 		if err := change(); err == nil || !strings.Contains(err.Error(), `Mosquitto says "nope"`) || !strings.Contains(err.Error(), "nothing changed in the cloud") {
