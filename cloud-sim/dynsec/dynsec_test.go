@@ -282,3 +282,24 @@ func aclMatches(acl, name string, sub bool) bool {
 	}
 	return len(a) == len(n)
 }
+
+// FuzzReceive: whatever the broker sends on the response topic, receive
+// neither panics nor answers a command with a response not its own.
+func FuzzReceive(f *testing.F) {
+	f.Add([]byte(`{"responses":[{"command":"getClient","error":"Client not found","correlationData":"a"}]}`))
+	f.Add([]byte(`{"responses":[{"command":"x","data":{"client":{}},"correlationData":7}]}`))
+	f.Add([]byte(`{"responses":null}`))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		c := newClient(Config{}, nil)
+		ch := make(chan Response, 1)
+		c.waiters["mine"] = ch
+		c.receive(payload)
+		select {
+		case r := <-ch:
+			if r.CorrelationData != "mine" {
+				t.Errorf("waiter got %+v", r)
+			}
+		default:
+		}
+	})
+}

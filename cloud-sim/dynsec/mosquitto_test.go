@@ -356,6 +356,11 @@ func TestMosquittoReconcile(t *testing.T) {
 		t.Errorf("Reconcile = %+v, want created acme/new, changed acme/keep, deleted acme/gone", got)
 	}
 	gone.awaitGone(t, "a gateway no longer provisioned")
+	for _, pw := range []string{"", "pw"} {
+		if _, err := connect(t, addr(m), gatewayConnect("acme/new", pw)); err == nil {
+			t.Errorf("a gateway created without a password logged in with %q", pw)
+		}
+	}
 	clients, roles, err := c.list(ctx)
 	if err != nil {
 		t.Fatal(err)
