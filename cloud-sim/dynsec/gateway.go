@@ -122,9 +122,9 @@ func plan(scheme topic.Scheme, g Gateway, password string, c *client, r *role) (
 	case password != "":
 		cmds = append(cmds, Command{Command: "setClientPassword", Username: user, Password: password})
 	}
-	if c != nil && len(cmds) > 0 {
+	if c != nil && !c.Disabled && len(cmds) > 0 {
 		// The plugin does not disconnect a client whose password or role
-		// changed; disabling it does.
+		// changed; disabling it does. (One the operator disabled stays so.)
 		cmds = append(cmds, Command{Command: "disableClient", Username: user}, Command{Command: "enableClient", Username: user})
 	}
 	return cmds, nil

@@ -275,7 +275,8 @@ func TestMosquittoGroupChange(t *testing.T) {
 }
 
 // TestMosquittoPasswordAndDelete: a new password disconnects the gateway
-// and replaces the old one; deleting the gateway disconnects it at once
+// and replaces the old one; disabling a gateway disconnects it, and a new
+// password leaves it disabled; deleting the gateway disconnects it at once
 // (without its Will) and it cannot log in again.
 func TestMosquittoPasswordAndDelete(t *testing.T) {
 	m, c := mosquittoAdmin(t)
@@ -303,6 +304,28 @@ func TestMosquittoPasswordAndDelete(t *testing.T) {
 	if gw, err = connect(t, addr(m), will); err != nil {
 		t.Fatalf("the new password: %v", err)
 	}
+	// One the operator disabled is disconnected, and stays disabled
+	// through a new password.
+	if _, err := c.Do(ctx, Command{Command: "disableClient", Username: "acme/gw-1"}); err != nil {
+		t.Fatal(err)
+	}
+	gw.awaitGone(t, "a disabled gateway")
+	if err := c.Put(ctx, "acme", "gw-1", nil, "pw-3"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := connect(t, addr(m), gatewayConnect("acme/gw-1", "pw-3")); err == nil {
+		t.Error("a disabled gateway logged in after a new password")
+	}
+	if _, err := c.Do(ctx, Command{Command: "enableClient", Username: "acme/gw-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if gw, err = connect(t, addr(m), will); err == nil {
+		t.Fatal("the password before the last still works")
+	}
+	will.Password = []byte("pw-3")
+	if gw, err = connect(t, addr(m), will); err != nil {
+		t.Fatalf("enabled again, with its new password: %v", err)
+	}
 	start := time.Now()
 	if err := c.Delete(ctx, "acme", "gw-1"); err != nil {
 		t.Fatal(err)
@@ -316,7 +339,7 @@ func TestMosquittoPasswordAndDelete(t *testing.T) {
 	if p := ctl.next(t); string(p.Payload) != "after" {
 		t.Errorf("the controller received %q on %s first; Mosquitto now publishes a deleted client's Will: the controller need not record its death", p.Payload, p.Topic)
 	}
-	if _, err := connect(t, addr(m), gatewayConnect("acme/gw-1", "pw-new")); err == nil {
+	if _, err := connect(t, addr(m), gatewayConnect("acme/gw-1", "pw-3")); err == nil {
 		t.Error("a deleted gateway logged in again")
 	}
 	if err := c.Delete(ctx, "acme", "gw-1"); err != nil {
