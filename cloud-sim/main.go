@@ -110,6 +110,7 @@ func serveConfig(fs *pflag.FlagSet) func() (serve.Config, error) {
 	fs.StringVar(&cfg.BrokerCA, "broker-ca", "", "with --broker mqtts://: PEM file of the CA that signs the broker's certificate (default: system roots)")
 	fs.StringVar(&cfg.BrokerCert, "broker-cert", "", "with --broker mqtts://: PEM client certificate of the controller, for brokers that require one")
 	fs.StringVar(&cfg.BrokerKey, "broker-key", "", "with --broker-cert: its PEM private key")
+	fs.StringVar(&cfg.BrokerDynsecLogin, "broker-dynsec-login", "", "with --broker on Mosquitto 2 with its dynamic security plugin: file (username:password) of the plugin's admin; gateways' identities are then kept on the broker (see mosquitto-dynsec.conf)")
 	fs.StringVar(&cfg.MQTTTLSListen, "mqtts-listen", "127.0.0.1:8883", "embedded broker's MQTT-over-TLS address (with --mqtt-tls-cert and --mqtt-tls-key)")
 	fs.StringVar(&cfg.MQTTTLSCert, "mqtt-tls-cert", "", "PEM certificate (chain) of the embedded broker: serve mqtts:// on --mqtts-listen")
 	fs.StringVar(&cfg.MQTTTLSKey, "mqtt-tls-key", "", "PEM private key of --mqtt-tls-cert")

@@ -182,11 +182,12 @@ func (m *mqttClient) subscribe(t *testing.T, filter string) error {
 
 // TestBrokerACL: a gateway cannot publish on another gateway's topics,
 // read its commands, leave a death on its topic, or take over its session;
-// on the embedded broker and on Mosquitto with mosquitto.conf's ACL.
+// on the embedded broker, on Mosquitto with mosquitto.conf's ACL, and on
+// Mosquitto whose identities cloud-sim keeps (dynamic security).
 // Every "did not arrive" is checked after a later message on an allowed
 // topic did arrive, so that the test cannot pass by being fast.
 func TestBrokerACL(t *testing.T) {
-	for name, start := range map[string]func(*testing.T) aclBroker{"embedded": embeddedACL, "mosquitto": mosquittoACL} {
+	for name, start := range map[string]func(*testing.T) aclBroker{"embedded": embeddedACL, "mosquitto": mosquittoACL, "mosquitto-dynsec": mosquittoDynsecACL} {
 		t.Run(name, func(t *testing.T) {
 			br := start(t)
 			admin, _, err := dial(t, br.addr, "observer", br.adminUser, br.adminPass, nil)

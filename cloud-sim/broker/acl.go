@@ -41,7 +41,9 @@ type Authenticator interface {
 //	read  {prefix}/{tenant}/{gateway}/cmd/{verb or +}
 //	read  {prefix}/{tenant}/group/{group}/cmd/{verb or +}, for its groups
 //
-// and nothing else; the same patterns mosquitto.conf gives Mosquitto.
+// and nothing else; the same patterns mosquitto.conf gives Mosquitto, and
+// dynsec.ACLs its dynamic security plugin (dynsec's TestACLsMirrorEmbedded
+// fails when the two differ).
 func (id Identity) Allowed(scheme topic.Scheme, name string, write bool) bool {
 	if id.Controller {
 		return true

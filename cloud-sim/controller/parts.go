@@ -9,8 +9,10 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
 
 	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/cloud-sim/tenantcred"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
 )
 
 // Sessions ends gateways' sessions at the embedded broker
@@ -75,12 +77,17 @@ func (c *Controller) Provisioned(tenant, id string) (*identity.Device, error) {
 // and commands queued for it are dropped. Its inventory record stays, offline
 // (its Will, published by the broker, says so) and matching no group or
 // label, so its history is kept; it reports whether the gateway was
-// connected.
+// connected. On Mosquitto with dynamic security (identity.Config.Mirror)
+// the broker disconnects it without publishing its Will, so its death is
+// recorded here.
 func (c *Controller) Deprovision(ctx context.Context, tenant, id string) (bool, error) {
 	if err := c.ids.Deprovision(ctx, tenant, id); err != nil {
 		return false, err
 	}
 	live := c.disconnect(tenant, id, true)
+	if c.cfg.Sessions == nil && c.ids.Mirrored() {
+		live = c.noteDeprovisionedDeath(tenant, id)
+	}
 	c.log.Info("gateway deprovisioned", "tenant", tenant, "gateway", id, "disconnected", live)
 	c.hub.Publish(changes.Change{Kind: "gateway.deprovisioned", Tenant: tenant, Gateway: id, At: c.cfg.Now()})
 	return live, nil
@@ -93,6 +100,19 @@ func (c *Controller) identityChanged(before, after *identity.Device) {
 	if live := c.disconnect(d.Tenant, d.ID, after == nil); live {
 		c.log.Info("gateway disconnected: its identity was changed on another replica", "tenant", d.Tenant, "gateway", d.ID, "deprovisioned", after == nil)
 	}
+}
+
+// noteDeprovisionedDeath records the death of an online gateway that the
+// broker disconnected without its Will, as the Will would have: its
+// session lost. It reports whether the gateway was online.
+func (c *Controller) noteDeprovisionedDeath(tenant, id string) bool {
+	g, ok := c.inv.Get(tenant, id)
+	if !ok || !g.Online {
+		return false
+	}
+	c.inv.Apply(mqttclient.Received{Topic: topic.Topic{Tenant: tenant, Gateway: id, Kind: topic.Death},
+		Message: &fleetv1.Death{Session: g.Session, Reason: fleetv1.Death_CONNECTION_LOST}, At: c.cfg.Now()})
+	return true
 }
 
 func (c *Controller) disconnect(tenant, id string, deleteSession bool) bool {

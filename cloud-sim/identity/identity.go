@@ -46,7 +46,22 @@ type Config struct {
 	// ControllerPassword, when set, lets a client log in as the controller
 	// with username ControllerUser.
 	ControllerPassword []byte
-	Now                func() time.Time
+	// Mirror, when set, is an external broker's copy of the identities
+	// (Mosquitto's dynamic security: dynsec.Client). Every change is made
+	// there first and stored only once the broker took it, so a broker's
+	// refusal changes nothing and is returned to the caller.
+	Mirror Mirror
+	Now    func() time.Time
+}
+
+// Mirror is an external broker's copy of the gateways' identities.
+type Mirror interface {
+	// Put creates gateway tenant/id's login, or changes it to groups;
+	// password, when not empty, becomes its password.
+	Put(ctx context.Context, tenant, id string, groups []string, password string) error
+	// Delete deletes the gateway's login and disconnects it at once; a
+	// login missing already is no error.
+	Delete(ctx context.Context, tenant, id string) error
 }
 
 // Identities are the provisioned gateways' identities.
@@ -89,6 +104,10 @@ func New(ctx context.Context, cfg Config) (*Identities, error) {
 	}
 	return ids, nil
 }
+
+// Mirrored reports whether an external broker keeps a copy of the
+// identities (Config.Mirror), which disconnects a deprovisioned gateway.
+func (c *Identities) Mirrored() bool { return c.cfg.Mirror != nil }
 
 // Len is how many gateways are provisioned.
 func (c *Identities) Len() int {
@@ -181,10 +200,49 @@ func (c *Identities) ProvisionWith(ctx context.Context, tenant, id string, a Ass
 		d.Groups, d.Labels = old.Groups, old.Labels
 	}
 	assign(d, a)
-	if err := c.put(ctx, d); err != nil {
+	if err := c.mirrorPut(ctx, d, password); err != nil {
 		return "", err
 	}
+	if err := c.put(ctx, d); err != nil {
+		return "", c.undo(ctx, c.device(tenant, id), d, true, err)
+	}
 	return password, nil
+}
+
+// mirrorPut makes d, with password when not empty, the broker's.
+func (c *Identities) mirrorPut(ctx context.Context, d *Device, password string) error {
+	if c.cfg.Mirror == nil {
+		return nil
+	}
+	if err := c.cfg.Mirror.Put(ctx, d.Tenant, d.ID, d.Groups, password); err != nil {
+		return fmt.Errorf("identity: gateway %s/%s on the broker (nothing changed in the cloud; try again): %w", d.Tenant, d.ID, err)
+	}
+	return nil
+}
+
+// undo takes back on the broker a change to d that the store refused
+// (storeErr): a new gateway is deleted there, an existing one's groups
+// restored from old. A new password cannot be taken back: the error says
+// to provision again. What undo cannot do, the next start's
+// reconciliation of the broker with the store does.
+func (c *Identities) undo(ctx context.Context, old, d *Device, newPassword bool, storeErr error) error {
+	if c.cfg.Mirror == nil {
+		return storeErr
+	}
+	var err error
+	switch {
+	case old == nil:
+		err = c.cfg.Mirror.Delete(ctx, d.Tenant, d.ID)
+	default:
+		err = c.cfg.Mirror.Put(ctx, d.Tenant, d.ID, old.Groups, "")
+	}
+	if err != nil {
+		return fmt.Errorf("%w; the broker has the change and undoing it failed (%v): it is undone at cloud-sim's next start", storeErr, err)
+	}
+	if newPassword && old != nil {
+		return fmt.Errorf("%w; the broker already has the new password, which was not shown: provision %s/%s again", storeErr, d.Tenant, d.ID)
+	}
+	return fmt.Errorf("%w (undone on the broker too)", storeErr)
 }
 
 // assign sets on d what a sets, as copies.
@@ -213,7 +271,16 @@ func (c *Identities) Assign(ctx context.Context, tenant, id string, change func(
 	}
 	d := *old // devices are replaced, never changed in place
 	d.Groups, d.Labels = a.Groups, a.Labels
+	groups := !slices.Equal(old.Groups, d.Groups)
+	if groups {
+		if err := c.mirrorPut(ctx, &d, ""); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.put(ctx, &d); err != nil {
+		if groups {
+			err = c.undo(ctx, old, &d, false, err)
+		}
 		return nil, err
 	}
 	return &d, nil
@@ -226,7 +293,15 @@ func (c *Identities) Deprovision(ctx context.Context, tenant, id string) error {
 	if c.device(tenant, id) == nil {
 		return NotProvisioned(tenant, id)
 	}
+	if c.cfg.Mirror != nil {
+		if err := c.cfg.Mirror.Delete(ctx, tenant, id); err != nil {
+			return fmt.Errorf("identity: deprovision %s/%s on the broker (nothing changed in the cloud; try again): %w", tenant, id, err)
+		}
+	}
 	if err := c.cfg.Store.Delete(ctx, state.Devices, state.Key(tenant, id)); err != nil {
+		if c.cfg.Mirror != nil {
+			return fmt.Errorf("%w; the broker has deleted the gateway already: deprovision %s/%s again", err, tenant, id)
+		}
 		return err
 	}
 	c.mu.Lock()
@@ -251,6 +326,21 @@ func (c *Identities) Device(tenant, id string) (*Device, bool) {
 	out.Hash = ""
 	out.Groups, out.Labels = slices.Clone(d.Groups), maps.Clone(d.Labels)
 	return &out, true
+}
+
+// All returns a copy of every gateway's identity (without its password's
+// hash), in no order.
+func (c *Identities) All() []Device {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]Device, 0, len(c.devices))
+	for _, d := range c.devices {
+		cp := *d
+		cp.Hash = ""
+		cp.Groups, cp.Labels = slices.Clone(d.Groups), maps.Clone(d.Labels)
+		out = append(out, cp)
+	}
+	return out
 }
 
 // Assigned tells a gateway's groups and labels, and whether it is
@@ -308,6 +398,11 @@ func (c *Identities) ProvisionMany(ctx context.Context, tenant string, gws []Gat
 	}
 	c.write.Lock()
 	defer c.write.Unlock()
+	for _, d := range devs {
+		if err := c.mirrorPut(ctx, d, password); err != nil {
+			return err // those put already are deleted at the next start
+		}
+	}
 	if err := c.cfg.Store.PutMany(ctx, state.Devices, batch); err != nil {
 		return err
 	}

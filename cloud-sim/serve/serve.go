@@ -54,6 +54,10 @@ type Config struct {
 	// when empty) and the controller's client certificate (none when
 	// empty).
 	BrokerCA, BrokerCert, BrokerKey string
+	// BrokerDynsecLogin, with BrokerURL, is the file of the admin login
+	// (username:password) of Mosquitto's dynamic security plugin: the
+	// gateways' identities are then kept there too (package dynsec).
+	BrokerDynsecLogin string
 	// MQTTTLSListen, with MQTTTLSCert and MQTTTLSKey (PEM files), is a
 	// second listener of the embedded broker serving MQTT over TLS.
 	MQTTTLSListen           string
@@ -267,6 +271,13 @@ func (s *Server) controllerConfig(ctx context.Context, cfg Config) (controller.C
 		ctrlCfg.Share = ""
 	}
 	idCfg := identity.Config{Store: s.Store, ControllerID: cfg.ControllerID}
+	dyn, err := s.startDynsec(ctx, cfg)
+	if err != nil {
+		return controller.Config{}, err
+	}
+	if dyn != nil {
+		idCfg.Mirror = dyn
+	}
 	if cfg.BrokerURL == "" {
 		s.ControllerPassword = cfg.ControllerPassword
 		if s.ControllerPassword == "" {
@@ -277,6 +288,9 @@ func (s *Server) controllerConfig(ctx context.Context, cfg Config) (controller.C
 	}
 	if ctrlCfg.Identities, err = identity.New(ctx, idCfg); err != nil {
 		return controller.Config{}, err
+	}
+	if dyn != nil {
+		reconcileDynsec(ctx, cfg, dyn, ctrlCfg.Identities)
 	}
 	return ctrlCfg, nil
 }
