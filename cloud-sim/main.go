@@ -106,6 +106,7 @@ func serveConfig(fs *pflag.FlagSet) func() (serve.Config, error) {
 	fs.StringVar(&cfg.MQTTListen, "mqtt-listen", "127.0.0.1:1883", "embedded MQTT broker address")
 	fs.StringVar(&cfg.BrokerURL, "broker", "", "external MQTT broker (mqtt://host:1883, mqtts://…) instead of the embedded one")
 	fs.StringVar(&cfg.BrokerUsername, "broker-username", "controller", "with --broker: the controller's username")
+	fs.StringVar(&cfg.BrokerIngestUsername, "broker-ingest-username", "", "with --broker: the username of the controller's second session, its share of what gateways publish, with the same password (default --broker-username; Mosquitto with use_username_as_clientid needs a user of its own)")
 	brokerPass := fs.String("broker-password-file", "", "with --broker: file holding the controller's password")
 	fs.StringVar(&cfg.BrokerCA, "broker-ca", "", "with --broker mqtts://: PEM file of the CA that signs the broker's certificate (default: system roots)")
 	fs.StringVar(&cfg.BrokerCert, "broker-cert", "", "with --broker mqtts://: PEM client certificate of the controller, for brokers that require one")

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -59,9 +60,16 @@ func mosquittoACL(t *testing.T) aclBroker {
 		t.Fatal(err)
 	}
 	var acl, settings []string
+	controller := false // in the controller's lines
 	for _, line := range strings.Split(string(ref), "\n") {
 		if p, ok := strings.CutPrefix(line, "#   pattern "); ok {
 			acl = append(acl, "pattern "+p)
+		}
+		if strings.HasPrefix(line, "#   user controller-a") {
+			controller = true
+		}
+		if p, ok := strings.CutPrefix(line, "#   "); ok && controller && (strings.HasPrefix(p, "user ") || strings.HasPrefix(p, "topic ")) {
+			acl = append(acl, p)
 		}
 		if strings.HasPrefix(line, "use_username_as_clientid") || strings.HasPrefix(line, "max_packet_size") {
 			settings = append(settings, line)
@@ -70,11 +78,14 @@ func mosquittoACL(t *testing.T) aclBroker {
 	if len(acl) < 8 {
 		t.Fatalf("found %d pattern lines in mosquitto.conf", len(acl))
 	}
-	acl = append(acl, "user acme/gw-a", "topic read fleet/v1/acme/group/berlin/cmd/+", "user controller", "topic readwrite fleet/v1/#")
+	if !slices.Contains(acl, "user controller-a-ingest") {
+		t.Fatalf("mosquitto.conf's ACL has no controller-a-ingest user: %q", acl)
+	}
+	acl = append(acl, "user acme/gw-a", "topic read fleet/v1/acme/group/berlin/cmd/+")
 	dir := t.TempDir()
-	br := aclBroker{addr: testenv.FreeAddr(t), passA: "pass-a", passB: "pass-b", adminUser: "controller", adminPass: "pass-c"}
+	br := aclBroker{addr: testenv.FreeAddr(t), passA: "pass-a", passB: "pass-b", adminUser: "controller-a", adminPass: "pass-c"}
 	pw := filepath.Join(dir, "passwd")
-	for i, u := range [][2]string{{"acme/gw-a", br.passA}, {"acme/gw-b", br.passB}, {"controller", br.adminPass}} {
+	for i, u := range [][2]string{{"acme/gw-a", br.passA}, {"acme/gw-b", br.passB}, {"controller-a", br.adminPass}, {"controller-a-ingest", br.adminPass}} {
 		args := []string{"-b", pw, u[0], u[1]}
 		if i == 0 {
 			args = append([]string{"-c"}, args...)

@@ -63,9 +63,12 @@ type Config struct {
 	// because its session is persistent ("controller" when empty).
 	ID       string
 	Username string
-	Password []byte
-	Scheme   topic.Scheme
-	Encoding codec.Encoding
+	// IngestUsername logs the shared-ingest session in (Username when
+	// empty; see mqttclient.Config.IngestUsername).
+	IngestUsername string
+	Password       []byte
+	Scheme         topic.Scheme
+	Encoding       codec.Encoding
 
 	// StaleAfter is how long an online gateway may stay silent before it
 	// is shown as stale (2 minutes, four metrics intervals, when zero).
@@ -213,7 +216,7 @@ func (c *Controller) Start(ctx context.Context) error {
 	con, err := mqttclient.Dial(ctx, mqttclient.Config{
 		BrokerURL: c.cfg.BrokerURL, TLS: c.cfg.BrokerTLS, ID: c.cfg.ID, Username: c.cfg.Username, Password: c.cfg.Password,
 		Scheme: c.cfg.Scheme, Encoding: c.cfg.Encoding, Watch: c.Ingest, SessionExpiry: 7 * 24 * time.Hour, LatestOnly: true, Signer: c.sign,
-		Share: c.cfg.Share, Logger: c.log,
+		Share: c.cfg.Share, IngestUsername: c.cfg.IngestUsername, Logger: c.log,
 	})
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)

@@ -65,6 +65,10 @@ type Config struct {
 	// console's own reply topics come to it alone. The broker sends no
 	// retained messages to a shared subscription: Resync asks for them.
 	Share string
+	// IngestUsername logs the ingest session in (Username when empty):
+	// a broker that makes each username its client id (Mosquitto's
+	// use_username_as_clientid) needs a user of its own for it.
+	IngestUsername string
 	// Signer, when set, signs every command published (protocol/cmdsig):
 	// gateways with command-signing keys run no other.
 	Signer Signer
@@ -195,6 +199,10 @@ func (c *Console) connect(ctx context.Context, id string, expiry time.Duration, 
 		u.Scheme = "mqtt"
 	}
 	// ctx bounds the dial only; the connection lives until Close.
+	username := cfg.Username
+	if id != cfg.ID && cfg.IngestUsername != "" {
+		username = cfg.IngestUsername
+	}
 	cm, err := autopaho.NewConnection(context.WithoutCancel(ctx), autopaho.ClientConfig{
 		ServerUrls:                    []*url.URL{&u},
 		KeepAlive:                     30,
@@ -203,7 +211,7 @@ func (c *Console) connect(ctx context.Context, id string, expiry time.Duration, 
 		ReconnectBackoff:              backoff.Policy{Base: 200 * time.Millisecond, Max: 5 * time.Second}.Delay,
 		AttemptConnection:             dialer(u.Scheme),
 		TlsCfg:                        cfg.TLS,
-		ConnectUsername:               cfg.Username,
+		ConnectUsername:               username,
 		ConnectPassword:               cfg.Password,
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 			go func() {

@@ -48,7 +48,10 @@ type Config struct {
 	MQTTListen     string
 	BrokerURL      string
 	BrokerUsername string
-	BrokerPassword string
+	// BrokerIngestUsername logs the controller's shared-ingest session in
+	// (BrokerUsername when empty), with BrokerPassword.
+	BrokerIngestUsername string
+	BrokerPassword       string
 	// BrokerCA, BrokerCert and BrokerKey are PEM files for an mqtts://
 	// BrokerURL: the CA that signs the broker's certificate (system roots
 	// when empty) and the controller's client certificate (none when
@@ -266,7 +269,7 @@ func (s *Server) controllerConfig(ctx context.Context, cfg Config) (controller.C
 	}
 	ctrlCfg := controller.Config{Store: s.Store, Keys: keys, RegistryCheck: check, Scheme: cfg.Scheme, Encoding: codec.Protobuf, ID: cfg.ControllerID, Limits: cfg.GatewayLimits,
 		StaleAfter: cfg.StaleAfter, Retention: cfg.Retention, Logger: cfg.Logger.With("component", "controller"),
-		Username: cfg.BrokerUsername, Password: []byte(cfg.BrokerPassword), Share: cmp.Or(cfg.IngestGroup, DefaultIngestGroup)}
+		Username: cfg.BrokerUsername, IngestUsername: cfg.BrokerIngestUsername, Password: []byte(cfg.BrokerPassword), Share: cmp.Or(cfg.IngestGroup, DefaultIngestGroup)}
 	if cfg.SoloIngest {
 		ctrlCfg.Share = ""
 	}
