@@ -18,7 +18,8 @@ const DefaultMaxQueuedBytes = 16 << 20
 // network.
 const DefaultMaxPendingWrites = 512
 
-// chunkBytes is the size of the blocks a queue grows by: a Write never
+// chunkBytes is the size of the blocks a queue grows by (the first of a
+// burst is the size of its packet): a Write never
 // copies what is queued already (a slice grown by append would, and
 // stalled mochi's write loop for milliseconds once it held megabytes).
 const chunkBytes = 16 << 10
@@ -48,7 +49,7 @@ type queuedConn struct {
 	drained sync.Cond     // with mu: the writer took the queue, or failed
 	chunks  net.Buffers   // guarded by mu: bytes no writer has taken yet, in blocks of chunkBytes capacity
 	queued  int           // guarded by mu: bytes in chunks
-	spare   []byte        // guarded by mu: a written block to reuse
+	spare   []byte        // guarded by mu: a written block to reuse within a burst
 	done    chan struct{} // guarded by mu: closed when the running writer ends; nil when none runs
 	err     error         // guarded by mu: the first write error
 	closed  bool          // guarded by mu: Close was called
@@ -76,16 +77,21 @@ func (c *queuedConn) Write(p []byte) (int, error) {
 	}
 	c.queued += len(p)
 	for rest := p; len(rest) > 0; {
-		if len(c.chunks) == 0 || len(c.chunks[len(c.chunks)-1]) == chunkBytes {
+		if len(c.chunks) == 0 || len(c.chunks[len(c.chunks)-1]) == cap(c.chunks[len(c.chunks)-1]) {
 			next := c.spare
 			if next == nil {
+				// A burst's first block fits the packet: most are a
+				// lone CONNACK, PUBACK or command.
 				next = make([]byte, 0, chunkBytes)
+				if len(c.chunks) == 0 {
+					next = make([]byte, 0, min(chunkBytes, max(len(rest), 256)))
+				}
 			}
 			c.spare = nil
 			c.chunks = append(c.chunks, next)
 		}
 		last := &c.chunks[len(c.chunks)-1]
-		n := min(len(rest), chunkBytes-len(*last))
+		n := min(len(rest), cap(*last)-len(*last))
 		*last = append(*last, rest[:n]...)
 		rest = rest[n:]
 	}
@@ -114,8 +120,11 @@ func (c *queuedConn) write(done chan struct{}) {
 			c.chunks, c.queued = nil, 0
 			c.drained.Broadcast()
 		}
-		c.spare = last[:0]
+		if cap(last) == chunkBytes {
+			c.spare = last[:0]
+		}
 	}
+	c.spare = nil // drained: an idle connection holds no buffer
 	c.done = nil
 }
 
