@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/gateway"
 	"github.com/fleet-agent/fleet/internal/backoff"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/internal/credential/awsecr"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	"github.com/fleet-agent/fleet/protocol/cmdsig"
@@ -76,6 +78,7 @@ type Config struct {
 // Fleet is a running simulated fleet.
 type Fleet struct {
 	cfg    Config
+	keys   *credential.Keys // every gateway's at-rest key and sealing key pair
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	mu     sync.Mutex
@@ -113,8 +116,15 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("simfleet: %w", err)
+	}
+	keys, err := credential.LoadKeys(filepath.Join(cfg.StateDir, "at-rest.key"), filepath.Join(cfg.StateDir, "seal.key"))
+	if err != nil {
+		return nil, fmt.Errorf("simfleet: the gateways' keys: %w", err)
+	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	f := &Fleet{cfg: cfg, cancel: cancel}
+	f := &Fleet{cfg: cfg, keys: keys, cancel: cancel}
 	errs := make([]error, cfg.Count)
 	var next atomic.Int64
 	var workers sync.WaitGroup
@@ -220,6 +230,7 @@ func (f *Fleet) newGateway(n int, id string) (*gateway.Gateway, error) {
 		BrokerURL: cfg.BrokerURL, Username: user, Password: cfg.Password,
 		KeepAlive: time.Minute, SessionExpiry: 24 * time.Hour,
 		Backoff: backoff.Policy{Base: 500 * time.Millisecond, Max: 30 * time.Second},
+		Keys:    f.keys,
 		Engine:  eng, EngineInfo: eng.Info, ImageGC: true, RequireSealed: true, CommandKeys: cfg.CommandKeys,
 		RegistryCertsDir: filepath.Join(dir, "certs.d"), ECRToken: awsecr.Fetch,
 		MetricsInterval: cfg.MetricsInterval, ShutdownTimeout: 5 * time.Second,
