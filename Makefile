@@ -43,6 +43,7 @@ bench:
 	ROLLOUT_PLOT=$(CURDIR)/docs/rollout-10k.png $(GO) test ./scenarios/ -run '^$$' -bench 'Rollout' -benchtime 1x -count 1 -timeout 20m
 	$(GO) test ./scenarios/ -run '^$$' -bench 'PrefetchActivation' -benchtime 1x -count 1 -timeout 20m
 	$(GO) test ./cloud-sim/broker/ -run '^$$' -bench 'RetainedQoS1' -benchtime 20000x -count 7
+	$(GO) test ./cloud-sim/broker/ -run '^$$' -bench 'ConnectionMemory' -benchtime 1x -count 3
 
 # Regenerates protocol/fleet/v1/fleet.pb.go (committed, so a build needs no protoc).
 proto:

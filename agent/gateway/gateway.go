@@ -79,6 +79,11 @@ type Config struct {
 	// AtRestKey is the path of the key that encrypts secrets in the state
 	// file; "" means at-rest.key in the state directory, created if missing.
 	AtRestKey string
+	// Keys, when set, are the at-rest key and sealing key pair, instead of
+	// AtRestKey and seal.key in the state directory: the simulated
+	// gateways of one fleet share one set, so that starting 10,000 does
+	// not create and sync 20,000 key files.
+	Keys *credential.Keys
 	// RegistryCertsDir is the engine's per-registry certificate directory
 	// (regauth.DefaultCertsDir when empty); ExpiryWarning is how long
 	// before an ecr-token expires the agent warns.
@@ -243,8 +248,11 @@ func (g *Gateway) delivery() (*delivery.Delivery, error) {
 func (g *Gateway) build() error {
 	cfg := g.cfg
 	var err error
-	if g.keys, err = credential.LoadKeys(cfg.AtRestKey, filepath.Join(cfg.StateDir, "seal.key")); err != nil {
-		return err
+	g.keys = cfg.Keys
+	if g.keys == nil {
+		if g.keys, err = credential.LoadKeys(cfg.AtRestKey, filepath.Join(cfg.StateDir, "seal.key")); err != nil {
+			return err
+		}
 	}
 	g.keychain, err = regauth.NewKeychain(regauth.KeychainConfig{Store: g.store, Cipher: g.keys,
 		CertsDir: cfg.RegistryCertsDir, ExpiryWarning: cfg.ExpiryWarning, Event: g.event, Insecure: cfg.InsecureRegistry,

@@ -36,13 +36,19 @@ type Config struct {
 	// every client may do anything, as tests of the agent alone want.
 	Auth   Authenticator
 	Scheme topic.Scheme
-	// MaxPendingWrites is how many messages may wait to be written to one
-	// client before the broker drops what comes next (mochi's default,
-	// 8,192, when 0). mochi allocates it for every client up front: 64 KiB
-	// a client at 8,192, 640 MiB for 10,000 gateways. The controller, which
-	// receives everything, must not fall further behind than this: at
-	// 2,048 a burst of 40,000 statuses lost some (BenchmarkControllerIngest).
+	// MaxPendingWrites is the length of mochi's outbound channel per
+	// client, which mochi allocates in full when the client connects and
+	// beyond which it drops messages, QoS 1 included
+	// (DefaultMaxPendingWrites when 0). The channel only hands packets to
+	// the client's write loop, which writes to the connection's queue
+	// (see queuedConn) without waiting for the client to read, so it stays
+	// near empty even for a subscriber far behind. (mochi's default,
+	// 8,192, cost 64 KiB a client, 640 MiB for 10,000 gateways.)
 	MaxPendingWrites int
+	// MaxQueuedBytes bounds the bytes written to one client that it has
+	// not read yet (DefaultMaxQueuedBytes when 0); the queue grows to it
+	// on demand and gives its memory back once drained.
+	MaxQueuedBytes int
 	// Limits bound packet sizes and connections (see Limits).
 	Limits Limits
 	// TLSAddr, when set, is a second listener serving MQTT over TLS
@@ -96,9 +102,13 @@ func Start(cfg Config) (*Broker, error) {
 		}
 	}
 	caps := mqtt.NewDefaultServerCapabilities()
-	if cfg.MaxPendingWrites > 0 {
-		caps.MaximumClientWritesPending = int32(cfg.MaxPendingWrites)
+	if cfg.MaxPendingWrites <= 0 {
+		cfg.MaxPendingWrites = DefaultMaxPendingWrites
 	}
+	if cfg.MaxQueuedBytes <= 0 {
+		cfg.MaxQueuedBytes = DefaultMaxQueuedBytes
+	}
+	caps.MaximumClientWritesPending = int32(cfg.MaxPendingWrites)
 	limits.capabilities(caps)
 	srv := mqtt.New(&mqtt.Options{Logger: cfg.Logger, Capabilities: caps})
 	if err := srv.AddHook(&limitsHook{maxPacketSize: uint32(limits.MaxPacketSize)}, nil); err != nil {
@@ -136,7 +146,7 @@ func Start(cfg Config) (*Broker, error) {
 	}
 	g := &gate{limits: limits}
 	for _, l := range lns {
-		l.gate = g
+		l.gate, l.maxQueued = g, cfg.MaxQueuedBytes
 		if err := srv.AddListener(l); err != nil {
 			closeAll()
 			return nil, err
@@ -284,6 +294,13 @@ func (b *Broker) Messages() (received, sent int64) {
 	return atomic.LoadInt64(&b.srv.Info.MessagesReceived), atomic.LoadInt64(&b.srv.Info.MessagesSent)
 }
 
+// Dropped reports how many messages to clients the broker has dropped
+// since it started: because a client's outbound channel was full, or
+// because it had 8,192 QoS 1 messages in flight already.
+func (b *Broker) Dropped() int64 {
+	return atomic.LoadInt64(&b.srv.Info.MessagesDropped) + atomic.LoadInt64(&b.srv.Info.InflightDropped)
+}
+
 // Addr is the address the broker listens on.
 func (b *Broker) Addr() string { return b.addr }
 
@@ -307,10 +324,11 @@ func (b *Broker) Close() error { return b.srv.Close() }
 // accepted, so that Close also ends one accepted while closing; the server's
 // Close waits for every connection to end.
 type boundListener struct {
-	id   string
-	ln   net.Listener
-	gate *gate
-	log  *slog.Logger
+	id        string
+	ln        net.Listener
+	gate      *gate
+	maxQueued int // bytes, per connection (see queuedConn)
+	log       *slog.Logger
 
 	mu     sync.Mutex
 	closed bool
@@ -354,7 +372,9 @@ func (l *boundListener) Serve(establish listeners.EstablishFn) {
 				l.log.Debug("connection refused", "remote", conn.RemoteAddr(), "err", err)
 				return
 			}
-			if err := establish(l.id, admitted); err != nil {
+			queued := newQueuedConn(admitted, l.maxQueued)
+			defer queued.Close() // before forget: what is queued goes first
+			if err := establish(l.id, queued); err != nil {
 				l.log.Debug("connection ended", "err", err)
 			}
 		}()

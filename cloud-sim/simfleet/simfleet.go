@@ -11,14 +11,17 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/gateway"
 	"github.com/fleet-agent/fleet/internal/backoff"
+	"github.com/fleet-agent/fleet/internal/credential"
 	"github.com/fleet-agent/fleet/internal/credential/awsecr"
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	"github.com/fleet-agent/fleet/protocol/cmdsig"
@@ -75,6 +78,7 @@ type Config struct {
 // Fleet is a running simulated fleet.
 type Fleet struct {
 	cfg    Config
+	keys   *credential.Keys // every gateway's at-rest key and sealing key pair
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	mu     sync.Mutex
@@ -112,33 +116,61 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("simfleet: %w", err)
+	}
+	keys, err := credential.LoadKeys(filepath.Join(cfg.StateDir, "at-rest.key"), filepath.Join(cfg.StateDir, "seal.key"))
+	if err != nil {
+		return nil, fmt.Errorf("simfleet: the gateways' keys: %w", err)
+	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	f := &Fleet{cfg: cfg, cancel: cancel}
-	for n := 1; n <= cfg.Count; n++ {
-		id := fmt.Sprintf("%s%d", cfg.Prefix, n)
-		g, err := f.newGateway(n, id)
-		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("simulated gateway %s: %w", id, err)
-		}
-		f.ids = append(f.ids, id)
-		f.wg.Add(1)
-		go func() {
-			defer f.wg.Done()
-			if err := g.Run(runCtx); err != nil {
-				f.mu.Lock()
-				f.errs = append(f.errs, fmt.Errorf("%s: %w", id, err))
-				f.mu.Unlock()
+	f := &Fleet{cfg: cfg, keys: keys, cancel: cancel}
+	errs := make([]error, cfg.Count)
+	var next atomic.Int64
+	var workers sync.WaitGroup
+	for range min(cfg.Count, startWorkers) {
+		workers.Go(func() {
+			for n := int(next.Add(1)); n <= cfg.Count && ctx.Err() == nil; n = int(next.Add(1)) {
+				if errs[n-1] = f.start(runCtx, n); errs[n-1] != nil {
+					next.Store(int64(cfg.Count)) // stop the other workers
+				}
 			}
-		}()
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		default:
-		}
+		})
+	}
+	workers.Wait()
+	if err := errors.Join(append(errs, ctx.Err())...); err != nil {
+		f.Close()
+		return nil, err
+	}
+	for n := 1; n <= cfg.Count; n++ {
+		f.ids = append(f.ids, fmt.Sprintf("%s%d", cfg.Prefix, n))
 	}
 	return f, nil
+}
+
+// startWorkers is how many gateways Start builds at once. Building one
+// waits on the disk (its state directory, key files and bbolt store are
+// created and synced); one after the other, 5,000 took tens of seconds
+// before the last one connected, where real gateways start independently.
+const startWorkers = 32
+
+// start builds gateway n and runs it until ctx ends.
+func (f *Fleet) start(ctx context.Context, n int) error {
+	id := fmt.Sprintf("%s%d", f.cfg.Prefix, n)
+	g, err := f.newGateway(n, id)
+	if err != nil {
+		return fmt.Errorf("simulated gateway %s: %w", id, err)
+	}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		if err := g.Run(ctx); err != nil {
+			f.mu.Lock()
+			f.errs = append(f.errs, fmt.Errorf("%s: %w", id, err))
+			f.mu.Unlock()
+		}
+	}()
+	return nil
 }
 
 // newEngine is gateway n's fake engine, with the fleet's pull time,
@@ -198,6 +230,7 @@ func (f *Fleet) newGateway(n int, id string) (*gateway.Gateway, error) {
 		BrokerURL: cfg.BrokerURL, Username: user, Password: cfg.Password,
 		KeepAlive: time.Minute, SessionExpiry: 24 * time.Hour,
 		Backoff: backoff.Policy{Base: 500 * time.Millisecond, Max: 30 * time.Second},
+		Keys:    f.keys,
 		Engine:  eng, EngineInfo: eng.Info, ImageGC: true, RequireSealed: true, CommandKeys: cfg.CommandKeys,
 		RegistryCertsDir: filepath.Join(dir, "certs.d"), ECRToken: awsecr.Fetch,
 		MetricsInterval: cfg.MetricsInterval, ShutdownTimeout: 5 * time.Second,
