@@ -35,6 +35,7 @@ bench:
 	$(GO) test ./scenarios/ -run '^$$' -bench 'ECRTokenCalls' -benchtime 1000x -count 1
 	$(GO) test ./scenarios/ -run '^$$' -bench 'ControllerMemory|FleetBirths' -benchtime 1x -count 1 -timeout 20m
 	$(GO) test ./scenarios/ -run '^$$' -bench 'ControllerIngest' -benchtime 40000x -count 3
+	$(GO) test ./scenarios/ -run '^$$' -bench 'IngestCost' -benchtime 1x -count 1
 	$(GO) test ./scenarios/ -run '^$$' -bench 'ConsoleEventFanout' -benchtime 1x -count 3 -timeout 10m
 	$(GO) test ./cloud-sim/api/ ./cloud-sim/console/ -run '^$$' -bench 'ListGatewaysPage|Overview|GatewaysPage' -count 3
 	$(GO) test ./agent/engine/ -run '^$$' -bench 'LoadVsLoopbackPull' -benchtime 5x -count 3

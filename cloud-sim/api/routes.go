@@ -31,6 +31,7 @@ func routes() []route {
 		{method: "GET", path: "/healthz", status: 200, reply: "`{status}`", handle: (*api).health},
 		{method: "GET", path: "/v1/gateways", query: "tenant, selector, group, online, q (id contains, any case), limit (0: all; at most 1000), offset", status: 200, reply: "`{count, online, stale, total, offset, limit, gateways: [Gateway]}` by tenant, then id in natural order (sim-2 before sim-10); the counts are of all matched", errors: "400", handle: (*api).listGateways},
 		{method: "GET", path: "/v1/overview", query: "tenant (all when absent)", status: 200, reply: "Overview `{gateways: {total, online, offline, stale}, agentVersions, engineVersions, deployments: {byPhase, byHealth, total}, activeRollouts: [RolloutView], failing: [FailingDeployment], failingTotal, expiringCredentials: [ExpiringCredential], expiringCredentialsTotal}`", handle: (*api).overview},
+		{method: "GET", path: "/v1/replica", status: 200, reply: "Replica `{leader, ingested}`: whether this replica schedules rollouts, and the gateway publications (births, deaths, statuses, metrics, events) it has applied since it started", handle: (*api).replica},
 		{method: "GET", path: "/v1/gateways/{tenant}/{id}", status: 200, reply: "Gateway, with `sessions: [{session, connectedAt, disconnectedAt, deathReason}]`, the latest 10, newest first", errors: "404", handle: (*api).getGateway},
 		{method: "GET", path: "/v1/gateways/{tenant}/{id}/metrics", status: 200, reply: "`{samples: [{at, load1, cpus, memoryUsedPercent, diskUsedPercent, running}]}`: the heartbeats of the last hour, one a minute, oldest first; in memory only (not stored in NATS: a restart or another replica starts empty)", errors: "404", handle: (*api).getMetrics},
 		{method: "GET", path: "/v1/gateways/{tenant}/{id}/deployments", status: 200, reply: "`{deployments: {name: Deployment}}`", errors: "404", handle: (*api).getDeployments},
@@ -86,4 +87,8 @@ func dash(s string) string {
 
 func (a *api) health(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (a *api) replica(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, Replica{Leader: a.c.Leader(), Ingested: a.c.Ingested()})
 }

@@ -559,6 +559,14 @@ type Overview struct {
 	ExpiringCredentialsTotal int                  `json:"expiringCredentialsTotal"`
 }
 
+// Replica is what one controller replica does: whether it schedules
+// rollouts (holds the lease), and how many gateway publications it has
+// applied since it started, which shows how replicas share the ingest.
+type Replica struct {
+	Leader   bool   `json:"leader"`
+	Ingested uint64 `json:"ingested"`
+}
+
 // GatewayCounts counts gateways; Stale ones are online.
 type GatewayCounts struct {
 	Total   int `json:"total"`

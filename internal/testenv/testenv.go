@@ -139,6 +139,17 @@ log_type notice
 func (m *mosquitto) Name() string { return "mosquitto" }
 func (m *mosquitto) URL() string  { return "mqtt://" + m.addr }
 
+// PID is the running mosquitto's process id (a benchmark reads its CPU
+// time), 0 when it is stopped.
+func (m *mosquitto) PID() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cmd == nil {
+		return 0
+	}
+	return m.cmd.Process.Pid
+}
+
 func (m *mosquitto) start(t testing.TB, bin string) {
 	t.Helper()
 	m.cmd = exec.Command(bin, "-c", m.conf)
