@@ -108,6 +108,9 @@ func (h *aclHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool
 	h.mu.Lock()
 	h.ids[cl.ID] = id
 	h.mu.Unlock()
+	if q, ok := cl.Net.Conn.(*queuedConn); ok && id.Controller {
+		q.raise(ControllerMaxQueuedBytes)
+	}
 	return true
 }
 

@@ -11,6 +11,13 @@ import (
 // client, of 2 KiB each.
 const DefaultMaxQueuedBytes = 16 << 20
 
+// ControllerMaxQueuedBytes bounds the write queue of a controller's
+// session: the controller reads every gateway's statuses at QoS 0 (the
+// broker retains the latest), which mochi drops, like any message, when
+// a queue stays full; a fleet's burst (a rollout's 100,000 statuses are
+// about 20 MiB) must reach it whole while it catches up.
+const ControllerMaxQueuedBytes = 512 << 20
+
 // DefaultMaxPendingWrites is the length of mochi's outbound channel per
 // client (see Config.MaxPendingWrites): 1 KiB a client, allocated when it
 // connects. The channel only hands packets to the client's write loop,
@@ -59,6 +66,16 @@ func newQueuedConn(conn net.Conn, max int) *queuedConn {
 	c := &queuedConn{Conn: conn, max: max}
 	c.drained.L = &c.mu
 	return c
+}
+
+// raise lets the queue hold up to max bytes, if that is more.
+func (c *queuedConn) raise(max int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if max > c.max {
+		c.max = max
+		c.drained.Broadcast()
+	}
 }
 
 // Write queues p and returns at once, unless the queue already holds max
