@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -36,18 +35,8 @@ var controllerClientCommands = [][]string{
 func dynsecCloud(t *testing.T) (*testenv.DynsecMosquitto, *cloud) {
 	t.Helper()
 	m := testenv.MosquittoDynsec(t)
-	u, _ := url.Parse(m.URL())
-	host, port := u.Hostname(), u.Port()
 	const ctlPass = "controller-pass"
-	for _, args := range controllerClientCommands {
-		if args[len(args)-1] == "" {
-			args = append(args[:len(args)-1], ctlPass)
-		}
-		args = append([]string{"-h", host, "-p", port, "-u", m.AdminUser, "-P", m.AdminPassword}, args...)
-		if out, err := exec.Command("mosquitto_ctrl", args...).CombinedOutput(); err != nil || strings.Contains(string(out), "rror") {
-			t.Fatalf("mosquitto_ctrl %s: %v\n%s", strings.Join(args[8:], " "), err, out)
-		}
-	}
+	dynsecControllerClient(t, m, ctlPass)
 	c := &cloud{dataDir: t.TempDir()}
 	c.cfg = serve.Config{DataDir: c.dataDir, BrokerURL: m.URL(), BrokerUsername: "controller", BrokerPassword: ctlPass,
 		BrokerDynsecLogin: m.LoginFile, NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Scheme: topic.Default(), StaleAfter: time.Minute}

@@ -157,8 +157,12 @@ func startCostSetup(b *testing.B, bin, setup string) ([]costProc, string) {
 		if !ok {
 			b.Fatal("testenv.Mosquitto gives no PID")
 		}
-		ctrl := startServe(b, bin, "controller", "--broker", m.URL(), "--nats-listen", testenv.FreeAddr(b))
-		return []costProc{{name: "mosquitto (broker)", pid: pid.PID()}, {name: "serve --broker (controller)", pid: ctrl.pid(), replica: ctrl}, self}, m.URL()
+		// NATS in its own process too, as in production: what storing
+		// the inventory costs shows apart from the controller.
+		nats := testenv.StartNATSCluster(b, 1, testenv.NATSOptions{})
+		ctrl := startServe(b, bin, "controller", "--broker", m.URL(), "--nats", nats.URL(0), "--nats-creds", nats.CredsFile)
+		return []costProc{{name: "mosquitto (broker)", pid: pid.PID()}, {name: "nats-server (state)", pid: nats.PID(0)},
+			{name: "serve --broker --nats (controller)", pid: ctrl.pid(), replica: ctrl}, self}, m.URL()
 	case "embedded-1", "embedded-2":
 		mqtt, nats := testenv.FreeAddr(b), testenv.FreeAddr(b)
 		pass := filepath.Join(b.TempDir(), "controller.pass")

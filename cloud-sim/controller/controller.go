@@ -74,8 +74,8 @@ type Config struct {
 	// is shown as stale (2 minutes, four metrics intervals, when zero).
 	StaleAfter time.Duration
 	// FlushInterval is how often inventory changes are written to the
-	// store (2 s when zero, 250 ms with Share: the other replicas read
-	// them from there; the broker retains what they come from); command
+	// store (2 s when zero, 1 s with Share: the other replicas read them
+	// from there; the broker retains what they come from); command
 	// outcomes are written every 250 ms, credentials at once.
 	FlushInterval time.Duration
 	// APIURL is this replica's API, named in the scheduler lease so that
@@ -194,7 +194,7 @@ func withDefaults(cfg Config) Config {
 	if cfg.FlushInterval <= 0 {
 		cfg.FlushInterval = 2 * time.Second
 		if cfg.Share != "" {
-			cfg.FlushInterval = 250 * time.Millisecond
+			cfg.FlushInterval = time.Second
 		}
 	}
 	if cfg.Logger == nil {

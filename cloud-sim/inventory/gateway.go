@@ -61,6 +61,8 @@ type Gateway struct {
 
 	sessions []session   // oldest first; stored
 	metrics  *metricRing // the last hour's heartbeats; not stored
+	// storedSeen is LastSeen as last written to the store (see onlySeen).
+	storedSeen time.Time
 
 	events   float64   // the event budget (token bucket); not stored
 	eventsAt time.Time // when events was last filled

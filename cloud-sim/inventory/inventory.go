@@ -220,21 +220,43 @@ func (inv *Inventory) Apply(r mqttclient.Received) {
 		inv.gateways[k] = g
 		inv.adopt(k, g)
 	}
-	inv.dirty[k] = struct{}{}
 	inv.ingested++
-	inv.remember(k, pendingOp{r: &r})
+	running := g.Running
 	var ev changes.Change
 	var changed bool
-	if limit, why := g.refuse(inv.limits, t, r.Message, r.At); limit != "" {
+	limit, why := g.refuse(inv.limits, t, r.Message, r.At)
+	if limit != "" {
 		ev, changed = g.noteRefusal(limit, why, r.At)
 	} else {
 		ev, changed = g.apply(t, r.Message, r.At)
+	}
+	if limit != "" || !g.onlySeen(t.Kind, running) {
+		inv.dirty[k] = struct{}{}
+		inv.remember(k, pendingOp{r: &r})
 	}
 	inv.mu.Unlock()
 	if changed {
 		ev.At = r.At
 		inv.hub.Publish(ev)
 	}
+}
+
+// seenEvery is how stale the stored lastSeen of a gateway may grow
+// while it only sends heartbeats and events: each would otherwise
+// rewrite its whole record (a store write a minute per gateway, and, with
+// replicas, a watch event at each), for a time the stale threshold (2
+// minutes) reads coarsely.
+const seenEvery = 30 * time.Second
+
+// onlySeen reports whether a publication of kind, just applied, changed
+// nothing stored but lastSeen, and that by less than seenEvery since it
+// was last stored: heartbeats that report the same running count, and
+// events. running is the count before.
+func (g *Gateway) onlySeen(kind topic.Kind, running uint32) bool {
+	if kind != topic.Metrics && kind != topic.Events {
+		return false
+	}
+	return g.Running == running && g.LastSeen.Sub(g.storedSeen) < seenEvery
 }
 
 // apply applies msg, published on t, and describes the change.

@@ -10,8 +10,9 @@ import (
 )
 
 // stored is g as the store keeps it, a copy: it is encoded after the
-// inventory's lock is released.
+// inventory's lock is released. The inventory's lock is held.
 func (g *Gateway) stored() *state.Gateway {
+	g.storedSeen = g.LastSeen
 	s := &state.Gateway{Tenant: g.Tenant, ID: g.ID, Online: g.Online, Session: g.Session, DeathSession: g.DeathSession,
 		DeathReason: g.DeathReason, ConnectedAt: g.ConnectedAt, LastSeen: g.LastSeen, AgentVersion: g.AgentVersion,
 		ProtocolVersion: g.ProtocolVersion, Simulated: g.Simulated, ReportedLabels: maps.Clone(g.ReportedLabels),
@@ -47,7 +48,8 @@ func restore(s *state.Gateway) *Gateway {
 	g := &Gateway{Tenant: s.Tenant, ID: s.ID, Online: s.Online, Session: s.Session, DeathSession: s.DeathSession,
 		DeathReason: s.DeathReason, ConnectedAt: s.ConnectedAt, LastSeen: s.LastSeen, AgentVersion: s.AgentVersion,
 		ProtocolVersion: s.ProtocolVersion, Simulated: s.Simulated, ReportedLabels: s.ReportedLabels, ReportedGroups: s.ReportedGroups, Capabilities: s.Capabilities,
-		PublicKey: s.PublicKey, Registries: RestoredRegistries(s.Registries), Delivered: s.Delivered, Running: s.Running}
+		PublicKey: s.PublicKey, Registries: RestoredRegistries(s.Registries), Delivered: s.Delivered, Running: s.Running,
+		storedSeen: s.LastSeen}
 	for _, ss := range s.Sessions[max(len(s.Sessions)-MaxSessions, 0):] {
 		g.pushSession(session{id: ss.Session, connected: unixNano(ss.ConnectedAt), disconnected: unixNano(ss.DisconnectedAt), reason: ss.DeathReason})
 	}

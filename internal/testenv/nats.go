@@ -163,6 +163,14 @@ func (c *NATSCluster) Name(i int) string { return c.nodes[i].name }
 // Kill sends server i SIGKILL and waits for it to end.
 func (c *NATSCluster) Kill(i int) { c.nodes[i].kill() }
 
+// PID is server i's process id.
+func (c *NATSCluster) PID(i int) int {
+	n := c.nodes[i]
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.cmd.Process.Pid
+}
+
 // Restart starts server i again (after Kill) with the same store and
 // waits until it is healthy: back in the cluster and caught up.
 func (c *NATSCluster) Restart(t testing.TB, i int) {

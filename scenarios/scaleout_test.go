@@ -1,0 +1,379 @@
+package scenarios
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/fleet-agent/fleet/cloud-sim/api"
+	"github.com/fleet-agent/fleet/cloud-sim/api/apiclient"
+	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
+	"github.com/fleet-agent/fleet/cloud-sim/registry/testimage"
+	"github.com/fleet-agent/fleet/internal/testenv"
+	"github.com/fleet-agent/fleet/protocol/cmdsig"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+	"github.com/fleet-agent/fleet/protocol/topic"
+)
+
+// replicaProc is a cloud-sim serve process, one controller replica.
+type replicaProc struct {
+	id     string
+	cmd    *exec.Cmd
+	api    *apiclient.Client
+	logs   *testenv.LogBuffer
+	exited chan struct{}
+}
+
+// startReplica runs cloud-sim serve as replica id with args, and waits
+// for its API.
+func startReplica(t *testing.T, bin, id, token string, args ...string) *replicaProc {
+	t.Helper()
+	listen := testenv.FreeAddr(t)
+	r := &replicaProc{id: id, logs: &testenv.LogBuffer{}, exited: make(chan struct{}),
+		api: &apiclient.Client{Base: "http://" + listen, Token: token}}
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.cmd = exec.Command(bin, append([]string{"serve", "--data", t.TempDir(), "--controller-id", id, "--http-listen", listen,
+		"--api-token-file", tokenFile, "--log-level", "info"}, args...)...)
+	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.cmd.Wait(); close(r.exited) }()
+	t.Cleanup(func() {
+		r.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-r.exited:
+		case <-time.After(testenv.Timeout):
+			r.cmd.Process.Kill()
+			<-r.exited
+		}
+		if t.Failed() {
+			t.Logf("replica %s log:\n%s", id, r.logs.String())
+		}
+	})
+	testenv.Eventually(t, "replica "+id+" answers", func() bool {
+		_, err := r.replica()
+		return err == nil
+	})
+	return r
+}
+
+func (r *replicaProc) replica() (api.Replica, error) {
+	var out api.Replica
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return out, r.api.Do(ctx, "GET", "/v1/replica", nil, &out, nil)
+}
+
+func (r *replicaProc) do(t *testing.T, method, path string, body, out any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
+	defer cancel()
+	if err := r.api.Do(ctx, method, path, body, out, nil); err != nil {
+		t.Fatalf("%s %s on replica %s: %v", method, path, r.id, err)
+	}
+}
+
+// inventory is a replica's view of tenant sim: per gateway, whether it
+// is online and its deployment web's revision and phase.
+func (r *replicaProc) inventory(t *testing.T) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	var l api.GatewayList
+	r.do(t, "GET", "/v1/gateways?tenant=sim&limit=1000", nil, &l)
+	for _, g := range l.Gateways {
+		s := fmt.Sprintf("online=%v", g.Online)
+		if d := g.Deployments["web"]; d != nil {
+			s += fmt.Sprintf(" web=%d/%s", d.Revision, d.Phase)
+		}
+		out[g.ID] = s
+	}
+	return out
+}
+
+// fleetWatch is a console outside the replicas' group that sees every
+// deploy published to a gateway and every status a gateway published.
+type fleetWatch struct {
+	cmds *mqttClient // subscribed to the deploys
+	mu   sync.Mutex
+	last map[string]string // by gateway: web's last status "revision/phase"
+}
+
+// deploys counts the deploys published to each gateway.
+func (w *fleetWatch) deploys() map[string]int {
+	w.cmds.mu.Lock()
+	defer w.cmds.mu.Unlock()
+	out := map[string]int{}
+	for _, name := range w.cmds.topics {
+		if tp, err := topic.Default().Parse(name); err == nil {
+			out[tp.Gateway]++
+		}
+	}
+	return out
+}
+
+func watchFleet(t *testing.T, broker *url.URL, user, password string) *fleetWatch {
+	t.Helper()
+	w := &fleetWatch{last: map[string]string{}}
+	con, err := mqttclient.Dial(context.Background(), mqttclient.Config{BrokerURL: broker, ID: "scaleout-watch", Username: user,
+		Password: []byte(password), Scheme: topic.Default(), Watch: func(r mqttclient.Received) {
+			if st, ok := r.Message.(*fleetv1.DeploymentStatus); ok && !r.Retained && r.Topic.Deployment == "web" {
+				w.mu.Lock()
+				w.last[r.Topic.Gateway] = fmt.Sprintf("%d/%s", st.GetRevision(), st.GetPhase())
+				w.mu.Unlock()
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { con.Close() })
+	// Commands are not what a console receives: a bare client counts the
+	// deploys published to the gateways.
+	mc, _, err := dial(t, broker.Host, "scaleout-deploys", user, password, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
+	defer cancel()
+	if _, err := mc.c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: topic.Default().Command("sim", "+", topic.Deploy), QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	w.cmds = mc
+	return w
+}
+
+// TestScaleOut is issue 15's run: a 3-node NATS cluster, Mosquitto with
+// dynamic security, 3 controller replicas, 300 simulated gateways and one
+// real agent on Docker. Provisioned through replica 1, deployed through
+// replica 2, watched through replica 3; mid-rollout the scheduling replica
+// and one NATS node are SIGKILLed. The rollout completes, every gateway
+// ends at the new revision, no gateway was sent two deploys, the
+// surviving replicas show the same inventory within 2 s, and each
+// gateway's status there is the last one it published.
+func TestScaleOut(t *testing.T) {
+	const n = 300
+	bin := testenv.Binary(t, "cloud-sim")
+	nats := testenv.StartNATSCluster(t, 3, testenv.NATSOptions{})
+	m := testenv.MosquittoDynsec(t)
+	const ctlPass = "controller-pass"
+	dynsecControllerClient(t, m, ctlPass)
+	dir := t.TempDir()
+	pwFile, keyFile := filepath.Join(dir, "controller.pass"), filepath.Join(dir, "controller.key")
+	key := make([]byte, 32)
+	rand.Read(key)
+	if err := os.WriteFile(pwFile, []byte(ctlPass), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--broker", m.URL(), "--broker-username", "controller", "--broker-password-file", pwFile,
+		"--broker-dynsec-login", m.LoginFile, "--nats", nats.URLs(), "--nats-creds", nats.CredsFile, "--secrets-key", keyFile}
+	const token = "scaleout-token"
+	var rs []*replicaProc
+	for i := 1; i <= 3; i++ {
+		rs = append(rs, startReplica(t, bin, fmt.Sprintf("r%d", i), token, args...))
+	}
+	broker, _ := url.Parse(m.URL())
+	watch := watchFleet(t, broker, "controller", ctlPass)
+
+	// Provisioned through replica 1: the simulated fleet, and one real agent.
+	fleet := exec.Command(bin, "fleet", "--count", fmt.Sprint(n), "--tenant", "sim", "--api", rs[0].api.Base, "--api-token-file",
+		writeFile(t, "token", token), "--broker", m.URL(), "--pull-time", "200ms")
+	fleetLogs := &testenv.LogBuffer{}
+	fleet.Stdout, fleet.Stderr = fleetLogs, fleetLogs
+	if err := fleet.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		fleet.Process.Signal(syscall.SIGTERM)
+		fleet.Wait()
+		if t.Failed() {
+			t.Logf("fleet log:\n%s", fleetLogs.String())
+		}
+	})
+	cli := testenv.DockerClient(t)
+	reg := testimage.NewRegistry(t)
+	realID := fmt.Sprintf("real-%d", time.Now().UnixNano()%1e9)
+	testenv.RemoveOwned(t, cli, "sim/"+realID, reg.Host+"/")
+	var p api.Provisioned
+	rs[0].do(t, "POST", "/v1/gateways/sim/"+realID+"/provision", api.ProvisionRequest{}, &p)
+	keys, _ := json.Marshal(cmdsig.KeySet{Keys: p.CommandSigningKeys})
+	testenv.StartAgent(t, m.URL(), "sim", realID, "--broker-username", p.Username, "--broker-password-file", writeFile(t, "agent.pass", p.Password),
+		"--command-signing-keys", writeFile(t, "keys.json", string(keys)))
+	for _, r := range rs {
+		testenv.Eventually(t, fmt.Sprintf("%d gateways online on replica %s", n+1, r.id), func() bool {
+			var l api.GatewayList
+			r.do(t, "GET", "/v1/gateways?tenant=sim&online=true&limit=1", nil, &l)
+			return l.Count == n+1
+		})
+	}
+
+	// Deployed through replica 2, watched through replica 3.
+	ref, _ := reg.Push(t, testimage.Spec{Repo: "team/web", Tag: "1"})
+	dep := fmt.Sprintf(`{"name": "web", "revision": 1, "image": %q, "networkMode": "none", "env": {"MODE": "serve"}}`, ref)
+	var v api.RolloutView
+	rs[1].do(t, "POST", "/v1/rollouts", api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true}, Deployment: json.RawMessage(dep),
+		SkipRegistryCheck: true, Strategy: api.Strategy{RatePerMinute: 3000, MaxInFlight: 60}}, &v)
+	watcher := rs[2]
+	testenv.Eventually(t, "a third of the fleet notified", func() bool {
+		var s api.RolloutView
+		watcher.do(t, "GET", "/v1/rollouts/"+v.ID, nil, &s)
+		return s.Notified >= n/3
+	})
+
+	// The scheduling replica and one NATS node die.
+	leader := -1
+	for i, r := range rs {
+		if st, err := r.replica(); err == nil && st.Leader {
+			leader = i
+		}
+	}
+	if leader < 0 {
+		t.Fatal("no replica schedules")
+	}
+	rs[leader].cmd.Process.Signal(syscall.SIGKILL)
+	<-rs[leader].exited
+	nats.Kill(2)
+	var alive []*replicaProc
+	for i, r := range rs {
+		if i != leader {
+			alive = append(alive, r)
+		}
+	}
+	if watcher == rs[leader] {
+		watcher = alive[len(alive)-1]
+	}
+	t.Logf("killed scheduling replica %s and NATS node %s at %d notified", rs[leader].id, nats.Name(2), n/3)
+
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		var s api.RolloutView
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := watcher.api.Do(ctx, "GET", "/v1/rollouts/"+v.ID+"?gateways=true", nil, &s, nil)
+		cancel()
+		if err == nil && !s.Active {
+			if s.State != api.RolloutSucceeded || s.Counts[api.GwSucceeded] != n+1 {
+				t.Fatalf("rollout ended %s %v (%s)", s.State, s.Counts, s.Reason)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rollout not done 3 minutes after the kill: %+v (%v)", s.Counts, err)
+		}
+		time.Sleep(200 * time.Millisecond) // polling the rollout
+	}
+	done := time.Now()
+
+	// The same inventory on both surviving replicas, every gateway at
+	// revision 1 and running, within 2 s.
+	var views []map[string]string
+	for {
+		views = views[:0]
+		for _, r := range alive {
+			views = append(views, r.inventory(t))
+		}
+		if sameRunning(views, n+1) {
+			break
+		}
+		if time.Since(done) > 2*time.Second {
+			t.Fatalf("2 s after the rollout the replicas differ or lag:\n%s", diffViews(views))
+		}
+	}
+	t.Logf("surviving replicas agree %s after the rollout ended", time.Since(done).Round(time.Millisecond))
+
+	// Each gateway's last published status is the one shown, and no
+	// gateway was sent two deploys.
+	watch.mu.Lock()
+	defer watch.mu.Unlock()
+	for gw, last := range watch.last {
+		for i, view := range views {
+			if want := "online=true web=" + last; view[gw] != want {
+				t.Errorf("replica %s shows %s as %q; it last published %q", alive[i].id, gw, view[gw], last)
+			}
+		}
+	}
+	if len(watch.last) != n+1 {
+		t.Errorf("statuses seen of %d gateways, want %d", len(watch.last), n+1)
+	}
+	deploys := watch.deploys()
+	for gw, c := range deploys {
+		if c != 1 {
+			t.Errorf("%s was sent %d deploys", gw, c)
+		}
+	}
+	if len(deploys) != n+1 {
+		t.Errorf("deploys sent to %d gateways, want %d", len(deploys), n+1)
+	}
+}
+
+func sameRunning(views []map[string]string, n int) bool {
+	for _, v := range views {
+		if len(v) != n {
+			return false
+		}
+		for gw, s := range v {
+			if s != "online=true web=1/RUNNING" || views[0][gw] != s {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func diffViews(views []map[string]string) string {
+	var b strings.Builder
+	shown := 0
+	for gw, s := range views[0] {
+		for i, v := range views[1:] {
+			if v[gw] != s || s != "online=true web=1/RUNNING" {
+				fmt.Fprintf(&b, "  %s: %q vs %q (view %d)\n", gw, s, v[gw], i+1)
+				shown++
+			}
+		}
+		if shown > 10 {
+			break
+		}
+	}
+	return b.String()
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// dynsecControllerClient creates the controller's client on m as
+// cloud-sim/README.md says.
+func dynsecControllerClient(t *testing.T, m *testenv.DynsecMosquitto, password string) {
+	t.Helper()
+	u, _ := url.Parse(m.URL())
+	for _, args := range controllerClientCommands {
+		if args[len(args)-1] == "" {
+			args = append(args[:len(args)-1:len(args)-1], password)
+		}
+		args = append([]string{"-h", u.Hostname(), "-p", u.Port(), "-u", m.AdminUser, "-P", m.AdminPassword}, args...)
+		if out, err := exec.Command("mosquitto_ctrl", args...).CombinedOutput(); err != nil || strings.Contains(string(out), "rror") {
+			t.Fatalf("mosquitto_ctrl %s: %v\n%s", strings.Join(args[8:], " "), err, out)
+		}
+	}
+}
