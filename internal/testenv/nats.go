@@ -125,7 +125,9 @@ func natsConf(node *natsNode, store, clusterAddr string, routes []string, c *NAT
 	var b strings.Builder
 	fmt.Fprintf(&b, "server_name: %s\nlisten: %q\nhttp: %q\n", node.name, node.client, node.monitor)
 	fmt.Fprintf(&b, "jetstream { store_dir: %q, max_memory_store: 64MB, max_file_store: 1GB }\n", store)
-	fmt.Fprintf(&b, "cluster { name: fleet-test, listen: %q, routes: [%s] }\n", clusterAddr, strings.Join(quoted(routes), ", "))
+	if len(routes) > 1 { // one server runs alone: JetStream clustered needs peers
+		fmt.Fprintf(&b, "cluster { name: fleet-test, listen: %q, routes: [%s] }\n", clusterAddr, strings.Join(quoted(routes), ", "))
+	}
 	fmt.Fprintf(&b, "authorization { user: %q, password: %q }\n", c.User, c.Password)
 	if opts.TLSCert != "" {
 		fmt.Fprintf(&b, "tls { cert_file: %q, key_file: %q", opts.TLSCert, opts.TLSKey)
