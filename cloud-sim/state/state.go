@@ -90,7 +90,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{kvs: map[Bucket]jetstream.KeyValue{}, url: cfg.URL, creds: cfg.Creds}
-	opts := []nats.Option{nats.Name("cloud-sim"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
+	opts := []nats.Option{nats.Name("cloud-sim"), nats.NoEcho(), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
 	if cfg.URL == "" {
 		ns, l, err := startEmbedded(cfg)
 		if err != nil {
