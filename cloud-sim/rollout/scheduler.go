@@ -388,14 +388,15 @@ func (s *Scheduler) List() []*Summary {
 
 // Status is a rollout's summary; withGateways adds every gateway's record.
 // A follower whose view lacks the rollout reads the store again first if
-// another replica wrote since its last read: one created through another
-// replica is found at once.
+// the store has it: one created through another replica a moment ago is
+// found at once.
 func (s *Scheduler) Status(id string, withGateways bool) (*Summary, bool) {
-	if !s.known(id) && !s.leader.Load() && s.changed.Swap(false) {
+	if !s.known(id) && !s.leader.Load() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := s.reload(ctx); err != nil {
-			s.changed.Store(true)
-			s.log.Warn("rollout view not refreshed", "err", err)
+		if _, err := s.cfg.Store.GetEntry(ctx, state.Rollouts, state.Key("r", id)); err == nil {
+			if err := s.reload(ctx); err != nil {
+				s.log.Warn("rollout view not refreshed", "err", err)
+			}
 		}
 		cancel()
 	}
