@@ -164,7 +164,8 @@ func watchFleet(t *testing.T, broker *url.URL, user, password string) *fleetWatc
 // and one NATS node are SIGKILLed. The rollout completes, every gateway
 // ends at the new revision, no gateway was sent two deploys, the
 // surviving replicas show the same inventory within 2 s, and each
-// gateway's status there is the last one it published.
+// gateway's status there is the last one it published. A gateway
+// deprovisioned through another replica is dropped by Mosquitto at once.
 func TestScaleOut(t *testing.T) {
 	const n = 300
 	bin := testenv.Binary(t, "cloud-sim")
@@ -320,6 +321,20 @@ func TestScaleOut(t *testing.T) {
 	if len(deploys) != n+1 {
 		t.Errorf("deploys sent to %d gateways, want %d", len(deploys), n+1)
 	}
+
+	// Deprovisioned through a replica other than the one that provisioned
+	// it: Mosquitto drops the gateway at once, and every replica shows it
+	// offline.
+	start := time.Now()
+	alive[len(alive)-1].do(t, "POST", "/v1/gateways/sim/sim-5/deprovision", nil, nil)
+	for _, r := range alive {
+		testenv.Eventually(t, "sim-5 offline on replica "+r.id, func() bool {
+			var g api.Gateway
+			r.do(t, "GET", "/v1/gateways/sim/sim-5", nil, &g)
+			return !g.Online
+		})
+	}
+	t.Logf("sim-5 deprovisioned through %s: offline on every replica after %s", alive[len(alive)-1].id, time.Since(start).Round(time.Millisecond))
 }
 
 func sameRunning(views []map[string]string, n int) bool {
