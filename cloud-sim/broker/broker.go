@@ -115,6 +115,10 @@ func Start(cfg Config) (*Broker, error) {
 		closeAll()
 		return nil, err
 	}
+	if err := srv.AddHook(new(shareHook), nil); err != nil {
+		closeAll()
+		return nil, err
+	}
 	var access mqtt.Hook = new(auth.AllowHook)
 	var acl *aclHook
 	var store *boltStore
