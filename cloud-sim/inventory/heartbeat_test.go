@@ -12,7 +12,8 @@ import (
 
 // TestHeartbeatsWriteSeldom: a heartbeat that changes nothing but
 // lastSeen marks the gateway for writing only when its stored lastSeen is
-// seenEvery old; one that reports another running count, at once.
+// half the stale threshold old (a minute, at the default 2); one that
+// reports another running count, at once.
 func TestHeartbeatsWriteSeldom(t *testing.T) {
 	at := func(sec int) time.Time { return time.Unix(1000+int64(sec), 0) }
 	beat := func(sec int, running uint32) mqttclient.Received {
@@ -25,8 +26,8 @@ func TestHeartbeatsWriteSeldom(t *testing.T) {
 		beat      mqttclient.Received
 		wantDirty bool
 	}{
-		{"same count, soon after the write", beat(10, 1), false},
-		{"same count, seenEvery after", beat(31, 1), true},
+		{"same count, the next heartbeat (30 s)", beat(30, 1), false},
+		{"same count, a minute after the write", beat(60, 1), true},
 		{"another count", beat(10, 2), true},
 	}
 	for _, tt := range tests {

@@ -230,7 +230,10 @@ func (inv *Inventory) Apply(r mqttclient.Received) {
 	} else {
 		ev, changed = g.apply(t, r.Message, r.At)
 	}
-	if limit != "" || !g.onlySeen(t.Kind, running) {
+	// The stored lastSeen may lag by half the stale threshold (one
+	// heartbeat in two, at the defaults): another replica still never
+	// shows a live gateway stale.
+	if limit != "" || !g.onlySeen(t.Kind, running, inv.staleAfter/2) {
 		inv.dirty[k] = struct{}{}
 		inv.remember(k, pendingOp{r: &r})
 	}
@@ -241,22 +244,16 @@ func (inv *Inventory) Apply(r mqttclient.Received) {
 	}
 }
 
-// seenEvery is how stale the stored lastSeen of a gateway may grow
-// while it only sends heartbeats and events: each would otherwise
-// rewrite its whole record (a store write a minute per gateway, and, with
-// replicas, a watch event at each), for a time the stale threshold (2
-// minutes) reads coarsely.
-const seenEvery = 30 * time.Second
-
 // onlySeen reports whether a publication of kind, just applied, changed
-// nothing stored but lastSeen, and that by less than seenEvery since it
-// was last stored: heartbeats that report the same running count, and
-// events. running is the count before.
-func (g *Gateway) onlySeen(kind topic.Kind, running uint32) bool {
+// nothing stored but lastSeen, and that by less than every since it was
+// last stored: heartbeats that report the same running count, and events.
+// Each would otherwise rewrite the gateway's whole record (and, with
+// replicas, wake every replica's watch). running is the count before.
+func (g *Gateway) onlySeen(kind topic.Kind, running uint32, every time.Duration) bool {
 	if kind != topic.Metrics && kind != topic.Events {
 		return false
 	}
-	return g.Running == running && g.LastSeen.Sub(g.storedSeen) < seenEvery
+	return g.Running == running && g.LastSeen.Sub(g.storedSeen) < every
 }
 
 // apply applies msg, published on t, and describes the change.
