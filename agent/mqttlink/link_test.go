@@ -102,6 +102,14 @@ func TestMaxPacketSizeAdvertised(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	// Closed before the broker (cleanups run last first): the broker
+	// closing a live link made autopaho log through t.Output() after the
+	// test had completed, which panics.
+	t.Cleanup(func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), testenv.Timeout)
+		defer ccancel()
+		link.Close(cctx, nil)
+	})
 	if err := link.Connect(ctx); err != nil {
 		t.Fatal(err)
 	}
