@@ -195,7 +195,7 @@ func TestScaleOut(t *testing.T) {
 
 	// Provisioned through replica 1: the simulated fleet, and one real agent.
 	fleet := exec.Command(bin, "fleet", "--count", fmt.Sprint(n), "--tenant", "sim", "--api", rs[0].api.Base, "--api-token-file",
-		writeFile(t, "token", token), "--broker", m.URL(), "--pull-time", "200ms")
+		writeFile(t, "token", token), "--broker", m.URL(), "--pull-time", "100ms")
 	fleetLogs := &testenv.LogBuffer{}
 	fleet.Stdout, fleet.Stderr = fleetLogs, fleetLogs
 	if err := fleet.Start(); err != nil {
@@ -230,7 +230,7 @@ func TestScaleOut(t *testing.T) {
 	dep := fmt.Sprintf(`{"name": "web", "revision": 1, "image": %q, "networkMode": "none", "env": {"MODE": "serve"}}`, ref)
 	var v api.RolloutView
 	rs[1].do(t, "POST", "/v1/rollouts", api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true}, Deployment: json.RawMessage(dep),
-		SkipRegistryCheck: true, Strategy: api.Strategy{RatePerMinute: 3000, MaxInFlight: 60}}, &v)
+		SkipRegistryCheck: true, Strategy: api.Strategy{RatePerMinute: 6000, MaxInFlight: 100}}, &v)
 	watcher := rs[2]
 	testenv.Eventually(t, "a third of the fleet notified", func() bool {
 		var s api.RolloutView

@@ -117,8 +117,11 @@ type Controller struct {
 	stopWatch func()
 	stopIDs   func()
 	stopRelay func()
-	worked    atomic.Uint64 // rollout work items sent
-	received  atomic.Uint64 // live gateway publications received (not replies)
+	// localIDs are the identities this replica is changing (see
+	// changingIdentity); "tenant/id" keys.
+	localIDs sync.Map
+	worked   atomic.Uint64 // rollout work items sent
+	received atomic.Uint64 // live gateway publications received (not replies)
 
 	stopWork  func()
 	stop      chan struct{}

@@ -30,6 +30,7 @@ type Sessions interface {
 // logged in with it is disconnected (its queued commands stay for the
 // gateway's next login with the new one).
 func (c *Controller) Provision(ctx context.Context, tenant, id string, a identity.Assignment) (string, error) {
+	defer c.changingIdentity(tenant, id)()
 	pw, err := c.ids.Provision(ctx, tenant, id, a)
 	if err != nil {
 		return "", err
@@ -47,6 +48,7 @@ func (c *Controller) ProvisionMany(ctx context.Context, tenant string, gws []ide
 // copy to modify. A gateway whose groups changed is disconnected, so that
 // it logs in again under its new groups' command topics.
 func (c *Controller) Assign(ctx context.Context, tenant, id string, change func(*identity.Assignment)) (*identity.Device, error) {
+	defer c.changingIdentity(tenant, id)()
 	var before []string
 	d, err := c.ids.Assign(ctx, tenant, id, func(a *identity.Assignment) {
 		before = slices.Clone(a.Groups)
@@ -81,6 +83,7 @@ func (c *Controller) Provisioned(tenant, id string) (*identity.Device, error) {
 // the broker disconnects it without publishing its Will, so its death is
 // recorded here.
 func (c *Controller) Deprovision(ctx context.Context, tenant, id string) (bool, error) {
+	defer c.changingIdentity(tenant, id)()
 	if err := c.ids.Deprovision(ctx, tenant, id); err != nil {
 		return false, err
 	}
@@ -93,10 +96,23 @@ func (c *Controller) Deprovision(ctx context.Context, tenant, id string) (bool, 
 	return live, nil
 }
 
+// changingIdentity marks tenant/id's identity as being changed by this
+// replica, which ends its sessions itself, until the returned func is
+// called: the watch then leaves them to it (it would end them first, and
+// Deprovision could not tell whether the gateway was connected).
+func (c *Controller) changingIdentity(tenant, id string) (done func()) {
+	key := tenant + "/" + id
+	c.localIDs.Store(key, struct{}{})
+	return func() { c.localIDs.Delete(key) }
+}
+
 // identityChanged ends, on the embedded broker, the sessions a change
 // another replica made to a gateway's identity invalidates.
 func (c *Controller) identityChanged(before, after *identity.Device) {
 	d := cmp.Or(after, before)
+	if _, local := c.localIDs.Load(d.Tenant + "/" + d.ID); local {
+		return
+	}
 	if live := c.disconnect(d.Tenant, d.ID, after == nil); live {
 		c.log.Info("gateway disconnected: its identity was changed on another replica", "tenant", d.Tenant, "gateway", d.ID, "deprovisioned", after == nil)
 	}

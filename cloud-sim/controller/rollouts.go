@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/fleet-agent/fleet/cloud-sim/changes"
+	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/rollout"
 	"github.com/fleet-agent/fleet/cloud-sim/tenantcred"
@@ -143,8 +145,9 @@ func (c *Controller) work(ctx context.Context, data []byte) {
 		c.log.Error("rollout work not checked against the store; not sent", "rollout", d.Rollout, "gateway", d.Gateway, "err", err)
 		return
 	}
-	if _, sent := c.disp.Command(w.CommandID); sent {
-		// Queued again by a new scheduling replica, but sent already.
+	if c.delivered(w) {
+		// Queued again (by a new scheduling replica, or handed out again
+		// when a worker died), but the gateway has it already.
 		return
 	}
 	c.worked.Add(1)
@@ -177,11 +180,55 @@ func clip(s string) string {
 	return strings.ToValidUTF8(s[:maxLen], "") + "…"
 }
 
+// delivered reports whether w's command reached its gateway already: it
+// answered (its record is past PENDING), or, for a deploy, the gateway
+// reports the deployment at the spec's revision or later (its ACCEPTED
+// went to the replica that sent it, which may be dead). A command
+// recorded but still PENDING may never have been published (its worker
+// died in between): it is sent again, and a gateway that had it answers
+// from its journal without running it twice.
+func (c *Controller) delivered(w rollout.Work) bool {
+	cmd, ok := c.disp.Command(w.CommandID)
+	if !ok {
+		return false
+	}
+	if cmd.State != dispatch.Pending {
+		return true
+	}
+	if w.Prefetch {
+		return false
+	}
+	g, ok := c.inv.Get(w.Tenant, w.Gateway)
+	if !ok {
+		return false
+	}
+	d := g.Deployments[w.Spec.GetName()]
+	return d != nil && d.Revision >= w.Spec.GetRevision()
+}
+
+// gatewayOf is a gateway a rollout dispatches to. With replicas, its
+// birth may have been applied by another one within the last flush
+// interval and not be written yet: the store is read again for up to two
+// flush intervals before the gateway counts as unknown.
+func (c *Controller) gatewayOf(ctx context.Context, tenant, id string) (*inventory.Gateway, bool) {
+	deadline := time.Now().Add(2 * c.cfg.FlushInterval)
+	for {
+		if g, ok := c.inv.Fetch(ctx, c.store, tenant, id); ok || c.cfg.Share == "" || time.Now().After(deadline) {
+			return g, ok
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 // dispatchDeploy sends w's spec to one gateway (a deploy, or a prefetch
 // of its image), its credential first when it lacks it, under
 // deterministic command ids.
 func (c *Controller) dispatchDeploy(ctx context.Context, w rollout.Work) error {
-	g, ok := c.inv.Get(w.Tenant, w.Gateway)
+	g, ok := c.gatewayOf(ctx, w.Tenant, w.Gateway)
 	if !ok {
 		return fmt.Errorf("gateway %s/%s is not in the inventory", w.Tenant, w.Gateway)
 	}

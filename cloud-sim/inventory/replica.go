@@ -174,6 +174,27 @@ func (inv *Inventory) rebase(e state.Entry) error {
 	return nil
 }
 
+// Fetch returns a copy of one gateway, read from the store first when a
+// replicated inventory does not hold it yet: a replica that just started,
+// or whose watch lags, takes rollout work for gateways another replica
+// applied the births of.
+func (inv *Inventory) Fetch(ctx context.Context, st *state.Store, tenant, id string) (*Gateway, bool) {
+	if g, ok := inv.Get(tenant, id); ok || inv.revs == nil {
+		return g, ok
+	}
+	e, err := st.GetEntry(ctx, state.Gateways, state.Key(tenant, id))
+	if err != nil {
+		return nil, false
+	}
+	inv.mu.Lock()
+	err = inv.rebase(e)
+	inv.mu.Unlock()
+	if err != nil {
+		inv.log.Warn("inventory: stored gateway not readable", "key", e.Key, "err", err)
+	}
+	return inv.Get(tenant, id)
+}
+
 // Remote is how many records written by other replicas (or before this
 // one started) a replicated inventory has taken in.
 func (inv *Inventory) Remote() uint64 {
