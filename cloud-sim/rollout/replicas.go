@@ -219,13 +219,8 @@ func (s *Scheduler) requeue(ctx context.Context) {
 		}
 	}
 	s.mu.Unlock()
-	for _, d := range out {
-		data, _ := json.Marshal(d)
-		if err := s.cfg.Store.Enqueue(ctx, state.WorkSubjects, d.CommandID, data); err != nil {
-			s.log.Error("rollout work not queued again", "rollout", d.Rollout, "gateway", d.Gateway, "err", err)
-		}
-	}
 	if len(out) > 0 {
-		s.log.Info("queued again the dispatches no replica had sent", "count", len(out))
+		s.log.Info("queuing again the dispatches no replica had sent", "count", len(out))
 	}
+	s.queue(ctx, out)
 }

@@ -74,8 +74,11 @@ type Scheduler struct {
 	// reads them again (followerRefresh at most).
 	changed atomic.Bool
 	stops   []func() // the watch and the changes served; set by Start
-	stop    chan struct{}
-	done    sync.WaitGroup
+	// unqueued are dispatches stored or decided but not queued yet;
+	// only the loop's goroutine (step, requeue) touches them.
+	unqueued []Dispatch
+	stop     chan struct{}
+	done     sync.WaitGroup
 }
 
 // New loads the rollouts and the last specs from the store.
@@ -211,21 +214,31 @@ func (s *Scheduler) step(ctx context.Context) {
 	for _, c := range chs {
 		s.hub.Publish(c)
 	}
+	s.queue(ctx, out)
+}
+
+// queue writes the rollouts and then queues out, with what earlier steps
+// could not queue: workers check each item against the store (Resolve),
+// so what was dispatched is written first. What cannot be written or
+// queued now (NATS electing a leader after a node's loss) is tried again
+// at the next tick, not left to time out.
+func (s *Scheduler) queue(ctx context.Context, out []Dispatch) {
+	out = append(s.unqueued, out...)
+	s.unqueued = nil
 	if len(out) == 0 {
 		return
 	}
-	// Workers check each item against the store (Resolve): what was
-	// dispatched is written first.
 	if err := s.Flush(ctx); err != nil {
-		// Left IN_PROGRESS: they time out, and count as failures.
-		s.log.Error("rollout work not queued: state not saved", "dispatches", len(out), "err", err)
+		s.log.Warn("rollout work not queued yet: state not saved; next tick", "dispatches", len(out), "err", err)
+		s.unqueued = out
 		return
 	}
-	for _, d := range out {
+	for i, d := range out {
 		data, _ := json.Marshal(d)
 		if err := s.cfg.Store.Enqueue(ctx, state.WorkSubjects, d.CommandID, data); err != nil {
-			// Left IN_PROGRESS: it times out, and counts as a failure.
-			s.log.Error("rollout work not queued", "rollout", d.Rollout, "gateway", d.Gateway, "err", err)
+			s.log.Warn("rollout work not queued yet; next tick", "rollout", d.Rollout, "gateway", d.Gateway, "err", err)
+			s.unqueued = append(s.unqueued, out[i:]...)
+			return
 		}
 	}
 }
