@@ -74,5 +74,13 @@ func (s *Specs) flush(ctx context.Context, st *state.Store) error {
 	}
 	s.dirty = map[string]struct{}{}
 	s.mu.Unlock()
-	return st.PutMany(ctx, state.Specs, batch)
+	err := st.PutMany(ctx, state.Specs, batch)
+	if err != nil { // written with the next flush
+		s.mu.Lock()
+		for k := range batch {
+			s.dirty[k] = struct{}{}
+		}
+		s.mu.Unlock()
+	}
+	return err
 }

@@ -92,18 +92,40 @@ func (s *Scheduler) Flush(ctx context.Context) error {
 	defer s.flushMu.Unlock()
 	s.mu.Lock()
 	batch := map[string]any{}
+	type written struct {
+		run *Run
+		gws []string
+		r   bool
+	}
+	var taken []written
 	for id, run := range s.runs {
+		w := written{run: run, r: run.dirtyRun}
 		if run.dirtyRun {
 			batch[state.Key("r", id)] = run.R.stored()
 			run.dirtyRun = false
 		}
 		for gw := range run.dirty {
 			batch[state.Key("g", id, gw)] = run.gws[gw].stored()
+			w.gws = append(w.gws, gw)
 		}
 		run.dirty = map[string]struct{}{}
+		taken = append(taken, w)
 	}
 	s.mu.Unlock()
-	return errors.Join(s.cfg.Store.PutMany(ctx, state.Rollouts, batch), s.specs.flush(ctx, s.cfg.Store))
+	err := s.cfg.Store.PutMany(ctx, state.Rollouts, batch)
+	if err != nil {
+		// Written with the next flush (a failed write is not lost: what
+		// the store lacks, a worker cannot resolve).
+		s.mu.Lock()
+		for _, w := range taken {
+			w.run.dirtyRun = w.run.dirtyRun || w.r
+			for _, gw := range w.gws {
+				w.run.dirty[gw] = struct{}{}
+			}
+		}
+		s.mu.Unlock()
+	}
+	return errors.Join(err, s.specs.flush(ctx, s.cfg.Store))
 }
 
 // Prune forgets, in memory and in the store, the rollouts that finished
