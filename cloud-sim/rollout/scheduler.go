@@ -77,8 +77,11 @@ type Scheduler struct {
 	// unqueued are dispatches stored or decided but not queued yet;
 	// only the loop's goroutine (step, requeue) touches them.
 	unqueued []Dispatch
-	stop     chan struct{}
-	done     sync.WaitGroup
+	// standBy is when this replica may try to take the lease again after
+	// a failed takeover (loop goroutine only).
+	standBy time.Time
+	stop    chan struct{}
+	done    sync.WaitGroup
 }
 
 // New loads the rollouts and the last specs from the store.
@@ -158,7 +161,10 @@ func (s *Scheduler) loop() {
 		} else if s.changed.Load() && now.Sub(lastRefresh) >= followerRefresh {
 			lastRefresh = now
 			s.changed.Store(false)
-			if err := s.reload(ctx); err != nil {
+			rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+			err := s.reload(rctx)
+			rcancel()
+			if err != nil {
 				s.log.Warn("rollout view not refreshed", "err", err)
 			}
 		}
@@ -167,6 +173,9 @@ func (s *Scheduler) loop() {
 }
 
 func (s *Scheduler) renewLease(ctx context.Context, now time.Time) {
+	if !s.leader.Load() && now.Before(s.standBy) {
+		return // its last takeover failed: another replica's turn
+	}
 	held, err := s.cfg.Store.Acquire(ctx, leaseName, s.cfg.ID, s.cfg.APIURL, now, LeaseTTL)
 	if err != nil {
 		s.log.Warn("scheduler lease", "err", err)
@@ -174,8 +183,17 @@ func (s *Scheduler) renewLease(ctx context.Context, now time.Time) {
 	if held && !s.leader.Load() {
 		// Taking over: start from what the last leader wrote.
 		if err := s.reload(ctx); err != nil {
-			s.log.Error("rollouts not reloaded; not scheduling", "err", err)
+			// Given up, not kept: a replica holding the lease without
+			// scheduling would stop every rollout (its watch of the
+			// store stalled after a NATS node's loss, seen for minutes).
+			s.log.Error("rollouts not reloaded; not scheduling, lease released for another replica", "err", err)
 			held = false
+			s.standBy = now.Add(2 * LeaseTTL)
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			if err := s.cfg.Store.Release(rctx, leaseName, s.cfg.ID); err != nil {
+				s.log.Warn("scheduler lease not released; it lapses", "err", err)
+			}
+			cancel()
 		} else {
 			s.log.Info("scheduling rollouts (lease taken)", "replica", s.cfg.ID)
 			s.requeue(ctx)

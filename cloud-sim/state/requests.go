@@ -2,8 +2,10 @@ package state
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -47,6 +49,28 @@ func (s *Store) Request(ctx context.Context, subject string, data []byte) ([]byt
 func (s *Store) Broadcast(subject string, data []byte) error {
 	if err := s.nc.Publish(subject, data); err != nil {
 		return fmt.Errorf("state: broadcast %s: %w", subject, err)
+	}
+	return nil
+}
+
+// Release gives up owner's lease on name at once (compare-and-set: a
+// lease another replica took meanwhile is left alone), so that another
+// replica can take it without waiting for it to lapse.
+func (s *Store) Release(ctx context.Context, name, owner string) error {
+	kv := s.kvs[Meta]
+	key := Key("lease", name)
+	e, err := kv.Get(ctx, key)
+	if err != nil {
+		return fmt.Errorf("state: release %s: %w", name, err)
+	}
+	var cur Lease
+	if json.Unmarshal(e.Value(), &cur) != nil || cur.Owner != owner {
+		return nil
+	}
+	cur.Until = time.Time{}
+	data, _ := json.Marshal(cur)
+	if _, err := kv.Update(ctx, key, data, e.Revision()); err != nil {
+		return fmt.Errorf("state: release %s: %w", name, err)
 	}
 	return nil
 }
