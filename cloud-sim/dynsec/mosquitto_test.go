@@ -319,7 +319,7 @@ func TestMosquittoPasswordAndDelete(t *testing.T) {
 	if _, err := c.Do(ctx, Command{Command: "enableClient", Username: "acme/gw-1"}); err != nil {
 		t.Fatal(err)
 	}
-	if gw, err = connect(t, addr(m), will); err == nil {
+	if _, err := connect(t, addr(m), will); err == nil {
 		t.Fatal("the password before the last still works")
 	}
 	will.Password = []byte("pw-3")
