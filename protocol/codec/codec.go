@@ -97,41 +97,66 @@ func Unmarshal(e Encoding, b []byte, m proto.Message) error {
 	if err := proto.Unmarshal(b, m); err != nil {
 		return err
 	}
-	return checkUnknown(m.ProtoReflect(), "")
+	return checkUnknown(m.ProtoReflect())
 }
 
-// checkUnknown walks m and reports the first field number it does not know.
-func checkUnknown(m protoreflect.Message, path string) error {
-	if raw := m.GetUnknown(); len(raw) > 0 {
-		num, _, n := protowire.ConsumeTag(raw)
-		if n < 0 {
-			return fmt.Errorf("%w: malformed unknown field in %s", ErrUnknownField, describe(m, path))
-		}
-		return fmt.Errorf("%w: field number %d in %s is not part of this protocol version", ErrUnknownField, num, describe(m, path))
+// checkUnknown reports the first field number m, or a message in it, does
+// not know.
+func checkUnknown(m protoreflect.Message) error {
+	bad, path := firstUnknown(m)
+	if bad == nil {
+		return nil
 	}
-	var err error
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Message() == nil || fd.IsMap() && fd.MapValue().Message() == nil {
-			return true
+	num, _, n := protowire.ConsumeTag(bad.GetUnknown())
+	if n < 0 {
+		return fmt.Errorf("%w: malformed unknown field in %s", ErrUnknownField, describe(bad, path))
+	}
+	return fmt.Errorf("%w: field number %d in %s is not part of this protocol version", ErrUnknownField, num, describe(bad, path))
+}
+
+// firstUnknown walks m and returns the first message with unknown fields
+// and its path from m, built only when there is one: every status a
+// controller receives goes through here.
+func firstUnknown(m protoreflect.Message) (protoreflect.Message, string) {
+	if len(m.GetUnknown()) > 0 {
+		return m, ""
+	}
+	// The fields by index, not m.Range: its closure and what it captures
+	// were most of a status's allocations.
+	fields := m.Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if fd.Message() == nil || fd.IsMap() && fd.MapValue().Message() == nil || !m.Has(fd) {
+			continue
 		}
-		p := join(path, fd.JSONName())
+		v := m.Get(fd)
 		switch {
 		case fd.IsList():
 			l := v.List()
-			for i := 0; i < l.Len() && err == nil; i++ {
-				err = checkUnknown(l.Get(i).Message(), fmt.Sprintf("%s[%d]", p, i))
+			for j := range l.Len() {
+				if bad, path := firstUnknown(l.Get(j).Message()); bad != nil {
+					return bad, join(fmt.Sprintf("%s[%d]", fd.JSONName(), j), path)
+				}
 			}
 		case fd.IsMap():
+			var bad protoreflect.Message
+			var path string
 			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
-				err = checkUnknown(mv.Message(), fmt.Sprintf("%s[%s]", p, k.String()))
-				return err == nil
+				if bad, path = firstUnknown(mv.Message()); bad != nil {
+					path = join(fmt.Sprintf("%s[%s]", fd.JSONName(), k.String()), path)
+				}
+				return bad == nil
 			})
+			if bad != nil {
+				return bad, path
+			}
 		default:
-			err = checkUnknown(v.Message(), p)
+			if bad, path := firstUnknown(v.Message()); bad != nil {
+				return bad, join(fd.JSONName(), path)
+			}
 		}
-		return err == nil
-	})
-	return err
+	}
+	return nil, ""
 }
 
 func describe(m protoreflect.Message, path string) string {
@@ -141,9 +166,10 @@ func describe(m protoreflect.Message, path string) string {
 	return fmt.Sprintf("%s (%s)", path, m.Descriptor().FullName())
 }
 
-func join(path, name string) string {
-	if path == "" {
-		return name
+// join is the path of rest within field.
+func join(field, rest string) string {
+	if rest == "" {
+		return field
 	}
-	return path + "." + name
+	return field + "." + rest
 }

@@ -10,6 +10,7 @@ import (
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -85,12 +86,32 @@ func TestStrict(t *testing.T) {
 	unknownNested = protowire.AppendTag(unknownNested, 10, protowire.BytesType)
 	unknownNested = protowire.AppendBytes(unknownNested, deploy)
 
+	// The second of two credentials of a set-credentials carries field 98.
+	num := func(m proto.Message, field string) protowire.Number {
+		return m.ProtoReflect().Descriptor().Fields().ByName(protoreflect.Name(field)).Number()
+	}
+	var set []byte
+	for i, user := range []string{"a", "b"} {
+		cred, err := proto.Marshal(&fleetv1.Credential{Registry: "r", Kind: &fleetv1.Credential_Basic{Basic: &fleetv1.BasicAuth{Username: user}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			cred = protowire.AppendVarint(protowire.AppendTag(cred, 98, protowire.VarintType), 1)
+		}
+		set = protowire.AppendBytes(protowire.AppendTag(set, num(&fleetv1.SetCredentials{}, "credentials"), protowire.BytesType), cred)
+	}
+	unknownInList := protowire.AppendBytes(protowire.AppendTag(nil, num(&fleetv1.Command{}, "set_credentials"), protowire.BytesType), set)
+	unknownTop := protowire.AppendVarint(protowire.AppendTag(nil, 97, protowire.VarintType), 1)
+
 	tests := []struct {
 		name    string
 		enc     codec.Encoding
 		in      []byte
 		wantSub string
 	}{
+		{"proto unknown top", codec.Protobuf, unknownTop, "field number 97 in fleet.v1.Command"},
+		{"proto unknown in a list", codec.Protobuf, unknownInList, "field number 98 in setCredentials.credentials[1] (fleet.v1.Credential)"},
 		{"json unknown top", codec.JSON, []byte(`{"id":"a","rebirth":{},"colour":"red"}`), "colour"},
 		{"json unknown nested", codec.JSON, []byte(`{"id":"a","deploy":{"spec":{"name":"w","imagee":"x"}}}`), "imagee"},
 		{"proto unknown nested", codec.Protobuf, unknownNested, "field number 99 in deploy.spec"},
@@ -165,5 +186,23 @@ func fuzzDecode(t *testing.T, enc codec.Encoding, b []byte) {
 	}
 	if !proto.Equal(c, again) {
 		t.Fatalf("not stable: %v != %v", c, again)
+	}
+}
+
+// BenchmarkUnmarshalStatus: what decoding a deployment status costs a
+// controller (every status it ingests), strict check included.
+func BenchmarkUnmarshalStatus(b *testing.B) {
+	st := &fleetv1.DeploymentStatus{Name: "shop", Revision: 4, Phase: fleetv1.DeploymentStatus_RUNNING, Image: "registry.example.com/team/web:4",
+		UpdatedAt: timestamppb.Now(), PullProgress: &fleetv1.PullProgress{BytesDone: 1 << 20, BytesTotal: 4 << 20},
+		Services: []*fleetv1.ServiceStatus{{Name: "web", Image: "r/web:4"}, {Name: "db", Image: "r/db:16"}}}
+	raw, err := proto.Marshal(st)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := codec.Unmarshal(codec.Protobuf, raw, new(fleetv1.DeploymentStatus)); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -3,6 +3,7 @@
 //	{prefix}/{tenant}/{gateway}/birth|death|reply|events|metrics
 //	{prefix}/{tenant}/{gateway}/cmd/{verb}
 //	{prefix}/{tenant}/{gateway}/status/{deployment}
+//	{prefix}/{tenant}/{gateway}/logs/{request id}
 //	{prefix}/{tenant}/group/{group}/cmd/{verb}
 //
 // The default prefix is "fleet/v1".
@@ -11,7 +12,6 @@ package topic
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"unicode"
@@ -40,10 +40,12 @@ const (
 	CheckRegistry     Verb = "check-registry"
 	Rebirth           Verb = "rebirth"
 	Prefetch          Verb = "prefetch"
+	Logs              Verb = "logs"
+	CancelLogs        Verb = "cancel-logs"
 )
 
 // Verbs lists every verb of protocol v1.
-var Verbs = []Verb{Deploy, Remove, Start, Stop, Restart, SetCredentials, DeleteCredentials, CheckRegistry, Rebirth, Prefetch}
+var Verbs = []Verb{Deploy, Remove, Start, Stop, Restart, SetCredentials, DeleteCredentials, CheckRegistry, Rebirth, Prefetch, Logs, CancelLogs}
 
 // Valid reports whether v is a verb of protocol v1.
 func (v Verb) Valid() bool { return slices.Contains(Verbs, v) }
@@ -59,12 +61,33 @@ const (
 	Status  Kind = "status"
 	Events  Kind = "events"
 	Metrics Kind = "metrics"
+	// LogStream is .../{gateway}/logs/{request id}: the chunks of a logs command.
+	LogStream Kind = "logs"
 )
 
-var (
-	idPattern         = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
-	deploymentPattern = regexp.MustCompile(`^[a-z0-9-]{1,63}$`)
-)
+// within reports whether s is 1 to max bytes, each one ok allows. Every
+// publication's topic is checked: a loop, not a regular expression.
+func within(s string, max int, ok func(byte) bool) bool {
+	if len(s) == 0 || len(s) > max {
+		return false
+	}
+	for i := range len(s) {
+		if !ok(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// idByte reports whether c may be in an id: A-Z a-z 0-9 . _ -
+func idByte(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-'
+}
+
+// deploymentByte reports whether c may be in a deployment name: a-z 0-9 -
+func deploymentByte(c byte) bool {
+	return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-'
+}
 
 // ErrInvalid is wrapped by every error of this package.
 var ErrInvalid = errors.New("invalid topic")
@@ -77,7 +100,7 @@ func (e idError) Is(target error) bool { return target == ErrInvalid }
 
 // CheckID checks a tenant, gateway or group id: 1-64 of [A-Za-z0-9._-].
 func CheckID(what, id string) error {
-	if !idPattern.MatchString(id) {
+	if !within(id, 64, idByte) {
 		return idError(fmt.Sprintf("%s %q must be 1-64 characters of A-Z a-z 0-9 . _ -", what, id))
 	}
 	return nil
@@ -96,7 +119,7 @@ func CheckGatewayID(id string) error {
 
 // CheckDeploymentName checks a deployment name: 1-63 of [a-z0-9-].
 func CheckDeploymentName(name string) error {
-	if !deploymentPattern.MatchString(name) {
+	if !within(name, 63, deploymentByte) {
 		return idError(fmt.Sprintf("deployment name %q must be 1-63 characters of a-z 0-9 -", name))
 	}
 	return nil
@@ -157,6 +180,11 @@ func (s Scheme) Status(tenant, gateway, deployment string) string {
 	return s.join(tenant, gateway, string(Status), deployment)
 }
 
+// LogStream is the topic of the chunks answering logs command requestID.
+func (s Scheme) LogStream(tenant, gateway, requestID string) string {
+	return s.join(tenant, gateway, string(LogStream), requestID)
+}
+
 // CommandFilter is the subscription for every command to one gateway.
 func (s Scheme) CommandFilter(tenant, gateway string) string {
 	return s.join(tenant, gateway, string(Command), "+")
@@ -179,7 +207,7 @@ func (s Scheme) ConsoleReply(tenant, gateway, console string) string {
 // also the console reply topics.
 func (s Scheme) Filter(k Kind) string {
 	switch k {
-	case Status, Command:
+	case Status, Command, LogStream:
 		return s.join("+", "+", string(k), "+")
 	case Reply:
 		return s.join("+", "+", string(k), "#")
@@ -196,6 +224,7 @@ type Topic struct {
 	Kind       Kind
 	Verb       Verb   // Command only
 	Deployment string // Status only
+	Request    string // LogStream only: the logs command's id
 	Console    string // Reply on a console reply topic only
 }
 
@@ -263,6 +292,14 @@ func (s Scheme) Parse(name string) (Topic, error) {
 			return Topic{}, err
 		}
 		t.Deployment = lv[3]
+	case LogStream:
+		if len(lv) != 4 {
+			return Topic{}, fmt.Errorf("%w: %q: logs topics end in logs/{request id}", ErrInvalid, name)
+		}
+		if err := CheckID("request id", lv[3]); err != nil {
+			return Topic{}, err
+		}
+		t.Request = lv[3]
 	default:
 		return Topic{}, fmt.Errorf("%w: %q: unknown kind %q", ErrInvalid, name, lv[2])
 	}
@@ -292,6 +329,10 @@ func VerbOf(c *fleetv1.Command) Verb {
 		return Rebirth
 	case *fleetv1.Command_Prefetch:
 		return Prefetch
+	case *fleetv1.Command_Logs:
+		return Logs
+	case *fleetv1.Command_CancelLogs:
+		return CancelLogs
 	}
 	return ""
 }

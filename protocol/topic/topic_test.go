@@ -128,3 +128,34 @@ func TestVerbOf(t *testing.T) {
 		t.Errorf("BodyField = %q, want deleteCredentials", got)
 	}
 }
+
+// TestIDCharacters: ids are 1-64 of A-Z a-z 0-9 . _ - and deployment
+// names 1-63 of a-z 0-9 -, counted in bytes (a multi-byte letter is not
+// one of them).
+func TestIDCharacters(t *testing.T) {
+	tests := []struct {
+		in             string
+		id, deployment bool
+	}{
+		{"gw-1", true, true},
+		{"Edge_01.berlin", true, false},
+		{"", false, false},
+		{strings.Repeat("a", 63), true, true},
+		{strings.Repeat("a", 64), true, false},
+		{strings.Repeat("a", 65), false, false},
+		{"gw/1", false, false},
+		{"gw+1", false, false},
+		{"gw 1", false, false},
+		{"gw\x001", false, false},
+		{"grün", false, false},
+		{"ünï", false, false},
+	}
+	for _, tt := range tests {
+		if err := topic.CheckID("gateway id", tt.in); (err == nil) != tt.id {
+			t.Errorf("CheckID(%q) = %v, want valid %v", tt.in, err, tt.id)
+		}
+		if err := topic.CheckDeploymentName(tt.in); (err == nil) != tt.deployment {
+			t.Errorf("CheckDeploymentName(%q) = %v, want valid %v", tt.in, err, tt.deployment)
+		}
+	}
+}

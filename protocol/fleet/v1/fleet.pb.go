@@ -30,6 +30,118 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type LogChunk_End int32
+
+const (
+	LogChunk_END_UNSPECIFIED LogChunk_End = 0
+	// Every line asked for was sent (no follow).
+	LogChunk_COMPLETE LogChunk_End = 1
+	// follow reached `until` (or the 10-minute bound).
+	LogChunk_UNTIL LogChunk_End = 2
+	// A cancel-logs ended it.
+	LogChunk_CANCELED LogChunk_End = 3
+	// The container was removed or replaced (a new revision).
+	LogChunk_CONTAINER_GONE LogChunk_End = 4
+	// The stream failed; `code` and `message` say why.
+	LogChunk_ERROR LogChunk_End = 5
+)
+
+// Enum value maps for LogChunk_End.
+var (
+	LogChunk_End_name = map[int32]string{
+		0: "END_UNSPECIFIED",
+		1: "COMPLETE",
+		2: "UNTIL",
+		3: "CANCELED",
+		4: "CONTAINER_GONE",
+		5: "ERROR",
+	}
+	LogChunk_End_value = map[string]int32{
+		"END_UNSPECIFIED": 0,
+		"COMPLETE":        1,
+		"UNTIL":           2,
+		"CANCELED":        3,
+		"CONTAINER_GONE":  4,
+		"ERROR":           5,
+	}
+)
+
+func (x LogChunk_End) Enum() *LogChunk_End {
+	p := new(LogChunk_End)
+	*p = x
+	return p
+}
+
+func (x LogChunk_End) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LogChunk_End) Descriptor() protoreflect.EnumDescriptor {
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[0].Descriptor()
+}
+
+func (LogChunk_End) Type() protoreflect.EnumType {
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[0]
+}
+
+func (x LogChunk_End) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LogChunk_End.Descriptor instead.
+func (LogChunk_End) EnumDescriptor() ([]byte, []int) {
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{6, 0}
+}
+
+type LogLine_Stream int32
+
+const (
+	LogLine_STREAM_UNSPECIFIED LogLine_Stream = 0
+	LogLine_STDOUT             LogLine_Stream = 1
+	LogLine_STDERR             LogLine_Stream = 2
+)
+
+// Enum value maps for LogLine_Stream.
+var (
+	LogLine_Stream_name = map[int32]string{
+		0: "STREAM_UNSPECIFIED",
+		1: "STDOUT",
+		2: "STDERR",
+	}
+	LogLine_Stream_value = map[string]int32{
+		"STREAM_UNSPECIFIED": 0,
+		"STDOUT":             1,
+		"STDERR":             2,
+	}
+)
+
+func (x LogLine_Stream) Enum() *LogLine_Stream {
+	p := new(LogLine_Stream)
+	*p = x
+	return p
+}
+
+func (x LogLine_Stream) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LogLine_Stream) Descriptor() protoreflect.EnumDescriptor {
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[1].Descriptor()
+}
+
+func (LogLine_Stream) Type() protoreflect.EnumType {
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[1]
+}
+
+func (x LogLine_Stream) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LogLine_Stream.Descriptor instead.
+func (LogLine_Stream) EnumDescriptor() ([]byte, []int) {
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{7, 0}
+}
+
 type Reply_Result int32
 
 const (
@@ -71,11 +183,11 @@ func (x Reply_Result) String() string {
 }
 
 func (Reply_Result) Descriptor() protoreflect.EnumDescriptor {
-	return file_protocol_fleet_v1_fleet_proto_enumTypes[0].Descriptor()
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[2].Descriptor()
 }
 
 func (Reply_Result) Type() protoreflect.EnumType {
-	return &file_protocol_fleet_v1_fleet_proto_enumTypes[0]
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[2]
 }
 
 func (x Reply_Result) Number() protoreflect.EnumNumber {
@@ -84,7 +196,7 @@ func (x Reply_Result) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Reply_Result.Descriptor instead.
 func (Reply_Result) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{5, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{9, 0}
 }
 
 // The error-code vocabulary, shared by replies, statuses and events.
@@ -172,11 +284,11 @@ func (x Reply_Code) String() string {
 }
 
 func (Reply_Code) Descriptor() protoreflect.EnumDescriptor {
-	return file_protocol_fleet_v1_fleet_proto_enumTypes[1].Descriptor()
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[3].Descriptor()
 }
 
 func (Reply_Code) Type() protoreflect.EnumType {
-	return &file_protocol_fleet_v1_fleet_proto_enumTypes[1]
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[3]
 }
 
 func (x Reply_Code) Number() protoreflect.EnumNumber {
@@ -185,7 +297,7 @@ func (x Reply_Code) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Reply_Code.Descriptor instead.
 func (Reply_Code) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{5, 1}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{9, 1}
 }
 
 type Death_Reason int32
@@ -221,11 +333,11 @@ func (x Death_Reason) String() string {
 }
 
 func (Death_Reason) Descriptor() protoreflect.EnumDescriptor {
-	return file_protocol_fleet_v1_fleet_proto_enumTypes[2].Descriptor()
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[4].Descriptor()
 }
 
 func (Death_Reason) Type() protoreflect.EnumType {
-	return &file_protocol_fleet_v1_fleet_proto_enumTypes[2]
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[4]
 }
 
 func (x Death_Reason) Number() protoreflect.EnumNumber {
@@ -234,7 +346,7 @@ func (x Death_Reason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Death_Reason.Descriptor instead.
 func (Death_Reason) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{11, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{15, 0}
 }
 
 type Event_Severity int32
@@ -273,11 +385,11 @@ func (x Event_Severity) String() string {
 }
 
 func (Event_Severity) Descriptor() protoreflect.EnumDescriptor {
-	return file_protocol_fleet_v1_fleet_proto_enumTypes[3].Descriptor()
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[5].Descriptor()
 }
 
 func (Event_Severity) Type() protoreflect.EnumType {
-	return &file_protocol_fleet_v1_fleet_proto_enumTypes[3]
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[5]
 }
 
 func (x Event_Severity) Number() protoreflect.EnumNumber {
@@ -286,7 +398,64 @@ func (x Event_Severity) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Event_Severity.Descriptor instead.
 func (Event_Severity) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{12, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{16, 0}
+}
+
+type Dependency_Condition int32
+
+const (
+	// STARTED.
+	Dependency_CONDITION_UNSPECIFIED Dependency_Condition = 0
+	// The service's container is running.
+	Dependency_STARTED Dependency_Condition = 1
+	// Its health check reports healthy (the service must have one).
+	Dependency_HEALTHY Dependency_Condition = 2
+	// It ran to completion with exit code 0 (a one-shot job, e.g. a
+	// migration; its restart policy must be NO or ON_FAILURE).
+	Dependency_COMPLETED_SUCCESSFULLY Dependency_Condition = 3
+)
+
+// Enum value maps for Dependency_Condition.
+var (
+	Dependency_Condition_name = map[int32]string{
+		0: "CONDITION_UNSPECIFIED",
+		1: "STARTED",
+		2: "HEALTHY",
+		3: "COMPLETED_SUCCESSFULLY",
+	}
+	Dependency_Condition_value = map[string]int32{
+		"CONDITION_UNSPECIFIED":  0,
+		"STARTED":                1,
+		"HEALTHY":                2,
+		"COMPLETED_SUCCESSFULLY": 3,
+	}
+)
+
+func (x Dependency_Condition) Enum() *Dependency_Condition {
+	p := new(Dependency_Condition)
+	*p = x
+	return p
+}
+
+func (x Dependency_Condition) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Dependency_Condition) Descriptor() protoreflect.EnumDescriptor {
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[6].Descriptor()
+}
+
+func (Dependency_Condition) Type() protoreflect.EnumType {
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[6]
+}
+
+func (x Dependency_Condition) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Dependency_Condition.Descriptor instead.
+func (Dependency_Condition) EnumDescriptor() ([]byte, []int) {
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{20, 0}
 }
 
 type Mount_Type int32
@@ -325,11 +494,11 @@ func (x Mount_Type) String() string {
 }
 
 func (Mount_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_protocol_fleet_v1_fleet_proto_enumTypes[4].Descriptor()
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[7].Descriptor()
 }
 
 func (Mount_Type) Type() protoreflect.EnumType {
-	return &file_protocol_fleet_v1_fleet_proto_enumTypes[4]
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[7]
 }
 
 func (x Mount_Type) Number() protoreflect.EnumNumber {
@@ -338,7 +507,7 @@ func (x Mount_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Mount_Type.Descriptor instead.
 func (Mount_Type) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{16, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{24, 0}
 }
 
 type RestartPolicy_Mode int32
@@ -380,11 +549,11 @@ func (x RestartPolicy_Mode) String() string {
 }
 
 func (RestartPolicy_Mode) Descriptor() protoreflect.EnumDescriptor {
-	return file_protocol_fleet_v1_fleet_proto_enumTypes[5].Descriptor()
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[8].Descriptor()
 }
 
 func (RestartPolicy_Mode) Type() protoreflect.EnumType {
-	return &file_protocol_fleet_v1_fleet_proto_enumTypes[5]
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[8]
 }
 
 func (x RestartPolicy_Mode) Number() protoreflect.EnumNumber {
@@ -393,7 +562,7 @@ func (x RestartPolicy_Mode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RestartPolicy_Mode.Descriptor instead.
 func (RestartPolicy_Mode) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{18, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{26, 0}
 }
 
 type HealthCheck_Status int32
@@ -432,11 +601,11 @@ func (x HealthCheck_Status) String() string {
 }
 
 func (HealthCheck_Status) Descriptor() protoreflect.EnumDescriptor {
-	return file_protocol_fleet_v1_fleet_proto_enumTypes[6].Descriptor()
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[9].Descriptor()
 }
 
 func (HealthCheck_Status) Type() protoreflect.EnumType {
-	return &file_protocol_fleet_v1_fleet_proto_enumTypes[6]
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[9]
 }
 
 func (x HealthCheck_Status) Number() protoreflect.EnumNumber {
@@ -445,7 +614,7 @@ func (x HealthCheck_Status) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HealthCheck_Status.Descriptor instead.
 func (HealthCheck_Status) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{21, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{29, 0}
 }
 
 type Pull_Policy int32
@@ -484,11 +653,11 @@ func (x Pull_Policy) String() string {
 }
 
 func (Pull_Policy) Descriptor() protoreflect.EnumDescriptor {
-	return file_protocol_fleet_v1_fleet_proto_enumTypes[7].Descriptor()
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[10].Descriptor()
 }
 
 func (Pull_Policy) Type() protoreflect.EnumType {
-	return &file_protocol_fleet_v1_fleet_proto_enumTypes[7]
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[10]
 }
 
 func (x Pull_Policy) Number() protoreflect.EnumNumber {
@@ -497,7 +666,7 @@ func (x Pull_Policy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Pull_Policy.Descriptor instead.
 func (Pull_Policy) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{22, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{30, 0}
 }
 
 // Who downloads the image.
@@ -541,11 +710,11 @@ func (x Pull_Mode) String() string {
 }
 
 func (Pull_Mode) Descriptor() protoreflect.EnumDescriptor {
-	return file_protocol_fleet_v1_fleet_proto_enumTypes[8].Descriptor()
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[11].Descriptor()
 }
 
 func (Pull_Mode) Type() protoreflect.EnumType {
-	return &file_protocol_fleet_v1_fleet_proto_enumTypes[8]
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[11]
 }
 
 func (x Pull_Mode) Number() protoreflect.EnumNumber {
@@ -554,7 +723,7 @@ func (x Pull_Mode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Pull_Mode.Descriptor instead.
 func (Pull_Mode) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{22, 1}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{30, 1}
 }
 
 type Update_Strategy int32
@@ -590,11 +759,11 @@ func (x Update_Strategy) String() string {
 }
 
 func (Update_Strategy) Descriptor() protoreflect.EnumDescriptor {
-	return file_protocol_fleet_v1_fleet_proto_enumTypes[9].Descriptor()
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[12].Descriptor()
 }
 
 func (Update_Strategy) Type() protoreflect.EnumType {
-	return &file_protocol_fleet_v1_fleet_proto_enumTypes[9]
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[12]
 }
 
 func (x Update_Strategy) Number() protoreflect.EnumNumber {
@@ -603,7 +772,7 @@ func (x Update_Strategy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Update_Strategy.Descriptor instead.
 func (Update_Strategy) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{23, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{31, 0}
 }
 
 type DeploymentStatus_Phase int32
@@ -663,11 +832,11 @@ func (x DeploymentStatus_Phase) String() string {
 }
 
 func (DeploymentStatus_Phase) Descriptor() protoreflect.EnumDescriptor {
-	return file_protocol_fleet_v1_fleet_proto_enumTypes[10].Descriptor()
+	return file_protocol_fleet_v1_fleet_proto_enumTypes[13].Descriptor()
 }
 
 func (DeploymentStatus_Phase) Type() protoreflect.EnumType {
-	return &file_protocol_fleet_v1_fleet_proto_enumTypes[10]
+	return &file_protocol_fleet_v1_fleet_proto_enumTypes[13]
 }
 
 func (x DeploymentStatus_Phase) Number() protoreflect.EnumNumber {
@@ -676,7 +845,7 @@ func (x DeploymentStatus_Phase) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DeploymentStatus_Phase.Descriptor instead.
 func (DeploymentStatus_Phase) EnumDescriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{24, 0}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{32, 0}
 }
 
 // Command is sent by the cloud on .../{gateway}/cmd/{verb} or
@@ -701,6 +870,8 @@ type Command struct {
 	//	*Command_CheckRegistry
 	//	*Command_Rebirth
 	//	*Command_Prefetch
+	//	*Command_Logs
+	//	*Command_CancelLogs
 	Body          isCommand_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -854,6 +1025,24 @@ func (x *Command) GetPrefetch() *Prefetch {
 	return nil
 }
 
+func (x *Command) GetLogs() *Logs {
+	if x != nil {
+		if x, ok := x.Body.(*Command_Logs); ok {
+			return x.Logs
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCancelLogs() *CancelLogs {
+	if x != nil {
+		if x, ok := x.Body.(*Command_CancelLogs); ok {
+			return x.CancelLogs
+		}
+	}
+	return nil
+}
+
 type isCommand_Body interface {
 	isCommand_Body()
 }
@@ -898,6 +1087,14 @@ type Command_Prefetch struct {
 	Prefetch *Prefetch `protobuf:"bytes,19,opt,name=prefetch,proto3,oneof"`
 }
 
+type Command_Logs struct {
+	Logs *Logs `protobuf:"bytes,20,opt,name=logs,proto3,oneof"`
+}
+
+type Command_CancelLogs struct {
+	CancelLogs *CancelLogs `protobuf:"bytes,21,opt,name=cancel_logs,json=cancelLogs,proto3,oneof"`
+}
+
 func (*Command_Deploy) isCommand_Body() {}
 
 func (*Command_Remove) isCommand_Body() {}
@@ -917,6 +1114,10 @@ func (*Command_CheckRegistry) isCommand_Body() {}
 func (*Command_Rebirth) isCommand_Body() {}
 
 func (*Command_Prefetch) isCommand_Body() {}
+
+func (*Command_Logs) isCommand_Body() {}
+
+func (*Command_CancelLogs) isCommand_Body() {}
 
 type Deploy struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -967,7 +1168,17 @@ type DeploymentRef struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// remove only: also delete the deployment's image when the agent pulled it and no other deployment uses it.
-	RemoveImage   bool `protobuf:"varint,2,opt,name=remove_image,json=removeImage,proto3" json:"remove_image,omitempty"`
+	RemoveImage bool `protobuf:"varint,2,opt,name=remove_image,json=removeImage,proto3" json:"remove_image,omitempty"`
+	// start, stop and restart only: act on this service of an application
+	// (DeploymentSpec.services) instead of the whole application. Empty: all
+	// of its services (for start and restart in dependency order, for stop in
+	// reverse). A single-container deployment's one service is named after
+	// the deployment.
+	Service string `protobuf:"bytes,3,opt,name=service,proto3" json:"service,omitempty"`
+	// remove only: also delete the named volumes the application owns
+	// (DeploymentSpec.volumes). Without it they are kept, and a later deploy
+	// of the same name finds its data.
+	RemoveVolumes bool `protobuf:"varint,4,opt,name=remove_volumes,json=removeVolumes,proto3" json:"remove_volumes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1016,6 +1227,20 @@ func (x *DeploymentRef) GetRemoveImage() bool {
 	return false
 }
 
+func (x *DeploymentRef) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *DeploymentRef) GetRemoveVolumes() bool {
+	if x != nil {
+		return x.RemoveVolumes
+	}
+	return false
+}
+
 type Rebirth struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1052,6 +1277,347 @@ func (*Rebirth) Descriptor() ([]byte, []int) {
 	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{3}
 }
 
+// Logs asks for a container's output. The agent answers ACCEPTED, then
+// publishes LogChunk messages (QoS 1) on
+// .../{gateway}/logs/{command id}, the last one with `final` set, and then
+// the final reply: SUCCEEDED, or FAILED with the code that ended the stream.
+// NOT_FOUND (REJECTED) for an unknown deployment or service.
+type Logs struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Deployment string                 `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// One service of an application. Empty: every service of the deployment,
+	// interleaved, each line naming its service.
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// The last `tail` lines. 0: the last 100 when `since` is unset, every
+	// line since `since` otherwise.
+	Tail uint32 `protobuf:"varint,3,opt,name=tail,proto3" json:"tail,omitempty"`
+	// Only lines written at or after this instant.
+	Since *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	// Keep streaming new lines until `until`, a cancel-logs, or the
+	// container's removal.
+	Follow bool `protobuf:"varint,5,opt,name=follow,proto3" json:"follow,omitempty"`
+	// follow only: stop at this instant; unset or later than 10 minutes
+	// after the command was received means 10 minutes after it.
+	Until         *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=until,proto3" json:"until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Logs) Reset() {
+	*x = Logs{}
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Logs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Logs) ProtoMessage() {}
+
+func (x *Logs) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Logs.ProtoReflect.Descriptor instead.
+func (*Logs) Descriptor() ([]byte, []int) {
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Logs) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *Logs) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *Logs) GetTail() uint32 {
+	if x != nil {
+		return x.Tail
+	}
+	return 0
+}
+
+func (x *Logs) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *Logs) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *Logs) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+// CancelLogs ends a logs stream: the agent publishes its final chunk with
+// `ended` CANCELED and the logs command ends SUCCEEDED. SUCCEEDED also when the stream had
+// already ended; NOT_FOUND when the gateway never had it.
+type CancelLogs struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of the logs command.
+	RequestId     string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelLogs) Reset() {
+	*x = CancelLogs{}
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelLogs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelLogs) ProtoMessage() {}
+
+func (x *CancelLogs) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelLogs.ProtoReflect.Descriptor instead.
+func (*CancelLogs) Descriptor() ([]byte, []int) {
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CancelLogs) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+// LogChunk carries lines of a logs stream on .../{gateway}/logs/{request
+// id}, QoS 1, not retained. A chunk holds at most the agent's chunk size of
+// text (64 KiB unless set) and is sent at least every second while lines
+// come. `sequence` counts from 0 without gaps.
+type LogChunk struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	GatewayId string                 `protobuf:"bytes,2,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
+	Sequence  uint64                 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	Lines     []*LogLine             `protobuf:"bytes,4,rep,name=lines,proto3" json:"lines,omitempty"`
+	// Lines the agent's rate limit (bytes per second) dropped since the
+	// previous chunk, and their bytes. A chunk with only these set says that
+	// lines were dropped.
+	DroppedLines uint64 `protobuf:"varint,5,opt,name=dropped_lines,json=droppedLines,proto3" json:"dropped_lines,omitempty"`
+	DroppedBytes uint64 `protobuf:"varint,6,opt,name=dropped_bytes,json=droppedBytes,proto3" json:"dropped_bytes,omitempty"`
+	// Set on the last chunk of the stream.
+	Final         bool         `protobuf:"varint,7,opt,name=final,proto3" json:"final,omitempty"`
+	Ended         LogChunk_End `protobuf:"varint,8,opt,name=ended,proto3,enum=fleet.v1.LogChunk_End" json:"ended,omitempty"`
+	Code          Reply_Code   `protobuf:"varint,9,opt,name=code,proto3,enum=fleet.v1.Reply_Code" json:"code,omitempty"`
+	Message       string       `protobuf:"bytes,10,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogChunk) Reset() {
+	*x = LogChunk{}
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogChunk) ProtoMessage() {}
+
+func (x *LogChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
+func (*LogChunk) Descriptor() ([]byte, []int) {
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *LogChunk) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *LogChunk) GetGatewayId() string {
+	if x != nil {
+		return x.GatewayId
+	}
+	return ""
+}
+
+func (x *LogChunk) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *LogChunk) GetLines() []*LogLine {
+	if x != nil {
+		return x.Lines
+	}
+	return nil
+}
+
+func (x *LogChunk) GetDroppedLines() uint64 {
+	if x != nil {
+		return x.DroppedLines
+	}
+	return 0
+}
+
+func (x *LogChunk) GetDroppedBytes() uint64 {
+	if x != nil {
+		return x.DroppedBytes
+	}
+	return 0
+}
+
+func (x *LogChunk) GetFinal() bool {
+	if x != nil {
+		return x.Final
+	}
+	return false
+}
+
+func (x *LogChunk) GetEnded() LogChunk_End {
+	if x != nil {
+		return x.Ended
+	}
+	return LogChunk_END_UNSPECIFIED
+}
+
+func (x *LogChunk) GetCode() Reply_Code {
+	if x != nil {
+		return x.Code
+	}
+	return Reply_OK
+}
+
+func (x *LogChunk) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type LogLine struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As the engine recorded it.
+	Timestamp *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	Stream    LogLine_Stream         `protobuf:"varint,2,opt,name=stream,proto3,enum=fleet.v1.LogLine_Stream" json:"stream,omitempty"`
+	Service   string                 `protobuf:"bytes,3,opt,name=service,proto3" json:"service,omitempty"`
+	// One line without its newline; invalid UTF-8 replaced by U+FFFD; a line
+	// longer than 16 KiB is cut there and continued in the next LogLine.
+	Text          string `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogLine) Reset() {
+	*x = LogLine{}
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogLine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogLine) ProtoMessage() {}
+
+func (x *LogLine) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
+func (*LogLine) Descriptor() ([]byte, []int) {
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *LogLine) GetTimestamp() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Timestamp
+	}
+	return nil
+}
+
+func (x *LogLine) GetStream() LogLine_Stream {
+	if x != nil {
+		return x.Stream
+	}
+	return LogLine_STREAM_UNSPECIFIED
+}
+
+func (x *LogLine) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *LogLine) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
 // Prefetch downloads and verifies a deployment's image as deploy would
 // (trust policy, credentials, pull settings), without touching the
 // deployment: nothing is created, stopped or stored as desired state. The
@@ -1068,7 +1634,7 @@ type Prefetch struct {
 
 func (x *Prefetch) Reset() {
 	*x = Prefetch{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[4]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1646,7 @@ func (x *Prefetch) String() string {
 func (*Prefetch) ProtoMessage() {}
 
 func (x *Prefetch) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[4]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1659,7 @@ func (x *Prefetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Prefetch.ProtoReflect.Descriptor instead.
 func (*Prefetch) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{4}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Prefetch) GetSpec() *DeploymentSpec {
@@ -1126,7 +1692,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[5]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1704,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[5]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1717,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{5}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Reply) GetCommandId() string {
@@ -1248,7 +1814,7 @@ type Birth struct {
 
 func (x *Birth) Reset() {
 	*x = Birth{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[6]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1826,7 @@ func (x *Birth) String() string {
 func (*Birth) ProtoMessage() {}
 
 func (x *Birth) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[6]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1839,7 @@ func (x *Birth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Birth.ProtoReflect.Descriptor instead.
 func (*Birth) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{6}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Birth) GetGatewayId() string {
@@ -1402,7 +1968,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[7]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1414,7 +1980,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[7]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1427,7 +1993,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{7}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Host) GetHostname() string {
@@ -1486,7 +2052,7 @@ type Engine struct {
 
 func (x *Engine) Reset() {
 	*x = Engine{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[8]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1498,7 +2064,7 @@ func (x *Engine) String() string {
 func (*Engine) ProtoMessage() {}
 
 func (x *Engine) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[8]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1511,7 +2077,7 @@ func (x *Engine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Engine.ProtoReflect.Descriptor instead.
 func (*Engine) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{8}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Engine) GetName() string {
@@ -1562,7 +2128,7 @@ type DeploymentSummary struct {
 
 func (x *DeploymentSummary) Reset() {
 	*x = DeploymentSummary{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[9]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +2140,7 @@ func (x *DeploymentSummary) String() string {
 func (*DeploymentSummary) ProtoMessage() {}
 
 func (x *DeploymentSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[9]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +2153,7 @@ func (x *DeploymentSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentSummary.ProtoReflect.Descriptor instead.
 func (*DeploymentSummary) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{9}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeploymentSummary) GetName() string {
@@ -1650,7 +2216,7 @@ type RegistrySummary struct {
 
 func (x *RegistrySummary) Reset() {
 	*x = RegistrySummary{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[10]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1662,7 +2228,7 @@ func (x *RegistrySummary) String() string {
 func (*RegistrySummary) ProtoMessage() {}
 
 func (x *RegistrySummary) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[10]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1675,7 +2241,7 @@ func (x *RegistrySummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistrySummary.ProtoReflect.Descriptor instead.
 func (*RegistrySummary) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{10}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RegistrySummary) GetRegistry() string {
@@ -1758,7 +2324,7 @@ type Death struct {
 
 func (x *Death) Reset() {
 	*x = Death{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[11]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +2336,7 @@ func (x *Death) String() string {
 func (*Death) ProtoMessage() {}
 
 func (x *Death) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[11]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +2349,7 @@ func (x *Death) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Death.ProtoReflect.Descriptor instead.
 func (*Death) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{11}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Death) GetGatewayId() string {
@@ -1840,7 +2406,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[12]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1852,7 +2418,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[12]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1865,7 +2431,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{12}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Event) GetGatewayId() string {
@@ -1953,7 +2519,7 @@ type Metrics struct {
 
 func (x *Metrics) Reset() {
 	*x = Metrics{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[13]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1965,7 +2531,7 @@ func (x *Metrics) String() string {
 func (*Metrics) ProtoMessage() {}
 
 func (x *Metrics) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[13]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1978,7 +2544,7 @@ func (x *Metrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Metrics.ProtoReflect.Descriptor instead.
 func (*Metrics) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{13}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Metrics) GetGatewayId() string {
@@ -2102,13 +2668,27 @@ type DeploymentSpec struct {
 	StopTimeout   *durationpb.Duration `protobuf:"bytes,22,opt,name=stop_timeout,json=stopTimeout,proto3" json:"stop_timeout,omitempty"`
 	Pull          *Pull                `protobuf:"bytes,23,opt,name=pull,proto3" json:"pull,omitempty"`
 	Update        *Update              `protobuf:"bytes,24,opt,name=update,proto3" json:"update,omitempty"`
+	// An application of several containers that update together: service
+	// name (1-63 of [a-z0-9-]) → its container. When set, the container
+	// fields above (image … update) must be unset: each service carries its
+	// own. A spec without services is one container, the service named after
+	// the deployment.
+	Services map[string]*Service `protobuf:"bytes,25,rep,name=services,proto3" json:"services,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Networks the application owns: created by the agent, named
+	// fleet-{deployment}-{network}, removed with the deployment. A service
+	// on a network is reachable from the others on it by its service name.
+	Networks []*AppNetwork `protobuf:"bytes,26,rep,name=networks,proto3" json:"networks,omitempty"`
+	// Named volumes the application owns, named fleet-{deployment}-{volume}:
+	// kept across revisions, removed only by remove with removeVolumes. A
+	// VOLUME mount whose source names one of them uses it.
+	Volumes       []*AppVolume `protobuf:"bytes,27,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeploymentSpec) Reset() {
 	*x = DeploymentSpec{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[14]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2700,7 @@ func (x *DeploymentSpec) String() string {
 func (*DeploymentSpec) ProtoMessage() {}
 
 func (x *DeploymentSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[14]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2713,7 @@ func (x *DeploymentSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentSpec.ProtoReflect.Descriptor instead.
 func (*DeploymentSpec) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{14}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DeploymentSpec) GetName() string {
@@ -2304,6 +2884,409 @@ func (x *DeploymentSpec) GetUpdate() *Update {
 	return nil
 }
 
+func (x *DeploymentSpec) GetServices() map[string]*Service {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+func (x *DeploymentSpec) GetNetworks() []*AppNetwork {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+func (x *DeploymentSpec) GetVolumes() []*AppVolume {
+	if x != nil {
+		return x.Volumes
+	}
+	return nil
+}
+
+// Service is one container of an application: the container fields of
+// DeploymentSpec (same numbers, same meaning), the application networks it
+// joins, and what it waits for.
+type Service struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Image      string                 `protobuf:"bytes,3,opt,name=image,proto3" json:"image,omitempty"`
+	PullPolicy Pull_Policy            `protobuf:"varint,4,opt,name=pull_policy,json=pullPolicy,proto3,enum=fleet.v1.Pull_Policy" json:"pull_policy,omitempty"`
+	Command    []string               `protobuf:"bytes,5,rep,name=command,proto3" json:"command,omitempty"`
+	Entrypoint []string               `protobuf:"bytes,6,rep,name=entrypoint,proto3" json:"entrypoint,omitempty"`
+	Env        map[string]string      `protobuf:"bytes,7,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Ports      []*Port                `protobuf:"bytes,8,rep,name=ports,proto3" json:"ports,omitempty"`
+	Mounts     []*Mount               `protobuf:"bytes,9,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	Devices    []*Device              `protobuf:"bytes,10,rep,name=devices,proto3" json:"devices,omitempty"`
+	Privileged bool                   `protobuf:"varint,11,opt,name=privileged,proto3" json:"privileged,omitempty"`
+	CapAdd     []string               `protobuf:"bytes,12,rep,name=cap_add,json=capAdd,proto3" json:"cap_add,omitempty"`
+	CapDrop    []string               `protobuf:"bytes,13,rep,name=cap_drop,json=capDrop,proto3" json:"cap_drop,omitempty"`
+	// Mutually exclusive with networks, except "" and "bridge" (ignored when networks are set).
+	NetworkMode   string               `protobuf:"bytes,14,opt,name=network_mode,json=networkMode,proto3" json:"network_mode,omitempty"`
+	RestartPolicy *RestartPolicy       `protobuf:"bytes,15,opt,name=restart_policy,json=restartPolicy,proto3" json:"restart_policy,omitempty"`
+	Resources     *Resources           `protobuf:"bytes,16,opt,name=resources,proto3" json:"resources,omitempty"`
+	Labels        map[string]string    `protobuf:"bytes,17,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	User          string               `protobuf:"bytes,18,opt,name=user,proto3" json:"user,omitempty"`
+	WorkingDir    string               `protobuf:"bytes,19,opt,name=working_dir,json=workingDir,proto3" json:"working_dir,omitempty"`
+	Logging       *Logging             `protobuf:"bytes,20,opt,name=logging,proto3" json:"logging,omitempty"`
+	HealthCheck   *HealthCheck         `protobuf:"bytes,21,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`
+	StopTimeout   *durationpb.Duration `protobuf:"bytes,22,opt,name=stop_timeout,json=stopTimeout,proto3" json:"stop_timeout,omitempty"`
+	Pull          *Pull                `protobuf:"bytes,23,opt,name=pull,proto3" json:"pull,omitempty"`
+	Update        *Update              `protobuf:"bytes,24,opt,name=update,proto3" json:"update,omitempty"`
+	// Names from DeploymentSpec.networks.
+	Networks      []string      `protobuf:"bytes,25,rep,name=networks,proto3" json:"networks,omitempty"`
+	DependsOn     []*Dependency `protobuf:"bytes,26,rep,name=depends_on,json=dependsOn,proto3" json:"depends_on,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Service) Reset() {
+	*x = Service{}
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Service) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Service) ProtoMessage() {}
+
+func (x *Service) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Service.ProtoReflect.Descriptor instead.
+func (*Service) Descriptor() ([]byte, []int) {
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Service) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *Service) GetPullPolicy() Pull_Policy {
+	if x != nil {
+		return x.PullPolicy
+	}
+	return Pull_POLICY_UNSPECIFIED
+}
+
+func (x *Service) GetCommand() []string {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *Service) GetEntrypoint() []string {
+	if x != nil {
+		return x.Entrypoint
+	}
+	return nil
+}
+
+func (x *Service) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *Service) GetPorts() []*Port {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *Service) GetMounts() []*Mount {
+	if x != nil {
+		return x.Mounts
+	}
+	return nil
+}
+
+func (x *Service) GetDevices() []*Device {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+func (x *Service) GetPrivileged() bool {
+	if x != nil {
+		return x.Privileged
+	}
+	return false
+}
+
+func (x *Service) GetCapAdd() []string {
+	if x != nil {
+		return x.CapAdd
+	}
+	return nil
+}
+
+func (x *Service) GetCapDrop() []string {
+	if x != nil {
+		return x.CapDrop
+	}
+	return nil
+}
+
+func (x *Service) GetNetworkMode() string {
+	if x != nil {
+		return x.NetworkMode
+	}
+	return ""
+}
+
+func (x *Service) GetRestartPolicy() *RestartPolicy {
+	if x != nil {
+		return x.RestartPolicy
+	}
+	return nil
+}
+
+func (x *Service) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *Service) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Service) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *Service) GetWorkingDir() string {
+	if x != nil {
+		return x.WorkingDir
+	}
+	return ""
+}
+
+func (x *Service) GetLogging() *Logging {
+	if x != nil {
+		return x.Logging
+	}
+	return nil
+}
+
+func (x *Service) GetHealthCheck() *HealthCheck {
+	if x != nil {
+		return x.HealthCheck
+	}
+	return nil
+}
+
+func (x *Service) GetStopTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.StopTimeout
+	}
+	return nil
+}
+
+func (x *Service) GetPull() *Pull {
+	if x != nil {
+		return x.Pull
+	}
+	return nil
+}
+
+func (x *Service) GetUpdate() *Update {
+	if x != nil {
+		return x.Update
+	}
+	return nil
+}
+
+func (x *Service) GetNetworks() []string {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+func (x *Service) GetDependsOn() []*Dependency {
+	if x != nil {
+		return x.DependsOn
+	}
+	return nil
+}
+
+type Dependency struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Service       string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Condition     Dependency_Condition   `protobuf:"varint,2,opt,name=condition,proto3,enum=fleet.v1.Dependency_Condition" json:"condition,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Dependency) Reset() {
+	*x = Dependency{}
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Dependency) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Dependency) ProtoMessage() {}
+
+func (x *Dependency) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Dependency.ProtoReflect.Descriptor instead.
+func (*Dependency) Descriptor() ([]byte, []int) {
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Dependency) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *Dependency) GetCondition() Dependency_Condition {
+	if x != nil {
+		return x.Condition
+	}
+	return Dependency_CONDITION_UNSPECIFIED
+}
+
+type AppNetwork struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// No route outside the network.
+	Internal      bool `protobuf:"varint,2,opt,name=internal,proto3" json:"internal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppNetwork) Reset() {
+	*x = AppNetwork{}
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppNetwork) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppNetwork) ProtoMessage() {}
+
+func (x *AppNetwork) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppNetwork.ProtoReflect.Descriptor instead.
+func (*AppNetwork) Descriptor() ([]byte, []int) {
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *AppNetwork) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AppNetwork) GetInternal() bool {
+	if x != nil {
+		return x.Internal
+	}
+	return false
+}
+
+type AppVolume struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppVolume) Reset() {
+	*x = AppVolume{}
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppVolume) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppVolume) ProtoMessage() {}
+
+func (x *AppVolume) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppVolume.ProtoReflect.Descriptor instead.
+func (*AppVolume) Descriptor() ([]byte, []int) {
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AppVolume) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 type Port struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ContainerPort uint32                 `protobuf:"varint,1,opt,name=container_port,json=containerPort,proto3" json:"container_port,omitempty"`
@@ -2317,7 +3300,7 @@ type Port struct {
 
 func (x *Port) Reset() {
 	*x = Port{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[15]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2329,7 +3312,7 @@ func (x *Port) String() string {
 func (*Port) ProtoMessage() {}
 
 func (x *Port) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[15]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2342,7 +3325,7 @@ func (x *Port) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Port.ProtoReflect.Descriptor instead.
 func (*Port) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{15}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Port) GetContainerPort() uint32 {
@@ -2385,7 +3368,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[16]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2397,7 +3380,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[16]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2410,7 +3393,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{16}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Mount) GetType() Mount_Type {
@@ -2453,7 +3436,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[17]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2465,7 +3448,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[17]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2478,7 +3461,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{17}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Device) GetHostPath() string {
@@ -2512,7 +3495,7 @@ type RestartPolicy struct {
 
 func (x *RestartPolicy) Reset() {
 	*x = RestartPolicy{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[18]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2524,7 +3507,7 @@ func (x *RestartPolicy) String() string {
 func (*RestartPolicy) ProtoMessage() {}
 
 func (x *RestartPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[18]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2537,7 +3520,7 @@ func (x *RestartPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartPolicy.ProtoReflect.Descriptor instead.
 func (*RestartPolicy) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{18}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RestartPolicy) GetMode() RestartPolicy_Mode {
@@ -2565,7 +3548,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[19]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2577,7 +3560,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[19]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2590,7 +3573,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{19}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Resources) GetMemoryBytes() int64 {
@@ -2624,7 +3607,7 @@ type Logging struct {
 
 func (x *Logging) Reset() {
 	*x = Logging{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2636,7 +3619,7 @@ func (x *Logging) String() string {
 func (*Logging) ProtoMessage() {}
 
 func (x *Logging) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2649,7 +3632,7 @@ func (x *Logging) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Logging.ProtoReflect.Descriptor instead.
 func (*Logging) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Logging) GetDriver() string {
@@ -2680,7 +3663,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2692,7 +3675,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2705,7 +3688,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *HealthCheck) GetTest() []string {
@@ -2760,7 +3743,7 @@ type Pull struct {
 
 func (x *Pull) Reset() {
 	*x = Pull{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2772,7 +3755,7 @@ func (x *Pull) String() string {
 func (*Pull) ProtoMessage() {}
 
 func (x *Pull) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2785,7 +3768,7 @@ func (x *Pull) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pull.ProtoReflect.Descriptor instead.
 func (*Pull) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Pull) GetRetries() uint32 {
@@ -2834,7 +3817,7 @@ type Update struct {
 
 func (x *Update) Reset() {
 	*x = Update{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2846,7 +3829,7 @@ func (x *Update) String() string {
 func (*Update) ProtoMessage() {}
 
 func (x *Update) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2859,7 +3842,7 @@ func (x *Update) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Update.ProtoReflect.Descriptor instead.
 func (*Update) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Update) GetStrategy() Update_Strategy {
@@ -2885,28 +3868,33 @@ func (x *Update) GetProgressDeadlineSeconds() uint32 {
 
 // DeploymentStatus is published retained on .../{gateway}/status/{deployment}.
 type DeploymentStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
-	Phase         DeploymentStatus_Phase `protobuf:"varint,3,opt,name=phase,proto3,enum=fleet.v1.DeploymentStatus_Phase" json:"phase,omitempty"`
-	Health        HealthCheck_Status     `protobuf:"varint,4,opt,name=health,proto3,enum=fleet.v1.HealthCheck_Status" json:"health,omitempty"`
-	Image         string                 `protobuf:"bytes,5,opt,name=image,proto3" json:"image,omitempty"`
-	ImageDigest   string                 `protobuf:"bytes,6,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
-	ContainerId   string                 `protobuf:"bytes,7,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
-	PullProgress  *PullProgress          `protobuf:"bytes,8,opt,name=pull_progress,json=pullProgress,proto3" json:"pull_progress,omitempty"`
-	RestartCount  uint32                 `protobuf:"varint,9,opt,name=restart_count,json=restartCount,proto3" json:"restart_count,omitempty"`
-	ExitCode      int32                  `protobuf:"varint,10,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
-	OomKilled     bool                   `protobuf:"varint,11,opt,name=oom_killed,json=oomKilled,proto3" json:"oom_killed,omitempty"`
-	Code          Reply_Code             `protobuf:"varint,12,opt,name=code,proto3,enum=fleet.v1.Reply_Code" json:"code,omitempty"`
-	Message       string                 `protobuf:"bytes,13,opt,name=message,proto3" json:"message,omitempty"`
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Name         string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Revision     int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Phase        DeploymentStatus_Phase `protobuf:"varint,3,opt,name=phase,proto3,enum=fleet.v1.DeploymentStatus_Phase" json:"phase,omitempty"`
+	Health       HealthCheck_Status     `protobuf:"varint,4,opt,name=health,proto3,enum=fleet.v1.HealthCheck_Status" json:"health,omitempty"`
+	Image        string                 `protobuf:"bytes,5,opt,name=image,proto3" json:"image,omitempty"`
+	ImageDigest  string                 `protobuf:"bytes,6,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
+	ContainerId  string                 `protobuf:"bytes,7,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	PullProgress *PullProgress          `protobuf:"bytes,8,opt,name=pull_progress,json=pullProgress,proto3" json:"pull_progress,omitempty"`
+	RestartCount uint32                 `protobuf:"varint,9,opt,name=restart_count,json=restartCount,proto3" json:"restart_count,omitempty"`
+	ExitCode     int32                  `protobuf:"varint,10,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	OomKilled    bool                   `protobuf:"varint,11,opt,name=oom_killed,json=oomKilled,proto3" json:"oom_killed,omitempty"`
+	Code         Reply_Code             `protobuf:"varint,12,opt,name=code,proto3,enum=fleet.v1.Reply_Code" json:"code,omitempty"`
+	Message      string                 `protobuf:"bytes,13,opt,name=message,proto3" json:"message,omitempty"`
+	UpdatedAt    *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// An application's services, by name; for a single container one
+	// entry. The fields above are the application's: phase the least
+	// advanced service's, health the worst, container_id, image and digest
+	// those of a single container's service (empty for several).
+	Services      []*ServiceStatus `protobuf:"bytes,15,rep,name=services,proto3" json:"services,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeploymentStatus) Reset() {
 	*x = DeploymentStatus{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2918,7 +3906,7 @@ func (x *DeploymentStatus) String() string {
 func (*DeploymentStatus) ProtoMessage() {}
 
 func (x *DeploymentStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2931,7 +3919,7 @@ func (x *DeploymentStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentStatus.ProtoReflect.Descriptor instead.
 func (*DeploymentStatus) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeploymentStatus) GetName() string {
@@ -3032,6 +4020,137 @@ func (x *DeploymentStatus) GetUpdatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *DeploymentStatus) GetServices() []*ServiceStatus {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+type ServiceStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Phase         DeploymentStatus_Phase `protobuf:"varint,2,opt,name=phase,proto3,enum=fleet.v1.DeploymentStatus_Phase" json:"phase,omitempty"`
+	Health        HealthCheck_Status     `protobuf:"varint,3,opt,name=health,proto3,enum=fleet.v1.HealthCheck_Status" json:"health,omitempty"`
+	Image         string                 `protobuf:"bytes,4,opt,name=image,proto3" json:"image,omitempty"`
+	ImageDigest   string                 `protobuf:"bytes,5,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
+	ContainerId   string                 `protobuf:"bytes,6,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	RestartCount  uint32                 `protobuf:"varint,7,opt,name=restart_count,json=restartCount,proto3" json:"restart_count,omitempty"`
+	ExitCode      int32                  `protobuf:"varint,8,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	OomKilled     bool                   `protobuf:"varint,9,opt,name=oom_killed,json=oomKilled,proto3" json:"oom_killed,omitempty"`
+	Code          Reply_Code             `protobuf:"varint,10,opt,name=code,proto3,enum=fleet.v1.Reply_Code" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,11,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceStatus) Reset() {
+	*x = ServiceStatus{}
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceStatus) ProtoMessage() {}
+
+func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
+func (*ServiceStatus) Descriptor() ([]byte, []int) {
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ServiceStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ServiceStatus) GetPhase() DeploymentStatus_Phase {
+	if x != nil {
+		return x.Phase
+	}
+	return DeploymentStatus_PHASE_UNSPECIFIED
+}
+
+func (x *ServiceStatus) GetHealth() HealthCheck_Status {
+	if x != nil {
+		return x.Health
+	}
+	return HealthCheck_NONE
+}
+
+func (x *ServiceStatus) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *ServiceStatus) GetImageDigest() string {
+	if x != nil {
+		return x.ImageDigest
+	}
+	return ""
+}
+
+func (x *ServiceStatus) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *ServiceStatus) GetRestartCount() uint32 {
+	if x != nil {
+		return x.RestartCount
+	}
+	return 0
+}
+
+func (x *ServiceStatus) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *ServiceStatus) GetOomKilled() bool {
+	if x != nil {
+		return x.OomKilled
+	}
+	return false
+}
+
+func (x *ServiceStatus) GetCode() Reply_Code {
+	if x != nil {
+		return x.Code
+	}
+	return Reply_OK
+}
+
+func (x *ServiceStatus) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 type PullProgress struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	BytesDone  uint64                 `protobuf:"varint,1,opt,name=bytes_done,json=bytesDone,proto3" json:"bytes_done,omitempty"`
@@ -3046,7 +4165,7 @@ type PullProgress struct {
 
 func (x *PullProgress) Reset() {
 	*x = PullProgress{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3058,7 +4177,7 @@ func (x *PullProgress) String() string {
 func (*PullProgress) ProtoMessage() {}
 
 func (x *PullProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3071,7 +4190,7 @@ func (x *PullProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PullProgress.ProtoReflect.Descriptor instead.
 func (*PullProgress) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PullProgress) GetBytesDone() uint64 {
@@ -3115,7 +4234,7 @@ type SetCredentials struct {
 
 func (x *SetCredentials) Reset() {
 	*x = SetCredentials{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3127,7 +4246,7 @@ func (x *SetCredentials) String() string {
 func (*SetCredentials) ProtoMessage() {}
 
 func (x *SetCredentials) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3140,7 +4259,7 @@ func (x *SetCredentials) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCredentials.ProtoReflect.Descriptor instead.
 func (*SetCredentials) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SetCredentials) GetCredentials() []*Credential {
@@ -3194,7 +4313,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3206,7 +4325,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3219,7 +4338,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Credential) GetRegistry() string {
@@ -3352,7 +4471,7 @@ type BasicAuth struct {
 
 func (x *BasicAuth) Reset() {
 	*x = BasicAuth{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3364,7 +4483,7 @@ func (x *BasicAuth) String() string {
 func (*BasicAuth) ProtoMessage() {}
 
 func (x *BasicAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3377,7 +4496,7 @@ func (x *BasicAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BasicAuth.ProtoReflect.Descriptor instead.
 func (*BasicAuth) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *BasicAuth) GetUsername() string {
@@ -3409,7 +4528,7 @@ type EcrAuth struct {
 
 func (x *EcrAuth) Reset() {
 	*x = EcrAuth{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3421,7 +4540,7 @@ func (x *EcrAuth) String() string {
 func (*EcrAuth) ProtoMessage() {}
 
 func (x *EcrAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3434,7 +4553,7 @@ func (x *EcrAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EcrAuth.ProtoReflect.Descriptor instead.
 func (*EcrAuth) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *EcrAuth) GetRegion() string {
@@ -3482,7 +4601,7 @@ type EcrToken struct {
 
 func (x *EcrToken) Reset() {
 	*x = EcrToken{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3494,7 +4613,7 @@ func (x *EcrToken) String() string {
 func (*EcrToken) ProtoMessage() {}
 
 func (x *EcrToken) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3507,7 +4626,7 @@ func (x *EcrToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EcrToken.ProtoReflect.Descriptor instead.
 func (*EcrToken) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *EcrToken) GetPassword() string {
@@ -3532,7 +4651,7 @@ type Anonymous struct {
 
 func (x *Anonymous) Reset() {
 	*x = Anonymous{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3544,7 +4663,7 @@ func (x *Anonymous) String() string {
 func (*Anonymous) ProtoMessage() {}
 
 func (x *Anonymous) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3557,7 +4676,7 @@ func (x *Anonymous) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Anonymous.ProtoReflect.Descriptor instead.
 func (*Anonymous) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{40}
 }
 
 type DeleteCredentials struct {
@@ -3569,7 +4688,7 @@ type DeleteCredentials struct {
 
 func (x *DeleteCredentials) Reset() {
 	*x = DeleteCredentials{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3581,7 +4700,7 @@ func (x *DeleteCredentials) String() string {
 func (*DeleteCredentials) ProtoMessage() {}
 
 func (x *DeleteCredentials) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3594,7 +4713,7 @@ func (x *DeleteCredentials) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCredentials.ProtoReflect.Descriptor instead.
 func (*DeleteCredentials) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DeleteCredentials) GetRegistries() []string {
@@ -3613,7 +4732,7 @@ type CheckRegistry struct {
 
 func (x *CheckRegistry) Reset() {
 	*x = CheckRegistry{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3625,7 +4744,7 @@ func (x *CheckRegistry) String() string {
 func (*CheckRegistry) ProtoMessage() {}
 
 func (x *CheckRegistry) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3638,7 +4757,7 @@ func (x *CheckRegistry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRegistry.ProtoReflect.Descriptor instead.
 func (*CheckRegistry) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CheckRegistry) GetImage() string {
@@ -3662,7 +4781,7 @@ type RegistryCheck struct {
 
 func (x *RegistryCheck) Reset() {
 	*x = RegistryCheck{}
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3674,7 +4793,7 @@ func (x *RegistryCheck) String() string {
 func (*RegistryCheck) ProtoMessage() {}
 
 func (x *RegistryCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_protocol_fleet_v1_fleet_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3687,7 +4806,7 @@ func (x *RegistryCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryCheck.ProtoReflect.Descriptor instead.
 func (*RegistryCheck) Descriptor() ([]byte, []int) {
-	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
+	return file_protocol_fleet_v1_fleet_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RegistryCheck) GetReachable() bool {
@@ -3736,7 +4855,7 @@ var File_protocol_fleet_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1dprotocol/fleet/v1/fleet.proto\x12\bfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x05\n" +
+	"\x1dprotocol/fleet/v1/fleet.proto\x12\bfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x06\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x127\n" +
 	"\tissued_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x129\n" +
@@ -3752,14 +4871,64 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x12delete_credentials\x18\x10 \x01(\v2\x1b.fleet.v1.DeleteCredentialsH\x00R\x11deleteCredentials\x12@\n" +
 	"\x0echeck_registry\x18\x11 \x01(\v2\x17.fleet.v1.CheckRegistryH\x00R\rcheckRegistry\x12-\n" +
 	"\arebirth\x18\x12 \x01(\v2\x11.fleet.v1.RebirthH\x00R\arebirth\x120\n" +
-	"\bprefetch\x18\x13 \x01(\v2\x12.fleet.v1.PrefetchH\x00R\bprefetchB\x06\n" +
+	"\bprefetch\x18\x13 \x01(\v2\x12.fleet.v1.PrefetchH\x00R\bprefetch\x12$\n" +
+	"\x04logs\x18\x14 \x01(\v2\x0e.fleet.v1.LogsH\x00R\x04logs\x127\n" +
+	"\vcancel_logs\x18\x15 \x01(\v2\x14.fleet.v1.CancelLogsH\x00R\n" +
+	"cancelLogsB\x06\n" +
 	"\x04body\"6\n" +
 	"\x06Deploy\x12,\n" +
-	"\x04spec\x18\x01 \x01(\v2\x18.fleet.v1.DeploymentSpecR\x04spec\"F\n" +
+	"\x04spec\x18\x01 \x01(\v2\x18.fleet.v1.DeploymentSpecR\x04spec\"\x87\x01\n" +
 	"\rDeploymentRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
-	"\fremove_image\x18\x02 \x01(\bR\vremoveImage\"\t\n" +
-	"\aRebirth\"8\n" +
+	"\fremove_image\x18\x02 \x01(\bR\vremoveImage\x12\x18\n" +
+	"\aservice\x18\x03 \x01(\tR\aservice\x12%\n" +
+	"\x0eremove_volumes\x18\x04 \x01(\bR\rremoveVolumes\"\t\n" +
+	"\aRebirth\"\xd0\x01\n" +
+	"\x04Logs\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x12\n" +
+	"\x04tail\x18\x03 \x01(\rR\x04tail\x120\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x16\n" +
+	"\x06follow\x18\x05 \x01(\bR\x06follow\x120\n" +
+	"\x05until\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\"+\n" +
+	"\n" +
+	"CancelLogs\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\"\xc1\x03\n" +
+	"\bLogChunk\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1d\n" +
+	"\n" +
+	"gateway_id\x18\x02 \x01(\tR\tgatewayId\x12\x1a\n" +
+	"\bsequence\x18\x03 \x01(\x04R\bsequence\x12'\n" +
+	"\x05lines\x18\x04 \x03(\v2\x11.fleet.v1.LogLineR\x05lines\x12#\n" +
+	"\rdropped_lines\x18\x05 \x01(\x04R\fdroppedLines\x12#\n" +
+	"\rdropped_bytes\x18\x06 \x01(\x04R\fdroppedBytes\x12\x14\n" +
+	"\x05final\x18\a \x01(\bR\x05final\x12,\n" +
+	"\x05ended\x18\b \x01(\x0e2\x16.fleet.v1.LogChunk.EndR\x05ended\x12(\n" +
+	"\x04code\x18\t \x01(\x0e2\x14.fleet.v1.Reply.CodeR\x04code\x12\x18\n" +
+	"\amessage\x18\n" +
+	" \x01(\tR\amessage\"`\n" +
+	"\x03End\x12\x13\n" +
+	"\x0fEND_UNSPECIFIED\x10\x00\x12\f\n" +
+	"\bCOMPLETE\x10\x01\x12\t\n" +
+	"\x05UNTIL\x10\x02\x12\f\n" +
+	"\bCANCELED\x10\x03\x12\x12\n" +
+	"\x0eCONTAINER_GONE\x10\x04\x12\t\n" +
+	"\x05ERROR\x10\x05\"\xdd\x01\n" +
+	"\aLogLine\x128\n" +
+	"\ttimestamp\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\ttimestamp\x120\n" +
+	"\x06stream\x18\x02 \x01(\x0e2\x18.fleet.v1.LogLine.StreamR\x06stream\x12\x18\n" +
+	"\aservice\x18\x03 \x01(\tR\aservice\x12\x12\n" +
+	"\x04text\x18\x04 \x01(\tR\x04text\"8\n" +
+	"\x06Stream\x12\x16\n" +
+	"\x12STREAM_UNSPECIFIED\x10\x00\x12\n" +
+	"\n" +
+	"\x06STDOUT\x10\x01\x12\n" +
+	"\n" +
+	"\x06STDERR\x10\x02\"8\n" +
 	"\bPrefetch\x12,\n" +
 	"\x04spec\x18\x01 \x01(\v2\x18.fleet.v1.DeploymentSpecR\x04spec\"\xbf\x06\n" +
 	"\x05Reply\x12\x1d\n" +
@@ -3911,7 +5080,8 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	" \x01(\x04R\rdiskFreeBytes\x12(\n" +
 	"\x10disk_total_bytes\x18\v \x01(\x04R\x0ediskTotalBytes\x12)\n" +
 	"\x10deployment_count\x18\f \x01(\rR\x0fdeploymentCount\x12#\n" +
-	"\rrunning_count\x18\r \x01(\rR\frunningCount\"\xbb\b\n" +
+	"\rrunning_count\x18\r \x01(\rR\frunningCount\"\xb0\n" +
+	"\n" +
 	"\x0eDeploymentSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x14\n" +
@@ -3943,13 +5113,73 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\fhealth_check\x18\x15 \x01(\v2\x15.fleet.v1.HealthCheckR\vhealthCheck\x12<\n" +
 	"\fstop_timeout\x18\x16 \x01(\v2\x19.google.protobuf.DurationR\vstopTimeout\x12\"\n" +
 	"\x04pull\x18\x17 \x01(\v2\x0e.fleet.v1.PullR\x04pull\x12(\n" +
-	"\x06update\x18\x18 \x01(\v2\x10.fleet.v1.UpdateR\x06update\x1a6\n" +
+	"\x06update\x18\x18 \x01(\v2\x10.fleet.v1.UpdateR\x06update\x12B\n" +
+	"\bservices\x18\x19 \x03(\v2&.fleet.v1.DeploymentSpec.ServicesEntryR\bservices\x120\n" +
+	"\bnetworks\x18\x1a \x03(\v2\x14.fleet.v1.AppNetworkR\bnetworks\x12-\n" +
+	"\avolumes\x18\x1b \x03(\v2\x13.fleet.v1.AppVolumeR\avolumes\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x7f\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aN\n" +
+	"\rServicesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12'\n" +
+	"\x05value\x18\x02 \x01(\v2\x11.fleet.v1.ServiceR\x05value:\x028\x01\"\xc7\b\n" +
+	"\aService\x12\x14\n" +
+	"\x05image\x18\x03 \x01(\tR\x05image\x126\n" +
+	"\vpull_policy\x18\x04 \x01(\x0e2\x15.fleet.v1.Pull.PolicyR\n" +
+	"pullPolicy\x12\x18\n" +
+	"\acommand\x18\x05 \x03(\tR\acommand\x12\x1e\n" +
+	"\n" +
+	"entrypoint\x18\x06 \x03(\tR\n" +
+	"entrypoint\x12,\n" +
+	"\x03env\x18\a \x03(\v2\x1a.fleet.v1.Service.EnvEntryR\x03env\x12$\n" +
+	"\x05ports\x18\b \x03(\v2\x0e.fleet.v1.PortR\x05ports\x12'\n" +
+	"\x06mounts\x18\t \x03(\v2\x0f.fleet.v1.MountR\x06mounts\x12*\n" +
+	"\adevices\x18\n" +
+	" \x03(\v2\x10.fleet.v1.DeviceR\adevices\x12\x1e\n" +
+	"\n" +
+	"privileged\x18\v \x01(\bR\n" +
+	"privileged\x12\x17\n" +
+	"\acap_add\x18\f \x03(\tR\x06capAdd\x12\x19\n" +
+	"\bcap_drop\x18\r \x03(\tR\acapDrop\x12!\n" +
+	"\fnetwork_mode\x18\x0e \x01(\tR\vnetworkMode\x12>\n" +
+	"\x0erestart_policy\x18\x0f \x01(\v2\x17.fleet.v1.RestartPolicyR\rrestartPolicy\x121\n" +
+	"\tresources\x18\x10 \x01(\v2\x13.fleet.v1.ResourcesR\tresources\x125\n" +
+	"\x06labels\x18\x11 \x03(\v2\x1d.fleet.v1.Service.LabelsEntryR\x06labels\x12\x12\n" +
+	"\x04user\x18\x12 \x01(\tR\x04user\x12\x1f\n" +
+	"\vworking_dir\x18\x13 \x01(\tR\n" +
+	"workingDir\x12+\n" +
+	"\alogging\x18\x14 \x01(\v2\x11.fleet.v1.LoggingR\alogging\x128\n" +
+	"\fhealth_check\x18\x15 \x01(\v2\x15.fleet.v1.HealthCheckR\vhealthCheck\x12<\n" +
+	"\fstop_timeout\x18\x16 \x01(\v2\x19.google.protobuf.DurationR\vstopTimeout\x12\"\n" +
+	"\x04pull\x18\x17 \x01(\v2\x0e.fleet.v1.PullR\x04pull\x12(\n" +
+	"\x06update\x18\x18 \x01(\v2\x10.fleet.v1.UpdateR\x06update\x12\x1a\n" +
+	"\bnetworks\x18\x19 \x03(\tR\bnetworks\x123\n" +
+	"\n" +
+	"depends_on\x18\x1a \x03(\v2\x14.fleet.v1.DependencyR\tdependsOn\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc2\x01\n" +
+	"\n" +
+	"Dependency\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12<\n" +
+	"\tcondition\x18\x02 \x01(\x0e2\x1e.fleet.v1.Dependency.ConditionR\tcondition\"\\\n" +
+	"\tCondition\x12\x19\n" +
+	"\x15CONDITION_UNSPECIFIED\x10\x00\x12\v\n" +
+	"\aSTARTED\x10\x01\x12\v\n" +
+	"\aHEALTHY\x10\x02\x12\x1a\n" +
+	"\x16COMPLETED_SUCCESSFULLY\x10\x03\"<\n" +
+	"\n" +
+	"AppNetwork\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\binternal\x18\x02 \x01(\bR\binternal\"\x1f\n" +
+	"\tAppVolume\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x7f\n" +
 	"\x04Port\x12%\n" +
 	"\x0econtainer_port\x18\x01 \x01(\rR\rcontainerPort\x12\x1b\n" +
 	"\thost_port\x18\x02 \x01(\rR\bhostPort\x12\x17\n" +
@@ -4028,7 +5258,7 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
 	"STOP_FIRST\x10\x01\x12\x0f\n" +
-	"\vSTART_FIRST\x10\x02\"\xd1\x05\n" +
+	"\vSTART_FIRST\x10\x02\"\x86\x06\n" +
 	"\x10DeploymentStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x126\n" +
@@ -4046,7 +5276,8 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x04code\x18\f \x01(\x0e2\x14.fleet.v1.Reply.CodeR\x04code\x12\x18\n" +
 	"\amessage\x18\r \x01(\tR\amessage\x129\n" +
 	"\n" +
-	"updated_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xa5\x01\n" +
+	"updated_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x123\n" +
+	"\bservices\x18\x0f \x03(\v2\x17.fleet.v1.ServiceStatusR\bservices\"\xa5\x01\n" +
 	"\x05Phase\x12\x15\n" +
 	"\x11PHASE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aPENDING\x10\x01\x12\v\n" +
@@ -4061,7 +5292,21 @@ const file_protocol_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x06FAILED\x10\b\x12\x0f\n" +
 	"\vROLLED_BACK\x10\t\x12\f\n" +
 	"\bREMOVING\x10\n" +
-	"\"\xa5\x01\n" +
+	"\"\x92\x03\n" +
+	"\rServiceStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x126\n" +
+	"\x05phase\x18\x02 \x01(\x0e2 .fleet.v1.DeploymentStatus.PhaseR\x05phase\x124\n" +
+	"\x06health\x18\x03 \x01(\x0e2\x1c.fleet.v1.HealthCheck.StatusR\x06health\x12\x14\n" +
+	"\x05image\x18\x04 \x01(\tR\x05image\x12!\n" +
+	"\fimage_digest\x18\x05 \x01(\tR\vimageDigest\x12!\n" +
+	"\fcontainer_id\x18\x06 \x01(\tR\vcontainerId\x12#\n" +
+	"\rrestart_count\x18\a \x01(\rR\frestartCount\x12\x1b\n" +
+	"\texit_code\x18\b \x01(\x05R\bexitCode\x12\x1d\n" +
+	"\n" +
+	"oom_killed\x18\t \x01(\bR\toomKilled\x12(\n" +
+	"\x04code\x18\n" +
+	" \x01(\x0e2\x14.fleet.v1.Reply.CodeR\x04code\x12\x18\n" +
+	"\amessage\x18\v \x01(\tR\amessage\"\xa5\x01\n" +
 	"\fPullProgress\x12\x1d\n" +
 	"\n" +
 	"bytes_done\x18\x01 \x01(\x04R\tbytesDone\x12\x1f\n" +
@@ -4131,139 +5376,186 @@ func file_protocol_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 	return file_protocol_fleet_v1_fleet_proto_rawDescData
 }
 
-var file_protocol_fleet_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
-var file_protocol_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_protocol_fleet_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
+var file_protocol_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_protocol_fleet_v1_fleet_proto_goTypes = []any{
-	(Reply_Result)(0),             // 0: fleet.v1.Reply.Result
-	(Reply_Code)(0),               // 1: fleet.v1.Reply.Code
-	(Death_Reason)(0),             // 2: fleet.v1.Death.Reason
-	(Event_Severity)(0),           // 3: fleet.v1.Event.Severity
-	(Mount_Type)(0),               // 4: fleet.v1.Mount.Type
-	(RestartPolicy_Mode)(0),       // 5: fleet.v1.RestartPolicy.Mode
-	(HealthCheck_Status)(0),       // 6: fleet.v1.HealthCheck.Status
-	(Pull_Policy)(0),              // 7: fleet.v1.Pull.Policy
-	(Pull_Mode)(0),                // 8: fleet.v1.Pull.Mode
-	(Update_Strategy)(0),          // 9: fleet.v1.Update.Strategy
-	(DeploymentStatus_Phase)(0),   // 10: fleet.v1.DeploymentStatus.Phase
-	(*Command)(nil),               // 11: fleet.v1.Command
-	(*Deploy)(nil),                // 12: fleet.v1.Deploy
-	(*DeploymentRef)(nil),         // 13: fleet.v1.DeploymentRef
-	(*Rebirth)(nil),               // 14: fleet.v1.Rebirth
-	(*Prefetch)(nil),              // 15: fleet.v1.Prefetch
-	(*Reply)(nil),                 // 16: fleet.v1.Reply
-	(*Birth)(nil),                 // 17: fleet.v1.Birth
-	(*Host)(nil),                  // 18: fleet.v1.Host
-	(*Engine)(nil),                // 19: fleet.v1.Engine
-	(*DeploymentSummary)(nil),     // 20: fleet.v1.DeploymentSummary
-	(*RegistrySummary)(nil),       // 21: fleet.v1.RegistrySummary
-	(*Death)(nil),                 // 22: fleet.v1.Death
-	(*Event)(nil),                 // 23: fleet.v1.Event
-	(*Metrics)(nil),               // 24: fleet.v1.Metrics
-	(*DeploymentSpec)(nil),        // 25: fleet.v1.DeploymentSpec
-	(*Port)(nil),                  // 26: fleet.v1.Port
-	(*Mount)(nil),                 // 27: fleet.v1.Mount
-	(*Device)(nil),                // 28: fleet.v1.Device
-	(*RestartPolicy)(nil),         // 29: fleet.v1.RestartPolicy
-	(*Resources)(nil),             // 30: fleet.v1.Resources
-	(*Logging)(nil),               // 31: fleet.v1.Logging
-	(*HealthCheck)(nil),           // 32: fleet.v1.HealthCheck
-	(*Pull)(nil),                  // 33: fleet.v1.Pull
-	(*Update)(nil),                // 34: fleet.v1.Update
-	(*DeploymentStatus)(nil),      // 35: fleet.v1.DeploymentStatus
-	(*PullProgress)(nil),          // 36: fleet.v1.PullProgress
-	(*SetCredentials)(nil),        // 37: fleet.v1.SetCredentials
-	(*Credential)(nil),            // 38: fleet.v1.Credential
-	(*BasicAuth)(nil),             // 39: fleet.v1.BasicAuth
-	(*EcrAuth)(nil),               // 40: fleet.v1.EcrAuth
-	(*EcrToken)(nil),              // 41: fleet.v1.EcrToken
-	(*Anonymous)(nil),             // 42: fleet.v1.Anonymous
-	(*DeleteCredentials)(nil),     // 43: fleet.v1.DeleteCredentials
-	(*CheckRegistry)(nil),         // 44: fleet.v1.CheckRegistry
-	(*RegistryCheck)(nil),         // 45: fleet.v1.RegistryCheck
-	nil,                           // 46: fleet.v1.Birth.LabelsEntry
-	nil,                           // 47: fleet.v1.Event.AttributesEntry
-	nil,                           // 48: fleet.v1.DeploymentSpec.EnvEntry
-	nil,                           // 49: fleet.v1.DeploymentSpec.LabelsEntry
-	nil,                           // 50: fleet.v1.Logging.OptionsEntry
-	(*timestamppb.Timestamp)(nil), // 51: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 52: google.protobuf.Duration
+	(LogChunk_End)(0),             // 0: fleet.v1.LogChunk.End
+	(LogLine_Stream)(0),           // 1: fleet.v1.LogLine.Stream
+	(Reply_Result)(0),             // 2: fleet.v1.Reply.Result
+	(Reply_Code)(0),               // 3: fleet.v1.Reply.Code
+	(Death_Reason)(0),             // 4: fleet.v1.Death.Reason
+	(Event_Severity)(0),           // 5: fleet.v1.Event.Severity
+	(Dependency_Condition)(0),     // 6: fleet.v1.Dependency.Condition
+	(Mount_Type)(0),               // 7: fleet.v1.Mount.Type
+	(RestartPolicy_Mode)(0),       // 8: fleet.v1.RestartPolicy.Mode
+	(HealthCheck_Status)(0),       // 9: fleet.v1.HealthCheck.Status
+	(Pull_Policy)(0),              // 10: fleet.v1.Pull.Policy
+	(Pull_Mode)(0),                // 11: fleet.v1.Pull.Mode
+	(Update_Strategy)(0),          // 12: fleet.v1.Update.Strategy
+	(DeploymentStatus_Phase)(0),   // 13: fleet.v1.DeploymentStatus.Phase
+	(*Command)(nil),               // 14: fleet.v1.Command
+	(*Deploy)(nil),                // 15: fleet.v1.Deploy
+	(*DeploymentRef)(nil),         // 16: fleet.v1.DeploymentRef
+	(*Rebirth)(nil),               // 17: fleet.v1.Rebirth
+	(*Logs)(nil),                  // 18: fleet.v1.Logs
+	(*CancelLogs)(nil),            // 19: fleet.v1.CancelLogs
+	(*LogChunk)(nil),              // 20: fleet.v1.LogChunk
+	(*LogLine)(nil),               // 21: fleet.v1.LogLine
+	(*Prefetch)(nil),              // 22: fleet.v1.Prefetch
+	(*Reply)(nil),                 // 23: fleet.v1.Reply
+	(*Birth)(nil),                 // 24: fleet.v1.Birth
+	(*Host)(nil),                  // 25: fleet.v1.Host
+	(*Engine)(nil),                // 26: fleet.v1.Engine
+	(*DeploymentSummary)(nil),     // 27: fleet.v1.DeploymentSummary
+	(*RegistrySummary)(nil),       // 28: fleet.v1.RegistrySummary
+	(*Death)(nil),                 // 29: fleet.v1.Death
+	(*Event)(nil),                 // 30: fleet.v1.Event
+	(*Metrics)(nil),               // 31: fleet.v1.Metrics
+	(*DeploymentSpec)(nil),        // 32: fleet.v1.DeploymentSpec
+	(*Service)(nil),               // 33: fleet.v1.Service
+	(*Dependency)(nil),            // 34: fleet.v1.Dependency
+	(*AppNetwork)(nil),            // 35: fleet.v1.AppNetwork
+	(*AppVolume)(nil),             // 36: fleet.v1.AppVolume
+	(*Port)(nil),                  // 37: fleet.v1.Port
+	(*Mount)(nil),                 // 38: fleet.v1.Mount
+	(*Device)(nil),                // 39: fleet.v1.Device
+	(*RestartPolicy)(nil),         // 40: fleet.v1.RestartPolicy
+	(*Resources)(nil),             // 41: fleet.v1.Resources
+	(*Logging)(nil),               // 42: fleet.v1.Logging
+	(*HealthCheck)(nil),           // 43: fleet.v1.HealthCheck
+	(*Pull)(nil),                  // 44: fleet.v1.Pull
+	(*Update)(nil),                // 45: fleet.v1.Update
+	(*DeploymentStatus)(nil),      // 46: fleet.v1.DeploymentStatus
+	(*ServiceStatus)(nil),         // 47: fleet.v1.ServiceStatus
+	(*PullProgress)(nil),          // 48: fleet.v1.PullProgress
+	(*SetCredentials)(nil),        // 49: fleet.v1.SetCredentials
+	(*Credential)(nil),            // 50: fleet.v1.Credential
+	(*BasicAuth)(nil),             // 51: fleet.v1.BasicAuth
+	(*EcrAuth)(nil),               // 52: fleet.v1.EcrAuth
+	(*EcrToken)(nil),              // 53: fleet.v1.EcrToken
+	(*Anonymous)(nil),             // 54: fleet.v1.Anonymous
+	(*DeleteCredentials)(nil),     // 55: fleet.v1.DeleteCredentials
+	(*CheckRegistry)(nil),         // 56: fleet.v1.CheckRegistry
+	(*RegistryCheck)(nil),         // 57: fleet.v1.RegistryCheck
+	nil,                           // 58: fleet.v1.Birth.LabelsEntry
+	nil,                           // 59: fleet.v1.Event.AttributesEntry
+	nil,                           // 60: fleet.v1.DeploymentSpec.EnvEntry
+	nil,                           // 61: fleet.v1.DeploymentSpec.LabelsEntry
+	nil,                           // 62: fleet.v1.DeploymentSpec.ServicesEntry
+	nil,                           // 63: fleet.v1.Service.EnvEntry
+	nil,                           // 64: fleet.v1.Service.LabelsEntry
+	nil,                           // 65: fleet.v1.Logging.OptionsEntry
+	(*timestamppb.Timestamp)(nil), // 66: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 67: google.protobuf.Duration
 }
 var file_protocol_fleet_v1_fleet_proto_depIdxs = []int32{
-	51, // 0: fleet.v1.Command.issued_at:type_name -> google.protobuf.Timestamp
-	51, // 1: fleet.v1.Command.expires_at:type_name -> google.protobuf.Timestamp
-	12, // 2: fleet.v1.Command.deploy:type_name -> fleet.v1.Deploy
-	13, // 3: fleet.v1.Command.remove:type_name -> fleet.v1.DeploymentRef
-	13, // 4: fleet.v1.Command.start:type_name -> fleet.v1.DeploymentRef
-	13, // 5: fleet.v1.Command.stop:type_name -> fleet.v1.DeploymentRef
-	13, // 6: fleet.v1.Command.restart:type_name -> fleet.v1.DeploymentRef
-	37, // 7: fleet.v1.Command.set_credentials:type_name -> fleet.v1.SetCredentials
-	43, // 8: fleet.v1.Command.delete_credentials:type_name -> fleet.v1.DeleteCredentials
-	44, // 9: fleet.v1.Command.check_registry:type_name -> fleet.v1.CheckRegistry
-	14, // 10: fleet.v1.Command.rebirth:type_name -> fleet.v1.Rebirth
-	15, // 11: fleet.v1.Command.prefetch:type_name -> fleet.v1.Prefetch
-	25, // 12: fleet.v1.Deploy.spec:type_name -> fleet.v1.DeploymentSpec
-	25, // 13: fleet.v1.Prefetch.spec:type_name -> fleet.v1.DeploymentSpec
-	0,  // 14: fleet.v1.Reply.result:type_name -> fleet.v1.Reply.Result
-	1,  // 15: fleet.v1.Reply.code:type_name -> fleet.v1.Reply.Code
-	51, // 16: fleet.v1.Reply.timestamp:type_name -> google.protobuf.Timestamp
-	45, // 17: fleet.v1.Reply.registry_check:type_name -> fleet.v1.RegistryCheck
-	35, // 18: fleet.v1.Reply.status:type_name -> fleet.v1.DeploymentStatus
-	51, // 19: fleet.v1.Birth.started_at:type_name -> google.protobuf.Timestamp
-	51, // 20: fleet.v1.Birth.timestamp:type_name -> google.protobuf.Timestamp
-	18, // 21: fleet.v1.Birth.host:type_name -> fleet.v1.Host
-	19, // 22: fleet.v1.Birth.engine:type_name -> fleet.v1.Engine
-	46, // 23: fleet.v1.Birth.labels:type_name -> fleet.v1.Birth.LabelsEntry
-	20, // 24: fleet.v1.Birth.deployments:type_name -> fleet.v1.DeploymentSummary
-	21, // 25: fleet.v1.Birth.registries:type_name -> fleet.v1.RegistrySummary
-	10, // 26: fleet.v1.DeploymentSummary.phase:type_name -> fleet.v1.DeploymentStatus.Phase
-	51, // 27: fleet.v1.RegistrySummary.expires_at:type_name -> google.protobuf.Timestamp
-	2,  // 28: fleet.v1.Death.reason:type_name -> fleet.v1.Death.Reason
-	51, // 29: fleet.v1.Death.timestamp:type_name -> google.protobuf.Timestamp
-	51, // 30: fleet.v1.Event.timestamp:type_name -> google.protobuf.Timestamp
-	3,  // 31: fleet.v1.Event.severity:type_name -> fleet.v1.Event.Severity
-	1,  // 32: fleet.v1.Event.code:type_name -> fleet.v1.Reply.Code
-	47, // 33: fleet.v1.Event.attributes:type_name -> fleet.v1.Event.AttributesEntry
-	51, // 34: fleet.v1.Metrics.timestamp:type_name -> google.protobuf.Timestamp
-	7,  // 35: fleet.v1.DeploymentSpec.pull_policy:type_name -> fleet.v1.Pull.Policy
-	48, // 36: fleet.v1.DeploymentSpec.env:type_name -> fleet.v1.DeploymentSpec.EnvEntry
-	26, // 37: fleet.v1.DeploymentSpec.ports:type_name -> fleet.v1.Port
-	27, // 38: fleet.v1.DeploymentSpec.mounts:type_name -> fleet.v1.Mount
-	28, // 39: fleet.v1.DeploymentSpec.devices:type_name -> fleet.v1.Device
-	29, // 40: fleet.v1.DeploymentSpec.restart_policy:type_name -> fleet.v1.RestartPolicy
-	30, // 41: fleet.v1.DeploymentSpec.resources:type_name -> fleet.v1.Resources
-	49, // 42: fleet.v1.DeploymentSpec.labels:type_name -> fleet.v1.DeploymentSpec.LabelsEntry
-	31, // 43: fleet.v1.DeploymentSpec.logging:type_name -> fleet.v1.Logging
-	32, // 44: fleet.v1.DeploymentSpec.health_check:type_name -> fleet.v1.HealthCheck
-	52, // 45: fleet.v1.DeploymentSpec.stop_timeout:type_name -> google.protobuf.Duration
-	33, // 46: fleet.v1.DeploymentSpec.pull:type_name -> fleet.v1.Pull
-	34, // 47: fleet.v1.DeploymentSpec.update:type_name -> fleet.v1.Update
-	4,  // 48: fleet.v1.Mount.type:type_name -> fleet.v1.Mount.Type
-	5,  // 49: fleet.v1.RestartPolicy.mode:type_name -> fleet.v1.RestartPolicy.Mode
-	50, // 50: fleet.v1.Logging.options:type_name -> fleet.v1.Logging.OptionsEntry
-	52, // 51: fleet.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
-	52, // 52: fleet.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
-	52, // 53: fleet.v1.HealthCheck.start_period:type_name -> google.protobuf.Duration
-	52, // 54: fleet.v1.Pull.retry_interval:type_name -> google.protobuf.Duration
-	52, // 55: fleet.v1.Pull.timeout:type_name -> google.protobuf.Duration
-	8,  // 56: fleet.v1.Pull.mode:type_name -> fleet.v1.Pull.Mode
-	9,  // 57: fleet.v1.Update.strategy:type_name -> fleet.v1.Update.Strategy
-	10, // 58: fleet.v1.DeploymentStatus.phase:type_name -> fleet.v1.DeploymentStatus.Phase
-	6,  // 59: fleet.v1.DeploymentStatus.health:type_name -> fleet.v1.HealthCheck.Status
-	36, // 60: fleet.v1.DeploymentStatus.pull_progress:type_name -> fleet.v1.PullProgress
-	1,  // 61: fleet.v1.DeploymentStatus.code:type_name -> fleet.v1.Reply.Code
-	51, // 62: fleet.v1.DeploymentStatus.updated_at:type_name -> google.protobuf.Timestamp
-	52, // 63: fleet.v1.PullProgress.eta:type_name -> google.protobuf.Duration
-	38, // 64: fleet.v1.SetCredentials.credentials:type_name -> fleet.v1.Credential
-	39, // 65: fleet.v1.Credential.basic:type_name -> fleet.v1.BasicAuth
-	40, // 66: fleet.v1.Credential.ecr:type_name -> fleet.v1.EcrAuth
-	41, // 67: fleet.v1.Credential.ecr_token:type_name -> fleet.v1.EcrToken
-	42, // 68: fleet.v1.Credential.anonymous:type_name -> fleet.v1.Anonymous
-	51, // 69: fleet.v1.EcrToken.expires_at:type_name -> google.protobuf.Timestamp
-	70, // [70:70] is the sub-list for method output_type
-	70, // [70:70] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	66,  // 0: fleet.v1.Command.issued_at:type_name -> google.protobuf.Timestamp
+	66,  // 1: fleet.v1.Command.expires_at:type_name -> google.protobuf.Timestamp
+	15,  // 2: fleet.v1.Command.deploy:type_name -> fleet.v1.Deploy
+	16,  // 3: fleet.v1.Command.remove:type_name -> fleet.v1.DeploymentRef
+	16,  // 4: fleet.v1.Command.start:type_name -> fleet.v1.DeploymentRef
+	16,  // 5: fleet.v1.Command.stop:type_name -> fleet.v1.DeploymentRef
+	16,  // 6: fleet.v1.Command.restart:type_name -> fleet.v1.DeploymentRef
+	49,  // 7: fleet.v1.Command.set_credentials:type_name -> fleet.v1.SetCredentials
+	55,  // 8: fleet.v1.Command.delete_credentials:type_name -> fleet.v1.DeleteCredentials
+	56,  // 9: fleet.v1.Command.check_registry:type_name -> fleet.v1.CheckRegistry
+	17,  // 10: fleet.v1.Command.rebirth:type_name -> fleet.v1.Rebirth
+	22,  // 11: fleet.v1.Command.prefetch:type_name -> fleet.v1.Prefetch
+	18,  // 12: fleet.v1.Command.logs:type_name -> fleet.v1.Logs
+	19,  // 13: fleet.v1.Command.cancel_logs:type_name -> fleet.v1.CancelLogs
+	32,  // 14: fleet.v1.Deploy.spec:type_name -> fleet.v1.DeploymentSpec
+	66,  // 15: fleet.v1.Logs.since:type_name -> google.protobuf.Timestamp
+	66,  // 16: fleet.v1.Logs.until:type_name -> google.protobuf.Timestamp
+	21,  // 17: fleet.v1.LogChunk.lines:type_name -> fleet.v1.LogLine
+	0,   // 18: fleet.v1.LogChunk.ended:type_name -> fleet.v1.LogChunk.End
+	3,   // 19: fleet.v1.LogChunk.code:type_name -> fleet.v1.Reply.Code
+	66,  // 20: fleet.v1.LogLine.timestamp:type_name -> google.protobuf.Timestamp
+	1,   // 21: fleet.v1.LogLine.stream:type_name -> fleet.v1.LogLine.Stream
+	32,  // 22: fleet.v1.Prefetch.spec:type_name -> fleet.v1.DeploymentSpec
+	2,   // 23: fleet.v1.Reply.result:type_name -> fleet.v1.Reply.Result
+	3,   // 24: fleet.v1.Reply.code:type_name -> fleet.v1.Reply.Code
+	66,  // 25: fleet.v1.Reply.timestamp:type_name -> google.protobuf.Timestamp
+	57,  // 26: fleet.v1.Reply.registry_check:type_name -> fleet.v1.RegistryCheck
+	46,  // 27: fleet.v1.Reply.status:type_name -> fleet.v1.DeploymentStatus
+	66,  // 28: fleet.v1.Birth.started_at:type_name -> google.protobuf.Timestamp
+	66,  // 29: fleet.v1.Birth.timestamp:type_name -> google.protobuf.Timestamp
+	25,  // 30: fleet.v1.Birth.host:type_name -> fleet.v1.Host
+	26,  // 31: fleet.v1.Birth.engine:type_name -> fleet.v1.Engine
+	58,  // 32: fleet.v1.Birth.labels:type_name -> fleet.v1.Birth.LabelsEntry
+	27,  // 33: fleet.v1.Birth.deployments:type_name -> fleet.v1.DeploymentSummary
+	28,  // 34: fleet.v1.Birth.registries:type_name -> fleet.v1.RegistrySummary
+	13,  // 35: fleet.v1.DeploymentSummary.phase:type_name -> fleet.v1.DeploymentStatus.Phase
+	66,  // 36: fleet.v1.RegistrySummary.expires_at:type_name -> google.protobuf.Timestamp
+	4,   // 37: fleet.v1.Death.reason:type_name -> fleet.v1.Death.Reason
+	66,  // 38: fleet.v1.Death.timestamp:type_name -> google.protobuf.Timestamp
+	66,  // 39: fleet.v1.Event.timestamp:type_name -> google.protobuf.Timestamp
+	5,   // 40: fleet.v1.Event.severity:type_name -> fleet.v1.Event.Severity
+	3,   // 41: fleet.v1.Event.code:type_name -> fleet.v1.Reply.Code
+	59,  // 42: fleet.v1.Event.attributes:type_name -> fleet.v1.Event.AttributesEntry
+	66,  // 43: fleet.v1.Metrics.timestamp:type_name -> google.protobuf.Timestamp
+	10,  // 44: fleet.v1.DeploymentSpec.pull_policy:type_name -> fleet.v1.Pull.Policy
+	60,  // 45: fleet.v1.DeploymentSpec.env:type_name -> fleet.v1.DeploymentSpec.EnvEntry
+	37,  // 46: fleet.v1.DeploymentSpec.ports:type_name -> fleet.v1.Port
+	38,  // 47: fleet.v1.DeploymentSpec.mounts:type_name -> fleet.v1.Mount
+	39,  // 48: fleet.v1.DeploymentSpec.devices:type_name -> fleet.v1.Device
+	40,  // 49: fleet.v1.DeploymentSpec.restart_policy:type_name -> fleet.v1.RestartPolicy
+	41,  // 50: fleet.v1.DeploymentSpec.resources:type_name -> fleet.v1.Resources
+	61,  // 51: fleet.v1.DeploymentSpec.labels:type_name -> fleet.v1.DeploymentSpec.LabelsEntry
+	42,  // 52: fleet.v1.DeploymentSpec.logging:type_name -> fleet.v1.Logging
+	43,  // 53: fleet.v1.DeploymentSpec.health_check:type_name -> fleet.v1.HealthCheck
+	67,  // 54: fleet.v1.DeploymentSpec.stop_timeout:type_name -> google.protobuf.Duration
+	44,  // 55: fleet.v1.DeploymentSpec.pull:type_name -> fleet.v1.Pull
+	45,  // 56: fleet.v1.DeploymentSpec.update:type_name -> fleet.v1.Update
+	62,  // 57: fleet.v1.DeploymentSpec.services:type_name -> fleet.v1.DeploymentSpec.ServicesEntry
+	35,  // 58: fleet.v1.DeploymentSpec.networks:type_name -> fleet.v1.AppNetwork
+	36,  // 59: fleet.v1.DeploymentSpec.volumes:type_name -> fleet.v1.AppVolume
+	10,  // 60: fleet.v1.Service.pull_policy:type_name -> fleet.v1.Pull.Policy
+	63,  // 61: fleet.v1.Service.env:type_name -> fleet.v1.Service.EnvEntry
+	37,  // 62: fleet.v1.Service.ports:type_name -> fleet.v1.Port
+	38,  // 63: fleet.v1.Service.mounts:type_name -> fleet.v1.Mount
+	39,  // 64: fleet.v1.Service.devices:type_name -> fleet.v1.Device
+	40,  // 65: fleet.v1.Service.restart_policy:type_name -> fleet.v1.RestartPolicy
+	41,  // 66: fleet.v1.Service.resources:type_name -> fleet.v1.Resources
+	64,  // 67: fleet.v1.Service.labels:type_name -> fleet.v1.Service.LabelsEntry
+	42,  // 68: fleet.v1.Service.logging:type_name -> fleet.v1.Logging
+	43,  // 69: fleet.v1.Service.health_check:type_name -> fleet.v1.HealthCheck
+	67,  // 70: fleet.v1.Service.stop_timeout:type_name -> google.protobuf.Duration
+	44,  // 71: fleet.v1.Service.pull:type_name -> fleet.v1.Pull
+	45,  // 72: fleet.v1.Service.update:type_name -> fleet.v1.Update
+	34,  // 73: fleet.v1.Service.depends_on:type_name -> fleet.v1.Dependency
+	6,   // 74: fleet.v1.Dependency.condition:type_name -> fleet.v1.Dependency.Condition
+	7,   // 75: fleet.v1.Mount.type:type_name -> fleet.v1.Mount.Type
+	8,   // 76: fleet.v1.RestartPolicy.mode:type_name -> fleet.v1.RestartPolicy.Mode
+	65,  // 77: fleet.v1.Logging.options:type_name -> fleet.v1.Logging.OptionsEntry
+	67,  // 78: fleet.v1.HealthCheck.interval:type_name -> google.protobuf.Duration
+	67,  // 79: fleet.v1.HealthCheck.timeout:type_name -> google.protobuf.Duration
+	67,  // 80: fleet.v1.HealthCheck.start_period:type_name -> google.protobuf.Duration
+	67,  // 81: fleet.v1.Pull.retry_interval:type_name -> google.protobuf.Duration
+	67,  // 82: fleet.v1.Pull.timeout:type_name -> google.protobuf.Duration
+	11,  // 83: fleet.v1.Pull.mode:type_name -> fleet.v1.Pull.Mode
+	12,  // 84: fleet.v1.Update.strategy:type_name -> fleet.v1.Update.Strategy
+	13,  // 85: fleet.v1.DeploymentStatus.phase:type_name -> fleet.v1.DeploymentStatus.Phase
+	9,   // 86: fleet.v1.DeploymentStatus.health:type_name -> fleet.v1.HealthCheck.Status
+	48,  // 87: fleet.v1.DeploymentStatus.pull_progress:type_name -> fleet.v1.PullProgress
+	3,   // 88: fleet.v1.DeploymentStatus.code:type_name -> fleet.v1.Reply.Code
+	66,  // 89: fleet.v1.DeploymentStatus.updated_at:type_name -> google.protobuf.Timestamp
+	47,  // 90: fleet.v1.DeploymentStatus.services:type_name -> fleet.v1.ServiceStatus
+	13,  // 91: fleet.v1.ServiceStatus.phase:type_name -> fleet.v1.DeploymentStatus.Phase
+	9,   // 92: fleet.v1.ServiceStatus.health:type_name -> fleet.v1.HealthCheck.Status
+	3,   // 93: fleet.v1.ServiceStatus.code:type_name -> fleet.v1.Reply.Code
+	67,  // 94: fleet.v1.PullProgress.eta:type_name -> google.protobuf.Duration
+	50,  // 95: fleet.v1.SetCredentials.credentials:type_name -> fleet.v1.Credential
+	51,  // 96: fleet.v1.Credential.basic:type_name -> fleet.v1.BasicAuth
+	52,  // 97: fleet.v1.Credential.ecr:type_name -> fleet.v1.EcrAuth
+	53,  // 98: fleet.v1.Credential.ecr_token:type_name -> fleet.v1.EcrToken
+	54,  // 99: fleet.v1.Credential.anonymous:type_name -> fleet.v1.Anonymous
+	66,  // 100: fleet.v1.EcrToken.expires_at:type_name -> google.protobuf.Timestamp
+	33,  // 101: fleet.v1.DeploymentSpec.ServicesEntry.value:type_name -> fleet.v1.Service
+	102, // [102:102] is the sub-list for method output_type
+	102, // [102:102] is the sub-list for method input_type
+	102, // [102:102] is the sub-list for extension type_name
+	102, // [102:102] is the sub-list for extension extendee
+	0,   // [0:102] is the sub-list for field type_name
 }
 
 func init() { file_protocol_fleet_v1_fleet_proto_init() }
@@ -4282,8 +5574,10 @@ func file_protocol_fleet_v1_fleet_proto_init() {
 		(*Command_CheckRegistry)(nil),
 		(*Command_Rebirth)(nil),
 		(*Command_Prefetch)(nil),
+		(*Command_Logs)(nil),
+		(*Command_CancelLogs)(nil),
 	}
-	file_protocol_fleet_v1_fleet_proto_msgTypes[27].OneofWrappers = []any{
+	file_protocol_fleet_v1_fleet_proto_msgTypes[36].OneofWrappers = []any{
 		(*Credential_Basic)(nil),
 		(*Credential_Ecr)(nil),
 		(*Credential_EcrToken)(nil),
@@ -4294,8 +5588,8 @@ func file_protocol_fleet_v1_fleet_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_protocol_fleet_v1_fleet_proto_rawDesc), len(file_protocol_fleet_v1_fleet_proto_rawDesc)),
-			NumEnums:      11,
-			NumMessages:   40,
+			NumEnums:      14,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
