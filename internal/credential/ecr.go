@@ -3,6 +3,7 @@ package credential
 import (
 	"context"
 	"regexp"
+	"sync"
 	"time"
 
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -15,14 +16,16 @@ import (
 type TokenSource func(ctx context.Context, c *fleetv1.EcrAuth, region string, now time.Time) (*Token, error)
 
 // ecrHost matches an ECR registry host and captures its region.
-var ecrHost = regexp.MustCompile(`^[0-9]{12}\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$`)
+var ecrHost = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[0-9]{12}\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$`)
+})
 
 // ECRRegion is the credential's region, or the one in the host.
 func ECRRegion(c *fleetv1.EcrAuth, host string) (string, bool) {
 	if c.GetRegion() != "" {
 		return c.GetRegion(), true
 	}
-	if m := ecrHost.FindStringSubmatch(host); m != nil {
+	if m := ecrHost().FindStringSubmatch(host); m != nil {
 		return m[1], true
 	}
 	return "", false

@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/distribution/reference"
 )
@@ -67,7 +68,7 @@ func ParseRegistry(s string) (Key, error) {
 	}
 	if prefix != "" {
 		for c := range strings.SplitSeq(prefix, "/") {
-			if !pathComponent.MatchString(c) {
+			if !pathComponent().MatchString(c) {
 				return Key{}, fmt.Errorf("registry %q: the repository prefix component %q is not a repository name component (lower-case letters and digits separated by '.', '_', '__' or '-'); send a registry host[:port] with an optional repository prefix, e.g. registry.example.com:5000/team/", s, c)
 			}
 		}
@@ -77,17 +78,17 @@ func ParseRegistry(s string) (Key, error) {
 
 // pathComponent is one component of a repository path, as in
 // github.com/distribution/reference.
-var pathComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$`)
+var pathComponent = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$`) })
 
 // hostPort is a registry host with an optional port, as in
 // github.com/distribution/reference.
-var hostPort = regexp.MustCompile(`^(?:` + reference.DomainRegexp.String() + `)$`)
+var hostPort = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^(?:` + reference.DomainRegexp.String() + `)$`) })
 
 // checkHost reports whether host is host[:port] as an image reference
 // names a registry: a DNS name, an IPv4 address or a bracketed IPv6
 // address, with an optional port from 1 to 65535.
 func checkHost(host string) error {
-	if !hostPort.MatchString(host) {
+	if !hostPort().MatchString(host) {
 		return fmt.Errorf("the host %q is not a DNS name, IPv4 address or [IPv6] address with an optional :port", host)
 	}
 	name, port := host, ""

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sync"
 
 	"github.com/fleet-agent/fleet/internal/errdefs"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -46,7 +47,7 @@ func Validate(field string, c *fleetv1.Credential) (Key, error) {
 		// The region becomes part of the AWS endpoint's host name: nothing
 		// but a region's letters, so it cannot point the signed request
 		// elsewhere.
-		if r := e.GetRegion(); r != "" && !awsRegion.MatchString(r) {
+		if r := e.GetRegion(); r != "" && !awsRegion().MatchString(r) {
 			return Key{}, errdefs.Invalid(field+".ecr.region", "%q is not an AWS region; write e.g. eu-west-1", r)
 		}
 		if (e.GetAccessKeyId() == "") != (e.GetSecretAccessKey() == "") {
@@ -152,4 +153,4 @@ func RandomFingerprint() string {
 
 // awsRegion is what an AWS region name may be (eu-west-1, us-gov-east-1,
 // cn-north-1).
-var awsRegion = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$`)
+var awsRegion = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$`) })

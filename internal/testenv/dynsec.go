@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,9 +47,8 @@ func MosquittoDynsec(t testing.TB) *DynsecMosquitto {
 	if err := os.WriteFile(d.LoginFile, []byte(d.AdminUser+":"+d.AdminPassword+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	m := &mosquitto{t: t, addr: FreeAddr(t), logs: &LogBuffer{}, conf: filepath.Join(dir, "mosquitto.conf")}
-	_, port, _ := net.SplitHostPort(m.addr)
-	conf := fmt.Sprintf(`per_listener_settings false
+	d.Broker = startMosquitto(t, bin, dir, func(port string) string {
+		return fmt.Sprintf(`per_listener_settings false
 listener %s 127.0.0.1
 allow_anonymous false
 persistence true
@@ -66,18 +64,6 @@ log_type warning
 log_type notice
 log_type information
 `, port, dir, DynsecPlugin, d.JSON)
-	if err := os.WriteFile(m.conf, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	m.start(t, bin)
-	t.Cleanup(func() {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		m.stop()
-		if t.Failed() {
-			t.Logf("mosquitto log:\n%s", m.logs.String())
-		}
-	})
-	d.Broker = m
+	}, FreeAddr)
 	return d
 }

@@ -5,13 +5,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -64,24 +64,54 @@ type NATSCluster struct {
 }
 
 type natsNode struct {
-	mu      sync.Mutex // guards cmd and done
+	mu      sync.Mutex // guards proc
 	name    string
 	bin     string
 	conf    string
 	client  string // host:port
 	monitor string // host:port of /healthz
+	cluster string // host:port of routes; "" when the server runs alone
 	logs    *LogBuffer
-	cmd     *exec.Cmd
-	done    chan struct{}
+	proc    *Proc // nil when killed
 }
 
 // StartNATSCluster starts n nats-servers forming one JetStream cluster
 // and waits until every one reports healthy (a JetStream meta leader
 // known and current). All are killed in t.Cleanup; their logs are shown
 // when the test failed.
+//
+// The servers' ports are chosen free but are bound only by the servers,
+// so another process may take one in between: under make test's load
+// a server then died on "address already in use" for its route port,
+// after its client port had answered, and the rest of a first start
+// never elect a meta leader without it. A start on which a server ends
+// is retried on new ports.
 func StartNATSCluster(t testing.TB, n int, opts NATSOptions) *NATSCluster {
 	t.Helper()
+	return startNATSCluster(t, n, opts, FreeAddr)
+}
+
+// natsStartAttempts bounds the cluster's starts on new ports.
+const natsStartAttempts = 3
+
+func startNATSCluster(t testing.TB, n int, opts NATSOptions, freeAddr func(testing.TB) string) *NATSCluster {
+	t.Helper()
 	bin := NATSServerBinary(t)
+	var err error
+	for attempt := 1; attempt <= natsStartAttempts; attempt++ {
+		c := newNATSCluster(t, bin, n, opts, freeAddr)
+		if err = c.startAll(); err == nil {
+			return c
+		}
+		t.Logf("nats cluster, start %d of %d: %v", attempt, natsStartAttempts, err)
+		c.killAll()
+	}
+	t.Fatalf("nats cluster did not start in %d attempts: %v", natsStartAttempts, err)
+	return nil
+}
+
+func newNATSCluster(t testing.TB, bin string, n int, opts NATSOptions, freeAddr func(testing.TB) string) *NATSCluster {
+	t.Helper()
 	dir := t.TempDir()
 	secret := make([]byte, 16)
 	_, _ = rand.Read(secret)
@@ -92,13 +122,15 @@ func StartNATSCluster(t testing.TB, n int, opts NATSOptions) *NATSCluster {
 	routes := make([]string, n)
 	clusterAddrs := make([]string, n)
 	for i := range n {
-		clusterAddrs[i] = FreeAddr(t)
-		routes[i] = "nats-route://" + clusterAddrs[i]
+		if n > 1 { // one server runs alone: JetStream clustered needs peers
+			clusterAddrs[i] = freeAddr(t)
+			routes[i] = "nats-route://" + clusterAddrs[i]
+		}
 	}
 	for i := range n {
-		node := &natsNode{name: fmt.Sprintf("n%d", i+1), bin: bin, client: FreeAddr(t), monitor: FreeAddr(t), logs: &LogBuffer{}}
+		node := &natsNode{name: fmt.Sprintf("n%d", i+1), bin: bin, client: freeAddr(t), monitor: freeAddr(t), cluster: clusterAddrs[i], logs: &LogBuffer{}}
 		node.conf = filepath.Join(dir, node.name+".conf")
-		conf := natsConf(node, filepath.Join(dir, node.name), clusterAddrs[i], routes, c, opts)
+		conf := natsConf(node, filepath.Join(dir, node.name), routes, c, opts)
 		if err := os.WriteFile(node.conf, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -112,21 +144,37 @@ func StartNATSCluster(t testing.TB, n int, opts NATSOptions) *NATSCluster {
 			}
 		}
 	})
-	for _, node := range c.nodes {
-		node.start(t)
-	}
-	for i := range c.nodes {
-		c.AwaitHealthy(t, i)
-	}
 	return c
 }
 
-func natsConf(node *natsNode, store, clusterAddr string, routes []string, c *NATSCluster, opts NATSOptions) string {
+// startAll starts every server and waits until each is healthy; it
+// fails when one ends first or a wait times out.
+func (c *NATSCluster) startAll() error {
+	for _, node := range c.nodes {
+		if err := node.start(); err != nil {
+			return err
+		}
+	}
+	for i := range c.nodes {
+		if err := c.awaitHealthy(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *NATSCluster) killAll() {
+	for _, node := range c.nodes {
+		node.kill()
+	}
+}
+
+func natsConf(node *natsNode, store string, routes []string, c *NATSCluster, opts NATSOptions) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "server_name: %s\nlisten: %q\nhttp: %q\n", node.name, node.client, node.monitor)
 	fmt.Fprintf(&b, "jetstream { store_dir: %q, max_memory_store: 64MB, max_file_store: 1GB }\n", store)
-	if len(routes) > 1 { // one server runs alone: JetStream clustered needs peers
-		fmt.Fprintf(&b, "cluster { name: fleet-test, listen: %q, routes: [%s] }\n", clusterAddr, strings.Join(quoted(routes), ", "))
+	if node.cluster != "" {
+		fmt.Fprintf(&b, "cluster { name: fleet-test, listen: %q, routes: [%s] }\n", node.cluster, strings.Join(quoted(routes), ", "))
 	}
 	fmt.Fprintf(&b, "authorization { user: %q, password: %q }\n", c.User, c.Password)
 	if opts.TLSCert != "" {
@@ -170,7 +218,7 @@ func (c *NATSCluster) PID(i int) int {
 	n := c.nodes[i]
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.cmd.Process.Pid
+	return n.proc.Cmd().Process.Pid
 }
 
 // Restart starts server i again (after Kill) with the same store and
@@ -178,7 +226,9 @@ func (c *NATSCluster) PID(i int) int {
 func (c *NATSCluster) Restart(t testing.TB, i int) {
 	t.Helper()
 	c.nodes[i].kill()
-	c.nodes[i].start(t)
+	if err := c.nodes[i].start(); err != nil {
+		t.Fatal(err)
+	}
 	c.AwaitHealthy(t, i)
 }
 
@@ -186,16 +236,32 @@ func (c *NATSCluster) Restart(t testing.TB, i int) {
 // is up, the cluster has a meta leader and this server is current.
 func (c *NATSCluster) AwaitHealthy(t testing.TB, i int) {
 	t.Helper()
-	url := "http://" + c.nodes[i].monitor + "/healthz"
+	if err := c.awaitHealthy(i); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *NATSCluster) awaitHealthy(i int) error {
+	node := c.nodes[i]
+	url := "http://" + node.monitor + "/healthz"
 	client := &http.Client{Timeout: time.Second}
-	Eventually(t, "nats-server "+c.nodes[i].name+" healthy at "+url, func() bool {
-		resp, err := client.Get(url)
-		if err != nil {
-			return false
+	deadline := time.Now().Add(Timeout)
+	for {
+		if node.exited() {
+			return fmt.Errorf("nats-server %s ended while awaited healthy:\n%s", node.name, node.logs.String())
 		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %v waiting for: nats-server %s healthy at %s", Timeout, node.name, url)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // ServerOf returns the index of the server that a client connected with
@@ -228,40 +294,69 @@ func (c *NATSCluster) ServerOf(t testing.TB, name string) int {
 	return -1
 }
 
+// MetaLeader is the name of the JetStream meta leader as server i's
+// /jsz tells it ("" when it knows none).
+func (c *NATSCluster) MetaLeader(t testing.TB, i int) string {
+	t.Helper()
+	client := &http.Client{Timeout: time.Second}
+	resp, err := client.Get("http://" + c.nodes[i].monitor + "/jsz")
+	if err != nil {
+		t.Fatalf("nats-server %s /jsz: %v", c.nodes[i].name, err)
+	}
+	defer resp.Body.Close()
+	var jsz struct {
+		Meta *struct {
+			Leader string `json:"leader"`
+		} `json:"meta_cluster"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&jsz); err != nil {
+		t.Fatalf("nats-server %s /jsz: %v", c.nodes[i].name, err)
+	}
+	if jsz.Meta == nil {
+		return ""
+	}
+	return jsz.Meta.Leader
+}
+
 // Logs are what server i has logged so far.
 func (c *NATSCluster) Logs(i int) string { return c.nodes[i].logs.String() }
 
-func (n *natsNode) start(t testing.TB) {
-	t.Helper()
+// start runs the server and waits until it listens on its client,
+// monitoring and route ports. It fails when the server ends first (a
+// port taken since it was chosen) or does not listen within Timeout.
+func (n *natsNode) start() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.cmd = exec.Command(n.bin, "-c", n.conf)
-	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
-	if err := n.cmd.Start(); err != nil {
-		t.Fatalf("start nats-server %s: %v", n.name, err)
+	p, err := StartProc("nats-server "+n.name, exec.Command(n.bin, "-c", n.conf), n.logs)
+	if err != nil {
+		return err
 	}
-	done := make(chan struct{})
-	n.done = done
-	go func(cmd *exec.Cmd) {
-		_ = cmd.Wait()
-		close(done)
-	}(n.cmd)
-	Eventually(t, "nats-server "+n.name+" accepts connections on "+n.client, func() bool {
-		conn, err := net.DialTimeout("tcp", n.client, time.Second)
-		if err == nil {
-			conn.Close()
+	n.proc = p
+	addrs := []string{n.client, n.monitor}
+	if n.cluster != "" {
+		addrs = append(addrs, n.cluster)
+	}
+	for _, addr := range addrs {
+		if err := p.AwaitListening(addr); err != nil {
+			return err
 		}
-		return err == nil
-	})
+	}
+	return nil
+}
+
+// exited tells whether the server started last has ended.
+func (n *natsNode) exited() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.proc != nil && n.proc.Exited()
 }
 
 func (n *natsNode) kill() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.cmd == nil {
+	if n.proc == nil {
 		return
 	}
-	_ = n.cmd.Process.Kill()
-	<-n.done
-	n.cmd = nil
+	n.proc.Stop(syscall.SIGKILL)
+	n.proc = nil
 }

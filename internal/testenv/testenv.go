@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -85,12 +84,12 @@ type Broker interface {
 }
 
 type mosquitto struct {
-	mu   sync.Mutex
-	t    testing.TB
+	mu   sync.Mutex // guards proc
+	bin  string
 	conf string
 	addr string
-	cmd  *exec.Cmd
 	logs *LogBuffer
+	proc *Proc // nil when stopped
 }
 
 // Mosquitto starts a real Mosquitto with persistence on a free loopback
@@ -98,17 +97,10 @@ type mosquitto struct {
 // (CI set), where .ci/run installs it and its absence is a failure.
 func Mosquitto(t testing.TB) Broker {
 	t.Helper()
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("mosquitto not installed; .ci/run installs it: %v", err)
-		}
-		t.Skip("mosquitto not installed (apt-get install -y mosquitto)")
-	}
+	bin := mosquittoBinary(t)
 	dir := t.TempDir()
-	m := &mosquitto{t: t, addr: FreeAddr(t), logs: &LogBuffer{}, conf: filepath.Join(dir, "mosquitto.conf")}
-	_, port, _ := net.SplitHostPort(m.addr)
-	conf := fmt.Sprintf(`listener %s 127.0.0.1
+	return startMosquitto(t, bin, dir, func(port string) string {
+		return fmt.Sprintf(`listener %s 127.0.0.1
 allow_anonymous true
 persistence true
 persistence_location %s/
@@ -121,10 +113,46 @@ log_type error
 log_type warning
 log_type notice
 `, port, dir)
-	if err := os.WriteFile(m.conf, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
+	}, FreeAddr)
+}
+
+// MosquittoWith starts a real Mosquitto with the configuration that conf
+// makes for the port it is to listen on (a "listener <port> 127.0.0.1"
+// line), skipped as Mosquitto is.
+func MosquittoWith(t testing.TB, conf func(port string) string) Broker {
+	t.Helper()
+	return startMosquitto(t, mosquittoBinary(t), t.TempDir(), conf, FreeAddr)
+}
+
+func mosquittoBinary(t testing.TB) string {
+	t.Helper()
+	bin, err := exec.LookPath("mosquitto")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("mosquitto not installed; .ci/run installs it: %v", err)
+		}
+		t.Skip("mosquitto not installed (apt-get install -y mosquitto)")
 	}
-	m.start(t, bin)
+	return bin
+}
+
+// startMosquitto writes the configuration conf makes, in dir, for a port
+// of freeAddr and starts mosquitto with it, on another port when it ended
+// while starting (the port taken since it was chosen). It is stopped in
+// t.Cleanup.
+func startMosquitto(t testing.TB, bin, dir string, conf func(port string) string, freeAddr func(testing.TB) string) *mosquitto {
+	t.Helper()
+	m := &mosquitto{bin: bin, conf: filepath.Join(dir, "mosquitto.conf")}
+	FirstStart(t, "mosquitto", func() error {
+		m.addr, m.logs = freeAddr(t), &LogBuffer{}
+		_, port, _ := net.SplitHostPort(m.addr)
+		if err := os.WriteFile(m.conf, []byte(conf(port)), 0o600); err != nil {
+			return fmt.Errorf("mosquitto configuration: %w", err)
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.start()
+	})
 	t.Cleanup(func() {
 		m.mu.Lock()
 		defer m.mu.Unlock()
@@ -144,45 +172,52 @@ func (m *mosquitto) URL() string  { return "mqtt://" + m.addr }
 func (m *mosquitto) PID() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.cmd == nil {
+	if m.proc == nil {
 		return 0
 	}
-	return m.cmd.Process.Pid
+	return m.proc.Cmd().Process.Pid
 }
 
-func (m *mosquitto) start(t testing.TB, bin string) {
-	t.Helper()
-	m.cmd = exec.Command(bin, "-c", m.conf)
-	m.cmd.Stdout, m.cmd.Stderr = m.logs, m.logs
-	if err := m.cmd.Start(); err != nil {
-		t.Fatalf("start mosquitto: %v", err)
+// start runs mosquitto and waits until it accepts connections; it fails
+// at once, with the log, when mosquitto ends first. m.mu is held.
+func (m *mosquitto) start() error {
+	p, err := StartProc("mosquitto", exec.Command(m.bin, "-c", m.conf), m.logs)
+	if err != nil {
+		return err
 	}
-	Eventually(t, "mosquitto accepts connections on "+m.addr, func() bool {
-		c, err := net.DialTimeout("tcp", m.addr, time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	m.proc = p
+	if err := p.AwaitListening(m.addr); err != nil {
+		m.stop()
+		return err
+	}
+	return nil
 }
 
+// stop ends mosquitto; m.mu is held.
 func (m *mosquitto) stop() {
-	if m.cmd == nil {
+	if m.proc == nil {
 		return
 	}
 	// SIGTERM makes mosquitto write its persistence file.
-	_ = m.cmd.Process.Signal(syscall.SIGTERM)
-	_ = m.cmd.Wait()
-	m.cmd = nil
+	m.proc.Stop(syscall.SIGTERM)
+	m.proc = nil
 }
 
 func (m *mosquitto) Restart(t testing.TB) {
 	t.Helper()
+	if err := m.restart(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// restart starts mosquitto again on its port, which its clients know: a
+// mosquitto that ends while starting (the port taken meanwhile) is an
+// error at once.
+func (m *mosquitto) restart() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	bin := m.cmd.Path
 	m.stop()
-	m.start(t, bin)
+	return m.start()
 }
 
 // FreeAddr returns a loopback address with a port that was free a moment ago.
@@ -208,24 +243,50 @@ func Eventually(t testing.TB, what string, cond func() bool) {
 	}
 }
 
+// AwaitCount polls count until it reaches want. It fails when count has
+// not moved for Timeout, not after a fixed time: a wait for thousands of
+// messages takes as long as the machine's load makes it, and a count
+// that stops short is still caught.
+func AwaitCount(t testing.TB, what string, want int, count func() int) {
+	t.Helper()
+	last, moved := -1, time.Now()
+	for {
+		n := count()
+		if n >= want {
+			return
+		}
+		if n != last {
+			last, moved = n, time.Now()
+		} else if time.Since(moved) > Timeout {
+			t.Fatalf("%s: %d of %d, and no more for %v", what, n, want, Timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // Agent is a fleet-agent process.
 type Agent struct {
 	Tenant, Gateway, StateDir string
-	args                      []string
-	bin                       string
-	cmd                       *exec.Cmd
-	logs                      *LogBuffer
-	done                      chan struct{}
-	exitCode                  int
+	// ResourcePrefix begins its containers' names (--resource-prefix):
+	// one of its own, since the tests' agents share one engine, whose
+	// names are one namespace (two shards deploying "web" at revision 1
+	// at once collided).
+	ResourcePrefix string
+	args           []string
+	bin            string
+	cmd            *exec.Cmd
+	logs           *LogBuffer
+	done           chan struct{}
+	exitCode       int
 }
 
 // StartAgent runs bin/fleet-agent against brokerURL with its own state
 // directory. Extra flags are appended.
 func StartAgent(t testing.TB, brokerURL, tenant, gateway string, extra ...string) *Agent {
 	t.Helper()
-	a := &Agent{Tenant: tenant, Gateway: gateway, StateDir: t.TempDir(), bin: Binary(t, "agent"), logs: &LogBuffer{}}
+	a := &Agent{Tenant: tenant, Gateway: gateway, StateDir: t.TempDir(), ResourcePrefix: UniqueID("t"), bin: Binary(t, "agent"), logs: &LogBuffer{}}
 	a.args = append([]string{"--broker", brokerURL, "--tenant", tenant, "--gateway", gateway, "--state-dir", a.StateDir,
-		"--reconnect-min", "100ms", "--reconnect-max", "1s", "--log-level", "debug"}, extra...)
+		"--reconnect-min", "100ms", "--reconnect-max", "1s", "--log-level", "debug", "--resource-prefix", a.ResourcePrefix}, extra...)
 	a.Start(t)
 	t.Cleanup(func() {
 		a.Kill()
@@ -317,7 +378,8 @@ func DockerClient(t testing.TB) *dockerclient.Client {
 }
 
 // RemoveOwned removes, at cleanup, every container labelled with owner and
-// the images whose references start with imagePrefix.
+// the images whose references start with imagePrefix (none when it is
+// empty: the engine is shared with other tests and the machine's owner).
 func RemoveOwned(t testing.TB, cli *dockerclient.Client, owner, imagePrefix string) {
 	t.Cleanup(func() {
 		ctx := context.Background()
@@ -325,14 +387,31 @@ func RemoveOwned(t testing.TB, cli *dockerclient.Client, owner, imagePrefix stri
 		for _, c := range cs {
 			cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
 		}
+		if imagePrefix == "" {
+			return // "" is a prefix of every image's name
+		}
 		imgs, _ := cli.ImageList(ctx, image.ListOptions{})
 		for _, im := range imgs {
-			// Untagged images (a tag that moved) keep only their digests.
-			if slices.ContainsFunc(append(im.RepoTags, im.RepoDigests...), func(r string) bool { return strings.HasPrefix(r, imagePrefix) }) {
-				cli.ImageRemove(ctx, im.ID, image.RemoveOptions{Force: true, PruneChildren: true})
+			// By its references, not its id: an image of the same content
+			// another test pulled from its own registry has the same id,
+			// and removing the id would take that test's tag too. Untagged
+			// images (a tag that moved) keep only their digests.
+			for _, r := range append(im.RepoTags, im.RepoDigests...) {
+				if strings.HasPrefix(r, imagePrefix) {
+					cli.ImageRemove(ctx, r, image.RemoveOptions{Force: true, PruneChildren: true})
+				}
 			}
 		}
 	})
+}
+
+// UniqueID is prefix and a number unique to this run: a gateway id for a
+// real agent, whose containers carry it in their owner label. Two test
+// processes run at once (make test's scenario shards) share the engine, and
+// an agent removes the containers of its owner that no deployment of its
+// own holds, so a fixed id would let one test's agent remove another's.
+func UniqueID(prefix string) string {
+	return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9)
 }
 
 // SocketProxy forwards a unix socket to the Docker Engine's, so that a test
@@ -376,18 +455,27 @@ func (p *SocketProxy) Start(t testing.TB) {
 			if err != nil {
 				return
 			}
-			go p.serve(c)
+			go p.serve(c, ln)
 		}
 	}()
 }
 
-func (p *SocketProxy) serve(c net.Conn) {
+func (p *SocketProxy) serve(c net.Conn, ln net.Listener) {
 	up, err := net.Dial("unix", p.target)
 	if err != nil {
 		c.Close()
 		return
 	}
 	p.mu.Lock()
+	if p.ln != ln {
+		// Accepted just before Stop, which did not see it: a connection
+		// the client keeps alive would reach the engine after Stop
+		// (TestEngineUnreachableReportedAndRecovered's "reachable:true").
+		p.mu.Unlock()
+		c.Close()
+		up.Close()
+		return
+	}
 	p.conns[c], p.conns[up] = struct{}{}, struct{}{}
 	p.mu.Unlock()
 	done := make(chan struct{}, 2)
