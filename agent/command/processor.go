@@ -566,6 +566,9 @@ func rejection(id string, err error) *fleetv1.Reply {
 }
 
 func result(err error) fleetv1.Reply_Result {
+	if refused(err) {
+		return fleetv1.Reply_REJECTED
+	}
 	switch errdefs.Code(err) {
 	case fleetv1.Reply_OK:
 		return fleetv1.Reply_SUCCEEDED

@@ -44,6 +44,7 @@ import (
 	"github.com/fleet-agent/fleet/agent/ecrexec"
 	"github.com/fleet-agent/fleet/agent/engine"
 	"github.com/fleet-agent/fleet/agent/gateway"
+	"github.com/fleet-agent/fleet/agent/logs"
 	"github.com/fleet-agent/fleet/agent/reconcile"
 	"github.com/fleet-agent/fleet/agent/trust"
 	"github.com/fleet-agent/fleet/internal/backoff"
@@ -91,6 +92,7 @@ type Config struct {
 
 	DockerHost       string
 	ImageGC          bool
+	ResourcePrefix   string
 	RequireSealed    bool
 	AtRestKey        string
 	RegistryCertsDir string
@@ -115,6 +117,12 @@ type Config struct {
 	PullStoreMax     int64
 	AllowInsecure    []string
 
+	// The logs verbs (issue 16): the rate limit across streams, its burst,
+	// and the most text of a chunk.
+	LogsRate      int64
+	LogsBurst     int64
+	LogsChunkSize int64
+
 	LogFormat string
 	LogLevel  string
 }
@@ -132,6 +140,7 @@ func defaults() Config {
 		MaxPayload:       command.DefaultMaxPayload,
 		MetricsInterval:  30 * time.Second,
 		ImageGC:          true,
+		ResourcePrefix:   reconcile.DefaultResourcePrefix,
 		RequireSealed:    true,
 		CommandMaxAge:    command.DefaultMaxAge,
 		CommandMaxSkew:   command.DefaultMaxSkew,
@@ -141,6 +150,9 @@ func defaults() Config {
 		TmpfsSize:        reconcile.DefaultTmpfsSize,
 		PullMode:         "agent",
 		PullStallTimeout: 30 * time.Second,
+		LogsRate:         logs.DefaultRate,
+		LogsBurst:        logs.DefaultBurst,
+		LogsChunkSize:    logs.DefaultChunkSize,
 		LogFormat:        "text",
 		LogLevel:         "info",
 	}
@@ -173,6 +185,7 @@ func (c *Config) flags(out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.MetricsInterval, "metrics-interval", c.MetricsInterval, "metrics heartbeat interval")
 	fs.StringVar(&c.DockerHost, "docker-host", c.DockerHost, "Docker Engine address (default: DOCKER_HOST or the local socket)")
 	fs.BoolVar(&c.ImageGC, "image-gc", c.ImageGC, "remove images the agent pulled that no deployment uses (each keeps its current and previous revision's image); images the agent did not pull are never removed")
+	fs.StringVar(&c.ResourcePrefix, "resource-prefix", c.ResourcePrefix, "first part of the engine names of the containers, networks and volumes the agent creates ({prefix}-{deployment}-r{revision}); give each agent sharing one engine its own")
 	fs.BoolVar(&c.RequireSealed, "credentials-require-sealed", c.RequireSealed, "accept registry credentials only sealed to this gateway's public key")
 	fs.StringVar(&c.ECRHelper, "ecr-helper", c.ECRHelper, "the fleet-agent-ecr helper that gets tokens for ecr credentials: a path, or a name on PATH (default: fleet-agent-ecr beside the agent's executable, else on PATH)")
 	fs.StringVar(&c.RegistryCertsDir, "registry-certs-dir", c.RegistryCertsDir, "the Docker Engine's per-registry certificate directory, where credentials' caCertificate and client certificates are installed (<dir>/<host:port>/ca.crt, client.cert, client.key)")
@@ -197,6 +210,9 @@ func (c *Config) flags(out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.PullStallTimeout, "pull-stall-timeout", c.PullStallTimeout, "a download that receives no byte for this long is reconnected (pull mode agent)")
 	fs.Var(sizeValue{&c.PullStoreMax}, "pull-store-max", "cap of the agent's image store, e.g. 2GiB: images no deployment keeps are removed oldest first to stay under it, and a pull that cannot fit fails with NO_SPACE (default: no cap beyond the free space)")
 	fs.Var(groupsValue{&c.AllowInsecure}, "allow-insecure-registry", "policy: registry (host[:port]) whose credentials may say insecure: the agent's own pull reaches it over plain HTTP or TLS without verification, with no change to the engine's insecure-registries; repeatable (default: none)")
+	fs.Var(rateValue{&c.LogsRate}, "logs-rate", "cap of the containers' output the logs verb sends, all streams together, e.g. 16KiB/s (0: unlimited); lines over it are dropped and counted in the next chunk")
+	fs.Var(sizeValue{&c.LogsBurst}, "logs-burst", "the most output the logs streams may send at once above --logs-rate, e.g. 64KiB (at least 16KiB, a line's most)")
+	fs.Var(sizeValue{&c.LogsChunkSize}, "logs-chunk-size", "the most line text of one LogChunk, e.g. 64KiB (16KiB to 128KiB: a chunk must stay under the brokers' 1 MiB packets also in JSON)")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
 	fs.Usage = func() {
@@ -447,6 +463,9 @@ func (c *Config) validate() error {
 	} else if err := topic.CheckID("tenant", c.Tenant); err != nil {
 		add("--tenant: %v", err)
 	}
+	if !validPrefix(c.ResourcePrefix) {
+		add("--resource-prefix %q: use 1-32 characters of a-z 0-9 -, beginning with a letter or digit (default %s)", c.ResourcePrefix, reconcile.DefaultResourcePrefix)
+	}
 	if c.Gateway == "" {
 		add("--gateway is required (or FLEET_GATEWAY)")
 	} else if err := topic.CheckGatewayID(c.Gateway); err != nil {
@@ -535,6 +554,12 @@ func (c *Config) validatePolicy(add func(string, ...any)) {
 	if c.PullStoreMax != 0 && c.PullStoreMax < 64<<20 {
 		add("--pull-store-max %s: must be at least 64MiB, or 0 for no cap", units.BytesSize(float64(c.PullStoreMax)))
 	}
+	if c.LogsBurst < logs.MaxLine {
+		add("--logs-burst %s: must be at least 16KiB, a line's most", units.BytesSize(float64(c.LogsBurst)))
+	}
+	if c.LogsChunkSize < logs.MaxLine || c.LogsChunkSize > logs.MaxChunkSize {
+		add("--logs-chunk-size %s: must be between 16KiB and 128KiB", units.BytesSize(float64(c.LogsChunkSize)))
+	}
 	for _, r := range c.AllowInsecure {
 		if k, err := credential.ParseRegistry(r); err != nil || k.Prefix != "" || k.Host != r {
 			add("--allow-insecure-registry %q: write a registry host as images name it, host or host:port, without a path", r)
@@ -600,7 +625,7 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger, docker *engi
 		Backoff:    backoff.Policy{Base: c.ReconnectMin, Max: c.ReconnectMax},
 		MaxPayload: c.MaxPayload, MetricsInterval: c.MetricsInterval,
 		Version: version, Logger: logger,
-		ImageGC: c.ImageGC, RequireSealed: c.RequireSealed, AtRestKey: c.AtRestKey,
+		ImageGC: c.ImageGC, ResourcePrefix: c.ResourcePrefix, RequireSealed: c.RequireSealed, AtRestKey: c.AtRestKey,
 		RegistryCertsDir: c.RegistryCertsDir, ExpiryWarning: c.ExpiryWarning,
 		Policy: reconcile.Policy{AllowPrivileged: c.AllowPrivileged, AllowHostNetwork: c.AllowHostNetwork,
 			AllowCapAdd: c.AllowCapAdd, AllowedHostPaths: c.AllowHostPaths, AllowedNetworks: c.AllowNetworks,
@@ -610,6 +635,10 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger, docker *engi
 	g.Engine, g.InsecureRegistry = docker, docker.InsecureRegistry
 	g.Pull = gateway.PullConfig{Loopback: docker, Mode: pullModes[c.PullMode], Bandwidth: c.PullBandwidth,
 		StallTimeout: c.PullStallTimeout, StoreMax: c.PullStoreMax, AllowInsecure: c.AllowInsecure}
+	g.Logs = gateway.LogsConfig{Rate: c.LogsRate, Burst: c.LogsBurst, ChunkSize: int(c.LogsChunkSize)}
+	if c.LogsRate == 0 {
+		g.Logs.Rate = -1 // unlimited
+	}
 	if c.ImageTrustPolicy != "" {
 		p, err := trust.Load(c.ImageTrustPolicy)
 		if err != nil {
@@ -654,4 +683,18 @@ func (c *Config) GatewayConfig(version string, logger *slog.Logger, docker *engi
 		g.TLS = tc
 	}
 	return g, nil
+}
+
+// validPrefix reports whether p can begin a container's, network's and
+// volume's engine name.
+func validPrefix(p string) bool {
+	if p == "" || len(p) > 32 || p[0] == '-' {
+		return false
+	}
+	for i := range len(p) {
+		if c := p[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

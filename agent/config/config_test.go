@@ -79,6 +79,9 @@ func TestInvalid(t *testing.T) {
 		{"pull bandwidth not a rate", append([]string{"--pull-bandwidth", "fast"}, required...), nil, "", `"fast" is not a rate`},
 		{"stall timeout too short", required, map[string]string{"FLEET_PULL_STALL_TIMEOUT": "10ms"}, "", "--pull-stall-timeout 10ms"},
 		{"store cap too small", required, nil, "pullStoreMax: 1MiB\n", "--pull-store-max 1MiB: must be at least 64MiB"},
+		{"resource prefix with a capital", append([]string{"--resource-prefix", "Fleet"}, required...), nil, "", `--resource-prefix "Fleet": use 1-32 characters of a-z 0-9 -`},
+		{"resource prefix beginning with -", append([]string{"--resource-prefix", "-x"}, required...), nil, "", `--resource-prefix "-x"`},
+		{"resource prefix empty", required, nil, "resourcePrefix: \"\"\n", `--resource-prefix "": use`},
 		{"insecure registry with a path", append([]string{"--allow-insecure-registry", "reg.example:5000/team"}, required...), nil, "", `--allow-insecure-registry "reg.example:5000/team"`},
 		{"container network without a name", append([]string{"--allow-network", "container:"}, required...), nil, "", `--allow-network "container:"`},
 	}

@@ -43,6 +43,10 @@ type Container struct {
 	Revision   int64
 	SpecHash   string
 	Running    bool
+	// Service is the service label: the application's service the
+	// container runs; empty on containers of agents before applications
+	// (a single container, whose one service is named after the deployment).
+	Service string
 }
 
 // State is what the engine reports of one container.
@@ -207,9 +211,13 @@ func (d *Docker) Create(ctx context.Context, name string, spec *fleetv1.Deployme
 			return "", err
 		}
 	}
-	resp, err := d.cli.ContainerCreate(ctx, cfg, host, nil, nil, name)
+	resp, err := d.cli.ContainerCreate(ctx, cfg, host, endpoints(h.Networks[:min(len(h.Networks), 1)]), nil, name)
 	if err != nil {
 		return "", fmt.Errorf("create container %s: %w", name, mapErr(err))
+	}
+	if err := d.connect(ctx, resp.ID, h.Networks); err != nil {
+		d.Remove(context.WithoutCancel(ctx), resp.ID)
+		return "", fmt.Errorf("create container %s: %w", name, err)
 	}
 	for _, w := range resp.Warnings {
 		d.log.Warn("engine warning on create", "container", name, "warning", w)
@@ -295,7 +303,7 @@ func (d *Docker) List(ctx context.Context) ([]Container, error) {
 			name = strings.TrimPrefix(c.Names[0], "/")
 		}
 		out = append(out, Container{ID: c.ID, Name: name, Deployment: c.Labels[LabelDeployment], Revision: rev,
-			SpecHash: c.Labels[LabelSpecHash], Running: c.State == "running"})
+			SpecHash: c.Labels[LabelSpecHash], Running: c.State == "running", Service: c.Labels[LabelService]})
 	}
 	return out, nil
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -32,6 +33,9 @@ type Fake struct {
 	// Crash, if set, decides whether a started container crashes, when,
 	// and with which exit code: simulated gateways' crash rate.
 	Crash func(spec *fleetv1.DeploymentSpec) (after time.Duration, code int, crash bool)
+	// BeforeCreate, if set, is called with the container's name before
+	// each Create: a test's look between a pull and the create after it.
+	BeforeCreate func(name string)
 
 	mu         sync.Mutex
 	registry   map[string]string // ref -> digest
@@ -40,9 +44,11 @@ type Fake struct {
 	containers map[string]*fakeContainer
 	names      map[string]string
 	volumes    map[string]string // name -> owner label
+	networks   map[string]string // name -> owner label
 	subs       map[int]chan Event
 	nextSub    int
 	nextID     int
+	pulls      int
 }
 
 type fakeContainer struct {
@@ -56,7 +62,7 @@ type fakeContainer struct {
 // images.
 func NewFake(owner string) *Fake {
 	return &Fake{owner: owner, Free: 1 << 40, Size: 10 << 20, registry: map[string]string{}, images: map[string]string{}, bare: map[string]bool{},
-		containers: map[string]*fakeContainer{}, names: map[string]string{}, volumes: map[string]string{}, subs: map[int]chan Event{}}
+		containers: map[string]*fakeContainer{}, names: map[string]string{}, volumes: map[string]string{}, networks: map[string]string{}, subs: map[int]chan Event{}}
 }
 
 // Publish makes ref pullable from the fake registry (again, with a new
@@ -134,6 +140,9 @@ func (f *Fake) Pull(ctx context.Context, ref, _ string, progress func(done, tota
 	}
 	f.mu.Lock()
 	d, ok := f.remote(ref)
+	if ok {
+		f.pulls++
+	}
 	f.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("pull %s: %w: manifest unknown", ref, errdefs.ErrNotFound)
@@ -152,6 +161,13 @@ func (f *Fake) Pull(ctx context.Context, ref, _ string, progress func(done, tota
 	f.images[ref] = d
 	f.mu.Unlock()
 	return nil
+}
+
+// Pulls is how many pulls of a published image have begun so far.
+func (f *Fake) Pulls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pulls
 }
 
 func (f *Fake) Image(_ context.Context, ref string) (string, []string, bool, error) {
@@ -210,6 +226,9 @@ func (f *Fake) HostOf(name string) (Host, bool) {
 }
 
 func (f *Fake) Create(_ context.Context, name string, spec *fleetv1.DeploymentSpec, h Host) (string, error) {
+	if f.BeforeCreate != nil {
+		f.BeforeCreate(name)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	imageID, ok := f.images[spec.GetImage()]
@@ -232,11 +251,17 @@ func (f *Fake) Create(_ context.Context, name string, spec *fleetv1.DeploymentSp
 			return "", err
 		}
 	}
+	for _, n := range h.Networks {
+		if _, ok := f.networks[n.Name]; !ok {
+			return "", fmt.Errorf("create container %s: %w: no such network %s", name, errdefs.ErrNotFound, n.Name)
+		}
+	}
 	f.nextID++
 	id := fmt.Sprintf("fake%060d", f.nextID)
 	f.containers[id] = &fakeContainer{
-		Container: Container{ID: id, Name: name, Deployment: spec.GetName(), Revision: spec.GetRevision(), SpecHash: SpecHash(spec)},
-		spec:      spec, host: h, state: State{ID: id, Status: "created", ImageID: imageID},
+		Container: Container{ID: id, Name: name, Deployment: spec.GetName(), Revision: spec.GetRevision(),
+			SpecHash: cmp.Or(h.SpecHash, SpecHash(spec)), Service: cmp.Or(h.Service, spec.GetName())},
+		spec: spec, host: h, state: State{ID: id, Status: "created", ImageID: imageID},
 	}
 	f.names[name] = id
 	return id, nil
@@ -255,6 +280,7 @@ func (f *Fake) Start(_ context.Context, id string) error {
 		exits = true
 	}
 	c.Running, c.state.Running, c.state.Status, c.state.StartedAt = true, true, "running", time.Now()
+	c.state.Health = fakeHealth(c.spec)
 	crash := f.Crash
 	f.mu.Unlock()
 	f.emit(c.Container, "start")
@@ -267,6 +293,18 @@ func (f *Fake) Start(_ context.Context, id string) error {
 		f.exit(id, exitCode)
 	}
 	return nil
+}
+
+// fakeHealth is the health of a started container: with a health check,
+// HEALTHY at once, or UNHEALTHY for MODE=unhealthy (as testapp's /healthz).
+func fakeHealth(spec *fleetv1.DeploymentSpec) fleetv1.HealthCheck_Status {
+	if t := spec.GetHealthCheck().GetTest(); len(t) == 0 || t[0] == "NONE" {
+		return fleetv1.HealthCheck_NONE
+	}
+	if spec.GetEnv()["MODE"] == "unhealthy" {
+		return fleetv1.HealthCheck_UNHEALTHY
+	}
+	return fleetv1.HealthCheck_HEALTHY
 }
 
 // exit makes a running container exit with code.

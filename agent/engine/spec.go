@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -62,6 +63,20 @@ type Host struct {
 	// spec may mount. Any other volume must carry the owner label; a
 	// missing one is created with it.
 	ForeignVolumes []string
+
+	// An application's service (see app.go); the zero values are a single
+	// container's.
+
+	// Service is the container's service label; empty: the deployment's
+	// name (a single container's one service).
+	Service string
+	// SpecHash, when set, is the spec-hash label instead of SpecHash(spec):
+	// an application's service hashes what its container is, without the
+	// revision, so that an unchanged service keeps its container.
+	SpecHash string
+	// Networks are the application networks the container joins, its
+	// service name as an alias on each; the first is its network mode.
+	Networks []Network
 }
 
 // containerConfig translates a spec into Docker's create parameters.
@@ -73,7 +88,8 @@ func containerConfig(owner string, spec *fleetv1.DeploymentSpec, h Host) (*conta
 	labels[LabelOwner] = owner
 	labels[LabelDeployment] = spec.GetName()
 	labels[LabelRevision] = strconv.FormatInt(spec.GetRevision(), 10)
-	labels[LabelSpecHash] = SpecHash(spec)
+	labels[LabelSpecHash] = cmp.Or(h.SpecHash, SpecHash(spec))
+	labels[LabelService] = cmp.Or(h.Service, spec.GetName())
 
 	cfg := &container.Config{
 		Image:      spec.GetImage(),
@@ -107,6 +123,9 @@ func containerConfig(owner string, spec *fleetv1.DeploymentSpec, h Host) (*conta
 			Memory:   spec.GetResources().GetMemoryBytes(),
 			NanoCPUs: spec.GetResources().GetNanoCpus(),
 		},
+	}
+	if len(h.Networks) > 0 {
+		host.NetworkMode = container.NetworkMode(h.Networks[0].Name)
 	}
 	if cpus := spec.GetResources().GetCpus(); cpus > 0 {
 		host.Resources.NanoCPUs = int64(cpus * 1e9)

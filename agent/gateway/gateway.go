@@ -69,8 +69,13 @@ type Config struct {
 	OnConnect  func()
 	Policy     reconcile.Policy
 	ImageGC    bool
+	// ResourcePrefix: reconcile.Config.ResourcePrefix.
+	ResourcePrefix string
 	// Pull configures pull mode AGENT.
 	Pull PullConfig
+	// Logs configures the logs verbs, served when Engine implements
+	// logs.Engine.
+	Logs LogsConfig
 	// TrustPolicy, when set, is the image trust policy every image is
 	// checked against before a container is created from it.
 	TrustPolicy *trust.Policy
@@ -262,7 +267,7 @@ func (g *Gateway) build() error {
 		return err
 	}
 	rcfg := reconcile.Config{
-		Engine: cfg.Engine, Store: g.store, Policy: cfg.Policy, ImageGC: cfg.ImageGC, Auth: g.keychain.Auth, Refresh: g.keychain.Refresh,
+		Engine: cfg.Engine, Store: g.store, Policy: cfg.Policy, ImageGC: cfg.ImageGC, ResourcePrefix: cfg.ResourcePrefix, Auth: g.keychain.Auth, Refresh: g.keychain.Refresh,
 		Publish: g.publishStatus, Event: g.event,
 		Logger: cfg.Logger.With("component", "reconcile"), Now: cfg.Now,
 	}
@@ -280,12 +285,15 @@ func (g *Gateway) build() error {
 	if err != nil {
 		return err
 	}
-	verbs, err := handlers.New(handlers.Config{Deployments: g.rec, Credentials: g.keychain,
+	verbs, err := handlers.New(handlers.Config{Deployments: g.rec, Services: g.rec, Credentials: g.keychain,
 		OpenSealed: g.keys.OpenSealed, RequireSealed: cfg.RequireSealed})
 	if err != nil {
 		return err
 	}
 	verbs[topic.Rebirth] = g.rebirth
+	if err := g.addLogs(verbs); err != nil {
+		return err
+	}
 	g.proc, err = command.New(command.Config{
 		Scheme: cfg.Scheme, Tenant: cfg.Tenant, Gateway: cfg.ID,
 		Journal: g.store, Publisher: publisher{g}, MaxPayload: cfg.MaxPayload, Cipher: g.keys,

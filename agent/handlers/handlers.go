@@ -31,6 +31,16 @@ type Deployments interface {
 	Prefetch(ctx context.Context, spec *fleetv1.DeploymentSpec, accepted func()) (*fleetv1.DeploymentStatus, error)
 }
 
+// Services is what the deployment verbs call to act on one service of an
+// application (the command's service field) and to remove its volumes
+// (removeVolumes) (reconcile.Reconciler).
+type Services interface {
+	StopService(ctx context.Context, name, service string) (*fleetv1.DeploymentStatus, error)
+	StartService(ctx context.Context, name, service string, accepted func()) (*fleetv1.DeploymentStatus, error)
+	RestartService(ctx context.Context, name, service string, accepted func()) (*fleetv1.DeploymentStatus, error)
+	RemoveWith(ctx context.Context, name string, removeImage, removeVolumes bool) error
+}
+
 // Credentials is what the credential verbs call (regauth.Keychain).
 type Credentials interface {
 	Set(ctx context.Context, creds []*fleetv1.Credential) error
@@ -41,6 +51,9 @@ type Credentials interface {
 // Config configures the handlers.
 type Config struct {
 	Deployments Deployments
+	// Services, when set, serves commands naming a service or asking for
+	// removeVolumes; without it they are refused (UNSUPPORTED).
+	Services    Services
 	Credentials Credentials
 	// OpenSealed opens a sealed set-credentials body (a box sealed to the
 	// gateway's public key).
@@ -93,28 +106,83 @@ func (h handlers) prefetch(ctx context.Context, x *command.Exec) error {
 }
 
 func (h handlers) stop(ctx context.Context, x *command.Exec) error {
-	st, err := h.cfg.Deployments.Stop(ctx, x.Command.GetStop().GetName())
+	ref := x.Command.GetStop()
+	if ref.GetService() == "" {
+		st, err := h.cfg.Deployments.Stop(ctx, ref.GetName())
+		x.Reply.Status = st
+		return under("stop", err, "name")
+	}
+	if err := h.services("stop"); err != nil {
+		return err
+	}
+	st, err := h.cfg.Services.StopService(ctx, ref.GetName(), ref.GetService())
 	x.Reply.Status = st
-	return under("stop", err, "name")
+	return underRef("stop", err)
 }
 
 func (h handlers) start(ctx context.Context, x *command.Exec) error {
+	ref := x.Command.GetStart()
+	if err := h.forService("start", ref); err != nil {
+		return err
+	}
 	return detachOnAccept(ctx, x, func(ctx context.Context, accepted func()) (*fleetv1.DeploymentStatus, error) {
-		st, err := h.cfg.Deployments.Start(ctx, x.Command.GetStart().GetName(), accepted)
+		if ref.GetService() != "" {
+			st, err := h.cfg.Services.StartService(ctx, ref.GetName(), ref.GetService(), accepted)
+			return st, underRef("start", err)
+		}
+		st, err := h.cfg.Deployments.Start(ctx, ref.GetName(), accepted)
 		return st, under("start", err, "name")
 	})
 }
 
 func (h handlers) restart(ctx context.Context, x *command.Exec) error {
+	ref := x.Command.GetRestart()
+	if err := h.forService("restart", ref); err != nil {
+		return err
+	}
 	return detachOnAccept(ctx, x, func(ctx context.Context, accepted func()) (*fleetv1.DeploymentStatus, error) {
-		st, err := h.cfg.Deployments.Restart(ctx, x.Command.GetRestart().GetName(), accepted)
+		if ref.GetService() != "" {
+			st, err := h.cfg.Services.RestartService(ctx, ref.GetName(), ref.GetService(), accepted)
+			return st, underRef("restart", err)
+		}
+		st, err := h.cfg.Deployments.Restart(ctx, ref.GetName(), accepted)
 		return st, under("restart", err, "name")
 	})
 }
 
 func (h handlers) remove(ctx context.Context, x *command.Exec) error {
 	rm := x.Command.GetRemove()
-	return under("remove", h.cfg.Deployments.Remove(ctx, rm.GetName(), rm.GetRemoveImage()), "name")
+	if !rm.GetRemoveVolumes() {
+		return under("remove", h.cfg.Deployments.Remove(ctx, rm.GetName(), rm.GetRemoveImage()), "name")
+	}
+	if err := h.services("remove"); err != nil {
+		return err
+	}
+	return under("remove", h.cfg.Services.RemoveWith(ctx, rm.GetName(), rm.GetRemoveImage(), true), "name")
+}
+
+// forService refuses a command naming a service when nothing serves them.
+func (h handlers) forService(verb string, ref *fleetv1.DeploymentRef) error {
+	if ref.GetService() == "" {
+		return nil
+	}
+	return h.services(verb)
+}
+
+func (h handlers) services(verb string) error {
+	if h.cfg.Services != nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %s of one service or of an application's volumes is not served by this agent", errdefs.ErrUnsupported, verb)
+}
+
+// underRef puts the fields of a DeploymentRef (name, service) under the
+// verb's body.
+func underRef(body string, err error) error {
+	if fe, ok := errors.AsType[*errdefs.FieldError](err); ok && (fe.Field == "name" || fe.Field == "service") {
+		fe.Field = body + "." + fe.Field
+	}
+	return err
 }
 
 func (h handlers) setCredentials(ctx context.Context, x *command.Exec) error {

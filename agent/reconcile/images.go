@@ -190,29 +190,48 @@ func (r *Reconciler) Prefetch(ctx context.Context, spec *fleetv1.DeploymentSpec,
 	}
 	notify(accepted)
 	st := &fleetv1.DeploymentStatus{Name: spec.GetName(), Revision: spec.GetRevision(), Image: spec.GetImage()}
+	for _, s := range services(spec) {
+		digest, err := r.prefetch(ctx, s)
+		if err != nil {
+			return st, s.wrap(s.under(err))
+		}
+		if !s.app {
+			st.ImageDigest = digest
+			continue
+		}
+		st.Services = append(st.Services, &fleetv1.ServiceStatus{Name: s.name, Image: s.spec.GetImage(), ImageDigest: digest})
+	}
+	return st, nil
+}
+
+// prefetch fetches one service's image and records it as staged.
+func (r *Reconciler) prefetch(ctx context.Context, s *service) (string, error) {
+	spec := s.spec
 	vouched, err := r.trusted(ctx, spec)
 	if err != nil {
-		return st, err
+		return "", err
 	}
+	r.imageUse.RLock() // until the image is staged (see imageUse)
+	defer r.imageUse.RUnlock()
 	digest, pulled, err := r.ensureImage(ctx, spec, nil)
 	if err != nil {
-		return st, err
+		return "", err
 	}
 	id, digests, found, err := r.localImage(ctx, spec)
 	if err != nil {
-		return st, err
+		return "", err
 	}
 	if !found {
-		return st, fmt.Errorf("%w: %s is not in the engine after the pull", errdefs.ErrNotFound, spec.GetImage())
+		return "", fmt.Errorf("%w: %s is not in the engine after the pull", errdefs.ErrNotFound, spec.GetImage())
 	}
 	if vouched != "" {
 		if !slices.Contains(digests, vouched) {
-			return st, changedErr(spec, vouched, digests)
+			return "", changedErr(spec, vouched, digests)
 		}
 		digest = vouched
 	}
-	if err := r.cfg.Store.StageImage(spec.GetName(), store.Staged{ID: id, Ref: spec.GetImage()}); err != nil {
-		return st, fmt.Errorf("record the prefetched image: %w", err)
+	if err := r.cfg.Store.StageImage(stagedKey(spec.GetName(), s), store.Staged{ID: id, Ref: spec.GetImage()}); err != nil {
+		return "", fmt.Errorf("record the prefetched image: %w", err)
 	}
 	if pulled {
 		// Image GC may remove it once no deployment keeps it.
@@ -220,9 +239,8 @@ func (r *Reconciler) Prefetch(ctx context.Context, spec *fleetv1.DeploymentSpec,
 			r.log.Warn("track pulled image", "image", spec.GetImage(), "err", err)
 		}
 	}
-	st.ImageDigest = digest
-	r.log.Info("image prefetched", "deployment", spec.GetName(), "image", spec.GetImage(), "digest", digest, "id", id)
-	return st, nil
+	r.log.Info("image prefetched", "deployment", spec.GetName(), "service", s.name, "image", spec.GetImage(), "digest", digest, "id", id)
+	return digest, nil
 }
 
 func changedErr(spec *fleetv1.DeploymentSpec, vouched string, digests []string) error {
@@ -244,7 +262,9 @@ func (r *Reconciler) gcStore(ctx context.Context) {
 	for _, d := range all {
 		spec := new(fleetv1.DeploymentSpec)
 		if proto.Unmarshal(d.Spec, spec) == nil {
-			refs = append(refs, spec.GetImage())
+			for _, s := range services(spec) {
+				refs = append(refs, s.spec.GetImage())
+			}
 		}
 	}
 	staged, err := r.cfg.Store.StagedImages()

@@ -44,6 +44,11 @@ type Engine interface {
 	RemoteDigest(ctx context.Context, ref, registryAuth string) (string, error)
 	ImageSize(ctx context.Context, ref, registryAuth string) (int64, error)
 	FreeSpace(ctx context.Context) (uint64, error)
+	// An application's networks and volumes (the engine labels what it
+	// creates with the owner and refuses to remove what it did not).
+	EnsureNetwork(ctx context.Context, name string, internal bool) error
+	RemoveNetwork(ctx context.Context, name string) error
+	RemoveVolume(ctx context.Context, name string) error
 }
 
 // Store holds the desired deployments.
@@ -93,9 +98,18 @@ type Config struct {
 	Event func(*fleetv1.Event)
 	// PollInterval is how often a starting container is inspected.
 	PollInterval time.Duration
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// ResourcePrefix begins the engine names of the containers, and of the
+	// applications' networks and volumes, the agent creates
+	// ("{prefix}-{deployment}-r{revision}"); "fleet" when empty. Two agents
+	// sharing one engine need two (their owner labels keep them apart
+	// otherwise, but the engine's names are one namespace).
+	ResourcePrefix string
+	Logger         *slog.Logger
+	Now            func() time.Time
 }
+
+// DefaultResourcePrefix is Config.ResourcePrefix when it is empty.
+const DefaultResourcePrefix = "fleet"
 
 // Reconciler runs deployments.
 type Reconciler struct {
@@ -103,6 +117,13 @@ type Reconciler struct {
 	log *slog.Logger
 
 	running sync.WaitGroup // every begun operation, until it ends
+
+	// imageUse orders image GC after the images being pulled: a rollout or
+	// a prefetch holds it for reading from its first pull until the store
+	// records what it uses, GC for writing. Without it GC after one
+	// deployment's removal deleted the image another had just found
+	// present, before its container was created ("No such image").
+	imageUse sync.RWMutex
 
 	mu     sync.Mutex
 	status map[string]*fleetv1.DeploymentStatus // guarded by mu
@@ -130,6 +151,9 @@ func New(cfg Config) (*Reconciler, error) {
 	if cfg.Auth == nil {
 		cfg.Auth = func(context.Context, string) (string, error) { return "", nil }
 	}
+	if cfg.ResourcePrefix == "" {
+		cfg.ResourcePrefix = DefaultResourcePrefix
+	}
 	return &Reconciler{cfg: cfg, log: cfg.Logger, status: map[string]*fleetv1.DeploymentStatus{}, ops: map[string]*op{}}, nil
 }
 
@@ -153,6 +177,7 @@ func (r *Reconciler) Republish(ctx context.Context) {
 }
 
 func (r *Reconciler) publish(ctx context.Context, st *fleetv1.DeploymentStatus) {
+	summarize(st)
 	st.UpdatedAt = timestamppb.New(r.cfg.Now())
 	c := proto.Clone(st).(*fleetv1.DeploymentStatus)
 	r.mu.Lock()
@@ -192,161 +217,6 @@ func (r *Reconciler) containersOf(ctx context.Context, name string) ([]engine.Co
 	return out, nil
 }
 
-// rollout brings the deployment to spec. The new image is fully pulled
-// before the old container is touched; the new container must be ready
-// (running, and healthy if it has a health check, for minReadySeconds)
-// within progressDeadlineSeconds, or it is removed and the old one started
-// again (ROLLED_BACK).
-func (r *Reconciler) rollout(ctx context.Context, spec *fleetv1.DeploymentSpec) (*fleetv1.DeploymentStatus, error) {
-	name, hash := spec.GetName(), engine.SpecHash(spec)
-	st := newStatus(spec, fleetv1.DeploymentStatus_PENDING, "")
-	r.publish(ctx, st)
-	fail := func(phase fleetv1.DeploymentStatus_Phase, err error) (*fleetv1.DeploymentStatus, error) {
-		if ctx.Err() != nil && !errors.Is(context.Cause(ctx), errSuperseded) {
-			return st, err // shutdown: the command resumes on the next start
-		}
-		st.Phase, st.Code, st.Message = phase, errdefs.Code(err), err.Error()
-		r.publish(context.WithoutCancel(ctx), st)
-		return st, err
-	}
-
-	existing, err := r.containersOf(ctx, name)
-	if err != nil {
-		return fail(fleetv1.DeploymentStatus_FAILED, err)
-	}
-	var old *engine.Container
-	for i := range existing {
-		c := &existing[i]
-		if c.SpecHash == hash && c.Running {
-			// Already there (a resumed command, or the same revision again).
-			return r.adopt(ctx, spec, *c, existing)
-		}
-		if c.SpecHash != hash && (old == nil || c.Running && !old.Running || c.Running == old.Running && c.Revision > old.Revision) {
-			old = c
-		}
-	}
-
-	st.Phase = fleetv1.DeploymentStatus_PULLING
-	r.publish(ctx, st)
-	vouched, err := r.trusted(ctx, spec)
-	if err != nil {
-		return fail(fleetv1.DeploymentStatus_FAILED, err)
-	}
-	digest, pulled, err := r.ensureImage(ctx, spec, st)
-	if err != nil {
-		return fail(fleetv1.DeploymentStatus_FAILED, err)
-	}
-	imageID, digests, _, err := r.localImage(ctx, spec)
-	if err != nil {
-		return fail(fleetv1.DeploymentStatus_FAILED, err)
-	}
-	if vouched != "" {
-		if !slices.Contains(digests, vouched) {
-			return fail(fleetv1.DeploymentStatus_FAILED, changedErr(spec, vouched, digests))
-		}
-		digest = vouched
-	}
-	st.ImageDigest, st.PullProgress = digest, nil
-
-	id, err := r.create(ctx, spec, st, existing, imageID)
-	if err != nil {
-		return fail(fleetv1.DeploymentStatus_FAILED, err)
-	}
-	if phase, err := r.replace(ctx, spec, st, id, old); err != nil {
-		return fail(phase, err)
-	}
-	for _, c := range existing {
-		if c.ID != id {
-			if err := r.cfg.Engine.Remove(ctx, c.ID); err != nil {
-				r.log.Warn("remove previous container", "deployment", name, "container", c.Name, "err", err)
-			}
-		}
-	}
-	st.Phase, st.Code, st.Message = fleetv1.DeploymentStatus_RUNNING, fleetv1.Reply_OK, ""
-	r.publish(ctx, st)
-	r.recordImage(name, imageID, spec.GetImage(), pulled)
-	r.gc(ctx)
-	return st, nil
-}
-
-// create creates the new revision's container (CREATING), replacing one
-// left over from an interrupted attempt.
-func (r *Reconciler) create(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus, existing []engine.Container, imageID string) (string, error) {
-	st.Phase = fleetv1.DeploymentStatus_CREATING
-	r.publish(ctx, st)
-	newName := engine.ContainerName(spec.GetName(), spec.GetRevision())
-	for _, c := range existing {
-		if c.Name == newName {
-			if err := r.cfg.Engine.Remove(ctx, c.ID); err != nil {
-				return "", err
-			}
-		}
-	}
-	// The policy again, just before creation: a host path may have become
-	// a symlink since admission; the engine mounts what was checked here.
-	host, err := r.cfg.Policy.place(spec)
-	if err != nil {
-		return "", err
-	}
-	id, err := r.cfg.Engine.Create(ctx, newName, spec, host)
-	if err != nil {
-		return "", err
-	}
-	// The container must hold exactly the image checked above: a name
-	// retagged meanwhile is refused, not run.
-	if s, err := r.cfg.Engine.Inspect(ctx, id); err != nil || imageID != "" && s.ImageID != imageID {
-		r.cfg.Engine.Remove(context.WithoutCancel(ctx), id)
-		if err != nil {
-			return "", err
-		}
-		return "", fmt.Errorf("%w: %s was retagged while the container was created (verified image %s, the container got %s); deploy again",
-			errdefs.ErrUntrustedImage, spec.GetImage(), imageID, s.ImageID)
-	}
-	st.ContainerId = id
-	return id, nil
-}
-
-// replace starts the new container id in place of old (stopped first
-// unless the strategy is START_FIRST) and waits until it is ready. If it
-// does not become ready, it is removed and old started again: the phase
-// returned with the error is then ROLLED_BACK, else FAILED.
-func (r *Reconciler) replace(ctx context.Context, spec *fleetv1.DeploymentSpec, st *fleetv1.DeploymentStatus, id string, old *engine.Container) (fleetv1.DeploymentStatus_Phase, error) {
-	name := spec.GetName()
-	startFirst := spec.GetUpdate().GetStrategy() == fleetv1.Update_START_FIRST
-	oldWasRunning := old != nil && old.Running && old.Name != engine.ContainerName(name, spec.GetRevision())
-	if oldWasRunning && !startFirst {
-		if err := r.cfg.Engine.Stop(ctx, old.ID, nil); err != nil {
-			r.cfg.Engine.Remove(context.WithoutCancel(ctx), id)
-			return fleetv1.DeploymentStatus_FAILED, err
-		}
-	}
-	st.Phase = fleetv1.DeploymentStatus_STARTING
-	r.publish(ctx, st)
-	err := r.cfg.Engine.Start(ctx, id)
-	if err == nil {
-		err = r.waitReady(ctx, spec, id, st)
-	}
-	if err == nil {
-		return fleetv1.DeploymentStatus_RUNNING, nil
-	}
-	bg := context.WithoutCancel(ctx)
-	if rmErr := r.cfg.Engine.Remove(bg, id); rmErr != nil {
-		r.log.Error("remove failed container", "deployment", name, "err", rmErr)
-	}
-	st.ContainerId = ""
-	if !oldWasRunning {
-		return fleetv1.DeploymentStatus_FAILED, err
-	}
-	if startErr := r.cfg.Engine.Start(bg, old.ID); startErr != nil {
-		r.log.Error("restart previous container", "deployment", name, "err", startErr)
-		return fleetv1.DeploymentStatus_FAILED, err
-	}
-	st.ContainerId = old.ID
-	r.cfg.Event(&fleetv1.Event{Severity: fleetv1.Event_WARNING, Kind: "deployment.rolled-back", Deployment: name,
-		Code: errdefs.Code(err), Message: sprintf("revision %d did not become ready (%v); revision %d runs again", spec.GetRevision(), err, old.Revision)})
-	return fleetv1.DeploymentStatus_ROLLED_BACK, fmt.Errorf("rolled back to revision %d: %w", old.Revision, err)
-}
-
 // recordImage notes the image a deployment now runs, keeping the one
 // before for rollback, and that the agent pulled it (pulled): only such
 // images are ever removed.
@@ -382,6 +252,9 @@ func (r *Reconciler) kept() (map[string]bool, error) {
 	keep := map[string]bool{}
 	for _, d := range all {
 		keep[d.ImageID], keep[d.PreviousImageID] = true, true
+		for _, id := range slices.Concat(d.ImageIDs, d.PreviousImageIDs) {
+			keep[id] = true
+		}
 	}
 	staged, err := r.cfg.Store.StagedImages()
 	if err != nil {
@@ -406,6 +279,8 @@ func (r *Reconciler) gc(ctx context.Context) {
 // only those in ids, or all when ids is nil. An image still in use is
 // left, and so is one the agent did not pull.
 func (r *Reconciler) removeImages(ctx context.Context, ids []string) {
+	r.imageUse.Lock()
+	defer r.imageUse.Unlock()
 	keep, err := r.kept()
 	if err != nil {
 		return
@@ -431,51 +306,6 @@ func (r *Reconciler) removeImages(ctx context.Context, ids []string) {
 		if err := r.cfg.Store.UntrackImage(id); err != nil {
 			r.log.Warn("untrack image", "id", id, "err", err)
 		}
-	}
-}
-
-// adopt takes over a running container that already matches spec.
-func (r *Reconciler) adopt(ctx context.Context, spec *fleetv1.DeploymentSpec, c engine.Container, all []engine.Container) (*fleetv1.DeploymentStatus, error) {
-	for _, o := range all {
-		if o.ID != c.ID {
-			if err := r.cfg.Engine.Remove(ctx, o.ID); err != nil {
-				r.log.Warn("remove stale container", "deployment", spec.GetName(), "container", o.Name, "err", err)
-			}
-		}
-	}
-	return r.observe(ctx, spec, c.ID, false), nil
-}
-
-// newStatus is the status of spec's deployment in phase, with its
-// container (if known).
-func newStatus(spec *fleetv1.DeploymentSpec, phase fleetv1.DeploymentStatus_Phase, containerID string) *fleetv1.DeploymentStatus {
-	return &fleetv1.DeploymentStatus{Name: spec.GetName(), Revision: spec.GetRevision(), Image: spec.GetImage(), Phase: phase, ContainerId: containerID}
-}
-
-// observe publishes and returns the status of spec's deployment as the
-// engine shows its container id.
-func (r *Reconciler) observe(ctx context.Context, spec *fleetv1.DeploymentSpec, id string, stopped bool) *fleetv1.DeploymentStatus {
-	st := newStatus(spec, fleetv1.DeploymentStatus_PENDING, id)
-	r.fillFromEngine(ctx, st, id, stopped)
-	r.publish(ctx, st)
-	return st
-}
-
-// fillFromEngine sets the phase and runtime facts of st from the engine.
-func (r *Reconciler) fillFromEngine(ctx context.Context, st *fleetv1.DeploymentStatus, id string, stopped bool) {
-	s, err := r.cfg.Engine.Inspect(ctx, id)
-	if err != nil {
-		st.Phase, st.Code, st.Message = fleetv1.DeploymentStatus_FAILED, errdefs.Code(err), err.Error()
-		return
-	}
-	st.Health, st.RestartCount, st.ExitCode, st.OomKilled = s.Health, uint32(s.RestartCount), int32(s.ExitCode), s.OOMKilled
-	switch {
-	case s.Running:
-		st.Phase = fleetv1.DeploymentStatus_RUNNING
-	case stopped:
-		st.Phase = fleetv1.DeploymentStatus_STOPPED
-	default:
-		st.Phase = fleetv1.DeploymentStatus_EXITED
 	}
 }
 
@@ -662,53 +492,12 @@ func first(digests []string) string {
 	return digests[0]
 }
 
-// waitReady waits until the container has been running (and healthy, if it
-// has a health check) without a restart for minReadySeconds.
-func (r *Reconciler) waitReady(ctx context.Context, spec *fleetv1.DeploymentSpec, id string, st *fleetv1.DeploymentStatus) error {
-	minReady := time.Duration(spec.GetUpdate().GetMinReadySeconds()) * time.Second
-	deadline := time.Duration(spec.GetUpdate().GetProgressDeadlineSeconds()) * time.Second
-	if deadline == 0 {
-		deadline = 5*time.Minute + minReady
+// resourceName is a name the reconciler gives an engine resource ("fleet-…":
+// a container, an application's network or volume) as the engine holds
+// it: with Config.ResourcePrefix in place of "fleet".
+func (r *Reconciler) resourceName(name string) string {
+	if rest, ok := strings.CutPrefix(name, DefaultResourcePrefix+"-"); ok && r.cfg.ResourcePrefix != DefaultResourcePrefix {
+		return r.cfg.ResourcePrefix + "-" + rest
 	}
-	ctx, cancel := context.WithTimeout(ctx, deadline)
-	defer cancel()
-	var readySince time.Time
-	restarts := -1
-	tick := time.NewTicker(r.cfg.PollInterval)
-	defer tick.Stop()
-	for {
-		s, err := r.cfg.Engine.Inspect(ctx, id)
-		if err != nil {
-			return err
-		}
-		st.Health, st.RestartCount = s.Health, uint32(s.RestartCount)
-		switch {
-		case !s.Running && (s.Status == "exited" || s.Status == "dead"):
-			st.ExitCode, st.OomKilled = int32(s.ExitCode), s.OOMKilled
-			why := sprintf("the container exited with code %d", s.ExitCode)
-			if s.OOMKilled {
-				why = "the container was killed for exceeding its memory limit (OOM)"
-			}
-			return fmt.Errorf("%w: %s before it was ready", errdefs.ErrUnhealthy, why)
-		case s.Health == fleetv1.HealthCheck_UNHEALTHY:
-			return fmt.Errorf("%w: the container's health check failed", errdefs.ErrUnhealthy)
-		case s.Running && (s.Health == fleetv1.HealthCheck_NONE || s.Health == fleetv1.HealthCheck_HEALTHY):
-			if readySince.IsZero() || s.RestartCount != restarts {
-				readySince, restarts = r.cfg.Now(), s.RestartCount
-			}
-			if r.cfg.Now().Sub(readySince) >= minReady {
-				return nil
-			}
-		default:
-			readySince = time.Time{}
-		}
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) && context.Cause(ctx) == context.DeadlineExceeded {
-				return fmt.Errorf("%w: not ready within progressDeadlineSeconds (%v)", errdefs.ErrUnhealthy, deadline)
-			}
-			return ctx.Err()
-		}
-	}
+	return name
 }

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/distribution/reference"
 
@@ -64,8 +65,9 @@ var logDrivers = []string{"json-file", "local", "none"}
 
 const specField = "spec"
 
-// volumeName is Docker's rule for volume names.
-var volumeName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]+$`)
+// volumeName is Docker's rule for volume names, compiled at its first
+// use: an idle agent holds no regular expression it has not needed.
+var volumeName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]+$`) })
 
 // validate checks a spec; errors name the field and the fix.
 func validate(spec *fleetv1.DeploymentSpec) error {
@@ -79,6 +81,24 @@ func validate(spec *fleetv1.DeploymentSpec) error {
 	if spec.GetRevision() < 1 {
 		return errdefs.Invalid(f("revision"), "must be 1 or more, and higher than the revision deployed (got %d)", spec.GetRevision())
 	}
+	if len(spec.GetServices()) > 0 {
+		return validateApp(spec)
+	}
+	for _, c := range []struct { // in order: the first one set is named
+		field string
+		n     int
+	}{{"networks", len(spec.GetNetworks())}, {"volumes", len(spec.GetVolumes())}} {
+		if c.n > 0 {
+			return errdefs.Invalid(f(c.field), "belongs to an application: set services (each service joins networks and mounts volumes), or use a VOLUME mount of a named volume for a single container")
+		}
+	}
+	return validateContainer(spec)
+}
+
+// validateContainer checks the container fields of spec (a single
+// container's, or a service's as its container spec).
+func validateContainer(spec *fleetv1.DeploymentSpec) error {
+	f := func(name string) string { return specField + "." + name }
 	if spec.GetImage() == "" {
 		return errdefs.Invalid(f("image"), "must be set, e.g. registry.example.com/team/app:1.2 or …@sha256:<digest>")
 	}
@@ -113,7 +133,7 @@ func validate(spec *fleetv1.DeploymentSpec) error {
 				return errdefs.Invalid(f(sprintf("mounts[%d].source", i)), "a BIND source must be an absolute host path (got %q)", m.GetSource())
 			}
 		case fleetv1.Mount_VOLUME:
-			if !volumeName.MatchString(m.GetSource()) {
+			if !volumeName().MatchString(m.GetSource()) {
 				return errdefs.Invalid(f(sprintf("mounts[%d].source", i)), "a VOLUME source is a volume name, 2 or more of [a-zA-Z0-9_.-] starting with a letter or digit (got %q)", m.GetSource())
 			}
 		case fleetv1.Mount_TMPFS:
@@ -146,10 +166,15 @@ func validate(spec *fleetv1.DeploymentSpec) error {
 	return nil
 }
 
-// check applies the local policy when a deployment is admitted.
+// check applies the local policy to every service when a deployment is
+// admitted.
 func (p Policy) check(spec *fleetv1.DeploymentSpec) error {
-	_, err := p.place(spec)
-	return err
+	for _, s := range services(spec) {
+		if _, err := p.place(s.spec); err != nil {
+			return s.under(err)
+		}
+	}
+	return nil
 }
 
 func deny(field, format string, args ...any) error {

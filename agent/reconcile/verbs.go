@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 
@@ -69,7 +70,8 @@ func (r *Reconciler) admit(spec *fleetv1.DeploymentSpec) (*fleetv1.DeploymentSta
 	if err != nil {
 		return nil, err
 	}
-	if err := r.cfg.Store.PutDeployment(name, store.Deployment{Spec: raw, ImageID: cur.ImageID, PreviousImageID: cur.PreviousImageID}); err != nil {
+	kept := store.Deployment{Spec: raw, ImageID: cur.ImageID, PreviousImageID: cur.PreviousImageID, ImageIDs: cur.ImageIDs, PreviousImageIDs: cur.PreviousImageIDs}
+	if err := r.cfg.Store.PutDeployment(name, kept); err != nil {
 		return nil, fmt.Errorf("store desired state: %w", err)
 	}
 	return nil, nil
@@ -101,111 +103,6 @@ func (r *Reconciler) desired(name string) (*fleetv1.DeploymentSpec, error) {
 	return spec, nil
 }
 
-func (r *Reconciler) setStopped(name string, stopped bool) error {
-	d, _, err := r.cfg.Store.GetDeployment(name)
-	if err != nil {
-		return err
-	}
-	d.Stopped = stopped
-	return r.cfg.Store.PutDeployment(name, d)
-}
-
-// matching returns the deployment's container matching spec, if any.
-func (r *Reconciler) matching(ctx context.Context, spec *fleetv1.DeploymentSpec) (*engine.Container, error) {
-	cs, err := r.containersOf(ctx, spec.GetName())
-	if err != nil {
-		return nil, err
-	}
-	hash := engine.SpecHash(spec)
-	for i := range cs {
-		if cs[i].SpecHash == hash {
-			return &cs[i], nil
-		}
-	}
-	return nil, nil
-}
-
-// Stop stops the deployment's container; the deployment stays stopped,
-// across agent and gateway restarts, until started.
-func (r *Reconciler) Stop(ctx context.Context, name string) (*fleetv1.DeploymentStatus, error) {
-	spec, err := r.desired(name)
-	if err != nil {
-		return nil, err
-	}
-	var st *fleetv1.DeploymentStatus
-	err = r.run(ctx, name, func(ctx context.Context) error {
-		st, err = r.stop(ctx, spec)
-		return err
-	})
-	return st, err
-}
-
-func (r *Reconciler) stop(ctx context.Context, spec *fleetv1.DeploymentSpec) (*fleetv1.DeploymentStatus, error) {
-	if err := r.setStopped(spec.GetName(), true); err != nil {
-		return nil, err
-	}
-	c, err := r.matching(ctx, spec)
-	if err != nil {
-		return nil, recorded("stopped", err)
-	}
-	if c == nil {
-		st := newStatus(spec, fleetv1.DeploymentStatus_STOPPED, "")
-		r.publish(ctx, st)
-		return st, nil
-	}
-	if err := r.cfg.Engine.Stop(ctx, c.ID, nil); err != nil {
-		return nil, recorded("stopped", err)
-	}
-	return r.observe(ctx, spec, c.ID, true), nil
-}
-
-// Start starts the deployment's container; when it is gone, the
-// deployment is rolled out again, and accepted (if not nil) is called
-// before that rollout begins (as by Apply).
-func (r *Reconciler) Start(ctx context.Context, name string, accepted func()) (*fleetv1.DeploymentStatus, error) {
-	return r.start(ctx, name, false, accepted)
-}
-
-// Restart restarts the deployment's container, or starts a stopped one,
-// as Start does.
-func (r *Reconciler) Restart(ctx context.Context, name string, accepted func()) (*fleetv1.DeploymentStatus, error) {
-	return r.start(ctx, name, true, accepted)
-}
-
-func (r *Reconciler) start(ctx context.Context, name string, restart bool, accepted func()) (*fleetv1.DeploymentStatus, error) {
-	spec, err := r.desired(name)
-	if err != nil {
-		return nil, err
-	}
-	var st *fleetv1.DeploymentStatus
-	err = r.run(ctx, name, func(ctx context.Context) error {
-		if err := r.setStopped(name, false); err != nil {
-			return err
-		}
-		c, err := r.matching(ctx, spec)
-		if err != nil {
-			return recorded("running", err)
-		}
-		if c == nil {
-			// The container is gone: roll it out again.
-			notify(accepted)
-			st, err = r.rollout(ctx, spec)
-			return err
-		}
-		if restart && c.Running {
-			if err := r.cfg.Engine.Stop(ctx, c.ID, nil); err != nil {
-				return err
-			}
-		}
-		if err := r.cfg.Engine.Start(ctx, c.ID); err != nil {
-			return err
-		}
-		st = r.observe(ctx, spec, c.ID, false)
-		return nil
-	})
-	return st, err
-}
-
 // recorded explains an engine failure after the desired state was stored:
 // the agent applies it when the engine is back.
 func recorded(state string, err error) error {
@@ -215,20 +112,206 @@ func recorded(state string, err error) error {
 	return err
 }
 
-// Remove removes the deployment: its containers go, its status is cleared
-// and, with removeImage, its images are removed when no other deployment
-// keeps them.
+// targets is the services a verb acts on: all of spec's (svc empty, or
+// a single container's own name), or the one named; whole reports the
+// former.
+func targets(spec *fleetv1.DeploymentSpec, svc string) (list []*service, whole bool, err error) {
+	all := services(spec)
+	if svc == "" || len(spec.GetServices()) == 0 && svc == spec.GetName() {
+		return all, true, nil
+	}
+	s, err := findService(spec, svc)
+	if err != nil {
+		return nil, false, err
+	}
+	return []*service{s}, false, nil
+}
+
+// setStopped records the services stopped by command: the whole
+// deployment, or one service.
+func (r *Reconciler) setStopped(spec *fleetv1.DeploymentSpec, svc string, whole, stopped bool) error {
+	name := spec.GetName()
+	d, _, err := r.cfg.Store.GetDeployment(name)
+	if err != nil {
+		return err
+	}
+	switch {
+	case whole:
+		d.Stopped, d.StoppedServices = stopped, nil
+	case stopped:
+		if !stoppedIn(d, svc) {
+			d.StoppedServices = append(d.StoppedServices, svc)
+		}
+	case d.Stopped:
+		d.Stopped, d.StoppedServices = false, nil
+		for _, s := range services(spec) {
+			if s.name != svc {
+				d.StoppedServices = append(d.StoppedServices, s.name)
+			}
+		}
+	default:
+		d.StoppedServices = slices.DeleteFunc(d.StoppedServices, func(n string) bool { return n == svc })
+	}
+	return r.cfg.Store.PutDeployment(name, d)
+}
+
+// Stop stops the deployment's containers; the deployment stays stopped,
+// across agent and gateway restarts, until started.
+func (r *Reconciler) Stop(ctx context.Context, name string) (*fleetv1.DeploymentStatus, error) {
+	return r.StopService(ctx, name, "")
+}
+
+// StopService stops one service of the deployment (svc), or all of them
+// in reverse dependency order (svc empty); what is stopped stays stopped,
+// across agent and gateway restarts, until started. An unknown service is
+// NOT_FOUND, naming the field "service".
+func (r *Reconciler) StopService(ctx context.Context, name, svc string) (*fleetv1.DeploymentStatus, error) {
+	spec, err := r.desired(name)
+	if err != nil {
+		return nil, err
+	}
+	list, whole, err := targets(spec, svc)
+	if err != nil {
+		return nil, err
+	}
+	var st *fleetv1.DeploymentStatus
+	err = r.run(ctx, name, func(ctx context.Context) error {
+		st, err = r.stop(ctx, spec, list, svc, whole)
+		return err
+	})
+	return st, err
+}
+
+func (r *Reconciler) stop(ctx context.Context, spec *fleetv1.DeploymentSpec, list []*service, svc string, whole bool) (*fleetv1.DeploymentStatus, error) {
+	if err := r.setStopped(spec, svc, whole, true); err != nil {
+		return nil, err
+	}
+	cs, err := r.containersOf(ctx, spec.GetName())
+	if err != nil {
+		return nil, recorded("stopped", err)
+	}
+	for _, s := range slices.Backward(list) {
+		if c := currentOf(cs, s); c != nil {
+			if err := r.cfg.Engine.Stop(ctx, c.ID, nil); err != nil {
+				return nil, recorded("stopped", s.wrap(err))
+			}
+		}
+	}
+	return r.observe(ctx, spec), nil
+}
+
+// Start starts the deployment's containers; when one is gone, the
+// deployment is rolled out again, and accepted (if not nil) is called
+// before that rollout begins (as by Apply).
+func (r *Reconciler) Start(ctx context.Context, name string, accepted func()) (*fleetv1.DeploymentStatus, error) {
+	return r.start(ctx, name, "", false, accepted)
+}
+
+// Restart restarts the deployment's containers, or starts stopped ones,
+// as Start does.
+func (r *Reconciler) Restart(ctx context.Context, name string, accepted func()) (*fleetv1.DeploymentStatus, error) {
+	return r.start(ctx, name, "", true, accepted)
+}
+
+// StartService starts one service (svc), or all of them in dependency
+// order, each waiting for the conditions of those that depend on it (svc
+// empty), as Start does.
+func (r *Reconciler) StartService(ctx context.Context, name, svc string, accepted func()) (*fleetv1.DeploymentStatus, error) {
+	return r.start(ctx, name, svc, false, accepted)
+}
+
+// RestartService restarts one service (svc), or all of them (stopped in
+// reverse dependency order, started in dependency order), as Restart does.
+func (r *Reconciler) RestartService(ctx context.Context, name, svc string, accepted func()) (*fleetv1.DeploymentStatus, error) {
+	return r.start(ctx, name, svc, true, accepted)
+}
+
+func (r *Reconciler) start(ctx context.Context, name, svc string, restart bool, accepted func()) (*fleetv1.DeploymentStatus, error) {
+	spec, err := r.desired(name)
+	if err != nil {
+		return nil, err
+	}
+	list, whole, err := targets(spec, svc)
+	if err != nil {
+		return nil, err
+	}
+	var st *fleetv1.DeploymentStatus
+	err = r.run(ctx, name, func(ctx context.Context) error {
+		if err := r.setStopped(spec, svc, whole, false); err != nil {
+			return err
+		}
+		cs, err := r.containersOf(ctx, name)
+		if err != nil {
+			return recorded("running", err)
+		}
+		if slices.ContainsFunc(list, func(s *service) bool { return currentOf(cs, s) == nil }) {
+			// A container is gone: roll the deployment out again.
+			notify(accepted)
+			if st, err = r.rollout(ctx, spec); err != nil {
+				return err
+			}
+			st, err = r.keepStopped(ctx, spec)
+			return err
+		}
+		err = r.startAll(ctx, cs, list, restart, whole)
+		st = r.observe(ctx, spec)
+		return err
+	})
+	return st, err
+}
+
+// startAll (re)starts the services' containers in dependency order (after
+// stopping them in reverse for a restart); with whole, a service others
+// depend on must be ready (or, a job, complete) before the next starts.
+func (r *Reconciler) startAll(ctx context.Context, cs []engine.Container, list []*service, restart, whole bool) error {
+	if restart {
+		for _, s := range slices.Backward(list) {
+			if c := currentOf(cs, s); c.Running {
+				if err := r.cfg.Engine.Stop(ctx, c.ID, nil); err != nil {
+					return s.wrap(err)
+				}
+			}
+		}
+	}
+	for _, s := range list {
+		c := currentOf(cs, s)
+		if err := r.cfg.Engine.Start(ctx, c.ID); err != nil {
+			return s.wrap(err)
+		}
+		if !whole || !s.dependents {
+			continue
+		}
+		wait := r.waitReady
+		if s.job {
+			wait = r.waitCompleted
+		}
+		if err := wait(ctx, s.spec, c.ID, &fleetv1.ServiceStatus{}); err != nil && !errors.Is(err, errEnded) {
+			return s.wrap(err)
+		}
+	}
+	return nil
+}
+
+// Remove removes the deployment: its containers and networks go, its
+// status is cleared and, with removeImage, its images are removed when no
+// other deployment keeps them. Its volumes are kept.
 func (r *Reconciler) Remove(ctx context.Context, name string, removeImage bool) error {
+	return r.RemoveWith(ctx, name, removeImage, false)
+}
+
+// RemoveWith removes the deployment as Remove does and, with
+// removeVolumes, the named volumes the application owns.
+func (r *Reconciler) RemoveWith(ctx context.Context, name string, removeImage, removeVolumes bool) error {
 	spec, err := r.desired(name)
 	if err != nil {
 		return err
 	}
-	return r.run(ctx, name, func(ctx context.Context) error { return r.remove(ctx, spec, removeImage) })
+	return r.run(ctx, name, func(ctx context.Context) error { return r.remove(ctx, spec, removeImage, removeVolumes) })
 }
 
-func (r *Reconciler) remove(ctx context.Context, spec *fleetv1.DeploymentSpec, removeImage bool) error {
+func (r *Reconciler) remove(ctx context.Context, spec *fleetv1.DeploymentSpec, removeImage, removeVolumes bool) error {
 	name := spec.GetName()
-	r.publish(ctx, newStatus(spec, fleetv1.DeploymentStatus_REMOVING, ""))
+	r.publish(ctx, newStatus(spec, fleetv1.DeploymentStatus_REMOVING))
 	cs, err := r.containersOf(ctx, name)
 	if err != nil {
 		return err
@@ -238,6 +321,18 @@ func (r *Reconciler) remove(ctx context.Context, spec *fleetv1.DeploymentSpec, r
 			return err
 		}
 	}
+	for i, n := range spec.GetNetworks() {
+		if err := r.cfg.Engine.RemoveNetwork(ctx, r.resourceName(appResource(name, n.GetName()))); err != nil {
+			return fmt.Errorf("%s.networks[%d]: %w", specField, i, err)
+		}
+	}
+	for i, v := range spec.GetVolumes() {
+		if removeVolumes {
+			if err := r.cfg.Engine.RemoveVolume(ctx, r.resourceName(appResource(name, v.GetName()))); err != nil {
+				return fmt.Errorf("%s.volumes[%d]: %w", specField, i, err)
+			}
+		}
+	}
 	d, _, err := r.cfg.Store.GetDeployment(name)
 	if err != nil {
 		return err
@@ -245,11 +340,13 @@ func (r *Reconciler) remove(ctx context.Context, spec *fleetv1.DeploymentSpec, r
 	if err := r.cfg.Store.DeleteDeployment(name); err != nil {
 		return err
 	}
-	if err := r.cfg.Store.UnstageImage(name); err != nil {
-		r.log.Warn("forget prefetched image", "deployment", name, "err", err)
+	for _, s := range services(spec) {
+		if err := r.cfg.Store.UnstageImage(stagedKey(name, s)); err != nil {
+			r.log.Warn("forget prefetched image", "deployment", name, "err", err)
+		}
 	}
 	if removeImage {
-		r.removeImages(ctx, []string{d.ImageID, d.PreviousImageID})
+		r.removeImages(ctx, slices.Concat([]string{d.ImageID, d.PreviousImageID}, d.ImageIDs, d.PreviousImageIDs))
 	}
 	r.gc(ctx)
 	r.clear(ctx, name)
@@ -293,7 +390,9 @@ func (r *Reconciler) ReconcileAll(ctx context.Context) error {
 	return nil
 }
 
-// reconcileOne brings one deployment to its stored desired state.
+// reconcileOne brings one deployment to its stored desired state: when
+// every service has its container, they are adopted (started, or kept
+// stopped, in dependency order); else the deployment is rolled out.
 func (r *Reconciler) reconcileOne(ctx context.Context, name string) error {
 	d, ok, err := r.cfg.Store.GetDeployment(name)
 	if err != nil || !ok {
@@ -308,47 +407,53 @@ func (r *Reconciler) reconcileOne(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	hash := engine.SpecHash(spec)
-	var match *engine.Container
-	for i := range cs {
-		if cs[i].SpecHash == hash {
-			match = &cs[i]
-		}
-	}
-	if match == nil {
+	svcs := services(spec)
+	if slices.ContainsFunc(svcs, func(s *service) bool { return currentOf(cs, s) == nil }) {
 		r.log.Info("deployment's container missing or outdated; rolling it out", "deployment", name)
-		if _, err := r.rollout(ctx, spec); err != nil || !d.Stopped {
+		if _, err := r.rollout(ctx, spec); err != nil || !d.Stopped && len(d.StoppedServices) == 0 {
 			return err
 		}
-		return r.stopAfterRollout(ctx, spec)
+		_, err := r.keepStopped(ctx, spec)
+		return err
 	}
 	for _, c := range cs {
-		if c.ID != match.ID {
+		if !slices.ContainsFunc(svcs, func(s *service) bool { return currentOf(cs, s).ID == c.ID }) {
 			r.cfg.Engine.Remove(ctx, c.ID)
 		}
 	}
-	switch {
-	case d.Stopped && match.Running:
-		if err := r.cfg.Engine.Stop(ctx, match.ID, nil); err != nil {
-			r.log.Warn("keep deployment stopped", "deployment", name, "err", err)
-		}
-	case !d.Stopped && !match.Running:
-		if err := r.cfg.Engine.Start(ctx, match.ID); err != nil {
-			r.log.Warn("start deployment", "deployment", name, "err", err)
+	for _, s := range svcs {
+		c, stopped := currentOf(cs, s), stoppedIn(d, s.name)
+		switch {
+		case stopped && c.Running:
+			if err := r.cfg.Engine.Stop(ctx, c.ID, nil); err != nil {
+				r.log.Warn("keep deployment stopped", "deployment", name, "service", s.name, "err", err)
+			}
+		case !stopped && !r.up(ctx, s, *c):
+			if err := r.cfg.Engine.Start(ctx, c.ID); err != nil {
+				r.log.Warn("start deployment", "deployment", name, "service", s.name, "err", err)
+			}
 		}
 	}
-	r.observe(ctx, spec, match.ID, d.Stopped)
+	r.observe(ctx, spec)
 	return nil
 }
 
-func (r *Reconciler) stopAfterRollout(ctx context.Context, spec *fleetv1.DeploymentSpec) error {
-	c, err := r.matching(ctx, spec)
-	if err != nil || c == nil {
-		return err
+// keepStopped stops, after a rollout, the services stopped by command.
+func (r *Reconciler) keepStopped(ctx context.Context, spec *fleetv1.DeploymentSpec) (*fleetv1.DeploymentStatus, error) {
+	d, _, err := r.cfg.Store.GetDeployment(spec.GetName())
+	if err != nil {
+		return nil, err
 	}
-	if err := r.cfg.Engine.Stop(ctx, c.ID, nil); err != nil {
-		return err
+	cs, err := r.containersOf(ctx, spec.GetName())
+	if err != nil {
+		return nil, err
 	}
-	r.observe(ctx, spec, c.ID, true)
-	return nil
+	for _, s := range slices.Backward(services(spec)) {
+		if c := currentOf(cs, s); c != nil && c.Running && stoppedIn(d, s.name) {
+			if err := r.cfg.Engine.Stop(ctx, c.ID, nil); err != nil {
+				return nil, s.wrap(err)
+			}
+		}
+	}
+	return r.observe(ctx, spec), nil
 }

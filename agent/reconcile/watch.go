@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -67,39 +68,40 @@ func (r *Reconciler) follow(ctx context.Context, evs <-chan engine.Event, errs <
 }
 
 // refresh updates a deployment's status from the engine after an event on
-// its current container. Deployments with an operation in progress are
-// left to the operation.
+// one of its services' current containers. Deployments with an operation
+// in progress are left to the operation.
 func (r *Reconciler) refresh(ctx context.Context, name, id, action string) {
 	if name == "" || !r.opIdle(name) {
 		return
 	}
 	st := r.current(name)
-	if st == nil || st.GetContainerId() != id {
+	if st == nil {
 		return
 	}
+	i := slices.IndexFunc(st.GetServices(), func(ss *fleetv1.ServiceStatus) bool { return ss.GetContainerId() == id })
+	if i < 0 {
+		return
+	}
+	ss := st.Services[i]
 	d, ok, err := r.cfg.Store.GetDeployment(name)
 	if err != nil || !ok {
 		return
 	}
-	before := proto.Clone(st).(*fleetv1.DeploymentStatus)
-	r.fillFromEngine(ctx, st, id, d.Stopped)
-	st.Code, st.Message = fleetv1.Reply_OK, ""
-	switch {
-	case st.GetOomKilled() && st.GetPhase() != fleetv1.DeploymentStatus_RUNNING:
-		st.Code, st.Message = fleetv1.Reply_UNHEALTHY, "the container was killed for exceeding its memory limit (OOM)"
-	case st.GetPhase() == fleetv1.DeploymentStatus_EXITED:
-		st.Message = sprintf("the container exited with code %d", st.GetExitCode())
-		if st.GetExitCode() != 0 {
-			st.Code = fleetv1.Reply_UNHEALTHY
-		}
-	case st.GetHealth() == fleetv1.HealthCheck_UNHEALTHY:
-		st.Code, st.Message = fleetv1.Reply_UNHEALTHY, "the container's health check fails"
+	spec := new(fleetv1.DeploymentSpec)
+	if err := proto.Unmarshal(d.Spec, spec); err != nil {
+		return
 	}
+	before := proto.Clone(st).(*fleetv1.DeploymentStatus)
+	r.fillService(ctx, ss, id, stoppedIn(d, ss.GetName()))
+	explain(ss)
+	st.Phase = appPhase(st, services(spec))
+	rollup(st)
+	summarize(st)
 	before.UpdatedAt, st.UpdatedAt = nil, nil
 	if proto.Equal(before, st) {
 		return
 	}
-	r.log.Info("container changed", "deployment", name, "action", action, "phase", st.GetPhase(), "exit_code", st.GetExitCode(), "oom", st.GetOomKilled())
+	r.log.Info("container changed", "deployment", name, "service", ss.GetName(), "action", action, "phase", ss.GetPhase(), "exit_code", ss.GetExitCode(), "oom", ss.GetOomKilled())
 	r.publish(ctx, st)
 }
 

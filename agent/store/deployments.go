@@ -16,6 +16,14 @@ type Deployment struct {
 	// current and the previous revision ran; image GC keeps both.
 	ImageID         string `json:"imageId,omitempty"`
 	PreviousImageID string `json:"previousImageId,omitempty"`
+	// StoppedServices are an application's services stopped by command
+	// (the whole application: Stopped); they stay stopped across restarts.
+	StoppedServices []string `json:"stoppedServices,omitempty"`
+	// ImageIDs and PreviousImageIDs are the images an application's
+	// services ran in the current and the previous revision (a single
+	// container's are ImageID and PreviousImageID); image GC keeps them.
+	ImageIDs         []string `json:"imageIds,omitempty"`
+	PreviousImageIDs []string `json:"previousImageIds,omitempty"`
 }
 
 var bucketImages = []byte("images")

@@ -94,6 +94,8 @@ func Run(t *testing.T, setup Setup) {
 		}
 	})
 
+	t.Run("AppNetworksAndVolumes", func(t *testing.T) { appNetworksAndVolumes(t, setup) })
+
 	t.Run("ExitCode", func(t *testing.T) {
 		e, img, _ := setup(t)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
