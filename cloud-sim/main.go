@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -87,14 +88,38 @@ func serveCmd() *cobra.Command {
 		Args:  cli.NoArgs,
 	}
 	config := serveConfig(cmd.Flags())
+	profile := cmd.Flags().String("cpu-profile", "", "write a CPU profile of the whole run to FILE, ended at shutdown (go tool pprof FILE): what costs the controller CPU")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		cfg, err := config()
 		if err != nil {
 			return cli.Usagef("%v", err)
 		}
+		if *profile != "" {
+			stop, err := startCPUProfile(*profile)
+			if err != nil {
+				return err
+			}
+			defer stop()
+		}
 		return runServe(cmd.Context(), cmd.OutOrStdout(), cfg)
 	}
 	return cmd
+}
+
+// startCPUProfile profiles the process's CPU into path until stop.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // serveConfig defines serve's flags on fs and returns what makes the

@@ -83,6 +83,9 @@ type Error struct {
 	Error string `json:"error"`
 	Field string `json:"field,omitempty"`
 	Code  string `json:"code"`
+	// Errors lists every refusal of a Compose file, "path: message" with
+	// the path in the file (Field is then "compose").
+	Errors []string `json:"errors,omitempty"`
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -111,6 +114,10 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 	if errors.Is(err, rollout.ErrNoScheduler) {
 		status = http.StatusServiceUnavailable
 	}
+	codeName := code.String()
+	if errors.Is(err, controller.ErrGatewayOffline) {
+		status, codeName = http.StatusConflict, "GATEWAY_OFFLINE"
+	}
 	// The registry refused (no such image, a rejected credential): 422,
 	// so that a client tells it from a missing gateway or rollout (404).
 	if _, ok := errors.AsType[*tenantcred.RegistryError](err); ok && code != fleetv1.Reply_REGISTRY_UNREACHABLE {
@@ -119,7 +126,11 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 	if status == http.StatusInternalServerError {
 		a.log.Error("api", "err", err)
 	}
-	writeJSON(w, status, Error{Error: err.Error(), Field: errdefs.Field(err), Code: code.String()})
+	body := Error{Error: err.Error(), Field: errdefs.Field(err), Code: codeName, Errors: composeErrors(err)}
+	if body.Errors != nil && body.Field == "" {
+		body.Field = composeField
+	}
+	writeJSON(w, status, body)
 }
 
 // decode reads a JSON body into v, refusing unknown fields.
@@ -332,6 +343,13 @@ type CommandRequest struct {
 	// DryRun checks everything as for sending, and sends and stores
 	// nothing: the reply is a DryRun.
 	DryRun bool `json:"dryRun,omitempty"`
+	// Compose is a Compose file (YAML text) translated on the server into
+	// the spec of the deploy (or prefetch) in Command, which then gives
+	// only the deployment's name (else the file's top-level name) and
+	// revision; Command may be absent for a deploy. docs/compose.md.
+	Compose string `json:"compose,omitempty"`
+	// ComposeEnv is the only source of the file's ${VAR} interpolation.
+	ComposeEnv map[string]string `json:"composeEnv,omitempty"`
 }
 
 func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
@@ -341,9 +359,19 @@ func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cmd := new(fleetv1.Command)
-	if err := protojson.Unmarshal(req.Command, cmd); err != nil {
-		a.fail(w, errdefs.Invalid("command", "is not a protocol Command in JSON: %v", err))
-		return
+	if len(req.Command) > 0 || req.Compose == "" {
+		if err := protojson.Unmarshal(req.Command, cmd); err != nil {
+			a.fail(w, errdefs.Invalid("command", "is not a protocol Command in JSON: %v", err))
+			return
+		}
+	}
+	var warnings []string
+	if req.Compose != "" {
+		var err error
+		if warnings, err = composeCommand(r.Context(), cmd, req.Compose, req.ComposeEnv); err != nil {
+			a.fail(w, err)
+			return
+		}
 	}
 	wait, err := duration("wait", req.Wait)
 	if err != nil {
@@ -361,7 +389,9 @@ func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
 			a.fail(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, dryRunOf(d))
+		out := dryRunOf(d)
+		out.Warnings = append(warnings, out.Warnings...)
+		writeJSON(w, http.StatusOK, out)
 		return
 	}
 	b, err := a.c.Send(r.Context(), req.Target.domain(), cmd, controller.SendOptions{ExpiresIn: exp, SkipRegistryCheck: req.SkipRegistryCheck})
@@ -377,7 +407,9 @@ func (a *api) sendCommand(w http.ResponseWriter, r *http.Request) {
 			b = v
 		}
 	}
-	writeJSON(w, http.StatusCreated, batchViewOf(b))
+	out := batchViewOf(b)
+	out.Warnings = append(warnings, out.Warnings...)
+	writeJSON(w, http.StatusCreated, out)
 }
 
 func (a *api) getCommand(w http.ResponseWriter, r *http.Request) {
@@ -540,13 +572,23 @@ func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
+	var warnings []string
+	if spec.Compose != "" {
+		var err error
+		if warnings, err = composeRollout(r.Context(), &spec); err != nil {
+			a.fail(w, err)
+			return
+		}
+	}
 	if spec.DryRun {
 		d, err := a.c.DryRunRollout(r.Context(), spec.domain())
 		if err != nil {
 			a.fail(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, dryRunOf(d))
+		out := dryRunOf(d)
+		out.Warnings = append(warnings, out.Warnings...)
+		writeJSON(w, http.StatusOK, out)
 		return
 	}
 	v, err := a.c.CreateRollout(r.Context(), spec.domain())
@@ -554,7 +596,9 @@ func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, rolloutViewOf(v))
+	out := rolloutViewOf(v)
+	out.Warnings = append(warnings, out.Warnings...)
+	writeJSON(w, http.StatusCreated, out)
 }
 
 func (a *api) listRollouts(w http.ResponseWriter, _ *http.Request) {

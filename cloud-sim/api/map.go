@@ -45,8 +45,14 @@ func gatewayOf(g *inventory.Gateway) *Gateway {
 }
 
 func deploymentOf(d *inventory.Deployment) *Deployment {
-	return &Deployment{Name: d.Name, Revision: d.Revision, Phase: d.Phase.String(), Health: d.Health.String(), Image: d.Image,
+	out := &Deployment{Name: d.Name, Revision: d.Revision, Phase: d.Phase.String(), Health: d.Health.String(), Image: d.Image,
 		Digest: d.Digest, ContainerID: d.ContainerID, Code: d.Code, Message: d.Message, RestartCount: d.RestartCount, UpdatedAt: d.UpdatedAt}
+	for _, s := range d.Services {
+		out.Services = append(out.Services, Service{Name: s.Name, Phase: s.Phase.String(), Health: s.Health.String(), Image: s.Image,
+			Digest: s.Digest, ContainerID: s.ContainerID, RestartCount: s.RestartCount, ExitCode: s.ExitCode, OOMKilled: s.OOMKilled,
+			Code: s.Code, Message: s.Message})
+	}
+	return out
 }
 
 func registriesOf(list []inventory.Registry) []Registry {
@@ -208,6 +214,10 @@ func dryRunOf(d *controller.DryRun) *DryRun {
 	if d.Check != nil {
 		c := CheckResult(*d.Check)
 		out.Check = &c
+	}
+	for _, ch := range d.Checks {
+		c := CheckResult(*ch)
+		out.Checks = append(out.Checks, &c)
 	}
 	return out
 }

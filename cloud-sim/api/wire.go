@@ -129,6 +129,24 @@ type Deployment struct {
 	Message      string    `json:"message,omitempty"`
 	RestartCount uint32    `json:"restartCount,omitempty"`
 	UpdatedAt    time.Time `json:"updatedAt,omitzero"`
+	// Services are its services as its status reports them: an
+	// application's, or a single container's one.
+	Services []Service `json:"services,omitempty"`
+}
+
+// Service is one service of a deployment, as the gateway reports it.
+type Service struct {
+	Name         string `json:"name"`
+	Phase        string `json:"phase"`
+	Health       string `json:"health,omitempty"`
+	Image        string `json:"image,omitempty"`
+	Digest       string `json:"digest,omitempty"`
+	ContainerID  string `json:"containerId,omitempty"`
+	RestartCount uint32 `json:"restartCount,omitempty"`
+	ExitCode     int32  `json:"exitCode,omitempty"`
+	OOMKilled    bool   `json:"oomKilled,omitempty"`
+	Code         string `json:"code,omitempty"`
+	Message      string `json:"message,omitempty"`
 }
 
 // Registry is a credential a gateway holds, as its birth summarises it
@@ -272,11 +290,17 @@ type RolloutSpec struct {
 	Name    string         `json:"name,omitempty"`
 	Tenant  string         `json:"tenant"`
 	Targets RolloutTargets `json:"targets"`
-	// Deployment is a protocol DeploymentSpec (protojson).
-	Deployment        json.RawMessage `json:"deployment"`
-	SkipRegistryCheck bool            `json:"skipRegistryCheck,omitempty"`
-	Strategy          Strategy        `json:"strategy"`
-	Abort             AbortCriteria   `json:"abort"`
+	// Deployment is a protocol DeploymentSpec (protojson). With Compose it
+	// gives only the name (else the file's) and the revision.
+	Deployment json.RawMessage `json:"deployment"`
+	// Compose is a Compose file (YAML text) translated on the server into
+	// the deployment; ComposeEnv the only source of its ${VAR}
+	// interpolation. docs/compose.md.
+	Compose           string            `json:"compose,omitempty"`
+	ComposeEnv        map[string]string `json:"composeEnv,omitempty"`
+	SkipRegistryCheck bool              `json:"skipRegistryCheck,omitempty"`
+	Strategy          Strategy          `json:"strategy"`
+	Abort             AbortCriteria     `json:"abort"`
 	// DryRun (in a request only) checks the spec, the image and the
 	// targets as for creating, and creates nothing: the reply is a DryRun.
 	DryRun bool `json:"dryRun,omitempty"`
@@ -290,7 +314,10 @@ type DryRun struct {
 	Gateways []string     `json:"gateways"`
 	Count    int          `json:"count"`
 	Check    *CheckResult `json:"check,omitempty"`
-	Warnings []string     `json:"warnings,omitempty"`
+	// Checks are the checks of every image the spec pulls (an
+	// application's services', by service name); Check is the first.
+	Checks   []*CheckResult `json:"checks,omitempty"`
+	Warnings []string       `json:"warnings,omitempty"`
 }
 
 // RolloutTargets selects the gateways: explicit ids, a label selector,

@@ -39,6 +39,7 @@ type Authenticator interface {
 //	write {prefix}/{tenant}/{gateway}/birth|death|reply|events|metrics
 //	write {prefix}/{tenant}/{gateway}/reply/{console}
 //	write {prefix}/{tenant}/{gateway}/status/{deployment}
+//	write {prefix}/{tenant}/{gateway}/logs/{request id}
 //	read  {prefix}/{tenant}/{gateway}/cmd/{verb or +}
 //	read  {prefix}/{tenant}/group/{group}/cmd/{verb or +}, for its groups
 //
@@ -65,7 +66,7 @@ func (id Identity) Allowed(scheme topic.Scheme, name string, write bool) bool {
 		case len(l) == 3:
 			return slices.Contains([]string{"birth", "death", "reply", "events", "metrics"}, l[2])
 		case len(l) == 4:
-			return l[2] == "reply" || l[2] == "status"
+			return l[2] == "reply" || l[2] == "status" || l[2] == string(topic.LogStream)
 		}
 		return false
 	}

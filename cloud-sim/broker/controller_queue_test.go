@@ -5,10 +5,10 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 
@@ -53,7 +53,9 @@ func TestControllerQueueHoldsABurst(t *testing.T) {
 		t.Fatal(err)
 	}
 	held := &heldConn{Conn: conn}
-	sub := paho.NewClient(paho.ClientConfig{Conn: held, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+	// paho's own 10 s per packet: make test under -race, with other builds
+	// on the two cores, once took longer for the SUBACK.
+	sub := paho.NewClient(paho.ClientConfig{Conn: held, PacketTimeout: testenv.Timeout, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 		func(pr paho.PublishReceived) (bool, error) {
 			mu.Lock()
 			got++
@@ -75,26 +77,35 @@ func TestControllerQueueHoldsABurst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := paho.NewClient(paho.ClientConfig{Conn: pconn})
+	pub := paho.NewClient(paho.ClientConfig{Conn: pconn, PacketTimeout: testenv.Timeout})
 	if _, err := pub.Connect(ctx, &paho.Connect{ClientID: "gw-1", Username: "gw-1", UsernameFlag: true, KeepAlive: 30, CleanStart: true}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pub.Disconnect(&paho.Disconnect{}) })
 	payload := make([]byte, size)
+	// Each publish has its own deadline: the burst's 12,000 round trips
+	// together took over 20 s under make test's load.
 	for i := range n {
 		binary.BigEndian.PutUint32(payload, uint32(i))
-		if _, err := pub.Publish(ctx, &paho.Publish{Topic: topic.Default().Status("acme", "gw-1", "web"), QoS: 1, Payload: bytes.Clone(payload)}); err != nil {
+		if err := publishWithin(pub, testenv.Timeout, &paho.Publish{Topic: topic.Default().Status("acme", "gw-1", "web"), QoS: 1, Payload: bytes.Clone(payload)}); err != nil {
 			t.Fatalf("publish %d: %v", i, err)
 		}
 	}
 	dropped := br.Dropped()
 	held.let()
-	testenv.Eventually(t, fmt.Sprintf("%d statuses at the controller", n), func() bool {
+	testenv.AwaitCount(t, "statuses at the controller", n, func() int {
 		mu.Lock()
 		defer mu.Unlock()
-		return got >= n
+		return got
 	})
 	if dropped != 0 {
 		t.Errorf("broker dropped %d messages to the controller, want 0", dropped)
 	}
+}
+
+func publishWithin(c *paho.Client, d time.Duration, p *paho.Publish) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	_, err := c.Publish(ctx, p)
+	return err
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -93,16 +92,16 @@ func TestSlowSubscriberLosesNoQoS1(t *testing.T) {
 	payload := make([]byte, size)
 	for i := range n {
 		binary.BigEndian.PutUint32(payload, uint32(i))
-		if _, err := pub.Publish(ctx, &paho.Publish{Topic: "load/x", QoS: 1, Payload: bytes.Clone(payload)}); err != nil {
+		if err := publishWithin(pub, testenv.Timeout, &paho.Publish{Topic: "load/x", QoS: 1, Payload: bytes.Clone(payload)}); err != nil {
 			t.Fatalf("publish %d: %v", i, err)
 		}
 	}
 	dropped := br.Dropped()
 	held.let()
-	testenv.Eventually(t, fmt.Sprintf("%d messages at the slow subscriber", n), func() bool {
+	testenv.AwaitCount(t, "messages at the slow subscriber", n, func() int {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(got) >= n
+		return len(got)
 	})
 	if dropped != 0 {
 		t.Errorf("broker dropped %d messages, want 0", dropped)

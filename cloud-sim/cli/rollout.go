@@ -40,6 +40,8 @@ func rolloutCreateCmd(env Env) *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&v.file, "file", "f", "", "rollout spec, YAML or JSON (- for stdin)")
 	cmd.Flags().BoolVar(&v.watch, "watch", false, "follow until the rollout ends")
+	cmd.Flags().StringVar(&v.compose.file, "compose", "", "a Compose `FILE` translated into the rollout's deployment (which then gives only name and revision)")
+	v.composeFlags(cmd)
 	return v.command(cmd, v.rolloutCreate)
 }
 
@@ -97,6 +99,13 @@ func (v *verb) rolloutCreate(ctx context.Context) error {
 	spec, err := api.ParseRolloutSpec(raw)
 	if err != nil {
 		return fmt.Errorf("%s: %w", v.file, err)
+	}
+	if v.compose.file != "" {
+		if err := v.composeRollout(&spec); err != nil {
+			return err
+		}
+	} else if v.compose.given() {
+		return Usagef("--revision, --name, --env and --env-file go with --compose FILE")
 	}
 	var rv rolloutView
 	var body []byte

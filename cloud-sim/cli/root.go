@@ -75,7 +75,7 @@ func New(env Env, server ...*cobra.Command) *cobra.Command {
 	for _, c := range []*cobra.Command{
 		gatewaysCmd(env), gatewayCmd(env), provisionCmd(env), deprovisionCmd(env), labelCmd(env), groupCmd(env),
 		deployCmd(env), prefetchCmd(env), lifecycleCmd(env, "remove"), lifecycleCmd(env, "start"), lifecycleCmd(env, "stop"), lifecycleCmd(env, "restart"),
-		sendCmd(env), credentialsCmd(env), checkRegistryCmd(env), batchCmd(env), rolloutCmd(env), signingKeysCmd(env),
+		sendCmd(env), credentialsCmd(env), checkRegistryCmd(env), batchCmd(env), rolloutCmd(env), signingKeysCmd(env), logsCmd(env),
 	} {
 		c.GroupID = clientGroup
 		root.AddCommand(c)

@@ -56,6 +56,7 @@ type verb struct {
 	passwordStdin, ecrSecretStdin, issueTokens, requireTLS      bool
 	insecure                                                    bool
 	push                                                        bool
+	compose                                                     composeOpts
 }
 
 // command makes cmd a client verb: it gets --api and -o, and its RunE
@@ -168,15 +169,18 @@ func provisionCmd(env Env) *cobra.Command {
 func deployCmd(env Env) *cobra.Command {
 	v := &verb{env: env}
 	cmd := &cobra.Command{
-		Use:     "deploy TARGET -f spec.yaml [--skip-registry-check]",
-		Short:   "Deploy a deployment spec to gateways",
-		Long:    "Deploy a deployment spec (a protocol DeploymentSpec, YAML or JSON) to gateways.\n\n" + targetHelp,
-		Example: "  cloud-sim deploy --tenant acme --selector site=berlin -f web.yaml",
-		Args:    NoArgs,
+		Use:   "deploy TARGET -f spec.yaml [--skip-registry-check]",
+		Short: "Deploy a deployment spec or a Compose file to gateways",
+		Long: "Deploy a deployment spec (a protocol DeploymentSpec, YAML or JSON) or a Compose file (an application of\n" +
+			"several services; with --revision, docs/compose.md) to gateways.\n\n" + targetHelp,
+		Example: "  cloud-sim deploy --tenant acme --selector site=berlin -f web.yaml\n" +
+			"  cloud-sim deploy --tenant acme --all -f docker-compose.yml --revision 3 --env TAG=1.4",
+		Args: NoArgs,
 	}
 	v.targetFlags(cmd)
-	cmd.Flags().StringVarP(&v.file, "file", "f", "", "deployment spec, YAML or JSON (a protocol DeploymentSpec; - for stdin)")
+	cmd.Flags().StringVarP(&v.file, "file", "f", "", "deployment spec, YAML or JSON (a protocol DeploymentSpec), or a Compose file; - for stdin")
 	cmd.Flags().BoolVar(&v.skip, "skip-registry-check", false, "do not check the image and credential from the cloud first")
+	v.composeFlags(cmd)
 	return v.command(cmd, v.deploy)
 }
 
@@ -194,8 +198,9 @@ func prefetchCmd(env Env) *cobra.Command {
 		Args:    NoArgs,
 	}
 	v.targetFlags(cmd)
-	cmd.Flags().StringVarP(&v.file, "file", "f", "", "deployment spec, YAML or JSON (a protocol DeploymentSpec; - for stdin)")
+	cmd.Flags().StringVarP(&v.file, "file", "f", "", "deployment spec, YAML or JSON (a protocol DeploymentSpec), or a Compose file; - for stdin")
 	cmd.Flags().BoolVar(&v.skip, "skip-registry-check", false, "do not check the image and credential from the cloud first")
+	v.composeFlags(cmd)
 	return v.command(cmd, v.prefetch)
 }
 
@@ -387,6 +392,7 @@ func (v *verb) gateway(ctx context.Context) error {
 	for _, name := range slices.SortedFunc(maps.Keys(g.Deployments), inventory.CompareNatural) {
 		d := g.Deployments[name]
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", d.Name, d.Revision, d.Phase, or(d.Health, "-"), d.Image, d.Message)
+		serviceRows(tw, d)
 	}
 	tw.Flush()
 	return nil
@@ -505,8 +511,8 @@ func (v *verb) deploy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	spec := new(fleetv1.DeploymentSpec)
-	if err := v.readProto("a deployment spec", spec); err != nil {
+	spec, err := v.readSpec()
+	if err != nil {
 		return err
 	}
 	return v.sendAndWait(ctx, t, &fleetv1.Command{Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: spec}}})
@@ -517,8 +523,8 @@ func (v *verb) prefetch(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	spec := new(fleetv1.DeploymentSpec)
-	if err := v.readProto("a deployment spec", spec); err != nil {
+	spec, err := v.readSpec()
+	if err != nil {
 		return err
 	}
 	return v.sendAndWait(ctx, t, &fleetv1.Command{Body: &fleetv1.Command_Prefetch{Prefetch: &fleetv1.Prefetch{Spec: spec}}})

@@ -29,6 +29,28 @@ restartPolicy:
   mode: UNLESS_STOPPED
 `
 
+// exampleCompose prefills the editor when the page switches to a Compose
+// file: an application of two services.
+const exampleCompose = `# A Compose file: each service runs one container; docs/compose.md.
+services:
+  db:
+    image: registry.example.com/team/postgres:16
+    environment:
+      POSTGRES_PASSWORD: ${DB_PASSWORD}
+    volumes: ["data:/var/lib/postgresql/data"]
+    healthcheck:
+      test: ["CMD", "pg_isready", "-U", "postgres"]
+      interval: 5s
+  web:
+    image: registry.example.com/team/web:1.0
+    ports: ["8080:8080"]
+    depends_on:
+      db: {condition: service_healthy}
+    restart: unless-stopped
+volumes:
+  data: {}
+`
+
 // specField is the prefix of the API's field names that fall inside the
 // YAML editor's document.
 const specField = "command.deploy.spec"
@@ -39,12 +61,13 @@ type deployData struct {
 	Target  api.Target
 	Tenants []string
 	Spec    string
+	Compose string
 }
 
 // deploy renders the deploy page: editor, target, check and outcomes.
 func (c *Console) deploy(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	d := deployData{Spec: exampleSpec, Target: api.Target{Tenant: q.Get("tenant"), Selector: q.Get("selector"), Group: q.Get("group"), All: q.Get("all") == "true"}}
+	d := deployData{Spec: exampleSpec, Compose: exampleCompose, Target: api.Target{Tenant: q.Get("tenant"), Selector: q.Get("selector"), Group: q.Get("group"), All: q.Get("all") == "true"}}
 	for g := range strings.SplitSeq(q.Get("gateways"), ",") {
 		if g = strings.TrimSpace(g); g != "" {
 			d.Target.Gateways = append(d.Target.Gateways, g)
@@ -85,11 +108,17 @@ func (c *Console) tenants(r *http.Request) ([]string, error) {
 }
 
 // deployRequest is what the deploy page posts to /deploy/check and
-// /deploy/send: a target and the editor's YAML.
+// /deploy/send: a target and the editor's YAML; with Compose, the YAML is
+// a Compose file the API translates, with the deployment's name (else the
+// file's) and revision, and the variables of its ${VAR}.
 type deployRequest struct {
-	Target            api.Target `json:"target"`
-	YAML              string     `json:"yaml"`
-	SkipRegistryCheck bool       `json:"skipRegistryCheck,omitempty"`
+	Target            api.Target        `json:"target"`
+	YAML              string            `json:"yaml"`
+	SkipRegistryCheck bool              `json:"skipRegistryCheck,omitempty"`
+	Compose           bool              `json:"compose,omitempty"`
+	Name              string            `json:"name,omitempty"`
+	Revision          int64             `json:"revision,omitempty"`
+	Env               map[string]string `json:"env,omitempty"`
 }
 
 // deployError is the body of a refused check or send: the API's Error,
@@ -124,22 +153,31 @@ func (c *Console) deployPost(w http.ResponseWriter, r *http.Request, dryRun bool
 		writeJSON(w, http.StatusBadRequest, deployError{Error: api.Error{Error: "the page sent a body this endpoint does not take: " + err.Error(), Field: "body", Code: "INVALID_ARGUMENT"}})
 		return
 	}
-	doc, err := api.ParseDoc([]byte(req.YAML))
-	spec := new(fleetv1.DeploymentSpec)
-	if err == nil {
-		err = doc.Decode(spec)
+	creq := api.CommandRequest{Target: req.Target, SkipRegistryCheck: req.SkipRegistryCheck, DryRun: dryRun}
+	var doc *api.Doc
+	if req.Compose {
+		// The API translates the file; the spec gives its name and revision.
+		creq.Command, _ = protojson.Marshal(&fleetv1.Command{Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{
+			Spec: &fleetv1.DeploymentSpec{Name: req.Name, Revision: req.Revision}}}})
+		creq.Compose, creq.ComposeEnv = req.YAML, req.Env
+	} else {
+		var err error
+		doc, err = api.ParseDoc([]byte(req.YAML))
+		spec := new(fleetv1.DeploymentSpec)
+		if err == nil {
+			err = doc.Decode(spec)
+		}
+		if de, ok := errors.AsType[*api.DocError](err); ok {
+			writeJSON(w, http.StatusBadRequest, yamlError(de))
+			return
+		} else if err != nil {
+			writeJSON(w, http.StatusBadRequest, deployError{Error: api.Error{Error: err.Error(), Field: specField, Code: "INVALID_ARGUMENT"}})
+			return
+		}
+		creq.Command, _ = protojson.Marshal(&fleetv1.Command{Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: spec}}})
 	}
-	if de, ok := errors.AsType[*api.DocError](err); ok {
-		writeJSON(w, http.StatusBadRequest, yamlError(de))
-		return
-	} else if err != nil {
-		writeJSON(w, http.StatusBadRequest, deployError{Error: api.Error{Error: err.Error(), Field: specField, Code: "INVALID_ARGUMENT"}})
-		return
-	}
-	cmd, _ := protojson.Marshal(&fleetv1.Command{Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: spec}}})
 	var raw []byte
-	err = c.api.Do(r.Context(), http.MethodPost, "/v1/commands",
-		api.CommandRequest{Target: req.Target, Command: cmd, SkipRegistryCheck: req.SkipRegistryCheck, DryRun: dryRun}, nil, &raw)
+	err := c.api.Do(r.Context(), http.MethodPost, "/v1/commands", creq, nil, &raw)
 	if ae, ok := errors.AsType[*apiclient.APIError](err); ok {
 		writeJSON(w, ae.Status, apiError(ae, doc))
 		return
@@ -169,7 +207,7 @@ func yamlError(de *api.DocError) deployError {
 // that field's path and line in the YAML.
 func apiError(ae *apiclient.APIError, doc *api.Doc) deployError {
 	out := deployError{Error: ae.Body}
-	if path, ok := strings.CutPrefix(ae.Body.Field, specField+"."); ok {
+	if path, ok := strings.CutPrefix(ae.Body.Field, specField+"."); ok && doc != nil {
 		out.Path, out.Line = path, doc.Line(path)
 	}
 	return out

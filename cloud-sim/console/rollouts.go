@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -38,9 +39,22 @@ func (d deploymentSummary) String() string {
 }
 
 func deploymentOf(raw json.RawMessage) deploymentSummary {
-	var d deploymentSummary
+	var d struct {
+		deploymentSummary
+		Services map[string]struct {
+			Image string `json:"image"`
+		} `json:"services"`
+	}
 	_ = json.Unmarshal(raw, &d)
-	return d
+	// An application: each service's image, by service name.
+	var imgs []string
+	for _, name := range slices.Sorted(maps.Keys(d.Services)) {
+		imgs = append(imgs, name+": "+d.Services[name].Image)
+	}
+	if d.Image == "" {
+		d.Image = strings.Join(imgs, ", ")
+	}
+	return d.deploymentSummary
 }
 
 // rolloutList is the list page's data.

@@ -111,6 +111,8 @@ type Controller struct {
 	resolver *rollout.Resolver
 	// peers are the replies to rollout commands other replicas sent.
 	peers *peerOutcomes
+	// logs are the logs streams this replica serves (logstreams.go).
+	logs *logStreams
 	// replicas: the other replicas' liveness and the resyncs
 	// (replicas.go); stopWatch ends the dispatcher's watch (Share only).
 	replicas  replicaSet
@@ -137,6 +139,10 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	cfg = withDefaults(cfg)
 	c := &Controller{cfg: cfg, log: cfg.Logger, store: cfg.Store, hub: new(changes.Hub), stop: make(chan struct{}),
 		resolver: rollout.NewResolver(cfg.Store), peers: new(peerOutcomes)}
+	c.logs = newLogStreams(controllerLogsLink{c}, func(tenant, id string) bool {
+		g, ok := c.inv.Get(tenant, id)
+		return ok && g.Online
+	}, c.log, cfg.Now)
 	var err error
 	if c.ids = cfg.Identities; c.ids == nil {
 		if c.ids, err = identity.New(ctx, identity.Config{Store: cfg.Store, ControllerID: cfg.ID, Now: cfg.Now}); err != nil {
@@ -277,13 +283,21 @@ func (c *Controller) Close() error {
 }
 
 // Ingest applies one publication from a gateway to the inventory or, for
-// a reply, to its command. The controller calls it for everything it
+// a reply, to its command (and a logs stream of this replica's), and hands
+// a logs chunk to its stream. The controller calls it for everything it
 // receives; benchmarks and tests call it directly.
 func (c *Controller) Ingest(r mqttclient.Received) {
 	t := r.Topic
 	if t.Kind == topic.Reply {
 		if rep, ok := r.Message.(*fleetv1.Reply); ok {
+			c.logs.reply(t.Tenant, t.Gateway, rep)
 			c.reply(t.Tenant, t.Gateway, rep, r.At)
+		}
+		return
+	}
+	if t.Kind == topic.LogStream {
+		if ch, ok := r.Message.(*fleetv1.LogChunk); ok {
+			c.logs.chunk(t, ch)
 		}
 		return
 	}

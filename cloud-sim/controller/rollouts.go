@@ -31,7 +31,7 @@ func (c *Controller) CreateRollout(ctx context.Context, spec rollout.Spec) (*rol
 	if err != nil {
 		return nil, err
 	}
-	_, warn, err := c.creds.Prepare(ctx, spec.Tenant, dep.GetImage(), "deployment.image", spec.SkipRegistryCheck)
+	ci, err := c.checkImages(ctx, spec.Tenant, specImages(dep, "deployment"), spec.SkipRegistryCheck)
 	if err != nil {
 		return nil, err
 	}
@@ -39,11 +39,7 @@ func (c *Controller) CreateRollout(ctx context.Context, spec rollout.Spec) (*rol
 	if err != nil {
 		return nil, err
 	}
-	var warnings []string
-	if warn != "" {
-		warnings = append(warnings, warn)
-	}
-	return c.sched.Create(ctx, spec, dep, targets, warnings)
+	return c.sched.Create(ctx, spec, dep, targets, ci.warnings)
 }
 
 // DryRunRollout checks spec as CreateRollout does (on any replica), and
@@ -53,7 +49,7 @@ func (c *Controller) DryRunRollout(ctx context.Context, spec rollout.Spec) (*Dry
 	if err != nil {
 		return nil, err
 	}
-	_, check, warn, err := c.creds.PrepareChecked(ctx, spec.Tenant, dep.GetImage(), "deployment.image", spec.SkipRegistryCheck)
+	ci, err := c.checkImages(ctx, spec.Tenant, specImages(dep, "deployment"), spec.SkipRegistryCheck)
 	if err != nil {
 		return nil, err
 	}
@@ -61,12 +57,9 @@ func (c *Controller) DryRunRollout(ctx context.Context, spec rollout.Spec) (*Dry
 	if err != nil {
 		return nil, err
 	}
-	out := &DryRun{Tenant: spec.Tenant, Gateways: make([]string, len(targets)), Check: check}
+	out := &DryRun{Tenant: spec.Tenant, Gateways: make([]string, len(targets)), Check: ci.firstCheck(), Checks: ci.checks, Warnings: ci.warnings}
 	for i, t := range targets {
 		out.Gateways[i] = t.ID
-	}
-	if warn != "" {
-		out.Warnings = []string{warn}
 	}
 	return out, nil
 }
@@ -232,14 +225,14 @@ func (c *Controller) dispatchDeploy(ctx context.Context, w rollout.Work) error {
 	if !ok {
 		return fmt.Errorf("gateway %s/%s is not in the inventory", w.Tenant, w.Gateway)
 	}
-	cred, _, err := c.creds.Prepare(ctx, w.Tenant, w.Spec.GetImage(), "deployment.image", true)
+	ci, err := c.checkImages(ctx, w.Tenant, specImages(w.Spec, "deployment"), true)
 	if err != nil {
 		return err
 	}
 	now := timestamppb.New(c.cfg.Now())
 	var cmds []*fleetv1.Command
-	if cred != nil && !tenantcred.Holds(g.Registries, cred) {
-		set, err := tenantcred.Seal(g.PublicKey, []*fleetv1.Credential{cred})
+	if need := missing(g.Registries, ci.ahead); len(need) > 0 {
+		set, err := tenantcred.Seal(g.PublicKey, need)
 		if err != nil {
 			return err
 		}

@@ -128,10 +128,12 @@ func (c *Controller) Send(ctx context.Context, t Target, cmd *fleetv1.Command, o
 type prepared struct {
 	verb topic.Verb
 	gws  []*inventory.Gateway
-	// ahead is the tenant's credential sent ahead of a deploy, check the
-	// registry check of its image (nil when skipped).
-	ahead *fleetv1.Credential
-	check *tenantcred.CheckResult
+	// ahead are the tenant's credentials sent ahead of a deploy (one per
+	// registry of its images), check the registry check of its first image
+	// (nil when skipped), checks those of all its images.
+	ahead  []*fleetv1.Credential
+	check  *tenantcred.CheckResult
+	checks []*tenantcred.CheckResult
 	// plain are a set-credentials' credentials, to seal to each gateway.
 	plain    []*fleetv1.Credential
 	warnings []string
@@ -143,20 +145,24 @@ type prepared struct {
 func (c *Controller) prepare(ctx context.Context, t Target, cmd *fleetv1.Command, opts SendOptions) (*prepared, error) {
 	p := &prepared{verb: topic.VerbOf(cmd)}
 	if p.verb == "" {
-		return nil, errdefs.Invalid("command", "has no body: give one of deploy, remove, start, stop, restart, setCredentials, deleteCredentials, checkRegistry, rebirth, prefetch")
+		return nil, errdefs.Invalid("command", "has no body: give one of deploy, remove, start, stop, restart, setCredentials, deleteCredentials, checkRegistry, rebirth, prefetch, logs, cancelLogs")
+	}
+	if p.verb == topic.Logs || p.verb == topic.CancelLogs {
+		if len(t.Gateways) != 1 || t.Selector != "" || t.Group != "" || t.All {
+			return nil, errdefs.Invalid("target", "a %s command goes to one gateway: give target.gateways with one id, not a group, selector or all (to read logs, GET /v1/gateways/{tenant}/{id}/deployments/{name}/logs)", p.verb)
+		}
 	}
 	var err error
 	if p.gws, err = c.resolve(t); err != nil {
 		return nil, err
 	}
-	if spec, field := imageSpec(cmd); spec != nil && spec.GetImage() != "" {
-		cred, check, warn, err := c.creds.PrepareChecked(ctx, t.Tenant, spec.GetImage(), field, opts.SkipRegistryCheck)
+	if spec, field := imageSpec(cmd); spec != nil {
+		ci, err := c.checkImages(ctx, t.Tenant, specImages(spec, field), opts.SkipRegistryCheck)
 		if err != nil {
 			return nil, err
 		}
-		if p.ahead, p.check = cred, check; warn != "" {
-			p.warnings = append(p.warnings, warn)
-		}
+		p.ahead, p.check, p.checks = ci.ahead, ci.firstCheck(), ci.checks
+		p.warnings = append(p.warnings, ci.warnings...)
 	}
 	if p.plain, err = plainCredentials(cmd); err != nil {
 		return nil, err
@@ -164,14 +170,14 @@ func (c *Controller) prepare(ctx context.Context, t Target, cmd *fleetv1.Command
 	return p, nil
 }
 
-// imageSpec is the spec of a command that pulls its image (deploy,
-// prefetch), and the field that names its image in errors.
+// imageSpec is the spec of a command that pulls images (deploy,
+// prefetch), and its field in errors.
 func imageSpec(cmd *fleetv1.Command) (*fleetv1.DeploymentSpec, string) {
 	switch {
 	case cmd.GetDeploy() != nil:
-		return cmd.GetDeploy().GetSpec(), "command.deploy.spec.image"
+		return cmd.GetDeploy().GetSpec(), "command.deploy.spec"
 	case cmd.GetPrefetch() != nil:
-		return cmd.GetPrefetch().GetSpec(), "command.prefetch.spec.image"
+		return cmd.GetPrefetch().GetSpec(), "command.prefetch.spec"
 	}
 	return nil, ""
 }
@@ -182,6 +188,8 @@ type DryRun struct {
 	Tenant   string
 	Gateways []string
 	Check    *tenantcred.CheckResult
+	// Checks are the checks of every image (an application's services').
+	Checks   []*tenantcred.CheckResult
 	Warnings []string
 }
 
@@ -191,7 +199,7 @@ func (c *Controller) DryRun(ctx context.Context, t Target, cmd *fleetv1.Command,
 	if err != nil {
 		return nil, err
 	}
-	out := &DryRun{Tenant: t.Tenant, Gateways: make([]string, len(p.gws)), Check: p.check, Warnings: p.warnings}
+	out := &DryRun{Tenant: t.Tenant, Gateways: make([]string, len(p.gws)), Check: p.check, Checks: p.checks, Warnings: p.warnings}
 	for i, g := range p.gws {
 		out.Gateways[i] = g.ID
 	}
@@ -216,7 +224,7 @@ func plainCredentials(cmd *fleetv1.Command) ([]*fleetv1.Credential, error) {
 // jobs prepares each gateway's commands: the credential ahead of a deploy
 // when the gateway lacks it, then cmd, with plain credentials sealed to
 // the gateway. A gateway that cannot get its credentials is a warning.
-func (c *Controller) jobs(b *dispatch.Batch, gws []*inventory.Gateway, cmd *fleetv1.Command, ahead *fleetv1.Credential, plain []*fleetv1.Credential, expiresIn time.Duration) []dispatch.Job {
+func (c *Controller) jobs(b *dispatch.Batch, gws []*inventory.Gateway, cmd *fleetv1.Command, ahead, plain []*fleetv1.Credential, expiresIn time.Duration) []dispatch.Job {
 	var jobs []dispatch.Job
 	add := func(g *inventory.Gateway, body *fleetv1.Command, held []inventory.Registry) {
 		j := dispatch.NewJob(b, g.Tenant, g.ID, g.Online, body, expiresIn)
@@ -224,12 +232,12 @@ func (c *Controller) jobs(b *dispatch.Batch, gws []*inventory.Gateway, cmd *flee
 		jobs = append(jobs, j)
 	}
 	for _, g := range gws {
-		if ahead != nil && !tenantcred.Holds(g.Registries, ahead) {
-			sealed, err := tenantcred.Seal(g.PublicKey, []*fleetv1.Credential{ahead})
+		if need := missing(g.Registries, ahead); len(need) > 0 {
+			sealed, err := tenantcred.Seal(g.PublicKey, need)
 			if err != nil {
 				b.Warnings = append(b.Warnings, fmt.Sprintf("%s: %v", g.ID, err))
 			} else {
-				add(g, sealed, tenantcred.Describe([]*fleetv1.Credential{ahead}))
+				add(g, sealed, tenantcred.Describe(need))
 			}
 		}
 		body := proto.Clone(cmd).(*fleetv1.Command)

@@ -51,7 +51,7 @@ func (d *Dispatcher) unfinished() []record {
 	sort.Slice(batches, func(i, j int) bool { return batches[i].CreatedAt.Before(batches[j].CreatedAt) })
 	var recs []record
 	for _, b := range batches {
-		for _, id := range b.Commands {
+		for _, id := range d.sorted(b).Commands {
 			if rec := d.commands[id]; rec != nil && !rec.Final() {
 				recs = append(recs, *rec)
 			}
@@ -116,6 +116,8 @@ func (d *Dispatcher) Prune(ctx context.Context, cutoff time.Time, ids []string) 
 			keys = append(keys, state.Key("cmd", cid))
 		}
 		delete(d.batches, id)
+		delete(d.listless, id)
+		delete(d.unsorted, id)
 		keys = append(keys, state.Key("batch", id))
 	}
 	for _, cid := range ids {

@@ -221,7 +221,7 @@ func TestACLsMirrorEmbedded(t *testing.T) {
 		for _, gw := range []string{"gw-1", "gw-2", "group", "+", "#"} {
 			base := "fleet/v1/" + tenant + "/" + gw
 			names = append(names, base, base+"/#")
-			for _, k := range []string{"birth", "death", "reply", "events", "metrics", "status", "cmd", "other", "berlin", "paris", "b2", "+"} {
+			for _, k := range []string{"birth", "death", "reply", "events", "metrics", "status", "logs", "cmd", "other", "berlin", "paris", "b2", "+"} {
 				names = append(names, base+"/"+k, base+"/"+k+"/+", base+"/"+k+"/deploy", base+"/"+k+"/#", base+"/"+k+"/cmd/+", base+"/"+k+"/cmd/deploy", base+"/"+k+"/x/y")
 			}
 		}

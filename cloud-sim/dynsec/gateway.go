@@ -42,7 +42,7 @@ func roleName(username string) string { return RolePrefix + username }
 // lets a gateway do, and nothing else.
 //
 //	publish   {prefix}/{tenant}/{gateway}/birth|death|reply|events|metrics
-//	publish   {prefix}/{tenant}/{gateway}/reply/+ and status/+
+//	publish   {prefix}/{tenant}/{gateway}/reply/+, status/+ and logs/+
 //	subscribe {prefix}/{tenant}/{gateway}/cmd/+ (or one verb), and receive it
 //	subscribe {prefix}/{tenant}/group/{group}/cmd/+, for its groups
 //
@@ -55,7 +55,7 @@ func ACLs(scheme topic.Scheme, g Gateway) []ACL {
 	for _, t := range []string{
 		scheme.Birth(g.Tenant, g.ID), scheme.Death(g.Tenant, g.ID), scheme.Reply(g.Tenant, g.ID),
 		scheme.Events(g.Tenant, g.ID), scheme.Metrics(g.Tenant, g.ID),
-		scheme.ConsoleReply(g.Tenant, g.ID, "+"), scheme.Status(g.Tenant, g.ID, "+"),
+		scheme.ConsoleReply(g.Tenant, g.ID, "+"), scheme.Status(g.Tenant, g.ID, "+"), scheme.LogStream(g.Tenant, g.ID, "+"),
 	} {
 		allow(PublishSend, t)
 	}

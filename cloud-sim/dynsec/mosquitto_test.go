@@ -370,13 +370,20 @@ func TestMosquittoReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []Gateway{{Tenant: "acme", ID: "keep", Groups: []string{"paris"}}, {Tenant: "acme", ID: "new"}, {Tenant: "acme", ID: "foreign"}}
-	got, err := c.Reconcile(ctx, want)
+	// acme/late was provisioned through another replica after this one
+	// read want: the store has it now, so its client stays.
+	if err := c.Put(ctx, "acme", "late", nil, "pw"); err != nil {
+		t.Fatal(err)
+	}
+	provisioned := func(_ context.Context, g Gateway) bool { return g.Username() == "acme/late" }
+	got, err := c.Reconcile(ctx, want, provisioned)
 	var owned *Error
 	if err == nil || errors.As(err, &owned) {
 		t.Errorf("Reconcile with a foreign client named like a gateway: err = %v, want it named", err)
 	}
-	if !slices.Equal(got.Created, []string{"acme/new"}) || !slices.Equal(got.Changed, []string{"acme/keep"}) || !slices.Equal(got.Deleted, []string{"acme/gone"}) {
-		t.Errorf("Reconcile = %+v, want created acme/new, changed acme/keep, deleted acme/gone", got)
+	if !slices.Equal(got.Created, []string{"acme/new"}) || !slices.Equal(got.Changed, []string{"acme/keep"}) || !slices.Equal(got.Deleted, []string{"acme/gone"}) ||
+		!slices.Equal(got.Kept, []string{"acme/late"}) {
+		t.Errorf("Reconcile = %+v, want created acme/new, changed acme/keep, deleted acme/gone, kept acme/late", got)
 	}
 	gone.awaitGone(t, "a gateway no longer provisioned")
 	for _, pw := range []string{"", "pw"} {
@@ -388,7 +395,7 @@ func TestMosquittoReconcile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, u := range []string{"admin", "app", "acme/foreign", "acme/keep", "acme/new"} {
+	for _, u := range []string{"admin", "app", "acme/foreign", "acme/keep", "acme/new", "acme/late"} {
 		if clients[u] == nil {
 			t.Errorf("client %s missing after Reconcile", u)
 		}
@@ -399,7 +406,10 @@ func TestMosquittoReconcile(t *testing.T) {
 	if r := roles[roleName("acme/keep")]; r == nil || !slices.Contains(r.ACLs, ACL{Type: Subscribe, Topic: s.GroupCommandFilter("acme", "paris"), Priority: 1, Allow: true}) {
 		t.Errorf("acme/keep's role after Reconcile: %+v, want its new group paris", r)
 	}
-	again, err := c.Reconcile(ctx, want[:2])
+	if roles[roleName("acme/late")] == nil {
+		t.Error("the role of a gateway provisioned meanwhile was deleted")
+	}
+	again, err := c.Reconcile(ctx, append(want[:2:2], Gateway{Tenant: "acme", ID: "late"}), nil)
 	if err != nil || len(again.Created)+len(again.Changed)+len(again.Deleted) > 0 {
 		t.Errorf("a second Reconcile = %+v, %v; want nothing to do", again, err)
 	}

@@ -22,6 +22,8 @@ type Reconciled struct {
 	Changed []string
 	// Deleted are this product's clients of gateways no longer provisioned.
 	Deleted []string
+	// Kept are clients not in want that were provisioned meanwhile.
+	Kept []string
 }
 
 // Reconcile makes the broker's gateway clients those of want: missing
@@ -30,7 +32,12 @@ type Reconciled struct {
 // deleted, which disconnects them. Clients and roles not this product's
 // are left alone; a gateway whose username such a client holds is
 // reported in the error, and the rest is still done.
-func (c *Client) Reconcile(ctx context.Context, want []Gateway) (Reconciled, error) {
+//
+// want is what one replica read at its start; another may provision a
+// gateway meanwhile (its client is created on the broker, then its
+// identity stored). provisioned, when set, is asked again about each
+// client about to be deleted, and one it reports provisioned now is kept.
+func (c *Client) Reconcile(ctx context.Context, want []Gateway, provisioned func(context.Context, Gateway) bool) (Reconciled, error) {
 	var done Reconciled
 	clients, roles, err := c.list(ctx)
 	if err != nil {
@@ -57,10 +64,16 @@ func (c *Client) Reconcile(ctx context.Context, want []Gateway) (Reconciled, err
 		cmds = append(cmds, p...)
 	}
 	for u, cl := range clients {
-		if !wanted[u] && cl.owned() {
-			cmds = append(cmds, Command{Command: "deleteClient", Username: u})
-			done.Deleted = append(done.Deleted, u)
+		if wanted[u] || !cl.owned() {
+			continue
 		}
+		if tenant, id, ok := strings.Cut(u, "/"); ok && provisioned != nil && provisioned(ctx, Gateway{Tenant: tenant, ID: id}) {
+			wanted[u] = true // provisioned by another replica since want was read
+			done.Kept = append(done.Kept, u)
+			continue
+		}
+		cmds = append(cmds, Command{Command: "deleteClient", Username: u})
+		done.Deleted = append(done.Deleted, u)
 	}
 	for rn := range roles {
 		if u, ok := strings.CutPrefix(rn, RolePrefix); ok && !wanted[u] {

@@ -103,6 +103,21 @@ type Deployment struct {
 	// orders two reports of one revision that replicas applied in either
 	// order. Zero when the gateway sent none.
 	ReportedAt time.Time
+	// Services are the services its status reports, in its order (an
+	// application's; a single container's one). Never changed once set:
+	// a new status makes a new Deployment.
+	Services []Service
+
+	// storedAt is UpdatedAt as last written to the store (see onlySeen).
+	storedAt time.Time
+}
+
+// sameReport reports whether d says what old said, reported again later:
+// everything the inventory keeps but the times is the same.
+func (d *Deployment) sameReport(old *Deployment) bool {
+	return d.Name == old.Name && d.Revision == old.Revision && d.Phase == old.Phase && d.Health == old.Health &&
+		d.Image == old.Image && d.Digest == old.Digest && d.ContainerID == old.ContainerID && d.Code == old.Code &&
+		d.Message == old.Message && d.RestartCount == old.RestartCount && slices.Equal(d.Services, old.Services)
 }
 
 // newer reports whether d supersedes old: a later revision, or the same
@@ -213,6 +228,7 @@ func (g *Gateway) applyStatus(name string, s *fleetv1.DeploymentStatus, at time.
 		return
 	}
 	d.Health = Health(s.GetHealth())
+	d.Services = servicesOf(s, g.serviceRoom(name))
 	if s.GetCode() != fleetv1.Reply_OK {
 		d.Code = s.GetCode().String()
 	}

@@ -221,7 +221,7 @@ func (inv *Inventory) Apply(r mqttclient.Received) {
 		inv.adopt(k, g)
 	}
 	inv.ingested++
-	running := g.Running
+	running, before := g.Running, g.Deployments[t.Deployment]
 	var ev changes.Change
 	var changed bool
 	limit, why := g.refuse(inv.limits, t, r.Message, r.At)
@@ -233,9 +233,18 @@ func (inv *Inventory) Apply(r mqttclient.Received) {
 	// The stored lastSeen may lag by half the stale threshold (one
 	// heartbeat in two, at the defaults): another replica still never
 	// shows a live gateway stale.
-	if limit != "" || !g.onlySeen(t.Kind, running, inv.staleAfter/2) {
+	if limit != "" || !g.onlySeen(t, running, before, inv.staleAfter/2) {
 		inv.dirty[k] = struct{}{}
-		inv.remember(k, pendingOp{r: &r})
+		if inv.pending != nil {
+			kept := r // on the heap only when kept
+			inv.remember(k, pendingOp{r: &kept})
+		}
+	}
+	if changed && limit == "" && t.Kind == topic.Status && before != nil && r.Message != nil {
+		// A status that says again what the last one said (a pull's
+		// progress), or an older one, changes nothing anyone watches.
+		after := g.Deployments[t.Deployment]
+		changed = after != before && !after.sameReport(before)
 	}
 	inv.mu.Unlock()
 	if changed {
@@ -244,16 +253,38 @@ func (inv *Inventory) Apply(r mqttclient.Received) {
 	}
 }
 
-// onlySeen reports whether a publication of kind, just applied, changed
-// nothing stored but lastSeen, and that by less than every since it was
-// last stored: heartbeats that report the same running count, and events.
+// onlySeen reports whether a publication on t, just applied, changed
+// nothing stored but times, and those by less than every since they were
+// last stored: heartbeats that report the same running count, events, and
+// statuses that say again what the last one said (a pull's progress,
+// which the inventory does not keep: most of the statuses of a rollout).
 // Each would otherwise rewrite the gateway's whole record (and, with
-// replicas, wake every replica's watch). running is the count before.
-func (g *Gateway) onlySeen(kind topic.Kind, running uint32, every time.Duration) bool {
-	if kind != topic.Metrics && kind != topic.Events {
+// replicas, wake every replica's watch). running is the count before,
+// before the deployment's status before (nil when there was none).
+func (g *Gateway) onlySeen(t topic.Topic, running uint32, before *Deployment, every time.Duration) bool {
+	switch t.Kind {
+	case topic.Metrics, topic.Events:
+		if g.Running != running {
+			return false
+		}
+	case topic.Status:
+		after := g.Deployments[t.Deployment]
+		if before == nil || after == nil {
+			return false
+		}
+		if after != before { // applied: newer
+			if !after.sameReport(before) {
+				return false
+			}
+			after.storedAt = before.storedAt
+			if after.UpdatedAt.Sub(after.storedAt) >= every {
+				return false
+			}
+		}
+	default:
 		return false
 	}
-	return g.Running == running && g.LastSeen.Sub(g.storedSeen) < every
+	return g.LastSeen.Sub(g.storedSeen) < every
 }
 
 // apply applies msg, published on t, and describes the change.

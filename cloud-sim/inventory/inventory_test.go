@@ -21,6 +21,7 @@ func received(kind topic.Kind, gw, dep string, msg proto.Message) mqttclient.Rec
 
 func TestApply(t *testing.T) {
 	running := &fleetv1.DeploymentStatus{Revision: 2, Phase: fleetv1.DeploymentStatus_RUNNING, Health: fleetv1.HealthCheck_HEALTHY}
+	older := &fleetv1.DeploymentStatus{Revision: 1, Phase: fleetv1.DeploymentStatus_FAILED}
 	tests := []struct {
 		name        string
 		msgs        []mqttclient.Received
@@ -35,6 +36,9 @@ func TestApply(t *testing.T) {
 			true, true, Running, Healthy, []string{"gateway.online", "deployment.status"}},
 		{"status removed", []mqttclient.Received{received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1}), received(topic.Status, "gw-1", "web", running), received(topic.Status, "gw-1", "web", nil)},
 			true, true, 0, 0, []string{"gateway.online", "deployment.status", "deployment.removed"}},
+		{"the same status again, or an older one: one change", []mqttclient.Received{received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1}),
+			received(topic.Status, "gw-1", "web", running), received(topic.Status, "gw-1", "web", running), received(topic.Status, "gw-1", "web", older)},
+			true, true, Running, Healthy, []string{"gateway.online", "deployment.status"}},
 		{"death", []mqttclient.Received{received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 1}), received(topic.Death, "gw-1", "", &fleetv1.Death{Session: 1})},
 			true, false, 0, 0, []string{"gateway.online", "gateway.offline"}},
 	}

@@ -36,8 +36,10 @@ func (g *Gateway) stored() *state.Gateway {
 	if g.Deployments != nil {
 		s.Deployments = make(map[string]*state.Deployment, len(g.Deployments))
 		for k, d := range g.Deployments {
+			d.storedAt = d.UpdatedAt
 			s.Deployments[k] = &state.Deployment{Name: d.Name, Revision: d.Revision, Phase: d.Phase.String(), Health: d.Health.String(),
-				Image: d.Image, Digest: d.Digest, ContainerID: d.ContainerID, Code: d.Code, Message: d.Message, RestartCount: d.RestartCount, UpdatedAt: d.UpdatedAt, ReportedAt: d.ReportedAt}
+				Image: d.Image, Digest: d.Digest, ContainerID: d.ContainerID, Code: d.Code, Message: d.Message, RestartCount: d.RestartCount, UpdatedAt: d.UpdatedAt, ReportedAt: d.ReportedAt,
+				Services: storedServices(d.Services)}
 		}
 	}
 	return s
@@ -69,7 +71,8 @@ func restore(s *state.Gateway) *Gateway {
 		for k, d := range s.Deployments {
 			g.Deployments[k] = &Deployment{Name: d.Name, Revision: d.Revision, Phase: Phase(fleetv1.DeploymentStatus_Phase_value[d.Phase]),
 				Health: Health(fleetv1.HealthCheck_Status_value[strings.ToUpper(d.Health)]), Image: d.Image, Digest: d.Digest,
-				ContainerID: d.ContainerID, Code: d.Code, Message: d.Message, RestartCount: d.RestartCount, UpdatedAt: d.UpdatedAt, ReportedAt: d.ReportedAt}
+				ContainerID: d.ContainerID, Code: d.Code, Message: d.Message, RestartCount: d.RestartCount, UpdatedAt: d.UpdatedAt, ReportedAt: d.ReportedAt,
+				Services: restoredServices(d.Services), storedAt: d.UpdatedAt}
 		}
 	}
 	return g

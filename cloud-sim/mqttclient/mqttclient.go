@@ -91,7 +91,7 @@ type Received struct {
 	CorrelationData []byte
 	Retained        bool
 	// Message is the decoded payload: *fleetv1.Birth, Death, Reply, Event,
-	// Metrics or DeploymentStatus; nil with Err set when it does not decode,
+	// Metrics, DeploymentStatus or LogChunk; nil with Err set when it does not decode,
 	// nil without Err for an empty (clearing) retained payload.
 	Message proto.Message
 	Err     error
@@ -112,6 +112,9 @@ type Console struct {
 	waiters  map[string]chan *fleetv1.Reply
 	watchers map[int]func(Received)
 	nextW    int
+	// watching is the watchers, a copy made when they change: every
+	// publication is handed to them.
+	watching atomic.Pointer[[]func(Received)]
 }
 
 // Dial connects and subscribes to everything gateways publish under the
@@ -287,7 +290,7 @@ func (c *Console) duplicate(id string, p *paho.Publish) bool {
 		return false
 	}
 	t, err := c.cfg.Scheme.Parse(p.Topic)
-	return err == nil && t.Kind != topic.Reply
+	return err == nil && t.Kind != topic.Reply && t.Kind != topic.LogStream
 }
 
 // ID is the console's id.
@@ -310,11 +313,22 @@ func (c *Console) Watch(fn func(Received)) (cancel func()) {
 	id := c.nextW
 	c.nextW++
 	c.watchers[id] = fn
+	c.snapshotWatchers()
 	return func() {
 		c.mu.Lock()
 		delete(c.watchers, id)
+		c.snapshotWatchers()
 		c.mu.Unlock()
 	}
+}
+
+// snapshotWatchers copies the watchers for receive. c.mu is held.
+func (c *Console) snapshotWatchers() {
+	ws := make([]func(Received), 0, len(c.watchers))
+	for _, w := range c.watchers {
+		ws = append(ws, w)
+	}
+	c.watching.Store(&ws)
 }
 
 func (c *Console) receive(p *paho.Publish) {
@@ -346,6 +360,8 @@ func (c *Console) receive(p *paho.Publish) {
 			m = new(fleetv1.Metrics)
 		case topic.Status:
 			m = new(fleetv1.DeploymentStatus)
+		case topic.LogStream:
+			m = new(fleetv1.LogChunk)
 		}
 		if m != nil {
 			if r.Err = codec.Unmarshal(codec.FromContentType(r.ContentType), p.Payload, m); r.Err == nil {
@@ -365,13 +381,11 @@ func (c *Console) receive(p *paho.Publish) {
 			}
 		}
 	}
-	ws := make([]func(Received), 0, len(c.watchers))
-	for _, w := range c.watchers {
-		ws = append(ws, w)
-	}
 	c.mu.Unlock()
-	for _, w := range ws {
-		w(r)
+	if ws := c.watching.Load(); ws != nil {
+		for _, w := range *ws {
+			w(r)
+		}
 	}
 }
 

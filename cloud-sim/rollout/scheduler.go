@@ -80,8 +80,11 @@ type Scheduler struct {
 	// standBy is when this replica may try to take the lease again after
 	// a failed takeover (loop goroutine only).
 	standBy time.Time
-	stop    chan struct{}
-	done    sync.WaitGroup
+	// leaseUntil is the end of the term this replica last wrote to its
+	// lease; the loop's goroutine only.
+	leaseUntil time.Time
+	stop       chan struct{}
+	done       sync.WaitGroup
 }
 
 // New loads the rollouts and the last specs from the store.
@@ -113,7 +116,9 @@ func (s *Scheduler) Start(ctx context.Context) {
 	if err := s.serveChanges(ctx); err != nil {
 		s.log.Error("rollout changes from other replicas not served", "err", err)
 	}
-	if held, err := s.cfg.Store.Acquire(ctx, leaseName, s.cfg.ID, s.cfg.APIURL, s.cfg.Now(), LeaseTTL); err == nil && held {
+	now := s.cfg.Now()
+	if held, err := s.cfg.Store.Acquire(ctx, leaseName, s.cfg.ID, s.cfg.APIURL, now, LeaseTTL); err == nil && held {
+		s.leaseUntil = now.Add(LeaseTTL)
 		s.leader.Store(true) // the rollouts New loaded are current
 		if s.cfg.OnLead != nil {
 			s.cfg.OnLead()
@@ -176,9 +181,20 @@ func (s *Scheduler) renewLease(ctx context.Context, now time.Time) {
 	if !s.leader.Load() && now.Before(s.standBy) {
 		return // its last takeover failed: another replica's turn
 	}
-	held, err := s.cfg.Store.Acquire(ctx, leaseName, s.cfg.ID, s.cfg.APIURL, now, LeaseTTL)
+	// Bounded, so that a renewal that lands has not outlived the term it writes.
+	actx, cancel := context.WithTimeout(ctx, LeaseTTL/2)
+	held, err := s.cfg.Store.Acquire(actx, leaseName, s.cfg.ID, s.cfg.APIURL, now, LeaseTTL)
+	cancel()
 	if err != nil {
-		s.log.Warn("scheduler lease", "err", err)
+		// The store could not be asked (NATS electing a leader). No other
+		// replica can take the lease before the term this one last wrote
+		// ends, so a leader keeps scheduling until then, instead of
+		// stepping down and taking over again (a reload) a moment later.
+		keep := s.leader.Load() && now.Before(s.leaseUntil)
+		s.log.Warn("scheduler lease not renewed", "err", err, "leading until", s.leaseUntil, "still leading", keep)
+		held = keep
+	} else if held {
+		s.leaseUntil = now.Add(LeaseTTL)
 	}
 	if held && !s.leader.Load() {
 		// Taking over: start from what the last leader wrote.

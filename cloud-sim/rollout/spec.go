@@ -8,6 +8,7 @@ package rollout
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -142,7 +143,7 @@ func (s *Spec) Validate() (*fleetv1.DeploymentSpec, error) {
 		return nil, errdefs.Invalid("targets.selector", "%v", err)
 	}
 	if len(s.Deployment) == 0 {
-		return nil, errdefs.Invalid("deployment", "is required: a DeploymentSpec with name, revision and image")
+		return nil, errdefs.Invalid("deployment", "is required: a DeploymentSpec with name, revision and image (or services), or a Compose file in compose")
 	}
 	spec := new(fleetv1.DeploymentSpec)
 	if err := protojson.Unmarshal(s.Deployment, spec); err != nil {
@@ -153,8 +154,15 @@ func (s *Spec) Validate() (*fleetv1.DeploymentSpec, error) {
 		return nil, errdefs.Invalid("deployment.name", "%v", topic.CheckDeploymentName(spec.GetName()))
 	case spec.GetRevision() <= 0:
 		return nil, errdefs.Invalid("deployment.revision", "must be positive and higher than the revision the gateways run")
-	case spec.GetImage() == "":
-		return nil, errdefs.Invalid("deployment.image", "is required")
+	case spec.GetImage() == "" && len(spec.GetServices()) == 0:
+		return nil, errdefs.Invalid("deployment.image", "is required (or services, for an application)")
+	case spec.GetImage() != "" && len(spec.GetServices()) > 0:
+		return nil, errdefs.Invalid("deployment.image", "an application's services carry their images: leave image empty")
+	}
+	for _, name := range slices.Sorted(maps.Keys(spec.GetServices())) {
+		if spec.GetServices()[name].GetImage() == "" {
+			return nil, errdefs.Invalid("deployment.services."+name+".image", "is required")
+		}
 	}
 	st := s.Strategy
 	switch {

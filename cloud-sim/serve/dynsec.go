@@ -9,6 +9,7 @@ import (
 
 	"github.com/fleet-agent/fleet/cloud-sim/dynsec"
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
+	"github.com/fleet-agent/fleet/cloud-sim/state"
 )
 
 // startDynsec logs in to the external broker's dynamic security plugin as
@@ -47,13 +48,20 @@ func (s *Server) startDynsec(ctx context.Context, cfg Config) (*dynsec.Client, e
 // reconcileDynsec makes the broker's gateway clients the identities'. What
 // it cannot do is logged as an error and the start goes on: the broker
 // still refuses gateways it does not know.
-func reconcileDynsec(ctx context.Context, cfg Config, c *dynsec.Client, ids *identity.Identities) {
+func reconcileDynsec(ctx context.Context, cfg Config, c *dynsec.Client, ids *identity.Identities, store *state.Store) {
 	all := ids.All()
 	want := make([]dynsec.Gateway, len(all))
 	for i, d := range all {
 		want[i] = dynsec.Gateway{Tenant: d.Tenant, ID: d.ID, Groups: d.Groups}
 	}
-	if _, err := c.Reconcile(ctx, want); err != nil {
+	// A client not in want is looked up in the store before it is
+	// deleted: another replica may have provisioned it since ids loaded.
+	// When the store cannot tell, the client is kept.
+	provisioned := func(ctx context.Context, g dynsec.Gateway) bool {
+		var d state.Device
+		return !errors.Is(store.Get(ctx, state.Devices, state.Key(g.Tenant, g.ID), &d), state.ErrNotFound)
+	}
+	if _, err := c.Reconcile(ctx, want, provisioned); err != nil {
 		cfg.Logger.Error("Mosquitto's gateway clients differ from the cloud's identities", "err", err)
 	}
 }

@@ -293,7 +293,7 @@ func (s *Server) controllerConfig(ctx context.Context, cfg Config) (controller.C
 		return controller.Config{}, err
 	}
 	if dyn != nil {
-		reconcileDynsec(ctx, cfg, dyn, ctrlCfg.Identities)
+		reconcileDynsec(ctx, cfg, dyn, ctrlCfg.Identities, s.Store)
 	}
 	return ctrlCfg, nil
 }

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -77,13 +78,14 @@ type Config struct {
 
 // Fleet is a running simulated fleet.
 type Fleet struct {
-	cfg    Config
-	keys   *credential.Keys // every gateway's at-rest key and sealing key pair
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	ids    []string
-	errs   []error
+	cfg     Config
+	keys    *credential.Keys // every gateway's at-rest key and sealing key pair
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	ids     []string
+	errs    []error
+	engines []*engine.Fake // guarded by mu
 }
 
 // DefaultLabels are the labels of simulated gateway n.
@@ -219,6 +221,9 @@ func newEngine(cfg Config, n int, id string) *engine.Fake {
 func (f *Fleet) newGateway(n int, id string) (*gateway.Gateway, error) {
 	cfg := f.cfg
 	eng := newEngine(cfg, n, id)
+	f.mu.Lock()
+	f.engines = append(f.engines, eng)
+	f.mu.Unlock()
 	dir := filepath.Join(cfg.StateDir, id)
 	var user string
 	if len(cfg.Password) > 0 {
@@ -236,6 +241,19 @@ func (f *Fleet) newGateway(n int, id string) (*gateway.Gateway, error) {
 		MetricsInterval: cfg.MetricsInterval, ShutdownTimeout: 5 * time.Second,
 		Version: "simulated", Simulated: true, Logger: cfg.Logger.With("gateway", id),
 	})
+}
+
+// Pulls is how many image pulls the gateways' engines have begun so far:
+// a test tells by it that a prefetched image was not pulled again.
+func (f *Fleet) Pulls() int {
+	f.mu.Lock()
+	engines := slices.Clone(f.engines)
+	f.mu.Unlock()
+	n := 0
+	for _, e := range engines {
+		n += e.Pulls()
+	}
+	return n
 }
 
 // IDs are the gateways' ids.

@@ -33,7 +33,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func openCluster(t *testing.T, c *testenv.NATSCluster, cfg Config) *Store {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
+	// Right after a node's loss Open may wait out a meta leader's election
+	// and a probe's bound (8 s) before the next one.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*testenv.Timeout)
 	defer cancel()
 	if cfg.URL == "" {
 		cfg.URL = c.URLs()
@@ -404,5 +406,24 @@ func TestClusterTLS(t *testing.T) {
 				t.Errorf("err = %v; want one naming %s", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestSweepProbesBounded: the sweep of left probe streams is best effort
+// and bounded. Right after the meta leader's loss nobody answers the
+// cluster's API until another is elected, and a request sent meanwhile
+// is not answered at all: unbounded, the sweep then took all of Open's
+// 20 s (TestClusterReplicas under make test's load).
+func TestSweepProbesBounded(t *testing.T) {
+	c := testenv.StartNATSCluster(t, 3, testenv.NATSOptions{})
+	leader := nodeIndex(t, c, c.MetaLeader(t, 0))
+	other := (leader + 1) % 3
+	st := openCluster(t, c, Config{URL: c.URL(other)})
+	c.Kill(leader)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*sweepTimeout)
+	defer cancel()
+	sweepProbes(ctx, st.js)
+	if ctx.Err() != nil {
+		t.Fatalf("sweepProbes returned at its caller's deadline (%v), not within its own bound %v", 4*sweepTimeout, sweepTimeout)
 	}
 }

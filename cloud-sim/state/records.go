@@ -91,6 +91,23 @@ type Deployment struct {
 	RestartCount uint32    `json:"restartCount,omitempty"`
 	UpdatedAt    time.Time `json:"updatedAt,omitzero"`
 	ReportedAt   time.Time `json:"reportedAt,omitzero"`
+	// Services are the services its status reported (an application's).
+	Services []Service `json:"services,omitempty"`
+}
+
+// Service is one service of a deployment, as its status reported it.
+type Service struct {
+	Name         string `json:"name"`
+	Phase        string `json:"phase"`
+	Health       string `json:"health,omitempty"`
+	Image        string `json:"image,omitempty"`
+	Digest       string `json:"digest,omitempty"`
+	ContainerID  string `json:"containerId,omitempty"`
+	RestartCount uint32 `json:"restartCount,omitempty"`
+	ExitCode     int32  `json:"exitCode,omitempty"`
+	OOMKilled    bool   `json:"oomKilled,omitempty"`
+	Code         string `json:"code,omitempty"`
+	Message      string `json:"message,omitempty"`
 }
 
 // Registry describes a credential a gateway holds (never the secret).
@@ -130,8 +147,14 @@ type Batch struct {
 	Verb      string    `json:"verb"`
 	Tenant    string    `json:"tenant"`
 	CreatedAt time.Time `json:"createdAt"`
-	Commands  []string  `json:"commands"`
-	Warnings  []string  `json:"warnings,omitempty"`
+	// Commands are the batch's command ids in the order they were sent,
+	// for a batch of up to 10,000 commands. A larger one's record would
+	// outgrow NATS's 1 MiB message (a deploy to 50,000 gateways was
+	// refused whole): it lists none, Count says how many it has, and
+	// each command record names its batch.
+	Commands []string `json:"commands,omitempty"`
+	Count    int      `json:"count,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Device is a gateway's MQTT identity (bucket Devices): the SHA-256 of its

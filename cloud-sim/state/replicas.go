@@ -55,7 +55,16 @@ func planReplicas(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cf
 	}
 	sweepProbes(ctx, js)
 	for n := MaxAutoReplicas; n > 1; n-- {
-		ok, err := retry(ctx, func(ctx context.Context) (bool, error) { return probeReplicas(ctx, js, n) })
+		// Bounded: right after a server's loss the cluster may not answer
+		// a placement until it has noticed (TestClusterReplicas timed out
+		// at 30 s under load); no answer counts as "cannot place n".
+		probe, cancel := context.WithTimeout(ctx, probeTimeout)
+		ok, err := retry(probe, func(ctx context.Context) (bool, error) { return probeReplicas(ctx, js, n) })
+		cancel()
+		if err != nil && transient(err) && ctx.Err() == nil {
+			p.log.Warn("the NATS cluster did not answer a probe for replicas in time: taken as not placeable now", "replicas", n, "within", probeTimeout, "err", err)
+			ok, err = false, nil
+		}
 		if err != nil {
 			return p, err
 		}
@@ -72,6 +81,9 @@ func planReplicas(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cf
 	p.log.Warn("the NATS cluster cannot place 2 replicas: the buckets have 1; set --nats-replicas when its servers are up", "cluster", nc.ConnectedClusterName())
 	return p, nil
 }
+
+// probeTimeout bounds the probes for one replica count.
+const probeTimeout = 8 * time.Second
 
 // probeSubjects prefixes the subject of each probe stream.
 const probeSubjects = "fleet.replicas.probe."
@@ -98,9 +110,18 @@ func probeReplicas(ctx context.Context, js jetstream.JetStream, n int) (bool, er
 	return false, fmt.Errorf("state: probe the NATS cluster for %d replicas: %w", n, err)
 }
 
+// sweepTimeout bounds sweepProbes: while the cluster elects a meta
+// leader its API does not answer, and an unbounded sweep took all of
+// Open's time (TestClusterReplicas, a start right after a node's loss,
+// under make test's load).
+const sweepTimeout = 3 * time.Second
+
 // sweepProbes deletes probe streams left behind by a probe whose answer
-// was lost (best effort: the next start sweeps again).
+// was lost (best effort, within sweepTimeout: the next start sweeps
+// again).
 func sweepProbes(ctx context.Context, js jetstream.JetStream) {
+	ctx, cancel := context.WithTimeout(ctx, sweepTimeout)
+	defer cancel()
 	names := js.StreamNames(ctx, jetstream.WithStreamListSubject(probeSubjects+">"))
 	var left []string
 	for name := range names.Name() {
@@ -201,6 +222,10 @@ func (p replicaPlan) replicasError(what string, n int, err error) error {
 // ensureStreams creates or updates the buckets and the work stream with
 // the plan's replicas.
 func (s *Store) ensureStreams(ctx context.Context, plan replicaPlan) error {
+	push, err := s.nc.JetStream() // the watches' (keywatch.go)
+	if err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
 	changed := map[int][]string{} // replicas: streams changed to them
 	for _, b := range buckets {
 		n, change, err := plan.replicasOf(ctx, s.js, "KV_"+string(b))
@@ -223,7 +248,7 @@ func (s *Store) ensureStreams(ctx context.Context, plan replicaPlan) error {
 				return err
 			}
 		}
-		s.kvs[b] = failoverKV{kv}
+		s.kvs[b] = failoverKV{KeyValue: kv, push: push}
 	}
 	n, change, err := plan.replicasOf(ctx, s.js, workStream)
 	if err != nil {

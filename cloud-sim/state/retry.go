@@ -69,8 +69,10 @@ func retry[T any](ctx context.Context, op func(context.Context) (T, error)) (T, 
 // Get and Delete are sent again; Create and Update too, and when the
 // first one landed but its acknowledgement was lost (the second is then
 // refused), the value stored being the one written counts as success.
+// Its watches (keywatch.go) are made through push.
 type failoverKV struct {
 	jetstream.KeyValue
+	push nats.JetStreamContext
 }
 
 func (kv failoverKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {

@@ -88,7 +88,7 @@ func TestFailoverUpdate(t *testing.T) {
 			fake := &lossyKV{outcomes: tt.outcomes, value: []byte("old"), rev: 1}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			_, err := failoverKV{fake}.Update(ctx, "k", []byte("mine"), 1)
+			_, err := failoverKV{KeyValue: fake}.Update(ctx, "k", []byte("mine"), 1)
 			if !errors.Is(err, tt.wantErr) {
 				t.Errorf("err = %v, want %v", err, tt.wantErr)
 			}

@@ -75,12 +75,13 @@ type Store struct {
 	ns  *server.Server
 	nc  *nats.Conn
 	js  jetstream.JetStream
-	kvs map[Bucket]jetstream.KeyValue
+	kvs map[Bucket]bucket
 	url string
 	// creds is the login file in use ("" for none).
 	creds string
 	// replicas of the work stream, as Open made or found it.
 	replicas int
+	log      *slog.Logger
 }
 
 // Open connects (starting the embedded server first when cfg.URL is
@@ -89,7 +90,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{kvs: map[Bucket]jetstream.KeyValue{}, url: cfg.URL, creds: cfg.Creds}
+	s := &Store{kvs: map[Bucket]bucket{}, url: cfg.URL, creds: cfg.Creds, log: cfg.Logger}
 	opts := []nats.Option{nats.Name("cloud-sim"), nats.NoEcho(), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
 	if cfg.URL == "" {
 		ns, l, err := startEmbedded(cfg)
@@ -121,7 +122,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("state: connect to NATS %s: %w (%s)", redact(s.url), err, connectHint(err))
 	}
 	s.nc = nc
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(asyncTimeout))
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("state: %w", err)
@@ -258,70 +259,77 @@ func (s *Store) Delete(ctx context.Context, b Bucket, key string) error {
 	return nil
 }
 
-// Each calls fn with the raw JSON of every value in the bucket.
+// Each calls fn with the raw JSON of every value in the bucket, once per
+// key. A listing that JetStream loses (its consumer was on a server that
+// died) is taken up where it stopped.
 func (s *Store) Each(ctx context.Context, b Bucket, fn func(key string, value []byte) error) error {
-	w, err := s.kvs[b].WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return fmt.Errorf("state: list %s: %w", b, err)
+	seen := map[string]struct{}{}
+	var last uint64
+	for {
+		lctx, cancel := context.WithCancel(ctx)
+		w, err := s.watchAll(lctx, b, watchOpts{after: last, ignoreDeletes: true})
+		if err != nil {
+			cancel()
+			return fmt.Errorf("state: list %s: %w", b, err)
+		}
+		done, err := eachOf(ctx, w, seen, &last, fn)
+		_ = w.Stop()
+		cancel()
+		if done || err != nil {
+			return err
+		}
+		s.log.Warn("state: a listing lost its consumer; taking it up again", "bucket", string(b), "after", last)
+		if err := pause(ctx, retryWait); err != nil {
+			return fmt.Errorf("state: list %s: %w", b, err)
+		}
 	}
-	defer w.Stop()
+}
+
+// eachOf calls fn with the values w delivers until their initial values
+// are done (true), the watch is lost (false), fn fails or ctx ends.
+func eachOf(ctx context.Context, w jetstream.KeyWatcher, seen map[string]struct{}, last *uint64, fn func(key string, value []byte) error) (bool, error) {
 	for {
 		select {
-		case e := <-w.Updates():
-			if e == nil { // the initial values are done
-				return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return false, nil
 			}
+			if e == nil { // the initial values are done
+				return true, nil
+			}
+			*last = e.Revision()
+			if _, dup := seen[e.Key()]; dup {
+				continue
+			}
+			seen[e.Key()] = struct{}{}
 			if err := fn(e.Key(), e.Value()); err != nil {
-				return err
+				return false, err
 			}
 		case <-ctx.Done():
-			return ctx.Err()
+			return false, ctx.Err()
 		}
 	}
 }
 
 // PutMany stores every value of batch as JSON, publishing them to the
 // bucket at once and then awaiting every acknowledgement: thousands of
-// inventory records cost one round trip, not one each.
+// inventory records cost one round trip, not one each. Writes lost to a
+// failover are sent again until ctx ends.
 func (s *Store) PutMany(ctx context.Context, b Bucket, batch map[string]any) error {
-	// In chunks: the client stalls with more than 4,000 unacknowledged
-	// asynchronous publishes.
-	const chunk = 1000
-	futures := make([]jetstream.PubAckFuture, 0, chunk)
-	var errs []error
-	await := func() error {
-		for _, f := range futures {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				errs = append(errs, err)
-			case <-ctx.Done():
-				return fmt.Errorf("state: put %s: %w", b, ctx.Err())
-			}
-		}
-		futures = futures[:0]
-		return nil
-	}
+	items := make([]pubItem, 0, len(batch))
 	for key, v := range batch {
 		data, err := json.Marshal(v)
 		if err != nil {
 			return fmt.Errorf("state: encode %s: %w", b, err)
 		}
-		f, err := s.js.PublishAsync("$KV."+string(b)+"."+key, data)
-		if err != nil {
-			return fmt.Errorf("state: put %s: %w", b, err)
-		}
-		if futures = append(futures, f); len(futures) == chunk {
-			if err := await(); err != nil {
-				return err
-			}
-		}
+		items = append(items, pubItem{key: key, data: data})
 	}
-	if err := await(); err != nil {
+	res, err := s.publishAll(ctx, b, items)
+	if err != nil {
 		return err
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("state: put %s: %d of %d failed: %w", b, len(errs), len(batch), errs[0])
+	for _, err := range res.refused {
+		return fmt.Errorf("state: put %s: %d of %d failed: %w", b, len(res.refused), len(batch), err)
 	}
 	return nil
 }
@@ -414,6 +422,8 @@ type Lease struct {
 
 // Acquire takes or renews the lease on name for owner until now+ttl, with
 // compare-and-set on the bucket revision; it reports whether owner holds it.
+// An error says the store could not be asked (a failover): whether owner
+// still holds the lease is not known, and its last term still runs.
 func (s *Store) Acquire(ctx context.Context, name, owner, api string, now time.Time, ttl time.Duration) (bool, error) {
 	kv := s.kvs[Meta]
 	key := Key("lease", name)
@@ -437,7 +447,10 @@ func (s *Store) Acquire(ctx context.Context, name, owner, api string, now time.T
 		return false, nil
 	}
 	if _, err := kv.Update(ctx, key, next, e.Revision()); err != nil {
-		return false, nil // another replica renewed or took it first
+		if isConflict(err) {
+			return false, nil // another replica renewed or took it first
+		}
+		return false, fmt.Errorf("state: lease %s: %w", name, err)
 	}
 	return true, nil
 }

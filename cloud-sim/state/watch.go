@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -23,39 +25,167 @@ type Entry struct {
 // any replica makes to it, in the order the store took them, until ctx
 // ends or stop is called. It returns once fn has seen the values stored
 // when it was called; fn runs on one goroutine and must not block long.
+//
+// JetStream delivers a watch through a consumer on one server. When that
+// server dies the client makes the consumer again once it misses the
+// consumer's heartbeats (watchHeartbeat), but it gives up on errors a
+// cluster electing leaders answers (no responders), and the watch then
+// ends without a word. Watch makes it again, from the revision after the
+// last one fn saw, for as long as ctx lasts.
 func (s *Store) Watch(ctx context.Context, b Bucket, fn func(Entry)) (stop func(), err error) {
-	w, err := s.kvs[b].WatchAll(ctx)
+	wctx, cancel := context.WithCancel(ctx)
+	w, err := s.watchAll(wctx, b, watchOpts{})
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("state: watch %s: %w", b, err)
 	}
-	loaded := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		initial := true
+	f := &follow{store: s, bucket: b, fn: fn, loaded: make(chan struct{}), done: make(chan struct{}), cur: w}
+	stopAll := context.AfterFunc(wctx, f.stopCurrent)
+	go f.run(wctx)
+	select {
+	case <-f.loaded:
+	case <-ctx.Done():
+		cancel()
+		<-f.done
+		stopAll()
+		return nil, fmt.Errorf("state: watch %s: %w", b, ctx.Err())
+	}
+	return func() { cancel(); <-f.done }, nil
+}
+
+// follow is one Watch: the watcher in use, made again when lost.
+type follow struct {
+	store  *Store
+	bucket Bucket
+	fn     func(Entry)
+	loaded chan struct{} // closed once the initial values are seen
+	done   chan struct{} // closed when run returns
+
+	mu  sync.Mutex
+	cur jetstream.KeyWatcher // guarded by mu
+}
+
+func (f *follow) stopCurrent() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cur != nil {
+		_ = f.cur.Stop()
+	}
+}
+
+func (f *follow) run(ctx context.Context) {
+	defer close(f.done)
+	initial := true
+	var last uint64
+	for {
+		f.mu.Lock()
+		w := f.cur
+		f.mu.Unlock()
 		for e := range w.Updates() {
 			if e == nil { // the stored values are done; changes follow
 				if initial {
 					initial = false
-					close(loaded)
+					close(f.loaded)
 				}
 				continue
 			}
+			last = e.Revision()
 			op := e.Operation()
-			fn(Entry{Key: e.Key(), Value: e.Value(), Revision: e.Revision(), Deleted: op == jetstream.KeyValueDelete || op == jetstream.KeyValuePurge})
+			f.fn(Entry{Key: e.Key(), Value: e.Value(), Revision: e.Revision(), Deleted: op == jetstream.KeyValueDelete || op == jetstream.KeyValuePurge})
 		}
-		if initial {
-			close(loaded)
+		if ctx.Err() != nil {
+			if initial {
+				close(f.loaded)
+			}
+			return
 		}
-	}()
-	select {
-	case <-loaded:
-	case <-ctx.Done():
-		_ = w.Stop()
-		<-done
-		return nil, fmt.Errorf("state: watch %s: %w", b, ctx.Err())
+		f.store.log.Warn("state: a watch lost its consumer; making it again", "bucket", string(f.bucket), "after", last)
+		next := f.rewatch(ctx, last)
+		if next == nil {
+			if initial {
+				close(f.loaded)
+			}
+			return
+		}
+		f.mu.Lock()
+		f.cur = next
+		f.mu.Unlock()
+		if ctx.Err() != nil { // stopped while it was being made: stopCurrent ran before
+			_ = next.Stop()
+		}
 	}
-	return func() { _ = w.Stop(); <-done }, nil
+}
+
+// rewatch makes the watch again, after revision last, until it succeeds
+// or ctx ends (nil).
+func (f *follow) rewatch(ctx context.Context, last uint64) jetstream.KeyWatcher {
+	for {
+		if err := pause(ctx, retryWait); err != nil {
+			return nil
+		}
+		w, err := f.store.watchAll(ctx, f.bucket, watchOpts{after: last})
+		if err == nil {
+			return w
+		}
+		f.store.log.Warn("state: watch not made again yet", "bucket", string(f.bucket), "err", err)
+	}
+}
+
+// watchAttempt bounds the making of a watch: the request that makes its
+// consumer waits for as long as the watch's context lasts when the server
+// it went to died meanwhile.
+const watchAttempt = 5 * time.Second
+
+// watchAll makes a watch of b that lasts until ctx ends, trying again
+// every watchAttempt. nats.go ends a watch when the context it was made
+// with ends, so each attempt has a context of its own, cancelled when the
+// attempt is given up or when ctx ends.
+func (s *Store) watchAll(ctx context.Context, b Bucket, o watchOpts) (jetstream.KeyWatcher, error) {
+	type made struct {
+		w   jetstream.KeyWatcher
+		err error
+	}
+	for {
+		actx, cancel := context.WithCancel(ctx)
+		res := make(chan made, 1)
+		go func() {
+			w, err := s.kvs[b].watch(actx, o)
+			res <- made{w, err}
+		}()
+		t := time.NewTimer(watchAttempt)
+		select {
+		case m := <-res:
+			t.Stop()
+			if m.err != nil {
+				cancel()
+				if transient(m.err) && ctx.Err() == nil {
+					continue
+				}
+				return nil, m.err
+			}
+			context.AfterFunc(ctx, cancel)
+			return m.w, nil
+		case <-t.C:
+			cancel() // the attempt's watch, if it is made after all, ends at once
+			s.log.Warn("state: a watch took too long to make; trying again", "bucket", string(b))
+		case <-ctx.Done():
+			t.Stop()
+			cancel()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// pause waits d, or until ctx ends (its error).
+func pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // GetEntry returns the value under key with its revision.
@@ -86,54 +216,30 @@ var ErrConflict = errors.New("written by another replica since it was read")
 // written; a key another replica wrote since is left out of it and
 // listed in conflicts, for the caller to read, merge and write again.
 func (s *Store) PutIfMany(ctx context.Context, b Bucket, batch map[string]Versioned) (revs map[string]uint64, conflicts []string, err error) {
-	type pending struct {
-		key string
-		f   jetstream.PubAckFuture
-	}
-	revs = make(map[string]uint64, len(batch))
-	var errs []error
-	const chunk = 1000 // see PutMany
-	futures := make([]pending, 0, chunk)
-	await := func() error {
-		for _, p := range futures {
-			select {
-			case ack := <-p.f.Ok():
-				revs[p.key] = ack.Sequence
-			case err := <-p.f.Err():
-				if isConflict(err) {
-					conflicts = append(conflicts, p.key)
-				} else {
-					errs = append(errs, err)
-				}
-			case <-ctx.Done():
-				return fmt.Errorf("state: put %s: %w", b, ctx.Err())
-			}
-		}
-		futures = futures[:0]
-		return nil
-	}
+	items := make([]pubItem, 0, len(batch))
 	for key, v := range batch {
 		data, err := json.Marshal(v.Value)
 		if err != nil {
 			return nil, nil, fmt.Errorf("state: encode %s: %w", b, err)
 		}
-		f, err := s.js.PublishAsync("$KV."+string(b)+"."+key, data, jetstream.WithExpectLastSequencePerSubject(v.Revision))
-		if err != nil {
-			return nil, nil, fmt.Errorf("state: put %s: %w", b, err)
-		}
-		if futures = append(futures, pending{key, f}); len(futures) == chunk {
-			if err := await(); err != nil {
-				return nil, nil, err
-			}
-		}
+		items = append(items, pubItem{key: key, data: data, expect: true, rev: v.Revision})
 	}
-	if err := await(); err != nil {
+	res, err := s.publishAll(ctx, b, items)
+	if err != nil {
 		return nil, nil, err
 	}
-	if len(errs) > 0 {
-		return revs, conflicts, fmt.Errorf("state: put %s: %d of %d failed: %w", b, len(errs), len(batch), errs[0])
+	var errs []error
+	for key, err := range res.refused {
+		if isConflict(err) {
+			conflicts = append(conflicts, key)
+		} else {
+			errs = append(errs, err)
+		}
 	}
-	return revs, conflicts, nil
+	if len(errs) > 0 {
+		return res.revs, conflicts, fmt.Errorf("state: put %s: %d of %d failed: %w", b, len(errs), len(batch), errs[0])
+	}
+	return res.revs, conflicts, nil
 }
 
 // isConflict reports whether err is JetStream's refusal of a write whose

@@ -8,9 +8,40 @@
   let batchID = "", following = null;
   const maxRows = 500;
 
+  const composing = () => $("#format-compose")?.checked;
+
   function body() {
     const form = $("#deploy-form");
-    return { target: Ops.target(form), yaml: $("#spec").value, skipRegistryCheck: $("#skip-check").checked };
+    const b = { target: Ops.target(form), yaml: $("#spec").value, skipRegistryCheck: $("#skip-check").checked };
+    if (composing()) {
+      b.compose = true;
+      b.name = $("#compose-name").value.trim();
+      b.revision = parseInt($("#compose-revision").value, 10) || 0;
+      b.env = {};
+      for (const line of $("#compose-env").value.split("\n")) {
+        const i = line.indexOf("=");
+        if (line.trim() && i > 0) b.env[line.slice(0, i).trim()] = line.slice(i + 1);
+      }
+    }
+    return b;
+  }
+
+  // format switches the editor between a deployment spec and a Compose
+  // file, keeping what was typed in each.
+  const texts = { spec: null, compose: null };
+  function format() {
+    const compose = composing(), ta = $("#spec");
+    texts[compose ? "spec" : "compose"] = ta.value;
+    ta.value = texts[compose ? "compose" : "spec"] ?? (compose ? $("#compose-example").content.textContent : ta.value);
+    $("#compose-fields").hidden = !compose;
+    $("#spec-help").hidden = compose;
+    $("#spec-label").textContent = compose ? "YAML: a Compose file (compose.yaml, docker-compose.yml)" : "YAML: a protocol DeploymentSpec, as cloud-sim deploy -f reads it";
+  }
+
+  // upload reads a chosen Compose file into the editor.
+  async function upload(ev) {
+    const f = ev.target.files?.[0];
+    if (f) $("#spec").value = await f.text();
   }
 
   // count writes "matches N gateways" for the target fields; only the
@@ -38,10 +69,10 @@
     const ids = d.gateways || [];
     p.append(Ops.el("span", "mono", ids.slice(0, 20).join(", ") + (ids.length > 20 ? ", … (" + (ids.length - 20) + " more)" : "")));
     box.append(p);
-    const c = d.check;
-    if (!c) {
-      box.append(Ops.el("p", "muted", "Registry check skipped."));
-    } else {
+    // An application's services each have their image's check.
+    const checks = d.checks?.length ? d.checks : (d.check ? [d.check] : []);
+    if (!checks.length) box.append(Ops.el("p", "muted", "Registry check skipped."));
+    for (const c of checks) {
       const dl = Ops.el("dl", "kv");
       const row = (k, v) => { if (v === undefined || v === "" || v === null) return; dl.append(Ops.el("dt", "", k)); const dd = Ops.el("dd"); if (v instanceof Node) dd.append(v); else dd.textContent = v; dl.append(dd); };
       row("Registry check", Ops.badge(c.ok ? "OK" : (c.code || "FAILED")));
@@ -168,6 +199,8 @@
       if (radio && ev.target.type === "text" && !radio.checked) { radio.checked = true; count(); }
     });
     $("#check-btn").addEventListener("click", check);
+    for (const r of form.querySelectorAll('input[name="format"]')) r.addEventListener("change", format);
+    $("#compose-upload").addEventListener("change", upload);
     form.addEventListener("submit", send);
     Console.on(["command."], () => { if (batchID && $("#outcome").dataset.done !== "true") follow(); });
     count();

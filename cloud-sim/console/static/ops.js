@@ -19,7 +19,7 @@ const Ops = (() => {
     try { data = text ? JSON.parse(text) : {}; } catch { data = { error: text }; }
     if (!resp.ok) {
       const err = new Console.APIError(resp.status, data);
-      err.line = data.line || 0; err.path = data.path || "";
+      err.line = data.line || 0; err.path = data.path || ""; err.errors = data.errors || [];
       throw err;
     }
     return data;
@@ -109,6 +109,13 @@ const Ops = (() => {
     if (err.line) where = "Line " + err.line + (err.path ? " (" + err.path + ")" : "") + ": ";
     else if (err.field) where = err.field + ": ";
     p.textContent = where + err.message + (err.code ? " [" + err.code + "]" : "");
+    if (err.errors?.length) {
+      // A refused Compose file: every refused field, one a line.
+      p.textContent = where + "refused" + (err.code ? " [" + err.code + "]" : "") + ":";
+      const ul = el("ul", "refusals");
+      for (const e of err.errors) ul.append(el("li", "mono", e));
+      p.append(ul);
+    }
     let at = null;
     for (const e of form.querySelectorAll("[data-field]")) {
       const f = e.dataset.field;

@@ -6,12 +6,15 @@ package testimage
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -22,6 +25,13 @@ var (
 	binData []byte
 	binErr  error
 )
+
+// processRun is in every image this process builds (the environment
+// variable FLEET_TESTIMAGE_RUN), so that no two test processes build the
+// same image: make test runs several at once on one engine, and an image
+// of the same content pulled by both had one id, which one's cleanup
+// removed under the other ("No such image" at create).
+var processRun = fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
 
 // testappBinary compiles testapp (static, for this machine's architecture)
 // once per process.
@@ -135,9 +145,9 @@ func Build(t testing.TB, s Spec) v1.Image {
 		}
 		extra = append(extra, layer)
 	}
-	var env []string
-	for k, v := range s.Env {
-		env = append(env, k+"="+v)
+	env := []string{"FLEET_TESTIMAGE_RUN=" + processRun}
+	for _, k := range slices.Sorted(maps.Keys(s.Env)) { // one spec, one image
+		env = append(env, k+"="+s.Env[k])
 	}
 	img, err := registry.BinaryImage("app", testappBinary(t), []string{"/app"}, env, extra...)
 	if err != nil {

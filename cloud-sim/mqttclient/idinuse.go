@@ -1,0 +1,39 @@
+package mqttclient
+
+import (
+	"context"
+	"slices"
+	"time"
+)
+
+// The embedded broker (mochi-mqtt) answers a SUBSCRIBE or UNSUBSCRIBE
+// whose packet id equals one of its own QoS 1 publications to this client
+// still awaiting PUBACK with 0x91 (packet identifier in use), although the
+// two directions' ids are independent in MQTT. Both sides count ids up
+// from 1, so a console that subscribes while replies and chunks flow to it
+// (a logs stream after another) met it every few requests. The next try
+// takes the next id; the broker's publication is acknowledged within
+// milliseconds.
+const (
+	idInUse    byte = 0x91 // packets.SubackPacketIdentifierinuse, UnsubackPacketIdentifierInUse
+	inUseTries      = 8
+	inUseWait       = 5 * time.Millisecond
+)
+
+// retryInUse runs op until its reason codes hold no 0x91, at most
+// inUseTries times, and returns the last outcome.
+func retryInUse(ctx context.Context, op func() (reasons []byte, err error)) error {
+	wait := inUseWait
+	for try := 1; ; try++ {
+		reasons, err := op()
+		if err == nil || try == inUseTries || !slices.Contains(reasons, idInUse) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}

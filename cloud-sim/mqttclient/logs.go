@@ -1,0 +1,41 @@
+package mqttclient
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/eclipse/paho.golang/paho"
+)
+
+// SubscribeLogs subscribes this console's own session (never a shared
+// subscription: the chunks must reach the console that asked) to the
+// chunks answering logs command requestID of one gateway, at QoS 1. The
+// watchers receive them as LogStream publications with a *fleetv1.LogChunk.
+// Subscribe before sending the command, so that no chunk is missed; call
+// the returned unsubscribe when the stream is over.
+func (c *Console) SubscribeLogs(ctx context.Context, tenant, gateway, requestID string) (unsubscribe func(context.Context) error, err error) {
+	name := c.cfg.Scheme.LogStream(tenant, gateway, requestID)
+	err = retryInUse(ctx, func() ([]byte, error) {
+		sa, err := c.cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: name, QoS: 1}}})
+		if sa == nil {
+			return nil, err
+		}
+		return sa.Reasons, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mqttclient: subscribe %s: %w", name, err)
+	}
+	return func(ctx context.Context) error {
+		err := retryInUse(ctx, func() ([]byte, error) {
+			ua, err := c.cm.Unsubscribe(ctx, &paho.Unsubscribe{Topics: []string{name}})
+			if ua == nil {
+				return nil, err
+			}
+			return ua.Reasons, err
+		})
+		if err != nil {
+			return fmt.Errorf("mqttclient: unsubscribe %s: %w", name, err)
+		}
+		return nil
+	}, nil
+}
