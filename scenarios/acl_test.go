@@ -17,6 +17,8 @@ import (
 
 	"github.com/fleet-agent/fleet/cloud-sim/identity"
 	"github.com/fleet-agent/fleet/internal/testenv"
+	"github.com/fleet-agent/fleet/protocol/codec"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
 // aclBroker is a broker with authentication and the fleet ACL: gateways
@@ -48,7 +50,7 @@ func embeddedACL(t *testing.T) aclBroker {
 // mosquittoACL runs Mosquitto with the ACL patterns, the client-id
 // setting and the packet size limit of the repository's mosquitto.conf.
 func mosquittoACL(t *testing.T) aclBroker {
-	bin, err := exec.LookPath("mosquitto")
+	_, err := exec.LookPath("mosquitto") // before mosquitto_passwd; MosquittoWith skips so too
 	if err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("mosquitto not installed; .ci/run installs it: %v", err)
@@ -83,7 +85,7 @@ func mosquittoACL(t *testing.T) aclBroker {
 	}
 	acl = append(acl, "user acme/gw-a", "topic read fleet/v1/acme/group/berlin/cmd/+")
 	dir := t.TempDir()
-	br := aclBroker{addr: testenv.FreeAddr(t), passA: "pass-a", passB: "pass-b", adminUser: "controller-a", adminPass: "pass-c"}
+	br := aclBroker{passA: "pass-a", passB: "pass-b", adminUser: "controller-a", adminPass: "pass-c"}
 	pw := filepath.Join(dir, "passwd")
 	for i, u := range [][2]string{{"acme/gw-a", br.passA}, {"acme/gw-b", br.passB}, {"controller-a", br.adminPass}, {"controller-a-ingest", br.adminPass}} {
 		args := []string{"-b", pw, u[0], u[1]}
@@ -97,33 +99,11 @@ func mosquittoACL(t *testing.T) aclBroker {
 	if err := os.WriteFile(filepath.Join(dir, "acl"), []byte(strings.Join(acl, "\n")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, port, _ := net.SplitHostPort(br.addr)
-	conf := fmt.Sprintf("per_listener_settings false\nlistener %s 127.0.0.1\nallow_anonymous false\n%s\npassword_file %s\nacl_file %s\nuser root\nlog_dest stderr\n",
-		port, strings.Join(settings, "\n"), pw, filepath.Join(dir, "acl"))
-	confPath := filepath.Join(dir, "mosquitto.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var logs strings.Builder
-	cmd := exec.Command(bin, "-c", confPath)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("mosquitto log:\n%s", logs.String())
-		}
+	m := testenv.MosquittoWith(t, func(port string) string {
+		return fmt.Sprintf("per_listener_settings false\nlistener %s 127.0.0.1\nallow_anonymous false\n%s\npassword_file %s\nacl_file %s\nuser root\nlog_dest stderr\n",
+			port, strings.Join(settings, "\n"), pw, filepath.Join(dir, "acl"))
 	})
-	testenv.Eventually(t, "mosquitto listening", func() bool {
-		c, err := net.Dial("tcp", br.addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	br.addr = strings.TrimPrefix(m.URL(), "mqtt://")
 	return br
 }
 
@@ -133,7 +113,10 @@ type mqttClient struct {
 	conn   net.Conn
 	mu     sync.Mutex
 	topics []string
-	closed chan struct{}
+	// commands holds, for each of topics, the id of the command it
+	// carried ("" for anything else).
+	commands []string
+	closed   chan struct{}
 }
 
 func dial(t *testing.T, addr, clientID, user, pass string, will *paho.WillMessage) (*mqttClient, *paho.Connack, error) {
@@ -146,8 +129,10 @@ func dial(t *testing.T, addr, clientID, user, pass string, will *paho.WillMessag
 	var once sync.Once
 	m.c = paho.NewClient(paho.ClientConfig{Conn: conn,
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			id := commandID(pr.Packet)
 			m.mu.Lock()
 			m.topics = append(m.topics, pr.Packet.Topic)
+			m.commands = append(m.commands, id)
 			m.mu.Unlock()
 			return true, nil
 		}},
@@ -162,6 +147,19 @@ func dial(t *testing.T, addr, clientID, user, pass string, will *paho.WillMessag
 		t.Cleanup(func() { m.c.Disconnect(&paho.Disconnect{}) })
 	}
 	return m, ca, err
+}
+
+// commandID is the id of the command p carries, "" when it is none.
+func commandID(p *paho.Publish) string {
+	ct := ""
+	if p.Properties != nil {
+		ct = p.Properties.ContentType
+	}
+	var c fleetv1.Command
+	if codec.Unmarshal(codec.FromContentType(ct), p.Payload, &c) != nil {
+		return ""
+	}
+	return c.GetId()
 }
 
 func (m *mqttClient) got(topic string) bool {
@@ -220,8 +218,11 @@ func TestBrokerACL(t *testing.T) {
 				t.Fatalf("gw-a connect: %v", err)
 			}
 
-			// Publishing on another gateway's topics.
-			for _, tp := range []string{"fleet/v1/acme/gw-b/birth", "fleet/v1/acme/gw-b/status/web", "fleet/v1/acme/gw-b/cmd/deploy", "fleet/v1/other/gw-a/birth"} {
+			// Publishing on another gateway's topics (a logs stream
+			// included: gw-a cannot forge gw-b's chunks).
+			foreign := []string{"fleet/v1/acme/gw-b/birth", "fleet/v1/acme/gw-b/status/web", "fleet/v1/acme/gw-b/cmd/deploy", "fleet/v1/other/gw-a/birth",
+				"fleet/v1/acme/gw-b/logs/c-0123", "fleet/v1/other/gw-a/logs/c-0123"}
+			for _, tp := range foreign {
 				if err := a.publish(t, tp); err == nil {
 					t.Errorf("gw-a's PUBLISH on %s was acknowledged without an error", tp)
 				}
@@ -229,8 +230,13 @@ func TestBrokerACL(t *testing.T) {
 			if err := a.publish(t, "fleet/v1/acme/gw-a/events"); err != nil {
 				t.Fatalf("gw-a on its own events topic: %v", err)
 			}
-			testenv.Eventually(t, "gw-a's own event at the observer", func() bool { return admin.got("fleet/v1/acme/gw-a/events") })
-			for _, tp := range []string{"fleet/v1/acme/gw-b/birth", "fleet/v1/acme/gw-b/status/web", "fleet/v1/acme/gw-b/cmd/deploy", "fleet/v1/other/gw-a/birth"} {
+			if err := a.publish(t, "fleet/v1/acme/gw-a/logs/c-0123"); err != nil {
+				t.Fatalf("gw-a on its own logs topic: %v", err)
+			}
+			testenv.Eventually(t, "gw-a's own event and logs chunk at the observer", func() bool {
+				return admin.got("fleet/v1/acme/gw-a/events") && admin.got("fleet/v1/acme/gw-a/logs/c-0123")
+			})
+			for _, tp := range foreign {
 				if admin.got(tp) || b.got(tp) {
 					t.Errorf("gw-a published on %s", tp)
 				}

@@ -5,11 +5,14 @@ import (
 	"testing"
 )
 
-// TestCIScriptParses keeps .ci/run a valid bash script: CI runs it and
-// nothing else, so a broken quote there fails every CI run in 0 s.
+// TestCIScriptParses keeps .ci/run and the script make test runs valid
+// bash: CI runs them and nothing else, so a broken quote there fails every
+// CI run in 0 s.
 func TestCIScriptParses(t *testing.T) {
-	out, err := exec.CommandContext(t.Context(), "bash", "-n", "../.ci/run").CombinedOutput()
-	if err != nil {
-		t.Fatalf("bash -n .ci/run: %v\n%s", err, out)
+	for _, script := range []string{"../.ci/run", "../scripts/test.sh"} {
+		out, err := exec.CommandContext(t.Context(), "bash", "-n", script).CombinedOutput()
+		if err != nil {
+			t.Errorf("bash -n %s: %v\n%s", script, err, out)
+		}
 	}
 }

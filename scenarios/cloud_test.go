@@ -59,13 +59,33 @@ func newCloud(t testing.TB, sim simfleet.Config) *cloud {
 	return c
 }
 
+// start starts serve for the first time: again, on new ports, when a
+// port of the embedded broker chosen free (c.mqtt, and the TLS listener's)
+// was taken before serve bound it.
 func (c *cloud) start(t testing.TB) {
 	t.Helper()
+	attempt := 0
+	testenv.FirstStart(t, "cloud-sim serve", func() error {
+		if attempt++; attempt > 1 {
+			if c.mqtt != "" && c.cfg.MQTTListen == c.mqtt {
+				c.mqtt = testenv.FreeAddr(t)
+				c.cfg.MQTTListen = c.mqtt
+			}
+			if c.cfg.MQTTTLSListen != "" {
+				c.cfg.MQTTTLSListen = testenv.FreeAddr(t)
+			}
+		}
+		return c.serve()
+	})
+}
+
+func (c *cloud) serve() error {
 	s, err := serve.Start(context.Background(), c.cfg)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	c.Server, c.api = s, &apiclient.Client{Base: s.APIURL, Token: s.APIToken}
+	return nil
 }
 
 // restart stops everything (the simulated fleet too) and starts again.
@@ -75,7 +95,10 @@ func (c *cloud) restart(t *testing.T) {
 		t.Logf("close: %v", err)
 	}
 	c.Server = nil
-	c.start(t)
+	// On the same ports: the agents know them.
+	if err := c.serve(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (c *cloud) get(t testing.TB, path string, out any) []byte {
@@ -152,14 +175,15 @@ func rebirthCmd() *fleetv1.Command {
 // a selector; and a cloud-sim restart that loses no inventory, credential
 // or command outcome.
 func TestCloudInventoryAndCommands(t *testing.T) {
+	gw1 := testenv.UniqueID("gw")
 	c := startCloud(t, 5)
-	agent := c.provisionAgent(t, "acme", "gw-1", "--label", "site=berlin")
+	agent := c.provisionAgent(t, "acme", gw1, "--label", "site=berlin")
 	testenv.Eventually(t, "5 simulated and 1 real gateway online", func() bool {
 		var l api.GatewayList
 		c.get(t, "/v1/gateways?online=true", &l)
 		return l.Count == 6
 	})
-	g := c.gateway(t, "acme", "gw-1")
+	g := c.gateway(t, "acme", gw1)
 	if g.Simulated || g.ReportedLabels["site"] != "berlin" || g.PublicKey == "" || g.Session == 0 {
 		t.Fatalf("real gateway in the inventory: %+v", g)
 	}
@@ -181,12 +205,12 @@ func TestCloudInventoryAndCommands(t *testing.T) {
 	// Killed: the broker publishes the Will.
 	agent.Kill()
 	testenv.Eventually(t, "killed gateway offline (connection lost)", func() bool {
-		g := c.gateway(t, "acme", "gw-1")
+		g := c.gateway(t, "acme", gw1)
 		return !g.Online && g.DeathReason == "connection_lost"
 	})
 
 	// A command to an offline gateway waits in its session, shown pending.
-	b = c.send(t, api.Target{Tenant: "acme", Gateways: []string{"gw-1"}}, rebirthCmd(), "")
+	b = c.send(t, api.Target{Tenant: "acme", Gateways: []string{gw1}}, rebirthCmd(), "")
 	cmdID := b.Commands[0].ID
 	var cmd api.Command
 	c.get(t, "/v1/commands/"+cmdID, &cmd)
@@ -210,10 +234,10 @@ func TestCloudInventoryAndCommands(t *testing.T) {
 	// Restarted mid-operation: a command is on its way to the gateway.
 	agent.Term(t)
 	testenv.Eventually(t, "stopped gateway offline (shutdown)", func() bool {
-		g := c.gateway(t, "acme", "gw-1")
+		g := c.gateway(t, "acme", gw1)
 		return !g.Online && g.DeathReason == "shutdown"
 	})
-	pending := c.send(t, api.Target{Tenant: "acme", Gateways: []string{"gw-1"}}, rebirthCmd(), "").Commands[0].ID
+	pending := c.send(t, api.Target{Tenant: "acme", Gateways: []string{gw1}}, rebirthCmd(), "").Commands[0].ID
 	c.restart(t)
 	var creds struct {
 		Credentials []api.CredentialView `json:"credentials"`
@@ -226,7 +250,7 @@ func TestCloudInventoryAndCommands(t *testing.T) {
 	if cmd.State != api.StateSucceeded {
 		t.Fatalf("command outcome after restart: %+v", cmd)
 	}
-	if g := c.gateway(t, "acme", "gw-1"); g == nil || g.Online || g.PublicKey == "" {
+	if g := c.gateway(t, "acme", gw1); g == nil || g.Online || g.PublicKey == "" {
 		t.Fatalf("inventory after restart: %+v", g)
 	}
 	agent.Start(t)
@@ -241,7 +265,7 @@ func TestCloudInventoryAndCommands(t *testing.T) {
 	})
 
 	// The API never returns the secret, wherever one looks.
-	for _, p := range []string{"/v1/gateways", "/v1/gateways/acme/gw-1", "/v1/tenants/acme/credentials", "/v1/batches", "/v1/commands/" + cmdID} {
+	for _, p := range []string{"/v1/gateways", "/v1/gateways/acme/" + gw1, "/v1/tenants/acme/credentials", "/v1/batches", "/v1/commands/" + cmdID} {
 		if raw := c.get(t, p, nil); bytes.Contains(raw, []byte(secret)) {
 			t.Errorf("GET %s returned the secret", p)
 		}
@@ -251,17 +275,18 @@ func TestCloudInventoryAndCommands(t *testing.T) {
 // TestCloudStaleDeathIgnored publishes, as the controller could see after
 // a reconnect, a retained death of an older session after a newer birth.
 func TestCloudStaleDeathIgnored(t *testing.T) {
+	gw1 := testenv.UniqueID("gw")
 	c := startCloud(t, 0)
-	agent := c.provisionAgent(t, "acme", "gw-1")
-	testenv.Eventually(t, "gateway online", func() bool { g := c.gateway(t, "acme", "gw-1"); return g != nil && g.Online })
+	agent := c.provisionAgent(t, "acme", gw1)
+	testenv.Eventually(t, "gateway online", func() bool { g := c.gateway(t, "acme", gw1); return g != nil && g.Online })
 	agent.Kill()
-	testenv.Eventually(t, "gateway offline", func() bool { return !c.gateway(t, "acme", "gw-1").Online })
+	testenv.Eventually(t, "gateway offline", func() bool { return !c.gateway(t, "acme", gw1).Online })
 	agent.Start(t)
-	testenv.Eventually(t, "gateway online in a newer session", func() bool { g := c.gateway(t, "acme", "gw-1"); return g.Online && g.Session == 2 })
+	testenv.Eventually(t, "gateway online in a newer session", func() bool { g := c.gateway(t, "acme", gw1); return g.Online && g.Session == 2 })
 	// The old session's death arrives late: it must not take the gateway offline.
-	c.Controller.Ingest(mqttclient.Received{Topic: topic.Topic{Kind: topic.Death, Tenant: "acme", Gateway: "gw-1"},
+	c.Controller.Ingest(mqttclient.Received{Topic: topic.Topic{Kind: topic.Death, Tenant: "acme", Gateway: gw1},
 		Message: &fleetv1.Death{Session: 1, Reason: fleetv1.Death_CONNECTION_LOST}, At: time.Now()})
-	if g := c.gateway(t, "acme", "gw-1"); !g.Online || g.Session != 2 {
+	if g := c.gateway(t, "acme", gw1); !g.Online || g.Session != 2 {
 		t.Fatalf("a death of session 1 after the birth of session 2 changed the gateway: online=%v session=%d", g.Online, g.Session)
 	}
 }

@@ -71,24 +71,25 @@ func mosquittoDynsecACL(t *testing.T) aclBroker {
 // shown offline at once when deprovisioned, and cannot log in again. At
 // the next start, cloud-sim reconciles the broker with its identities.
 func TestDynsecAgent(t *testing.T) {
+	gw1 := testenv.UniqueID("gw")
 	m, c := dynsecCloud(t)
 	ctx := context.Background()
-	pw, err := c.Controller.Provision(ctx, "acme", "gw-1", identity.Assignment{Groups: []string{"berlin"}})
+	pw, err := c.Controller.Provision(ctx, "acme", gw1, identity.Assignment{Groups: []string{"berlin"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	pwFile := filepath.Join(t.TempDir(), "pw")
 	os.WriteFile(pwFile, []byte(pw), 0o600)
-	agent := testenv.StartAgent(t, m.URL(), "acme", "gw-1", "--broker-username", "acme/gw-1", "--broker-password-file", pwFile, "--group", "berlin")
+	agent := testenv.StartAgent(t, m.URL(), "acme", gw1, "--broker-username", "acme/"+gw1, "--broker-password-file", pwFile, "--group", "berlin")
 	testenv.Eventually(t, "gw-1 online through Mosquitto", func() bool {
-		g, ok := c.Controller.Gateway("acme", "gw-1")
+		g, ok := c.Controller.Gateway("acme", gw1)
 		return ok && g.Online
 	})
-	live, err := c.Controller.Deprovision(ctx, "acme", "gw-1")
+	live, err := c.Controller.Deprovision(ctx, "acme", gw1)
 	if err != nil || !live {
 		t.Fatalf("Deprovision = %v, %v; want the online gateway disconnected", live, err)
 	}
-	if g, _ := c.Controller.Gateway("acme", "gw-1"); g.Online {
+	if g, _ := c.Controller.Gateway("acme", gw1); g.Online {
 		t.Error("a deprovisioned gateway is still online in the inventory")
 	}
 	// 152 (0x98): administrative action; 135 (0x87): not authorized.
@@ -96,7 +97,7 @@ func TestDynsecAgent(t *testing.T) {
 		l := agent.Logs()
 		return strings.Contains(l, "reason=152") && strings.Contains(l, "server denied connect (reason: 135)")
 	})
-	if g, _ := c.Controller.Gateway("acme", "gw-1"); g.Online {
+	if g, _ := c.Controller.Gateway("acme", gw1); g.Online {
 		t.Error("a deprovisioned gateway came back online")
 	}
 

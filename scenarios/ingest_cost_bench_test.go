@@ -62,6 +62,8 @@ const (
 // core while the gateways are connected and silent, and the CPU the rest
 // of the machine took meanwhile (other sessions share the two cores).
 //
+// FLEET_BENCH_PROFILES=DIR has each serve write a CPU profile into DIR.
+//
 // Run it with -benchtime 1x (an iteration is the whole run; its processes
 // and 10,000 connections live until the sub-benchmark ends) and -count N
 // to repeat it.
@@ -204,6 +206,12 @@ func startServe(b *testing.B, bin, id string, args ...string) *serveProc {
 	}
 	listen := testenv.FreeAddr(b)
 	s.api = &apiclient.Client{Base: "http://" + listen, Token: "bench-token-" + id}
+	// FLEET_BENCH_PROFILES=DIR: each serve writes its CPU profile there
+	// (DIR/{test}-{id}.prof, at its end), to see what the CPU went to.
+	if dir := os.Getenv("FLEET_BENCH_PROFILES"); dir != "" {
+		name := strings.NewReplacer("/", "-", " ", "-").Replace(b.Name())
+		args = append(args, "--cpu-profile", filepath.Join(dir, name+"-"+id+".prof"))
+	}
 	s.cmd = exec.Command(bin, append([]string{"serve", "--data", s.data, "--controller-id", id, "--http-listen", listen,
 		"--api-token-file", tokenFile, "--log-level", "warn"}, args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs

@@ -20,8 +20,6 @@ import (
 // over a 16 MiB/s link.
 var pullLink = simfleet.Config{ImageBytes: 16 << 20, LinkRate: 16 << 20}
 
-const linkPull = time.Second
-
 // prefetchSent counts the gateways whose prefetch went out.
 func prefetchSent(v *api.RolloutView) int {
 	return v.Total - v.PrefetchCounts[api.PrefetchQueued]
@@ -37,8 +35,15 @@ func TestRolloutPrefetchPhase(t *testing.T) {
 	v := createRollout(t, c, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
 		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
 		Strategy: api.Strategy{Canary: &api.Canary{Count: 2}, MaxInFlight: 50, Prefetch: &api.Prefetch{}}})
-	if v.Phase != api.PhasePrefetch || v.PrefetchCounts[api.PrefetchQueued] != n || v.PrefetchUntil.IsZero() {
-		t.Fatalf("created: phase %s, prefetch %v, until %s", v.Phase, v.PrefetchCounts, v.PrefetchUntil)
+	// The scheduler may send prefetches before the view is read back
+	// (make test: all 12 IN_PROGRESS in the create's reply): every gateway
+	// is counted in the prefetch, and none is deploying.
+	prefetching := 0
+	for _, k := range v.PrefetchCounts {
+		prefetching += k
+	}
+	if v.Phase != api.PhasePrefetch || prefetching != n || v.Counts[api.GwQueued] != n || v.PrefetchUntil.IsZero() {
+		t.Fatalf("created: phase %s, prefetch %v, gateways %v, until %s", v.Phase, v.PrefetchCounts, v.Counts, v.PrefetchUntil)
 	}
 	testenv.Eventually(t, "every prefetch sent, no deploy", func() bool {
 		st := rolloutStatus(t, c, v.ID)
@@ -55,9 +60,11 @@ func TestRolloutPrefetchPhase(t *testing.T) {
 		if g.Prefetch == nil || g.Prefetch.FinishedAt.After(g.DispatchedAt) {
 			t.Errorf("%s: deployed at %s before its prefetch finished: %+v", g.Gateway, g.DispatchedAt, g.Prefetch)
 		}
-		if took := g.FinishedAt.Sub(g.DispatchedAt); took >= linkPull {
-			t.Errorf("%s: the deploy took %s, a pull's time (%s): the prefetched image was pulled again", g.Gateway, took, linkPull)
-		}
+	}
+	// Counted, not timed: under make test's load a deploy without a pull
+	// once took longer than a pull (1.1 s).
+	if pulls := c.Fleet.Pulls(); pulls != n {
+		t.Errorf("%d pulls on %d gateways, want one each (the prefetch's): the prefetched image was pulled again", pulls, n)
 	}
 }
 
@@ -118,13 +125,15 @@ func TestPrefetchCommand(t *testing.T) {
 	if b.Verb != "prefetch" || b.Counts[api.StateSucceeded] != 3 {
 		t.Fatalf("prefetch batch %s: %v", b.Verb, b.Counts)
 	}
-	t0 := time.Now()
+	if pulls := c.Fleet.Pulls(); pulls != 3 {
+		t.Fatalf("%d pulls after the prefetch on 3 gateways, want 3", pulls)
+	}
 	b = sendSkip(t, c, api.Target{Tenant: "sim", All: true}, &fleetv1.Command{Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: spec}}})
 	if b.Counts[api.StateSucceeded] != 3 {
 		t.Fatalf("deploy batch: %v", b.Counts)
 	}
-	if took := time.Since(t0); took >= linkPull {
-		t.Errorf("the deploy after the prefetch took %s, a pull's time (%s)", took, linkPull)
+	if pulls := c.Fleet.Pulls(); pulls != 3 {
+		t.Errorf("%d pulls after the deploy, want still 3: the prefetched image was pulled again", pulls)
 	}
 	for _, g := range []string{"sim-1", "sim-2", "sim-3"} {
 		if d := c.gateway(t, "sim", g).Deployments["web"]; d == nil || d.Phase != "RUNNING" {

@@ -486,8 +486,10 @@ func testPullBandwidth(t *testing.T) {
 	rate := float64(hi-lo) / time.Duration(tHi.Load()-tLo.Load()).Seconds()
 	t.Logf("r2: %d bytes through the proxy (new layer %d); %.0f B/s between 10 %% and 90 %% of the layer (cap %d B/s, link %d B/s): %.3f × the cap",
 		moved, layer, rate, capped, link, rate/capped)
-	if rate < capped*0.9 || rate > capped*1.1 {
-		t.Errorf("measured %.0f B/s, want within 10 %% of %d", rate, capped)
+	// The cap only: under load the pull is slower than its cap, which is
+	// no fault of the limiter (as TestFetchBandwidthCap).
+	if rate > capped*1.1 {
+		t.Errorf("measured %.0f B/s, over the cap %d (+10 %%)", rate, capped)
 	}
 }
 

@@ -97,6 +97,7 @@ func TestCapsTLS(t *testing.T) {
 	c, _ := capsCloud(t, func(cfg *serve.Config) {
 		cfg.MQTTTLSListen, cfg.MQTTTLSCert, cfg.MQTTTLSKey = tlsAddr, certFile, keyFile
 	})
+	tlsAddr = c.cfg.MQTTTLSListen // another when the one chosen was taken
 	if got := c.Broker.TLSURL(); got != "mqtts://"+tlsAddr {
 		t.Fatalf("TLS URL %q, want mqtts://%s", got, tlsAddr)
 	}

@@ -138,17 +138,18 @@ func TestSecurityNATSForgedWork(t *testing.T) {
 // TestSecurityNATSForgedWorkRealAgent: a forged work item naming another
 // tenant's real agent under a known rollout reaches no agent.
 func TestSecurityNATSForgedWorkRealAgent(t *testing.T) {
+	gw1 := testenv.UniqueID("gw")
 	c := simCloud(t, 1, simfleet.Config{})
-	agent := c.provisionAgent(t, "acme", "gw-1")
+	agent := c.provisionAgent(t, "acme", gw1)
 	testenv.Eventually(t, "acme/gw-1 online", func() bool {
-		g := c.gateway(t, "acme", "gw-1")
+		g := c.gateway(t, "acme", gw1)
 		return g != nil && g.Online
 	})
 	r := createRollout(t, c, api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
 		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true})
-	forgeWork(t, c, natsClient(t, c), map[string]any{"rollout": r.ID, "tenant": "acme", "gateway": "gw-1",
+	forgeWork(t, c, natsClient(t, c), map[string]any{"rollout": r.ID, "tenant": "acme", "gateway": gw1,
 		"commandId": "ro-forged-agent", "spec": evilSpec})
-	if g := c.gateway(t, "acme", "gw-1"); g == nil || len(g.Deployments) != 0 {
+	if g := c.gateway(t, "acme", gw1); g == nil || len(g.Deployments) != 0 {
 		t.Errorf("acme/gw-1 after the forged item: %+v", g)
 	}
 	if strings.Contains(agent.Logs(), "ro-forged-agent") {

@@ -39,13 +39,14 @@ func (r rogueSigner) Sign(_ context.Context, _, topicName, contentType string, p
 // path, which signs, still deploys to the real agent and to simulated
 // gateways.
 func TestSecuritySignedCommands(t *testing.T) {
+	gw1 := testenv.UniqueID("gw")
 	docker := testenv.DockerClient(t)
 	c := startCloud(t, 1)
-	agent := c.provisionAgent(t, "acme", "gw-1")
-	testenv.RemoveOwned(t, docker, "acme/gw-1", "")
+	agent := c.provisionAgent(t, "acme", gw1)
+	testenv.RemoveOwned(t, docker, "acme/"+gw1, "")
 	var birth *api.Gateway
 	testenv.Eventually(t, "gw-1 and sim-1 online", func() bool {
-		birth = c.gateway(t, "acme", "gw-1")
+		birth = c.gateway(t, "acme", gw1)
 		sim := c.gateway(t, "sim", "sim-1")
 		return birth != nil && birth.Online && sim != nil && sim.Online
 	})
@@ -82,9 +83,9 @@ func TestSecuritySignedCommands(t *testing.T) {
 		gw   string
 		cmd  *fleetv1.Command
 	}{
-		{"unsigned deploy to the agent", unsigned, "gw-1", &fleetv1.Command{Id: "evil-1", IssuedAt: now, Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: evil}}}},
-		{"forged deploy to the agent", forged, "gw-1", &fleetv1.Command{Id: "evil-2", IssuedAt: now, Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: evil}}}},
-		{"unsigned sealed credentials", unsigned, "gw-1", &fleetv1.Command{Id: "evil-3", IssuedAt: now, Body: &fleetv1.Command_SetCredentials{SetCredentials: &fleetv1.SetCredentials{Sealed: sealed}}}},
+		{"unsigned deploy to the agent", unsigned, gw1, &fleetv1.Command{Id: "evil-1", IssuedAt: now, Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: evil}}}},
+		{"forged deploy to the agent", forged, gw1, &fleetv1.Command{Id: "evil-2", IssuedAt: now, Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: evil}}}},
+		{"unsigned sealed credentials", unsigned, gw1, &fleetv1.Command{Id: "evil-3", IssuedAt: now, Body: &fleetv1.Command_SetCredentials{SetCredentials: &fleetv1.SetCredentials{Sealed: sealed}}}},
 		{"unsigned deploy to a simulated gateway", unsigned, "sim-1", &fleetv1.Command{Id: "evil-4", IssuedAt: now, Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: evil}}}},
 	}
 	for _, tt := range tests {
@@ -108,16 +109,16 @@ func TestSecuritySignedCommands(t *testing.T) {
 			}
 		})
 	}
-	g := c.gateway(t, "acme", "gw-1")
+	g := c.gateway(t, "acme", gw1)
 	if _, ok := g.Deployments["evil"]; ok || slices.ContainsFunc(g.Registries, func(r api.Registry) bool { return r.Registry == "registry.example.com" }) {
 		t.Errorf("a refused command took effect: deployments %v, registries %v", g.Deployments, g.Registries)
 	}
 
 	// The API path signs: it deploys to the real agent and the simulated one.
 	reg := testimage.NewRegistry(t)
-	testenv.RemoveOwned(t, docker, "acme/gw-1", reg.Host+"/")
+	testenv.RemoveOwned(t, docker, "acme/"+gw1, reg.Host+"/")
 	img, _ := reg.Push(t, testimage.Spec{Repo: "acme/web", Tag: "1", Env: map[string]string{"MODE": "serve"}})
-	for _, target := range []api.Target{{Tenant: "acme", Gateways: []string{"gw-1"}}, {Tenant: "sim", All: true}} {
+	for _, target := range []api.Target{{Tenant: "acme", Gateways: []string{gw1}}, {Tenant: "sim", All: true}} {
 		cmd := &fleetv1.Command{Body: &fleetv1.Command_Deploy{Deploy: &fleetv1.Deploy{Spec: &fleetv1.DeploymentSpec{
 			Name: "web", Revision: 1, Image: img, NetworkMode: "none"}}}}
 		b := c.sendUnchecked(t, target, cmd, "90s")

@@ -144,20 +144,21 @@ func TestSecurityTargetReportedGroupsAndLabels(t *testing.T) {
 // offline. (Before: there was no deprovision, and a new password left the
 // session logged in with the old one connected.)
 func TestSecurityTargetDeprovision(t *testing.T) {
+	gw1 := testenv.UniqueID("gw")
 	c := startCloud(t, 0)
-	agent := c.provisionAgentWith(t, "acme", "gw-1", api.ProvisionRequest{Labels: map[string]string{"site": "berlin"}})
-	testenv.Eventually(t, "gw-1 online", func() bool { g := c.gateway(t, "acme", "gw-1"); return g != nil && g.Online })
+	agent := c.provisionAgentWith(t, "acme", gw1, api.ProvisionRequest{Labels: map[string]string{"site": "berlin"}})
+	testenv.Eventually(t, "gw-1 online", func() bool { g := c.gateway(t, "acme", gw1); return g != nil && g.Online })
 
 	var d api.Deprovisioned
-	if err := c.api.Do(context.Background(), "POST", "/v1/gateways/acme/gw-1/deprovision", nil, &d, nil); err != nil {
+	if err := c.api.Do(context.Background(), "POST", "/v1/gateways/acme/"+gw1+"/deprovision", nil, &d, nil); err != nil {
 		t.Fatal(err)
 	}
 	if !d.Disconnected || d.Inventory != "kept" {
 		t.Errorf("deprovision: %+v, want disconnected and the record kept", d)
 	}
-	testenv.Eventually(t, "gw-1 offline after deprovision", func() bool { return !c.gateway(t, "acme", "gw-1").Online })
-	old := c.gateway(t, "acme", "gw-1")
-	if _, ack, err := dial(t, c.mqtt, "acme/gw-1", "acme/gw-1", agent.password, nil); err == nil {
+	testenv.Eventually(t, "gw-1 offline after deprovision", func() bool { return !c.gateway(t, "acme", gw1).Online })
+	old := c.gateway(t, "acme", gw1)
+	if _, ack, err := dial(t, c.mqtt, "acme/"+gw1, "acme/"+gw1, agent.password, nil); err == nil {
 		t.Fatalf("a deprovisioned gateway logged in: %+v", ack)
 	}
 	var l api.GatewayList
@@ -166,13 +167,13 @@ func TestSecurityTargetDeprovision(t *testing.T) {
 		t.Errorf("a deprovisioned gateway still matches its labels: %d gateways", l.Count)
 	}
 	var e api.Error
-	if err := c.api.Do(context.Background(), "POST", "/v1/gateways/acme/gw-1/deprovision", nil, &e, nil); err == nil || !strings.Contains(err.Error(), "NOT_FOUND") {
+	if err := c.api.Do(context.Background(), "POST", "/v1/gateways/acme/"+gw1+"/deprovision", nil, &e, nil); err == nil || !strings.Contains(err.Error(), "NOT_FOUND") {
 		t.Errorf("deprovision twice: %v, want NOT_FOUND", err)
 	}
-	if err := c.api.Do(context.Background(), "GET", "/v1/gateways/acme/gw-1/identity", nil, nil, nil); err == nil {
+	if err := c.api.Do(context.Background(), "GET", "/v1/gateways/acme/"+gw1+"/identity", nil, nil, nil); err == nil {
 		t.Error("the identity of a deprovisioned gateway is still served")
 	}
-	if g := c.gateway(t, "acme", "gw-1"); g == nil || g.Online || g.Provisioned || g.Session != old.Session {
+	if g := c.gateway(t, "acme", gw1); g == nil || g.Online || g.Provisioned || g.Session != old.Session {
 		t.Errorf("inventory record after deprovision: %+v, want kept, offline, not provisioned, no new session", g)
 	}
 }
@@ -181,17 +182,18 @@ func TestSecurityTargetDeprovision(t *testing.T) {
 // the session logged in with the old one at once; the old password no
 // longer logs in, the new one does, and the labels stay.
 func TestSecurityTargetReprovisionDropsSession(t *testing.T) {
+	gw1 := testenv.UniqueID("gw")
 	c := startCloud(t, 0)
-	agent := c.provisionAgentWith(t, "acme", "gw-1", api.ProvisionRequest{Labels: map[string]string{"site": "berlin"}})
-	testenv.Eventually(t, "gw-1 online", func() bool { g := c.gateway(t, "acme", "gw-1"); return g != nil && g.Online })
-	first := c.gateway(t, "acme", "gw-1").Session
+	agent := c.provisionAgentWith(t, "acme", gw1, api.ProvisionRequest{Labels: map[string]string{"site": "berlin"}})
+	testenv.Eventually(t, "gw-1 online", func() bool { g := c.gateway(t, "acme", gw1); return g != nil && g.Online })
+	first := c.gateway(t, "acme", gw1).Session
 
 	var p api.Provisioned
-	if err := c.api.Do(context.Background(), "POST", "/v1/gateways/acme/gw-1/provision", api.ProvisionRequest{}, &p, nil); err != nil {
+	if err := c.api.Do(context.Background(), "POST", "/v1/gateways/acme/"+gw1+"/provision", api.ProvisionRequest{}, &p, nil); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, "the session of the old password dropped", func() bool { return !c.gateway(t, "acme", "gw-1").Online })
-	if _, ack, err := dial(t, c.mqtt, "acme/gw-1", "acme/gw-1", agent.password, nil); err == nil {
+	testenv.Eventually(t, "the session of the old password dropped", func() bool { return !c.gateway(t, "acme", gw1).Online })
+	if _, ack, err := dial(t, c.mqtt, "acme/"+gw1, "acme/"+gw1, agent.password, nil); err == nil {
 		t.Fatalf("the old password still logs in: %+v", ack)
 	}
 	if err := os.WriteFile(agent.pwFile, []byte(p.Password), 0o600); err != nil {
@@ -200,10 +202,10 @@ func TestSecurityTargetReprovisionDropsSession(t *testing.T) {
 	agent.Kill()
 	agent.Start(t)
 	testenv.Eventually(t, "gw-1 back online with the new password", func() bool {
-		g := c.gateway(t, "acme", "gw-1")
+		g := c.gateway(t, "acme", gw1)
 		return g.Online && g.Session > first
 	})
-	if g := c.gateway(t, "acme", "gw-1"); g.Labels["site"] != "berlin" {
+	if g := c.gateway(t, "acme", gw1); g.Labels["site"] != "berlin" {
 		t.Errorf("labels after a new password: %v, want site=berlin kept", g.Labels)
 	}
 }
