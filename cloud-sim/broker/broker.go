@@ -66,6 +66,7 @@ type Broker struct {
 	acl     *aclHook   // nil without Config.Auth
 	store   *boltStore // nil without Config.StorePath
 	ends    *endHook
+	att     *attachments
 }
 
 // Start listens and serves in the background.
@@ -148,9 +149,15 @@ func Start(cfg Config) (*Broker, error) {
 		srv.Close()
 		return nil, err
 	}
+	att := newAttachments()
+	if err := srv.AddHook(&takeoverHook{srv: srv, att: att, log: srv.Log}, nil); err != nil {
+		closeAll()
+		srv.Close()
+		return nil, err
+	}
 	g := &gate{limits: limits}
 	for _, l := range lns {
-		l.gate, l.maxQueued = g, cfg.MaxQueuedBytes
+		l.gate, l.maxQueued, l.att = g, cfg.MaxQueuedBytes, att
 		if err := srv.AddListener(l); err != nil {
 			closeAll()
 			return nil, err
@@ -160,7 +167,7 @@ func Start(cfg Config) (*Broker, error) {
 		srv.Close()
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	b := &Broker{srv: srv, addr: ln.Addr().String(), acl: acl, store: store, ends: ends}
+	b := &Broker{srv: srv, addr: ln.Addr().String(), acl: acl, store: store, ends: ends, att: att}
 	if len(lns) > 1 {
 		b.tlsAddr = lns[1].ln.Addr().String()
 	}
@@ -213,7 +220,7 @@ func (b *Broker) Disconnect(clientID string, deleteSession bool) bool {
 	if live {
 		b.closeConn(cl)
 	}
-	if deleteSession {
+	if cur, ok := b.srv.Clients.Get(clientID); deleteSession && ok && cur == cl { // not a connection that came since
 		cl.ClearInflights() // and from the store
 		b.srv.UnsubscribeClient(cl)
 		b.srv.Clients.Delete(clientID)
@@ -337,6 +344,7 @@ type boundListener struct {
 	ln        net.Listener
 	gate      *gate
 	maxQueued int // bytes, per connection (see queuedConn)
+	att       *attachments
 	log       *slog.Logger
 
 	mu     sync.Mutex
@@ -383,6 +391,8 @@ func (l *boundListener) Serve(establish listeners.EstablishFn) {
 			}
 			queued := newQueuedConn(admitted, l.maxQueued)
 			defer queued.Close() // before forget: what is queued goes first
+			end := l.att.begin(queued)
+			defer end()
 			if err := establish(l.id, queued); err != nil {
 				l.log.Debug("connection ended", "err", err)
 			}
