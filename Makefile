@@ -17,8 +17,10 @@ build:
 	# Static: cloud-sim ships itself as the sample image's only layer.
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/cloud-sim ./cloud-sim
 
+# Every package's tests under the race detector; the scenarios in
+# shards at once, after the programs they run are built (scripts/test.sh).
 test:
-	$(GO) test -race -timeout 8m ./...
+	GO=$(GO) ./scripts/test.sh
 
 demo: build
 	./bin/cloud-sim demo
@@ -31,6 +33,7 @@ screenshots:
 bench:
 	$(GO) test ./scenarios/ -run '^$$' -bench 'RoundTrip|IdleMemory' -benchtime 500x -count 1
 	$(GO) test ./scenarios/ -run '^$$' -bench 'DeployCachedImage|UpdateDowntime' -benchtime 20x -count 1
+	$(GO) test ./scenarios/ -run '^$$' -bench 'AppUpdate' -benchtime 10x -count 1 -timeout 20m
 	$(GO) test ./scenarios/ -run '^$$' -bench 'AuthenticatedPull' -benchtime 10x -count 3
 	$(GO) test ./scenarios/ -run '^$$' -bench 'ECRTokenCalls' -benchtime 1000x -count 1
 	$(GO) test ./scenarios/ -run '^$$' -bench 'ControllerMemory|FleetBirths' -benchtime 1x -count 1 -timeout 20m
@@ -43,6 +46,7 @@ bench:
 	$(GO) test ./scenarios/ -run '^$$' -bench 'PullCutLink' -benchtime 2x -count 1 -timeout 30m
 	ROLLOUT_PLOT=$(CURDIR)/docs/rollout-10k.png $(GO) test ./scenarios/ -run '^$$' -bench 'Rollout' -benchtime 1x -count 1 -timeout 20m
 	$(GO) test ./scenarios/ -run '^$$' -bench 'PrefetchActivation' -benchtime 1x -count 1 -timeout 20m
+	$(GO) test ./protocol/codec/ -run '^$$' -bench 'UnmarshalStatus' -benchtime 200000x -benchmem -count 3
 	$(GO) test ./cloud-sim/broker/ -run '^$$' -bench 'RetainedQoS1' -benchtime 20000x -count 7
 	$(GO) test ./cloud-sim/broker/ -run '^$$' -bench 'ConnectionMemory' -benchtime 1x -count 3
 
@@ -57,7 +61,7 @@ check-proto: proto
 	git diff --exit-code -- protocol/
 
 lint:
-	bash -n .ci/run
+	bash -n .ci/run && bash -n scripts/test.sh
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "not gofmt-formatted:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...

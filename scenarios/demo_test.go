@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fleet-agent/fleet/internal/testenv"
 )
 
 // TestDemo runs what `make demo` runs: the static cloud-sim binary's demo,
@@ -16,12 +18,7 @@ func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds cloud-sim and runs the whole demo")
 	}
-	bin := filepath.Join(t.TempDir(), "cloud-sim")
-	build := exec.Command("go", "build", "-o", bin, "../cloud-sim")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build cloud-sim: %v\n%s", err, out)
-	}
+	bin := testenv.Binary(t, "cloud-sim") // static, as make demo builds it
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, "demo", "--sim-count", "10").CombinedOutput()

@@ -30,7 +30,11 @@ func Layer(name string, data []byte, mode int64) (v1.Layer, error) {
 		return nil, err
 	}
 	raw := buf.Bytes()
-	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil })
+	// Compressed once: the digest needs the gzip, and so does every push
+	// (a test image's binary is several MB, and under -race a gzip of it
+	// takes seconds).
+	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil },
+		tarball.WithCompressedCaching)
 }
 
 // BinaryImage is an image for this machine's architecture whose only
@@ -41,6 +45,13 @@ func BinaryImage(name string, data []byte, entrypoint, env []string, extra ...v1
 	if err != nil {
 		return nil, err
 	}
+	return ImageOf(bin, entrypoint, env, extra...)
+}
+
+// ImageOf is an image for this machine's architecture of the layer bin,
+// run with entrypoint and env, followed by extra layers. Images of one
+// bin share its compressed bytes.
+func ImageOf(bin v1.Layer, entrypoint, env []string, extra ...v1.Layer) (v1.Image, error) {
 	img, err := mutate.AppendLayers(empty.Image, append([]v1.Layer{bin}, extra...)...)
 	if err != nil {
 		return nil, err

@@ -17,33 +17,11 @@ import (
 )
 
 // NATSServerBinary builds nats-server from the module in go.mod, once
-// per test process, and returns its path.
+// per test process (or takes the prebuilt one: PrebuiltEnv), and returns
+// its path.
 func NATSServerBinary(t testing.TB) string {
 	t.Helper()
-	const pkg = "github.com/nats-io/nats-server/v2"
-	buildMu.Lock()
-	defer buildMu.Unlock()
-	if p, ok := built[pkg]; ok {
-		return p
-	}
-	root, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	if binDir == "" {
-		if binDir, err = os.MkdirTemp("", "fleet-bin-"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	out := filepath.Join(binDir, "nats-server")
-	cmd := exec.Command("go", "build", "-o", out, pkg)
-	cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
-	}
-	built[pkg] = out
-	return out
+	return buildOnce(t, "nats-server", "github.com/nats-io/nats-server/v2")
 }
 
 // NATSOptions configure NATSCluster.

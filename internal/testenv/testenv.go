@@ -36,14 +36,56 @@ var (
 	binDir  string
 )
 
+// PrebuiltEnv names the directory in which make test (scripts/test.sh)
+// puts the binaries it builds before any test starts: agent,
+// fleet-agent-ecr, cloud-sim, nats-server and testapp. The test processes
+// then share one build made outside their timeouts, instead of each
+// building the same at once on a cold cache inside them: in CI that took
+// minutes of a scenario shard's time, and the shards timed out.
+const PrebuiltEnv = "FLEET_TEST_BIN"
+
+// Prebuilt is the binary name in PrebuiltEnv's directory, when it is set
+// and the binary is there.
+func Prebuilt(name string) (string, bool) {
+	dir := os.Getenv(PrebuiltEnv)
+	if dir == "" {
+		return "", false
+	}
+	p := filepath.Join(dir, name)
+	if fi, err := os.Stat(p); err != nil || fi.IsDir() {
+		return "", false
+	}
+	return p, true
+}
+
 // Binary builds the main package pkg ("agent", "cloud-sim") of this module
 // once per test process, static as make dist ships it, and returns the
-// binary's path.
+// binary's path; a prebuilt one (PrebuiltEnv) is used as it is.
 func Binary(t testing.TB, pkg string) string {
+	t.Helper()
+	out := buildOnce(t, filepath.Base(pkg), "./"+pkg, "-ldflags", "-s -w")
+	if pkg == "agent" {
+		// The agent runs its ECR token helper from beside its executable.
+		ecr := buildOnce(t, "fleet-agent-ecr", "./agent/cmd/fleet-agent-ecr", "-ldflags", "-s -w")
+		if filepath.Dir(ecr) != filepath.Dir(out) {
+			t.Fatalf("%s is not beside %s: %s holds only one of them", ecr, out, PrebuiltEnv)
+		}
+	}
+	return out
+}
+
+// buildOnce builds pkg (static, with the go build flags given) as name,
+// once per test process, into a directory of its own, unless it is
+// prebuilt.
+func buildOnce(t testing.TB, name, pkg string, flags ...string) string {
 	t.Helper()
 	buildMu.Lock()
 	defer buildMu.Unlock()
-	if p, ok := built[pkg]; ok {
+	if p, ok := built[name]; ok {
+		return p
+	}
+	if p, ok := Prebuilt(name); ok {
+		built[name] = p
 		return p
 	}
 	root, err := exec.Command("go", "env", "GOMOD").Output()
@@ -55,22 +97,14 @@ func Binary(t testing.TB, pkg string) string {
 			t.Fatal(err)
 		}
 	}
-	out := filepath.Join(binDir, filepath.Base(pkg))
-	build := func(out, pkg string) {
-		// As make dist ships them: static, without symbol tables.
-		cmd := exec.Command("go", "build", "-ldflags", "-s -w", "-o", out, "./"+pkg)
-		cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", pkg, err, b)
-		}
+	out := filepath.Join(binDir, name)
+	cmd := exec.Command("go", append(append([]string{"build"}, flags...), "-o", out, pkg)...)
+	cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
 	}
-	build(out, pkg)
-	if pkg == "agent" {
-		// The agent runs its ECR token helper from beside its executable.
-		build(filepath.Join(binDir, "fleet-agent-ecr"), "agent/cmd/fleet-agent-ecr")
-	}
-	built[pkg] = out
+	built[name] = out
 	return out
 }
 

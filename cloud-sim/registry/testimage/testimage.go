@@ -17,13 +17,14 @@ import (
 	"time"
 
 	"github.com/fleet-agent/fleet/cloud-sim/registry"
+	"github.com/fleet-agent/fleet/internal/testenv"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 var (
-	binOnce sync.Once
-	binData []byte
-	binErr  error
+	binOnce  sync.Once
+	binLayer v1.Layer // the testapp binary at /app, compressed once per process
+	binErr   error
 )
 
 // processRun is in every image this process builds (the environment
@@ -33,11 +34,15 @@ var (
 // removed under the other ("No such image" at create).
 var processRun = fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
 
-// testappBinary compiles testapp (static, for this machine's architecture)
-// once per process.
-func testappBinary(t testing.TB) []byte {
+// testappLayer compiles testapp (static, for this machine's architecture)
+// once per process, and is its layer.
+func testappLayer(t testing.TB) v1.Layer {
 	t.Helper()
 	binOnce.Do(func() {
+		if p, ok := testenv.Prebuilt("testapp"); ok {
+			binLayer, binErr = layerOf(p)
+			return
+		}
 		dir, err := os.MkdirTemp("", "testapp-")
 		if err != nil {
 			binErr = err
@@ -53,12 +58,21 @@ func testappBinary(t testing.TB) []byte {
 			binErr = &buildError{err: err, out: string(b)}
 			return
 		}
-		binData, binErr = os.ReadFile(out)
+		binLayer, binErr = layerOf(out)
 	})
 	if binErr != nil {
 		t.Fatalf("build testapp: %v", binErr)
 	}
-	return binData
+	return binLayer
+}
+
+// layerOf is the layer of the testapp binary at path, as /app.
+func layerOf(path string) (v1.Layer, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return registry.Layer("app", data, 0o755)
 }
 
 type buildError struct {
@@ -149,7 +163,7 @@ func Build(t testing.TB, s Spec) v1.Image {
 	for _, k := range slices.Sorted(maps.Keys(s.Env)) { // one spec, one image
 		env = append(env, k+"="+s.Env[k])
 	}
-	img, err := registry.BinaryImage("app", testappBinary(t), []string{"/app"}, env, extra...)
+	img, err := registry.ImageOf(testappLayer(t), []string{"/app"}, env, extra...)
 	if err != nil {
 		t.Fatal(err)
 	}
