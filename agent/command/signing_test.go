@@ -225,7 +225,16 @@ func TestSignedReplayAfterJournalBound(t *testing.T) {
 		e.proc.Receive(signed(t, key, "g", issued(fmt.Sprintf("next-%d", i), signNow)).inbound())
 	}
 	testenv.Eventually(t, "5 replies", func() bool { return len(e.pub.replies(t)) >= 5 })
-	before := e.pub.replies(t)[0]
+	// Commands run at once, so replies come in any order.
+	var before *fleetv1.Reply
+	for _, r := range e.pub.replies(t) {
+		if r.GetCommandId() == "first" {
+			before = r
+		}
+	}
+	if before == nil {
+		t.Fatalf("no reply to the first command among %v", e.pub.replies(t))
+	}
 	e.proc.Receive(first.inbound())
 	testenv.Eventually(t, "the replay's reply", func() bool { return len(e.pub.replies(t)) >= 6 })
 	if n := e.called("first"); n != 1 {
