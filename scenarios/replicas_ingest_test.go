@@ -91,6 +91,10 @@ func TestReplicasShareIngest(t *testing.T) {
 	spec := api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
 		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
 		Strategy: api.Strategy{RatePerMinute: 6000, MaxInFlight: 100}}
+	// Replica c's change stream, from before the rollout: its ring keeps
+	// only the latest changes.History, fewer than a rollout of n makes.
+	stream := c.Controller.Subscribe(100_000)
+	t.Cleanup(stream.Close)
 	v := createRollout(t, b, spec) // on a follower
 	v = waitRollout(t, c, v.ID, 2*time.Minute)
 	if v.State != api.RolloutSucceeded || v.Counts[api.GwSucceeded] != n {
@@ -129,15 +133,23 @@ func TestReplicasShareIngest(t *testing.T) {
 
 	// Replica c's event stream shows every gateway's change, whichever
 	// replica applied it.
+	running := map[string]bool{}
+	f := changes.Filter{Tenant: "sim", Kind: "deployment.status"}
 	testenv.Eventually(t, "replica c's changes hold every gateway's RUNNING", func() bool {
-		running := map[string]bool{}
-		for _, ch := range c.Controller.Changes(changes.Filter{Tenant: "sim", Kind: "deployment.status"}, 0) {
-			if ch.Revision == 1 && ch.Phase == "RUNNING" {
-				running[ch.Gateway] = true
+		for {
+			select {
+			case ch := <-stream.C:
+				if f.Matches(ch) && ch.Revision == 1 && ch.Phase == "RUNNING" {
+					running[ch.Gateway] = true
+				}
+			default:
+				return len(running) == n
 			}
 		}
-		return len(running) == n
 	})
+	if stream.Lagged() {
+		t.Fatal("replica c's change stream lagged with room for 100,000 changes")
+	}
 
 	// Deprovisioned on replica c, which has no broker of its own: the
 	// broker on replica a ends the session at once, and the Will says
