@@ -14,6 +14,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mochi-mqtt/server/v2/system"
 	bbolt "go.etcd.io/bbolt"
 )
 
@@ -49,6 +50,37 @@ type boltStore struct {
 	rlog     *retainLog // rdb's write-ahead log
 	retained *retainWriter
 	acks     sync.Map // *mqtt.Client → *retainBatch holding its last retained message
+
+	// life keeps mochi's event loop off the databases once they are
+	// stopped: mochi's Close stops the hooks without waiting for the loop,
+	// which may then be in a $SYS tick or an expiry (a data race, and a
+	// nil database dereference: mochi's hook sets it to nil in Stop).
+	// Clients' goroutines have ended by then (Close waits for them).
+	life    sync.RWMutex
+	stopped bool // guarded by life
+}
+
+// live runs f unless the store is stopped, and holds Stop off meanwhile.
+func (h *boltStore) live(f func()) {
+	h.life.RLock()
+	defer h.life.RUnlock()
+	if !h.stopped {
+		f()
+	}
+}
+
+// The hooks mochi's event loop calls (also OnClientExpired, OnQosDropped).
+
+func (h *boltStore) OnSysInfoTick(sys *system.Info) {
+	h.live(func() { h.Hook.OnSysInfoTick(sys) })
+}
+
+func (h *boltStore) OnRetainedExpired(filter string) {
+	h.live(func() { h.Hook.OnRetainedExpired(filter) })
+}
+
+func (h *boltStore) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	h.live(func() { h.Hook.OnWillSent(cl, pk) })
 }
 
 func (h *boltStore) Init(config any) error {
@@ -149,6 +181,9 @@ func (h *boltStore) StoredRetainedMessages() ([]storage.Message, error) {
 }
 
 func (h *boltStore) Stop() error {
+	h.life.Lock()
+	h.stopped = true
+	h.life.Unlock()
 	if h.retained != nil {
 		h.retained.Stop()
 	}
@@ -183,7 +218,7 @@ func (h *boltStore) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 
 func (h *boltStore) OnClientExpired(cl *mqtt.Client) {
 	h.acks.Delete(cl)
-	h.Hook.OnClientExpired(cl)
+	h.live(func() { h.Hook.OnClientExpired(cl) })
 }
 
 func (h *boltStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
@@ -194,7 +229,7 @@ func (h *boltStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 
 func (h *boltStore) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 	if _, ok := h.held.LoadAndDelete(inflightID(cl, pk)); ok {
-		h.Hook.OnQosDropped(cl, pk)
+		h.live(func() { h.Hook.OnQosDropped(cl, pk) })
 	}
 }
 
