@@ -38,14 +38,10 @@ func newOpsCloud(t *testing.T, sims int, allow ...string) *cloud {
 	return c
 }
 
-// awaitOnline waits until n gateways of tenant are online.
+// awaitOnline waits until n gateways of tenant are online (waitOnline).
 func (c *cloud) awaitOnline(t *testing.T, tenant string, n int) {
 	t.Helper()
-	testenv.Eventually(t, fmt.Sprintf("%d gateways of %s online", n, tenant), func() bool {
-		var l api.GatewayList
-		c.get(t, "/v1/gateways?limit=1&online=true&tenant="+tenant, &l)
-		return l.Count == n
-	})
+	waitOnline(t, c, tenant, n)
 }
 
 // click clicks the element sel.

@@ -221,7 +221,20 @@ func TestScaleOut(t *testing.T) {
 	broker, _ := url.Parse(m.URL())
 	watch := watchFleet(t, broker, "controller", ctlPass)
 
-	// Provisioned through replica 1: the simulated fleet, and one real agent.
+	// Provisioned through replica 1: one real agent, first. (The fleet
+	// provisions its gateways one by one through Mosquitto's dynamic
+	// security, and a provision after it waited behind all 300: more than
+	// 20 s under make test's load.)
+	cli := testenv.DockerClient(t)
+	reg := testimage.NewRegistry(t)
+	realID := fmt.Sprintf("real-%d", time.Now().UnixNano()%1e9)
+	testenv.RemoveOwned(t, cli, "sim/"+realID, reg.Host+"/")
+	var p api.Provisioned
+	rs[0].do(t, "POST", "/v1/gateways/sim/"+realID+"/provision", api.ProvisionRequest{}, &p)
+	keys, _ := json.Marshal(cmdsig.KeySet{Keys: p.CommandSigningKeys})
+	testenv.StartAgent(t, m.URL(), "sim", realID, "--broker-username", p.Username, "--broker-password-file", writeFile(t, "agent.pass", p.Password),
+		"--command-signing-keys", writeFile(t, "keys.json", string(keys)))
+	// And the simulated fleet, provisioned through replica 1 too.
 	fleet := exec.Command(bin, "fleet", "--count", fmt.Sprint(n), "--tenant", "sim", "--api", rs[0].api.Base, "--api-token-file",
 		writeFile(t, "token", token), "--broker", m.URL(), "--pull-time", "100ms")
 	fleetLogs := &testenv.LogBuffer{}
@@ -236,15 +249,6 @@ func TestScaleOut(t *testing.T) {
 			t.Logf("fleet log:\n%s", fleetLogs.String())
 		}
 	})
-	cli := testenv.DockerClient(t)
-	reg := testimage.NewRegistry(t)
-	realID := fmt.Sprintf("real-%d", time.Now().UnixNano()%1e9)
-	testenv.RemoveOwned(t, cli, "sim/"+realID, reg.Host+"/")
-	var p api.Provisioned
-	rs[0].do(t, "POST", "/v1/gateways/sim/"+realID+"/provision", api.ProvisionRequest{}, &p)
-	keys, _ := json.Marshal(cmdsig.KeySet{Keys: p.CommandSigningKeys})
-	testenv.StartAgent(t, m.URL(), "sim", realID, "--broker-username", p.Username, "--broker-password-file", writeFile(t, "agent.pass", p.Password),
-		"--command-signing-keys", writeFile(t, "keys.json", string(keys)))
 	// The fleet provisions its gateways in Mosquitto's dynamic security one
 	// by one as it starts (17 s for 300 under make test's load): a wait
 	// that fails when the count stops moving, not after a fixed time.
