@@ -112,54 +112,18 @@ func Start(cfg Config) (*Broker, error) {
 	caps.MaximumClientWritesPending = int32(cfg.MaxPendingWrites)
 	limits.capabilities(caps)
 	srv := mqtt.New(&mqtt.Options{Logger: cfg.Logger, Capabilities: caps})
-	if err := srv.AddHook(&limitsHook{maxPacketSize: uint32(limits.MaxPacketSize)}, nil); err != nil {
-		closeAll()
-		return nil, err
-	}
-	if err := srv.AddHook(new(shareHook), nil); err != nil {
-		closeAll()
-		return nil, err
-	}
-	var access mqtt.Hook = new(auth.AllowHook)
-	var acl *aclHook
-	var store *boltStore
-	if cfg.Auth != nil {
-		acl = &aclHook{auth: cfg.Auth, scheme: cfg.Scheme, ids: map[string]Identity{}}
-		access = acl
-	}
-	if err := srv.AddHook(access, nil); err != nil {
-		closeAll()
-		return nil, err
-	}
-	if cfg.StorePath != "" {
-		if store, err = addStore(srv, cfg.StorePath); err != nil {
-			closeAll()
-			return nil, err
-		}
-	}
-	ends := &endHook{waiting: map[*mqtt.Client]chan struct{}{}}
-	if err := srv.AddHook(ends, nil); err != nil {
-		closeAll()
-		srv.Close()
-		return nil, err
-	}
-	// Last, so that it sees a PUBLISH only when every other hook accepted it.
-	if err := srv.AddHook(newRetainGuard(), nil); err != nil {
-		closeAll()
-		srv.Close()
-		return nil, err
-	}
-	att := newAttachments()
-	if err := srv.AddHook(&takeoverHook{srv: srv, att: att, log: srv.Log}, nil); err != nil {
+	b, err := addHooks(srv, cfg, limits)
+	if err != nil {
 		closeAll()
 		srv.Close()
 		return nil, err
 	}
 	g := &gate{limits: limits}
 	for _, l := range lns {
-		l.gate, l.maxQueued, l.att = g, cfg.MaxQueuedBytes, att
+		l.gate, l.maxQueued, l.att = g, cfg.MaxQueuedBytes, b.att
 		if err := srv.AddListener(l); err != nil {
 			closeAll()
+			srv.Close()
 			return nil, err
 		}
 	}
@@ -167,9 +131,40 @@ func Start(cfg Config) (*Broker, error) {
 		srv.Close()
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	b := &Broker{srv: srv, addr: ln.Addr().String(), acl: acl, store: store, ends: ends, att: att}
+	b.addr = ln.Addr().String()
 	if len(lns) > 1 {
 		b.tlsAddr = lns[1].ln.Addr().String()
+	}
+	return b, nil
+}
+
+// addHooks adds the broker's hooks to srv, in the order mochi runs them,
+// and returns the Broker that holds them.
+func addHooks(srv *mqtt.Server, cfg Config, limits Limits) (*Broker, error) {
+	b := &Broker{srv: srv, ends: &endHook{waiting: map[*mqtt.Client]chan struct{}{}}, att: newAttachments()}
+	var access mqtt.Hook = new(auth.AllowHook)
+	if cfg.Auth != nil {
+		b.acl = &aclHook{auth: cfg.Auth, scheme: cfg.Scheme, ids: map[string]Identity{}}
+		access = b.acl
+	}
+	for _, h := range []mqtt.Hook{&limitsHook{maxPacketSize: uint32(limits.MaxPacketSize)}, new(shareHook), access} {
+		if err := srv.AddHook(h, nil); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.StorePath != "" {
+		store, err := addStore(srv, cfg.StorePath)
+		if err != nil {
+			return nil, err
+		}
+		b.store = store
+	}
+	// The retain guard last, so that it sees a PUBLISH only when every
+	// other hook accepted it.
+	for _, h := range []mqtt.Hook{b.ends, &takeoverHook{srv: srv, att: b.att, log: srv.Log}, newRetainGuard()} {
+		if err := srv.AddHook(h, nil); err != nil {
+			return nil, err
+		}
 	}
 	return b, nil
 }
