@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -14,11 +17,14 @@ import (
 
 // fakeMirror records the calls as text and fails those refuse says.
 type fakeMirror struct {
-	calls  []string
+	mu     sync.Mutex
+	calls  []string        // guarded by mu
 	refuse map[string]bool // "put", "delete"
 }
 
 func (m *fakeMirror) Put(_ context.Context, tenant, id string, groups []string, password string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.calls = append(m.calls, fmt.Sprintf("put %s/%s %v %q", tenant, id, groups, password))
 	if m.refuse["put"] {
 		return errors.New(`dynsec createClient: Mosquitto says "nope"`)
@@ -27,6 +33,8 @@ func (m *fakeMirror) Put(_ context.Context, tenant, id string, groups []string, 
 }
 
 func (m *fakeMirror) Delete(_ context.Context, tenant, id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.calls = append(m.calls, fmt.Sprintf("delete %s/%s", tenant, id))
 	if m.refuse["delete"] {
 		return errors.New(`dynsec deleteClient: Mosquitto says "nope"`)
@@ -116,5 +124,61 @@ func TestMirrorStoreFails(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{`put acme/gw-1 [] "pw"`, "delete acme/gw-1"}, m.calls); diff != "" {
 		t.Errorf("broker calls (-want +got):\n%s", diff)
+	}
+}
+
+// slowMirror is a Mirror whose Put takes a round trip: it waits until
+// another Put is under way too (or a second has passed), and records how
+// many were under way at once.
+type slowMirror struct {
+	inflight, most atomic.Int32
+	puts           atomic.Int32
+}
+
+func (m *slowMirror) Put(context.Context, string, string, []string, string) error {
+	n := m.inflight.Add(1)
+	defer m.inflight.Add(-1)
+	for {
+		most := m.most.Load()
+		if n <= most || m.most.CompareAndSwap(most, n) {
+			break
+		}
+	}
+	for deadline := time.Now().Add(time.Second); m.inflight.Load() < 2 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	m.puts.Add(1)
+	return nil
+}
+
+func (m *slowMirror) Delete(context.Context, string, string) error { return nil }
+
+// TestProvisionManyPutsAtOnce: a batch of gateways is put on the broker
+// several at once, at most mirrorConcurrency. (Before: one at a time, two
+// round trips to Mosquitto's dynamic security each; 300 took over 20 s
+// under make test's load, and TestScaleOut's fleet did not come up.)
+func TestProvisionManyPutsAtOnce(t *testing.T) {
+	st, err := state.Open(t.Context(), state.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	m := &slowMirror{}
+	ids, err := New(t.Context(), Config{Store: st, Mirror: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gws := make([]Gateway, 40)
+	for i := range gws {
+		gws[i] = Gateway{ID: fmt.Sprintf("sim-%d", i+1)}
+	}
+	if err := ids.ProvisionMany(t.Context(), "sim", gws, NewPassword()); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.puts.Load(); got != int32(len(gws)) {
+		t.Errorf("%d puts, want %d", got, len(gws))
+	}
+	if most := m.most.Load(); most < 2 || most > mirrorConcurrency {
+		t.Errorf("at most %d puts at once, want 2 to %d", most, mirrorConcurrency)
 	}
 }
