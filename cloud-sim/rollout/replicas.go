@@ -58,7 +58,7 @@ func (s *Scheduler) serveChanges(ctx context.Context) error {
 		return err
 	}
 	s.stops = append(s.stops, stopServe)
-	stopWatch, err := s.cfg.Store.Watch(context.WithoutCancel(ctx), state.Rollouts, func(state.Entry) { s.changed.Store(true) })
+	stopWatch, err := s.cfg.Store.Watch(context.WithoutCancel(ctx), state.Rollouts, s.noteWatched)
 	if err != nil {
 		return err
 	}

@@ -73,6 +73,11 @@ type Scheduler struct {
 	// changed is set when another replica wrote a rollout: a follower
 	// reads them again (followerRefresh at most).
 	changed atomic.Bool
+	// watched is the newest revision of a rollout record the watch
+	// delivered (not a deletion); behind counts the reloads in a row that
+	// read older (see reload).
+	watched atomic.Uint64
+	behind  atomic.Int32
 	stops   []func() // the watch and the changes served; set by Start
 	// unqueued are dispatches stored or decided but not queued yet;
 	// only the loop's goroutine (step, requeue) touches them.

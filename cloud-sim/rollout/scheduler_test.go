@@ -57,7 +57,7 @@ func TestPrune(t *testing.T) {
 	if _, ok := s.Status("r-active", false); !ok {
 		t.Error("the active rollout was pruned")
 	}
-	runs, err := readRuns(context.Background(), s.cfg.Store)
+	runs, _, err := readRuns(context.Background(), s.cfg.Store)
 	if err != nil {
 		t.Fatal(err)
 	}

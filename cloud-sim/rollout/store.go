@@ -14,8 +14,14 @@ import (
 )
 
 // reload replaces the rollouts and specs in memory with the stored ones.
+// A listing older than what the watch delivered (read from a NATS server
+// that had not caught up: a follower showed a finished rollout with one
+// gateway in progress for good after a node's loss) leaves the view
+// marked changed, so the next refresh reads again, behindRetries times at
+// most in a row (the newest write may be a deletion, which no listing
+// shows).
 func (s *Scheduler) reload(ctx context.Context) error {
-	runs, err := readRuns(ctx, s.cfg.Store)
+	runs, rev, err := readRuns(ctx, s.cfg.Store)
 	if err != nil {
 		return err
 	}
@@ -25,14 +31,35 @@ func (s *Scheduler) reload(ctx context.Context) error {
 	s.mu.Lock()
 	s.runs = runs
 	s.mu.Unlock()
+	if watched := s.watched.Load(); rev < watched && s.behind.Add(1) <= behindRetries {
+		s.log.Debug("rollout view read behind the watch; reading again", "read", rev, "watched", watched)
+		s.changed.Store(true)
+	} else {
+		s.behind.Store(0)
+	}
 	return nil
 }
 
-// readRuns reads the rollouts and their gateways.
-func readRuns(ctx context.Context, st *state.Store) (map[string]*Run, error) {
+// behindRetries bounds the reloads in a row that read behind the watch.
+const behindRetries = 40
+
+// noteWatched records the revision of a rollout written elsewhere.
+func (s *Scheduler) noteWatched(e state.Entry) {
+	for !e.Deleted {
+		old := s.watched.Load()
+		if e.Revision <= old || s.watched.CompareAndSwap(old, e.Revision) {
+			break
+		}
+	}
+	s.changed.Store(true)
+}
+
+// readRuns reads the rollouts and their gateways, and returns the revision
+// of the newest record it read.
+func readRuns(ctx context.Context, st *state.Store) (map[string]*Run, uint64, error) {
 	runs := map[string]*Run{}
 	gws := map[string][]*Gateway{}
-	err := st.Each(ctx, state.Rollouts, func(_ string, raw []byte) error {
+	rev, err := st.EachAt(ctx, state.Rollouts, func(_ string, raw []byte) error {
 		var probe struct {
 			Gateway string `json:"gateway"`
 		}
@@ -62,14 +89,14 @@ func readRuns(ctx context.Context, st *state.Store) (map[string]*Run, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	for id, list := range gws {
 		if run := runs[id]; run != nil {
 			run.restore(list)
 		}
 	}
-	return runs, nil
+	return runs, rev, nil
 }
 
 // restore puts stored gateways back in dispatch order.

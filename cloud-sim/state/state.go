@@ -263,6 +263,14 @@ func (s *Store) Delete(ctx context.Context, b Bucket, key string) error {
 // key. A listing that JetStream loses (its consumer was on a server that
 // died) is taken up where it stopped.
 func (s *Store) Each(ctx context.Context, b Bucket, fn func(key string, value []byte) error) error {
+	_, err := s.EachAt(ctx, b, fn)
+	return err
+}
+
+// EachAt is Each, and returns the revision of the newest value it listed
+// (0 for none): a listing that returns less than a revision a watch has
+// delivered was read from a server that had not caught up.
+func (s *Store) EachAt(ctx context.Context, b Bucket, fn func(key string, value []byte) error) (uint64, error) {
 	seen := map[string]struct{}{}
 	var last uint64
 	for {
@@ -270,17 +278,17 @@ func (s *Store) Each(ctx context.Context, b Bucket, fn func(key string, value []
 		w, err := s.watchAll(lctx, b, watchOpts{after: last, ignoreDeletes: true})
 		if err != nil {
 			cancel()
-			return fmt.Errorf("state: list %s: %w", b, err)
+			return last, fmt.Errorf("state: list %s: %w", b, err)
 		}
 		done, err := eachOf(ctx, w, seen, &last, fn)
 		_ = w.Stop()
 		cancel()
 		if done || err != nil {
-			return err
+			return last, err
 		}
 		s.log.Warn("state: a listing lost its consumer; taking it up again", "bucket", string(b), "after", last)
 		if err := pause(ctx, retryWait); err != nil {
-			return fmt.Errorf("state: list %s: %w", b, err)
+			return last, fmt.Errorf("state: list %s: %w", b, err)
 		}
 	}
 }
