@@ -464,8 +464,13 @@ func TestHealthGatedDeploy(t *testing.T) {
 	e := newDeployEnv(t, "gw-health", brokertest.Embedded)
 	reg, gw, rec := e.reg, e.gw, e.rec
 	img, _ := reg.Push(t, testimage.Spec{Repo: "team/app", Tag: "1"})
+	// Margins for a loaded machine, where Docker's exec of a probe can take
+	// over a second and the first probe can come before the server listens:
+	// failures in the start period do not count (a success ends it), and a
+	// probe has 10 s. MODE=unhealthy is judged after the start period, at
+	// the second failure.
 	health := &fleetv1.HealthCheck{Test: []string{"CMD", "/app", "probe"}, Interval: durationpb.New(300 * time.Millisecond),
-		Timeout: durationpb.New(time.Second), Retries: 1}
+		Timeout: durationpb.New(10 * time.Second), Retries: 2, StartPeriod: durationpb.New(5 * time.Second)}
 	spec := func(rev int64, mode string) *fleetv1.DeploymentSpec {
 		return &fleetv1.DeploymentSpec{Name: "app", Revision: rev, Image: img, NetworkMode: "none", HealthCheck: health,
 			Env: map[string]string{"MODE": mode}, Update: &fleetv1.Update{ProgressDeadlineSeconds: 30}}
