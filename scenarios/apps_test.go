@@ -74,8 +74,11 @@ func newAppCloud(t *testing.T, mosquitto bool) *appCloud {
 
 // appJSON is the three-service application of threeServiceApp as an
 // operator writes it: a JSON DeploymentSpec with services.
+// Its health checks have margins for a loaded machine: probe failures in
+// the first 10 s do not count (a success ends that period), and a probe
+// may take 10 s.
 func (a *appCloud) appJSON(rev int64, web string) string {
-	hc := `"healthCheck": {"test": ["CMD", "/app", "probe"], "interval": "0.3s", "timeout": "2s", "retries": 2}`
+	hc := `"healthCheck": {"test": ["CMD", "/app", "probe"], "interval": "0.3s", "timeout": "10s", "retries": 2, "startPeriod": "10s"}`
 	return fmt.Sprintf(`{"name": %q, "revision": %d, "volumes": [{"name": "data"}], "services": {
   "db": {"image": %q, "networkMode": "none", %s, "env": {"FILE_WRITE": "/data/x=rev1"},
          "mounts": [{"type": "VOLUME", "source": "data", "target": "/data"}]},
