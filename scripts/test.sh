@@ -74,19 +74,8 @@ if [ "$rc" -ne 0 ]; then
 	echo
 	echo "== failures"
 	grep -hE '^(--- FAIL|FAIL|panic: )' "$logs"/*.log
-	# What each failed test said itself (t.Error, t.Fatal, t.Log: a
-	# file.go:line: prefix), its last lines, last: a CI page's tail
-	# shows them even when a test's other output is long.
-	awk '
-		/^=== RUN   [^\/]+$/ { n = 0; name = $3 }
-		/^ +[A-Za-z0-9_.-]+\.go:[0-9]+: / { line[n % 12] = $0; n++ }
-		/^--- FAIL: / && name != "" {
-			printf "== %s said:\n", name
-			for (i = (n > 12 ? n - 12 : 0); i < n; i++) print line[i % 12]
-			n = 0; name = ""
-		}
-		/^--- (PASS|SKIP): / { n = 0; name = "" }
-	' "$logs"/scenarios-*.log
+	# Last, what each failed test said itself (scripts/said.awk).
+	awk -f scripts/said.awk "$logs"/scenarios-*.log
 	grep -hA3 'running tests:' "$logs"/*.log
 fi
 if [ "$rc" -eq 0 ]; then echo "make test: all passed"; else echo "make test: FAILED (logs in $logs, removed on exit unless TEST_LOGS is set)"; fi
