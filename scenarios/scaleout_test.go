@@ -222,9 +222,8 @@ func TestScaleOut(t *testing.T) {
 	watch := watchFleet(t, broker, "controller", ctlPass)
 
 	// Provisioned through replica 1: one real agent, first. (The fleet
-	// provisions its gateways one by one through Mosquitto's dynamic
-	// security, and a provision after it waited behind all 300: more than
-	// 20 s under make test's load.)
+	// provisions its gateways in one batch, and a provision after it
+	// waited behind all 300: more than 20 s under make test's load.)
 	cli := testenv.DockerClient(t)
 	reg := testimage.NewRegistry(t)
 	realID := fmt.Sprintf("real-%d", time.Now().UnixNano()%1e9)
@@ -249,9 +248,13 @@ func TestScaleOut(t *testing.T) {
 			t.Logf("fleet log:\n%s", fleetLogs.String())
 		}
 	})
-	// The fleet provisions its gateways in Mosquitto's dynamic security one
-	// by one as it starts (17 s for 300 under make test's load): a wait
-	// that fails when the count stops moving, not after a fixed time.
+	// The fleet provisions its gateways in one batch as it starts, which
+	// Mosquitto's dynamic security takes 0.6 s for on an idle machine and
+	// over 20 s under make test's load (it rewrites its file at each
+	// command), and no gateway connects before the batch ends. So: the
+	// fleet running first, then a wait that fails when the count of
+	// gateways online stops moving, not after a fixed time.
+	awaitFleetRunning(t, fleetLogs, n)
 	for _, r := range rs {
 		testenv.AwaitCount(t, fmt.Sprintf("gateways online on replica %s", r.id), n+1, func() int {
 			var l api.GatewayList
@@ -446,5 +449,26 @@ func dynsecControllerClient(t *testing.T, m *testenv.DynsecMosquitto, password s
 		if out, err := exec.Command("mosquitto_ctrl", args...).CombinedOutput(); err != nil || strings.Contains(string(out), "rror") {
 			t.Fatalf("mosquitto_ctrl %s: %v\n%s", strings.Join(args[8:], " "), err, out)
 		}
+	}
+}
+
+// awaitFleetRunning waits until a `cloud-sim fleet` process says its n
+// gateways run: up to 3 minutes while it provisions them, and no longer
+// once it has failed.
+func awaitFleetRunning(t *testing.T, logs *testenv.LogBuffer, n int) {
+	t.Helper()
+	running := fmt.Sprintf("%d simulated gateways of tenant sim running", n)
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		out := logs.String()
+		switch {
+		case strings.Contains(out, running):
+			return
+		case strings.Contains(out, "cloud-sim fleet: "):
+			t.Fatalf("the simulated fleet failed: %s", out)
+		case time.Now().After(deadline):
+			t.Fatalf("the simulated fleet not running after 3 minutes of provisioning; its output: %s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
