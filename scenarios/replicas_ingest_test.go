@@ -46,8 +46,23 @@ func threeReplicas(t *testing.T, n int) []*cloud {
 		t.Cleanup(func() { s.Close() })
 		out = append(out, &cloud{Server: s, api: &apiclient.Client{Base: s.APIURL, Token: s.APIToken}})
 	}
-	for _, c := range out {
-		waitOnline(t, c, "sim", n)
+	names := []string{"replica-a", "replica-b", "replica-c"}
+	online := func(c *cloud) int {
+		var l api.GatewayList
+		c.get(t, "/v1/gateways?limit=1&online=true&tenant=sim", &l)
+		return l.Count
+	}
+	// On a failure, whether gateways did not connect or a replica's view
+	// lags: each replica's count.
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, c := range out {
+				t.Logf("%s: %d gateways of sim online", names[i], online(c))
+			}
+		}
+	})
+	for i, c := range out {
+		testenv.AwaitCount(t, "gateways of sim online on "+names[i], n, func() int { return online(c) })
 	}
 	return out
 }
