@@ -249,9 +249,10 @@ func TestScaleOut(t *testing.T) {
 		}
 	})
 	// The fleet provisions its gateways in one batch as it starts, which
-	// Mosquitto's dynamic security takes 0.6 s for on an idle machine and
-	// over 20 s under make test's load (it rewrites its file at each
-	// command), and no gateway connects before the batch ends. So: the
+	// Mosquitto's dynamic security takes seconds for on an idle machine
+	// and over 20 s under make test's load (it rewrites its file at each
+	// command, docs/scaling.md), and no gateway connects before the batch
+	// ends. So: the
 	// fleet running first, then a wait that fails when the count of
 	// gateways online stops moving, not after a fixed time.
 	awaitFleetRunning(t, fleetLogs, n)
