@@ -75,8 +75,11 @@ func threeReplicas(t *testing.T, n int) []*cloud {
 // the broker disconnects the gateway at once.
 func TestReplicasShareIngest(t *testing.T) {
 	const n = 300
+	start := time.Now()
 	rs := threeReplicas(t, n)
 	a, b, c := rs[0], rs[1], rs[2]
+	// Where the time goes, for a run that is slow under load.
+	t.Logf("three replicas up, %d gateways online on each, after %.1f s", n, time.Since(start).Seconds())
 
 	// Everything gateways publish, counted by a console that is not
 	// one of the group.
@@ -112,6 +115,7 @@ func TestReplicasShareIngest(t *testing.T) {
 	t.Cleanup(stream.Close)
 	v := createRollout(t, b, spec) // on a follower
 	v = waitRollout(t, c, v.ID, 2*time.Minute)
+	t.Logf("rollout ended after %.1f s", time.Since(start).Seconds())
 	if v.State != api.RolloutSucceeded || v.Counts[api.GwSucceeded] != n {
 		t.Fatalf("rollout watched on replica c: %s %v", v.State, v.Counts)
 	}
