@@ -63,24 +63,40 @@ func TestControllerQueueHoldsABurst(t *testing.T) {
 			return true, nil
 		},
 	}})
-	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
-	defer cancel()
-	if _, err := sub.Connect(ctx, &paho.Connect{ClientID: "controller-ingest", Username: "controller", UsernameFlag: true, KeepAlive: 30, CleanStart: true}); err != nil {
-		t.Fatal(err)
+	// Each exchange has its own deadline, and says how long it took: the
+	// connect and the subscribe together once took over 20 s under make
+	// test's load.
+	within := func(what string, do func(ctx context.Context) error) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
+		defer cancel()
+		start := time.Now()
+		if err := do(ctx); err != nil {
+			t.Fatalf("%s, after %v: %v", what, time.Since(start).Round(time.Millisecond), err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Logf("%s took %v", what, d.Round(time.Millisecond))
+		}
 	}
+	within("controller's connect", func(ctx context.Context) error {
+		_, err := sub.Connect(ctx, &paho.Connect{ClientID: "controller-ingest", Username: "controller", UsernameFlag: true, KeepAlive: 30, CleanStart: true})
+		return err
+	})
 	t.Cleanup(func() { sub.Disconnect(&paho.Disconnect{}) })
-	if _, err := sub.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "$share/g/fleet/v1/+/+/status/+", QoS: 0}}}); err != nil {
-		t.Fatal(err)
-	}
+	within("controller's subscribe", func(ctx context.Context) error {
+		_, err := sub.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "$share/g/fleet/v1/+/+/status/+", QoS: 0}}})
+		return err
+	})
 	held.hold()
 	pconn, err := net.Dial("tcp", br.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}
 	pub := paho.NewClient(paho.ClientConfig{Conn: pconn, PacketTimeout: testenv.Timeout})
-	if _, err := pub.Connect(ctx, &paho.Connect{ClientID: "gw-1", Username: "gw-1", UsernameFlag: true, KeepAlive: 30, CleanStart: true}); err != nil {
-		t.Fatal(err)
-	}
+	within("gateway's connect", func(ctx context.Context) error {
+		_, err := pub.Connect(ctx, &paho.Connect{ClientID: "gw-1", Username: "gw-1", UsernameFlag: true, KeepAlive: 30, CleanStart: true})
+		return err
+	})
 	t.Cleanup(func() { pub.Disconnect(&paho.Disconnect{}) })
 	payload := make([]byte, size)
 	// Each publish has its own deadline: the burst's 12,000 round trips
