@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -116,7 +117,10 @@ func TestReplicasShareIngest(t *testing.T) {
 	v := createRollout(t, b, spec) // on a follower
 	// 7.7 s alone; 43-68 s under make test's load, where 300 gateways,
 	// three replicas, the broker and NATS share this process under -race.
+	// Its counts every 5 s show whether it is slow throughout or stalls.
+	stopSampling := sampleRollout(t, c, v.ID, 5*time.Second)
 	v = waitRollout(t, c, v.ID, 4*time.Minute)
+	stopSampling()
 	t.Logf("rollout ended after %.1f s", time.Since(start).Seconds())
 	if v.State != api.RolloutSucceeded || v.Counts[api.GwSucceeded] != n {
 		t.Fatalf("rollout watched on replica c: %s %v", v.State, v.Counts)
@@ -258,4 +262,28 @@ func TestReplicasFallbackReplies(t *testing.T) {
 			})
 		}
 	}
+}
+
+// sampleRollout logs rollout id's gateway counts on c every period until
+// the returned stop is called.
+func sampleRollout(t *testing.T, c *cloud, id string, period time.Duration) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	start := time.Now()
+	wg.Go(func() {
+		tick := time.NewTicker(period)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				var v api.RolloutView
+				if err := c.api.Do(context.Background(), "GET", "/v1/rollouts/"+id, nil, &v, nil); err == nil {
+					t.Logf("rollout at %.0f s: %v", time.Since(start).Seconds(), v.Counts)
+				}
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
 }
