@@ -272,13 +272,17 @@ func (s *Scheduler) queue(ctx context.Context, out []Dispatch) {
 		s.unqueued = out
 		return
 	}
+	// At once: one at a time, a round trip to NATS each, a tick's
+	// dispatches took longer than a tick under load, and a rollout then
+	// ran below its rate (a tick spends at most one tick's allowance).
+	items := make([]state.WorkItem, len(out))
 	for i, d := range out {
 		data, _ := json.Marshal(d)
-		if err := s.cfg.Store.Enqueue(ctx, state.WorkSubjects, d.CommandID, data); err != nil {
-			s.log.Warn("rollout work not queued yet; next tick", "rollout", d.Rollout, "gateway", d.Gateway, "err", err)
-			s.unqueued = append(s.unqueued, out[i:]...)
-			return
-		}
+		items[i] = state.WorkItem{ID: d.CommandID, Data: data}
+	}
+	if n, err := s.cfg.Store.EnqueueMany(ctx, state.WorkSubjects, items); err != nil {
+		s.log.Warn("rollout work not queued yet; next tick", "dispatches", len(out)-n, "rollout", out[n].Rollout, "gateway", out[n].Gateway, "err", err)
+		s.unqueued = append(s.unqueued, out[n:]...)
 	}
 }
 

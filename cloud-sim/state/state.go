@@ -364,10 +364,48 @@ func (s *Store) ensureWork(ctx context.Context, replicas int) error {
 // Enqueue adds an item; an item with an id already queued in the last ten
 // minutes is dropped by the server.
 func (s *Store) Enqueue(ctx context.Context, subject, id string, data []byte) error {
-	if _, err := s.js.Publish(ctx, subject, data, jetstream.WithMsgID(id)); err != nil {
-		return fmt.Errorf("state: enqueue: %w", err)
+	_, err := s.EnqueueMany(ctx, subject, []WorkItem{{ID: id, Data: data}})
+	return err
+}
+
+// WorkItem is an item for the work queue; its id deduplicates it.
+type WorkItem struct {
+	ID   string
+	Data []byte
+}
+
+// EnqueueMany adds items at once, their acknowledgements awaited together
+// (in chunks: the client stalls with more than 4,000 unacknowledged
+// asynchronous publishes), and returns how many of the first ones are
+// queued. After an error items[n:] may be queued or not: sending them
+// again is safe, the server drops an id it queued in the last ten minutes.
+func (s *Store) EnqueueMany(ctx context.Context, subject string, items []WorkItem) (n int, err error) {
+	const chunk = 1000
+	for n < len(items) {
+		if err := ctx.Err(); err != nil {
+			return n, fmt.Errorf("state: enqueue: %w", err)
+		}
+		part := items[n:min(len(items), n+chunk)]
+		futures := make([]jetstream.PubAckFuture, 0, len(part))
+		for _, it := range part {
+			f, err := s.js.PublishAsync(subject, it.Data, jetstream.WithMsgID(it.ID))
+			if err != nil {
+				return n, fmt.Errorf("state: enqueue: %w", err)
+			}
+			futures = append(futures, f)
+		}
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+				n++
+			case err := <-f.Err():
+				return n, fmt.Errorf("state: enqueue: %w", err)
+			case <-ctx.Done():
+				return n, fmt.Errorf("state: enqueue: %w", ctx.Err())
+			}
+		}
 	}
-	return nil
+	return n, nil
 }
 
 // Consume hands queued items to fn, up to parallel at a time, and
