@@ -98,10 +98,22 @@ func value[T any](b *browser, what string, a chromedp.Action[T]) T {
 }
 
 // text returns the text of the first visible element the CSS selector sel
-// matches.
+// matches. A live page may replace the element between its lookup and the
+// read ("No node with given id found": TestConsoleLogs failed so under
+// make test's load); it is then read again, until the deadline.
 func (b *browser) text(sel string) string {
 	b.t.Helper()
-	return strings.TrimSpace(value(b, "read "+sel, chromedp.Text(chromedp.CSS(sel), chromedp.NodeVisible)))
+	ctx, cancel := context.WithTimeout(b.ctx, testenv.Timeout)
+	defer cancel()
+	for {
+		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel), chromedp.NodeVisible))
+		if err == nil {
+			return strings.TrimSpace(s)
+		}
+		if !strings.Contains(err.Error(), "No node with given id") || ctx.Err() != nil {
+			b.t.Fatalf("browser: read %s: %v", sel, err)
+		}
+	}
 }
 
 // eventually polls the text of the CSS selector sel until ok(text) or
