@@ -90,6 +90,7 @@ type Link struct {
 	cm    *autopaho.ConnectionManager // set by Connect
 	gen   uint64                      // incremented on every connection up
 	ready chan struct{}               // closed while the current connection's birth is out
+	up    bool                        // a connection is up (its birth may be on its way)
 	upAt  time.Time                   // when the current connection came up
 	flaps int                         // connections in a row that dropped soon after coming up
 }
@@ -222,7 +223,7 @@ func (l *Link) onUp(cm *autopaho.ConnectionManager, ca *paho.Connack) {
 	l.cm = cm
 	l.gen++
 	gen := l.gen
-	l.upAt = time.Now()
+	l.up, l.upAt = true, time.Now()
 	l.mu.Unlock()
 	l.log.Info("connected", "broker", l.cfg.BrokerURL.Redacted(), "session_present", ca.SessionPresent)
 	go l.establish(gen)
@@ -231,6 +232,7 @@ func (l *Link) onUp(cm *autopaho.ConnectionManager, ca *paho.Connack) {
 func (l *Link) onDown() bool {
 	l.mu.Lock()
 	l.gen++
+	l.up = false
 	if time.Since(l.upAt) < stableAfter {
 		l.flaps++
 	} else {
@@ -373,10 +375,16 @@ func (l *Link) publishNow(ctx context.Context, m Message) error {
 	return err
 }
 
-// Close publishes last (if set and the link is ready), then disconnects
-// cleanly, so that the broker does not publish the Will.
+// Close publishes last (if set and a connection is up), then disconnects
+// cleanly, so that the broker does not publish the Will. A connection whose
+// birth is still on its way gets last too: the birth may reach the
+// broker, and a clean disconnect drops the Will, so without it nothing
+// would say that this session ended.
 func (l *Link) Close(ctx context.Context, last *Message) error {
-	if last != nil && l.Ready() {
+	l.mu.Lock()
+	up := l.up
+	l.mu.Unlock()
+	if last != nil && up {
 		if err := l.publishNow(ctx, *last); err != nil {
 			l.log.Warn("publish on close failed", "topic", last.Topic, "err", err)
 		}
