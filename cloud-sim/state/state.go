@@ -374,12 +374,25 @@ type WorkItem struct {
 	Data []byte
 }
 
-// EnqueueMany adds items at once, their acknowledgements awaited together
-// (in chunks: the client stalls with more than 4,000 unacknowledged
-// asynchronous publishes), and returns how many of the first ones are
-// queued. After an error items[n:] may be queued or not: sending them
-// again is safe, the server drops an id it queued in the last ten minutes.
+// EnqueueMany adds items at once, their acknowledgements awaited together,
+// and returns how many of the first ones are queued. Like the store's
+// other writes it rides out a failover: what a lost server left
+// unacknowledged is sent again (retry), until ctx ends. After an error
+// items[n:] may be queued or not: sending them again is safe, the server
+// drops an id it queued in the last ten minutes.
 func (s *Store) EnqueueMany(ctx context.Context, subject string, items []WorkItem) (n int, err error) {
+	_, err = retry(ctx, func(ctx context.Context) (struct{}, error) {
+		k, err := s.enqueue(ctx, subject, items[n:])
+		n += k
+		return struct{}{}, err
+	})
+	return n, err
+}
+
+// enqueue publishes items asynchronously, in chunks (the client stalls
+// with more than 4,000 unacknowledged asynchronous publishes), and returns
+// how many of the first ones the server acknowledged.
+func (s *Store) enqueue(ctx context.Context, subject string, items []WorkItem) (n int, err error) {
 	const chunk = 1000
 	for n < len(items) {
 		if err := ctx.Err(); err != nil {
