@@ -69,7 +69,7 @@ func (s *Scheduler) serveChanges(ctx context.Context) error {
 // serveChange applies one handed-over change on the scheduling replica;
 // the others stay silent (nil).
 func (s *Scheduler) serveChange(data []byte) []byte {
-	if !s.leader.Load() {
+	if !s.Leader() {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -134,7 +134,7 @@ func (s *Scheduler) forward(ctx context.Context, req changeRequest) error {
 	defer cancel()
 	data, _ := json.Marshal(req)
 	for {
-		if s.leader.Load() {
+		if s.Leader() {
 			return s.applyChange(ctx, req)
 		}
 		rctx, rcancel := context.WithTimeout(ctx, time.Second)

@@ -26,6 +26,12 @@ const LeaseTTL = 3 * time.Second
 
 const leaseName = "rollout-scheduler"
 
+// leaseMargin is how long before the end of the term it last wrote a
+// leader stops scheduling: what it wrote last has landed, and clocks that
+// differ by less agree its term is over, before another replica can take
+// the lease. It renews every LeaseTTL/6.
+const leaseMargin = LeaseTTL / 3
+
 // tick is how often the scheduler steps the rollouts.
 const tick = 100 * time.Millisecond
 
@@ -86,8 +92,9 @@ type Scheduler struct {
 	// a failed takeover (loop goroutine only).
 	standBy time.Time
 	// leaseUntil is the end of the term this replica last wrote to its
-	// lease; the loop's goroutine only.
-	leaseUntil time.Time
+	// lease (Unix nanoseconds): it schedules, and takes changes handed
+	// over, only before it (Leader), whatever leader says.
+	leaseUntil atomic.Int64
 	stop       chan struct{}
 	done       sync.WaitGroup
 }
@@ -123,7 +130,7 @@ func (s *Scheduler) Start(ctx context.Context) {
 	}
 	now := s.cfg.Now()
 	if held, err := s.cfg.Store.Acquire(ctx, leaseName, s.cfg.ID, s.cfg.APIURL, now, LeaseTTL); err == nil && held {
-		s.leaseUntil = now.Add(LeaseTTL)
+		s.leaseUntil.Store(now.Add(LeaseTTL).UnixNano())
 		s.leader.Store(true) // the rollouts New loaded are current
 		if s.cfg.OnLead != nil {
 			s.cfg.OnLead()
@@ -142,8 +149,25 @@ func (s *Scheduler) Close() {
 	}
 }
 
-// Leader reports whether this replica schedules rollouts.
-func (s *Scheduler) Leader() bool { return s.leader.Load() }
+// Leader reports whether this replica schedules rollouts: it took the
+// lease, and the term it last wrote has not ended. A replica whose loop
+// was held up past its term (a step or a reload waiting on a NATS
+// failover) no longer schedules, even before it learns that another
+// replica took the lease: that one may already be scheduling.
+func (s *Scheduler) Leader() bool {
+	return s.leader.Load() && s.inTerm(s.cfg.Now())
+}
+
+// inTerm reports whether now is within the term this replica last wrote
+// to its lease, leaseMargin before its end.
+func (s *Scheduler) inTerm(now time.Time) bool {
+	return s.termLeft(now) > 0
+}
+
+// termLeft is how long this replica may still schedule from now.
+func (s *Scheduler) termLeft(now time.Time) time.Duration {
+	return time.Duration(s.leaseUntil.Load()-now.UnixNano()) - leaseMargin
+}
 
 // Ticks is how many times the scheduler stepped the rollouts.
 func (s *Scheduler) Ticks() uint64 { return s.ticks.Load() }
@@ -165,8 +189,14 @@ func (s *Scheduler) loop() {
 			lastLease = now
 			s.renewLease(ctx, now)
 		}
-		if s.leader.Load() {
-			s.step(ctx)
+		if s.Leader() {
+			// What a step writes and queues, it does within the term:
+			// one held up past it (a NATS failover) is cut; what it did
+			// not write is written at the next tick if this replica
+			// renewed its term meanwhile, else read again.
+			sctx, scancel := context.WithTimeout(ctx, s.termLeft(s.cfg.Now()))
+			s.step(sctx)
+			scancel()
 			s.ticks.Add(1)
 		} else if s.changed.Load() && now.Sub(lastRefresh) >= followerRefresh {
 			lastRefresh = now
@@ -183,47 +213,100 @@ func (s *Scheduler) loop() {
 }
 
 func (s *Scheduler) renewLease(ctx context.Context, now time.Time) {
+	if s.leader.Load() && !s.inTerm(now) {
+		// Its loop was held up past its term: another replica may have
+		// taken the lease and written since, even if this one takes it
+		// again now, so what it holds is read again.
+		s.stepDown("its term ended unrenewed")
+	}
 	if !s.leader.Load() && now.Before(s.standBy) {
 		return // its last takeover failed: another replica's turn
 	}
-	// Bounded, so that a renewal that lands has not outlived the term it writes.
-	actx, cancel := context.WithTimeout(ctx, LeaseTTL/2)
-	held, err := s.cfg.Store.Acquire(actx, leaseName, s.cfg.ID, s.cfg.APIURL, now, LeaseTTL)
-	cancel()
+	held, err := s.acquire(ctx, now)
 	if err != nil {
 		// The store could not be asked (NATS electing a leader). No other
 		// replica can take the lease before the term this one last wrote
-		// ends, so a leader keeps scheduling until then, instead of
-		// stepping down and taking over again (a reload) a moment later.
-		keep := s.leader.Load() && now.Before(s.leaseUntil)
-		s.log.Warn("scheduler lease not renewed", "err", err, "leading until", s.leaseUntil, "still leading", keep)
-		held = keep
-	} else if held {
-		s.leaseUntil = now.Add(LeaseTTL)
+		// ends, so a leader keeps scheduling until then (leading), instead
+		// of stepping down and taking over again (a reload) a moment later.
+		s.log.Warn("scheduler lease not renewed", "err", err, "still leading", s.leader.Load() && s.inTerm(now), "for", s.termLeft(now).Round(time.Millisecond))
+		return
 	}
-	if held && !s.leader.Load() {
-		// Taking over: start from what the last leader wrote.
-		if err := s.reload(ctx); err != nil {
-			// Given up, not kept: a replica holding the lease without
-			// scheduling would stop every rollout (its watch of the
-			// store stalled after a NATS node's loss, seen for minutes).
-			s.log.Error("rollouts not reloaded; not scheduling, lease released for another replica", "err", err)
-			held = false
-			s.standBy = now.Add(2 * LeaseTTL)
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			if err := s.cfg.Store.Release(rctx, leaseName, s.cfg.ID); err != nil {
-				s.log.Warn("scheduler lease not released; it lapses", "err", err)
+	switch {
+	case held && !s.leader.Load():
+		s.takeOver(ctx, now)
+	case !held && s.leader.Load():
+		s.stepDown("another replica holds the scheduler lease")
+	}
+}
+
+// acquire takes or renews the lease for a term from now, bounded so that
+// a renewal that lands has not outlived the term it writes.
+func (s *Scheduler) acquire(ctx context.Context, now time.Time) (bool, error) {
+	actx, cancel := context.WithTimeout(ctx, LeaseTTL/2)
+	defer cancel()
+	held, err := s.cfg.Store.Acquire(actx, leaseName, s.cfg.ID, s.cfg.APIURL, now, LeaseTTL)
+	if err == nil && held {
+		s.leaseUntil.Store(now.Add(LeaseTTL).UnixNano())
+	}
+	return held, err
+}
+
+// takeOver starts scheduling from what the last leader wrote, having
+// taken the lease at now. Reading it can outlast the term just taken (a
+// listing through a NATS failover took over 5 s): another replica may
+// have taken the lease meanwhile and be scheduling, so the lease is
+// taken again after the read, and only a replica still holding it leads.
+// (Before, two replicas scheduled at once after a failover, each from
+// its own view, and a rollout ended with a gateway's stored state older
+// than its own: TestScaleOut, TestTakeOverOutlastingItsTerm.)
+func (s *Scheduler) takeOver(ctx context.Context, now time.Time) {
+	if err := s.reload(ctx); err != nil {
+		// Given up, not kept: a replica holding the lease without
+		// scheduling would stop every rollout (its watch of the store
+		// stalled after a NATS node's loss, seen for minutes).
+		s.log.Error("rollouts not reloaded; not scheduling, lease released for another replica", "err", err)
+		s.giveUp(ctx, now)
+		return
+	}
+	if read := s.cfg.Now(); !s.inTerm(read) {
+		held, err := s.acquire(ctx, read)
+		if err != nil || !held {
+			s.log.Warn("scheduler lease taken, but reading the rollouts outlasted its term; not scheduling", "took", read.Sub(now).Round(time.Millisecond),
+				"held by another replica", err == nil, "err", err)
+			if err != nil {
+				s.giveUp(ctx, now)
 			}
-			cancel()
-		} else {
-			s.log.Info("scheduling rollouts (lease taken)", "replica", s.cfg.ID)
-			s.requeue(ctx)
+			return
 		}
 	}
-	was := s.leader.Swap(held)
-	if held && !was && s.cfg.OnLead != nil {
+	s.log.Info("scheduling rollouts (lease taken)", "replica", s.cfg.ID)
+	s.requeue(ctx)
+	s.leader.Store(true)
+	if s.cfg.OnLead != nil {
 		s.cfg.OnLead()
 	}
+}
+
+// giveUp releases a lease taken at now that this replica will not use,
+// and stands by for a while: another replica's turn.
+func (s *Scheduler) giveUp(ctx context.Context, now time.Time) {
+	s.standBy = now.Add(2 * LeaseTTL)
+	s.leaseUntil.Store(0)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := s.cfg.Store.Release(rctx, leaseName, s.cfg.ID); err != nil {
+		s.log.Warn("scheduler lease not released; it lapses", "err", err)
+	}
+}
+
+// stepDown stops scheduling: the view becomes a follower's, read again
+// from the store (what the next leader writes), and what this replica
+// had not queued is the next leader's to queue (requeue).
+func (s *Scheduler) stepDown(why string) {
+	s.leader.Store(false)
+	s.unqueued = nil
+	s.changed.Store(true)
+	s.log.Warn("not scheduling rollouts any more: "+why, "replica", s.cfg.ID)
 }
 
 // view is what Step reads: the fleet and the last specs.
@@ -272,6 +355,9 @@ func (s *Scheduler) queue(ctx context.Context, out []Dispatch) {
 		s.unqueued = out
 		return
 	}
+	if !s.Leader() {
+		return // its term ended: what was not queued is read again (requeue)
+	}
 	// At once: one at a time, a round trip to NATS each, a tick's
 	// dispatches took longer than a tick under load, and a rollout then
 	// ran below its rate (a tick spends at most one tick's allowance).
@@ -297,7 +383,7 @@ type Target struct {
 // Any replica takes it: a follower hands it to the scheduling one.
 func (s *Scheduler) Create(ctx context.Context, spec Spec, dep *fleetv1.DeploymentSpec, targets []Target, warnings []string) (*Summary, error) {
 	id := dispatch.NewID("r")
-	if !s.leader.Load() {
+	if !s.Leader() {
 		return s.forwardCreate(ctx, id, spec, dep, targets, warnings)
 	}
 	return s.create(ctx, id, spec, dep, targets, warnings)
@@ -376,7 +462,7 @@ func (s *Scheduler) Cancel(ctx context.Context, id string) error {
 }
 
 func (s *Scheduler) setState(ctx context.Context, id string, st State) error {
-	if !s.leader.Load() {
+	if !s.Leader() {
 		return s.forwardState(ctx, id, st)
 	}
 	s.mu.Lock()
@@ -447,7 +533,7 @@ func (s *Scheduler) List() []*Summary {
 // the store has it: one created through another replica a moment ago is
 // found at once.
 func (s *Scheduler) Status(id string, withGateways bool) (*Summary, bool) {
-	if !s.known(id) && !s.leader.Load() {
+	if !s.known(id) && !s.Leader() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		if _, err := s.cfg.Store.GetEntry(ctx, state.Rollouts, state.Key("r", id)); err == nil {
 			if err := s.reload(ctx); err != nil {

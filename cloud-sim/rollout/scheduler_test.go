@@ -21,7 +21,20 @@ func newScheduler(t *testing.T) *Scheduler {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lead(t, s)
 	return s
+}
+
+// lead makes s the scheduling replica, as its loop does, on a clock that
+// stands still: its term never ends.
+func lead(t *testing.T, s *Scheduler) {
+	t.Helper()
+	now := time.Now()
+	s.cfg.Now = func() time.Time { return now }
+	s.renewLease(context.Background(), now)
+	if !s.Leader() {
+		t.Fatal("the scheduler did not take the free lease")
+	}
 }
 
 // TestPrune: rollouts finished before the cutoff are forgotten, in memory

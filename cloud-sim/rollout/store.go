@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sort"
 	"time"
 
@@ -125,7 +126,19 @@ func (s *Scheduler) Flush(ctx context.Context) error {
 		r   bool
 	}
 	var taken []written
+	leading, kept := s.Leader(), 0
 	for id, run := range s.runs {
+		if !leading {
+			// Its term ended with changes unwritten: they are not written
+			// over what another replica may have written since. They are
+			// written once this replica renews its term, and dropped if
+			// it steps down (its view is read again).
+			kept += len(run.dirty)
+			if run.dirtyRun {
+				kept++
+			}
+			continue
+		}
 		w := written{run: run, r: run.dirtyRun}
 		if run.dirtyRun {
 			batch[state.Key("r", id)] = run.R.stored()
@@ -139,6 +152,10 @@ func (s *Scheduler) Flush(ctx context.Context) error {
 		taken = append(taken, w)
 	}
 	s.mu.Unlock()
+	if kept > 0 {
+		return errors.Join(fmt.Errorf("%w: %d rollout records not written: this replica's scheduler term ended; try again", ErrNoScheduler, kept),
+			s.specs.flush(ctx, s.cfg.Store))
+	}
 	err := s.cfg.Store.PutMany(ctx, state.Rollouts, batch)
 	if err != nil {
 		// Written with the next flush (a failed write is not lost: what

@@ -92,6 +92,7 @@ func TestStepQueuesResolvableWork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lead(t, s)
 	dep := &fleetv1.DeploymentSpec{Name: "web", Revision: 2, Image: "registry.example.com/web:2"}
 	raw, _ := protojson.Marshal(dep)
 	run := plan(&Rollout{ID: "r-1", Spec: Spec{Tenant: "acme", Deployment: raw}, State: Running, Phase: PhaseBatches, Batch: 1, CreatedAt: time.Now()}, dep,

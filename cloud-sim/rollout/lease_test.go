@@ -1,0 +1,176 @@
+package rollout
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fleet-agent/fleet/cloud-sim/state"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
+)
+
+// clock is the time two replicas of a test share.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+	// onRead, when set, is called once, at the next read, and taken off.
+	onRead func()
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	f := c.onRead
+	c.onRead = nil
+	c.mu.Unlock()
+	if f != nil {
+		f()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) advance(d time.Duration) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	return c.now
+}
+
+// replicaPair is two schedulers, a and b, on one store and one clock.
+func replicaPair(t *testing.T) (a, b *Scheduler, c *clock, st *state.Store) {
+	t.Helper()
+	st, err := state.Open(context.Background(), state.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	c = &clock{now: time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)}
+	for i, p := range []**Scheduler{&a, &b} {
+		s, err := New(context.Background(), Config{Store: st, ID: string(rune('a' + i)), Fleet: fakeFleet{}, Commands: fakeCommands{}, Now: c.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		*p = s
+	}
+	return a, b, c, st
+}
+
+// TestTermEndsLeadership: a scheduling replica whose loop was held up
+// past its term (a step or a reload waiting on a NATS failover) stops
+// scheduling when its term ends, before it learns whether another
+// replica took the lease, and writes none of its view meanwhile. At its
+// next renewal it steps down and reads its view again, whether another
+// replica took the lease (it follows) or not (it takes it again). (Before,
+// it scheduled until its next renewal, beside the new leader, and went
+// on from its own view when it took the lease again.)
+func TestTermEndsLeadership(t *testing.T) {
+	tests := []struct {
+		name      string
+		otherTook bool
+	}{
+		{"another replica took the lease", true},
+		{"no other replica did", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			a, b, c, st := replicaPair(t)
+			a.renewLease(ctx, c.Now())
+			if !a.Leader() {
+				t.Fatal("a did not take the free lease")
+			}
+			r := &Rollout{ID: "r-1", Spec: Spec{Tenant: "acme", Deployment: []byte(`{"name": "web", "revision": 1, "image": "x"}`)}, State: Running}
+			run := NewRun(r, &fleetv1.DeploymentSpec{Name: "web", Revision: 1})
+			run.Add("gw-1", 1)
+			a.mu.Lock()
+			a.runs[r.ID] = run
+			a.mu.Unlock()
+
+			// a's loop is held up: no renewal for a term and a half.
+			now := c.advance(LeaseTTL * 3 / 2)
+			if a.Leader() {
+				t.Error("a still schedules after its term ended")
+			}
+			if tt.otherTook {
+				b.renewLease(ctx, now)
+				if !b.Leader() {
+					t.Fatal("b did not take the lapsed lease")
+				}
+			}
+			// What a holds unwritten is not written over what b may have.
+			if err := a.Flush(ctx); !errors.Is(err, ErrNoScheduler) {
+				t.Errorf("a's flush after its term: %v, want ErrNoScheduler", err)
+			}
+			if _, err := st.GetEntry(ctx, state.Rollouts, state.Key("r", "r-1")); err == nil {
+				t.Error("a, its term over, wrote its rollout to the store")
+			}
+
+			a.renewLease(ctx, c.advance(LeaseTTL/6))
+			if a.Leader() == tt.otherTook || b.Leader() != tt.otherTook {
+				t.Errorf("after a's renewal: a leads %v, b leads %v", a.Leader(), b.Leader())
+			}
+			if tt.otherTook && !a.changed.Load() {
+				t.Error("a, following now, does not read its view again")
+			}
+			if !tt.otherTook {
+				if _, ok := a.Status("r-1", false); ok {
+					t.Error("a took the lease again and went on from its own view, not the store's")
+				}
+			}
+		})
+	}
+}
+
+// TestTakeOverOutlastingItsTerm: a replica that takes the lease and then
+// reads the rollouts for longer than the term it took (a listing through
+// a NATS failover took over 5 s in TestScaleOut) does not schedule when
+// another replica took the lapsed lease meanwhile; one that kept the
+// lease schedules with a term from after its read. (Before, both
+// scheduled at once, each from its own view, and a finished rollout was
+// left with a gateway's state older than its own in the store.)
+func TestTakeOverOutlastingItsTerm(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name      string
+		otherTook bool
+	}{
+		{"another replica took the lease meanwhile", true},
+		{"no other replica did", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b, c, _ := replicaPair(t)
+			start := c.Now()
+			// The clock moves on while a reads the rollouts (its first
+			// reading of the clock after the lease was taken).
+			c.mu.Lock()
+			c.onRead = func() {
+				now := c.advance(LeaseTTL + LeaseTTL/6)
+				if tt.otherTook {
+					b.renewLease(ctx, now)
+				}
+			}
+			c.mu.Unlock()
+			a.renewLease(ctx, start)
+			now := c.Now()
+			if tt.otherTook {
+				if !b.Leader() {
+					t.Fatal("b did not take the lapsed lease")
+				}
+				if a.leader.Load() {
+					t.Fatal("a schedules beside b: it took the lease before its read, and b took it during the read")
+				}
+				return
+			}
+			if !a.Leader() {
+				t.Fatal("a, which kept the lease through its read, does not schedule")
+			}
+			if left := a.termLeft(now); left < LeaseTTL-leaseMargin {
+				t.Errorf("a schedules %s more; want a term from after its read (%s)", left, LeaseTTL-leaseMargin)
+			}
+		})
+	}
+}
