@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/fetch"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -265,7 +267,12 @@ func ingestEdgeGateway(c *cloud, tenant, id string, now time.Time) {
 }
 
 // TestConsoleFleetEvents: the events page adds a new event live, and
-// keeps to its filters.
+// keeps to its filters; a change made after the page listed the changes
+// but before its event stream opened is shown too (the stream starts
+// where the list ended). Before, such a change was lost: this test waited
+// for sim-3's offline, made while the page loaded, and failed once in
+// thirteen make test runs; the stream now opens only after the change,
+// every run.
 func TestConsoleFleetEvents(t *testing.T) {
 	c := fleetCloud(t, 3, false)
 	b := openConsole(t, c)
@@ -278,9 +285,51 @@ func TestConsoleFleetEvents(t *testing.T) {
 		t.Errorf("rows %q show sim-1, outside the filter", got)
 	}
 	c.send(t, api.Target{Tenant: "sim", Gateways: []string{"sim-3"}}, deployCmd("api", 1, "registry.example.com/api:"+brokenImage), "10s")
-	c.deprovision(t, "sim", "sim-3")
+
+	// The page's event stream held back (its request paused in the
+	// browser) until sim-3 went offline after the page was listed.
+	paused := chromedp.Events(b.ctx, fetch.RequestPaused)
+	if _, err := chromedp.Call(b.ctx, fetch.Enable, fetch.EnableParams{Patterns: []*fetch.RequestPattern{{URLPattern: "*/v1/events*"}}}); err != nil {
+		t.Fatalf("browser: hold the event stream: %v", err)
+	}
+	held := make(chan fetch.RequestID, 1)
+	go func() {
+		for ev, err := range paused {
+			if err != nil {
+				return
+			}
+			held <- ev.RequestID
+			return
+		}
+	}()
 	b.run("all events", chromedp.Navigate(b.base+"/events"), chromedp.WaitVisible(chromedp.CSS(`#change-rows`)))
-	b.eventually("sim-3 offline, live", "#change-rows", func(s string) bool { return strings.Contains(s, "gateway.offline") })
+	var stream fetch.RequestID
+	select {
+	case stream = <-held:
+	case <-time.After(testenv.Timeout):
+		t.Fatal("the events page opened no event stream")
+	}
+	if got := b.text("#change-rows"); strings.Contains(got, "gateway.offline") {
+		t.Fatalf("rows %q show an offline before any gateway went offline", got)
+	}
+	c.deprovision(t, "sim", "sim-3")
+	testenv.Eventually(t, "sim-3's offline in the API's changes", func() bool {
+		var l api.ChangeList
+		c.get(t, "/v1/changes?gateway=sim-3&kind=gateway.offline", &l)
+		return len(l.Changes) > 0
+	})
+	for _, step := range []func() error{
+		func() error {
+			_, err := chromedp.Call(b.ctx, fetch.ContinueRequest, fetch.ContinueRequestParams{RequestID: stream})
+			return err
+		},
+		func() error { _, err := chromedp.Call(b.ctx, fetch.Disable, cdp.Empty{}); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatalf("browser: let the event stream go: %v", err)
+		}
+	}
+	b.eventually("sim-3 offline, made while the page loaded", "#change-rows", func(s string) bool { return strings.Contains(s, "gateway.offline") })
 	if got := b.text("#change-rows"); !strings.Contains(got, "sim/sim-1") || !strings.Contains(got, "gateway.online") {
 		t.Errorf("recent events %q, want sim-1's and the births", got)
 	}

@@ -641,10 +641,14 @@ func (a *api) rolloutAction(w http.ResponseWriter, r *http.Request) {
 }
 
 // events streams fleet changes as server-sent events ("event: <kind>",
-// "data: <Change JSON>"), filtered as GET /v1/changes is (changeFilter); a comment line every 15 s
-// keeps proxies from closing the stream, and an "event: lagged" says that
-// changes were dropped because the client read too slowly. A stream has
-// no read or write deadline; at most MaxStreams run at once.
+// "id: <cursor>", "data: <Change JSON>"), filtered as GET /v1/changes is
+// (changeFilter); a comment line every 15 s keeps proxies from closing
+// the stream, and an "event: lagged" says that changes were dropped
+// because the client read too slowly. A stream resumes after a cursor:
+// the Last-Event-ID a reconnecting EventSource sends, else the query's
+// after (GET /v1/changes' cursor), and sends first the changes kept since
+// (lagged first when some are not known). A stream has no read or write
+// deadline; at most MaxStreams run at once.
 func (a *api) events(w http.ResponseWriter, r *http.Request) {
 	fl, ok := w.(http.Flusher)
 	if !ok {
@@ -656,6 +660,15 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
+	cursor := r.Header.Get("Last-Event-ID") // what this server gave: not checked
+	if cursor == "" {
+		if cursor = r.URL.Query().Get("after"); cursor != "" {
+			if _, _, err := changes.ParseCursor(cursor); err != nil {
+				a.fail(w, &errdefs.FieldError{Field: "after", Kind: errdefs.ErrInvalidArgument, Msg: err.Error()})
+				return
+			}
+		}
+	}
 	if !a.streams.acquire() {
 		w.Header().Set("Retry-After", "10")
 		writeJSON(w, http.StatusServiceUnavailable, Error{Error: fmt.Sprintf("too many event streams (%d) are open: close one, or raise cloud-sim serve --api-max-streams", cap(a.streams)), Code: "NO_SPACE"})
@@ -663,12 +676,25 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 	}
 	defer a.streams.release()
 	holdFor(w, 0)
-	sub := a.c.Subscribe(4096)
+	var sub *changes.Subscription
+	var since []changes.Change
+	gap := false
+	if cursor != "" {
+		sub, since, gap = a.c.SubscribeAfter(cursor, 4096)
+	} else {
+		sub = a.c.Subscribe(4096)
+	}
 	defer sub.Close()
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
 	fmt.Fprint(w, ": fleet changes\n\n")
+	if gap {
+		io.WriteString(w, "event: lagged\ndata: {}\n\n")
+	}
+	for _, ch := range since {
+		writeChange(w, sub, f, ch)
+	}
 	fl.Flush()
 	keep := time.NewTicker(15 * time.Second)
 	defer keep.Stop()
@@ -697,8 +723,7 @@ func writeChanges(w io.Writer, sub *changes.Subscription, f changes.Filter, ch c
 			io.WriteString(w, "event: lagged\ndata: {}\n\n")
 			wrote = true
 		}
-		if f.Matches(ch) {
-			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ch.Kind, ch.JSON())
+		if writeChange(w, sub, f, ch) {
 			wrote = true
 		}
 		if i == 255 {
@@ -710,6 +735,16 @@ func writeChanges(w io.Writer, sub *changes.Subscription, f changes.Filter, ch c
 			return wrote
 		}
 	}
+}
+
+// writeChange writes ch as a server-sent event if f selects it, and
+// reports whether it did.
+func writeChange(w io.Writer, sub *changes.Subscription, f changes.Filter, ch changes.Change) bool {
+	if !f.Matches(ch) {
+		return false
+	}
+	fmt.Fprintf(w, "event: %s\nid: %s\ndata: %s\n\n", ch.Kind, sub.Cursor(ch), ch.JSON())
+	return true
 }
 
 // changeFilter reads the query of GET /v1/changes and /v1/events: tenant,
@@ -727,6 +762,14 @@ func changeFilter(q url.Values) (changes.Filter, error) {
 		}
 	}
 	return f, nil
+}
+
+// ChangeList is the body of GET /v1/changes: the latest changes, newest
+// first, and the cursor from which GET /v1/events?after= streams what
+// came after them.
+type ChangeList struct {
+	Changes []changes.Change `json:"changes"`
+	Cursor  string           `json:"cursor"`
 }
 
 // MaxChanges is the largest limit of GET /v1/changes.
@@ -747,5 +790,6 @@ func (a *api) listChanges(w http.ResponseWriter, r *http.Request) {
 	if limit == 0 {
 		limit = 100
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"changes": a.c.Changes(f, limit)})
+	list, cursor := a.c.Changes(f, limit)
+	writeJSON(w, http.StatusOK, ChangeList{Changes: list, Cursor: cursor})
 }

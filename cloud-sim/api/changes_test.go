@@ -112,3 +112,75 @@ func TestEventsFiltered(t *testing.T) {
 		t.Errorf("bad severity: got %d %+v, want 400 naming severity", st, e)
 	}
 }
+
+// TestEventsResume: a stream opened with after= (GET /v1/changes' cursor)
+// sends first the changes made since the list, then the new ones, each
+// with its cursor as the event's id; one resumed with Last-Event-ID (what
+// a reconnecting EventSource sends) starts after that event. A malformed
+// after is refused naming it.
+func TestEventsResume(t *testing.T) {
+	srv, c := newAPI(t, Config{}, nil)
+	h := handlerOf(c)
+	birth(c, "acme", "gw-1", 1, time.Now())
+	var l ChangeList
+	if st := call(t, h, "GET", "/v1/changes", "", &l); st != http.StatusOK || l.Cursor == "" {
+		t.Fatalf("list: %d, cursor %q", st, l.Cursor)
+	}
+	birth(c, "acme", "gw-2", 1, time.Now()) // after the list, before the stream
+
+	type event struct{ id, what string }
+	open := func(t *testing.T, query, lastID string, n int) []event {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/v1/events"+query, nil)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		if lastID != "" {
+			req.Header.Set("Last-Event-ID", lastID)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		rd := bufio.NewReader(resp.Body)
+		var got []event
+		var id string
+		for len(got) < n {
+			line, err := rd.ReadString('\n')
+			if err != nil {
+				t.Fatalf("after %v: %v", got, err)
+			}
+			if v, ok := strings.CutPrefix(line, "id: "); ok {
+				id = strings.TrimSpace(v)
+			}
+			if data, ok := strings.CutPrefix(line, "data: "); ok {
+				var ch changes.Change
+				if err := json.Unmarshal([]byte(data), &ch); err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, event{id, ch.Kind + "/" + ch.Gateway})
+				if len(got) == 1 {
+					birth(c, "acme", "gw-3", 1, time.Now()) // once the stream is open
+				}
+			}
+		}
+		return got
+	}
+	got := open(t, "?after="+l.Cursor, "", 2)
+	if got[0].what != "gateway.online/gw-2" || got[1].what != "gateway.online/gw-3" {
+		t.Fatalf("events %v, want gw-2's online (made after the list), then gw-3's", got)
+	}
+	if got[0].id == "" || got[0].id == got[1].id {
+		t.Fatalf("event ids %q and %q, want two cursors", got[0].id, got[1].id)
+	}
+	// Resumed after gw-2's event, whatever after says: gw-3's comes first.
+	if again := open(t, "?after="+l.Cursor, got[0].id, 1); again[0].what != "gateway.online/gw-3" {
+		t.Errorf("resumed after %s: %v, want gw-3's online first", got[0].id, again)
+	}
+
+	var e Error
+	if st := call(t, h, "GET", "/v1/events?after=yesterday", "", &e); st != http.StatusBadRequest || e.Field != "after" {
+		t.Errorf("bad after: got %d %+v, want 400 naming after", st, e)
+	}
+}

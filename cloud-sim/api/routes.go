@@ -63,8 +63,8 @@ func routes() []route {
 		{method: "POST", path: "/v1/rollouts/{id}/pause", status: 200, reply: "RolloutView; nothing new is dispatched", errors: rolloutErrors, handle: (*api).rolloutAction},
 		{method: "POST", path: "/v1/rollouts/{id}/resume", status: 200, reply: "RolloutView", errors: rolloutErrors, handle: (*api).rolloutAction},
 		{method: "POST", path: "/v1/rollouts/{id}/cancel", status: 200, reply: "RolloutView; queued gateways CANCELED", errors: rolloutErrors, handle: (*api).rolloutAction},
-		{method: "GET", path: "/v1/changes", query: "tenant, gateway, kind (or its first part: `command`), severity (info, warning, error; several with commas), limit (100; at most 2000)", status: 200, reply: "`{changes: [Change]}`, newest first, of the last 2000 changes (in memory, every replica's: a restart forgets them)", errors: "400", handle: (*api).listChanges},
-		{method: "GET", path: "/v1/events", query: "tenant, gateway, kind, severity, as for /v1/changes", status: 200, reply: "server-sent events, `event: {kind}`, `data: Change`", errors: "400", handle: (*api).events},
+		{method: "GET", path: "/v1/changes", query: "tenant, gateway, kind (or its first part: `command`), severity (info, warning, error; several with commas), limit (100; at most 2000)", status: 200, reply: "`{changes: [Change], cursor}`, newest first, of the last 2000 changes (in memory, every replica's: a restart forgets them); `cursor` is where `/v1/events?after=` resumes", errors: "400", handle: (*api).listChanges},
+		{method: "GET", path: "/v1/events", query: "tenant, gateway, kind, severity, as for /v1/changes; after (a cursor: /v1/changes' or an event's id); header `Last-Event-ID`", status: 200, reply: "server-sent events, `event: {kind}`, `id: {cursor}`, `data: Change`; resumed after a cursor, the changes kept since come first", errors: "400 (`after` not a cursor)", handle: (*api).events},
 	}
 }
 

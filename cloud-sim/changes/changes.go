@@ -4,7 +4,11 @@
 package changes
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,6 +44,8 @@ type Change struct {
 	State      string   `json:"state,omitempty"`
 	Message    string   `json:"message,omitempty"`
 
+	// seq numbers the changes a hub kept, from 1 (see Cursor).
+	seq uint64
 	// enc is the change in JSON, encoded once by Publish for every
 	// subscriber (100 open consoles would otherwise encode it 100 times).
 	enc []byte
@@ -99,14 +105,47 @@ type Hub struct {
 	// guarded by mu.
 	ring []Change
 	next int
+	// seq is the last change's number; epoch names this hub's numbering
+	// (random, set at the first use): a cursor of another hub (another
+	// replica's, or this one's before a restart) is told apart. Guarded by
+	// mu.
+	seq   uint64
+	epoch string
 	// relay gets every change published here (SetRelay).
 	relay atomic.Pointer[func(Change)]
+}
+
+// init sets the hub's epoch; h.mu is held.
+func (h *Hub) init() {
+	if h.epoch == "" {
+		b := make([]byte, 6)
+		rand.Read(b)
+		h.epoch = hex.EncodeToString(b)
+	}
+}
+
+// cursor is the place just after the change numbered seq; h.mu is held.
+func (h *Hub) cursor(seq uint64) string {
+	return h.epoch + "." + strconv.FormatUint(seq, 10)
+}
+
+// ParseCursor checks a cursor's form ({epoch}.{number}), as List and the
+// event stream's ids give it; it says nothing of whose it is.
+func ParseCursor(cursor string) (epoch string, seq uint64, err error) {
+	epoch, n, ok := strings.Cut(cursor, ".")
+	if ok && epoch != "" {
+		if seq, err = strconv.ParseUint(n, 10, 64); err == nil {
+			return epoch, seq, nil
+		}
+	}
+	return "", 0, fmt.Errorf("%q is not a change cursor (one of GET /v1/changes' cursor or an event's id, such as 3f2a9c01b7e4.1207)", cursor)
 }
 
 // Subscription receives changes until Close.
 type Subscription struct {
 	C      chan Change
 	h      *Hub
+	epoch  string
 	mu     sync.Mutex
 	lagged bool // guarded by mu
 }
@@ -120,6 +159,12 @@ func (s *Subscription) Lagged() bool {
 	return l
 }
 
+// Cursor is the place just after c, a change the subscription
+// delivered: the id of its event, from which a stream resumes.
+func (s *Subscription) Cursor(c Change) string {
+	return s.epoch + "." + strconv.FormatUint(c.seq, 10)
+}
+
 // Close ends the subscription.
 func (s *Subscription) Close() {
 	s.h.mu.Lock()
@@ -129,14 +174,45 @@ func (s *Subscription) Close() {
 
 // Subscribe returns a subscription to changes with room for buffer of them.
 func (h *Hub) Subscribe(buffer int) *Subscription {
-	s := &Subscription{C: make(chan Change, buffer), h: h}
 	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.subscribe(buffer)
+}
+
+// subscribe is Subscribe; h.mu is held.
+func (h *Hub) subscribe(buffer int) *Subscription {
+	h.init()
+	s := &Subscription{C: make(chan Change, buffer), h: h, epoch: h.epoch}
 	if h.subs == nil {
 		h.subs = map[*Subscription]struct{}{}
 	}
 	h.subs[s] = struct{}{}
-	h.mu.Unlock()
 	return s
+}
+
+// SubscribeAfter is Subscribe resumed at cursor (from List, or the id of
+// the last event a stream delivered): it returns with the subscription
+// the changes kept since, oldest first, which the subscription does not
+// repeat. gap reports that some of what came since is not known: it is
+// no longer kept (more than History since), or cursor is another hub's
+// (another replica's, or this one's before a restart), and then nothing
+// is returned for it.
+func (h *Hub) SubscribeAfter(cursor string, buffer int) (s *Subscription, since []Change, gap bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s = h.subscribe(buffer)
+	epoch, after, err := ParseCursor(cursor)
+	if err != nil || epoch != h.epoch || after > h.seq {
+		return s, nil, true
+	}
+	kept := uint64(len(h.ring))
+	if oldest := h.seq - kept + 1; after+1 < oldest {
+		gap, after = true, oldest-1
+	}
+	for n := after + 1; n <= h.seq; n++ {
+		since = append(since, h.ring[(uint64(h.next)+History-(h.seq-n)-1)%History])
+	}
+	return s, since, gap
 }
 
 // SetRelay has every change published from now on also handed to relay
@@ -164,6 +240,9 @@ func (h *Hub) Deliver(c Change) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.init()
+	h.seq++
+	c.seq = h.seq
 	if len(h.ring) < History {
 		h.ring = append(h.ring, c)
 	} else {
@@ -187,8 +266,22 @@ func (h *Hub) Deliver(c Change) {
 // Recent returns the latest changes f selects, newest first, at most
 // limit of them (all that are kept when limit is 0).
 func (h *Hub) Recent(f Filter, limit int) []Change {
+	out, _ := h.List(f, limit)
+	return out
+}
+
+// List is Recent with a cursor just after the newest change of the hub
+// when the list was taken: a client that lists and then streams from the
+// cursor (SubscribeAfter) sees every change once.
+func (h *Hub) List(f Filter, limit int) ([]Change, string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.init()
+	return h.recent(f, limit), h.cursor(h.seq)
+}
+
+// recent is Recent; h.mu is held.
+func (h *Hub) recent(f Filter, limit int) []Change {
 	out := []Change{}
 	for i := range len(h.ring) {
 		c := h.ring[(h.next-1-i+History)%History] // newest first

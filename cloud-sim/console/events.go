@@ -38,21 +38,25 @@ type eventsData struct {
 	Filter   eventFilter
 	Filtered bool
 	Changes  []changes.Change
-	Max      int
-	Error    string
+	// Cursor is where the page's event stream starts: just after the
+	// changes listed, so that none made while the page loads is missed.
+	Cursor string
+	Max    int
+	Error  string
 }
 
 // events renders the recent changes; events.js adds new ones from the
-// event stream.
+// event stream, which starts where the listing ended (data-stream-after).
 func (c *Console) events(w http.ResponseWriter, r *http.Request) {
 	f := parseEventFilter(r.URL.Query())
 	d := eventsData{Filter: f, Filtered: f != eventFilter{}, Max: eventsShown}
 	var out struct {
 		Changes []changes.Change `json:"changes"`
+		Cursor  string           `json:"cursor"`
 	}
 	if err := c.get(r.Context(), "/v1/changes?"+f.apiQuery("200"), &out); err != nil {
 		d.Error = err.Error()
 	}
-	d.Changes = out.Changes
+	d.Changes, d.Cursor = out.Changes, out.Cursor
 	c.render(w, r, "events", view{Title: "Events", Nav: "events", Data: d})
 }

@@ -343,10 +343,16 @@ func (c *Controller) Ingested() uint64 { return c.inv.Ingested() }
 // changes.
 func (c *Controller) Subscribe(buffer int) *changes.Subscription { return c.hub.Subscribe(buffer) }
 
+// SubscribeAfter is Subscribe resumed at cursor: changes.Hub.SubscribeAfter.
+func (c *Controller) SubscribeAfter(cursor string, buffer int) (*changes.Subscription, []changes.Change, bool) {
+	return c.hub.SubscribeAfter(cursor, buffer)
+}
+
 // Changes lists the latest changes f selects, newest first, at most limit
-// (the hub keeps changes.History of them, in memory only).
-func (c *Controller) Changes(f changes.Filter, limit int) []changes.Change {
-	return c.hub.Recent(f, limit)
+// (the hub keeps changes.History of them, in memory only), and the cursor
+// from which a stream of what comes next resumes.
+func (c *Controller) Changes(f changes.Filter, limit int) ([]changes.Change, string) {
+	return c.hub.List(f, limit)
 }
 
 func (c *Controller) flushLoop() {

@@ -52,11 +52,17 @@ const Console = (() => {
     const params = new URLSearchParams();
     const tenant = document.body.dataset.tenant;
     if (tenant) params.set("tenant", tenant);
+    // A page that lists changes starts the stream where its list ended
+    // (data-stream-after, GET /v1/changes' cursor): the changes made
+    // while it loaded come first. The browser resumes a stream that
+    // reconnects after the last event it got (Last-Event-ID).
+    const after = document.querySelector("[data-stream-after]")?.dataset.streamAfter;
+    if (after) params.set("after", after);
     source = new EventSource("/v1/events" + (params.toString() ? "?" + params : ""));
     const status = document.getElementById("live-status");
-    // Changes made between the page's rendering and the stream's start
-    // (or while it reconnected) reach no handler: a live page fetches its
-    // content once more when the stream opens.
+    // A live page, which lists no changes but shows their effects, fetches
+    // its content once more when the stream opens: what changed between
+    // its rendering and the stream's start (or while it reconnected).
     source.onopen = () => {
       if (status) status.textContent = "Live";
       if (document.body.dataset.live) refresh();
