@@ -46,9 +46,11 @@ type Change struct {
 
 	// seq numbers the changes a hub kept, from 1 (see Cursor).
 	seq uint64
-	// enc is the change in JSON, encoded once by Publish for every
-	// subscriber (100 open consoles would otherwise encode it 100 times).
+	// enc is the change in JSON and id its cursor, made once by Deliver
+	// for every subscriber (100 open consoles would otherwise make them
+	// 100 times).
 	enc []byte
+	id  string
 }
 
 // JSON returns the change in JSON.
@@ -162,6 +164,9 @@ func (s *Subscription) Lagged() bool {
 // Cursor is the place just after c, a change the subscription
 // delivered: the id of its event, from which a stream resumes.
 func (s *Subscription) Cursor(c Change) string {
+	if c.id != "" {
+		return c.id
+	}
 	return s.epoch + "." + strconv.FormatUint(c.seq, 10)
 }
 
@@ -250,7 +255,7 @@ func (h *Hub) Deliver(c Change) {
 	}
 	h.next = (h.next + 1) % History
 	if len(h.subs) > 0 {
-		c.enc = c.JSON()
+		c.enc, c.id = c.JSON(), h.cursor(c.seq)
 	}
 	for s := range h.subs {
 		select {
