@@ -212,6 +212,8 @@ func (s *Scheduler) loop() {
 	}
 }
 
+// renewLease takes or renews the scheduler lease at now (the loop's
+// tick), stepping down or taking over as the answer says.
 func (s *Scheduler) renewLease(ctx context.Context, now time.Time) {
 	if s.leader.Load() && !s.inTerm(now) {
 		// Its loop was held up past its term: another replica may have
@@ -226,7 +228,7 @@ func (s *Scheduler) renewLease(ctx context.Context, now time.Time) {
 	if err != nil {
 		// The store could not be asked (NATS electing a leader). No other
 		// replica can take the lease before the term this one last wrote
-		// ends, so a leader keeps scheduling until then (leading), instead
+		// ends, so a leader keeps scheduling until then (Leader), instead
 		// of stepping down and taking over again (a reload) a moment later.
 		s.log.Warn("scheduler lease not renewed", "err", err, "still leading", s.leader.Load() && s.inTerm(now), "for", s.termLeft(now).Round(time.Millisecond))
 		return
