@@ -743,7 +743,7 @@ func writeChange(w io.Writer, sub *changes.Subscription, f changes.Filter, ch ch
 	if !f.Matches(ch) {
 		return false
 	}
-	fmt.Fprintf(w, "event: %s\nid: %s\ndata: %s\n\n", ch.Kind, sub.Cursor(ch), ch.JSON())
+	_ = sub.WriteEvent(w, ch) // a client gone ends the stream at its context
 	return true
 }
 

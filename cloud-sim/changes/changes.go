@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,13 +45,13 @@ type Change struct {
 	State      string   `json:"state,omitempty"`
 	Message    string   `json:"message,omitempty"`
 
-	// seq numbers the changes a hub kept, from 1 (see Cursor).
+	// seq numbers the changes a hub kept, from 1 (see Cursor). (A
+	// Change is made for every publication applied, most of them
+	// publishing none: it is kept small.)
 	seq uint64
-	// enc is the change in JSON and id its cursor, made once by Deliver
-	// for every subscriber (100 open consoles would otherwise make them
-	// 100 times).
+	// enc is the change in JSON, encoded once by Publish for every
+	// subscriber (100 open consoles would otherwise encode it 100 times).
 	enc []byte
-	id  string
 }
 
 // JSON returns the change in JSON.
@@ -164,10 +165,14 @@ func (s *Subscription) Lagged() bool {
 // Cursor is the place just after c, a change the subscription
 // delivered: the id of its event, from which a stream resumes.
 func (s *Subscription) Cursor(c Change) string {
-	if c.id != "" {
-		return c.id
-	}
 	return s.epoch + "." + strconv.FormatUint(c.seq, 10)
+}
+
+// WriteEvent writes c as a server-sent event of kind c.Kind whose id is
+// its cursor, without making the cursor a string.
+func (s *Subscription) WriteEvent(w io.Writer, c Change) error {
+	_, err := fmt.Fprintf(w, "event: %s\nid: %s.%d\ndata: %s\n\n", c.Kind, s.epoch, c.seq, c.JSON())
+	return err
 }
 
 // Close ends the subscription.
@@ -255,7 +260,7 @@ func (h *Hub) Deliver(c Change) {
 	}
 	h.next = (h.next + 1) % History
 	if len(h.subs) > 0 {
-		c.enc, c.id = c.JSON(), h.cursor(c.seq)
+		c.enc = c.JSON()
 	}
 	for s := range h.subs {
 		select {
