@@ -330,11 +330,11 @@ func TestScaleOut(t *testing.T) {
 				break
 			}
 			if time.Since(ended) > 2*time.Second {
-				t.Fatalf("2 s after the rollout ended its gateways on replica %s are %v (%s)", watcher.id, s.Counts, s.Reason)
+				t.Fatalf("2 s after the rollout ended its gateways on replica %s are %v (%s)\n%s", watcher.id, s.Counts, s.Reason, watch.explain(s, alive))
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("rollout not done 3 minutes after the kill: %+v (%v)", s.Counts, err)
+			t.Fatalf("rollout not done 3 minutes after the kill: %+v (%v)\n%s", s.Counts, err, watch.explain(s, alive))
 		}
 		time.Sleep(200 * time.Millisecond) // polling the rollout
 	}
@@ -352,7 +352,7 @@ func TestScaleOut(t *testing.T) {
 			break
 		}
 		if time.Since(done) > 2*time.Second {
-			t.Fatalf("2 s after the rollout the replicas differ or lag:\n%s", diffViews(views))
+			t.Fatalf("2 s after the rollout the replicas differ or lag (views of %s):\n%s%s", replicaIDs(alive), diffViews(views), watch.lastOf(views))
 		}
 	}
 	t.Logf("surviving replicas agree %s after the rollout ended", time.Since(done).Round(time.Millisecond))
@@ -395,6 +395,74 @@ func TestScaleOut(t *testing.T) {
 		})
 	}
 	t.Logf("sim-5 deprovisioned through %s: offline on every replica after %s", alive[len(alive)-1].id, time.Since(start).Round(time.Millisecond))
+}
+
+// explain says, for each gateway the rollout view v has not seen
+// succeed (10 at most), what the fleet watch saw of it (the deploys sent
+// to it, the last status it published) and what each replica's inventory
+// shows: a deploy never sent, a status never published, and a status one
+// replica did not take in are three different failures.
+func (w *fleetWatch) explain(v api.RolloutView, rs []*replicaProc) string {
+	deploys, _ := w.deploys()
+	var b strings.Builder
+	shown := 0
+	for _, g := range v.Gateways {
+		if g.State == string(api.GwSucceeded) || shown == 10 {
+			continue
+		}
+		shown++
+		w.mu.Lock()
+		last, ok := w.last[g.Gateway]
+		w.mu.Unlock()
+		if !ok {
+			last = "none"
+		}
+		fmt.Fprintf(&b, "  %s: %s attempt %d command %s; deploys seen %d, last status published %s;", g.Gateway, g.State, g.Attempt, g.CommandID, deploys[g.Gateway], last)
+		for _, r := range rs {
+			var gw api.Gateway
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := r.api.Do(ctx, "GET", "/v1/gateways/sim/"+g.Gateway, nil, &gw, nil)
+			cancel()
+			view := fmt.Sprint(err)
+			if err == nil {
+				view = fmt.Sprintf("online=%v", gw.Online)
+				if d := gw.Deployments["web"]; d != nil {
+					view += fmt.Sprintf(" web=%d/%s", d.Revision, d.Phase)
+				}
+			}
+			fmt.Fprintf(&b, " %s shows %s;", r.id, view)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// lastOf is the last status the fleet watch saw published by each
+// gateway diffViews names (10 at most).
+func (w *fleetWatch) lastOf(views []map[string]string) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var b strings.Builder
+	shown := 0
+	for gw, s := range views[0] {
+		differs := s != "online=true web=1/RUNNING"
+		for _, v := range views[1:] {
+			differs = differs || v[gw] != s
+		}
+		if differs && shown < 10 {
+			fmt.Fprintf(&b, "  %s last published %q\n", gw, w.last[gw])
+			shown++
+		}
+	}
+	return b.String()
+}
+
+func replicaIDs(rs []*replicaProc) string {
+	var ids []string
+	for _, r := range rs {
+		ids = append(ids, r.id)
+	}
+	return strings.Join(ids, ", ")
 }
 
 func sameRunning(views []map[string]string, n int) bool {
