@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -189,10 +190,17 @@ func (s *Scheduler) awaitView(ctx context.Context, id string) (*Summary, error) 
 
 // requeue queues again, on taking the lease, every dispatch of an active
 // rollout that no replica has sent: the last leader may have stored it
-// and died before queueing it. The work queue drops an item queued in
-// the last ten minutes, and a worker skips a command already sent, so
-// none is sent twice.
+// and died before queueing it, or queued it and its item was lost with
+// the replica or the NATS server that held it. Each is queued under a new
+// work item id, which the work queue does not take for the first: under
+// the command's own id, it dropped them as duplicates, and after the
+// scheduling replica's and a NATS node's kill 11 gateways of TestScaleOut
+// were never sent their deploy (TestRequeueIsNotDropped). A worker skips
+// a command its gateway answered or whose revision it reports, and a
+// gateway answers a command id it had from its journal, so a dispatch
+// sent twice is run once.
 func (s *Scheduler) requeue(ctx context.Context) {
+	again := s.cfg.ID + "-" + strconv.FormatInt(s.cfg.Now().UnixNano(), 36)
 	var out []Dispatch
 	s.mu.Lock()
 	for _, run := range s.runs {
@@ -222,5 +230,5 @@ func (s *Scheduler) requeue(ctx context.Context) {
 	if len(out) > 0 {
 		s.log.Info("queuing again the dispatches no replica had sent", "count", len(out))
 	}
-	s.queue(ctx, out)
+	s.queue(ctx, out, again)
 }

@@ -87,7 +87,7 @@ type Scheduler struct {
 	stops   []func() // the watch and the changes served; set by Start
 	// unqueued are dispatches stored or decided but not queued yet;
 	// only the loop's goroutine (step, requeue) touches them.
-	unqueued []Dispatch
+	unqueued []queued
 	// standBy is when this replica may try to take the lease again after
 	// a failed takeover (loop goroutine only).
 	standBy time.Time
@@ -338,17 +338,32 @@ func (s *Scheduler) step(ctx context.Context) {
 	for _, c := range chs {
 		s.hub.Publish(c)
 	}
-	s.queue(ctx, out)
+	s.queue(ctx, out, "")
+}
+
+// queued is a dispatch and the id of its work item, which the work queue
+// does not take twice within 10 minutes.
+type queued struct {
+	Dispatch
+	id string
 }
 
 // queue writes the rollouts and then queues out, with what earlier steps
 // could not queue: workers check each item against the store (Resolve),
 // so what was dispatched is written first. What cannot be written or
 // queued now (NATS electing a leader after a node's loss) is tried again
-// at the next tick, not left to time out.
-func (s *Scheduler) queue(ctx context.Context, out []Dispatch) {
-	out = append(s.unqueued, out...)
+// at the next tick, not left to time out. A work item's id is its
+// command's, followed by again when set (requeue).
+func (s *Scheduler) queue(ctx context.Context, dispatches []Dispatch, again string) {
+	out := s.unqueued
 	s.unqueued = nil
+	for _, d := range dispatches {
+		id := d.CommandID
+		if again != "" {
+			id += "." + again
+		}
+		out = append(out, queued{Dispatch: d, id: id})
+	}
 	if len(out) == 0 {
 		return
 	}
@@ -364,9 +379,9 @@ func (s *Scheduler) queue(ctx context.Context, out []Dispatch) {
 	// dispatches took longer than a tick under load, and a rollout then
 	// ran below its rate (a tick spends at most one tick's allowance).
 	items := make([]state.WorkItem, len(out))
-	for i, d := range out {
-		data, _ := json.Marshal(d)
-		items[i] = state.WorkItem{ID: d.CommandID, Data: data}
+	for i, q := range out {
+		data, _ := json.Marshal(q.Dispatch)
+		items[i] = state.WorkItem{ID: q.id, Data: data}
 	}
 	if n, err := s.cfg.Store.EnqueueMany(ctx, state.WorkSubjects, items); err != nil {
 		s.log.Warn("rollout work not queued yet; next tick", "dispatches", len(out)-n, "rollout", out[n].Rollout, "gateway", out[n].Gateway, "err", err)

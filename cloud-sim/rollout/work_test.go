@@ -139,3 +139,52 @@ func TestStepQueuesResolvableWork(t *testing.T) {
 		t.Errorf("resolved %v, want gw-1 and gw-2", got)
 	}
 }
+
+// TestRequeueIsNotDropped: a replica taking the lease queues again a
+// dispatch no replica has sent even when a work item of that command was
+// queued before and lost (taken by a worker that died, or with a NATS
+// server), within the work queue's 10 minutes of duplicate detection.
+// (Before, the new item had the command's id, the queue dropped it as a
+// duplicate, and after TestScaleOut's kills 11 gateways were never sent
+// their deploy.)
+func TestRequeueIsNotDropped(t *testing.T) {
+	ctx := context.Background()
+	s := newScheduler(t)
+	st := s.cfg.Store
+	dep := &fleetv1.DeploymentSpec{Name: "web", Revision: 2, Image: "registry.example.com/web:2"}
+	raw, _ := protojson.Marshal(dep)
+	run := NewRun(&Rollout{ID: "r-1", Spec: Spec{Tenant: "acme", Deployment: raw}, State: Running, Phase: PhaseBatches, Batch: 1}, dep)
+	run.Add("gw-1", 1)
+	cmd := CommandID("r-1", "gw-1", 1, "deploy")
+	g := run.gws["gw-1"]
+	g.State, g.Attempt, g.CommandID = GatewayInProgress, 1, cmd
+	s.runs["r-1"] = run
+
+	// The last leader queued it; its worker took it and died.
+	first, _ := json.Marshal(Dispatch{Rollout: "r-1", Gateway: "gw-1", CommandID: cmd})
+	if _, err := st.EnqueueMany(ctx, state.WorkSubjects, []state.WorkItem{{ID: cmd, Data: first}}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 4)
+	stop, err := st.Consume(ctx, 1, func(_ context.Context, data []byte) { got <- string(data) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	select {
+	case <-got: // the lost one
+	case <-time.After(testenv.Timeout):
+		t.Fatal("the first item was not handed out")
+	}
+
+	s.requeue(ctx)
+	select {
+	case item := <-got:
+		var d Dispatch
+		if err := json.Unmarshal([]byte(item), &d); err != nil || d.CommandID != cmd || d.Gateway != "gw-1" {
+			t.Errorf("queued again: %s (%v), want gw-1's %s", item, err, cmd)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the dispatch queued again on taking the lease never reached a worker: dropped as a duplicate of the lost item")
+	}
+}
