@@ -200,19 +200,81 @@ func (s *Scheduler) awaitView(ctx context.Context, id string) (*Summary, error) 
 // gateway answers a command id it had from its journal, so a dispatch
 // sent twice is run once.
 func (s *Scheduler) requeue(ctx context.Context) {
-	again := s.cfg.ID + "-" + strconv.FormatInt(s.cfg.Now().UnixNano(), 36)
+	out := s.unsent(func(string, time.Time) bool { return true })
+	if len(out) > 0 {
+		s.log.Info("queuing again the dispatches no replica had sent", "count", len(out))
+	}
+	s.noteRequeued(out, s.cfg.Now())
+	s.queue(ctx, out, s.againID())
+}
+
+// noteRequeued records when out was queued again (requeueLost).
+func (s *Scheduler) noteRequeued(out []Dispatch, now time.Time) {
+	if len(out) > 0 && s.requeued == nil {
+		s.requeued = map[string]time.Time{}
+	}
+	for _, d := range out {
+		s.requeued[d.CommandID] = now
+	}
+}
+
+// lostAfter is how long a dispatch may stay unsent (no replica recorded
+// its command) before the scheduling replica queues it again. A work
+// item can be lost without a word: after a NATS node's loss, items that
+// the work queue acknowledged were never handed to a worker (TestScaleOut,
+// beside two busy loops: 2 gateways never sent their deploy, queued again
+// three times). It is longer than the work queue's ack wait (a minute),
+// after which an item a dead worker held comes back by itself.
+const lostAfter = 75 * time.Second
+
+// requeueLost queues again, under new work item ids, the dispatches
+// that stayed unsent for lostAfter since they were dispatched or last
+// queued again (TestRequeueLost).
+func (s *Scheduler) requeueLost(ctx context.Context, now time.Time) {
+	still := map[string]bool{}
+	out := s.unsent(func(cmd string, dispatched time.Time) bool {
+		still[cmd] = true
+		if t, ok := s.requeued[cmd]; ok && t.After(dispatched) {
+			dispatched = t
+		}
+		return now.Sub(dispatched) > lostAfter
+	})
+	for cmd := range s.requeued { // sent since, or its rollout ended
+		if !still[cmd] {
+			delete(s.requeued, cmd)
+		}
+	}
+	if len(out) == 0 {
+		return
+	}
+	s.noteRequeued(out, now)
+	s.log.Warn("dispatches not sent after "+lostAfter.String()+": queued again", "count", len(out), "rollout", out[0].Rollout, "gateway", out[0].Gateway)
+	s.queue(ctx, out, s.againID())
+}
+
+// againID makes the work items of a requeue distinct from the earlier
+// items of their commands: this replica, the time, and a count.
+func (s *Scheduler) againID() string {
+	return s.cfg.ID + "-" + strconv.FormatInt(s.cfg.Now().UnixNano(), 36) + "-" + strconv.FormatUint(s.requeues.Add(1), 36)
+}
+
+// unsent lists the dispatches of active rollouts that no replica has
+// sent (no replica recorded their command), those pick takes, given the
+// command and when it was dispatched.
+func (s *Scheduler) unsent(pick func(cmd string, dispatched time.Time) bool) []Dispatch {
 	var out []Dispatch
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, run := range s.runs {
 		if !run.R.State.Active() {
 			continue
 		}
 		for _, id := range run.order {
 			g := run.gws[id]
-			cmd := ""
+			cmd, at := "", g.DispatchedAt
 			switch {
 			case g.Prefetch != nil && g.Prefetch.State == PrefetchInProgress:
-				cmd = g.Prefetch.CommandID
+				cmd, at = g.Prefetch.CommandID, g.Prefetch.DispatchedAt
 			case g.State == GatewayInProgress:
 				cmd = g.CommandID
 			case g.State == GatewayRollingBack:
@@ -221,14 +283,10 @@ func (s *Scheduler) requeue(ctx context.Context) {
 			if cmd == "" {
 				continue
 			}
-			if _, _, _, known := s.cfg.Commands.Outcome(cmd); !known {
+			if _, _, _, known := s.cfg.Commands.Outcome(cmd); !known && pick(cmd, at) {
 				out = append(out, Dispatch{Rollout: run.R.ID, Gateway: id, CommandID: cmd})
 			}
 		}
 	}
-	s.mu.Unlock()
-	if len(out) > 0 {
-		s.log.Info("queuing again the dispatches no replica had sent", "count", len(out))
-	}
-	s.queue(ctx, out, again)
+	return out
 }

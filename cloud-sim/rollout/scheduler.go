@@ -95,8 +95,12 @@ type Scheduler struct {
 	// lease (Unix nanoseconds): it schedules, and takes changes handed
 	// over, only before it (Leader), whatever leader says.
 	leaseUntil atomic.Int64
-	stop       chan struct{}
-	done       sync.WaitGroup
+	// requeued is when the scheduler last queued each unsent command
+	// again (requeueLost); the loop's goroutine only.
+	requeued map[string]time.Time
+	requeues atomic.Uint64 // requeues made (againID)
+	stop     chan struct{}
+	done     sync.WaitGroup
 }
 
 // New loads the rollouts and the last specs from the store.
@@ -176,7 +180,7 @@ func (s *Scheduler) loop() {
 	defer s.done.Done()
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	var lastLease, lastRefresh time.Time
+	var lastLease, lastRefresh, lastLost time.Time
 	for {
 		select {
 		case <-s.stop:
@@ -196,6 +200,10 @@ func (s *Scheduler) loop() {
 			// renewed its term meanwhile, else read again.
 			sctx, scancel := context.WithTimeout(ctx, s.termLeft(s.cfg.Now()))
 			s.step(sctx)
+			if now.Sub(lastLost) >= lostAfter/8 {
+				lastLost = now
+				s.requeueLost(sctx, now)
+			}
 			scancel()
 			s.ticks.Add(1)
 		} else if s.changed.Load() && now.Sub(lastRefresh) >= followerRefresh {

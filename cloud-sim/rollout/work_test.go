@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/fleet-agent/fleet/cloud-sim/dispatch"
 	"github.com/fleet-agent/fleet/cloud-sim/inventory"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	"github.com/fleet-agent/fleet/internal/errdefs"
@@ -186,5 +187,66 @@ func TestRequeueIsNotDropped(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the dispatch queued again on taking the lease never reached a worker: dropped as a duplicate of the lost item")
+	}
+}
+
+// TestRequeueLost: the scheduling replica queues again, under a new work
+// item id, a dispatch that stayed unsent (no replica recorded its
+// command) for lostAfter, then not again before another lostAfter; a
+// dispatch whose command was sent is left alone.
+func TestRequeueLost(t *testing.T) {
+	ctx := context.Background()
+	s := newScheduler(t)
+	now := s.cfg.Now()
+	sent := CommandID("r-1", "gw-sent", 1, "deploy")
+	s.cfg.Commands = fakeCommands{sent: dispatch.Pending}
+	dep := &fleetv1.DeploymentSpec{Name: "web", Revision: 2, Image: "registry.example.com/web:2"}
+	raw, _ := protojson.Marshal(dep)
+	run := NewRun(&Rollout{ID: "r-1", Spec: Spec{Tenant: "acme", Deployment: raw}, State: Running, Phase: PhaseBatches, Batch: 1}, dep)
+	for _, gw := range []string{"gw-lost", "gw-sent"} {
+		run.Add(gw, 1)
+		g := run.gws[gw]
+		g.State, g.Attempt, g.CommandID, g.DispatchedAt = GatewayInProgress, 1, CommandID("r-1", gw, 1, "deploy"), now
+	}
+	s.runs["r-1"] = run
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 8)
+	stop, err := s.cfg.Store.Consume(ctx, 1, func(_ context.Context, data []byte) { got <- string(data) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	next := func(within time.Duration) (string, bool) {
+		select {
+		case item := <-got:
+			var d Dispatch
+			_ = json.Unmarshal([]byte(item), &d)
+			return d.Gateway, true
+		case <-time.After(within):
+			return "", false
+		}
+	}
+	tests := []struct {
+		name  string
+		after time.Duration
+		want  string
+	}{
+		{"not yet lost", lostAfter - time.Second, ""},
+		{"lost", lostAfter + time.Second, "gw-lost"},
+		{"queued again just now", lostAfter + 20*time.Second, ""},
+		{"lost again", 2*lostAfter + 2*time.Second, "gw-lost"},
+	}
+	for _, tt := range tests {
+		s.requeueLost(ctx, now.Add(tt.after))
+		if tt.want != "" {
+			if gw, ok := next(testenv.Timeout); gw != tt.want {
+				t.Errorf("%s (%s after the dispatch): queued %q (%v), want %s", tt.name, tt.after, gw, ok, tt.want)
+			}
+		}
+		if gw, ok := next(300 * time.Millisecond); ok {
+			t.Errorf("%s (%s after the dispatch): %s queued too", tt.name, tt.after, gw)
+		}
 	}
 }
