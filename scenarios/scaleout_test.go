@@ -307,6 +307,7 @@ func TestScaleOut(t *testing.T) {
 	if watcher == rs[leader] {
 		watcher = alive[len(alive)-1]
 	}
+	killed := time.Now()
 	t.Logf("killed scheduling replica %s and NATS node %s (the meta leader was %s) at %d notified", rs[leader].id, nats.Name(2), metaLeader, n/3)
 
 	// The watcher's view of the rollout ends SUCCEEDED, and its gateways'
@@ -339,6 +340,14 @@ func TestScaleOut(t *testing.T) {
 		time.Sleep(200 * time.Millisecond) // polling the rollout
 	}
 	done := time.Now()
+	t.Logf("rollout done %s after the kill", done.Sub(killed).Round(100*time.Millisecond))
+	for _, r := range alive {
+		for line := range strings.SplitSeq(r.logs.String(), "\n") {
+			if strings.Contains(line, "lease taken") || strings.Contains(line, "queuing again") || strings.Contains(line, "queued again") || strings.Contains(line, "not scheduling") {
+				t.Logf("replica %s: %s", r.id, strings.TrimSpace(line))
+			}
+		}
+	}
 
 	// The same inventory on both surviving replicas, every gateway at
 	// revision 1 and running, within 2 s.
