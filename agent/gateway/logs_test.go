@@ -44,9 +44,12 @@ func newConsole(t *testing.T, brokerURL string) *console {
 		return mqttlink.Message{Topic: "test/console", Payload: []byte("console"), QoS: 1}, nil
 	}
 	s := topic.Default()
+	ready := make(chan struct{})
+	var once sync.Once
 	c.link, err = mqttlink.New(mqttlink.Config{BrokerURL: u, ClientID: "console", Will: hello, Birth: hello,
 		Subscriptions: []string{s.Filter(topic.LogStream), s.Filter(topic.Reply), s.Filter(topic.Birth)}, OnMessage: c.receive,
-		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)).With("component", "console")})
+		OnReady: func(context.Context) { once.Do(func() { close(ready) }) },
+		Logger:  slog.New(slog.NewTextHandler(t.Output(), nil)).With("component", "console")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,6 +57,14 @@ func newConsole(t *testing.T, brokerURL string) *console {
 	t.Cleanup(cancel)
 	if err := c.link.Connect(ctx); err != nil {
 		t.Fatal(err)
+	}
+	// Subscribed before it returns: Connect only starts connecting, and a
+	// gateway started next published a logs chunk before the console's
+	// subscription (TestLogsCutByRestart failed so under make test's load).
+	select {
+	case <-ready:
+	case <-time.After(testenv.Timeout):
+		t.Fatal("the test console did not connect and subscribe")
 	}
 	return c
 }
