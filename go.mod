@@ -90,4 +90,6 @@ require (
 	golang.org/x/time v0.16.0 // indirect
 )
 
+// paho.golang v0.23.0 with its packet reader's allocations cut, as upstream
+// did after that release: third_party/paho.golang/PATCHES.md.
 replace github.com/eclipse/paho.golang => ./third_party/paho.golang

@@ -36,6 +36,9 @@ shards=${SCENARIO_SHARDS:-3}
 
 "$GO" test -race -timeout 10m $("$GO" list ./... | grep -v '/scenarios$') 2>&1 | tee "$logs/packages.log" &
 pids=($!)
+# The copy of paho.golang Fleet Agent patches is a module of its own.
+(cd third_party/paho.golang && "$GO" test -race ./packets/) 2>&1 | tee "$logs/paho.log" &
+pids+=($!)
 for ((k = 1; k <= shards; k++)); do
 	mine=$(printf '%s\n' "${names[@]}" | awk -v n="$shards" -v k="$k" '(NR - 1) % n == k - 1' | paste -sd'|')
 	[ -n "$mine" ] || continue

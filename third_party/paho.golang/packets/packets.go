@@ -17,6 +17,7 @@ package packets
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -298,27 +299,18 @@ func ReadPacket(r io.Reader) (*ControlPacket, error) {
 		cp.Content.(*Publish).Duplicate = cp.Flags&(1<<3) != 0
 		cp.Content.(*Publish).Retain = cp.Flags&1 != 0
 	}
-	vbi, err := getVBI(r)
-	if err != nil {
-		return nil, err
-	}
-	cp.remainingLength, err = decodeVBI(vbi)
+	cp.remainingLength, err = readVBI(r)
 	if err != nil {
 		return nil, err
 	}
 
-	var content bytes.Buffer
-	content.Grow(cp.remainingLength)
-
-	n, err := io.CopyN(&content, r, int64(cp.remainingLength))
-	if err != nil {
-		return nil, err
+	// Fleet Agent's patch (PATCHES.md): the body is read at its size;
+	// io.CopyN into a bytes.Buffer grew it again past 512 bytes.
+	content := make([]byte, cp.remainingLength)
+	if _, err := io.ReadFull(r, content); err != nil {
+		return nil, fmt.Errorf("failed to read packet of %d bytes: %w", cp.remainingLength, err)
 	}
-
-	if n != int64(cp.remainingLength) {
-		return nil, fmt.Errorf("failed to read packet, expected %d bytes, read %d", cp.remainingLength, n)
-	}
-	err = cp.Content.Unpack(&content)
+	err = cp.Content.Unpack(bytes.NewBuffer(content))
 	if err != nil {
 		return nil, err
 	}
@@ -408,6 +400,25 @@ func getVBI(r io.Reader) (*bytes.Buffer, error) {
 			return &ret, nil
 		}
 	}
+}
+
+// readVBI reads a variable byte integer from r, of at most 4 bytes
+// (MQTT v5, 1.5.5). Fleet Agent's patch (PATCHES.md): getVBI put each
+// byte into a bytes.Buffer of its own, on the heap, for decodeVBI.
+func readVBI(r io.Reader) (int, error) {
+	var vbi, shift int
+	var digit [1]byte
+	for range 4 {
+		if _, err := io.ReadFull(r, digit[:]); err != nil {
+			return 0, err
+		}
+		vbi |= int(digit[0]&127) << shift
+		if digit[0] < 128 {
+			return vbi, nil
+		}
+		shift += 7
+	}
+	return 0, errors.New("malformed variable byte integer: longer than 4 bytes")
 }
 
 func decodeVBI(r *bytes.Buffer) (int, error) {
@@ -503,16 +514,21 @@ func readBinary(b *bytes.Buffer) ([]byte, error) {
 		return nil, err
 	}
 
-	var s bytes.Buffer
-	s.Grow(int(size))
-	if _, err := io.CopyN(&s, b, int64(size)); err != nil {
-		return nil, err
+	// Fleet Agent's patch (PATCHES.md): copied at its size, once.
+	if int(size) > b.Len() {
+		return nil, io.ErrUnexpectedEOF
 	}
-
-	return s.Bytes(), nil
+	return append(make([]byte, 0, size), b.Next(int(size))...), nil
 }
 
 func readString(b *bytes.Buffer) (string, error) {
-	s, err := readBinary(b)
-	return string(s), err
+	// Fleet Agent's patch (PATCHES.md): one copy, into the string.
+	size, err := readUint16(b)
+	if err != nil {
+		return "", err
+	}
+	if int(size) > b.Len() {
+		return "", io.ErrUnexpectedEOF
+	}
+	return string(b.Next(int(size))), nil
 }
