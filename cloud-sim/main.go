@@ -89,6 +89,7 @@ func serveCmd() *cobra.Command {
 	}
 	config := serveConfig(cmd.Flags())
 	profile := cmd.Flags().String("cpu-profile", "", "write a CPU profile of the whole run to FILE, ended at shutdown (go tool pprof FILE): what costs the controller CPU")
+	allocs := cmd.Flags().String("alloc-profile", "", "write a profile of the whole run's allocations to FILE at shutdown (go tool pprof -sample_index=alloc_space FILE): what the garbage collector follows")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		cfg, err := config()
 		if err != nil {
@@ -100,6 +101,9 @@ func serveCmd() *cobra.Command {
 				return err
 			}
 			defer stop()
+		}
+		if *allocs != "" {
+			defer writeAllocProfile(cmd.ErrOrStderr(), *allocs)
 		}
 		return runServe(cmd.Context(), cmd.OutOrStdout(), cfg)
 	}
@@ -120,6 +124,18 @@ func startCPUProfile(path string) (stop func(), err error) {
 		pprof.StopCPUProfile()
 		f.Close()
 	}, nil
+}
+
+// writeAllocProfile writes the allocations made since the process
+// started into path; a failure is only reported, at shutdown.
+func writeAllocProfile(w io.Writer, path string) {
+	f, err := os.Create(path)
+	if err == nil {
+		err = errors.Join(pprof.Lookup("allocs").WriteTo(f, 0), f.Close())
+	}
+	if err != nil {
+		fmt.Fprintf(w, "--alloc-profile: %v\n", err)
+	}
 }
 
 // serveConfig defines serve's flags on fs and returns what makes the

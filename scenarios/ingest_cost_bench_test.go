@@ -62,7 +62,8 @@ const (
 // core while the gateways are connected and silent, and the CPU the rest
 // of the machine took meanwhile (other sessions share the two cores).
 //
-// FLEET_BENCH_PROFILES=DIR has each serve write a CPU profile into DIR.
+// FLEET_BENCH_PROFILES=DIR has each serve write a CPU and an allocation
+// profile into DIR.
 //
 // Run it with -benchtime 1x (an iteration is the whole run; its processes
 // and 10,000 connections live until the sub-benchmark ends) and -count N
@@ -207,10 +208,11 @@ func startServe(b *testing.B, bin, id string, args ...string) *serveProc {
 	listen := testenv.FreeAddr(b)
 	s.api = &apiclient.Client{Base: "http://" + listen, Token: "bench-token-" + id}
 	// FLEET_BENCH_PROFILES=DIR: each serve writes its CPU profile there
-	// (DIR/{test}-{id}.prof, at its end), to see what the CPU went to.
+	// (DIR/{test}-{id}.prof, at its end), to see what the CPU went to,
+	// and its allocations (.allocs), what the garbage collector follows.
 	if dir := os.Getenv("FLEET_BENCH_PROFILES"); dir != "" {
 		name := strings.NewReplacer("/", "-", " ", "-").Replace(b.Name())
-		args = append(args, "--cpu-profile", filepath.Join(dir, name+"-"+id+".prof"))
+		args = append(args, "--cpu-profile", filepath.Join(dir, name+"-"+id+".prof"), "--alloc-profile", filepath.Join(dir, name+"-"+id+".allocs"))
 	}
 	s.cmd = exec.Command(bin, append([]string{"serve", "--data", s.data, "--controller-id", id, "--http-listen", listen,
 		"--api-token-file", tokenFile, "--log-level", "warn"}, args...)...)
