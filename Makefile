@@ -55,10 +55,11 @@ proto:
 	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y protobuf-compiler"; exit 1; }
 	GOBIN=$(CURDIR)/bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	PATH=$(CURDIR)/bin:$$PATH protoc --go_out=. --go_opt=paths=source_relative protocol/fleet/v1/fleet.proto
+	PATH=$(CURDIR)/bin:$$PATH protoc --go_out=. --go_opt=paths=source_relative cloud-sim/state/recordpb/records.proto
 
 # Fails when the committed generated code differs from what `make proto` writes.
 check-proto: proto
-	git diff --exit-code -- protocol/
+	git diff --exit-code -- protocol/ cloud-sim/state/recordpb/
 
 lint:
 	bash -n .ci/run && bash -n scripts/test.sh

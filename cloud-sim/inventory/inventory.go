@@ -9,7 +9,6 @@ package inventory
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -134,7 +133,7 @@ func (inv *Inventory) Load(ctx context.Context, st *state.Store) error {
 	defer inv.mu.Unlock()
 	err := st.Each(ctx, state.Gateways, func(k string, raw []byte) error {
 		g := new(state.Gateway)
-		if err := json.Unmarshal(raw, g); err != nil {
+		if err := state.Decode(raw, g); err != nil {
 			return err
 		}
 		inv.gateways[k] = restore(g)

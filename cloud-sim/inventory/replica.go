@@ -2,7 +2,6 @@ package inventory
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -155,7 +154,7 @@ func (inv *Inventory) rebase(e state.Entry) error {
 		return nil
 	}
 	s := new(state.Gateway)
-	if err := json.Unmarshal(e.Value, s); err != nil {
+	if err := state.Decode(e.Value, s); err != nil {
 		return fmt.Errorf("inventory: gateway %s: %w", e.Key, err)
 	}
 	fresh := restore(s)

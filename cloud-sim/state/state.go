@@ -5,6 +5,7 @@ package state
 
 import (
 	"context"
+	"encoding"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -227,9 +228,9 @@ func Key(parts ...string) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// Put stores v as JSON under key.
+// Put stores v under key (see Encode).
 func (s *Store) Put(ctx context.Context, b Bucket, key string, v any) error {
-	data, err := json.Marshal(v)
+	data, err := Encode(v)
 	if err != nil {
 		return fmt.Errorf("state: encode %s: %w", b, err)
 	}
@@ -248,7 +249,24 @@ func (s *Store) Get(ctx context.Context, b Bucket, key string, v any) error {
 	if err != nil {
 		return fmt.Errorf("state: get %s: %w", b, err)
 	}
-	return json.Unmarshal(e.Value(), v)
+	return Decode(e.Value(), v)
+}
+
+// Encode is v as the store keeps it: its MarshalBinary when it has one (a
+// gateway's record, as protobuf), else JSON.
+func Encode(v any) ([]byte, error) {
+	if m, ok := v.(encoding.BinaryMarshaler); ok {
+		return m.MarshalBinary()
+	}
+	return json.Marshal(v)
+}
+
+// Decode reads what Encode wrote into v.
+func Decode(data []byte, v any) error {
+	if u, ok := v.(encoding.BinaryUnmarshaler); ok {
+		return u.UnmarshalBinary(data)
+	}
+	return json.Unmarshal(data, v)
 }
 
 // Delete removes key.
@@ -319,14 +337,14 @@ func eachOf(ctx context.Context, w jetstream.KeyWatcher, seen map[string]struct{
 	}
 }
 
-// PutMany stores every value of batch as JSON, publishing them to the
+// PutMany stores every value of batch (see Encode), publishing them to the
 // bucket at once and then awaiting every acknowledgement: thousands of
 // inventory records cost one round trip, not one each. Writes lost to a
 // failover are sent again until ctx ends.
 func (s *Store) PutMany(ctx context.Context, b Bucket, batch map[string]any) error {
 	items := make([]pubItem, 0, len(batch))
 	for key, v := range batch {
-		data, err := json.Marshal(v)
+		data, err := Encode(v)
 		if err != nil {
 			return fmt.Errorf("state: encode %s: %w", b, err)
 		}

@@ -2,7 +2,6 @@ package state
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -211,14 +210,14 @@ type Versioned struct {
 // writer read it.
 var ErrConflict = errors.New("written by another replica since it was read")
 
-// PutIfMany writes every value of batch as JSON over the revision given
+// PutIfMany writes every value of batch (see Encode) over the revision given
 // with it, at once, like PutMany. It returns the new revision of each key
 // written; a key another replica wrote since is left out of it and
 // listed in conflicts, for the caller to read, merge and write again.
 func (s *Store) PutIfMany(ctx context.Context, b Bucket, batch map[string]Versioned) (revs map[string]uint64, conflicts []string, err error) {
 	items := make([]pubItem, 0, len(batch))
 	for key, v := range batch {
-		data, err := json.Marshal(v.Value)
+		data, err := Encode(v.Value)
 		if err != nil {
 			return nil, nil, fmt.Errorf("state: encode %s: %w", b, err)
 		}
