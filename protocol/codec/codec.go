@@ -61,6 +61,12 @@ func (e Encoding) ContentType() string {
 // FromContentType returns JSON for "application/json" (parameters allowed)
 // and Protobuf for anything else, including no content type.
 func FromContentType(ct string) Encoding {
+	switch ct {
+	case ContentTypeProtobuf, "": // what gateways send: no parsing, no allocation
+		return Protobuf
+	case ContentTypeJSON:
+		return JSON
+	}
 	mt, _, err := mime.ParseMediaType(ct)
 	if err == nil && mt == ContentTypeJSON {
 		return JSON

@@ -139,11 +139,16 @@ func TestFromContentType(t *testing.T) {
 		{"application/x-protobuf", codec.Protobuf},
 		{"", codec.Protobuf},
 		{"text/plain", codec.Protobuf},
+		{"Application/JSON", codec.JSON},
 	}
 	for _, tt := range tests {
 		if got := codec.FromContentType(tt.ct); got != tt.want {
 			t.Errorf("FromContentType(%q) = %v, want %v", tt.ct, got, tt.want)
 		}
+	}
+	// The controller asks for every publication it receives.
+	if n := testing.AllocsPerRun(100, func() { codec.FromContentType(codec.ContentTypeProtobuf) }); n != 0 {
+		t.Errorf("FromContentType(%q) took %.0f allocations, want none", codec.ContentTypeProtobuf, n)
 	}
 }
 
