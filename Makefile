@@ -47,6 +47,8 @@ bench:
 	ROLLOUT_PLOT=$(CURDIR)/docs/rollout-10k.png $(GO) test ./scenarios/ -run '^$$' -bench 'Rollout' -benchtime 1x -count 1 -timeout 20m
 	$(GO) test ./scenarios/ -run '^$$' -bench 'PrefetchActivation' -benchtime 1x -count 1 -timeout 20m
 	$(GO) test ./protocol/codec/ -run '^$$' -bench 'UnmarshalStatus' -benchtime 200000x -benchmem -count 3
+	cd third_party/paho.golang && $(GO) test ./packets/ -run '^$$' -bench 'ReadPacket' -benchmem -count 3
+	$(GO) test ./cloud-sim/state/ -run '^$$' -bench 'GatewayRecord' -benchmem -count 3
 	$(GO) test ./cloud-sim/broker/ -run '^$$' -bench 'RetainedQoS1' -benchtime 20000x -count 7
 	$(GO) test ./cloud-sim/broker/ -run '^$$' -bench 'ConnectionMemory' -benchtime 1x -count 3
 

@@ -13,7 +13,8 @@ import (
 // A gateway's record is stored as protobuf (recordpb.Gateway): the
 // inventory writes one whenever what a gateway reported changes, and every
 // other replica reads each one, so its encoding is on the ingest path.
-// Protobuf takes a fifth of JSON's time to encode and a seventh to decode
+// As protobuf a record takes a third of its JSON's bytes, three quarters
+// of its time to encode and two fifths of its time to decode
 // (BenchmarkGatewayRecord). Records written as JSON, by versions before
 // it, are read as they are and written again as protobuf.
 
