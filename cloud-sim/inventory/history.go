@@ -4,6 +4,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/fleet-agent/fleet/cloud-sim/state"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
@@ -29,27 +30,13 @@ type session struct {
 	reason                  string
 }
 
-func unixNano(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-func timeOf(ns int64) time.Time {
-	if ns == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, ns).UTC()
-}
-
 // noteBirth records the start of session id (a birth applied); a birth of
 // the newest session again changes nothing.
 func (g *Gateway) noteBirth(id uint64, connected time.Time) {
 	if n := len(g.sessions); n > 0 && g.sessions[n-1].id >= id {
 		return
 	}
-	g.pushSession(session{id: id, connected: unixNano(connected)})
+	g.pushSession(session{id: id, connected: state.UnixNano(connected)})
 }
 
 // noteDeath records the end of session id, also of an older session than
@@ -59,13 +46,13 @@ func (g *Gateway) noteDeath(id uint64, reason string, at time.Time) {
 	for i := len(g.sessions) - 1; i >= 0; i-- {
 		if s := &g.sessions[i]; s.id == id {
 			if s.disconnected == 0 {
-				s.disconnected, s.reason = unixNano(at), reason
+				s.disconnected, s.reason = state.UnixNano(at), reason
 			}
 			return
 		}
 	}
 	if n := len(g.sessions); n == 0 || g.sessions[n-1].id < id {
-		g.pushSession(session{id: id, disconnected: unixNano(at), reason: reason})
+		g.pushSession(session{id: id, disconnected: state.UnixNano(at), reason: reason})
 	}
 }
 
@@ -89,7 +76,7 @@ func (g *Gateway) pushSession(s session) {
 func (g *Gateway) sessionList() []Session {
 	out := make([]Session, len(g.sessions))
 	for i, s := range g.sessions {
-		out[len(out)-1-i] = Session{Session: s.id, ConnectedAt: timeOf(s.connected), DisconnectedAt: timeOf(s.disconnected), DeathReason: s.reason}
+		out[len(out)-1-i] = Session{Session: s.id, ConnectedAt: state.TimeOf(s.connected), DisconnectedAt: state.TimeOf(s.disconnected), DeathReason: s.reason}
 	}
 	return out
 }

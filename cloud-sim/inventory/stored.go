@@ -20,7 +20,7 @@ func (g *Gateway) stored() *state.Gateway {
 		Capabilities:   slices.Clone(g.Capabilities),
 		PublicKey:      g.PublicKey, Registries: StoredRegistries(g.Registries), Delivered: slices.Clone(g.Delivered), Running: g.Running}
 	for _, ss := range g.sessions {
-		s.Sessions = append(s.Sessions, state.Session{Session: ss.id, ConnectedAt: timeOf(ss.connected), DisconnectedAt: timeOf(ss.disconnected), DeathReason: ss.reason})
+		s.Sessions = append(s.Sessions, state.Session{Session: ss.id, ConnectedAt: state.TimeOf(ss.connected), DisconnectedAt: state.TimeOf(ss.disconnected), DeathReason: ss.reason})
 	}
 	for _, r := range g.Refused {
 		s.Refused = append(s.Refused, state.Refusal{Limit: string(r.Limit), Message: r.Message, Count: r.Count, First: r.First, Last: r.Last})
@@ -53,7 +53,7 @@ func restore(s *state.Gateway) *Gateway {
 		PublicKey: s.PublicKey, Registries: RestoredRegistries(s.Registries), Delivered: s.Delivered, Running: s.Running,
 		storedSeen: s.LastSeen}
 	for _, ss := range s.Sessions[max(len(s.Sessions)-MaxSessions, 0):] {
-		g.pushSession(session{id: ss.Session, connected: unixNano(ss.ConnectedAt), disconnected: unixNano(ss.DisconnectedAt), reason: ss.DeathReason})
+		g.pushSession(session{id: ss.Session, connected: state.UnixNano(ss.ConnectedAt), disconnected: state.UnixNano(ss.DisconnectedAt), reason: ss.DeathReason})
 	}
 	for _, r := range s.Refused {
 		g.Refused = append(g.Refused, Refusal{Limit: Limit(r.Limit), Message: r.Message, Count: r.Count, First: r.First, Last: r.Last})

@@ -41,7 +41,7 @@ func (g *Gateway) UnmarshalBinary(data []byte) error {
 
 func (g *Gateway) record() *recordpb.Gateway {
 	r := &recordpb.Gateway{Tenant: g.Tenant, Id: g.ID, Online: g.Online, Session: g.Session, DeathSession: g.DeathSession,
-		DeathReason: g.DeathReason, ConnectedAt: nanos(g.ConnectedAt), LastSeen: nanos(g.LastSeen), AgentVersion: g.AgentVersion,
+		DeathReason: g.DeathReason, ConnectedAt: UnixNano(g.ConnectedAt), LastSeen: UnixNano(g.LastSeen), AgentVersion: g.AgentVersion,
 		ProtocolVersion: g.ProtocolVersion, Simulated: g.Simulated, ReportedLabels: g.ReportedLabels, ReportedGroups: g.ReportedGroups,
 		Capabilities: g.Capabilities, PublicKey: g.PublicKey, Delivered: g.Delivered, Running: g.Running}
 	if h := g.Host; h != nil {
@@ -58,14 +58,14 @@ func (g *Gateway) record() *recordpb.Gateway {
 	}
 	for _, x := range g.Registries {
 		r.Registries = append(r.Registries, &recordpb.Registry{Registry: x.Registry, Kind: x.Kind, Username: x.Username,
-			Fingerprint: x.Fingerprint, ExpiresAt: nanos(x.ExpiresAt), Warning: x.Warning})
+			Fingerprint: x.Fingerprint, ExpiresAt: UnixNano(x.ExpiresAt), Warning: x.Warning})
 	}
 	for _, x := range g.Refused {
-		r.Refused = append(r.Refused, &recordpb.Refusal{Limit: x.Limit, Message: x.Message, Count: x.Count, First: nanos(x.First), Last: nanos(x.Last)})
+		r.Refused = append(r.Refused, &recordpb.Refusal{Limit: x.Limit, Message: x.Message, Count: x.Count, First: UnixNano(x.First), Last: UnixNano(x.Last)})
 	}
 	for _, x := range g.Sessions {
-		r.Sessions = append(r.Sessions, &recordpb.Session{Session: x.Session, ConnectedAt: nanos(x.ConnectedAt),
-			DisconnectedAt: nanos(x.DisconnectedAt), DeathReason: x.DeathReason})
+		r.Sessions = append(r.Sessions, &recordpb.Session{Session: x.Session, ConnectedAt: UnixNano(x.ConnectedAt),
+			DisconnectedAt: UnixNano(x.DisconnectedAt), DeathReason: x.DeathReason})
 	}
 	return r
 }
@@ -76,7 +76,7 @@ func (d *Deployment) record() *recordpb.Deployment {
 	}
 	r := &recordpb.Deployment{Name: d.Name, Revision: d.Revision, Phase: d.Phase, Health: d.Health, Image: d.Image, Digest: d.Digest,
 		ContainerId: d.ContainerID, Code: d.Code, Message: d.Message, RestartCount: d.RestartCount,
-		UpdatedAt: nanos(d.UpdatedAt), ReportedAt: nanos(d.ReportedAt)}
+		UpdatedAt: UnixNano(d.UpdatedAt), ReportedAt: UnixNano(d.ReportedAt)}
 	for _, s := range d.Services {
 		r.Services = append(r.Services, &recordpb.Service{Name: s.Name, Phase: s.Phase, Health: s.Health, Image: s.Image, Digest: s.Digest,
 			ContainerId: s.ContainerID, RestartCount: s.RestartCount, ExitCode: s.ExitCode, OomKilled: s.OOMKilled, Code: s.Code, Message: s.Message})
@@ -86,7 +86,7 @@ func (d *Deployment) record() *recordpb.Deployment {
 
 func gatewayOf(r *recordpb.Gateway) Gateway {
 	g := Gateway{Tenant: r.Tenant, ID: r.Id, Online: r.Online, Session: r.Session, DeathSession: r.DeathSession,
-		DeathReason: r.DeathReason, ConnectedAt: timeOf(r.ConnectedAt), LastSeen: timeOf(r.LastSeen), AgentVersion: r.AgentVersion,
+		DeathReason: r.DeathReason, ConnectedAt: TimeOf(r.ConnectedAt), LastSeen: TimeOf(r.LastSeen), AgentVersion: r.AgentVersion,
 		ProtocolVersion: r.ProtocolVersion, Simulated: r.Simulated, ReportedLabels: r.ReportedLabels, ReportedGroups: r.ReportedGroups,
 		Capabilities: r.Capabilities, PublicKey: r.PublicKey, Delivered: r.Delivered, Running: r.Running}
 	if h := r.Host; h != nil {
@@ -103,14 +103,14 @@ func gatewayOf(r *recordpb.Gateway) Gateway {
 	}
 	for _, x := range r.Registries {
 		g.Registries = append(g.Registries, Registry{Registry: x.Registry, Kind: x.Kind, Username: x.Username,
-			Fingerprint: x.Fingerprint, ExpiresAt: timeOf(x.ExpiresAt), Warning: x.Warning})
+			Fingerprint: x.Fingerprint, ExpiresAt: TimeOf(x.ExpiresAt), Warning: x.Warning})
 	}
 	for _, x := range r.Refused {
-		g.Refused = append(g.Refused, Refusal{Limit: x.Limit, Message: x.Message, Count: x.Count, First: timeOf(x.First), Last: timeOf(x.Last)})
+		g.Refused = append(g.Refused, Refusal{Limit: x.Limit, Message: x.Message, Count: x.Count, First: TimeOf(x.First), Last: TimeOf(x.Last)})
 	}
 	for _, x := range r.Sessions {
-		g.Sessions = append(g.Sessions, Session{Session: x.Session, ConnectedAt: timeOf(x.ConnectedAt),
-			DisconnectedAt: timeOf(x.DisconnectedAt), DeathReason: x.DeathReason})
+		g.Sessions = append(g.Sessions, Session{Session: x.Session, ConnectedAt: TimeOf(x.ConnectedAt),
+			DisconnectedAt: TimeOf(x.DisconnectedAt), DeathReason: x.DeathReason})
 	}
 	return g
 }
@@ -121,7 +121,7 @@ func deploymentOf(r *recordpb.Deployment) *Deployment {
 	}
 	d := &Deployment{Name: r.Name, Revision: r.Revision, Phase: r.Phase, Health: r.Health, Image: r.Image, Digest: r.Digest,
 		ContainerID: r.ContainerId, Code: r.Code, Message: r.Message, RestartCount: r.RestartCount,
-		UpdatedAt: timeOf(r.UpdatedAt), ReportedAt: timeOf(r.ReportedAt)}
+		UpdatedAt: TimeOf(r.UpdatedAt), ReportedAt: TimeOf(r.ReportedAt)}
 	for _, s := range r.Services {
 		d.Services = append(d.Services, Service{Name: s.Name, Phase: s.Phase, Health: s.Health, Image: s.Image, Digest: s.Digest,
 			ContainerID: s.ContainerId, RestartCount: s.RestartCount, ExitCode: s.ExitCode, OOMKilled: s.OomKilled, Code: s.Code, Message: s.Message})
@@ -129,16 +129,17 @@ func deploymentOf(r *recordpb.Deployment) *Deployment {
 	return d
 }
 
-// nanos is t in Unix nanoseconds, 0 for the zero time.
-func nanos(t time.Time) int64 {
+// UnixNano is t in Unix nanoseconds, 0 for the zero time: how stored
+// records and the inventory keep times.
+func UnixNano(t time.Time) int64 {
 	if t.IsZero() {
 		return 0
 	}
 	return t.UnixNano()
 }
 
-// timeOf is the time of Unix nanoseconds n, in UTC; 0 is the zero time.
-func timeOf(n int64) time.Time {
+// TimeOf is the time of Unix nanoseconds n, in UTC; 0 is the zero time.
+func TimeOf(n int64) time.Time {
 	if n == 0 {
 		return time.Time{}
 	}
