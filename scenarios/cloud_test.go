@@ -36,6 +36,8 @@ type cloud struct {
 	dataDir, mqtt string
 	cfg           serve.Config
 	api           *apiclient.Client
+	// logs, when set, holds what the server logged (see threeReplicas).
+	logs *testenv.LogBuffer
 }
 
 func startCloud(t testing.TB, sims int) *cloud {

@@ -3,8 +3,10 @@ package scenarios
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -30,22 +32,28 @@ import (
 // them (b and c).
 func threeReplicas(t *testing.T, n int) []*cloud {
 	t.Helper()
-	a := &cloud{dataDir: t.TempDir(), mqtt: testenv.FreeAddr(t)}
+	// Each replica's warnings (and replica a's broker's and simulated
+	// gateways'), for a run that fails or is slow (replicaWarnings).
+	logs := []*testenv.LogBuffer{{}, {}, {}}
+	logger := func(i int) *slog.Logger {
+		return slog.New(slog.NewTextHandler(logs[i], &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	a := &cloud{dataDir: t.TempDir(), mqtt: testenv.FreeAddr(t), logs: logs[0]}
 	a.cfg = serve.Config{DataDir: a.dataDir, MQTTListen: a.mqtt, NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
-		Scheme: topic.Default(), ControllerID: "replica-a", ControllerPassword: "replica-password",
+		Scheme: topic.Default(), ControllerID: "replica-a", ControllerPassword: "replica-password", Logger: logger(0),
 		Sim: simfleet.Config{Count: n, Tenant: "sim", PullTime: 10 * time.Millisecond}}
 	a.start(t)
 	t.Cleanup(func() { a.Close() })
 	out := []*cloud{a}
-	for _, id := range []string{"replica-b", "replica-c"} {
+	for i, id := range []string{"replica-b", "replica-c"} {
 		s, err := serve.Start(context.Background(), serve.Config{DataDir: t.TempDir(), BrokerURL: a.BrokerURL.String(),
 			BrokerUsername: "controller", BrokerPassword: "replica-password", NATSURL: a.NATSURL, NATSCreds: a.NATSCreds, HTTPListen: "127.0.0.1:0",
-			Scheme: topic.Default(), ControllerID: id, SecretsKey: filepath.Join(a.dataDir, "controller.key")})
+			Scheme: topic.Default(), ControllerID: id, SecretsKey: filepath.Join(a.dataDir, "controller.key"), Logger: logger(i + 1)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.Close() })
-		out = append(out, &cloud{Server: s, api: &apiclient.Client{Base: s.APIURL, Token: s.APIToken}})
+		out = append(out, &cloud{Server: s, api: &apiclient.Client{Base: s.APIURL, Token: s.APIToken}, logs: logs[i+1]})
 	}
 	names := []string{"replica-a", "replica-b", "replica-c"}
 	online := func(c *cloud) int {
@@ -60,6 +68,7 @@ func threeReplicas(t *testing.T, n int) []*cloud {
 			for i, c := range out {
 				t.Logf("%s: %d gateways of sim online", names[i], online(c))
 			}
+			replicaWarnings(t, out)
 		}
 	})
 	for i, c := range out {
@@ -122,6 +131,9 @@ func TestReplicasShareIngest(t *testing.T) {
 	v = waitRollout(t, c, v.ID, 4*time.Minute)
 	stopSampling()
 	t.Logf("rollout ended after %.1f s", time.Since(start).Seconds())
+	if time.Since(start) > time.Minute { // 7.7 s alone: say why when it is not
+		replicaWarnings(t, rs)
+	}
 	if v.State != api.RolloutSucceeded || v.Counts[api.GwSucceeded] != n {
 		t.Fatalf("rollout watched on replica c: %s %v", v.State, v.Counts)
 	}
@@ -260,6 +272,25 @@ func TestReplicasFallbackReplies(t *testing.T) {
 				var c api.Command
 				return r.api.Do(ctx, "GET", "/v1/commands/"+id, nil, &c, nil) == nil && c.State == "SUCCEEDED"
 			})
+		}
+	}
+}
+
+// replicaWarnings logs the first warnings each replica logged, and how
+// many it logged.
+func replicaWarnings(t *testing.T, rs []*cloud) {
+	const most = 30
+	for i, r := range rs {
+		if r.logs == nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(r.logs.String()), "\n")
+		if lines[0] == "" {
+			lines = nil
+		}
+		t.Logf("replica %d logged %d warnings or errors", i, len(lines))
+		for _, l := range lines[:min(len(lines), most)] {
+			t.Logf("replica %d: %s", i, l)
 		}
 	}
 }
