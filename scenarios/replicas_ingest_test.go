@@ -41,7 +41,7 @@ func threeReplicas(t *testing.T, n int) []*cloud {
 	a := &cloud{dataDir: t.TempDir(), mqtt: testenv.FreeAddr(t), logs: logs[0]}
 	a.cfg = serve.Config{DataDir: a.dataDir, MQTTListen: a.mqtt, NATSListen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0",
 		Scheme: topic.Default(), ControllerID: "replica-a", ControllerPassword: "replica-password", Logger: logger(0),
-		Sim: simfleet.Config{Count: n, Tenant: "sim", PullTime: 10 * time.Millisecond}}
+		Sim: simfleet.Config{Count: n, Tenant: "sim", PullTime: 10 * time.Millisecond, Logger: logger(0)}}
 	a.start(t)
 	t.Cleanup(func() { a.Close() })
 	out := []*cloud{a}
@@ -69,6 +69,7 @@ func threeReplicas(t *testing.T, n int) []*cloud {
 				t.Logf("%s: %d gateways of sim online", names[i], online(c))
 			}
 			replicaWarnings(t, out)
+			offlineSims(t, a, n)
 		}
 	})
 	for i, c := range out {
@@ -291,6 +292,35 @@ func replicaWarnings(t *testing.T, rs []*cloud) {
 		t.Logf("replica %d logged %d warnings or errors", i, len(lines))
 		for _, l := range lines[:min(len(lines), most)] {
 			t.Logf("replica %d: %s", i, l)
+		}
+	}
+}
+
+// offlineSims logs which of the n simulated gateways a does not show
+// online, and what the first few of them logged (their warnings go to
+// a's log, as gateway=ID).
+func offlineSims(t *testing.T, a *cloud, n int) {
+	var l api.GatewayList
+	a.get(t, fmt.Sprintf("/v1/gateways?tenant=sim&online=true&limit=%d", n), &l)
+	up := map[string]bool{}
+	for _, g := range l.Gateways {
+		up[g.ID] = true
+	}
+	var off []string
+	for i := 1; i <= n; i++ {
+		if id := fmt.Sprintf("sim-%d", i); !up[id] {
+			off = append(off, id)
+		}
+	}
+	t.Logf("not online on replica-a: %v", off)
+	lines := strings.Split(a.logs.String(), "\n")
+	for _, id := range off[:min(len(off), 5)] {
+		k := 0
+		for _, line := range lines {
+			if strings.Contains(line, "gateway="+id+" ") && k < 10 {
+				t.Logf("%s: %s", id, line)
+				k++
+			}
 		}
 	}
 }
