@@ -4,7 +4,6 @@
 package mqttclient
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -12,14 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/eclipse/paho.golang/autopaho"
-	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"google.golang.org/protobuf/proto"
 
@@ -57,6 +54,11 @@ type Config struct {
 	// again on every (re)subscribe, so a persistent session need not queue
 	// and persist each one. Replies and events stay QoS 1.
 	LatestOnly bool
+	// ReadPacing is the least time between two reads of the connection
+	// while they keep finding data, so that a busy stream is read in
+	// batches (pacedConn): 1 ms when 0, none when negative. Plain TCP
+	// (mqtt://) only.
+	ReadPacing time.Duration
 	// Share, when set, makes this console one of the group of consoles
 	// (controller replicas) that share what gateways publish: it
 	// subscribes through MQTT v5 shared subscriptions ($share/{Share}/…),
@@ -212,7 +214,7 @@ func (c *Console) connect(ctx context.Context, id string, expiry time.Duration, 
 		CleanStartOnInitialConnection: expiry == 0,
 		SessionExpiryInterval:         uint32(expiry / time.Second),
 		ReconnectBackoff:              backoff.Policy{Base: 200 * time.Millisecond, Max: 5 * time.Second}.Delay,
-		AttemptConnection:             dialer(u.Scheme),
+		AttemptConnection:             dialer(u.Scheme, cfg.ReadPacing),
 		TlsCfg:                        cfg.TLS,
 		ConnectUsername:               username,
 		ConnectPassword:               cfg.Password,
@@ -253,34 +255,6 @@ func (c *Console) connect(ctx context.Context, id string, expiry time.Duration, 
 	}
 	return cm, nil
 }
-
-// dialer connects to a plain-TCP broker (mqtt://) with a read buffer:
-// paho reads each packet's header a byte at a time, a system call each
-// without one, which weighed on a controller receiving tens of thousands
-// of statuses a second. Other schemes (TLS, websockets) are dialed by
-// autopaho itself (nil).
-func dialer(scheme string) func(context.Context, autopaho.ClientConfig, *url.URL) (net.Conn, error) {
-	if scheme != "mqtt" {
-		return nil
-	}
-	return func(ctx context.Context, _ autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", u.Host)
-		if err != nil {
-			return nil, err
-		}
-		// Writes come from many goroutines: serialise them, as autopaho's
-		// own dialer does.
-		return packets.NewThreadSafeConn(readBuffered{Conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}), nil
-	}
-}
-
-type readBuffered struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (c readBuffered) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // duplicate reports whether p, received by session id, is a live
 // publication a Resync's subscription brought to the console's own
