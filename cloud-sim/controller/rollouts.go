@@ -121,27 +121,28 @@ func (c *Controller) RolloutTicks() uint64 { return c.sched.Ticks() }
 // The item only points at a stored rollout's gateway (rollout.Resolve),
 // which gives the tenant and the spec: an item that points at nothing the
 // store holds is dropped (acknowledged, never sent), logged and reported
-// as a rollout.work.refused change.
-func (c *Controller) work(ctx context.Context, data []byte) {
+// as a rollout.work.refused change. An item the store could not be asked
+// about is not dropped: the error hands it out again shortly (Consume),
+// where it was once acknowledged and left to the scheduler's requeue of
+// what stayed unsent for 75 s.
+func (c *Controller) work(ctx context.Context, data []byte) error {
 	var d rollout.Dispatch
 	if err := json.Unmarshal(data, &d); err != nil {
 		c.refuseWork(d, fmt.Errorf("not a work item: %w", err))
-		return
+		return nil
 	}
 	w, err := c.resolver.Resolve(ctx, d)
 	if errors.Is(err, errdefs.ErrPermissionDenied) {
 		c.refuseWork(d, err)
-		return
+		return nil
 	}
 	if err != nil {
-		// Left IN_PROGRESS: it times out, and counts as a failure.
-		c.log.Error("rollout work not checked against the store; not sent", "rollout", d.Rollout, "gateway", d.Gateway, "err", err)
-		return
+		return fmt.Errorf("rollout %s, gateway %s: work not checked against the store, not sent yet: %w", d.Rollout, d.Gateway, err)
 	}
 	if c.delivered(w) {
 		// Queued again (by a new scheduling replica, or handed out again
 		// when a worker died), but the gateway has it already.
-		return
+		return nil
 	}
 	c.worked.Add(1)
 	if err := c.dispatchDeploy(ctx, w); err != nil {
@@ -152,6 +153,7 @@ func (c *Controller) work(ctx context.Context, data []byte) {
 		c.log.Warn("rollout dispatch failed", "rollout", w.Rollout, "gateway", w.Gateway, "verb", verb, "err", err)
 		c.disp.Undelivered(w.CommandID, w.Rollout, w.Tenant, w.Gateway, string(verb), err)
 	}
+	return nil
 }
 
 // refuseWork reports a work item no stored rollout accounts for: forged

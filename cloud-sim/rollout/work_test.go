@@ -103,7 +103,7 @@ func TestStepQueuesResolvableWork(t *testing.T) {
 	var mu sync.Mutex
 	var got []string
 	done := make(chan struct{}, 2)
-	stop, err := st.Consume(context.Background(), 2, func(ctx context.Context, data []byte) {
+	stop, err := st.Consume(context.Background(), 2, func(ctx context.Context, data []byte) error {
 		defer func() { done <- struct{}{} }()
 		if strings.Contains(string(data), "spec") || strings.Contains(string(data), "tenant") {
 			t.Errorf("work item %s carries more than ids", data)
@@ -111,16 +111,17 @@ func TestStepQueuesResolvableWork(t *testing.T) {
 		var d Dispatch
 		if err := json.Unmarshal(data, &d); err != nil {
 			t.Error(err)
-			return
+			return nil
 		}
 		w, err := NewResolver(st).Resolve(ctx, d)
 		if err != nil {
 			t.Errorf("Resolve(%s): %v", data, err)
-			return
+			return nil
 		}
 		mu.Lock()
 		got = append(got, w.Gateway+" "+w.Spec.GetImage())
 		mu.Unlock()
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -167,7 +168,7 @@ func TestRequeueIsNotDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := make(chan string, 4)
-	stop, err := st.Consume(ctx, 1, func(_ context.Context, data []byte) { got <- string(data) })
+	stop, err := st.Consume(ctx, 1, func(_ context.Context, data []byte) error { got <- string(data); return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +214,7 @@ func TestRequeueLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := make(chan string, 8)
-	stop, err := s.cfg.Store.Consume(ctx, 1, func(_ context.Context, data []byte) { got <- string(data) })
+	stop, err := s.cfg.Store.Consume(ctx, 1, func(_ context.Context, data []byte) error { got <- string(data); return nil })
 	if err != nil {
 		t.Fatal(err)
 	}

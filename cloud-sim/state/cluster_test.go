@@ -200,10 +200,11 @@ func TestClusterSurvivesNodeLoss(t *testing.T) {
 	defer w.Stop()
 	var mu sync.Mutex
 	var work []string // guarded by mu
-	stop, err := st.Consume(ctx, 2, func(_ context.Context, data []byte) {
+	stop, err := st.Consume(ctx, 2, func(_ context.Context, data []byte) error {
 		mu.Lock()
 		work = append(work, string(data))
 		mu.Unlock()
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)

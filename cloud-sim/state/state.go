@@ -440,10 +440,12 @@ func (s *Store) enqueue(ctx context.Context, subject string, items []WorkItem) (
 }
 
 // Consume hands queued items to fn, up to parallel at a time, and
-// acknowledges each when fn returns; an item whose worker died is handed
-// out again after a minute. stop ends the consumption and waits for the
-// items being handled; one that arrives after it is handed out again.
-func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.Context, data []byte)) (stop func(), err error) {
+// acknowledges each when fn returns nil. An item fn returns an error for
+// (the store or the broker could not be reached: it may succeed later) is
+// handed out again after retryDelay of its deliveries; one whose worker
+// died, after a minute. stop ends the consumption and waits for the items
+// being handled; one that arrives after it is handed out again.
+func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.Context, data []byte) error) (stop func(), err error) {
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, workStream, jetstream.ConsumerConfig{Durable: workConsumer,
 		AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxAckPending: 10 * parallel})
 	if err != nil {
@@ -469,7 +471,15 @@ func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.C
 		go func() {
 			defer running.Done()
 			defer func() { <-sem }()
-			fn(runCtx, m.Data())
+			if err := fn(runCtx, m.Data()); err != nil {
+				delivered := uint64(1)
+				if md, merr := m.Metadata(); merr == nil {
+					delivered = md.NumDelivered
+				}
+				s.log.Warn("work item not done; handed out again", "after", retryDelay(delivered), "deliveries", delivered, "err", err)
+				_ = m.NakWithDelay(retryDelay(delivered))
+				return
+			}
 			_ = m.Ack()
 		}()
 	}, // pulls are sent again within seconds of a lost server (30 s by default)
@@ -486,6 +496,12 @@ func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.C
 		running.Wait()
 		cancel()
 	}, nil
+}
+
+// retryDelay is how long a work item whose worker failed waits before it
+// is handed out again, after its nth delivery: a second, doubling to 30 s.
+func retryDelay(n uint64) time.Duration {
+	return min(time.Second<<min(max(n, 1)-1, 5), 30*time.Second)
 }
 
 // Lease is a time-limited claim on a name in the Meta bucket, for leader

@@ -2,9 +2,11 @@ package state
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/fleet-agent/fleet/internal/testenv"
 )
@@ -24,10 +26,11 @@ func TestEnqueueMany(t *testing.T) {
 
 	var mu sync.Mutex
 	got := map[string]int{} // guarded by mu: times each item was handed out
-	stop, err := st.Consume(ctx, 8, func(_ context.Context, data []byte) {
+	stop, err := st.Consume(ctx, 8, func(_ context.Context, data []byte) error {
 		mu.Lock()
 		got[string(data)]++
 		mu.Unlock()
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -66,5 +69,70 @@ func TestEnqueueMany(t *testing.T) {
 	more := []WorkItem{{ID: "late-1", Data: []byte("late-1")}, {ID: "late-2", Data: []byte("late-2")}}
 	if q, err := st.EnqueueMany(canceled, WorkSubjects, more); err == nil || q != 0 {
 		t.Errorf("EnqueueMany under a canceled context = %d, %v; want an error and none queued", q, err)
+	}
+}
+
+// TestConsumeRetriesFailedItems: an item whose worker returns an error is
+// handed out again within seconds (it was acknowledged and dropped, and a
+// rollout's dispatch waited 75 s for the scheduler's requeue), until a
+// worker succeeds; then it is not handed out again.
+func TestConsumeRetriesFailedItems(t *testing.T) {
+	st, err := Open(t.Context(), Config{Dir: t.TempDir(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
+	defer cancel()
+
+	const fails = 2
+	var mu sync.Mutex
+	tries := map[string]int{} // guarded by mu
+	stop, err := st.Consume(ctx, 2, func(_ context.Context, data []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		tries[string(data)]++
+		if string(data) == "flaky" && tries["flaky"] <= fails {
+			return errors.New("store unreachable")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	items := []WorkItem{{ID: "flaky", Data: []byte("flaky")}, {ID: "fine", Data: []byte("fine")}}
+	if _, err := st.EnqueueMany(ctx, WorkSubjects, items); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "the failing item handed out until it succeeds", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return tries["flaky"] == fails+1
+	})
+	// Acknowledged now: a further delivery would come within 4 s
+	// (retryDelay(3)); a later item's delivery shows the consumer moved on.
+	if _, err := st.EnqueueMany(ctx, WorkSubjects, []WorkItem{{ID: "later", Data: []byte("later")}}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "a later item handed out", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return tries["later"] == 1
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if tries["flaky"] != fails+1 || tries["fine"] != 1 {
+		t.Errorf("handed out %v; want flaky %d times, fine once", tries, fails+1)
+	}
+}
+
+// TestRetryDelay: a second after the first failure, doubling, at most 30 s.
+func TestRetryDelay(t *testing.T) {
+	for n, want := range map[uint64]time.Duration{0: time.Second, 1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second,
+		5: 16 * time.Second, 6: 30 * time.Second, 100: 30 * time.Second} {
+		if got := retryDelay(n); got != want {
+			t.Errorf("retryDelay(%d) = %v, want %v", n, got, want)
+		}
 	}
 }
