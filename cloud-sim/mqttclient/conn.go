@@ -16,8 +16,9 @@ import (
 )
 
 // readPacing is the least time between two reads of a connection to the
-// broker while they keep finding data (pacedConn).
-const readPacing = time.Millisecond
+// broker while they keep finding data (pacedConn): at most this much is
+// added to a packet's way in, and only in a busy stream.
+const readPacing = 500 * time.Microsecond
 
 // dialer connects to a broker over TCP (mqtt://) or TLS (mqtts://,
 // ssl://, tls://) through a read buffer whose reads are paced
@@ -25,17 +26,11 @@ const readPacing = time.Millisecond
 // call each without a buffer, which weighed on a controller receiving tens
 // of thousands of statuses a second. Websockets and a proxy (all_proxy)
 // are left to autopaho's own dialer (nil).
-func dialer(scheme string, pacing time.Duration) func(context.Context, autopaho.ClientConfig, *url.URL) (net.Conn, error) {
+func dialer(scheme string) func(context.Context, autopaho.ClientConfig, *url.URL) (net.Conn, error) {
 	scheme = strings.ToLower(scheme)
 	secure := slices.Contains([]string{"ssl", "tls", "mqtts", "mqtt+ssl", "tcps"}, scheme)
 	if !secure && scheme != "mqtt" || os.Getenv("all_proxy") != "" {
 		return nil
-	}
-	switch {
-	case pacing == 0:
-		pacing = readPacing
-	case pacing < 0:
-		pacing = 0
 	}
 	return func(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
 		// autopaho bounds its own dials by ConnectTimeout, not this one's.
@@ -50,7 +45,7 @@ func dialer(scheme string, pacing time.Duration) func(context.Context, autopaho.
 		if err != nil {
 			return nil, err
 		}
-		var conn net.Conn = &pacedConn{Conn: raw, every: pacing}
+		var conn net.Conn = &pacedConn{Conn: raw, every: readPacing}
 		if secure {
 			tc := tls.Client(conn, tlsFor(cfg.TlsCfg, u))
 			if err := tc.HandshakeContext(ctx); err != nil {

@@ -54,11 +54,6 @@ type Config struct {
 	// again on every (re)subscribe, so a persistent session need not queue
 	// and persist each one. Replies and events stay QoS 1.
 	LatestOnly bool
-	// ReadPacing is the least time between two reads of the connection
-	// while they keep finding data, so that a busy stream is read in
-	// batches (pacedConn): 1 ms when 0, none when negative. Plain TCP
-	// (mqtt://) only.
-	ReadPacing time.Duration
 	// Share, when set, makes this console one of the group of consoles
 	// (controller replicas) that share what gateways publish: it
 	// subscribes through MQTT v5 shared subscriptions ($share/{Share}/…),
@@ -214,7 +209,7 @@ func (c *Console) connect(ctx context.Context, id string, expiry time.Duration, 
 		CleanStartOnInitialConnection: expiry == 0,
 		SessionExpiryInterval:         uint32(expiry / time.Second),
 		ReconnectBackoff:              backoff.Policy{Base: 200 * time.Millisecond, Max: 5 * time.Second}.Delay,
-		AttemptConnection:             dialer(u.Scheme, cfg.ReadPacing),
+		AttemptConnection:             dialer(u.Scheme),
 		TlsCfg:                        cfg.TLS,
 		ConnectUsername:               username,
 		ConnectPassword:               cfg.Password,
