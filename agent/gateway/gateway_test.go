@@ -2,7 +2,6 @@ package gateway_test
 
 import (
 	"context"
-	"log/slog"
 	"net/url"
 	"path/filepath"
 	"testing"
@@ -14,6 +13,7 @@ import (
 	"github.com/fleet-agent/fleet/cloud-sim/broker/brokertest"
 	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/cloud-sim/mqttclient/mqttclienttest"
+	"github.com/fleet-agent/fleet/internal/testenv"
 	"github.com/fleet-agent/fleet/protocol/codec"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -44,7 +44,7 @@ func TestUnopenableJournalEntryAnsweredAfterConnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	g, err := gateway.New(gateway.Config{Tenant: "t", ID: "g", Scheme: topic.Default(), Encoding: codec.Protobuf,
-		StateDir: dir, BrokerURL: u, Engine: engine.NewFake("t/g"), Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+		StateDir: dir, BrokerURL: u, Engine: engine.NewFake("t/g"), Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

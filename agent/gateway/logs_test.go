@@ -2,7 +2,6 @@ package gateway_test
 
 import (
 	"context"
-	"log/slog"
 	"net/url"
 	"path/filepath"
 	"sync"
@@ -49,7 +48,7 @@ func newConsole(t *testing.T, brokerURL string) *console {
 	c.link, err = mqttlink.New(mqttlink.Config{BrokerURL: u, ClientID: "console", Will: hello, Birth: hello,
 		Subscriptions: []string{s.Filter(topic.LogStream), s.Filter(topic.Reply), s.Filter(topic.Birth)}, OnMessage: c.receive,
 		OnReady: func(context.Context) { once.Do(func() { close(ready) }) },
-		Logger:  slog.New(slog.NewTextHandler(t.Output(), nil)).With("component", "console")})
+		Logger:  testenv.Logger(t).With("component", "console")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +136,7 @@ func TestLogsOverMQTT(t *testing.T) {
 	eng := engine.NewFakeLogs(engine.NewFake("t/g"))
 	eng.Publish("registry.example/web:1", "v1")
 	g, err := gateway.New(gateway.Config{Tenant: "t", ID: "g", Scheme: topic.Default(), Encoding: codec.JSON,
-		StateDir: t.TempDir(), BrokerURL: u, Engine: eng, Logs: gateway.LogsConfig{ChunkSize: 16 << 10}, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+		StateDir: t.TempDir(), BrokerURL: u, Engine: eng, Logs: gateway.LogsConfig{ChunkSize: 16 << 10}, Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +245,7 @@ func TestLogsCutByRestart(t *testing.T) {
 	c := newConsole(t, b.URL())
 	u, _ := url.Parse(b.URL())
 	g, err := gateway.New(gateway.Config{Tenant: "t", ID: "g", Scheme: topic.Default(), Encoding: codec.JSON,
-		StateDir: dir, BrokerURL: u, Engine: engine.NewFakeLogs(engine.NewFake("t/g")), Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+		StateDir: dir, BrokerURL: u, Engine: engine.NewFakeLogs(engine.NewFake("t/g")), Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

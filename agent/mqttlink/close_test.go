@@ -2,7 +2,6 @@ package mqttlink_test
 
 import (
 	"context"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -63,7 +62,7 @@ func TestCloseWhileTheBirthIsOnItsWay(t *testing.T) {
 			return mqttlink.Message{Topic: "birth", Payload: []byte("born"), QoS: 1}, nil
 		},
 		OnMessage: func(mqttlink.Inbound) {},
-		Logger:    slog.New(slog.NewTextHandler(t.Output(), nil)),
+		Logger:    testenv.Logger(t),
 	})
 	if err != nil {
 		t.Fatal(err)

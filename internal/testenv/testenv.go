@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -391,6 +392,21 @@ func (s *LogBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Logger is a logger for components whose goroutines may outlive the
+// test (autopaho reports a broker's DISCONNECT from a goroutine of its
+// own, which nothing waits for): logging through t.Output() after the
+// test has completed panics. It writes into a buffer, which is logged
+// if the test fails.
+func Logger(t testing.TB) *slog.Logger {
+	logs := &LogBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logged:\n%s", logs.String())
+		}
+	})
+	return slog.New(slog.NewTextHandler(logs, nil))
 }
 
 // DockerClient returns a client of the local Docker Engine. Without an
