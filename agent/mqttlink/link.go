@@ -62,6 +62,10 @@ type Config struct {
 
 	// Subscriptions are subscribed at QoS 1 on every connect.
 	Subscriptions []string
+	// SetupTimeout bounds a connection's set-up (the subscription, then
+	// the birth); one that fails or times out is tried again, after the
+	// back-off, for as long as the connection lasts. 30 s when zero.
+	SetupTimeout time.Duration
 	// Will is called before every connection attempt and returns the
 	// death certificate to register as the MQTT Will for that connection.
 	Will func() (Message, error)
@@ -119,6 +123,9 @@ func New(cfg Config) (*Link, error) {
 	}
 	if cfg.Backoff.Base == 0 {
 		cfg.Backoff = backoff.Policy{Base: time.Second, Max: 2 * time.Minute}
+	}
+	if cfg.SetupTimeout <= 0 {
+		cfg.SetupTimeout = 30 * time.Second
 	}
 	l := &Link{cfg: cfg, log: cfg.Logger, ready: make(chan struct{})}
 
@@ -258,10 +265,45 @@ func (l *Link) reconnectDelay(n int) time.Duration {
 }
 
 // establish subscribes, publishes the birth and opens the gate for the
-// connection numbered gen. If that connection drops meanwhile, the next
-// connection's establish takes over.
+// connection numbered gen. A set-up that fails (no SUBACK in time, a birth
+// not acknowledged) is tried again after the back-off for as long as that
+// connection lasts: a broker too busy to answer within SetupTimeout left
+// the gateway connected but unborn, deaf to commands, until the
+// connection dropped for some other reason (TestSetupTriedAgain; 152 of
+// TestReplicasShareIngest's 300 simulated gateways under make test's
+// load). If the connection drops, the next connection's establish takes
+// over.
 func (l *Link) establish(gen uint64) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	cm := l.conn()
+	for attempt := 0; ; attempt++ {
+		err := l.setUp(gen)
+		if err == nil {
+			return
+		}
+		wait := l.cfg.Backoff.Delay(attempt)
+		l.log.Error("connection set up failed; trying again on the same connection", "err", err, "in", wait)
+		select {
+		case <-time.After(wait):
+		case <-cm.Done():
+			return
+		}
+		if !l.current(gen) {
+			return
+		}
+	}
+}
+
+// current reports whether gen is the connection that is up.
+func (l *Link) current(gen uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.gen == gen && l.up
+}
+
+// setUp subscribes and publishes the birth on connection gen, and opens
+// the gate unless another connection has come up since.
+func (l *Link) setUp(gen uint64) error {
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.SetupTimeout)
 	defer cancel()
 	if len(l.cfg.Subscriptions) > 0 {
 		sub := &paho.Subscribe{}
@@ -270,9 +312,7 @@ func (l *Link) establish(gen uint64) {
 		}
 		sa, err := l.conn().Subscribe(ctx, sub)
 		if sa == nil {
-			// No SUBACK: the connection is failing; the next one retries.
-			l.log.Error("subscribe failed", "err", err)
-			return
+			return fmt.Errorf("subscribe: %w", err)
 		}
 		// A refusal is logged, not fatal: with a present session the broker
 		// keeps the subscriptions it already has, and the gateway must stay
@@ -285,23 +325,22 @@ func (l *Link) establish(gen uint64) {
 	}
 	birth, err := l.cfg.Birth()
 	if err != nil {
-		l.log.Error("build birth", "err", err)
-		return
+		return fmt.Errorf("build birth: %w", err)
 	}
 	if err := l.publishNow(ctx, birth); err != nil {
-		l.log.Error("publish birth failed", "err", err)
-		return
+		return fmt.Errorf("publish birth: %w", err)
 	}
 	l.mu.Lock()
 	if l.gen != gen {
 		l.mu.Unlock()
-		return
+		return nil
 	}
 	close(l.ready)
 	l.mu.Unlock()
 	if l.cfg.OnReady != nil {
 		go l.cfg.OnReady(context.Background())
 	}
+	return nil
 }
 
 func (l *Link) conn() *autopaho.ConnectionManager {
