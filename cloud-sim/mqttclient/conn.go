@@ -15,17 +15,13 @@ import (
 	"github.com/eclipse/paho.golang/packets"
 )
 
-// readPacing is the least time between two reads of a connection to the
-// broker while they keep finding data (pacedConn): at most this much is
-// added to a packet's way in, and only in a busy stream.
-const readPacing = 500 * time.Microsecond
-
 // dialer connects to a broker over TCP (mqtt://) or TLS (mqtts://,
-// ssl://, tls://) through a read buffer whose reads are paced
-// (pacedConn): paho reads each packet's header a byte at a time, a system
-// call each without a buffer, which weighed on a controller receiving tens
-// of thousands of statuses a second. Websockets and a proxy (all_proxy)
-// are left to autopaho's own dialer (nil).
+// ssl://, tls://) through a read buffer: paho reads each packet's header
+// a byte at a time, a system call each on TCP without a buffer (which
+// weighed on a controller receiving tens of thousands of statuses a
+// second), and a pass through the TLS connection's record layer, under
+// its lock, each over TLS. Websockets and a proxy (all_proxy) are left
+// to autopaho's own dialer (nil).
 func dialer(scheme string) func(context.Context, autopaho.ClientConfig, *url.URL) (net.Conn, error) {
 	scheme = strings.ToLower(scheme)
 	secure := slices.Contains([]string{"ssl", "tls", "mqtts", "mqtt+ssl", "tcps"}, scheme)
@@ -45,7 +41,7 @@ func dialer(scheme string) func(context.Context, autopaho.ClientConfig, *url.URL
 		if err != nil {
 			return nil, err
 		}
-		var conn net.Conn = &pacedConn{Conn: raw, every: readPacing}
+		conn := raw
 		if secure {
 			tc := tls.Client(conn, tlsFor(cfg.TlsCfg, u))
 			if err := tc.HandshakeContext(ctx); err != nil {
@@ -80,32 +76,3 @@ type readBuffered struct {
 }
 
 func (c readBuffered) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-// pacedConn reads at most once every `every` while there is data to read:
-// a read that comes sooner after the last one waits out the rest of the
-// interval first, so that what the broker sends meanwhile is taken in
-// one system call (and one wake-up of the reading goroutine) instead of
-// one per packet. A publication that arrives after a quiet interval is
-// read at once; one in a busy stream waits at most `every`. A read that
-// filled the buffer is followed at once, since more is waiting.
-//
-// Under a steady stream of statuses, each read took one or two packets
-// and the reads, the poller's wake-ups and the goroutine handoffs cost
-// more than handling the packets (BenchmarkIngestCost, docs/benchmarks.md).
-type pacedConn struct {
-	net.Conn
-	every time.Duration
-	last  time.Time // when the last read returned; zero before the first
-	full  bool      // whether that read filled its buffer
-}
-
-func (c *pacedConn) Read(p []byte) (int, error) {
-	if !c.full && !c.last.IsZero() {
-		if wait := c.every - time.Since(c.last); wait > 0 {
-			time.Sleep(wait)
-		}
-	}
-	n, err := c.Conn.Read(p)
-	c.last, c.full = time.Now(), n == len(p)
-	return n, err
-}
