@@ -1,11 +1,13 @@
 package scenarios
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -70,6 +72,7 @@ func threeReplicas(t *testing.T, n int) []*cloud {
 			}
 			replicaWarnings(t, out)
 			offlineSims(t, a, n)
+			crowdedStacks(t, 20)
 		}
 	})
 	for i, c := range out {
@@ -321,6 +324,24 @@ func offlineSims(t *testing.T, a *cloud, n int) {
 				t.Logf("%s: %s", id, line)
 				k++
 			}
+		}
+	}
+}
+
+// crowdedStacks logs the goroutine stacks that at least most goroutines
+// of this process share: where hundreds of simulated gateways, or the
+// broker's loops for them, wait when they stall.
+func crowdedStacks(t *testing.T, most int) {
+	var buf bytes.Buffer
+	if err := pprof.Lookup("goroutine").WriteTo(&buf, 1); err != nil {
+		t.Log(err)
+		return
+	}
+	_, groups, _ := strings.Cut(buf.String(), "\n") // after "goroutine profile: total N"
+	for _, group := range strings.Split(groups, "\n\n") {
+		var n int
+		if _, err := fmt.Sscanf(group, "%d @", &n); err == nil && n >= most {
+			t.Logf("%s", group)
 		}
 	}
 }
