@@ -2,10 +2,13 @@ package rollout
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/fleet-agent/fleet/cloud-sim/state"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
@@ -170,6 +173,76 @@ func TestTakeOverOutlastingItsTerm(t *testing.T) {
 			}
 			if left := a.termLeft(now); left < LeaseTTL-leaseMargin {
 				t.Errorf("a schedules %s more; want a term from after its read (%s)", left, LeaseTTL-leaseMargin)
+			}
+		})
+	}
+}
+
+// TestTakeOverQueuesUnsent: a replica taking the lease queues the
+// dispatches the last leader stored but did not queue (its enqueue timed
+// out and its term ended). Before, takeOver queued them before it counted
+// itself the leader, and queue, which only a leader may do, dropped them
+// without a word: the gateways waited 75 s for requeueLost, twelve of
+// TestReplicasShareIngest's under make test's load.
+func TestTakeOverQueuesUnsent(t *testing.T) {
+	tests := []struct {
+		name string
+		same bool // the replica that stepped down takes the lease again
+	}{
+		{"another replica takes over", false},
+		{"the same replica takes it again", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			a, b, c, st := replicaPair(t)
+			a.renewLease(ctx, c.Now())
+			if !a.Leader() {
+				t.Fatal("a did not take the free lease")
+			}
+			// a stores a dispatch; its work item never reaches the queue.
+			dep := &fleetv1.DeploymentSpec{Name: "web", Revision: 2, Image: "registry.example.com/web:2"}
+			raw, _ := protojson.Marshal(dep)
+			run := NewRun(&Rollout{ID: "r-1", Spec: Spec{Tenant: "acme", Deployment: raw}, State: Running, Phase: PhaseBatches, Batch: 1}, dep)
+			run.Add("gw-1", 1)
+			cmd := CommandID("r-1", "gw-1", 1, "deploy")
+			g := run.gws["gw-1"]
+			g.State, g.Attempt, g.CommandID, g.DispatchedAt = GatewayInProgress, 1, cmd, c.Now()
+			run.dirtyRun, run.dirty = true, map[string]struct{}{"gw-1": {}}
+			a.mu.Lock()
+			a.runs["r-1"] = run
+			a.mu.Unlock()
+			if err := a.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			got := make(chan string, 4)
+			stop, err := st.Consume(ctx, 1, func(_ context.Context, data []byte) error { got <- string(data); return nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stop()
+
+			// a's term ends unrenewed; then a replica takes the lease.
+			next := b
+			now := c.advance(LeaseTTL + time.Second)
+			if tt.same {
+				next = a
+				a.renewLease(ctx, now)
+			} else {
+				a.stepDown("its term ended unrenewed")
+				b.renewLease(ctx, now)
+			}
+			if !next.Leader() {
+				t.Fatalf("%s did not take the lapsed lease", next.cfg.ID)
+			}
+			select {
+			case item := <-got:
+				var d Dispatch
+				if err := json.Unmarshal([]byte(item), &d); err != nil || d.CommandID != cmd {
+					t.Errorf("queued %s (%v), want gw-1's %s", item, err, cmd)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the dispatch the last leader stored but did not queue was not queued on taking the lease")
 			}
 		})
 	}

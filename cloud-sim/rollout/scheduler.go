@@ -290,8 +290,11 @@ func (s *Scheduler) takeOver(ctx context.Context, now time.Time) {
 		}
 	}
 	s.log.Info("scheduling rollouts (lease taken)", "replica", s.cfg.ID)
-	s.requeue(ctx)
+	// A leader first: queue (through requeue) queues nothing for a
+	// replica that is not one, and dropped the dispatches the last leader
+	// stored but did not queue (TestTakeOverQueuesUnsent).
 	s.leader.Store(true)
+	s.requeue(ctx)
 	if s.cfg.OnLead != nil {
 		s.cfg.OnLead()
 	}
