@@ -68,6 +68,24 @@ func startBroker(t *testing.T, hook mqtt.Hook) (*mqtt.Server, *url.URL) {
 	return srv, u
 }
 
+// connect connects link until the test ends, and closes it before the
+// broker (cleanups run last first): the broker closing a live link made
+// autopaho log through t.Output() after the test had completed, which
+// panics.
+func connect(t *testing.T, link *mqttlink.Link) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	t.Cleanup(func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), testenv.Timeout)
+		defer ccancel()
+		link.Close(cctx, nil)
+	})
+	if err := link.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestMaxPacketSizeAdvertised: the link advertises MaxPacketSize in
 // CONNECT (MQTT v5 Maximum Packet Size), so the broker drops a larger
 // publication instead of sending it, and the link stays connected and
@@ -100,19 +118,7 @@ func TestMaxPacketSizeAdvertised(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	// Closed before the broker (cleanups run last first): the broker
-	// closing a live link made autopaho log through t.Output() after the
-	// test had completed, which panics.
-	t.Cleanup(func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), testenv.Timeout)
-		defer ccancel()
-		link.Close(cctx, nil)
-	})
-	if err := link.Connect(ctx); err != nil {
-		t.Fatal(err)
-	}
+	connect(t, link)
 	select {
 	case <-ready:
 	case <-time.After(testenv.Timeout):

@@ -68,16 +68,7 @@ func TestSetupTriedAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	t.Cleanup(func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), testenv.Timeout)
-		defer ccancel()
-		link.Close(cctx, nil)
-	})
-	if err := link.Connect(ctx); err != nil {
-		t.Fatal(err)
-	}
+	connect(t, link)
 	// The first set-up times out waiting for its SUBACK; then the broker
 	// answers (the SUBACK comes too late) and takes the next SUBSCRIBE.
 	testenv.Eventually(t, "the first set-up timed out", func() bool {

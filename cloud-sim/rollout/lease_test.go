@@ -215,12 +215,7 @@ func TestTakeOverQueuesUnsent(t *testing.T) {
 			if err := a.Flush(ctx); err != nil {
 				t.Fatal(err)
 			}
-			got := make(chan string, 4)
-			stop, err := st.Consume(ctx, 1, func(_ context.Context, data []byte) error { got <- string(data); return nil })
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer stop()
+			got := handedOut(t, st)
 
 			// a's term ends unrenewed; then a replica takes the lease.
 			next := b

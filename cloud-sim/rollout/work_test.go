@@ -142,6 +142,19 @@ func TestStepQueuesResolvableWork(t *testing.T) {
 	}
 }
 
+// handedOut is every work item st's queue hands out from now on, until
+// the test ends.
+func handedOut(t *testing.T, st *state.Store) <-chan string {
+	t.Helper()
+	got := make(chan string, 8)
+	stop, err := st.Consume(t.Context(), 1, func(_ context.Context, data []byte) error { got <- string(data); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return got
+}
+
 // TestRequeueIsNotDropped: a replica taking the lease queues again a
 // dispatch no replica has sent even when a work item of that command was
 // queued before and lost (taken by a worker that died, or with a NATS
@@ -167,12 +180,7 @@ func TestRequeueIsNotDropped(t *testing.T) {
 	if _, err := st.EnqueueMany(ctx, state.WorkSubjects, []state.WorkItem{{ID: cmd, Data: first}}); err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan string, 4)
-	stop, err := st.Consume(ctx, 1, func(_ context.Context, data []byte) error { got <- string(data); return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stop()
+	got := handedOut(t, st)
 	select {
 	case <-got: // the lost one
 	case <-time.After(testenv.Timeout):
@@ -213,12 +221,7 @@ func TestRequeueLost(t *testing.T) {
 	if err := s.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan string, 8)
-	stop, err := s.cfg.Store.Consume(ctx, 1, func(_ context.Context, data []byte) error { got <- string(data); return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stop()
+	got := handedOut(t, s.cfg.Store)
 	next := func(within time.Duration) (string, bool) {
 		select {
 		case item := <-got:

@@ -1,7 +1,6 @@
 package state
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"sync"
@@ -16,13 +15,7 @@ import (
 // Each lists the keys that hold a value, once each; an empty bucket is
 // loaded at once.
 func TestWatchAndEachOnEmbedded(t *testing.T) {
-	st, err := Open(t.Context(), Config{Dir: t.TempDir(), Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
-	defer cancel()
+	st, ctx := embedded(t)
 
 	var mu sync.Mutex
 	var got []string // guarded by mu: "key value" or "key deleted"

@@ -11,18 +11,26 @@ import (
 	"github.com/fleet-agent/fleet/internal/testenv"
 )
 
-// TestEnqueueMany: a batch larger than a chunk of asynchronous publishes
-// is queued whole, an id queued already (within the batch, or by an
-// earlier batch) is handed out once, and a batch under a canceled context
-// queues nothing and says so.
-func TestEnqueueMany(t *testing.T) {
+// embedded is a store on an embedded NATS server of its own, and a
+// context that ends with the test or after testenv.Timeout.
+func embedded(t *testing.T) (*Store, context.Context) {
+	t.Helper()
 	st, err := Open(t.Context(), Config{Dir: t.TempDir(), Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
-	defer cancel()
+	ctx, cancel := context.WithTimeout(t.Context(), testenv.Timeout)
+	t.Cleanup(cancel)
+	return st, ctx
+}
+
+// TestEnqueueMany: a batch larger than a chunk of asynchronous publishes
+// is queued whole, an id queued already (within the batch, or by an
+// earlier batch) is handed out once, and a batch under a canceled context
+// queues nothing and says so.
+func TestEnqueueMany(t *testing.T) {
+	st, ctx := embedded(t)
 
 	var mu sync.Mutex
 	got := map[string]int{} // guarded by mu: times each item was handed out
@@ -77,13 +85,7 @@ func TestEnqueueMany(t *testing.T) {
 // rollout's dispatch waited 75 s for the scheduler's requeue), until a
 // worker succeeds; then it is not handed out again.
 func TestConsumeRetriesFailedItems(t *testing.T) {
-	st, err := Open(t.Context(), Config{Dir: t.TempDir(), Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
-	defer cancel()
+	st, ctx := embedded(t)
 
 	const fails = 2
 	var mu sync.Mutex
