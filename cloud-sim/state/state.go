@@ -442,9 +442,10 @@ func (s *Store) enqueue(ctx context.Context, subject string, items []WorkItem) (
 // Consume hands queued items to fn, up to parallel at a time, and
 // acknowledges each when fn returns nil. An item fn returns an error for
 // (the store or the broker could not be reached: it may succeed later) is
-// handed out again after retryDelay of its deliveries; one whose worker
-// died, after a minute. stop ends the consumption and waits for the items
-// being handled; one that arrives after it is handed out again.
+// handed out again after a while (nextTry), workTries times at most; one
+// whose worker died, after a minute. stop ends the consumption and waits
+// for the items being handled; one that arrives after it is handed out
+// again.
 func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.Context, data []byte) error) (stop func(), err error) {
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, workStream, jetstream.ConsumerConfig{Durable: workConsumer,
 		AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxAckPending: 10 * parallel})
@@ -476,8 +477,16 @@ func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.C
 				if md, merr := m.Metadata(); merr == nil {
 					delivered = md.NumDelivered
 				}
-				s.log.Warn("work item not done; handed out again", "after", retryDelay(delivered), "deliveries", delivered, "err", err)
-				_ = m.NakWithDelay(retryDelay(delivered))
+				after, again := nextTry(delivered)
+				if !again {
+					// Its dispatch stays unsent: the scheduler queues it
+					// again under a new id (requeueLost), or it times out.
+					s.log.Error("work item dropped", "deliveries", delivered, "err", err)
+					_ = m.Ack()
+					return
+				}
+				s.log.Warn("work item not done; handed out again", "after", after, "deliveries", delivered, "err", err)
+				_ = m.NakWithDelay(after)
 				return
 			}
 			_ = m.Ack()
@@ -498,10 +507,17 @@ func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.C
 	}, nil
 }
 
-// retryDelay is how long a work item whose worker failed waits before it
-// is handed out again, after its nth delivery: a second, doubling to 30 s.
-func retryDelay(n uint64) time.Duration {
-	return min(time.Second<<min(max(n, 1)-1, 5), 30*time.Second)
+// workTries is how many times a work item whose worker keeps failing is
+// handed out (about two and a half minutes of waits) before it is
+// dropped: the scheduler's requeue of what stays unsent makes a new item
+// of its dispatch every 75 s, and each would otherwise be retried forever.
+const workTries = 10
+
+// nextTry says when a work item whose worker failed on its nth delivery
+// is handed out again (a second after the first, doubling to 30 s), and
+// whether it is at all (workTries).
+func nextTry(n uint64) (after time.Duration, again bool) {
+	return min(time.Second<<min(max(n, 1)-1, 5), 30*time.Second), n < workTries
 }
 
 // Lease is a time-limited claim on a name in the Meta bucket, for leader

@@ -113,7 +113,7 @@ func TestConsumeRetriesFailedItems(t *testing.T) {
 		return tries["flaky"] == fails+1
 	})
 	// Acknowledged now: a further delivery would come within 4 s
-	// (retryDelay(3)); a later item's delivery shows the consumer moved on.
+	// (nextTry(3)); a later item's delivery shows the consumer moved on.
 	if _, err := st.EnqueueMany(ctx, WorkSubjects, []WorkItem{{ID: "later", Data: []byte("later")}}); err != nil {
 		t.Fatal(err)
 	}
@@ -129,12 +129,28 @@ func TestConsumeRetriesFailedItems(t *testing.T) {
 	}
 }
 
-// TestRetryDelay: a second after the first failure, doubling, at most 30 s.
-func TestRetryDelay(t *testing.T) {
-	for n, want := range map[uint64]time.Duration{0: time.Second, 1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second,
-		5: 16 * time.Second, 6: 30 * time.Second, 100: 30 * time.Second} {
-		if got := retryDelay(n); got != want {
-			t.Errorf("retryDelay(%d) = %v, want %v", n, got, want)
+// TestNextTry: a failed item is handed out again a second after its
+// first delivery, then two, doubling to at most 30 s, and dropped after
+// its workTries-th.
+func TestNextTry(t *testing.T) {
+	tests := []struct {
+		n     uint64
+		after time.Duration
+		again bool
+	}{
+		{0, time.Second, true},
+		{1, time.Second, true},
+		{2, 2 * time.Second, true},
+		{3, 4 * time.Second, true},
+		{5, 16 * time.Second, true},
+		{6, 30 * time.Second, true},
+		{workTries - 1, 30 * time.Second, true},
+		{workTries, 30 * time.Second, false},
+		{100, 30 * time.Second, false},
+	}
+	for _, tt := range tests {
+		if after, again := nextTry(tt.n); after != tt.after || again != tt.again {
+			t.Errorf("nextTry(%d) = %v, %v; want %v, %v", tt.n, after, again, tt.after, tt.again)
 		}
 	}
 }
