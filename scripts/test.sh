@@ -11,7 +11,8 @@
 # Each shard runs verbose into a log of its own (TEST_LOGS, a temporary
 # directory unless set); the terminal gets its results, and the end of the
 # output is a summary a CI page's tail shows whole: the slowest tests, and
-# for a failure or a timeout the failing (or still running) tests' own output.
+# for a failure or a timeout the failing (or still running) tests' own output,
+# and for a timeout where the tests still running wait.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
@@ -80,6 +81,8 @@ if [ "$rc" -ne 0 ]; then
 	# Last, what each failed test said itself (scripts/said.awk).
 	awk -f scripts/said.awk "$logs"/scenarios-*.log
 	grep -hA3 'running tests:' "$logs"/*.log
+	# And where a test still running at a timeout waits (scripts/stuck.awk).
+	for f in "$logs"/*.log; do awk -f scripts/stuck.awk "$f"; done
 fi
 if [ "$rc" -eq 0 ]; then echo "make test: all passed"; else echo "make test: FAILED (logs in $logs, removed on exit unless TEST_LOGS is set)"; fi
 exit "$rc"
