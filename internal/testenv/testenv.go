@@ -427,16 +427,34 @@ func DockerClient(t testing.TB) *dockerclient.Client {
 	return cli
 }
 
+// cleanupTimeout bounds RemoveOwned's calls to the engine. An engine can
+// hang on a container (Docker's own bugs with health-check execs, moby
+// #36661), and a cleanup without a bound then held its test until the
+// shard's 15-minute timeout, with nothing said about where.
+const cleanupTimeout = 2 * time.Minute
+
 // RemoveOwned removes, at cleanup, every container labelled with owner and
 // the images whose references start with imagePrefix (none when it is
 // empty: the engine is shared with other tests and the machine's owner).
+// The test fails if the engine does not answer within cleanupTimeout.
 func RemoveOwned(t testing.TB, cli *dockerclient.Client, owner, imagePrefix string) {
 	t.Cleanup(func() {
-		ctx := context.Background()
+		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		defer cancel()
+		doing := "listing " + owner + "'s containers"
+		defer func() {
+			if ctx.Err() != nil {
+				t.Errorf("cleanup: the Docker Engine did not answer within %v, %s", cleanupTimeout, doing)
+			}
+		}()
 		cs, _ := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "io.fleet-agent.owner="+owner))})
 		for _, c := range cs {
-			cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+			doing = fmt.Sprintf("removing container %.12s %v (%s, %s)", c.ID, c.Names, c.State, c.Status)
+			if cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}) != nil && ctx.Err() != nil {
+				return
+			}
 		}
+		doing = "removing the images of " + imagePrefix
 		if imagePrefix == "" {
 			return // "" is a prefix of every image's name
 		}
