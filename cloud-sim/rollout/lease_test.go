@@ -4,13 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/fleet-agent/fleet/cloud-sim/state"
+	"github.com/fleet-agent/fleet/internal/faultproxy"
+	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
@@ -111,7 +115,7 @@ func TestTermEndsLeadership(t *testing.T) {
 				t.Error("a, its term over, wrote its rollout to the store")
 			}
 
-			a.renewLease(ctx, c.advance(LeaseTTL/6))
+			a.renewLease(ctx, c.advance(renewEvery))
 			if a.Leader() == tt.otherTook || b.Leader() != tt.otherTook {
 				t.Errorf("after a's renewal: a leads %v, b leads %v", a.Leader(), b.Leader())
 			}
@@ -151,7 +155,7 @@ func TestTakeOverOutlastingItsTerm(t *testing.T) {
 			// reading of the clock after the lease was taken).
 			c.mu.Lock()
 			c.onRead = func() {
-				now := c.advance(LeaseTTL + LeaseTTL/6)
+				now := c.advance(LeaseTTL + renewEvery)
 				if tt.otherTook {
 					b.renewLease(ctx, now)
 				}
@@ -240,5 +244,67 @@ func TestTakeOverQueuesUnsent(t *testing.T) {
 				t.Fatal("the dispatch the last leader stored but did not queue was not queued on taking the lease")
 			}
 		})
+	}
+}
+
+// TestSlowStoreKeepsLeader: a scheduling replica whose store stops
+// answering for a few seconds (the load of make test made NATS calls take
+// over a second) keeps scheduling through it and renews its term after,
+// without stepping down and reading its view again. (With a 3 s term and
+// renewals bounded to 1.5 s, it stepped down several times a minute in
+// TestReplicasShareIngest, and its rollout of 300 gateways, 8 s alone,
+// took up to 100 s.)
+func TestSlowStoreKeepsLeader(t *testing.T) {
+	ctx := context.Background()
+	own, err := state.Open(ctx, state.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(own.Close)
+	p, err := faultproxy.New(strings.TrimPrefix(own.URL(), "nats://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	st, err := state.Open(ctx, state.Config{URL: "nats://" + p.Addr(), Creds: own.Creds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+
+	var leads atomic.Int32
+	s, err := New(ctx, Config{Store: st, ID: "a", Fleet: fakeFleet{}, Commands: fakeCommands{}, OnLead: func() { leads.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start(ctx)
+	t.Cleanup(s.Close)
+	if !s.Leader() {
+		t.Fatal("a replica alone does not lead")
+	}
+
+	// The store is silent for 3 s; the leader is sampled meanwhile.
+	var lapsed atomic.Bool
+	sampled := make(chan struct{})
+	p.Stall()
+	go func() {
+		defer close(sampled)
+		for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			if !s.Leader() {
+				lapsed.Store(true)
+			}
+		}
+	}()
+	<-sampled
+	p.Resume()
+	resumed := time.Now()
+	testenv.Eventually(t, "a term renewed after the store answers again", func() bool {
+		return time.Unix(0, s.leaseUntil.Load()).After(resumed)
+	})
+	if lapsed.Load() {
+		t.Error("the leader stopped scheduling while the store was slow")
+	}
+	if n := leads.Load(); n != 1 || !s.Leader() {
+		t.Errorf("took the lease %d times, leading %v; want once, still leading", n, s.Leader())
 	}
 }

@@ -31,8 +31,8 @@ const changeSubject = "fleet.rollout.changes"
 const followerRefresh = 250 * time.Millisecond
 
 // handOver bounds how long a follower tries to reach a scheduling replica:
-// through a lease changing hands.
-const handOver = 2*LeaseTTL + time.Second
+// through a lease changing hands (a dead leader's lapses within LeaseTTL).
+const handOver = LeaseTTL + 2*time.Second
 
 type changeRequest struct {
 	Op         string             `json:"op"` // create, or a State to set

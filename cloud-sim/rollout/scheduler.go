@@ -21,16 +21,31 @@ import (
 )
 
 // LeaseTTL is how long a scheduler lease lasts without renewal: a replica
-// that dies hands the rollouts to another within this.
-const LeaseTTL = 3 * time.Second
+// that dies hands the rollouts to another within this (one that stops
+// releases it at once). It was 3 s: under load, with the store's calls
+// taking over a second, leaders lost their terms several times a minute
+// and each takeover read the rollouts again, so a rollout of 300
+// gateways that takes 8 s alone took 55-100 s in make test. A dead
+// scheduler costs a rollout these seconds once; a lease that flaps costs
+// it many times over (Kubernetes' leader election holds 15 s).
+const LeaseTTL = 10 * time.Second
 
 const leaseName = "rollout-scheduler"
+
+// renewEvery is how often the leader renews its lease, and a follower
+// looks whether it is free to take.
+const renewEvery = time.Second
 
 // leaseMargin is how long before the end of the term it last wrote a
 // leader stops scheduling: what it wrote last has landed, and clocks that
 // differ by less agree its term is over, before another replica can take
-// the lease. It renews every LeaseTTL/6.
-const leaseMargin = LeaseTTL / 3
+// the lease.
+const leaseMargin = 2 * time.Second
+
+// stepBudget bounds a step (and the term bounds it too): one held up by a
+// slow store is cut, so that the loop renews the lease in time, and what
+// it did not write or queue is done at the next tick.
+const stepBudget = LeaseTTL / 4
 
 // tick is how often the scheduler steps the rollouts.
 const tick = 100 * time.Millisecond
@@ -189,7 +204,7 @@ func (s *Scheduler) loop() {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		now := s.cfg.Now()
-		if now.Sub(lastLease) >= LeaseTTL/6 {
+		if now.Sub(lastLease) >= renewEvery {
 			lastLease = now
 			s.renewLease(ctx, now)
 		}
@@ -198,7 +213,7 @@ func (s *Scheduler) loop() {
 			// one held up past it (a NATS failover) is cut; what it did
 			// not write is written at the next tick if this replica
 			// renewed its term meanwhile, else read again.
-			sctx, scancel := context.WithTimeout(ctx, s.termLeft(s.cfg.Now()))
+			sctx, scancel := context.WithTimeout(ctx, min(s.termLeft(s.cfg.Now()), stepBudget))
 			s.step(sctx)
 			if now.Sub(lastLost) >= lostAfter/8 {
 				lastLost = now
@@ -300,10 +315,14 @@ func (s *Scheduler) takeOver(ctx context.Context, now time.Time) {
 	}
 }
 
+// standByFor is how long a replica that gave up a takeover leaves the
+// lease to the others before it tries again (they look every renewEvery).
+const standByFor = 6 * time.Second
+
 // giveUp releases a lease taken at now that this replica will not use,
 // and stands by for a while: another replica's turn.
 func (s *Scheduler) giveUp(ctx context.Context, now time.Time) {
-	s.standBy = now.Add(2 * LeaseTTL)
+	s.standBy = now.Add(standByFor)
 	s.leaseUntil.Store(0)
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
