@@ -103,7 +103,7 @@ func TestStepQueuesResolvableWork(t *testing.T) {
 	var mu sync.Mutex
 	var got []string
 	done := make(chan struct{}, 2)
-	stop, err := st.Consume(context.Background(), 2, func(ctx context.Context, data []byte) error {
+	stop, err := st.Consume(context.Background(), 2, func(ctx context.Context, data []byte, _ bool) error {
 		defer func() { done <- struct{}{} }()
 		if strings.Contains(string(data), "spec") || strings.Contains(string(data), "tenant") {
 			t.Errorf("work item %s carries more than ids", data)
@@ -147,7 +147,7 @@ func TestStepQueuesResolvableWork(t *testing.T) {
 func handedOut(t *testing.T, st *state.Store) <-chan string {
 	t.Helper()
 	got := make(chan string, 8)
-	stop, err := st.Consume(t.Context(), 1, func(_ context.Context, data []byte) error { got <- string(data); return nil })
+	stop, err := st.Consume(t.Context(), 1, func(_ context.Context, data []byte, _ bool) error { got <- string(data); return nil })
 	if err != nil {
 		t.Fatal(err)
 	}

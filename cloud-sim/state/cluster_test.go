@@ -200,7 +200,7 @@ func TestClusterSurvivesNodeLoss(t *testing.T) {
 	defer w.Stop()
 	var mu sync.Mutex
 	var work []string // guarded by mu
-	stop, err := st.Consume(ctx, 2, func(_ context.Context, data []byte) error {
+	stop, err := st.Consume(ctx, 2, func(_ context.Context, data []byte, _ bool) error {
 		mu.Lock()
 		work = append(work, string(data))
 		mu.Unlock()

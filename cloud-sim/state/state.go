@@ -443,10 +443,11 @@ func (s *Store) enqueue(ctx context.Context, subject string, items []WorkItem) (
 // acknowledges each when fn returns nil. An item fn returns an error for
 // (the store or the broker could not be reached: it may succeed later) is
 // handed out again after a while (nextTry), workTries times at most; one
-// whose worker died, after a minute. stop ends the consumption and waits
-// for the items being handled; one that arrives after it is handed out
-// again.
-func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.Context, data []byte) error) (stop func(), err error) {
+// whose worker died, after a minute. lastTry tells fn that an error drops
+// the item: it should record the failure instead. stop ends the
+// consumption and waits for the items being handled; one that arrives
+// after it is handed out again.
+func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.Context, data []byte, lastTry bool) error) (stop func(), err error) {
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, workStream, jetstream.ConsumerConfig{Durable: workConsumer,
 		AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxAckPending: 10 * parallel})
 	if err != nil {
@@ -472,12 +473,12 @@ func (s *Store) Consume(ctx context.Context, parallel int, fn func(ctx context.C
 		go func() {
 			defer running.Done()
 			defer func() { <-sem }()
-			if err := fn(runCtx, m.Data()); err != nil {
-				delivered := uint64(1)
-				if md, merr := m.Metadata(); merr == nil {
-					delivered = md.NumDelivered
-				}
-				after, again := nextTry(delivered)
+			delivered := uint64(1)
+			if md, merr := m.Metadata(); merr == nil {
+				delivered = md.NumDelivered
+			}
+			after, again := nextTry(delivered)
+			if err := fn(runCtx, m.Data(), !again); err != nil {
 				if !again {
 					// Its dispatch stays unsent: the scheduler queues it
 					// again under a new id (requeueLost), or it times out.

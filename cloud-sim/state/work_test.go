@@ -34,7 +34,7 @@ func TestEnqueueMany(t *testing.T) {
 
 	var mu sync.Mutex
 	got := map[string]int{} // guarded by mu: times each item was handed out
-	stop, err := st.Consume(ctx, 8, func(_ context.Context, data []byte) error {
+	stop, err := st.Consume(ctx, 8, func(_ context.Context, data []byte, _ bool) error {
 		mu.Lock()
 		got[string(data)]++
 		mu.Unlock()
@@ -90,10 +90,13 @@ func TestConsumeRetriesFailedItems(t *testing.T) {
 	const fails = 2
 	var mu sync.Mutex
 	tries := map[string]int{} // guarded by mu
-	stop, err := st.Consume(ctx, 2, func(_ context.Context, data []byte) error {
+	stop, err := st.Consume(ctx, 2, func(_ context.Context, data []byte, lastTry bool) error {
 		mu.Lock()
 		defer mu.Unlock()
 		tries[string(data)]++
+		if lastTry {
+			t.Errorf("%s's delivery %d handed out as the last try; that is delivery %d", data, tries[string(data)], workTries)
+		}
 		if string(data) == "flaky" && tries["flaky"] <= fails {
 			return errors.New("store unreachable")
 		}
