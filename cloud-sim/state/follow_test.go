@@ -276,3 +276,6 @@ func consumerServer(t *testing.T, st *Store, b Bucket) string {
 	t.Fatalf("the consumers of %s are on %v; want one at most", b, servers)
 	return ""
 }
+
+// subjects: the fake's scripts are all the bucket holds.
+func (kv *droppingKV) subjects(context.Context, bool) (uint64, []string, error) { return 0, nil, nil }

@@ -23,8 +23,7 @@ const watchHeartbeat = 500 * time.Millisecond
 type watchOpts struct {
 	// after: every write after this revision, in order; 0: the latest
 	// value of each key, then every change.
-	after         uint64
-	ignoreDeletes bool
+	after uint64
 }
 
 // bucket is a key-value bucket whose watches notice the loss of their
@@ -32,6 +31,26 @@ type watchOpts struct {
 type bucket interface {
 	jetstream.KeyValue
 	watch(ctx context.Context, o watchOpts) (jetstream.KeyWatcher, error)
+	// subjects is how many keys the bucket's stream holds a message for
+	// (a deleted key's marker too) and, when withKeys, their names.
+	subjects(ctx context.Context, withKeys bool) (uint64, []string, error)
+}
+
+func (kv failoverKV) subjects(ctx context.Context, withKeys bool) (uint64, []string, error) {
+	prefix := "$KV." + kv.Bucket() + "."
+	opts := []nats.JSOpt{nats.Context(ctx)}
+	if withKeys {
+		opts = append(opts, &nats.StreamInfoRequest{SubjectsFilter: prefix + ">"})
+	}
+	info, err := kv.push.StreamInfo("KV_"+kv.Bucket(), opts...)
+	if err != nil {
+		return 0, nil, err
+	}
+	keys := make([]string, 0, len(info.State.Subjects))
+	for subject := range info.State.Subjects {
+		keys = append(keys, strings.TrimPrefix(subject, prefix))
+	}
+	return info.State.NumSubjects, keys, nil
 }
 
 // watch makes a watch of the bucket as nats.go's WatchAll does (an
@@ -42,7 +61,7 @@ type bucket interface {
 func (kv failoverKV) watch(ctx context.Context, o watchOpts) (jetstream.KeyWatcher, error) {
 	name := kv.Bucket()
 	prefix := "$KV." + name + "."
-	w := &keyWatch{bucket: name, ignoreDeletes: o.ignoreDeletes,
+	w := &keyWatch{bucket: name,
 		updates: make(chan jetstream.KeyValueEntry, 256), stopped: make(chan struct{})}
 	opts := []nats.SubOpt{nats.BindStream("KV_" + name), nats.OrderedConsumer(),
 		nats.IdleHeartbeat(watchHeartbeat), nats.Context(ctx)}
@@ -82,18 +101,25 @@ func (kv failoverKV) watch(ctx context.Context, o watchOpts) (jetstream.KeyWatch
 
 // keyWatch is one watch made by failoverKV.watch.
 type keyWatch struct {
-	bucket        string
-	ignoreDeletes bool
-	updates       chan jetstream.KeyValueEntry
-	stopped       chan struct{} // closed by Stop: deliveries are dropped
-	stopOnce      sync.Once
-	sub           *nats.Subscription // set before any delivery
+	bucket   string
+	updates  chan jetstream.KeyValueEntry
+	stopped  chan struct{} // closed by Stop: deliveries are dropped
+	stopOnce sync.Once
+	sub      *nats.Subscription // set before any delivery
 
-	mu          sync.Mutex // held while delivering
-	closed      bool       // guarded by mu: updates is closed
-	initDone    bool       // guarded by mu
-	received    uint64     // guarded by mu: deliveries before initDone
-	initPending uint64     // guarded by mu
+	mu       sync.Mutex // held while delivering
+	closed   bool       // guarded by mu: updates is closed
+	initDone bool       // guarded by mu
+	// initKeys are the keys delivered before initDone (guarded by mu):
+	// keys, not deliveries, are counted against initPending. A key
+	// written again while the initial values are delivered comes twice
+	// (its new value after the consumer passed its old one), and one whose
+	// old value was replaced before its turn comes once, later: counting
+	// deliveries, the nil came before such a key. (The server's counts,
+	// initPending and NumPending, can also be short while keys are
+	// written: a listing checks what it got, Store.listMissed.)
+	initKeys    map[string]struct{}
+	initPending uint64 // guarded by mu
 }
 
 func (w *keyWatch) Updates() <-chan jetstream.KeyValueEntry { return w.updates }
@@ -116,13 +142,14 @@ func (w *keyWatch) deliver(m *nats.Msg, prefix string) {
 		created: meta.Timestamp, delta: meta.NumPending, op: operation(m.Header)}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if !w.ignoreDeletes || e.op == jetstream.KeyValuePut {
-		w.send(e)
-	}
+	w.send(e)
 	if !w.initDone {
-		w.received++
-		if w.received >= w.initPending || meta.NumPending == 0 {
-			w.initDone = true
+		if w.initKeys == nil {
+			w.initKeys = map[string]struct{}{}
+		}
+		w.initKeys[e.key] = struct{}{}
+		if uint64(len(w.initKeys)) >= w.initPending || meta.NumPending == 0 {
+			w.initDone, w.initKeys = true, nil
 			w.send(nil)
 		}
 	}
