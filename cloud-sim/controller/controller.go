@@ -267,7 +267,8 @@ func (c *Controller) Close() error {
 	defer cancel()
 	err = errors.Join(err, c.flush(ctx, true))
 	if c.con != nil {
-		c.leave(ctx) // after the last write: nothing of its share is lost
+		c.sched.Release(ctx) // after the last write: another replica schedules at once
+		c.leave(ctx)         // after the last write: nothing of its share is lost
 	}
 	if c.stopWatch != nil {
 		c.stopWatch()

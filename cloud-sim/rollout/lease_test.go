@@ -308,3 +308,24 @@ func TestSlowStoreKeepsLeader(t *testing.T) {
 		t.Errorf("took the lease %d times, leading %v; want once, still leading", n, s.Leader())
 	}
 }
+
+// TestReleaseHandsOver: a scheduling replica that stops gives its lease
+// up, and another takes the rollouts over at its next renewal, not when
+// the term lapses (10 s).
+func TestReleaseHandsOver(t *testing.T) {
+	ctx := context.Background()
+	a, b, c, _ := replicaPair(t)
+	a.renewLease(ctx, c.Now())
+	b.renewLease(ctx, c.Now())
+	if !a.Leader() || b.Leader() {
+		t.Fatalf("leaders a %v, b %v; want a alone", a.Leader(), b.Leader())
+	}
+	a.Release(ctx)
+	if a.Leader() {
+		t.Error("a still schedules after releasing its lease")
+	}
+	b.renewLease(ctx, c.advance(renewEvery))
+	if !b.Leader() {
+		t.Error("b did not take the released lease at its next renewal")
+	}
+}

@@ -331,6 +331,20 @@ func (s *Scheduler) giveUp(ctx context.Context, now time.Time) {
 	}
 }
 
+// Release gives the lease up when this replica holds it, so that another
+// takes the rollouts over at once instead of when its term lapses
+// (LeaseTTL). A replica that stops calls it after Close and its last
+// write of the rollouts (Controller.Close); it schedules no more.
+func (s *Scheduler) Release(ctx context.Context) {
+	if !s.leader.Swap(false) {
+		return
+	}
+	s.leaseUntil.Store(0)
+	if err := s.cfg.Store.Release(ctx, leaseName, s.cfg.ID); err != nil {
+		s.log.Warn("scheduler lease not released; it lapses", "err", err)
+	}
+}
+
 // stepDown stops scheduling: the view becomes a follower's, read again
 // from the store (what the next leader writes), and what this replica
 // had not queued is the next leader's to queue (requeue).
