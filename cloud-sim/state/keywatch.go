@@ -32,17 +32,20 @@ type bucket interface {
 	jetstream.KeyValue
 	watch(ctx context.Context, o watchOpts) (jetstream.KeyWatcher, error)
 	// subjects is how many keys the bucket's stream holds a message for
-	// (a deleted key's marker too) and, when withKeys, their names.
+	// (a deleted key's marker too) and, when withKeys, their names; asked
+	// again through a failover, as Get is.
 	subjects(ctx context.Context, withKeys bool) (uint64, []string, error)
 }
 
 func (kv failoverKV) subjects(ctx context.Context, withKeys bool) (uint64, []string, error) {
 	prefix := "$KV." + kv.Bucket() + "."
-	opts := []nats.JSOpt{nats.Context(ctx)}
+	var opts []nats.JSOpt
 	if withKeys {
 		opts = append(opts, &nats.StreamInfoRequest{SubjectsFilter: prefix + ">"})
 	}
-	info, err := kv.push.StreamInfo("KV_"+kv.Bucket(), opts...)
+	info, err := retry(ctx, func(ctx context.Context) (*nats.StreamInfo, error) {
+		return kv.push.StreamInfo("KV_"+kv.Bucket(), append(opts, nats.Context(ctx))...)
+	})
 	if err != nil {
 		return 0, nil, err
 	}
