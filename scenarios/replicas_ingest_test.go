@@ -119,6 +119,7 @@ func TestReplicasShareIngest(t *testing.T) {
 	}
 	before, beforeSum := received()
 	sentBefore := sent.Load()
+	dropped := a.Broker.Dropped()
 
 	spec := api.RolloutSpec{Tenant: "sim", Targets: api.RolloutTargets{All: true},
 		Deployment: deploymentJSON(1, "registry.example.com/web:1"), SkipRegistryCheck: true,
@@ -142,9 +143,17 @@ func TestReplicasShareIngest(t *testing.T) {
 		t.Fatalf("rollout watched on replica c: %s %v", v.State, v.Counts)
 	}
 
+	var applied uint64 // the replicas' sum at the last look
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("exactly once: replicas applied %d of what the counter saw published, %d; the broker dropped %d messages since the rollout began",
+				applied, sent.Load()-sentBefore, a.Broker.Dropped()-dropped)
+		}
+	})
 	testenv.Eventually(t, "every live publication applied by exactly one replica", func() bool {
 		_, sum := received()
-		return sum-beforeSum == sent.Load()-sentBefore
+		applied = sum - beforeSum
+		return applied == sent.Load()-sentBefore
 	})
 	after, _ := received()
 	for i := range rs {
