@@ -146,8 +146,14 @@ func (gw *LogsGateway) receive(p *paho.Publish) {
 		gw.t.Logf("logs gateway: undecodable command on %s: %v", p.Topic, err)
 		return
 	}
+	// A cancel ends its follow in the same step that records it, so a
+	// test that sees the cancel among Commands sees the follow gone.
 	gw.mu.Lock()
 	gw.commands = append(gw.commands, cmd)
+	cancelled, wasFollowing := gw.follows[cmd.GetCancelLogs().GetRequestId()]
+	if cmd.GetCancelLogs() != nil {
+		delete(gw.follows, cmd.GetCancelLogs().GetRequestId())
+	}
 	gw.mu.Unlock()
 	respond := func(rep *fleetv1.Reply) {
 		rep.CommandId = cmd.GetId()
@@ -175,12 +181,8 @@ func (gw *LogsGateway) receive(p *paho.Publish) {
 			respond(&fleetv1.Reply{Result: fleetv1.Reply_SUCCEEDED})
 		}()
 	case cmd.GetCancelLogs() != nil:
-		gw.mu.Lock()
-		stop, ok := gw.follows[cmd.GetCancelLogs().GetRequestId()]
-		delete(gw.follows, cmd.GetCancelLogs().GetRequestId())
-		gw.mu.Unlock()
-		if ok {
-			close(stop)
+		if wasFollowing {
+			close(cancelled)
 		}
 		respond(&fleetv1.Reply{Result: fleetv1.Reply_SUCCEEDED})
 	}
