@@ -67,6 +67,7 @@ type Broker struct {
 	store   *boltStore // nil without Config.StorePath
 	ends    *endHook
 	att     *attachments
+	ingress *ingressHook
 }
 
 // Start listens and serves in the background.
@@ -141,13 +142,13 @@ func Start(cfg Config) (*Broker, error) {
 // addHooks adds the broker's hooks to srv, in the order mochi runs them,
 // and returns the Broker that holds them.
 func addHooks(srv *mqtt.Server, cfg Config, limits Limits) (*Broker, error) {
-	b := &Broker{srv: srv, ends: &endHook{waiting: map[*mqtt.Client]chan struct{}{}}, att: newAttachments()}
+	b := &Broker{srv: srv, ends: &endHook{waiting: map[*mqtt.Client]chan struct{}{}}, att: newAttachments(), ingress: newIngressHook(cfg.Scheme)}
 	var access mqtt.Hook = new(auth.AllowHook)
 	if cfg.Auth != nil {
 		b.acl = &aclHook{auth: cfg.Auth, scheme: cfg.Scheme, ids: map[string]Identity{}}
 		access = b.acl
 	}
-	for _, h := range []mqtt.Hook{&limitsHook{maxPacketSize: uint32(limits.MaxPacketSize)}, new(shareHook), access} {
+	for _, h := range []mqtt.Hook{&limitsHook{maxPacketSize: uint32(limits.MaxPacketSize)}, new(shareHook), access, b.ingress} {
 		if err := srv.AddHook(h, nil); err != nil {
 			return nil, err
 		}
@@ -299,6 +300,12 @@ func (h *endHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 func (b *Broker) Messages() (received, sent int64) {
 	return atomic.LoadInt64(&b.srv.Info.MessagesReceived), atomic.LoadInt64(&b.srv.Info.MessagesSent)
 }
+
+// FromGateways reports how many births, deaths (Wills included),
+// statuses, events and metrics gateways have published through the broker
+// since it started: what the controller replicas sharing ingest apply
+// between them (Controller.Received), each once.
+func (b *Broker) FromGateways() int64 { return b.ingress.n.Load() }
 
 // Dropped reports how many messages to clients the broker has dropped
 // since it started: because a client's outbound channel was full (except
