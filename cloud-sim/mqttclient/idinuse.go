@@ -4,6 +4,9 @@ import (
 	"context"
 	"slices"
 	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/paho"
 )
 
 // The embedded broker (mochi-mqtt) answers a SUBSCRIBE or UNSUBSCRIBE
@@ -36,4 +39,30 @@ func retryInUse(ctx context.Context, op func() (reasons []byte, err error)) erro
 		}
 		wait *= 2
 	}
+}
+
+// subscribeRetry subscribes cm to subs, trying again while the broker answers
+// 0x91; it returns the last SUBACK (nil when none came) and error.
+func subscribeRetry(ctx context.Context, cm *autopaho.ConnectionManager, subs []paho.SubscribeOptions) (*paho.Suback, error) {
+	var sa *paho.Suback
+	err := retryInUse(ctx, func() ([]byte, error) {
+		var err error
+		if sa, err = cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: subs}); sa == nil {
+			return nil, err
+		}
+		return sa.Reasons, err
+	})
+	return sa, err
+}
+
+// unsubscribeRetry unsubscribes cm from topics, trying again while the broker
+// answers 0x91.
+func unsubscribeRetry(ctx context.Context, cm *autopaho.ConnectionManager, topics []string) error {
+	return retryInUse(ctx, func() ([]byte, error) {
+		ua, err := cm.Unsubscribe(ctx, &paho.Unsubscribe{Topics: topics})
+		if ua == nil {
+			return nil, err
+		}
+		return ua.Reasons, err
+	})
 }

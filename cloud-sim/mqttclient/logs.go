@@ -15,25 +15,11 @@ import (
 // the returned unsubscribe when the stream is over.
 func (c *Console) SubscribeLogs(ctx context.Context, tenant, gateway, requestID string) (unsubscribe func(context.Context) error, err error) {
 	name := c.cfg.Scheme.LogStream(tenant, gateway, requestID)
-	err = retryInUse(ctx, func() ([]byte, error) {
-		sa, err := c.cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: name, QoS: 1}}})
-		if sa == nil {
-			return nil, err
-		}
-		return sa.Reasons, err
-	})
-	if err != nil {
+	if _, err := subscribeRetry(ctx, c.cm, []paho.SubscribeOptions{{Topic: name, QoS: 1}}); err != nil {
 		return nil, fmt.Errorf("mqttclient: subscribe %s: %w", name, err)
 	}
 	return func(ctx context.Context) error {
-		err := retryInUse(ctx, func() ([]byte, error) {
-			ua, err := c.cm.Unsubscribe(ctx, &paho.Unsubscribe{Topics: []string{name}})
-			if ua == nil {
-				return nil, err
-			}
-			return ua.Reasons, err
-		})
-		if err != nil {
+		if err := unsubscribeRetry(ctx, c.cm, []string{name}); err != nil {
 			return fmt.Errorf("mqttclient: unsubscribe %s: %w", name, err)
 		}
 		return nil

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -87,6 +88,10 @@ type Received struct {
 	ContentType     string
 	CorrelationData []byte
 	Retained        bool
+	// Dup is the broker's DUP flag: it sent this QoS 1 publication before,
+	// on an earlier connection of a persistent session, and had no PUBACK
+	// for it; the console may have handled it already.
+	Dup bool
 	// Message is the decoded payload: *fleetv1.Birth, Death, Reply, Event,
 	// Metrics, DeploymentStatus or LogChunk; nil with Err set when it does not decode,
 	// nil without Err for an empty (clearing) retained payload.
@@ -104,6 +109,10 @@ type Console struct {
 	ingest *autopaho.ConnectionManager
 	// retained counts the retained messages received, for Resync.
 	retained atomic.Uint64
+	// resyncing is set while a Resync's subscriptions may be in place on
+	// the own session: from its SUBSCRIBE until the broker took its
+	// UNSUBSCRIBE.
+	resyncing atomic.Bool
 
 	mu       sync.Mutex
 	waiters  map[string]chan *fleetv1.Reply
@@ -194,6 +203,7 @@ func (c *Console) connect(ctx context.Context, id string, expiry time.Duration, 
 	cfg := c.cfg
 	subscribed := make(chan error, 1)
 	var once sync.Once
+	var conns atomic.Uint64 // connections made: a subscriber of an older one stops
 	u := *cfg.BrokerURL
 	if u.Scheme == "tcp" {
 		u.Scheme = "mqtt"
@@ -214,18 +224,20 @@ func (c *Console) connect(ctx context.Context, id string, expiry time.Duration, 
 		ConnectUsername:               username,
 		ConnectPassword:               cfg.Password,
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
-			go func() {
-				sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				_, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: subs})
-				if err != nil {
-					c.log.Warn("mqttclient subscribe", "client", id, "err", err)
-				}
+			n := conns.Add(1)
+			go c.keepSubscribed(cm, id, subs, func() bool { return conns.Load() != n }, func(err error) {
 				once.Do(func() { subscribed <- err })
-			}()
+			})
 		},
+		OnConnectError: func(err error) { c.log.Warn("mqttclient: connect", "client", id, "err", err) },
 		ClientConfig: paho.ClientConfig{
 			ClientID: id,
+			// Why a connection ended: the client's own error (a read, a
+			// write, a keepalive timeout) or the broker's DISCONNECT.
+			OnClientError: func(err error) { c.log.Warn("mqttclient: connection lost", "client", id, "err", err) },
+			OnServerDisconnect: func(d *paho.Disconnect) {
+				c.log.Warn("mqttclient: the broker ended the connection", "client", id, "reason", d.ReasonCode, "message", disconnectReason(d))
+			},
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 				if c.duplicate(id, pr.Packet) {
 					return true, nil
@@ -249,6 +261,94 @@ func (c *Console) connect(ctx context.Context, id string, expiry time.Duration, 
 		return nil, fmt.Errorf("mqttclient: connect to %s: %w", cfg.BrokerURL.Redacted(), ctx.Err())
 	}
 	return cm, nil
+}
+
+// refused names the subscriptions a SUBACK refused, with the broker's
+// reason code for each.
+func refused(subs []paho.SubscribeOptions, sa *paho.Suback) string {
+	if sa == nil {
+		return ""
+	}
+	var out []string
+	for i, code := range sa.Reasons {
+		if code >= 0x80 && i < len(subs) {
+			out = append(out, fmt.Sprintf("%s: 0x%02x", subs[i].Topic, code))
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// subscribeTimeout bounds one SUBSCRIBE's wait for its SUBACK.
+const subscribeTimeout = 10 * time.Second
+
+// resubscribe paces the tries of a connection's subscriptions after a
+// SUBACK that refused one or did not come in time.
+var resubscribe = backoff.Policy{Base: 500 * time.Millisecond, Max: 30 * time.Second}
+
+// keepSubscribed subscribes a new connection of session id to subs, and
+// tries again until the broker takes them, the connection is replaced
+// (stale) or the console closes: a clean session (the ingest's) whose
+// SUBSCRIBE timed out under load would otherwise get nothing on that
+// connection, and a persistent one would miss subscriptions it never had.
+// The first outcome goes to first: Dial fails at once when the broker
+// refuses a subscription. The console's own session, with Share, then
+// drops what a Resync cut short may have left subscribed.
+func (c *Console) keepSubscribed(cm *autopaho.ConnectionManager, id string, subs []paho.SubscribeOptions, stale func() bool, first func(error)) {
+	for try := 1; ; try++ {
+		ctx, cancel := context.WithTimeout(context.Background(), subscribeTimeout)
+		sa, err := subscribeRetry(ctx, cm, subs)
+		cancel()
+		if err == nil {
+			first(nil)
+			if try > 1 {
+				c.log.Info("mqttclient: subscribed", "client", id, "tries", try)
+			}
+			if id == c.cfg.ID && c.cfg.Share != "" {
+				c.dropResyncLeftovers(cm)
+			}
+			return
+		}
+		c.log.Warn("mqttclient: subscribe; trying again", "client", id, "err", err, "refused", refused(subs, sa), "try", try)
+		if sa != nil {
+			first(err)
+		}
+		select {
+		case <-cm.Done():
+			return
+		case <-time.After(resubscribe.Delay(try)):
+		}
+		if stale() {
+			return
+		}
+	}
+}
+
+// dropResyncLeftovers unsubscribes the own session from what Resync
+// subscribes, unless a Resync is running: a console that stopped during
+// one (a replica killed) left its persistent session subscribed, and every
+// live birth, death and status would come to it twice from then on.
+func (c *Console) dropResyncLeftovers(cm *autopaho.ConnectionManager) {
+	if c.resyncing.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), subscribeTimeout)
+	defer cancel()
+	if err := unsubscribeRetry(ctx, cm, c.resyncFilters()); err != nil {
+		c.log.Warn("mqttclient: drop what an earlier resync subscribed", "err", err)
+	}
+}
+
+// resyncFilters are the filters Resync subscribes to.
+func (c *Console) resyncFilters() []string {
+	return []string{c.cfg.Scheme.Filter(topic.Birth), c.cfg.Scheme.Filter(topic.Death), c.cfg.Scheme.Filter(topic.Status)}
+}
+
+// disconnectReason is a DISCONNECT's reason string, "" when it has none.
+func disconnectReason(d *paho.Disconnect) string {
+	if d.Properties == nil {
+		return ""
+	}
+	return d.Properties.ReasonString
 }
 
 // duplicate reports whether p, received by session id, is a live
@@ -301,7 +401,7 @@ func (c *Console) snapshotWatchers() {
 }
 
 func (c *Console) receive(p *paho.Publish) {
-	r := Received{Name: p.Topic, Payload: p.Payload, Retained: p.Retain, At: time.Now()}
+	r := Received{Name: p.Topic, Payload: p.Payload, Retained: p.Retain, Dup: p.Duplicate(), At: time.Now()}
 	if p.Retain {
 		c.retained.Add(1)
 	}
@@ -491,24 +591,29 @@ func (c *Console) Resync(ctx context.Context, quiet time.Duration) (uint64, erro
 	if c.cfg.Share == "" {
 		return 0, nil
 	}
-	var subs []paho.SubscribeOptions
-	var filters []string
-	for _, k := range []topic.Kind{topic.Birth, topic.Death, topic.Status} {
-		f := c.cfg.Scheme.Filter(k)
-		subs = append(subs, paho.SubscribeOptions{Topic: f, QoS: 0})
-		filters = append(filters, f)
+	if !c.resyncing.CompareAndSwap(false, true) {
+		return 0, errors.New("mqttclient: resync: one is running already")
 	}
+	filters := c.resyncFilters()
+	var subs []paho.SubscribeOptions
+	for _, f := range filters {
+		subs = append(subs, paho.SubscribeOptions{Topic: f, QoS: 0})
+	}
+	// Unsubscribed whatever happens: a SUBSCRIBE that timed out may have
+	// reached the broker all the same. An UNSUBSCRIBE that fails is tried
+	// again, in the background, until the broker takes it.
+	defer func() {
+		if err := c.unsubscribeResync(ctx, filters); err != nil {
+			c.log.Warn("mqttclient: resync: unsubscribe; trying again in the background", "err", err)
+			go c.retryUnsubscribeResync(filters)
+			return
+		}
+		c.resyncing.Store(false)
+	}()
 	before := c.retained.Load()
-	if _, err := c.cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: subs}); err != nil {
+	if _, err := subscribeRetry(ctx, c.cm, subs); err != nil {
 		return 0, fmt.Errorf("mqttclient: resync: %w", err)
 	}
-	defer func() {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if _, err := c.cm.Unsubscribe(uctx, &paho.Unsubscribe{Topics: filters}); err != nil {
-			c.log.Warn("mqttclient: resync: unsubscribe", "err", err)
-		}
-	}()
 	t := time.NewTicker(quiet / 4)
 	defer t.Stop()
 	last, lastChange := before, time.Now()
@@ -522,6 +627,31 @@ func (c *Console) Resync(ctx context.Context, quiet time.Duration) (uint64, erro
 			} else if now.Sub(lastChange) >= quiet {
 				return n - before, nil
 			}
+		}
+	}
+}
+
+// unsubscribeResync unsubscribes the own session from filters, for at
+// most subscribeTimeout.
+func (c *Console) unsubscribeResync(ctx context.Context, filters []string) error {
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), subscribeTimeout)
+	defer cancel()
+	return unsubscribeRetry(uctx, c.cm, filters)
+}
+
+// retryUnsubscribeResync tries a Resync's UNSUBSCRIBE again until the
+// broker takes it or the console closes; the next Resync waits for it.
+func (c *Console) retryUnsubscribeResync(filters []string) {
+	defer c.resyncing.Store(false)
+	for try := 1; ; try++ {
+		select {
+		case <-c.cm.Done():
+			return
+		case <-time.After(resubscribe.Delay(try)):
+		}
+		if err := c.unsubscribeResync(context.Background(), filters); err == nil {
+			c.log.Info("mqttclient: resync: unsubscribed", "tries", try+1)
+			return
 		}
 	}
 }
