@@ -162,7 +162,7 @@ func addHooks(srv *mqtt.Server, cfg Config, limits Limits) (*Broker, error) {
 	}
 	// The retain guard last, so that it sees a PUBLISH only when every
 	// other hook accepted it.
-	for _, h := range []mqtt.Hook{b.ends, &takeoverHook{srv: srv, att: b.att, log: srv.Log}, newRetainGuard()} {
+	for _, h := range []mqtt.Hook{b.ends, newTakeoverHook(srv, b.att, srv.Log), newRetainGuard()} {
 		if err := srv.AddHook(h, nil); err != nil {
 			return nil, err
 		}

@@ -2,7 +2,10 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -135,5 +138,139 @@ func TestTakeoverWhileTheOldConnectionEnds(t *testing.T) {
 	}
 	if !b.Disconnect("acme/gw-1", false) {
 		t.Fatal("Disconnect of the second connection reported it was not connected")
+	}
+}
+
+// stallMove holds a session's takeover inside mochi, where the old client
+// is marked taken over and its messages in flight copied to the new one
+// but the new one is not yet in mochi's map (while mochi clears the old
+// client's messages in flight: OnQosDropped), until release is closed.
+type stallMove struct {
+	mqtt.HookBase
+	id      string
+	once    sync.Once
+	stalled chan struct{}
+	release chan struct{}
+}
+
+func (h *stallMove) ID() string           { return "stall-move" }
+func (h *stallMove) Provides(b byte) bool { return b == mqtt.OnQosDropped }
+
+func (h *stallMove) OnQosDropped(cl *mqtt.Client, _ packets.Packet) {
+	if cl.ID == h.id && cl.IsTakenOver() {
+		h.once.Do(func() {
+			close(h.stalled)
+			<-h.release
+		})
+	}
+}
+
+// TestNothingLostWhileSessionMoves: QoS 1 publications routed to a
+// persistent session while it moves to a new connection reach the new
+// connection. mochi put them in flight to the old client after copying
+// its messages in flight to the new one, and they were lost without a
+// count: a console whose connection was cut while statuses flowed lost
+// hundreds.
+func TestNothingLostWhileSessionMoves(t *testing.T) {
+	for _, withStore := range []bool{false, true} {
+		t.Run(fmt.Sprintf("store %v", withStore), func(t *testing.T) {
+			cfg := Config{}
+			if withStore {
+				cfg.StorePath = filepath.Join(t.TempDir(), "broker.db")
+			}
+			b, err := Start(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			stall := &stallMove{id: "sub", stalled: make(chan struct{}), release: make(chan struct{})}
+			if err := b.srv.AddHook(stall, nil); err != nil {
+				t.Fatal(err)
+			}
+			release := sync.OnceFunc(func() { close(stall.release) })
+			defer release()
+			ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
+			defer cancel()
+			expiry := uint32(3600)
+			// sub connects; acks only when ack is set (the first
+			// connection leaves its message in flight).
+			connectSub := func(ack bool, got chan<- string) (*paho.Client, net.Conn, error) {
+				conn, err := net.Dial("tcp", b.Addr())
+				if err != nil {
+					return nil, nil, err
+				}
+				var c *paho.Client
+				c = paho.NewClient(paho.ClientConfig{Conn: conn, EnableManualAcknowledgment: true,
+					OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+						got <- string(pr.Packet.Payload)
+						if ack {
+							_ = c.Ack(pr.Packet)
+						}
+						return true, nil
+					}}})
+				_, err = c.Connect(ctx, &paho.Connect{ClientID: "sub", KeepAlive: 30, CleanStart: false,
+					Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry}})
+				return c, conn, err
+			}
+			first := make(chan string, 10)
+			sub, subConn, err := connectSub(false, first)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := sub.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "t/#", QoS: 1}}}); err != nil {
+				t.Fatal(err)
+			}
+			pub, _, err := connect(t, b.Addr(), "pub")
+			if err != nil {
+				t.Fatal(err)
+			}
+			publish := func(payload string) {
+				t.Helper()
+				if _, err := pub.Publish(ctx, &paho.Publish{Topic: "t/x", QoS: 1, Payload: []byte(payload)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			publish("before")
+			select {
+			case <-first: // in flight, not acknowledged
+			case <-ctx.Done():
+				t.Fatal("the first connection got nothing")
+			}
+			old, _ := b.srv.Clients.Get("sub")
+			subConn.Close() // cut
+			testenv.Eventually(t, "the broker seeing the connection end", old.Closed)
+
+			// The session moves to a new connection, held where mochi
+			// loses what comes to the old client; three publications come.
+			got := make(chan string, 10)
+			connected := make(chan error, 1)
+			go func() {
+				_, _, err := connectSub(true, got)
+				connected <- err
+			}()
+			select {
+			case <-stall.stalled:
+			case <-ctx.Done():
+				t.Fatal("the takeover never reached mochi's clean-up of the old client")
+			}
+			want := map[string]bool{"before": true}
+			for _, p := range []string{"during-1", "during-2", "during-3"} {
+				publish(p)
+				want[p] = true
+			}
+			testenv.Eventually(t, "the publications routed (to the old client)", func() bool { return old.State.Inflight.Len() >= 3 })
+			release()
+			if err := <-connected; err != nil {
+				t.Fatal(err)
+			}
+			for len(want) > 0 {
+				select {
+				case p := <-got:
+					delete(want, p)
+				case <-ctx.Done():
+					t.Fatalf("the new connection never got %v", want)
+				}
+			}
+		})
 	}
 }
