@@ -88,10 +88,6 @@ type Received struct {
 	ContentType     string
 	CorrelationData []byte
 	Retained        bool
-	// Dup is the broker's DUP flag: it sent this QoS 1 publication before,
-	// on an earlier connection of a persistent session, and had no PUBACK
-	// for it; the console may have handled it already.
-	Dup bool
 	// Message is the decoded payload: *fleetv1.Birth, Death, Reply, Event,
 	// Metrics, DeploymentStatus or LogChunk; nil with Err set when it does not decode,
 	// nil without Err for an empty (clearing) retained payload.
@@ -401,7 +397,7 @@ func (c *Console) snapshotWatchers() {
 }
 
 func (c *Console) receive(p *paho.Publish) {
-	r := Received{Name: p.Topic, Payload: p.Payload, Retained: p.Retain, Dup: p.Duplicate(), At: time.Now()}
+	r := Received{Name: p.Topic, Payload: p.Payload, Retained: p.Retain, At: time.Now()}
 	if p.Retain {
 		c.retained.Add(1)
 	}
