@@ -50,7 +50,7 @@ func threeReplicas(t *testing.T, n int) []*cloud {
 			BrokerUsername: "controller", BrokerPassword: "replica-password", NATSURL: a.NATSURL, NATSCreds: a.NATSCreds, HTTPListen: "127.0.0.1:0",
 			Scheme: topic.Default(), ControllerID: id, SecretsKey: filepath.Join(a.dataDir, "controller.key"), Logger: logger(i + 1)})
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%s did not start: %v; it logged:\n%s\nreplica-a logged:\n%s", id, err, logs[i+1], logs[0])
 		}
 		t.Cleanup(func() { s.Close() })
 		out = append(out, &cloud{Server: s, api: &apiclient.Client{Base: s.APIURL, Token: s.APIToken}, logs: logs[i+1]})
