@@ -28,7 +28,6 @@ type refuseShare struct {
 
 	mu   sync.Mutex
 	asks int // SUBSCRIBEs with shared subscriptions seen
-	last string
 }
 
 func (h *refuseShare) ID() string { return "refuse-share" }
