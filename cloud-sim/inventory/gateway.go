@@ -123,10 +123,24 @@ func (d *Deployment) sameReport(old *Deployment) bool {
 // newer reports whether d supersedes old: a later revision, or the same
 // revision reported later (arrival order when either has no time).
 func (d *Deployment) newer(old *Deployment) bool {
-	if d.Revision != old.Revision {
-		return d.Revision > old.Revision
+	return newerReport(d.Revision, d.ReportedAt, old.Revision, old.ReportedAt)
+}
+
+// newerReport reports whether a deployment's status of revision rev,
+// reported at, supersedes one of oldRev reported at oldAt (see newer).
+func newerReport(rev int64, at time.Time, oldRev int64, oldAt time.Time) bool {
+	if rev != oldRev {
+		return rev > oldRev
 	}
-	return d.ReportedAt.IsZero() || old.ReportedAt.IsZero() || !d.ReportedAt.Before(old.ReportedAt)
+	return at.IsZero() || oldAt.IsZero() || !at.Before(oldAt)
+}
+
+// reportedAt is when s says it was reported; zero when it does not.
+func reportedAt(s *fleetv1.DeploymentStatus) time.Time {
+	if s.GetUpdatedAt() == nil {
+		return time.Time{}
+	}
+	return s.GetUpdatedAt().AsTime()
 }
 
 // Registry is a credential a gateway holds, as its birth summarises it
@@ -221,9 +235,7 @@ func (g *Gateway) applyStatus(name string, s *fleetv1.DeploymentStatus, at time.
 	}
 	d := &Deployment{Name: name, Revision: s.GetRevision(), Phase: Phase(s.GetPhase()), Image: clip(s.GetImage(), maxText), Digest: clip(s.GetImageDigest(), maxText),
 		ContainerID: clip(s.GetContainerId(), maxText), Message: clip(s.GetMessage(), maxMessage), RestartCount: s.GetRestartCount(), UpdatedAt: at}
-	if s.GetUpdatedAt() != nil {
-		d.ReportedAt = s.GetUpdatedAt().AsTime()
-	}
+	d.ReportedAt = reportedAt(s)
 	if old := g.Deployments[name]; old != nil && !d.newer(old) {
 		return
 	}

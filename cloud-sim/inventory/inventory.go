@@ -235,8 +235,12 @@ func (inv *Inventory) Apply(r mqttclient.Received) {
 	if limit != "" || !g.onlySeen(t, running, before, inv.staleAfter/2) {
 		inv.dirty[k] = struct{}{}
 		if inv.pending != nil {
-			kept := r // on the heap only when kept
-			inv.remember(k, pendingOp{r: &kept})
+			// What replaying needs: not the payload, nor the packet
+			// it came in.
+			kept := &mqttclient.Received{Topic: t, Message: r.Message, At: r.At}
+			after := g.Deployments[t.Deployment]
+			newest := limit == "" && t.Kind == topic.Status && after != nil && after != before
+			inv.remember(k, pendingOp{r: kept, newest: newest})
 		}
 	}
 	if changed && limit == "" && t.Kind == topic.Status && before != nil && r.Message != nil {

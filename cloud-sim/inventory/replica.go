@@ -8,6 +8,7 @@ import (
 
 	"github.com/fleet-agent/fleet/cloud-sim/mqttclient"
 	"github.com/fleet-agent/fleet/cloud-sim/state"
+	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 )
 
 // Replicated inventories (Config.Replicated): several controller replicas
@@ -26,6 +27,9 @@ import (
 type pendingOp struct {
 	r    *mqttclient.Received
 	regs []Registry
+	// newest is set for a status that, when applied, became its
+	// deployment's: a later one of the same deployment supersedes it.
+	newest bool
 }
 
 // replay applies o to g again, without publishing a change.
@@ -41,12 +45,38 @@ func (o pendingOp) replay(g *Gateway, limits Limits) {
 	g.noteCredentials(o.regs)
 }
 
-// remember keeps o as pending for key k in a replicated inventory.
-// inv.mu is held.
+// remember keeps o as pending for key k in a replicated inventory. A
+// status that supersedes the one kept last for the same deployment takes
+// its place: replaying both leaves what replaying the later one leaves
+// (it is newer, and newer is transitive), so a burst of one gateway's
+// statuses (a pull's progress, a backlog after a restart) keeps one
+// publication until the next flush, not each. Not while the key is being
+// written: the write took the ops kept so far, and drops them when it
+// lands. inv.mu is held.
 func (inv *Inventory) remember(k string, o pendingOp) {
-	if inv.pending != nil {
-		inv.pending[k] = append(inv.pending[k], o)
+	if inv.pending == nil {
+		return
 	}
+	ops := inv.pending[k]
+	if n := len(ops); n > 0 && o.supersedes(ops[n-1]) {
+		if _, writing := inv.inflight[k]; !writing {
+			ops[n-1] = o
+			return
+		}
+	}
+	inv.pending[k] = append(ops, o)
+}
+
+// supersedes reports whether o, a status that became its deployment's,
+// makes old, kept before it, redundant: a status of the same deployment
+// that became its deployment's too, and that o is newer than.
+func (o pendingOp) supersedes(old pendingOp) bool {
+	if !o.newest || !old.newest || o.r.Topic.Deployment != old.r.Topic.Deployment {
+		return false
+	}
+	s, ok := o.r.Message.(*fleetv1.DeploymentStatus)
+	was, wasOK := old.r.Message.(*fleetv1.DeploymentStatus)
+	return ok && wasOK && newerReport(s.GetRevision(), reportedAt(s), was.GetRevision(), reportedAt(was))
 }
 
 // flushReplicated writes the changed gateways over the revisions last

@@ -108,3 +108,88 @@ func waitFor(t *testing.T, what string, ok func() bool, got func() any) {
 		time.Sleep(5 * time.Millisecond) // polling a condition, not waiting for time
 	}
 }
+
+// TestPendingStatusesSuperseded: a replica keeps, until its next flush,
+// one status a deployment when each supersedes the last (a burst of a
+// pull's progress), every other publication as it came, and still
+// converges on another replica's write with what it kept.
+func TestPendingStatusesSuperseded(t *testing.T) {
+	birth := received(topic.Birth, "gw-1", "", &fleetv1.Birth{Session: 3, Timestamp: timestamppb.New(time.Unix(10, 0))})
+	web := func(rev int64, ph fleetv1.DeploymentStatus_Phase, sec int64) mqttclient.Received {
+		return received(topic.Status, "gw-1", "web", statusAt(rev, ph, sec))
+	}
+	db := received(topic.Status, "gw-1", "db", statusAt(1, fleetv1.DeploymentStatus_RUNNING, 13))
+	tests := []struct {
+		name    string
+		msgs    []mqttclient.Received
+		writing bool // the gateway's record is being written meanwhile
+		want    int  // publications kept
+	}{
+		{"a burst of one deployment", []mqttclient.Received{birth, web(2, fleetv1.DeploymentStatus_PULLING, 11), web(2, fleetv1.DeploymentStatus_PULLING, 12),
+			web(2, fleetv1.DeploymentStatus_RUNNING, 13), web(3, fleetv1.DeploymentStatus_PULLING, 14)}, false, 2},
+		{"another deployment in between", []mqttclient.Received{birth, web(2, fleetv1.DeploymentStatus_PULLING, 11), db, web(2, fleetv1.DeploymentStatus_RUNNING, 12)}, false, 4},
+		{"an older status after a newer one", []mqttclient.Received{birth, web(2, fleetv1.DeploymentStatus_RUNNING, 12), web(2, fleetv1.DeploymentStatus_PULLING, 11)}, false, 3},
+		{"while the record is written", []mqttclient.Received{birth, web(2, fleetv1.DeploymentStatus_PULLING, 11), web(2, fleetv1.DeploymentStatus_RUNNING, 12)}, true, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			st, err := state.Open(ctx, state.Config{Dir: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(st.Close)
+			a, b := replica(t, st), replica(t, st)
+			k := state.Key("acme", "gw-1")
+			for i, m := range tt.msgs {
+				a.Apply(m)
+				if i == 0 && tt.writing {
+					a.mu.Lock()
+					a.inflight[k] = struct{}{}
+					a.mu.Unlock()
+				}
+			}
+			a.mu.Lock()
+			kept := len(a.pending[k])
+			delete(a.inflight, k)
+			a.mu.Unlock()
+			if kept != tt.want {
+				t.Fatalf("kept %d publications, want %d", kept, tt.want)
+			}
+			// b writes the gateway first: a's write conflicts, and a
+			// replays what it kept on b's record.
+			last := a.mustGet(t)
+			b.Apply(birth)
+			flush(t, b, st)
+			waitFor(t, "a and b", func() bool {
+				flush(t, a, st)
+				flush(t, b, st)
+				ga, gb := a.mustGet(t), b.mustGet(t)
+				return sameDeployments(ga, last) && sameDeployments(gb, last)
+			}, func() any { return []*Gateway{a.mustGet(t), b.mustGet(t)} })
+		})
+	}
+}
+
+func (inv *Inventory) mustGet(t *testing.T) *Gateway {
+	t.Helper()
+	g, ok := inv.Get("acme", "gw-1")
+	if !ok {
+		t.Fatal("gw-1 unknown")
+	}
+	return g
+}
+
+// sameDeployments reports whether g reports what want does of each
+// deployment.
+func sameDeployments(g, want *Gateway) bool {
+	if len(g.Deployments) != len(want.Deployments) {
+		return false
+	}
+	for name, d := range want.Deployments {
+		if got := g.Deployments[name]; got == nil || got.Revision != d.Revision || got.Phase != d.Phase || !got.ReportedAt.Equal(d.ReportedAt) {
+			return false
+		}
+	}
+	return true
+}
