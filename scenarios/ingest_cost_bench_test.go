@@ -25,6 +25,7 @@ import (
 
 	"github.com/fleet-agent/fleet/cloud-sim/api"
 	"github.com/fleet-agent/fleet/cloud-sim/api/apiclient"
+	"github.com/fleet-agent/fleet/internal/faultproxy"
 	"github.com/fleet-agent/fleet/internal/testenv"
 	fleetv1 "github.com/fleet-agent/fleet/protocol/fleet/v1"
 	"github.com/fleet-agent/fleet/protocol/topic"
@@ -48,7 +49,14 @@ const (
 // connections, births first) are this test process.
 //
 //   - mosquitto: cloud-sim serve --broker against a Mosquitto: the
-//     controller's own cost, apart from the broker's;
+//     controller's own cost, apart from the broker's, at the rate the
+//     publishers reach on this machine (the controller is mostly idle
+//     between statuses, and each one wakes it);
+//   - mosquitto-backlog: the same, with the controller behind a proxy
+//     that holds what Mosquitto sends it while the statuses are
+//     published; then it takes them as fast as it can. Its CPU per status
+//     is what a busy controller pays, and gives the messages a second a
+//     core it can take; msgs/s is its rate once resumed;
 //   - embedded-1: cloud-sim serve alone (broker and controller in one
 //     process);
 //   - embedded-2: and a second replica, serve --broker and --nats pointing
@@ -71,7 +79,7 @@ const (
 func BenchmarkIngestCost(b *testing.B) {
 	bin := testenv.Binary(b, "cloud-sim")
 	var rows []costRun
-	for _, setup := range []string{"mosquitto", "embedded-1", "embedded-2"} {
+	for _, setup := range []string{"mosquitto", "mosquitto-backlog", "embedded-1", "embedded-2"} {
 		b.Run(setup, func(b *testing.B) {
 			for b.Loop() {
 				r := runIngestCost(b, bin, setup)
@@ -103,11 +111,14 @@ type costRun struct {
 	// others is the CPU the rest of the machine used meanwhile (other
 	// sessions share the two cores).
 	others time.Duration
+	// drain, in a backlog run, is how long the replicas took to apply
+	// the statuses waiting for them once they were resumed.
+	drain time.Duration
 }
 
 func runIngestCost(b *testing.B, bin, setup string) costRun {
 	start := time.Now()
-	procs, brokerURL := startCostSetup(b, bin, setup)
+	procs, brokerURL, hold := startCostSetup(b, bin, setup)
 	pw := provisionBench(b, procs)
 	gws := connectGateways(b, brokerURL, pw)
 	// Births are applied first, and the CPU they cost is not counted.
@@ -116,9 +127,19 @@ func runIngestCost(b *testing.B, bin, setup string) costRun {
 	idle := idleCost(procs)
 	payloads := costPayloads(b)
 	base := sampleCost(b, procs)
+	if hold != nil {
+		hold.Stall()
+	}
 	publishStatuses(b, gws, payloads)
+	resumed := time.Now()
+	if hold != nil {
+		hold.Resume()
+	}
 	end := awaitApplied(b, procs, base.applied, costStatuses)
 	r := costRun{setup: setup, sent: costStatuses, elapsed: end.at.Sub(base.at), procs: procs, idle: idle, others: end.machine - base.machine}
+	if hold != nil {
+		r.drain = end.at.Sub(resumed)
+	}
 	for i := range procs {
 		r.cpu = append(r.cpu, end.cpu[i]-base.cpu[i])
 		r.applied = append(r.applied, end.applied[i]-base.applied[i])
@@ -150,12 +171,33 @@ func idleCost(procs []costProc) []float64 {
 }
 
 // startCostSetup starts the broker and the replicas of setup; the last
-// process listed is this one, the publishers.
-func startCostSetup(b *testing.B, bin, setup string) ([]costProc, string) {
+// process listed is this one, the publishers. For mosquitto-backlog it
+// also returns the proxy between the controller and Mosquitto, which
+// holds what Mosquitto sends the controller while stalled.
+func startCostSetup(b *testing.B, bin, setup string) ([]costProc, string, *faultproxy.Proxy) {
 	self := costProc{name: "publishers (this process)", pid: os.Getpid()}
 	switch setup {
-	case "mosquitto":
-		m := testenv.Mosquitto(b)
+	case "mosquitto", "mosquitto-backlog":
+		var m testenv.Broker
+		var hold *faultproxy.Proxy
+		brokerURL := ""
+		if setup == "mosquitto" {
+			m = testenv.Mosquitto(b)
+			brokerURL = m.URL()
+		} else {
+			// The backlog waits at Mosquitto, which queues at most
+			// max_queued_messages for a client, QoS 0 ones too.
+			m = testenv.MosquittoQueue(b, 0)
+			u, err := url.Parse(m.URL())
+			if err != nil {
+				b.Fatal(err)
+			}
+			if hold, err = faultproxy.New(u.Host); err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { hold.Close() })
+			brokerURL = "mqtt://" + hold.Addr()
+		}
 		pid, ok := m.(interface{ PID() int })
 		if !ok {
 			b.Fatal("testenv.Mosquitto gives no PID")
@@ -163,9 +205,9 @@ func startCostSetup(b *testing.B, bin, setup string) ([]costProc, string) {
 		// NATS in its own process too, as in production: what storing
 		// the inventory costs shows apart from the controller.
 		nats := testenv.StartNATSCluster(b, 1, testenv.NATSOptions{})
-		ctrl := startServe(b, bin, "controller", "--broker", m.URL(), "--nats", nats.URL(0), "--nats-creds", nats.CredsFile)
+		ctrl := startServe(b, bin, "controller", "--broker", brokerURL, "--nats", nats.URL(0), "--nats-creds", nats.CredsFile)
 		return []costProc{{name: "mosquitto (broker)", pid: pid.PID()}, {name: "nats-server (state)", pid: nats.PID(0)},
-			{name: "serve --broker --nats (controller)", pid: ctrl.pid(), replica: ctrl}, self}, m.URL()
+			{name: "serve --broker --nats (controller)", pid: ctrl.pid(), replica: ctrl}, self}, m.URL(), hold
 	case "embedded-1", "embedded-2":
 		mqtt, nats := testenv.FreeAddr(b), testenv.FreeAddr(b)
 		pass := filepath.Join(b.TempDir(), "controller.pass")
@@ -179,10 +221,10 @@ func startCostSetup(b *testing.B, bin, setup string) ([]costProc, string) {
 				"--nats", "nats://"+nats, "--nats-creds", filepath.Join(a.data, "nats-login"), "--secrets-key", filepath.Join(a.data, "controller.key"))
 			procs = append(procs, costProc{name: "serve b --broker (controller)", pid: r.pid(), replica: r})
 		}
-		return append(procs, self), "mqtt://" + mqtt
+		return append(procs, self), "mqtt://" + mqtt, nil
 	}
 	b.Fatalf("unknown setup %q", setup)
-	return nil, ""
+	return nil, "", nil
 }
 
 // serveProc is a cloud-sim serve process.
@@ -529,7 +571,14 @@ func machineBusy() (time.Duration, error) {
 	return time.Duration(ticks) * time.Second / clockTicks, nil
 }
 
-func (r costRun) rate() float64 { return float64(r.sent) / r.elapsed.Seconds() }
+// rate is messages a second: through the whole run, or in a backlog run
+// as the replicas applied them once resumed.
+func (r costRun) rate() float64 {
+	if r.drain > 0 {
+		return float64(r.sent) / r.drain.Seconds()
+	}
+	return float64(r.sent) / r.elapsed.Seconds()
+}
 
 // usPerMsg is process i's CPU per message sent.
 func (r costRun) usPerMsg(i int) float64 {

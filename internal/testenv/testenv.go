@@ -132,6 +132,14 @@ type mosquitto struct {
 // (CI set), where .ci/run installs it and its absence is a failure.
 func Mosquitto(t testing.TB) Broker {
 	t.Helper()
+	return MosquittoQueue(t, 10000)
+}
+
+// MosquittoQueue is Mosquitto queueing at most maxQueued messages for a
+// client (max_queued_messages: QoS 0 ones too for a connected client;
+// 0 is no limit).
+func MosquittoQueue(t testing.TB, maxQueued int) Broker {
+	t.Helper()
 	bin := mosquittoBinary(t)
 	dir := t.TempDir()
 	return startMosquitto(t, bin, dir, func(port string) string {
@@ -140,14 +148,14 @@ allow_anonymous true
 persistence true
 persistence_location %s/
 autosave_interval 0
-max_queued_messages 10000
+max_queued_messages %d
 set_tcp_nodelay true
 user root
 log_dest stderr
 log_type error
 log_type warning
 log_type notice
-`, port, dir)
+`, port, dir, maxQueued)
 	}, FreeAddr)
 }
 
