@@ -108,6 +108,7 @@ type costRun struct {
 	cpu     []time.Duration // per proc, over the statuses
 	applied []uint64        // per proc (replicas only)
 	idle    []float64       // per proc: share of a core, all gateways connected and silent
+	peak    []float64       // per proc: MiB, its peak resident memory (VmHWM) by the run's end
 	// others is the CPU the rest of the machine used meanwhile (other
 	// sessions share the two cores).
 	others time.Duration
@@ -142,6 +143,7 @@ func runIngestCost(b *testing.B, bin, setup string) costRun {
 	}
 	for i := range procs {
 		r.cpu = append(r.cpu, end.cpu[i]-base.cpu[i])
+		r.peak = append(r.peak, peakRSS(b, procs[i].pid))
 		r.applied = append(r.applied, end.applied[i]-base.applied[i])
 		r.others -= r.cpu[i]
 	}
@@ -546,6 +548,26 @@ func cpuTime(pid int) (time.Duration, error) {
 	return time.Duration(ticks) * time.Second / clockTicks, nil
 }
 
+// peakRSS is process pid's peak resident memory so far, in MiB (VmHWM
+// of /proc/PID/status).
+func peakRSS(b *testing.B, pid int) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.Lines(string(raw)) {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kib, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			if err != nil {
+				b.Fatalf("/proc/%d/status: VmHWM %q: %v", pid, v, err)
+			}
+			return kib / 1024
+		}
+	}
+	b.Fatalf("/proc/%d/status: no VmHWM", pid)
+	return 0
+}
+
 // machineBusy is the time all CPUs spent on anything but idle and I/O
 // wait, from the first line of /proc/stat.
 func machineBusy() (time.Duration, error) {
@@ -601,6 +623,7 @@ func (r costRun) report(b *testing.B) {
 		if p.replica != nil {
 			unit = p.replica.id
 			b.ReportMetric(100*float64(r.applied[i])/float64(r.sent), unit+"-share-%")
+			b.ReportMetric(r.peak[i], unit+"-peak-MiB")
 		}
 		b.ReportMetric(r.usPerMsg(i), unit+"-us/msg")
 	}
@@ -614,7 +637,7 @@ func printCostTable(rows []costRun) {
 		return
 	}
 	fmt.Printf("\ningest cost: %d gateways, %d statuses (%d in flight), CPU from /proc/PID/stat\n", costGateways, costStatuses, costInFlight)
-	fmt.Printf("%-11s %-30s %7s %6s %8s %7s %21s %6s\n", "setup", "process", "msgs/s", "cpu s", "µs/sent", "share", "µs/applied (/s/core)", "idle")
+	fmt.Printf("%-17s %-34s %7s %6s %8s %7s %21s %6s %8s\n", "setup", "process", "msgs/s", "cpu s", "µs/sent", "share", "µs/applied (/s/core)", "idle", "peak MiB")
 	for _, r := range rows {
 		for i, p := range r.procs {
 			rate, share, perApplied := "", "", ""
@@ -626,8 +649,8 @@ func printCostTable(rows []costRun) {
 				us := float64(r.cpu[i].Microseconds()) / float64(r.applied[i])
 				perApplied = fmt.Sprintf("%.1f (%.0f)", us, 1e6/us)
 			}
-			fmt.Printf("%-11s %-30s %7s %6.2f %8.1f %7s %21s %5.1f%%\n", r.setup, p.name, rate, r.cpu[i].Seconds(), r.usPerMsg(i), share, perApplied, 100*r.idle[i])
+			fmt.Printf("%-17s %-34s %7s %6.2f %8.1f %7s %21s %5.1f%% %8.0f\n", r.setup, p.name, rate, r.cpu[i].Seconds(), r.usPerMsg(i), share, perApplied, 100*r.idle[i], r.peak[i])
 		}
-		fmt.Printf("%-11s %-30s %7s %6.2f   (%.1f s; the machine's cores %.0f%% busy)\n", r.setup, "other processes", "", r.others.Seconds(), r.elapsed.Seconds(), 100*r.busy())
+		fmt.Printf("%-17s %-34s %7s %6.2f   (%.1f s; the machine's cores %.0f%% busy)\n", r.setup, "other processes", "", r.others.Seconds(), r.elapsed.Seconds(), 100*r.busy())
 	}
 }
