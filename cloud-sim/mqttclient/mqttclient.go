@@ -219,16 +219,6 @@ func (c *Console) connect(ctx context.Context, id string, expiry time.Duration, 
 		TlsCfg:                        cfg.TLS,
 		ConnectUsername:               username,
 		ConnectPassword:               cfg.Password,
-		ConnectPacketBuilder: func(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
-			if id != cfg.ID { // the ingest session: see ingestReceiveMaximum
-				if cp.Properties == nil {
-					cp.Properties = &paho.ConnectProperties{}
-				}
-				rm := uint16(ingestReceiveMaximum)
-				cp.Properties.ReceiveMaximum = &rm
-			}
-			return cp, nil
-		},
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 			n := conns.Add(1)
 			go c.keepSubscribed(cm, id, subs, func() bool { return conns.Load() != n }, func(err error) {
@@ -283,15 +273,6 @@ func refused(subs []paho.SubscribeOptions, sa *paho.Suback) string {
 	}
 	return strings.Join(out, ", ")
 }
-
-// ingestReceiveMaximum is the ingest session's Receive Maximum: the QoS 1
-// messages (events) the broker may have in flight to it, and how many
-// packets paho reads ahead of the handlers (its channel between the two
-// goroutines has that many slots). A busy replica's backlog then waits in
-// the broker and the socket, not decoded in its heap: with paho's
-// default, 65,535, 32 MB of packets were held in BenchmarkIngestCost's
-// backlog, which the garbage collector marked and the heap grew for.
-const ingestReceiveMaximum = 1024
 
 // subscribeTimeout bounds one SUBSCRIBE's wait for its SUBACK.
 const subscribeTimeout = 10 * time.Second

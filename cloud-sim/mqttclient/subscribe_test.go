@@ -189,23 +189,3 @@ func TestResyncLeftoversDropped(t *testing.T) {
 		t.Error("the own session lost its subscription to its replies")
 	}
 }
-
-// TestIngestReceiveMaximum: the ingest session tells the broker it takes
-// at most ingestReceiveMaximum QoS 1 messages unacknowledged, and paho
-// reads no further ahead of the handlers than that: a backlog waits at
-// the broker and in the socket, not decoded in the console's memory
-// (paho reads up to Receive Maximum packets ahead, 65,535 unless told).
-// The own session, which takes replies, keeps paho's default.
-func TestIngestReceiveMaximum(t *testing.T) {
-	srv, u := startBroker(t, &refuseShare{})
-	dialShared(t, u, "c1", &testenv.LogBuffer{}, nil)
-	for id, want := range map[string]bool{"c1-ingest": true, "c1": false} {
-		cl, ok := srv.Clients.Get(id)
-		if !ok {
-			t.Fatalf("no session %s at the broker", id)
-		}
-		if got := cl.Properties.Props.ReceiveMaximum; (got == ingestReceiveMaximum) != want {
-			t.Errorf("%s: Receive Maximum %d; want ingestReceiveMaximum (%d): %v", id, got, ingestReceiveMaximum, want)
-		}
-	}
-}
