@@ -93,3 +93,8 @@ require (
 // paho.golang v0.23.0 with its packet reader's allocations cut, as upstream
 // did after that release: third_party/paho.golang/PATCHES.md.
 replace github.com/eclipse/paho.golang => ./third_party/paho.golang
+
+// mochi-mqtt/server v2.7.9 with two recursive read locks removed (a client
+// sending a Receive Maximum could deadlock whoever published to it):
+// third_party/mochi-mqtt-server/PATCHES.md.
+replace github.com/mochi-mqtt/server/v2 => ./third_party/mochi-mqtt-server
