@@ -42,12 +42,7 @@ func TestReplicasConverge(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx := context.Background()
-			st, err := state.Open(ctx, state.Config{Dir: t.TempDir()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(st.Close)
+			st := openStore(t)
 			a, b := replica(t, st), replica(t, st)
 			// a gateway unknown to a replica is created by its birth only:
 			// give b the birth through the store first when a has it.
@@ -74,6 +69,17 @@ func TestReplicasConverge(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openStore opens a store of its own (an embedded NATS) for t.
+func openStore(t *testing.T) *state.Store {
+	t.Helper()
+	st, err := state.Open(context.Background(), state.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	return st
 }
 
 func replica(t *testing.T, st *state.Store) *Inventory {
@@ -133,12 +139,7 @@ func TestPendingStatusesSuperseded(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx := context.Background()
-			st, err := state.Open(ctx, state.Config{Dir: t.TempDir()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(st.Close)
+			st := openStore(t)
 			a, b := replica(t, st), replica(t, st)
 			k := state.Key("acme", "gw-1")
 			for i, m := range tt.msgs {
