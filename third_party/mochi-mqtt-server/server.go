@@ -719,10 +719,13 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 	if cl.State.Inflight.Len() > 0 && atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0 {
 		next, ok := cl.State.Inflight.NextImmediate()
 		if ok {
+			// Fleet Agent's patch (PATCHES.md): the message held for want
+			// of quota stays in flight until its PUBACK, which gives the
+			// quota back. Deleted here, its PUBACK found nothing, gave
+			// nothing back, and the quota ran out for good.
+			next.Expiry = 0
+			cl.State.Inflight.Set(next)
 			_ = cl.WritePacket(next)
-			if ok := cl.State.Inflight.Delete(next.PacketID); ok {
-				atomic.AddInt64(&s.Info.Inflight, -1)
-			}
 			cl.State.Inflight.DecreaseSendQuota()
 		}
 	}
