@@ -20,7 +20,18 @@ type heldConn struct {
 	net.Conn
 	mu      sync.Mutex
 	release chan struct{} // guarded by mu: nil when not held
+
+	write sync.Mutex // see Lock
 }
+
+// Lock and Unlock make heldConn a sync.Locker, which paho holds while it
+// writes a packet. paho writes from more than one goroutine (its pinger
+// sends a PINGREQ as soon as the connection is up), and a connection
+// other than a *net.TCPConn gets each packet's parts as separate Writes:
+// unlocked, a PINGREQ landed inside the first SUBSCRIBE now and then, and
+// the broker dropped the connection as malformed.
+func (c *heldConn) Lock()   { c.write.Lock() }
+func (c *heldConn) Unlock() { c.write.Unlock() }
 
 func (c *heldConn) hold() {
 	c.mu.Lock()
