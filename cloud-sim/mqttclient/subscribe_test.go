@@ -101,6 +101,11 @@ func TestResubscribedAfterRefusal(t *testing.T) {
 	srv, u := startBroker(t, hook)
 	got := make(chan Received, 100)
 	logs := &testenv.LogBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the console's log:\n%s", logs)
+		}
+	})
 	dialShared(t, u, "c1", logs, func(r Received) {
 		if r.Topic.Kind == topic.Status && !r.Retained {
 			select {

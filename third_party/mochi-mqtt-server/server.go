@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -144,6 +145,23 @@ type Server struct {
 	Log          *slog.Logger         // minimal no-alloc logger
 	hooks        *Hooks               // hooks contains hooks for extra functionality such as auth and persistent storage
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
+
+	// Fleet Agent's patch (PATCHES.md): sessions keeps a connection's
+	// takeover of a client id's session apart from the end of another
+	// connection's session of that id.
+	sessions [256]sync.Mutex
+}
+
+// sessionLock is the lock that keeps the starts and ends of client id's
+// sessions apart (Fleet Agent's patch, PATCHES.md): the ids share 256
+// locks by their FNV-1a hash.
+func (s *Server) sessionLock(id string) *sync.Mutex {
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h ^= uint32(id[i])
+		h *= 16777619
+	}
+	return &s.sessions[h%uint32(len(s.sessions))]
 }
 
 // loop contains interval tickers for the system events loop.
@@ -454,8 +472,14 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 	s.hooks.OnSessionEstablish(cl, pk)
 
+	// Fleet Agent's patch (PATCHES.md): under the id's session lock, so
+	// that an earlier connection's session that ends meanwhile either is
+	// taken over or is gone before this one is added.
+	lock := s.sessionLock(cl.ID)
+	lock.Lock()
 	sessionPresent := s.inheritClientSession(pk, cl)
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	lock.Unlock()
 
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
 	if err != nil {
@@ -485,10 +509,20 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 	s.hooks.OnDisconnect(cl, err, expire)
 
-	if expire && !cl.IsTakenOver() {
-		cl.ClearInflights()
-		s.UnsubscribeClient(cl)
-		s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+	// Fleet Agent's patch (PATCHES.md): the check and the clean-up under
+	// the id's session lock. A connection of the same id that took the
+	// session over between the two was deleted from the clients here (by
+	// id), and had its subscriptions removed with this one's: connected,
+	// it was sent nothing more.
+	if expire {
+		lock := s.sessionLock(cl.ID)
+		lock.Lock()
+		if !cl.IsTakenOver() {
+			cl.ClearInflights()
+			s.UnsubscribeClient(cl)
+			s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+		}
+		lock.Unlock()
 	}
 
 	return err
@@ -1710,8 +1744,16 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 
 		if disconnected+int64(expire) < dt {
-			s.hooks.OnClientExpired(client)
-			s.Clients.Delete(id) // [MQTT-4.1.0-2]
+			// Fleet Agent's patch (PATCHES.md): only if the id is still
+			// this client's, checked under its session lock. A new
+			// connection of the id since the snapshot above was deleted.
+			lock := s.sessionLock(id)
+			lock.Lock()
+			if cur, ok := s.Clients.Get(id); ok && cur == client {
+				s.hooks.OnClientExpired(client)
+				s.Clients.Delete(id) // [MQTT-4.1.0-2]
+			}
+			lock.Unlock()
 		}
 	}
 }
