@@ -25,11 +25,13 @@ type Identity struct {
 }
 
 // Authenticator checks a client's CONNECT credentials, and tells the
-// identity behind a client id whose session the broker restored from its
-// store (messages are queued for it before it reconnects).
+// identity behind a session the broker restored from its store (messages
+// are queued for it before it reconnects): its client id, and the
+// username it authenticated with when the session began, which the store
+// keeps with the session.
 type Authenticator interface {
 	Authenticate(clientID, username string, password []byte) (Identity, error)
-	Identify(clientID string) (Identity, bool)
+	Identify(clientID, username string) (Identity, bool)
 }
 
 // Allowed reports whether id may publish on (write) or subscribe to or
@@ -151,7 +153,7 @@ func (h *aclHook) OnACLCheck(cl *mqtt.Client, name string, write bool) bool {
 	id, ok := h.ids[cl.ID]
 	h.mu.Unlock()
 	if !ok {
-		if id, ok = h.auth.Identify(cl.ID); !ok {
+		if id, ok = h.auth.Identify(cl.ID, string(cl.Properties.Username)); !ok {
 			return false
 		}
 	}

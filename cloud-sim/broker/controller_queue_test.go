@@ -30,7 +30,7 @@ func (controllerAuth) Authenticate(_, username string, _ []byte) (Identity, erro
 	return Identity{Tenant: "acme", Gateway: username}, nil
 }
 
-func (controllerAuth) Identify(string) (Identity, bool) { return Identity{}, false }
+func (controllerAuth) Identify(string, string) (Identity, bool) { return Identity{}, false }
 
 // TestControllerQueueHoldsABurst: the controller reads every gateway's
 // statuses at QoS 0 (the broker retains the latest); a burst larger than

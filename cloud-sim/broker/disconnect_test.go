@@ -22,7 +22,7 @@ func (a oneGateway) Authenticate(clientID, username string, password []byte) (Id
 	return Identity{Tenant: "acme", Gateway: "gw-1"}, nil
 }
 
-func (oneGateway) Identify(string) (Identity, bool) { return Identity{}, false }
+func (oneGateway) Identify(string, string) (Identity, bool) { return Identity{}, false }
 
 // TestDisconnect: Disconnect closes a live connection at once and, with
 // deleteSession, forgets the session (its subscriptions), in the store

@@ -460,10 +460,16 @@ func (c *Identities) Authenticate(clientID, username string, password []byte) (b
 }
 
 // Identify implements broker.Authenticator for sessions the broker
-// restored: a gateway's client id is its username.
-func (c *Identities) Identify(clientID string) (broker.Identity, bool) {
-	if clientID == c.cfg.ControllerID {
+// restored: a session begun with username ControllerUser is a controller
+// replica's, whatever its client id (--controller-id), since only the
+// controller's password logs that username in; a gateway's client id is
+// its username.
+func (c *Identities) Identify(clientID, username string) (broker.Identity, bool) {
+	if username == ControllerUser || clientID == c.cfg.ControllerID {
 		return broker.Identity{Controller: true}, true
+	}
+	if clientID != username {
+		return broker.Identity{}, false
 	}
 	c.mu.RLock()
 	d := c.devices[clientID]

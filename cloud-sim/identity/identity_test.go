@@ -57,11 +57,24 @@ func TestAuthenticate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id, ok := again.Identify("acme/gw-1"); !ok || id.Gateway != "gw-1" {
-		t.Errorf("Identify(acme/gw-1) after a reload = %+v, %v; want gw-1", id, ok)
+	restored := []struct {
+		clientID, username string
+		want               broker.Identity
+		ok                 bool
+	}{
+		{"acme/gw-1", "acme/gw-1", gw, true},
+		{"controller", ControllerUser, broker.Identity{Controller: true}, true},
+		// Another replica's session (--controller-id): the broker restarted
+		// with it offline, and dropped what came for it until it was back.
+		{"controller-b", ControllerUser, broker.Identity{Controller: true}, true},
+		{"controller-b", "acme/gw-1", broker.Identity{}, false},
+		{"acme/gw-2", "acme/gw-2", broker.Identity{}, false},
 	}
-	if id, ok := again.Identify("controller"); !ok || !id.Controller {
-		t.Errorf("Identify(controller) = %+v, %v; want the controller", id, ok)
+	for _, r := range restored {
+		id, ok := again.Identify(r.clientID, r.username)
+		if ok != r.ok || id.Tenant != r.want.Tenant || id.Gateway != r.want.Gateway || id.Controller != r.want.Controller {
+			t.Errorf("Identify(%q, %q) after a reload = %+v, %v; want %+v, %v", r.clientID, r.username, id, ok, r.want, r.ok)
+		}
 	}
 	if _, err := ids.Provision(context.Background(), "acme", "bad id!", Assignment{}); err == nil {
 		t.Error("Provision with a bad id: no error")
@@ -133,7 +146,7 @@ func TestAssignAndDeprovision(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := again.Identify("acme/gw-1"); ok {
+	if _, ok := again.Identify("acme/gw-1", "acme/gw-1"); ok {
 		t.Error("a reloaded cloud still identifies the deprovisioned gateway")
 	}
 	if err := ids.Deprovision(ctx, "acme", "gw-1"); !errors.Is(err, errdefs.ErrNotFound) {
