@@ -474,7 +474,12 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 	// Fleet Agent's patch (PATCHES.md): under the id's session lock, so
 	// that an earlier connection's session that ends meanwhile either is
-	// taken over or is gone before this one is added.
+	// taken over or is gone before this one is added. The earlier
+	// connection is told first, outside the lock: its DISCONNECT may wait
+	// for room in its write queue, and other ids share the lock.
+	if existing, ok := s.Clients.Get(cl.ID); ok {
+		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
+	}
 	lock := s.sessionLock(cl.ID)
 	lock.Lock()
 	sessionPresent := s.inheritClientSession(pk, cl)
