@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -89,35 +88,12 @@ type aclHook struct {
 	// queued for an offline session.
 	mu  sync.Mutex
 	ids map[string]Identity
-	// rescued counts the messages OnPublishDropped delivered.
-	rescued atomic.Int64
 }
 
 func (h *aclHook) ID() string { return "fleet-acl" }
 
 func (h *aclHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublishDropped}, []byte{b})
-}
-
-// OnPublishDropped writes to a controller's session, at once, a message
-// mochi could not queue for it: one goroutine drains each client's short
-// channel, and thousands of gateways publishing at once outrun it on a
-// busy machine. It goes at QoS 0 (the connection is live, and what the
-// controller reads of a status the broker also retains). A gateway's
-// dropped message stays dropped.
-func (h *aclHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
-	h.mu.Lock()
-	id := h.ids[cl.ID]
-	h.mu.Unlock()
-	if !id.Controller || pk.FixedHeader.Type != packets.Publish {
-		return
-	}
-	out := pk.Copy(false)
-	out.FixedHeader.Qos, out.FixedHeader.Retain, out.FixedHeader.Dup, out.PacketID = 0, false, false, 0
-	out.Properties.TopicAlias, out.Properties.TopicAliasFlag = 0, false
-	if err := cl.WritePacket(out); err == nil {
-		h.rescued.Add(1)
-	}
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
 }
 
 func (h *aclHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
@@ -137,6 +113,15 @@ func (h *aclHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool
 	h.mu.Unlock()
 	if q, ok := cl.Net.Conn.(*queuedConn); ok && id.Controller {
 		q.raise(ControllerMaxQueuedBytes)
+		// A message that finds the controller's outbound channel full
+		// (one goroutine drains each client's short channel, and thousands
+		// of gateways publishing at once outrun it on a busy machine) is
+		// written to it at once, to a queue that does not wait, and a
+		// reply or an event stays in flight until the controller
+		// acknowledges it. mochi drops it otherwise, and takes it out of
+		// flight. A gateway's dropped message stays dropped: its queue
+		// can wait for the network, and the publisher with it.
+		cl.State.WriteWhenFull.Store(true)
 	}
 	return true
 }

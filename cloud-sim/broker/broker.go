@@ -308,15 +308,11 @@ func (b *Broker) Messages() (received, sent int64) {
 func (b *Broker) FromGateways() int64 { return b.ingress.n.Load() }
 
 // Dropped reports how many messages to clients the broker has dropped
-// since it started: because a client's outbound channel was full (except
-// those written to a controller at once instead), or because it had
-// 8,192 QoS 1 messages in flight already.
+// since it started: because a client's outbound channel was full (never a
+// controller's: those are written to it at once instead), or because it
+// had 8,192 QoS 1 messages in flight already.
 func (b *Broker) Dropped() int64 {
-	var rescued int64
-	if b.acl != nil {
-		rescued = b.acl.rescued.Load()
-	}
-	return atomic.LoadInt64(&b.srv.Info.MessagesDropped) + atomic.LoadInt64(&b.srv.Info.InflightDropped) - rescued
+	return atomic.LoadInt64(&b.srv.Info.MessagesDropped) + atomic.LoadInt64(&b.srv.Info.InflightDropped)
 }
 
 // Addr is the address the broker listens on.

@@ -159,6 +159,13 @@ type ClientState struct {
 	outboundQty     int32                // number of messages currently in the outbound queue
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
+
+	// WriteWhenFull, when set, has a message that finds the outbound
+	// queue full written to the client at once rather than dropped; a
+	// QoS 1 or 2 message stays in flight until acknowledged (Fleet
+	// Agent's patch, PATCHES.md). For a client whose connection does not
+	// make writes wait.
+	WriteWhenFull atomic.Bool
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server

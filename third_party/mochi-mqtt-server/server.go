@@ -1143,6 +1143,13 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	case cl.State.outbound <- &out:
 		atomic.AddInt32(&cl.State.outboundQty, 1)
 	default:
+		// Fleet Agent's patch (PATCHES.md): written at once for a client
+		// marked so, and left in flight (QoS 1 or 2) whatever the write
+		// gives: a connection cut before the acknowledgement has it sent
+		// again on the session's next one.
+		if cl.State.WriteWhenFull.Load() {
+			return out, cl.WritePacket(out)
+		}
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
 		if out.FixedHeader.Qos > 0 {
