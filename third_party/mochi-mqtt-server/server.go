@@ -1148,7 +1148,12 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		// gives: a connection cut before the acknowledgement has it sent
 		// again on the session's next one.
 		if cl.State.WriteWhenFull.Load() {
-			return out, cl.WritePacket(out)
+			// Ahead of what waits in the channel: by its topic name, not
+			// by an alias whose first use may still be waiting there.
+			now := out
+			now.TopicName = pk.TopicName
+			now.Properties.TopicAlias, now.Properties.TopicAliasFlag = 0, false
+			return out, cl.WritePacket(now)
 		}
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
