@@ -1768,6 +1768,9 @@ func (s *Server) clearExpiredClients(dt int64) {
 			lock.Lock()
 			if cur, ok := s.Clients.Get(id); ok && cur == client {
 				s.hooks.OnClientExpired(client)
+				// Fleet Agent's patch (PATCHES.md): its subscriptions go
+				// with it; they stayed in the topic index for good.
+				s.UnsubscribeClient(client)
 				s.Clients.Delete(id) // [MQTT-4.1.0-2]
 			}
 			lock.Unlock()
