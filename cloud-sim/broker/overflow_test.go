@@ -87,7 +87,7 @@ func TestControllerOverflowStaysInFlight(t *testing.T) {
 	if _, err := ctl.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: name, QoS: 1}}}); err != nil {
 		t.Fatal(err)
 	}
-	gw := dialUser(t, br.Addr(), "gw-1")
+	gw := dialAs(t, br.Addr(), "gw-1", "gw-1")
 	publish := func(payload string) {
 		t.Helper()
 		if _, err := gw.Publish(ctx, &paho.Publish{Topic: name, QoS: 1, Payload: []byte(payload)}); err != nil {

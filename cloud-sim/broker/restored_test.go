@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"errors"
 	"net"
 	"path/filepath"
 	"testing"
@@ -92,7 +91,7 @@ func TestRestoredReplicaSessionGetsItsMessages(t *testing.T) {
 
 	br = start()
 	t.Cleanup(func() { br.Close() })
-	gw := dialUser(t, br.Addr(), "gw-1")
+	gw := dialAs(t, br.Addr(), "gw-1", "gw-1")
 	if _, err := gw.Publish(ctx, &paho.Publish{Topic: name, QoS: 1, Payload: []byte("while away")}); err != nil {
 		t.Fatal(err)
 	}
@@ -106,22 +105,4 @@ func TestRestoredReplicaSessionGetsItsMessages(t *testing.T) {
 	case <-time.After(testenv.Timeout):
 		t.Fatal("the replica's restored session did not get what was published for it while it was away")
 	}
-}
-
-// dialUser connects a paho client to addr with client id and username
-// user.
-func dialUser(t *testing.T, addr, user string) *paho.Client {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := paho.NewClient(paho.ClientConfig{Conn: conn})
-	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
-	defer cancel()
-	if _, err := c.Connect(ctx, &paho.Connect{ClientID: user, Username: user, UsernameFlag: true, KeepAlive: 30, CleanStart: true}); err != nil {
-		t.Fatal(errors.Join(err, conn.Close()))
-	}
-	t.Cleanup(func() { c.Disconnect(&paho.Disconnect{}) })
-	return c
 }

@@ -126,7 +126,11 @@ func TestSlowSubscriberLosesNoQoS1(t *testing.T) {
 	}
 }
 
-func dialClient(t testing.TB, addr, id string) *paho.Client {
+func dialClient(t testing.TB, addr, id string) *paho.Client { return dialAs(t, addr, id, "") }
+
+// dialAs connects a paho client to addr with client id and, when not
+// empty, username; it is disconnected at cleanup.
+func dialAs(t testing.TB, addr, id, username string) *paho.Client {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -135,7 +139,7 @@ func dialClient(t testing.TB, addr, id string) *paho.Client {
 	c := paho.NewClient(paho.ClientConfig{Conn: conn})
 	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
 	defer cancel()
-	if _, err := c.Connect(ctx, &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: true}); err != nil {
+	if _, err := c.Connect(ctx, &paho.Connect{ClientID: id, Username: username, UsernameFlag: username != "", KeepAlive: 30, CleanStart: true}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Disconnect(&paho.Disconnect{}) })

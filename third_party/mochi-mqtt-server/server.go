@@ -472,19 +472,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 	s.hooks.OnSessionEstablish(cl, pk)
 
-	// Fleet Agent's patch (PATCHES.md): under the id's session lock, so
-	// that an earlier connection's session that ends meanwhile either is
-	// taken over or is gone before this one is added. The earlier
-	// connection is told first, outside the lock: its DISCONNECT may wait
-	// for room in its write queue, and other ids share the lock.
-	if existing, ok := s.Clients.Get(cl.ID); ok {
-		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
-	}
-	lock := s.sessionLock(cl.ID)
-	lock.Lock()
-	sessionPresent := s.inheritClientSession(pk, cl)
-	s.Clients.Add(cl) // [MQTT-4.1.0-1]
-	lock.Unlock()
+	sessionPresent := s.takeSession(pk, cl) // Fleet Agent's patch (PATCHES.md)
 
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
 	if err != nil {
@@ -514,23 +502,48 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 	s.hooks.OnDisconnect(cl, err, expire)
 
-	// Fleet Agent's patch (PATCHES.md): the check and the clean-up under
-	// the id's session lock. A connection of the same id that took the
-	// session over between the two was deleted from the clients here (by
-	// id), and had its subscriptions removed with this one's: connected,
-	// it was sent nothing more.
 	if expire {
-		lock := s.sessionLock(cl.ID)
-		lock.Lock()
-		if !cl.IsTakenOver() {
-			cl.ClearInflights()
-			s.UnsubscribeClient(cl)
-			s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
-		}
-		lock.Unlock()
+		s.endSession(cl) // Fleet Agent's patch (PATCHES.md)
 	}
 
 	return err
+}
+
+// takeSession inherits or starts cl's session and adds cl to the clients,
+// under the id's session lock (Fleet Agent's patch, PATCHES.md), so that
+// an earlier connection's session that ends meanwhile (endSession) either
+// is taken over or is gone before cl is added. The earlier connection is
+// told first, outside the lock: its DISCONNECT may wait for room in its
+// write queue, and other ids share the lock.
+func (s *Server) takeSession(pk packets.Packet, cl *Client) (sessionPresent bool) {
+	if existing, ok := s.Clients.Get(cl.ID); ok {
+		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
+	}
+	lock := s.sessionLock(cl.ID)
+	lock.Lock()
+	defer lock.Unlock()
+	sessionPresent = s.inheritClientSession(pk, cl)
+	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	return sessionPresent
+}
+
+// endSession ends the session of cl, whose connection ended and whose
+// session expires with it, unless a new connection took it over; the
+// check and the clean-up hold the id's session lock (Fleet Agent's patch,
+// PATCHES.md). Without it a connection of the same id that took the
+// session over between the two was deleted from the clients here (by id),
+// and had its subscriptions removed with this one's: connected, it was
+// sent nothing more.
+func (s *Server) endSession(cl *Client) {
+	lock := s.sessionLock(cl.ID)
+	lock.Lock()
+	defer lock.Unlock()
+	if cl.IsTakenOver() {
+		return
+	}
+	cl.ClearInflights()
+	s.UnsubscribeClient(cl)
+	s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
 }
 
 // readConnectionPacket reads the first incoming header for a connection, and if
@@ -1143,17 +1156,8 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	case cl.State.outbound <- &out:
 		atomic.AddInt32(&cl.State.outboundQty, 1)
 	default:
-		// Fleet Agent's patch (PATCHES.md): written at once for a client
-		// marked so, and left in flight (QoS 1 or 2) whatever the write
-		// gives: a connection cut before the acknowledgement has it sent
-		// again on the session's next one.
 		if cl.State.WriteWhenFull.Load() {
-			// Ahead of what waits in the channel: by its topic name, not
-			// by an alias whose first use may still be waiting there.
-			now := out
-			now.TopicName = pk.TopicName
-			now.Properties.TopicAlias, now.Properties.TopicAliasFlag = 0, false
-			return out, cl.WritePacket(now)
+			return out, writeAhead(cl, pk.TopicName, out) // Fleet Agent's patch (PATCHES.md)
 		}
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
@@ -1165,6 +1169,18 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	}
 
 	return out, nil
+}
+
+// writeAhead writes out, which found cl's outbound channel full, to cl at
+// once (Fleet Agent's patch, PATCHES.md): ahead of what waits in the
+// channel, so by its topic name, not by an alias whose first use may still
+// be waiting there. A QoS 1 or 2 message stays in flight whatever the
+// write gives: a connection cut before the acknowledgement has it sent
+// again on the session's next one.
+func writeAhead(cl *Client, name string, out packets.Packet) error {
+	out.TopicName = name
+	out.Properties.TopicAlias, out.Properties.TopicAliasFlag = 0, false
+	return cl.WritePacket(out)
 }
 
 func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, existed bool) {
