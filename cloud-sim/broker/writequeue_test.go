@@ -126,6 +126,8 @@ func TestSlowSubscriberLosesNoQoS1(t *testing.T) {
 	}
 }
 
+// dialClient connects a paho client to addr with client id and no
+// username.
 func dialClient(t testing.TB, addr, id string) *paho.Client { return dialAs(t, addr, id, "") }
 
 // dialAs connects a paho client to addr with client id and, when not
