@@ -71,7 +71,8 @@ const (
 // of the machine took meanwhile (other sessions share the two cores).
 //
 // FLEET_BENCH_PROFILES=DIR has each serve write a CPU and an allocation
-// profile into DIR.
+// profile into DIR; FLEET_BENCH_SERVE_ENV="K=V …" adds to each serve's
+// environment (GOMEMLIMIT=512MiB, say).
 //
 // Run it with -benchtime 1x (an iteration is the whole run; its processes
 // and 10,000 connections live until the sub-benchmark ends) and -count N
@@ -261,6 +262,11 @@ func startServe(b *testing.B, bin, id string, args ...string) *serveProc {
 	s.cmd = exec.Command(bin, append([]string{"serve", "--data", s.data, "--controller-id", id, "--http-listen", listen,
 		"--api-token-file", tokenFile, "--log-level", "warn"}, args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
+	// FLEET_BENCH_SERVE_ENV="K=V …": added to each serve's environment
+	// only (GOMEMLIMIT=512MiB, say), not to the publishers'.
+	if extra := strings.Fields(os.Getenv("FLEET_BENCH_SERVE_ENV")); len(extra) > 0 {
+		s.cmd.Env = append(os.Environ(), extra...)
+	}
 	if err := s.cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
