@@ -116,9 +116,9 @@ func (h *aclHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool
 		// A message that finds the controller's outbound channel full
 		// (one goroutine drains each client's short channel, and thousands
 		// of gateways publishing at once outrun it on a busy machine) is
-		// written to it at once, to a queue that does not wait, and a
-		// reply or an event stays in flight until the controller
-		// acknowledges it. mochi drops it otherwise, and takes it out of
+		// written to it at once, to its write queue (which waits for the
+		// network only past ControllerMaxQueuedBytes), and a reply or an
+		// event stays in flight until the controller acknowledges it. mochi drops it otherwise, and takes it out of
 		// flight. A gateway's dropped message stays dropped: its queue
 		// can wait for the network, and the publisher with it.
 		cl.State.WriteWhenFull.Store(true)

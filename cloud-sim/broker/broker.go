@@ -216,10 +216,9 @@ func (b *Broker) Disconnect(clientID string, deleteSession bool) bool {
 	if live {
 		b.closeConn(cl)
 	}
-	if cur, ok := b.srv.Clients.Get(clientID); deleteSession && ok && cur == cl { // not a connection that came since
-		cl.ClearInflights() // and from the store
-		b.srv.UnsubscribeClient(cl)
-		b.srv.Clients.Delete(clientID)
+	// Not a connection that came since: checked and removed under mochi's
+	// session lock (RemoveSession).
+	if deleteSession && b.srv.RemoveSession(cl) { // its messages in flight go from the store too
 		if b.store != nil {
 			b.store.OnClientExpired(cl)
 		}

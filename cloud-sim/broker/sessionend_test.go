@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -144,5 +145,93 @@ func TestSessionEndKeepsNextConnection(t *testing.T) {
 	})
 	if cl, ok := srv.Clients.Get("ingest"); !ok || cl.Closed() {
 		t.Errorf("the broker's clients hold no open connection of ingest (found: %v)", ok)
+	}
+}
+
+// holdDisconnect is a mochi hook that lets every client in, allows
+// everything, and holds the end of client id's first connection in
+// OnDisconnect (before its session's clean-up) until release is closed.
+type holdDisconnect struct {
+	mqtt.HookBase
+	id      string
+	first   sync.Once
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (h *holdDisconnect) ID() string { return "hold-disconnect" }
+
+func (h *holdDisconnect) Provides(b byte) bool {
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck || b == mqtt.OnDisconnect
+}
+
+func (h *holdDisconnect) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
+func (h *holdDisconnect) OnACLCheck(*mqtt.Client, string, bool) bool              { return true }
+
+func (h *holdDisconnect) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	if cl.ID != h.id {
+		return
+	}
+	h.first.Do(func() {
+		close(h.held)
+		<-h.release
+	})
+}
+
+// TestExpiredWhileEndingKeepsNextConnection: a connection with an explicit
+// Session Expiry Interval of 0 ends; mochi's expiry loop removes its
+// session before the connection's own clean-up runs; a new connection of
+// the same id comes in between. The clean-up, which found no takeover,
+// deleted the id: the new connection was gone from the clients.
+func TestExpiredWhileEndingKeepsNextConnection(t *testing.T) {
+	hook := &holdDisconnect{id: "ingest", held: make(chan struct{}), release: make(chan struct{})}
+	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
+	if err := srv.AddHook(hook, nil); err != nil {
+		t.Fatal(err)
+	}
+	ln := listeners.NewTCP(listeners.Config{ID: "tcp", Address: "127.0.0.1:0"})
+	if err := srv.AddListener(ln); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
+	defer cancel()
+	connect := func() *paho.Client {
+		conn, err := net.Dial("tcp", ln.Address())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := paho.NewClient(paho.ClientConfig{Conn: conn})
+		zero := uint32(0)
+		if _, err := c.Connect(ctx, &paho.Connect{ClientID: "ingest", KeepAlive: 30, CleanStart: true,
+			Properties: &paho.ConnectProperties{SessionExpiryInterval: &zero}}); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	first := connect()
+	first.Disconnect(&paho.Disconnect{})
+	<-hook.held
+	testenv.Eventually(t, "the ended session expired", func() bool {
+		_, ok := srv.Clients.Get("ingest")
+		return !ok
+	})
+	next := connect()
+	t.Cleanup(func() { next.Disconnect(&paho.Disconnect{}) })
+	nextCl, ok := srv.Clients.Get("ingest")
+	if !ok {
+		t.Fatal("the new connection is not among the broker's clients")
+	}
+	close(hook.release)
+	// The first connection's clean-up has run once its goroutine is gone;
+	// the server's client count says so.
+	testenv.Eventually(t, "the first connection's end done", func() bool {
+		return atomic.LoadInt64(&srv.Info.ClientsConnected) == 1
+	})
+	if cl, ok := srv.Clients.Get("ingest"); !ok || cl != nextCl {
+		t.Errorf("the broker's clients no longer hold the new connection of ingest (found: %v)", ok)
 	}
 }

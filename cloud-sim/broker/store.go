@@ -216,6 +216,12 @@ func (h *boltStore) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	h.Hook.OnDisconnect(cl, err, expire)
 }
 
+// OnUnsubscribed is also called from mochi's event loop: its expiry
+// unsubscribes an expired session (mochi patch 6).
+func (h *boltStore) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	h.live(func() { h.Hook.OnUnsubscribed(cl, pk) })
+}
+
 func (h *boltStore) OnClientExpired(cl *mqtt.Client) {
 	h.acks.Delete(cl)
 	h.live(func() { h.Hook.OnClientExpired(cl) })

@@ -49,15 +49,17 @@ func (a *attachments) of(conn net.Conn) <-chan struct{} {
 // takeoverHook lets a client's new connection take over its session only
 // once mochi is done with the connection before it.
 //
-// mochi ends a connection whose session expires with it by removing the
-// client from its map by client ID, and its subscriptions by client ID,
-// after checking that no new connection has taken the session over. A new
-// connection that takes over between that check and the removal (both on
-// the old connection's goroutine, with hooks between them) is added to the
-// map and then removed from it: the broker then no longer knows the
-// client is connected (Disconnect of a revoked gateway found nothing to
-// close), a later connection with the same ID no longer takes it over,
-// and subscriptions it made in the meantime can be lost.
+// mochi v2.7.9 ended a connection whose session expires with it by
+// removing the client from its map by client ID, and its subscriptions by
+// client ID, after checking that no new connection had taken the session
+// over. A new connection that took over between that check and the
+// removal was added to the map and then removed from it: the broker then
+// no longer knew the client was connected (Disconnect of a revoked gateway
+// found nothing to close), a later connection with the same ID no longer
+// took it over, and subscriptions it made in the meantime could be lost.
+// mochi's copy is patched for that now (patch 4 in
+// third_party/mochi-mqtt-server/PATCHES.md); the wait stays, as the
+// hand-over below was built and tested with it.
 //
 // It also hands the new connection what mochi gave the old one while the
 // session moved. mochi marks the old client taken over and copies its

@@ -503,7 +503,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	s.hooks.OnDisconnect(cl, err, expire)
 
 	if expire {
-		s.endSession(cl) // Fleet Agent's patch (PATCHES.md)
+		s.RemoveSession(cl) // Fleet Agent's patch (PATCHES.md)
 	}
 
 	return err
@@ -511,7 +511,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 // takeSession inherits or starts cl's session and adds cl to the clients,
 // under the id's session lock (Fleet Agent's patch, PATCHES.md), so that
-// an earlier connection's session that ends meanwhile (endSession) either
+// an earlier connection's session that ends meanwhile (RemoveSession) either
 // is taken over or is gone before cl is added. The earlier connection is
 // told first, outside the lock: its DISCONNECT may wait for room in its
 // write queue, and other ids share the lock.
@@ -527,23 +527,27 @@ func (s *Server) takeSession(pk packets.Packet, cl *Client) (sessionPresent bool
 	return sessionPresent
 }
 
-// endSession ends the session of cl, whose connection ended and whose
-// session expires with it, unless a new connection took it over; the
-// check and the clean-up hold the id's session lock (Fleet Agent's patch,
-// PATCHES.md). Without it a connection of the same id that took the
-// session over between the two was deleted from the clients here (by id),
-// and had its subscriptions removed with this one's: connected, it was
-// sent nothing more.
-func (s *Server) endSession(cl *Client) {
+// RemoveSession ends cl's session: its messages in flight, its
+// subscriptions and its place in the clients go, unless the clients no
+// longer hold cl (a new connection took the session over, or it expired).
+// It reports whether it did. mochi calls it when a connection whose
+// session expires with it ends; a session deleted by the operator goes the
+// same way. The check and the clean-up hold the id's session lock (Fleet
+// Agent's patch, PATCHES.md): without it, a connection of the same id
+// that took the session over between the two was deleted from the clients
+// (by id), and had its subscriptions removed with this one's: connected,
+// it was sent nothing more.
+func (s *Server) RemoveSession(cl *Client) bool {
 	lock := s.sessionLock(cl.ID)
 	lock.Lock()
 	defer lock.Unlock()
-	if cl.IsTakenOver() {
-		return
+	if cur, ok := s.Clients.Get(cl.ID); !ok || cur != cl || cl.IsTakenOver() {
+		return false
 	}
 	cl.ClearInflights()
 	s.UnsubscribeClient(cl)
 	s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+	return true
 }
 
 // readConnectionPacket reads the first incoming header for a connection, and if
@@ -1156,8 +1160,12 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	case cl.State.outbound <- &out:
 		atomic.AddInt32(&cl.State.outboundQty, 1)
 	default:
-		if cl.State.WriteWhenFull.Load() {
-			return out, writeAhead(cl, pk.TopicName, out) // Fleet Agent's patch (PATCHES.md)
+		if cl.State.WriteWhenFull.Load() { // Fleet Agent's patch (PATCHES.md)
+			err := writeAhead(cl, pk.TopicName, out)
+			if err != nil && out.FixedHeader.Qos == 0 {
+				atomic.AddInt64(&s.Info.MessagesDropped, 1) // one in flight is sent again
+			}
+			return out, err
 		}
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
@@ -1172,14 +1180,18 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 }
 
 // writeAhead writes out, which found cl's outbound channel full, to cl at
-// once (Fleet Agent's patch, PATCHES.md): ahead of what waits in the
-// channel, so by its topic name, not by an alias whose first use may still
-// be waiting there. A QoS 1 or 2 message stays in flight whatever the
-// write gives: a connection cut before the acknowledgement has it sent
-// again on the session's next one.
+// once (Fleet Agent's patch, PATCHES.md), ahead of what waits in the
+// channel. A message that names its topic by an alias alone goes by its
+// topic name (name): the alias's first use may still be waiting there.
+// One that sets a new alias keeps it, or the client would never learn it.
+// A QoS 1 or 2 message stays in flight whatever the write gives: a
+// connection cut before the acknowledgement has it sent again on the
+// session's next one.
 func writeAhead(cl *Client, name string, out packets.Packet) error {
-	out.TopicName = name
-	out.Properties.TopicAlias, out.Properties.TopicAliasFlag = 0, false
+	if out.TopicName == "" {
+		out.TopicName = name
+		out.Properties.TopicAlias, out.Properties.TopicAliasFlag = 0, false
+	}
 	return cl.WritePacket(out)
 }
 
