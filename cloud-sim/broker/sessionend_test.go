@@ -83,23 +83,12 @@ func (h *holdSessionEnd) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 // where the new connection can meet it.
 func TestSessionEndKeepsNextConnection(t *testing.T) {
 	hook := &holdSessionEnd{id: "ingest", ending: make(chan struct{}), established: make(chan struct{})}
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
-	if err := srv.AddHook(hook, nil); err != nil {
-		t.Fatal(err)
-	}
-	ln := listeners.NewTCP(listeners.Config{ID: "tcp", Address: "127.0.0.1:0"})
-	if err := srv.AddListener(ln); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	srv, addr := plainMochi(t, hook)
 	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
 	defer cancel()
 
 	connect := func(clean bool, received chan<- *paho.Publish) *paho.Client {
-		conn, err := net.Dial("tcp", ln.Address())
+		conn, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -185,22 +174,11 @@ func (h *holdDisconnect) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 // deleted the id: the new connection was gone from the clients.
 func TestExpiredWhileEndingKeepsNextConnection(t *testing.T) {
 	hook := &holdDisconnect{id: "ingest", held: make(chan struct{}), release: make(chan struct{})}
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
-	if err := srv.AddHook(hook, nil); err != nil {
-		t.Fatal(err)
-	}
-	ln := listeners.NewTCP(listeners.Config{ID: "tcp", Address: "127.0.0.1:0"})
-	if err := srv.AddListener(ln); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	srv, addr := plainMochi(t, hook)
 	ctx, cancel := context.WithTimeout(context.Background(), testenv.Timeout)
 	defer cancel()
 	connect := func() *paho.Client {
-		conn, err := net.Dial("tcp", ln.Address())
+		conn, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -234,4 +212,24 @@ func TestExpiredWhileEndingKeepsNextConnection(t *testing.T) {
 	if cl, ok := srv.Clients.Get("ingest"); !ok || cl != nextCl {
 		t.Errorf("the broker's clients no longer hold the new connection of ingest (found: %v)", ok)
 	}
+}
+
+// plainMochi is a mochi server as published (but for the patches of its
+// copy), without the embedded broker's hooks, with hook and an inline
+// client, on a loopback port; it is closed at cleanup.
+func plainMochi(t *testing.T, hook mqtt.Hook) (*mqtt.Server, string) {
+	t.Helper()
+	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
+	if err := srv.AddHook(hook, nil); err != nil {
+		t.Fatal(err)
+	}
+	ln := listeners.NewTCP(listeners.Config{ID: "tcp", Address: "127.0.0.1:0"})
+	if err := srv.AddListener(ln); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv, ln.Address()
 }
